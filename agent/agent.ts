@@ -1,0 +1,158 @@
+/**
+ * The agent's composition root: identity, channel, action runner and renewal, wired by hand.
+ */
+import * as os from 'node:os';
+import { createCSR, generateKey, certInfo, keyMatchesCert } from '../certs/index.js';
+import { TrellisError } from '../common/errors.js';
+import { createLogger, type Logger } from '../common/log.js';
+import { TRELLIS_VERSION } from '../common/version.js';
+import { parseHostPort, formatHostPort } from '../common/grpc-options.js';
+import { agentPaths, loadIdentity, readState, saveIdentity, type Identity } from './identity.js';
+import { HubChannel } from './channel.js';
+import { runAction, type RunningAction } from './runner.js';
+import type * as T from '../common/proto-gen/trellis/v1/index.js';
+
+export interface AgentOptions {
+  dataDir: string;
+  /** Operator-issued identity (hub set up with a CA and no CA key): all three go together. */
+  certFile?: string;
+  keyFile?: string;
+  caFile?: string;
+  /** Agent port of the hub, HOST:PORT; defaults to the one saved at enrollment. */
+  hub?: string;
+  labels?: Record<string, string>;
+  log?: Logger;
+  /** Most actions running at once. @default 16 */
+  maxConcurrentActions?: number;
+  /** Renew at this fraction of the certificate's life. @default 2/3 */
+  renewAt?: number;
+  maxBackoffMs?: number;
+}
+
+export function agentFacts(): T.Facts {
+  return {
+    hostname: os.hostname(), os: os.platform(), arch: os.arch(), osRelease: os.release(), cpus: os.cpus().length,
+    memoryBytes: os.totalmem(), agentVersion: TRELLIS_VERSION,
+  };
+}
+
+export class Agent {
+  readonly channel: HubChannel;
+  private identity: Identity;
+  private renewTimer?: NodeJS.Timeout;
+  private readonly running = new Map<string, RunningAction>();
+  private closed = false;
+
+  private constructor(private readonly opts: AgentOptions, identity: Identity, readonly target: string, private readonly managed: boolean, readonly log: Logger) {
+    this.identity = identity;
+    this.channel = new HubChannel({
+      target,
+      credentials: () => ({ caPem: this.identity.caPem, keyPem: this.identity.keyPem, certPem: this.identity.certPem }),
+      hello: () => ({ facts: agentFacts(), labels: opts.labels ?? {} }),
+      onAction: (req) => this.onAction(req),
+      onCancel: (id) => this.running.get(id)?.cancel(),
+      log: log.child({ component: 'channel' }),
+      maxBackoffMs: opts.maxBackoffMs,
+    });
+  }
+
+  get certificate(): Identity { return this.identity; }
+
+  static async start(opts: AgentOptions): Promise<Agent> {
+    const log = opts.log ?? createLogger({ name: 'trellis-agent' });
+    const paths = agentPaths(opts.dataDir);
+    const operator = opts.certFile !== undefined || opts.keyFile !== undefined || opts.caFile !== undefined;
+    let target: string;
+    let identity: Identity;
+    if (operator) {
+      if (!opts.certFile || !opts.keyFile || !opts.caFile) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--cert, --key and --ca go together');
+      if (!opts.hub) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'with --cert/--key/--ca give the hub agent port too: --hub HOST:7443');
+      identity = loadIdentity({ key: opts.keyFile, cert: opts.certFile, ca: opts.caFile });
+      target = opts.hub;
+    } else {
+      const state = readState(paths);
+      identity = loadIdentity({ key: paths.key, cert: paths.cert, ca: paths.ca }, paths);
+      target = opts.hub ?? state.hub;
+    }
+    const { host, port } = parseHostPort(target, 7443);
+    target = formatHostPort(host, port);
+    if (identity.notAfter.getTime() <= Date.now()) {
+      throw new TrellisError('TRELLIS_E_CERT_EXPIRED',
+        `the agent certificate expired on ${identity.notAfter.toISOString()}; re-enroll: trellis agent enroll --hub HOST:7444 --token NEW_TOKEN --data ${opts.dataDir} --force`);
+    }
+    const agent = new Agent(opts, identity, target, !operator, log);
+    agent.channel.start();
+    agent.scheduleRenewal();
+    log.info({ hub: target, serial: identity.serial, notAfter: identity.notAfter.toISOString() }, 'agent started');
+    return agent;
+  }
+
+  private onAction(req: T.ActionRequest__Output): void {
+    if (this.running.has(req.executionId)) return; // a re-delivered request
+    const max = this.opts.maxConcurrentActions ?? 16;
+    const result = (r: Omit<T.ActionResult, 'executionId'>) => this.channel.send({ result: { executionId: req.executionId, ...r } });
+    if (this.running.size >= max) {
+      result({ status: 'error', exitCode: -1, error: `agent busy: ${max} actions already running`, startedMs: Date.now(), finishedMs: Date.now() });
+      return;
+    }
+    if (req.argv.length === 0) {
+      result({ status: 'error', exitCode: -1, error: 'empty argv', startedMs: Date.now(), finishedMs: Date.now() });
+      return;
+    }
+    let seq = 0;
+    this.log.info({ executionId: req.executionId, argv0: req.argv[0] }, 'action started');
+    const handle = runAction(req, {
+      output: (stream, data) => this.channel.send({ output: { executionId: req.executionId, stream, data, seq: ++seq } }),
+      done: (r) => {
+        this.running.delete(req.executionId);
+        this.log.info({ executionId: req.executionId, status: r.status, exitCode: r.exitCode }, 'action finished');
+        result(r);
+      },
+    });
+    this.running.set(req.executionId, handle);
+  }
+
+  /** Renew at about two thirds of the certificate's life (only for identities the hub issued). */
+  private scheduleRenewal(): void {
+    clearTimeout(this.renewTimer);
+    if (!this.managed || this.closed) return;
+    const { notBefore, notAfter } = this.identity;
+    const at = notBefore.getTime() + (notAfter.getTime() - notBefore.getTime()) * (this.opts.renewAt ?? 2 / 3);
+    const delay = Math.max(0, at - Date.now());
+    this.renewTimer = setTimeout(() => {
+      if (delay > 2 ** 31 - 1) return this.scheduleRenewal(); // long timers are re-armed in steps
+      this.renew().catch((err) => {
+        this.log.error({ err: (err as Error).message }, 'certificate renewal failed; retrying in 60s');
+        this.renewTimer = setTimeout(() => this.scheduleRenewal(), 60_000);
+        this.renewTimer.unref();
+      });
+    }, Math.min(delay, 2 ** 31 - 1));
+    this.renewTimer.unref();
+  }
+
+  /** New key, CSR over the channel, atomic switch of files, then a make-before-break reconnect. */
+  async renew(): Promise<void> {
+    const key = generateKey('ec-p256');
+    const csr = createCSR({ privateKey: key.privateKey, subject: { commonName: os.hostname() } });
+    const res = await this.channel.renew(csr);
+    if (!keyMatchesCert(key.privateKey, res.certificate)) throw new TrellisError('TRELLIS_E_CERT_INVALID', 'renewed certificate does not match the new key');
+    const caPem = res.caBundle.length > 0 ? res.caBundle.join('') : this.identity.caPem;
+    await saveIdentity(agentPaths(this.opts.dataDir), { keyPem: key.privateKeyPem, certPem: res.certificate, caPem });
+    const info = certInfo(res.certificate);
+    this.identity = { keyPem: key.privateKeyPem, certPem: res.certificate, caPem, serial: info.serialHex, notBefore: info.notBefore, notAfter: info.notAfter };
+    this.log.info({ serial: info.serialHex, notAfter: info.notAfter.toISOString() }, 'certificate renewed');
+    await this.channel.reconnectWithNewCredentials();
+    this.scheduleRenewal();
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.renewTimer);
+    for (const r of this.running.values()) r.cancel();
+    await this.channel.close();
+    this.log.info('agent stopped');
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> { await this.close(); }
+}

@@ -1,0 +1,297 @@
+/**
+ * The agent's side of the AgentChannel stream: one live connection at a time, reconnect with
+ * jittered exponential backoff, a single-flight loop, make-before-break switching when the
+ * certificate is renewed, and events re-sent until the hub acknowledges them.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { EventEmitter } from 'node:events';
+import { v1 } from '../common/proto.js';
+import { CLIENT_OPTIONS } from '../common/grpc-options.js';
+import { backoffDelay, RETRYABLE_CODES } from '../common/backoff.js';
+import { fromGrpcError, CODE_KEY } from '../common/grpc-errors.js';
+import { TrellisError } from '../common/errors.js';
+import type { Logger } from '../common/log.js';
+import type * as T from '../common/proto-gen/trellis/v1/index.js';
+
+/**
+ * - connecting: no stream yet, or reconnecting after a failure;
+ * - ready: a stream is open and the hub has welcomed the agent;
+ * - closed: stopped for good (close() called, or a fatal refusal such as revocation).
+ */
+export type ChannelState = 'connecting' | 'ready' | 'closed';
+
+export interface Credentials { caPem: string; keyPem: string; certPem: string }
+
+export interface ChannelOptions {
+  target: string;
+  credentials: () => Credentials;
+  hello: () => T.Hello;
+  onAction: (req: T.ActionRequest__Output) => void;
+  onCancel: (executionId: string) => void;
+  log: Logger;
+  /** Most events per batch. @default 500 */
+  batchSize?: number;
+  /** Most unacknowledged batches in flight. @default 16 */
+  maxInflight?: number;
+  /** Most events held while the hub is unreachable; older ones are dropped and counted. @default 100000 */
+  maxQueued?: number;
+  /** @default 30000 */
+  maxBackoffMs?: number;
+}
+
+class Connection {
+  readonly client: grpc.Client & { Connect: (md?: grpc.Metadata) => grpc.ClientDuplexStream<T.AgentMessage, T.HubMessage__Output> };
+  readonly call: grpc.ClientDuplexStream<T.AgentMessage, T.HubMessage__Output>;
+  readonly welcome: Promise<T.Welcome__Output>;
+  readonly closed: Promise<Error | undefined>;
+  private ended = false;
+
+  constructor(target: string, creds: Credentials, hello: T.Hello, onMessage: (m: T.HubMessage__Output, c: Connection) => void) {
+    const sslCreds = grpc.credentials.createSsl(Buffer.from(creds.caPem), Buffer.from(creds.keyPem), Buffer.from(creds.certPem));
+    this.client = new v1.AgentChannel(target, sslCreds, CLIENT_OPTIONS) as unknown as Connection['client'];
+    this.call = this.client.Connect();
+    let resolveWelcome!: (w: T.Welcome__Output) => void, rejectWelcome!: (e: Error) => void;
+    this.welcome = new Promise((res, rej) => { resolveWelcome = res; rejectWelcome = rej; });
+    this.welcome.catch(() => undefined);
+    this.closed = new Promise((resolve) => {
+      this.call.on('error', (err) => { rejectWelcome(err); resolve(err); });
+      this.call.on('status', (s: grpc.StatusObject) => {
+        if (s.code === grpc.status.OK) { const e = new TrellisError('TRELLIS_E_UNAVAILABLE', 'the hub closed the stream'); rejectWelcome(e); resolve(undefined); }
+      });
+    });
+    this.call.on('data', (m: T.HubMessage__Output) => {
+      if (m.msg === 'welcome' && m.welcome) resolveWelcome(m.welcome);
+      else onMessage(m, this);
+    });
+    this.call.write({ hello });
+  }
+
+  write(m: T.AgentMessage): boolean {
+    return this.ended ? false : this.call.write(m);
+  }
+
+  /** Half-close: the hub finishes what it has and closes its side. */
+  end(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.call.end();
+    setTimeout(() => this.destroy(), 5_000).unref();
+  }
+
+  destroy(): void {
+    this.ended = true;
+    this.call.cancel();
+    this.client.close();
+  }
+}
+
+/** Errors after which reconnecting cannot help. */
+function isFatal(err: unknown): boolean {
+  const code = (err as { code?: number }).code;
+  const tcode = (err as grpc.ServiceError).metadata?.get(CODE_KEY)?.[0];
+  if (tcode === 'TRELLIS_E_CERT_REVOKED' || tcode === 'TRELLIS_E_CERT_EXPIRED') return true;
+  return code === grpc.status.PERMISSION_DENIED || code === grpc.status.UNAUTHENTICATED;
+}
+
+export class HubChannel extends EventEmitter {
+  state: ChannelState = 'connecting';
+  private current?: Connection;
+  private stopped = false;
+  private loopPromise?: Promise<void>;
+  private sleepTimer?: NodeJS.Timeout;
+  private wake?: () => void;
+  private heartbeatTimer?: NodeJS.Timeout;
+  private pending: T.Event[] = [];
+  private inflight = new Map<number, T.Event[]>();
+  private seq = 0;
+  private outQueue: T.AgentMessage[] = [];
+  private closedResolve!: (e: Error | undefined) => void;
+  /** Resolves (never rejects) with the error that closed the channel, if any. */
+  readonly closedPromise: Promise<Error | undefined>;
+  stats = { connects: 0, eventsSent: 0, eventsAcked: 0, eventsDropped: 0 };
+
+  constructor(private readonly opts: ChannelOptions) {
+    super();
+    this.closedPromise = new Promise((r) => { this.closedResolve = r; });
+  }
+
+  start(): void {
+    this.loopPromise ??= this.loop();
+  }
+
+  private setState(s: ChannelState, detail?: unknown): void {
+    if (this.state === s) return;
+    this.state = s;
+    this.emit('state', s, detail);
+  }
+
+  private async loop(): Promise<void> {
+    let attempt = 0;
+    while (!this.stopped) {
+      let conn = this.current;
+      if (!conn) {
+        this.setState('connecting');
+        conn = new Connection(this.opts.target, this.opts.credentials(), this.opts.hello(), (m, c) => this.onMessage(m, c));
+        try {
+          const welcome = await conn.welcome;
+          if (this.stopped) { conn.destroy(); break; }
+          this.adopt(conn, welcome);
+          attempt = 0;
+        } catch (err) {
+          conn.destroy();
+          if (this.stopped) break;
+          if (isFatal(err)) { this.fail(err); break; }
+          const delay = backoffDelay(attempt++, { maxMs: this.opts.maxBackoffMs ?? 30_000 });
+          this.opts.log.warn({ err: (err as Error).message, retryInMs: delay }, 'cannot connect to the hub; retrying');
+          await this.sleep(delay);
+          continue;
+        }
+      }
+      const err = await conn.closed;
+      if (this.current !== conn) continue; // replaced by a newer connection (certificate switch)
+      this.current = undefined;
+      clearInterval(this.heartbeatTimer);
+      conn.destroy();
+      if (this.stopped) break;
+      if (err && isFatal(err)) { this.fail(err); break; }
+      const code = (err as { code?: number } | undefined)?.code;
+      if (err && code !== undefined && !RETRYABLE_CODES.has(code)) this.opts.log.error({ code, err: err.message }, 'unexpected stream error; reconnecting');
+      const delay = backoffDelay(attempt++, { maxMs: this.opts.maxBackoffMs ?? 30_000 });
+      this.opts.log.warn({ err: err?.message ?? 'stream closed', retryInMs: delay }, 'disconnected from the hub');
+      this.setState('connecting', err);
+      await this.sleep(delay);
+    }
+  }
+
+  private fail(err: unknown): void {
+    const e = fromGrpcError(err);
+    this.opts.log.error({ code: e.code, err: e.message }, 'the hub refused this agent; not reconnecting');
+    this.stopped = true;
+    this.setState('closed', e);
+    this.closedResolve(e);
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      this.wake = resolve;
+      this.sleepTimer = setTimeout(resolve, ms);
+    });
+  }
+
+  private adopt(conn: Connection, welcome: T.Welcome__Output): void {
+    const old = this.current;
+    this.current = conn;
+    this.stats.connects++;
+    // Anything not acknowledged goes again, first, on the new stream; the hub drops duplicates.
+    const unacked = [...this.inflight.entries()].sort((a, b) => a[0] - b[0]).flatMap(([, evs]) => evs);
+    this.inflight.clear();
+    this.pending = unacked.concat(this.pending);
+    clearInterval(this.heartbeatTimer);
+    const every = Math.max(1000, welcome.heartbeatIntervalMs || 10_000);
+    this.heartbeatTimer = setInterval(() => this.current?.write({ heartbeat: { sentAtMs: Date.now() } }), every);
+    this.heartbeatTimer.unref();
+    old?.end();
+    const queued = this.outQueue;
+    this.outQueue = [];
+    for (const m of queued) this.send(m);
+    this.opts.log.info({ agentId: welcome.agentId, tenant: welcome.tenant }, 'connected to the hub');
+    this.setState('ready');
+    this.emit('welcome', welcome);
+    this.flush();
+  }
+
+  private onMessage(m: T.HubMessage__Output, c: Connection): void {
+    switch (m.msg) {
+      case 'action': if (m.action) this.opts.onAction(m.action); break;
+      case 'cancel': if (m.cancel) this.opts.onCancel(m.cancel.executionId); break;
+      case 'eventAck': {
+        if (!m.eventAck || c !== this.current) break;
+        const batch = this.inflight.get(m.eventAck.seq);
+        if (batch) { this.inflight.delete(m.eventAck.seq); this.stats.eventsAcked += batch.length; this.emit('acked', batch.length); this.flush(); }
+        break;
+      }
+      case 'caBundle': if (m.caBundle) this.emit('caBundle', m.caBundle.certificates); break;
+      default: break;
+    }
+  }
+
+  /** Sends an action output or result; held in memory while disconnected. */
+  send(m: T.AgentMessage): void {
+    if (this.current && this.state !== 'closed') { this.current.write(m); return; }
+    if (this.outQueue.length < 10_000) this.outQueue.push(m);
+  }
+
+  /** Queues events for delivery; they are re-sent until the hub acknowledges them. */
+  publish(events: T.Event[]): void {
+    const max = this.opts.maxQueued ?? 100_000;
+    this.pending.push(...events);
+    if (this.pending.length > max) {
+      const drop = this.pending.length - max;
+      this.pending.splice(0, drop);
+      this.stats.eventsDropped += drop;
+    }
+    this.flush();
+  }
+
+  get backlog(): number {
+    let n = this.pending.length;
+    for (const b of this.inflight.values()) n += b.length;
+    return n;
+  }
+
+  private flush(): void {
+    const conn = this.current;
+    if (!conn || this.state !== 'ready') return;
+    const size = this.opts.batchSize ?? 500;
+    const maxInflight = this.opts.maxInflight ?? 16;
+    while (this.pending.length > 0 && this.inflight.size < maxInflight) {
+      const batch = this.pending.splice(0, size);
+      const seq = ++this.seq;
+      this.inflight.set(seq, batch);
+      this.stats.eventsSent += batch.length;
+      conn.write({ events: { seq, events: batch } });
+    }
+  }
+
+  /** Make-before-break: open a stream with the current credentials, then retire the old one. */
+  async reconnectWithNewCredentials(): Promise<void> {
+    if (this.stopped) return;
+    const conn = new Connection(this.opts.target, this.opts.credentials(), this.opts.hello(), (m, c) => this.onMessage(m, c));
+    try {
+      const welcome = await conn.welcome;
+      if (this.stopped) { conn.destroy(); return; }
+      this.adopt(conn, welcome);
+      this.wake?.();
+    } catch (err) {
+      conn.destroy();
+      throw fromGrpcError(err);
+    }
+  }
+
+  /** Sends a unary Renew over the current credentials. */
+  async renew(csr: string, timeoutMs = 15_000): Promise<T.RenewResponse__Output> {
+    const c = this.opts.credentials();
+    const client = new v1.AgentChannel(this.opts.target, grpc.credentials.createSsl(Buffer.from(c.caPem), Buffer.from(c.keyPem), Buffer.from(c.certPem)), CLIENT_OPTIONS);
+    try {
+      return await new Promise((resolve, reject) => client.Renew({ csr }, { deadline: Date.now() + timeoutMs }, (err, r) => (err ? reject(fromGrpcError(err)) : resolve(r!))));
+    } finally {
+      client.close();
+    }
+  }
+
+  /** Drain → close: stop reconnecting, end the stream. */
+  async close(): Promise<void> {
+    if (this.stopped && this.state === 'closed') return;
+    this.stopped = true;
+    clearTimeout(this.sleepTimer);
+    this.wake?.();
+    clearInterval(this.heartbeatTimer);
+    const conn = this.current;
+    this.current = undefined;
+    conn?.end();
+    conn?.destroy();
+    await this.loopPromise;
+    this.setState('closed');
+    this.closedResolve(undefined);
+  }
+}

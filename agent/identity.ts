@@ -1,0 +1,90 @@
+/**
+ * The agent's identity files in its data directory. The private key is generated here and
+ * never leaves the host; files holding it are 0600 and written atomically.
+ */
+import { existsSync, readFileSync, renameSync } from 'node:fs';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { atomicWriteFile, ensureDir } from '../common/fsutil.js';
+import { TrellisError } from '../common/errors.js';
+import { certInfo, keyMatchesCert, loadPrivateKey, splitPemBundle } from '../certs/index.js';
+
+export function agentPaths(dataDir: string) {
+  return {
+    dir: dataDir,
+    state: join(dataDir, 'agent.json'),
+    key: join(dataDir, 'agent-key.pem'),
+    cert: join(dataDir, 'agent.pem'),
+    ca: join(dataDir, 'ca.pem'),
+  };
+}
+export type AgentPaths = ReturnType<typeof agentPaths>;
+
+export const AgentStateSchema = z.strictObject({
+  /** Agent port of the hub, HOST:PORT. */
+  hub: z.string().min(1),
+  /** Admin port of the hub used at enrollment, HOST:PORT. */
+  enrollHub: z.string().default(''),
+  agentId: z.string().min(1),
+  tenant: z.string().min(1),
+  trustDomain: z.string().min(1),
+  labels: z.record(z.string(), z.string()).default({}),
+  enrolledAt: z.number().default(0),
+});
+export type AgentState = z.output<typeof AgentStateSchema>;
+
+export interface Identity { keyPem: string; certPem: string; caPem: string; serial: string; notBefore: Date; notAfter: Date }
+
+export function readState(paths: AgentPaths): AgentState {
+  if (!existsSync(paths.state)) throw new TrellisError('TRELLIS_E_CONFIG', `${paths.dir} is not enrolled: run \`trellis agent enroll --hub HOST:7444 --token TOKEN --data ${paths.dir}\``);
+  let raw: unknown;
+  try { raw = JSON.parse(readFileSync(paths.state, 'utf8')); } catch (e) {
+    throw new TrellisError('TRELLIS_E_CONFIG', `cannot parse ${paths.state}: ${(e as Error).message}`);
+  }
+  const r = AgentStateSchema.safeParse(raw);
+  if (!r.success) throw new TrellisError('TRELLIS_E_CONFIG', `invalid ${paths.state}: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  return r.data;
+}
+
+export async function writeState(paths: AgentPaths, state: AgentState): Promise<void> {
+  await ensureDir(paths.dir, 0o700);
+  await atomicWriteFile(paths.state, JSON.stringify(state, null, 2) + '\n', { mode: 0o600 });
+}
+
+/**
+ * Renewal writes KEY.new and CERT.new, then renames the key and the certificate. A crash
+ * between the two renames leaves CERT.new matching the new key: finish the switch here.
+ */
+function recoverHalfRenewal(paths: AgentPaths): void {
+  const pending = paths.cert + '.new';
+  if (!existsSync(pending) || !existsSync(paths.key)) return;
+  try {
+    const key = loadPrivateKey(readFileSync(paths.key));
+    if (keyMatchesCert(key, readFileSync(pending, 'utf8'))) renameSync(pending, paths.cert);
+  } catch { /* a broken leftover: the normal checks below report the real state */ }
+}
+
+export function loadIdentity(files: { key: string; cert: string; ca: string }, paths?: AgentPaths): Identity {
+  if (paths) recoverHalfRenewal(paths);
+  for (const [what, f] of Object.entries(files)) {
+    if (!existsSync(f)) throw new TrellisError('TRELLIS_E_CONFIG', `missing ${what} file ${f}: enroll the agent with \`trellis agent enroll\``);
+  }
+  const keyPem = readFileSync(files.key, 'utf8');
+  const certPem = readFileSync(files.cert, 'utf8');
+  const caPem = readFileSync(files.ca, 'utf8');
+  const leaf = splitPemBundle(certPem)[0];
+  if (!leaf) throw new TrellisError('TRELLIS_E_CERT_INVALID', `${files.cert} holds no certificate`);
+  if (splitPemBundle(caPem).length === 0) throw new TrellisError('TRELLIS_E_CERT_INVALID', `${files.ca} holds no CA certificate`);
+  if (!keyMatchesCert(loadPrivateKey(keyPem), leaf)) throw new TrellisError('TRELLIS_E_CERT_INVALID', `${files.key} does not match ${files.cert}`);
+  const info = certInfo(leaf);
+  return { keyPem, certPem, caPem, serial: info.serialHex, notBefore: info.notBefore, notAfter: info.notAfter };
+}
+
+export async function saveIdentity(paths: AgentPaths, id: { keyPem: string; certPem: string; caPem?: string }): Promise<void> {
+  await ensureDir(paths.dir, 0o700);
+  await atomicWriteFile(paths.key + '.new', id.keyPem, { mode: 0o600 });
+  await atomicWriteFile(paths.cert + '.new', id.certPem, { mode: 0o644 });
+  if (id.caPem) await atomicWriteFile(paths.ca, id.caPem, { mode: 0o644 });
+  renameSync(paths.key + '.new', paths.key);
+  renameSync(paths.cert + '.new', paths.cert);
+}

@@ -1,0 +1,50 @@
+/** Admin API clients built from the profile: pinned CA, bearer token, deadlines, typed errors. */
+import * as grpc from '@grpc/grpc-js';
+import { v1 } from '../common/proto.js';
+import { CLIENT_OPTIONS } from '../common/grpc-options.js';
+import { fromGrpcError } from '../common/grpc-errors.js';
+import type { Profile } from './profile.js';
+
+export interface AdminClients {
+  auth: InstanceType<typeof v1.AdminAuth>;
+  tokens: InstanceType<typeof v1.AdminJoinTokens>;
+  agents: InstanceType<typeof v1.AdminAgents>;
+  certs: InstanceType<typeof v1.AdminCerts>;
+  runs: InstanceType<typeof v1.AdminRuns>;
+  version: InstanceType<typeof v1.Version>;
+  metadata: grpc.Metadata;
+  close(): void;
+}
+
+export function adminClients(hub: string, caPem: string, token?: string): AdminClients {
+  const creds = grpc.credentials.createSsl(Buffer.from(caPem));
+  // One channel shared by every service client.
+  const base = new grpc.Client(hub, creds, CLIENT_OPTIONS);
+  const channelOverride = base.getChannel();
+  const opts = { ...CLIENT_OPTIONS, channelOverride };
+  const metadata = new grpc.Metadata();
+  if (token) metadata.set('authorization', `Bearer ${token}`);
+  return {
+    auth: new v1.AdminAuth(hub, creds, opts),
+    tokens: new v1.AdminJoinTokens(hub, creds, opts),
+    agents: new v1.AdminAgents(hub, creds, opts),
+    certs: new v1.AdminCerts(hub, creds, opts),
+    runs: new v1.AdminRuns(hub, creds, opts),
+    version: new v1.Version(hub, creds, opts),
+    metadata,
+    close: () => base.close(),
+  };
+}
+
+export function fromProfile(p: Profile): AdminClients {
+  return adminClients(p.hub, p.caPem, p.token);
+}
+
+type UnaryFn<Req, Res> = (req: Req, md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Res) => void) => unknown;
+
+/** Calls a unary method with the credentials and a deadline; rejects with a TrellisError. */
+export function call<Req, Res>(c: AdminClients, client: object, fn: UnaryFn<Req, Res>, req: Req, timeoutMs = 30_000): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    fn.call(client, req, c.metadata, { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(fromGrpcError(err)) : resolve(res!)));
+  });
+}

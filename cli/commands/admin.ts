@@ -1,0 +1,213 @@
+/** Admin commands: they talk to the hub's admin API with the profile from `trellis login`. */
+import { readFileSync, writeFileSync } from 'node:fs';
+import type { Command } from 'commander';
+import { TrellisError } from '../../common/errors.js';
+import { parseDuration } from '../../common/duration.js';
+import { parseHostPort, formatHostPort } from '../../common/grpc-options.js';
+import { fetchServedChain, pinnedBundle } from '../../common/tlsprobe.js';
+import { fingerprintSha256, splitPemBundle } from '../../certs/index.js';
+import { fromGrpcError } from '../../common/grpc-errors.js';
+import { adminClients, call, fromProfile, type AdminClients } from '../client.js';
+import { readProfile, writeProfile } from '../profile.js';
+import { ask, askHidden, isInteractive } from '../prompt.js';
+import { table, ago, when, labels, parseKeyValues } from '../format.js';
+import { collect } from './util.js';
+import type * as T from '../../common/proto-gen/trellis/v1/index.js';
+
+async function withClients<R>(fn: (c: AdminClients) => Promise<R>): Promise<R> {
+  const c = fromProfile(readProfile());
+  try { return await fn(c); } finally { c.close(); }
+}
+
+function print(s: string): void { process.stdout.write(s.endsWith('\n') ? s : s + '\n'); }
+function json(v: unknown): void { print(JSON.stringify(v, (_k, x) => (Buffer.isBuffer(x) ? x.toString('base64') : x), 2)); }
+
+/** Decides which CA to trust for a hub: --ca file, --ca-fingerprint pin, or ssh-style confirmation. */
+async function trustHubCa(hub: string, o: { ca?: string; caFingerprint?: string }): Promise<string> {
+  if (o.ca) {
+    let pem: string;
+    try { pem = readFileSync(o.ca, 'utf8'); } catch (e) { throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `cannot read --ca ${o.ca}: ${(e as Error).message}`); }
+    if (splitPemBundle(pem).length === 0) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${o.ca} holds no PEM certificate`);
+    return pem;
+  }
+  const { host, port } = parseHostPort(hub, 7444);
+  const served = await fetchServedChain(host, port);
+  if (o.caFingerprint) {
+    const bundle = pinnedBundle(served, o.caFingerprint);
+    if (!bundle) throw new TrellisError('TRELLIS_E_CA_PIN_MISMATCH', `the hub at ${hub} does not present a CA with fingerprint ${o.caFingerprint}; nothing was sent`);
+    return bundle.join('');
+  }
+  const ca = served.length > 1 ? served[1]! : served[0]!;
+  const fp = fingerprintSha256(ca);
+  if (!isInteractive()) {
+    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `cannot confirm the hub CA without a terminal: pass --ca FILE or --ca-fingerprint ${fp}`);
+  }
+  process.stderr.write(`The hub at ${hub} presents a CA with SHA-256 fingerprint\n  ${fp}\n`);
+  const a = (await ask('Trust it? Compare it with `trellis hub init` output or ca.pem on the hub. [y/N] ')).trim().toLowerCase();
+  if (a !== 'y' && a !== 'yes') throw new TrellisError('TRELLIS_E_CA_PIN_MISMATCH', 'CA not trusted; nothing was sent');
+  return pinnedBundle(served, fp)!.join('');
+}
+
+export function addAdminCommands(program: Command): void {
+  program.command('login')
+    .description('log in to a hub and store a profile (hub, pinned CA, time-limited token), 0600')
+    .requiredOption('--hub <host:port>', 'hub admin address, e.g. hub.example.com:7444')
+    .requiredOption('--user <name>', 'user name')
+    .option('--ca <file>', 'trust this CA bundle (e.g. ca.pem from the hub data directory)')
+    .option('--ca-fingerprint <sha256>', 'trust the hub CA with this SHA-256 fingerprint (for scripts)')
+    .addHelpText('after', '\nThe password comes from TRELLIS_PASSWORD or a prompt. Profiles live in $TRELLIS_HOME (default ~/.config/trellis).')
+    .action(async (o) => {
+      const { host, port } = parseHostPort(o.hub, 7444);
+      const hub = formatHostPort(host, port);
+      const caPem = await trustHubCa(hub, o);
+      const password = process.env.TRELLIS_PASSWORD || (await askHidden(`Password for ${o.user}: `));
+      const c = adminClients(hub, caPem);
+      try {
+        const r = await call<T.LoginRequest, T.LoginResponse__Output>(c, c.auth, c.auth.Login, { username: o.user, password });
+        const path = await writeProfile({ hub, caPem, username: r.username, token: r.token, expiresAtMs: r.expiresAtMs, tenant: 'default' });
+        print(`logged in to ${hub} as ${r.username}; token valid until ${when(r.expiresAtMs)} (profile ${path})`);
+      } finally { c.close(); }
+    });
+
+  program.command('logout').description('revoke the login token and forget it').action(async () => {
+    const p = readProfile();
+    const c = fromProfile(p);
+    try { await call(c, c.auth, c.auth.Logout, {}); } catch (e) { if (fromGrpcError(e).code !== 'TRELLIS_E_UNAUTHENTICATED') throw e; } finally { c.close(); }
+    await writeProfile({ ...p, token: '', expiresAtMs: 0 });
+    print('logged out');
+  });
+
+  program.command('whoami').description('show the logged-in user').action(() => withClients(async (c) => {
+    const r = await call<T.WhoAmIRequest, T.WhoAmIResponse__Output>(c, c.auth, c.auth.WhoAmI, {});
+    print(`${r.username} (roles: ${r.roles.join(', ') || '-'}; tenant ${r.tenant}; token expires ${when(r.sessionExpiresAtMs)})`);
+  }));
+
+  program.command('version').description('show the CLI and hub versions').action(async () => {
+    const { TRELLIS_VERSION } = await import('../../common/version.js');
+    print(`trellis ${TRELLIS_VERSION}`);
+    try {
+      await withClients(async (c) => {
+        const r = await call<T.GetVersionRequest, T.VersionInfo__Output>(c, c.version, c.version.GetVersion, {}, 5_000);
+        print(`hub ${r.version} (${r.api}), CA sha256:${r.caFingerprint}${r.canIssue ? '' : ', cannot issue'}`);
+      });
+    } catch { /* not logged in: CLI version only */ }
+  });
+
+  const tokens = program.command('tokens').description('join tokens for enrolling agents');
+  tokens.command('create')
+    .description('create a join token; prints it once with the enroll command to paste')
+    .option('--tenant <tenant>', 'tenant of agents enrolled with it', 'default')
+    .option('--uses <n>', 'how many agents may use it', (v) => Number(v), 1)
+    .option('--ttl <duration>', 'lifetime, e.g. 15m, 2h, 7d', '15m')
+    .option('--label <k=v...>', 'labels given to every agent enrolled with it', collect, [])
+    .option('--description <text>', 'note shown in `tokens list`')
+    .action((o) => withClients(async (c) => {
+      const r = await call<T.CreateJoinTokenRequest, T.CreateJoinTokenResponse__Output>(c, c.tokens, c.tokens.CreateJoinToken, {
+        tenant: o.tenant, uses: o.uses, ttlMs: parseDuration(o.ttl, '--ttl'), labels: parseKeyValues(o.label, 'label'), description: o.description ?? '',
+      });
+      const hub = readProfile().hub;
+      print(r.token);
+      process.stderr.write(`\ntoken ${r.info!.id}: tenant ${r.info!.tenant}, ${r.info!.uses} use(s), expires ${when(r.info!.expiresAtMs)}\n` +
+        `enroll an agent with:\n  trellis agent enroll --hub ${hub} --token ${r.token} --data /var/lib/trellis-agent\n`);
+    }));
+  tokens.command('list').description('list join tokens').option('--all', 'include expired, used-up and revoked tokens').option('--json', 'JSON output')
+    .action((o) => withClients(async (c) => {
+      const r = await call<T.ListJoinTokensRequest, T.ListJoinTokensResponse__Output>(c, c.tokens, c.tokens.ListJoinTokens, { includeInactive: !!o.all });
+      if (o.json) return json(r.tokens);
+      const now = Date.now();
+      print(table(r.tokens.map((t) => [t.id, t.tenant, `${t.used}/${t.uses}`, t.revoked ? 'revoked' : t.expiresAtMs <= now ? 'expired' : t.used >= t.uses ? 'used up' : 'active',
+        ago(t.expiresAtMs, now), labels(t.labels), t.createdBy]), ['ID', 'TENANT', 'USED', 'STATE', 'EXPIRES', 'LABELS', 'BY']));
+    }));
+  tokens.command('revoke <id>').description('revoke a join token').action((id) => withClients(async (c) => {
+    await call(c, c.tokens, c.tokens.RevokeJoinToken, { id });
+    print(`join token ${id} revoked`);
+  }));
+
+  const agents = program.command('agents').description('enrolled agents');
+  agents.command('list').description('list agents with status, last seen and certificate expiry')
+    .option('--selector <k=v...>', 'only agents with these labels', collect, []).option('--json', 'JSON output')
+    .action((o) => withClients(async (c) => {
+      const r = await call<T.ListAgentsRequest, T.ListAgentsResponse__Output>(c, c.agents, c.agents.ListAgents, { selector: parseKeyValues(o.selector, 'selector') });
+      if (o.json) return json(r.agents);
+      print(table(r.agents.map((a) => [a.id, a.tenant, a.hostname || '-', a.status, ago(a.lastSeenMs), labels(a.labels), a.certSerial.slice(0, 16), when(a.certExpiresAtMs)]),
+        ['ID', 'TENANT', 'HOST', 'STATUS', 'LAST SEEN', 'LABELS', 'CERT SERIAL', 'CERT EXPIRES']));
+    }));
+  agents.command('show <id>').description('show one agent').option('--json', 'JSON output').action((id, o) => withClients(async (c) => {
+    const a = await call<T.GetAgentRequest, T.AgentInfo__Output>(c, c.agents, c.agents.GetAgent, { id });
+    if (o.json) return json(a);
+    const f = a.facts;
+    print([
+      `id:            ${a.id}`, `tenant:        ${a.tenant}`, `identity:      ${a.spiffeId}`, `status:        ${a.status}${a.remoteAddress ? ` (${a.remoteAddress})` : ''}`,
+      `last seen:     ${ago(a.lastSeenMs)}`, `enrolled:      ${when(a.enrolledAtMs)}`, `labels:        ${labels(a.labels)}`,
+      `cert serial:   ${a.certSerial}`, `cert expires:  ${when(a.certExpiresAtMs)}`,
+      ...(a.revoked ? [`revoked:       ${when(a.revokedAtMs)}`] : []),
+      ...(f ? [`host:          ${f.hostname} (${f.os} ${f.osRelease}, ${f.arch}, ${f.cpus} cpus, ${Math.round(f.memoryBytes / 2 ** 20)} MiB)`, `agent version: ${f.agentVersion}`] : []),
+    ].join('\n'));
+  }));
+  agents.command('revoke <id>').description('revoke the agent\'s certificates and cut its live connection').option('--reason <text>', 'reason, kept with the revocation')
+    .action((id, o) => withClients(async (c) => {
+      const r = await call<T.RevokeAgentRequest, T.RevokeAgentResponse__Output>(c, c.agents, c.agents.RevokeAgent, { id, reason: o.reason ?? '' });
+      print(`agent ${id} revoked (serials ${r.revokedSerials.join(', ')})${r.disconnected ? '; its live stream was closed' : ''}`);
+    }));
+
+  const certs = program.command('certs').description('hub CA and certificates');
+  certs.command('show').description('show the CA, the hub certificate and issuing settings').option('--json', 'JSON output').action((o) => withClients(async (c) => {
+    const r = await call<T.GetCertificatesRequest, T.GetCertificatesResponse__Output>(c, c.certs, c.certs.GetCertificates, {});
+    if (o.json) return json(r);
+    const show = (title: string, i: T.CertificateInfo__Output) => [
+      `${title}:`, `  subject:     ${i.subject.replace(/\n/g, ', ')}`, `  issuer:      ${i.issuer.replace(/\n/g, ', ')}`, `  serial:      ${i.serial}`,
+      `  valid:       ${when(i.notBeforeMs)} .. ${when(i.notAfterMs)}`, `  key:         ${i.keyType}`, `  sha256:      ${i.fingerprintSha256}`,
+      ...(i.dnsNames.length + i.ipAddresses.length ? [`  names:       ${[...i.dnsNames, ...i.ipAddresses].join(', ')}`] : []),
+    ];
+    print([...show('CA', r.ca!), ...show('hub', r.hub!), `can issue:     ${r.canIssue}`, `trust domain:  ${r.trustDomain}`,
+      `hub names:     ${r.hubNames.join(', ')}`, `agent cert ttl: ${Math.round(r.agentCertTtlMs / 3_600_000)}h`].join('\n'));
+  }));
+  certs.command('crl').description('print the certificate revocation list (PEM, signed by the hub CA)').option('--out <file>', 'write it to a file')
+    .action((o) => withClients(async (c) => {
+      const r = await call<T.GetCrlRequest, T.GetCrlResponse__Output>(c, c.certs, c.certs.GetCrl, {});
+      if (o.out) { writeFileSync(o.out, r.crl); process.stderr.write(`CRL with ${r.revoked} revoked certificate(s) written to ${o.out}\n`); } else print(r.crl);
+    }));
+  certs.command('replace').description('serve a new hub certificate without dropping connected agents')
+    .requiredOption('--hub-cert <file>', 'new hub certificate (PEM chain) issued by the hub CA, naming every hub name')
+    .requiredOption('--hub-key <file>', 'its private key')
+    .action((o) => withClients(async (c) => {
+      const read = (f: string) => { try { return readFileSync(f, 'utf8'); } catch (e) { throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `cannot read ${f}: ${(e as Error).message}`); } };
+      const r = await call<T.ReplaceHubCertificateRequest, T.ReplaceHubCertificateResponse__Output>(c, c.certs, c.certs.ReplaceHubCertificate, { certificate: read(o.hubCert), privateKey: read(o.hubKey) });
+      print(`hub certificate replaced: serial ${r.hub!.serial}, valid until ${when(r.hub!.notAfterMs)}; new connections use it now`);
+    }));
+
+  program.command('run')
+    .description('run a command on agents (argv, no shell); prints its output and exits with its exit code')
+    .option('--agent <id>', 'target agent')
+    .option('--selector <k=v...>', 'target every online agent with these labels', collect, [])
+    .option('--timeout <duration>', 'kill the process group after this long', '30s')
+    .option('--env <K=V...>', 'environment variable for the command', collect, [])
+    .option('--cwd <dir>', 'working directory on the agent')
+    .argument('<command...>', 'command and arguments (put them after --)')
+    .action((argv: string[], o) => withClients(async (c) => {
+      const selector = parseKeyValues(o.selector, 'selector');
+      if (!o.agent && Object.keys(selector).length === 0) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name a target: --agent ID or --selector k=v');
+      const timeoutMs = parseDuration(o.timeout, '--timeout');
+      const stream = c.runs.Run({ agentId: o.agent ?? '', selector, argv, timeoutMs, env: parseKeyValues(o.env, 'env'), cwd: o.cwd ?? '' }, c.metadata);
+      const many = !o.agent;
+      let worst = 0;
+      const onSig = () => stream.cancel();
+      process.once('SIGINT', onSig);
+      await new Promise<void>((resolve, reject) => {
+        stream.on('data', (u: T.RunUpdate__Output) => {
+          if (u.output) {
+            const out = u.output.stream === 'STDERR' ? process.stderr : process.stdout;
+            out.write(many ? Buffer.from(String(u.output.data).split('\n').map((l) => (l ? `[${u.output!.agentId}] ${l}` : l)).join('\n')) : u.output.data);
+          } else if (u.finished) {
+            const f = u.finished;
+            if (f.status !== 'succeeded') process.stderr.write(`trellis: ${many ? `[${f.agentId}] ` : ''}${f.status}${f.error ? `: ${f.error}` : ''} (exit ${f.exitCode})\n`);
+            const code = f.exitCode < 0 ? 1 : f.exitCode;
+            worst = Math.max(worst, code);
+          }
+        });
+        stream.on('error', (e) => reject(fromGrpcError(e)));
+        stream.on('end', () => resolve());
+      }).finally(() => process.off('SIGINT', onSig));
+      process.exitCode = worst;
+    }));
+}

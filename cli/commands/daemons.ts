@@ -1,0 +1,113 @@
+/** `trellis hub …` and `trellis agent …`: set up and run the daemons. */
+import type { Command } from 'commander';
+import { initHub } from '../../hub/init.js';
+import { Hub } from '../../hub/hub.js';
+import { enroll } from '../../agent/enroll.js';
+import { Agent } from '../../agent/agent.js';
+import { KEY_TYPES, type KeyType } from '../../certs/index.js';
+import { TrellisError } from '../../common/errors.js';
+import { createLogger } from '../../common/log.js';
+import { parseKeyValues } from '../format.js';
+import { askHidden, isInteractive } from '../prompt.js';
+import { runUntilSignal, intOption, collect } from './util.js';
+
+export function addDaemonCommands(program: Command): void {
+  const hub = program.command('hub').description('set up and run the hub');
+
+  hub.command('init')
+    .description('create a hub data directory: CA (generated or supplied), hub certificate, first admin')
+    .requiredOption('--data <dir>', 'hub data directory (created 0700)')
+    .requiredOption('--name <names...>', 'every host name and IP agents use to reach the hub (comma-separated or repeated)')
+    .option('--trust-domain <domain>', 'SPIFFE trust domain for agent identities', 'trellis.local')
+    .option('--ca-key-type <type>', `key type of a generated CA: ${KEY_TYPES.filter((k) => k !== 'rsa-2048').join('|')}`, 'ec-p256')
+    .option('--ca-cert <file>', 'use this CA (PEM; issuing CA first, then its parents)')
+    .option('--ca-key <file>', 'key of --ca-cert; without it, --hub-cert and --hub-key are required and the hub cannot issue')
+    .option('--hub-cert <file>', 'hub serving certificate (PEM chain) signed by --ca-cert')
+    .option('--hub-key <file>', 'key of --hub-cert')
+    .option('--admin <name>', 'name of the first admin user', 'admin')
+    .option('--bind <addr>', 'address every listener binds to')
+    .option('--agent-port <port>', 'agent port (mTLS)', intOption)
+    .option('--admin-port <port>', 'admin port (TLS)', intOption)
+    .option('--web-port <port>', 'web port (HTTPS)', intOption)
+    .option('--force', 'replace an existing hub in the data directory')
+    .addHelpText('after', '\nThe admin password comes from TRELLIS_ADMIN_PASSWORD, a prompt on a terminal, or is generated and printed once.')
+    .action(async (o) => {
+      if (o.caKeyType && !KEY_TYPES.includes(o.caKeyType) || o.caKeyType === 'rsa-2048') {
+        throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `--ca-key-type must be one of ec-p256, ec-p384, rsa-3072, rsa-4096`);
+      }
+      let password = process.env.TRELLIS_ADMIN_PASSWORD || undefined;
+      if (!password && isInteractive()) {
+        password = await askHidden(`Password for ${o.admin} (empty to generate one): `) || undefined;
+        if (password && password !== await askHidden('Again: ')) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'the passwords differ');
+      }
+      const config: Record<string, unknown> = {};
+      if (o.bind) config.bind = o.bind;
+      if (o.agentPort !== undefined) config.agentPort = o.agentPort;
+      if (o.adminPort !== undefined) config.adminPort = o.adminPort;
+      if (o.webPort !== undefined) config.webPort = o.webPort;
+      const r = await initHub({
+        dataDir: o.data, names: o.name, trustDomain: o.trustDomain, caKeyType: o.caKeyType as KeyType, caCertFile: o.caCert, caKeyFile: o.caKey,
+        hubCertFile: o.hubCert, hubKeyFile: o.hubKey, admin: o.admin, adminPassword: password, force: o.force, config,
+      });
+      const first = String(o.name[0]).split(',')[0];
+      process.stdout.write([
+        `hub initialised in ${o.data} (${r.mode})`,
+        `CA fingerprint: sha256:${r.caFingerprint}`,
+        ...(r.generatedPassword ? [`admin user: ${r.admin}`, `admin password (shown once, store it now): ${r.generatedPassword}`] : [`admin user: ${r.admin}`]),
+        '',
+        'next:',
+        `  trellis hub run --data ${o.data}`,
+        `  trellis login --hub ${first}:${o.adminPort ?? 7444} --user ${r.admin} --ca ${r.paths.caCert}`,
+        '',
+      ].join('\n'));
+    });
+
+  hub.command('run')
+    .description('run the hub daemon')
+    .requiredOption('--data <dir>', 'hub data directory')
+    .option('--bind <addr>', 'address every listener binds to (default from hub.json, else 0.0.0.0)')
+    .option('--agent-port <port>', 'agent port, mTLS (default 7443)', intOption)
+    .option('--admin-port <port>', 'admin port, TLS (default 7444)', intOption)
+    .option('--web-port <port>', 'web port, HTTPS (default 7445)', intOption)
+    .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')
+    .action(async (o) => {
+      const hubd = await Hub.start({ dataDir: o.data, flags: { bind: o.bind, agentPort: o.agentPort, adminPort: o.adminPort, webPort: o.webPort, logLevel: o.logLevel } });
+      process.stderr.write(`trellis hub: agent port ${hubd.agentPort}, admin port ${hubd.adminPort}, CA sha256:${hubd.components.pki.caFingerprint}\n`);
+      await runUntilSignal(() => hubd.close());
+    });
+
+  const agent = program.command('agent').description('enroll and run an agent');
+
+  agent.command('enroll')
+    .description('enroll this host with a join token: pins the hub CA from the token, makes a key here, gets a certificate')
+    .requiredOption('--hub <host:port>', 'hub admin address, e.g. hub.example.com:7444')
+    .requiredOption('--token <token>', 'join token from `trellis tokens create` (or TRELLIS_JOIN_TOKEN)')
+    .requiredOption('--data <dir>', 'agent data directory (created 0700)')
+    .option('--label <k=v...>', 'extra labels (the token\'s labels win)', collect, [])
+    .option('--force', 'replace an existing identity in the data directory')
+    .action(async (o) => {
+      const t0 = performance.now();
+      const r = await enroll({ hub: o.hub, token: o.token, dataDir: o.data, force: o.force, labels: parseKeyValues(o.label, 'label') });
+      process.stdout.write(`enrolled as agent ${r.agentId} (tenant ${r.tenant}) in ${Math.round(performance.now() - t0)} ms\n` +
+        `identity: ${r.spiffeId}, certificate valid until ${r.notAfter.toISOString()}\n` +
+        `next: trellis agent run --data ${o.data}\n`);
+    });
+
+  agent.command('run')
+    .description('run the agent daemon: keeps one mTLS stream to the hub, runs actions, renews its certificate')
+    .requiredOption('--data <dir>', 'agent data directory')
+    .option('--hub <host:port>', 'hub agent address (default: the one saved at enrollment)')
+    .option('--cert <file>', 'operator-issued agent certificate (with --key, --ca and --hub)')
+    .option('--key <file>', 'key of --cert')
+    .option('--ca <file>', 'CA bundle that issued the hub certificate')
+    .option('--label <k=v...>', 'labels reported in hello', collect, [])
+    .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')
+    .action(async (o) => {
+      const log = createLogger({ name: 'trellis-agent', level: o.logLevel });
+      const a = await Agent.start({ dataDir: o.data, hub: o.hub, certFile: o.cert, keyFile: o.key, caFile: o.ca, labels: parseKeyValues(o.label, 'label'), log });
+      const fatal = a.channel.closedPromise.then((err) => {
+        if (err) { process.stderr.write(`trellis agent: ${err.message}\n`); process.exitCode = 3; }
+      });
+      await runUntilSignal(() => a.close(), fatal);
+    });
+}

@@ -1,0 +1,46 @@
+/** The `trellis` command line: daemons (`hub`, `agent`) and admin commands. */
+import { Command, CommanderError } from 'commander';
+import { TRELLIS_VERSION } from '../common/version.js';
+import { isTrellisError, type TrellisError } from '../common/errors.js';
+import { addDaemonCommands } from './commands/daemons.js';
+import { addAdminCommands } from './commands/admin.js';
+
+export function buildProgram(): Command {
+  const program = new Command('trellis')
+    .description('Trellis: infrastructure orchestration over mutual-TLS gRPC')
+    .version(TRELLIS_VERSION, '-V, --version-cli', 'print the CLI version')
+    .showHelpAfterError('(run with --help for usage)')
+    .configureHelp({ sortSubcommands: false });
+  addDaemonCommands(program);
+  addAdminCommands(program);
+  program.addHelpText('after', `
+Start here:
+  trellis hub init --data /var/lib/trellis-hub --name hub.example.com,10.0.0.5
+  trellis hub run --data /var/lib/trellis-hub
+  trellis login --hub hub.example.com:7444 --user admin --ca /var/lib/trellis-hub/ca.pem
+  trellis tokens create --label role=web
+  trellis agent enroll --hub hub.example.com:7444 --token TOKEN --data /var/lib/trellis-agent
+  trellis agent run --data /var/lib/trellis-agent
+  trellis run --selector role=web -- uptime`);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  program.exitOverride();
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      process.exitCode = err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.exitCode === 0 ? 0 : 2;
+      return;
+    }
+    if (isTrellisError(err)) {
+      const e = err as TrellisError;
+      process.stderr.write(`trellis: ${e.message} (${e.code})\n`);
+    } else {
+      process.stderr.write(`trellis: ${(err as Error)?.message ?? String(err)}\n`);
+    }
+    process.exitCode = 1;
+  }
+}

@@ -1,0 +1,51 @@
+/**
+ * Every error Trellis reports carries a stable code from this one list. The README's
+ * troubleshooting table is generated from the same descriptions, so keep them actionable.
+ */
+export const ERROR_CODES = {
+  TRELLIS_E_INTERNAL: 'an internal error; the hub log has the details under the request id',
+  TRELLIS_E_INVALID_ARGUMENT: 'a request or a file had a bad value; the message names it',
+  TRELLIS_E_CONFIG: 'the configuration is invalid; the message names the key and the file',
+  TRELLIS_E_NOT_FOUND: 'the named object does not exist',
+  TRELLIS_E_ALREADY_EXISTS: 'an object with that name already exists',
+  TRELLIS_E_UNAUTHENTICATED: 'no valid credentials: run `trellis login` again',
+  TRELLIS_E_PERMISSION_DENIED: 'the caller lacks the permission the call needs',
+  TRELLIS_E_TOKEN_INVALID: 'the join token is malformed, unknown or revoked',
+  TRELLIS_E_TOKEN_EXPIRED: 'the join token expired; create a new one with `trellis tokens create`',
+  TRELLIS_E_TOKEN_USED_UP: 'the join token has no uses left; create a new one with `trellis tokens create`',
+  TRELLIS_E_CA_PIN_MISMATCH: 'the hub presented a CA that does not match the fingerprint in the token',
+  TRELLIS_E_CSR_INVALID: 'the certificate signing request is malformed or its signature does not verify',
+  TRELLIS_E_CERT_INVALID: 'a certificate or key is malformed, expired or does not match',
+  TRELLIS_E_CERT_REVOKED: 'the agent certificate was revoked; re-enroll the agent with a new join token',
+  TRELLIS_E_CERT_EXPIRED: 'the agent certificate expired; re-enroll with `trellis agent enroll --force`',
+  TRELLIS_E_CA_NO_KEY: 'the hub has no CA key (operator-supplied CA); issue agent certificates yourself',
+  TRELLIS_E_ALREADY_ENROLLED: 'the data directory already holds an identity; pass --force to replace it',
+  TRELLIS_E_AGENT_OFFLINE: 'the target agent is not connected',
+  TRELLIS_E_UNAVAILABLE: 'the hub cannot be reached; check the address and that `trellis hub run` is up',
+  TRELLIS_E_TOO_LARGE: 'a message or value is over its size limit',
+  TRELLIS_E_TIMEOUT: 'the operation did not finish in time',
+  TRELLIS_E_SHUTDOWN: 'the daemon is shutting down',
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export class TrellisError extends Error {
+  override name = 'TrellisError';
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.code = code;
+  }
+}
+
+/** True when err, or any error in its cause chain, is a TrellisError (with the given code). */
+export function isTrellisError(err: unknown, code?: ErrorCode): err is TrellisError {
+  for (let e: unknown = err, depth = 0; e && depth < 10; e = (e as { cause?: unknown }).cause, depth++) {
+    if (e instanceof TrellisError && (code === undefined || e.code === code)) return true;
+  }
+  return false;
+}
+
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,82 @@
+/**
+ * The one place where domain errors become gRPC status and back. Remote callers get the
+ * stable code in trailing metadata (`trellis-error-code`) and an actionable message; never a
+ * stack or a path. Anything that is not a TrellisError is INTERNAL with a request id.
+ */
+import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
+import { ERROR_CODES, TrellisError, type ErrorCode } from './errors.js';
+
+const TO_STATUS: Record<ErrorCode, status> = {
+  TRELLIS_E_INTERNAL: status.INTERNAL,
+  TRELLIS_E_INVALID_ARGUMENT: status.INVALID_ARGUMENT,
+  TRELLIS_E_CONFIG: status.FAILED_PRECONDITION,
+  TRELLIS_E_NOT_FOUND: status.NOT_FOUND,
+  TRELLIS_E_ALREADY_EXISTS: status.ALREADY_EXISTS,
+  TRELLIS_E_UNAUTHENTICATED: status.UNAUTHENTICATED,
+  TRELLIS_E_PERMISSION_DENIED: status.PERMISSION_DENIED,
+  TRELLIS_E_TOKEN_INVALID: status.UNAUTHENTICATED,
+  TRELLIS_E_TOKEN_EXPIRED: status.UNAUTHENTICATED,
+  TRELLIS_E_TOKEN_USED_UP: status.UNAUTHENTICATED,
+  TRELLIS_E_CA_PIN_MISMATCH: status.FAILED_PRECONDITION,
+  TRELLIS_E_CSR_INVALID: status.INVALID_ARGUMENT,
+  TRELLIS_E_CERT_INVALID: status.INVALID_ARGUMENT,
+  TRELLIS_E_CERT_REVOKED: status.PERMISSION_DENIED,
+  TRELLIS_E_CERT_EXPIRED: status.UNAUTHENTICATED,
+  TRELLIS_E_CA_NO_KEY: status.FAILED_PRECONDITION,
+  TRELLIS_E_ALREADY_ENROLLED: status.FAILED_PRECONDITION,
+  TRELLIS_E_AGENT_OFFLINE: status.FAILED_PRECONDITION,
+  TRELLIS_E_UNAVAILABLE: status.UNAVAILABLE,
+  TRELLIS_E_TOO_LARGE: status.RESOURCE_EXHAUSTED,
+  TRELLIS_E_TIMEOUT: status.DEADLINE_EXCEEDED,
+  TRELLIS_E_SHUTDOWN: status.UNAVAILABLE,
+};
+
+export const CODE_KEY = 'trellis-error-code';
+
+export interface StatusObject { code: status; details: string; metadata: Metadata }
+
+/** Domain error → status object for a server to send. */
+export function toStatus(err: unknown, requestId: string): StatusObject {
+  const metadata = new Metadata();
+  if (err instanceof TrellisError) {
+    metadata.set(CODE_KEY, err.code);
+    return { code: TO_STATUS[err.code], details: err.message, metadata };
+  }
+  metadata.set(CODE_KEY, 'TRELLIS_E_INTERNAL');
+  return { code: status.INTERNAL, details: `internal error (request ${requestId}); the hub log has the details`, metadata };
+}
+
+const FROM_STATUS: Partial<Record<status, ErrorCode>> = {
+  [status.INVALID_ARGUMENT]: 'TRELLIS_E_INVALID_ARGUMENT',
+  [status.NOT_FOUND]: 'TRELLIS_E_NOT_FOUND',
+  [status.ALREADY_EXISTS]: 'TRELLIS_E_ALREADY_EXISTS',
+  [status.UNAUTHENTICATED]: 'TRELLIS_E_UNAUTHENTICATED',
+  [status.PERMISSION_DENIED]: 'TRELLIS_E_PERMISSION_DENIED',
+  [status.UNAVAILABLE]: 'TRELLIS_E_UNAVAILABLE',
+  [status.DEADLINE_EXCEEDED]: 'TRELLIS_E_TIMEOUT',
+  [status.RESOURCE_EXHAUSTED]: 'TRELLIS_E_TOO_LARGE',
+};
+
+/** gRPC failure → typed error: the code from trailing metadata first, then the status code. */
+export function fromGrpcError(err: unknown): TrellisError {
+  const se = err as Partial<ServiceError>;
+  if (err instanceof TrellisError) return err;
+  if (typeof se?.code !== 'number') return new TrellisError('TRELLIS_E_INTERNAL', String((err as Error)?.message ?? err), { cause: err });
+  const fromMeta = se.metadata?.get(CODE_KEY)?.[0];
+  const code: ErrorCode = typeof fromMeta === 'string' && fromMeta in ERROR_CODES
+    ? (fromMeta as ErrorCode)
+    : FROM_STATUS[se.code as status] ?? 'TRELLIS_E_INTERNAL';
+  let message = se.details || se.message || 'request failed';
+  if (se.code === status.UNAVAILABLE) message = `cannot reach the hub: ${message}`;
+  const e = new TrellisError(code, message, { cause: err });
+  (e as TrellisError & { grpcCode?: number }).grpcCode = se.code;
+  return e;
+}
+
+export function grpcCodeOf(err: unknown): number | undefined {
+  for (let e: unknown = err, i = 0; e && i < 10; e = (e as { cause?: unknown }).cause, i++) {
+    const c = (e as { grpcCode?: number; code?: unknown }).grpcCode ?? (e as { code?: unknown }).code;
+    if (typeof c === 'number') return c;
+  }
+  return undefined;
+}

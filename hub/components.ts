@@ -1,0 +1,24 @@
+import type { HubConfig } from './config.js';
+import type { Logger } from '../common/log.js';
+import type { Store } from './store/index.js';
+import type { HubPki } from './pki/index.js';
+import type { Auth } from './auth/index.js';
+import type { JoinTokens } from './tokens/index.js';
+import type { AgentRegistry } from './agents/index.js';
+import type { Runs } from './runs/index.js';
+import type { EventIntake } from './events/index.js';
+
+/** Everything the gRPC layer may call, built once in hub/hub.ts. */
+export interface HubComponents {
+  config: HubConfig;
+  log: Logger;
+  store: Store;
+  pki: HubPki;
+  auth: Auth;
+  tokens: JoinTokens;
+  agents: AgentRegistry;
+  runs: Runs;
+  events: EventIntake;
+  /** The bound agent port (known once listening). */
+  agentPort: () => number;
+}

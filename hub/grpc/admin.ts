@@ -1,0 +1,166 @@
+/** Admin-port services: decode, authorize (in wrap), call the domain, encode. */
+import * as grpc from '@grpc/grpc-js';
+import { v1 } from '../../common/proto.js';
+import { certInfo, splitPemBundle } from '../../certs/index.js';
+import { TRELLIS_VERSION, API_VERSION } from '../../common/version.js';
+import { TrellisError } from '../../common/errors.js';
+import { unary, serverStream, type WrapDeps } from './wrap.js';
+import { enrollAgent } from '../agents/enroll.js';
+import type { HubComponents } from '../components.js';
+import type { AgentView } from '../agents/index.js';
+import type { JoinTokenDoc } from '../tokens/index.js';
+import type * as T from '../../common/proto-gen/trellis/v1/index.js';
+import { checkString } from '../validate.js';
+
+const S = '/trellis.v1';
+
+export function certificateInfo(pem: string): T.CertificateInfo {
+  const i = certInfo(pem);
+  return {
+    subject: i.subject, issuer: i.issuer, serial: i.serialHex, notBeforeMs: i.notBefore.getTime(), notAfterMs: i.notAfter.getTime(),
+    dnsNames: i.dnsNames, ipAddresses: i.ipAddresses, uris: i.uris, fingerprintSha256: i.fingerprint, keyType: i.keyType, pem,
+  };
+}
+
+function agentInfo(a: AgentView): T.AgentInfo {
+  return {
+    id: a.id, tenant: a.tenant, hostname: a.hostname, labels: a.labels, facts: a.facts ?? null, online: a.online,
+    lastSeenMs: a.lastSeen ?? 0, enrolledAtMs: a.enrolledAt, certSerial: a.certSerial, certExpiresAtMs: a.certExpiresAt,
+    revoked: a.revoked, revokedAtMs: a.revokedAt ?? 0, spiffeId: a.spiffeId, remoteAddress: a.remote ?? '', status: a.status,
+  };
+}
+
+function tokenInfo(d: JoinTokenDoc): T.JoinTokenInfo {
+  return {
+    id: d.id, tenant: d.tenant, uses: d.uses, used: d.used, createdAtMs: d.createdAt, expiresAtMs: d.expiresAt,
+    labels: d.labels, revoked: d.revoked, createdBy: d.createdBy, description: d.description,
+  };
+}
+
+export function addAdminServices(server: grpc.Server, c: HubComponents): void {
+  const deps: WrapDeps = { auth: c.auth, log: c.log.child({ component: 'admin' }) };
+
+  server.addService(v1.Version.service, {
+    GetVersion: unary<T.GetVersionRequest__Output, T.VersionInfo>(deps, `${S}.Version/GetVersion`, async () => ({
+      version: TRELLIS_VERSION, api: API_VERSION, caFingerprint: c.pki.caFingerprint, canIssue: c.pki.canIssue,
+    })),
+  });
+
+  server.addService(v1.Enrollment.service, {
+    Enroll: unary<T.EnrollRequest__Output, T.EnrollResponse>(deps, `${S}.Enrollment/Enroll`, async (req, ctx) => {
+      const r = await enrollAgent(
+        { pki: c.pki, tokens: c.tokens, agents: c.agents, trustDomain: c.config.trustDomain, agentCertTtlMs: c.config.agentCertTtl },
+        { token: checkString(req.token, 'token', 512), csr: checkString(req.csr, 'csr', 16 * 1024), hostname: checkString(req.hostname, 'hostname', 253), labels: req.labels },
+      );
+      c.log.info({ component: 'enroll', reqId: ctx.requestId, agentId: r.agent.id, tenant: r.agent.tenant, tokenId: r.agent.tokenId, serial: r.agent.certSerial, peer: ctx.peer }, 'agent enrolled; certificate issued');
+      return {
+        agentId: r.agent.id, tenant: r.agent.tenant, certificate: r.certPem, caBundle: r.caBundle,
+        trustDomain: c.config.trustDomain, spiffeId: r.agent.spiffeId, labels: r.agent.labels, agentPort: c.agentPort(),
+      };
+    }),
+  });
+
+  server.addService(v1.AdminAuth.service, {
+    Login: unary<T.LoginRequest__Output, T.LoginResponse>(deps, `${S}.AdminAuth/Login`, async (req, ctx) => {
+      try {
+        const r = await c.auth.login(req.username, req.password);
+        return { token: r.token, expiresAtMs: r.expiresAt, username: r.user.username };
+      } catch (e) {
+        c.log.warn({ component: 'auth', reqId: ctx.requestId, user: String(req.username).slice(0, 64), peer: ctx.peer }, 'login failed');
+        throw e;
+      }
+    }),
+    Logout: unary<T.LogoutRequest__Output, T.LogoutResponse>(deps, `${S}.AdminAuth/Logout`, async (_req, ctx) => {
+      if (ctx.principal?.sessionId) await c.auth.logout(ctx.principal.sessionId);
+      return {};
+    }),
+    WhoAmI: unary<T.WhoAmIRequest__Output, T.WhoAmIResponse>(deps, `${S}.AdminAuth/WhoAmI`, async (_req, ctx) => ({
+      username: ctx.principal!.username, roles: [...ctx.principal!.roles], sessionExpiresAtMs: ctx.principal!.sessionExpiresAt ?? 0,
+      tenant: ctx.principal!.tenants[0] ?? 'default',
+    })),
+  });
+
+  server.addService(v1.AdminJoinTokens.service, {
+    CreateJoinToken: unary<T.CreateJoinTokenRequest__Output, T.CreateJoinTokenResponse>(deps, `${S}.AdminJoinTokens/CreateJoinToken`, async (req, ctx) => {
+      const r = await c.tokens.create({ tenant: req.tenant, uses: req.uses, ttlMs: req.ttlMs, labels: req.labels, createdBy: ctx.principal!.username, description: req.description });
+      c.log.info({ component: 'tokens', tokenId: r.doc.id, tenant: r.doc.tenant, uses: r.doc.uses, user: ctx.principal!.username }, 'join token created');
+      return { token: r.token, info: tokenInfo(r.doc) };
+    }),
+    ListJoinTokens: unary<T.ListJoinTokensRequest__Output, T.ListJoinTokensResponse>(deps, `${S}.AdminJoinTokens/ListJoinTokens`, async (req) => ({
+      tokens: (await c.tokens.list(req.includeInactive)).map(tokenInfo),
+    })),
+    RevokeJoinToken: unary<T.RevokeJoinTokenRequest__Output, T.RevokeJoinTokenResponse>(deps, `${S}.AdminJoinTokens/RevokeJoinToken`, async (req) => {
+      await c.tokens.revoke(checkString(req.id, 'id', 64));
+      return {};
+    }),
+  });
+
+  server.addService(v1.AdminAgents.service, {
+    ListAgents: unary<T.ListAgentsRequest__Output, T.ListAgentsResponse>(deps, `${S}.AdminAgents/ListAgents`, async (req) => ({
+      agents: (await c.agents.list({ selector: req.selector })).map(agentInfo),
+    })),
+    GetAgent: unary<T.GetAgentRequest__Output, T.AgentInfo>(deps, `${S}.AdminAgents/GetAgent`, async (req) =>
+      agentInfo(c.agents.view(await c.agents.require(checkString(req.id, 'id', 64))))),
+    RevokeAgent: unary<T.RevokeAgentRequest__Output, T.RevokeAgentResponse>(deps, `${S}.AdminAgents/RevokeAgent`, async (req, ctx) => {
+      const r = await c.agents.revoke(checkString(req.id, 'id', 64), checkString(req.reason, 'reason', 256) || 'revoked by admin');
+      c.log.info({ component: 'agents', agentId: req.id, serials: r.serials, user: ctx.principal!.username, disconnected: r.disconnected }, 'agent revoked');
+      return { revokedSerials: r.serials, disconnected: r.disconnected };
+    }),
+  });
+
+  server.addService(v1.AdminCerts.service, {
+    GetCertificates: unary<T.GetCertificatesRequest__Output, T.GetCertificatesResponse>(deps, `${S}.AdminCerts/GetCertificates`, async () => {
+      const hubChain = splitPemBundle(c.pki.hubIdentity.certChainPem);
+      return {
+        ca: certificateInfo(c.pki.caCertPem), hub: certificateInfo(hubChain[0]!), caChain: c.pki.caChain.map(certificateInfo),
+        canIssue: c.pki.canIssue, trustDomain: c.config.trustDomain, hubNames: [...c.config.names], agentCertTtlMs: c.config.agentCertTtl,
+      };
+    }),
+    GetCrl: unary<T.GetCrlRequest__Output, T.GetCrlResponse>(deps, `${S}.AdminCerts/GetCrl`, async () => {
+      const { entries, crlNumber } = await c.agents.revokedEntries();
+      return { crl: c.pki.crl(entries, crlNumber), revoked: entries.length };
+    }),
+    ReplaceHubCertificate: unary<T.ReplaceHubCertificateRequest__Output, T.ReplaceHubCertificateResponse>(deps, `${S}.AdminCerts/ReplaceHubCertificate`, async (req, ctx) => {
+      await c.pki.replaceHubIdentity(checkString(req.certificate, 'certificate', 64 * 1024), checkString(req.privateKey, 'private_key', 16 * 1024));
+      const leaf = splitPemBundle(c.pki.hubIdentity.certChainPem)[0]!;
+      c.log.info({ component: 'pki', user: ctx.principal!.username, serial: certInfo(leaf).serialHex }, 'hub certificate replaced');
+      return { hub: certificateInfo(leaf) };
+    }),
+  });
+
+  server.addService(v1.AdminRuns.service, {
+    Run: serverStream<T.RunRequest__Output, T.RunUpdate>(deps, `${S}.AdminRuns/Run`, async (req, ctx, write) => {
+      let agentIds: string[];
+      if (req.agentId) {
+        const a = await c.agents.require(checkString(req.agentId, 'agent_id', 64));
+        if (a.revoked) throw new TrellisError('TRELLIS_E_CERT_REVOKED', `agent ${a.id} is revoked`);
+        agentIds = [a.id];
+      } else if (Object.keys(req.selector).length > 0) {
+        agentIds = (await c.agents.list({ selector: req.selector })).filter((a) => a.online).map((a) => a.id);
+        if (agentIds.length === 0) throw new TrellisError('TRELLIS_E_NOT_FOUND', 'no online agent matches the selector');
+      } else {
+        throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name a target: --agent ID or --selector k=v');
+      }
+      await new Promise<void>((resolve, reject) => {
+        let pending = agentIds.length;
+        let handle: { cancel: () => void } | undefined;
+        const onAbort = () => { handle?.cancel(); resolve(); };
+        try {
+          handle = c.runs.start({
+            agentIds, argv: req.argv, timeoutMs: req.timeoutMs || 30_000, env: req.env, cwd: req.cwd, requestedBy: ctx.principal!.username,
+          }, (e) => {
+            switch (e.kind) {
+              case 'started': write({ started: { executionId: e.executionId, agentId: e.agentId } }); break;
+              case 'output': write({ output: { executionId: e.executionId, agentId: e.agentId, stream: e.stream, data: e.data } }); break;
+              case 'finished':
+                write({ finished: { executionId: e.executionId, agentId: e.agentId, status: e.status, exitCode: e.exitCode, error: e.error, durationMs: e.durationMs } });
+                if (--pending === 0) { ctx.signal.removeEventListener('abort', onAbort); resolve(); }
+                break;
+            }
+          });
+        } catch (err) { reject(err); return; }
+        ctx.signal.addEventListener('abort', onAbort, { once: true });
+      });
+    }),
+  });
+}

@@ -1,0 +1,185 @@
+/**
+ * The agent port's services. Identity (tenant, agent id) comes only from the verified client
+ * certificate; every stream is checked against the CA, the trust domain, EKU and revocation.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { X509Certificate, randomBytes } from 'node:crypto';
+import { v1 } from '../../common/proto.js';
+import { parseCSR, normalizeSerial } from '../../certs/index.js';
+import { parseSpiffeId } from '../pki/index.js';
+import { TrellisError, isTrellisError } from '../../common/errors.js';
+import { toStatus } from '../../common/grpc-errors.js';
+import type { HubComponents } from '../components.js';
+import type { AgentLink, CloseReason } from '../agents/index.js';
+import { MAX_EVENTS_PER_BATCH } from '../events/index.js';
+import type * as T from '../../common/proto-gen/trellis/v1/index.js';
+
+const CLIENT_AUTH_OID = '1.3.6.1.5.5.7.3.2';
+const HELLO_TIMEOUT_MS = 10_000;
+
+export interface PeerIdentity { agentId: string; tenant: string; serial: string; notAfter: number }
+
+/** Verifies the peer certificate of a call on the agent port. */
+export function identifyPeer(c: HubComponents, call: { getAuthContext(): { sslPeerCertificate?: { raw?: Buffer } } }): PeerIdentity {
+  const raw = call.getAuthContext()?.sslPeerCertificate?.raw;
+  if (!raw) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'no client certificate: the agent port needs the certificate from `trellis agent enroll`');
+  const cert = new X509Certificate(raw);
+  const ca = caX509(c);
+  if (!cert.checkIssued(ca) || !cert.verify(ca.publicKey)) {
+    throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'the client certificate was not issued by this hub\'s CA');
+  }
+  if (!(cert.keyUsage ?? []).includes(CLIENT_AUTH_OID)) {
+    throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', 'the client certificate is not valid for client authentication (EKU clientAuth missing)');
+  }
+  const uris = (cert.subjectAltName ?? '').split(/,\s*/).filter((s) => s.startsWith('URI:')).map((s) => s.slice(4));
+  const ids = uris.map(parseSpiffeId).filter((x) => x !== undefined);
+  if (ids.length !== 1 || ids[0]!.trustDomain !== c.config.trustDomain) {
+    throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `the client certificate carries no agent identity (URI SAN spiffe://${c.config.trustDomain}/tenant/<tenant>/agent/<id>)`);
+  }
+  const serial = normalizeSerial(cert.serialNumber);
+  if (c.agents.isSerialRevoked(serial)) {
+    throw new TrellisError('TRELLIS_E_CERT_REVOKED', `the certificate of agent ${ids[0]!.agentId} was revoked; enroll again with a new join token`);
+  }
+  const notAfter = new Date(cert.validTo).getTime();
+  if (notAfter <= Date.now()) throw new TrellisError('TRELLIS_E_CERT_EXPIRED', 'the agent certificate expired; re-enroll with `trellis agent enroll --force`');
+  return { agentId: ids[0]!.agentId, tenant: ids[0]!.tenant, serial, notAfter };
+}
+
+const caCache = new WeakMap<object, { pem: string; x: X509Certificate }>();
+function caX509(c: HubComponents): X509Certificate {
+  const hit = caCache.get(c.pki);
+  if (hit && hit.pem === c.pki.caCertPem) return hit.x;
+  const x = new X509Certificate(c.pki.caCertPem);
+  caCache.set(c.pki, { pem: c.pki.caCertPem, x });
+  return x;
+}
+
+/** Checks the registry: known (or operator-issued, then registered), same tenant, not revoked. */
+async function admitAgent(c: HubComponents, id: PeerIdentity): Promise<void> {
+  const doc = await c.agents.get(id.agentId);
+  if (!doc) {
+    await c.agents.create({
+      id: id.agentId, tenant: id.tenant, hostname: '', labels: {}, enrolledAt: Date.now(), tokenId: c.pki.canIssue ? 'unknown' : 'operator-issued',
+      spiffeId: `spiffe://${c.config.trustDomain}/tenant/${id.tenant}/agent/${id.agentId}`, certSerial: id.serial, certExpiresAt: id.notAfter,
+      serials: [{ serial: id.serial, notAfter: id.notAfter }], revoked: false,
+    });
+    c.log.warn({ component: 'agent-port', agentId: id.agentId, tenant: id.tenant }, 'agent with a valid certificate but no record: registered');
+    return;
+  }
+  if (doc.revoked) throw new TrellisError('TRELLIS_E_CERT_REVOKED', `agent ${id.agentId} was revoked; enroll again with a new join token`);
+  if (doc.tenant !== id.tenant) throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `agent ${id.agentId} belongs to another tenant`);
+}
+
+const CLOSE_CODES: Record<CloseReason, grpc.status> = {
+  revoked: grpc.status.PERMISSION_DENIED,
+  replaced: grpc.status.ABORTED,
+  expired: grpc.status.UNAUTHENTICATED,
+  shutdown: grpc.status.UNAVAILABLE,
+};
+
+export function addAgentServices(server: grpc.Server, c: HubComponents): void {
+  const log = c.log.child({ component: 'agent-port' });
+
+  const connect: grpc.handleBidiStreamingCall<T.AgentMessage__Output, T.HubMessage> = (call) => {
+    const reqId = randomBytes(6).toString('hex');
+    let link: AgentLink | undefined;
+    let closed = false;
+    let expiryTimer: NodeJS.Timeout | undefined;
+    const fail = (err: unknown) => {
+      if (closed) return;
+      closed = true;
+      if (isTrellisError(err)) log.warn({ reqId, peer: call.getPeer(), code: (err as TrellisError).code, msg: (err as Error).message }, 'agent stream refused');
+      else log.error({ reqId, err }, 'agent stream failed');
+      cleanup();
+      call.emit('error', toStatus(err, reqId));
+    };
+    const cleanup = () => {
+      clearTimeout(expiryTimer);
+      clearTimeout(helloTimer);
+      if (link) { c.agents.detach(link); log.info({ agentId: link.agentId, serial: link.serial }, 'agent disconnected'); link = undefined; }
+    };
+    let id: PeerIdentity;
+    try { id = identifyPeer(c, call); } catch (e) { fail(e); return; }
+    const helloTimer = setTimeout(() => fail(new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'no hello within 10s')), HELLO_TIMEOUT_MS);
+    let admitted: Promise<void> | undefined;
+
+    call.on('data', (msg: T.AgentMessage__Output) => {
+      if (closed) return;
+      try {
+        if (!link) {
+          if (msg.msg !== 'hello' || !msg.hello) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'the first message on the channel must be hello');
+          if (admitted) return; // a second hello while admission runs is ignored
+          const hello = msg.hello;
+          admitted = admitAgent(c, id).then(async () => {
+            if (closed) return;
+            clearTimeout(helloTimer);
+            link = {
+              agentId: id.agentId, serial: id.serial, remote: call.getPeer(), connectedAt: Date.now(),
+              send: (m) => !closed && call.write(m),
+              close: (reason, message) => {
+                if (closed) return;
+                closed = true;
+                cleanup();
+                call.emit('error', { code: CLOSE_CODES[reason], details: message, metadata: toStatus(new TrellisError(reason === 'revoked' ? 'TRELLIS_E_CERT_REVOKED' : reason === 'expired' ? 'TRELLIS_E_CERT_EXPIRED' : 'TRELLIS_E_SHUTDOWN', message), reqId).metadata });
+              },
+            };
+            c.agents.attach(link);
+            expiryTimer = setTimeout(() => link?.close('expired', 'the agent certificate expired; re-enroll with `trellis agent enroll --force`'), Math.min(id.notAfter - Date.now(), 2 ** 31 - 1));
+            expiryTimer.unref();
+            if (hello.facts) await c.agents.updateHello(id.agentId, hello.facts);
+            log.info({ agentId: id.agentId, tenant: id.tenant, serial: id.serial, peer: call.getPeer() }, 'agent connected');
+            call.write({ welcome: { agentId: id.agentId, tenant: id.tenant, heartbeatIntervalMs: c.config.heartbeatInterval, caBundle: c.pki.trustBundle, serverTimeMs: Date.now() } });
+          }).catch(fail);
+          return;
+        }
+        c.agents.touch(link.agentId);
+        switch (msg.msg) {
+          case 'heartbeat':
+            break;
+          case 'events': {
+            const batch = msg.events!;
+            if (batch.events.length > MAX_EVENTS_PER_BATCH) throw new TrellisError('TRELLIS_E_TOO_LARGE', `at most ${MAX_EVENTS_PER_BATCH} events per batch`);
+            c.events.ingest(link.agentId, id.tenant, batch.events);
+            call.write({ eventAck: { seq: batch.seq } });
+            break;
+          }
+          case 'output':
+            c.runs.onOutput(link.agentId, msg.output!);
+            break;
+          case 'result':
+            c.runs.onResult(link.agentId, msg.result!);
+            break;
+          case 'hello':
+            break;
+          default:
+            log.warn({ agentId: link.agentId }, 'empty or unknown message ignored');
+        }
+      } catch (e) {
+        fail(e);
+      }
+    });
+    call.on('end', () => { if (!closed) { closed = true; cleanup(); call.end(); } });
+    call.on('cancelled', () => { closed = true; cleanup(); });
+    call.on('error', () => { closed = true; cleanup(); });
+  };
+
+  const renew: grpc.handleUnaryCall<T.RenewRequest__Output, T.RenewResponse> = (call, callback) => {
+    const reqId = randomBytes(6).toString('hex');
+    void (async () => {
+      try {
+        const id = identifyPeer(c, call);
+        await admitAgent(c, id);
+        const csr = parseCSR(call.request.csr);
+        const issued = c.pki.issueAgentCertificate({ publicKey: csr.publicKey, agentId: id.agentId, tenant: id.tenant, trustDomain: c.config.trustDomain, ttlMs: c.config.agentCertTtl });
+        await c.agents.recordRenewal(id.agentId, issued.serial, issued.notAfter.getTime());
+        log.info({ agentId: id.agentId, oldSerial: id.serial, serial: issued.serial, notAfter: issued.notAfter.toISOString() }, 'agent certificate renewed');
+        callback(null, { certificate: issued.certPem, caBundle: c.pki.trustBundle });
+      } catch (err) {
+        log.warn({ reqId, peer: call.getPeer(), msg: (err as Error).message }, 'renewal refused');
+        callback(toStatus(err, reqId));
+      }
+    })();
+  };
+
+  server.addService(v1.AgentChannel.service, { Connect: connect, Renew: renew });
+}

@@ -1,0 +1,127 @@
+/**
+ * The hub's composition root: reads config, builds every component and wires them by hand.
+ * Read it top to bottom to see what the hub is made of.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { loadHubConfig, type HubConfig, type HubConfigInput } from './config.js';
+import { hubPaths } from './paths.js';
+import { openStore, type Store } from './store/index.js';
+import { HubPki } from './pki/index.js';
+import { Auth } from './auth/index.js';
+import { JoinTokens } from './tokens/index.js';
+import { AgentRegistry } from './agents/index.js';
+import { Runs } from './runs/index.js';
+import { EventIntake } from './events/index.js';
+import { addAdminServices } from './grpc/admin.js';
+import { addAgentServices } from './grpc/agent-channel.js';
+import { MemoryCertificateProvider, mtlsServerCredentials, tlsServerCredentials } from './grpc/credentials.js';
+import { assertTableCovers } from './authz/index.js';
+import { allMethodPaths } from '../common/proto.js';
+import { SERVER_OPTIONS } from '../common/grpc-options.js';
+import { createLogger, type Logger } from '../common/log.js';
+import { TrellisError } from '../common/errors.js';
+import type { HubComponents } from './components.js';
+
+export interface HubOptions {
+  dataDir: string;
+  /** Overrides from flags (highest precedence). */
+  flags?: Partial<HubConfigInput>;
+  log?: Logger;
+  /** Use the in-memory store instead of DATA/state.json (tests, benchmarks). */
+  memoryStore?: boolean;
+}
+
+export type HubState = 'starting' | 'running' | 'draining' | 'closed';
+
+export class Hub {
+  state: HubState = 'starting';
+  private sweepTimer?: NodeJS.Timeout;
+
+  private constructor(
+    readonly components: HubComponents,
+    private readonly agentServer: grpc.Server,
+    private readonly adminServer: grpc.Server,
+    readonly agentPort: number,
+    readonly adminPort: number,
+  ) {}
+
+  get config(): HubConfig { return this.components.config; }
+
+  static async start(opts: HubOptions): Promise<Hub> {
+    const config = loadHubConfig(opts.dataDir, opts.flags);
+    const log = opts.log ?? createLogger({ level: config.logLevel, name: 'trellis-hub' });
+    const paths = hubPaths(opts.dataDir);
+    assertTableCovers(allMethodPaths());
+
+    const store: Store = await openStore(opts.memoryStore ? { kind: 'memory' } : { kind: 'lowdb', path: paths.store });
+    const pki = HubPki.load(paths, config.names);
+    const auth = new Auth(store, { sessionTtlMs: config.sessionTtl });
+    const tokens = new JoinTokens(store, { caFingerprint: pki.caFingerprint, defaultTtlMs: config.joinTokenTtl });
+    const agents = new AgentRegistry(store, { heartbeatTtlMs: config.heartbeatTtl });
+    await agents.load();
+    const runs = new Runs(agents, log.child({ component: 'runs' }));
+    const events = new EventIntake();
+    let boundAgentPort = config.agentPort;
+    const components: HubComponents = { config, log, store, pki, auth, tokens, agents, runs, events, agentPort: () => boundAgentPort };
+
+    // One identity provider for both ports, one CA provider for client certificates.
+    const identity = new MemoryCertificateProvider({ certChain: pki.hubIdentity.certChainPem, key: pki.hubIdentity.keyPem });
+    const clientCa = new MemoryCertificateProvider({ ca: pki.trustBundle.join('\n') });
+    pki.onIdentityChange((id) => identity.setIdentity(id.certChainPem, id.keyPem));
+
+    const serverOptions = { ...SERVER_OPTIONS, 'grpc.max_receive_message_length': config.maxMessageBytes };
+    const agentServer = new grpc.Server(serverOptions);
+    addAgentServices(agentServer, components);
+    const adminServer = new grpc.Server(serverOptions);
+    addAdminServices(adminServer, components);
+
+    const bindTo = (server: grpc.Server, port: number, creds: grpc.ServerCredentials, what: string) =>
+      new Promise<number>((resolve, reject) => {
+        const addr = config.bind.includes(':') ? `[${config.bind}]:${port}` : `${config.bind}:${port}`;
+        server.bindAsync(addr, creds, (err, bound) => (err
+          ? reject(new TrellisError('TRELLIS_E_CONFIG', `cannot listen on ${addr} for the ${what} port: ${err.message}`, { cause: err }))
+          : resolve(bound)));
+      });
+    let agentPort: number, adminPort: number;
+    try {
+      agentPort = await bindTo(agentServer, config.agentPort, mtlsServerCredentials(identity, clientCa), 'agent');
+      boundAgentPort = agentPort;
+      adminPort = await bindTo(adminServer, config.adminPort, tlsServerCredentials(identity), 'admin');
+    } catch (e) {
+      agentServer.forceShutdown();
+      adminServer.forceShutdown();
+      await store.close();
+      throw e;
+    }
+    const hub = new Hub(components, agentServer, adminServer, agentPort, adminPort);
+    hub.sweepTimer = setInterval(() => void auth.sweepSessions().catch(() => undefined), 3_600_000);
+    hub.sweepTimer.unref();
+    hub.state = 'running';
+    log.info({ agentPort, adminPort, bind: config.bind, names: config.names, caFingerprint: pki.caFingerprint, canIssue: pki.canIssue }, 'hub running');
+    return hub;
+  }
+
+  /** Drain → flush → close, forced after `forceMs`. */
+  async close(forceMs = 5_000): Promise<void> {
+    if (this.state === 'closed' || this.state === 'draining') return;
+    this.state = 'draining';
+    clearInterval(this.sweepTimer);
+    const c = this.components;
+    c.runs.close();
+    await c.agents.closeAll().catch((err) => c.log.error({ err }, 'saving agent state failed'));
+    const graceful = (s: grpc.Server) => new Promise<void>((resolve) => s.tryShutdown(() => resolve()));
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all([graceful(this.agentServer), graceful(this.adminServer)]),
+      new Promise<void>((resolve) => { timer = setTimeout(resolve, forceMs); }),
+    ]);
+    clearTimeout(timer);
+    this.agentServer.forceShutdown();
+    this.adminServer.forceShutdown();
+    await c.store.close();
+    this.state = 'closed';
+    c.log.info('hub stopped');
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> { await this.close(); }
+}

@@ -1,0 +1,151 @@
+/**
+ * `trellis hub init`: sets up a data directory in one of three PKI modes.
+ *  1. nothing supplied: a new CA (10 years) and a hub certificate naming every --name;
+ *  2. --ca-cert + --ca-key (possibly an intermediate; its chain is kept): the hub certificate is
+ *     issued from it;
+ *  3. --ca-cert alone: --hub-cert + --hub-key are required and checked; the hub cannot issue.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { isIP } from 'node:net';
+import {
+  certInfo, createCA, fingerprintSha256, generateKey, issueCertificate, keyMatchesCert, loadPrivateKey, splitPemBundle, verifyIssuedBy, type KeyType,
+} from '../certs/index.js';
+import { TrellisError } from '../common/errors.js';
+import { atomicWriteFile, ensureDir } from '../common/fsutil.js';
+import { hubPaths } from './paths.js';
+import { checkHubIdentity } from './pki/index.js';
+import { validateConfig, type HubConfigInput } from './config.js';
+import { openStore } from './store/index.js';
+import { Auth } from './auth/index.js';
+import { generatePassword } from './auth/passwords.js';
+
+export interface InitOptions {
+  dataDir: string;
+  names: string[];
+  trustDomain?: string;
+  caKeyType?: KeyType;
+  caCertFile?: string;
+  caKeyFile?: string;
+  hubCertFile?: string;
+  hubKeyFile?: string;
+  admin?: string;
+  /** Undefined: a password is generated and returned once. */
+  adminPassword?: string;
+  force?: boolean;
+  config?: Partial<HubConfigInput>;
+}
+
+export interface InitResult {
+  caFingerprint: string;
+  mode: 'generated-ca' | 'supplied-ca' | 'supplied-ca-no-key';
+  admin: string;
+  generatedPassword?: string;
+  paths: ReturnType<typeof hubPaths>;
+}
+
+const HUB_CERT_DAYS = 825;
+
+function readFile(path: string, what: string): string {
+  try { return readFileSync(path, 'utf8'); } catch (e) {
+    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `cannot read ${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+}
+
+export function splitNames(names: string[]): { dns: string[]; ips: string[] } {
+  const dns: string[] = [], ips: string[] = [];
+  for (const n of names) (isIP(n) ? ips : dns).push(n);
+  return { dns, ips };
+}
+
+export async function initHub(o: InitOptions): Promise<InitResult> {
+  const paths = hubPaths(o.dataDir);
+  const names = [...new Set(o.names.flatMap((n) => n.split(',')).map((n) => n.trim()).filter(Boolean))];
+  if (names.length === 0) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'give at least one --name: every host name and IP address agents use to reach the hub');
+  if (existsSync(paths.config) && !o.force) {
+    throw new TrellisError('TRELLIS_E_ALREADY_EXISTS', `${o.dataDir} already holds a hub (${paths.config}); pass --force to start over (this discards its CA and every enrolled agent)`);
+  }
+  if (o.caKeyFile && !o.caCertFile) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--ca-key needs --ca-cert');
+  if ((o.hubCertFile === undefined) !== (o.hubKeyFile === undefined)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--hub-cert and --hub-key go together');
+  const admin = o.admin ?? 'admin';
+  const config = validateConfig({ ...(o.config ?? {}), names, ...(o.trustDomain ? { trustDomain: o.trustDomain } : {}) }, 'hub init options');
+
+  let caChain: string[];
+  let caKeyPem: string | undefined;
+  let hubChainPem: string;
+  let hubKeyPem: string;
+  let mode: InitResult['mode'];
+  const { dns, ips } = splitNames(names);
+
+  const issueHub = (caCert: string, caKey: ReturnType<typeof loadPrivateKey>, chain: string[]) => {
+    const key = generateKey('ec-p256');
+    const now = Date.now();
+    const caNotAfter = certInfo(caCert).notAfter.getTime();
+    const leaf = issueCertificate({
+      issuerCertPem: caCert, issuerKey: caKey, subjectPublicKey: key.publicKey, subject: { commonName: names[0]!, organization: 'Trellis hub' },
+      dnsNames: dns, ipAddresses: ips, usage: 'server', notAfter: new Date(Math.min(now + HUB_CERT_DAYS * 86_400_000, caNotAfter)),
+    });
+    return { chain: [leaf, ...chain].join(''), keyPem: key.privateKeyPem };
+  };
+
+  if (!o.caCertFile) {
+    if (o.hubCertFile) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--hub-cert needs --ca-cert (the CA that issued it)');
+    const ca = createCA({ commonName: `Trellis CA ${names[0]}`, keyType: o.caKeyType ?? 'ec-p256' });
+    caChain = [ca.certPem];
+    caKeyPem = ca.keyPem;
+    ({ chain: hubChainPem, keyPem: hubKeyPem } = issueHub(ca.certPem, ca.key, caChain));
+    mode = 'generated-ca';
+  } else {
+    caChain = splitPemBundle(readFile(o.caCertFile, '--ca-cert'));
+    if (caChain.length === 0) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${o.caCertFile} holds no PEM certificate`);
+    const ca = certInfo(caChain[0]!);
+    if (!ca.isCA) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${o.caCertFile}: the first certificate is not a CA (basicConstraints CA:TRUE)`);
+    for (let i = 1; i < caChain.length; i++) {
+      if (!verifyIssuedBy(caChain[i - 1]!, caChain[i]!)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${o.caCertFile}: certificate ${i + 1} did not issue certificate ${i}; list the issuing CA first, then its parents`);
+    }
+    if (o.caKeyFile) {
+      const key = loadPrivateKey(readFile(o.caKeyFile, '--ca-key'));
+      if (!keyMatchesCert(key, caChain[0]!)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${o.caKeyFile} is not the key of the first certificate in ${o.caCertFile}`);
+      caKeyPem = key.export({ type: 'pkcs8', format: 'pem' }) as string;
+      if (o.hubCertFile) {
+        hubChainPem = readFile(o.hubCertFile, '--hub-cert');
+        hubKeyPem = readFile(o.hubKeyFile!, '--hub-key');
+      } else {
+        ({ chain: hubChainPem, keyPem: hubKeyPem } = issueHub(caChain[0]!, key, caChain));
+      }
+      mode = 'supplied-ca';
+    } else {
+      if (!o.hubCertFile) {
+        throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'with --ca-cert and no --ca-key the hub cannot issue its own certificate: also give --hub-cert and --hub-key signed by that CA');
+      }
+      hubChainPem = readFile(o.hubCertFile, '--hub-cert');
+      hubKeyPem = readFile(o.hubKeyFile!, '--hub-key');
+      mode = 'supplied-ca-no-key';
+    }
+    // Serve the whole chain so clients that trust only the root can verify.
+    const served = splitPemBundle(hubChainPem);
+    for (const c of caChain) if (!served.includes(c)) served.push(c);
+    hubChainPem = served.join('');
+  }
+  checkHubIdentity({ certChainPem: hubChainPem, keyPem: hubKeyPem }, caChain, names);
+
+  const password = o.adminPassword ?? generatePassword();
+  await ensureDir(o.dataDir, 0o700);
+  if (o.force) {
+    await rm(paths.store, { force: true });
+    await rm(paths.caKey, { force: true });
+  }
+  const store = await openStore({ kind: 'lowdb', path: paths.store });
+  try {
+    await new Auth(store, { sessionTtlMs: config.sessionTtl }).createUser({ username: admin, password, roles: ['admin'] });
+  } finally {
+    await store.close();
+  }
+  await atomicWriteFile(paths.caCert, caChain.join(''), { mode: 0o644 });
+  if (caKeyPem) await atomicWriteFile(paths.caKey, caKeyPem, { mode: 0o600 });
+  await atomicWriteFile(paths.hubKey, hubKeyPem, { mode: 0o600 });
+  await atomicWriteFile(paths.hubCert, hubChainPem, { mode: 0o644 });
+  const fileConfig: Record<string, unknown> = { ...(o.config ?? {}), names, trustDomain: config.trustDomain };
+  await atomicWriteFile(paths.config, JSON.stringify(fileConfig, null, 2) + '\n', { mode: 0o600 });
+  return { caFingerprint: fingerprintSha256(caChain[0]!), mode, admin, generatedPassword: o.adminPassword ? undefined : password, paths };
+}

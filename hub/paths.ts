@@ -1,0 +1,16 @@
+import { join } from 'node:path';
+
+/** Files of a hub data directory. Keys and the store are 0600, the directory 0700. */
+export function hubPaths(dataDir: string) {
+  return {
+    dir: dataDir,
+    config: join(dataDir, 'hub.json'),
+    caCert: join(dataDir, 'ca.pem'), // issuing CA first, then its parents
+    caKey: join(dataDir, 'ca-key.pem'), // absent when the operator kept the CA key
+    hubCert: join(dataDir, 'hub.pem'), // hub leaf first, then the chain
+    hubKey: join(dataDir, 'hub-key.pem'),
+    store: join(dataDir, 'state.json'),
+    adminProfile: join(dataDir, 'admin-profile.json'),
+  };
+}
+export type HubPaths = ReturnType<typeof hubPaths>;

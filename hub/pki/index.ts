@@ -1,0 +1,127 @@
+/**
+ * The hub's certificate authority at runtime: the issuing CA (with or without its key), the
+ * hub's own serving certificate, agent certificate issuance, the CRL and hub-cert replacement.
+ * Files are read once at start; replacements are written atomically and pushed to listeners.
+ */
+import { readFileSync, existsSync } from 'node:fs';
+import type { KeyObject } from 'node:crypto';
+import {
+  certInfo, createCRL, fingerprintSha256, issueCertificate, keyMatchesCert, loadPrivateKey,
+  sanCovers, splitPemBundle, verifyChain, verifyIssuedBy, type RevokedEntry,
+} from '../../certs/index.js';
+import { TrellisError } from '../../common/errors.js';
+import { atomicWriteFile } from '../../common/fsutil.js';
+import type { HubPaths } from '../paths.js';
+
+export interface HubIdentity { certChainPem: string; keyPem: string }
+
+export function spiffeId(trustDomain: string, tenant: string, agentId: string): string {
+  return `spiffe://${trustDomain}/tenant/${tenant}/agent/${agentId}`;
+}
+
+const SPIFFE_RE = /^spiffe:\/\/([a-z0-9.-]+)\/tenant\/([a-z0-9][a-z0-9-]{0,62})\/agent\/([a-z0-9][a-z0-9-]{0,62})$/;
+
+export function parseSpiffeId(uri: string): { trustDomain: string; tenant: string; agentId: string } | undefined {
+  const m = SPIFFE_RE.exec(uri);
+  return m ? { trustDomain: m[1]!, tenant: m[2]!, agentId: m[3]! } : undefined;
+}
+
+export class HubPki {
+  /** Issuing CA first, then any parents up to the operator's root. */
+  readonly caChain: string[];
+  readonly caKey: KeyObject | undefined;
+  readonly caFingerprint: string;
+  private identity: HubIdentity;
+  private listeners = new Set<(id: HubIdentity) => void>();
+
+  private constructor(private readonly paths: HubPaths, readonly names: readonly string[], caChain: string[], caKey: KeyObject | undefined, identity: HubIdentity) {
+    this.caChain = caChain;
+    this.caKey = caKey;
+    this.caFingerprint = fingerprintSha256(caChain[0]!);
+    this.identity = identity;
+  }
+
+  static load(paths: HubPaths, names: readonly string[]): HubPki {
+    for (const f of [paths.caCert, paths.hubCert, paths.hubKey]) {
+      if (!existsSync(f)) throw new TrellisError('TRELLIS_E_CONFIG', `missing ${f}: run \`trellis hub init\` for this data directory`);
+    }
+    const caChain = splitPemBundle(readFileSync(paths.caCert, 'utf8'));
+    if (caChain.length === 0) throw new TrellisError('TRELLIS_E_CONFIG', `${paths.caCert} holds no certificate`);
+    const caKey = existsSync(paths.caKey) ? loadPrivateKey(readFileSync(paths.caKey)) : undefined;
+    if (caKey && !keyMatchesCert(caKey, caChain[0]!)) {
+      throw new TrellisError('TRELLIS_E_CONFIG', `${paths.caKey} does not match the CA certificate in ${paths.caCert}`);
+    }
+    const identity = { certChainPem: readFileSync(paths.hubCert, 'utf8'), keyPem: readFileSync(paths.hubKey, 'utf8') };
+    checkHubIdentity(identity, caChain, names);
+    return new HubPki(paths, names, caChain, caKey, identity);
+  }
+
+  get canIssue(): boolean { return this.caKey !== undefined; }
+  get caCertPem(): string { return this.caChain[0]!; }
+  /** PEM bundle peers trust: the whole CA chain. */
+  get trustBundle(): string[] { return [...this.caChain]; }
+  get hubIdentity(): HubIdentity { return this.identity; }
+
+  onIdentityChange(fn: (id: HubIdentity) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  issueAgentCertificate(opts: { publicKey: KeyObject; agentId: string; tenant: string; trustDomain: string; ttlMs: number; now?: Date }): { certPem: string; serial: string; notAfter: Date } {
+    if (!this.caKey) {
+      throw new TrellisError('TRELLIS_E_CA_NO_KEY',
+        'this hub runs with an operator-supplied CA and no CA key, so it cannot issue agent certificates: issue them with your own CA (URI SAN spiffe://<trust-domain>/tenant/<tenant>/agent/<id>, EKU clientAuth) and start agents with `trellis agent run --cert --key --ca`');
+    }
+    const now = opts.now ?? new Date();
+    const caNotAfter = certInfo(this.caCertPem).notAfter;
+    const notAfter = new Date(Math.min(now.getTime() + opts.ttlMs, caNotAfter.getTime()));
+    const certPem = issueCertificate({
+      issuerCertPem: this.caCertPem,
+      issuerKey: this.caKey,
+      subjectPublicKey: opts.publicKey,
+      subject: { commonName: opts.agentId, organization: opts.tenant },
+      uris: [spiffeId(opts.trustDomain, opts.tenant, opts.agentId)],
+      usage: 'client',
+      notBefore: new Date(now.getTime() - 5 * 60_000),
+      notAfter,
+    });
+    return { certPem, serial: certInfo(certPem).serialHex, notAfter };
+  }
+
+  crl(revoked: RevokedEntry[], crlNumber: number): string {
+    if (!this.caKey) throw new TrellisError('TRELLIS_E_CA_NO_KEY', 'no CA key on this hub: the CRL is kept by the operator of the supplied CA');
+    const now = new Date();
+    return createCRL({ issuerCertPem: this.caCertPem, issuerKey: this.caKey, revoked, crlNumber, thisUpdate: now, nextUpdate: new Date(now.getTime() + 7 * 86_400_000) });
+  }
+
+  /** Validates, persists (atomically, key 0600) and starts serving a new hub certificate. */
+  async replaceHubIdentity(certChainPem: string, keyPem: string): Promise<void> {
+    const identity = { certChainPem, keyPem };
+    checkHubIdentity(identity, this.caChain, this.names);
+    await atomicWriteFile(this.paths.hubKey, keyPem, { mode: 0o600 });
+    await atomicWriteFile(this.paths.hubCert, certChainPem, { mode: 0o644 });
+    this.identity = identity;
+    for (const fn of this.listeners) fn(identity);
+  }
+}
+
+/** A hub certificate must match its key, chain to the CA and cover every configured name. */
+export function checkHubIdentity(id: HubIdentity, caChain: string[], names: readonly string[]): void {
+  const certs = splitPemBundle(id.certChainPem);
+  if (certs.length === 0) throw new TrellisError('TRELLIS_E_CERT_INVALID', 'the hub certificate file holds no certificate');
+  const leaf = certs[0]!;
+  const key = loadPrivateKey(id.keyPem);
+  if (!keyMatchesCert(key, leaf)) throw new TrellisError('TRELLIS_E_CERT_INVALID', 'the hub key does not match the hub certificate');
+  const anchors = [caChain[caChain.length - 1]!];
+  const chain = verifyChain(leaf, [...certs.slice(1), ...caChain], anchors);
+  if (!chain.ok) throw new TrellisError('TRELLIS_E_CERT_INVALID', `the hub certificate does not chain to the hub CA: ${chain.reason}`);
+  if (!certs.concat(caChain).some((c) => c === leaf ? false : verifyIssuedBy(leaf, c))) {
+    throw new TrellisError('TRELLIS_E_CERT_INVALID', 'the hub certificate was not issued by the hub CA chain');
+  }
+  const missing = sanCovers(leaf, [...names]);
+  if (missing.length > 0) {
+    throw new TrellisError('TRELLIS_E_CERT_INVALID', `the hub certificate's subjectAltName lacks ${missing.join(', ')}: issue one that names every --name`);
+  }
+  const info = certInfo(leaf);
+  if (info.notAfter.getTime() <= Date.now()) throw new TrellisError('TRELLIS_E_CERT_INVALID', `the hub certificate expired on ${info.notAfter.toISOString()}`);
+}

@@ -1,0 +1,30 @@
+/**
+ * The hub's state store. Backends are listed in {@link openStore}; each one passes the contract
+ * suite in test/contract/store.ts.
+ */
+import { LowdbStore } from './lowdb.js';
+import { MemoryStore } from './memory.js';
+import type { Store } from './types.js';
+
+export { COLLECTIONS, type Collection, type Doc, type Store } from './types.js';
+export { LowdbStore, type LowdbStoreOptions } from './lowdb.js';
+export { MemoryStore } from './memory.js';
+
+export type StoreOptions =
+  | {
+      kind: 'lowdb';
+      /** The JSON state file. */
+      path: string;
+      /** @default 10 */
+      coalesceMs?: number;
+    }
+  | { kind: 'memory' };
+
+export async function openStore(opts: StoreOptions): Promise<Store> {
+  switch (opts.kind) {
+    case 'lowdb':
+      return LowdbStore.open({ path: opts.path, coalesceMs: opts.coalesceMs });
+    case 'memory':
+      return new MemoryStore();
+  }
+}

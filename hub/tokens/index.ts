@@ -1,0 +1,92 @@
+/** Join tokens: random, N-use, with a TTL, bound to a tenant and default labels, stored as a hash. */
+import type { Doc, Store } from '../store/index.js';
+import { TrellisError } from '../../common/errors.js';
+import { digestsEqual, formatJoinToken, hashSecret, newJoinToken, parseJoinToken } from '../../common/jointoken.js';
+import { formatDuration } from '../../common/duration.js';
+import { checkLabels, checkName } from '../validate.js';
+
+export interface JoinTokenDoc extends Doc {
+  secretHash: string;
+  tenant: string;
+  uses: number;
+  used: number;
+  createdAt: number;
+  expiresAt: number;
+  labels: Record<string, string>;
+  revoked: boolean;
+  createdBy: string;
+  description: string;
+}
+
+export const MAX_TOKEN_USES = 100_000;
+export const MAX_TOKEN_TTL_MS = 365 * 86_400_000;
+
+export class JoinTokens {
+  constructor(private readonly store: Store, private readonly opts: { caFingerprint: string; defaultTtlMs: number }) {}
+
+  async create(o: { tenant?: string; uses?: number; ttlMs?: number; labels?: Record<string, string>; createdBy: string; description?: string }): Promise<{ token: string; doc: JoinTokenDoc }> {
+    const tenant = o.tenant || 'default';
+    checkName(tenant, 'tenant');
+    const uses = o.uses || 1;
+    if (!Number.isInteger(uses) || uses < 1 || uses > MAX_TOKEN_USES) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `--uses must be 1..${MAX_TOKEN_USES}`);
+    const ttlMs = o.ttlMs || this.opts.defaultTtlMs;
+    if (ttlMs < 1000 || ttlMs > MAX_TOKEN_TTL_MS) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--ttl must be between 1s and 365d');
+    const labels = checkLabels(o.labels ?? {});
+    if ((o.description ?? '').length > 256) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'description: at most 256 characters');
+    const t = newJoinToken(this.opts.caFingerprint);
+    const now = Date.now();
+    const doc: JoinTokenDoc = {
+      id: t.id, secretHash: hashSecret(t.secret), tenant, uses, used: 0, createdAt: now, expiresAt: now + ttlMs,
+      labels, revoked: false, createdBy: o.createdBy, description: o.description ?? '',
+    };
+    await this.store.insert('joinTokens', doc);
+    return { token: formatJoinToken(t), doc };
+  }
+
+  async list(includeInactive: boolean): Promise<JoinTokenDoc[]> {
+    const now = Date.now();
+    return this.store.list<JoinTokenDoc>('joinTokens', (d) => includeInactive || isActive(d, now));
+  }
+
+  async revoke(id: string): Promise<void> {
+    const r = await this.store.update<JoinTokenDoc>('joinTokens', id, (d) => (d ? { ...d, revoked: true } : undefined));
+    if (!r) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no join token ${id}`);
+  }
+
+  /** Checks a token without using it: a bad one fails before any other work is done. */
+  async check(tokenText: string): Promise<JoinTokenDoc> {
+    const t = parseJoinToken(tokenText);
+    const doc = await this.store.get<JoinTokenDoc>('joinTokens', t.id);
+    validate(doc, t.secret, Date.now());
+    return doc!;
+  }
+
+  /** Uses one use of the token, atomically: N concurrent callers of a one-use token, one wins. */
+  async consume(tokenText: string): Promise<JoinTokenDoc> {
+    const t = parseJoinToken(tokenText);
+    const now = Date.now();
+    const r = await this.store.update<JoinTokenDoc>('joinTokens', t.id, (doc) => {
+      validate(doc, t.secret, now);
+      return { ...doc!, used: doc!.used + 1 };
+    });
+    return r!;
+  }
+}
+
+function isActive(d: JoinTokenDoc, now: number): boolean {
+  return !d.revoked && d.used < d.uses && d.expiresAt > now;
+}
+
+function validate(doc: JoinTokenDoc | undefined, secret: string, now: number): void {
+  // Unknown id and wrong secret give the same answer.
+  if (!doc || !digestsEqual(doc.secretHash, hashSecret(secret))) {
+    throw new TrellisError('TRELLIS_E_TOKEN_INVALID', 'join token not recognised by this hub: check you copied all of it, or create a new one with `trellis tokens create`');
+  }
+  if (doc.revoked) throw new TrellisError('TRELLIS_E_TOKEN_INVALID', `join token ${doc.id} was revoked; create a new one with \`trellis tokens create\``);
+  if (doc.expiresAt <= now) {
+    throw new TrellisError('TRELLIS_E_TOKEN_EXPIRED', `join token ${doc.id} expired ${formatDuration(now - doc.expiresAt)} ago; create a new one with \`trellis tokens create\``);
+  }
+  if (doc.used >= doc.uses) {
+    throw new TrellisError('TRELLIS_E_TOKEN_USED_UP', `join token ${doc.id} has been used ${doc.used} of ${doc.uses} times; create a new one with \`trellis tokens create\``);
+  }
+}

@@ -1,0 +1,31 @@
+/** Input checks shared by the hub's edges. Each throws INVALID_ARGUMENT naming the field. */
+import { TrellisError } from '../common/errors.js';
+
+const NAME_RE = /^[a-z0-9][a-z0-9-]{0,62}$/;
+const LABEL_KEY_RE = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/;
+
+export function checkName(v: string, what: string): string {
+  if (!NAME_RE.test(v)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad ${what} "${v.slice(0, 80)}": use 1-63 lowercase letters, digits and dashes`);
+  return v;
+}
+
+export function checkLabels(labels: Record<string, string>, max = 64): Record<string, string> {
+  const entries = Object.entries(labels);
+  if (entries.length > max) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `at most ${max} labels`);
+  for (const [k, v] of entries) {
+    if (!LABEL_KEY_RE.test(k)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad label key "${k.slice(0, 80)}": letters, digits, . _ / -, at most 63`);
+    if (typeof v !== 'string' || v.length > 256) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `label ${k}: the value must be at most 256 characters`);
+  }
+  return Object.fromEntries(entries);
+}
+
+export function checkString(v: unknown, what: string, max: number): string {
+  if (typeof v !== 'string') throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${what} must be a string`);
+  if (v.length > max) throw new TrellisError('TRELLIS_E_TOO_LARGE', `${what} is over ${max} characters`);
+  return v;
+}
+
+export function matchesSelector(labels: Record<string, string>, selector: Record<string, string>): boolean {
+  for (const [k, v] of Object.entries(selector)) if (labels[k] !== v) return false;
+  return true;
+}
