@@ -84,7 +84,7 @@ async function getAgent(h: TestHub, id: string): Promise<T.AgentInfo__Output> {
 }
 
 /** Proves the agent port still accepts and welcomes a well-behaved agent. */
-async function hubStillServes(t: Tap.Test, h: TestHub): Promise<void> {
+async function hubStillServes(t: Test, h: TestHub): Promise<void> {
   const agent = await h.agent();
   t.equal(agent.channel.state, 'ready', 'a new agent still connects afterwards');
   await agent.close();
@@ -103,8 +103,8 @@ function events(n: number, prefix: string, from = 0): T.Event[] {
   return Array.from({ length: n }, (_, i) => ({ id: `${prefix}-${from + i}`, type: 'test.tick', payloadJson: Buffer.from('{}'), timeMs: Date.now() }));
 }
 
-// tap's type for a subtest, without importing tap's internals.
-declare namespace Tap { type Test = Parameters<Parameters<typeof t.test>[1]>[0] }
+/** tap's subtest type (what `t.test(name, (t) => ...)` hands its callback). */
+type Test = Parameters<Parameters<typeof t.test>[0]>[0];
 
 t.test('agent port refuses a client without a certificate, registers nothing, and keeps serving', async (t) => {
   await using h = await startHub();

@@ -48,9 +48,11 @@ export function addAdminServices(server: grpc.Server, c: HubComponents): void {
 
   server.addService(v1.Enrollment.service, {
     Enroll: unary<T.EnrollRequest__Output, T.EnrollResponse>(deps, `${S}.Enrollment/Enroll`, async (req, ctx) => {
+      // The CSR size limit (MAX_CSR_BYTES, TRELLIS_E_CSR_INVALID) is the domain's, checked after the token;
+      // here only the message limit bounds it.
       const r = await enrollAgent(
         { pki: c.pki, tokens: c.tokens, agents: c.agents, trustDomain: c.config.trustDomain, agentCertTtlMs: c.config.agentCertTtl },
-        { token: checkString(req.token, 'token', 512), csr: checkString(req.csr, 'csr', 16 * 1024), hostname: checkString(req.hostname, 'hostname', 253), labels: req.labels },
+        { token: checkString(req.token, 'token', 512), csr: checkString(req.csr, 'csr', c.config.maxMessageBytes), hostname: checkString(req.hostname, 'hostname', 253), labels: req.labels },
       );
       c.log.info({ component: 'enroll', reqId: ctx.requestId, agentId: r.agent.id, tenant: r.agent.tenant, tokenId: r.agent.tokenId, serial: r.agent.certSerial, peer: ctx.peer }, 'agent enrolled; certificate issued');
       return {
