@@ -10,7 +10,8 @@ export function buildProgram(): Command {
     .description('Trellis: infrastructure orchestration over mutual-TLS gRPC')
     .version(TRELLIS_VERSION, '-V, --version-cli', 'print the CLI version')
     .showHelpAfterError('(run with --help for usage)')
-    .configureHelp({ sortSubcommands: false });
+    .configureHelp({ sortSubcommands: false })
+    .exitOverride(); // set before the subcommands so they inherit it
   addDaemonCommands(program);
   addAdminCommands(program);
   program.addHelpText('after', `
@@ -27,7 +28,6 @@ Start here:
 
 export async function main(argv: string[]): Promise<void> {
   const program = buildProgram();
-  program.exitOverride();
   try {
     await program.parseAsync(argv);
   } catch (err) {

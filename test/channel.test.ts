@@ -352,11 +352,9 @@ t.test('an agent renews by itself at about 2/3 of a short certificate life', asy
   const agent = await h.agent({ dataDir });
   const states = recordStates(agent);
   const first = normalizeSerial(agent.certificate.serial);
-  const serials = new Set([first]);
   let firstChangeAt = 0;
   await waitFor(() => {
-    const s = normalizeSerial(agent.certificate.serial);
-    if (!serials.has(s)) { serials.add(s); firstChangeAt ||= Date.now(); }
+    if (normalizeSerial(agent.certificate.serial) !== first) firstChangeAt ||= Date.now();
     return firstChangeAt > 0;
   }, 8_000, 'the serial to change');
   const after = firstChangeAt - issuedAt;
@@ -365,7 +363,8 @@ t.test('an agent renews by itself at about 2/3 of a short certificate life', asy
     && normalizeSerial(h.hub.components.agents.link(agentId)!.serial) === normalizeSerial(agent.certificate.serial), 5_000, 'hub sees the new serial');
   t.equal(agent.channel.state, 'ready');
   t.notOk(states.includes('closed'), 'the channel never closed');
-  t.ok(serials.size <= 2, `one renewal so far, not a loop (${serials.size - 1})`);
+  const renewals = h.logLines.filter((l) => l.includes('agent certificate renewed')).length;
+  t.ok(renewals >= 1 && renewals <= 2, `renewed on schedule, not in a loop (${renewals} renewals)`);
 });
 
 t.test('replacing the hub certificate keeps agent streams up and serves the new one to new connections', async (t) => {

@@ -85,6 +85,8 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
     let link: AgentLink | undefined;
     let closed = false;
     let expiryTimer: NodeJS.Timeout | undefined;
+    // Declared before fail/cleanup can run: a refusal in identifyPeer happens before it is armed.
+    let helloTimer: NodeJS.Timeout | undefined;
     const fail = (err: unknown) => {
       if (closed) return;
       closed = true;
@@ -100,7 +102,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
     };
     let id: PeerIdentity;
     try { id = identifyPeer(c, call); } catch (e) { fail(e); return; }
-    const helloTimer = setTimeout(() => fail(new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'no hello within 10s')), HELLO_TIMEOUT_MS);
+    helloTimer = setTimeout(() => fail(new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'no hello within 10s')), HELLO_TIMEOUT_MS);
     let admitted: Promise<void> | undefined;
 
     call.on('data', (msg: T.AgentMessage__Output) => {

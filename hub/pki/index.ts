@@ -82,7 +82,10 @@ export class HubPki {
       subject: { commonName: opts.agentId, organization: opts.tenant },
       uris: [spiffeId(opts.trustDomain, opts.tenant, opts.agentId)],
       usage: 'client',
-      notBefore: new Date(now.getTime() - 5 * 60_000),
+      // Backdated for clock skew, but by at most a tenth of the lifetime: agents renew at 2/3 of
+      // notBefore..notAfter, and a 5-minute backdate on a short-lived certificate would put that
+      // point in the past and make them renew in a loop.
+      notBefore: new Date(now.getTime() - Math.min(5 * 60_000, Math.floor(opts.ttlMs / 10))),
       notAfter,
     });
     return { certPem, serial: certInfo(certPem).serialHex, notAfter };

@@ -1,0 +1,434 @@
+/**
+ * `npm run bench`: Trellis's performance figures, all measured in one run.
+ *
+ * stdout carries exactly one `name: value unit` line per figure (or `name: error`, with the
+ * reason on stderr); everything else goes to stderr. The process always exits 0.
+ *
+ *  1. cert_issue_per_s           agent certificates from the hub CA via HubPki.issueAgentCertificate
+ *  2. cert_issue_forge_js_per_s  the same certificate with node-forge's pure-JS pki API, RSA-2048 CA
+ *     cert_issue_speedup         (1) / (2)
+ *  3. enroll_hub_cpu_ms          CPU time of a child hub process per enrollment (/proc/<pid>/stat)
+ *  4. agent_enroll_wall_ms       wall time of one enroll() call, sequential (mean and p99)
+ *  5. channel_events_per_s       events acknowledged over one agent mTLS stream, default batching
+ *     channel_events_unbatched_per_s  the same with batchSize 1
+ *
+ * Knobs (environment): TRELLIS_BENCH_HUB_NODE_ARGS adds node flags to the child hub (for example
+ * "--cpu-prof --cpu-prof-dir=/tmp/prof"); TRELLIS_BENCH_KEEP=1 keeps the temp directory.
+ */
+import crypto from 'node:crypto';
+import { mkdtemp, rm, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { pino } from 'pino';
+import { ulid } from 'ulid';
+import { initHub } from '../hub/init.js';
+import { HubPki } from '../hub/pki/index.js';
+import { hubPaths } from '../hub/paths.js';
+import { issueCertificate } from '../certs/index.js';
+import { adminClients, call, type AdminClients } from '../cli/client.js';
+import { enroll } from '../agent/enroll.js';
+import { Agent, agentFacts } from '../agent/agent.js';
+import { HubChannel } from '../agent/channel.js';
+import { agentPaths, loadIdentity, readState } from '../agent/identity.js';
+import type * as T from '../common/proto-gen/trellis/v1/index.js';
+import { makeForgeIssuer } from './forge-naive.js';
+import { mean, note, percentile, pool, processCpuMs, sleep, startChildHub, type ChildHub } from './lib.js';
+
+// grpc-js passes IP targets as the TLS server name and Node warns (DEP0123); keep stderr readable.
+const emitWarning = process.emitWarning;
+process.emitWarning = function (w: string | Error, ...rest: unknown[]) {
+  const code = typeof rest[0] === 'object' ? (rest[0] as { code?: string })?.code : rest[1];
+  if (code === 'DEP0123') return;
+  return (emitWarning as (...a: unknown[]) => void).call(process, w, ...rest);
+} as typeof process.emitWarning;
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const NAMES = ['localhost', '127.0.0.1'];
+const TRUST_DOMAIN = 'trellis.local';
+const AGENT_CERT_TTL_MS = 7 * 86_400_000;
+
+const CERT_RUN_MS = 2000;
+const FORGE_RUN_MS = 2000;
+const ENROLL_CPU_N = 200;
+const ENROLL_CPU_CONCURRENCY = 4;
+const ENROLL_WALL_N = 30;
+const EVENTS_BATCHED = 1_000_000;
+const EVENTS_UNBATCHED = 50_000;
+const CHANNEL_CAP_MS = 30_000;
+
+const FIGURES = [
+  'cert_issue_per_s', 'cert_issue_forge_js_per_s', 'cert_issue_speedup', 'enroll_hub_cpu_ms',
+  'agent_enroll_wall_ms', 'agent_enroll_wall_p99_ms', 'channel_events_per_s', 'channel_events_unbatched_per_s',
+] as const;
+type Figure = typeof FIGURES[number];
+const reported = new Set<Figure>();
+
+function report(name: Figure, value: number, unit: string, decimals = 0): void {
+  if (reported.has(name)) return;
+  reported.add(name);
+  const v = decimals === 0 ? String(Math.round(value)) : value.toFixed(decimals);
+  process.stdout.write(`${name}: ${v} ${unit}\n`);
+}
+
+function reportError(names: Figure[], err: unknown): void {
+  const why = err instanceof Error ? err.message : String(err);
+  for (const name of names) {
+    if (reported.has(name)) continue;
+    reported.add(name);
+    process.stdout.write(`${name}: error\n`);
+    note(`${name}: not measured: ${why}`);
+  }
+}
+
+/** Runs one figure's measurement; a failure becomes `name: error` for the names not yet printed. */
+async function figure(names: Figure[], fn: () => Promise<void>): Promise<void> {
+  try { await fn(); } catch (err) { reportError(names, err); }
+}
+
+// ---- state shared by the phases and the cleanup ----------------------------------------------
+let tmpRoot: string | undefined;
+let child: ChildHub | undefined;
+let admin: AdminClients | undefined;
+const closers: Array<() => Promise<void>> = [];
+let cleaning: Promise<void> | undefined;
+
+function cleanup(): Promise<void> {
+  cleaning ??= (async () => {
+    for (const c of closers.reverse()) await c().catch(() => undefined);
+    admin?.close();
+    await child?.stop().catch(() => undefined);
+    if (tmpRoot && process.env.TRELLIS_BENCH_KEEP !== '1') await rm(tmpRoot, { recursive: true, force: true }).catch(() => undefined);
+    else if (tmpRoot) note(`kept ${tmpRoot}`);
+  })();
+  return cleaning;
+}
+
+async function finish(): Promise<never> {
+  await cleanup();
+  reportError(FIGURES.filter((f) => !reported.has(f)), new Error('the run ended before this figure was measured'));
+  process.exit(0);
+}
+
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => { note(`${sig}: stopping`); void finish(); });
+}
+process.on('uncaughtException', (err) => { note(`uncaught: ${err.stack ?? err}`); void finish(); });
+process.on('unhandledRejection', (err) => { note(`unhandled rejection: ${(err as Error)?.stack ?? err}`); void finish(); });
+// A last resort: never hang a CI job.
+setTimeout(() => { note('watchdog: over 150 s, giving up'); void finish(); }, 150_000).unref();
+
+// ---- 1. certificate issuance through the hub's own function ------------------------------------
+function freshKeys(n: number): Array<{ key: crypto.KeyObject; agentId: string }> {
+  return Array.from({ length: n }, () => ({
+    key: crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey,
+    agentId: ulid().toLowerCase(),
+  }));
+}
+
+/**
+ * Issues certificates for ~runMs of measured time. Subject keys are fresh KeyObjects made
+ * outside the timed sections (batches of 500), as every enrollment brings a new key.
+ */
+function timedIssue(runMs: number, issueOne: (k: crypto.KeyObject, agentId: string) => string): { rate: number; n: number; sample: string } {
+  let n = 0;
+  let spent = 0;
+  let sample = '';
+  while (spent < runMs) {
+    const batch = freshKeys(500);
+    const t0 = performance.now();
+    for (const { key, agentId } of batch) sample = issueOne(key, agentId);
+    spent += performance.now() - t0;
+    n += batch.length;
+  }
+  return { rate: (n * 1000) / spent, n, sample };
+}
+
+function checkIssued(pem: string, caPublicKey: crypto.KeyObject, what: string): void {
+  const x = new crypto.X509Certificate(pem);
+  if (!x.verify(caPublicKey)) throw new Error(`${what}: the issued certificate does not verify against the CA key`);
+  if (!/URI:spiffe:\/\//.test(x.subjectAltName ?? '')) throw new Error(`${what}: the issued certificate has no spiffe URI SAN`);
+}
+
+async function benchCertIssue(hubDir: string): Promise<number> {
+  const pki = HubPki.load(hubPaths(hubDir), NAMES);
+  const caPublicKey = crypto.createPublicKey(pki.caKey!);
+  const viaHub = (key: crypto.KeyObject, agentId: string) =>
+    pki.issueAgentCertificate({ publicKey: key, agentId, tenant: 'default', trustDomain: TRUST_DOMAIN, ttlMs: AGENT_CERT_TTL_MS }).certPem;
+  const direct = (key: crypto.KeyObject, agentId: string) => issueCertificate({
+    issuerCertPem: pki.caCertPem, issuerKey: pki.caKey!, subjectPublicKey: key, subject: { commonName: agentId, organization: 'default' },
+    uris: [`spiffe://${TRUST_DOMAIN}/tenant/default/agent/${agentId}`], usage: 'client', notAfter: new Date(Date.now() + AGENT_CERT_TTL_MS),
+  });
+  timedIssue(300, viaHub); // warm-up
+  const hub = timedIssue(CERT_RUN_MS, viaHub);
+  checkIssued(hub.sample, caPublicKey, 'HubPki.issueAgentCertificate');
+  note(`cert issue: HubPki.issueAgentCertificate ${hub.n} certs, ${(1000 / hub.rate).toFixed(3)} ms each (${Math.round(hub.rate)}/s)`);
+  // For comparison only (stderr): the certs-library function alone, without HubPki's certInfo calls.
+  timedIssue(200, direct);
+  const lib = timedIssue(1000, direct);
+  checkIssued(lib.sample, caPublicKey, 'issueCertificate');
+  note(`cert issue: certs.issueCertificate alone ${lib.n} certs, ${(1000 / lib.rate).toFixed(3)} ms each (${Math.round(lib.rate)}/s)`);
+  report('cert_issue_per_s', hub.rate, 'certs/s');
+  return hub.rate;
+}
+
+// ---- 2. the naive node-forge baseline ------------------------------------------------------------
+function benchForge(): number {
+  const t0 = performance.now();
+  const f = makeForgeIssuer();
+  note(`forge: RSA-2048 CA and subject keys ready in ${Math.round(performance.now() - t0)} ms`);
+  const one = () => {
+    const id = ulid().toLowerCase();
+    return f.issue(id, 'default', `spiffe://${TRUST_DOMAIN}/tenant/default/agent/${id}`);
+  };
+  for (let i = 0; i < 3; i++) one(); // warm-up
+  let n = 0;
+  let sample = '';
+  const start = performance.now();
+  while (performance.now() - start < FORGE_RUN_MS) { sample = one(); n++; }
+  const ms = performance.now() - start;
+  checkIssued(sample, f.caPublicKey, 'forge');
+  const rate = (n * 1000) / ms;
+  note(`forge: ${n} certs in ${Math.round(ms)} ms, ${(ms / n).toFixed(2)} ms each`);
+  report('cert_issue_forge_js_per_s', rate, 'certs/s');
+  return rate;
+}
+
+// ---- 3..5: a real hub in a child process ---------------------------------------------------------
+async function adminLogin(adminAddr: string, caPem: string, password: string): Promise<AdminClients> {
+  // Version first: the hub answers once both listeners are up.
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const probe = adminClients(adminAddr, caPem);
+    try {
+      const v = await call<T.GetVersionRequest, T.VersionInfo__Output>(probe, probe.version, probe.version.GetVersion, {}, 2000);
+      note(`hub answers Version ${v.version} (api ${v.api}), canIssue=${v.canIssue}`);
+      break;
+    } catch (err) {
+      if (Date.now() > deadline) throw new Error(`the hub did not answer Version within 20 s: ${(err as Error).message}`);
+      await sleep(100);
+    } finally {
+      probe.close();
+    }
+  }
+  const anon = adminClients(adminAddr, caPem);
+  let login: T.LoginResponse__Output;
+  try {
+    login = await call<T.LoginRequest, T.LoginResponse__Output>(anon, anon.auth, anon.auth.Login, { username: 'admin', password });
+  } finally {
+    anon.close();
+  }
+  return adminClients(adminAddr, caPem, login.token);
+}
+
+async function joinToken(uses: number): Promise<string> {
+  const r = await call<T.CreateJoinTokenRequest, T.CreateJoinTokenResponse__Output>(admin!, admin!.tokens, admin!.tokens.CreateJoinToken,
+    { tenant: 'default', uses, ttlMs: 600_000, description: 'bench' });
+  return r.token;
+}
+
+let agentSeq = 0;
+const agentDir = () => join(tmpRoot!, 'agents', `a-${++agentSeq}`);
+
+async function benchEnrollCpu(adminAddr: string): Promise<void> {
+  // A few untimed enrollments first (JIT, first-use paths in the hub).
+  const warm = await joinToken(4);
+  for (let i = 0; i < 4; i++) await enroll({ hub: adminAddr, token: warm, dataDir: agentDir() });
+  const token = await joinToken(ENROLL_CPU_N);
+  await sleep(100);
+  const pid = child!.pid;
+  const cpu0 = processCpuMs(pid);
+  const t0 = performance.now();
+  await pool(ENROLL_CPU_N, ENROLL_CPU_CONCURRENCY, async () => { await enroll({ hub: adminAddr, token, dataDir: agentDir() }); });
+  const wall = performance.now() - t0;
+  await sleep(200); // let the hub finish closing the connections the enrollments opened
+  const cpu = processCpuMs(pid) - cpu0;
+  note(`enroll (hub CPU): ${ENROLL_CPU_N} enrollments, concurrency ${ENROLL_CPU_CONCURRENCY}, ${Math.round(wall)} ms wall `
+    + `(${((ENROLL_CPU_N * 1000) / wall).toFixed(1)}/s), hub CPU ${Math.round(cpu)} ms`);
+  report('enroll_hub_cpu_ms', cpu / ENROLL_CPU_N, 'ms', 2);
+}
+
+async function benchEnrollWall(adminAddr: string): Promise<string[]> {
+  const token = await joinToken(ENROLL_WALL_N);
+  const dirs: string[] = [];
+  const times: number[] = [];
+  for (let i = 0; i < ENROLL_WALL_N; i++) {
+    const dir = agentDir();
+    const t0 = performance.now();
+    await enroll({ hub: adminAddr, token, dataDir: dir });
+    times.push(performance.now() - t0);
+    dirs.push(dir);
+  }
+  note(`enroll (wall): n=${times.length}, min ${Math.min(...times).toFixed(2)} ms, median ${percentile(times, 50).toFixed(2)} ms, `
+    + `max ${Math.max(...times).toFixed(2)} ms (p99 of ${times.length} samples is the max)`);
+  report('agent_enroll_wall_ms', mean(times), 'ms', 2);
+  report('agent_enroll_wall_p99_ms', percentile(times, 99), 'ms', 2);
+  return dirs;
+}
+
+/** ~250 bytes of JSON, shared by every event (the id makes each event unique). */
+const PAYLOAD = (() => {
+  const base = { host: 'web-01.example.internal', check: 'disk', mount: '/var/lib/data', usedPct: 81.4, freeBytes: 19_327_352_832, severity: 'warning', tags: ['prod', 'eu-west-1', 'storage'], note: '' };
+  const len = Buffer.byteLength(JSON.stringify(base));
+  base.note = 'x'.repeat(Math.max(0, 250 - len));
+  return Buffer.from(JSON.stringify(base));
+})();
+
+/**
+ * Publishes `total` events through `ch` in chunks, keeping the backlog under maxQueued, and
+ * resolves when the hub has acknowledged them all (or capMs has passed).
+ */
+function pumpEvents(ch: HubChannel, total: number, prefix: string, opts: { chunk: number; high: number; capMs: number }): Promise<{ ms: number; acked: number; complete: boolean }> {
+  const acked0 = ch.stats.eventsAcked;
+  const dropped0 = ch.stats.eventsDropped;
+  let published = 0;
+  let scheduled = false;
+  const start = performance.now();
+  return new Promise((resolve, reject) => {
+    let timer: NodeJS.Timeout | undefined;
+    const done = (complete: boolean) => {
+      clearTimeout(timer);
+      ch.off('acked', onAck);
+      ch.off('state', onState);
+      const acked = ch.stats.eventsAcked - acked0;
+      if (ch.stats.eventsDropped !== dropped0) { reject(new Error(`${ch.stats.eventsDropped - dropped0} events dropped by the channel queue`)); return; }
+      resolve({ ms: performance.now() - start, acked, complete });
+    };
+    const pump = () => {
+      scheduled = false;
+      // A few chunks per turn, then yield so acks and timers get their turn.
+      for (let k = 0; k < 4 && published < total && ch.backlog < opts.high; k++) {
+        const n = Math.min(opts.chunk, total - published);
+        const timeMs = Date.now();
+        const events: T.Event[] = new Array(n);
+        for (let i = 0; i < n; i++) events[i] = { id: `${prefix}-${published + i}`, type: 'bench.disk', payloadJson: PAYLOAD, timeMs };
+        ch.publish(events);
+        published += n;
+      }
+      schedule();
+    };
+    const schedule = () => {
+      if (!scheduled && published < total && ch.backlog < opts.high) { scheduled = true; setImmediate(pump); }
+    };
+    const onAck = () => {
+      if (ch.stats.eventsAcked - acked0 >= total) done(true);
+      else schedule();
+    };
+    const onState = (s: string) => { if (s === 'closed') reject(new Error('the channel closed during the run')); };
+    ch.on('acked', onAck);
+    ch.on('state', onState);
+    timer = setTimeout(() => done(false), opts.capMs);
+    pump();
+  });
+}
+
+function waitReady(ch: HubChannel, ms: number): Promise<void> {
+  if (ch.state === 'ready') return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => { ch.off('state', on); reject(new Error(`the channel was not ready within ${ms} ms (state ${ch.state})`)); }, ms);
+    const on = (s: string, detail: unknown) => {
+      if (s === 'ready') { clearTimeout(t); ch.off('state', on); resolve(); }
+      if (s === 'closed') { clearTimeout(t); ch.off('state', on); reject(new Error(`the channel closed: ${(detail as Error)?.message ?? ''}`)); }
+    };
+    ch.on('state', on);
+  });
+}
+
+const silentLog = () => pino({ level: 'silent' });
+
+function channelNote(what: string, r: { ms: number; acked: number; complete: boolean }, total: number): number {
+  const rate = (r.acked * 1000) / r.ms;
+  note(`${what}: ${r.acked}/${total} events acknowledged in ${Math.round(r.ms)} ms (${Math.round(rate)}/s)`
+    + (r.complete ? '' : ` — stopped at the ${CHANNEL_CAP_MS / 1000} s cap; the rate is over the acknowledged events`));
+  if (r.acked === 0) throw new Error(`no event acknowledged within ${CHANNEL_CAP_MS} ms`);
+  return rate;
+}
+
+async function benchChannelBatched(dataDir: string): Promise<void> {
+  const agent = await Agent.start({ dataDir, log: silentLog(), maxBackoffMs: 1000 });
+  closers.push(() => agent.close());
+  await waitReady(agent.channel, 10_000);
+  const r = await pumpEvents(agent.channel, EVENTS_BATCHED, 'b', { chunk: 5000, high: 40_000, capMs: CHANNEL_CAP_MS });
+  report('channel_events_per_s', channelNote('channel (batched, default batchSize 500)', r, EVENTS_BATCHED), 'events/s');
+  await agent.close();
+}
+
+async function benchChannelUnbatched(dataDir: string): Promise<void> {
+  // Agent does not expose batchSize, so build the channel the way Agent does, from the enrolled files.
+  const paths = agentPaths(dataDir);
+  const state = readState(paths);
+  const id = loadIdentity({ key: paths.key, cert: paths.cert, ca: paths.ca }, paths);
+  const ch = new HubChannel({
+    target: state.hub,
+    credentials: () => ({ caPem: id.caPem, keyPem: id.keyPem, certPem: id.certPem }),
+    hello: () => ({ facts: agentFacts(), labels: {} }),
+    onAction: () => undefined,
+    onCancel: () => undefined,
+    log: silentLog(),
+    maxBackoffMs: 1000,
+    batchSize: 1,
+  });
+  closers.push(() => ch.close());
+  ch.start();
+  await waitReady(ch, 10_000);
+  const r = await pumpEvents(ch, EVENTS_UNBATCHED, 'u', { chunk: 1000, high: 4000, capMs: CHANNEL_CAP_MS });
+  report('channel_events_unbatched_per_s', channelNote('channel (batchSize 1, default maxInflight 16)', r, EVENTS_UNBATCHED), 'events/s');
+  await ch.close();
+}
+
+// ---- main -------------------------------------------------------------------------------------
+async function main(): Promise<void> {
+  const t0 = performance.now();
+  tmpRoot = await mkdtemp(join(tmpdir(), 'trellis-bench-'));
+  const hubDir = join(tmpRoot, 'hub');
+  const password = crypto.randomBytes(18).toString('base64url');
+  let hubReady: Error | undefined;
+  try {
+    await initHub({ dataDir: hubDir, names: NAMES, trustDomain: TRUST_DOMAIN, adminPassword: password, config: { bind: '127.0.0.1' } });
+  } catch (err) {
+    hubReady = err as Error;
+  }
+
+  let fast: number | undefined;
+  let naive: number | undefined;
+  await figure(['cert_issue_per_s'], async () => {
+    if (hubReady) throw hubReady;
+    fast = await benchCertIssue(hubDir);
+  });
+  await figure(['cert_issue_forge_js_per_s'], async () => { naive = benchForge(); });
+  await figure(['cert_issue_speedup'], async () => {
+    if (fast === undefined || naive === undefined) throw new Error('needs both cert_issue_per_s and cert_issue_forge_js_per_s');
+    report('cert_issue_speedup', fast / naive, 'x');
+  });
+
+  const hubFigures: Figure[] = ['enroll_hub_cpu_ms', 'agent_enroll_wall_ms', 'agent_enroll_wall_p99_ms', 'channel_events_per_s', 'channel_events_unbatched_per_s'];
+  try {
+    if (hubReady) throw hubReady;
+    const nodeArgs = (process.env.TRELLIS_BENCH_HUB_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
+    child = await startChildHub(ROOT, hubDir, nodeArgs);
+    note(`child hub pid ${child.pid}, admin port ${child.adminPort}, agent port ${child.agentPort}`);
+    const adminAddr = `127.0.0.1:${child.adminPort}`;
+    admin = await adminLogin(adminAddr, await readFile(hubPaths(hubDir).caCert, 'utf8'), password);
+  } catch (err) {
+    reportError(hubFigures, err);
+  }
+
+  if (child && admin) {
+    const adminAddr = `127.0.0.1:${child.adminPort}`;
+    await figure(['enroll_hub_cpu_ms'], () => benchEnrollCpu(adminAddr));
+    let enrolled: string[] = [];
+    await figure(['agent_enroll_wall_ms', 'agent_enroll_wall_p99_ms'], async () => { enrolled = await benchEnrollWall(adminAddr); });
+    // Agents for the channel runs: from the sequential phase, or enrolled here if it failed.
+    const agentDirFor = async (i: number): Promise<string> => {
+      if (enrolled[i]) return enrolled[i]!;
+      const dir = agentDir();
+      await enroll({ hub: adminAddr, token: await joinToken(1), dataDir: dir });
+      return dir;
+    };
+    await figure(['channel_events_per_s'], async () => benchChannelBatched(await agentDirFor(0)));
+    await figure(['channel_events_unbatched_per_s'], async () => benchChannelUnbatched(await agentDirFor(1)));
+  }
+  note(`done in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+}
+
+main().catch((err) => note(`failed: ${(err as Error)?.stack ?? err}`)).finally(() => void finish());

@@ -1,0 +1,57 @@
+import t from 'tap';
+import { writeFileSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { loadHubConfig, validateConfig } from '../hub/config.js';
+import { parseDuration, formatDuration } from '../common/duration.js';
+import { parseJoinToken, formatJoinToken, newJoinToken } from '../common/jointoken.js';
+import { tempDir } from './helpers/hub.js';
+
+t.test('hub config: defaults, file, environment, flags, in that order', async (t) => {
+  await using d = await tempDir();
+  writeFileSync(join(d.path, 'hub.json'), JSON.stringify({ names: ['hub.example'], agentPort: 9000, sessionTtl: '2h' }));
+  const c = loadHubConfig(d.path, { adminPort: 9100 }, { TRELLIS_HUB_AGENT_PORT: '9001' });
+  t.equal(c.agentPort, 9001, 'environment beats file');
+  t.equal(c.adminPort, 9100, 'flag');
+  t.equal(c.webPort, 7445, 'default');
+  t.equal(c.sessionTtl, 7_200_000, 'durations become milliseconds');
+  t.equal(c.agentCertTtl, 7 * 86_400_000);
+  t.ok(Object.isFrozen(c), 'frozen');
+});
+
+t.test('hub config: an unknown key is rejected by name, with the file', async (t) => {
+  await using d = await tempDir();
+  writeFileSync(join(d.path, 'hub.json'), JSON.stringify({ names: ['h'], agentPrt: 1 }));
+  t.throws(() => loadHubConfig(d.path, {}, {}), { code: 'TRELLIS_E_CONFIG', message: /agentPrt/ });
+  t.throws(() => loadHubConfig(d.path, {}, {}), { message: new RegExp(join(d.path, 'hub.json').replace(/[/.]/g, '\\$&')) });
+});
+
+t.test('hub config: bad values and missing or broken files give clear errors', async (t) => {
+  t.throws(() => validateConfig({ names: [] }, 'x'), { code: 'TRELLIS_E_CONFIG', message: /names/ });
+  t.throws(() => validateConfig({ names: ['h'], agentPort: 70000 }, 'x'), { message: /agentPort/ });
+  t.throws(() => validateConfig({ names: ['h'], sessionTtl: 'forever' }, 'x'), { message: /sessionTtl.*forever/ });
+  t.throws(() => validateConfig({ names: ['h'], logLevel: 'loud' }, 'x'), { message: /logLevel/ });
+  await using d = await tempDir();
+  t.throws(() => loadHubConfig(d.path), { code: 'TRELLIS_E_CONFIG', message: /trellis hub init/ });
+  mkdirSync(join(d.path, 'x'));
+  writeFileSync(join(d.path, 'x', 'hub.json'), '{ not json');
+  t.throws(() => loadHubConfig(join(d.path, 'x')), { code: 'TRELLIS_E_CONFIG', message: /cannot parse/ });
+});
+
+t.test('durations', async (t) => {
+  t.equal(parseDuration('15m'), 900_000);
+  t.equal(parseDuration('1h30m'), 5_400_000);
+  t.equal(parseDuration('500ms'), 500);
+  t.equal(parseDuration('30'), 30_000, 'a bare number is seconds');
+  for (const bad of ['', 'm', '10x', '1h 2m', '-5s', 'abc']) t.throws(() => parseDuration(bad), { code: 'TRELLIS_E_INVALID_ARGUMENT' }, `"${bad}"`);
+  t.equal(formatDuration(93_784_000), '1d2h3m4s');
+});
+
+t.test('join tokens: round trip, and malformed ones refused', async (t) => {
+  const tok = newJoinToken('a'.repeat(64));
+  t.same(parseJoinToken(formatJoinToken(tok)), tok);
+  t.same(parseJoinToken(`  ${formatJoinToken(tok)}\n`), tok, 'surrounding white space from copy-paste is ignored');
+  const s = formatJoinToken(tok);
+  for (const bad of ['', 'tj1', s.slice(0, -1), s.replace('tj1', 'tj2'), s + 'x', s.replace(/\.[^.]+\./, '..'), 'x'.repeat(10_000)]) {
+    t.throws(() => parseJoinToken(bad), { code: 'TRELLIS_E_TOKEN_INVALID' });
+  }
+});
