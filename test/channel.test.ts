@@ -420,7 +420,7 @@ t.test("the hub takes tenant and agent id from the certificate: the enrolling to
   t.equal(info!.spiffeId, agentUri(agentId, 'blue'));
   t.same(certInfo(agent.certificate.certPem).uris, [agentUri(agentId, 'blue')], 'the certificate names the tenant');
 
-  // A hello cannot claim otherwise: identity is only what the certificate says.
+  // The welcome on a hand-made stream echoes what the certificate says, whatever the hello carries.
   const raw = openRaw(h.agentAddr, await agentIdent(dataDir), { first: { hello: { facts: { hostname: 'x' }, labels: { tenant: 'default' } } } });
   const w = await raw.welcome;
   raw.close();
