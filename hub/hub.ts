@@ -15,6 +15,7 @@ import { EventIntake } from './events/index.js';
 import { addAdminServices } from './grpc/admin.js';
 import { addAgentServices } from './grpc/agent-channel.js';
 import { MemoryCertificateProvider, mtlsServerCredentials, tlsServerCredentials } from './grpc/credentials.js';
+import { WebServer } from './web/index.js';
 import { assertTableCovers } from './authz/index.js';
 import { allMethodPaths } from '../common/proto.js';
 import { SERVER_OPTIONS } from '../common/grpc-options.js';
@@ -41,8 +42,10 @@ export class Hub {
     readonly components: HubComponents,
     private readonly agentServer: grpc.Server,
     private readonly adminServer: grpc.Server,
+    private readonly web: WebServer,
     readonly agentPort: number,
     readonly adminPort: number,
+    readonly webPort: number,
   ) {}
 
   get config(): HubConfig { return this.components.config; }
@@ -82,22 +85,27 @@ export class Hub {
           ? reject(new TrellisError('TRELLIS_E_CONFIG', `cannot listen on ${addr} for the ${what} port: ${err.message}`, { cause: err }))
           : resolve(bound)));
       });
-    let agentPort: number, adminPort: number;
+    const web = new WebServer(pki, log.child({ component: 'web' }));
+    let agentPort: number, adminPort: number, webPort: number;
     try {
       agentPort = await bindTo(agentServer, config.agentPort, mtlsServerCredentials(identity, clientCa), 'agent');
       boundAgentPort = agentPort;
       adminPort = await bindTo(adminServer, config.adminPort, tlsServerCredentials(identity), 'admin');
+      webPort = await web.listen(config.bind, config.webPort).catch((err: Error) => {
+        throw new TrellisError('TRELLIS_E_CONFIG', `cannot listen on ${config.bind}:${config.webPort} for the web port: ${err.message}`, { cause: err });
+      });
     } catch (e) {
       agentServer.forceShutdown();
       adminServer.forceShutdown();
+      await web.close();
       await store.close();
       throw e;
     }
-    const hub = new Hub(components, agentServer, adminServer, agentPort, adminPort);
+    const hub = new Hub(components, agentServer, adminServer, web, agentPort, adminPort, webPort);
     hub.sweepTimer = setInterval(() => void auth.sweepSessions().catch(() => undefined), 3_600_000);
     hub.sweepTimer.unref();
     hub.state = 'running';
-    log.info({ agentPort, adminPort, bind: config.bind, names: config.names, caFingerprint: pki.caFingerprint, canIssue: pki.canIssue }, 'hub running');
+    log.info({ agentPort, adminPort, webPort, bind: config.bind, names: config.names, caFingerprint: pki.caFingerprint, canIssue: pki.canIssue }, 'hub running');
     return hub;
   }
 
@@ -118,6 +126,7 @@ export class Hub {
     clearTimeout(timer);
     this.agentServer.forceShutdown();
     this.adminServer.forceShutdown();
+    await this.web.close();
     await c.store.close();
     this.state = 'closed';
     c.log.info('hub stopped');

@@ -43,7 +43,13 @@ function startRun(h: TestHub, req: T.RunRequest): { stream: grpc.ClientReadableS
       }
       if (u.finished) o.finished.push(u.finished);
     });
-    const settle = (e?: grpc.ServiceError) => { o.stdout = Buffer.concat(out); o.stderr = Buffer.concat(err); o.error = e; resolve(o); };
+    let settled = false;
+    const settle = (e?: grpc.ServiceError) => {
+      if (settled) return; // 'end' follows 'error'
+      settled = true;
+      o.stdout = Buffer.concat(out); o.stderr = Buffer.concat(err); o.error = e;
+      resolve(o);
+    };
     stream.on('error', (e: grpc.ServiceError) => settle(e));
     stream.on('end', () => settle());
   });

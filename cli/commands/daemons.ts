@@ -72,7 +72,7 @@ export function addDaemonCommands(program: Command): void {
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')
     .action(async (o) => {
       const hubd = await Hub.start({ dataDir: o.data, flags: { bind: o.bind, agentPort: o.agentPort, adminPort: o.adminPort, webPort: o.webPort, logLevel: o.logLevel } });
-      process.stderr.write(`trellis hub: agent port ${hubd.agentPort}, admin port ${hubd.adminPort}, CA sha256:${hubd.components.pki.caFingerprint}\n`);
+      process.stderr.write(`trellis hub: agent port ${hubd.agentPort}, admin port ${hubd.adminPort}, web port ${hubd.webPort}, CA sha256:${hubd.components.pki.caFingerprint}\n`);
       await runUntilSignal(() => hubd.close());
     });
 

@@ -81,7 +81,7 @@ export async function startHub(o: StartHubOptions = {}): Promise<TestHub> {
   const { log, lines } = captureLogger();
   let hub = await Hub.start({ dataDir, log, memoryStore: o.memoryStore });
   const caPem = hub.components.pki.trustBundle.join('');
-  let ports = { agentPort: hub.agentPort, adminPort: hub.adminPort };
+  let ports = { agentPort: hub.agentPort, adminPort: hub.adminPort, webPort: hub.webPort };
   let admin = adminClients(`127.0.0.1:${hub.adminPort}`, caPem);
   const login = await call<T.LoginRequest, T.LoginResponse__Output>(admin, admin.auth, admin.auth.Login, { username: 'admin', password: ADMIN_PASSWORD });
   admin.close();
@@ -117,8 +117,8 @@ export async function startHub(o: StartHubOptions = {}): Promise<TestHub> {
     },
     async restart() {
       await hub.close(1000);
-      hub = await Hub.start({ dataDir, log, memoryStore: o.memoryStore, flags: { agentPort: ports.agentPort, adminPort: ports.adminPort } });
-      ports = { agentPort: hub.agentPort, adminPort: hub.adminPort };
+      hub = await Hub.start({ dataDir, log, memoryStore: o.memoryStore, flags: { agentPort: ports.agentPort, adminPort: ports.adminPort, webPort: ports.webPort } });
+      ports = { agentPort: hub.agentPort, adminPort: hub.adminPort, webPort: hub.webPort };
     },
     async close() {
       for (const a of agents) await a.close().catch(() => undefined);
