@@ -26,7 +26,7 @@ import {
   whole,
   type Tlv,
 } from './der.js';
-import { algorithmIdentifier, describeKey, sigAlgByOid, sigAlgForKey, signWith, spkiDer } from './keys.js';
+import { algorithmIdentifier, describeKey, sigAlgByOid, sigAlgForKey, signWith, spkiDer, keyFromSpki } from './keys.js';
 import { decodeGeneralNames, decodeName, encodeGeneralNames, encodeName, type Name } from './names.js';
 
 export interface CreateCSROptions {
@@ -138,7 +138,7 @@ export function parseCSR(pem: string | Buffer, opts?: { maxBytes?: number }): Pa
     if (more || (attrs && attrs.tag !== 0xa0)) fail('unexpected element in CertificationRequestInfo');
     let publicKey: crypto.KeyObject;
     try {
-      publicKey = crypto.createPublicKey({ key: whole(expectTag(spki, TAG.SEQUENCE, 'subjectPKInfo')), format: 'der', type: 'spki' });
+      publicKey = keyFromSpki(whole(expectTag(spki, TAG.SEQUENCE, 'subjectPKInfo')));
     } catch (err) {
       return fail(`the public key cannot be read (${err instanceof Error ? err.message : String(err)})`);
     }

@@ -5,7 +5,7 @@
  */
 export { KEY_TYPES, generateKey, loadPrivateKey, type KeyType, type GeneratedKey } from './keys.js';
 export type { Name } from './names.js';
-export { issueCertificate, createCA, type IssueOptions, type Usage, type CreatedCA } from './x509.js';
+export { issueCertificate, createCA, randomSerial, type IssueOptions, type Usage, type CreatedCA } from './x509.js';
 export { createCSR, parseCSR, CSR_MAX_BYTES, type ParsedCSR, type CreateCSROptions } from './csr.js';
 export { createCRL, type RevokedEntry, type CreateCRLOptions } from './crl.js';
 export { fingerprintSha256, splitPemBundle, certInfo, type CertInfo } from './inspect.js';

@@ -94,6 +94,20 @@ export function spkiDer(key: crypto.KeyObject): Buffer {
   return out;
 }
 
+/** The fixed DER prefix of an uncompressed P-256 SubjectPublicKeyInfo (91 bytes in all). */
+const P256_SPKI_PREFIX = Buffer.from('3059301306072a8648ce3d020106082a8648ce3d030107034200', 'hex');
+
+/**
+ * A public key object from SPKI DER (e.g. out of a CSR). When the bytes are the canonical
+ * P-256 form, they are remembered as the key's SPKI so issuing a certificate for it needs no
+ * export (the hot path of enrollment).
+ */
+export function keyFromSpki(der: Buffer): crypto.KeyObject {
+  const key = crypto.createPublicKey({ key: der, format: 'der', type: 'spki' });
+  if (der.length === 91 && der[26] === 0x04 && der.subarray(0, 26).equals(P256_SPKI_PREFIX)) spkiCache.set(key, Buffer.from(der));
+  return key;
+}
+
 /** 'ec-p256', 'ec-p384', 'rsa-2048', ...; other keys as 'ec-<curve>', 'rsa-<bits>' or Node's key type name. */
 export function describeKey(key: crypto.KeyObject): string {
   const t = key.asymmetricKeyType;

@@ -6,7 +6,7 @@
 import { readFileSync, existsSync } from 'node:fs';
 import type { KeyObject } from 'node:crypto';
 import {
-  certInfo, createCRL, fingerprintSha256, issueCertificate, keyMatchesCert, loadPrivateKey,
+  certInfo, createCRL, fingerprintSha256, issueCertificate, keyMatchesCert, loadPrivateKey, normalizeSerial, randomSerial,
   sanCovers, splitPemBundle, verifyChain, verifyIssuedBy, type RevokedEntry,
 } from '../../certs/index.js';
 import { TrellisError } from '../../common/errors.js';
@@ -31,6 +31,8 @@ export class HubPki {
   readonly caChain: string[];
   readonly caKey: KeyObject | undefined;
   readonly caFingerprint: string;
+  /** The issuing CA's notAfter: agent certificates never outlive it. */
+  private readonly caNotAfter: number;
   private identity: HubIdentity;
   private listeners = new Set<(id: HubIdentity) => void>();
 
@@ -38,6 +40,7 @@ export class HubPki {
     this.caChain = caChain;
     this.caKey = caKey;
     this.caFingerprint = fingerprintSha256(caChain[0]!);
+    this.caNotAfter = certInfo(caChain[0]!).notAfter.getTime();
     this.identity = identity;
   }
 
@@ -73,9 +76,10 @@ export class HubPki {
         'this hub runs with an operator-supplied CA and no CA key, so it cannot issue agent certificates: issue them with your own CA (URI SAN spiffe://<trust-domain>/tenant/<tenant>/agent/<id>, EKU clientAuth) and start agents with `trellis agent run --cert --key --ca`');
     }
     const now = opts.now ?? new Date();
-    const caNotAfter = certInfo(this.caCertPem).notAfter;
-    const notAfter = new Date(Math.min(now.getTime() + opts.ttlMs, caNotAfter.getTime()));
+    const notAfter = new Date(Math.min(now.getTime() + opts.ttlMs, this.caNotAfter));
+    const serial = randomSerial();
     const certPem = issueCertificate({
+      serial,
       issuerCertPem: this.caCertPem,
       issuerKey: this.caKey,
       subjectPublicKey: opts.publicKey,
@@ -88,7 +92,7 @@ export class HubPki {
       notBefore: new Date(now.getTime() - Math.min(5 * 60_000, Math.floor(opts.ttlMs / 10))),
       notAfter,
     });
-    return { certPem, serial: certInfo(certPem).serialHex, notAfter };
+    return { certPem, serial: normalizeSerial(serial.toString('hex')), notAfter };
   }
 
   crl(revoked: RevokedEntry[], crlNumber: number): string {
