@@ -101,7 +101,9 @@ export class HubChannel extends EventEmitter {
   private sleepTimer?: NodeJS.Timeout;
   private wake?: () => void;
   private heartbeatTimer?: NodeJS.Timeout;
+  /** Events not yet sent: pending[pendingHead..] (a head index instead of shifting the array). */
   private pending: T.Event[] = [];
+  private pendingHead = 0;
   private inflight = new Map<number, T.Event[]>();
   private seq = 0;
   private outQueue: T.AgentMessage[] = [];
@@ -185,7 +187,8 @@ export class HubChannel extends EventEmitter {
     // Anything not acknowledged goes again, first, on the new stream; the hub drops duplicates.
     const unacked = [...this.inflight.entries()].sort((a, b) => a[0] - b[0]).flatMap(([, evs]) => evs);
     this.inflight.clear();
-    this.pending = unacked.concat(this.pending);
+    this.pending = unacked.concat(this.pending.slice(this.pendingHead));
+    this.pendingHead = 0;
     clearInterval(this.heartbeatTimer);
     const every = Math.max(1000, welcome.heartbeatIntervalMs || 10_000);
     this.heartbeatTimer = setInterval(() => this.current?.write({ heartbeat: { sentAtMs: Date.now() } }), every);
@@ -224,17 +227,18 @@ export class HubChannel extends EventEmitter {
   /** Queues events for delivery; they are re-sent until the hub acknowledges them. */
   publish(events: T.Event[]): void {
     const max = this.opts.maxQueued ?? 100_000;
-    this.pending.push(...events);
-    if (this.pending.length > max) {
-      const drop = this.pending.length - max;
-      this.pending.splice(0, drop);
+    for (const e of events) this.pending.push(e);
+    const queued = this.pending.length - this.pendingHead;
+    if (queued > max) {
+      const drop = queued - max;
+      this.pendingHead += drop;
       this.stats.eventsDropped += drop;
     }
     this.flush();
   }
 
   get backlog(): number {
-    let n = this.pending.length;
+    let n = this.pending.length - this.pendingHead;
     for (const b of this.inflight.values()) n += b.length;
     return n;
   }
@@ -244,12 +248,18 @@ export class HubChannel extends EventEmitter {
     if (!conn || this.state !== 'ready') return;
     const size = this.opts.batchSize ?? 500;
     const maxInflight = this.opts.maxInflight ?? 16;
-    while (this.pending.length > 0 && this.inflight.size < maxInflight) {
-      const batch = this.pending.splice(0, size);
+    while (this.pending.length > this.pendingHead && this.inflight.size < maxInflight) {
+      const batch = this.pending.slice(this.pendingHead, this.pendingHead + size);
+      this.pendingHead += batch.length;
       const seq = ++this.seq;
       this.inflight.set(seq, batch);
       this.stats.eventsSent += batch.length;
       conn.write({ events: { seq, events: batch } });
+    }
+    // Compact once the consumed head dominates, so the array does not grow without bound.
+    if (this.pendingHead > 4096 && this.pendingHead * 2 > this.pending.length) {
+      this.pending = this.pending.slice(this.pendingHead);
+      this.pendingHead = 0;
     }
   }
 

@@ -6,7 +6,7 @@
  *  3. --ca-cert alone: --hub-cert + --hub-key are required and checked; the hub cannot issue.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { chmod, rm } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import {
   certInfo, createCA, fingerprintSha256, generateKey, issueCertificate, keyMatchesCert, loadPrivateKey, splitPemBundle, verifyIssuedBy, type KeyType,
@@ -17,8 +17,8 @@ import { hubPaths } from './paths.js';
 import { checkHubIdentity } from './pki/index.js';
 import { validateConfig, type HubConfigInput } from './config.js';
 import { openStore } from './store/index.js';
-import { Auth } from './auth/index.js';
-import { generatePassword } from './auth/passwords.js';
+import { Auth, checkUsername } from './auth/index.js';
+import { checkPasswordPolicy, generatePassword } from './auth/passwords.js';
 
 export interface InitOptions {
   dataDir: string;
@@ -68,6 +68,11 @@ export async function initHub(o: InitOptions): Promise<InitResult> {
   if (o.caKeyFile && !o.caCertFile) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--ca-key needs --ca-cert');
   if ((o.hubCertFile === undefined) !== (o.hubKeyFile === undefined)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--hub-cert and --hub-key go together');
   const admin = o.admin ?? 'admin';
+  // Checked before anything is written: with --force a late failure would already have removed the old hub's store and CA key.
+  const password = o.adminPassword ?? generatePassword();
+  checkUsername(admin);
+  const weak = checkPasswordPolicy(password);
+  if (weak) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `admin password: ${weak}`);
   const config = validateConfig({ ...(o.config ?? {}), names, ...(o.trustDomain ? { trustDomain: o.trustDomain } : {}) }, 'hub init options');
 
   let caChain: string[];
@@ -129,8 +134,8 @@ export async function initHub(o: InitOptions): Promise<InitResult> {
   }
   checkHubIdentity({ certChainPem: hubChainPem, keyPem: hubKeyPem }, caChain, names);
 
-  const password = o.adminPassword ?? generatePassword();
   await ensureDir(o.dataDir, 0o700);
+  await chmod(o.dataDir, 0o700); // a directory the operator made beforehand is tightened too
   if (o.force) {
     await rm(paths.store, { force: true });
     await rm(paths.caKey, { force: true });

@@ -229,7 +229,7 @@ t.test('CRL', async (t) => {
     t.ok(v.ok, `${keyType}: openssl crl verifies (${v.out.trim()})`);
     const text = openssl('crl', '-in', crlF, '-noout', '-text').out;
     t.match(text, 'Version 2');
-    t.match(text, new RegExp(`Serial Number: ${certInfo(a.certPem).serialHex.toUpperCase()}`));
+    t.match(text, new RegExp(`Serial Number: 0?${certInfo(a.certPem).serialHex.toUpperCase()}`)); // openssl pads to whole bytes
     t.match(text, 'Serial Number: 0ABC');
     t.match(text, /CRL Number:\s+42/);
     t.match(text, 'Authority Key Identifier');

@@ -39,13 +39,19 @@ export function hashToken(token: string): string {
   return createHash('sha256').update(token, 'utf8').digest('hex');
 }
 
+/** Throws INVALID_ARGUMENT unless `name` is a valid user name. */
+export function checkUsername(name: string): string {
+  if (!USERNAME_RE.test(name)) {
+    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad user name "${name.slice(0, 80)}": use 1-64 letters, digits, dot, dash or underscore`);
+  }
+  return name;
+}
+
 export class Auth {
   constructor(private readonly store: Store, private readonly opts: { sessionTtlMs: number }) {}
 
   async createUser(opts: { username: string; password: string; roles: string[]; tenants?: string[] }): Promise<UserDoc> {
-    if (!USERNAME_RE.test(opts.username)) {
-      throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad user name "${opts.username}": use 1-64 letters, digits, dot, dash or underscore`);
-    }
+    checkUsername(opts.username);
     const policy = checkPasswordPolicy(opts.password);
     if (policy) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', policy);
     const doc: UserDoc = {

@@ -37,7 +37,11 @@ export class EventIntake {
   duplicates = 0;
   rejected = 0;
 
-  constructor(private readonly opts: { dedupWindow: number } = { dedupWindow: 100_000 }) {}
+  /**
+   * dedupWindow: event ids remembered per agent. It must cover what an agent can re-send after
+   * a reconnect (its unacknowledged batches: 16 × 500 by default); 20,000 leaves room.
+   */
+  constructor(private readonly opts: { dedupWindow: number } = { dedupWindow: 20_000 }) {}
 
   subscribe(fn: EventListener): () => void {
     this.listeners.add(fn);

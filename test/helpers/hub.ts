@@ -83,8 +83,15 @@ export async function startHub(o: StartHubOptions = {}): Promise<TestHub> {
   const caPem = hub.components.pki.trustBundle.join('');
   let ports = { agentPort: hub.agentPort, adminPort: hub.adminPort, webPort: hub.webPort };
   let admin = adminClients(`127.0.0.1:${hub.adminPort}`, caPem);
-  const login = await call<T.LoginRequest, T.LoginResponse__Output>(admin, admin.auth, admin.auth.Login, { username: 'admin', password: ADMIN_PASSWORD });
-  admin.close();
+  let login: T.LoginResponse__Output;
+  try {
+    login = await call<T.LoginRequest, T.LoginResponse__Output>(admin, admin.auth, admin.auth.Login, { username: 'admin', password: ADMIN_PASSWORD });
+  } catch (e) {
+    await hub.close(500);
+    throw e;
+  } finally {
+    admin.close();
+  }
   admin = adminClients(`127.0.0.1:${hub.adminPort}`, caPem, login.token);
   const agents: Agent[] = [];
   let n = 0;
