@@ -169,6 +169,16 @@ t.test('a selector runs on every matching online agent and no other', async (t) 
   t.notOk(r.started.some((s) => s.agentId === db.agentId), 'not on the db agent');
 });
 
+t.test('as many concurrent runs as an agent allows (16) all reach it and succeed', async (t) => {
+  await using h = await startHub();
+  const { dataDir, agentId } = await h.enroll();
+  await h.agent({ dataDir, maxConcurrentActions: 16 });
+  const all = await Promise.all(Array.from({ length: 16 }, (_, i) => runOn(h, { agentId, argv: ['echo', `run-${i}`] })));
+  t.same(all.map((r) => r.error), all.map(() => undefined), 'no stream failed');
+  t.same(all.map((r) => `${r.finished[0]?.status} ${r.finished[0]?.error}`), all.map(() => 'succeeded '), 'every run was delivered and succeeded');
+  t.same(all.map((r) => r.stdout.toString()), all.map((_, i) => `run-${i}\n`), 'each run got its own output');
+});
+
 t.test('runs on an unknown or offline agent, or with an empty argv, are refused with specific codes', async (t) => {
   await using h = await startHub();
   const offline = await h.enroll();

@@ -37,6 +37,7 @@ export interface AgentLink {
   readonly serial: string;
   readonly remote: string;
   readonly connectedAt: number;
+  /** Queues a message; false only when the link is closed and nothing was queued. */
   send(msg: HubMessage): boolean;
   close(reason: CloseReason, message: string): void;
 }

@@ -117,7 +117,8 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
             clearTimeout(helloTimer);
             link = {
               agentId: id.agentId, serial: id.serial, remote: call.getPeer(), connectedAt: Date.now(),
-              send: (m) => !closed && call.write(m),
+              // write() returning false is back-pressure (the message is queued), not a failure.
+              send: (m) => { if (closed) return false; call.write(m); return true; },
               close: (reason, message) => {
                 if (closed) return;
                 closed = true;
