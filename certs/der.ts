@@ -61,8 +61,15 @@ export function set(...items: Node[]): Node {
   return asn1.create(U, T.SET, true, items);
 }
 
+const oidBytes = new Map<string, string>();
+
 export function oid(dotted: string): Node {
-  return asn1.create(U, T.OID, false, asn1.oidToDer(dotted).getBytes());
+  let bytes = oidBytes.get(dotted);
+  if (bytes === undefined) {
+    bytes = asn1.oidToDer(dotted).getBytes();
+    if (oidBytes.size < 1024) oidBytes.set(dotted, bytes);
+  }
+  return asn1.create(U, T.OID, false, bytes);
 }
 
 /** A non-negative INTEGER from an unsigned big-endian magnitude, number or bigint. */
@@ -150,6 +157,24 @@ export function raw(der: Buffer): Node {
     throw new TrellisError('TRELLIS_E_CERT_INVALID', 'embedded structure is not canonical DER');
   }
   return node;
+}
+
+/** DER length octets for a content length. */
+function derLength(n: number): Buffer {
+  if (n < 0x80) return Buffer.from([n]);
+  const bytes: number[] = [];
+  for (let v = n; v > 0; v = Math.floor(v / 256)) bytes.unshift(v & 0xff);
+  return Buffer.from([0x80 | bytes.length, ...bytes]);
+}
+
+/**
+ * A SEQUENCE around elements that are already DER (our own encodings): a header and a
+ * concatenation, without parsing them back into forge nodes as raw() does.
+ */
+export function seqOfDer(parts: Buffer[]): Buffer {
+  let len = 0;
+  for (const p of parts) len += p.length;
+  return Buffer.concat([Buffer.from([0x30]), derLength(len), ...parts]); // universal, constructed, SEQUENCE
 }
 
 export function toBuffer(node: Node): Buffer {

@@ -146,7 +146,18 @@ export function sigAlgByOid(o: string): SigAlg | undefined {
 }
 
 /** The algorithm a private (signing) key signs with: P-256 -> ES256, P-384 -> ES384, RSA -> sha256WithRSA. */
+const sigAlgCache = new WeakMap<crypto.KeyObject, SigAlg>();
+
 export function sigAlgForKey(key: crypto.KeyObject): SigAlg {
+  let alg = sigAlgCache.get(key);
+  if (!alg) {
+    alg = pickSigAlg(key);
+    sigAlgCache.set(key, alg);
+  }
+  return alg;
+}
+
+function pickSigAlg(key: crypto.KeyObject): SigAlg {
   if (key.type !== 'private') {
     throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'a private key is required for signing');
   }

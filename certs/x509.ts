@@ -11,7 +11,7 @@ import {
   octets,
   oid,
   pemEncode,
-  raw,
+  seqOfDer,
   seq,
   time,
   toBuffer,
@@ -46,8 +46,18 @@ export interface IssueOptions {
 const bad = (msg: string): TrellisError => new TrellisError('TRELLIS_E_INVALID_ARGUMENT', msg);
 const CLOCK_SKEW_MS = 5 * 60 * 1000;
 
+/** Serials come from a pooled CSPRNG buffer: one getrandom call per 256 certificates. */
+let serialPool = Buffer.alloc(0);
+let serialPos = 0;
+
 export function randomSerial(): Buffer {
-  const s = crypto.randomBytes(16);
+  if (serialPos + 16 > serialPool.length) {
+    serialPool = crypto.randomBytes(4096);
+    serialPos = 0;
+  }
+  const s = Buffer.from(serialPool.subarray(serialPos, serialPos + 16));
+  serialPool.fill(0, serialPos, serialPos + 16);
+  serialPos += 16;
   s[0] = (s[0]! & 0x7f) || 0x01;
   return s;
 }
@@ -165,20 +175,20 @@ export function issueCertificate(opts: IssueOptions): string {
     extension(OID.authorityKeyIdentifier, false, seq(implicitPrim(0, aki))),
   );
 
-  const tbs = toBuffer(
-    seq(
-      explicit(0, uint(2)), // v3
-      uint(serial),
-      algorithmIdentifier(alg),
-      raw(issuerName),
-      seq(time(notBefore), time(notAfter)),
-      raw(subjectName),
-      raw(subjectSpki),
-      explicit(3, seq(...exts)),
-    ),
-  );
+  // Pieces we encoded ourselves (names, SPKI, the TBS) are joined as DER without a re-parse.
+  const algDer = toBuffer(algorithmIdentifier(alg));
+  const tbs = seqOfDer([
+    toBuffer(explicit(0, uint(2))), // v3
+    toBuffer(uint(serial)),
+    algDer,
+    issuerName,
+    toBuffer(seq(time(notBefore), time(notAfter))),
+    subjectName,
+    subjectSpki,
+    toBuffer(explicit(3, seq(...exts))),
+  ]);
   const signature = signWith(opts.issuerKey, alg, tbs);
-  const cert = toBuffer(seq(raw(tbs), algorithmIdentifier(alg), bitString(signature)));
+  const cert = seqOfDer([tbs, algDer, toBuffer(bitString(signature))]);
   return pemEncode('CERTIFICATE', cert);
 }
 
