@@ -33,15 +33,10 @@ import { HubChannel } from '../agent/channel.js';
 import { agentPaths, loadIdentity, readState } from '../agent/identity.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 import { makeForgeIssuer } from './forge-naive.js';
+import { silenceIpServernameWarning } from '../common/warnings.js';
 import { mean, note, percentile, pool, processCpuMs, sleep, startChildHub, type ChildHub } from './lib.js';
 
-// grpc-js passes IP targets as the TLS server name and Node warns (DEP0123); keep stderr readable.
-const emitWarning = process.emitWarning;
-process.emitWarning = function (w: string | Error, ...rest: unknown[]) {
-  const code = typeof rest[0] === 'object' ? (rest[0] as { code?: string })?.code : rest[1];
-  if (code === 'DEP0123') return;
-  return (emitWarning as (...a: unknown[]) => void).call(process, w, ...rest);
-} as typeof process.emitWarning;
+silenceIpServernameWarning();
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const NAMES = ['localhost', '127.0.0.1'];

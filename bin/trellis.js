@@ -4,19 +4,17 @@
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
-// grpc-js passes IP addresses as the TLS server name; Node warns about it (DEP0123) on every
-// connection to a hub addressed by IP. The certificate is still checked against the IP SAN.
-const emitWarning = process.emitWarning;
-process.emitWarning = function (warning, ...rest) {
-  const code = typeof rest[0] === 'object' ? rest[0]?.code : rest[1];
-  if (code === 'DEP0123') return;
-  return emitWarning.call(process, warning, ...rest);
-};
+// `trellis agents list | head` closes the pipe early: that is not an error.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (err) => { if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0); else throw err; });
+}
 
 const main = new URL('../dist/cli/main.js', import.meta.url);
 if (!existsSync(fileURLToPath(main))) {
   process.stderr.write('trellis: not built yet; run `npm run build` (npm ci does it)\n');
   process.exit(1);
 }
+const { silenceIpServernameWarning } = await import(new URL('../dist/common/warnings.js', import.meta.url).href);
+silenceIpServernameWarning();
 const { main: run } = await import(main.href);
 await run(process.argv);

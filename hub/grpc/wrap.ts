@@ -58,13 +58,17 @@ function logDone(deps: WrapDeps, ctx: CallContext, start: number, err?: unknown)
   }
 }
 
+/** A context for one call: request id, peer, and an AbortSignal fired when the client cancels. */
+function newContext(call: { on(ev: 'cancelled', fn: () => void): unknown; getPeer(): string }, path: string): { ctx: CallContext; ac: AbortController; start: number } {
+  const ac = new AbortController();
+  call.on('cancelled', () => ac.abort());
+  return { ctx: { requestId: randomBytes(6).toString('hex'), method: path, peer: call.getPeer(), signal: ac.signal }, ac, start: performance.now() };
+}
+
 export function unary<Req, Res>(deps: WrapDeps, path: string, fn: (req: Req, ctx: CallContext) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {
   requirementFor(path);
   return (call, callback) => {
-    const start = performance.now();
-    const ac = new AbortController();
-    call.on('cancelled', () => ac.abort());
-    const ctx: CallContext = { requestId: randomBytes(6).toString('hex'), method: path, peer: call.getPeer(), signal: ac.signal };
+    const { ctx, start } = newContext(call, path);
     void (async () => {
       try {
         ctx.principal = await authenticateCall(deps, path, call.metadata);
@@ -82,10 +86,7 @@ export function unary<Req, Res>(deps: WrapDeps, path: string, fn: (req: Req, ctx
 export function serverStream<Req, Res>(deps: WrapDeps, path: string, fn: (req: Req, ctx: CallContext, write: (m: Res) => boolean) => Promise<void>): grpc.handleServerStreamingCall<Req, Res> {
   requirementFor(path);
   return (call) => {
-    const start = performance.now();
-    const ac = new AbortController();
-    call.on('cancelled', () => ac.abort());
-    const ctx: CallContext = { requestId: randomBytes(6).toString('hex'), method: path, peer: call.getPeer(), signal: ac.signal };
+    const { ctx, ac, start } = newContext(call, path);
     void (async () => {
       try {
         ctx.principal = await authenticateCall(deps, path, call.metadata);

@@ -15,17 +15,12 @@ import { adminClients, call, type AdminClients } from '../../cli/client.js';
 import { enroll, type EnrollOptions } from '../../agent/enroll.js';
 import { Agent, type AgentOptions } from '../../agent/agent.js';
 import type { HubConfigInput } from '../../hub/config.js';
+import { silenceIpServernameWarning } from '../../common/warnings.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
 export const ADMIN_PASSWORD = 'test-admin-password-1';
 
-// grpc-js names IP targets as the TLS server name; Node warns (DEP0123). Keep test output clean.
-const emit = process.emitWarning;
-process.emitWarning = function (w: string | Error, ...rest: unknown[]) {
-  const code = typeof rest[0] === 'object' ? (rest[0] as { code?: string })?.code : rest[1];
-  if (code === 'DEP0123') return;
-  return (emit as (...a: unknown[]) => void).call(process, w, ...rest);
-} as typeof process.emitWarning;
+silenceIpServernameWarning();
 
 /** A pino logger that keeps every line in memory (to grep for secrets) and prints nothing. */
 export function captureLogger(level = 'debug'): { log: Logger; lines: string[] } {
