@@ -16,14 +16,15 @@ export interface AdminClients {
   close(): void;
 }
 
-export function adminClients(hub: string, caPem: string, token?: string): AdminClients {
+export function adminClients(hub: string, caPem: string, token?: string, tenant?: string): AdminClients {
   const creds = grpc.credentials.createSsl(Buffer.from(caPem));
   // One channel shared by every service client.
   const base = new grpc.Client(hub, creds, CLIENT_OPTIONS);
   const channelOverride = base.getChannel();
   const opts = { ...CLIENT_OPTIONS, channelOverride };
   const metadata = new grpc.Metadata();
-  if (token) metadata.set('authorization', `Bearer ${token}`);
+  if (token) metadata.set(token.startsWith('tak1_') ? 'x-api-key' : 'authorization', token.startsWith('tak1_') ? token : `Bearer ${token}`);
+  if (tenant) metadata.set('x-trellis-tenant', tenant);
   return {
     auth: new v1.AdminAuth(hub, creds, opts),
     tokens: new v1.AdminJoinTokens(hub, creds, opts),
@@ -36,8 +37,12 @@ export function adminClients(hub: string, caPem: string, token?: string): AdminC
   };
 }
 
-export function fromProfile(p: Profile): AdminClients {
-  return adminClients(p.hub, p.caPem, p.token);
+/**
+ * Clients for the logged-in profile. The tenant comes from --tenant / TRELLIS_TENANT, else the
+ * profile's; an API key in TRELLIS_API_KEY replaces the login token (for scripts).
+ */
+export function fromProfile(p: Profile, env: NodeJS.ProcessEnv = process.env): AdminClients {
+  return adminClients(p.hub, p.caPem, env.TRELLIS_API_KEY || p.token, env.TRELLIS_TENANT || p.tenant);
 }
 
 type UnaryFn<Req, Res> = (req: Req, md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Res) => void) => unknown;

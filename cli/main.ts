@@ -11,6 +11,11 @@ export function buildProgram(): Command {
     .version(TRELLIS_VERSION, '-V, --version-cli', 'print the CLI version')
     .showHelpAfterError('(run with --help for usage)')
     .configureHelp({ sortSubcommands: false })
+    .option('--tenant <tenant>', 'tenant to work in (default: TRELLIS_TENANT, else the profile\'s; `*` lists every tenant for admins)')
+    .hook('preAction', (cmd) => {
+      const t = cmd.opts().tenant as string | undefined;
+      if (t) process.env.TRELLIS_TENANT = t;
+    })
     .exitOverride(); // set before the subcommands so they inherit it
   addDaemonCommands(program);
   addAdminCommands(program);

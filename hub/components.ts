@@ -3,6 +3,8 @@ import type { Logger } from '../common/log.js';
 import type { Store } from './store/index.js';
 import type { HubPki } from './pki/index.js';
 import type { Auth } from './auth/index.js';
+import type { Iam } from './iam/index.js';
+import type { AuditSink } from './audit/types.js';
 import type { JoinTokens } from './tokens/index.js';
 import type { AgentRegistry } from './agents/index.js';
 import type { Runs } from './runs/index.js';
@@ -14,7 +16,9 @@ export interface HubComponents {
   log: Logger;
   store: Store;
   pki: HubPki;
+  iam: Iam;
   auth: Auth;
+  audit: AuditSink;
   tokens: JoinTokens;
   agents: AgentRegistry;
   runs: Runs;

@@ -8,11 +8,14 @@ import { hubPaths } from './paths.js';
 import { openStore, type Store } from './store/index.js';
 import { HubPki } from './pki/index.js';
 import { Auth } from './auth/index.js';
+import { Iam } from './iam/index.js';
 import { JoinTokens } from './tokens/index.js';
 import { AgentRegistry } from './agents/index.js';
 import { Runs } from './runs/index.js';
 import { EventIntake } from './events/index.js';
 import { addAdminServices } from './grpc/admin.js';
+import { LiveCalls } from './grpc/wrap.js';
+import { MemoryAudit } from './audit/index.js';
 import { addAgentServices } from './grpc/agent-channel.js';
 import { MemoryCertificateProvider, mtlsServerCredentials, tlsServerCredentials } from './grpc/credentials.js';
 import { WebServer } from './web/index.js';
@@ -58,14 +61,17 @@ export class Hub {
 
     const store: Store = await openStore(opts.memoryStore ? { kind: 'memory' } : { kind: 'lowdb', path: paths.store });
     const pki = HubPki.load(paths, config.names);
-    const auth = new Auth(store, { sessionTtlMs: config.sessionTtl });
+    const iam = new Iam(store);
+    await iam.ensureDefaultTenant();
+    const auth = new Auth(store, iam, { sessionTtlMs: config.sessionTtl });
     const tokens = new JoinTokens(store, { caFingerprint: pki.caFingerprint, defaultTtlMs: config.joinTokenTtl });
     const agents = new AgentRegistry(store, { heartbeatTtlMs: config.heartbeatTtl });
     await agents.load();
     const runs = new Runs(agents, log.child({ component: 'runs' }));
     const events = new EventIntake();
     let boundAgentPort = config.agentPort;
-    const components: HubComponents = { config, log, store, pki, auth, tokens, agents, runs, events, agentPort: () => boundAgentPort };
+    const audit = new MemoryAudit();
+    const components: HubComponents = { config, log, store, pki, iam, auth, audit, tokens, agents, runs, events, agentPort: () => boundAgentPort };
 
     // One identity provider for both ports, one CA provider for client certificates.
     const identity = new MemoryCertificateProvider({ certChain: pki.hubIdentity.certChainPem, key: pki.hubIdentity.keyPem });
@@ -76,7 +82,8 @@ export class Hub {
     const agentServer = new grpc.Server(serverOptions);
     addAgentServices(agentServer, components);
     const adminServer = new grpc.Server(serverOptions);
-    addAdminServices(adminServer, components);
+    const adminDeps = { auth, log: log.child({ component: 'admin' }), audit: components.audit, live: new LiveCalls(auth) };
+    addAdminServices(adminServer, components, adminDeps);
 
     const bindTo = (server: grpc.Server, port: number, creds: grpc.ServerCredentials, what: string) =>
       new Promise<number>((resolve, reject) => {

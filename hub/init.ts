@@ -18,6 +18,7 @@ import { checkHubIdentity } from './pki/index.js';
 import { validateConfig, type HubConfigInput } from './config.js';
 import { openStore } from './store/index.js';
 import { Auth, checkUsername } from './auth/index.js';
+import { Iam } from './iam/index.js';
 import { checkPasswordPolicy, generatePassword } from './auth/passwords.js';
 
 export interface InitOptions {
@@ -142,7 +143,9 @@ export async function initHub(o: InitOptions): Promise<InitResult> {
   }
   const store = await openStore({ kind: 'lowdb', path: paths.store });
   try {
-    await new Auth(store, { sessionTtlMs: config.sessionTtl }).createUser({ username: admin, password, roles: ['admin'] });
+    const iam = new Iam(store);
+    await iam.ensureDefaultTenant();
+    await new Auth(store, iam, { sessionTtlMs: config.sessionTtl }).createUser({ username: admin, password, roles: ['admin'] });
   } finally {
     await store.close();
   }

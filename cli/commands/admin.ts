@@ -64,8 +64,14 @@ export function addAdminCommands(program: Command): void {
       const c = adminClients(hub, caPem);
       try {
         const r = await call<T.LoginRequest, T.LoginResponse__Output>(c, c.auth, c.auth.Login, { username: o.user, password });
-        const path = await writeProfile({ hub, caPem, username: r.username, token: r.token, expiresAtMs: r.expiresAtMs, tenant: 'default' });
-        print(`logged in to ${hub} as ${r.username}; token valid until ${when(r.expiresAtMs)} (profile ${path})`);
+        // The profile's tenant: --tenant, else the first tenant the hub says the user belongs to.
+        const asked = process.env.TRELLIS_TENANT;
+        const who = adminClients(hub, caPem, r.token, asked);
+        let tenant = asked ?? '';
+        try { tenant = (await call<T.WhoAmIRequest, T.WhoAmIResponse__Output>(who, who.auth, who.auth.WhoAmI, {})).tenant || tenant; } finally { who.close(); }
+        if (asked && tenant !== asked) throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `${r.username} is not a member of tenant ${asked}`);
+        const path = await writeProfile({ hub, caPem, username: r.username, token: r.token, expiresAtMs: r.expiresAtMs, tenant });
+        print(`logged in to ${hub} as ${r.username} (tenant ${tenant || '-'}); token valid until ${when(r.expiresAtMs)} (profile ${path})`);
       } finally { c.close(); }
     });
 
@@ -96,14 +102,14 @@ export function addAdminCommands(program: Command): void {
   const tokens = program.command('tokens').description('join tokens for enrolling agents');
   tokens.command('create')
     .description('create a join token; prints it once with the enroll command to paste')
-    .option('--tenant <tenant>', 'tenant of agents enrolled with it', 'default')
+    .option('--private', 'visible only to you and administrators')
     .option('--uses <n>', 'how many agents may use it', (v) => Number(v), 1)
     .option('--ttl <duration>', 'lifetime, e.g. 15m, 2h, 7d', '15m')
     .option('--label <k=v...>', 'labels given to every agent enrolled with it', collect, [])
     .option('--description <text>', 'note shown in `tokens list`')
     .action((o) => withClients(async (c) => {
       const r = await call<T.CreateJoinTokenRequest, T.CreateJoinTokenResponse__Output>(c, c.tokens, c.tokens.CreateJoinToken, {
-        tenant: o.tenant, uses: o.uses, ttlMs: parseDuration(o.ttl, '--ttl'), labels: parseKeyValues(o.label, 'label'), description: o.description ?? '',
+        tenant: '', private: !!o.private, uses: o.uses, ttlMs: parseDuration(o.ttl, '--ttl'), labels: parseKeyValues(o.label, 'label'), description: o.description ?? '',
       });
       const hub = readProfile().hub;
       print(r.token);

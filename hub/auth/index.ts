@@ -1,100 +1,252 @@
 /**
- * Admin identities: local users, login tokens (sessions). A login token is 32 random bytes
- * shown once; the store keys the session by the token's SHA-256, so a stolen state file
- * yields no usable token.
+ * Authentication: logins through the configured backends with lock-out, login tokens
+ * (sessions) and API keys. A login token is 32 random bytes shown once; the store keys the
+ * session by its SHA-256. An API key is `tak1_<id>_<secret>`; the store keeps a per-key salt and
+ * an HMAC of the secret. Either resolves, on every call, to the owner's current principal: a
+ * deactivated or deleted user, a revoked session or a disabled key stops working at once, and
+ * `revoked` events let live streams be cut.
  */
-import { createHash, randomBytes } from 'node:crypto';
-import type { Store, Doc } from '../store/index.js';
+import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import type { Doc, Store } from '../store/index.js';
 import { TrellisError } from '../../common/errors.js';
-import { dummyPasswordHash, hashPassword, verifyPassword, checkPasswordPolicy } from './passwords.js';
+import { formatDuration } from '../../common/duration.js';
+import { hashPassword, checkPasswordPolicy, dummyPasswordHash, verifyPassword } from './passwords.js';
+import { checkUsername, isValidUsername, type UserDoc } from './users.js';
+import { LocalBackend, type AuthBackend } from './backends.js';
+import type { Iam } from '../iam/index.js';
+import type { Principal } from '../authz/index.js';
 
-export interface UserDoc extends Doc {
-  username: string;
-  passwordHash: string;
-  roles: string[];
-  tenants: string[];
-  active: boolean;
-  createdAt: number;
-}
+export type { UserDoc } from './users.js';
+export { checkUsername } from './users.js';
+export type { Principal } from '../authz/index.js';
 
-export interface SessionDoc extends Doc {
-  username: string;
-  createdAt: number;
-  expiresAt: number;
-}
+export interface SessionDoc extends Doc { username: string; createdAt: number; expiresAt: number; source?: string }
+export interface ApiKeyDoc extends Doc { owner: string; name: string; salt: string; hash: string; enabled: boolean; createdAt: number; lastUsed?: number }
 
-export interface Principal {
-  kind: 'user';
-  username: string;
-  roles: readonly string[];
-  tenants: readonly string[];
-  sessionId?: string;
-  sessionExpiresAt?: number;
-}
+export interface LockoutOptions { maxFailures: number; windowMs: number; durationMs: number }
+export interface AuthOptions { sessionTtlMs: number; lockout?: LockoutOptions; backends?: AuthBackend[] }
 
-const USERNAME_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/i;
+/** What was revoked: every call of a user, of one session, or of one API key. */
+export type Revocation = { username: string } | { sessionId: string } | { apiKeyId: string };
+
 const TOKEN_PREFIX = 'tls1_';
+const APIKEY_RE = /^tak1_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$/;
+export const DEFAULT_LOCKOUT: LockoutOptions = { maxFailures: 5, windowMs: 15 * 60_000, durationMs: 15 * 60_000 };
 
 export function hashToken(token: string): string {
   return createHash('sha256').update(token, 'utf8').digest('hex');
 }
 
-/** Throws INVALID_ARGUMENT unless `name` is a valid user name. */
-export function checkUsername(name: string): string {
-  if (!USERNAME_RE.test(name)) {
-    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad user name "${name.slice(0, 80)}": use 1-64 letters, digits, dot, dash or underscore`);
-  }
-  return name;
+/** The short, non-secret handle under which a session is listed and revoked. */
+export function sessionHandle(sessionId: string): string {
+  return sessionId.slice(0, 16);
 }
 
-export class Auth {
-  constructor(private readonly store: Store, private readonly opts: { sessionTtlMs: number }) {}
+export class Auth extends EventEmitter {
+  private readonly lockout: LockoutOptions;
+  private readonly backends: AuthBackend[];
+  /** Failed logins for names that are not local users, so they lock out just like real ones. */
+  private readonly phantom = new Map<string, { failures: number[]; lockedUntil: number }>();
+  private readonly lastUsedWritten = new Map<string, number>();
 
-  async createUser(opts: { username: string; password: string; roles: string[]; tenants?: string[] }): Promise<UserDoc> {
-    checkUsername(opts.username);
-    const policy = checkPasswordPolicy(opts.password);
-    if (policy) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', policy);
+  constructor(private readonly store: Store, private readonly iam: Iam, private readonly opts: AuthOptions) {
+    super();
+    this.lockout = opts.lockout ?? DEFAULT_LOCKOUT;
+    this.backends = opts.backends ?? [new LocalBackend(store)];
+  }
+
+  // ------------------------------------------------------------ users
+
+  async createUser(o: { username: string; password?: string; roles: string[]; tenants?: string[]; source?: string }): Promise<UserDoc> {
+    checkUsername(o.username);
+    const source = o.source ?? 'local';
+    let passwordHash = '';
+    if (source === 'local') {
+      const policy = checkPasswordPolicy(o.password ?? '');
+      if (policy) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', policy);
+      passwordHash = await hashPassword(o.password!);
+    }
+    for (const r of o.roles) await this.iam.role(r);
+    for (const t of o.tenants ?? ['default']) await this.iam.tenant(t);
     const doc: UserDoc = {
-      id: opts.username, username: opts.username, passwordHash: await hashPassword(opts.password),
-      roles: opts.roles, tenants: opts.tenants ?? ['default'], active: true, createdAt: Date.now(),
+      id: o.username, username: o.username, passwordHash, roles: [...new Set(o.roles)], tenants: [...new Set(o.tenants ?? ['default'])],
+      active: true, createdAt: Date.now(), source, failures: [], lockedUntil: 0,
     };
     await this.store.insert('users', doc);
+    this.iam.invalidate();
     return doc;
   }
 
-  /** Checks a password; unknown users cost the same KDF time as a wrong password. */
-  async login(username: string, password: string): Promise<{ token: string; expiresAt: number; user: UserDoc }> {
+  async user(username: string): Promise<UserDoc> {
+    const u = isValidUsername(username) ? await this.store.get<UserDoc>('users', username) : undefined;
+    if (!u) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no user ${String(username).slice(0, 64)}: see \`trellis users list\``);
+    return u;
+  }
+
+  async users(): Promise<UserDoc[]> { return this.store.list<UserDoc>('users'); }
+
+  async setPassword(username: string, newPassword: string, currentPassword?: string): Promise<void> {
+    const u = await this.user(username);
+    if ((u.source ?? 'local') !== 'local') throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${username} is a ${u.source} user: change the password in the directory`);
+    if (currentPassword !== undefined && !(await verifyPassword(currentPassword, u.passwordHash))) {
+      throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', 'the current password is wrong');
+    }
+    const policy = checkPasswordPolicy(newPassword);
+    if (policy) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', policy);
+    const passwordHash = await hashPassword(newPassword);
+    await this.store.update<UserDoc>('users', username, (d) => (d ? { ...d, passwordHash } : undefined));
+  }
+
+  /** Deactivation cuts everything of the user at once: sessions, keys and live streams. */
+  async setActive(username: string, active: boolean): Promise<UserDoc> {
+    await this.user(username);
+    const u = await this.store.update<UserDoc>('users', username, (d) => (d ? { ...d, active } : undefined));
+    this.iam.invalidate();
+    if (!active) this.emit('revoked', { username } satisfies Revocation);
+    return u!;
+  }
+
+  async deleteUser(username: string): Promise<void> {
+    await this.user(username);
+    await this.store.delete('users', username);
+    for (const s of await this.store.list<SessionDoc>('sessions', (s) => s.username === username)) await this.store.delete('sessions', s.id);
+    for (const k of await this.store.list<ApiKeyDoc>('apiKeys', (k) => k.owner === username)) await this.store.delete('apiKeys', k.id);
+    this.iam.invalidate();
+    this.emit('revoked', { username } satisfies Revocation);
+  }
+
+  async unlock(username: string): Promise<UserDoc> {
+    await this.user(username);
+    this.phantom.delete(username);
+    return (await this.store.update<UserDoc>('users', username, (d) => (d ? { ...d, failures: [], lockedUntil: 0 } : undefined)))!;
+  }
+
+  // ------------------------------------------------------------ login
+
+  /**
+   * Checks a password through the backends. An unknown user, a wrong password and a locked
+   * account cost the same KDF time; unknown names lock out like real ones.
+   */
+  async login(username: string, password: string, meta: { source?: string } = {}): Promise<{ token: string; expiresAt: number; user: UserDoc }> {
     const bad = new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'wrong user name or password');
-    if (typeof username !== 'string' || typeof password !== 'string' || username.length > 64 || password.length > 1024) throw bad;
-    const user = USERNAME_RE.test(username) ? await this.store.get<UserDoc>('users', username) : undefined;
-    const ok = await verifyPassword(password, user?.passwordHash ?? (await dummyPasswordHash()));
-    if (!user || !ok || !user.active) throw bad;
-    const token = TOKEN_PREFIX + randomBytes(32).toString('base64url');
+    if (typeof username !== 'string' || typeof password !== 'string' || password.length > 1024 || !isValidUsername(username)) {
+      await verifyPassword(String(password).slice(0, 1024), await dummyPasswordHash());
+      throw bad;
+    }
     const now = Date.now();
-    const session: SessionDoc = { id: hashToken(token), username: user.username, createdAt: now, expiresAt: now + this.opts.sessionTtlMs };
+    const lockedUntil = await this.lockedUntil(username, now);
+    if (lockedUntil > now) {
+      await verifyPassword(password, await dummyPasswordHash());
+      throw new TrellisError('TRELLIS_E_UNAUTHENTICATED',
+        `too many failed logins: this account is locked for ${formatDuration(lockedUntil - now)}; an administrator can run \`trellis users unlock ${username}\``);
+    }
+    let result: { username: string; groups?: string[]; backend: string } | undefined;
+    for (const b of this.backends) {
+      const r = await b.authenticate(username, password);
+      if (r.kind === 'ok') { result = { username: r.username, groups: r.groups, backend: b.name }; break; }
+      if (r.kind === 'bad-password') break; // the backend that knows the user decides
+      if (r.kind === 'unavailable') this.emit('backend-error', { backend: b.name, message: r.message });
+    }
+    if (!result) {
+      await this.recordFailure(username, now);
+      throw bad;
+    }
+    let user = await this.store.get<UserDoc>('users', result.username);
+    if (!user && result.backend !== 'local') {
+      // First login of a directory user: a record with no password, no roles of its own.
+      user = await this.createUser({ username: result.username, roles: [], tenants: [], source: result.backend });
+    }
+    if (!user || !user.active) { await this.recordFailure(username, now); throw bad; }
+    if (result.groups) await this.iam.syncDirectoryGroups(user.username, result.groups);
+    await this.store.update<UserDoc>('users', user.id, (d) => (d ? { ...d, failures: [], lockedUntil: 0, lastLogin: now } : undefined));
+    this.phantom.delete(username);
+    const token = TOKEN_PREFIX + randomBytes(32).toString('base64url');
+    const session: SessionDoc = { id: hashToken(token), username: user.username, createdAt: now, expiresAt: now + this.opts.sessionTtlMs, source: meta.source?.slice(0, 100) };
     await this.store.insert('sessions', session);
     return { token, expiresAt: session.expiresAt, user };
   }
 
-  /** Resolves a bearer credential to a principal, or throws UNAUTHENTICATED. */
+  private async lockedUntil(username: string, now: number): Promise<number> {
+    const u = await this.store.get<UserDoc>('users', username);
+    if (u) return u.lockedUntil ?? 0;
+    const p = this.phantom.get(username);
+    return p && p.lockedUntil > now ? p.lockedUntil : 0;
+  }
+
+  private async recordFailure(username: string, now: number): Promise<void> {
+    const { maxFailures, windowMs, durationMs } = this.lockout;
+    const next = (failures: number[] = []) => {
+      const recent = [...failures.filter((t) => now - t < windowMs), now].slice(-maxFailures);
+      return { failures: recent, lockedUntil: recent.length >= maxFailures ? now + durationMs : 0 };
+    };
+    const u = await this.store.get<UserDoc>('users', username);
+    if (u) {
+      await this.store.update<UserDoc>('users', username, (d) => (d ? { ...d, ...next(d.failures) } : undefined));
+      return;
+    }
+    if (this.phantom.size > 10_000) this.phantom.clear();
+    this.phantom.set(username, next(this.phantom.get(username)?.failures));
+  }
+
+  // ------------------------------------------------------------ credentials on calls
+
+  /** Resolves a bearer credential (login token or API key) to a principal, or throws UNAUTHENTICATED. */
   async authenticate(bearer: string | undefined): Promise<Principal> {
     if (!bearer) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'no credentials: log in with `trellis login`');
-    if (!bearer.startsWith(TOKEN_PREFIX) || bearer.length > 200) {
-      throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'unrecognised credential: log in again with `trellis login`');
-    }
+    if (bearer.length > 200) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'unrecognised credential');
+    if (bearer.startsWith('tak1_')) return this.authenticateApiKey(bearer);
+    if (!bearer.startsWith(TOKEN_PREFIX)) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'unrecognised credential: log in again with `trellis login`');
     const session = await this.store.get<SessionDoc>('sessions', hashToken(bearer));
     if (!session) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'login token unknown or revoked: log in again with `trellis login`');
     if (session.expiresAt <= Date.now()) {
       await this.store.delete('sessions', session.id);
       throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'login token expired: log in again with `trellis login`');
     }
-    const user = await this.store.get<UserDoc>('users', session.username);
-    if (!user || !user.active) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'this account is deactivated or deleted');
-    return { kind: 'user', username: user.username, roles: user.roles, tenants: user.tenants, sessionId: session.id, sessionExpiresAt: session.expiresAt };
+    const p = await this.iam.resolve(session.username);
+    if (!p) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'this account is deactivated or deleted');
+    return { kind: 'user', ...p, sessionId: session.id, sessionExpiresAt: session.expiresAt };
   }
+
+  private async authenticateApiKey(key: string): Promise<Principal> {
+    const m = APIKEY_RE.exec(key);
+    const bad = new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'API key unknown, disabled or deleted');
+    if (!m) throw bad;
+    const doc = await this.store.get<ApiKeyDoc>('apiKeys', m[1]!);
+    const expected = Buffer.from(doc?.hash ?? '0'.repeat(64), 'hex');
+    const got = createHmac('sha256', Buffer.from(doc?.salt ?? '00', 'hex')).update(m[2]!).digest();
+    if (!doc || !timingSafeEqual(got, expected) || !doc.enabled) throw bad;
+    const p = await this.iam.resolve(doc.owner);
+    if (!p) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'the owner of this API key is deactivated or deleted');
+    this.touchApiKey(doc.id);
+    return { kind: 'apikey', ...p, apiKeyId: doc.id };
+  }
+
+  /** Last-used times are written at most once a minute per key, never on every call. */
+  private touchApiKey(id: string): void {
+    const now = Date.now();
+    if (now - (this.lastUsedWritten.get(id) ?? 0) < 60_000) return;
+    this.lastUsedWritten.set(id, now);
+    void this.store.update<ApiKeyDoc>('apiKeys', id, (d) => (d ? { ...d, lastUsed: now } : undefined)).catch(() => undefined);
+  }
+
+  // ------------------------------------------------------------ sessions
 
   async logout(sessionId: string): Promise<void> {
     await this.store.delete('sessions', sessionId);
+    this.emit('revoked', { sessionId } satisfies Revocation);
+  }
+
+  async sessions(username?: string): Promise<SessionDoc[]> {
+    const now = Date.now();
+    return this.store.list<SessionDoc>('sessions', (s) => s.expiresAt > now && (username === undefined || s.username === username));
+  }
+
+  /** Revokes a session by its handle; `owner` limits it to that user's sessions. */
+  async revokeSession(handle: string, owner?: string): Promise<void> {
+    const match = (await this.store.list<SessionDoc>('sessions', (s) => sessionHandle(s.id) === handle && (owner === undefined || s.username === owner)))[0];
+    if (!match || handle.length !== 16) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no session ${String(handle).slice(0, 20)}: see \`trellis sessions list\``);
+    await this.logout(match.id);
   }
 
   /** Drops expired sessions so they do not pile up (Cloudify's expired tokens did). */
@@ -102,5 +254,44 @@ export class Auth {
     const expired = await this.store.list<SessionDoc>('sessions', (s) => s.expiresAt <= now);
     for (const s of expired) await this.store.delete('sessions', s.id);
     return expired.length;
+  }
+
+  // ------------------------------------------------------------ API keys
+
+  async createApiKey(owner: string, name: string): Promise<{ key: string; doc: ApiKeyDoc }> {
+    if (name.length > 128) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'an API key name has at most 128 characters');
+    const id = randomBytes(8).toString('hex');
+    const secret = randomBytes(32).toString('base64url');
+    const salt = randomBytes(16);
+    const doc: ApiKeyDoc = { id, owner, name, salt: salt.toString('hex'), hash: createHmac('sha256', salt).update(secret).digest('hex'), enabled: true, createdAt: Date.now() };
+    await this.store.insert('apiKeys', doc);
+    return { key: `tak1_${id}_${secret}`, doc };
+  }
+
+  async apiKeys(owner?: string): Promise<ApiKeyDoc[]> {
+    return this.store.list<ApiKeyDoc>('apiKeys', (k) => owner === undefined || k.owner === owner);
+  }
+
+  async apiKey(id: string, owner?: string): Promise<ApiKeyDoc> {
+    const k = await this.store.get<ApiKeyDoc>('apiKeys', id);
+    if (!k || (owner !== undefined && k.owner !== owner)) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no API key ${String(id).slice(0, 20)}: see \`trellis apikeys list\``);
+    return k;
+  }
+
+  async setApiKeyEnabled(id: string, enabled: boolean, owner?: string): Promise<ApiKeyDoc> {
+    await this.apiKey(id, owner);
+    const k = await this.store.update<ApiKeyDoc>('apiKeys', id, (d) => (d ? { ...d, enabled } : undefined));
+    if (!enabled) this.emit('revoked', { apiKeyId: id } satisfies Revocation);
+    return k!;
+  }
+
+  async deleteApiKey(id: string, owner?: string): Promise<void> {
+    await this.apiKey(id, owner);
+    await this.store.delete('apiKeys', id);
+    this.emit('revoked', { apiKeyId: id } satisfies Revocation);
+  }
+
+  async close(): Promise<void> {
+    for (const b of this.backends) await b.close?.();
   }
 }

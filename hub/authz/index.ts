@@ -1,52 +1,138 @@
 /**
- * Authorization as data, default deny. Every RPC of the contract has one entry here; the hub
- * refuses to start if a served method has none (see assertTableCovers).
+ * Authorization as data, default deny. Every RPC of the contract has one entry in METHOD_TABLE;
+ * the hub refuses to start if a served method has none (assertTableCovers). Decisions are pure
+ * functions over a principal's compiled grants.
  */
 import { TrellisError } from '../../common/errors.js';
-import type { Principal } from '../auth/index.js';
 
 export type Requirement =
   | { kind: 'open' } // no credentials at all (Version)
   | { kind: 'join-token' } // the join token in the request is the credential (Enroll)
   | { kind: 'agent-cert' } // verified client certificate on the agent port
   | { kind: 'login' } // user name and password in the request
-  | { kind: 'self' } // any authenticated caller, acting on its own session only
+  | { kind: 'self' } // any authenticated caller, acting on its own session, keys or password
+  | { kind: 'admin' } // platform administration: only holders of the `*` platform grant
   | { kind: 'perm'; perm: Permission };
 
 /** Every permission, with what it allows. The README's permission table lists the same. */
 export const PERMISSIONS = {
-  'agents:list': 'list agents and see their details',
+  'agents:list': 'list agents of the tenant and see their details',
   'agents:get': 'see one agent',
   'agents:revoke': 'revoke an agent certificate and cut its connection',
-  'agents:run': 'run commands on agents',
-  'tokens:create': 'create join tokens',
-  'tokens:list': 'list join tokens',
+  'agents:run': 'run ad-hoc commands on agents',
+  'tokens:create': 'create join tokens in the tenant',
+  'tokens:list': 'list join tokens of the tenant',
   'tokens:revoke': 'revoke join tokens',
   'certs:read': 'see the CA, the hub certificate and the CRL',
   'certs:replace': 'replace the hub serving certificate',
+  'users:create': 'create local users',
+  'users:list': 'list users',
+  'users:get': 'see one user',
+  'users:update': 'change another user\'s password, activate or deactivate, unlock',
+  'users:delete': 'delete users',
+  'sessions:list': 'list every user\'s login sessions',
+  'sessions:revoke': 'revoke another user\'s login session',
+  'apikeys:create': 'create API keys (acting as their owner, never more)',
+  'apikeys:list': 'list every user\'s API keys',
+  'apikeys:update': 'enable or disable another user\'s API keys',
+  'apikeys:delete': 'delete another user\'s API keys',
+  'roles:create': 'create roles',
+  'roles:list': 'list roles',
+  'roles:get': 'see one role',
+  'roles:update': 'grant and revoke permissions of a role',
+  'roles:assign': 'assign roles to users and groups, and unassign them',
+  'roles:delete': 'delete roles',
+  'audit:read': 'read the audit log',
+  'actions:execute': 'run pack actions (platform, pack:<name> or action:<pack>.<name>)',
+  'packs:install': 'install and remove packs',
+  'packs:list': 'list packs',
+  'kv:read': 'read datastore keys (ciphertext for secrets)',
+  'kv:write': 'write and delete datastore keys',
+  'kv:decrypt': 'read secrets in clear',
+  'rules:read': 'list and show rules',
+  'rules:write': 'create, change and delete rules',
+  'executions:read': 'list and follow executions',
+  'executions:cancel': 'cancel and re-run executions',
+  'events:read': 'follow the live event stream',
+  'webhooks:manage': 'create and delete webhooks',
 } as const;
 export type Permission = keyof typeof PERMISSIONS;
 
+export function isPermission(p: string): p is Permission {
+  return Object.prototype.hasOwnProperty.call(PERMISSIONS, p);
+}
+
 const S = 'trellis.v1';
+const perm = (p: Permission): Requirement => ({ kind: 'perm', perm: p });
+const ADMIN: Requirement = { kind: 'admin' };
+const SELF: Requirement = { kind: 'self' };
+
 export const METHOD_TABLE: Readonly<Record<string, Requirement>> = Object.freeze({
   [`/${S}.Version/GetVersion`]: { kind: 'open' },
   [`/${S}.Enrollment/Enroll`]: { kind: 'join-token' },
   [`/${S}.AgentChannel/Connect`]: { kind: 'agent-cert' },
   [`/${S}.AgentChannel/Renew`]: { kind: 'agent-cert' },
   [`/${S}.AdminAuth/Login`]: { kind: 'login' },
-  [`/${S}.AdminAuth/Logout`]: { kind: 'self' },
-  [`/${S}.AdminAuth/WhoAmI`]: { kind: 'self' },
-  [`/${S}.AdminJoinTokens/CreateJoinToken`]: { kind: 'perm', perm: 'tokens:create' },
-  [`/${S}.AdminJoinTokens/ListJoinTokens`]: { kind: 'perm', perm: 'tokens:list' },
-  [`/${S}.AdminJoinTokens/RevokeJoinToken`]: { kind: 'perm', perm: 'tokens:revoke' },
-  [`/${S}.AdminAgents/ListAgents`]: { kind: 'perm', perm: 'agents:list' },
-  [`/${S}.AdminAgents/GetAgent`]: { kind: 'perm', perm: 'agents:get' },
-  [`/${S}.AdminAgents/RevokeAgent`]: { kind: 'perm', perm: 'agents:revoke' },
-  [`/${S}.AdminCerts/GetCertificates`]: { kind: 'perm', perm: 'certs:read' },
-  [`/${S}.AdminCerts/GetCrl`]: { kind: 'perm', perm: 'certs:read' },
-  [`/${S}.AdminCerts/ReplaceHubCertificate`]: { kind: 'perm', perm: 'certs:replace' },
-  [`/${S}.AdminRuns/Run`]: { kind: 'perm', perm: 'agents:run' },
+  [`/${S}.AdminAuth/Logout`]: SELF,
+  [`/${S}.AdminAuth/WhoAmI`]: SELF,
+  [`/${S}.AdminJoinTokens/CreateJoinToken`]: perm('tokens:create'),
+  [`/${S}.AdminJoinTokens/ListJoinTokens`]: perm('tokens:list'),
+  [`/${S}.AdminJoinTokens/RevokeJoinToken`]: perm('tokens:revoke'),
+  [`/${S}.AdminAgents/ListAgents`]: perm('agents:list'),
+  [`/${S}.AdminAgents/GetAgent`]: perm('agents:get'),
+  [`/${S}.AdminAgents/RevokeAgent`]: perm('agents:revoke'),
+  [`/${S}.AdminCerts/GetCertificates`]: perm('certs:read'),
+  [`/${S}.AdminCerts/GetCrl`]: perm('certs:read'),
+  [`/${S}.AdminCerts/ReplaceHubCertificate`]: ADMIN,
+  [`/${S}.AdminRuns/Run`]: perm('agents:run'),
+  // Users, tenants and groups are platform administration.
+  [`/${S}.AdminUsers/CreateUser`]: ADMIN,
+  [`/${S}.AdminUsers/ListUsers`]: ADMIN,
+  [`/${S}.AdminUsers/GetUser`]: ADMIN,
+  [`/${S}.AdminUsers/SetPassword`]: SELF, // another user's password: the handler requires admin
+  [`/${S}.AdminUsers/SetUserActive`]: ADMIN,
+  [`/${S}.AdminUsers/DeleteUser`]: ADMIN,
+  [`/${S}.AdminUsers/UnlockUser`]: ADMIN,
+  [`/${S}.AdminSessions/ListSessions`]: SELF, // all users: sessions:list
+  [`/${S}.AdminSessions/RevokeSession`]: SELF, // another's: sessions:revoke
+  [`/${S}.AdminApiKeys/CreateApiKey`]: perm('apikeys:create'),
+  [`/${S}.AdminApiKeys/ListApiKeys`]: SELF, // all users: apikeys:list
+  [`/${S}.AdminApiKeys/SetApiKeyEnabled`]: SELF, // another's: apikeys:update
+  [`/${S}.AdminApiKeys/DeleteApiKey`]: SELF, // another's: apikeys:delete
+  [`/${S}.AdminRoles/CreateRole`]: perm('roles:create'),
+  [`/${S}.AdminRoles/ListRoles`]: perm('roles:list'),
+  [`/${S}.AdminRoles/GetRole`]: perm('roles:get'),
+  [`/${S}.AdminRoles/DeleteRole`]: perm('roles:delete'),
+  [`/${S}.AdminRoles/GrantPermission`]: perm('roles:update'),
+  [`/${S}.AdminRoles/RevokePermission`]: perm('roles:update'),
+  [`/${S}.AdminRoles/AssignRole`]: perm('roles:assign'),
+  [`/${S}.AdminRoles/UnassignRole`]: perm('roles:assign'),
+  [`/${S}.AdminTenants/CreateTenant`]: ADMIN,
+  [`/${S}.AdminTenants/ListTenants`]: ADMIN,
+  [`/${S}.AdminTenants/GetTenant`]: ADMIN,
+  [`/${S}.AdminTenants/DeleteTenant`]: ADMIN,
+  [`/${S}.AdminTenants/AddTenantMember`]: ADMIN,
+  [`/${S}.AdminTenants/RemoveTenantMember`]: ADMIN,
+  [`/${S}.AdminGroups/CreateGroup`]: ADMIN,
+  [`/${S}.AdminGroups/ListGroups`]: ADMIN,
+  [`/${S}.AdminGroups/GetGroup`]: ADMIN,
+  [`/${S}.AdminGroups/DeleteGroup`]: ADMIN,
+  [`/${S}.AdminGroups/AddGroupMember`]: ADMIN,
+  [`/${S}.AdminGroups/RemoveGroupMember`]: ADMIN,
+  [`/${S}.AdminAudit/ListAudit`]: ADMIN,
+  [`/${S}.AdminSystem/CreateSnapshot`]: ADMIN,
+  [`/${S}.AdminSystem/RestoreSnapshot`]: ADMIN,
+  [`/${S}.AdminSystem/ClusterStatus`]: ADMIN,
+  [`/${S}.AdminSystem/SetMaintenance`]: ADMIN,
+  [`/${S}.AdminSystem/Upgrade`]: ADMIN,
+  [`/${S}.AdminSystem/Rollback`]: ADMIN,
 });
+
+/** Methods that change state: every call to them is audited, whatever its result. */
+export function isMutation(path: string): boolean {
+  const name = path.slice(path.lastIndexOf('/') + 1);
+  return !/^(Get|List|WhoAmI|Connect)/.test(name);
+}
 
 /** Throws at start-up if any served method lacks an entry. */
 export function assertTableCovers(paths: Iterable<string>): void {
@@ -62,22 +148,103 @@ export function requirementFor(path: string): Requirement {
   return r;
 }
 
-/** Built-in roles. `admin` holds every permission. Custom roles arrive with the RBAC issue. */
-const BUILTIN_ROLES: Record<string, ReadonlySet<string>> = {
-  admin: new Set(['*']),
-  observer: new Set(['agents:list', 'agents:get', 'tokens:list', 'certs:read']),
-};
+// ---------------------------------------------------------------- grants
 
-export function isAllowed(principal: Principal, perm: Permission): boolean {
-  for (const role of principal.roles) {
-    const grants = BUILTIN_ROLES[role];
-    if (grants && (grants.has('*') || grants.has(perm))) return true;
+/** A grant: a permission (or `*`) at a scope: '' platform, 'pack:<name>', 'action:<pack>.<name>'. */
+export interface Grant { permission: string; scope: string }
+
+const SCOPE_RE = /^(|pack:[a-z0-9][a-z0-9_-]{0,62}|action:[a-z0-9][a-z0-9_-]{0,62}\.[a-z0-9][a-z0-9_.-]{0,126})$/;
+
+export function checkGrant(g: Grant): Grant {
+  if (g.permission !== '*' && !isPermission(g.permission)) {
+    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `unknown permission "${String(g.permission).slice(0, 64)}": see \`trellis roles --help\` or the README's permission table`);
   }
-  return false;
+  if (!SCOPE_RE.test(g.scope ?? '')) {
+    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad scope "${String(g.scope).slice(0, 64)}": use nothing (platform), pack:<name> or action:<pack>.<name>`);
+  }
+  return { permission: g.permission, scope: g.scope ?? '' };
 }
 
-export function authorize(principal: Principal, perm: Permission): void {
-  if (!isAllowed(principal, perm)) {
-    throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `${principal.username} lacks the permission ${perm}`);
+/** Built-in roles (they cannot be changed or deleted). */
+export const BUILTIN_ROLES: Readonly<Record<string, { description: string; grants: Grant[] }>> = {
+  admin: { description: 'everything, on every tenant', grants: [{ permission: '*', scope: '' }] },
+  user: {
+    description: 'work inside their tenants; no administration',
+    grants: ([
+      'agents:list', 'agents:get', 'agents:run', 'tokens:create', 'tokens:list', 'tokens:revoke', 'certs:read',
+      'apikeys:create', 'actions:execute', 'packs:list', 'kv:read', 'kv:write', 'rules:read', 'rules:write',
+      'executions:read', 'executions:cancel', 'events:read',
+    ] as Permission[]).map((permission) => ({ permission, scope: '' })),
+  },
+  observer: {
+    description: 'read-only',
+    grants: (['agents:list', 'agents:get', 'tokens:list', 'certs:read', 'packs:list', 'rules:read', 'executions:read', 'events:read', 'kv:read'] as Permission[])
+      .map((permission) => ({ permission, scope: '' })),
+  },
+};
+
+/**
+ * Grants compiled for O(1) decisions: one set of "permission\tscope" keys. Checking an action
+ * tries the action scope, the pack scope and the platform scope, each for the permission and `*`.
+ */
+export class CompiledGrants {
+  private readonly keys = new Set<string>();
+  readonly isAdmin: boolean;
+
+  constructor(grants: Iterable<Grant>) {
+    for (const g of grants) this.keys.add(`${g.permission}\t${g.scope}`);
+    this.isAdmin = this.keys.has('*\t');
   }
+
+  allows(perm: Permission, resource?: { pack?: string; action?: string }): boolean {
+    const k = this.keys;
+    if (k.has(`${perm}\t`) || this.isAdmin) return true;
+    if (resource?.pack) {
+      if (k.has(`${perm}\tpack:${resource.pack}`) || k.has(`*\tpack:${resource.pack}`)) return true;
+      if (resource.action) {
+        const a = `action:${resource.pack}.${resource.action}`;
+        if (k.has(`${perm}\t${a}`) || k.has(`*\t${a}`)) return true;
+      }
+    }
+    return false;
+  }
+
+  get size(): number { return this.keys.size; }
+}
+
+/** What a caller is, resolved from verified credentials only. */
+export interface Principal {
+  kind: 'user' | 'apikey';
+  username: string;
+  /** Effective roles (direct and through groups). */
+  roles: readonly string[];
+  /** Effective tenants (direct and through groups). */
+  tenants: readonly string[];
+  groups: readonly string[];
+  grants: CompiledGrants;
+  sessionId?: string;
+  sessionExpiresAt?: number;
+  apiKeyId?: string;
+}
+
+export function isAllowed(principal: Principal, perm: Permission, resource?: { pack?: string; action?: string }): boolean {
+  return principal.grants.allows(perm, resource);
+}
+
+export function authorize(principal: Principal, perm: Permission, resource?: { pack?: string; action?: string }): void {
+  if (!isAllowed(principal, perm, resource)) {
+    const on = resource?.action ? ` on action ${resource.pack}.${resource.action}` : resource?.pack ? ` on pack ${resource.pack}` : '';
+    throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `${principal.username} lacks the permission ${perm}${on}`);
+  }
+}
+
+export function authorizeAdmin(principal: Principal): void {
+  if (!principal.grants.isAdmin) throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `${principal.username} is not an administrator`);
+}
+
+/** The tenant a call works in: the one asked for, if the principal belongs to it (admins: any). */
+export function resolveTenant(principal: Principal, asked: string | undefined): string {
+  const tenant = asked || principal.tenants[0] || 'default';
+  if (principal.grants.isAdmin || principal.tenants.includes(tenant)) return tenant;
+  throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `${principal.username} is not a member of tenant ${tenant.slice(0, 63)}`);
 }

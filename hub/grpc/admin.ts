@@ -4,7 +4,8 @@ import { v1 } from '../../common/proto.js';
 import { certInfo, splitPemBundle } from '../../certs/index.js';
 import { TRELLIS_VERSION, API_VERSION } from '../../common/version.js';
 import { TrellisError } from '../../common/errors.js';
-import { unary, serverStream, type WrapDeps } from './wrap.js';
+import { unary, serverStream, type WrapDeps, type CallContext } from './wrap.js';
+import { resolveTenant } from '../authz/index.js';
 import { enrollAgent } from '../agents/enroll.js';
 import type { HubComponents } from '../components.js';
 import type { AgentView } from '../agents/index.js';
@@ -30,15 +31,37 @@ function agentInfo(a: AgentView): T.AgentInfo {
   };
 }
 
+function tokenView(ctx: CallContext) {
+  return { tenant: readTenant(ctx), viewer: ctx.principal?.username, admin: ctx.principal?.grants.isAdmin };
+}
+
 function tokenInfo(d: JoinTokenDoc): T.JoinTokenInfo {
   return {
     id: d.id, tenant: d.tenant, uses: d.uses, used: d.used, createdAtMs: d.createdAt, expiresAtMs: d.expiresAt,
-    labels: d.labels, revoked: d.revoked, createdBy: d.createdBy, description: d.description,
+    labels: d.labels, revoked: d.revoked, createdBy: d.createdBy, description: d.description, private: !!d.private,
   };
 }
 
-export function addAdminServices(server: grpc.Server, c: HubComponents): void {
-  const deps: WrapDeps = { auth: c.auth, log: c.log.child({ component: 'admin' }) };
+/** The tenant a call reads: its own, or every tenant for an administrator asking for `*`. */
+export function readTenant(ctx: CallContext): string | undefined {
+  return ctx.tenant === '*' && ctx.principal?.grants.isAdmin ? undefined : ctx.tenant;
+}
+
+/** The tenant a call writes to: never `*`. */
+export function writeTenant(ctx: CallContext): string {
+  if (!ctx.tenant || ctx.tenant === '*') throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name one tenant for this change (x-trellis-tenant / --tenant)');
+  return ctx.tenant;
+}
+
+/** An agent of the call's tenant, or NOT_FOUND (another tenant's agent does not exist for the caller). */
+async function agentInTenant(c: HubComponents, ctx: CallContext, id: string) {
+  const a = await c.agents.require(checkString(id, 'id', 64));
+  const t = readTenant(ctx);
+  if (t !== undefined && a.tenant !== t) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no agent ${id}: see \`trellis agents list\``);
+  return a;
+}
+
+export function addAdminServices(server: grpc.Server, c: HubComponents, deps: WrapDeps): void {
 
   server.addService(v1.Version.service, {
     GetVersion: unary<T.GetVersionRequest__Output, T.VersionInfo>(deps, `${S}.Version/GetVersion`, async () => ({
@@ -78,32 +101,39 @@ export function addAdminServices(server: grpc.Server, c: HubComponents): void {
     }),
     WhoAmI: unary<T.WhoAmIRequest__Output, T.WhoAmIResponse>(deps, `${S}.AdminAuth/WhoAmI`, async (_req, ctx) => ({
       username: ctx.principal!.username, roles: [...ctx.principal!.roles], sessionExpiresAtMs: ctx.principal!.sessionExpiresAt ?? 0,
-      tenant: ctx.principal!.tenants[0] ?? 'default',
+      tenant: ctx.tenant ?? '',
     })),
   });
 
   server.addService(v1.AdminJoinTokens.service, {
     CreateJoinToken: unary<T.CreateJoinTokenRequest__Output, T.CreateJoinTokenResponse>(deps, `${S}.AdminJoinTokens/CreateJoinToken`, async (req, ctx) => {
-      const r = await c.tokens.create({ tenant: req.tenant, uses: req.uses, ttlMs: req.ttlMs, labels: req.labels, createdBy: ctx.principal!.username, description: req.description });
+      // A token enrolls agents into a tenant: the caller must belong to it.
+      const tenant = req.tenant ? resolveTenant(ctx.principal!, req.tenant) : writeTenant(ctx);
+      ctx.target = `tenant:${tenant}`;
+      await c.iam.tenant(tenant);
+      const r = await c.tokens.create({ tenant, uses: req.uses, ttlMs: req.ttlMs, labels: req.labels, createdBy: ctx.principal!.username, description: req.description, private: req.private });
       c.log.info({ component: 'tokens', tokenId: r.doc.id, tenant: r.doc.tenant, uses: r.doc.uses, user: ctx.principal!.username }, 'join token created');
       return { token: r.token, info: tokenInfo(r.doc) };
     }),
-    ListJoinTokens: unary<T.ListJoinTokensRequest__Output, T.ListJoinTokensResponse>(deps, `${S}.AdminJoinTokens/ListJoinTokens`, async (req) => ({
-      tokens: (await c.tokens.list(req.includeInactive)).map(tokenInfo),
+    ListJoinTokens: unary<T.ListJoinTokensRequest__Output, T.ListJoinTokensResponse>(deps, `${S}.AdminJoinTokens/ListJoinTokens`, async (req, ctx) => ({
+      tokens: (await c.tokens.list(req.includeInactive, tokenView(ctx))).map(tokenInfo),
     })),
-    RevokeJoinToken: unary<T.RevokeJoinTokenRequest__Output, T.RevokeJoinTokenResponse>(deps, `${S}.AdminJoinTokens/RevokeJoinToken`, async (req) => {
-      await c.tokens.revoke(checkString(req.id, 'id', 64));
+    RevokeJoinToken: unary<T.RevokeJoinTokenRequest__Output, T.RevokeJoinTokenResponse>(deps, `${S}.AdminJoinTokens/RevokeJoinToken`, async (req, ctx) => {
+      ctx.target = `token:${String(req.id).slice(0, 64)}`;
+      await c.tokens.revoke(checkString(req.id, 'id', 64), tokenView(ctx));
       return {};
     }),
   });
 
   server.addService(v1.AdminAgents.service, {
-    ListAgents: unary<T.ListAgentsRequest__Output, T.ListAgentsResponse>(deps, `${S}.AdminAgents/ListAgents`, async (req) => ({
-      agents: (await c.agents.list({ selector: req.selector })).map(agentInfo),
+    ListAgents: unary<T.ListAgentsRequest__Output, T.ListAgentsResponse>(deps, `${S}.AdminAgents/ListAgents`, async (req, ctx) => ({
+      agents: (await c.agents.list({ selector: req.selector, tenant: readTenant(ctx) })).map(agentInfo),
     })),
-    GetAgent: unary<T.GetAgentRequest__Output, T.AgentInfo>(deps, `${S}.AdminAgents/GetAgent`, async (req) =>
-      agentInfo(c.agents.view(await c.agents.require(checkString(req.id, 'id', 64))))),
+    GetAgent: unary<T.GetAgentRequest__Output, T.AgentInfo>(deps, `${S}.AdminAgents/GetAgent`, async (req, ctx) =>
+      agentInfo(c.agents.view(await agentInTenant(c, ctx, req.id)))),
     RevokeAgent: unary<T.RevokeAgentRequest__Output, T.RevokeAgentResponse>(deps, `${S}.AdminAgents/RevokeAgent`, async (req, ctx) => {
+      ctx.target = `agent:${String(req.id).slice(0, 64)}`;
+      await agentInTenant(c, ctx, req.id);
       const r = await c.agents.revoke(checkString(req.id, 'id', 64), checkString(req.reason, 'reason', 256) || 'revoked by admin');
       c.log.info({ component: 'agents', agentId: req.id, serials: r.serials, user: ctx.principal!.username, disconnected: r.disconnected }, 'agent revoked');
       return { revokedSerials: r.serials, disconnected: r.disconnected };
@@ -134,11 +164,11 @@ export function addAdminServices(server: grpc.Server, c: HubComponents): void {
     Run: serverStream<T.RunRequest__Output, T.RunUpdate>(deps, `${S}.AdminRuns/Run`, async (req, ctx, write) => {
       let agentIds: string[];
       if (req.agentId) {
-        const a = await c.agents.require(checkString(req.agentId, 'agent_id', 64));
+        const a = await agentInTenant(c, ctx, req.agentId);
         if (a.revoked) throw new TrellisError('TRELLIS_E_CERT_REVOKED', `agent ${a.id} is revoked`);
         agentIds = [a.id];
       } else if (Object.keys(req.selector).length > 0) {
-        agentIds = (await c.agents.list({ selector: req.selector })).filter((a) => a.online).map((a) => a.id);
+        agentIds = (await c.agents.list({ selector: req.selector, tenant: readTenant(ctx) })).filter((a) => a.online).map((a) => a.id);
         if (agentIds.length === 0) throw new TrellisError('TRELLIS_E_NOT_FOUND', 'no online agent matches the selector');
       } else {
         throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name a target: --agent ID or --selector k=v');

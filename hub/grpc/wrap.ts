@@ -1,60 +1,101 @@
 /**
  * Thin gRPC plumbing for admin-port handlers: every handler is wrapped with authentication
- * (from metadata only), authorization (from the method table), error → status mapping and one
- * log line per call with a request id. Domain code never sees a gRPC call object.
+ * (from metadata only), authorization (from the method table), the tenant of the call, error →
+ * status mapping, one log line per call with a request id, and an audit record for every
+ * mutation and every refusal. Live streams are cut when their credentials are revoked.
+ * Domain code never sees a gRPC call object.
  */
 import * as grpc from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
-import { requirementFor, authorize } from '../authz/index.js';
-import type { Auth, Principal } from '../auth/index.js';
+import { requirementFor, authorize, authorizeAdmin, resolveTenant, isMutation, type Principal } from '../authz/index.js';
+import type { Auth, Revocation } from '../auth/index.js';
 import { toStatus } from '../../common/grpc-errors.js';
-import { TrellisError, isTrellisError } from '../../common/errors.js';
+import { TrellisError, isTrellisError, type ErrorCode } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
+import type { AuditEntry, AuditSink } from '../audit/types.js';
 
 export interface CallContext {
   requestId: string;
   method: string;
   peer: string;
   principal?: Principal;
+  /** The tenant the call works in (metadata x-trellis-tenant, checked against membership). */
+  tenant?: string;
   signal: AbortSignal;
+  /** What the call acted on, for the audit record (set by handlers). */
+  target?: string;
 }
 
-export interface WrapDeps { auth: Auth; log: Logger }
+export interface WrapDeps { auth: Auth; log: Logger; audit?: AuditSink; live?: LiveCalls }
 
-function bearerOf(md: grpc.Metadata): string | undefined {
+export const TENANT_HEADER = 'x-trellis-tenant';
+
+function credentialOf(md: grpc.Metadata): string | undefined {
+  const key = md.get('x-api-key')[0];
+  if (typeof key === 'string' && key.trim()) return key.trim();
   const v = md.get('authorization')[0];
   if (typeof v !== 'string') return undefined;
   const m = /^Bearer\s+(\S+)$/i.exec(v.trim());
   return m ? m[1] : v.trim() || undefined;
 }
 
-async function authenticateCall(deps: WrapDeps, path: string, md: grpc.Metadata): Promise<Principal | undefined> {
+async function authenticateCall(deps: WrapDeps, path: string, md: grpc.Metadata, ctx: CallContext): Promise<void> {
   const req = requirementFor(path);
+  const asked = md.get(TENANT_HEADER)[0];
+  const askedTenant = typeof asked === 'string' && asked.length <= 63 ? asked : undefined;
   switch (req.kind) {
     case 'open':
     case 'join-token':
     case 'login':
-      return undefined;
+      return;
     case 'agent-cert':
       throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `${path} is served on the agent port only`);
-    case 'self':
-      return deps.auth.authenticate(bearerOf(md));
-    case 'perm': {
-      const p = await deps.auth.authenticate(bearerOf(md));
-      authorize(p, req.perm);
-      return p;
+    case 'self': {
+      const p = (ctx.principal = await deps.auth.authenticate(credentialOf(md)));
+      const t = askedTenant || p.tenants[0];
+      ctx.tenant = t && (p.grants.isAdmin || p.tenants.includes(t)) ? t : undefined;
+      return;
     }
+    case 'admin':
+      ctx.principal = await deps.auth.authenticate(credentialOf(md));
+      authorizeAdmin(ctx.principal);
+      ctx.tenant = askedTenant || 'default';
+      return;
+    case 'perm':
+      ctx.principal = await deps.auth.authenticate(credentialOf(md));
+      authorize(ctx.principal, req.perm);
+      ctx.tenant = resolveTenant(ctx.principal, askedTenant);
+      return;
   }
 }
 
-function logDone(deps: WrapDeps, ctx: CallContext, start: number, err?: unknown): void {
+const RESULT: Partial<Record<ErrorCode, AuditEntry['result']>> = {
+  TRELLIS_E_UNAUTHENTICATED: 'unauthenticated',
+  TRELLIS_E_TOKEN_INVALID: 'unauthenticated',
+  TRELLIS_E_TOKEN_EXPIRED: 'unauthenticated',
+  TRELLIS_E_TOKEN_USED_UP: 'unauthenticated',
+  TRELLIS_E_PERMISSION_DENIED: 'denied',
+  TRELLIS_E_INVALID_ARGUMENT: 'invalid',
+};
+
+function actorOf(p: Principal | undefined): string {
+  if (!p) return '-';
+  return p.kind === 'apikey' ? `apikey:${p.apiKeyId}@${p.username}` : p.username;
+}
+
+function finish(deps: WrapDeps, ctx: CallContext, start: number, err?: unknown): void {
   const ms = Math.round(performance.now() - start);
-  const who = ctx.principal?.username;
-  if (!err) { deps.log.info({ reqId: ctx.requestId, method: ctx.method, user: who, ms }, 'request done'); return; }
-  if (isTrellisError(err)) {
-    deps.log.warn({ reqId: ctx.requestId, method: ctx.method, user: who, peer: ctx.peer, ms, code: (err as TrellisError).code, msg: (err as Error).message }, 'request refused');
-  } else {
-    deps.log.error({ reqId: ctx.requestId, method: ctx.method, user: who, ms, err }, 'request failed');
+  const who = actorOf(ctx.principal);
+  const code = isTrellisError(err) ? (err as TrellisError).code : undefined;
+  if (!err) deps.log.info({ reqId: ctx.requestId, method: ctx.method, user: who, tenant: ctx.tenant, ms }, 'request done');
+  else if (code) deps.log.warn({ reqId: ctx.requestId, method: ctx.method, user: who, peer: ctx.peer, ms, code, msg: (err as Error).message }, 'request refused');
+  else deps.log.error({ reqId: ctx.requestId, method: ctx.method, user: who, ms, err }, 'request failed');
+  const result: AuditEntry['result'] = !err ? 'ok' : (code && RESULT[code]) || 'error';
+  if (deps.audit && (isMutation(ctx.method) || result === 'denied' || result === 'unauthenticated')) {
+    deps.audit.record({
+      timeMs: Date.now(), actor: who, tenant: ctx.tenant ?? '', method: ctx.method, target: (ctx.target ?? '').slice(0, 256), result,
+      sourceAddress: ctx.peer, detail: err ? (err as Error).message.slice(0, 300) : '',
+    });
   }
 }
 
@@ -65,18 +106,43 @@ function newContext(call: { on(ev: 'cancelled', fn: () => void): unknown; getPee
   return { ctx: { requestId: randomBytes(6).toString('hex'), method: path, peer: call.getPeer(), signal: ac.signal }, ac, start: performance.now() };
 }
 
+/**
+ * Streams in flight, by principal: when a user is deactivated or deleted, or a session or key
+ * revoked, their streams end at once with UNAUTHENTICATED.
+ */
+export class LiveCalls {
+  private readonly calls = new Set<{ principal: Principal; cut: (why: string) => void }>();
+
+  constructor(auth: Auth) {
+    auth.on('revoked', (r: Revocation) => {
+      for (const c of [...this.calls]) {
+        const p = c.principal;
+        if (('username' in r && p.username === r.username) || ('sessionId' in r && p.sessionId === r.sessionId) || ('apiKeyId' in r && p.apiKeyId === r.apiKeyId)) {
+          c.cut('the credentials of this stream were revoked (user deactivated or deleted, session ended or API key disabled)');
+        }
+      }
+    });
+  }
+
+  add(principal: Principal, cut: (why: string) => void): () => void {
+    const entry = { principal, cut };
+    this.calls.add(entry);
+    return () => this.calls.delete(entry);
+  }
+}
+
 export function unary<Req, Res>(deps: WrapDeps, path: string, fn: (req: Req, ctx: CallContext) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {
   requirementFor(path);
   return (call, callback) => {
     const { ctx, start } = newContext(call, path);
     void (async () => {
       try {
-        ctx.principal = await authenticateCall(deps, path, call.metadata);
+        await authenticateCall(deps, path, call.metadata, ctx);
         const res = await fn(call.request, ctx);
-        logDone(deps, ctx, start);
+        finish(deps, ctx, start);
         callback(null, res);
       } catch (err) {
-        logDone(deps, ctx, start, err);
+        finish(deps, ctx, start, err);
         callback(toStatus(err, ctx.requestId));
       }
     })();
@@ -87,15 +153,27 @@ export function serverStream<Req, Res>(deps: WrapDeps, path: string, fn: (req: R
   requirementFor(path);
   return (call) => {
     const { ctx, ac, start } = newContext(call, path);
+    let ended = false;
+    let unregister: (() => void) | undefined;
     void (async () => {
       try {
-        ctx.principal = await authenticateCall(deps, path, call.metadata);
+        await authenticateCall(deps, path, call.metadata, ctx);
+        if (ctx.principal && deps.live) {
+          unregister = deps.live.add(ctx.principal, (why) => {
+            if (ended) return;
+            ended = true;
+            ac.abort();
+            call.emit('error', toStatus(new TrellisError('TRELLIS_E_UNAUTHENTICATED', why), ctx.requestId));
+          });
+        }
         await fn(call.request, ctx, (m) => (ac.signal.aborted ? false : call.write(m)));
-        logDone(deps, ctx, start);
-        if (!ac.signal.aborted) call.end();
+        finish(deps, ctx, start);
+        if (!ac.signal.aborted && !ended) { ended = true; call.end(); }
       } catch (err) {
-        logDone(deps, ctx, start, err);
-        if (!ac.signal.aborted) call.emit('error', toStatus(err, ctx.requestId));
+        finish(deps, ctx, start, err);
+        if (!ac.signal.aborted && !ended) { ended = true; call.emit('error', toStatus(err, ctx.requestId)); }
+      } finally {
+        unregister?.();
       }
     })();
   };

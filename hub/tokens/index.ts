@@ -16,6 +16,8 @@ export interface JoinTokenDoc extends Doc {
   revoked: boolean;
   createdBy: string;
   description: string;
+  /** Visible only to its creator and administrators. */
+  private?: boolean;
 }
 
 export const MAX_TOKEN_USES = 100_000;
@@ -24,7 +26,7 @@ export const MAX_TOKEN_TTL_MS = 365 * 86_400_000;
 export class JoinTokens {
   constructor(private readonly store: Store, private readonly opts: { caFingerprint: string; defaultTtlMs: number }) {}
 
-  async create(o: { tenant?: string; uses?: number; ttlMs?: number; labels?: Record<string, string>; createdBy: string; description?: string }): Promise<{ token: string; doc: JoinTokenDoc }> {
+  async create(o: { tenant?: string; uses?: number; ttlMs?: number; labels?: Record<string, string>; createdBy: string; description?: string; private?: boolean }): Promise<{ token: string; doc: JoinTokenDoc }> {
     const tenant = o.tenant || 'default';
     checkName(tenant, 'tenant');
     const uses = o.uses || 1;
@@ -37,20 +39,22 @@ export class JoinTokens {
     const now = Date.now();
     const doc: JoinTokenDoc = {
       id: t.id, secretHash: hashSecret(t.secret), tenant, uses, used: 0, createdAt: now, expiresAt: now + ttlMs,
-      labels, revoked: false, createdBy: o.createdBy, description: o.description ?? '',
+      labels, revoked: false, createdBy: o.createdBy, description: o.description ?? '', private: !!o.private,
     };
     await this.store.insert('joinTokens', doc);
     return { token: formatJoinToken(t), doc };
   }
 
-  async list(includeInactive: boolean): Promise<JoinTokenDoc[]> {
+  /** Tokens visible to a viewer: of the tenant (undefined: all), private ones only to their creator or an admin. */
+  async list(includeInactive: boolean, view: TokenView = {}): Promise<JoinTokenDoc[]> {
     const now = Date.now();
-    return this.store.list<JoinTokenDoc>('joinTokens', (d) => includeInactive || isActive(d, now));
+    return this.store.list<JoinTokenDoc>('joinTokens', (d) => (includeInactive || isActive(d, now)) && visible(d, view));
   }
 
-  async revoke(id: string): Promise<void> {
-    const r = await this.store.update<JoinTokenDoc>('joinTokens', id, (d) => (d ? { ...d, revoked: true } : undefined));
-    if (!r) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no join token ${id}`);
+  async revoke(id: string, view: TokenView = {}): Promise<void> {
+    const doc = await this.store.get<JoinTokenDoc>('joinTokens', id);
+    if (!doc || !visible(doc, view)) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no join token ${id}`);
+    await this.store.update<JoinTokenDoc>('joinTokens', id, (d) => (d ? { ...d, revoked: true } : undefined));
   }
 
   /** Checks a token without using it: a bad one fails before any other work is done. */
@@ -71,6 +75,13 @@ export class JoinTokens {
     });
     return r!;
   }
+}
+
+export interface TokenView { tenant?: string; viewer?: string; admin?: boolean }
+
+function visible(d: JoinTokenDoc, v: TokenView): boolean {
+  if (v.tenant !== undefined && d.tenant !== v.tenant) return false;
+  return !d.private || v.admin === true || d.createdBy === v.viewer;
 }
 
 function isActive(d: JoinTokenDoc, now: number): boolean {

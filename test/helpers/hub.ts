@@ -87,7 +87,8 @@ export async function startHub(o: StartHubOptions = {}): Promise<TestHub> {
   } finally {
     admin.close();
   }
-  admin = adminClients(`127.0.0.1:${hub.adminPort}`, caPem, login.token);
+  // The admin client reads across every tenant (`*`); tenant isolation tests make their own clients.
+  admin = adminClients(`127.0.0.1:${hub.adminPort}`, caPem, login.token, '*');
   const agents: Agent[] = [];
   let n = 0;
 
@@ -98,6 +99,8 @@ export async function startHub(o: StartHubOptions = {}): Promise<TestHub> {
     get agentAddr() { return `127.0.0.1:${ports.agentPort}`; },
     get admin() { return admin; },
     async token(t = {}) {
+      const tenant = t.tenant ?? 'default';
+      if (!(await hub.components.store.get('tenants', tenant))) await hub.components.iam.createTenant(tenant, '');
       const r = await call<T.CreateJoinTokenRequest, T.CreateJoinTokenResponse__Output>(admin, admin.tokens, admin.tokens.CreateJoinToken, { tenant: 'default', uses: 1, ttlMs: 600_000, ...t });
       return r.token;
     },
