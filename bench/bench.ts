@@ -11,6 +11,9 @@
  *  4. agent_enroll_wall_ms       wall time of one enroll() call, sequential (mean and p99)
  *  5. channel_events_per_s       events acknowledged over one agent mTLS stream, default batching
  *     channel_events_unbatched_per_s  the same with batchSize 1
+ *  6. login_ms                   mean AdminAuth.Login against the child hub (scrypt dominates)
+ *     authz_check_per_s          RBAC decisions over 1,000 roles / 10,000 grants (bench/auth.ts)
+ *     authed_rpc_overhead_us     ListAgents (token + authz) minus open GetVersion, same channel
  *
  * Knobs (environment): TRELLIS_BENCH_HUB_NODE_ARGS adds node flags to the child hub (for example
  * "--cpu-prof --cpu-prof-dir=/tmp/prof"); TRELLIS_BENCH_KEEP=1 keeps the temp directory.
@@ -25,7 +28,7 @@ import { ulid } from 'ulid';
 import { initHub } from '../hub/init.js';
 import { HubPki } from '../hub/pki/index.js';
 import { hubPaths } from '../hub/paths.js';
-import { issueCertificate, createCSR, parseCSR } from '../certs/index.js';
+import { issueCertificate, createCSR, parseCSR, generateKey } from '../certs/index.js';
 import { adminClients, call, type AdminClients } from '../cli/client.js';
 import { enroll } from '../agent/enroll.js';
 import { Agent, agentFacts } from '../agent/agent.js';
@@ -33,6 +36,7 @@ import { HubChannel } from '../agent/channel.js';
 import { agentPaths, loadIdentity, readState } from '../agent/identity.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 import { makeForgeIssuer } from './forge-naive.js';
+import { benchAuthedRpc, benchAuthz, benchLogin } from './auth.js';
 import { silenceIpServernameWarning } from '../common/warnings.js';
 import { mean, note, percentile, pool, processCpuMs, sleep, startChildHub, type ChildHub } from './lib.js';
 
@@ -55,6 +59,7 @@ const CHANNEL_CAP_MS = 30_000;
 const FIGURES = [
   'cert_issue_per_s', 'cert_issue_forge_js_per_s', 'cert_issue_speedup', 'enroll_hub_cpu_ms',
   'agent_enroll_wall_ms', 'agent_enroll_wall_p99_ms', 'channel_events_per_s', 'channel_events_unbatched_per_s',
+  'login_ms', 'authz_check_per_s', 'authed_rpc_overhead_us',
 ] as const;
 type Figure = typeof FIGURES[number];
 const reported = new Set<Figure>();
@@ -120,7 +125,7 @@ setTimeout(() => { note('watchdog: over 150 s, giving up'); void finish(); }, 15
  */
 function freshKeys(n: number): Array<{ key: crypto.KeyObject; agentId: string }> {
   return Array.from({ length: n }, () => {
-    const priv = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+    const priv = generateKey('ec-p256').privateKey;
     return { key: parseCSR(createCSR({ privateKey: priv, subject: { commonName: 'bench' } })).publicKey, agentId: ulid().toLowerCase() };
   });
 }
@@ -384,6 +389,7 @@ async function main(): Promise<void> {
   const hubDir = join(tmpRoot, 'hub');
   const password = crypto.randomBytes(18).toString('base64url');
   let hubReady: Error | undefined;
+  let caPem = '';
   try {
     await initHub({ dataDir: hubDir, names: NAMES, trustDomain: TRUST_DOMAIN, adminPassword: password, config: { bind: '127.0.0.1' } });
   } catch (err) {
@@ -401,21 +407,25 @@ async function main(): Promise<void> {
     if (fast === undefined || naive === undefined) throw new Error('needs both cert_issue_per_s and cert_issue_forge_js_per_s');
     report('cert_issue_speedup', fast / naive, 'x', 1);
   });
+  await figure(['authz_check_per_s'], async () => report('authz_check_per_s', benchAuthz().perS, 'checks/s'));
 
-  const hubFigures: Figure[] = ['enroll_hub_cpu_ms', 'agent_enroll_wall_ms', 'agent_enroll_wall_p99_ms', 'channel_events_per_s', 'channel_events_unbatched_per_s'];
+  const hubFigures: Figure[] = ['login_ms', 'authed_rpc_overhead_us', 'enroll_hub_cpu_ms', 'agent_enroll_wall_ms', 'agent_enroll_wall_p99_ms', 'channel_events_per_s', 'channel_events_unbatched_per_s'];
   try {
     if (hubReady) throw hubReady;
     const nodeArgs = (process.env.TRELLIS_BENCH_HUB_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
     child = await startChildHub(ROOT, hubDir, nodeArgs);
     note(`child hub pid ${child.pid}, admin port ${child.adminPort}, agent port ${child.agentPort}`);
     const adminAddr = `127.0.0.1:${child.adminPort}`;
-    admin = await adminLogin(adminAddr, await readFile(hubPaths(hubDir).caCert, 'utf8'), password);
+    admin = await adminLogin(adminAddr, caPem = await readFile(hubPaths(hubDir).caCert, 'utf8'), password);
   } catch (err) {
     reportError(hubFigures, err);
   }
 
   if (child && admin) {
     const adminAddr = `127.0.0.1:${child.adminPort}`;
+    // Before any enrollment, while the hub is (almost) empty.
+    await figure(['login_ms'], async () => report('login_ms', await benchLogin(adminAddr, caPem, password), 'ms', 1));
+    await figure(['authed_rpc_overhead_us'], async () => report('authed_rpc_overhead_us', await benchAuthedRpc(admin!), 'us'));
     await figure(['enroll_hub_cpu_ms'], () => benchEnrollCpu(adminAddr));
     let enrolled: string[] = [];
     await figure(['agent_enroll_wall_ms', 'agent_enroll_wall_p99_ms'], async () => { enrolled = await benchEnrollWall(adminAddr); });

@@ -13,25 +13,37 @@ export interface GeneratedKey {
   privateKeyPem: string;
 }
 
+/**
+ * A new key pair, generated with its encodings requested up front: the key objects handed out
+ * are made from those bytes, never exported from the generator's own objects. (Exporting a
+ * freshly generated KeyObject while the garbage collector finalises its key-generation job can
+ * deadlock Node 20's crypto; this path never does it, and the SPKI is known without an export.)
+ */
 export function generateKey(type: KeyType = 'ec-p256'): GeneratedKey {
-  let pair: crypto.KeyPairKeyObjectResult;
+  let pair: { publicKey: Buffer; privateKey: string };
   switch (type) {
     case 'ec-p256':
-      pair = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      pair = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256', publicKeyEncoding: { type: 'spki', format: 'der' }, privateKeyEncoding: { type: 'pkcs8', format: 'pem' } });
       break;
     case 'ec-p384':
-      pair = crypto.generateKeyPairSync('ec', { namedCurve: 'P-384' });
+      pair = crypto.generateKeyPairSync('ec', { namedCurve: 'P-384', publicKeyEncoding: { type: 'spki', format: 'der' }, privateKeyEncoding: { type: 'pkcs8', format: 'pem' } });
       break;
     case 'rsa-2048':
     case 'rsa-3072':
     case 'rsa-4096':
-      pair = crypto.generateKeyPairSync('rsa', { modulusLength: Number(type.slice(4)), publicExponent: 0x10001 });
+      pair = crypto.generateKeyPairSync('rsa', {
+        modulusLength: Number(type.slice(4)), publicExponent: 0x10001,
+        publicKeyEncoding: { type: 'spki', format: 'der' }, privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+      });
       break;
     default:
       throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `unknown key type '${String(type)}' (expected one of ${KEY_TYPES.join(', ')})`);
   }
-  const privateKeyPem = pair.privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
-  return { privateKey: pair.privateKey, publicKey: pair.publicKey, privateKeyPem };
+  const privateKey = crypto.createPrivateKey({ key: pair.privateKey, format: 'pem' });
+  const publicKey = crypto.createPublicKey({ key: pair.publicKey, format: 'der', type: 'spki' });
+  spkiCache.set(privateKey, pair.publicKey);
+  spkiCache.set(publicKey, pair.publicKey);
+  return { privateKey, publicKey, privateKeyPem: pair.privateKey };
 }
 
 /** Loads a private key: PEM (PKCS#8, PKCS#1 "RSA PRIVATE KEY", SEC1 "EC PRIVATE KEY") or DER. */
@@ -105,6 +117,7 @@ const P256_SPKI_PREFIX = Buffer.from('3059301306072a8648ce3d020106082a8648ce3d03
 export function keyFromSpki(der: Buffer): crypto.KeyObject {
   const key = crypto.createPublicKey({ key: der, format: 'der', type: 'spki' });
   if (der.length === 91 && der[26] === 0x04 && der.subarray(0, 26).equals(P256_SPKI_PREFIX)) spkiCache.set(key, Buffer.from(der));
+  else spkiCache.set(key, key.export({ type: 'spki', format: 'der' })); // canonical re-encoding, no JWK
   return key;
 }
 

@@ -11,6 +11,14 @@ export interface AdminClients {
   agents: InstanceType<typeof v1.AdminAgents>;
   certs: InstanceType<typeof v1.AdminCerts>;
   runs: InstanceType<typeof v1.AdminRuns>;
+  users: InstanceType<typeof v1.AdminUsers>;
+  sessions: InstanceType<typeof v1.AdminSessions>;
+  apikeys: InstanceType<typeof v1.AdminApiKeys>;
+  roles: InstanceType<typeof v1.AdminRoles>;
+  tenants: InstanceType<typeof v1.AdminTenants>;
+  groups: InstanceType<typeof v1.AdminGroups>;
+  system: InstanceType<typeof v1.AdminSystem>;
+  audit: InstanceType<typeof v1.AdminAudit>;
   version: InstanceType<typeof v1.Version>;
   metadata: grpc.Metadata;
   close(): void;
@@ -31,6 +39,14 @@ export function adminClients(hub: string, caPem: string, token?: string, tenant?
     agents: new v1.AdminAgents(hub, creds, opts),
     certs: new v1.AdminCerts(hub, creds, opts),
     runs: new v1.AdminRuns(hub, creds, opts),
+    users: new v1.AdminUsers(hub, creds, opts),
+    sessions: new v1.AdminSessions(hub, creds, opts),
+    apikeys: new v1.AdminApiKeys(hub, creds, opts),
+    roles: new v1.AdminRoles(hub, creds, opts),
+    tenants: new v1.AdminTenants(hub, creds, opts),
+    groups: new v1.AdminGroups(hub, creds, opts),
+    system: new v1.AdminSystem(hub, creds, opts),
+    audit: new v1.AdminAudit(hub, creds, opts),
     version: new v1.Version(hub, creds, opts),
     metadata,
     close: () => base.close(),

@@ -4,6 +4,8 @@ import { TRELLIS_VERSION } from '../common/version.js';
 import { isTrellisError, type TrellisError } from '../common/errors.js';
 import { addDaemonCommands } from './commands/daemons.js';
 import { addAdminCommands } from './commands/admin.js';
+import { addIamCommands } from './commands/iam.js';
+import { addAuditCommands } from './commands/audit.js';
 
 export function buildProgram(): Command {
   const program = new Command('trellis')
@@ -19,6 +21,8 @@ export function buildProgram(): Command {
     .exitOverride(); // set before the subcommands so they inherit it
   addDaemonCommands(program);
   addAdminCommands(program);
+  addIamCommands(program);
+  addAuditCommands(program);
   program.addHelpText('after', `
 Start here:
   trellis hub init --data /var/lib/trellis-hub --name hub.example.com,10.0.0.5

@@ -25,6 +25,7 @@ export const ERROR_CODES = {
   TRELLIS_E_TOO_LARGE: 'a message or value is over its size limit',
   TRELLIS_E_TIMEOUT: 'the operation did not finish in time',
   TRELLIS_E_SHUTDOWN: 'the daemon is shutting down',
+  TRELLIS_E_UNIMPLEMENTED: 'this operation is part of the contract but not built in this release',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

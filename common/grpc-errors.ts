@@ -29,6 +29,7 @@ const TO_STATUS: Record<ErrorCode, status> = {
   TRELLIS_E_TOO_LARGE: status.RESOURCE_EXHAUSTED,
   TRELLIS_E_TIMEOUT: status.DEADLINE_EXCEEDED,
   TRELLIS_E_SHUTDOWN: status.UNAVAILABLE,
+  TRELLIS_E_UNIMPLEMENTED: status.UNIMPLEMENTED,
 };
 
 export const CODE_KEY = 'trellis-error-code';
@@ -55,6 +56,7 @@ const FROM_STATUS: Partial<Record<status, ErrorCode>> = {
   [status.UNAVAILABLE]: 'TRELLIS_E_UNAVAILABLE',
   [status.DEADLINE_EXCEEDED]: 'TRELLIS_E_TIMEOUT',
   [status.RESOURCE_EXHAUSTED]: 'TRELLIS_E_TOO_LARGE',
+  [status.UNIMPLEMENTED]: 'TRELLIS_E_UNIMPLEMENTED',
 };
 
 /** gRPC failure → typed error: the code from trailing metadata first, then the status code. */

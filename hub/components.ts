@@ -4,7 +4,7 @@ import type { Store } from './store/index.js';
 import type { HubPki } from './pki/index.js';
 import type { Auth } from './auth/index.js';
 import type { Iam } from './iam/index.js';
-import type { AuditSink } from './audit/types.js';
+import type { AuditLog } from './audit/index.js';
 import type { JoinTokens } from './tokens/index.js';
 import type { AgentRegistry } from './agents/index.js';
 import type { Runs } from './runs/index.js';
@@ -18,7 +18,8 @@ export interface HubComponents {
   pki: HubPki;
   iam: Iam;
   auth: Auth;
-  audit: AuditSink;
+  /** The audit log: wrap.ts records into it, AdminAudit reads and follows it. */
+  audit: AuditLog;
   tokens: JoinTokens;
   agents: AgentRegistry;
   runs: Runs;

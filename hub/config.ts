@@ -3,7 +3,7 @@
  * validated once with a schema that rejects unknown keys by name, then frozen.
  */
 import { readFileSync, existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { isAbsolute, join } from 'node:path';
 import { z } from 'zod';
 import { TrellisError } from '../common/errors.js';
 import { parseDuration } from '../common/duration.js';
@@ -15,6 +15,85 @@ const duration = z.union([z.number().int().positive(), z.string()]).transform((v
   }
 });
 const port = z.number().int().min(0).max(65535);
+
+/** A backend name: it becomes the `source` of the users it creates. */
+const backendName = z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'lowercase letters, digits and dashes').refine((n) => n !== 'local', 'the name "local" is reserved for the local backend');
+
+/** Local users: scrypt hashes in the hub's store. */
+const LocalBackendSchema = z.strictObject({ type: z.literal('local') });
+
+/**
+ * An LDAP directory: bind as the service account, find the user under `userBase`, bind as the
+ * user's DN with the password, then read the user's groups. The bind password never sits in
+ * hub.json: give `bindPasswordFile` (mode 0600) or `bindPasswordEnv`.
+ * @example { "type": "ldap", "url": "ldaps://ldap.example:636", "caFile": "/etc/trellis/ldap-ca.pem",
+ *   "bindDn": "cn=trellis,ou=services,dc=example", "bindPasswordFile": "/etc/trellis/ldap.pw",
+ *   "userBase": "ou=people,dc=example", "groupBase": "ou=groups,dc=example" }
+ */
+const LdapBackendSchema = z.strictObject({
+  type: z.literal('ldap'),
+  /** Backend name, and the `source` of the users it creates. @default "ldap" */
+  name: backendName.default('ldap'),
+  /** `ldap://host[:port]` or `ldaps://host[:port]`. */
+  url: z.string().regex(/^ldaps?:\/\/[^\s/?#]+\/?$/i, 'ldap://host[:port] or ldaps://host[:port]'),
+  /** Upgrade an ldap:// connection with StartTLS before binding. @default false */
+  startTls: z.boolean().default(false),
+  /** PEM file of the CA(s) to trust for the directory's TLS certificate. @default the system CAs */
+  caFile: z.string().refine(isAbsolute, 'an absolute path').optional(),
+  /** DN of the service account used to search users and groups. */
+  bindDn: z.string().min(1).max(1024),
+  /** File holding the service account's password (mode 0600). */
+  bindPasswordFile: z.string().refine(isAbsolute, 'an absolute path').optional(),
+  /** Name of an environment variable holding the service account's password. */
+  bindPasswordEnv: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'an environment variable name').optional(),
+  /** Where users are searched (whole subtree). */
+  userBase: z.string().min(1).max(1024),
+  /** Filter finding one user; `{username}` is replaced by the name, escaped per RFC 4515. @default "(uid={username})" */
+  userFilter: z.string().includes('{username}', { message: 'must contain {username}' }).default('(uid={username})'),
+  /** Where groups are searched; without it no groups are read. */
+  groupBase: z.string().min(1).max(1024).optional(),
+  /** Filter finding the user's groups; `{dn}` and `{username}` are replaced, escaped. @default "(|(member={dn})(memberUid={username}))" */
+  groupFilter: z.string().default('(|(member={dn})(memberUid={username}))'),
+  /** Attribute holding a group's name, matched against a Trellis group's ldapGroups. @default "cn" */
+  groupNameAttribute: z.string().regex(/^[A-Za-z][A-Za-z0-9-]*$/, 'an attribute name').default('cn'),
+  /** Deadline of each connection and operation, in ms. @default 5000 */
+  timeoutMs: z.number().int().min(100).max(120_000).default(5000),
+}).superRefine((v, ctx) => {
+  if (!v.bindPasswordFile === !v.bindPasswordEnv) ctx.addIssue({ code: 'custom', path: ['bindPasswordFile'], message: 'give exactly one of bindPasswordFile or bindPasswordEnv (never the password itself)' });
+  if (v.startTls && /^ldaps:/i.test(v.url)) ctx.addIssue({ code: 'custom', path: ['startTls'], message: 'startTls is for ldap:// URLs; ldaps:// is TLS already' });
+});
+
+/**
+ * A JavaScript module of your own exporting
+ * `authenticate(username, password) => Promise<{ ok: true, groups?: string[] } | { ok: false, reason?: 'unknown-user' | 'bad-password' }>`.
+ */
+const ModuleBackendSchema = z.strictObject({
+  type: z.literal('module'),
+  /** Absolute path of the module (.js or .mjs, ESM). */
+  path: z.string().refine(isAbsolute, 'an absolute path'),
+  /** Backend name, and the `source` of the users it creates. @default "module" */
+  name: backendName.default('module'),
+  /** Deadline of one call of `authenticate`, in ms. @default 5000 */
+  timeoutMs: z.number().int().min(100).max(120_000).default(5000),
+});
+
+export const AuthBackendSchema = z.discriminatedUnion('type', [LocalBackendSchema, LdapBackendSchema, ModuleBackendSchema]);
+export type AuthBackendConfig = z.output<typeof AuthBackendSchema>;
+
+const AuthSchema = z.strictObject({
+  /** Backends tried in order; the first that knows the user decides. @default [{ "type": "local" }] */
+  backends: z.array(AuthBackendSchema).min(1).max(16).prefault([{ type: 'local' }]).refine(
+    (bs) => new Set(bs.map((b) => (b.type === 'local' ? 'local' : b.name))).size === bs.length, 'backend names must be unique (give each a `name`)'),
+  /** Failed logins lock an account (or an unknown name) for a while. */
+  lockout: z.strictObject({
+    /** Failures inside the window that lock the account. @default 5 */
+    maxFailures: z.number().int().min(1).max(1000).default(5),
+    /** The window failures are counted in. @default "15m" */
+    window: duration.default(15 * 60_000),
+    /** How long the account stays locked. @default "15m" */
+    duration: duration.default(15 * 60_000),
+  }).prefault({}).transform((l) => ({ maxFailures: l.maxFailures, windowMs: l.window, durationMs: l.duration })),
+});
 
 export const HubConfigSchema = z.strictObject({
   /** Every DNS name and IP address agents and admins use to reach the hub (subjectAltName). */
@@ -43,6 +122,8 @@ export const HubConfigSchema = z.strictObject({
   maxMessageBytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(4 * 1024 * 1024),
   /** pino level. @default "info" */
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** Login backends and lock-out. @default { "backends": [{ "type": "local" }], "lockout": { "maxFailures": 5, "window": "15m", "duration": "15m" } } */
+  auth: AuthSchema.prefault({}),
 });
 
 export type HubConfigInput = z.input<typeof HubConfigSchema>;

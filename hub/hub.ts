@@ -8,14 +8,17 @@ import { hubPaths } from './paths.js';
 import { openStore, type Store } from './store/index.js';
 import { HubPki } from './pki/index.js';
 import { Auth } from './auth/index.js';
+import { buildBackends } from './auth/factory.js';
 import { Iam } from './iam/index.js';
 import { JoinTokens } from './tokens/index.js';
 import { AgentRegistry } from './agents/index.js';
 import { Runs } from './runs/index.js';
 import { EventIntake } from './events/index.js';
 import { addAdminServices } from './grpc/admin.js';
+import { addIamServices } from './grpc/iam.js';
+import { addAuditServices } from './grpc/audit.js';
 import { LiveCalls } from './grpc/wrap.js';
-import { MemoryAudit } from './audit/index.js';
+import { AuditLog } from './audit/index.js';
 import { addAgentServices } from './grpc/agent-channel.js';
 import { MemoryCertificateProvider, mtlsServerCredentials, tlsServerCredentials } from './grpc/credentials.js';
 import { WebServer } from './web/index.js';
@@ -63,14 +66,16 @@ export class Hub {
     const pki = HubPki.load(paths, config.names);
     const iam = new Iam(store);
     await iam.ensureDefaultTenant();
-    const auth = new Auth(store, iam, { sessionTtlMs: config.sessionTtl });
+    const authLog = log.child({ component: 'auth' });
+    const auth = new Auth(store, iam, { sessionTtlMs: config.sessionTtl, lockout: config.auth.lockout, backends: buildBackends(config.auth.backends, store, authLog) });
+    auth.on('backend-error', (e: { backend: string; message: string }) => authLog.warn({ backend: e.backend, error: e.message }, 'login backend error'));
     const tokens = new JoinTokens(store, { caFingerprint: pki.caFingerprint, defaultTtlMs: config.joinTokenTtl });
     const agents = new AgentRegistry(store, { heartbeatTtlMs: config.heartbeatTtl });
     await agents.load();
     const runs = new Runs(agents, log.child({ component: 'runs' }));
     const events = new EventIntake();
     let boundAgentPort = config.agentPort;
-    const audit = new MemoryAudit();
+    const audit = await AuditLog.open({ dir: paths.audit, log: log.child({ component: 'audit' }) });
     const components: HubComponents = { config, log, store, pki, iam, auth, audit, tokens, agents, runs, events, agentPort: () => boundAgentPort };
 
     // One identity provider for both ports, one CA provider for client certificates.
@@ -84,6 +89,8 @@ export class Hub {
     const adminServer = new grpc.Server(serverOptions);
     const adminDeps = { auth, log: log.child({ component: 'admin' }), audit: components.audit, live: new LiveCalls(auth) };
     addAdminServices(adminServer, components, adminDeps);
+    addIamServices(adminServer, components, adminDeps);
+    addAuditServices(adminServer, components, adminDeps);
 
     const bindTo = (server: grpc.Server, port: number, creds: grpc.ServerCredentials, what: string) =>
       new Promise<number>((resolve, reject) => {
@@ -105,6 +112,7 @@ export class Hub {
       agentServer.forceShutdown();
       adminServer.forceShutdown();
       await web.close();
+      await audit.close();
       await store.close();
       throw e;
     }
@@ -123,6 +131,7 @@ export class Hub {
     clearInterval(this.sweepTimer);
     const c = this.components;
     c.runs.close();
+    c.audit.endFollowers();
     await c.agents.closeAll().catch((err) => c.log.error({ err }, 'saving agent state failed'));
     const graceful = (s: grpc.Server) => new Promise<void>((resolve) => s.tryShutdown(() => resolve()));
     let timer: NodeJS.Timeout | undefined;
@@ -134,6 +143,7 @@ export class Hub {
     this.agentServer.forceShutdown();
     this.adminServer.forceShutdown();
     await this.web.close();
+    await c.audit.close();
     await c.store.close();
     this.state = 'closed';
     c.log.info('hub stopped');

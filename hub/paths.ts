@@ -11,6 +11,7 @@ export function hubPaths(dataDir: string) {
     hubKey: join(dataDir, 'hub-key.pem'),
     store: join(dataDir, 'state.json'),
     adminProfile: join(dataDir, 'admin-profile.json'),
+    audit: join(dataDir, 'audit'), // append-only audit segments (hub/audit), 0700
   };
 }
 export type HubPaths = ReturnType<typeof hubPaths>;

@@ -1,8 +1,9 @@
 import t from 'tap';
 import * as grpc from '@grpc/grpc-js';
+import { readFileSync } from 'node:fs';
 import { startHub } from './helpers/hub.js';
 import { serviceDefinitions, allMethodPaths } from '../common/proto.js';
-import { METHOD_TABLE, assertTableCovers } from '../hub/authz/index.js';
+import { METHOD_TABLE, PERMISSIONS, assertTableCovers } from '../hub/authz/index.js';
 import { adminClients, call } from '../cli/client.js';
 import { hashToken } from '../hub/auth/index.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
@@ -30,7 +31,24 @@ function callAny(addr: string, caPem: string, def: grpc.MethodDefinition<unknown
   });
 }
 
-const ADMIN_PORT_SERVICES = new Set(['Version', 'Enrollment', 'AdminAuth', 'AdminJoinTokens', 'AdminAgents', 'AdminCerts', 'AdminRuns']);
+const ADMIN_PORT_SERVICES = new Set([
+  'Version', 'Enrollment', 'AdminAuth', 'AdminJoinTokens', 'AdminAgents', 'AdminCerts', 'AdminRuns',
+  'AdminUsers', 'AdminSessions', 'AdminApiKeys', 'AdminRoles', 'AdminTenants', 'AdminGroups', 'AdminSystem', 'AdminAudit',
+]);
+
+/** Every admin-port method definition, by full path. */
+function adminPortMethods(): Map<string, grpc.MethodDefinition<unknown, unknown>> {
+  return new Map(serviceDefinitions().filter((s) => ADMIN_PORT_SERVICES.has(s.name))
+    .flatMap((s) => Object.values(s.definition).map((d) => [d.path, d as grpc.MethodDefinition<unknown, unknown>] as const)));
+}
+
+async function loginMetadata(h: { adminAddr: string; caPem: string }, username: string, password: string): Promise<grpc.Metadata> {
+  const anon = adminClients(h.adminAddr, h.caPem);
+  const login = await call<T.LoginRequest, T.LoginResponse__Output>(anon, anon.auth, anon.auth.Login, { username, password }).finally(() => anon.close());
+  const md = new grpc.Metadata();
+  md.set('authorization', `Bearer ${login.token}`);
+  return md;
+}
 
 t.test('every method of the contract has an authorization entry, and a missing one stops start-up', async (t) => {
   t.doesNotThrow(() => assertTableCovers(allMethodPaths()));
@@ -63,16 +81,19 @@ t.test('with no credentials every admin-port method but Version returns UNAUTHEN
 t.test('a user with no roles gets PERMISSION_DENIED everywhere but their own session', async (t) => {
   await using h = await startHub();
   await h.hub.components.auth.createUser({ username: 'nobody', password: 'nobody-password-1', roles: [] });
-  const anon = adminClients(h.adminAddr, h.caPem);
-  const login = await call<T.LoginRequest, T.LoginResponse__Output>(anon, anon.auth, anon.auth.Login, { username: 'nobody', password: 'nobody-password-1' });
-  anon.close();
-  const md = new grpc.Metadata();
-  md.set('authorization', `Bearer ${login.token}`);
+  const md = await loginMetadata(h, 'nobody', 'nobody-password-1');
   const expected: Record<string, number> = {
     '/trellis.v1.Version/GetVersion': grpc.status.OK,
     '/trellis.v1.AdminAuth/WhoAmI': grpc.status.OK,
     '/trellis.v1.AdminAuth/Login': grpc.status.UNAUTHENTICATED, // empty user name and password
     '/trellis.v1.Enrollment/Enroll': grpc.status.UNAUTHENTICATED, // needs a join token, not a login
+    // 'self' methods: allowed on one's own things; an empty request gets the handler's answer.
+    '/trellis.v1.AdminUsers/SetPassword': grpc.status.INVALID_ARGUMENT, // own password: current_password missing
+    '/trellis.v1.AdminSessions/ListSessions': grpc.status.OK, // own sessions
+    '/trellis.v1.AdminSessions/RevokeSession': grpc.status.INVALID_ARGUMENT, // the id is required
+    '/trellis.v1.AdminApiKeys/ListApiKeys': grpc.status.OK, // own keys
+    '/trellis.v1.AdminApiKeys/SetApiKeyEnabled': grpc.status.INVALID_ARGUMENT, // the id is required
+    '/trellis.v1.AdminApiKeys/DeleteApiKey': grpc.status.INVALID_ARGUMENT,
   };
   const order = (p: string) => (p.endsWith('/Logout') ? 1 : 0); // log out last
   const defs = serviceDefinitions().filter((s) => ADMIN_PORT_SERVICES.has(s.name)).flatMap((s) => Object.values(s.definition)).sort((a, b) => order(a.path) - order(b.path));
@@ -84,6 +105,28 @@ t.test('a user with no roles gets PERMISSION_DENIED everywhere but their own ses
   // After logout the token is dead.
   const code = await callAny(h.adminAddr, h.caPem, defs.find((d) => d.path.endsWith('/WhoAmI')) as grpc.MethodDefinition<unknown, unknown>, md);
   t.equal(code, grpc.status.UNAUTHENTICATED, 'WhoAmI after logout');
+});
+
+t.test('a user with the built-in user role gets PERMISSION_DENIED on every admin-only method', async (t) => {
+  await using h = await startHub();
+  await h.hub.components.auth.createUser({ username: 'worker', password: 'worker-password-1', roles: ['user'] });
+  const md = await loginMetadata(h, 'worker', 'worker-password-1');
+  const defs = adminPortMethods();
+  const adminOnly = Object.entries(METHOD_TABLE).filter(([, r]) => r.kind === 'admin').map(([p]) => p);
+  t.ok(adminOnly.length >= 20, `${adminOnly.length} admin-only methods`);
+  for (const path of adminOnly) {
+    const def = defs.get(path);
+    t.ok(def, `${path} is served on the admin port`);
+    if (def) t.equal(await callAny(h.adminAddr, h.caPem, def, md), grpc.status.PERMISSION_DENIED, `${path} as a user`);
+  }
+  // The same user is not refused across the board: their own work goes through.
+  t.equal(await callAny(h.adminAddr, h.caPem, defs.get('/trellis.v1.AdminAgents/ListAgents')!, md), grpc.status.OK, 'ListAgents as a user');
+});
+
+t.test('the README permission table lists every permission', async (t) => {
+  const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+  const html = (x: string) => x.replace(/</g, '&lt;').replace(/>/g, '&gt;');
+  for (const [p, what] of Object.entries(PERMISSIONS)) t.ok(readme.includes(`| \`${p}\` | ${html(what)} |`), `README row for ${p}`);
 });
 
 t.test('agent-port services are not reachable on the admin port', async (t) => {

@@ -98,12 +98,18 @@ export class Auth extends EventEmitter {
     await this.store.update<UserDoc>('users', username, (d) => (d ? { ...d, passwordHash } : undefined));
   }
 
-  /** Deactivation cuts everything of the user at once: sessions, keys and live streams. */
+  /**
+   * Deactivation cuts everything of the user at once: keys and live streams stop working, and
+   * login sessions are ended for good (activating the user again does not bring them back).
+   */
   async setActive(username: string, active: boolean): Promise<UserDoc> {
     await this.user(username);
     const u = await this.store.update<UserDoc>('users', username, (d) => (d ? { ...d, active } : undefined));
     this.iam.invalidate();
-    if (!active) this.emit('revoked', { username } satisfies Revocation);
+    if (!active) {
+      this.emit('revoked', { username } satisfies Revocation);
+      await this.endSessions(username);
+    }
     return u!;
   }
 
@@ -112,6 +118,7 @@ export class Auth extends EventEmitter {
     await this.store.delete('users', username);
     for (const s of await this.store.list<SessionDoc>('sessions', (s) => s.username === username)) await this.store.delete('sessions', s.id);
     for (const k of await this.store.list<ApiKeyDoc>('apiKeys', (k) => k.owner === username)) await this.store.delete('apiKeys', k.id);
+    await this.iam.forgetUser(username); // a later user of the same name starts with no groups
     this.iam.invalidate();
     this.emit('revoked', { username } satisfies Revocation);
   }
@@ -156,6 +163,11 @@ export class Auth extends EventEmitter {
     if (!user && result.backend !== 'local') {
       // First login of a directory user: a record with no password, no roles of its own.
       user = await this.createUser({ username: result.username, roles: [], tenants: [], source: result.backend });
+    }
+    // A backend speaks only for its own users: a directory "admin" is not the local admin.
+    if (user && (user.source ?? 'local') !== result.backend) {
+      this.emit('backend-error', { backend: result.backend, message: `accepted ${user.username}, who is a ${user.source ?? 'local'} user: login refused` });
+      user = undefined;
     }
     if (!user || !user.active) { await this.recordFailure(username, now); throw bad; }
     if (result.groups) await this.iam.syncDirectoryGroups(user.username, result.groups);
@@ -235,6 +247,13 @@ export class Auth extends EventEmitter {
   async logout(sessionId: string): Promise<void> {
     await this.store.delete('sessions', sessionId);
     this.emit('revoked', { sessionId } satisfies Revocation);
+  }
+
+  /** Ends every login session of a user but `except` (e.g. the caller's own); returns how many. */
+  async endSessions(username: string, except?: string): Promise<number> {
+    const ended = await this.store.list<SessionDoc>('sessions', (s) => s.username === username && s.id !== except);
+    for (const s of ended) await this.logout(s.id);
+    return ended.length;
   }
 
   async sessions(username?: string): Promise<SessionDoc[]> {

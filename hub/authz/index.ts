@@ -209,6 +209,19 @@ export class CompiledGrants {
     return false;
   }
 
+  /**
+   * True when these grants already give everything `g` gives: `g`'s permission (or `*`) at
+   * `g`'s scope or a wider one. The test for handing `g` to someone else without escalating.
+   */
+  covers(g: Grant): boolean {
+    if (this.isAdmin) return true;
+    const scopes = [g.scope];
+    if (g.scope.startsWith('action:')) scopes.push(`pack:${g.scope.slice(7, g.scope.indexOf('.'))}`);
+    if (g.scope) scopes.push('');
+    const perms = g.permission === '*' ? ['*'] : [g.permission, '*'];
+    return scopes.some((s) => perms.some((p) => this.keys.has(`${p}\t${s}`)));
+  }
+
   get size(): number { return this.keys.size; }
 }
 
@@ -240,6 +253,20 @@ export function authorize(principal: Principal, perm: Permission, resource?: { p
 
 export function authorizeAdmin(principal: Principal): void {
   if (!principal.grants.isAdmin) throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `${principal.username} is not an administrator`);
+}
+
+/**
+ * Handing out grants (creating or changing a role, assigning or unassigning one) never lets a
+ * caller go beyond what they hold: administrators may hand out anything, anyone else only
+ * grants their own grants cover. Without this, `roles:assign` alone would assign `admin`.
+ */
+export function authorizeDelegation(principal: Principal, grants: Iterable<Grant>, what: string): void {
+  for (const g of grants) {
+    if (!principal.grants.covers(g)) {
+      throw new TrellisError('TRELLIS_E_PERMISSION_DENIED',
+        `${principal.username} cannot ${what}: it gives ${g.permission}${g.scope ? `@${g.scope}` : ''}, which ${principal.username} does not hold`);
+    }
+  }
 }
 
 /** The tenant a call works in: the one asked for, if the principal belongs to it (admins: any). */

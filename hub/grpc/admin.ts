@@ -88,7 +88,7 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
   server.addService(v1.AdminAuth.service, {
     Login: unary<T.LoginRequest__Output, T.LoginResponse>(deps, `${S}.AdminAuth/Login`, async (req, ctx) => {
       try {
-        const r = await c.auth.login(req.username, req.password);
+        const r = await c.auth.login(req.username, req.password, { source: ctx.peer });
         return { token: r.token, expiresAtMs: r.expiresAt, username: r.user.username };
       } catch (e) {
         c.log.warn({ component: 'auth', reqId: ctx.requestId, user: String(req.username).slice(0, 64), peer: ctx.peer }, 'login failed');

@@ -215,6 +215,14 @@ export class Iam extends EventEmitter {
     return r!;
   }
 
+  /** Drops a deleted user from every group, so a new user of the same name inherits nothing. */
+  async forgetUser(user: string): Promise<void> {
+    for (const g of await this.store.list<GroupDoc>('groups', (g) => g.members.includes(user))) {
+      await this.store.update<GroupDoc>('groups', g.id, (d) => (d ? { ...d, members: d.members.filter((m) => m !== user) } : undefined));
+    }
+    this.invalidate();
+  }
+
   /** Directory logins: the Trellis groups whose ldapGroups intersect the user's directory groups. */
   async syncDirectoryGroups(user: string, directoryGroups: string[]): Promise<void> {
     const lower = new Set(directoryGroups.map((g) => g.toLowerCase()));
