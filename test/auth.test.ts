@@ -1,7 +1,7 @@
 import t from 'tap';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startHub, tempDir, callError, type TestHub } from './helpers/hub.js';
+import { startHub, tempDir, callError, ADMIN_PASSWORD, type TestHub } from './helpers/hub.js';
 import { adminClients, call } from '../cli/client.js';
 import { loadHubConfig, validateConfig } from '../hub/config.js';
 import type { UserDoc } from '../hub/auth/users.js';
@@ -98,4 +98,13 @@ t.test('auth config: defaults, durations in ms, unknown keys rejected by name', 
   writeFileSync(join(d.path, 'hub.json'), JSON.stringify({ names: ['h'], auth: { lockout: { maxFailures: 5, windw: '15m' } } }));
   t.throws(() => loadHubConfig(d.path, {}, {}), { code: 'TRELLIS_E_CONFIG', message: /windw.*|hub\.json/ });
   t.throws(() => loadHubConfig(d.path, {}, {}), { message: new RegExp(`${join(d.path, 'hub.json').replace(/[/.]/g, '\\$&')}.*windw`) });
+});
+
+t.test('user names are one account whatever the case typed at login; mixed-case names are refused at creation', async (t) => {
+  await using h = await startHub();
+  const anon = adminClients(h.adminAddr, h.caPem);
+  t.teardown(() => anon.close());
+  const r = await call<T.LoginRequest, T.LoginResponse__Output>(anon, anon.auth, anon.auth.Login, { username: 'ADMIN', password: ADMIN_PASSWORD });
+  t.equal(r.username, 'admin');
+  await t.rejects(h.hub.components.auth.createUser({ username: 'Alice', password: 'alice-password-1', roles: [] }), { code: 'TRELLIS_E_INVALID_ARGUMENT', message: /lowercase/ });
 });

@@ -137,6 +137,7 @@ export class Auth extends EventEmitter {
    */
   async login(username: string, password: string, meta: { source?: string } = {}): Promise<{ token: string; expiresAt: number; user: UserDoc }> {
     const bad = new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'wrong user name or password');
+    if (typeof username === 'string') username = username.toLowerCase(); // one account per name, whatever the case typed
     if (typeof username !== 'string' || typeof password !== 'string' || password.length > 1024 || !isValidUsername(username)) {
       await verifyPassword(String(password).slice(0, 1024), await dummyPasswordHash());
       throw bad;

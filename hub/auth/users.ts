@@ -17,7 +17,8 @@ export interface UserDoc extends Doc {
   lastLogin?: number;
 }
 
-const USERNAME_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/i;
+/** User names are lowercase: directories compare names case-insensitively, so `Alice` and `alice` must be one account (and one lock-out counter). */
+const USERNAME_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 
 export function isValidUsername(name: unknown): name is string {
   return typeof name === 'string' && USERNAME_RE.test(name);
@@ -26,7 +27,7 @@ export function isValidUsername(name: unknown): name is string {
 /** Throws INVALID_ARGUMENT unless `name` is a valid user name. */
 export function checkUsername(name: string): string {
   if (!isValidUsername(name)) {
-    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad user name "${String(name).slice(0, 80)}": use 1-64 letters, digits, dot, dash or underscore`);
+    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad user name "${String(name).slice(0, 80)}": use 1-64 lowercase letters, digits, dot, dash or underscore`);
   }
   return name;
 }

@@ -87,6 +87,7 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
 
   server.addService(v1.AdminAuth.service, {
     Login: unary<T.LoginRequest__Output, T.LoginResponse>(deps, `${S}.AdminAuth/Login`, async (req, ctx) => {
+      ctx.target = `user:${String(req.username).slice(0, 64)}`; // the account tried, for the audit record
       try {
         const r = await c.auth.login(req.username, req.password, { source: ctx.peer });
         return { token: r.token, expiresAtMs: r.expiresAt, username: r.user.username };

@@ -57,11 +57,13 @@ async function authenticateCall(deps: WrapDeps, path: string, md: grpc.Metadata,
       return;
     }
     case 'admin':
+      ctx.tenant = askedTenant; // recorded even if the call is refused below
       ctx.principal = await deps.auth.authenticate(credentialOf(md));
       authorizeAdmin(ctx.principal);
       ctx.tenant = askedTenant || 'default';
       return;
     case 'perm':
+      ctx.tenant = askedTenant; // recorded even if the call is refused below
       ctx.principal = await deps.auth.authenticate(credentialOf(md));
       authorize(ctx.principal, req.perm);
       ctx.tenant = resolveTenant(ctx.principal, askedTenant);
