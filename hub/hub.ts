@@ -17,7 +17,11 @@ import { EventIntake } from './events/index.js';
 import { addAdminServices } from './grpc/admin.js';
 import { addIamServices } from './grpc/iam.js';
 import { addAuditServices } from './grpc/audit.js';
+import { addKvServices } from './grpc/kv.js';
+import { KvStore } from './kv/index.js';
+import { Keyring } from './secrets/keyring.js';
 import { LiveCalls } from './grpc/wrap.js';
+import { widenFlowControl } from './grpc/flow-control.js';
 import { AuditLog } from './audit/index.js';
 import { addAgentServices } from './grpc/agent-channel.js';
 import { MemoryCertificateProvider, mtlsServerCredentials, tlsServerCredentials } from './grpc/credentials.js';
@@ -76,7 +80,9 @@ export class Hub {
     const events = new EventIntake();
     let boundAgentPort = config.agentPort;
     const audit = await AuditLog.open({ dir: paths.audit, log: log.child({ component: 'audit' }) });
-    const components: HubComponents = { config, log, store, pki, iam, auth, audit, tokens, agents, runs, events, agentPort: () => boundAgentPort };
+    const kvLog = log.child({ component: 'kv' });
+    const kv = new KvStore(store, await Keyring.open(opts.dataDir), { onError: (err) => kvLog.error({ err }, 'datastore') });
+    const components: HubComponents = { config, log, store, pki, iam, auth, audit, tokens, agents, runs, events, kv, agentPort: () => boundAgentPort };
 
     // One identity provider for both ports, one CA provider for client certificates.
     const identity = new MemoryCertificateProvider({ certChain: pki.hubIdentity.certChainPem, key: pki.hubIdentity.keyPem });
@@ -91,6 +97,7 @@ export class Hub {
     addAdminServices(adminServer, components, adminDeps);
     addIamServices(adminServer, components, adminDeps);
     addAuditServices(adminServer, components, adminDeps);
+    addKvServices(adminServer, components, adminDeps);
 
     const bindTo = (server: grpc.Server, port: number, creds: grpc.ServerCredentials, what: string) =>
       new Promise<number>((resolve, reject) => {
@@ -103,6 +110,7 @@ export class Hub {
     let agentPort: number, adminPort: number, webPort: number;
     try {
       agentPort = await bindTo(agentServer, config.agentPort, mtlsServerCredentials(identity, clientCa), 'agent');
+      if (!widenFlowControl(agentServer)) log.warn('could not widen HTTP/2 flow-control windows on the agent port (grpc-js internals changed); events flow at the default window');
       boundAgentPort = agentPort;
       adminPort = await bindTo(adminServer, config.adminPort, tlsServerCredentials(identity), 'admin');
       webPort = await web.listen(config.bind, config.webPort).catch((err: Error) => {
@@ -112,6 +120,7 @@ export class Hub {
       agentServer.forceShutdown();
       adminServer.forceShutdown();
       await web.close();
+      await kv.close();
       await audit.close();
       await store.close();
       throw e;
@@ -119,6 +128,9 @@ export class Hub {
     const hub = new Hub(components, agentServer, adminServer, web, agentPort, adminPort, webPort);
     hub.sweepTimer = setInterval(() => void auth.sweepSessions().catch(() => undefined), 3_600_000);
     hub.sweepTimer.unref();
+    kv.startSweeper();
+    // A rotation cut short (hub killed) left older key versions on disk: finish it in the background.
+    if (kv.keyring.versions().length > 1) void kv.resume((p) => { if (p.finished) kvLog.info(p, 'master key rotation finished'); }).catch((err) => kvLog.warn({ err }, 'master key rotation paused'));
     hub.state = 'running';
     log.info({ agentPort, adminPort, webPort, bind: config.bind, names: config.names, caFingerprint: pki.caFingerprint, canIssue: pki.canIssue }, 'hub running');
     return hub;
@@ -143,6 +155,7 @@ export class Hub {
     this.agentServer.forceShutdown();
     this.adminServer.forceShutdown();
     await this.web.close();
+    await c.kv.close();
     await c.audit.close();
     await c.store.close();
     this.state = 'closed';
