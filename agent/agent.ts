@@ -2,7 +2,9 @@
  * The agent's composition root: identity, channel, action runner and renewal, wired by hand.
  */
 import * as os from 'node:os';
-import { createCSR, generateKey, certInfo, keyMatchesCert } from '../certs/index.js';
+import { createCSR, generateKey, certInfo, keyMatchesCert, loadPrivateKey, sealAad } from '../certs/index.js';
+import type { KeyObject } from 'node:crypto';
+import { openSecretsForAction, runWithSecrets } from './secrets.js';
 import { TrellisError } from '../common/errors.js';
 import { createLogger, type Logger } from '../common/log.js';
 import { TRELLIS_VERSION } from '../common/version.js';
@@ -58,6 +60,15 @@ export class Agent {
 
   get certificate(): Identity { return this.identity; }
 
+  /** The agent id the hub named in its welcome (from this agent's certificate). */
+  agentId?: string;
+  private keyCache?: { pem: string; key: KeyObject };
+
+  private privateKey(): KeyObject {
+    if (this.keyCache?.pem !== this.identity.keyPem) this.keyCache = { pem: this.identity.keyPem, key: loadPrivateKey(this.identity.keyPem) };
+    return this.keyCache.key;
+  }
+
   static async start(opts: AgentOptions): Promise<Agent> {
     const log = opts.log ?? createLogger({ name: 'trellis-agent' });
     const paths = agentPaths(opts.dataDir);
@@ -81,6 +92,7 @@ export class Agent {
         `the agent certificate expired on ${identity.notAfter.toISOString()}; re-enroll: trellis agent enroll --hub HOST:7444 --token NEW_TOKEN --data ${opts.dataDir} --force`);
     }
     const agent = new Agent(opts, identity, target, !operator, log);
+    agent.channel.on('welcome', (w: T.Welcome__Output) => { agent.agentId = w.agentId; });
     agent.channel.start();
     agent.scheduleRenewal();
     log.info({ hub: target, serial: identity.serial, notAfter: identity.notAfter.toISOString() }, 'agent started');
@@ -100,15 +112,32 @@ export class Agent {
       return;
     }
     let seq = 0;
-    this.log.info({ executionId: req.executionId, argv0: req.argv[0] }, 'action started');
-    const handle = runAction(req, {
-      output: (stream, data) => this.channel.send({ output: { executionId: req.executionId, stream, data, seq: ++seq } }),
-      done: (r) => {
-        this.running.delete(req.executionId);
-        this.log.info({ executionId: req.executionId, status: r.status, exitCode: r.exitCode }, 'action finished');
-        result(r);
-      },
-    });
+    // Secrets arrive sealed to this agent's key for this execution; opened here, in memory only.
+    let secrets: Record<string, string> = {};
+    if (Object.keys(req.sealedEnv ?? {}).length > 0) {
+      try {
+        secrets = openSecretsForAction(req.sealedEnv, this.privateKey(), sealAad(this.agentId ?? '', 'exec', req.executionId));
+      } catch (err) {
+        result({ status: 'error', exitCode: -1, error: `cannot open the secrets of this action: ${(err as Error).message}`, startedMs: Date.now(), finishedMs: Date.now() });
+        return;
+      }
+    }
+    this.log.info({ executionId: req.executionId, argv0: req.argv[0], secrets: Object.keys(secrets).length }, 'action started');
+    const run = Object.keys(secrets).length > 0 ? (r: typeof req, sink: Parameters<typeof runAction>[1]) => runWithSecrets(r, secrets, sink) : runAction;
+    let handle: RunningAction;
+    try {
+      handle = run(req, {
+        output: (stream, data) => this.channel.send({ output: { executionId: req.executionId, stream, data, seq: ++seq } }),
+        done: (r) => {
+          this.running.delete(req.executionId);
+          this.log.info({ executionId: req.executionId, status: r.status, exitCode: r.exitCode }, 'action finished');
+          result(r);
+        },
+      });
+    } catch (err) {
+      result({ status: 'error', exitCode: -1, error: (err as Error).message, startedMs: Date.now(), finishedMs: Date.now() });
+      return;
+    }
     this.running.set(req.executionId, handle);
   }
 

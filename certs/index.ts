@@ -11,3 +11,4 @@ export { createCRL, type RevokedEntry, type CreateCRLOptions } from './crl.js';
 export { fingerprintSha256, splitPemBundle, certInfo, type CertInfo } from './inspect.js';
 export { keyMatchesCert, verifyIssuedBy, verifyChain, sanCovers, type ChainResult } from './verify.js';
 export { normalizeSerial } from './serial.js';
+export { sealFor, openSealed, sealAad, SEAL_MAX_PLAINTEXT_BYTES } from './seal.js';

@@ -35,6 +35,8 @@ export type CloseReason = 'revoked' | 'replaced' | 'expired' | 'shutdown';
 export interface AgentLink {
   readonly agentId: string;
   readonly serial: string;
+  /** The verified client certificate of this link (secrets are sealed to its key). */
+  readonly certPem: string;
   readonly remote: string;
   readonly connectedAt: number;
   /** Queues a message; false only when the link is closed and nothing was queued. */

@@ -5,7 +5,7 @@ import { certInfo, splitPemBundle } from '../../certs/index.js';
 import { TRELLIS_VERSION, API_VERSION } from '../../common/version.js';
 import { TrellisError } from '../../common/errors.js';
 import { unary, serverStream, type WrapDeps, type CallContext } from './wrap.js';
-import { resolveTenant } from '../authz/index.js';
+import { resolveTenant, authorize } from '../authz/index.js';
 import { enrollAgent } from '../agents/enroll.js';
 import type { HubComponents } from '../components.js';
 import type { AgentView } from '../agents/index.js';
@@ -59,6 +59,39 @@ async function agentInTenant(c: HubComponents, ctx: CallContext, id: string) {
   const t = readTenant(ctx);
   if (t !== undefined && a.tenant !== t) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no agent ${id}: see \`trellis agents list\``);
   return a;
+}
+
+const REF_RE = /\{\{\s*(secret|kv)\.([A-Za-z0-9._/-]{1,256})\s*\}\}/g;
+
+/**
+ * Resolves `{{ secret.NAME }}` / `{{ kv.NAME }}` references in environment values from the
+ * caller's tenant. Values that reference a secret go to `secretEnv` (sealed per agent, never
+ * logged); plain datastore values are substituted in place. References in argv are refused:
+ * secrets reach a process by environment only. Using a reference needs kv:read, not kv:decrypt:
+ * the caller runs with the value without ever seeing it.
+ */
+async function resolveSecretRefs(c: HubComponents, ctx: CallContext, argv: string[], env: Record<string, string>): Promise<{ env: Record<string, string>; secretEnv: Record<string, string> }> {
+  if (argv.some((a) => new RegExp(REF_RE.source).test(a))) {
+    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'datastore references go in --env only: secrets never travel in argv, where other users of the host can read them');
+  }
+  const plain: Record<string, string> = {};
+  const secretEnv: Record<string, string> = {};
+  for (const [name, value] of Object.entries(env)) {
+    const refs = [...value.matchAll(new RegExp(REF_RE.source, 'g'))];
+    if (refs.length === 0) { plain[name] = value; continue; }
+    authorize(ctx.principal!, 'kv:read');
+    const who = { username: ctx.principal!.username, isAdmin: ctx.principal!.grants.isAdmin };
+    let secret = false;
+    let out = value;
+    for (const m of refs) {
+      const { doc } = await c.kv.get(writeTenant(ctx), who, m[2]!);
+      if (m[1] === 'secret' && !doc.secret) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${m[2]} is not a secret: refer to it as {{ kv.${m[2]} }}`);
+      secret ||= doc.secret;
+      out = out.replace(m[0], await c.kv.open(doc));
+    }
+    (secret ? secretEnv : plain)[name] = out;
+  }
+  return { env: plain, secretEnv };
 }
 
 export function addAdminServices(server: grpc.Server, c: HubComponents, deps: WrapDeps): void {
@@ -174,13 +207,14 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
       } else {
         throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name a target: --agent ID or --selector k=v');
       }
+      const { env, secretEnv } = await resolveSecretRefs(c, ctx, req.argv, req.env);
       await new Promise<void>((resolve, reject) => {
         let pending = agentIds.length;
         let handle: { cancel: () => void } | undefined;
         const onAbort = () => { handle?.cancel(); resolve(); };
         try {
           handle = c.runs.start({
-            agentIds, argv: req.argv, timeoutMs: req.timeoutMs || 30_000, env: req.env, cwd: req.cwd, requestedBy: ctx.principal!.username,
+            agentIds, argv: req.argv, timeoutMs: req.timeoutMs || 30_000, env, secretEnv, cwd: req.cwd, requestedBy: ctx.principal!.username,
           }, (e) => {
             switch (e.kind) {
               case 'started': write({ started: { executionId: e.executionId, agentId: e.agentId } }); break;

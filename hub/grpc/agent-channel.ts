@@ -17,7 +17,7 @@ import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 const CLIENT_AUTH_OID = '1.3.6.1.5.5.7.3.2';
 const HELLO_TIMEOUT_MS = 10_000;
 
-export interface PeerIdentity { agentId: string; tenant: string; serial: string; notAfter: number }
+export interface PeerIdentity { agentId: string; tenant: string; serial: string; notAfter: number; certPem: string }
 
 /** Verifies the peer certificate of a call on the agent port. */
 export function identifyPeer(c: HubComponents, call: { getAuthContext(): { sslPeerCertificate?: { raw?: Buffer } } }): PeerIdentity {
@@ -42,7 +42,7 @@ export function identifyPeer(c: HubComponents, call: { getAuthContext(): { sslPe
   }
   const notAfter = new Date(cert.validTo).getTime();
   if (notAfter <= Date.now()) throw new TrellisError('TRELLIS_E_CERT_EXPIRED', 'the agent certificate expired; re-enroll with `trellis agent enroll --force`');
-  return { agentId: ids[0]!.agentId, tenant: ids[0]!.tenant, serial, notAfter };
+  return { agentId: ids[0]!.agentId, tenant: ids[0]!.tenant, serial, notAfter, certPem: cert.toString() };
 }
 
 const caCache = new WeakMap<object, { pem: string; x: X509Certificate }>();
@@ -116,7 +116,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
             if (closed) return;
             clearTimeout(helloTimer);
             link = {
-              agentId: id.agentId, serial: id.serial, remote: call.getPeer(), connectedAt: Date.now(),
+              agentId: id.agentId, serial: id.serial, certPem: id.certPem, remote: call.getPeer(), connectedAt: Date.now(),
               // write() returning false is back-pressure (the message is queued), not a failure.
               send: (m) => { if (closed) return false; call.write(m); return true; },
               close: (reason, message) => {

@@ -4,6 +4,7 @@
  * marked abandoned after its timeout plus a grace period.
  */
 import { ulid } from 'ulid';
+import { sealFor, sealAad } from '../../certs/index.js';
 import { TrellisError } from '../../common/errors.js';
 import type { AgentRegistry } from '../agents/index.js';
 import type { ActionOutput__Output } from '../../common/proto-gen/trellis/v1/ActionOutput.js';
@@ -22,6 +23,11 @@ export interface RunRequest {
   env: Record<string, string>;
   cwd: string;
   requestedBy: string;
+  /**
+   * Environment values resolved from secret references, in memory only: each is sealed to the
+   * target agent's certificate for this execution and never logged or stored.
+   */
+  secretEnv?: Record<string, string>;
 }
 
 interface Execution {
@@ -61,7 +67,15 @@ export class Runs {
       this.executions.set(id, exec);
       ids.push(id);
       listener({ kind: 'started', executionId: id, agentId });
-      const sent = this.agents.link(agentId)?.send({ action: { executionId: id, argv: req.argv, timeoutMs: req.timeoutMs, env: req.env, cwd: req.cwd } });
+      const link = this.agents.link(agentId);
+      let sealedEnv: Record<string, string> = {};
+      try {
+        sealedEnv = sealEnv(req.secretEnv ?? {}, link?.certPem, sealAad(agentId, 'exec', id));
+      } catch (err) {
+        this.finish(id, { status: 'error', exitCode: -1, error: `cannot seal secrets for agent ${agentId}: ${(err as Error).message}` });
+        continue;
+      }
+      const sent = link?.send({ action: { executionId: id, argv: req.argv, timeoutMs: req.timeoutMs, env: req.env, cwd: req.cwd, sealedEnv } });
       this.log.info({ executionId: id, agentId, requestedBy: req.requestedBy, argv0: req.argv[0] }, 'run requested');
       if (!sent) this.finish(id, { status: 'error', exitCode: -1, error: `agent ${agentId} disconnected before the request was sent` });
     }
@@ -100,6 +114,13 @@ export class Runs {
   close(): void {
     for (const id of [...this.executions.keys()]) this.finish(id, { status: 'abandoned', exitCode: -1, error: 'the hub shut down' });
   }
+}
+
+function sealEnv(secretEnv: Record<string, string>, certPem: string | undefined, aad: string): Record<string, string> {
+  const names = Object.keys(secretEnv);
+  if (names.length === 0) return {};
+  if (!certPem) throw new Error('no certificate for the agent link');
+  return Object.fromEntries(names.map((k) => [k, sealFor(certPem, Buffer.from(secretEnv[k]!, 'utf8'), aad)]));
 }
 
 function validateRun(req: RunRequest): void {
