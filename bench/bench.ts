@@ -14,6 +14,9 @@
  *  6. login_ms                   mean AdminAuth.Login against the child hub (scrypt dominates)
  *     authz_check_per_s          RBAC decisions over 1,000 roles / 10,000 grants (bench/auth.ts)
  *     authed_rpc_overhead_us     ListAgents (token + authz) minus open GetVersion, same channel
+ *     seal_per_s                 64-byte secrets sealed for one P-256 agent certificate (bench/seal.ts)
+ *     kv_get_decrypt_per_s       KvStore get + decrypt of secrets, in-process (bench/kv.ts)
+ *     rotate_10k_values_s        master key rotation over 10,000 secrets, lowdb store in a temp dir
  *
  * Knobs (environment): TRELLIS_BENCH_HUB_NODE_ARGS adds node flags to the child hub (for example
  * "--cpu-prof --cpu-prof-dir=/tmp/prof"); TRELLIS_BENCH_KEEP=1 keeps the temp directory.
@@ -37,6 +40,8 @@ import { agentPaths, loadIdentity, readState } from '../agent/identity.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 import { makeForgeIssuer } from './forge-naive.js';
 import { benchAuthedRpc, benchAuthz, benchLogin } from './auth.js';
+import { benchKvGetDecrypt, benchKvRotate } from './kv.js';
+import { benchSeal } from './seal.js';
 import { silenceIpServernameWarning } from '../common/warnings.js';
 import { mean, note, percentile, pool, processCpuMs, sleep, startChildHub, type ChildHub } from './lib.js';
 
@@ -60,6 +65,8 @@ const FIGURES = [
   'cert_issue_per_s', 'cert_issue_forge_js_per_s', 'cert_issue_speedup', 'enroll_hub_cpu_ms',
   'agent_enroll_wall_ms', 'agent_enroll_wall_p99_ms', 'channel_events_per_s', 'channel_events_unbatched_per_s',
   'login_ms', 'authz_check_per_s', 'authed_rpc_overhead_us',
+  'seal_per_s',
+  'kv_get_decrypt_per_s', 'rotate_10k_values_s',
 ] as const;
 type Figure = typeof FIGURES[number];
 const reported = new Set<Figure>();
@@ -408,6 +415,9 @@ async function main(): Promise<void> {
     report('cert_issue_speedup', fast / naive, 'x', 1);
   });
   await figure(['authz_check_per_s'], async () => report('authz_check_per_s', benchAuthz().perS, 'checks/s'));
+  await figure(['seal_per_s'], async () => report('seal_per_s', benchSeal().perS, 'seals/s'));
+  await figure(['kv_get_decrypt_per_s'], async () => report('kv_get_decrypt_per_s', (await benchKvGetDecrypt()).perS, 'gets/s'));
+  await figure(['rotate_10k_values_s'], async () => report('rotate_10k_values_s', (await benchKvRotate()).seconds, 's', 2));
 
   const hubFigures: Figure[] = ['login_ms', 'authed_rpc_overhead_us', 'enroll_hub_cpu_ms', 'agent_enroll_wall_ms', 'agent_enroll_wall_p99_ms', 'channel_events_per_s', 'channel_events_unbatched_per_s'];
   try {

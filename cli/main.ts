@@ -6,6 +6,7 @@ import { addDaemonCommands } from './commands/daemons.js';
 import { addAdminCommands } from './commands/admin.js';
 import { addIamCommands } from './commands/iam.js';
 import { addAuditCommands } from './commands/audit.js';
+import { addKvCommands } from './commands/kv.js';
 
 export function buildProgram(): Command {
   const program = new Command('trellis')
@@ -23,6 +24,7 @@ export function buildProgram(): Command {
   addAdminCommands(program);
   addIamCommands(program);
   addAuditCommands(program);
+  addKvCommands(program);
   program.addHelpText('after', `
 Start here:
   trellis hub init --data /var/lib/trellis-hub --name hub.example.com,10.0.0.5

@@ -9,6 +9,7 @@ import type { JoinTokens } from './tokens/index.js';
 import type { AgentRegistry } from './agents/index.js';
 import type { Runs } from './runs/index.js';
 import type { EventIntake } from './events/index.js';
+import type { KvStore } from './kv/index.js';
 
 /** Everything the gRPC layer may call, built once in hub/hub.ts. */
 export interface HubComponents {
@@ -24,6 +25,8 @@ export interface HubComponents {
   agents: AgentRegistry;
   runs: Runs;
   events: EventIntake;
+  /** The datastore and secrets (hub/kv) with the master key ring. */
+  kv: KvStore;
   /** The bound agent port (known once listening). */
   agentPort: () => number;
 }

@@ -143,6 +143,7 @@ export class Hub {
     clearInterval(this.sweepTimer);
     const c = this.components;
     c.runs.close();
+    await c.kv.close(); // a key rotation stops between batches and resumes at next start
     c.audit.endFollowers();
     await c.agents.closeAll().catch((err) => c.log.error({ err }, 'saving agent state failed'));
     const graceful = (s: grpc.Server) => new Promise<void>((resolve) => s.tryShutdown(() => resolve()));
@@ -155,7 +156,6 @@ export class Hub {
     this.agentServer.forceShutdown();
     this.adminServer.forceShutdown();
     await this.web.close();
-    await c.kv.close();
     await c.audit.close();
     await c.store.close();
     this.state = 'closed';

@@ -20,6 +20,7 @@ import { openStore } from './store/index.js';
 import { Auth, checkUsername } from './auth/index.js';
 import { Iam } from './iam/index.js';
 import { checkPasswordPolicy, generatePassword } from './auth/passwords.js';
+import { initKeyring, parseMasterKey } from './secrets/keyring.js';
 
 export interface InitOptions {
   dataDir: string;
@@ -35,6 +36,8 @@ export interface InitOptions {
   adminPassword?: string;
   force?: boolean;
   config?: Partial<HubConfigInput>;
+  /** A file holding the master key (32 bytes raw, or hex / base64 text); else a random one. */
+  masterKeyFile?: string;
 }
 
 export interface InitResult {
@@ -134,6 +137,13 @@ export async function initHub(o: InitOptions): Promise<InitResult> {
     hubChainPem = served.join('');
   }
   checkHubIdentity({ certChainPem: hubChainPem, keyPem: hubKeyPem }, caChain, names);
+  let masterKey: Buffer | undefined;
+  if (o.masterKeyFile) {
+    try { masterKey = readFileSync(o.masterKeyFile); } catch (e) {
+      throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `cannot read --master-key ${o.masterKeyFile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    masterKey = parseMasterKey(masterKey, `--master-key ${o.masterKeyFile}`);
+  }
 
   await ensureDir(o.dataDir, 0o700);
   await chmod(o.dataDir, 0o700); // a directory the operator made beforehand is tightened too
@@ -149,6 +159,7 @@ export async function initHub(o: InitOptions): Promise<InitResult> {
   } finally {
     await store.close();
   }
+  await initKeyring(o.dataDir, masterKey, o.force);
   await atomicWriteFile(paths.caCert, caChain.join(''), { mode: 0o644 });
   if (caKeyPem) await atomicWriteFile(paths.caKey, caKeyPem, { mode: 0o600 });
   await atomicWriteFile(paths.hubKey, hubKeyPem, { mode: 0o600 });

@@ -24,6 +24,7 @@ export function addDaemonCommands(program: Command): void {
     .option('--ca-key <file>', 'key of --ca-cert; without it, --hub-cert and --hub-key are required and the hub cannot issue')
     .option('--hub-cert <file>', 'hub serving certificate (PEM chain) signed by --ca-cert')
     .option('--hub-key <file>', 'key of --hub-cert')
+    .option('--master-key <file>', 'hub master key for secrets (32 bytes raw, or 64 hex / 44 base64 characters); default: a random one')
     .option('--admin <name>', 'name of the first admin user', 'admin')
     .option('--bind <addr>', 'address every listener binds to')
     .option('--agent-port <port>', 'agent port (mTLS)', intOption)
@@ -46,7 +47,7 @@ export function addDaemonCommands(program: Command): void {
       if (o.adminPort !== undefined) config.adminPort = o.adminPort;
       if (o.webPort !== undefined) config.webPort = o.webPort;
       const r = await initHub({
-        dataDir: o.data, names: o.name, trustDomain: o.trustDomain, caKeyType: o.caKeyType as KeyType, caCertFile: o.caCert, caKeyFile: o.caKey,
+        dataDir: o.data, names: o.name, trustDomain: o.trustDomain, caKeyType: o.caKeyType as KeyType, caCertFile: o.caCert, caKeyFile: o.caKey, masterKeyFile: o.masterKey,
         hubCertFile: o.hubCert, hubKeyFile: o.hubKey, admin: o.admin, adminPassword: password, force: o.force, config,
       });
       const first = String(o.name[0]).split(',')[0];

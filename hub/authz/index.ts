@@ -120,6 +120,11 @@ export const METHOD_TABLE: Readonly<Record<string, Requirement>> = Object.freeze
   [`/${S}.AdminGroups/AddGroupMember`]: ADMIN,
   [`/${S}.AdminGroups/RemoveGroupMember`]: ADMIN,
   [`/${S}.AdminAudit/ListAudit`]: ADMIN,
+  [`/${S}.AdminKv/Set`]: perm('kv:write'),
+  [`/${S}.AdminKv/Get`]: perm('kv:read'), // decrypt: the handler also requires kv:decrypt (and audits it)
+  [`/${S}.AdminKv/List`]: perm('kv:read'),
+  [`/${S}.AdminKv/Delete`]: perm('kv:write'),
+  [`/${S}.AdminKv/RotateKey`]: ADMIN,
   [`/${S}.AdminSystem/CreateSnapshot`]: ADMIN,
   [`/${S}.AdminSystem/RestoreSnapshot`]: ADMIN,
   [`/${S}.AdminSystem/ClusterStatus`]: ADMIN,
