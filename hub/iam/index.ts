@@ -63,6 +63,25 @@ export class Iam extends EventEmitter {
     return principal;
   }
 
+  /** Adds `name` to (or removes it from) the roles or tenants of exactly one user or group. */
+  private async editMembership(target: { user?: string; group?: string }, field: 'roles' | 'tenants', name: string, add: boolean): Promise<void> {
+    if (!!target.user === !!target.group) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name exactly one of --user or --group');
+    const edit = (xs: string[]) => (add ? [...new Set([...xs, name])] : xs.filter((x) => x !== name));
+    const [col, id, what] = target.user ? (['users', target.user, 'user'] as const) : (['groups', target.group!, 'group'] as const);
+    const r = await this.store.update<UserDoc | GroupDoc>(col, id, (d) => (d ? { ...d, [field]: edit(d[field]) } : undefined));
+    if (!r) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no ${what} ${id}`);
+    this.invalidate();
+  }
+
+  /** Removes a deleted role or tenant from every user and group that names it. */
+  private async dropEverywhere(field: 'roles' | 'tenants', name: string): Promise<void> {
+    for (const col of ['users', 'groups'] as const) {
+      for (const d of await this.store.list<UserDoc | GroupDoc>(col, (d) => d[field].includes(name))) {
+        await this.store.update<UserDoc | GroupDoc>(col, d.id, (cur) => (cur ? { ...cur, [field]: cur[field].filter((x) => x !== name) } : undefined));
+      }
+    }
+  }
+
   // ------------------------------------------------------------ roles
 
   async createRole(name: string, description: string, grants: Grant[]): Promise<RoleDoc> {
@@ -103,28 +122,14 @@ export class Iam extends EventEmitter {
   async deleteRole(name: string): Promise<void> {
     if (BUILTIN_ROLES[name]) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${name} is a built-in role and cannot be deleted`);
     if (!(await this.store.delete('roles', name))) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no role ${name}`);
-    for (const u of await this.store.list<UserDoc>('users', (u) => u.roles.includes(name))) {
-      await this.store.update<UserDoc>('users', u.id, (d) => (d ? { ...d, roles: d.roles.filter((r) => r !== name) } : undefined));
-    }
-    for (const g of await this.store.list<GroupDoc>('groups', (g) => g.roles.includes(name))) {
-      await this.store.update<GroupDoc>('groups', g.id, (d) => (d ? { ...d, roles: d.roles.filter((r) => r !== name) } : undefined));
-    }
+    await this.dropEverywhere('roles', name);
     this.invalidate();
   }
 
   /** Assigns (or, with assign=false, unassigns) a role to exactly one of a user or a group. */
   async setRoleAssignment(role: string, target: { user?: string; group?: string }, assign: boolean): Promise<void> {
     await this.role(role);
-    if (!!target.user === !!target.group) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name exactly one of --user or --group');
-    const edit = (roles: string[]) => (assign ? [...new Set([...roles, role])] : roles.filter((r) => r !== role));
-    if (target.user) {
-      const r = await this.store.update<UserDoc>('users', target.user, (d) => (d ? { ...d, roles: edit(d.roles) } : undefined));
-      if (!r) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no user ${target.user}`);
-    } else {
-      const r = await this.store.update<GroupDoc>('groups', target.group!, (d) => (d ? { ...d, roles: edit(d.roles) } : undefined));
-      if (!r) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no group ${target.group}`);
-    }
-    this.invalidate();
+    await this.editMembership(target, 'roles', role, assign);
   }
 
   // ------------------------------------------------------------ tenants
@@ -158,27 +163,13 @@ export class Iam extends EventEmitter {
     const why = await inUse(name);
     if (why) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `tenant ${name} still has ${why}; remove them first`);
     await this.store.delete('tenants', name);
-    for (const u of await this.store.list<UserDoc>('users', (u) => u.tenants.includes(name))) {
-      await this.store.update<UserDoc>('users', u.id, (d) => (d ? { ...d, tenants: d.tenants.filter((t) => t !== name) } : undefined));
-    }
-    for (const g of await this.store.list<GroupDoc>('groups', (g) => g.tenants.includes(name))) {
-      await this.store.update<GroupDoc>('groups', g.id, (d) => (d ? { ...d, tenants: d.tenants.filter((t) => t !== name) } : undefined));
-    }
+    await this.dropEverywhere('tenants', name);
     this.invalidate();
   }
 
   async setTenantMembership(tenant: string, target: { user?: string; group?: string }, member: boolean): Promise<void> {
     await this.tenant(tenant);
-    if (!!target.user === !!target.group) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name exactly one of --user or --group');
-    const edit = (ts: string[]) => (member ? [...new Set([...ts, tenant])] : ts.filter((t) => t !== tenant));
-    if (target.user) {
-      const r = await this.store.update<UserDoc>('users', target.user, (d) => (d ? { ...d, tenants: edit(d.tenants) } : undefined));
-      if (!r) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no user ${target.user}`);
-    } else {
-      const r = await this.store.update<GroupDoc>('groups', target.group!, (d) => (d ? { ...d, tenants: edit(d.tenants) } : undefined));
-      if (!r) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no group ${target.group}`);
-    }
-    this.invalidate();
+    await this.editMembership(target, 'tenants', tenant, member);
   }
 
   // ------------------------------------------------------------ groups
