@@ -1,7 +1,7 @@
 import t from 'tap';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startHub, tempDir, callError, ADMIN_PASSWORD, type TestHub } from './helpers/hub.js';
+import { startHub, tempDir, callError, ADMIN_PASSWORD, type TestHub, login } from './helpers/hub.js';
 import { adminClients, call } from '../cli/client.js';
 import { loadHubConfig, validateConfig } from '../hub/config.js';
 import type { UserDoc } from '../hub/auth/users.js';
@@ -11,14 +11,6 @@ const DAVE = 'dave-password-1';
 const BAD_LOGIN = { code: 'TRELLIS_E_UNAUTHENTICATED', message: 'wrong user name or password' };
 const LOCKED = (name: string) => new RegExp(`this account is locked for [0-9dhms]+; an administrator can run .trellis users unlock ${name}.`);
 
-async function login(h: TestHub, username: string, password: string): Promise<T.LoginResponse__Output> {
-  const anon = adminClients(h.adminAddr, h.caPem);
-  try {
-    return await call<T.LoginRequest, T.LoginResponse__Output>(anon, anon.auth, anon.auth.Login, { username, password });
-  } finally {
-    anon.close();
-  }
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

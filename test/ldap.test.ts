@@ -2,7 +2,7 @@ import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { startHub, tempDir, waitFor, callError, ADMIN_PASSWORD, type TestHub } from './helpers/hub.js';
+import { startHub, tempDir, waitFor, callError, ADMIN_PASSWORD, type TestHub, login } from './helpers/hub.js';
 import { startSlapd, slapdMissing, USERS, type Slapd } from './helpers/slapd.js';
 import { adminClients, call } from '../cli/client.js';
 import { hubPaths } from '../hub/paths.js';
@@ -32,14 +32,6 @@ async function hubWith(backends: Backends): Promise<TestHub> {
   return startHub({ config: { auth: { backends } } });
 }
 
-async function login(h: TestHub, username: string, password: string): Promise<T.LoginResponse__Output> {
-  const anon = adminClients(h.adminAddr, h.caPem);
-  try {
-    return await call<T.LoginRequest, T.LoginResponse__Output>(anon, anon.auth, anon.auth.Login, { username, password });
-  } finally {
-    anon.close();
-  }
-}
 
 function backendOptions(s: Slapd, o: Partial<LdapBackendOptions> = {}): LdapBackendOptions {
   return {

@@ -136,6 +136,16 @@ export async function startHub(o: StartHubOptions = {}): Promise<TestHub> {
   return th;
 }
 
+/** Logs in through the admin API (no credentials needed for Login). */
+export async function login(h: { adminAddr: string; caPem: string }, username: string, password: string): Promise<T.LoginResponse__Output> {
+  const anon = adminClients(h.adminAddr, h.caPem);
+  try {
+    return await call<T.LoginRequest, T.LoginResponse__Output>(anon, anon.auth, anon.auth.Login, { username, password });
+  } finally {
+    anon.close();
+  }
+}
+
 /** Polls `cond` every 10 ms until true; fails with a message after `ms`. */
 export async function waitFor(cond: () => boolean | Promise<boolean>, ms = 5000, what = 'condition'): Promise<void> {
   const end = Date.now() + ms;
