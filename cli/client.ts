@@ -4,9 +4,6 @@ import { v1 } from '../common/proto.js';
 import { CLIENT_OPTIONS } from '../common/grpc-options.js';
 import { fromGrpcError } from '../common/grpc-errors.js';
 import type { Profile } from './profile.js';
-import type { ProtoGrpcType as KvProto } from '../common/proto-gen/kv.js';
-
-const kvV1 = v1 as unknown as KvProto['trellis']['v1'];
 
 export interface AdminClients {
   auth: InstanceType<typeof v1.AdminAuth>;
@@ -22,7 +19,7 @@ export interface AdminClients {
   groups: InstanceType<typeof v1.AdminGroups>;
   system: InstanceType<typeof v1.AdminSystem>;
   audit: InstanceType<typeof v1.AdminAudit>;
-  kv: InstanceType<typeof kvV1.AdminKv>;
+  kv: InstanceType<typeof v1.AdminKv>;
   version: InstanceType<typeof v1.Version>;
   metadata: grpc.Metadata;
   close(): void;
@@ -51,7 +48,7 @@ export function adminClients(hub: string, caPem: string, token?: string, tenant?
     groups: new v1.AdminGroups(hub, creds, opts),
     system: new v1.AdminSystem(hub, creds, opts),
     audit: new v1.AdminAudit(hub, creds, opts),
-    kv: new kvV1.AdminKv(hub, creds, opts),
+    kv: new v1.AdminKv(hub, creds, opts),
     version: new v1.Version(hub, creds, opts),
     metadata,
     close: () => base.close(),

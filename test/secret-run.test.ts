@@ -62,6 +62,16 @@ t.test('secrets never go in argv, and using one needs kv:read', async (t) => {
   t.match(inArgv.error?.details, /--env only/);
   const missing = await run(admin, { agentId: agent.agentId!, argv: ['true'], env: { X: '{{ secret.nope }}' } });
   t.equal(missing.error?.code, grpc.status.NOT_FOUND);
+  // A secret of another tenant does not exist for a run in this one.
+  await h.hub.components.iam.createTenant('blue', '');
+  await h.hub.components.kv.set('blue', { username: 'admin', isAdmin: true }, { key: 'blue-only', value: 'blue-secret-99', secret: true });
+  const otherTenant = await run(admin, { agentId: agent.agentId!, argv: ['sh', '-c', 'echo $X'], env: { X: '{{ secret.blue-only }}' } });
+  t.equal(otherTenant.error?.code, grpc.status.NOT_FOUND, 'another tenant\'s secret is NOT_FOUND');
+  t.notOk(otherTenant.out.includes('blue-secret-99'));
+  // A plain datastore value referenced as a secret is refused, so nobody mistakes it for one.
+  await h.hub.components.kv.set('default', { username: 'admin', isAdmin: true }, { key: 'plain', value: 'v', secret: false });
+  const notSecret = await run(admin, { agentId: agent.agentId!, argv: ['true'], env: { X: '{{ secret.plain }}' } });
+  t.equal(notSecret.error?.code, grpc.status.INVALID_ARGUMENT);
   // A role that may run commands but not read the datastore.
   await h.hub.components.iam.createRole('runner', '', [{ permission: 'agents:run', scope: '' }, { permission: 'agents:list', scope: '' }]);
   await h.hub.components.auth.createUser({ username: 'runner', password: 'runner-password-1', roles: ['runner'] });

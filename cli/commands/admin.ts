@@ -187,7 +187,7 @@ export function addAdminCommands(program: Command): void {
     .option('--agent <id>', 'target agent')
     .option('--selector <k=v...>', 'target every online agent with these labels', collect, [])
     .option('--timeout <duration>', 'kill the process group after this long', '30s')
-    .option('--env <K=V...>', 'environment variable for the command', collect, [])
+    .option('--env <K=V...>', 'environment variable for the command; a value may hold {{ secret.NAME }} or {{ kv.NAME }} (sealed to the agent, masked in output)', collect, [])
     .option('--cwd <dir>', 'working directory on the agent')
     .argument('<command...>', 'command and arguments (put them after --)')
     .action((argv: string[], o) => withClients(async (c) => {

@@ -216,6 +216,17 @@ export function addIamServices(server: grpc.Server, c: HubComponents, deps: Wrap
   });
 
   // Roles: a caller hands out (or takes away) only grants they hold themselves (authorizeDelegation).
+  /** AssignRole and UnassignRole: the caller may only hand out (or take back) grants they hold. */
+  const roleAssignment = (method: 'AssignRole' | 'UnassignRole', assign: boolean) =>
+    unary<T.AssignRoleRequest__Output, T.RoleInfo>(deps, `${S}.AdminRoles/${method}`, async (req, ctx) => {
+      const role = name64(req.role, 'role');
+      const m = memberOf(req);
+      ctx.target = `role:${role} ${memberTarget(m)}`;
+      authorizeDelegation(ctx.principal!, (await c.iam.role(role)).grants, `${assign ? 'assign' : 'unassign'} role ${role}`);
+      await c.iam.setRoleAssignment(role, m, assign);
+      return roleInfo(c, role);
+    });
+
   server.addService(v1.AdminRoles.service, {
     CreateRole: unary<T.CreateRoleRequest__Output, T.RoleInfo>(deps, `${S}.AdminRoles/CreateRole`, async (req, ctx) => {
       const name = name64(req.name, 'name');
@@ -259,22 +270,8 @@ export function addIamServices(server: grpc.Server, c: HubComponents, deps: Wrap
       });
       return roleInfo(c, role);
     }),
-    AssignRole: unary<T.AssignRoleRequest__Output, T.RoleInfo>(deps, `${S}.AdminRoles/AssignRole`, async (req, ctx) => {
-      const role = name64(req.role, 'role');
-      const m = memberOf(req);
-      ctx.target = `role:${role} ${memberTarget(m)}`;
-      authorizeDelegation(ctx.principal!, (await c.iam.role(role)).grants, `assign role ${role}`);
-      await c.iam.setRoleAssignment(role, m, true);
-      return roleInfo(c, role);
-    }),
-    UnassignRole: unary<T.AssignRoleRequest__Output, T.RoleInfo>(deps, `${S}.AdminRoles/UnassignRole`, async (req, ctx) => {
-      const role = name64(req.role, 'role');
-      const m = memberOf(req);
-      ctx.target = `role:${role} ${memberTarget(m)}`;
-      authorizeDelegation(ctx.principal!, (await c.iam.role(role)).grants, `unassign role ${role}`);
-      await c.iam.setRoleAssignment(role, m, false);
-      return roleInfo(c, role);
-    }),
+    AssignRole: roleAssignment('AssignRole', true),
+    UnassignRole: roleAssignment('UnassignRole', false),
   });
 
   /** What still lives in a tenant and keeps it from being deleted: agents not revoked, usable join tokens. */

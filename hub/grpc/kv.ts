@@ -13,10 +13,9 @@ import { Keyring } from '../secrets/keyring.js';
 import type { KvCaller, KvDoc, KvScope } from '../kv/index.js';
 import type { HubComponents } from '../components.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
-import type { ProtoGrpcType as KvProto } from '../../common/proto-gen/kv.js';
 
 const S = '/trellis.v1.AdminKv';
-const kvService = () => (v1 as unknown as KvProto['trellis']['v1']).AdminKv.service;
+const kvService = () => v1.AdminKv.service;
 
 function caller(ctx: CallContext): KvCaller {
   const p = ctx.principal!;
