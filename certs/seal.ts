@@ -54,11 +54,11 @@ const bad = (msg: string, cause?: unknown): TrellisError =>
  * The additional data binding a sealed value to an agent and an execution or a rule:
  * `agent:<agentId>|exec:<id>` or `agent:<agentId>|rule:<id>`. Ids may not contain '|'.
  */
-export function sealAad(agentId: string, kind: 'exec' | 'rule', id: string): string {
+export function sealAad(agentId: string, kind: 'exec' | 'rule' | 'secret', id: string): string {
   for (const [what, v] of [['agent id', agentId], [`${kind} id`, id]] as const) {
     if (typeof v !== 'string' || v.length === 0 || v.includes('|')) throw bad(`seal binding: ${what} must be a non-empty string without '|'`);
   }
-  if (kind !== 'exec' && kind !== 'rule') throw bad(`seal binding: kind must be 'exec' or 'rule'`);
+  if (kind !== 'exec' && kind !== 'rule' && kind !== 'secret') throw bad(`seal binding: kind must be 'exec', 'rule' or 'secret'`);
   return `agent:${agentId}|${kind}:${id}`;
 }
 

@@ -20,6 +20,10 @@ export interface AdminClients {
   system: InstanceType<typeof v1.AdminSystem>;
   audit: InstanceType<typeof v1.AdminAudit>;
   kv: InstanceType<typeof v1.AdminKv>;
+  packs: InstanceType<typeof v1.AdminPacks>;
+  rules: InstanceType<typeof v1.AdminRules>;
+  executions: InstanceType<typeof v1.AdminExecutions>;
+  webhooks: InstanceType<typeof v1.AdminWebhooks>;
   version: InstanceType<typeof v1.Version>;
   metadata: grpc.Metadata;
   close(): void;
@@ -49,6 +53,10 @@ export function adminClients(hub: string, caPem: string, token?: string, tenant?
     system: new v1.AdminSystem(hub, creds, opts),
     audit: new v1.AdminAudit(hub, creds, opts),
     kv: new v1.AdminKv(hub, creds, opts),
+    packs: new v1.AdminPacks(hub, creds, opts),
+    rules: new v1.AdminRules(hub, creds, opts),
+    executions: new v1.AdminExecutions(hub, creds, opts),
+    webhooks: new v1.AdminWebhooks(hub, creds, opts),
     version: new v1.Version(hub, creds, opts),
     metadata,
     close: () => base.close(),

@@ -25,6 +25,10 @@ export const ERROR_CODES = {
   TRELLIS_E_TOO_LARGE: 'a message or value is over its size limit',
   TRELLIS_E_TIMEOUT: 'the operation did not finish in time',
   TRELLIS_E_SHUTDOWN: 'the daemon is shutting down',
+  TRELLIS_E_PACK_INVALID: 'a pack file is invalid; the message names the file, the line and the field',
+  TRELLIS_E_RULE_INVALID: 'a rule is invalid; the message names the field',
+  TRELLIS_E_SECRET_INVALID: 'a sealed secret or ciphertext does not open (tampered, or for another agent, tenant or key)',
+  TRELLIS_E_AGENT_BUSY: 'the agent is at its concurrency limit; the execution waits or was refused',
   TRELLIS_E_UNIMPLEMENTED: 'this operation is part of the contract but not built in this release',
 } as const;
 

@@ -14,6 +14,7 @@ import type { ProtoGrpcType as EnrollmentProto } from './proto-gen/enrollment.js
 import type { ProtoGrpcType as ChannelProto } from './proto-gen/agent_channel.js';
 import type { ProtoGrpcType as IamProto } from './proto-gen/iam.js';
 import type { ProtoGrpcType as KvProto } from './proto-gen/kv.js';
+import type { ProtoGrpcType as AutomationProto } from './proto-gen/automation.js';
 
 /** Package root: dist/common/proto.js and common/proto.ts both sit two levels below it. */
 function packageRoot(): string {
@@ -37,7 +38,7 @@ export const LOADER_OPTIONS: protoLoader.Options = {
 
 export const packageDefinition = protoLoader.loadSync(PROTO_FILES, LOADER_OPTIONS);
 
-type Loaded = AdminProto & VersionProto & EnrollmentProto & ChannelProto & IamProto & KvProto;
+type Loaded = AdminProto & VersionProto & EnrollmentProto & ChannelProto & IamProto & KvProto & AutomationProto;
 export const proto = grpc.loadPackageDefinition(packageDefinition) as unknown as Loaded;
 export const v1 = proto.trellis.v1;
 

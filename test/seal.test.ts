@@ -229,6 +229,7 @@ t.test('runWithSecrets: env only, masked output', async (t) => {
   const req = {
     executionId: 'e1', argv: ['sh', '-c', `echo $DB_PASS; echo "$DB_PASS" >&2; echo "pid $$"; echo ${'-'.repeat(64)}; sleep 1; echo "tail $DB_PASS"`],
     timeoutMs: 10_000, env: { OTHER: 'visible' }, cwd: '', sealedEnv: {},
+    runner: '', runAs: '', script: Buffer.alloc(0), scriptName: '', http: null, sealedStdin: '', action: '',
   };
   const result = await new Promise<RunResult>((resolve) => {
     runWithSecrets(req, { DB_PASS: secret }, {

@@ -55,6 +55,7 @@ export const PERMISSIONS = {
   'executions:cancel': 'cancel and re-run executions',
   'events:read': 'follow the live event stream',
   'webhooks:manage': 'create and delete webhooks',
+  'webhooks:post': 'send events to webhooks with an API key',
 } as const;
 export type Permission = keyof typeof PERMISSIONS;
 
@@ -125,6 +126,25 @@ export const METHOD_TABLE: Readonly<Record<string, Requirement>> = Object.freeze
   [`/${S}.AdminKv/List`]: perm('kv:read'),
   [`/${S}.AdminKv/Delete`]: perm('kv:write'),
   [`/${S}.AdminKv/RotateKey`]: ADMIN,
+  [`/${S}.AdminPacks/InstallPack`]: perm('packs:install'),
+  [`/${S}.AdminPacks/ListPacks`]: perm('packs:list'),
+  [`/${S}.AdminPacks/GetPack`]: perm('packs:list'),
+  [`/${S}.AdminPacks/RemovePack`]: perm('packs:install'),
+  [`/${S}.AdminRules/CreateRule`]: perm('rules:write'),
+  [`/${S}.AdminRules/ListRules`]: perm('rules:read'),
+  [`/${S}.AdminRules/GetRule`]: perm('rules:read'),
+  [`/${S}.AdminRules/SetRuleEnabled`]: perm('rules:write'),
+  [`/${S}.AdminRules/DeleteRule`]: perm('rules:write'),
+  [`/${S}.AdminRules/TestRule`]: perm('rules:read'),
+  [`/${S}.AdminExecutions/RunAction`]: perm('actions:execute'), // checked again at the action's scope
+  [`/${S}.AdminExecutions/ListExecutions`]: perm('executions:read'),
+  [`/${S}.AdminExecutions/GetExecution`]: perm('executions:read'),
+  [`/${S}.AdminExecutions/FollowExecution`]: perm('executions:read'),
+  [`/${S}.AdminExecutions/CancelExecution`]: perm('executions:cancel'),
+  [`/${S}.AdminExecutions/RerunExecution`]: perm('executions:cancel'), // and actions:execute at the action's scope
+  [`/${S}.AdminWebhooks/CreateWebhook`]: perm('webhooks:manage'),
+  [`/${S}.AdminWebhooks/ListWebhooks`]: perm('webhooks:manage'),
+  [`/${S}.AdminWebhooks/DeleteWebhook`]: perm('webhooks:manage'),
   [`/${S}.AdminSystem/CreateSnapshot`]: ADMIN,
   [`/${S}.AdminSystem/RestoreSnapshot`]: ADMIN,
   [`/${S}.AdminSystem/ClusterStatus`]: ADMIN,
