@@ -2,16 +2,17 @@
  * The agent's composition root: identity, channel, action runner and renewal, wired by hand.
  */
 import * as os from 'node:os';
-import { createCSR, generateKey, certInfo, keyMatchesCert, loadPrivateKey, sealAad } from '../certs/index.js';
+import { createCSR, generateKey, certInfo, keyMatchesCert, loadPrivateKey } from '../certs/index.js';
 import type { KeyObject } from 'node:crypto';
-import { openSecretsForAction, runWithSecrets } from './secrets.js';
 import { TrellisError } from '../common/errors.js';
 import { createLogger, type Logger } from '../common/log.js';
 import { TRELLIS_VERSION } from '../common/version.js';
 import { parseHostPort, formatHostPort } from '../common/grpc-options.js';
 import { agentPaths, loadIdentity, readState, saveIdentity, type Identity } from './identity.js';
 import { HubChannel } from './channel.js';
-import { runAction, type RunningAction } from './runner.js';
+import { Outbox } from './outbox/index.js';
+import { join } from 'node:path';
+import { startAction, type RunningAction } from './runner.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 export interface AgentOptions {
@@ -29,6 +30,8 @@ export interface AgentOptions {
   /** Renew at this fraction of the certificate's life. @default 2/3 */
   renewAt?: number;
   maxBackoffMs?: number;
+  /** Most unacknowledged events kept in the durable outbox (DATA/outbox); then new ones are refused. @default 100000 */
+  outboxMaxEvents?: number;
 }
 
 export function agentFacts(): T.Facts {
@@ -45,7 +48,7 @@ export class Agent {
   private readonly running = new Map<string, RunningAction>();
   private closed = false;
 
-  private constructor(private readonly opts: AgentOptions, identity: Identity, readonly target: string, private readonly managed: boolean, readonly log: Logger) {
+  private constructor(private readonly opts: AgentOptions, identity: Identity, readonly target: string, private readonly managed: boolean, readonly log: Logger, readonly outbox: Outbox) {
     this.identity = identity;
     this.channel = new HubChannel({
       target,
@@ -55,6 +58,7 @@ export class Agent {
       onCancel: (id) => this.running.get(id)?.cancel(),
       log: log.child({ component: 'channel' }),
       maxBackoffMs: opts.maxBackoffMs,
+      outbox,
     });
   }
 
@@ -91,7 +95,8 @@ export class Agent {
       throw new TrellisError('TRELLIS_E_CERT_EXPIRED',
         `the agent certificate expired on ${identity.notAfter.toISOString()}; re-enroll: trellis agent enroll --hub HOST:7444 --token NEW_TOKEN --data ${opts.dataDir} --force`);
     }
-    const agent = new Agent(opts, identity, target, !operator, log);
+    const outbox = await Outbox.open({ dir: join(opts.dataDir, 'outbox'), log: log.child({ component: 'outbox' }), maxEvents: opts.outboxMaxEvents });
+    const agent = new Agent(opts, identity, target, !operator, log, outbox);
     agent.channel.on('welcome', (w: T.Welcome__Output) => { agent.agentId = w.agentId; });
     agent.channel.start();
     agent.scheduleRenewal();
@@ -107,37 +112,18 @@ export class Agent {
       result({ status: 'error', exitCode: -1, error: `agent busy: ${max} actions already running`, startedMs: Date.now(), finishedMs: Date.now() });
       return;
     }
-    if (req.argv.length === 0) {
-      result({ status: 'error', exitCode: -1, error: 'empty argv', startedMs: Date.now(), finishedMs: Date.now() });
-      return;
-    }
     let seq = 0;
-    // Secrets arrive sealed to this agent's key for this execution; opened here, in memory only.
-    let secrets: Record<string, string> = {};
-    if (Object.keys(req.sealedEnv ?? {}).length > 0) {
-      try {
-        secrets = openSecretsForAction(req.sealedEnv, this.privateKey(), sealAad(this.agentId ?? '', 'exec', req.executionId));
-      } catch (err) {
-        result({ status: 'error', exitCode: -1, error: `cannot open the secrets of this action: ${(err as Error).message}`, startedMs: Date.now(), finishedMs: Date.now() });
-        return;
-      }
-    }
-    this.log.info({ executionId: req.executionId, argv0: req.argv[0], secrets: Object.keys(secrets).length }, 'action started');
-    const run = Object.keys(secrets).length > 0 ? (r: typeof req, sink: Parameters<typeof runAction>[1]) => runWithSecrets(r, secrets, sink) : runAction;
-    let handle: RunningAction;
-    try {
-      handle = run(req, {
-        output: (stream, data) => this.channel.send({ output: { executionId: req.executionId, stream, data, seq: ++seq } }),
-        done: (r) => {
-          this.running.delete(req.executionId);
-          this.log.info({ executionId: req.executionId, status: r.status, exitCode: r.exitCode }, 'action finished');
-          result(r);
-        },
-      });
-    } catch (err) {
-      result({ status: 'error', exitCode: -1, error: (err as Error).message, startedMs: Date.now(), finishedMs: Date.now() });
-      return;
-    }
+    // Sealed values (env, stdin, HTTP headers) are opened inside startAction, in memory only.
+    this.log.info({ executionId: req.executionId, action: req.action, runner: req.runner || 'command', runAs: req.runAs || undefined }, 'action started');
+    const handle = startAction(req, {
+      output: (stream, data) => this.channel.send({ output: { executionId: req.executionId, stream, data, seq: ++seq } }),
+      started: (pid) => this.channel.send({ started: { executionId: req.executionId, startedMs: Date.now(), pid } }),
+      done: (r) => {
+        this.running.delete(req.executionId);
+        this.log.info({ executionId: req.executionId, status: r.status, exitCode: r.exitCode }, 'action finished');
+        result(r);
+      },
+    }, { key: () => this.privateKey(), agentId: this.agentId, log: this.log.child({ component: 'runner' }) });
     this.running.set(req.executionId, handle);
   }
 
@@ -180,6 +166,7 @@ export class Agent {
     clearTimeout(this.renewTimer);
     for (const r of this.running.values()) r.cancel();
     await this.channel.close();
+    await this.outbox.close();
     this.log.info('agent stopped');
   }
 

@@ -2,6 +2,11 @@
  * The agent's side of the AgentChannel stream: one live connection at a time, reconnect with
  * jittered exponential backoff, a single-flight loop, make-before-break switching when the
  * certificate is renewed, and events re-sent until the hub acknowledges them.
+ *
+ * Events wait in the agent's durable outbox (agent/outbox/) when one is given: publish()
+ * appends to it, the flush loop reads batches from it, EventAcks move its cursor and a
+ * reconnect rewinds it to the first unacknowledged event. Without an outbox they wait in memory
+ * (bounded by maxQueued, oldest dropped first), as before.
  */
 import * as grpc from '@grpc/grpc-js';
 import { EventEmitter } from 'node:events';
@@ -12,6 +17,7 @@ import { fromGrpcError, CODE_KEY } from '../common/grpc-errors.js';
 import { TrellisError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
+import type { Outbox, OutboxBatch } from './outbox/index.js';
 
 /**
  * - connecting: no stream yet, or reconnecting after a failure;
@@ -33,8 +39,10 @@ export interface ChannelOptions {
   batchSize?: number;
   /** Most unacknowledged batches in flight. @default 16 */
   maxInflight?: number;
-  /** Most events held while the hub is unreachable; older ones are dropped and counted. @default 100000 */
+  /** Without an outbox: most events held in memory; older ones are dropped and counted. @default 100000 */
   maxQueued?: number;
+  /** Durable event store; events survive hub outages and agent restarts. @default none (in memory) */
+  outbox?: Outbox;
   /** @default 30000 */
   maxBackoffMs?: number;
 }
@@ -104,13 +112,15 @@ export class HubChannel extends EventEmitter {
   /** Events not yet sent: pending[pendingHead..] (a head index instead of shifting the array). */
   private pending: T.Event[] = [];
   private pendingHead = 0;
-  private inflight = new Map<number, T.Event[]>();
+  /** Sent, unacknowledged batches by seq (with their outbox batch when there is an outbox). */
+  private inflight = new Map<number, { events: T.Event[]; batch?: OutboxBatch }>();
   private seq = 0;
   private outQueue: T.AgentMessage[] = [];
   private closedResolve!: (e: Error | undefined) => void;
   /** Resolves (never rejects) with the error that closed the channel, if any. */
   readonly closedPromise: Promise<Error | undefined>;
-  stats = { connects: 0, eventsSent: 0, eventsAcked: 0, eventsDropped: 0 };
+  /** eventsDropped: dropped from the in-memory queue; eventsRefused: refused by a full outbox. */
+  stats = { connects: 0, eventsSent: 0, eventsAcked: 0, eventsDropped: 0, eventsRefused: 0 };
 
   constructor(private readonly opts: ChannelOptions) {
     super();
@@ -185,10 +195,14 @@ export class HubChannel extends EventEmitter {
     this.current = conn;
     this.stats.connects++;
     // Anything not acknowledged goes again, first, on the new stream; the hub drops duplicates.
-    const unacked = [...this.inflight.entries()].sort((a, b) => a[0] - b[0]).flatMap(([, evs]) => evs);
+    if (this.opts.outbox) {
+      this.opts.outbox.rewind();
+    } else {
+      const unacked = [...this.inflight.entries()].sort((a, b) => a[0] - b[0]).flatMap(([, b]) => b.events);
+      this.pending = unacked.concat(this.pending.slice(this.pendingHead));
+      this.pendingHead = 0;
+    }
     this.inflight.clear();
-    this.pending = unacked.concat(this.pending.slice(this.pendingHead));
-    this.pendingHead = 0;
     clearInterval(this.heartbeatTimer);
     const every = Math.max(1000, welcome.heartbeatIntervalMs || 10_000);
     this.heartbeatTimer = setInterval(() => this.current?.write({ heartbeat: { sentAtMs: Date.now() } }), every);
@@ -209,8 +223,14 @@ export class HubChannel extends EventEmitter {
       case 'cancel': if (m.cancel) this.opts.onCancel(m.cancel.executionId); break;
       case 'eventAck': {
         if (!m.eventAck || c !== this.current) break;
-        const batch = this.inflight.get(m.eventAck.seq);
-        if (batch) { this.inflight.delete(m.eventAck.seq); this.stats.eventsAcked += batch.length; this.emit('acked', batch.length); this.flush(); }
+        const sent = this.inflight.get(m.eventAck.seq);
+        if (sent) {
+          this.inflight.delete(m.eventAck.seq);
+          if (sent.batch) this.opts.outbox?.ack(sent.batch);
+          this.stats.eventsAcked += sent.events.length;
+          this.emit('acked', sent.events.length);
+          this.flush();
+        }
         break;
       }
       case 'caBundle': if (m.caBundle) this.emit('caBundle', m.caBundle.certificates); break;
@@ -224,8 +244,17 @@ export class HubChannel extends EventEmitter {
     if (this.outQueue.length < 10_000) this.outQueue.push(m);
   }
 
-  /** Queues events for delivery; they are re-sent until the hub acknowledges them. */
-  publish(events: T.Event[]): void {
+  /**
+   * Queues events for delivery; they are re-sent until the hub acknowledges them. With an
+   * outbox, a full outbox refuses the events that do not fit (counted in stats.eventsRefused).
+   */
+  publish(events: T.Event[]): { accepted: number; refused: number } {
+    if (this.opts.outbox) {
+      const r = this.opts.outbox.append(events);
+      this.stats.eventsRefused += r.refused;
+      if (r.accepted > 0) this.flush();
+      return r;
+    }
     const max = this.opts.maxQueued ?? 100_000;
     for (const e of events) this.pending.push(e);
     const queued = this.pending.length - this.pendingHead;
@@ -235,11 +264,14 @@ export class HubChannel extends EventEmitter {
       this.stats.eventsDropped += drop;
     }
     this.flush();
+    return { accepted: events.length, refused: 0 };
   }
 
+  /** Events not yet acknowledged by the hub. */
   get backlog(): number {
+    if (this.opts.outbox) return this.opts.outbox.stats.queued;
     let n = this.pending.length - this.pendingHead;
-    for (const b of this.inflight.values()) n += b.length;
+    for (const b of this.inflight.values()) n += b.events.length;
     return n;
   }
 
@@ -248,11 +280,23 @@ export class HubChannel extends EventEmitter {
     if (!conn || this.state !== 'ready') return;
     const size = this.opts.batchSize ?? 500;
     const maxInflight = this.opts.maxInflight ?? 16;
+    const outbox = this.opts.outbox;
+    if (outbox) {
+      while (this.inflight.size < maxInflight) {
+        const batch = outbox.read(size);
+        if (!batch) break;
+        const seq = ++this.seq;
+        this.inflight.set(seq, { events: batch.events, batch });
+        this.stats.eventsSent += batch.events.length;
+        conn.write({ events: { seq, events: batch.events } });
+      }
+      return;
+    }
     while (this.pending.length > this.pendingHead && this.inflight.size < maxInflight) {
       const batch = this.pending.slice(this.pendingHead, this.pendingHead + size);
       this.pendingHead += batch.length;
       const seq = ++this.seq;
-      this.inflight.set(seq, batch);
+      this.inflight.set(seq, { events: batch });
       this.stats.eventsSent += batch.length;
       conn.write({ events: { seq, events: batch } });
     }

@@ -1,84 +1,54 @@
 /**
- * Runs an action's argv directly (no shell) in its own process group, streams stdout and
- * stderr in chunks, and kills the whole group on timeout or cancel.
+ * The agent's action runner, as the composition root uses it: startAction opens the request's
+ * sealed values with the agent key, then runs it with the runner it names (command, script,
+ * http: see ./runners/) with every secret masked out of the output. Everything a run can go
+ * wrong with is reported through the sink's `done` (status 'error' with a message naming the
+ * field), never thrown.
  */
-import { spawn } from 'node:child_process';
-import { constants as osConstants } from 'node:os';
-import type { ActionRequest__Output } from '../common/proto-gen/trellis/v1/ActionRequest.js';
+import type { KeyObject } from 'node:crypto';
+import { sealAad } from '../certs/seal.js';
+import { errorMessage, TrellisError } from '../common/errors.js';
+import type { Logger } from '../common/log.js';
+import { hasSealedValues, openActionSecrets, runMasked, type ActionSecrets } from './secrets.js';
+import type { RunningAction, RunRequest, RunSink } from './runners/index.js';
 
-export type RunStatus = 'succeeded' | 'failed' | 'timeout' | 'canceled' | 'error';
-export interface RunResult { status: RunStatus; exitCode: number; error: string; startedMs: number; finishedMs: number }
-export interface RunSink {
-  output(stream: 'STDOUT' | 'STDERR', data: Buffer): void;
-  done(r: RunResult): void;
+export * from './runners/index.js';
+
+export interface StartOptions {
+  /** The agent's private key: sealed values are opened with it. */
+  key: () => KeyObject;
+  /** The agent id the hub named in its welcome: part of the sealing binding (AAD). */
+  agentId: string | undefined;
+  log?: Logger;
 }
 
-/** Environment variables passed through from the agent; everything else comes from the request. */
-const PASS_ENV = ['PATH', 'HOME', 'LANG', 'LC_ALL', 'TZ', 'USER', 'LOGNAME', 'SHELL', 'TMPDIR'];
-export const MAX_OUTPUT_BYTES = 8 * 1024 * 1024;
-const KILL_GRACE_MS = 2_000;
+/** Reports an action that could not start, asynchronously like every other `done`. */
+function refused(sink: RunSink, error: string): RunningAction {
+  const now = Date.now();
+  setImmediate(() => sink.done({ status: 'error', exitCode: -1, error, startedMs: now, finishedMs: Date.now() }));
+  return { cancel() {} };
+}
 
-export interface RunningAction { cancel(): void }
-
-export function runAction(req: ActionRequest__Output, sink: RunSink): RunningAction {
-  const startedMs = Date.now();
-  const env: Record<string, string> = {};
-  for (const k of PASS_ENV) if (process.env[k] !== undefined) env[k] = process.env[k]!;
-  Object.assign(env, req.env);
-  let finished = false;
-  let reason: 'timeout' | 'canceled' | undefined;
-  let killTimer: NodeJS.Timeout | undefined;
-  const finish = (r: Omit<RunResult, 'startedMs' | 'finishedMs'>) => {
-    if (finished) return;
-    finished = true;
-    clearTimeout(timer);
-    clearTimeout(killTimer);
-    sink.done({ ...r, startedMs, finishedMs: Date.now() });
-  };
-
-  const child = spawn(req.argv[0]!, req.argv.slice(1), {
-    cwd: req.cwd || undefined, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'], shell: false,
-  });
-  const killGroup = (signal: NodeJS.Signals) => {
-    if (child.pid === undefined) return;
-    try { process.kill(-child.pid, signal); } catch { /* already gone */ }
-  };
-  const stop = (why: 'timeout' | 'canceled') => {
-    if (finished || reason) return;
-    reason = why;
-    killGroup('SIGTERM');
-    killTimer = setTimeout(() => killGroup('SIGKILL'), KILL_GRACE_MS);
-  };
-  const timer = setTimeout(() => stop('timeout'), req.timeoutMs > 0 ? req.timeoutMs : 30_000);
-
-  let sent = 0;
-  let truncated = false;
-  const pipe = (stream: 'STDOUT' | 'STDERR') => (chunk: Buffer) => {
-    if (sent >= MAX_OUTPUT_BYTES) {
-      if (!truncated) { truncated = true; sink.output('STDERR', Buffer.from(`\n[trellis: output truncated at ${MAX_OUTPUT_BYTES} bytes]\n`)); }
-      return;
+/**
+ * Starts one action request from the hub. Sealed values are bound to
+ * `agent:<agentId>|exec:<executionId>`; one that does not open (another agent's, another
+ * execution's, tampered) ends the run with status 'error' before anything is spawned.
+ */
+export function startAction(req: RunRequest, sink: RunSink, opts: StartOptions): RunningAction {
+  if (req.sealedStdin && req.stdin && req.stdin.length > 0) return refused(sink, 'stdin: stdin and sealed_stdin are both set; send one of them');
+  let secrets: ActionSecrets = { env: {}, headers: {} };
+  try {
+    if (hasSealedValues(req)) {
+      if (!opts.agentId) throw new TrellisError('TRELLIS_E_SECRET_INVALID', 'the agent has no id yet (no welcome from the hub), so sealed values cannot be checked');
+      secrets = openActionSecrets(req, opts.key(), sealAad(opts.agentId, 'exec', req.executionId));
     }
-    const part = chunk.subarray(0, MAX_OUTPUT_BYTES - sent);
-    sent += part.length;
-    sink.output(stream, part);
-  };
-  child.stdout!.on('data', pipe('STDOUT'));
-  child.stderr!.on('data', pipe('STDERR'));
-  child.on('error', (err: NodeJS.ErrnoException) => {
-    const notFound = err.code === 'ENOENT';
-    finish({ status: 'error', exitCode: notFound ? 127 : 126, error: notFound ? `command not found: ${req.argv[0]}` : `cannot start ${req.argv[0]}: ${err.message}` });
-  });
-  child.on('close', (code, signal) => {
-    // The direct child is gone; make sure nothing it started outlives it after a stop.
-    if (reason) killGroup('SIGKILL');
-    const exitCode = code ?? 128 + signalNumber(signal);
-    if (reason === 'timeout') finish({ status: 'timeout', exitCode, error: `timed out after ${req.timeoutMs} ms; the process group was killed` });
-    else if (reason === 'canceled') finish({ status: 'canceled', exitCode, error: 'canceled' });
-    else finish({ status: exitCode === 0 ? 'succeeded' : 'failed', exitCode, error: signal ? `killed by ${signal}` : '' });
-  });
-  return { cancel: () => stop('canceled') };
-}
-
-function signalNumber(signal: NodeJS.Signals | null): number {
-  return signal ? (osConstants.signals[signal] ?? 0) : 0;
+  } catch (err) {
+    return refused(sink, `cannot open the secrets of this action: ${errorMessage(err)}`);
+  }
+  try {
+    return runMasked(req, secrets, sink, { log: opts.log });
+  } catch (err) {
+    secrets.stdin?.fill(0);
+    return refused(sink, errorMessage(err));
+  }
 }

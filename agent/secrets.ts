@@ -1,13 +1,13 @@
 /**
- * Agent-side secret handling: opening sealed env values just before an action runs, and
- * masking their values (and base64 forms) out of the action's output.
- * Secret values live in memory only for the duration of one action.
+ * Agent-side secret handling: opening the sealed parts of an action request (env values, stdin,
+ * HTTP header values) just before it runs, and masking those values (and their base64 forms)
+ * out of the action's output. Secret values live in memory only for the duration of one action.
  */
 import type crypto from 'node:crypto';
 import { openSealed } from '../certs/seal.js';
 import { TrellisError } from '../common/errors.js';
-import type { ActionRequest__Output } from '../common/proto-gen/trellis/v1/ActionRequest.js';
-import { runAction, type RunningAction, type RunSink } from './runner.js';
+import type { Logger } from '../common/log.js';
+import { runAction, type RunningAction, type RunRequest, type RunSink } from './runners/index.js';
 
 export const MASK = '****';
 const MASK_BYTES = Buffer.from(MASK);
@@ -149,25 +149,95 @@ export function openSecretsForAction(sealed: Record<string, string>, key: crypto
   return out;
 }
 
+/** The opened secrets of one action, in memory only. */
+export interface ActionSecrets {
+  /** Environment variables (opened sealed_env). */
+  env: Record<string, string>;
+  /** The process's stdin (opened sealed_stdin); zeroed when the run is done. */
+  stdin?: Buffer;
+  /** HTTP header values (opened http.sealed_headers). */
+  headers: Record<string, string>;
+  /** More values to mask and keep out of argv (e.g. a secret spliced into a larger value). */
+  mask?: string[];
+}
+
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$/;
+
+/** True when the request carries anything sealed (opening it needs the agent's key and id). */
+export function hasSealedValues(req: RunRequest): boolean {
+  return Object.keys(req.sealedEnv ?? {}).length > 0 || !!req.sealedStdin || Object.keys(req.http?.sealedHeaders ?? {}).length > 0;
+}
+
 /**
- * runAction with secrets: they reach the child through its environment only (an argv that
- * contains a secret value is refused), and stdout/stderr are masked before they reach the sink.
- * Secrets override env entries of the same name. The maskers are cleared when the run is done.
+ * Opens every sealed part of a request (sealed_env, sealed_stdin, http.sealed_headers) with the
+ * agent's key, all bound to the same aad (`agent:<id>|exec:<executionId>`). All or nothing:
+ * throws naming the part that does not open (TRELLIS_E_INVALID_ARGUMENT for env, as
+ * openSecretsForAction; TRELLIS_E_SECRET_INVALID for stdin and headers).
  */
-export function runWithSecrets(req: ActionRequest__Output, secrets: Record<string, string>, sink: RunSink): RunningAction {
-  const values = Object.values(secrets).filter((v) => v.length > 0);
-  for (const name of Object.keys(secrets)) {
+export function openActionSecrets(req: RunRequest, key: crypto.KeyObject, aad: string): ActionSecrets {
+  const env = openSecretsForAction(req.sealedEnv ?? {}, key, aad);
+  const headers: Record<string, string> = {};
+  let stdin: Buffer | undefined;
+  try {
+    for (const [name, value] of Object.entries(req.http?.sealedHeaders ?? {})) {
+      if (!HEADER_NAME.test(name)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `secret header name '${name.slice(0, 64)}' is not a valid HTTP header name`);
+      try {
+        const plain = openSealed(value, key, aad);
+        headers[name] = plain.toString('utf8');
+        plain.fill(0);
+      } catch (err) {
+        throw new TrellisError('TRELLIS_E_SECRET_INVALID', `secret header ${name}: ${(err as Error).message}`, { cause: err });
+      }
+    }
+    if (req.sealedStdin) {
+      try {
+        stdin = openSealed(req.sealedStdin, key, aad);
+      } catch (err) {
+        throw new TrellisError('TRELLIS_E_SECRET_INVALID', `sealed stdin: ${(err as Error).message}`, { cause: err });
+      }
+    }
+  } catch (err) {
+    for (const k of Object.keys(env)) delete env[k];
+    throw err;
+  }
+  return { env, headers, stdin };
+}
+
+/**
+ * The values masked for a run: env and header values, and stdin without its final line breaks
+ * (masking "pw\n" itself would also eat the newline after every echoed "pw").
+ */
+function maskValues(s: ActionSecrets): string[] {
+  const values = [...Object.values(s.env), ...Object.values(s.headers), ...(s.mask ?? [])];
+  if (s.stdin && s.stdin.length > 0) values.push(s.stdin.toString('utf8').replace(/[\r\n]+$/, ''));
+  return [...new Set(values.filter((v) => v.length > 0))];
+}
+
+/**
+ * runAction with secrets: env secrets reach the child through its environment, the stdin secret
+ * through its stdin, header secrets only the HTTP request. A request whose argv or URL contains a
+ * secret value is refused (thrown, TRELLIS_E_INVALID_ARGUMENT); stdout/stderr and the error
+ * message are masked before they reach the sink. The maskers are cleared and the stdin buffer
+ * zeroed when the run is done.
+ */
+export function runMasked(req: RunRequest, secrets: ActionSecrets, sink: RunSink, opts: { log?: Logger } = {}): RunningAction {
+  for (const name of Object.keys(secrets.env)) {
     if (!ENV_NAME.test(name)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `secret env name '${name.slice(0, 64)}' is not a valid variable name`);
   }
+  const values = maskValues(secrets);
   if (req.argv.some((a) => values.some((v) => a.includes(v)))) {
-    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'a secret value appears in the action argv; secrets are passed by environment only');
+    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'a secret value appears in the action argv; secrets reach a process by environment only (or by stdin or an HTTP header)');
+  }
+  if (req.http?.url && values.some((v) => req.http!.url.includes(v))) {
+    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'a secret value appears in the http url; pass it in a sealed header instead');
   }
   const maskers = { STDOUT: new SecretMasker(values), STDERR: new SecretMasker(values) };
-  return runAction({ ...req, env: { ...req.env, ...secrets } }, {
+  return runAction(req, {
     output(stream, data) {
       const m = maskers[stream].mask(data);
       if (m.length > 0) sink.output(stream, m);
     },
+    started: (pid) => sink.started?.(pid),
     done(r) {
       for (const stream of ['STDOUT', 'STDERR'] as const) {
         const m = maskers[stream].flush();
@@ -176,7 +246,13 @@ export function runWithSecrets(req: ActionRequest__Output, secrets: Record<strin
       const error = maskers.STDERR.maskString(r.error);
       maskers.STDOUT.clear();
       maskers.STDERR.clear();
+      secrets.stdin?.fill(0);
       sink.done({ ...r, error });
     },
-  });
+  }, { env: secrets.env, headers: secrets.headers, stdin: secrets.stdin, log: opts.log });
+}
+
+/** runMasked with env secrets only (the form the first release had). */
+export function runWithSecrets(req: RunRequest, secrets: Record<string, string>, sink: RunSink): RunningAction {
+  return runMasked(req, { env: secrets, headers: {} }, sink);
 }

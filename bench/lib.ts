@@ -54,6 +54,7 @@ export interface ChildHub {
   pid: number;
   agentPort: number;
   adminPort: number;
+  webPort: number;
   /** Resolves when the process has exited. */
   exited: Promise<number | null>;
   /** SIGTERM, then SIGKILL after graceMs. */
@@ -100,7 +101,7 @@ export async function startChildHub(root: string, dataDir: string, extraNodeArgs
       exited.then(() => 'exited' as const),
       sleep(20_000).then(() => 'timeout' as const),
     ]);
-    if (outcome === 'up') return { proc, pid: proc.pid!, agentPort, adminPort, exited, stop };
+    if (outcome === 'up') return { proc, pid: proc.pid!, agentPort, adminPort, webPort, exited, stop };
     await stop(1000);
     lastErr = new Error(`child hub ${outcome === 'exited' ? `exited (code ${proc.exitCode})` : 'did not start within 20 s'}: ${errText.trim().slice(-500)}`);
     if (!/cannot listen|EADDRINUSE/.test(errText)) break;

@@ -7,6 +7,10 @@ import { addAdminCommands } from './commands/admin.js';
 import { addIamCommands } from './commands/iam.js';
 import { addAuditCommands } from './commands/audit.js';
 import { addKvCommands } from './commands/kv.js';
+import { addExecutionCommands } from './commands/executions.js';
+import { addWebhookCommands } from './commands/webhooks.js';
+import { addEventCommands } from './commands/events.js';
+import { addPackCommands } from './commands/packs.js';
 
 export function buildProgram(): Command {
   const program = new Command('trellis')
@@ -25,6 +29,10 @@ export function buildProgram(): Command {
   addIamCommands(program);
   addAuditCommands(program);
   addKvCommands(program);
+  addExecutionCommands(program);
+  addWebhookCommands(program);
+  addEventCommands(program);
+  addPackCommands(program);
   program.addHelpText('after', `
 Start here:
   trellis hub init --data /var/lib/trellis-hub --name hub.example.com,10.0.0.5

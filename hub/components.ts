@@ -7,9 +7,13 @@ import type { Iam } from './iam/index.js';
 import type { AuditLog } from './audit/index.js';
 import type { JoinTokens } from './tokens/index.js';
 import type { AgentRegistry } from './agents/index.js';
-import type { Runs } from './runs/index.js';
+import type { Executions } from './executions/index.js';
 import type { EventIntake } from './events/index.js';
 import type { KvStore } from './kv/index.js';
+import type { Webhooks } from './webhooks/index.js';
+import type { Packs } from './packs/index.js';
+import type { RulesEngine } from './rules/index.js';
+import type { AgentConfigs } from './agentconfig/index.js';
 
 /** Everything the gRPC layer may call, built once in hub/hub.ts. */
 export interface HubComponents {
@@ -23,10 +27,21 @@ export interface HubComponents {
   audit: AuditLog;
   tokens: JoinTokens;
   agents: AgentRegistry;
-  runs: Runs;
+  /** Every action run (pack actions, rules, ad-hoc commands) with its lifecycle and history (hub/executions). */
+  executions: Executions;
   events: EventIntake;
   /** The datastore and secrets (hub/kv) with the master key ring. */
   kv: KvStore;
+  /** Installed packs (hub/packs): actions, sensors and rules per tenant, cached in memory. */
+  packs: Packs;
+  /** The rules engine (hub/rules): hub rules matched on the event path, edge rules for agents. */
+  rules: RulesEngine;
+  /** Per-agent sensors, edge rules and sealed values, pushed on the agent stream (hub/agentconfig). */
+  agentConfigs: AgentConfigs;
   /** The bound agent port (known once listening). */
   agentPort: () => number;
+  /** Webhooks (hub/webhooks): secrets under the master key, signature checks, counters. */
+  webhooks: Webhooks;
+  /** The bound web port (known once listening; 0 before). */
+  webPort?: () => number;
 }

@@ -95,6 +95,35 @@ const AuthSchema = z.strictObject({
   }).prefault({}).transform((l) => ({ maxFailures: l.maxFailures, windowMs: l.window, durationMs: l.duration })),
 });
 
+/**
+ * Executions (hub/executions): how many run at once per agent, how long they wait, and how much
+ * history is kept (DATA/executions/, whole segments dropped by age and count).
+ * @example { "perAgentConcurrency": 4, "retention": { "maxAge": "14d", "maxCount": 50000 } }
+ */
+const ExecutionsSchema = z.strictObject({
+  /** Executions scheduled or running on one agent at once; more wait `requested` in a FIFO queue. @default 8 */
+  perAgentConcurrency: z.number().int().min(1).max(1024).default(8),
+  /** How long a `requested` execution waits for its agent to connect or for a free slot; then it ends with status error. @default "10m" */
+  maxWait: duration.default(10 * 60_000),
+  /** An execution sent to an agent that reports no result within the action's timeout plus this is `abandoned`. @default "30s" */
+  abandonGrace: duration.default(30_000),
+  /** An agent that disconnects with executions in flight has this long to come back and report them; then they are `abandoned`. @default "60s" */
+  reconnectGrace: duration.default(60_000),
+  /**
+   * Output kept in history per execution, in bytes (more is streamed live but not kept; the
+   * record says output_truncated). At most 3 MiB: `executions show` gets it in one message.
+   * @default 1048576
+   */
+  maxOutputBytes: z.number().int().min(0).max(3 * 1024 * 1024).default(1024 * 1024),
+  /** History retention: whole old segments are dropped past either limit. @default { "maxAge": "30d", "maxCount": 100000 } */
+  retention: z.strictObject({
+    /** Drop history segments last written longer ago than this. @default "30d" */
+    maxAge: duration.default(30 * 86_400_000),
+    /** Keep about this many executions (the oldest segments go first). @default 100000 */
+    maxCount: z.number().int().min(1).max(100_000_000).default(100_000),
+  }).prefault({}),
+});
+
 export const HubConfigSchema = z.strictObject({
   /** Every DNS name and IP address agents and admins use to reach the hub (subjectAltName). */
   names: z.array(z.string().min(1).max(253)).min(1),
@@ -124,6 +153,8 @@ export const HubConfigSchema = z.strictObject({
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   /** Login backends and lock-out. @default { "backends": [{ "type": "local" }], "lockout": { "maxFailures": 5, "window": "15m", "duration": "15m" } } */
   auth: AuthSchema.prefault({}),
+  /** Executions: per-agent concurrency, waits and history retention. @default { "perAgentConcurrency": 8, "maxWait": "10m", "abandonGrace": "30s", "reconnectGrace": "60s", "maxOutputBytes": 1048576, "retention": { "maxAge": "30d", "maxCount": 100000 } } */
+  executions: ExecutionsSchema.prefault({}),
 });
 
 export type HubConfigInput = z.input<typeof HubConfigSchema>;

@@ -12,12 +12,19 @@ import { buildBackends } from './auth/factory.js';
 import { Iam } from './iam/index.js';
 import { JoinTokens } from './tokens/index.js';
 import { AgentRegistry } from './agents/index.js';
-import { Runs } from './runs/index.js';
+import { Executions } from './executions/index.js';
+import { addExecutionServices } from './grpc/executions.js';
 import { EventIntake } from './events/index.js';
 import { addAdminServices } from './grpc/admin.js';
 import { addIamServices } from './grpc/iam.js';
 import { addAuditServices } from './grpc/audit.js';
 import { addKvServices } from './grpc/kv.js';
+import { addPackServices } from './grpc/packs.js';
+import { Packs } from './packs/index.js';
+import { RulesEngine } from './rules/index.js';
+import { AgentConfigs } from './agentconfig/index.js';
+import { addRuleServices } from './grpc/rules.js';
+import { EDGE_EXECUTION_TRIGGER, type EdgeExecutionPayload } from '../common/automation/types.js';
 import { KvStore } from './kv/index.js';
 import { Keyring } from './secrets/keyring.js';
 import { LiveCalls } from './grpc/wrap.js';
@@ -26,6 +33,10 @@ import { AuditLog } from './audit/index.js';
 import { addAgentServices } from './grpc/agent-channel.js';
 import { MemoryCertificateProvider, mtlsServerCredentials, tlsServerCredentials } from './grpc/credentials.js';
 import { WebServer } from './web/index.js';
+import { Webhooks } from './webhooks/index.js';
+import { webhookRoute } from './web/webhooks.js';
+import { EventStream } from './web/stream.js';
+import { addWebhookServices } from './grpc/webhooks.js';
 import { assertTableCovers } from './authz/index.js';
 import { allMethodPaths } from '../common/proto.js';
 import { SERVER_OPTIONS } from '../common/grpc-options.js';
@@ -76,13 +87,37 @@ export class Hub {
     const tokens = new JoinTokens(store, { caFingerprint: pki.caFingerprint, defaultTtlMs: config.joinTokenTtl });
     const agents = new AgentRegistry(store, { heartbeatTtlMs: config.heartbeatTtl });
     await agents.load();
-    const runs = new Runs(agents, log.child({ component: 'runs' }));
     const events = new EventIntake();
     let boundAgentPort = config.agentPort;
     const audit = await AuditLog.open({ dir: paths.audit, log: log.child({ component: 'audit' }) });
     const kvLog = log.child({ component: 'kv' });
     const kv = new KvStore(store, await Keyring.open(opts.dataDir), { onError: (err) => kvLog.error({ err }, 'datastore') });
-    const components: HubComponents = { config, log, store, pki, iam, auth, audit, tokens, agents, runs, events, kv, agentPort: () => boundAgentPort };
+    const webhooksLog = log.child({ component: 'webhooks' });
+    const webhooks = new Webhooks(store, kv.keyring, { onError: (err) => webhooksLog.error({ err }, 'webhook secrets') });
+    await webhooks.start();
+    kv.addKeyHolder(webhooks); // a master key rotation re-encrypts webhook secrets too
+    let boundWebPort = 0;
+    const packs = new Packs(store, { log: log.child({ component: 'packs' }) });
+    await packs.load();
+    const xc = config.executions;
+    const executions = await Executions.open({ agents, kv, catalog: packs }, {
+      dir: paths.executions, log: log.child({ component: 'executions' }), perAgentConcurrency: xc.perAgentConcurrency, maxWaitMs: xc.maxWait,
+      abandonGraceMs: xc.abandonGrace, reconnectGraceMs: xc.reconnectGrace, maxOutputBytes: xc.maxOutputBytes, maxAgeMs: xc.retention.maxAge, maxCount: xc.retention.maxCount,
+    });
+    const rules = new RulesEngine({ store, packs, executions, agents, log: log.child({ component: 'rules' }) });
+    await rules.load();
+    const agentConfigs = new AgentConfigs({ agents, packs, rules, kv, log: log.child({ component: 'agentconfig' }) });
+    // The event path: de-duplicated events → hub rules; edge-rule reports → execution history.
+    events.subscribe((batch) => rules.onEvents(batch));
+    events.subscribe((batch) => {
+      for (const e of batch) {
+        if (e.type !== EDGE_EXECUTION_TRIGGER || !e.agentId) continue;
+        try { executions.recordEdge(e.agentId, e.tenant, e.id, JSON.parse(e.payload.toString('utf8')) as EdgeExecutionPayload); } catch (err) {
+          log.warn({ component: 'executions', agentId: e.agentId, eventId: e.id, err: (err as Error).message }, 'bad edge execution report ignored');
+        }
+      }
+    });
+    const components: HubComponents = { config, log, store, pki, iam, auth, audit, tokens, agents, events, kv, packs, executions, rules, agentConfigs, agentPort: () => boundAgentPort, webhooks, webPort: () => boundWebPort };
 
     // One identity provider for both ports, one CA provider for client certificates.
     const identity = new MemoryCertificateProvider({ certChain: pki.hubIdentity.certChainPem, key: pki.hubIdentity.keyPem });
@@ -98,6 +133,10 @@ export class Hub {
     addIamServices(adminServer, components, adminDeps);
     addAuditServices(adminServer, components, adminDeps);
     addKvServices(adminServer, components, adminDeps);
+    addExecutionServices(adminServer, components, adminDeps);
+    addPackServices(adminServer, components, adminDeps);
+    addRuleServices(adminServer, components, adminDeps);
+    addWebhookServices(adminServer, components, adminDeps);
 
     const bindTo = (server: grpc.Server, port: number, creds: grpc.ServerCredentials, what: string) =>
       new Promise<number>((resolve, reject) => {
@@ -107,6 +146,8 @@ export class Hub {
           : resolve(bound)));
       });
     const web = new WebServer(pki, log.child({ component: 'web' }));
+    web.route(webhookRoute({ webhooks, auth, events, audit, log: webhooksLog }));
+    web.upgradeRoute(new EventStream({ auth, events, executions, live: adminDeps.live, audit, log: log.child({ component: 'stream' }) }));
     let agentPort: number, adminPort: number, webPort: number;
     try {
       agentPort = await bindTo(agentServer, config.agentPort, mtlsServerCredentials(identity, clientCa), 'agent');
@@ -116,10 +157,13 @@ export class Hub {
       webPort = await web.listen(config.bind, config.webPort).catch((err: Error) => {
         throw new TrellisError('TRELLIS_E_CONFIG', `cannot listen on ${config.bind}:${config.webPort} for the web port: ${err.message}`, { cause: err });
       });
+      boundWebPort = webPort;
     } catch (e) {
       agentServer.forceShutdown();
       adminServer.forceShutdown();
       await web.close();
+      await webhooks.close();
+      await executions.close();
       await kv.close();
       await audit.close();
       await store.close();
@@ -142,10 +186,11 @@ export class Hub {
     this.state = 'draining';
     clearInterval(this.sweepTimer);
     const c = this.components;
-    c.runs.close();
+    c.agentConfigs.close();
     await c.kv.close(); // a key rotation stops between batches and resumes at next start
     c.audit.endFollowers();
     await c.agents.closeAll().catch((err) => c.log.error({ err }, 'saving agent state failed'));
+    await c.executions.close(); // after the agents: results they sent until now are recorded; ends followers
     const graceful = (s: grpc.Server) => new Promise<void>((resolve) => s.tryShutdown(() => resolve()));
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
@@ -156,6 +201,7 @@ export class Hub {
     this.agentServer.forceShutdown();
     this.adminServer.forceShutdown();
     await this.web.close();
+    await c.webhooks.close();
     await c.audit.close();
     await c.store.close();
     this.state = 'closed';

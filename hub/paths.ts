@@ -12,6 +12,7 @@ export function hubPaths(dataDir: string) {
     store: join(dataDir, 'state.json'),
     adminProfile: join(dataDir, 'admin-profile.json'),
     audit: join(dataDir, 'audit'), // append-only audit segments (hub/audit), 0700
+    executions: join(dataDir, 'executions'), // execution history segments (hub/executions), 0700
   };
 }
 export type HubPaths = ReturnType<typeof hubPaths>;

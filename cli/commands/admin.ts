@@ -12,7 +12,23 @@ import { readProfile, writeProfile } from '../profile.js';
 import { ask, askHidden, isInteractive } from '../prompt.js';
 import { table, ago, when, labels, parseKeyValues } from '../format.js';
 import { collect } from './util.js';
+import { addRunActionOptions, runActionCommand, type RunActionOptions } from './executions.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
+
+/**
+ * `trellis run PACK.ACTION [name=value ...]` rather than a command: no `--` on the command line,
+ * a pack.action name first, and name=value pairs after it.
+ */
+function isActionCall(args: string[], cmd: Command): boolean {
+  const raw = (cmd.parent as unknown as { rawArgs?: string[] } | null)?.rawArgs ?? [];
+  if (raw.includes('--')) return false;
+  return /^[a-z0-9][a-z0-9_-]{0,62}\.[a-z0-9][a-z0-9_.-]{0,126}$/.test(args[0] ?? '') && args.slice(1).every((a) => /^[A-Za-z_][A-Za-z0-9_]{0,63}=/.test(a));
+}
+
+function runAction(args: string[], o: RunActionOptions & { env?: string[]; cwd?: string }): Promise<void> {
+  if ((o.env?.length ?? 0) > 0 || o.cwd) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--env and --cwd are for commands; an action takes its parameters as name=value');
+  return runActionCommand(args[0]!, args.slice(1), o);
+}
 
 async function withClients<R>(fn: (c: AdminClients) => Promise<R>): Promise<R> {
   const c = fromProfile(readProfile());
@@ -182,15 +198,15 @@ export function addAdminCommands(program: Command): void {
       print(`hub certificate replaced: serial ${r.hub!.serial}, valid until ${when(r.hub!.notAfterMs)}; new connections use it now`);
     }));
 
-  program.command('run')
-    .description('run a command on agents (argv, no shell); prints its output and exits with its exit code')
+  addRunActionOptions(program.command('run')
+    .description('run a pack action (`trellis run PACK.ACTION [name=value ...]`) or a command (argv, no shell, after --) on agents; prints the output live and exits with the remote exit code')
     .option('--agent <id>', 'target agent')
     .option('--selector <k=v...>', 'target every online agent with these labels', collect, [])
     .option('--timeout <duration>', 'kill the process group after this long', '30s')
     .option('--env <K=V...>', 'environment variable for the command; a value may hold {{ secret.NAME }} or {{ kv.NAME }} (sealed to the agent, masked in output)', collect, [])
     .option('--cwd <dir>', 'working directory on the agent')
-    .argument('<command...>', 'command and arguments (put them after --)')
-    .action((argv: string[], o) => withClients(async (c) => {
+    .argument('<args...>', 'PACK.ACTION [name=value ...] (values: JSON or text; may hold {{ secret.NAME }}), or a command and its arguments after --'))
+    .action((argv: string[], o, cmd: Command) => isActionCall(argv, cmd) ? runAction(argv, o) : withClients(async (c) => {
       const selector = parseKeyValues(o.selector, 'selector');
       if (!o.agent && Object.keys(selector).length === 0) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name a target: --agent ID or --selector k=v');
       const timeoutMs = parseDuration(o.timeout, '--timeout');

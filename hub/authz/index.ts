@@ -12,7 +12,10 @@ export type Requirement =
   | { kind: 'login' } // user name and password in the request
   | { kind: 'self' } // any authenticated caller, acting on its own session, keys or password
   | { kind: 'admin' } // platform administration: only holders of the `*` platform grant
-  | { kind: 'perm'; perm: Permission };
+  | { kind: 'perm'; perm: Permission }
+  // The permission held at any scope (platform, a pack or an action); the handler checks it again
+  // at the scope of the resource the call names (a pack-scoped grant must reach RunAction).
+  | { kind: 'perm-scoped'; perm: Permission };
 
 /** Every permission, with what it allows. The README's permission table lists the same. */
 export const PERMISSIONS = {
@@ -136,7 +139,7 @@ export const METHOD_TABLE: Readonly<Record<string, Requirement>> = Object.freeze
   [`/${S}.AdminRules/SetRuleEnabled`]: perm('rules:write'),
   [`/${S}.AdminRules/DeleteRule`]: perm('rules:write'),
   [`/${S}.AdminRules/TestRule`]: perm('rules:read'),
-  [`/${S}.AdminExecutions/RunAction`]: perm('actions:execute'), // checked again at the action's scope
+  [`/${S}.AdminExecutions/RunAction`]: { kind: 'perm-scoped', perm: 'actions:execute' }, // checked again at the action's scope
   [`/${S}.AdminExecutions/ListExecutions`]: perm('executions:read'),
   [`/${S}.AdminExecutions/GetExecution`]: perm('executions:read'),
   [`/${S}.AdminExecutions/FollowExecution`]: perm('executions:read'),
@@ -247,6 +250,13 @@ export class CompiledGrants {
     return scopes.some((s) => perms.some((p) => this.keys.has(`${p}\t${s}`)));
   }
 
+  /** Holds `perm` (or `*`) at some scope: platform, a pack or an action. */
+  allowsAnywhere(perm: Permission): boolean {
+    if (this.isAdmin) return true;
+    for (const k of this.keys) if (k.startsWith(`${perm}\t`) || k.startsWith('*\t')) return true;
+    return false;
+  }
+
   get size(): number { return this.keys.size; }
 }
 
@@ -274,6 +284,11 @@ export function authorize(principal: Principal, perm: Permission, resource?: { p
     const on = resource?.action ? ` on action ${resource.pack}.${resource.action}` : resource?.pack ? ` on pack ${resource.pack}` : '';
     throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `${principal.username} lacks the permission ${perm}${on}`);
   }
+}
+
+/** Passes when the principal holds `perm` at any scope; the resource's own scope is checked later. */
+export function authorizeAnyScope(principal: Principal, perm: Permission): void {
+  if (!principal.grants.allowsAnywhere(perm)) throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `${principal.username} lacks the permission ${perm}`);
 }
 
 export function authorizeAdmin(principal: Principal): void {

@@ -36,6 +36,7 @@ export class EventIntake {
   received = 0;
   duplicates = 0;
   rejected = 0;
+  listenerErrors = 0;
 
   /**
    * dedupWindow: event ids remembered per agent. It must cover what an agent can re-send after
@@ -59,5 +60,18 @@ export class EventIntake {
     }
     this.received += fresh.length;
     if (fresh.length > 0) for (const fn of this.listeners) fn(fresh);
+  }
+
+  /**
+   * Hub-originated events (webhooks), with fresh ids and `agentId: ''`: no de-duplication.
+   * Listeners get them exactly as they get agent events; one listener's failure never stops
+   * the others or reaches the publisher (it is counted in `listenerErrors`).
+   */
+  publish(events: HubEvent[]): void {
+    if (events.length === 0) return;
+    this.received += events.length;
+    for (const fn of this.listeners) {
+      try { fn(events); } catch { this.listenerErrors++; }
+    }
   }
 }

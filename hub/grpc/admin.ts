@@ -11,6 +11,8 @@ import type { HubComponents } from '../components.js';
 import type { AgentView } from '../agents/index.js';
 import type { JoinTokenDoc } from '../tokens/index.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
+import { holdsReference } from '../executions/index.js';
+import { FINAL_STATUSES } from '../../common/automation/types.js';
 import { checkString } from '../validate.js';
 
 const S = '/trellis.v1';
@@ -61,44 +63,11 @@ async function agentInTenant(c: HubComponents, ctx: CallContext, id: string) {
   return a;
 }
 
-const REF_RE = /\{\{\s*(secret|kv)\.([A-Za-z0-9._/-]{1,256})\s*\}\}/g;
-
-/**
- * Resolves `{{ secret.NAME }}` / `{{ kv.NAME }}` references in environment values from the
- * caller's tenant. Values that reference a secret go to `secretEnv` (sealed per agent, never
- * logged); plain datastore values are substituted in place. References in argv are refused:
- * secrets reach a process by environment only. Using a reference needs kv:read, not kv:decrypt:
- * the caller runs with the value without ever seeing it.
- */
-async function resolveSecretRefs(c: HubComponents, ctx: CallContext, argv: string[], env: Record<string, string>): Promise<{ env: Record<string, string>; secretEnv: Record<string, string> }> {
-  if (argv.some((a) => new RegExp(REF_RE.source).test(a))) {
-    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'datastore references go in --env only: secrets never travel in argv, where other users of the host can read them');
-  }
-  const plain: Record<string, string> = {};
-  const secretEnv: Record<string, string> = {};
-  for (const [name, value] of Object.entries(env)) {
-    const refs = [...value.matchAll(new RegExp(REF_RE.source, 'g'))];
-    if (refs.length === 0) { plain[name] = value; continue; }
-    authorize(ctx.principal!, 'kv:read');
-    const who = { username: ctx.principal!.username, isAdmin: ctx.principal!.grants.isAdmin };
-    let secret = false;
-    let out = value;
-    for (const m of refs) {
-      const { doc } = await c.kv.get(writeTenant(ctx), who, m[2]!);
-      if (m[1] === 'secret' && !doc.secret) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${m[2]} is not a secret: refer to it as {{ kv.${m[2]} }}`);
-      secret ||= doc.secret;
-      out = out.replace(m[0], await c.kv.open(doc));
-    }
-    (secret ? secretEnv : plain)[name] = out;
-  }
-  return { env: plain, secretEnv };
-}
-
 export function addAdminServices(server: grpc.Server, c: HubComponents, deps: WrapDeps): void {
 
   server.addService(v1.Version.service, {
     GetVersion: unary<T.GetVersionRequest__Output, T.VersionInfo>(deps, `${S}.Version/GetVersion`, async () => ({
-      version: TRELLIS_VERSION, api: API_VERSION, caFingerprint: c.pki.caFingerprint, canIssue: c.pki.canIssue,
+      version: TRELLIS_VERSION, api: API_VERSION, caFingerprint: c.pki.caFingerprint, canIssue: c.pki.canIssue, webPort: c.webPort?.() ?? 0,
     })),
   });
 
@@ -196,38 +165,56 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
 
   server.addService(v1.AdminRuns.service, {
     Run: serverStream<T.RunRequest__Output, T.RunUpdate>(deps, `${S}.AdminRuns/Run`, async (req, ctx, write) => {
-      let agentIds: string[];
+      let agents: { id: string; tenant: string }[];
       if (req.agentId) {
         const a = await agentInTenant(c, ctx, req.agentId);
         if (a.revoked) throw new TrellisError('TRELLIS_E_CERT_REVOKED', `agent ${a.id} is revoked`);
-        agentIds = [a.id];
+        if (!c.agents.link(a.id)) throw new TrellisError('TRELLIS_E_AGENT_OFFLINE', `agent ${a.id} is not connected`);
+        agents = [a];
       } else if (Object.keys(req.selector).length > 0) {
-        agentIds = (await c.agents.list({ selector: req.selector, tenant: readTenant(ctx) })).filter((a) => a.online).map((a) => a.id);
-        if (agentIds.length === 0) throw new TrellisError('TRELLIS_E_NOT_FOUND', 'no online agent matches the selector');
+        agents = (await c.agents.list({ selector: req.selector, tenant: readTenant(ctx) })).filter((a) => a.online);
+        if (agents.length === 0) throw new TrellisError('TRELLIS_E_NOT_FOUND', 'no online agent matches the selector');
       } else {
         throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name a target: --agent ID or --selector k=v');
       }
-      const { env, secretEnv } = await resolveSecretRefs(c, ctx, req.argv, req.env);
-      await new Promise<void>((resolve, reject) => {
-        let pending = agentIds.length;
-        let handle: { cancel: () => void } | undefined;
-        const onAbort = () => { handle?.cancel(); resolve(); };
-        try {
-          handle = c.runs.start({
-            agentIds, argv: req.argv, timeoutMs: req.timeoutMs || 30_000, env, secretEnv, cwd: req.cwd, requestedBy: ctx.principal!.username,
-          }, (e) => {
-            switch (e.kind) {
-              case 'started': write({ started: { executionId: e.executionId, agentId: e.agentId } }); break;
-              case 'output': write({ output: { executionId: e.executionId, agentId: e.agentId, stream: e.stream, data: e.data } }); break;
-              case 'finished':
-                write({ finished: { executionId: e.executionId, agentId: e.agentId, status: e.status, exitCode: e.exitCode, error: e.error, durationMs: e.durationMs } });
-                if (--pending === 0) { ctx.signal.removeEventListener('abort', onAbort); resolve(); }
-                break;
-            }
-          });
-        } catch (err) { reject(err); return; }
-        ctx.signal.addEventListener('abort', onAbort, { once: true });
-      });
+      // References resolve in the caller's tenant; using one needs kv:read, not kv:decrypt: the
+      // caller runs with the value without ever seeing it.
+      const refs = Object.values(req.env).some(holdsReference);
+      if (refs) authorize(ctx.principal!, 'kv:read');
+      const byTenant = new Map<string, string[]>();
+      for (const a of agents) {
+        const t = refs ? writeTenant(ctx) : (readTenant(ctx) ?? a.tenant);
+        byTenant.set(t, [...(byTenant.get(t) ?? []), a.id]);
+      }
+      const kvCaller = { username: ctx.principal!.username, isAdmin: ctx.principal!.grants.isAdmin };
+      const timeoutMs = req.timeoutMs || 30_000;
+      // Ad-hoc runs are executions of core.command (recorded in history). A client that goes
+      // away cancels them; the call still waits for their results to log them.
+      let ids: string[] = [];
+      const onAbort = () => { for (const id of ids) void c.executions.cancel('*', id).catch(() => undefined); };
+      ctx.signal.addEventListener('abort', onAbort, { once: true });
+      try {
+        await c.executions.watch(async () => {
+          const recs = [];
+          for (const [tenant, agentIds] of byTenant) {
+            recs.push(...await c.executions.runCommand({ tenant, agentIds, argv: req.argv, env: req.env, cwd: req.cwd, timeoutMs, requestedBy: ctx.principal!.username, kvCaller }));
+          }
+          ids = recs.map((r) => r.id);
+          if (ctx.signal.aborted) onAbort();
+          return recs;
+        }, (u) => {
+          if (u.kind === 'output') { write({ output: { executionId: u.executionId, agentId: u.agentId, stream: u.stream, data: u.data } }); return; }
+          const r = u.record;
+          if (r.status === 'requested') write({ started: { executionId: r.id, agentId: r.agentId } });
+          else if (FINAL_STATUSES.has(r.status)) {
+            const durationMs = r.finishedMs - (r.startedMs || r.requestedMs);
+            deps.log.info({ reqId: ctx.requestId, executionId: r.id, agentId: r.agentId, status: r.status, exitCode: r.exitCode, durationMs }, 'run finished');
+            write({ finished: { executionId: r.id, agentId: r.agentId, status: r.status, exitCode: r.exitCode, error: r.error, durationMs } });
+          }
+        }, { follow: true });
+      } finally {
+        ctx.signal.removeEventListener('abort', onAbort);
+      }
     }),
   });
 }

@@ -98,7 +98,13 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
     const cleanup = () => {
       clearTimeout(expiryTimer);
       clearTimeout(helloTimer);
-      if (link) { c.agents.detach(link); log.info({ agentId: link.agentId, serial: link.serial }, 'agent disconnected'); link = undefined; }
+      if (link) {
+        c.agents.detach(link);
+        log.info({ agentId: link.agentId, serial: link.serial }, 'agent disconnected');
+        c.executions.onAgentDetached(link.agentId);
+        c.agentConfigs.onDetach(link.agentId);
+        link = undefined;
+      }
     };
     let id: PeerIdentity;
     try { id = identifyPeer(c, call); } catch (e) { fail(e); return; }
@@ -132,6 +138,8 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
             if (hello.facts) await c.agents.updateHello(id.agentId, hello.facts);
             log.info({ agentId: id.agentId, tenant: id.tenant, serial: id.serial, peer: call.getPeer() }, 'agent connected');
             call.write({ welcome: { agentId: id.agentId, tenant: id.tenant, heartbeatIntervalMs: c.config.heartbeatInterval, caBundle: c.pki.trustBundle, serverTimeMs: Date.now() } });
+            c.executions.onAgentAttached(id.agentId); // waiting executions go out after the welcome
+            c.agentConfigs.onAttach(id.agentId); // sensors, edge rules and their sealed values
           }).catch(fail);
           return;
         }
@@ -146,11 +154,17 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
             call.write({ eventAck: { seq: batch.seq } });
             break;
           }
+          case 'started':
+            c.executions.onStarted(link.agentId, msg.started!);
+            break;
           case 'output':
-            c.runs.onOutput(link.agentId, msg.output!);
+            c.executions.onOutput(link.agentId, msg.output!);
             break;
           case 'result':
-            c.runs.onResult(link.agentId, msg.result!);
+            c.executions.onResult(link.agentId, msg.result!);
+            break;
+          case 'configAck':
+            c.agentConfigs.onAck(link.agentId, msg.configAck!);
             break;
           case 'hello':
             break;

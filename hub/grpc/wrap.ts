@@ -7,7 +7,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
-import { requirementFor, authorize, authorizeAdmin, resolveTenant, isMutation, type Principal } from '../authz/index.js';
+import { requirementFor, authorize, authorizeAnyScope, authorizeAdmin, resolveTenant, isMutation, type Principal } from '../authz/index.js';
 import type { Auth, Revocation } from '../auth/index.js';
 import { toStatus } from '../../common/grpc-errors.js';
 import { TrellisError, isTrellisError, type ErrorCode } from '../../common/errors.js';
@@ -66,6 +66,12 @@ async function authenticateCall(deps: WrapDeps, path: string, md: grpc.Metadata,
       ctx.tenant = askedTenant; // recorded even if the call is refused below
       ctx.principal = await deps.auth.authenticate(credentialOf(md));
       authorize(ctx.principal, req.perm);
+      ctx.tenant = resolveTenant(ctx.principal, askedTenant);
+      return;
+    case 'perm-scoped':
+      ctx.tenant = askedTenant; // recorded even if the call is refused below
+      ctx.principal = await deps.auth.authenticate(credentialOf(md));
+      authorizeAnyScope(ctx.principal, req.perm);
       ctx.tenant = resolveTenant(ctx.principal, askedTenant);
       return;
   }

@@ -41,6 +41,11 @@ export interface KvDoc {
 }
 
 /** Who is calling: their name, and whether they are an administrator (sees private keys). */
+/** Something else encrypted under the master key ring (see KvStore.addKeyHolder). */
+export interface KeyHolder { rekey(): Promise<void>; versionsInUse(): Promise<Set<number>> }
+
+export interface KvChange { tenant: string; scope: KvScope; owner: string; key: string; deleted: boolean }
+
 export interface KvCaller { username: string; isAdmin: boolean }
 
 export interface KvSetInput { key: string; value: string; secret?: boolean; ttlMs?: number; scope?: KvScope; private?: boolean }
@@ -79,10 +84,30 @@ export class KvStore {
   private lastProgress?: RotateProgress;
   private sweepTimer?: NodeJS.Timeout;
   private closed = false;
+  private readonly changeListeners = new Set<(c: KvChange) => void>();
+  private readonly keyHolders: KeyHolder[] = [];
 
   constructor(private readonly store: Store, readonly keyring: Keyring, private readonly opts: { now?: () => number; onError?: (err: unknown) => void } = {}) {}
 
   private now(): number { return this.opts.now?.() ?? Date.now(); }
+
+  /**
+   * Other data encrypted under the master key (webhook secrets, ...): a rotation asks each holder
+   * to re-encrypt, and never drops a key version a holder still uses.
+   */
+  addKeyHolder(h: KeyHolder): void { this.keyHolders.push(h); }
+
+  /** Called after a value is set or deleted (not on re-encryption: the value is the same). */
+  onChange(fn: (c: KvChange) => void): () => void {
+    this.changeListeners.add(fn);
+    return () => this.changeListeners.delete(fn);
+  }
+
+  private changed(d: Pick<KvDoc, 'tenant' | 'scope' | 'owner' | 'key'>, deleted: boolean): void {
+    for (const fn of this.changeListeners) {
+      try { fn({ tenant: d.tenant, scope: d.scope, owner: d.owner, key: d.key, deleted }); } catch (err) { this.opts.onError?.(err); }
+    }
+  }
 
   /** Periodic sweep of expired values. */
   startSweeper(everyMs = 60_000): void {
@@ -125,6 +150,7 @@ export class KvStore {
         createdAt: existing?.createdAt ?? now, updatedAt: now,
       };
     });
+    this.changed(res!, false);
     return res!;
   }
 
@@ -167,6 +193,7 @@ export class KvStore {
   async delete(tenant: string, who: KvCaller, key: string, scope?: KvScope): Promise<void> {
     const d = await this.getDoc(tenant, who, key, scope);
     await this.store.delete('kv', d.id);
+    this.changed(d, true);
   }
 
   // ------------------------------------------------------------ rotation
@@ -249,6 +276,10 @@ export class KvStore {
         return stale(d) && live(d, this.now());
       });
       if (left.length > 0 && left.length < total) continue; // written meanwhile with an old key: once more
+      for (const h of this.keyHolders) {
+        await h.rekey();
+        for (const v of await h.versionsInUse()) if (v < target) inUse.add(v);
+      }
       for (const v of this.keyring.versions()) if (v < target && !inUse.has(v)) await this.keyring.dropVersion(v);
       this.emit({ total, done: total, keyVersion: target, finished: true });
       return;

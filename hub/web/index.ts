@@ -4,15 +4,24 @@
  */
 import * as https from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { HubPki } from '../pki/index.js';
 import type { Logger } from '../../common/log.js';
 import { TRELLIS_VERSION, API_VERSION } from '../../common/version.js';
 
 export type Route = (req: IncomingMessage, res: ServerResponse) => boolean | Promise<boolean>;
 
+/** A handler of HTTP upgrades (the WebSocket stream): `upgrade` returns false when the path is not its own. */
+export interface UpgradeRoute {
+  upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): boolean;
+  /** Ends its connections (upgraded sockets are not closed by the HTTP server). */
+  close(): Promise<void>;
+}
+
 export class WebServer {
   private readonly server: https.Server;
   private readonly routes: Route[] = [];
+  private readonly upgrades: UpgradeRoute[] = [];
   port = 0;
 
   constructor(private readonly pki: HubPki, private readonly log: Logger) {
@@ -21,6 +30,7 @@ export class WebServer {
     this.server.headersTimeout = 10_000;
     this.server.requestTimeout = 30_000;
     pki.onIdentityChange((next) => this.server.setSecureContext({ cert: next.certChainPem, key: next.keyPem }));
+    this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.handleUpgrade(req, socket, head));
     this.route((req, res) => {
       if (req.method !== 'GET' || (req.url !== '/healthz' && req.url !== '/version')) return false;
       const body = req.url === '/healthz' ? { status: 'ok' } : { version: TRELLIS_VERSION, api: API_VERSION, caFingerprint: this.pki.caFingerprint };
@@ -30,6 +40,19 @@ export class WebServer {
   }
 
   route(r: Route): void { this.routes.push(r); }
+
+  upgradeRoute(u: UpgradeRoute): void { this.upgrades.push(u); }
+
+  private handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    socket.on('error', () => socket.destroy());
+    try {
+      for (const u of this.upgrades) if (u.upgrade(req, socket, head)) return;
+      socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+    } catch (err) {
+      this.log.error({ err, url: req.url?.slice(0, 200) }, 'web upgrade failed');
+      socket.destroy();
+    }
+  }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     try {
@@ -52,7 +75,8 @@ export class WebServer {
     });
   }
 
-  close(): Promise<void> {
+  async close(): Promise<void> {
+    for (const u of this.upgrades) await u.close().catch((err: unknown) => this.log.warn({ err }, 'closing upgraded connections failed'));
     return new Promise((resolve) => { this.server.close(() => resolve()); this.server.closeAllConnections(); });
   }
 }

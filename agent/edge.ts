@@ -1,0 +1,168 @@
+/**
+ * Edge rules: rules with `target: local`, streamed by the hub in the agent's config and run
+ * here, on the agent, against its own sensor events, so a local remediation works while the hub
+ * is unreachable. The last config is kept in DATA/edge-config.json (0600) with its datastore
+ * values still sealed to this agent's key; a value is opened in memory just before the action
+ * that needs it runs, and never written in clear.
+ *
+ * Each run is reported upstream as a `trellis.execution` event through the durable outbox
+ * (at least once; the hub records it in the execution history and de-duplicates by event id).
+ */
+import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
+import type { KeyObject } from 'node:crypto';
+import { ulid } from 'ulid';
+import { openSealed, sealAad } from '../certs/index.js';
+import { compileRule, RateGate, renderAction, type CompiledRule, type RenderedAction, type Ref } from '../common/rules/index.js';
+import { atomicWriteFile } from '../common/fsutil.js';
+import { TrellisError } from '../common/errors.js';
+import { EDGE_EXECUTION_TRIGGER, type ActionDef, type EdgeExecutionPayload, type ExecutionStatus, type RuleDef, type TriggerEvent } from '../common/automation/types.js';
+import type { Logger } from '../common/log.js';
+import type * as T from '../common/proto-gen/trellis/v1/index.js';
+
+export const EDGE_CONFIG_FILE = 'edge-config.json';
+const OUTPUT_CAP = 64 * 1024;
+
+/** What the agent keeps on disk: the config as received (values sealed) and who it was sealed for. */
+interface StoredConfig {
+  agentId: string;
+  tenant: string;
+  version: string;
+  sensors: Array<{ name: string; kind: string; trigger: string; intervalMs: number; config: unknown }>;
+  rules: Array<{ name: string; trigger: string; def: RuleDef; action: ActionDef }>;
+  sealedSecrets: Record<string, string>;
+}
+
+interface EdgeRule { def: RuleDef; action: ActionDef; compiled: CompiledRule; gate: RateGate }
+
+/** Result of a local run, as the runner reports it (output already masked by the runner). */
+export interface LocalRunResult { status: ExecutionStatus; exitCode: number; error: string; startedMs: number; finishedMs: number; output: Buffer; outputTruncated: boolean }
+export type LocalRunner = (executionId: string, action: ActionDef, rendered: RenderedAction) => Promise<LocalRunResult>;
+
+export interface EdgeOptions {
+  dataDir: string;
+  log: Logger;
+  privateKey: () => KeyObject;
+  run: LocalRunner;
+  /** Sends events upstream through the outbox. */
+  publish: (events: T.Event[]) => void;
+  now?: () => number;
+}
+
+export class EdgeRules {
+  private config?: StoredConfig;
+  private byTrigger = new Map<string, EdgeRule[]>();
+  stats = { matched: 0, fired: 0, suppressed: 0, errors: 0 };
+
+  constructor(private readonly opts: EdgeOptions) {}
+
+  get path(): string { return join(this.opts.dataDir, EDGE_CONFIG_FILE); }
+  get version(): string { return this.config?.version ?? ''; }
+  get sensors(): StoredConfig['sensors'] { return this.config?.sensors ?? []; }
+  get ruleNames(): string[] { return (this.config?.rules ?? []).map((r) => r.name); }
+
+  /** Loads the last config saved (start-up, possibly with the hub down). A bad file is logged and ignored. */
+  load(): void {
+    let text: string;
+    try { text = readFileSync(this.path, 'utf8'); } catch { return; }
+    try {
+      this.install(JSON.parse(text) as StoredConfig);
+      this.opts.log.info({ version: this.version, rules: this.ruleNames.length }, 'edge config loaded from disk');
+    } catch (err) {
+      this.opts.log.error({ err: (err as Error).message, file: this.path }, 'edge config file unreadable; waiting for the hub to send a new one');
+    }
+  }
+
+  /** Applies (and saves) a config from the hub. Throws with a message for the ConfigAck. */
+  async apply(agentId: string, tenant: string, c: T.AgentConfig__Output): Promise<void> {
+    const stored: StoredConfig = {
+      agentId, tenant, version: c.version,
+      sensors: c.sensors.map((s) => ({ name: s.name, kind: s.kind, trigger: s.trigger, intervalMs: Number(s.intervalMs), config: parseJson(s.configJson, `sensor ${s.name}`) })),
+      rules: c.rules.map((r) => ({ name: r.name, trigger: r.trigger, def: parseJson(r.definitionJson, `rule ${r.name}`) as RuleDef, action: parseJson(r.actionJson, `rule ${r.name} action`) as ActionDef })),
+      sealedSecrets: { ...c.sealedSecrets },
+    };
+    this.install(stored);
+    await atomicWriteFile(this.path, JSON.stringify(stored), { mode: 0o600 });
+    this.opts.log.info({ version: c.version, rules: stored.rules.length, sensors: stored.sensors.length, values: Object.keys(stored.sealedSecrets).length }, 'edge config applied');
+  }
+
+  private install(c: StoredConfig): void {
+    const byTrigger = new Map<string, EdgeRule[]>();
+    const old = new Map<string, EdgeRule>();
+    for (const list of this.byTrigger.values()) for (const r of list) old.set(r.def.ref, r);
+    for (const r of c.rules) {
+      const prev = old.get(r.def.ref);
+      const gate = prev && JSON.stringify(prev.def) === JSON.stringify(r.def) ? prev.gate : new RateGate({ cooldownMs: r.def.cooldownMs, rateLimit: r.def.rateLimit }, () => this.now());
+      const rule: EdgeRule = { def: r.def, action: r.action, compiled: compileRule(r.def, () => this.now()), gate };
+      const list = byTrigger.get(r.def.trigger) ?? [];
+      list.push(rule);
+      byTrigger.set(r.def.trigger, list);
+    }
+    this.config = c;
+    this.byTrigger = byTrigger;
+  }
+
+  private now(): number { return this.opts.now?.() ?? Date.now(); }
+
+  /** Matches fresh local events; fired actions run in the background. */
+  onEvents(events: readonly TriggerEvent[]): void {
+    if (this.byTrigger.size === 0) return;
+    for (const ev of events) {
+      if (ev.type === EDGE_EXECUTION_TRIGGER) continue; // never feed our own reports back
+      const rules = this.byTrigger.get(ev.type);
+      if (!rules) continue;
+      for (const r of rules) {
+        let hit = false;
+        try { hit = r.compiled.match(ev); } catch { hit = false; }
+        if (!hit) continue;
+        this.stats.matched++;
+        if (!r.gate.tryFire()) { this.stats.suppressed++; continue; }
+        this.stats.fired++;
+        void this.fire(r, ev);
+      }
+    }
+  }
+
+  /** Opens one referenced value, in memory, for this run only. */
+  private open(ref: Ref): { value: string; secret: boolean } | undefined {
+    const c = this.config!;
+    const k = `${ref.kind}:${ref.key}`;
+    const sealed = c.sealedSecrets[k];
+    if (!sealed) throw new TrellisError('TRELLIS_E_SECRET_INVALID', `the hub sent no value for {{ ${ref.kind}.${ref.key} }} (missing in the datastore, or not readable)`);
+    const value = openSealed(sealed, this.opts.privateKey(), sealAad(c.agentId, 'secret', `${c.tenant}/${k}`)).toString('utf8');
+    return { value, secret: ref.kind === 'secret' };
+  }
+
+  private async fire(r: EdgeRule, ev: TriggerEvent): Promise<void> {
+    const executionId = ulid().toLowerCase();
+    const parameters = r.compiled.parameters(ev);
+    const base: Omit<EdgeExecutionPayload, 'status' | 'exitCode' | 'error' | 'startedMs' | 'finishedMs' | 'output' | 'outputTruncated'> = {
+      executionId, rule: r.def.ref, action: r.action.ref, triggerEventId: ev.id, parameters,
+    };
+    let result: LocalRunResult;
+    try {
+      const rendered = renderAction(r.action, parameters, { resolve: (ref) => this.open(ref) });
+      this.opts.log.info({ executionId, rule: r.def.ref, action: r.action.ref, eventId: ev.id }, 'edge rule fired');
+      result = await this.opts.run(executionId, r.action, rendered);
+    } catch (err) {
+      this.stats.errors++;
+      const now = this.now();
+      result = { status: 'error', exitCode: -1, error: (err as Error).message, startedMs: now, finishedMs: now, output: Buffer.alloc(0), outputTruncated: false };
+      this.opts.log.warn({ executionId, rule: r.def.ref, err: (err as Error).message }, 'edge rule could not run its action');
+    }
+    const output = result.output.subarray(0, OUTPUT_CAP);
+    const payload: EdgeExecutionPayload = {
+      ...base, status: result.status, exitCode: result.exitCode, error: result.error, startedMs: result.startedMs, finishedMs: result.finishedMs,
+      output: output.toString('utf8'), outputTruncated: result.outputTruncated || result.output.length > OUTPUT_CAP,
+    };
+    this.opts.publish([{ id: ulid(), type: EDGE_EXECUTION_TRIGGER, payloadJson: Buffer.from(JSON.stringify(payload)), timeMs: this.now() }]);
+  }
+}
+
+function parseJson(b: Buffer | Uint8Array, what: string): unknown {
+  try {
+    return JSON.parse(Buffer.from(b).toString('utf8'));
+  } catch {
+    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${what}: not valid JSON`);
+  }
+}

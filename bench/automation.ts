@@ -1,0 +1,252 @@
+/**
+ * Automation figures against the child hub (bench/bench.ts starts it):
+ *
+ *  raw_stream_events_per_s          events acknowledged by the hub from 10 agent streams, no rules
+ *  ingest_events_per_s              the same with 1,000 rules loaded (10 on the events' trigger
+ *                                   type with criteria that are evaluated and do not match)
+ *  event_to_action_p99_ms           an event published by an agent at 1,000 events/s → the
+ *                                   ActionRequest its rule causes arriving at that agent (p99)
+ *  webhook_req_per_s                HMAC-signed POST /webhooks/<name> over keep-alive HTTPS
+ *  secret_fanout_1000_agents_p99_ms a secret used by an edge rule changes → the new sealed config
+ *                                   reaches each of 1,000 connected agents (p99 over agents)
+ *
+ * Simulated agents are HubChannel instances in this process with real mTLS connections;
+ * their certificates are issued from the hub's CA directly (the hub registers an agent with a
+ * valid certificate on first connection), which keeps 1,000 enrollments out of the timing.
+ */
+import crypto from 'node:crypto';
+import https from 'node:https';
+import { pino } from 'pino';
+import { ulid } from 'ulid';
+import { HubPki } from '../hub/pki/index.js';
+import { hubPaths } from '../hub/paths.js';
+import { generateKey } from '../certs/index.js';
+import { call, type AdminClients } from '../cli/client.js';
+import { HubChannel } from '../agent/channel.js';
+import { agentFacts } from '../agent/agent.js';
+import type * as T from '../common/proto-gen/trellis/v1/index.js';
+import { note, percentile, pool, sleep } from './lib.js';
+
+export interface AutomationCtx {
+  admin: AdminClients;
+  hubDir: string;
+  agentAddr: string;
+  webAddr: string;
+  caPem: string;
+  trustDomain: string;
+  names: string[];
+  closers: Array<() => Promise<void>>;
+}
+
+const silent = () => pino({ level: 'silent' });
+
+const PACK_YAML = 'name: bench\nversion: 1.0.0\ndescription: benchmark pack\n';
+const NOOP_ACTION = 'name: noop\ndescription: does nothing\nrunner: command\ncommand: ["true", "{{ t }}"]\nparameters:\n  t: { type: string, default: "" }\n  secret: { type: string, default: "" }\nenv:\n  TOKEN: "{{ secret }}"\n';
+
+export async function installBenchPack(admin: AdminClients): Promise<void> {
+  const files: T.PackFile[] = [
+    { path: 'pack.yaml', content: Buffer.from(PACK_YAML), mode: 0o644 },
+    { path: 'actions/noop.yaml', content: Buffer.from(NOOP_ACTION), mode: 0o644 },
+  ];
+  await call<T.InstallPackRequest, T.PackInfo__Output>(admin, admin.packs, admin.packs.InstallPack, { files, force: true });
+}
+
+/** Simulated agents: certificates issued from the hub CA, one HubChannel each. */
+export function makeAgents(ctx: AutomationCtx, n: number, opts: { onAction?: (i: number, ch: HubChannel, a: T.ActionRequest__Output) => void; onConfig?: (i: number, c: T.AgentConfig__Output) => void; labels?: Record<string, string> } = {}): Array<{ id: string; ch: HubChannel }> {
+  const pki = HubPki.load(hubPaths(ctx.hubDir), ctx.names);
+  const out: Array<{ id: string; ch: HubChannel }> = [];
+  for (let i = 0; i < n; i++) {
+    const id = ulid().toLowerCase();
+    const key = generateKey('ec-p256');
+    const cert = pki.issueAgentCertificate({ publicKey: crypto.createPublicKey(key.privateKey), agentId: id, tenant: 'default', trustDomain: ctx.trustDomain, ttlMs: 86_400_000 });
+    const creds = { caPem: ctx.caPem, keyPem: key.privateKeyPem, certPem: cert.certPem };
+    const ch: HubChannel = new HubChannel({
+      target: ctx.agentAddr, credentials: () => creds, hello: () => ({ facts: agentFacts(), labels: opts.labels ?? {} }),
+      onAction: (a) => opts.onAction?.(i, ch, a), onCancel: () => undefined, onConfig: (c) => opts.onConfig?.(i, c), log: silent(), maxBackoffMs: 1000,
+    });
+    out.push({ id, ch });
+  }
+  return out;
+}
+
+function waitAllReady(chs: HubChannel[], ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  return new Promise((resolve, reject) => {
+    const tick = () => {
+      const ready = chs.filter((c) => c.state === 'ready').length;
+      if (ready === chs.length) return resolve();
+      if (Date.now() > deadline) return reject(new Error(`${ready}/${chs.length} agent streams ready after ${ms} ms`));
+      setTimeout(tick, 20);
+    };
+    tick();
+  });
+}
+
+const PAYLOAD = Buffer.from(JSON.stringify({ host: 'web-01.example.internal', percent: 42.5, load1: 0.7, load5: 0.6, load15: 0.5, cpus: 8, tags: ['prod', 'eu-west-1'], note: 'x'.repeat(120) }));
+
+/** Publishes `perAgent` events from every channel; resolves with the aggregate acknowledged rate. */
+async function pumpAll(chs: HubChannel[], perAgent: number, type: string): Promise<number> {
+  const acked0 = chs.map((c) => c.stats.eventsAcked);
+  const t0 = performance.now();
+  await Promise.all(chs.map((ch, idx) => new Promise<void>((resolve, reject) => {
+    let published = 0;
+    const prefix = `${idx}-${ulid()}`;
+    const timer = setTimeout(() => reject(new Error(`agent ${idx}: ${ch.stats.eventsAcked - acked0[idx]!}/${perAgent} acknowledged after 60 s`)), 60_000);
+    const pump = () => {
+      for (let k = 0; k < 2 && published < perAgent && ch.backlog < 16_000; k++) {
+        const n = Math.min(2000, perAgent - published);
+        const timeMs = Date.now();
+        const evs: T.Event[] = new Array(n);
+        for (let i = 0; i < n; i++) evs[i] = { id: `${prefix}-${published + i}`, type, payloadJson: PAYLOAD, timeMs };
+        ch.publish(evs);
+        published += n;
+      }
+      if (published < perAgent) setImmediate(pump);
+    };
+    const onAck = () => {
+      if (ch.stats.eventsAcked - acked0[idx]! >= perAgent) { clearTimeout(timer); ch.off('acked', onAck); resolve(); }
+    };
+    ch.on('acked', onAck);
+    pump();
+  })));
+  const ms = performance.now() - t0;
+  return (chs.length * perAgent * 1000) / ms;
+}
+
+export async function benchIngest(ctx: AutomationCtx): Promise<{ raw: number; withRules: number }> {
+  const agents = makeAgents(ctx, 10);
+  for (const a of agents) { a.ch.start(); ctx.closers.push(() => a.ch.close()); }
+  await waitAllReady(agents.map((a) => a.ch), 20_000);
+  const chs = agents.map((a) => a.ch);
+  const PER_AGENT = 60_000;
+  await pumpAll(chs, 5_000, 'bench.cpu'); // warm-up
+  const raw = await pumpAll(chs, PER_AGENT, 'bench.cpu');
+  note(`ingest: ${chs.length} agents × ${PER_AGENT} events, no rules: ${Math.round(raw)} events/s`);
+  // 1,000 rules: 10 on bench.cpu (criteria evaluated on every event, never matching), 990 on other types.
+  const t0 = performance.now();
+  await pool(1000, 8, async (i) => {
+    const onCpu = i < 10;
+    const def = {
+      name: `bench-rule-${i}`, trigger: onCpu ? 'bench.cpu' : `bench.other${i % 99}`,
+      criteria: { 'trigger.payload.percent': { type: 'gt', pattern: 101 + i }, 'trigger.payload.host': { type: 'startswith', pattern: 'web-' } },
+      action: { ref: 'bench.noop', parameters: { t: '{{ trigger.payload.host }}' } },
+      target: { agent: '{{ trigger.agent }}' },
+    };
+    await call<T.CreateRuleRequest, T.RuleInfo__Output>(ctx.admin, ctx.admin.rules, ctx.admin.rules.CreateRule, { definition: JSON.stringify(def), replace: true, source: 'bench' });
+  });
+  note(`ingest: 1,000 rules created in ${Math.round(performance.now() - t0)} ms`);
+  const withRules = await pumpAll(chs, PER_AGENT, 'bench.cpu');
+  note(`ingest: the same with 1,000 rules loaded: ${Math.round(withRules)} events/s (ratio ${(withRules / raw).toFixed(2)})`);
+  await Promise.all(chs.map((c) => c.close()));
+  return { raw, withRules };
+}
+
+export async function benchEventToAction(ctx: AutomationCtx): Promise<number> {
+  const lat: number[] = [];
+  const [agent] = makeAgents(ctx, 1, {
+    onAction: (_i, ch, a) => {
+      const t = Number(a.argv[1]);
+      if (Number.isFinite(t) && t > 0) lat.push(performance.timeOrigin + performance.now() - t);
+      const now = Date.now();
+      ch.send({ result: { executionId: a.executionId, status: 'succeeded', exitCode: 0, error: '', startedMs: now, finishedMs: now } });
+    },
+  });
+  agent!.ch.start();
+  ctx.closers.push(() => agent!.ch.close());
+  await waitAllReady([agent!.ch], 10_000);
+  await call<T.CreateRuleRequest, T.RuleInfo__Output>(ctx.admin, ctx.admin.rules, ctx.admin.rules.CreateRule, {
+    definition: JSON.stringify({ name: 'bench-latency', trigger: 'bench.ping', criteria: { 'trigger.payload.kind': { type: 'equals', pattern: 'ping' } }, action: { ref: 'bench.noop', parameters: { t: '{{ trigger.payload.t }}' } }, target: { agent: '{{ trigger.agent }}' } }),
+    replace: true, source: 'bench',
+  });
+  const RATE = 1000;
+  const SECONDS = 4;
+  const total = RATE * SECONDS;
+  const t0 = performance.now();
+  for (let i = 0; i < total; i++) {
+    const due = t0 + (i * 1000) / RATE;
+    const wait = due - performance.now();
+    if (wait > 1) await sleep(wait);
+    const t = performance.timeOrigin + performance.now();
+    agent!.ch.publish([{ id: `p-${i}-${ulid()}`, type: 'bench.ping', payloadJson: Buffer.from(`{"kind":"ping","t":"${t}"}`), timeMs: Date.now() }]);
+  }
+  const deadline = Date.now() + 10_000;
+  while (lat.length < total && Date.now() < deadline) await sleep(20);
+  if (lat.length < total * 0.99) throw new Error(`only ${lat.length}/${total} actions arrived`);
+  const warm = lat.slice(Math.floor(lat.length * 0.1)); // the first 10% warms the JIT
+  note(`event→action: ${lat.length}/${total} actions at ${RATE} events/s; median ${percentile(warm, 50).toFixed(2)} ms, p99 ${percentile(warm, 99).toFixed(2)} ms, max ${Math.max(...warm).toFixed(2)} ms`);
+  await agent!.ch.close();
+  return percentile(warm, 99);
+}
+
+export async function benchWebhook(ctx: AutomationCtx): Promise<number> {
+  const r = await call<T.CreateWebhookRequest, T.CreateWebhookResponse__Output>(ctx.admin, ctx.admin.webhooks, ctx.admin.webhooks.CreateWebhook, { name: 'bench', description: 'bench' });
+  const secret = r.secret;
+  const [host, portText] = [ctx.webAddr.slice(0, ctx.webAddr.lastIndexOf(':')), ctx.webAddr.slice(ctx.webAddr.lastIndexOf(':') + 1)];
+  const agent = new https.Agent({ keepAlive: true, maxSockets: 32, ca: ctx.caPem });
+  // Replays are refused, so every request carries a distinct body (a counter).
+  let n = 0;
+  let bad = 0;
+  const postUnique = () => new Promise<number>((resolve, reject) => {
+    const b = Buffer.from(JSON.stringify({ ref: 'refs/heads/main', repository: 'infra', pusher: 'alice', n: n++ }));
+    const t = Math.floor(Date.now() / 1000);
+    const sig = crypto.createHmac('sha256', secret).update(`${t}.`).update(b).digest('hex');
+    const req = https.request({
+      host, port: Number(portText), method: 'POST', path: '/webhooks/bench', agent, servername: 'localhost',
+      headers: { 'content-type': 'application/json', 'content-length': b.length, 'x-trellis-signature': `t=${t},v1=${sig}` },
+    }, (res) => { res.resume(); res.on('end', () => resolve(res.statusCode ?? 0)); });
+    req.on('error', reject);
+    req.end(b);
+  });
+  for (let i = 0; i < 200; i++) await postUnique(); // warm-up
+  const RUN_MS = 4000;
+  let done = 0;
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: 32 }, async () => {
+    while (performance.now() - t0 < RUN_MS) {
+      const status = await postUnique();
+      if (status === 202) done++; else bad++;
+    }
+  }));
+  const ms = performance.now() - t0;
+  agent.destroy();
+  if (bad > 0) note(`webhook: ${bad} requests not accepted`);
+  note(`webhook: ${done} accepted in ${Math.round(ms)} ms, 32 concurrent keep-alive connections`);
+  return (done * 1000) / ms;
+}
+
+export async function benchSecretFanout(ctx: AutomationCtx): Promise<number> {
+  const N = 1000;
+  const setSecret = (value: string) => call<T.KvSetRequest, T.KvEntry__Output>(ctx.admin, ctx.admin.kv, ctx.admin.kv.Set, { key: 'bench/fanout', value, secret: true, ttlMs: 0, scope: 'tenant', private: false });
+  await setSecret('v1-' + crypto.randomBytes(16).toString('hex'));
+  await call<T.CreateRuleRequest, T.RuleInfo__Output>(ctx.admin, ctx.admin.rules, ctx.admin.rules.CreateRule, {
+    definition: JSON.stringify({ name: 'bench-fanout', trigger: 'bench.never', action: { ref: 'bench.noop', parameters: { secret: '{{ secret.bench/fanout }}' } }, target: 'local', on: { selector: { fleet: 'fanout' } } }),
+    replace: true, source: 'bench',
+  });
+  let round = 0;
+  const got = new Array<number>(N).fill(0);
+  const versions = new Array<string>(N).fill('');
+  const agents = makeAgents(ctx, N, {
+    labels: { fleet: 'fanout' },
+    onConfig: (i, c) => { if (c.version !== versions[i]) { versions[i] = c.version; got[i] = round > 0 && Object.keys(c.sealedSecrets).length > 0 ? performance.now() : got[i]!; } },
+  });
+  const t0 = performance.now();
+  await pool(N, 50, async (i) => { agents[i]!.ch.start(); ctx.closers.push(() => agents[i]!.ch.close()); await waitAllReady([agents[i]!.ch], 30_000); });
+  note(`fanout: ${N} agent streams ready in ${Math.round(performance.now() - t0)} ms`);
+  // Every agent has its first config (with the sealed secret) before the change.
+  const deadline = Date.now() + 30_000;
+  while (versions.some((v) => !v) && Date.now() < deadline) await sleep(50);
+  if (versions.some((v) => !v)) throw new Error(`${versions.filter((v) => !v).length} agents never got a config`);
+  const before = [...versions];
+  await sleep(300);
+  round = 1;
+  const start = performance.now();
+  await setSecret('v2-' + crypto.randomBytes(16).toString('hex'));
+  const end = Date.now() + 20_000;
+  while (versions.some((v, i) => v === before[i]) && Date.now() < end) await sleep(5);
+  const late = versions.filter((v, i) => v === before[i]).length;
+  if (late > 0) throw new Error(`${late}/${N} agents did not get the changed secret within 20 s`);
+  const lat = got.map((t) => t - start);
+  note(`fanout: changed secret reached ${N} agents: median ${percentile(lat, 50).toFixed(1)} ms, p99 ${percentile(lat, 99).toFixed(1)} ms, max ${Math.max(...lat).toFixed(1)} ms`);
+  await pool(N, 100, async (i) => { await agents[i]!.ch.close(); });
+  return percentile(lat, 99);
+}

@@ -1,0 +1,126 @@
+/**
+ * Packs: `trellis packs install DIR|TARBALL [--force]`, `packs list`, `packs show NAME`,
+ * `packs remove NAME`. A pack is validated here before it is sent (the hub validates it again),
+ * so a mistake shows at once with its file, line and field.
+ */
+import type { Command } from 'commander';
+import { formatDuration } from '../../common/duration.js';
+import { TrellisError, isTrellisError } from '../../common/errors.js';
+import type { ActionDef, PackDef, RuleDef, SensorDef } from '../../common/automation/types.js';
+import { call, fromProfile, type AdminClients } from '../client.js';
+import { readProfile } from '../profile.js';
+import { table, when } from '../format.js';
+import type * as T from '../../common/proto-gen/trellis/v1/index.js';
+
+async function withClients<R>(fn: (c: AdminClients) => Promise<R>): Promise<R> {
+  const c = fromProfile(readProfile());
+  try { return await fn(c); } finally { c.close(); }
+}
+
+function print(s: string): void { process.stdout.write(s.endsWith('\n') ? s : s + '\n'); }
+
+const plural = (n: number, w: string) => `${n} ${w}${n === 1 ? '' : 's'}`;
+
+type Shown = PackDef & { files?: { path: string; size: number; mode: number }[] };
+
+function paramLines(a: ActionDef): string[] {
+  const rows = Object.entries(a.parameters).map(([n, p]) => [
+    n, p.type, p.required ? 'required' : 'optional', p.secret ? 'secret' : '',
+    p.default !== undefined ? `default ${JSON.stringify(p.default)}` : '',
+    p.enum ? `one of ${p.enum.map((v) => JSON.stringify(v)).join(', ')}` : '', p.description ?? '',
+  ].filter((c, i) => i < 3 || c !== ''));
+  return rows.map((r) => `      ${r.join('  ')}`);
+}
+
+function actionLine(a: ActionDef): string {
+  const what = a.runner === 'command' ? (a.shell ? `sh -c ${JSON.stringify(a.command?.[0] ?? '')}` : (a.command ?? []).join(' '))
+    : a.runner === 'script' ? [a.script?.path ?? '', ...(a.args ?? [])].join(' ')
+      : `${a.http?.method ?? ''} ${a.http?.url ?? ''}`;
+  return `  ${a.ref}  [${a.runner}, timeout ${formatDuration(a.timeoutMs)}${a.runAs ? `, as ${a.runAs}` : ''}]  ${a.description}\n    ${what}`;
+}
+
+const where = (on: SensorDef['on'] | undefined) => (on?.agent ? `agent ${on.agent}` : on?.selector ? `agents ${Object.entries(on.selector).map(([k, v]) => `${k}=${v}`).join(',')}` : 'every agent');
+
+function ruleLine(r: RuleDef): string {
+  const target = r.target.kind === 'local' ? `locally (${where(r.on)})` : r.target.kind === 'agent' ? `on agent ${r.target.agent}` : `on ${Object.entries(r.target.selector).map(([k, v]) => `${k}=${v}`).join(',')}`;
+  return `  ${r.ref}  ${r.enabled ? '' : '(disabled) '}${r.trigger}${r.criteria.length ? ` + ${plural(r.criteria.length, 'criterion')}` : ''} → ${r.action.ref} ${target}${r.description ? `  ${r.description}` : ''}`;
+}
+
+/** The human view of `packs show`. */
+export function formatPack(info: T.PackInfo__Output, def: Shown): string {
+  const out = [
+    `pack ${info.name} ${info.version} (tenant ${info.tenant}), installed ${when(info.installedMs)} by ${info.installedBy}`,
+  ];
+  if (info.description) out.push(`  ${info.description}`);
+  out.push('', `actions (${def.actions.length}):`);
+  for (const a of def.actions) {
+    out.push(actionLine(a));
+    const params = paramLines(a);
+    if (params.length) out.push('    parameters:', ...params);
+  }
+  out.push('', `sensors (${def.sensors.length}):`);
+  for (const s of def.sensors) out.push(`  ${s.ref}  [${s.kind}, every ${formatDuration(s.intervalMs)}, trigger ${s.trigger}, on ${where(s.on)}]  ${s.description}`);
+  out.push('', `rules (${def.rules.length}):`);
+  for (const r of def.rules) out.push(ruleLine(r));
+  if (def.files?.length) {
+    out.push('', `files (${def.files.length}):`);
+    for (const f of def.files) out.push(`  ${(f.mode & 0o777).toString(8).padStart(4, '0')}  ${String(f.size).padStart(8)}  ${f.path}`);
+  }
+  return out.join('\n');
+}
+
+export function addPackCommands(program: Command): void {
+  const packs = program.command('packs').description('packs: folders of actions, sensors and rules (pack.yaml, actions/, sensors/, rules/, scripts/)');
+
+  packs.command('install')
+    .description('validate a pack directory or tarball (.tar, .tar.gz, .tgz) here, then install it in the tenant')
+    .argument('<source>', 'a pack directory or a tarball')
+    .option('--force', 'replace an installed pack of the same name')
+    .action(async (source: string, o: { force?: boolean }) => {
+      // Loaded here: yaml and tar would slow the start of every other command.
+      const { loadPack, readPackSource } = await import('../../common/packs/index.js');
+      const files = await readPackSource(source);
+      const pack = loadPack(files); // the hub checks again; this shows mistakes before sending
+      const req: T.InstallPackRequest = { files: files.map((f) => ({ path: f.path, content: f.content, mode: f.mode })), force: !!o.force };
+      const info = await withClients((c) => call<T.InstallPackRequest, T.PackInfo__Output>(c, c.packs, c.packs.InstallPack, req, 120_000)).catch((e: unknown) => {
+        if (!isTrellisError(e, 'TRELLIS_E_TOO_LARGE') || !/larger than max/i.test((e as Error).message)) throw e;
+        const bytes = files.reduce((n, f) => n + f.content.length, 0);
+        throw new TrellisError('TRELLIS_E_TOO_LARGE', `the pack (${bytes} bytes of files) is over the hub's message limit (hub config maxMessageBytes, 4 MiB by default): make the pack smaller or raise the limit`, { cause: e });
+      });
+      print(`installed pack ${info.name} ${info.version} in tenant ${info.tenant}: ${plural(pack.actions.length, 'action')}, ${plural(pack.sensors.length, 'sensor')}, ${plural(pack.rules.length, 'rule')}`);
+    });
+
+  packs.command('list')
+    .description('list installed packs')
+    .option('--json', 'JSON')
+    .action(async (o: { json?: boolean }) => {
+      const r = await withClients((c) => call<T.ListPacksRequest, T.ListPacksResponse__Output>(c, c.packs, c.packs.ListPacks, {}));
+      if (o.json) return print(JSON.stringify(r.packs.map(({ definitionJson: _d, ...p }) => p), null, 2));
+      const tenants = new Set(r.packs.map((p) => p.tenant)).size > 1;
+      print(table(r.packs.map((p) => [
+        ...(tenants ? [p.tenant] : []), p.name, p.version, String(p.actions.length), String(p.sensors.length), String(p.rules.length), when(p.installedMs), p.installedBy, p.description,
+      ]), [...(tenants ? ['TENANT'] : []), 'NAME', 'VERSION', 'ACTIONS', 'SENSORS', 'RULES', 'INSTALLED', 'BY', 'DESCRIPTION']));
+    });
+
+  packs.command('show')
+    .description('show a pack: actions with their parameters, sensors, rules and files')
+    .argument('<name>')
+    .option('--json', 'the whole definition as JSON')
+    .action(async (name: string, o: { json?: boolean }) => {
+      const info = await withClients((c) => call<T.GetPackRequest, T.PackInfo__Output>(c, c.packs, c.packs.GetPack, { name }));
+      const def = JSON.parse(info.definitionJson.toString('utf8')) as Shown;
+      if (o.json) {
+        const { definitionJson: _d, ...rest } = info;
+        return print(JSON.stringify({ ...rest, definition: def }, null, 2));
+      }
+      print(formatPack(info, def));
+    });
+
+  packs.command('remove')
+    .description('remove an installed pack (its actions, sensors and rules go with it)')
+    .argument('<name>')
+    .action(async (name: string) => {
+      await withClients((c) => call<T.RemovePackRequest, T.RemovePackResponse__Output>(c, c.packs, c.packs.RemovePack, { name }));
+      print(`removed pack ${name}`);
+    });
+}

@@ -1,0 +1,132 @@
+/**
+ * `trellis rules create|list|show|enable|disable|delete|test`. A rule is a YAML (or JSON) file;
+ * pack rules come with their pack and can only be enabled or disabled here.
+ */
+import { readFileSync } from 'node:fs';
+import type { Command } from 'commander';
+import { TrellisError } from '../../common/errors.js';
+import { call, fromProfile, type AdminClients } from '../client.js';
+import { readProfile } from '../profile.js';
+import { readStdin } from '../prompt.js';
+import { table, when } from '../format.js';
+import type * as T from '../../common/proto-gen/trellis/v1/index.js';
+
+const MAX_FILE = 64 * 1024;
+
+async function withClients<R>(fn: (c: AdminClients) => Promise<R>): Promise<R> {
+  const c = fromProfile(readProfile());
+  try { return await fn(c); } finally { c.close(); }
+}
+
+function print(s: string): void { process.stdout.write(s.endsWith('\n') ? s : s + '\n'); }
+
+async function readInput(file: string, what: string): Promise<Buffer> {
+  if (file === '-') return Buffer.from(await readStdin(MAX_FILE));
+  let b: Buffer;
+  try { b = readFileSync(file); } catch (e) {
+    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `cannot read ${what} ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  if (b.length > MAX_FILE) throw new TrellisError('TRELLIS_E_TOO_LARGE', `${file} is ${b.length} bytes: at most ${MAX_FILE}`);
+  return b;
+}
+
+function showRule(r: T.RuleInfo__Output): string {
+  const def = JSON.parse(Buffer.from(r.definitionJson).toString('utf8') || '{}') as Record<string, unknown>;
+  return [
+    `name:        ${r.name}${r.pack ? `  (pack ${r.pack})` : ''}`,
+    `enabled:     ${r.enabled}`,
+    `trigger:     ${r.trigger}`,
+    `action:      ${r.action}`,
+    `target:      ${r.target}`,
+    `counters:    matched ${r.matched}, fired ${r.fired}, suppressed ${r.suppressed} (since the hub started)`,
+    `created:     ${r.createdMs ? when(r.createdMs) : '-'} by ${r.createdBy || '-'}`,
+    `definition:  ${JSON.stringify(def, null, 2).replace(/\n/g, '\n             ')}`,
+  ].join('\n');
+}
+
+export function addRuleCommands(program: Command): void {
+  const rules = program.command('rules').description('rules: a trigger type and criteria that run an action, on the hub or at the edge (target: local)');
+
+  rules.command('create')
+    .description('create a rule from a YAML or JSON file (`-` reads standard input)')
+    .argument('<file>', 'the rule file')
+    .option('--replace', 'replace a rule of the same name')
+    .addHelpText('after', `
+Example rule file:
+  name: restart-nginx
+  trigger: core.process
+  criteria:
+    trigger.payload.name: { type: equals, pattern: nginx }
+    trigger.payload.present: { type: equals, pattern: false }
+  action:
+    ref: web.restart
+    parameters: { service: "{{ trigger.payload.name }}" }
+  target: local            # or {agent: ID} / {selector: {role: web}}; default: the agent that sent the event
+  cooldown: 30s
+  rate_limit: { count: 10, per: 1m }`)
+    .action(async (file: string, o) => {
+      const text = (await readInput(file, 'rule file')).toString('utf8');
+      const r = await withClients((c) => call<T.CreateRuleRequest, T.RuleInfo__Output>(c, c.rules, c.rules.CreateRule, { definition: text, replace: !!o.replace, source: file === '-' ? 'stdin' : file }));
+      print(`rule ${r.name} saved (${r.enabled ? 'enabled' : 'disabled'}; ${r.trigger} → ${r.action} on ${r.target})`);
+    });
+
+  rules.command('list')
+    .description('list rules')
+    .option('--pack <pack>', 'only rules of this pack')
+    .option('--trigger <type>', 'only rules for this trigger type')
+    .option('--json', 'JSON')
+    .action(async (o) => {
+      const r = await withClients((c) => call<T.ListRulesRequest, T.ListRulesResponse__Output>(c, c.rules, c.rules.ListRules, { pack: o.pack ?? '', trigger: o.trigger ?? '' }));
+      if (o.json) return print(JSON.stringify(r.rules.map((x) => ({ ...x, definitionJson: undefined, definition: JSON.parse(Buffer.from(x.definitionJson).toString() || '{}') })), null, 2));
+      print(table(r.rules.map((x) => [x.name, x.enabled ? 'yes' : 'no', x.trigger, x.action, x.target, String(x.matched), String(x.fired), String(x.suppressed)]),
+        ['NAME', 'ENABLED', 'TRIGGER', 'ACTION', 'TARGET', 'MATCHED', 'FIRED', 'SUPPRESSED']));
+    });
+
+  rules.command('show')
+    .description('show a rule')
+    .argument('<name>', 'rule name, or pack.rule')
+    .option('--json', 'JSON')
+    .action(async (name: string, o) => {
+      const r = await withClients((c) => call<T.GetRuleRequest, T.RuleInfo__Output>(c, c.rules, c.rules.GetRule, { name }));
+      print(o.json ? JSON.stringify({ ...r, definitionJson: undefined, definition: JSON.parse(Buffer.from(r.definitionJson).toString() || '{}') }, null, 2) : showRule(r));
+    });
+
+  for (const [cmd, enabled] of [['enable', true], ['disable', false]] as const) {
+    rules.command(cmd)
+      .description(`${cmd} a rule (pack rules too)`)
+      .argument('<name>')
+      .action(async (name: string) => {
+        const r = await withClients((c) => call<T.SetRuleEnabledRequest, T.RuleInfo__Output>(c, c.rules, c.rules.SetRuleEnabled, { name, enabled }));
+        print(`rule ${r.name} ${r.enabled ? 'enabled' : 'disabled'}`);
+      });
+  }
+
+  rules.command('delete')
+    .description('delete a rule (pack rules go with their pack: disable them instead)')
+    .argument('<name>')
+    .action(async (name: string) => {
+      await withClients((c) => call<T.DeleteRuleRequest, T.DeleteRuleResponse__Output>(c, c.rules, c.rules.DeleteRule, { name }));
+      print(`deleted rule ${name}`);
+    });
+
+  rules.command('test')
+    .description('does RULE match EVENT.json, and what would run where? (changes nothing)')
+    .argument('<rule>', 'a rule name, or a rule file (YAML/JSON)')
+    .argument('<event>', 'event JSON file: {"type": ..., "payload": {...}, "agent": ...} or just the payload; `-` reads stdin')
+    .option('--json', 'JSON')
+    .action(async (rule: string, event: string, o) => {
+      let definition = '';
+      let name = rule;
+      if (/\.(ya?ml|json)$/i.test(rule)) { definition = (await readInput(rule, 'rule file')).toString('utf8'); name = ''; }
+      const eventJson = await readInput(event, 'event file');
+      const r = await withClients((c) => call<T.TestRuleRequest, T.TestRuleResponse__Output>(c, c.rules, c.rules.TestRule, { name, definition, eventJson }));
+      const params = JSON.parse(Buffer.from(r.parametersJson).toString('utf8') || '{}');
+      if (o.json) return print(JSON.stringify({ matched: r.matched, reasons: r.reasons, action: r.action, parameters: params, target: r.target, agents: r.agents }, null, 2));
+      print([
+        r.matched ? 'MATCH' : 'NO MATCH',
+        ...r.reasons.map((x) => `  ${x}`),
+        ...(r.matched ? [`would run: ${r.action} ${JSON.stringify(params)}`, `on: ${r.target}${r.agents.length ? ` → ${r.agents.join(', ')}` : r.target === 'local' ? ' (the agent that emitted the event)' : ' (no online agent now)'}`] : []),
+      ].join('\n'));
+      if (!r.matched) process.exitCode = 1;
+    });
+}

@@ -1,0 +1,80 @@
+/**
+ * Webhooks: `trellis webhooks create|list|delete`. The HMAC secret is printed once, at creation;
+ * the hub keeps it encrypted and cannot show it again (delete and create to get a new one).
+ */
+import type { Command } from 'commander';
+import { call, fromProfile, type AdminClients } from '../client.js';
+import { readProfile, type Profile } from '../profile.js';
+import { table, when } from '../format.js';
+import type * as T from '../../common/proto-gen/trellis/v1/index.js';
+
+function print(s: string): void { process.stdout.write(s.endsWith('\n') ? s : s + '\n'); }
+
+async function withClients<R>(fn: (c: AdminClients, p: Profile) => Promise<R>): Promise<R> {
+  const p = readProfile();
+  const c = fromProfile(p);
+  try { return await fn(c, p); } finally { c.close(); }
+}
+
+/** The host part of a profile's hub address (`host:port`, `[v6]:port`). */
+export function hubHost(hub: string): string {
+  const v6 = /^\[([^\]]+)\](?::\d+)?$/.exec(hub);
+  if (v6) return v6[1]!;
+  const i = hub.lastIndexOf(':');
+  return i > 0 && hub.indexOf(':') === i ? hub.slice(0, i) : hub;
+}
+
+/** `https://host:port` of the hub's web port, asked from the hub (undefined when it does not say). */
+export async function webBase(c: AdminClients, p: Profile, port?: number): Promise<string | undefined> {
+  const webPort = port ?? (await call<T.GetVersionRequest, T.VersionInfo__Output>(c, c.version, c.version.GetVersion, {}, 10_000)).webPort;
+  if (!webPort) return undefined;
+  const host = hubHost(p.hub);
+  return `https://${host.includes(':') ? `[${host}]` : host}:${webPort}`;
+}
+
+export function addWebhookCommands(program: Command): void {
+  const wh = program.command('webhooks').description('webhooks: HTTPS POST endpoints on the web port that make events (webhook.<name>)');
+
+  wh.command('create')
+    .description('create a webhook and print its HMAC secret (shown once: store it now)')
+    .argument('<name>', '1-63 characters of a-z 0-9 _ -')
+    .option('--description <text>', 'what calls it')
+    .option('--json', 'the response as JSON (with the secret)')
+    .action(async (name: string, o) => {
+      await withClients(async (c, p) => {
+        const r = await call<T.CreateWebhookRequest, T.CreateWebhookResponse__Output>(c, c.webhooks, c.webhooks.CreateWebhook, { name, description: o.description ?? '' });
+        const base = await webBase(c, p).catch(() => undefined);
+        const url = base ? base + r.path : r.path;
+        if (o.json) return print(JSON.stringify({ ...r, url }, null, 2));
+        print([
+          `created webhook ${r.info!.name} in tenant ${r.info!.tenant} (events of type ${r.info!.trigger})`,
+          `  url:     ${url}`,
+          `  secret:  ${r.secret}`,
+          '           shown once: store it now; the hub cannot show it again',
+          '  sign:    X-Trellis-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>',
+          '           (or send an API key with webhooks:post: x-api-key: tak1_...)',
+          `  example: body='{"ok":true}'; t=$(date +%s); sig=$(printf '%s' "$t.$body" | openssl dgst -sha256 -hmac "$SECRET" -r | cut -d' ' -f1)`,
+          `           curl --cacert ca.pem -H 'content-type: application/json' -H "X-Trellis-Signature: t=$t,v1=$sig" -d "$body" ${url}`,
+        ].join('\n'));
+      });
+    });
+
+  wh.command('list')
+    .description('list webhooks of the tenant (`--tenant \'*\'`: every tenant, administrators); RECEIVED counts calls since the hub started')
+    .option('--json', 'JSON')
+    .action(async (o) => {
+      const r = await withClients((c) => call<T.ListWebhooksRequest, T.ListWebhooksResponse__Output>(c, c.webhooks, c.webhooks.ListWebhooks, {}));
+      if (o.json) return print(JSON.stringify(r.webhooks, null, 2));
+      print(table(r.webhooks.map((w) => [
+        w.name, w.tenant, w.trigger, String(w.received), when(w.lastReceivedMs), w.createdBy, w.description,
+      ]), ['NAME', 'TENANT', 'TRIGGER', 'RECEIVED', 'LAST', 'CREATED BY', 'DESCRIPTION']));
+    });
+
+  wh.command('delete')
+    .description('delete a webhook (its URL answers 401 from now on)')
+    .argument('<name>')
+    .action(async (name: string) => {
+      await withClients((c) => call<T.DeleteWebhookRequest, T.DeleteWebhookResponse__Output>(c, c.webhooks, c.webhooks.DeleteWebhook, { name }));
+      print(`deleted webhook ${name}`);
+    });
+}

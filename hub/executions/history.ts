@@ -1,0 +1,339 @@
+/**
+ * The execution history on disk, append-only, with retention by age and count.
+ *
+ * DATA/executions/ (0700) holds segments, each a pair of files (0600):
+ * - `<12-digit seq>.jsonl`: one line per state change, the whole record:
+ *   `{"k":"s","r":{ExecutionRecord},"dk":"<dedup key>"?,"to":<timeout ms>?}` (the last line of
+ *   an id wins; the timeout lets executions in flight be timed again after a restart);
+ * - `<12-digit seq>.out.jsonl`: output chunks, `{"k":"o","id","s":0|1,"o":offset,"d":base64}`
+ *   (s: 0 stdout, 1 stderr; o: bytes of the execution's output before the chunk).
+ * Keeping output apart means a restart rebuilds the index from the small state files only.
+ *
+ * Bytes once written are never rewritten. Writes are batched: queued lines go out on a short
+ * timer, when the queue gets long, on `flush()` and `close()`, as one append and one fdatasync
+ * per file (a crash loses at most the batch not yet written). A new segment starts when the
+ * current one passes `maxSegmentBytes` or holds a tenth of `maxCount` executions, after a write
+ * error, and at start when a file ends in a torn line. Retention drops whole segments, oldest
+ * first: while more than `maxCount` executions are held, and every segment last written before
+ * `maxAgeMs` (at start, on each rotation and hourly). The current segment is never dropped.
+ */
+import { open, readdir, readFile, stat, unlink, chmod, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ensureDir } from '../../common/fsutil.js';
+import type { Logger } from '../../common/log.js';
+import type { ExecutionRecord } from './types.js';
+
+export interface HistoryOptions {
+  dir: string;
+  log: Logger;
+  maxSegmentBytes: number;
+  maxAgeMs: number;
+  maxCount: number;
+  flushIntervalMs: number;
+  /** Executions whose every line was in dropped segments (called during open too). */
+  onDrop: (ids: string[]) => void;
+}
+
+export interface Chunk { stream: 'STDOUT' | 'STDERR'; offset: number; data: Buffer }
+export interface Rebuilt { rec: ExecutionRecord; dedupKey?: string; timeoutMs?: number }
+
+type StateLine = { k: 's'; r: ExecutionRecord; dk?: string; to?: number };
+type OutputLine = { k: 'o'; id: string; s: 0 | 1; o: number; d: string };
+
+const SEGMENT_RE = /^(\d{12})\.jsonl$/;
+const stateName = (seq: number) => `${String(seq).padStart(12, '0')}.jsonl`;
+const outName = (seq: number) => `${String(seq).padStart(12, '0')}.out.jsonl`;
+const BATCH_LINES = 1000;
+const MAX_QUEUED = 200_000;
+const RETAIN_EVERY_MS = 3_600_000;
+
+async function fsyncDir(dir: string): Promise<void> {
+  if (process.platform === 'win32') return;
+  const fh = await open(dir, 'r');
+  try { await fh.sync(); } finally { await fh.close(); }
+}
+
+async function endsClean(path: string): Promise<boolean> {
+  const st = await stat(path).catch(() => undefined);
+  if (!st || st.size === 0) return true;
+  const fh = await open(path, 'r');
+  try {
+    const b = Buffer.alloc(1);
+    await fh.read(b, 0, 1, st.size - 1);
+    return b[0] === 0x0a;
+  } finally { await fh.close(); }
+}
+
+function parseState(line: string): StateLine | undefined {
+  if (!line) return undefined;
+  try {
+    const l = JSON.parse(line) as StateLine;
+    return l && l.k === 's' && l.r && typeof l.r.id === 'string' && typeof l.r.status === 'string' ? l : undefined;
+  } catch {
+    return undefined; // a torn line from a crash mid-write
+  }
+}
+
+export class History {
+  private stateQ: string[] = [];
+  private outQ: string[] = [];
+  /** Ids in the queued lines, in order (for segment bookkeeping once written). */
+  private touched: string[] = [];
+  private fh?: FileHandle;
+  private outFh?: FileHandle;
+  private seq = 0;
+  private size = 0;
+  /** Executions first written to the current segment (rotation at a tenth of maxCount). */
+  private fresh = 0;
+  private broken = false;
+  private timer?: NodeJS.Timeout;
+  private retainTimer?: NodeJS.Timeout;
+  private chain: Promise<void> = Promise.resolve();
+  private closed = false;
+  private failing = false;
+  /** First and last segment holding a line of each execution. */
+  private readonly span = new Map<string, { first: number; last: number }>();
+  /** Ids whose last line is in each segment. */
+  private readonly lastIn = new Map<number, Set<string>>();
+  dropped = 0;
+
+  private constructor(private readonly o: HistoryOptions) {}
+
+  /** Opens the directory, rebuilds the index from the state files and applies retention. */
+  static async open(o: HistoryOptions): Promise<{ history: History; records: Map<string, Rebuilt> }> {
+    const h = new History(o);
+    await ensureDir(o.dir, 0o700);
+    await chmod(o.dir, 0o700);
+    const records = new Map<string, Rebuilt>();
+    const segs = await h.segments();
+    for (const seq of segs) {
+      const text = await readFile(join(o.dir, stateName(seq)), 'utf8').catch(() => '');
+      for (const line of text.split('\n')) {
+        const l = parseState(line);
+        if (!l) continue;
+        const prev = records.get(l.r.id);
+        records.set(l.r.id, { rec: l.r, dedupKey: l.dk ?? prev?.dedupKey, timeoutMs: l.to ?? prev?.timeoutMs });
+        h.place(l.r.id, seq);
+      }
+    }
+    const last = segs.at(-1);
+    if (last !== undefined) {
+      h.seq = last;
+      const clean = (await endsClean(join(o.dir, stateName(last)))) && (await endsClean(join(o.dir, outName(last))));
+      const st = await stat(join(o.dir, stateName(last))).catch(() => undefined);
+      const outSt = await stat(join(o.dir, outName(last))).catch(() => undefined);
+      const size = (st?.size ?? 0) + (outSt?.size ?? 0);
+      const expired = (st?.mtimeMs ?? 0) < Date.now() - o.maxAgeMs;
+      if (!clean) o.log.warn({ segment: stateName(last) }, 'execution history segment ends in a torn line (crash mid-write); a new segment starts');
+      if (clean && !expired && size < o.maxSegmentBytes) {
+        h.fh = await open(join(o.dir, stateName(last)), 'a', 0o600);
+        h.outFh = await open(join(o.dir, outName(last)), 'a', 0o600);
+        h.size = size;
+        h.fresh = [...h.span.values()].filter((s) => s.first === last).length;
+      }
+    }
+    const dropped: string[] = [];
+    const onDrop = h.o.onDrop;
+    h.o.onDrop = (ids) => { dropped.push(...ids); };
+    try {
+      if (!h.fh) await h.openNext();
+      else await h.retain();
+    } finally {
+      h.o.onDrop = onDrop;
+    }
+    for (const id of dropped) records.delete(id);
+    h.retainTimer = setInterval(() => { void h.runRetention(); }, RETAIN_EVERY_MS);
+    h.retainTimer.unref();
+    return { history: h, records };
+  }
+
+  /** Executions history holds (what retention by count compares with maxCount). */
+  get count(): number { return this.span.size; }
+
+  private place(id: string, seq: number): void {
+    const s = this.span.get(id);
+    if (s) {
+      if (s.last === seq) return;
+      this.lastIn.get(s.last)?.delete(id);
+      s.last = seq;
+    } else {
+      this.span.set(id, { first: seq, last: seq });
+    }
+    let set = this.lastIn.get(seq);
+    if (!set) this.lastIn.set(seq, (set = new Set()));
+    set.add(id);
+  }
+
+  private async segments(): Promise<number[]> {
+    const names = await readdir(this.o.dir).catch((e: NodeJS.ErrnoException) => { if (e.code === 'ENOENT') return [] as string[]; throw e; });
+    return names.map((n) => SEGMENT_RE.exec(n)).filter((m): m is RegExpExecArray => !!m).map((m) => Number(m[1])).sort((a, b) => a - b);
+  }
+
+  private async openNext(): Promise<void> {
+    await this.fh?.close().catch(() => undefined);
+    await this.outFh?.close().catch(() => undefined);
+    this.fh = this.outFh = undefined;
+    const seq = this.seq + 1;
+    const fh = await open(join(this.o.dir, stateName(seq)), 'ax', 0o600);
+    const outFh = await open(join(this.o.dir, outName(seq)), 'ax', 0o600);
+    await fh.chmod(0o600);
+    await outFh.chmod(0o600);
+    await fsyncDir(this.o.dir);
+    this.fh = fh;
+    this.outFh = outFh;
+    this.seq = seq;
+    this.size = 0;
+    this.fresh = 0;
+    this.broken = false;
+    await this.retain();
+  }
+
+  private runRetention(): Promise<void> {
+    const next = this.chain.then(() => this.retain());
+    this.chain = next.catch((err) => this.o.log.error({ err }, 'execution history retention failed'));
+    return this.chain;
+  }
+
+  /** Drops the oldest segments beyond maxCount executions and those last written before maxAgeMs. */
+  private async retain(): Promise<void> {
+    const old = (await this.segments()).filter((s) => s < this.seq);
+    const cutoff = Date.now() - this.o.maxAgeMs;
+    const gone: string[] = [];
+    let removed = 0;
+    for (const seq of old) {
+      const path = join(this.o.dir, stateName(seq));
+      let drop = this.span.size > this.o.maxCount;
+      if (!drop) drop = await stat(path).then((s) => s.mtimeMs < cutoff, () => false);
+      if (!drop) continue;
+      await unlink(path).catch(() => undefined);
+      await unlink(join(this.o.dir, outName(seq))).catch(() => undefined);
+      removed++;
+      const ids = this.lastIn.get(seq);
+      this.lastIn.delete(seq);
+      for (const id of ids ?? []) { this.span.delete(id); gone.push(id); }
+    }
+    if (removed) {
+      this.o.log.info({ removed, executions: gone.length, kept: this.span.size }, 'execution history segments removed by retention');
+      this.o.onDrop(gone);
+    }
+  }
+
+  // ------------------------------------------------------------ writing
+
+  /** Queues a state line (never waits for the disk). */
+  appendState(rec: ExecutionRecord, extra: { dedupKey?: string; timeoutMs?: number } = {}): void {
+    const line: StateLine = { k: 's', r: rec };
+    if (extra.dedupKey) line.dk = extra.dedupKey;
+    if (extra.timeoutMs) line.to = extra.timeoutMs;
+    this.stateQ.push(JSON.stringify(line) + '\n');
+    this.touched.push(rec.id);
+    this.queued();
+  }
+
+  /** Queues an output chunk (the caller applies the per-execution cap). */
+  appendOutput(id: string, stream: 'STDOUT' | 'STDERR', offset: number, data: Buffer): void {
+    const line: OutputLine = { k: 'o', id, s: stream === 'STDERR' ? 1 : 0, o: offset, d: data.toString('base64') };
+    this.outQ.push(JSON.stringify(line) + '\n');
+    this.touched.push(id);
+    this.queued();
+  }
+
+  private queued(): void {
+    if (this.closed) return;
+    const n = this.stateQ.length + this.outQ.length;
+    if (n > MAX_QUEUED && this.outQ.length > 0) {
+      // Only a dead disk gets here: output goes first, state lines are kept as long as possible.
+      const k = Math.min(this.outQ.length, n - MAX_QUEUED);
+      this.outQ.splice(0, k);
+      this.dropped += k;
+    }
+    this.schedule(n >= BATCH_LINES ? 0 : this.o.flushIntervalMs);
+  }
+
+  private schedule(ms: number): void {
+    if (this.timer && ms > 0) return;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => { this.timer = undefined; void this.flush().catch(() => undefined); }, ms);
+  }
+
+  /** Writes everything queued so far; resolves when it is on disk. */
+  flush(): Promise<void> {
+    const next = this.chain.then(() => this.writeQueued());
+    this.chain = next.catch(() => undefined);
+    return next;
+  }
+
+  private async writeQueued(): Promise<void> {
+    while (this.stateQ.length > 0 || this.outQ.length > 0) {
+      const states = this.stateQ, outs = this.outQ, ids = this.touched;
+      this.stateQ = []; this.outQ = []; this.touched = [];
+      const sb = Buffer.from(states.join(''), 'utf8');
+      const ob = Buffer.from(outs.join(''), 'utf8');
+      try {
+        if (!this.fh || !this.outFh || this.broken) await this.openNext();
+        if (sb.length) await this.fh!.appendFile(sb);
+        if (ob.length) await this.outFh!.appendFile(ob);
+        if (sb.length) await this.fh!.datasync();
+        if (ob.length) await this.outFh!.datasync();
+        this.size += sb.length + ob.length;
+        if (this.failing) { this.failing = false; this.o.log.info('execution history writable again'); }
+      } catch (err) {
+        // What reached the files may end in a torn line: the retry goes to a fresh segment.
+        this.broken = true;
+        this.stateQ = states.concat(this.stateQ);
+        this.outQ = outs.concat(this.outQ);
+        this.touched = ids.concat(this.touched);
+        if (!this.failing) this.o.log.error({ err, queued: this.stateQ.length + this.outQ.length }, 'writing the execution history failed; retrying');
+        this.failing = true;
+        if (!this.closed) this.schedule(Math.max(this.o.flushIntervalMs, 1000));
+        throw err;
+      }
+      for (const id of ids) {
+        if (!this.span.has(id)) this.fresh++;
+        this.place(id, this.seq);
+      }
+      const perSegment = Math.max(1, Math.ceil(this.o.maxCount / 10));
+      if (this.size >= this.o.maxSegmentBytes || this.fresh >= perSegment) {
+        await this.openNext().catch((err) => { this.broken = true; this.o.log.error({ err }, 'execution history segment rotation failed'); });
+      }
+    }
+  }
+
+  // ------------------------------------------------------------ reading
+
+  /** The stored output chunks of one execution, in order. Writes what is queued first. */
+  async readOutput(id: string): Promise<Chunk[]> {
+    await this.flush().catch(() => undefined);
+    const s = this.span.get(id);
+    if (!s) return [];
+    const needle = `"id":${JSON.stringify(id)},`;
+    const chunks: Chunk[] = [];
+    for (let seq = s.first; seq <= s.last; seq++) {
+      const text = await readFile(join(this.o.dir, outName(seq)), 'utf8').catch(() => '');
+      for (const line of text.split('\n')) {
+        if (!line.includes(needle)) continue;
+        try {
+          const l = JSON.parse(line) as OutputLine;
+          if (l.k !== 'o' || l.id !== id) continue;
+          chunks.push({ stream: l.s === 1 ? 'STDERR' : 'STDOUT', offset: l.o, data: Buffer.from(l.d, 'base64') });
+        } catch { /* torn line */ }
+      }
+    }
+    return chunks.sort((a, b) => a.offset - b.offset);
+  }
+
+  /** Flushes what is queued and closes the files. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.timer);
+    clearInterval(this.retainTimer);
+    this.timer = undefined;
+    await this.flush().catch((err) => this.o.log.error({ err, lost: this.stateQ.length + this.outQ.length }, 'execution history not written at close'));
+    await this.chain;
+    await this.fh?.close().catch(() => undefined);
+    await this.outFh?.close().catch(() => undefined);
+    this.fh = this.outFh = undefined;
+    if (this.dropped) this.o.log.error({ dropped: this.dropped }, 'execution output lines were dropped while the disk failed');
+  }
+}

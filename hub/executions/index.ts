@@ -1,0 +1,527 @@
+/**
+ * Executions: every action run on an agent, with a lifecycle and an append-only history.
+ *
+ * Lifecycle: requested → scheduled (sent down the agent's stream) → running (ActionStarted, or
+ * the first output) → succeeded | failed | timeout | canceled | error, as the agent reports.
+ * The hub decides only these:
+ * - `requested` waits, in a FIFO queue per agent, for the agent to be connected and below its
+ *   concurrency limit (`perAgentConcurrency`); after `maxWaitMs` it ends with status `error`
+ *   ("agent offline" or "busy"). A cancel ends it at once (`canceled`).
+ * - `scheduled`/`running` with no result within the action's timeout + `abandonGraceMs`:
+ *   `abandoned`. An agent that disconnects with executions in flight has `reconnectGraceMs` to
+ *   come back (then the timeout rule applies again); if it does not, they are `abandoned`.
+ *   `abandoned` is the hub's verdict, not the agent's: a result the agent reports later (its
+ *   outbox delivers after a reconnect) still replaces it, and history records both.
+ * - A hub restart: `requested` executions end in `error` (their rendered secrets lived in memory
+ *   only); `scheduled`/`running` ones wait `reconnectGraceMs` for their agent as above, then
+ *   their timeout (kept in history) applies again.
+ * - Dispatch failures (sealing, agent refused) are `error`.
+ *
+ * Every state change is one history line (hub/executions/history.ts) and one update to
+ * subscribers; output chunks are kept up to `maxOutputBytes` per execution. Secret values are
+ * sealed per agent and execution and never stored, logged or put in history.
+ */
+import { monotonicFactory } from 'ulid';
+import { TrellisError } from '../../common/errors.js';
+import { FINAL_STATUSES, type EdgeExecutionPayload, type ExecutionStatus } from '../../common/automation/types.js';
+import type { RenderedAction } from '../../common/rules/render.js';
+import type { AgentRegistry, AgentLink } from '../agents/index.js';
+import type { KvStore } from '../kv/index.js';
+import type * as T from '../../common/proto-gen/trellis/v1/index.js';
+import { History } from './history.js';
+import { Updates } from './updates.js';
+import { edgeRecord } from './edge.js';
+import {
+  prepareAction, prepareCommand, actionRequest, storedParameters, commandParameters, checkCommand,
+  commandFromParameters, checkAgents, checkParameters, COMMAND_ACTION, REDACTED,
+} from './prepare.js';
+import { compileOptions, type CompiledOptions } from './types.js';
+import type { ExecutionRecord, ExecutionUpdate, ExecuteRequest, CommandRequest, ListFilter, ActionCatalog, ExecutionsOptions, KvRequester } from './types.js';
+
+export type { ExecutionRecord, ExecutionUpdate, ExecuteRequest, CommandRequest, ListFilter, ActionCatalog, ExecutionsOptions, KvRequester } from './types.js';
+export { COMMAND_ACTION, holdsReference } from './prepare.js';
+
+const AGENT_STATUSES = new Set<string>(['succeeded', 'failed', 'timeout', 'canceled', 'error']);
+const ERROR_MAX = 4096;
+export const DEFAULT_LIST_LIMIT = 50;
+export const MAX_LIST_LIMIT = 1000;
+
+const isFinal = (s: ExecutionStatus) => FINAL_STATUSES.has(s);
+
+interface Entry {
+  rec: ExecutionRecord;
+  /** Bumped on every state change: followers skip what they already replayed. */
+  ver: number;
+  dedupKey?: string;
+  /** Output bytes kept in history. */
+  stored: number;
+  live?: Live;
+}
+
+/** What a non-final execution holds in memory. */
+interface Live {
+  /** The rendered action (secrets in clear), until it is sent. */
+  rendered?: RenderedAction;
+  timeoutMs: number;
+  /** maxWait while requested; timeout + grace once sent. */
+  timer?: NodeJS.Timeout;
+  /** Running while its agent is disconnected. */
+  graceTimer?: NodeJS.Timeout;
+  /** Holds one of its agent's concurrency slots. */
+  slot: boolean;
+}
+
+/** Per agent: ids holding a slot, and ids waiting (FIFO). */
+interface AgentSlots { active: Set<string>; waiting: string[] }
+
+export class Executions {
+  private readonly newId = monotonicFactory();
+  private readonly entries = new Map<string, Entry>();
+  private readonly dedup = new Map<string, string>();
+  private readonly slots = new Map<string, AgentSlots>();
+  private readonly pumping = new Set<string>();
+  private closed = false;
+  private history!: History;
+  private readonly updates: Updates;
+  private readonly o: CompiledOptions;
+
+  private constructor(private readonly deps: { agents: AgentRegistry; kv: KvStore; catalog?: ActionCatalog }, opts: ExecutionsOptions) {
+    this.o = compileOptions(opts);
+    this.updates = new Updates(this.o.log);
+  }
+
+  /** Opens the history (rebuilding the index of recent executions) and resumes what was in flight. */
+  static async open(deps: { agents: AgentRegistry; kv: KvStore; catalog?: ActionCatalog }, opts: ExecutionsOptions): Promise<Executions> {
+    const x = new Executions(deps, opts);
+    const { history, records } = await History.open({
+      dir: x.o.dir, log: x.o.log, maxSegmentBytes: x.o.maxSegmentBytes, maxAgeMs: x.o.maxAgeMs, maxCount: x.o.maxCount,
+      flushIntervalMs: x.o.flushIntervalMs, onDrop: (ids) => x.forget(ids),
+    });
+    x.history = history;
+    for (const { rec, dedupKey } of records.values()) {
+      const e: Entry = { rec, ver: 1, dedupKey, stored: Math.min(rec.outputBytes, x.o.maxOutputBytes) };
+      x.entries.set(rec.id, e);
+      if (dedupKey) x.dedup.set(dedupKey, rec.id);
+    }
+    for (const r of records.values()) x.resume(x.entries.get(r.rec.id)!, r.timeoutMs ?? 0);
+    return x;
+  }
+
+  /** After a restart: what was waiting failed; what was in flight waits for its agent again. */
+  private resume(e: Entry, timeoutMs: number): void {
+    const s = e.rec.status;
+    if (s === 'requested') {
+      this.finish(e, { status: 'error', error: 'the hub restarted before it was sent to the agent; run it again' });
+    } else if (s === 'scheduled' || s === 'running') {
+      e.live = { timeoutMs, slot: true };
+      this.agentSlots(e.rec.agentId).active.add(e.rec.id);
+      if (timeoutMs > 0) this.armTimeout(e, Math.max(0, (e.rec.startedMs || e.rec.requestedMs) + timeoutMs + this.o.abandonGraceMs - Date.now()));
+      e.live.graceTimer = this.timer(this.o.reconnectGraceMs, () => this.finish(e, {
+        status: 'abandoned', error: `the hub restarted while it ran and agent ${e.rec.agentId} reported no result within ${Math.round(this.o.reconnectGraceMs / 1000)}s`,
+      }));
+    }
+  }
+
+  private forget(ids: string[]): void {
+    for (const id of ids) {
+      const e = this.entries.get(id);
+      if (!e || e.live) continue; // in flight: its next line lands in a newer segment
+      this.entries.delete(id);
+      if (e.dedupKey && this.dedup.get(e.dedupKey) === id) this.dedup.delete(e.dedupKey);
+    }
+  }
+
+  private timer(ms: number, fn: () => void): NodeJS.Timeout {
+    const t = setTimeout(fn, Math.min(Math.max(ms, 0), 2 ** 31 - 1));
+    t.unref();
+    return t;
+  }
+
+  private agentSlots(agentId: string): AgentSlots {
+    let s = this.slots.get(agentId);
+    if (!s) this.slots.set(agentId, (s = { active: new Set(), waiting: [] }));
+    return s;
+  }
+
+  // ------------------------------------------------------------ requests
+
+  /** One execution per agent (or the earlier one with the same dedup key). */
+  async request(req: ExecuteRequest): Promise<ExecutionRecord[]> {
+    this.checkOpen();
+    const agentIds = checkAgents(req.agentIds);
+    checkParameters(req.parameters);
+    const keys = agentIds.map((a) => req.dedupKey?.(a));
+    const known = () => keys.map((k) => (k ? this.entries.get(this.dedup.get(k) ?? '') : undefined));
+    if (known().every((e) => e)) return known().map((e) => ({ ...e!.rec }));
+    const caller = req.kvCaller ?? { username: req.requestedBy, isAdmin: false };
+    const rendered = await prepareAction(this.deps.kv, { tenant: req.tenant, caller, action: req.action, parameters: req.parameters });
+    this.checkOpen();
+    const parameters = storedParameters(req.action, req.parameters);
+    return this.create({
+      tenant: req.tenant, action: req.action.ref, agentIds, keys, parameters, requestedBy: req.requestedBy, rule: req.rule ?? '',
+      triggerEventId: req.triggerEventId ?? '', rendered, timeoutMs: rendered.timeoutMs || req.action.timeoutMs,
+    });
+  }
+
+  /** An ad-hoc command (`trellis run -- CMD`): executions of the built-in action core.command. */
+  async runCommand(req: CommandRequest): Promise<ExecutionRecord[]> {
+    this.checkOpen();
+    const agentIds = checkAgents(req.agentIds);
+    checkCommand(req);
+    const caller = req.kvCaller ?? { username: req.requestedBy, isAdmin: false };
+    const rendered = await prepareCommand(this.deps.kv, { tenant: req.tenant, caller, argv: req.argv, env: req.env, cwd: req.cwd, timeoutMs: req.timeoutMs });
+    this.checkOpen();
+    return this.create({
+      tenant: req.tenant, action: COMMAND_ACTION, agentIds, keys: [], parameters: commandParameters(req), requestedBy: req.requestedBy, rule: '',
+      triggerEventId: '', rendered, timeoutMs: req.timeoutMs,
+    });
+  }
+
+  private create(o: {
+    tenant: string; action: string; agentIds: string[]; keys: (string | undefined)[]; parameters: Record<string, unknown>;
+    requestedBy: string; rule: string; triggerEventId: string; rendered: RenderedAction; timeoutMs: number;
+  }): ExecutionRecord[] {
+    const out: Entry[] = [];
+    o.agentIds.forEach((agentId, i) => {
+      const key = o.keys[i];
+      const earlier = key ? this.entries.get(this.dedup.get(key) ?? '') : undefined;
+      if (earlier) { out.push(earlier); return; }
+      const now = Date.now();
+      const rec: ExecutionRecord = {
+        id: this.newId(now).toLowerCase(), tenant: o.tenant, action: o.action, agentId, status: 'requested', exitCode: 0, error: '',
+        requestedBy: o.requestedBy, rule: o.rule, triggerEventId: o.triggerEventId, parameters: o.parameters,
+        requestedMs: now, startedMs: 0, finishedMs: 0, edge: false, outputBytes: 0, outputTruncated: false,
+      };
+      const e: Entry = { rec, ver: 0, dedupKey: key, stored: 0, live: { rendered: o.rendered, timeoutMs: o.timeoutMs, slot: false } };
+      this.entries.set(rec.id, e);
+      if (key) this.dedup.set(key, rec.id);
+      this.o.log.info({ executionId: rec.id, agentId, action: rec.action, requestedBy: rec.requestedBy, rule: rec.rule || undefined }, 'execution requested');
+      this.changed(e);
+      e.live!.timer = this.timer(this.o.maxWaitMs, () => this.expireWait(e));
+      this.agentSlots(agentId).waiting.push(rec.id);
+      out.push(e);
+    });
+    for (const agentId of new Set(o.agentIds)) this.pump(agentId);
+    return out.map((e) => ({ ...e.rec }));
+  }
+
+  private expireWait(e: Entry): void {
+    if (e.rec.status !== 'requested') return;
+    const online = !!this.deps.agents.link(e.rec.agentId);
+    const waited = `${Math.round(this.o.maxWaitMs / 1000)}s`;
+    this.finish(e, {
+      status: 'error',
+      error: online
+        ? `agent ${e.rec.agentId} stayed at its concurrency limit (${this.o.perAgentConcurrency}) for ${waited}; the execution was not sent (TRELLIS_E_AGENT_BUSY)`
+        : `agent ${e.rec.agentId} did not connect within ${waited}; the execution was not sent (TRELLIS_E_AGENT_OFFLINE)`,
+    });
+  }
+
+  /** Sends waiting executions of an agent while it is connected and has free slots. */
+  private pump(agentId: string): void {
+    if (this.closed || this.pumping.has(agentId)) return; // a finish inside dispatch: the loop below goes on
+    const s = this.slots.get(agentId);
+    if (!s) return;
+    this.pumping.add(agentId);
+    try {
+      let link = this.deps.agents.link(agentId);
+      while (link && s.active.size < this.o.perAgentConcurrency && s.waiting.length > 0) {
+        const e = this.entries.get(s.waiting.shift()!);
+        if (!e || e.rec.status !== 'requested' || !e.live?.rendered) continue;
+        if (!this.dispatch(e, link)) { s.waiting.unshift(e.rec.id); link = undefined; }
+      }
+    } finally {
+      this.pumping.delete(agentId);
+    }
+    if (s.active.size === 0 && s.waiting.length === 0) this.slots.delete(agentId);
+  }
+
+  /** Seals and sends one execution; false when the link closed under it (it stays requested). */
+  private dispatch(e: Entry, link: AgentLink): boolean {
+    const live = e.live!;
+    let msg: T.ActionRequest;
+    try {
+      msg = actionRequest({ executionId: e.rec.id, action: e.rec.action, agentId: e.rec.agentId, certPem: link.certPem, rendered: live.rendered! });
+    } catch (err) {
+      this.finish(e, { status: 'error', error: `cannot seal the secrets of this execution for agent ${e.rec.agentId}: ${(err as Error).message}` });
+      return true;
+    }
+    if (!link.send({ action: msg })) return false;
+    live.rendered = undefined; // the secrets leave memory with the request
+    live.slot = true;
+    this.agentSlots(e.rec.agentId).active.add(e.rec.id);
+    this.armTimeout(e, live.timeoutMs + this.o.abandonGraceMs);
+    this.set(e, { status: 'scheduled' });
+    return true;
+  }
+
+  /** An execution in flight with no result by then is abandoned. */
+  private armTimeout(e: Entry, ms: number): void {
+    const live = e.live!;
+    clearTimeout(live.timer);
+    live.timer = this.timer(ms, () => this.finish(e, {
+      status: 'abandoned', error: `agent ${e.rec.agentId} reported no result within the timeout (${live.timeoutMs} ms) and a grace of ${Math.round(this.o.abandonGraceMs / 1000)}s`,
+    }));
+  }
+
+  // ------------------------------------------------------------ state changes
+
+  private set(e: Entry, patch: Partial<ExecutionRecord>): void {
+    Object.assign(e.rec, patch);
+    this.changed(e);
+  }
+
+  private changed(e: Entry): void {
+    e.ver++;
+    this.history.appendState(e.rec, { dedupKey: e.dedupKey, timeoutMs: e.live?.timeoutMs });
+    this.updates.emit({ kind: 'state', record: { ...e.rec } }, { ver: e.ver });
+  }
+
+  private finish(e: Entry, r: { status: ExecutionStatus; exitCode?: number; error?: string; startedMs?: number; finishedMs?: number }): void {
+    const prev = e.rec.status;
+    if (isFinal(prev) && prev !== 'abandoned') return;
+    const live = e.live;
+    if (live) {
+      clearTimeout(live.timer);
+      clearTimeout(live.graceTimer);
+      live.rendered = undefined;
+      const s = this.slots.get(e.rec.agentId);
+      if (s) {
+        s.active.delete(e.rec.id);
+        if (prev === 'requested') s.waiting = s.waiting.filter((id) => id !== e.rec.id);
+      }
+      e.live = undefined;
+    }
+    const now = Date.now();
+    this.set(e, {
+      status: r.status, exitCode: r.exitCode ?? (r.status === 'succeeded' ? 0 : -1), error: (r.error ?? '').slice(0, ERROR_MAX),
+      startedMs: r.startedMs || e.rec.startedMs, finishedMs: r.finishedMs || now,
+    });
+    const durationMs = e.rec.startedMs ? e.rec.finishedMs - e.rec.startedMs : 0;
+    this.o.log.info({ executionId: e.rec.id, agentId: e.rec.agentId, action: e.rec.action, status: r.status, exitCode: e.rec.exitCode, durationMs, late: prev === 'abandoned' || undefined }, 'execution finished');
+    if (live?.slot || prev === 'requested') this.pump(e.rec.agentId);
+  }
+
+  // ------------------------------------------------------------ agent channel hooks
+
+  /** An execution the agent may speak for: its own, sent to it, not finished (or abandoned by the hub). */
+  private mine(agentId: string, executionId: string): Entry | undefined {
+    const e = this.entries.get(executionId);
+    if (!e || e.rec.agentId !== agentId || e.rec.edge) return undefined;
+    const s = e.rec.status;
+    return s === 'scheduled' || s === 'running' || s === 'abandoned' ? e : undefined;
+  }
+
+  onStarted(agentId: string, m: T.ActionStarted__Output): void {
+    if (this.closed) return;
+    const e = this.mine(agentId, m.executionId);
+    if (!e || e.rec.status !== 'scheduled') return;
+    this.set(e, { status: 'running', startedMs: Number(m.startedMs) || Date.now() });
+  }
+
+  onOutput(agentId: string, m: T.ActionOutput__Output): void {
+    if (this.closed) return;
+    const e = this.mine(agentId, m.executionId);
+    if (!e) return;
+    if (e.rec.status === 'scheduled') this.set(e, { status: 'running', startedMs: Date.now() });
+    const data = Buffer.from(m.data);
+    const stream = m.stream === 'STDERR' ? 'STDERR' : 'STDOUT';
+    const offset = e.rec.outputBytes;
+    e.rec.outputBytes += data.length;
+    const room = this.o.maxOutputBytes - e.stored;
+    if (room > 0) {
+      const part = data.length <= room ? data : data.subarray(0, room);
+      this.history.appendOutput(e.rec.id, stream, offset, part);
+      e.stored += part.length;
+    }
+    if (data.length > room) e.rec.outputTruncated = true;
+    this.updates.emit({ kind: 'output', tenant: e.rec.tenant, executionId: e.rec.id, agentId, stream, data, offset }, { offset });
+  }
+
+  onResult(agentId: string, m: T.ActionResult__Output): void {
+    if (this.closed) return;
+    const e = this.mine(agentId, m.executionId);
+    if (!e) return;
+    const ok = AGENT_STATUSES.has(m.status);
+    this.finish(e, {
+      status: ok ? (m.status as ExecutionStatus) : 'error', exitCode: m.exitCode,
+      error: ok ? String(m.error ?? '') : `the agent reported an unknown status "${String(m.status).slice(0, 32)}": ${String(m.error ?? '')}`,
+      startedMs: Number(m.startedMs) || undefined, finishedMs: Number(m.finishedMs) || undefined,
+    });
+  }
+
+  /** The agent has a live stream again (after the welcome): waiting executions go out, grace timers stop. */
+  onAgentAttached(agentId: string): void {
+    if (this.closed) return;
+    const s = this.slots.get(agentId);
+    for (const id of s?.active ?? []) {
+      const live = this.entries.get(id)?.live;
+      if (live?.graceTimer && live.timer) { clearTimeout(live.graceTimer); live.graceTimer = undefined; }
+    }
+    this.pump(agentId);
+  }
+
+  /** The agent's last stream closed: executions in flight get `reconnectGraceMs` to be reported. */
+  onAgentDetached(agentId: string): void {
+    if (this.closed || this.deps.agents.link(agentId)) return;
+    const s = this.slots.get(agentId);
+    for (const id of s?.active ?? []) {
+      const e = this.entries.get(id);
+      if (!e?.live || e.live.graceTimer) continue;
+      e.live.graceTimer = this.timer(this.o.reconnectGraceMs, () => this.finish(e, {
+        status: 'abandoned', error: `agent ${agentId} disconnected while it ran and reported no result within ${Math.round(this.o.reconnectGraceMs / 1000)}s`,
+      }));
+    }
+  }
+
+  // ------------------------------------------------------------ edge executions
+
+  /** Records an action an edge rule ran on the agent itself (a `trellis.execution` event). */
+  recordEdge(agentId: string, tenant: string, eventId: string, p: EdgeExecutionPayload): void {
+    if (this.closed) return;
+    const r = edgeRecord(agentId, tenant, p);
+    if (!r) {
+      this.o.log.warn({ agentId, eventId: String(eventId).slice(0, 64) }, 'edge execution event ignored: bad execution id or status');
+      return;
+    }
+    if (this.entries.has(r.rec.id)) return; // delivered again (the agent's outbox is at least once)
+    const e: Entry = { rec: r.rec, ver: 0, stored: Math.min(r.output.length, this.o.maxOutputBytes) };
+    this.entries.set(r.rec.id, e);
+    if (e.stored) this.history.appendOutput(r.rec.id, 'STDOUT', 0, r.output.subarray(0, e.stored));
+    this.changed(e);
+    if (r.output.length) this.updates.emit({ kind: 'output', tenant, executionId: r.rec.id, agentId, stream: 'STDOUT', data: r.output, offset: 0 }, { offset: 0 });
+  }
+
+  // ------------------------------------------------------------ reading, cancel, rerun
+
+  private lookup(tenant: string | '*', id: string): Entry {
+    const e = typeof id === 'string' ? this.entries.get(id) : undefined;
+    if (!e || (tenant !== '*' && e.rec.tenant !== tenant)) {
+      throw new TrellisError('TRELLIS_E_NOT_FOUND', `no execution ${String(id).slice(0, 64)}: see \`trellis executions list\``);
+    }
+    return e;
+  }
+
+  /** A record with its stored output (stdout and stderr as received). Another tenant's is NOT_FOUND. */
+  async get(tenant: string | '*', id: string): Promise<ExecutionRecord & { output: Buffer }> {
+    this.lookup(tenant, id);
+    const chunks = await this.history.readOutput(id);
+    const e = this.lookup(tenant, id);
+    return { ...e.rec, output: Buffer.concat(chunks.map((c) => c.data)) };
+  }
+
+  /** Newest first. `tenant` '*' lists every tenant (administrators). */
+  async list(tenant: string | '*', f: ListFilter = {}): Promise<ExecutionRecord[]> {
+    const limit = !f.limit || f.limit <= 0 ? DEFAULT_LIST_LIMIT : Math.min(Math.floor(f.limit), MAX_LIST_LIMIT);
+    const all = [...this.entries.values()];
+    const out: ExecutionRecord[] = [];
+    for (let i = all.length - 1; i >= 0; i--) {
+      const r = all[i]!.rec;
+      if (tenant !== '*' && r.tenant !== tenant) continue;
+      if (f.action && r.action !== f.action) continue;
+      if (f.agentId && r.agentId !== f.agentId) continue;
+      if (f.status && r.status !== f.status) continue;
+      if (f.rule && r.rule !== f.rule) continue;
+      if (f.sinceMs && r.requestedMs < f.sinceMs) continue;
+      if (f.beforeId && r.id >= f.beforeId) continue;
+      out.push({ ...r });
+    }
+    out.sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
+    return out.slice(0, limit);
+  }
+
+  /**
+   * Cancels: a waiting execution ends at once; a sent one gets a CancelAction (the agent kills
+   * the process group and reports `canceled`). With the agent offline, the hub records
+   * `canceled` itself and says the process may still run. A finished one is returned as is.
+   */
+  async cancel(tenant: string | '*', id: string): Promise<ExecutionRecord> {
+    const e = this.lookup(tenant, id);
+    const s = e.rec.status;
+    if (s === 'requested') {
+      this.finish(e, { status: 'canceled', error: 'canceled before it was sent to the agent' });
+    } else if (s === 'scheduled' || s === 'running') {
+      const link = this.deps.agents.link(e.rec.agentId);
+      if (link?.send({ cancel: { executionId: e.rec.id } })) {
+        this.o.log.info({ executionId: e.rec.id, agentId: e.rec.agentId }, 'execution cancel sent');
+        const live = e.live!;
+        clearTimeout(live.timer);
+        live.timer = this.timer(this.o.abandonGraceMs, () => this.finish(e, { status: 'canceled', error: `cancel sent; agent ${e.rec.agentId} did not confirm it within ${Math.round(this.o.abandonGraceMs / 1000)}s` }));
+      } else {
+        this.finish(e, { status: 'canceled', error: `agent ${e.rec.agentId} is offline: the cancel could not reach it and the process may still run there` });
+      }
+    }
+    return { ...e.rec };
+  }
+
+  /** Runs an execution again, same action, agent and parameters (references resolved anew). */
+  async rerun(tenant: string | '*', id: string, requestedBy: string, kvCaller?: KvRequester): Promise<ExecutionRecord[]> {
+    const r = this.lookup(tenant, id).rec;
+    if (r.edge) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `execution ${id} was run by an edge rule on agent ${r.agentId}; it cannot be re-run from the hub`);
+    if (JSON.stringify(r.parameters).includes(JSON.stringify(REDACTED))) {
+      throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `execution ${id} had a secret parameter given as a literal value, which history does not keep; run the action again with a {{ secret.NAME }} reference`);
+    }
+    if (r.action === COMMAND_ACTION) return this.runCommand({ tenant: r.tenant, agentIds: [r.agentId], ...commandFromParameters(r.parameters), requestedBy, kvCaller });
+    const action = this.deps.catalog?.action(r.tenant, r.action);
+    if (!action) throw new TrellisError('TRELLIS_E_NOT_FOUND', `action ${r.action} is not installed in tenant ${r.tenant} any more: see \`trellis packs list\``);
+    return this.request({ tenant: r.tenant, action, agentIds: [r.agentId], parameters: r.parameters, requestedBy, kvCaller });
+  }
+
+  // ------------------------------------------------------------ updates
+
+  /** Every update of every tenant (the web stream filters by tenant). Returns the unsubscribe function. */
+  subscribe(fn: (u: ExecutionUpdate) => void): () => void {
+    return this.updates.subscribe(fn);
+  }
+
+  /**
+   * Calls `fn` with what exists of one execution (its record, then its stored output), then
+   * with every later update, until it finishes; resolves with the final record. Resolves early
+   * when `signal` aborts; rejects with TRELLIS_E_SHUTDOWN when the hub closes.
+   */
+  async follow(tenant: string | '*', id: string, fn: (u: ExecutionUpdate) => void, signal?: AbortSignal): Promise<ExecutionRecord> {
+    this.lookup(tenant, id);
+    return this.updates.follow(id, {
+      record: (x) => { const e = this.lookup(tenant, x); return { rec: e.rec, ver: e.ver }; },
+      output: (x) => this.history.readOutput(x),
+    }, fn, signal);
+  }
+
+  /**
+   * Subscribes before a request so that none of its updates is missed: `start` makes the
+   * executions, `fn` sees each of their updates until all finish (with `follow` false: only
+   * one per execution, the record once requested). Resolves with the last records.
+   */
+  watch(start: () => Promise<ExecutionRecord[]>, fn: (u: ExecutionUpdate) => void, o: { follow: boolean; signal?: AbortSignal }): Promise<ExecutionRecord[]> {
+    return this.updates.watch(start, (id) => this.entries.get(id)?.rec, fn, o);
+  }
+
+  // ------------------------------------------------------------ shutdown
+
+  private checkOpen(): void {
+    if (this.closed) throw new TrellisError('TRELLIS_E_SHUTDOWN', 'the hub is shutting down; run it again once it is back');
+  }
+
+  /**
+   * Waiting executions end in `error` (their secrets were in memory only); executions in flight
+   * stay as they are: after a restart their agents have `reconnectGraceMs` to report. Followers
+   * end with TRELLIS_E_SHUTDOWN; history is flushed and closed.
+   */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true; // first: nothing is dispatched from here on
+    for (const e of this.entries.values()) {
+      if (e.rec.status === 'requested') this.finish(e, { status: 'error', error: 'the hub shut down before it was sent to the agent; run it again' });
+    }
+    for (const e of this.entries.values()) {
+      if (!e.live) continue;
+      clearTimeout(e.live.timer);
+      clearTimeout(e.live.graceTimer);
+      e.live.rendered = undefined;
+    }
+    this.updates.close();
+    await this.history.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> { await this.close(); }
+}

@@ -1,0 +1,183 @@
+/**
+ * From a request to what goes down the agent's stream: datastore references resolved in the
+ * tenant (as the requester sees it), the action rendered (common/rules/render.ts), then, per
+ * agent and execution, every secret sealed to that agent's certificate. Secret values live in
+ * memory only, between the request and the dispatch; they are never logged or stored.
+ */
+import { sealFor, sealAad } from '../../certs/index.js';
+import { TrellisError } from '../../common/errors.js';
+import { renderAction, actionRefs, type RenderedAction } from '../../common/rules/render.js';
+import type { Ref } from '../../common/rules/template.js';
+import type { ActionDef } from '../../common/automation/types.js';
+import type { KvStore } from '../kv/index.js';
+import type { CommandRequest, KvRequester } from './types.js';
+import type * as T from '../../common/proto-gen/trellis/v1/index.js';
+
+export const COMMAND_ACTION = 'core.command';
+export const MAX_ARGV = 256;
+export const MAX_ARG_BYTES = 32 * 1024;
+export const MAX_TIMEOUT_MS = 24 * 3_600_000;
+export const MAX_PARAMETERS_BYTES = 256 * 1024;
+export const REDACTED = '[REDACTED]';
+
+type Resolved = Map<string, { value: string; secret: boolean }>;
+const refKey = (r: Ref) => `${r.kind}.${r.key}`;
+
+/** Reads every reference once, as `caller` (NOT_FOUND, or INVALID_ARGUMENT for a plain value used as a secret). */
+async function resolveRefs(kv: KvStore, tenant: string, caller: KvRequester, refs: Ref[]): Promise<Resolved> {
+  const out: Resolved = new Map();
+  for (const r of refs) {
+    const k = refKey(r);
+    if (out.has(k)) continue;
+    const doc = await kv.getDoc(tenant, caller, r.key);
+    if (r.kind === 'secret' && !doc.secret) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${r.key} is not a secret: refer to it as {{ kv.${r.key} }}`);
+    out.set(k, { value: await kv.open(doc), secret: doc.secret });
+  }
+  return out;
+}
+
+/** Renders a pack action with its references resolved. */
+export async function prepareAction(kv: KvStore, o: { tenant: string; caller: KvRequester; action: ActionDef; parameters: Record<string, unknown> }): Promise<RenderedAction> {
+  try {
+    const refs = actionRefs(o.action, o.parameters);
+    const resolved = refs.length ? await resolveRefs(kv, o.tenant, o.caller, refs) : new Map() as Resolved;
+    return renderAction(o.action, o.parameters, { resolve: (r) => resolved.get(refKey(r)) });
+  } catch (err) {
+    throw scrubSecretParameters(err, o.action, o.parameters);
+  }
+}
+
+/**
+ * A validation message may quote a value ("expected an integer, got ..."): the literal value of
+ * a `secret` parameter must not travel back to the caller or into the request log.
+ */
+function scrubSecretParameters(err: unknown, action: ActionDef, params: Record<string, unknown>): unknown {
+  if (!(err instanceof TrellisError)) return err;
+  const secrets = Object.entries(params)
+    .filter(([k, v]) => action.parameters[k]?.secret && v !== undefined && v !== null && String(v).length >= 3)
+    .map(([, v]) => (typeof v === 'string' ? v : JSON.stringify(v)));
+  // Whole, quoted, and cut short the way messages shorten long values.
+  const forms = secrets.flatMap((s) => [JSON.stringify(s), s, JSON.stringify(s).slice(0, 57), s.slice(0, 56)]).filter((f) => f.length >= 3);
+  if (!forms.some((f) => err.message.includes(f))) return err;
+  let msg = err.message;
+  for (const f of forms) msg = msg.split(f).join(REDACTED);
+  return new TrellisError(err.code, msg);
+}
+
+const REF_RE = /\{\{\s*(secret|kv)\.([A-Za-z0-9._/:-]{1,256})\s*\}\}/g;
+const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]{0,127}$/;
+
+/** True when a value holds a `{{ kv.x }}` / `{{ secret.x }}` reference anywhere. */
+export function holdsReference(v: unknown): boolean {
+  if (typeof v === 'string') return new RegExp(REF_RE.source).test(v);
+  if (Array.isArray(v)) return v.some(holdsReference);
+  if (v && typeof v === 'object') return Object.values(v).some(holdsReference);
+  return false;
+}
+
+export function checkCommand(req: Pick<CommandRequest, 'argv' | 'env' | 'cwd' | 'timeoutMs'>): void {
+  if (!Array.isArray(req.argv) || req.argv.length === 0) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'no command given: trellis run --agent ID -- CMD ARGS...');
+  if (req.argv.length > MAX_ARGV) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `at most ${MAX_ARGV} arguments`);
+  for (const a of req.argv) if (typeof a !== 'string' || Buffer.byteLength(a) > MAX_ARG_BYTES) throw new TrellisError('TRELLIS_E_TOO_LARGE', `an argument is over ${MAX_ARG_BYTES} bytes`);
+  if (req.argv[0] === '') throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'the command name is empty');
+  if (!(req.timeoutMs > 0 && req.timeoutMs <= MAX_TIMEOUT_MS)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'timeout must be between 1ms and 24h');
+  if (typeof req.cwd !== 'string' || req.cwd.length > 4096) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'cwd must be a path of at most 4096 characters');
+  const names = Object.keys(req.env ?? {});
+  if (names.length > 128) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'at most 128 environment variables');
+  for (const k of names) {
+    if (!ENV_NAME_RE.test(k)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad environment variable name "${k.slice(0, 40)}"`);
+    if (typeof req.env[k] !== 'string' || Buffer.byteLength(req.env[k]!) > MAX_ARG_BYTES) throw new TrellisError('TRELLIS_E_TOO_LARGE', `environment variable ${k} is over ${MAX_ARG_BYTES} bytes`);
+  }
+  if (req.argv.some((a) => new RegExp(REF_RE.source).test(a))) {
+    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'datastore references go in --env only: secrets never travel in argv, where other users of the host can read them');
+  }
+}
+
+/**
+ * An ad-hoc command as a rendered action: argv literal (no templates), environment values with
+ * references resolved; a value that used a secret goes to `secretEnv` (sealed per agent).
+ */
+export async function prepareCommand(kv: KvStore, o: { tenant: string; caller: KvRequester; argv: string[]; env: Record<string, string>; cwd: string; timeoutMs: number }): Promise<RenderedAction> {
+  checkCommand(o);
+  const env: Record<string, string> = {};
+  const secretEnv: Record<string, string> = {};
+  const secretValues: string[] = [];
+  for (const [name, value] of Object.entries(o.env)) {
+    const refs = [...value.matchAll(new RegExp(REF_RE.source, 'g'))];
+    if (refs.length === 0) { env[name] = value; continue; }
+    const resolved = await resolveRefs(kv, o.tenant, o.caller, refs.map((m) => ({ kind: m[1] as Ref['kind'], key: m[2]! })));
+    let secret = false;
+    let out = value;
+    for (const m of refs) {
+      const r = resolved.get(`${m[1]}.${m[2]}`)!;
+      secret ||= r.secret;
+      if (r.secret) secretValues.push(r.value);
+      out = out.replace(m[0], () => r.value);
+    }
+    (secret ? secretEnv : env)[name] = out;
+  }
+  return {
+    runner: 'command', argv: [...o.argv], env, cwd: o.cwd, timeoutMs: o.timeoutMs, runAs: '',
+    secretEnv, secretHeaders: {}, secretValues, parameters: commandParameters(o),
+  };
+}
+
+/** What history keeps of an ad-hoc command (environment values as given: references, not values). */
+export function commandParameters(o: { argv: string[]; env: Record<string, string>; cwd: string; timeoutMs: number }): Record<string, unknown> {
+  return { argv: [...o.argv], env: { ...o.env }, cwd: o.cwd, timeoutMs: o.timeoutMs };
+}
+
+/** Parameters as history keeps them: a literal value of a `secret` parameter is replaced by [REDACTED]. */
+export function storedParameters(action: ActionDef | undefined, params: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(params)) {
+    const literalSecret = action?.parameters[k]?.secret && !(typeof v === 'string' && /^\s*\{\{\s*(secret|kv)\.[^}]+\}\}\s*$/.test(v));
+    out[k] = literalSecret ? REDACTED : v;
+  }
+  return out;
+}
+
+/** The ActionRequest for one agent, every secret sealed to its certificate for this execution. */
+export function actionRequest(o: { executionId: string; action: string; agentId: string; certPem: string; rendered: RenderedAction }): T.ActionRequest {
+  const r = o.rendered;
+  const aad = sealAad(o.agentId, 'exec', o.executionId);
+  const seal = (v: string) => sealFor(o.certPem, Buffer.from(v, 'utf8'), aad);
+  const sealAll = (m: Record<string, string>) => Object.fromEntries(Object.entries(m).map(([k, v]) => [k, seal(v)]));
+  const req: T.ActionRequest = {
+    executionId: o.executionId, action: o.action, runner: r.runner, argv: r.argv, timeoutMs: r.timeoutMs, env: r.env, cwd: r.cwd,
+    runAs: r.runAs, sealedEnv: sealAll(r.secretEnv),
+  };
+  if (r.script) { req.script = Buffer.from(r.script.body, 'utf8'); req.scriptName = r.script.name; }
+  if (r.http) {
+    req.http = {
+      method: r.http.method, url: r.http.url, headers: r.http.headers, body: Buffer.from(r.http.body ?? '', 'utf8'), insecure: r.http.insecure,
+      successStatus: r.http.successStatus, sealedHeaders: sealAll(r.secretHeaders),
+    };
+  }
+  if (r.secretStdin !== undefined) req.sealedStdin = seal(r.secretStdin);
+  else if (r.stdin !== undefined) req.stdin = Buffer.from(r.stdin, 'utf8');
+  return req;
+}
+
+/** Back from what history keeps of an ad-hoc command to a request (for re-runs). */
+export function commandFromParameters(p: Record<string, unknown>): { argv: string[]; env: Record<string, string>; cwd: string; timeoutMs: number } {
+  const env = p.env && typeof p.env === 'object' && !Array.isArray(p.env) ? Object.fromEntries(Object.entries(p.env).map(([k, v]) => [k, String(v)])) : {};
+  return {
+    argv: Array.isArray(p.argv) ? p.argv.map(String) : [], env,
+    cwd: typeof p.cwd === 'string' ? p.cwd : '', timeoutMs: Number(p.timeoutMs) || 30_000,
+  };
+}
+
+const MAX_AGENTS_PER_REQUEST = 10_000;
+
+export function checkAgents(ids: unknown): string[] {
+  if (!Array.isArray(ids) || ids.length === 0) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'no target agent: name --agent ID or a --selector that matches');
+  if (ids.length > MAX_AGENTS_PER_REQUEST) throw new TrellisError('TRELLIS_E_TOO_LARGE', `at most ${MAX_AGENTS_PER_REQUEST} agents per request`);
+  for (const a of ids) if (typeof a !== 'string' || a.length === 0 || a.length > 64) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'agent ids are 1-64 characters');
+  return [...new Set(ids as string[])];
+}
+
+export function checkParameters(p: unknown): void {
+  if (!p || typeof p !== 'object' || Array.isArray(p)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'parameters must be an object');
+  if (JSON.stringify(p).length > MAX_PARAMETERS_BYTES) throw new TrellisError('TRELLIS_E_TOO_LARGE', `parameters are over ${MAX_PARAMETERS_BYTES} bytes`);
+}

@@ -1,0 +1,147 @@
+/**
+ * AdminExecutions on the admin port: thin handlers over hub/executions. RunAction passes the
+ * method table with `actions:execute` at any scope and is checked here at the action's scope
+ * (platform, pack:<name> or action:<pack>.<name>); parameters holding datastore references also
+ * need kv:read. Every call is tenant-scoped: another tenant's execution is NOT_FOUND.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { v1 } from '../../common/proto.js';
+import { TrellisError } from '../../common/errors.js';
+import { unary, serverStream, type WrapDeps, type CallContext } from './wrap.js';
+import { authorize } from '../authz/index.js';
+import { readTenant, writeTenant } from './admin.js';
+import { checkString } from '../validate.js';
+import { holdsReference, COMMAND_ACTION, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, type ExecutionRecord, type ExecutionUpdate } from '../executions/index.js';
+import type { HubComponents } from '../components.js';
+import type * as T from '../../common/proto-gen/trellis/v1/index.js';
+
+const S = '/trellis.v1.AdminExecutions';
+const ACTION_REF_RE = /^([a-z0-9][a-z0-9_-]{0,62})\.([a-z0-9][a-z0-9_.-]{0,126})$/;
+const STATUSES = new Set(['requested', 'scheduled', 'running', 'succeeded', 'failed', 'timeout', 'canceled', 'abandoned', 'error']);
+const MAX_PARAMS = 64;
+const MAX_PARAM_VALUE = 64 * 1024;
+
+export function executionInfo(r: ExecutionRecord, output?: Buffer): T.ExecutionInfo {
+  return {
+    id: r.id, action: r.action, agentId: r.agentId, tenant: r.tenant, status: r.status, exitCode: r.exitCode, error: r.error,
+    requestedBy: r.requestedBy, rule: r.rule, triggerEventId: r.triggerEventId, parametersJson: Buffer.from(JSON.stringify(r.parameters), 'utf8'),
+    requestedMs: r.requestedMs, startedMs: r.startedMs, finishedMs: r.finishedMs, output: output ?? Buffer.alloc(0),
+    outputTruncated: r.outputTruncated, edge: r.edge,
+  };
+}
+
+export function updateMessage(u: ExecutionUpdate): T.ExecutionUpdate {
+  return u.kind === 'state'
+    ? { state: executionInfo(u.record) }
+    : { output: { executionId: u.executionId, stream: u.stream, data: u.data } };
+}
+
+/** The tenant a read works in: the call's, or every tenant for an administrator asking for `*`. */
+const tenantOf = (ctx: CallContext): string => readTenant(ctx) ?? '*';
+
+function splitRef(ref: string): { pack: string; action: string } {
+  const m = ACTION_REF_RE.exec(ref);
+  if (!m) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad action "${ref.slice(0, 80)}": use <pack>.<action>, e.g. linux.restart_service`);
+  return { pack: m[1]!, action: m[2]! };
+}
+
+/** `actions:execute` at the action's scope; the ad-hoc command action needs agents:run like `trellis run -- CMD`. */
+function authorizeAction(ctx: CallContext, ref: string): void {
+  if (ref === COMMAND_ACTION) { authorize(ctx.principal!, 'agents:run'); return; }
+  authorize(ctx.principal!, 'actions:execute', splitRef(ref));
+}
+
+/**
+ * Parameters as the CLI sends them: text. The renderer (common/rules/render.ts) checks names
+ * against the action and converts text to each declared type ("5", "true", JSON).
+ */
+export function checkParameters(given: Record<string, string>): Record<string, unknown> {
+  const entries = Object.entries(given);
+  if (entries.length > MAX_PARAMS) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `at most ${MAX_PARAMS} parameters`);
+  for (const [k, v] of entries) {
+    if (k.length > 64) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `parameter name "${k.slice(0, 64)}..." is over 64 characters`);
+    if (typeof v !== 'string' || v.length > MAX_PARAM_VALUE) throw new TrellisError('TRELLIS_E_TOO_LARGE', `parameter ${k} is over ${MAX_PARAM_VALUE} characters`);
+  }
+  return Object.fromEntries(entries);
+}
+
+export function addExecutionServices(server: grpc.Server, c: HubComponents, deps: WrapDeps): void {
+  const kvCaller = (ctx: CallContext) => ({ username: ctx.principal!.username, isAdmin: ctx.principal!.grants.isAdmin });
+
+  /** Target agents in the call's tenant: one by id (it may be offline: the execution waits), or the online ones matching a selector. */
+  async function targets(req: T.RunActionRequest__Output, ctx: CallContext): Promise<{ tenant: string; agentIds: string[] }> {
+    const hasSelector = Object.keys(req.selector).length > 0;
+    if (req.agentId && hasSelector) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name one target: --agent ID or --selector k=v, not both');
+    if (req.agentId) {
+      const a = await c.agents.get(checkString(req.agentId, 'agent_id', 64));
+      const t = readTenant(ctx);
+      if (!a || (t !== undefined && a.tenant !== t)) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no agent ${req.agentId}: see \`trellis agents list\``);
+      if (a.revoked) throw new TrellisError('TRELLIS_E_CERT_REVOKED', `agent ${a.id} is revoked`);
+      return { tenant: a.tenant, agentIds: [a.id] };
+    }
+    if (hasSelector) {
+      const tenant = writeTenant(ctx);
+      const agentIds = (await c.agents.list({ selector: req.selector, tenant })).filter((a) => a.online).map((a) => a.id);
+      if (agentIds.length === 0) throw new TrellisError('TRELLIS_E_NOT_FOUND', 'no online agent matches the selector');
+      return { tenant, agentIds };
+    }
+    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name a target: --agent ID or --selector k=v');
+  }
+
+  server.addService(v1.AdminExecutions.service, {
+    RunAction: serverStream<T.RunActionRequest__Output, T.ExecutionUpdate>(deps, `${S}/RunAction`, async (req, ctx, write) => {
+      const ref = checkString(req.action, 'action', 192);
+      ctx.target = `action:${ref}`;
+      authorizeAction(ctx, ref);
+      if (ref === COMMAND_ACTION) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${COMMAND_ACTION} is run with \`trellis run --agent ID -- CMD\``);
+      const { tenant, agentIds } = await targets(req, ctx);
+      const action = c.packs.action(tenant, ref);
+      if (!action) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no action ${ref} in tenant ${tenant}: see \`trellis packs list\``);
+      const parameters = checkParameters(req.parameters);
+      if (Object.values(parameters).some(holdsReference)) authorize(ctx.principal!, 'kv:read');
+      await c.executions.watch(
+        () => c.executions.request({ tenant, action, agentIds, parameters, requestedBy: ctx.principal!.username, kvCaller: kvCaller(ctx) }),
+        (u) => { write(updateMessage(u)); },
+        { follow: req.follow, signal: ctx.signal },
+      );
+    }),
+
+    ListExecutions: unary<T.ListExecutionsRequest__Output, T.ListExecutionsResponse>(deps, `${S}/ListExecutions`, async (req, ctx) => {
+      if (req.status && !STATUSES.has(req.status)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad status "${req.status.slice(0, 32)}": one of ${[...STATUSES].join(', ')}`);
+      if (req.limit < 0 || req.limit > MAX_LIST_LIMIT) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `limit is between 1 and ${MAX_LIST_LIMIT} (0: ${DEFAULT_LIST_LIMIT})`);
+      const recs = await c.executions.list(tenantOf(ctx), {
+        action: checkString(req.action, 'action', 192), agentId: checkString(req.agentId, 'agent_id', 64), status: req.status,
+        rule: checkString(req.rule, 'rule', 192), limit: req.limit, sinceMs: Number(req.sinceMs) || 0, beforeId: checkString(req.beforeId, 'before_id', 64),
+      });
+      return { executions: recs.map((r) => executionInfo(r)) };
+    }),
+
+    GetExecution: unary<T.GetExecutionRequest__Output, T.ExecutionInfo>(deps, `${S}/GetExecution`, async (req, ctx) => {
+      const r = await c.executions.get(tenantOf(ctx), checkString(req.id, 'id', 64));
+      return executionInfo(r, r.output);
+    }),
+
+    FollowExecution: serverStream<T.FollowExecutionRequest__Output, T.ExecutionUpdate>(deps, `${S}/FollowExecution`, async (req, ctx, write) => {
+      await c.executions.follow(tenantOf(ctx), checkString(req.id, 'id', 64), (u) => { write(updateMessage(u)); }, ctx.signal);
+    }),
+
+    CancelExecution: unary<T.CancelExecutionRequest__Output, T.ExecutionInfo>(deps, `${S}/CancelExecution`, async (req, ctx) => {
+      const id = checkString(req.id, 'id', 64);
+      ctx.target = `execution:${id}`;
+      return executionInfo(await c.executions.cancel(tenantOf(ctx), id));
+    }),
+
+    RerunExecution: serverStream<T.RerunExecutionRequest__Output, T.ExecutionUpdate>(deps, `${S}/RerunExecution`, async (req, ctx, write) => {
+      const id = checkString(req.id, 'id', 64);
+      ctx.target = `execution:${id}`;
+      const old = await c.executions.get(tenantOf(ctx), id);
+      authorizeAction(ctx, old.action);
+      if (holdsReference(old.parameters)) authorize(ctx.principal!, 'kv:read');
+      await c.executions.watch(
+        () => c.executions.rerun(tenantOf(ctx), id, ctx.principal!.username, kvCaller(ctx)),
+        (u) => { write(updateMessage(u)); },
+        { follow: req.follow, signal: ctx.signal },
+      );
+    }),
+  });
+}

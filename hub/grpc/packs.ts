@@ -1,0 +1,65 @@
+/**
+ * Packs on the admin port (AdminPacks): thin handlers over hub/packs. The request size is
+ * bounded by the server's max receive length (config maxMessageBytes); the pack limits (files,
+ * bytes) and every file are checked again by hub/packs.
+ */
+import type * as grpc from '@grpc/grpc-js';
+import { v1 } from '../../common/proto.js';
+import { TrellisError } from '../../common/errors.js';
+import { packNameOf, type PackFile } from '../../common/packs/index.js';
+import { unary, type WrapDeps, type CallContext } from './wrap.js';
+import { readTenant, writeTenant } from './admin.js';
+import type { PackDoc } from '../packs/index.js';
+import type { HubComponents } from '../components.js';
+import type * as T from '../../common/proto-gen/trellis/v1/index.js';
+
+const S = '/trellis.v1.AdminPacks';
+
+/** PackInfo; the definition (with script bodies) only when asked for one pack. */
+export function packInfo(d: PackDoc, withDefinition: boolean): T.PackInfo {
+  return {
+    name: d.name, version: d.version, description: d.description, tenant: d.tenant,
+    actions: d.def.actions.map((a) => a.ref), sensors: d.def.sensors.map((s) => s.ref), rules: d.def.rules.map((r) => r.ref),
+    installedMs: d.installedAt, installedBy: d.installedBy,
+    definitionJson: withDefinition ? Buffer.from(JSON.stringify({ ...d.def, files: d.files })) : Buffer.alloc(0),
+  };
+}
+
+function actor(ctx: CallContext): string {
+  const p = ctx.principal!;
+  return p.kind === 'apikey' ? `apikey:${p.apiKeyId}@${p.username}` : p.username;
+}
+
+/** The one tenant a read of a single pack looks in (not `*`). */
+function oneTenant(ctx: CallContext): string {
+  const t = readTenant(ctx);
+  if (t === undefined) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name one tenant to show a pack (x-trellis-tenant / --tenant)');
+  return t;
+}
+
+const nameOf = (s: string) => String(s ?? '').slice(0, 64);
+
+export function addPackServices(server: grpc.Server, c: HubComponents, deps: WrapDeps): void {
+  server.addService(v1.AdminPacks.service, {
+    InstallPack: unary<T.InstallPackRequest__Output, T.PackInfo>(deps, `${S}/InstallPack`, async (req, ctx) => {
+      const files: PackFile[] = (req.files ?? []).map((f) => ({ path: f.path, content: f.content, mode: f.mode }));
+      ctx.target = `pack:${packNameOf(files) ?? '?'}`;
+      const d = await c.packs.install(writeTenant(ctx), files, { by: actor(ctx), force: req.force });
+      ctx.target = `pack:${d.name}`;
+      return packInfo(d, true);
+    }),
+    ListPacks: unary<T.ListPacksRequest__Output, T.ListPacksResponse>(deps, `${S}/ListPacks`, async (_req, ctx) => {
+      ctx.target = 'packs';
+      return { packs: c.packs.list(readTenant(ctx)).map((d) => packInfo(d, false)) };
+    }),
+    GetPack: unary<T.GetPackRequest__Output, T.PackInfo>(deps, `${S}/GetPack`, async (req, ctx) => {
+      ctx.target = `pack:${nameOf(req.name)}`;
+      return packInfo(c.packs.require(oneTenant(ctx), req.name), true);
+    }),
+    RemovePack: unary<T.RemovePackRequest__Output, T.RemovePackResponse>(deps, `${S}/RemovePack`, async (req, ctx) => {
+      ctx.target = `pack:${nameOf(req.name)}`;
+      await c.packs.remove(writeTenant(ctx), req.name);
+      return {};
+    }),
+  });
+}

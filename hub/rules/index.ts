@@ -1,0 +1,288 @@
+/**
+ * The hub's rules engine. Rules come from two places: created directly (the `rules` collection)
+ * and shipped in packs (read from hub/packs; their enabled flag can be overridden). Hub rules
+ * (target: an agent or a label selector) are matched here, on the event hot path, through an
+ * index by tenant and trigger type, so an event costs nothing for rules of other trigger types.
+ * Edge rules (target: local) are not matched here: hub/agentconfig streams them to the agents.
+ *
+ * Firing goes through a per-rule RateGate (cooldown and rate limit) and asks hub/executions for
+ * one execution per target agent with an idempotency key `<rule>|<event id>|<agent>`, so an
+ * event delivered twice (an agent re-sending after a lost acknowledgement, even across a hub
+ * restart) never runs an action twice.
+ */
+import { EventEmitter } from 'node:events';
+import { parse as parseYaml } from 'yaml';
+import { compileRule, parseRule, RuleIndex, RateGate, renderTemplate, type CompiledRule } from '../../common/rules/index.js';
+import type { RuleDef, TriggerEvent, ActionDef } from '../../common/automation/types.js';
+import { TrellisError } from '../../common/errors.js';
+import type { Logger } from '../../common/log.js';
+import type { Store, Doc } from '../store/index.js';
+import type { HubEvent } from '../events/index.js';
+import type { AgentRegistry } from '../agents/index.js';
+
+/** What the engine needs from packs and executions (hub/packs, hub/executions). */
+export interface RulePacks {
+  rules(tenant: string): RuleDef[];
+  action(tenant: string, ref: string): ActionDef | undefined;
+  tenants(): string[];
+  on(ev: 'change', fn: (tenant: string) => void): unknown;
+}
+export interface RuleExecutions {
+  request(req: {
+    tenant: string; action: ActionDef; agentIds: string[]; parameters: Record<string, unknown>;
+    requestedBy: string; rule?: string; triggerEventId?: string; dedupKey?: (agentId: string) => string;
+  }): Promise<unknown[]>;
+}
+
+export interface RuleDoc extends Doc {
+  tenant: string;
+  /** A rule created directly (def set) or the enabled override of a pack rule (def unset). */
+  def?: RuleDef;
+  ref: string;
+  enabled?: boolean;
+  createdMs: number;
+  createdBy: string;
+}
+
+export interface RuleStats { matched: number; fired: number; suppressed: number; errors: number }
+
+export interface LiveRule {
+  tenant: string;
+  def: RuleDef;
+  compiled: CompiledRule;
+  gate: RateGate;
+  stats: RuleStats;
+  createdMs: number;
+  createdBy: string;
+}
+
+export const MAX_RULE_TEXT = 64 * 1024;
+export const MAX_RULES_PER_TENANT = 10_000;
+const RULE_NAME_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+
+const docId = (tenant: string, ref: string) => `${tenant}/${ref}`;
+
+export function describeTarget(def: RuleDef): string {
+  const t = def.target;
+  if (t.kind === 'local') return 'local';
+  if (t.kind === 'agent') return `agent ${t.agent}`;
+  return `selector ${Object.entries(t.selector).map(([k, v]) => `${k}=${v}`).join(',')}`;
+}
+
+/** Parses rule text (YAML or JSON, one rule) into a validated definition. */
+export function parseRuleText(text: string, source = 'rule'): RuleDef {
+  if (text.length > MAX_RULE_TEXT) throw new TrellisError('TRELLIS_E_TOO_LARGE', `${source}: a rule is at most ${MAX_RULE_TEXT} bytes`);
+  let obj: unknown;
+  try {
+    obj = parseYaml(text, { maxAliasCount: 100 });
+  } catch (err) {
+    const e = err as Error & { linePos?: Array<{ line: number }> };
+    const line = e.linePos?.[0]?.line;
+    throw new TrellisError('TRELLIS_E_RULE_INVALID', `${source}${line ? `:${line}` : ''}: not valid YAML/JSON: ${e.message.split('\n')[0]}`);
+  }
+  try {
+    return parseRule(obj, '');
+  } catch (err) {
+    if (err instanceof TrellisError) throw new TrellisError(err.code, `${source}: ${err.message}`);
+    throw err;
+  }
+}
+
+/** The event as rules see it; a payload that is not JSON is null (criteria on it are false). */
+export function triggerOf(e: HubEvent): TriggerEvent {
+  let payload: unknown = null;
+  try { payload = JSON.parse(e.payload.toString('utf8')); } catch { /* not JSON */ }
+  return { id: e.id, type: e.type, payload, agent: e.agentId, tenant: e.tenant, timeMs: e.timeMs };
+}
+
+export class RulesEngine extends EventEmitter {
+  /** tenant → index of enabled hub rules by trigger type. */
+  private index = new Map<string, RuleIndex<LiveRule>>();
+  /** tenant → enabled edge rules. */
+  private edge = new Map<string, LiveRule[]>();
+  /** `${tenant}/${ref}` → every rule (enabled or not). */
+  private readonly all = new Map<string, LiveRule>();
+  private readonly docs = new Map<string, RuleDoc>();
+  private lastErrorLog = 0;
+  private suppressedErrorLogs = 0;
+
+  constructor(private readonly deps: {
+    store: Store; packs: RulePacks; executions: RuleExecutions; agents: AgentRegistry; log: Logger; now?: () => number;
+  }) {
+    super();
+    deps.packs.on('change', (tenant) => this.rebuild(tenant));
+  }
+
+  private now(): number { return this.deps.now?.() ?? Date.now(); }
+
+  async load(): Promise<void> {
+    for (const d of await this.deps.store.list<RuleDoc>('rules')) this.docs.set(d.id, d);
+    const tenants = new Set([...this.deps.packs.tenants(), ...[...this.docs.values()].map((d) => d.tenant)]);
+    for (const t of tenants) this.rebuild(t);
+  }
+
+  /** Recomputes one tenant's rules from its docs and packs, keeping gates and counters of unchanged rules. */
+  private rebuild(tenant: string): void {
+    const defs: Array<{ def: RuleDef; createdMs: number; createdBy: string }> = [];
+    for (const d of this.docs.values()) {
+      if (d.tenant === tenant && d.def) defs.push({ def: d.def, createdMs: d.createdMs, createdBy: d.createdBy });
+    }
+    for (const def of this.deps.packs.rules(tenant)) {
+      const o = this.docs.get(docId(tenant, def.ref));
+      defs.push({ def: o?.enabled === undefined ? def : { ...def, enabled: o.enabled }, createdMs: o?.createdMs ?? 0, createdBy: o?.createdBy ?? `pack:${def.pack}` });
+    }
+    const before = this.edgeSignature(tenant);
+    const prevRules = new Map<string, LiveRule>();
+    for (const [k, r] of this.all) if (r.tenant === tenant) prevRules.set(k, r);
+    for (const k of prevRules.keys()) this.all.delete(k);
+    const index = new RuleIndex<LiveRule>();
+    const edge: LiveRule[] = [];
+    for (const { def, createdMs, createdBy } of defs) {
+      const key = docId(tenant, def.ref);
+      let live: LiveRule;
+      try {
+        live = { tenant, def, compiled: compileRule(def, () => this.now()), gate: new RateGate({ cooldownMs: def.cooldownMs, rateLimit: def.rateLimit }, () => this.now()), stats: { matched: 0, fired: 0, suppressed: 0, errors: 0 }, createdMs, createdBy };
+      } catch (err) {
+        this.deps.log.error({ rule: def.ref, tenant, err: (err as Error).message }, 'rule does not compile; skipped');
+        continue;
+      }
+      const prev = prevRules.get(key);
+      if (prev && JSON.stringify(prev.def) === JSON.stringify(def)) { live.gate = prev.gate; live.stats = prev.stats; }
+      this.all.set(key, live);
+      if (!def.enabled) continue;
+      if (def.target.kind === 'local') edge.push(live);
+      else index.add(key, live);
+    }
+    this.index.set(tenant, index);
+    this.edge.set(tenant, edge);
+    if (this.edgeSignature(tenant) !== before) this.emit('edge-change', tenant);
+  }
+
+  private edgeSignature(tenant: string): string {
+    return (this.edge.get(tenant) ?? []).map((r) => JSON.stringify(r.def)).join('\n');
+  }
+
+  // ---------------------------------------------------------------- hot path
+
+  /** Matches a batch of fresh (de-duplicated) events against the hub rules. */
+  onEvents(events: readonly HubEvent[]): void {
+    for (const e of events) {
+      const rules = this.index.get(e.tenant)?.forTrigger(e.type);
+      if (!rules || rules.length === 0) continue;
+      let trig: TriggerEvent | undefined;
+      for (const r of rules) {
+        trig ??= triggerOf(e);
+        let hit: boolean;
+        try { hit = r.compiled.match(trig); } catch { hit = false; }
+        if (!hit) continue;
+        r.stats.matched++;
+        if (!r.gate.tryFire()) { r.stats.suppressed++; continue; }
+        r.stats.fired++;
+        this.fire(r, trig).catch((err) => this.fireError(r, trig!, err));
+      }
+    }
+  }
+
+  private fireError(r: LiveRule, ev: TriggerEvent, err: unknown): void {
+    r.stats.errors++;
+    // A broken rule fed by a busy trigger must not flood the log: one line per second at most.
+    const now = Date.now();
+    if (now - this.lastErrorLog < 1000) { this.suppressedErrorLogs++; return; }
+    this.deps.log.warn({ rule: r.def.ref, tenant: r.tenant, eventId: ev.id, err: (err as Error).message, suppressedLogs: this.suppressedErrorLogs }, 'rule fired but its action could not be requested');
+    this.lastErrorLog = now;
+    this.suppressedErrorLogs = 0;
+  }
+
+  private async fire(r: LiveRule, ev: TriggerEvent): Promise<void> {
+    const action = this.deps.packs.action(r.tenant, r.def.action.ref);
+    if (!action) throw new TrellisError('TRELLIS_E_NOT_FOUND', `action ${r.def.action.ref} is not installed in tenant ${r.tenant}`);
+    const agentIds = await this.targets(r.tenant, r.def, ev);
+    if (agentIds.length === 0) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no online agent for target ${describeTarget(r.def)}`);
+    const ref = r.def.ref;
+    await this.deps.executions.request({
+      tenant: r.tenant, action, agentIds, parameters: r.compiled.parameters(ev), requestedBy: `rule:${ref}`, rule: ref,
+      triggerEventId: ev.id, dedupKey: (agentId) => `${ref}|${ev.id}|${agentId}`,
+    });
+  }
+
+  /** The agents a hub rule targets for this event (in the rule's tenant, not revoked). */
+  async targets(tenant: string, def: RuleDef, ev: TriggerEvent): Promise<string[]> {
+    const t = def.target;
+    if (t.kind === 'local') return [];
+    if (t.kind === 'agent') {
+      const id = String(renderTemplate(t.agent, { trigger: ev }) ?? '');
+      if (!id) return [];
+      const a = await this.deps.agents.get(id);
+      return a && a.tenant === tenant && !a.revoked ? [a.id] : [];
+    }
+    return (await this.deps.agents.list({ tenant, selector: t.selector })).filter((a) => a.online && !a.revoked).map((a) => a.id);
+  }
+
+  // ---------------------------------------------------------------- edge rules
+
+  /** Enabled edge rules of a tenant (hub/agentconfig filters them per agent). */
+  edgeRules(tenant: string): readonly LiveRule[] {
+    return this.edge.get(tenant) ?? [];
+  }
+
+  // ---------------------------------------------------------------- admin
+
+  list(tenant: string, filter: { pack?: string; trigger?: string } = {}): LiveRule[] {
+    return [...this.all.values()]
+      .filter((r) => (tenant === '*' || r.tenant === tenant) && (!filter.pack || r.def.pack === filter.pack) && (!filter.trigger || r.def.trigger === filter.trigger))
+      .sort((a, b) => (a.tenant + a.def.ref < b.tenant + b.def.ref ? -1 : 1));
+  }
+
+  get(tenant: string, ref: string): LiveRule {
+    const r = this.all.get(docId(tenant, ref));
+    if (!r) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no rule ${ref.slice(0, 130)} in tenant ${tenant}`);
+    return r;
+  }
+
+  async create(tenant: string, def: RuleDef, o: { by: string; replace?: boolean }): Promise<LiveRule> {
+    if (def.pack || !RULE_NAME_RE.test(def.ref)) throw new TrellisError('TRELLIS_E_RULE_INVALID', `rule name "${def.ref.slice(0, 80)}": 1-63 lowercase letters, digits, _ and -; pack rules come with their pack`);
+    if (!this.deps.packs.action(tenant, def.action.ref)) {
+      throw new TrellisError('TRELLIS_E_RULE_INVALID', `action ${def.action.ref}: no such action in tenant ${tenant} (install its pack first: trellis packs install DIR)`);
+    }
+    const id = docId(tenant, def.ref);
+    if (!o.replace && this.docs.get(id)?.def) throw new TrellisError('TRELLIS_E_ALREADY_EXISTS', `rule ${def.ref} exists; pass --replace to change it`);
+    if (!this.docs.has(id) && [...this.docs.values()].filter((d) => d.tenant === tenant).length >= MAX_RULES_PER_TENANT) {
+      throw new TrellisError('TRELLIS_E_TOO_LARGE', `at most ${MAX_RULES_PER_TENANT} rules per tenant`);
+    }
+    const doc: RuleDoc = { id, tenant, ref: def.ref, def, createdMs: this.now(), createdBy: o.by };
+    await this.deps.store.put('rules', doc);
+    this.docs.set(id, doc);
+    this.rebuild(tenant);
+    return this.get(tenant, def.ref);
+  }
+
+  async setEnabled(tenant: string, ref: string, enabled: boolean, by: string): Promise<LiveRule> {
+    const r = this.get(tenant, ref);
+    const id = docId(tenant, ref);
+    const cur = this.docs.get(id);
+    const doc: RuleDoc = cur?.def
+      ? { ...cur, def: { ...cur.def, enabled } }
+      : { id, tenant, ref, enabled, createdMs: cur?.createdMs ?? this.now(), createdBy: cur?.createdBy ?? by };
+    await this.deps.store.put('rules', doc);
+    this.docs.set(id, doc);
+    this.rebuild(r.tenant);
+    return this.get(tenant, ref);
+  }
+
+  async delete(tenant: string, ref: string): Promise<void> {
+    const r = this.get(tenant, ref);
+    if (r.def.pack) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `rule ${ref} comes with pack ${r.def.pack}: disable it, or remove the pack`);
+    await this.deps.store.delete('rules', docId(tenant, ref));
+    this.docs.delete(docId(tenant, ref));
+    this.rebuild(tenant);
+  }
+
+  /** Does the rule match, and what would run where? Changes nothing, fires nothing. */
+  async test(tenant: string, def: RuleDef, ev: TriggerEvent): Promise<{ matched: boolean; reasons: string[]; parameters: Record<string, unknown>; agents: string[] }> {
+    const c = compileRule(def, () => this.now());
+    const { matched, reasons } = c.explain(ev);
+    if (def.trigger !== ev.type) reasons.unshift(`trigger type: the rule wants ${def.trigger}, the event is ${ev.type || '(none)'}`);
+    const ok = matched && def.trigger === ev.type;
+    return { matched: ok, reasons, parameters: c.parameters(ev), agents: ok ? await this.targets(tenant, def, ev) : [] };
+  }
+}
