@@ -4,6 +4,7 @@
  */
 import t from 'tap';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { readdir, readFile, stat, truncate, writeFile, appendFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,6 +12,8 @@ import { captureLogger, startHub, tempDir, waitFor, callError } from './helpers/
 import { Outbox, type OutboxOptions } from '../agent/outbox/index.js';
 import { EventIntake } from '../hub/events/index.js';
 import { isTrellisError } from '../common/errors.js';
+import { HubChannel } from '../agent/channel.js';
+import { agentPaths, loadIdentity, readState } from '../agent/identity.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 const CHILD = fileURLToPath(new URL('./fixtures/outbox-child.js', import.meta.url));
@@ -423,4 +426,27 @@ t.test('the hub down for a while under event load: zero events lost', async (t) 
   t.equal(distinct.size, published, `all ${published} distinct events reached the hub`);
   t.same(ids(events(published, 'load')).filter((id) => !distinct.has(id)), [], 'none missing');
   t.equal(agent.outbox.stats.acked, published);
+});
+
+t.test('a channel without an outbox keeps its events in memory, as before', async (t) => {
+  await using h = await startHub();
+  const { dataDir } = await h.enroll();
+  const paths = agentPaths(dataDir);
+  const id = loadIdentity({ key: paths.key, cert: paths.cert, ca: paths.ca }, paths);
+  const ch = new HubChannel({
+    target: readState(paths).hub,
+    credentials: () => ({ caPem: id.caPem, keyPem: id.keyPem, certPem: id.certPem }),
+    hello: () => ({ facts: { hostname: 'memory-only' }, labels: {} }),
+    onAction: () => undefined,
+    onCancel: () => undefined,
+    log: captureLogger().log,
+    maxBackoffMs: 500,
+  });
+  t.teardown(() => ch.close());
+  ch.start();
+  await waitFor(() => ch.state === 'ready', 10_000, 'ready');
+  t.same(ch.publish(events(1000, 'mem')), { accepted: 1000, refused: 0 });
+  await waitFor(() => ch.backlog === 0 && h.hub.components.events.received === 1000, 10_000, 'all 1,000 delivered');
+  t.equal(ch.stats.eventsAcked, 1000);
+  t.notOk(existsSync(join(dataDir, 'outbox')), 'no outbox directory');
 });
