@@ -13,6 +13,11 @@ import { HubChannel } from './channel.js';
 import { Outbox } from './outbox/index.js';
 import { join } from 'node:path';
 import { startAction, type RunningAction } from './runner.js';
+import { ulid } from 'ulid';
+import { SensorManager, type SensorEvent } from './sensors/index.js';
+import { EdgeRules } from './edge.js';
+import { runLocal } from './local.js';
+import type { TriggerEvent } from '../common/automation/types.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 export interface AgentOptions {
@@ -47,6 +52,12 @@ export class Agent {
   private renewTimer?: NodeJS.Timeout;
   private readonly running = new Map<string, RunningAction>();
   private closed = false;
+  /** Built-in sensors configured by the hub (agent/sensors). */
+  readonly sensors: SensorManager;
+  /** Edge rules (target: local) and their sealed values, kept on disk (agent/edge.ts). */
+  readonly edge: EdgeRules;
+  /** The tenant the hub named in its welcome. */
+  tenant?: string;
 
   private constructor(private readonly opts: AgentOptions, identity: Identity, readonly target: string, private readonly managed: boolean, readonly log: Logger, readonly outbox: Outbox) {
     this.identity = identity;
@@ -56,10 +67,61 @@ export class Agent {
       hello: () => ({ facts: agentFacts(), labels: opts.labels ?? {} }),
       onAction: (req) => this.onAction(req),
       onCancel: (id) => this.running.get(id)?.cancel(),
+      onConfig: (c) => void this.onConfig(c),
       log: log.child({ component: 'channel' }),
       maxBackoffMs: opts.maxBackoffMs,
       outbox,
     });
+    this.sensors = new SensorManager({ log, emit: (evs) => this.onSensorEvents(evs) });
+    this.edge = new EdgeRules({
+      dataDir: opts.dataDir, log: log.child({ component: 'edge' }), privateKey: () => this.privateKey(),
+      publish: (evs) => { this.channel.publish(evs); },
+      run: (executionId, action, rendered) => {
+        const max = this.opts.maxConcurrentActions ?? 16;
+        if (this.running.size >= max) return Promise.reject(new TrellisError('TRELLIS_E_AGENT_BUSY', `agent busy: ${max} actions already running`));
+        this.log.info({ executionId, action: action.ref, runner: rendered.runner }, 'edge action started');
+        return runLocal({ executionId, action, rendered, log: this.log.child({ component: 'runner' }), track: (id, h) => { if (h) this.running.set(id, h); else this.running.delete(id); } });
+      },
+    });
+  }
+
+  /**
+   * Local events (sensors, or `publishEvent`): edge rules see them first, then they go to the
+   * durable outbox and upstream. Returns how many the outbox accepted and refused (when full).
+   */
+  publishEvent(type: string, payload: Record<string, unknown>, timeMs = Date.now()): { accepted: number; refused: number } {
+    return this.publishLocal([{ type, payload, timeMs }]);
+  }
+
+  private onSensorEvents(evs: SensorEvent[]): void {
+    this.publishLocal(evs);
+  }
+
+  private publishLocal(evs: Array<{ type: string; payload: Record<string, unknown>; timeMs: number }>): { accepted: number; refused: number } {
+    const events: T.Event[] = [];
+    const triggers: TriggerEvent[] = [];
+    const agent = this.agentId ?? this.edge.agentId;
+    const tenant = this.tenant ?? this.edge.tenant;
+    for (const e of evs) {
+      const id = ulid();
+      events.push({ id, type: e.type, payloadJson: Buffer.from(JSON.stringify(e.payload)), timeMs: e.timeMs });
+      triggers.push({ id, type: e.type, payload: e.payload, agent, tenant, timeMs: e.timeMs });
+    }
+    try { this.edge.onEvents(triggers); } catch (err) { this.log.error({ err: (err as Error).message }, 'edge rules failed on local events'); }
+    return this.channel.publish(events);
+  }
+
+  /** Applies the hub's config: sensors, then edge rules (saved with their values still sealed). */
+  private async onConfig(c: T.AgentConfig__Output): Promise<void> {
+    const problems: string[] = [];
+    try {
+      if (!this.agentId || !this.tenant) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'config before welcome');
+      await this.edge.apply(this.agentId, this.tenant, c);
+    } catch (err) {
+      problems.push(`edge rules: ${(err as Error).message}`);
+    }
+    for (const s of this.sensors.apply(c.sensors)) problems.push(`sensor ${s.name}: ${s.error}`);
+    this.channel.send({ configAck: { version: c.version, error: problems.join('; ').slice(0, 4000) } });
   }
 
   get certificate(): Identity { return this.identity; }
@@ -97,7 +159,12 @@ export class Agent {
     }
     const outbox = await Outbox.open({ dir: join(opts.dataDir, 'outbox'), log: log.child({ component: 'outbox' }), maxEvents: opts.outboxMaxEvents });
     const agent = new Agent(opts, identity, target, !operator, log, outbox);
-    agent.channel.on('welcome', (w: T.Welcome__Output) => { agent.agentId = w.agentId; });
+    agent.channel.on('welcome', (w: T.Welcome__Output) => { agent.agentId = w.agentId; agent.tenant = w.tenant; });
+    // The last config from the hub: edge rules and sensors work before (and without) a connection.
+    agent.edge.load();
+    for (const s of agent.sensors.apply(agent.edge.sensors.map((x) => ({ name: x.name, kind: x.kind, trigger: x.trigger, intervalMs: x.intervalMs, configJson: JSON.stringify(x.config) })))) {
+      log.warn({ sensor: s.name, error: s.error }, 'saved sensor not started');
+    }
     agent.channel.start();
     agent.scheduleRenewal();
     log.info({ hub: target, serial: identity.serial, notAfter: identity.notAfter.toISOString() }, 'agent started');
@@ -164,6 +231,7 @@ export class Agent {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.renewTimer);
+    await this.sensors.close();
     for (const r of this.running.values()) r.cancel();
     await this.channel.close();
     await this.outbox.close();

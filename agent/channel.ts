@@ -34,6 +34,8 @@ export interface ChannelOptions {
   hello: () => T.Hello;
   onAction: (req: T.ActionRequest__Output) => void;
   onCancel: (executionId: string) => void;
+  /** The hub's config for this agent (sensors, edge rules, sealed values); sent after welcome and on change. */
+  onConfig?: (config: T.AgentConfig__Output) => void;
   log: Logger;
   /** Most events per batch. @default 500 */
   batchSize?: number;
@@ -221,6 +223,7 @@ export class HubChannel extends EventEmitter {
     switch (m.msg) {
       case 'action': if (m.action) this.opts.onAction(m.action); break;
       case 'cancel': if (m.cancel) this.opts.onCancel(m.cancel.executionId); break;
+      case 'config': if (m.config) this.opts.onConfig?.(m.config); break;
       case 'eventAck': {
         if (!m.eventAck || c !== this.current) break;
         const sent = this.inflight.get(m.eventAck.seq);

@@ -58,6 +58,9 @@ export class EdgeRules {
 
   get path(): string { return join(this.opts.dataDir, EDGE_CONFIG_FILE); }
   get version(): string { return this.config?.version ?? ''; }
+  /** Who the saved config was sealed for (known before the hub welcomes this agent). */
+  get agentId(): string { return this.config?.agentId ?? ''; }
+  get tenant(): string { return this.config?.tenant ?? ''; }
   get sensors(): StoredConfig['sensors'] { return this.config?.sensors ?? []; }
   get ruleNames(): string[] { return (this.config?.rules ?? []).map((r) => r.name); }
 
@@ -81,12 +84,19 @@ export class EdgeRules {
       rules: c.rules.map((r) => ({ name: r.name, trigger: r.trigger, def: parseJson(r.definitionJson, `rule ${r.name}`) as RuleDef, action: parseJson(r.actionJson, `rule ${r.name} action`) as ActionDef })),
       sealedSecrets: { ...c.sealedSecrets },
     };
-    this.install(stored);
+    const compiled = this.compile(stored); // a config that does not compile is refused before it is saved
     await atomicWriteFile(this.path, JSON.stringify(stored), { mode: 0o600 });
+    this.config = stored;
+    this.byTrigger = compiled;
     this.opts.log.info({ version: c.version, rules: stored.rules.length, sensors: stored.sensors.length, values: Object.keys(stored.sealedSecrets).length }, 'edge config applied');
   }
 
   private install(c: StoredConfig): void {
+    this.byTrigger = this.compile(c);
+    this.config = c;
+  }
+
+  private compile(c: StoredConfig): Map<string, EdgeRule[]> {
     const byTrigger = new Map<string, EdgeRule[]>();
     const old = new Map<string, EdgeRule>();
     for (const list of this.byTrigger.values()) for (const r of list) old.set(r.def.ref, r);
@@ -98,8 +108,7 @@ export class EdgeRules {
       list.push(rule);
       byTrigger.set(r.def.trigger, list);
     }
-    this.config = c;
-    this.byTrigger = byTrigger;
+    return byTrigger;
   }
 
   private now(): number { return this.opts.now?.() ?? Date.now(); }

@@ -1,0 +1,190 @@
+/**
+ * Automation end to end: a pack installed over the admin API, sensors and edge rules pushed to
+ * a real agent, hub rules matched on the event path, executions recorded — with the hub stopped,
+ * restarted and flooded.
+ */
+import t from 'tap';
+import { readFileSync, existsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { startHub, waitFor, callError, type TestHub } from './helpers/hub.js';
+import { openSealed, sealAad, loadPrivateKey } from '../certs/index.js';
+import { agentPaths } from '../agent/identity.js';
+import type { Agent } from '../agent/agent.js';
+import type * as T from '../common/proto-gen/trellis/v1/index.js';
+
+const file = (path: string, text: string): T.PackFile => ({ path, content: Buffer.from(text), mode: 0o644 });
+
+/** A pack whose `mark` action appends MSG (and TOKEN, from env) to OUT. */
+function opsPack(dir: string): T.PackFile[] {
+  return [
+    file('pack.yaml', 'name: ops\nversion: 1.0.0\ndescription: test pack\n'),
+    file('actions/mark.yaml', [
+      'name: mark', 'description: append a line to a file', 'runner: command',
+      'command: ["/bin/sh", "-c", "printf \'%s|%s\\\\n\' \\"$MSG\\" \\"$TOKEN\\" >> \\"$OUT\\""]',
+      'parameters:', '  msg: { type: string, required: true }', '  out: { type: string, required: true }', '  token: { type: string, secret: true }',
+      'env:', '  MSG: "{{ msg }}"', '  OUT: "{{ out }}"', '  TOKEN: "{{ token }}"', 'timeout: 10s', '',
+    ].join('\n')),
+    // A sensor: a file appearing is a core.file event on every agent.
+    file('sensors/flag.yaml', `name: flag\ndescription: a flag file\ntype: file\ninterval: 1s\nconfig: { path: ${JSON.stringify(join(dir, 'flag'))} }\n`),
+    // An edge rule: the flag file created → mark, locally, with a secret from the datastore.
+    file('rules/on_flag.yaml', [
+      'name: on_flag', 'trigger: core.file',
+      'criteria:', '  trigger.payload.change: { type: equals, pattern: created }',
+      'action:', '  ref: ops.mark', '  parameters:', `    msg: "flag {{ trigger.payload.path }}"`, `    out: ${JSON.stringify(join(dir, 'edge.out'))}`, '    token: "{{ secret.edge_token }}"',
+      'target: local', '',
+    ].join('\n')),
+  ];
+}
+
+async function install(h: TestHub, files: T.PackFile[]): Promise<void> {
+  await unaryT<T.InstallPackRequest, T.PackInfo__Output>(h, h.admin.packs, h.admin.packs.InstallPack, { files, force: true });
+}
+
+async function setSecret(h: TestHub, key: string, value: string): Promise<void> {
+  const admin = h.admin;
+  const md = admin.metadata.clone();
+  md.set('x-trellis-tenant', 'default');
+  await new Promise<void>((resolve, reject) => admin.kv.Set({ key, value, secret: true, ttlMs: 0, scope: 'tenant', private: false }, md, (err) => (err ? reject(err) : resolve())));
+}
+
+function tenantMd(h: TestHub): grpc.Metadata {
+  const md = h.admin.metadata.clone();
+  md.set('x-trellis-tenant', 'default');
+  return md;
+}
+
+function unaryT<Req, Res>(h: TestHub, client: object, fn: (req: Req, md: grpc.Metadata, cb: (e: grpc.ServiceError | null, r?: Res) => void) => unknown, req: Req): Promise<Res> {
+  return new Promise((resolve, reject) => fn.call(client, req, tenantMd(h), (e, r) => (e ? reject(e) : resolve(r!))));
+}
+
+const createRule = (h: TestHub, def: object) => unaryT<T.CreateRuleRequest, T.RuleInfo__Output>(h, h.admin.rules, h.admin.rules.CreateRule, { definition: JSON.stringify(def), replace: true, source: 'test' });
+const listExecutions = (h: TestHub, req: Partial<T.ListExecutionsRequest>) => unaryT<T.ListExecutionsRequest, T.ListExecutionsResponse__Output>(h, h.admin.executions, h.admin.executions.ListExecutions, { limit: 1000, ...req });
+
+const readLines = (p: string) => (existsSync(p) ? readFileSync(p, 'utf8').split('\n').filter(Boolean) : []);
+
+t.test('a sensor event fires an edge rule that remediates with the hub stopped; the run reaches history afterwards', async (t) => {
+  const h = await startHub();
+  t.teardown(() => h.close());
+  const secret = `edge-${Math.random().toString(36).slice(2)}-token`;
+  await setSecret(h, 'edge_token', secret);
+  await install(h, opsPack(h.dir));
+  const agent = await h.agent();
+  await waitFor(() => agent.edge.ruleNames.includes('ops.on_flag') && agent.sensors.status().length === 1, 10_000, 'edge config with the rule and the sensor');
+
+  // The saved config holds the value sealed, never in clear, in a 0600 file.
+  const cfgPath = agent.edge.path;
+  const cfg = readFileSync(cfgPath, 'utf8');
+  t.notOk(cfg.includes(secret), 'edge-config.json does not hold the secret in clear');
+  t.equal((await import('node:fs')).statSync(cfgPath).mode & 0o777, 0o600, 'edge-config.json is 0600');
+
+  await h.stop();
+  await waitFor(() => agent.channel.state === 'connecting', 5000, 'agent notices the hub is gone');
+  writeFileSync(join(h.dir, 'flag'), 'up');
+  const out = join(h.dir, 'edge.out');
+  await waitFor(() => readLines(out).length === 1, 10_000, 'edge action ran with the hub down');
+  t.same(readLines(out), [`flag ${join(h.dir, 'flag')}|${secret}`], 'the action got its parameters and the opened secret (by env)');
+
+  await h.restart();
+  await waitFor(async () => (await listExecutions(h, { rule: 'ops.on_flag' })).executions.length === 1, 15_000, 'edge execution recorded');
+  const [x] = (await listExecutions(h, { rule: 'ops.on_flag' })).executions;
+  t.equal(x!.status, 'succeeded');
+  t.ok(x!.edge, 'marked as an edge execution');
+  t.equal(x!.action, 'ops.mark');
+  t.notOk(Buffer.from(x!.parametersJson).toString().includes(secret), 'history keeps the reference, not the value');
+  t.match(Buffer.from(x!.parametersJson).toString(), /\{\{ secret\.edge_token \}\}/);
+  for (const line of h.logLines) if (line.includes(secret)) t.fail(`secret in a hub log line: ${line.slice(0, 200)}`);
+});
+
+t.test('a changed secret reaches the agent sealed; a blob sealed for agent A does not open with agent B\'s key', async (t) => {
+  const h = await startHub();
+  t.teardown(() => h.close());
+  await setSecret(h, 'edge_token', 'first-value-1');
+  await install(h, opsPack(h.dir));
+  const a = await h.agent();
+  const b = await h.agent();
+  await waitFor(() => a.edge.ruleNames.length === 1 && b.edge.ruleNames.length === 1, 10_000, 'both agents configured');
+  const v1 = a.edge.version;
+  await setSecret(h, 'edge_token', 'second-value-2');
+  await waitFor(() => a.edge.version !== v1 && b.edge.version !== v1, 5000, 'new config pushed to every agent using the secret');
+  const cfgA = JSON.parse(readFileSync(a.edge.path, 'utf8')) as { agentId: string; tenant: string; sealedSecrets: Record<string, string> };
+  const blob = cfgA.sealedSecrets['secret:edge_token']!;
+  const aad = sealAad(cfgA.agentId, 'secret', `${cfgA.tenant}/secret:edge_token`);
+  const keyA = loadPrivateKey(readFileSync(agentPaths(a.edge.path.replace(/\/edge-config\.json$/, '')).key, 'utf8'));
+  t.equal(openSealed(blob, keyA, aad).toString(), 'second-value-2', 'agent A opens its own blob');
+  const keyB = loadPrivateKey(readFileSync(agentPaths(b.edge.path.replace(/\/edge-config\.json$/, '')).key, 'utf8'));
+  t.throws(() => openSealed(blob, keyB, aad), 'agent B cannot open agent A\'s blob');
+  const tampered = blob.slice(0, -4) + (blob.endsWith('AAAA') ? 'BBBB' : 'AAAA');
+  t.throws(() => openSealed(tampered, keyA, aad), 'a tampered blob does not open');
+});
+
+t.test('hub rules: run on the emitting agent, rate limit stops storms, no duplicate executions after the hub was down under load', async (t) => {
+  const h = await startHub();
+  t.teardown(() => h.close());
+  await install(h, opsPack(h.dir));
+  const agent: Agent = await h.agent();
+  const out = join(h.dir, 'hub.out');
+  await createRule(h, {
+    name: 'on-job', trigger: 'test.job', criteria: { 'trigger.payload.n': { type: 'gte', pattern: 0 } },
+    action: { ref: 'ops.mark', parameters: { msg: 'job {{ trigger.payload.n }}', out } },
+  });
+  const storm = await createRule(h, {
+    name: 'everything', trigger: 'test.storm', action: { ref: 'ops.mark', parameters: { msg: 'storm', out: join(h.dir, 'storm.out') } }, rate_limit: { count: 2, per: '1m' },
+  });
+  t.equal(storm.target, 'agent {{ trigger.agent }}', 'default target: the agent that sent the event');
+
+  agent.publishEvent('test.job', { n: 0 });
+  await waitFor(() => readLines(out).length === 1, 10_000, 'hub rule ran the action on the agent');
+  t.same(readLines(out), ['job 0|']);
+
+  for (let i = 0; i < 10; i++) agent.publishEvent('test.storm', { i });
+  await waitFor(async () => (await unaryT<T.GetRuleRequest, T.RuleInfo__Output>(h, h.admin.rules, h.admin.rules.GetRule, { name: 'everything' })).matched === 10, 10_000, 'storm matched');
+  const info = await unaryT<T.GetRuleRequest, T.RuleInfo__Output>(h, h.admin.rules, h.admin.rules.GetRule, { name: 'everything' });
+  t.equal(info.fired, 2, 'a rule that matches everything fires only within its rate limit');
+  t.equal(info.suppressed, 8, 'the rest is counted as suppressed');
+
+  // Hub down while events keep coming: all are delivered later, each runs exactly once.
+  await h.stop();
+  for (let n = 1; n <= 40; n++) agent.publishEvent('test.job', { n });
+  await h.restart();
+  await waitFor(() => readLines(out).length >= 41, 30_000, '40 queued events ran');
+  await new Promise((r) => setTimeout(r, 500));
+  const lines = readLines(out);
+  t.equal(lines.length, 41, 'no event lost, no execution duplicated');
+  t.equal(new Set(lines).size, 41, 'every line distinct');
+  const hist = (await listExecutions(h, { rule: 'on-job' })).executions;
+  t.equal(hist.length, 41, 'history has one execution per event');
+  t.equal(new Set(hist.map((x) => x.triggerEventId)).size, 41, 'each from its own event');
+});
+
+t.test('rules API: validation, permissions, tenants, test', async (t) => {
+  const h = await startHub();
+  t.teardown(() => h.close());
+  await install(h, opsPack(h.dir));
+  const bad = await callError(createRule(h, { name: 'redos', trigger: 'x.y', criteria: { 'trigger.payload.a': { type: 'regex', pattern: '(a+)+$' } }, action: { ref: 'ops.mark', parameters: { msg: 'm', out: '/tmp/x' } } }));
+  t.equal((bad as unknown as grpc.ServiceError)?.code, grpc.status.INVALID_ARGUMENT, 'a catastrophic regex is refused when the rule is saved');
+  const noAction = await callError(createRule(h, { name: 'noaction', trigger: 'x.y', action: { ref: 'ops.missing', parameters: {} } }));
+  t.match(noAction?.message, /no such action/);
+  const badOp = await callError(createRule(h, { name: 'badop', trigger: 'x.y', criteria: { 'trigger.payload.a': { type: 'frobnicate', pattern: 1 } }, action: { ref: 'ops.mark', parameters: {} } }));
+  t.equal((badOp as unknown as grpc.ServiceError)?.code, grpc.status.INVALID_ARGUMENT, 'unknown operator refused');
+
+  await createRule(h, { name: 'hot', trigger: 'cpu.high', criteria: { 'trigger.payload.percent': { type: 'gt', pattern: 90 } }, action: { ref: 'ops.mark', parameters: { msg: 'cpu {{ trigger.payload.percent }}', out: '/tmp/never' } } });
+  const yes = await unaryT<T.TestRuleRequest, T.TestRuleResponse__Output>(h, h.admin.rules, h.admin.rules.TestRule, { name: 'hot', definition: '', eventJson: Buffer.from(JSON.stringify({ percent: 95 })) });
+  t.ok(yes.matched);
+  t.same(JSON.parse(Buffer.from(yes.parametersJson).toString()), { msg: 'cpu 95', out: '/tmp/never' }, 'rendered parameters');
+  const no = await unaryT<T.TestRuleRequest, T.TestRuleResponse__Output>(h, h.admin.rules, h.admin.rules.TestRule, { name: 'hot', definition: '', eventJson: Buffer.from(JSON.stringify({ type: 'cpu.high', payload: { percent: 50 } })) });
+  t.notOk(no.matched);
+  t.ok(no.reasons.length > 0, 'explains why not');
+
+  const dis = await unaryT<T.SetRuleEnabledRequest, T.RuleInfo__Output>(h, h.admin.rules, h.admin.rules.SetRuleEnabled, { name: 'ops.on_flag', enabled: false });
+  t.notOk(dis.enabled, 'a pack rule can be disabled');
+  const del = await callError(unaryT(h, h.admin.rules, h.admin.rules.DeleteRule, { name: 'ops.on_flag' }));
+  t.equal((del as unknown as grpc.ServiceError)?.code, grpc.status.INVALID_ARGUMENT, 'a pack rule is not deleted on its own');
+
+  // Another tenant does not see the rule.
+  await h.hub.components.iam.createTenant('other', '');
+  const md = h.admin.metadata.clone();
+  md.set('x-trellis-tenant', 'other');
+  const other = await new Promise<grpc.ServiceError | null>((resolve) => h.admin.rules.GetRule({ name: 'hot' }, md, (e) => resolve(e)));
+  t.equal(other?.code, grpc.status.NOT_FOUND, 'another tenant\'s rule is NOT_FOUND');
+});
