@@ -17,6 +17,8 @@
  *     seal_per_s                 64-byte secrets sealed for one P-256 agent certificate (bench/seal.ts)
  *     kv_get_decrypt_per_s       KvStore get + decrypt of secrets, in-process (bench/kv.ts)
  *     rotate_10k_values_s        master key rotation over 10,000 secrets, lowdb store in a temp dir
+ *  7. raw_stream_events_per_s, ingest_events_per_s, event_to_action_p99_ms, webhook_req_per_s,
+ *     secret_fanout_1000_agents_p99_ms   automation against the child hub (bench/automation.ts)
  *
  * Knobs (environment): TRELLIS_BENCH_HUB_NODE_ARGS adds node flags to the child hub (for example
  * "--cpu-prof --cpu-prof-dir=/tmp/prof"); TRELLIS_BENCH_KEEP=1 keeps the temp directory.
@@ -42,6 +44,7 @@ import { makeForgeIssuer } from './forge-naive.js';
 import { benchAuthedRpc, benchAuthz, benchLogin } from './auth.js';
 import { benchKvGetDecrypt, benchKvRotate } from './kv.js';
 import { benchSeal } from './seal.js';
+import { benchEventToAction, benchIngest, benchSecretFanout, benchWebhook, installBenchPack, type AutomationCtx } from './automation.js';
 import { silenceIpServernameWarning } from '../common/warnings.js';
 import { mean, note, percentile, pool, processCpuMs, sleep, startChildHub, type ChildHub } from './lib.js';
 
@@ -67,6 +70,7 @@ const FIGURES = [
   'login_ms', 'authz_check_per_s', 'authed_rpc_overhead_us',
   'seal_per_s',
   'kv_get_decrypt_per_s', 'rotate_10k_values_s',
+  'raw_stream_events_per_s', 'ingest_events_per_s', 'event_to_action_p99_ms', 'webhook_req_per_s', 'secret_fanout_1000_agents_p99_ms',
 ] as const;
 type Figure = typeof FIGURES[number];
 const reported = new Set<Figure>();
@@ -123,7 +127,7 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 process.on('uncaughtException', (err) => { note(`uncaught: ${err.stack ?? err}`); void finish(); });
 process.on('unhandledRejection', (err) => { note(`unhandled rejection: ${(err as Error)?.stack ?? err}`); void finish(); });
 // A last resort: never hang a CI job.
-setTimeout(() => { note('watchdog: over 150 s, giving up'); void finish(); }, 150_000).unref();
+setTimeout(() => { note('watchdog: over 400 s, giving up'); void finish(); }, 400_000).unref();
 
 // ---- 1. certificate issuance through the hub's own function ------------------------------------
 /**
@@ -448,6 +452,23 @@ async function main(): Promise<void> {
     };
     await figure(['channel_events_per_s'], async () => benchChannelBatched(await agentDirFor(0)));
     await figure(['channel_events_unbatched_per_s'], async () => benchChannelUnbatched(await agentDirFor(1)));
+
+    const actx: AutomationCtx = {
+      admin: admin!, hubDir, agentAddr: `127.0.0.1:${child.agentPort}`, webAddr: `127.0.0.1:${child.webPort}`, caPem, trustDomain: TRUST_DOMAIN, names: NAMES, closers,
+    };
+    const automation: Figure[] = ['raw_stream_events_per_s', 'ingest_events_per_s', 'event_to_action_p99_ms', 'webhook_req_per_s', 'secret_fanout_1000_agents_p99_ms'];
+    let packReady = true;
+    await figure(automation, async () => { await installBenchPack(admin!); }).catch(() => { packReady = false; });
+    if (packReady) {
+      await figure(['raw_stream_events_per_s', 'ingest_events_per_s'], async () => {
+        const r = await benchIngest(actx);
+        report('raw_stream_events_per_s', r.raw, 'events/s');
+        report('ingest_events_per_s', r.withRules, 'events/s');
+      });
+      await figure(['event_to_action_p99_ms'], async () => report('event_to_action_p99_ms', await benchEventToAction(actx), 'ms', 2));
+      await figure(['webhook_req_per_s'], async () => report('webhook_req_per_s', await benchWebhook(actx), 'req/s'));
+      await figure(['secret_fanout_1000_agents_p99_ms'], async () => report('secret_fanout_1000_agents_p99_ms', await benchSecretFanout(actx), 'ms', 1));
+    }
   }
   note(`load average at end: ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
   note(`done in ${((performance.now() - t0) / 1000).toFixed(1)} s`);

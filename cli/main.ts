@@ -11,6 +11,7 @@ import { addExecutionCommands } from './commands/executions.js';
 import { addWebhookCommands } from './commands/webhooks.js';
 import { addEventCommands } from './commands/events.js';
 import { addPackCommands } from './commands/packs.js';
+import { addRuleCommands } from './commands/rules.js';
 
 export function buildProgram(): Command {
   const program = new Command('trellis')
@@ -33,6 +34,7 @@ export function buildProgram(): Command {
   addWebhookCommands(program);
   addEventCommands(program);
   addPackCommands(program);
+  addRuleCommands(program);
   program.addHelpText('after', `
 Start here:
   trellis hub init --data /var/lib/trellis-hub --name hub.example.com,10.0.0.5
@@ -41,7 +43,10 @@ Start here:
   trellis tokens create --label role=web
   trellis agent enroll --hub hub.example.com:7444 --token TOKEN --data /var/lib/trellis-agent
   trellis agent run --data /var/lib/trellis-agent
-  trellis run --selector role=web -- uptime`);
+  trellis run --selector role=web -- uptime
+  trellis packs install ./mypack && trellis rules list
+  trellis run mypack.restart --selector role=web service=nginx
+  trellis events --follow --type 'core.*'`);
   return program;
 }
 

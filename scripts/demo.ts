@@ -3,7 +3,9 @@
  * `trellis` CLI exactly as an operator would: init, login, token, enroll, run, revoke.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, mkdirSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
+import { request } from 'node:https';
+import { createHmac } from 'node:crypto';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
@@ -21,9 +23,9 @@ const t0 = Date.now();
 const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
 function step(title: string): void { process.stdout.write(`\n${bold(`== ${title}`)}\n`); }
 
-function trellis(args: string[], opts: { allowFail?: boolean; quiet?: boolean } = {}): { code: number; out: string; err: string } {
+function trellis(args: string[], opts: { allowFail?: boolean; quiet?: boolean; silent?: boolean } = {}): { code: number; out: string; err: string } {
   const shown = args.map((a) => (a.length > 60 ? a.slice(0, 24) + '…' + a.slice(-12) : /[\s"$;&|<>()]/.test(a) ? `'${a}'` : a));
-  process.stdout.write(`$ trellis ${shown.join(' ')}\n`);
+  if (!opts.silent) process.stdout.write(`$ trellis ${shown.join(' ')}\n`);
   const r = spawnSync(process.execPath, [bin, ...args], { env, encoding: 'utf8', timeout: 30_000 });
   const out = r.stdout ?? '';
   const err = r.stderr ?? '';
@@ -95,7 +97,9 @@ async function main(): Promise<void> {
   process.stdout.write(`(exit code ${r.code}, the remote command's)\n`);
   if (r.code !== 3) throw new Error(`expected exit code 3, got ${r.code}`);
 
-  step('6. Revoke the agent: its live stream is cut and it may not come back');
+  await automation(agentId, webPort);
+
+  step('8. Revoke the agent: its live stream is cut and it may not come back');
   const revokedAt = Date.now();
   trellis(['agents', 'revoke', agentId, '--reason', 'demo']);
   await until('the agent to be cut off', () => agent.exitCode !== null, 5_000);
@@ -116,6 +120,76 @@ async function main(): Promise<void> {
   if (openssl.status === 0) process.stdout.write(`openssl: ${(openssl.stderr || openssl.stdout).trim()} (the CRL is signed by the hub CA)\n`);
 
   step(`Done in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+}
+
+/** A pack: a file sensor, an edge rule that remediates on the agent, a hub rule fed by a webhook. */
+function writePack(packDir: string, watched: string, marker: string): void {
+  for (const d of ['actions', 'sensors', 'rules']) mkdirSync(join(packDir, d), { recursive: true });
+  writeFileSync(join(packDir, 'pack.yaml'), 'name: demo\nversion: 1.0.0\ndescription: Trellis demo pack\n');
+  writeFileSync(join(packDir, 'actions', 'remediate.yaml'), [
+    'name: remediate', 'description: write a remediation record (the API token reaches it by env only)', 'runner: command',
+    'command: ["/bin/sh", "-c", "echo \\"remediated: $REASON (token ${#API_TOKEN} chars)\\" | tee -a \\"$MARKER\\""]',
+    'parameters:', '  reason: { type: string, required: true }', '  token: { type: string, secret: true }',
+    'env:', `  MARKER: ${JSON.stringify(marker)}`, '  REASON: "{{ reason }}"', '  API_TOKEN: "{{ token }}"', 'timeout: 10s', '',
+  ].join('\n'));
+  writeFileSync(join(packDir, 'sensors', 'incident.yaml'), `name: incident\ndescription: an incident file appears\ntype: file\ninterval: 1s\nconfig: { path: ${JSON.stringify(watched)} }\n`);
+  writeFileSync(join(packDir, 'rules', 'fix_incident.yaml'), [
+    'name: fix_incident', 'description: remediate on the agent itself, even with the hub down', 'trigger: core.file',
+    'criteria:', '  trigger.payload.change: { type: equals, pattern: created }',
+    'action:', '  ref: demo.remediate', '  parameters:', '    reason: "incident file {{ trigger.payload.path }}"', '    token: "{{ secret.demo_token }}"',
+    'target: local', 'cooldown: 10s', '',
+  ].join('\n'));
+}
+
+function postWebhook(webPort: number, name: string, secret: string, body: object, ca: string): Promise<number> {
+  const raw = Buffer.from(JSON.stringify(body));
+  const ts = Math.floor(Date.now() / 1000);
+  const sig = createHmac('sha256', secret).update(`${ts}.`).update(raw).digest('hex');
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port: webPort, path: `/webhooks/${name}`, method: 'POST', ca, servername: 'localhost',
+      headers: { 'content-type': 'application/json', 'content-length': raw.length, 'x-trellis-signature': `t=${ts},v1=${sig}` } }, (res) => { res.resume(); res.on('end', () => resolve(res.statusCode ?? 0)); });
+    req.on('error', reject);
+    req.end(raw);
+  });
+}
+
+async function automation(agentId: string, webPort: number): Promise<void> {
+  step('6. Automation at the edge: a pack with a sensor, an action and an edge rule; the secret it uses travels sealed');
+  const packDir = join(dir, 'pack-demo');
+  const watched = join(dir, 'incident');
+  const marker = join(dir, 'remediated.log');
+  writePack(packDir, watched, marker);
+  writeFileSync(join(dir, 'token.txt'), randomBytes(16).toString('hex'));
+  trellis(['kv', 'set', 'demo_token', '--secret', '--file', join(dir, 'token.txt')]);
+  trellis(['packs', 'install', packDir]);
+  trellis(['rules', 'list']);
+  await until('the agent to receive its edge rule', () => existsSync(join(dir, 'agent', 'edge-config.json')) && readFileSync(join(dir, 'agent', 'edge-config.json'), 'utf8').includes('fix_incident'));
+  process.stdout.write(`$ echo disk full > ${watched}    # the file sensor sees it; the edge rule runs demo.remediate on the agent\n`);
+  writeFileSync(watched, 'disk full\n');
+  await until('the remediation to run', () => existsSync(marker));
+  process.stdout.write(readFileSync(marker, 'utf8'));
+  await until('the edge run to reach the history', () => trellis(['executions', 'list', '--rule', 'demo.fix_incident', '--json'], { quiet: true, silent: true }).out.includes('succeeded'));
+  trellis(['executions', 'list']);
+
+  step('7. Automation on the hub: a webhook event fires a hub rule that runs the action on agents by label');
+  writeFileSync(join(dir, 'deploy-rule.yaml'), [
+    'name: on-deploy', 'trigger: webhook.deploy', 'criteria:', '  trigger.payload.env: { type: equals, pattern: prod }',
+    'action:', '  ref: demo.remediate', '  parameters:', '    reason: "deploy of {{ trigger.payload.service }}"',
+    'target: { selector: { role: demo } }', 'rate_limit: { count: 5, per: 1m }', '',
+  ].join('\n'));
+  trellis(['rules', 'create', join(dir, 'deploy-rule.yaml')]);
+  writeFileSync(join(dir, 'event.json'), JSON.stringify({ env: 'prod', service: 'api' }));
+  trellis(['rules', 'test', 'on-deploy', join(dir, 'event.json')]);
+  const created = trellis(['webhooks', 'create', 'deploy', '--json'], { quiet: true });
+  const secret = (JSON.parse(created.out) as { secret: string }).secret;
+  process.stdout.write(`$ trellis webhooks create deploy   # secret shown once: ${secret.slice(0, 9)}…\n`);
+  const status = await postWebhook(webPort, 'deploy', secret, { env: 'prod', service: 'api' }, readFileSync(join(dir, 'hub', 'ca.pem'), 'utf8'));
+  process.stdout.write(`POST https://127.0.0.1:${webPort}/webhooks/deploy (HMAC-signed) → ${status}\n`);
+  const bad = await postWebhook(webPort, 'deploy', 'twh1_wrong', { env: 'prod' }, readFileSync(join(dir, 'hub', 'ca.pem'), 'utf8'));
+  process.stdout.write(`the same with a wrong signature → ${bad}\n`);
+  await until('the hub rule to run', () => trellis(['executions', 'list', '--rule', 'on-deploy', '--json'], { quiet: true, silent: true }).out.includes('succeeded'));
+  trellis(['executions', 'list', '--rule', 'on-deploy']);
+  trellis(['run', 'demo.remediate', '--agent', agentId, 'reason=by hand']);
 }
 
 main().then(

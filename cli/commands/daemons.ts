@@ -1,9 +1,7 @@
 /** `trellis hub …` and `trellis agent …`: set up and run the daemons. */
 import type { Command } from 'commander';
-import { initHub } from '../../hub/init.js';
-import { Hub } from '../../hub/hub.js';
-import { enroll } from '../../agent/enroll.js';
-import { Agent } from '../../agent/agent.js';
+// The daemons are imported when their command runs: every other `trellis` command starts
+// without loading the whole hub and agent (about a second of start-up on a busy host).
 import { KEY_TYPES, type KeyType } from '../../certs/index.js';
 import { TrellisError } from '../../common/errors.js';
 import { createLogger } from '../../common/log.js';
@@ -46,6 +44,7 @@ export function addDaemonCommands(program: Command): void {
       if (o.agentPort !== undefined) config.agentPort = o.agentPort;
       if (o.adminPort !== undefined) config.adminPort = o.adminPort;
       if (o.webPort !== undefined) config.webPort = o.webPort;
+      const { initHub } = await import('../../hub/init.js');
       const r = await initHub({
         dataDir: o.data, names: o.name, trustDomain: o.trustDomain, caKeyType: o.caKeyType as KeyType, caCertFile: o.caCert, caKeyFile: o.caKey, masterKeyFile: o.masterKey,
         hubCertFile: o.hubCert, hubKeyFile: o.hubKey, admin: o.admin, adminPassword: password, force: o.force, config,
@@ -72,6 +71,7 @@ export function addDaemonCommands(program: Command): void {
     .option('--web-port <port>', 'web port, HTTPS (default 7445)', intOption)
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')
     .action(async (o) => {
+      const { Hub } = await import('../../hub/hub.js');
       const hubd = await Hub.start({ dataDir: o.data, flags: { bind: o.bind, agentPort: o.agentPort, adminPort: o.adminPort, webPort: o.webPort, logLevel: o.logLevel } });
       process.stderr.write(`trellis hub: agent port ${hubd.agentPort}, admin port ${hubd.adminPort}, web port ${hubd.webPort}, CA sha256:${hubd.components.pki.caFingerprint}\n`);
       await runUntilSignal(() => hubd.close());
@@ -88,6 +88,7 @@ export function addDaemonCommands(program: Command): void {
     .option('--force', 'replace an existing identity in the data directory')
     .action(async (o) => {
       const t0 = performance.now();
+      const { enroll } = await import('../../agent/enroll.js');
       const r = await enroll({ hub: o.hub, token: o.token, dataDir: o.data, force: o.force, labels: parseKeyValues(o.label, 'label') });
       process.stdout.write(`enrolled as agent ${r.agentId} (tenant ${r.tenant}) in ${Math.round(performance.now() - t0)} ms\n` +
         `identity: ${r.spiffeId}, certificate valid until ${r.notAfter.toISOString()}\n` +
@@ -105,6 +106,7 @@ export function addDaemonCommands(program: Command): void {
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')
     .action(async (o) => {
       const log = createLogger({ name: 'trellis-agent', level: o.logLevel });
+      const { Agent } = await import('../../agent/agent.js');
       const a = await Agent.start({ dataDir: o.data, hub: o.hub, certFile: o.cert, keyFile: o.key, caFile: o.ca, labels: parseKeyValues(o.label, 'label'), log });
       const fatal = a.channel.closedPromise.then((err) => {
         if (err) { process.stderr.write(`trellis agent: ${err.message}\n`); process.exitCode = 3; }
