@@ -70,7 +70,8 @@ export async function startChildHub(root: string, dataDir: string, extraNodeArgs
   let lastErr: Error | undefined;
   for (let attempt = 1; attempt <= attempts; attempt++) {
     const [agentPort, adminPort, webPort] = await freePorts(3);
-    const args = [...extraNodeArgs, 'bin/trellis.js', 'hub', 'run', '--data', dataDir,
+    // The node flags of bin/trellis.js's shebang (the command as installed), then the caller's.
+    const args = ['--max-semi-space-size=32', ...extraNodeArgs, 'bin/trellis.js', 'hub', 'run', '--data', dataDir,
       '--agent-port', String(agentPort), '--admin-port', String(adminPort), '--web-port', String(webPort)];
     const proc = spawn(process.execPath, args, {
       cwd: root,

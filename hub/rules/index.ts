@@ -139,6 +139,15 @@ export class RulesEngine extends EventEmitter {
     const edge: LiveRule[] = [];
     for (const { def, createdMs, createdBy } of defs) {
       const key = docId(tenant, def.ref);
+      const prev = prevRules.get(key);
+      // Unchanged rules keep their compiled form, gate and counters (saving one rule must not recompile all).
+      if (prev && (prev.def === def || JSON.stringify(prev.def) === JSON.stringify(def))) {
+        this.all.set(key, prev);
+        if (!def.enabled) continue;
+        if (def.target.kind === 'local') edge.push(prev);
+        else index.add(key, prev);
+        continue;
+      }
       let live: LiveRule;
       try {
         live = { tenant, def, compiled: compileRule(def, () => this.now()), gate: new RateGate({ cooldownMs: def.cooldownMs, rateLimit: def.rateLimit }, () => this.now()), stats: { matched: 0, fired: 0, suppressed: 0, errors: 0 }, createdMs, createdBy };
@@ -146,8 +155,7 @@ export class RulesEngine extends EventEmitter {
         this.deps.log.error({ rule: def.ref, tenant, err: (err as Error).message }, 'rule does not compile; skipped');
         continue;
       }
-      const prev = prevRules.get(key);
-      if (prev && JSON.stringify(prev.def) === JSON.stringify(def)) { live.gate = prev.gate; live.stats = prev.stats; }
+      if (prev && prev.def.ref === def.ref) live.stats = prev.stats; // counters survive an edit; the gate starts fresh
       this.all.set(key, live);
       if (!def.enabled) continue;
       if (def.target.kind === 'local') edge.push(live);
