@@ -4,7 +4,7 @@
  * restarted and flooded.
  */
 import t from 'tap';
-import { readFileSync, existsSync, writeFileSync } from 'node:fs';
+import { readFileSync, existsSync, writeFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { startHub, waitFor, callError, type TestHub } from './helpers/hub.js';
@@ -94,7 +94,30 @@ t.test('a sensor event fires an edge rule that remediates with the hub stopped; 
   t.notOk(Buffer.from(x!.parametersJson).toString().includes(secret), 'history keeps the reference, not the value');
   t.match(Buffer.from(x!.parametersJson).toString(), /\{\{ secret\.edge_token \}\}/);
   for (const line of h.logLines) if (line.includes(secret)) t.fail(`secret in a hub log line: ${line.slice(0, 200)}`);
+  // The planted value is in clear in no file of the hub's or the agent's data directory
+  // (state, history, audit, outbox, edge config), in any encoding the masker knows.
+  const forms = [secret, Buffer.from(secret).toString('base64').replace(/=+$/, ''), Buffer.from(secret).toString('hex')];
+  const agentDir = cfgPath.replace(/\/edge-config\.json$/, '');
+  let scanned = 0;
+  for (const root of [h.dataDir, agentDir]) {
+    for (const f of walk(root)) {
+      scanned++;
+      const text = readFileSync(f).toString('latin1');
+      for (const v of forms) if (text.includes(v)) t.fail(`secret found in ${f}`);
+    }
+  }
+  t.ok(scanned > 10, `scanned ${scanned} files of the hub and agent data directories`);
 });
+
+function walk(dir: string): string[] {
+  const out: string[] = [];
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) out.push(...walk(p));
+    else if (e.isFile()) out.push(p);
+  }
+  return out;
+}
 
 t.test('a changed secret reaches the agent sealed; a blob sealed for agent A does not open with agent B\'s key', async (t) => {
   const h = await startHub();

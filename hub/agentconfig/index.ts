@@ -24,7 +24,8 @@ export interface ConfigPacks {
   on(ev: 'change', fn: (tenant: string) => void): unknown;
 }
 
-const SYSTEM = { username: 'system:agentconfig', isAdmin: true };
+// Not an administrator: like a hub rule, an edge rule cannot use another user's --private key.
+const SYSTEM = { username: 'system:agentconfig', isAdmin: false };
 
 export function selects(on: AgentSelector | undefined, a: Pick<AgentDoc, 'id' | 'labels'>): boolean {
   if (!on) return true;
