@@ -58,6 +58,7 @@ export type HubState = 'starting' | 'running' | 'draining' | 'closed';
 export class Hub {
   state: HubState = 'starting';
   private sweepTimer?: NodeJS.Timeout;
+  private eventSweepTimer?: NodeJS.Timeout;
 
   private constructor(
     readonly components: HubComponents,
@@ -171,6 +172,8 @@ export class Hub {
     }
     const hub = new Hub(components, agentServer, adminServer, web, agentPort, adminPort, webPort);
     hub.sweepTimer = setInterval(() => void auth.sweepSessions().catch(() => undefined), 3_600_000);
+    hub.eventSweepTimer = setInterval(() => events.sweep(), 60_000);
+    hub.eventSweepTimer.unref();
     hub.sweepTimer.unref();
     kv.startSweeper();
     // A rotation cut short (hub killed) left older key versions on disk: finish it in the background.
@@ -185,6 +188,7 @@ export class Hub {
     if (this.state === 'closed' || this.state === 'draining') return;
     this.state = 'draining';
     clearInterval(this.sweepTimer);
+    clearInterval(this.eventSweepTimer);
     const c = this.components;
     c.agentConfigs.close();
     await c.kv.close(); // a key rotation stops between batches and resumes at next start

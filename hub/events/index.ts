@@ -33,6 +33,7 @@ export const MAX_EVENT_PAYLOAD_BYTES = 64 * 1024;
 export class EventIntake {
   private readonly recent = new Map<string, RecentIds>();
   private readonly listeners = new Set<EventListener>();
+  private readonly idleSince = new Map<string, number>();
   received = 0;
   duplicates = 0;
   rejected = 0;
@@ -59,7 +60,35 @@ export class EventIntake {
       fresh.push({ id: e.id, type: e.type, payload: e.payloadJson, timeMs: e.timeMs, agentId, tenant });
     }
     this.received += fresh.length;
-    if (fresh.length > 0) for (const fn of this.listeners) fn(fresh);
+    if (fresh.length === 0) return;
+    for (const fn of this.listeners) {
+      // A listener's failure (rules, stream, history) never reaches the agent's stream.
+      try { fn(fresh); } catch { this.listenerErrors++; }
+    }
+  }
+
+  /**
+   * The agent's stream closed. Its de-duplication window is kept for `keepMs` (an agent that
+   * reconnects re-sends what was not acknowledged), then dropped, so memory follows the agents
+   * that are connected rather than every agent ever seen.
+   */
+  detached(agentId: string, now = Date.now()): void {
+    this.idleSince.set(agentId, now);
+  }
+
+  attached(agentId: string): void {
+    this.idleSince.delete(agentId);
+  }
+
+  /** Drops the windows of agents detached for longer than keepMs; returns how many. */
+  sweep(keepMs = 15 * 60_000, now = Date.now()): number {
+    let n = 0;
+    for (const [agentId, since] of this.idleSince) {
+      if (now - since < keepMs) continue;
+      this.idleSince.delete(agentId);
+      if (this.recent.delete(agentId)) n++;
+    }
+    return n;
   }
 
   /**

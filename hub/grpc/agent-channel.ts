@@ -103,6 +103,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
         log.info({ agentId: link.agentId, serial: link.serial }, 'agent disconnected');
         c.executions.onAgentDetached(link.agentId);
         c.agentConfigs.onDetach(link.agentId);
+        if (!c.agents.link(link.agentId)) c.events.detached(link.agentId);
         link = undefined;
       }
     };
@@ -140,6 +141,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
             call.write({ welcome: { agentId: id.agentId, tenant: id.tenant, heartbeatIntervalMs: c.config.heartbeatInterval, caBundle: c.pki.trustBundle, serverTimeMs: Date.now() } });
             c.executions.onAgentAttached(id.agentId); // waiting executions go out after the welcome
             c.agentConfigs.onAttach(id.agentId); // sensors, edge rules and their sealed values
+            c.events.attached(id.agentId);
           }).catch(fail);
           return;
         }
