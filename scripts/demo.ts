@@ -37,7 +37,8 @@ function trellis(args: string[], opts: { allowFail?: boolean; quiet?: boolean; s
 
 function daemon(args: string[], logName: string): ChildProcess {
   process.stdout.write(`$ trellis ${args.join(' ')} &\n`);
-  const c = spawn(process.execPath, [bin, ...args], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+  const c = spawn(process.execPath, [bin, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  c.stdout!.resume(); // drained unless a caller listens
   const lines: string[] = [];
   c.stderr!.setEncoding('utf8').on('data', (d: string) => lines.push(...d.split('\n').filter(Boolean)));
   (c as ChildProcess & { lines: string[] }).lines = lines;
@@ -180,13 +181,21 @@ async function automation(agentId: string, webPort: number): Promise<void> {
   trellis(['rules', 'create', join(dir, 'deploy-rule.yaml')]);
   writeFileSync(join(dir, 'event.json'), JSON.stringify({ env: 'prod', service: 'api' }));
   trellis(['rules', 'test', 'on-deploy', join(dir, 'event.json')]);
-  const created = trellis(['webhooks', 'create', 'deploy', '--json'], { quiet: true });
+  const created = trellis(['webhooks', 'create', 'deploy', '--json'], { quiet: true, silent: true });
   const secret = (JSON.parse(created.out) as { secret: string }).secret;
   process.stdout.write(`$ trellis webhooks create deploy   # secret shown once: ${secret.slice(0, 9)}…\n`);
+  // A live follower of the event stream (wss://…:web-port/stream) sees the webhook's event.
+  const follower = daemon(['events', '--follow', '--type', 'webhook.*'], 'events');
+  const followed: string[] = [];
+  follower.stdout?.setEncoding('utf8').on('data', (d: string) => followed.push(...d.split('\n').filter(Boolean)));
+  await new Promise((r) => setTimeout(r, 1500));
   const status = await postWebhook(webPort, 'deploy', secret, { env: 'prod', service: 'api' }, readFileSync(join(dir, 'hub', 'ca.pem'), 'utf8'));
   process.stdout.write(`POST https://127.0.0.1:${webPort}/webhooks/deploy (HMAC-signed) → ${status}\n`);
   const bad = await postWebhook(webPort, 'deploy', 'twh1_wrong', { env: 'prod' }, readFileSync(join(dir, 'hub', 'ca.pem'), 'utf8'));
   process.stdout.write(`the same with a wrong signature → ${bad}\n`);
+  await until('the follower to print the event', () => followed.length > 0, 5_000).catch(() => undefined);
+  process.stdout.write(`trellis events --follow printed:\n${followed.map((l) => `  ${l}`).join('\n')}\n`);
+  follower.kill('SIGINT');
   await until('the hub rule to run', () => trellis(['executions', 'list', '--rule', 'on-deploy', '--json'], { quiet: true, silent: true }).out.includes('succeeded'));
   trellis(['executions', 'list', '--rule', 'on-deploy']);
   trellis(['run', 'demo.remediate', '--agent', agentId, 'reason=by hand']);
