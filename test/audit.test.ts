@@ -4,6 +4,7 @@ import { spawn } from 'node:child_process';
 import { appendFileSync, readdirSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { startCli } from './helpers/cli.js';
 import { startHub, tempDir, waitFor, callError, type TestHub } from './helpers/hub.js';
 import { adminClients, call, type AdminClients } from '../cli/client.js';
 import { writeProfile } from '../cli/profile.js';
@@ -11,7 +12,6 @@ import { AuditLog, redactCredentials, type AuditEntry, type AuditRecord } from '
 import { hubPaths } from '../hub/paths.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
-const bin = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bin', 'trellis.js');
 const S = '/trellis.v1';
 
 function bearerOf(c: AdminClients): string {
@@ -215,14 +215,7 @@ t.test('ListAudit needs an administrator: a user with no roles or the user role 
   t.equal(h.hub.components.audit.followerCount, 0);
 });
 
-function trellis(args: string[], env: Record<string, string>) {
-  const c = spawn(process.execPath, [bin, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '', err = '';
-  c.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-  c.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-  const done = new Promise<number>((resolve) => c.on('close', (code) => resolve(code ?? -1)));
-  return { child: c, done, out: () => out, err: () => err };
-}
+const trellis = (args: string[], env: Record<string, string>) => startCli(args, env);
 
 t.test('`trellis audit` prints one line per record, filters, JSON lines, and follows until interrupted', async (t) => {
   await using h = await startHub();

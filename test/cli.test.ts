@@ -1,21 +1,11 @@
 import t from 'tap';
-import { spawn } from 'node:child_process';
 import { readFileSync, statSync } from 'node:fs';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { runCli } from './helpers/cli.js';
 import { startHub, tempDir, ADMIN_PASSWORD } from './helpers/hub.js';
 
-const bin = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bin', 'trellis.js');
 
-function trellis(args: string[], env: Record<string, string> = {}): Promise<{ code: number; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const c = spawn(process.execPath, [bin, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '', err = '';
-    c.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-    c.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-    c.on('close', (code) => resolve({ code: code ?? -1, out, err }));
-  });
-}
+const trellis = runCli;
 
 t.test('trellis --help lists the commands; a bad command exits 2', async (t) => {
   const r = await trellis(['--help']);

@@ -1,21 +1,13 @@
 /** The IAM commands through the real `trellis` binary against a real hub. */
 import t from 'tap';
-import { spawn } from 'node:child_process';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { runCli } from './helpers/cli.js';
 import { startHub, tempDir, ADMIN_PASSWORD, type TestHub } from './helpers/hub.js';
 
-const bin = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bin', 'trellis.js');
 
+/** No password or API key from the outer environment leaks into a test's command. */
 function trellis(args: string[], env: Record<string, string> = {}, input?: string): Promise<{ code: number; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const c = spawn(process.execPath, [bin, ...args], { env: { ...process.env, TRELLIS_PASSWORD: '', TRELLIS_API_KEY: '', ...env }, stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
-    let out = '', err = '';
-    c.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
-    c.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
-    if (input !== undefined) c.stdin!.end(input);
-    c.on('close', (code) => resolve({ code: code ?? -1, out, err }));
-  });
+  return runCli(args, { TRELLIS_PASSWORD: '', TRELLIS_API_KEY: '', ...env }, input);
 }
 
 async function loggedIn(h: TestHub, user = 'admin', password = ADMIN_PASSWORD): Promise<{ home: string } & AsyncDisposable> {

@@ -4,12 +4,12 @@
  * ALREADY_EXISTS, permissions, tenant scope, restart), and the `trellis packs` CLI round trip.
  */
 import t, { type Test } from 'tap';
-import { spawn } from 'node:child_process';
 import { cp, mkdir, symlink, writeFile } from 'node:fs/promises';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import { create as tarCreate } from 'tar';
+import { runCli } from './helpers/cli.js';
 import { ADMIN_PASSWORD, startHub, tempDir, callError, type TestHub } from './helpers/hub.js';
 import { adminClients, call, type AdminClients } from '../cli/client.js';
 import { loadPack, readPackSource, readPackTarball, PACK_LIMITS, MAX_PROBLEMS, type PackFile } from '../common/packs/index.js';
@@ -18,7 +18,6 @@ import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const DEMO = join(ROOT, 'test', 'fixtures', 'packs', 'demo');
-const bin = join(ROOT, 'bin', 'trellis.js');
 const PW = 'a-long-enough-password-1';
 
 function errorOf(fn: () => unknown): { code: string; message: string } {
@@ -333,15 +332,7 @@ t.test('a request over the hub\'s maxMessageBytes is refused as too large', asyn
 
 // ---- CLI ---------------------------------------------------------------------------------
 
-function trellis(args: string[], env: Record<string, string>): Promise<{ code: number; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const c = spawn(process.execPath, [bin, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '', err = '';
-    c.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-    c.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-    c.on('close', (code) => resolve({ code: code ?? -1, out, err }));
-  });
-}
+const trellis = runCli;
 
 t.test('trellis packs: install a dir and a tgz, list, show, remove; a broken pack fails before reaching the hub', async (t) => {
   await using h = await startHub();

@@ -8,10 +8,8 @@
 import t, { type Test } from 'tap';
 import * as https from 'node:https';
 import * as tls from 'node:tls';
-import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { runCli } from './helpers/cli.js';
 import { startHub, login, tempDir, waitFor, ADMIN_PASSWORD, type TestHub } from './helpers/hub.js';
 import { adminClients, call, type AdminClients } from '../cli/client.js';
 import { writeProfile } from '../cli/profile.js';
@@ -21,7 +19,6 @@ import type { HubEvent } from '../hub/events/index.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 const PW = 'a-long-enough-password-1';
-const bin = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bin', 'trellis.js');
 
 interface Reply { status: number; body: string; json: Record<string, unknown> }
 
@@ -276,15 +273,7 @@ t.test('the secret is stored only encrypted (bound to tenant and name), never lo
   t.equal((await post(h, '/webhooks/vault', { body: '{"z":2}', headers: signed(secret, '{"z":2}') })).status, 202, 'and after a restart with only the new key');
 });
 
-function trellis(args: string[], env: Record<string, string>): Promise<{ code: number; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const c = spawn(process.execPath, [bin, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '', err = '';
-    c.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-    c.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-    c.on('close', (code) => resolve({ code: code ?? -1, out, err }));
-  });
-}
+const trellis = runCli;
 
 t.test('trellis webhooks create shows the secret once; list and delete; a signed call with it works', async (t) => {
   await using h = await startHub();
