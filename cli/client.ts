@@ -3,7 +3,7 @@ import * as grpc from '@grpc/grpc-js';
 import { v1 } from '../common/proto.js';
 import { CLIENT_OPTIONS } from '../common/grpc-options.js';
 import { fromGrpcError } from '../common/grpc-errors.js';
-import type { Profile } from './profile.js';
+import { readProfile, type Profile } from './profile.js';
 
 export interface AdminClients {
   auth: InstanceType<typeof v1.AdminAuth>;
@@ -78,4 +78,11 @@ export function call<Req, Res>(c: AdminClients, client: object, fn: UnaryFn<Req,
   return new Promise((resolve, reject) => {
     fn.call(client, req, c.metadata, { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(fromGrpcError(err)) : resolve(res!)));
   });
+}
+
+/** Runs fn with clients for the logged-in profile (and the profile), closing them afterwards. */
+export async function withClients<R>(fn: (c: AdminClients, p: Profile) => Promise<R>): Promise<R> {
+  const p = readProfile();
+  const c = fromProfile(p);
+  try { return await fn(c, p); } finally { c.close(); }
 }

@@ -35,3 +35,6 @@ export function parseKeyValues(items: string[] | undefined, what: string): Recor
   }
   return out;
 }
+
+/** Writes a line to stdout (adds the newline if missing). */
+export function print(s: string): void { process.stdout.write(s.endsWith('\n') ? s : s + '\n'); }

@@ -7,10 +7,10 @@ import { parseHostPort, formatHostPort } from '../../common/grpc-options.js';
 import { fetchServedChain, pinnedBundle } from '../../common/tlsprobe.js';
 import { fingerprintSha256, splitPemBundle } from '../../certs/index.js';
 import { fromGrpcError } from '../../common/grpc-errors.js';
-import { adminClients, call, fromProfile, type AdminClients } from '../client.js';
+import { adminClients, call, fromProfile, withClients } from '../client.js';
 import { readProfile, writeProfile } from '../profile.js';
 import { ask, askHidden, isInteractive } from '../prompt.js';
-import { table, ago, when, labels, parseKeyValues } from '../format.js';
+import { table, ago, when, labels, parseKeyValues, print } from '../format.js';
 import { collect } from './util.js';
 import { addRunActionOptions, runActionCommand, type RunActionOptions } from './executions.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
@@ -30,12 +30,6 @@ function runAction(args: string[], o: RunActionOptions & { env?: string[]; cwd?:
   return runActionCommand(args[0]!, args.slice(1), o);
 }
 
-async function withClients<R>(fn: (c: AdminClients) => Promise<R>): Promise<R> {
-  const c = fromProfile(readProfile());
-  try { return await fn(c); } finally { c.close(); }
-}
-
-function print(s: string): void { process.stdout.write(s.endsWith('\n') ? s : s + '\n'); }
 function json(v: unknown): void { print(JSON.stringify(v, (_k, x) => (Buffer.isBuffer(x) ? x.toString('base64') : x), 2)); }
 
 /** Decides which CA to trust for a hub: --ca file, --ca-fingerprint pin, or ssh-style confirmation. */

@@ -8,19 +8,11 @@ import type * as grpc from '@grpc/grpc-js';
 import { TrellisError } from '../../common/errors.js';
 import { formatDuration } from '../../common/duration.js';
 import { fromGrpcError } from '../../common/grpc-errors.js';
-import { call, fromProfile, type AdminClients } from '../client.js';
-import { readProfile } from '../profile.js';
-import { table, when, ago, parseKeyValues } from '../format.js';
+import { call, withClients } from '../client.js';
+import { table, when, ago, parseKeyValues, print } from '../format.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
 const FINAL = new Set(['succeeded', 'failed', 'timeout', 'canceled', 'abandoned', 'error']);
-
-async function withClients<R>(fn: (c: AdminClients) => Promise<R>): Promise<R> {
-  const c = fromProfile(readProfile());
-  try { return await fn(c); } finally { c.close(); }
-}
-
-function print(s: string): void { process.stdout.write(s.endsWith('\n') ? s : s + '\n'); }
 
 function parametersOf(i: T.ExecutionInfo__Output): unknown {
   try { return JSON.parse(Buffer.from(i.parametersJson).toString('utf8') || '{}'); } catch { return {}; }

@@ -6,19 +6,12 @@
 import type { Command } from 'commander';
 import { TrellisError } from '../../common/errors.js';
 import { PERMISSIONS } from '../../hub/authz/index.js';
-import { call, fromProfile, type AdminClients } from '../client.js';
-import { readProfile } from '../profile.js';
+import { call, type AdminClients, withClients } from '../client.js';
 import { askHidden, isInteractive, readStdin } from '../prompt.js';
-import { table, ago, when } from '../format.js';
+import { table, ago, when, print } from '../format.js';
 import { collect } from './util.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
-async function withClients<R>(fn: (c: AdminClients) => Promise<R>): Promise<R> {
-  const c = fromProfile(readProfile());
-  try { return await fn(c); } finally { c.close(); }
-}
-
-function print(s: string): void { process.stdout.write(s.endsWith('\n') ? s : s + '\n'); }
 function json(v: unknown): void { print(JSON.stringify(v, null, 2)); }
 const list = (xs: readonly string[]) => (xs.length ? xs.join(',') : '-');
 

@@ -9,20 +9,13 @@ import * as grpc from '@grpc/grpc-js';
 import { TrellisError } from '../../common/errors.js';
 import { parseDuration } from '../../common/duration.js';
 import { fromGrpcError } from '../../common/grpc-errors.js';
-import { call, fromProfile, type AdminClients } from '../client.js';
+import { call, fromProfile, withClients } from '../client.js';
 import { readProfile } from '../profile.js';
 import { readStdin } from '../prompt.js';
-import { table, when } from '../format.js';
+import { table, when, print } from '../format.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
 const VALUE_MAX = 64 * 1024;
-
-async function withClients<R>(fn: (c: AdminClients) => Promise<R>): Promise<R> {
-  const c = fromProfile(readProfile());
-  try { return await fn(c); } finally { c.close(); }
-}
-
-function print(s: string): void { process.stdout.write(s.endsWith('\n') ? s : s + '\n'); }
 
 function scopeOption(v: string | undefined): string {
   if (v === undefined || v === 'tenant' || v === 'user') return v ?? 'tenant';

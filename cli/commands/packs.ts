@@ -7,17 +7,9 @@ import type { Command } from 'commander';
 import { formatDuration } from '../../common/duration.js';
 import { TrellisError, isTrellisError } from '../../common/errors.js';
 import type { ActionDef, PackDef, RuleDef, SensorDef } from '../../common/automation/types.js';
-import { call, fromProfile, type AdminClients } from '../client.js';
-import { readProfile } from '../profile.js';
-import { table, when } from '../format.js';
+import { call, withClients } from '../client.js';
+import { table, when, print } from '../format.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
-
-async function withClients<R>(fn: (c: AdminClients) => Promise<R>): Promise<R> {
-  const c = fromProfile(readProfile());
-  try { return await fn(c); } finally { c.close(); }
-}
-
-function print(s: string): void { process.stdout.write(s.endsWith('\n') ? s : s + '\n'); }
 
 const plural = (n: number, w: string) => `${n} ${w}${n === 1 ? '' : 's'}`;
 

@@ -5,20 +5,12 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { TrellisError } from '../../common/errors.js';
-import { call, fromProfile, type AdminClients } from '../client.js';
-import { readProfile } from '../profile.js';
+import { call, withClients } from '../client.js';
 import { readStdin } from '../prompt.js';
-import { table, when } from '../format.js';
+import { table, when, print } from '../format.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
 const MAX_FILE = 64 * 1024;
-
-async function withClients<R>(fn: (c: AdminClients) => Promise<R>): Promise<R> {
-  const c = fromProfile(readProfile());
-  try { return await fn(c); } finally { c.close(); }
-}
-
-function print(s: string): void { process.stdout.write(s.endsWith('\n') ? s : s + '\n'); }
 
 async function readInput(file: string, what: string): Promise<Buffer> {
   if (file === '-') return Buffer.from(await readStdin(MAX_FILE));

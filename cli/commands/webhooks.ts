@@ -3,18 +3,10 @@
  * the hub keeps it encrypted and cannot show it again (delete and create to get a new one).
  */
 import type { Command } from 'commander';
-import { call, fromProfile, type AdminClients } from '../client.js';
-import { readProfile, type Profile } from '../profile.js';
-import { table, when } from '../format.js';
+import { call, type AdminClients, withClients } from '../client.js';
+import type { Profile } from '../profile.js';
+import { table, when, print } from '../format.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
-
-function print(s: string): void { process.stdout.write(s.endsWith('\n') ? s : s + '\n'); }
-
-async function withClients<R>(fn: (c: AdminClients, p: Profile) => Promise<R>): Promise<R> {
-  const p = readProfile();
-  const c = fromProfile(p);
-  try { return await fn(c, p); } finally { c.close(); }
-}
 
 /** The host part of a profile's hub address (`host:port`, `[v6]:port`). */
 export function hubHost(hub: string): string {
