@@ -7,19 +7,11 @@ import type { ActionDef } from '../common/automation/types.js';
 import type { RenderedAction } from '../common/rules/index.js';
 import type { Logger } from '../common/log.js';
 import { runMasked, type ActionSecrets } from './secrets.js';
-import type { RunRequest, RunningAction } from './runner.js';
+import { requestFromRendered } from '../common/automation/request.js';
+import type { RunningAction } from './runner.js';
 import type { LocalRunResult } from './edge.js';
 
 const COLLECT_MAX = 256 * 1024;
-
-export function localRequest(executionId: string, action: ActionDef, r: RenderedAction): RunRequest {
-  return {
-    executionId, action: action.ref, argv: r.argv, timeoutMs: r.timeoutMs, env: r.env, cwd: r.cwd, sealedEnv: {}, runner: r.runner, runAs: r.runAs,
-    script: Buffer.from(r.script?.body ?? '', 'utf8'), scriptName: r.script?.name ?? '', sealedStdin: '',
-    stdin: r.stdin !== undefined ? Buffer.from(r.stdin, 'utf8') : Buffer.alloc(0),
-    http: r.http ? { method: r.http.method, url: r.http.url, headers: r.http.headers, body: Buffer.from(r.http.body, 'utf8'), insecure: r.http.insecure, successStatus: r.http.successStatus, sealedHeaders: {} } : null,
-  };
-}
 
 /** Starts the run; `track` registers the handle (for cancel on shutdown) until it is done. */
 export function runLocal(o: {
@@ -35,7 +27,7 @@ export function runLocal(o: {
     const chunks: Buffer[] = [];
     let size = 0;
     let truncated = false;
-    const handle = runMasked(localRequest(o.executionId, o.action, r), secrets, {
+    const handle = runMasked(requestFromRendered({ executionId: o.executionId, action: o.action.ref, rendered: r }), secrets, {
       output(_stream, data) {
         if (size >= COLLECT_MAX) { truncated = true; return; }
         const part = data.subarray(0, COLLECT_MAX - size);

@@ -7,6 +7,7 @@
 import { sealFor, sealAad } from '../../certs/index.js';
 import { TrellisError } from '../../common/errors.js';
 import { renderAction, actionRefs, type RenderedAction } from '../../common/rules/render.js';
+import { requestFromRendered } from '../../common/automation/request.js';
 import type { Ref } from '../../common/rules/template.js';
 import type { ActionDef } from '../../common/automation/types.js';
 import type { KvStore } from '../kv/index.js';
@@ -139,24 +140,8 @@ export function storedParameters(action: ActionDef | undefined, params: Record<s
 
 /** The ActionRequest for one agent, every secret sealed to its certificate for this execution. */
 export function actionRequest(o: { executionId: string; action: string; agentId: string; certPem: string; rendered: RenderedAction }): T.ActionRequest {
-  const r = o.rendered;
   const aad = sealAad(o.agentId, 'exec', o.executionId);
-  const seal = (v: string) => sealFor(o.certPem, Buffer.from(v, 'utf8'), aad);
-  const sealAll = (m: Record<string, string>) => Object.fromEntries(Object.entries(m).map(([k, v]) => [k, seal(v)]));
-  const req: T.ActionRequest = {
-    executionId: o.executionId, action: o.action, runner: r.runner, argv: r.argv, timeoutMs: r.timeoutMs, env: r.env, cwd: r.cwd,
-    runAs: r.runAs, sealedEnv: sealAll(r.secretEnv),
-  };
-  if (r.script) { req.script = Buffer.from(r.script.body, 'utf8'); req.scriptName = r.script.name; }
-  if (r.http) {
-    req.http = {
-      method: r.http.method, url: r.http.url, headers: r.http.headers, body: Buffer.from(r.http.body ?? '', 'utf8'), insecure: r.http.insecure,
-      successStatus: r.http.successStatus, sealedHeaders: sealAll(r.secretHeaders),
-    };
-  }
-  if (r.secretStdin !== undefined) req.sealedStdin = seal(r.secretStdin);
-  else if (r.stdin !== undefined) req.stdin = Buffer.from(r.stdin, 'utf8');
-  return req;
+  return requestFromRendered({ ...o, seal: (v) => sealFor(o.certPem, Buffer.from(v, 'utf8'), aad) });
 }
 
 /** Back from what history keeps of an ad-hoc command to a request (for re-runs). */

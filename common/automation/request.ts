@@ -1,0 +1,24 @@
+/**
+ * A rendered action (common/rules/render.ts) as the ActionRequest an agent runs. The hub passes
+ * `seal` (the value sealed to the target agent for this execution): secret env values, stdin and
+ * HTTP headers go in the sealed fields. The agent, running an edge rule's action itself, passes
+ * none: the sealed fields stay empty and it hands the opened values to the runner in memory.
+ */
+import type { RenderedAction } from '../rules/render.js';
+import type * as T from '../proto-gen/trellis/v1/index.js';
+
+export function requestFromRendered(o: { executionId: string; action: string; rendered: RenderedAction; seal?: (value: string) => string }): T.ActionRequest__Output {
+  const r = o.rendered;
+  const sealAll = (m: Record<string, string>) => (o.seal ? Object.fromEntries(Object.entries(m).map(([k, v]) => [k, o.seal!(v)])) : {});
+  return {
+    executionId: o.executionId, action: o.action, runner: r.runner, argv: r.argv, timeoutMs: r.timeoutMs, env: r.env, cwd: r.cwd, runAs: r.runAs,
+    sealedEnv: sealAll(r.secretEnv),
+    script: Buffer.from(r.script?.body ?? '', 'utf8'), scriptName: r.script?.name ?? '',
+    http: r.http ? {
+      method: r.http.method, url: r.http.url, headers: r.http.headers, body: Buffer.from(r.http.body ?? '', 'utf8'), insecure: r.http.insecure,
+      successStatus: r.http.successStatus, sealedHeaders: sealAll(r.secretHeaders),
+    } : null,
+    sealedStdin: r.secretStdin !== undefined && o.seal ? o.seal(r.secretStdin) : '',
+    stdin: r.secretStdin === undefined && r.stdin !== undefined ? Buffer.from(r.stdin, 'utf8') : Buffer.alloc(0),
+  };
+}
