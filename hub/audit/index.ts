@@ -19,6 +19,7 @@ import { join } from 'node:path';
 import { ensureDir } from '../../common/fsutil.js';
 import { silentLogger, type Logger } from '../../common/log.js';
 import type { AuditEntry, AuditSink } from './types.js';
+import { SerialFlusher } from '../../common/serial.js';
 export type { AuditEntry, AuditSink } from './types.js';
 
 /** An audit entry as stored: with its time-ordered id. */
@@ -105,8 +106,7 @@ export class AuditLog implements AuditSink {
   private size = 0;
   /** The current segment may end in a partial write: the next batch starts a new one. */
   private broken = false;
-  private timer?: NodeJS.Timeout;
-  private chain: Promise<void> = Promise.resolve();
+  private readonly flusher = new SerialFlusher(() => this.writeQueued());
   private closed = false;
   private following = true;
   private failing = false;
@@ -218,24 +218,16 @@ export class AuditLog implements AuditSink {
       this.queue.splice(0, n);
       this.dropped += n;
     }
-    if (this.queue.length >= BATCH_RECORDS) this.schedule(0);
-    else this.schedule(this.o.flushIntervalMs);
+    if (this.queue.length >= BATCH_RECORDS) this.flusher.schedule(0);
+    else this.flusher.schedule(this.o.flushIntervalMs);
     for (const f of this.followers) {
       try { f.onRecord(r); } catch (err) { this.o.log.error({ err }, 'audit follower failed'); }
     }
   }
 
-  private schedule(ms: number): void {
-    if (this.timer && ms > 0) return;
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => { this.timer = undefined; void this.flush().catch(() => undefined); }, ms);
-  }
-
   /** Writes everything queued so far (one append + fdatasync per batch); resolves when it is on disk. */
   flush(): Promise<void> {
-    const next = this.chain.then(() => this.writeQueued());
-    this.chain = next.catch(() => undefined);
-    return next;
+    return this.flusher.flush();
   }
 
   private async writeQueued(): Promise<void> {
@@ -257,7 +249,7 @@ export class AuditLog implements AuditSink {
         if (this.queue.length > this.o.maxQueued) { this.dropped += this.queue.length - this.o.maxQueued; this.queue.splice(0, this.queue.length - this.o.maxQueued); }
         if (!this.failing) this.o.log.error({ err, queued: this.queue.length }, 'writing the audit log failed; retrying');
         this.failing = true;
-        if (!this.closed) this.schedule(Math.max(this.o.flushIntervalMs, 1000));
+        if (!this.closed) this.flusher.schedule(Math.max(this.o.flushIntervalMs, 1000));
         throw err;
       }
       if (this.size >= this.o.maxSegmentBytes) await this.openNext().catch((err) => { this.broken = true; this.o.log.error({ err }, 'audit segment rotation failed'); });
@@ -321,10 +313,9 @@ export class AuditLog implements AuditSink {
     if (this.closed) return;
     this.closed = true;
     this.endFollowers();
-    clearTimeout(this.timer);
-    this.timer = undefined;
+    this.flusher.cancel();
     await this.flush().catch((err) => this.o.log.error({ err, lost: this.queue.length }, 'audit records not written at close'));
-    await this.chain;
+    await this.flusher.idle();
     await this.fh?.close().catch(() => undefined);
     this.fh = undefined;
     if (this.dropped) this.o.log.error({ dropped: this.dropped }, 'audit records were dropped while the disk failed');

@@ -22,6 +22,7 @@ import { join } from 'node:path';
 import { ensureDir } from '../../common/fsutil.js';
 import type { Logger } from '../../common/log.js';
 import type { ExecutionRecord } from './types.js';
+import { SerialFlusher } from '../../common/serial.js';
 
 export interface HistoryOptions {
   dir: string;
@@ -86,9 +87,8 @@ export class History {
   /** Executions first written to the current segment (rotation at a tenth of maxCount). */
   private fresh = 0;
   private broken = false;
-  private timer?: NodeJS.Timeout;
   private retainTimer?: NodeJS.Timeout;
-  private chain: Promise<void> = Promise.resolve();
+  private readonly flusher = new SerialFlusher(() => this.writeQueued());
   private closed = false;
   private failing = false;
   /** First and last segment holding a line of each execution. */
@@ -189,9 +189,7 @@ export class History {
   }
 
   private runRetention(): Promise<void> {
-    const next = this.chain.then(() => this.retain());
-    this.chain = next.catch((err) => this.o.log.error({ err }, 'execution history retention failed'));
-    return this.chain;
+    return this.flusher.run(() => this.retain()).catch((err) => this.o.log.error({ err }, 'execution history retention failed'));
   }
 
   /** Drops the oldest segments beyond maxCount executions and those last written before maxAgeMs. */
@@ -247,20 +245,12 @@ export class History {
       this.outQ.splice(0, k);
       this.dropped += k;
     }
-    this.schedule(n >= BATCH_LINES ? 0 : this.o.flushIntervalMs);
-  }
-
-  private schedule(ms: number): void {
-    if (this.timer && ms > 0) return;
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => { this.timer = undefined; void this.flush().catch(() => undefined); }, ms);
+    this.flusher.schedule(n >= BATCH_LINES ? 0 : this.o.flushIntervalMs);
   }
 
   /** Writes everything queued so far; resolves when it is on disk. */
   flush(): Promise<void> {
-    const next = this.chain.then(() => this.writeQueued());
-    this.chain = next.catch(() => undefined);
-    return next;
+    return this.flusher.flush();
   }
 
   private async writeQueued(): Promise<void> {
@@ -285,7 +275,7 @@ export class History {
         this.touched = ids.concat(this.touched);
         if (!this.failing) this.o.log.error({ err, queued: this.stateQ.length + this.outQ.length }, 'writing the execution history failed; retrying');
         this.failing = true;
-        if (!this.closed) this.schedule(Math.max(this.o.flushIntervalMs, 1000));
+        if (!this.closed) this.flusher.schedule(Math.max(this.o.flushIntervalMs, 1000));
         throw err;
       }
       for (const id of ids) {
@@ -326,11 +316,10 @@ export class History {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    clearTimeout(this.timer);
+    this.flusher.cancel();
     clearInterval(this.retainTimer);
-    this.timer = undefined;
     await this.flush().catch((err) => this.o.log.error({ err, lost: this.stateQ.length + this.outQ.length }, 'execution history not written at close'));
-    await this.chain;
+    await this.flusher.idle();
     await this.fh?.close().catch(() => undefined);
     await this.outFh?.close().catch(() => undefined);
     this.fh = this.outFh = undefined;
