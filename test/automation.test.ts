@@ -7,7 +7,8 @@ import t from 'tap';
 import { readFileSync, existsSync, writeFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { startHub, waitFor, callError, type TestHub } from './helpers/hub.js';
+import { startHub, waitFor, callError, login, type TestHub } from './helpers/hub.js';
+import { adminClients, call, type AdminClients } from '../cli/client.js';
 import { openSealed, sealAad, loadPrivateKey } from '../certs/index.js';
 import { agentPaths } from '../agent/identity.js';
 import type { Agent } from '../agent/agent.js';
@@ -210,4 +211,60 @@ t.test('rules API: validation, permissions, tenants, test', async (t) => {
   md.set('x-trellis-tenant', 'other');
   const other = await new Promise<grpc.ServiceError | null>((resolve) => h.admin.rules.GetRule({ name: 'hot' }, md, (e) => resolve(e)));
   t.equal(other?.code, grpc.status.NOT_FOUND, 'another tenant\'s rule is NOT_FOUND');
+});
+
+t.test('a rule never acts with more rights than its author; bad rule input is refused', async (t) => {
+  const h = await startHub();
+  t.teardown(() => h.close());
+  await install(h, opsPack(h.dir));
+  const PW = 'rule-author-password-1';
+  const role = (name: string, grants: Array<[string, string]>) => unaryT(h, h.admin.roles, h.admin.roles.CreateRole, { name, description: '', grants: grants.map(([permission, scope]) => ({ permission, scope })) });
+  await role('rule-writer', [['rules:write', ''], ['rules:read', '']]);
+  await role('ops-runner', [['rules:write', ''], ['actions:execute', 'pack:ops']]);
+  await unaryT(h, h.admin.users, h.admin.users.CreateUser, { username: 'writer', password: PW, roles: ['rule-writer'], tenants: ['default'] });
+  await unaryT(h, h.admin.users, h.admin.users.CreateUser, { username: 'runner', password: PW, roles: ['ops-runner'], tenants: ['default'] });
+  const clientFor = async (user: string) => {
+    const c = adminClients(h.adminAddr, h.caPem, (await login(h, user, PW)).token, 'default');
+    t.teardown(() => c.close());
+    return c;
+  };
+  const create = (c: AdminClients, def: object) => callError(call<T.CreateRuleRequest, T.RuleInfo__Output>(c, c.rules, c.rules.CreateRule, { definition: JSON.stringify(def), replace: false, source: 't' }));
+  const rule = (name: string, params: Record<string, string>) => ({ name, trigger: 'x.y', action: { ref: 'ops.mark', parameters: { msg: 'm', out: '/tmp/never', ...params } } });
+
+  const writer = await clientFor('writer');
+  t.equal((await create(writer, rule('w1', {})))?.code, 'TRELLIS_E_PERMISSION_DENIED', 'rules:write without actions:execute on the action: refused');
+  const runner = await clientFor('runner');
+  t.equal(await create(runner, rule('r1', {})), undefined, 'actions:execute on the pack: the rule is saved');
+  t.equal((await create(runner, rule('r2', { token: '{{ secret.edge_token }}' })))?.code, 'TRELLIS_E_PERMISSION_DENIED', 'a datastore reference needs kv:read');
+  const dis = await callError(call<T.SetRuleEnabledRequest, T.RuleInfo__Output>(writer, writer.rules, writer.rules.SetRuleEnabled, { name: 'r1', enabled: true }));
+  t.equal(dis?.code, 'TRELLIS_E_PERMISSION_DENIED', 'enabling a rule is acting for it too');
+
+  const bad = (definition: string) => callError(unaryT(h, h.admin.rules, h.admin.rules.CreateRule, { definition, replace: false, source: 'bad.yaml' }));
+  t.match((await bad('name: [unclosed'))?.message, /bad\.yaml:\d+: not valid YAML/, 'YAML syntax error with file and line');
+  t.equal(((await bad('x'.repeat(70 * 1024))) as unknown as grpc.ServiceError)?.code, grpc.status.RESOURCE_EXHAUSTED, 'a rule over 64 KiB');
+  t.match((await bad(JSON.stringify({ ...rule('extra', {}), surprise: 1 })))?.message, /surprise/, 'an unknown field is named');
+  const badEvent = await callError(unaryT(h, h.admin.rules, h.admin.rules.TestRule, { name: 'r1', definition: '', eventJson: Buffer.from('{not json') }));
+  t.equal((badEvent as unknown as grpc.ServiceError)?.code, grpc.status.INVALID_ARGUMENT, 'rules test with an event that is not JSON');
+});
+
+t.test('an agent gets only the edge rules that select it and only the values they reference; another tenant gets nothing', async (t) => {
+  const h = await startHub();
+  t.teardown(() => h.close());
+  await setSecret(h, 'edge_token', 'used-by-the-rule');
+  await setSecret(h, 'unrelated', 'never-sent-anywhere');
+  const files = opsPack(h.dir).map((f) => (f.path === 'rules/on_flag.yaml' ? { ...f, content: Buffer.from(`${String(f.content)}on: { selector: { role: web } }\n`) } : f));
+  await install(h, files);
+  const web = await h.agent({ dataDir: (await h.enroll({ token: await h.token({ labels: { role: 'web' } }) })).dataDir });
+  const db = await h.agent({ dataDir: (await h.enroll({ token: await h.token({ labels: { role: 'db' } }) })).dataDir });
+  await h.hub.components.iam.createTenant('other', '');
+  const other = await h.agent({ dataDir: (await h.enroll({ token: await h.token({ tenant: 'other' }) })).dataDir });
+  await waitFor(() => web.edge.ruleNames.length === 1 && db.edge.version !== '' && other.edge.version !== '', 10_000, 'configs pushed');
+  const sealed = (a: Agent) => Object.keys((JSON.parse(readFileSync(a.edge.path, 'utf8')) as { sealedSecrets: Record<string, string> }).sealedSecrets);
+  t.same(sealed(web), ['secret:edge_token'], 'the selected agent gets exactly the value its rule references');
+  t.same(db.edge.ruleNames, [], 'an agent the rule does not select gets no rule');
+  t.same(sealed(db), [], '…and no value');
+  t.same(db.sensors.status().map((s) => s.name), ['ops.flag'], 'sensors without `on` run on every agent of the tenant');
+  t.same(other.edge.ruleNames, [], 'an agent of another tenant gets no rule');
+  t.same(sealed(other), [], '…no value');
+  t.same(other.sensors.status(), [], '…and no sensor');
 });
