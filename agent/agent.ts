@@ -14,7 +14,7 @@ import { Outbox } from './outbox/index.js';
 import { join } from 'node:path';
 import { startAction, type RunningAction } from './runner.js';
 import { ulid } from 'ulid';
-import { SensorManager, type SensorEvent } from './sensors/index.js';
+import { SensorManager } from './sensors/index.js';
 import { EdgeRules } from './edge.js';
 import { runLocal } from './local.js';
 import type { TriggerEvent } from '../common/automation/types.js';
@@ -72,7 +72,7 @@ export class Agent {
       maxBackoffMs: opts.maxBackoffMs,
       outbox,
     });
-    this.sensors = new SensorManager({ log, emit: (evs) => this.onSensorEvents(evs) });
+    this.sensors = new SensorManager({ log, emit: (evs) => { this.publishLocal(evs); } });
     this.edge = new EdgeRules({
       dataDir: opts.dataDir, log: log.child({ component: 'edge' }), privateKey: () => this.privateKey(),
       publish: (evs) => { this.channel.publish(evs); },
@@ -91,10 +91,6 @@ export class Agent {
    */
   publishEvent(type: string, payload: Record<string, unknown>, timeMs = Date.now()): { accepted: number; refused: number } {
     return this.publishLocal([{ type, payload, timeMs }]);
-  }
-
-  private onSensorEvents(evs: SensorEvent[]): void {
-    this.publishLocal(evs);
   }
 
   private publishLocal(evs: Array<{ type: string; payload: Record<string, unknown>; timeMs: number }>): { accepted: number; refused: number } {
