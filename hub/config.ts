@@ -124,6 +124,25 @@ const ExecutionsSchema = z.strictObject({
   }).prefault({}),
 });
 
+/**
+ * Web port limits: live streams (`/stream`) and connections.
+ * @example { "maxStreamsPerUser": 4, "maxConnectionsPerClient": 32 }
+ */
+const WebSchema = z.strictObject({
+  /** Live streams open at once on the hub; more are refused with 503. @default 1000 */
+  maxStreams: z.number().int().min(1).max(100_000).default(1000),
+  /** Live streams of one user at once (all their login sessions and API keys); more are refused with 429. @default 8 */
+  maxStreamsPerUser: z.number().int().min(1).max(10_000).default(8),
+  /** Open connections from one source address (streams, webhook calls); more are closed at once. @default 64 */
+  maxConnectionsPerClient: z.number().int().min(1).max(100_000).default(64),
+  /** A TLS handshake must finish within this. @default "10s" */
+  handshakeTimeout: duration.default(10_000),
+  /** Request headers must arrive within this. @default "10s" */
+  headersTimeout: duration.default(10_000),
+  /** A whole request (headers and body) must arrive within this. @default "30s" */
+  requestTimeout: duration.default(30_000),
+});
+
 export const HubConfigSchema = z.strictObject({
   /** Every DNS name and IP address agents and admins use to reach the hub (subjectAltName). */
   names: z.array(z.string().min(1).max(253)).min(1),
@@ -155,6 +174,8 @@ export const HubConfigSchema = z.strictObject({
   auth: AuthSchema.prefault({}),
   /** Executions: per-agent concurrency, waits and history retention. @default { "perAgentConcurrency": 8, "maxWait": "10m", "abandonGrace": "30s", "reconnectGrace": "60s", "maxOutputBytes": 1048576, "retention": { "maxAge": "30d", "maxCount": 100000 } } */
   executions: ExecutionsSchema.prefault({}),
+  /** Web port limits. @default { "maxStreams": 1000, "maxStreamsPerUser": 8, "maxConnectionsPerClient": 64, "handshakeTimeout": "10s", "headersTimeout": "10s", "requestTimeout": "30s" } */
+  web: WebSchema.prefault({}),
 });
 
 export type HubConfigInput = z.input<typeof HubConfigSchema>;

@@ -27,7 +27,7 @@ import { addRuleServices } from './grpc/rules.js';
 import { EDGE_EXECUTION_TRIGGER, type EdgeExecutionPayload } from '../common/automation/types.js';
 import { KvStore } from './kv/index.js';
 import { Keyring } from './secrets/keyring.js';
-import { LiveCalls } from './grpc/wrap.js';
+import { LiveStreams } from './live/index.js';
 import { widenFlowControl } from './grpc/flow-control.js';
 import { AuditLog } from './audit/index.js';
 import { addAgentServices } from './grpc/agent-channel.js';
@@ -59,6 +59,7 @@ export class Hub {
   state: HubState = 'starting';
   private sweepTimer?: NodeJS.Timeout;
   private eventSweepTimer?: NodeJS.Timeout;
+  private live?: LiveStreams;
 
   private constructor(
     readonly components: HubComponents,
@@ -129,7 +130,9 @@ export class Hub {
     const agentServer = new grpc.Server(serverOptions);
     addAgentServices(agentServer, components);
     const adminServer = new grpc.Server(serverOptions);
-    const adminDeps = { auth, log: log.child({ component: 'admin' }), audit: components.audit, live: new LiveCalls(auth) };
+    // One registry of live streams (admin port and /stream): re-checked whenever rights change.
+    const live = new LiveStreams({ auth, iam, log: log.child({ component: 'live' }) });
+    const adminDeps = { auth, log: log.child({ component: 'admin' }), audit: components.audit, live };
     addAdminServices(adminServer, components, adminDeps);
     addIamServices(adminServer, components, adminDeps);
     addAuditServices(adminServer, components, adminDeps);
@@ -146,9 +149,12 @@ export class Hub {
           ? reject(new TrellisError('TRELLIS_E_CONFIG', `cannot listen on ${addr} for the ${what} port: ${err.message}`, { cause: err }))
           : resolve(bound)));
       });
-    const web = new WebServer(pki, log.child({ component: 'web' }));
+    const wc = config.web;
+    const web = new WebServer(pki, log.child({ component: 'web' }), {
+      maxConnectionsPerClient: wc.maxConnectionsPerClient, handshakeTimeoutMs: wc.handshakeTimeout, headersTimeoutMs: wc.headersTimeout, requestTimeoutMs: wc.requestTimeout,
+    });
     web.route(webhookRoute({ webhooks, auth, events, audit, log: webhooksLog }));
-    web.upgradeRoute(new EventStream({ auth, events, executions, live: adminDeps.live, audit, log: log.child({ component: 'stream' }) }));
+    web.upgradeRoute(new EventStream({ auth, events, executions, live, audit, log: log.child({ component: 'stream' }), maxClients: wc.maxStreams, maxPerUser: wc.maxStreamsPerUser }));
     let agentPort: number, adminPort: number, webPort: number;
     try {
       agentPort = await bindTo(agentServer, config.agentPort, mtlsServerCredentials(identity, clientCa), 'agent');
@@ -160,6 +166,7 @@ export class Hub {
       });
       boundWebPort = webPort;
     } catch (e) {
+      live.close();
       agentServer.forceShutdown();
       adminServer.forceShutdown();
       await web.close();
@@ -171,6 +178,7 @@ export class Hub {
       throw e;
     }
     const hub = new Hub(components, agentServer, adminServer, web, agentPort, adminPort, webPort);
+    hub.live = live;
     hub.sweepTimer = setInterval(() => void auth.sweepSessions().catch(() => undefined), 3_600_000);
     hub.eventSweepTimer = setInterval(() => events.sweep(), 60_000);
     hub.eventSweepTimer.unref();
@@ -189,6 +197,7 @@ export class Hub {
     this.state = 'draining';
     clearInterval(this.sweepTimer);
     clearInterval(this.eventSweepTimer);
+    this.live?.close();
     const c = this.components;
     c.agentConfigs.close();
     await c.kv.close(); // a key rotation stops between batches and resumes at next start

@@ -2,7 +2,8 @@
  * `trellis events --follow`: the live stream (wss://HUB:WEBPORT/stream) with the profile's
  * pinned CA, login token (or TRELLIS_API_KEY) and tenant. One line per message, or raw JSON
  * with --json. Reconnects with capped, jittered backoff (common/backoff.ts) until Ctrl-C; stops
- * for good on refused credentials or permissions (401/403, close code 4001).
+ * for good on refused credentials or permissions (401/403, close codes 4001 and 4003); 429 (too
+ * many streams of this user) and 503 are retried.
  */
 import type { Command } from 'commander';
 import { WebSocket } from 'ws';
@@ -135,6 +136,7 @@ async function follow(o: FollowOptions, signal: AbortSignal): Promise<void> {
           why = `HTTP ${r.status}: ${r.message}`;
           break;
         case 'closed':
+          if (r.code === 4003) throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `the hub closed the stream: ${r.reason || 'permission revoked'}`);
           if (r.code === 4001) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', `the hub closed the stream: ${r.reason || 'credentials revoked'}; log in again with \`trellis login\``);
           if (r.opened) attempt = 0;
           why = `closed ${r.code}${r.reason ? `: ${r.reason}` : ''}`;

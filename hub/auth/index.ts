@@ -235,6 +235,28 @@ export class Auth extends EventEmitter {
     return { kind: 'apikey', ...p, apiKeyId: doc.id };
   }
 
+  /**
+   * The principal behind the same credentials as `p`, as of now (live streams re-check with it):
+   * the same session or API key read again, the owner's current roles, tenants and grants.
+   * UNAUTHENTICATED when the session ended or expired, the key was disabled or deleted, or the
+   * user was deactivated or deleted.
+   */
+  async current(p: Principal): Promise<Principal> {
+    if (p.apiKeyId) {
+      const doc = await this.store.get<ApiKeyDoc>('apiKeys', p.apiKeyId);
+      if (!doc || !doc.enabled || doc.owner !== p.username) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'API key unknown, disabled or deleted');
+      const r = await this.iam.resolve(doc.owner);
+      if (!r) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'the owner of this API key is deactivated or deleted');
+      return { kind: 'apikey', ...r, apiKeyId: doc.id };
+    }
+    const session = p.sessionId ? await this.store.get<SessionDoc>('sessions', p.sessionId) : undefined;
+    if (!session || session.username !== p.username) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'login token unknown or revoked: log in again with `trellis login`');
+    if (session.expiresAt <= Date.now()) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'login token expired: log in again with `trellis login`');
+    const r = await this.iam.resolve(session.username);
+    if (!r) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'this account is deactivated or deleted');
+    return { kind: 'user', ...r, sessionId: session.id, sessionExpiresAt: session.expiresAt };
+  }
+
   /** Last-used times are written at most once a minute per key, never on every call. */
   private touchApiKey(id: string): void {
     const now = Date.now();

@@ -8,7 +8,7 @@ import * as grpc from '@grpc/grpc-js';
 import { v1 } from '../../common/proto.js';
 import { TrellisError } from '../../common/errors.js';
 import { unary, serverStream, type WrapDeps, type CallContext } from './wrap.js';
-import { authorize } from '../authz/index.js';
+import { authorize, type Principal } from '../authz/index.js';
 import { readTenant, writeTenant } from './admin.js';
 import { checkString } from '../validate.js';
 import { holdsReference, COMMAND_ACTION, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, type ExecutionRecord, type ExecutionUpdate } from '../executions/index.js';
@@ -47,8 +47,10 @@ function splitRef(ref: string): { pack: string; action: string } {
 
 /** `actions:execute` at the action's scope; the ad-hoc command action needs agents:run like `trellis run -- CMD`. */
 function authorizeAction(ctx: CallContext, ref: string): void {
-  if (ref === COMMAND_ACTION) { authorize(ctx.principal!, 'agents:run'); return; }
-  authorize(ctx.principal!, 'actions:execute', splitRef(ref));
+  const scope = ref === COMMAND_ACTION ? undefined : splitRef(ref);
+  const check = (p: Principal) => (scope ? authorize(p, 'actions:execute', scope) : authorize(p, 'agents:run'));
+  check(ctx.principal!);
+  (ctx.rechecks ??= []).push(check); // the watch stream ends if this right goes
 }
 
 /**

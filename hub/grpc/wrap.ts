@@ -2,13 +2,14 @@
  * Thin gRPC plumbing for admin-port handlers: every handler is wrapped with authentication
  * (from metadata only), authorization (from the method table), the tenant of the call, error →
  * status mapping, one log line per call with a request id, and an audit record for every
- * mutation and every refusal. Live streams are cut when their credentials are revoked.
+ * mutation and every refusal. Live streams are re-checked (hub/live) when rights change.
  * Domain code never sees a gRPC call object.
  */
 import * as grpc from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
 import { requirementFor, authorize, authorizeAnyScope, authorizeAdmin, resolveTenant, isMutation, type Principal } from '../authz/index.js';
-import type { Auth, Revocation } from '../auth/index.js';
+import type { Auth } from '../auth/index.js';
+import type { LiveStreams } from '../live/index.js';
 import { toStatus } from '../../common/grpc-errors.js';
 import { TrellisError, isTrellisError, type ErrorCode } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
@@ -24,9 +25,11 @@ export interface CallContext {
   signal: AbortSignal;
   /** What the call acted on, for the audit record (set by handlers). */
   target?: string;
+  /** Checks a handler made beyond the method table; a live stream re-runs them when rights change. */
+  rechecks?: Array<(p: Principal) => void>;
 }
 
-export interface WrapDeps { auth: Auth; log: Logger; audit?: AuditSink; live?: LiveCalls }
+export interface WrapDeps { auth: Auth; log: Logger; audit?: AuditSink; live?: LiveStreams }
 
 export const TENANT_HEADER = 'x-trellis-tenant';
 
@@ -115,28 +118,21 @@ function newContext(call: { on(ev: 'cancelled', fn: () => void): unknown; getPee
 }
 
 /**
- * Streams in flight, by principal: when a user is deactivated or deleted, or a session or key
- * revoked, their streams end at once with UNAUTHENTICATED.
+ * What a live stream of `path` needs, re-checked when rights change (hub/live): the method's
+ * table entry, membership of the call's tenant, and what the handler checked on top
+ * (`ctx.rechecks`, e.g. actions:execute at the action's scope).
  */
-export class LiveCalls {
-  private readonly calls = new Set<{ principal: Principal; cut: (why: string) => void }>();
-
-  constructor(auth: Auth) {
-    auth.on('revoked', (r: Revocation) => {
-      for (const c of [...this.calls]) {
-        const p = c.principal;
-        if (('username' in r && p.username === r.username) || ('sessionId' in r && p.sessionId === r.sessionId) || ('apiKeyId' in r && p.apiKeyId === r.apiKeyId)) {
-          c.cut('the credentials of this stream were revoked (user deactivated or deleted, session ended or API key disabled)');
-        }
-      }
-    });
-  }
-
-  add(principal: Principal, cut: (why: string) => void): () => void {
-    const entry = { principal, cut };
-    this.calls.add(entry);
-    return () => this.calls.delete(entry);
-  }
+function streamCheck(path: string, ctx: CallContext): (p: Principal) => void {
+  const req = requirementFor(path);
+  return (p) => {
+    if (req.kind === 'admin') authorizeAdmin(p);
+    else if (req.kind === 'perm') authorize(p, req.perm);
+    else if (req.kind === 'perm-scoped') authorizeAnyScope(p, req.perm);
+    if ((req.kind === 'perm' || req.kind === 'perm-scoped') && ctx.tenant && !p.grants.isAdmin && !p.tenants.includes(ctx.tenant)) {
+      throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `${p.username} is no longer a member of tenant ${ctx.tenant}`);
+    }
+    for (const c of ctx.rechecks ?? []) c(p);
+  };
 }
 
 export function unary<Req, Res>(deps: WrapDeps, path: string, fn: (req: Req, ctx: CallContext) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {
@@ -167,11 +163,16 @@ export function serverStream<Req, Res>(deps: WrapDeps, path: string, fn: (req: R
       try {
         await authenticateCall(deps, path, call.metadata, ctx);
         if (ctx.principal && deps.live) {
-          unregister = deps.live.add(ctx.principal, (why) => {
-            if (ended) return;
-            ended = true;
-            ac.abort();
-            call.emit('error', toStatus(new TrellisError('TRELLIS_E_UNAUTHENTICATED', why), ctx.requestId));
+          unregister = deps.live.add({
+            principal: ctx.principal,
+            check: streamCheck(path, ctx),
+            cut: (err) => {
+              if (ended) return;
+              ended = true;
+              ac.abort();
+              deps.log.info({ reqId: ctx.requestId, method: ctx.method, user: ctx.principal?.username, code: err.code }, 'stream cut: rights changed');
+              call.emit('error', toStatus(err, ctx.requestId));
+            },
           });
         }
         await fn(call.request, ctx, (m) => (ac.signal.aborted ? false : call.write(m)));

@@ -12,8 +12,9 @@
  *   (comma list of agent ids), `execution` (comma list of execution ids, for execution
  *   messages), `kinds` (`events`, `executions` or both; default `events`). Each filter applies to
  *   the messages that carry its field. Unknown parameters are refused (400).
- * Refusals: 400 bad query, 401 bad credentials, 403 missing permission or tenant, 503 when the
- * hub is at its stream limit or shutting down.
+ * Refusals: 400 bad query, 401 bad credentials, 403 missing permission or tenant, 429 when the
+ * user already has `web.maxStreamsPerUser` streams open (all their sessions and API keys
+ * together), 503 when the hub is at its stream limit (`web.maxStreams`) or shutting down.
  *
  * Messages: `{"kind":"event","id","type","agent","tenant","timeMs","payload"}`,
  * `{"kind":"execution","record":{…}}`, `{"kind":"output","executionId","stream","data"}`.
@@ -21,7 +22,9 @@
  * A slow consumer never slows the hub: frames are queued by the socket, and when more than
  * `maxBufferedBytes` wait to be sent the stream is closed with 4008 "slow consumer: …" (then
  * cut if the close handshake does not finish in 5 s). Revoked credentials (user deactivated or
- * deleted, session ended, key disabled) and an expired login close it with 4001. The hub pings
+ * deleted, session ended, key disabled) and an expired login close it with 4001; lost rights
+ * (events:read or executions:read no longer granted, removed from the tenant, no longer an
+ * administrator for `*`) close it with 4003, within a second of the change (hub/live). The hub pings
  * every 30 s and cuts a peer that missed the previous ping. Hub shutdown closes with 1001.
  */
 import type { IncomingMessage } from 'node:http';
@@ -29,16 +32,17 @@ import type { Duplex } from 'node:stream';
 import { WebSocketServer, WebSocket } from 'ws';
 import picomatch from 'picomatch';
 import { authorize, resolveTenant, type Principal } from '../authz/index.js';
-import { isTrellisError } from '../../common/errors.js';
+import { TrellisError, isTrellisError } from '../../common/errors.js';
 import type { Auth } from '../auth/index.js';
 import type { EventIntake, HubEvent } from '../events/index.js';
-import type { LiveCalls } from '../grpc/wrap.js';
+import type { LiveStreams } from '../live/index.js';
 import type { AuditSink } from '../audit/types.js';
 import type { Logger } from '../../common/log.js';
 import type { UpgradeRoute } from './index.js';
 
 export const STREAM_PATH = '/stream';
 export const CLOSE_REVOKED = 4001;
+export const CLOSE_FORBIDDEN = 4003;
 export const CLOSE_SLOW_CONSUMER = 4008;
 
 /** What the stream needs of hub/executions (structural, so it compiles before that lands). */
@@ -53,8 +57,8 @@ export interface EventStreamOptions {
   auth: Auth;
   events: EventIntake;
   executions?: ExecutionFeed;
-  /** Cuts streams whose credentials are revoked (shared with the admin port). */
-  live: LiveCalls;
+  /** Re-checks streams when rights change or credentials are revoked (shared with the admin port). */
+  live: LiveStreams;
   audit?: AuditSink;
   log: Logger;
   /** Close a stream when more than this waits to be sent. @default 8 MiB */
@@ -63,6 +67,8 @@ export interface EventStreamOptions {
   pingIntervalMs?: number;
   /** Concurrent streams. @default 1000 */
   maxClients?: number;
+  /** Concurrent streams of one user (all their sessions and API keys). @default 8 */
+  maxPerUser?: number;
 }
 
 interface Filter {
@@ -80,7 +86,7 @@ interface Client {
   tenant: string | undefined;
   filter: Filter;
   alive: boolean;
-  /** Stops the revocation watch. */
+  /** Stops the rights watch. */
   unlive: () => void;
   /** Closes the stream when a login token expires. */
   expiry?: NodeJS.Timeout;
@@ -92,7 +98,7 @@ class Refusal {
   constructor(readonly status: number, readonly message: string) {}
 }
 
-const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 500: 'Internal Server Error', 503: 'Service Unavailable' };
+const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 429: 'Too Many Requests', 500: 'Internal Server Error', 503: 'Service Unavailable' };
 const QUERY_KEYS = new Set(['tenant', 'type', 'agent', 'execution', 'kinds']);
 const LIST_MAX = 32;
 const ITEM_MAX = 128;
@@ -146,6 +152,13 @@ export function parseFilter(q: URLSearchParams): Filter {
   };
 }
 
+/** A close reason fits in 123 bytes (RFC 6455). */
+function closeReason(s: string): string {
+  let r = s.replace(/[^\x20-\x7e]/g, '?');
+  if (r.length > 123) r = `${r.slice(0, 120)}...`;
+  return r;
+}
+
 function text(v: Uint8Array | string): string {
   return typeof v === 'string' ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('utf8');
 }
@@ -171,6 +184,9 @@ export class EventStream implements UpgradeRoute {
   private readonly pingTimer: NodeJS.Timeout;
   private readonly maxBuffered: number;
   private readonly maxClients: number;
+  private readonly maxPerUser: number;
+  /** Open (and accepted, upgrading) streams per user name. */
+  private readonly perUser = new Map<string, number>();
   private pending = 0;
   private closed = false;
   /** Streams closed as slow consumers (for tests and metrics). */
@@ -179,6 +195,7 @@ export class EventStream implements UpgradeRoute {
   constructor(private readonly o: EventStreamOptions) {
     this.maxBuffered = o.maxBufferedBytes ?? 8 * 1024 * 1024;
     this.maxClients = o.maxClients ?? 1000;
+    this.maxPerUser = o.maxPerUser ?? 8;
     this.wss = new WebSocketServer({
       noServer: true, perMessageDeflate: false, maxPayload: 4096, clientTracking: false,
       handleProtocols: (protocols) => (protocols.has('trellis.v1') ? 'trellis.v1' : [...protocols].find((p) => p.startsWith('trellis.bearer.')) ?? false),
@@ -231,13 +248,47 @@ export class EventStream implements UpgradeRoute {
     }
     if (this.closed) throw new Refusal(503, 'the hub is shutting down');
     if (socket.destroyed) return;
+    this.reserve(p, asked, req, socket);
     this.wss.handleUpgrade(req, socket, head, (ws) => this.attach(ws, p, tenant, filter, req.socket.remoteAddress ?? ''));
+  }
+
+  /** Takes one of the user's stream slots until the socket closes, or refuses with 429. */
+  private reserve(p: Principal, asked: string | undefined, req: IncomingMessage, socket: Duplex): void {
+    const n = this.perUser.get(p.username) ?? 0;
+    if (n >= this.maxPerUser) {
+      const msg = `${p.username} already has ${n} streams open, the most one user may (web.maxStreamsPerUser); close one and try again`;
+      this.auditRefusal(req, p, asked, msg);
+      throw new Refusal(429, msg);
+    }
+    this.perUser.set(p.username, n + 1);
+    let held = true;
+    socket.once('close', () => {
+      if (!held) return;
+      held = false;
+      const left = (this.perUser.get(p.username) ?? 1) - 1;
+      if (left > 0) this.perUser.set(p.username, left); else this.perUser.delete(p.username);
+    });
+  }
+
+  /** What a stream keeps needing: its permissions and its tenant (`*`: being an administrator). */
+  private check(c: Client, p: Principal): void {
+    authorize(p, 'events:read');
+    if (c.filter.executions) authorize(p, 'executions:read');
+    if (c.tenant === undefined ? !p.grants.isAdmin : !(p.grants.isAdmin || p.tenants.includes(c.tenant))) {
+      throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `${p.username} is no longer a member of tenant ${c.tenant ?? '*'}`);
+    }
   }
 
   private attach(ws: WebSocket, principal: Principal, tenant: string | undefined, filter: Filter, peer: string): void {
     if (this.closed) { ws.terminate(); return; }
     const c: Client = { ws, principal, tenant, filter, alive: true, unlive: () => undefined };
-    c.unlive = this.o.live.add(principal, () => this.kick(c, CLOSE_REVOKED, 'credentials revoked'));
+    c.unlive = this.o.live.add({
+      principal,
+      check: (p) => this.check(c, p),
+      cut: (err) => (err.code === 'TRELLIS_E_UNAUTHENTICATED'
+        ? this.kick(c, CLOSE_REVOKED, 'credentials revoked')
+        : this.kick(c, CLOSE_FORBIDDEN, closeReason(`permission revoked: ${err.message}`))),
+    });
     if (principal.sessionExpiresAt) {
       c.expiry = setTimeout(() => this.kick(c, CLOSE_REVOKED, 'login expired'), Math.min(Math.max(0, principal.sessionExpiresAt - Date.now()), 2 ** 31 - 1));
       c.expiry.unref();
