@@ -117,3 +117,11 @@ t.test('slow clients are cut: no TLS handshake within web.handshakeTimeout, head
   t.match(answer, /^HTTP\/1\.1 408/, 'with 408 Request Timeout');
   t.equal(await healthz(h), 200, 'others are served');
 });
+
+t.test('by default one user gets 8 streams: the 9th is refused with 429', async (t) => {
+  const h = await startHub();
+  t.teardown(() => h.close());
+  const token = (await login(h, 'admin', ADMIN_PASSWORD)).token;
+  for (let i = 0; i < 8; i++) await stream(t, h, token);
+  t.equal((await refusal(stream(t, h, token))).status, 429);
+});
