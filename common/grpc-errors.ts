@@ -64,6 +64,9 @@ const FROM_STATUS: Partial<Record<status, ErrorCode>> = {
 };
 
 /** gRPC failure → typed error: the code from trailing metadata first, then the status code. */
+/** TLS verification failures of the server certificate (Node/OpenSSL wording), seen by a client as UNAVAILABLE. */
+const TLS_REFUSED = /ERR_TLS_CERT_ALTNAME_INVALID|Hostname\/IP does not match|unsuitable certificate purpose|unsupported certificate purpose|self[- ]signed certificate|unable to verify the first certificate|unable to get (local )?issuer certificate|certificate has expired|certificate is not yet valid|certificate revoked/i;
+
 export function fromGrpcError(err: unknown): TrellisError {
   const se = err as Partial<ServiceError>;
   if (err instanceof TrellisError) return err;
@@ -73,7 +76,11 @@ export function fromGrpcError(err: unknown): TrellisError {
     ? (fromMeta as ErrorCode)
     : FROM_STATUS[se.code as status] ?? 'TRELLIS_E_INTERNAL';
   let message = se.details || se.message || 'request failed';
-  if (se.code === status.UNAVAILABLE) message = `cannot reach the hub: ${message}`;
+  if (se.code === status.UNAVAILABLE) {
+    message = TLS_REFUSED.test(message)
+      ? `the hub's certificate was refused, nothing was sent: it must chain to the trusted hub CA, be a server certificate and name the address dialed (see \`trellis certs show\` for its names): ${message}`
+      : `cannot reach the hub: ${message}`;
+  }
   const e = new TrellisError(code, message, { cause: err });
   (e as TrellisError & { grpcCode?: number }).grpcCode = se.code;
   return e;
