@@ -44,7 +44,7 @@ async function grpcStream(t: Test, s: grpc.ClientReadableStream<unknown>): Promi
   return { ended, isOpen: () => open };
 }
 
-interface World { h: TestHub; w: AdminClients; aud: AdminClients; wToken: string; w2Token: string; execId: string }
+interface World { h: TestHub; w: AdminClients; aud: AdminClients; wToken: string; w2Token: string; wKey: string; execId: string }
 
 /**
  * Tenant red; role `watcher` (events:read, executions:read) held by w and w2 in red; role
@@ -56,7 +56,7 @@ async function world(t: Test): Promise<World> {
   t.teardown(() => h.close());
   const a = h.admin;
   await call(a, a.tenants, a.tenants.CreateTenant, { name: 'red', description: '' });
-  await call(a, a.roles, a.roles.CreateRole, { name: 'watcher', description: '', grants: [{ permission: 'events:read', scope: '' }, { permission: 'executions:read', scope: '' }] });
+  await call(a, a.roles, a.roles.CreateRole, { name: 'watcher', description: '', grants: [{ permission: 'events:read', scope: '' }, { permission: 'executions:read', scope: '' }, { permission: 'apikeys:create', scope: '' }] });
   await call(a, a.roles, a.roles.CreateRole, { name: 'auditor', description: '', grants: [{ permission: '*', scope: '' }] });
   for (const [u, roles] of [['w', ['watcher']], ['w2', ['watcher']], ['aud', ['auditor']]] as const) {
     await call(a, a.users, a.users.CreateUser, { username: u, password: PW, roles: [...roles], tenants: ['red'] });
@@ -67,7 +67,8 @@ async function world(t: Test): Promise<World> {
   t.teardown(() => { w.close(); aud.close(); });
   const { agentId } = await h.enroll({ token: await h.token({ tenant: 'red' }) });
   const [rec] = await h.hub.components.executions.runCommand({ tenant: 'red', agentIds: [agentId], argv: ['sleep', '60'], env: {}, cwd: '', timeoutMs: 60_000, requestedBy: 'admin' });
-  return { h, w, aud, wToken: wl.token, w2Token: w2l.token, execId: rec!.id };
+  const key = await call<T.CreateApiKeyRequest, T.CreateApiKeyResponse__Output>(w, w.apikeys, w.apikeys.CreateApiKey, { name: 'dash' });
+  return { h, w, aud, wToken: wl.token, w2Token: w2l.token, wKey: key.key, execId: rec!.id };
 }
 
 /** Streams of w (events, executions, follow) and of w2 (events); aud's audit follow when asked. */
@@ -119,10 +120,11 @@ t.test('(a) removal from the tenant cuts the /stream consumers and executions fo
 t.test('(b) unassigning the role cuts /stream, executions follow and audit --follow within a second', async (t) => {
   const x = await world(t);
   const s = await open(t, x, true);
+  const byKey = await wsStream(t, x.h, x.wKey, '');
   const a = x.h.admin;
   await cutWithin(t, async () => {
     await call(a, a.roles, a.roles.UnassignRole, { role: 'watcher', user: 'w' });
-  }, { '/stream events': s.events, '/stream executions': s.updates, 'executions follow': s.follow }, wsForbidden(t));
+  }, { '/stream events': s.events, '/stream executions': s.updates, 'executions follow': s.follow, '/stream with an API key of w': byKey }, wsForbidden(t));
   t.ok(s.audit!.isOpen(), 'the auditor, untouched, keeps following');
   t.ok(s.bystander.isOpen(), 'w2 keeps streaming');
   await cutWithin(t, () => call(a, a.roles, a.roles.UnassignRole, { role: 'auditor', user: 'aud' }), { 'audit --follow': s.audit }, wsForbidden(t));

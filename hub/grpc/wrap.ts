@@ -159,6 +159,7 @@ export function serverStream<Req, Res>(deps: WrapDeps, path: string, fn: (req: R
     const { ctx, ac, start } = newContext(call, path);
     let ended = false;
     let unregister: (() => void) | undefined;
+    const since = deps.live?.generation;
     void (async () => {
       try {
         await authenticateCall(deps, path, call.metadata, ctx);
@@ -170,10 +171,9 @@ export function serverStream<Req, Res>(deps: WrapDeps, path: string, fn: (req: R
               if (ended) return;
               ended = true;
               ac.abort();
-              deps.log.info({ reqId: ctx.requestId, method: ctx.method, user: ctx.principal?.username, code: err.code }, 'stream cut: rights changed');
               call.emit('error', toStatus(err, ctx.requestId));
             },
-          });
+          }, since);
         }
         await fn(call.request, ctx, (m) => (ac.signal.aborted ? false : call.write(m)));
         finish(deps, ctx, start);

@@ -56,8 +56,11 @@ export class LiveStreams {
   private readonly timer: NodeJS.Timeout;
   private running?: Promise<void>;
   private again = false;
-  private readonly onChanged = () => { void this.recheck(); };
+  /** Counts changes (IAM changes and revocations); see `add`. */
+  private changes = 0;
+  private readonly onChanged = () => { this.changes++; void this.recheck(); };
   private readonly onRevoked = (r: Revocation) => {
+    this.changes++;
     for (const s of [...this.streams]) if (matches(s.principal, r)) this.end(s, new TrellisError('TRELLIS_E_UNAUTHENTICATED', REVOKED));
     void this.recheck();
   };
@@ -71,9 +74,17 @@ export class LiveStreams {
 
   get size(): number { return this.streams.size; }
 
-  /** Registers a stream; the returned function unregisters it (call it when the stream ends). */
-  add(s: LiveStream): () => void {
+  /** Read before authenticating a stream and pass to `add`: a change in between is not missed. */
+  get generation(): number { return this.changes; }
+
+  /**
+   * Registers a stream; the returned function unregisters it (call it when the stream ends).
+   * `since`: the generation read before its principal was resolved; if rights changed since,
+   * the stream is re-checked at once.
+   */
+  add(s: LiveStream, since?: number): () => void {
     this.streams.add(s);
+    if (since !== undefined && since !== this.changes) void this.recheck();
     return () => { this.streams.delete(s); };
   }
 

@@ -233,6 +233,7 @@ export class EventStream implements UpgradeRoute {
     const asked = hTenant ?? qTenant;
     if (asked !== undefined && asked.length > 63) throw new Refusal(400, 'tenant: at most 63 characters');
 
+    const since = this.o.live.generation;
     let p: Principal;
     try { p = await this.o.auth.authenticate(credentialOf(req)); } catch (e) {
       throw new Refusal(401, isTrellisError(e) ? e.message : 'unrecognised credential');
@@ -249,7 +250,7 @@ export class EventStream implements UpgradeRoute {
     if (this.closed) throw new Refusal(503, 'the hub is shutting down');
     if (socket.destroyed) return;
     this.reserve(p, asked, req, socket);
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.attach(ws, p, tenant, filter, req.socket.remoteAddress ?? ''));
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.attach(ws, p, tenant, filter, req.socket.remoteAddress ?? '', since));
   }
 
   /** Takes one of the user's stream slots until the socket closes, or refuses with 429. */
@@ -279,7 +280,7 @@ export class EventStream implements UpgradeRoute {
     }
   }
 
-  private attach(ws: WebSocket, principal: Principal, tenant: string | undefined, filter: Filter, peer: string): void {
+  private attach(ws: WebSocket, principal: Principal, tenant: string | undefined, filter: Filter, peer: string, since: number): void {
     if (this.closed) { ws.terminate(); return; }
     const c: Client = { ws, principal, tenant, filter, alive: true, unlive: () => undefined };
     c.unlive = this.o.live.add({
@@ -288,7 +289,7 @@ export class EventStream implements UpgradeRoute {
       cut: (err) => (err.code === 'TRELLIS_E_UNAUTHENTICATED'
         ? this.kick(c, CLOSE_REVOKED, 'credentials revoked')
         : this.kick(c, CLOSE_FORBIDDEN, closeReason(`permission revoked: ${err.message}`))),
-    });
+    }, since);
     if (principal.sessionExpiresAt) {
       c.expiry = setTimeout(() => this.kick(c, CLOSE_REVOKED, 'login expired'), Math.min(Math.max(0, principal.sessionExpiresAt - Date.now()), 2 ** 31 - 1));
       c.expiry.unref();
