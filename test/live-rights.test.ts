@@ -8,7 +8,9 @@
 import t, { type Test } from 'tap';
 import * as grpc from '@grpc/grpc-js';
 import { WebSocket } from 'ws';
-import { startHub, login, waitFor, type TestHub } from './helpers/hub.js';
+import { startHub, login, waitFor, tempDir, type TestHub } from './helpers/hub.js';
+import { startCli } from './helpers/cli.js';
+import { writeProfile } from '../cli/profile.js';
 import { adminClients, call, type AdminClients } from '../cli/client.js';
 import { CODE_KEY } from '../common/grpc-errors.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
@@ -151,4 +153,21 @@ t.test('group changes count too: a stream held through a group ends when the use
   await call(a, a.roles, a.roles.AssignRole, { role: 'watcher', group: 'ops' });
   const events = await wsStream(t, x.h, x.wToken, '');
   await cutWithin(t, () => call(a, a.groups, a.groups.RemoveGroupMember, { group: 'ops', user: 'w' }), { '/stream via group': events }, wsForbidden(t));
+});
+
+t.test('the real CLI: `trellis events --follow` and `trellis executions follow` end with exit 1 and PERMISSION_DENIED when the role goes', async (t) => {
+  const x = await world(t);
+  await using home = await tempDir();
+  await writeProfile({ hub: x.h.adminAddr, caPem: x.h.caPem, username: 'w', token: x.wToken, expiresAtMs: Date.now() + 3_600_000, tenant: 'red' }, { TRELLIS_HOME: home.path });
+  const env = { TRELLIS_HOME: home.path, TRELLIS_TENANT: '' };
+  const events = startCli(['events', '--follow'], env);
+  const follow = startCli(['executions', 'follow', x.execId], env);
+  t.teardown(() => { events.child.kill('SIGKILL'); follow.child.kill('SIGKILL'); });
+  const liveCount = () => (x.h.hub as unknown as { live: { size: number } }).live.size; // the hub's registry of live streams
+  await waitFor(() => liveCount() === 2, 20_000, 'both CLI streams registered at the hub');
+  await call(x.h.admin, x.h.admin.roles, x.h.admin.roles.UnassignRole, { role: 'watcher', user: 'w' });
+  t.equal(await events.done, 1, 'events --follow exits 1 (no reconnect loop)');
+  t.match(events.err(), /permission revoked: .*TRELLIS_E_PERMISSION_DENIED|TRELLIS_E_PERMISSION_DENIED/);
+  t.equal(await follow.done, 1, 'executions follow exits 1');
+  t.match(follow.err(), /TRELLIS_E_PERMISSION_DENIED/);
 });

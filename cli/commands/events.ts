@@ -164,6 +164,9 @@ export function addEventCommands(program: Command): void {
     .option('--execution <ids>', 'only these executions (implies --executions)')
     .option('--json', 'print each message as raw JSON, one per line')
     .option('--web-port <port>', 'the hub web port (default: the one the hub reports)')
+    .addHelpText('after', '\nThe stream lives only as long as your rights: losing events:read (or executions:read with\n' +
+      '--executions), the tenant, or your login ends it (exit 1). One user may hold at most\n' +
+      'web.maxStreamsPerUser streams at once (default 8); over that the hub answers 429 and this retries.')
     .action(async (o: FollowOptions & { follow?: boolean }) => {
       if (!o.follow) {
         throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'there is no event history to list: use `trellis events --follow` to follow live events (add --type, --agent or --executions to narrow)');
