@@ -181,7 +181,7 @@ export function renderAction(action: ActionDef, params: Record<string, unknown>,
   const secretValues = new Set<string>();
   // Literal values of secret parameters are masked too (before validation: its messages are masked).
   for (const [k, v] of Object.entries(isObj(params) ? params : {})) {
-    if (action.parameters?.[k]?.secret && v !== undefined && v !== null && toText(v) !== '') secretValues.add(toText(v));
+    if (action.parameters?.[k]?.secret && v !== undefined && v !== null && toText(v) !== '' && !needsResolving(v)) secretValues.add(toText(v));
   }
   try {
     return render(action, params, opts, secretValues);
@@ -255,9 +255,10 @@ function render(action: ActionDef, params: Record<string, unknown>, opts: Render
       const cmd = action.command ?? [];
       if (action.shell) {
         if (cmd.length !== 1) throw invalid(`action ${action.ref}: a shell command is one string`);
+        const text = toText(noSecret(cmd[0], 'command'));
         const unsafe = shellTemplateProblem(cmd[0]!);
         if (unsafe) throw invalid(`action ${action.ref}: command: ${unsafe}`);
-        out.argv = ['/bin/sh', '-c', checkArg(toText(noSecret(cmd[0], 'command')), 'command')];
+        out.argv = ['/bin/sh', '-c', checkArg(text, 'command')];
       } else {
         out.argv = renderArgs(cmd, 'command');
         if (out.argv.length === 0 || out.argv[0] === '') throw invalid(`action ${action.ref}: the command renders to no program`);
