@@ -172,3 +172,20 @@ t.test('a datastore value holding {{ kv.other }} or {{ secret.x }} is not expand
   const r = await finished(h, (await listExecutions(h, { rule: 'nested' })).executions[0]!.id);
   t.match(Buffer.from(r.output).toString(), 'env=a={{ kv.db_host }} b={{ secret.api }}\n');
 });
+
+t.test('trellis run --env: a datastore value holding a reference is substituted once, never scanned again', async (t) => {
+  await using h = await startHub();
+  await setKv(h, 'api', SECRET, true);
+  await setKv(h, 'holder', '{{ secret.api }}', false);
+  const agent = await h.agent();
+  const r = await new Promise<{ out: string; status: string }>((resolve, reject) => {
+    let out = '';
+    let status = '';
+    const s = h.admin.runs.Run({ agentId: agent.agentId!, selector: {}, argv: ['sh', '-c', 'echo "${X%%|*}"; echo "${X#*|}"'], env: { X: '{{ kv.holder }}|{{ secret.api }}' }, cwd: '', timeoutMs: 10_000 }, tenantMd(h));
+    s.on('data', (u: T.RunUpdate__Output) => { if (u.output) out += String(u.output.data); if (u.finished) status = u.finished.status; });
+    s.on('error', reject);
+    s.on('end', () => resolve({ out, status }));
+  });
+  t.equal(r.status, 'succeeded');
+  t.equal(r.out, '{{ secret.api }}\n****\n', 'the kv value is text; only the caller\'s own reference opened the secret');
+});

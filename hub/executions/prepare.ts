@@ -111,13 +111,9 @@ export async function prepareCommand(kv: KvStore, o: { tenant: string; caller: K
     if (refs.length === 0) { env[name] = value; continue; }
     const resolved = await resolveRefs(kv, o.tenant, o.caller, refs.map((m) => ({ kind: m[1] as Ref['kind'], key: m[2]! })));
     let secret = false;
-    let out = value;
-    for (const m of refs) {
-      const r = resolved.get(`${m[1]}.${m[2]}`)!;
-      secret ||= r.secret;
-      if (r.secret) secretValues.push(r.value);
-      out = out.replace(m[0], () => r.value);
-    }
+    for (const r of resolved.values()) if (r.secret) { secret = true; secretValues.push(r.value); }
+    // One pass: a substituted value is never scanned again (a kv value holding `{{ secret.y }}` stays text).
+    const out = value.replace(new RegExp(REF_RE.source, 'g'), (_m, kind: string, key: string) => resolved.get(`${kind}.${key}`)!.value);
     (secret ? secretEnv : env)[name] = out;
   }
   return {
