@@ -89,6 +89,8 @@ t.test('the run\'s masker covers every error of renderAction, and masks values i
   t.equal(e.message, 'cannot open other next to "****" (base64 ****)');
   const literal = errOf(() => renderAction(action(), { pin: SECRET, n: '{{ kv.other }}' }, { resolve: quoting }));
   t.notOk(literal.message.includes(SECRET), 'a literal value of a secret parameter is masked too');
+  const malformed = errOf(() => renderAction(action(), { pin: `{{ | ${SECRET} }}` }, { resolve }));
+  t.match(malformed.message, /^template "\*\*\*\*": empty expression/, 'a malformed secret parameter is quoted masked');
   t.equal(maskText(`a ${SECRET} b ${Buffer.from(SECRET).toString('base64')} c ${JSON.stringify(SECRET)}`, [SECRET]), 'a **** b **** c "****"');
   const masked = maskError(new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `got ${SECRET}`), [SECRET]) as TrellisError;
   t.same([masked.code, masked.message], ['TRELLIS_E_INVALID_ARGUMENT', 'got ****'], 'the code survives');

@@ -181,7 +181,10 @@ export function renderAction(action: ActionDef, params: Record<string, unknown>,
   const secretValues = new Set<string>();
   // Literal values of secret parameters are masked too (before validation: its messages are masked).
   for (const [k, v] of Object.entries(isObj(params) ? params : {})) {
-    if (action.parameters?.[k]?.secret && v !== undefined && v !== null && toText(v) !== '' && !needsResolving(v)) secretValues.add(toText(v));
+    if (!action.parameters?.[k]?.secret || v === undefined || v === null || toText(v) === '') continue;
+    let templated: boolean;
+    try { templated = needsResolving(v); } catch { templated = false; } // malformed: validation says so, masked
+    if (!templated) secretValues.add(toText(v));
   }
   try {
     return render(action, params, opts, secretValues);
