@@ -13,7 +13,8 @@ import { readFileSync } from 'node:fs';
 import type { KeyObject } from 'node:crypto';
 import { ulid } from 'ulid';
 import { openSealed, sealAad } from '../certs/index.js';
-import { compileRule, RateGate, renderAction, type CompiledRule, type RenderedAction, type Ref } from '../common/rules/index.js';
+import { compileRule, historyParameters, RateGate, renderAction, type CompiledRule, type RenderedAction, type Ref } from '../common/rules/index.js';
+import { maskText } from '../common/mask.js';
 import { atomicWriteFile } from '../common/fsutil.js';
 import { TrellisError } from '../common/errors.js';
 import { EDGE_EXECUTION_TRIGGER, type ActionDef, type EdgeExecutionPayload, type ExecutionStatus, type RuleDef, type TriggerEvent } from '../common/automation/types.js';
@@ -146,19 +147,27 @@ export class EdgeRules {
     const executionId = ulid().toLowerCase();
     const parameters = r.compiled.parameters(ev);
     const base: Omit<EdgeExecutionPayload, 'status' | 'exitCode' | 'error' | 'startedMs' | 'finishedMs' | 'output' | 'outputTruncated'> = {
-      executionId, rule: r.def.ref, action: r.action.ref, triggerEventId: ev.id, parameters,
+      executionId, rule: r.def.ref, action: r.action.ref, triggerEventId: ev.id, parameters: historyParameters(r.action, parameters),
     };
+    // The run's masker: every secret value this run opened (and literal values of secret parameters).
+    const opened: string[] = Object.entries(parameters).filter(([k, v]) => r.action.parameters?.[k]?.secret && typeof v === 'string').map(([, v]) => v as string);
     let result: LocalRunResult;
     try {
-      const rendered = renderAction(r.action, parameters, { resolve: (ref) => this.open(ref) });
+      const rendered = renderAction(r.action, parameters, {
+        resolve: (ref) => { const o = this.open(ref); if (o?.secret) opened.push(o.value); return o; },
+      });
+      opened.push(...rendered.secretValues);
       this.opts.log.info({ executionId, rule: r.def.ref, action: r.action.ref, eventId: ev.id }, 'edge rule fired');
       result = await this.opts.run(executionId, r.action, rendered);
     } catch (err) {
       this.stats.errors++;
       const now = this.now();
-      result = { status: 'error', exitCode: -1, error: (err as Error).message, startedMs: now, finishedMs: now, output: Buffer.alloc(0), outputTruncated: false };
-      this.opts.log.warn({ executionId, rule: r.def.ref, err: (err as Error).message }, 'edge rule could not run its action');
+      const message = maskText((err as Error).message, opened);
+      result = { status: 'error', exitCode: -1, error: message, startedMs: now, finishedMs: now, output: Buffer.alloc(0), outputTruncated: false };
+      this.opts.log.warn({ executionId, rule: r.def.ref, err: message }, 'edge rule could not run its action');
     }
+    result = { ...result, error: maskText(result.error, opened) };
+    opened.length = 0;
     const output = result.output.subarray(0, OUTPUT_CAP);
     const payload: EdgeExecutionPayload = {
       ...base, status: result.status, exitCode: result.exitCode, error: result.error, startedMs: result.startedMs, finishedMs: result.finishedMs,

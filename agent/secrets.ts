@@ -6,19 +6,15 @@
 import type crypto from 'node:crypto';
 import { openSealed } from '../certs/seal.js';
 import { TrellisError } from '../common/errors.js';
+import { MASK, secretForms } from '../common/mask.js';
 import type { Logger } from '../common/log.js';
 import { runAction, type RunningAction, type RunRequest, type RunSink } from './runners/index.js';
 
-export const MASK = '****';
+export { MASK };
 const MASK_BYTES = Buffer.from(MASK);
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
-/** The byte patterns a value is masked in: itself, base64 (padded and not), base64url. */
-function patternsOf(value: string): string[] {
-  const raw = Buffer.from(value, 'utf8');
-  const b64 = raw.toString('base64');
-  return [value, b64, b64.replace(/=+$/, ''), raw.toString('base64url')];
-}
+const patternsOf = secretForms;
 
 /**
  * Replaces every occurrence of any held value (or its base64 form) with `****`, in a stream of
@@ -165,11 +161,11 @@ const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$/;
 
 /** True when the request carries anything sealed (opening it needs the agent's key and id). */
 export function hasSealedValues(req: RunRequest): boolean {
-  return Object.keys(req.sealedEnv ?? {}).length > 0 || !!req.sealedStdin || Object.keys(req.http?.sealedHeaders ?? {}).length > 0;
+  return Object.keys(req.sealedEnv ?? {}).length > 0 || !!req.sealedStdin || Object.keys(req.http?.sealedHeaders ?? {}).length > 0 || (req.sealedMask?.length ?? 0) > 0;
 }
 
 /**
- * Opens every sealed part of a request (sealed_env, sealed_stdin, http.sealed_headers) with the
+ * Opens every sealed part of a request (sealed_env, sealed_stdin, http.sealed_headers, sealed_mask) with the
  * agent's key, all bound to the same aad (`agent:<id>|exec:<executionId>`). All or nothing:
  * throws naming the part that does not open (TRELLIS_E_INVALID_ARGUMENT for env, as
  * openSecretsForAction; TRELLIS_E_SECRET_INVALID for stdin and headers).
@@ -177,6 +173,7 @@ export function hasSealedValues(req: RunRequest): boolean {
 export function openActionSecrets(req: RunRequest, key: crypto.KeyObject, aad: string): ActionSecrets {
   const env = openSecretsForAction(req.sealedEnv ?? {}, key, aad);
   const headers: Record<string, string> = {};
+  const mask: string[] = [];
   let stdin: Buffer | undefined;
   try {
     for (const [name, value] of Object.entries(req.http?.sealedHeaders ?? {})) {
@@ -196,11 +193,22 @@ export function openActionSecrets(req: RunRequest, key: crypto.KeyObject, aad: s
         throw new TrellisError('TRELLIS_E_SECRET_INVALID', `sealed stdin: ${(err as Error).message}`, { cause: err });
       }
     }
+    (req.sealedMask ?? []).forEach((value, i) => {
+      try {
+        const plain = openSealed(value, key, aad);
+        mask.push(plain.toString('utf8'));
+        plain.fill(0);
+      } catch (err) {
+        throw new TrellisError('TRELLIS_E_SECRET_INVALID', `sealed mask value ${i}: ${(err as Error).message}`, { cause: err });
+      }
+    });
   } catch (err) {
     for (const k of Object.keys(env)) delete env[k];
+    mask.length = 0;
+    stdin?.fill(0);
     throw err;
   }
-  return { env, headers, stdin };
+  return { env, headers, stdin, mask };
 }
 
 /**

@@ -25,7 +25,7 @@ export interface RunSink {
 export interface RunningAction { cancel(): void }
 
 /** An action request as decoded from the wire; fields added after the first release may be absent. */
-export type RunRequest = Omit<ActionRequest__Output, 'stdin'> & Partial<Pick<ActionRequest__Output, 'stdin'>>;
+export type RunRequest = Omit<ActionRequest__Output, 'stdin' | 'sealedMask'> & Partial<Pick<ActionRequest__Output, 'stdin' | 'sealedMask'>>;
 
 /** Values opened from the request's sealed fields: in memory only, for this run only. */
 export interface RunInputs {

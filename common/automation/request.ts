@@ -1,8 +1,9 @@
 /**
  * A rendered action (common/rules/render.ts) as the ActionRequest an agent runs. The hub passes
  * `seal` (the value sealed to the target agent for this execution): secret env values, stdin and
- * HTTP headers go in the sealed fields. The agent, running an edge rule's action itself, passes
- * none: the sealed fields stay empty and it hands the opened values to the runner in memory.
+ * HTTP headers go in the sealed fields, and every secret value the run resolved in sealed_mask
+ * (what the agent masks). The agent, running an edge rule's action itself, passes none: the
+ * sealed fields stay empty and it hands the opened values to the runner in memory.
  */
 import type { RenderedAction } from '../rules/render.js';
 import type * as T from '../proto-gen/trellis/v1/index.js';
@@ -19,6 +20,8 @@ export function requestFromRendered(o: { executionId: string; action: string; re
       successStatus: r.http.successStatus, sealedHeaders: sealAll(r.secretHeaders),
     } : null,
     sealedStdin: r.secretStdin !== undefined && o.seal ? o.seal(r.secretStdin) : '',
+    // The secret values themselves, so the agent masks a secret spliced into a larger value.
+    sealedMask: o.seal ? r.secretValues.map((v) => o.seal!(v)) : [],
     stdin: r.secretStdin === undefined && r.stdin !== undefined ? Buffer.from(r.stdin, 'utf8') : Buffer.alloc(0),
   };
 }

@@ -7,6 +7,7 @@
 import { z } from 'zod';
 import { parseDuration } from '../duration.js';
 import type { ActionDef, ParamSpec, SensorDef, SensorKind } from '../automation/types.js';
+import { shellTemplateProblem } from '../rules/shell.js';
 
 /** Names of packs, actions, sensors and rules. */
 export const NAME_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
@@ -132,6 +133,12 @@ export const actionInputSchema = z.strictObject({
       if (a.command === undefined) issue('command', 'required for runner command: a list of arguments, or a string with shell: true');
       else if (a.shell && typeof a.command !== 'string') issue('command', 'with shell: true, give one string for /bin/sh -c');
       else if (!a.shell && typeof a.command === 'string') issue('command', 'a string is run by a shell: set shell: true, or give the arguments as a list');
+      else if (a.shell && typeof a.command === 'string') {
+        // Every value substituted into a shell command is code unless quoted (common/rules/shell.ts).
+        let problem: string | undefined;
+        try { problem = shellTemplateProblem(a.command); } catch (err) { problem = (err as Error).message; }
+        if (problem) issue('command', problem);
+      }
       else if (Array.isArray(a.command) && a.command[0] === '') issue('command', 'the program (command[0]) must not be empty');
       break;
     case 'script':

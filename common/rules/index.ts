@@ -6,11 +6,12 @@
  */
 import type { RuleDef, TriggerEvent } from '../automation/types.js';
 import { compileCriteria, explainCriteria } from './criteria.js';
-import { renderTemplate } from './template.js';
+import { renderKeepingRefs } from './template.js';
 
 export { OPERATORS, OPERATOR_ALIASES, compileCriteria, explainCriteria, getPath, normalizeCriteria, normalizeOperator, toEpochMs } from './criteria.js';
-export { findRefs, hasTemplate, renderTemplate, resolveRefs, toText, type Ref, type RefResolver } from './template.js';
-export { actionRefs, renderAction, validateParams, type RenderedAction, type RenderOptions } from './render.js';
+export { escapeTemplate, findRefs, hasTemplate, needsResolving, renderKeepingRefs, renderTemplate, resolveRefs, toText, type Ref, type RefResolver } from './template.js';
+export { actionRefs, historyParameters, renderAction, validateParams, REDACTED, type RenderedAction, type RenderOptions } from './render.js';
+export { shellTemplateProblem } from './shell.js';
 export { normalizeRule, parseRule, ruleInputSchema, RULE_NAME_RE, TRIGGER_RE, type RuleInput } from './schema.js';
 
 export interface CompiledRule {
@@ -19,7 +20,11 @@ export interface CompiledRule {
   match(ev: TriggerEvent): boolean;
   /** Every criterion evaluated, with a reason each (for `trellis rules test`). */
   explain(ev: TriggerEvent): { matched: boolean; reasons: string[] };
-  /** The action parameters rendered against `{ trigger: ev }`; kv/secret references kept as text. */
+  /**
+   * The action parameters rendered against `{ trigger: ev }`: kv/secret references kept as text
+   * for the run, every value from the event escaped so that the run reads it as data, never as
+   * a template (renderKeepingRefs).
+   */
   parameters(ev: TriggerEvent): Record<string, unknown>;
 }
 
@@ -35,7 +40,7 @@ export function compileRule(def: RuleDef, now: () => number = Date.now): Compile
       if (ev.type === type) return r;
       return { matched: false, reasons: [`trigger type is ${JSON.stringify(ev.type)}, the rule wants ${JSON.stringify(type)}`, ...r.reasons] };
     },
-    parameters: (ev) => renderTemplate(def.action.parameters, { trigger: ev }, () => undefined) as Record<string, unknown>,
+    parameters: (ev) => renderKeepingRefs(def.action.parameters, { trigger: ev }) as Record<string, unknown>,
   };
 }
 

@@ -7,11 +7,17 @@
  * a secret (secret parameters are getters that flag the read), so `{{ token | upper }}` is caught
  * as surely as `{{ token }}`. A template that reads a secret may only feed env, stdin or an HTTP
  * header; anywhere else (argv, script args, cwd, URL, body) is TRELLIS_E_SECRET_INVALID.
+ *
+ * Errors: a message never quotes a value that came from a reference or a value of a `secret`
+ * parameter ("got a value from secret x that is not an integer"); and as a second line of
+ * defence every error thrown here is masked with the secret values the run had opened so far.
  */
 import { basename } from 'node:path';
 import type { ActionDef, ParamSpec, Runner } from '../automation/types.js';
 import { TrellisError } from '../errors.js';
-import { findRefs, renderTemplate, resolveRefs, toText, type Ref } from './template.js';
+import { findRefs, needsResolving, renderTemplate, resolveRefs, toText, type Ref } from './template.js';
+import { shellTemplateProblem } from './shell.js';
+import { maskError } from '../mask.js';
 
 export interface RenderedAction {
   runner: Runner; argv: string[]; env: Record<string, string>; cwd: string; timeoutMs: number; runAs: string;
@@ -55,9 +61,15 @@ function parseJson(s: string): unknown {
   try { return JSON.parse(s); } catch { return undefined; }
 }
 
-/** Checks one value against its spec, converting text from a CLI ("5", "true", JSON). */
-function coerce(name: string, spec: ParamSpec, v: unknown): unknown {
-  const fail = (what: string) => invalid(`parameter "${name}": expected ${what}, got ${show(v)}`);
+/**
+ * Checks one value against its spec, converting text from a CLI ("5", "true", JSON). `origin`
+ * ("a value from secret x", "a secret value") is set when the value must not be shown: the
+ * message names where it came from instead of quoting it.
+ */
+function coerce(name: string, spec: ParamSpec, v: unknown, origin?: string): unknown {
+  const fail = (what: string) => invalid(origin
+    ? `parameter "${name}": got ${origin} that is not ${what}`
+    : `parameter "${name}": expected ${what}, got ${show(v)}`);
   let out: unknown;
   switch (spec.type) {
     case 'string':
@@ -95,14 +107,24 @@ function coerce(name: string, spec: ParamSpec, v: unknown): unknown {
       throw invalid(`parameter "${name}": unknown type "${String((spec as { type: unknown }).type)}"`);
   }
   if (spec.enum && !spec.enum.some((e) => JSON.stringify(e) === JSON.stringify(out))) {
-    throw invalid(`parameter "${name}": ${show(out)} is not one of ${spec.enum.map(show).join(', ')}`);
+    throw invalid(origin
+      ? `parameter "${name}": got ${origin} that is not one of ${spec.enum.map(show).join(', ')}`
+      : `parameter "${name}": ${show(out)} is not one of ${spec.enum.map(show).join(', ')}`);
   }
   return out;
 }
 
+/** Where a parameter value comes from, when it must not be quoted in a message (undefined: it may be). */
+function originOf(raw: unknown, spec: ParamSpec): string | undefined {
+  const refs = findRefs(raw);
+  if (refs.length > 0) return `a value from ${refs.map((r) => `${r.kind === 'secret' ? 'secret' : 'kv key'} ${r.key}`).join(' and ')}`;
+  return spec.secret ? 'a secret value' : undefined;
+}
+
 /**
  * Validates params against the action's declarations and applies defaults. A value holding a
- * kv/secret reference is kept as written (its type is checked once resolved, in renderAction).
+ * kv/secret reference or a literal (`{{ "{{" }}`, escaped event data) is kept as written: its
+ * type is checked once resolved, in renderAction.
  */
 export function validateParams(action: ActionDef, params: Record<string, unknown>): Record<string, unknown> {
   if (!isObj(params)) throw invalid(`parameters of ${action.ref} must be an object`);
@@ -123,7 +145,22 @@ export function validateParams(action: ActionDef, params: Record<string, unknown
     }
     const size = Buffer.byteLength(JSON.stringify(v) ?? '', 'utf8');
     if (size > PARAM_MAX_BYTES) throw new TrellisError('TRELLIS_E_TOO_LARGE', `parameter "${name}" is ${size} bytes; the limit is ${PARAM_MAX_BYTES}`);
-    out[name] = findRefs(v).length > 0 ? v : coerce(name, spec, v);
+    out[name] = needsResolving(v) ? v : coerce(name, spec, v, originOf(v, spec));
+  }
+  return out;
+}
+
+export const REDACTED = '[REDACTED]';
+
+/**
+ * Parameters as history keeps them (the hub's execution history, an edge run's report): a
+ * value of a `secret` parameter that is not exactly one reference is replaced by [REDACTED].
+ */
+export function historyParameters(action: ActionDef | undefined, params: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(params)) {
+    const literalSecret = action?.parameters?.[k]?.secret && !(typeof v === 'string' && /^\s*\{\{\s*(secret|kv)\.[^}]+\}\}\s*$/.test(v));
+    out[k] = literalSecret ? REDACTED : v;
   }
   return out;
 }
@@ -141,11 +178,28 @@ function checkArg(s: string, where: string): string {
 }
 
 export function renderAction(action: ActionDef, params: Record<string, unknown>, opts: RenderOptions = {}): RenderedAction {
-  const parameters = validateParams(action, params);
   const secretValues = new Set<string>();
+  // Literal values of secret parameters are masked too (before validation: its messages are masked).
+  for (const [k, v] of Object.entries(isObj(params) ? params : {})) {
+    if (!action.parameters?.[k]?.secret || v === undefined || v === null || toText(v) === '') continue;
+    let templated: boolean;
+    try { templated = needsResolving(v); } catch { templated = false; } // malformed: validation says so, masked
+    if (!templated) secretValues.add(toText(v));
+  }
+  try {
+    return render(action, params, opts, secretValues);
+  } catch (err) {
+    throw maskError(err, secretValues);
+  }
+}
+
+function render(action: ActionDef, params: Record<string, unknown>, opts: RenderOptions, secretValues: Set<string>): RenderedAction {
+  const parameters = validateParams(action, params);
   let touched = false;
+  let readRef = false;
   let where = '';
   const resolver = (ref: Ref): string => {
+    readRef = true;
     const r = opts.resolve?.(ref);
     if (!r) throw new TrellisError('TRELLIS_E_NOT_FOUND', `${where}: ${ref.kind === 'secret' ? 'secret' : 'kv key'} "${ref.key}" not found`);
     if (r.secret) { touched = true; if (r.value) secretValues.add(r.value); }
@@ -160,7 +214,7 @@ export function renderAction(action: ActionDef, params: Record<string, unknown>,
     touched = false;
     where = `parameter "${name}"`;
     const spec = specs[name]!;
-    const value = findRefs(raw).length > 0 ? coerce(name, spec, resolveRefs(raw, resolver)) : raw;
+    const value = needsResolving(raw) ? coerce(name, spec, resolveRefs(raw, resolver), originOf(raw, spec)) : raw;
     const secret = touched || spec.secret === true;
     if (spec.secret && value !== undefined && toText(value) !== '') secretValues.add(toText(value));
     const desc: PropertyDescriptor = secret
@@ -204,7 +258,10 @@ export function renderAction(action: ActionDef, params: Record<string, unknown>,
       const cmd = action.command ?? [];
       if (action.shell) {
         if (cmd.length !== 1) throw invalid(`action ${action.ref}: a shell command is one string`);
-        out.argv = ['/bin/sh', '-c', checkArg(toText(noSecret(cmd[0], 'command')), 'command')];
+        const text = toText(noSecret(cmd[0], 'command'));
+        const unsafe = shellTemplateProblem(cmd[0]!);
+        if (unsafe) throw invalid(`action ${action.ref}: command: ${unsafe}`);
+        out.argv = ['/bin/sh', '-c', checkArg(text, 'command')];
       } else {
         out.argv = renderArgs(cmd, 'command');
         if (out.argv.length === 0 || out.argv[0] === '') throw invalid(`action ${action.ref}: the command renders to no program`);
@@ -224,7 +281,7 @@ export function renderAction(action: ActionDef, params: Record<string, unknown>,
       if (!/^[A-Z]{1,16}$/.test(method)) throw invalid(`action ${action.ref}: bad http method "${method.slice(0, 20)}"`);
       const url = checkArg(toText(noSecret(h.url, 'http.url')), 'http.url');
       let parsed: URL;
-      try { parsed = new URL(url); } catch { throw invalid(`http.url: "${url.slice(0, 120)}" is not a URL`); }
+      try { parsed = new URL(url); } catch { throw invalid(readRef ? 'http.url does not render to a URL (the message does not quote it: the run read datastore values)' : `http.url: "${url.slice(0, 120)}" is not a URL`); }
       if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw invalid(`http.url: use http or https, not ${parsed.protocol}`);
       const headers: Record<string, string> = {};
       for (const [k, tpl] of Object.entries(h.headers ?? {})) {

@@ -4,11 +4,18 @@
  * filters: `| json`, `| default("x")`, `| upper`, `| lower`, `| int`, `| string`, `| quote`
  * (POSIX shell single-quoting, for `shell: true` commands).
  *
+ * expr may also be a quoted literal, `{{ "{{" }}` (Jinja's escape): it renders to its text.
+ *
  * A string that is exactly one `{{ expr }}` (whitespace around allowed) renders to the typed
  * value; anything else renders to text (objects as JSON, missing as ''). Values substituted in
- * are never rendered again, so event data cannot inject a template. References go to a resolver;
- * when there is none or it answers undefined, the `{{ … }}` text is kept as it was, so rule
- * parameters can be rendered against an event while their references wait for the run.
+ * are never rendered again. References go to a resolver; when there is none or it answers
+ * undefined, the `{{ … }}` text is kept as it was.
+ *
+ * Trust boundary: references are resolved only in text an author wrote. A rule's parameters are
+ * rendered against the event in two steps (the event now, the references at the run), so
+ * renderKeepingRefs escapes every substituted value (`{{` → `{{ "{{" }}`): the run's pass then
+ * reads event data as literal text, never as a template, and the escaped form is what history
+ * keeps, so a rerun treats it the same way.
  */
 import { TrellisError } from '../errors.js';
 import { parsePath, walk } from './path.js';
@@ -23,7 +30,7 @@ const REF_KEY = /^[A-Za-z0-9_.:/-]{1,256}$/;
 const FILTERS = new Set(['json', 'default', 'upper', 'lower', 'int', 'string', 'quote']);
 
 interface Filter { name: string; args: unknown[] }
-interface Expr { src: string; ref?: Ref; segs?: string[]; filters: Filter[] }
+interface Expr { src: string; ref?: Ref; segs?: string[]; lit?: string; filters: Filter[] }
 interface Compiled { parts: (string | Expr)[]; single: Expr | undefined }
 
 const bad = (tpl: string, msg: string) =>
@@ -85,7 +92,11 @@ function parseExpr(tpl: string, src: string, inner: string): Expr {
   if (!head) throw bad(tpl, `empty expression in "${src}"`);
   const expr: Expr = { src, filters: [] };
   const m = /^(kv|secret)\.(.*)$/s.exec(head);
-  if (m) {
+  if (head[0] === '"' || head[0] === "'") {
+    const lit = parseArgs(tpl, head);
+    if (lit.length !== 1 || typeof lit[0] !== 'string') throw bad(tpl, `bad literal in "${src.slice(0, 40)}": one quoted text, e.g. {{ "{{" }}`);
+    expr.lit = lit[0];
+  } else if (m) {
     if (!REF_KEY.test(m[2]!)) throw bad(tpl, `bad ${m[1]} key "${m[2]!.slice(0, 60)}": 1-256 of A-Z a-z 0-9 _ . : / -`);
     expr.ref = { kind: m[1] as Ref['kind'], key: m[2]! };
   } else {
@@ -161,8 +172,9 @@ const UNRESOLVED = Symbol('unresolved');
 
 function evalExpr(e: Expr, ctx: Record<string, unknown> | undefined, refs: RefResolver | undefined): unknown {
   let v: unknown;
-  if (!e.ref && !ctx) return UNRESOLVED;
-  if (e.ref) {
+  if (e.lit !== undefined) v = e.lit;
+  else if (!e.ref && !ctx) return UNRESOLVED;
+  else if (e.ref) {
     const r = refs?.(e.ref);
     if (r === undefined) return UNRESOLVED;
     v = r;
@@ -171,32 +183,54 @@ function evalExpr(e: Expr, ctx: Record<string, unknown> | undefined, refs: RefRe
   return v;
 }
 
-function renderString(tpl: string, ctx: Record<string, unknown> | undefined, refs: RefResolver | undefined): unknown {
+/** Text in which no `{{` starts a template: each is written as the literal `{{ "{{" }}`. */
+export function escapeTemplate(s: string): string {
+  return s.includes('{{') ? s.split('{{').join(ESCAPED_OPEN) : s;
+}
+const ESCAPED_OPEN = '{{ "{{" }}';
+
+/** Every string in v (deep; keys are not templates) escaped with escapeTemplate. */
+function escapeDeep(v: unknown, depth = 0): unknown {
+  if (typeof v === 'string') return escapeTemplate(v);
+  if (v === null || typeof v !== 'object') return v;
+  if (depth > DEPTH_MAX) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `a templated value nests over ${DEPTH_MAX} levels`);
+  if (Array.isArray(v)) return v.map((x) => escapeDeep(x, depth + 1));
+  const out: Record<string, unknown> = {};
+  for (const [k, x] of Object.entries(v)) out[k] = escapeDeep(x, depth + 1);
+  return out;
+}
+
+interface Mode { ctx: Record<string, unknown> | undefined; refs: RefResolver | undefined; escape: boolean }
+
+function renderString(tpl: string, m: Mode): unknown {
   if (!tpl.includes('{{')) return tpl;
   const c = compile(tpl);
+  // Escape mode (the first of two passes): a value substituted from ctx (data) is escaped;
+  // references and literals are the author's text and stay as written for the second pass.
+  const ev = (e: Expr) => (m.escape && e.lit !== undefined ? UNRESOLVED : evalExpr(e, m.ctx, m.refs));
   if (c.single) {
-    const v = evalExpr(c.single, ctx, refs);
-    return v === UNRESOLVED ? tpl : v === undefined ? '' : v;
+    const v = ev(c.single);
+    return v === UNRESOLVED ? tpl : v === undefined ? '' : m.escape ? escapeDeep(v) : v;
   }
   let out = '';
   for (const p of c.parts) {
     if (typeof p === 'string') out += p;
     else {
-      const v = evalExpr(p, ctx, refs);
-      out += v === UNRESOLVED ? p.src : toText(v);
+      const v = ev(p);
+      out += v === UNRESOLVED ? p.src : m.escape ? escapeTemplate(toText(v)) : toText(v);
     }
     if (out.length > RENDERED_MAX) throw new TrellisError('TRELLIS_E_TOO_LARGE', `a rendered template is over ${RENDERED_MAX} characters`);
   }
   return out;
 }
 
-function renderAny(v: unknown, ctx: Record<string, unknown> | undefined, refs: RefResolver | undefined, depth: number): unknown {
-  if (typeof v === 'string') return renderString(v, ctx, refs);
+function renderAny(v: unknown, m: Mode, depth: number): unknown {
+  if (typeof v === 'string') return renderString(v, m);
   if (v === null || typeof v !== 'object') return v;
   if (depth > DEPTH_MAX) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `a templated value nests over ${DEPTH_MAX} levels`);
-  if (Array.isArray(v)) return v.map((x) => renderAny(x, ctx, refs, depth + 1));
+  if (Array.isArray(v)) return v.map((x) => renderAny(x, m, depth + 1));
   const out: Record<string, unknown> = {};
-  for (const [k, x] of Object.entries(v)) out[k] = renderAny(x, ctx, refs, depth + 1);
+  for (const [k, x] of Object.entries(v)) out[k] = renderAny(x, m, depth + 1);
   return out;
 }
 
@@ -206,15 +240,47 @@ function renderAny(v: unknown, ctx: Record<string, unknown> | undefined, refs: R
  * TRELLIS_E_TOO_LARGE for a template over 16 KiB or a result over 1 MiB.
  */
 export function renderTemplate(tpl: unknown, ctx: Record<string, unknown>, refs?: RefResolver): unknown {
-  return renderAny(tpl, ctx, refs, 0);
+  return renderAny(tpl, { ctx, refs, escape: false }, 0);
 }
 
 /**
- * Substitutes only the references (through refs) and keeps every other `{{ … }}` as text: how
- * parameter values that hold `{{ secret.x }}` are opened without rendering anything else.
+ * The first of two passes (a rule's parameters against its event): paths are substituted from
+ * ctx with every substituted string escaped (escapeTemplate), references and literals are kept
+ * as the author wrote them. The result is a template for the run's pass (resolveRefs) in which
+ * only the author's references are references.
+ */
+export function renderKeepingRefs(tpl: unknown, ctx: Record<string, unknown>): unknown {
+  return renderAny(tpl, { ctx, refs: () => undefined, escape: true }, 0);
+}
+
+/**
+ * Substitutes only the references (through refs) and literals (`{{ "{{" }}` → `{{`) and keeps
+ * every other `{{ … }}` as text: how parameter values are opened at the run.
  */
 export function resolveRefs(value: unknown, refs: RefResolver): unknown {
-  return renderAny(value, undefined, refs, 0);
+  return renderAny(value, { ctx: undefined, refs, escape: false }, 0);
+}
+
+/** True when some string in value holds a reference or a literal: it needs the run's pass (resolveRefs). */
+export function needsResolving(value: unknown): boolean {
+  const visit = (v: unknown, depth: number): boolean => {
+    if (typeof v === 'string') return hasTemplate(v) && compile(v).parts.some((p) => typeof p !== 'string' && (p.ref !== undefined || p.lit !== undefined));
+    if (v === null || typeof v !== 'object' || depth > DEPTH_MAX) return false;
+    return (Array.isArray(v) ? v : Object.values(v)).some((x) => visit(x, depth + 1));
+  };
+  return visit(value, 0);
+}
+
+/** A template in pieces: author text (literals included, as the text they render to) and substitutions. */
+export type TemplatePiece = { text: string } | { src: string; quoted: boolean };
+
+/**
+ * The pieces of a template, in order: for a substitution, its source and whether its last
+ * filter is `| quote`. Throws like renderTemplate for a malformed template.
+ */
+export function templatePieces(tpl: string): TemplatePiece[] {
+  if (!hasTemplate(tpl)) return [{ text: tpl }];
+  return compile(tpl).parts.map((p) => (typeof p === 'string' ? { text: p } : p.lit !== undefined && p.filters.length === 0 ? { text: p.lit } : { src: p.src, quoted: p.filters[p.filters.length - 1]?.name === 'quote' }));
 }
 
 /** Every kv/secret reference in value's templates, each once, in order of appearance. */

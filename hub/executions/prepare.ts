@@ -5,8 +5,9 @@
  * memory only, between the request and the dispatch; they are never logged or stored.
  */
 import { sealFor, sealAad } from '../../certs/index.js';
+import { maskError } from '../../common/mask.js';
 import { TrellisError } from '../../common/errors.js';
-import { renderAction, actionRefs, type RenderedAction } from '../../common/rules/render.js';
+import { renderAction, actionRefs, historyParameters, REDACTED, type RenderedAction } from '../../common/rules/render.js';
 import { requestFromRendered } from '../../common/automation/request.js';
 import type { Ref } from '../../common/rules/template.js';
 import type { ActionDef } from '../../common/automation/types.js';
@@ -19,7 +20,7 @@ export const MAX_ARGV = 256;
 export const MAX_ARG_BYTES = 32 * 1024;
 export const MAX_TIMEOUT_MS = 24 * 3_600_000;
 export const MAX_PARAMETERS_BYTES = 256 * 1024;
-export const REDACTED = '[REDACTED]';
+export { REDACTED };
 
 type Resolved = Map<string, { value: string; secret: boolean }>;
 const refKey = (r: Ref) => `${r.kind}.${r.key}`;
@@ -39,12 +40,14 @@ async function resolveRefs(kv: KvStore, tenant: string, caller: KvRequester, ref
 
 /** Renders a pack action with its references resolved. */
 export async function prepareAction(kv: KvStore, o: { tenant: string; caller: KvRequester; action: ActionDef; parameters: Record<string, unknown> }): Promise<RenderedAction> {
+  let resolved: Resolved = new Map();
   try {
     const refs = actionRefs(o.action, o.parameters);
-    const resolved = refs.length ? await resolveRefs(kv, o.tenant, o.caller, refs) : new Map() as Resolved;
+    resolved = refs.length ? await resolveRefs(kv, o.tenant, o.caller, refs) : resolved;
     return renderAction(o.action, o.parameters, { resolve: (r) => resolved.get(refKey(r)) });
   } catch (err) {
-    throw scrubSecretParameters(err, o.action, o.parameters);
+    // renderAction already masks what it opened; this is the run's masker once more, over every secret it resolved.
+    throw maskError(scrubSecretParameters(err, o.action, o.parameters), [...resolved.values()].filter((r) => r.secret).map((r) => r.value));
   }
 }
 
@@ -108,13 +111,9 @@ export async function prepareCommand(kv: KvStore, o: { tenant: string; caller: K
     if (refs.length === 0) { env[name] = value; continue; }
     const resolved = await resolveRefs(kv, o.tenant, o.caller, refs.map((m) => ({ kind: m[1] as Ref['kind'], key: m[2]! })));
     let secret = false;
-    let out = value;
-    for (const m of refs) {
-      const r = resolved.get(`${m[1]}.${m[2]}`)!;
-      secret ||= r.secret;
-      if (r.secret) secretValues.push(r.value);
-      out = out.replace(m[0], () => r.value);
-    }
+    for (const r of resolved.values()) if (r.secret) { secret = true; secretValues.push(r.value); }
+    // One pass: a substituted value is never scanned again (a kv value holding `{{ secret.y }}` stays text).
+    const out = value.replace(new RegExp(REF_RE.source, 'g'), (_m, kind: string, key: string) => resolved.get(`${kind}.${key}`)!.value);
     (secret ? secretEnv : env)[name] = out;
   }
   return {
@@ -130,12 +129,7 @@ export function commandParameters(o: { argv: string[]; env: Record<string, strin
 
 /** Parameters as history keeps them: a literal value of a `secret` parameter is replaced by [REDACTED]. */
 export function storedParameters(action: ActionDef | undefined, params: Record<string, unknown>): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(params)) {
-    const literalSecret = action?.parameters[k]?.secret && !(typeof v === 'string' && /^\s*\{\{\s*(secret|kv)\.[^}]+\}\}\s*$/.test(v));
-    out[k] = literalSecret ? REDACTED : v;
-  }
-  return out;
+  return historyParameters(action, params);
 }
 
 /** The ActionRequest for one agent, every secret sealed to its certificate for this execution. */
