@@ -8,7 +8,7 @@ import { TrellisError } from '../../common/errors.js';
 import { normalizeSerial, type RevokedEntry } from '../../certs/index.js';
 import type { HubMessage } from '../../common/proto-gen/trellis/v1/HubMessage.js';
 import type { Facts } from '../../common/proto-gen/trellis/v1/Facts.js';
-import { matchesSelector } from '../validate.js';
+import { checkLabelKey, checkLabels, matchesSelector } from '../validate.js';
 
 export interface AgentDoc extends Doc {
   tenant: string;
@@ -84,6 +84,22 @@ export class AgentRegistry {
       const now = Date.now();
       return { ...a, certSerial: serial, certExpiresAt: notAfter, serials: [...a.serials.filter((s) => s.notAfter > now), { serial, notAfter }] };
     });
+  }
+
+  /** Admin label change: `remove` first, then `set`; the result passes the one label validator. */
+  async setLabels(id: string, change: { set?: Record<string, string>; remove?: string[] }): Promise<{ agent: AgentDoc; before: Record<string, string> }> {
+    const set = checkLabels(change.set ?? {});
+    const remove = (change.remove ?? []).map(checkLabelKey);
+    if (Object.keys(set).length === 0 && remove.length === 0) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name labels to set (k=v) or to remove (--remove k)');
+    let before: Record<string, string> = {};
+    const agent = await this.store.update<AgentDoc>('agents', id, (a) => {
+      if (!a) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no agent ${id}: see \`trellis agents list\``);
+      before = a.labels;
+      const labels = { ...a.labels };
+      for (const k of remove) delete labels[k];
+      return { ...a, labels: checkLabels({ ...labels, ...set }) };
+    });
+    return { agent: agent!, before };
   }
 
   async updateHello(id: string, facts: Facts): Promise<void> {
