@@ -30,6 +30,9 @@ import { Keyring } from './secrets/keyring.js';
 import { LiveCalls } from './grpc/wrap.js';
 import { widenFlowControl } from './grpc/flow-control.js';
 import { AuditLog } from './audit/index.js';
+import { RefusalThrottle } from './audit/throttle.js';
+import { RenewLimiter } from './agents/renewal.js';
+import { auditTlsRefusals } from './grpc/agent-tls-audit.js';
 import { addAgentServices } from './grpc/agent-channel.js';
 import { MemoryCertificateProvider, mtlsServerCredentials, tlsServerCredentials } from './grpc/credentials.js';
 import { WebServer } from './web/index.js';
@@ -118,7 +121,12 @@ export class Hub {
         }
       }
     });
-    const components: HubComponents = { config, log, store, pki, iam, auth, audit, tokens, agents, events, kv, packs, executions, rules, agentConfigs, agentPort: () => boundAgentPort, webhooks, webPort: () => boundWebPort };
+    const renewLimiter = new RenewLimiter({ max: config.agentRenewLimit.max, windowMs: config.agentRenewLimit.window, certTtlMs: config.agentCertTtl });
+    const agentPortAudit = new RefusalThrottle(audit);
+    const components: HubComponents = {
+      config, log, store, pki, iam, auth, audit, tokens, agents, events, kv, packs, executions, rules, agentConfigs, renewLimiter, agentPortAudit,
+      agentPort: () => boundAgentPort, webhooks, webPort: () => boundWebPort,
+    };
 
     // One identity provider for both ports, one CA provider for client certificates.
     const identity = new MemoryCertificateProvider({ certChain: pki.hubIdentity.certChainPem, key: pki.hubIdentity.keyPem });
@@ -153,6 +161,7 @@ export class Hub {
     try {
       agentPort = await bindTo(agentServer, config.agentPort, mtlsServerCredentials(identity, clientCa), 'agent');
       if (!widenFlowControl(agentServer)) log.warn('could not widen HTTP/2 flow-control windows on the agent port (grpc-js internals changed); events flow at the default window');
+      if (!auditTlsRefusals(agentServer, agentPortAudit)) log.warn('cannot audit refused TLS handshakes on the agent port (grpc-js internals changed); they are refused all the same');
       boundAgentPort = agentPort;
       adminPort = await bindTo(adminServer, config.adminPort, tlsServerCredentials(identity), 'admin');
       webPort = await web.listen(config.bind, config.webPort).catch((err: Error) => {
@@ -166,6 +175,7 @@ export class Hub {
       await webhooks.close();
       await executions.close();
       await kv.close();
+      agentPortAudit.close();
       await audit.close();
       await store.close();
       throw e;
@@ -206,6 +216,7 @@ export class Hub {
     this.adminServer.forceShutdown();
     await this.web.close();
     await c.webhooks.close();
+    c.agentPortAudit.close(); // pending refusal summaries
     await c.audit.close();
     await c.store.close();
     this.state = 'closed';
