@@ -42,8 +42,8 @@ export interface HubComponents {
   agentConfigs: AgentConfigs;
   /** Certificate renewals per agent per window (hub/agents/renewal.ts). */
   renewLimiter: RenewLimiter;
-  /** Audit records of the agent port: refusals throttled so a flood cannot fill the disk (hub/audit/throttle.ts). */
-  agentPortAudit: RefusalThrottle;
+  /** The audit log as every port records into it: refusals of unidentified callers and agents throttled (hub/audit/throttle.ts). */
+  refusalAudit: RefusalThrottle;
   /** The bound agent port (known once listening). */
   agentPort: () => number;
   /** Webhooks (hub/webhooks): secrets under the master key, signature checks, counters. */

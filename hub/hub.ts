@@ -122,9 +122,11 @@ export class Hub {
       }
     });
     const renewLimiter = new RenewLimiter({ max: config.agentRenewLimit.max, windowMs: config.agentRenewLimit.window, certTtlMs: config.agentCertTtl });
-    const agentPortAudit = new RefusalThrottle(audit);
+    // Refusals of callers nobody vouches for (no credentials, bad join token, agent port) are
+    // throttled: a flood writes one record per distinct refusal per minute plus a count.
+    const refusalAudit = new RefusalThrottle(audit, { only: (e) => e.actor === '-' || e.actor.startsWith('agent:') });
     const components: HubComponents = {
-      config, log, store, pki, iam, auth, audit, tokens, agents, events, kv, packs, executions, rules, agentConfigs, renewLimiter, agentPortAudit,
+      config, log, store, pki, iam, auth, audit, tokens, agents, events, kv, packs, executions, rules, agentConfigs, renewLimiter, refusalAudit,
       agentPort: () => boundAgentPort, webhooks, webPort: () => boundWebPort,
     };
 
@@ -137,7 +139,7 @@ export class Hub {
     const agentServer = new grpc.Server(serverOptions);
     addAgentServices(agentServer, components);
     const adminServer = new grpc.Server(serverOptions);
-    const adminDeps = { auth, log: log.child({ component: 'admin' }), audit: components.audit, live: new LiveCalls(auth) };
+    const adminDeps = { auth, log: log.child({ component: 'admin' }), audit: refusalAudit, live: new LiveCalls(auth) };
     addAdminServices(adminServer, components, adminDeps);
     addIamServices(adminServer, components, adminDeps);
     addAuditServices(adminServer, components, adminDeps);
@@ -155,13 +157,13 @@ export class Hub {
           : resolve(bound)));
       });
     const web = new WebServer(pki, log.child({ component: 'web' }));
-    web.route(webhookRoute({ webhooks, auth, events, audit, log: webhooksLog }));
-    web.upgradeRoute(new EventStream({ auth, events, executions, live: adminDeps.live, audit, log: log.child({ component: 'stream' }) }));
+    web.route(webhookRoute({ webhooks, auth, events, audit: refusalAudit, log: webhooksLog }));
+    web.upgradeRoute(new EventStream({ auth, events, executions, live: adminDeps.live, audit: refusalAudit, log: log.child({ component: 'stream' }) }));
     let agentPort: number, adminPort: number, webPort: number;
     try {
       agentPort = await bindTo(agentServer, config.agentPort, mtlsServerCredentials(identity, clientCa), 'agent');
       if (!widenFlowControl(agentServer)) log.warn('could not widen HTTP/2 flow-control windows on the agent port (grpc-js internals changed); events flow at the default window');
-      if (!auditTlsRefusals(agentServer, agentPortAudit)) log.warn('cannot audit refused TLS handshakes on the agent port (grpc-js internals changed); they are refused all the same');
+      if (!auditTlsRefusals(agentServer, refusalAudit)) log.warn('cannot audit refused TLS handshakes on the agent port (grpc-js internals changed); they are refused all the same');
       boundAgentPort = agentPort;
       adminPort = await bindTo(adminServer, config.adminPort, tlsServerCredentials(identity), 'admin');
       webPort = await web.listen(config.bind, config.webPort).catch((err: Error) => {
@@ -175,7 +177,7 @@ export class Hub {
       await webhooks.close();
       await executions.close();
       await kv.close();
-      agentPortAudit.close();
+      refusalAudit.close();
       await audit.close();
       await store.close();
       throw e;
@@ -216,7 +218,7 @@ export class Hub {
     this.adminServer.forceShutdown();
     await this.web.close();
     await c.webhooks.close();
-    c.agentPortAudit.close(); // pending refusal summaries
+    c.refusalAudit.close(); // pending refusal summaries
     await c.audit.close();
     await c.store.close();
     this.state = 'closed';

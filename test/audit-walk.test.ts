@@ -18,7 +18,8 @@ import { TLS_METHOD } from '../hub/grpc/agent-tls-audit.js';
 import { createCSR, generateKey } from '../certs/index.js';
 import { agentPaths } from '../agent/identity.js';
 import { signWebhook } from '../hub/webhooks/index.js';
-import type { AuditRecord } from '../hub/audit/index.js';
+import { MemoryAudit, type AuditRecord } from '../hub/audit/index.js';
+import { RefusalThrottle } from '../hub/audit/throttle.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 /** Calls one method with an empty request (unary or server stream) and waits for its end. */
@@ -119,4 +120,36 @@ t.test('every mutating path of every port leaves an audit record, whatever its r
   const web = await recordsOf((r) => r.method === 'POST /webhooks');
   t.ok(web.some((r) => r.result === 'ok'), 'the accepted POST');
   t.ok(web.some((r) => r.result === 'unauthenticated'), 'the refused POST');
+});
+
+t.test('a flood of refusals cannot fill the audit log: identical ones are counted, distinct ones are bounded', async (t) => {
+  await using h = await startHub();
+  const audit = h.hub.components.audit;
+  const anon = new v1.Enrollment(h.adminAddr, grpc.credentials.createSsl(Buffer.from(h.caPem)), CLIENT_OPTIONS) as unknown as grpc.Client & {
+    Enroll(req: T.EnrollRequest, md: grpc.Metadata, opts: grpc.CallOptions, cb: (e: grpc.ServiceError | null) => void): void;
+  };
+  const bad = `tj1.0123456789abcdef.${'A'.repeat(43)}.${'0'.repeat(64)}`;
+  for (let i = 0; i < 200; i++) {
+    await new Promise((resolve) => anon.Enroll({ token: bad, csr: 'x', hostname: 'h', labels: {} }, new grpc.Metadata(), { deadline: Date.now() + 15_000 }, resolve));
+  }
+  anon.close();
+  const written = (await audit.query({ methodContains: 'Enrollment/Enroll', limit: 1000 })).filter((r) => r.result === 'unauthenticated');
+  t.equal(written.length, 1, '200 identical refused enrollments from one address: one record');
+  t.equal(h.hub.components.refusalAudit.suppressed, 199, 'the other 199 are counted');
+  h.hub.components.refusalAudit.sweep(true);
+  const summary = (await audit.query({ methodContains: 'Enrollment/Enroll', limit: 1000 })).filter((r) => r.result === 'unauthenticated');
+  t.equal(summary.length, 2, 'and written as one summary when the window ends');
+  t.match(summary[1]!.detail, /^199 more like this in 60s, not recorded one by one: join token not recognised/);
+  t.notOk(JSON.stringify(summary).includes('A'.repeat(43)), 'never with the token secret');
+
+  // Distinct refusals (say, from 10,000 addresses) are bounded by the throttle's key table.
+  const sink = new MemoryAudit();
+  const th = new RefusalThrottle(sink, { maxKeys: 50 });
+  t.teardown(() => th.close());
+  for (let i = 0; i < 10_000; i++) {
+    th.record({ timeMs: Date.now(), actor: '-', tenant: '', method: TLS_METHOD, target: '', result: 'unauthenticated', sourceAddress: `ipv4:10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}:4000`, detail: 'TLS handshake refused' });
+  }
+  t.equal(sink.entries.length, 51, '10,000 refusals from distinct addresses: at most maxKeys + 1 records per window');
+  th.record({ timeMs: Date.now(), actor: 'admin', tenant: '', method: 'x', target: '', result: 'ok', sourceAddress: '', detail: '' });
+  t.equal(sink.entries.length, 52, 'successes are never throttled');
 });

@@ -80,7 +80,7 @@ t.test('a renew flood is refused with RESOURCE_EXHAUSTED after the per-agent lim
   t.equal(refused.length, 1, '21 identical refusals from one address write one record (throttled)');
   t.equal(refused[0]!.actor, `agent:${agentId}`);
   t.match(refused[0]!.detail, /limit 3/);
-  t.equal(h.hub.components.agentPortAudit.suppressed, 20, 'the rest are counted for the summary');
+  t.equal(h.hub.components.refusalAudit.suppressed, 20, 'the rest are counted for the summary');
 });
 
 t.test('after a renewal the pre-renewal certificate cannot connect (nor renew once the new one connected); the live stream is not cut by the renewal', async (t) => {

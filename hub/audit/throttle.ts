@@ -1,6 +1,7 @@
 /**
- * Refusals from a flood must not fill the disk: identical refusal records (same method,
- * result, source address without its port, and reason, numbers aside) are written once per window; the ones
+ * Refusals from a flood must not fill the disk (nor push real records out of retention):
+ * identical refusal records (same method, result, actor, target, source address without its
+ * port, and reason, numbers aside) are written once per window; the ones
  * suppressed inside it are counted and written as one summary record when the window ends.
  * Successful records pass straight through. At most `maxKeys` distinct refusals are tracked
  * per window; past that, refusals of the same method and result share one key, so a flood from
@@ -11,8 +12,10 @@ import type { AuditEntry, AuditSink } from './types.js';
 export interface RefusalThrottleOptions {
   /** @default 60000 */
   windowMs?: number;
-  /** @default 1000 */
+  /** @default 256 */
   maxKeys?: number;
+  /** Which refusals are throttled; the others pass straight through. @default every refusal */
+  only?: (e: AuditEntry) => boolean;
   now?: () => number;
 }
 
@@ -32,23 +35,25 @@ export class RefusalThrottle implements AuditSink {
   private readonly windowMs: number;
   private readonly maxKeys: number;
   private readonly now: () => number;
+  private readonly only: (e: AuditEntry) => boolean;
   private readonly timer: NodeJS.Timeout;
   /** Refusals not written one by one (counted in summaries). */
   suppressed = 0;
 
   constructor(private readonly sink: AuditSink, o: RefusalThrottleOptions = {}) {
     this.windowMs = o.windowMs ?? 60_000;
-    this.maxKeys = o.maxKeys ?? 1000;
+    this.maxKeys = o.maxKeys ?? 256;
+    this.only = o.only ?? (() => true);
     this.now = o.now ?? Date.now;
     this.timer = setInterval(() => this.sweep(), Math.max(100, Math.floor(this.windowMs / 2)));
     this.timer.unref();
   }
 
   record(e: AuditEntry): void {
-    if (e.result === 'ok') { this.sink.record(e); return; }
+    if (e.result === 'ok' || !this.only(e)) { this.sink.record(e); return; }
     const now = this.now();
     // Numbers in the reason (times, counts) do not make a refusal different.
-    let key = [e.method, e.result, addressOnly(e.sourceAddress), e.detail.slice(0, 200).replace(/\d+\w*/g, '#').replace(/#(?: #)+/g, '#')].join('\u0000');
+    let key = [e.method, e.result, e.actor, e.target, addressOnly(e.sourceAddress), e.detail.slice(0, 200).replace(/\d+\w*/g, '#').replace(/#(?: #)+/g, '#')].join('\u0000');
     if (!this.slots.has(key) && this.slots.size >= this.maxKeys) key = [e.method, e.result, '*'].join('\u0000');
     const slot = this.slots.get(key);
     if (slot && now - slot.startMs < this.windowMs) {

@@ -43,12 +43,12 @@ function peerRefusal(peer: Partial<PeerIdentity>, code: ErrorCode, message: stri
   return Object.assign(new TrellisError(code, message), { peer });
 }
 
-/** One audit record of the agent port (refusals go through the throttle in c.agentPortAudit). */
+/** One audit record of the agent port (refusals go through the throttle in c.refusalAudit). */
 function auditAgentPort(c: HubComponents, o: { method: 'Connect' | 'Renew'; peer: string; id?: Partial<PeerIdentity>; err?: unknown; detail?: string }): void {
   const code = isTrellisError(o.err) ? (o.err as TrellisError).code : undefined;
   const result: AuditEntry['result'] = !o.err ? 'ok' : (code && AUDIT_RESULT[code]) || 'error';
   o.id ??= (o.err as { peer?: Partial<PeerIdentity> } | undefined)?.peer;
-  c.agentPortAudit.record({
+  c.refusalAudit.record({
     timeMs: Date.now(), actor: o.id?.agentId ? `agent:${o.id.agentId}` : '-', tenant: o.id?.tenant ?? '', method: `${S}/${o.method}`,
     target: o.id?.agentId ? `agent:${o.id.agentId}${o.id.serial ? ` serial ${o.id.serial}` : ''}` : '', result, sourceAddress: o.peer,
     detail: (o.err ? (code ? (o.err as Error).message : 'internal error (see the hub log)') : o.detail ?? '').slice(0, 300),
