@@ -8,7 +8,7 @@ import t from 'tap';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { startHub, waitFor, callError, login, type TestHub } from './helpers/hub.js';
+import { startHub, waitFor, callError, login, tempDir, ADMIN_PASSWORD, type TestHub } from './helpers/hub.js';
 import { runCli } from './helpers/cli.js';
 import { adminClients, call } from '../cli/client.js';
 import { v1 } from '../common/proto.js';
@@ -139,4 +139,28 @@ t.test('an edge rule for tier=db and its secret reach only an agent an admin lab
   t.equal(ok[0]!.target, `agent:${e.agentId}`);
   t.match(ok[0]!.detail, /labels \{\} -> \{tier=db\}/, 'with the labels before and after');
   t.ok(recs.some((x) => x.result === 'denied' && x.actor === 'plain'), 'the refused attempt is audited too');
+});
+
+t.test('the CLI: tokens create --allow-label, agent enroll --label, agents label k=v --remove k', async (t) => {
+  await using h = await startHub();
+  await using home = await tempDir();
+  const env = { TRELLIS_HOME: home.path, TRELLIS_PASSWORD: ADMIN_PASSWORD };
+  t.equal((await runCli(['login', '--hub', h.adminAddr, '--user', 'admin', '--ca', join(h.dataDir, 'ca.pem')], env)).code, 0);
+  const tok = await runCli(['tokens', 'create', '--uses', '2', '--label', 'env=prod', '--allow-label', 'rack', '--allow-label', 'zone'], env);
+  t.equal(tok.code, 0, tok.err);
+  const token = tok.out.trim();
+  t.match((await runCli(['tokens', 'list'], env)).out, /env=prod\s+rack,zone/, '`tokens list` shows the keys a host may set');
+  const refused = await runCli(['agent', 'enroll', '--hub', h.adminAddr, '--token', token, '--data', join(home.path, 'a1'), '--label', 'tier=db'], env);
+  t.equal(refused.code, 1);
+  t.match(refused.err, /does not let this host set the label "tier" \(it allows rack, zone\).*TRELLIS_E_INVALID_ARGUMENT/);
+  const ok = await runCli(['agent', 'enroll', '--hub', h.adminAddr, '--token', token, '--data', join(home.path, 'a1'), '--label', 'rack=r7'], env);
+  t.equal(ok.code, 0, ok.err);
+  const id = /enrolled as agent (\S+)/.exec(ok.out)![1]!;
+  const lab = await runCli(['agents', 'label', id, 'tier=db', '--remove', 'rack'], env);
+  t.equal(lab.code, 0, lab.err);
+  t.match(lab.out, /labels .*env=prod/);
+  t.same((await getAgent(h, id)).labels, { env: 'prod', tier: 'db' });
+  const help = await runCli(['agents', 'label', '--help']);
+  t.match(help.out, /agents:label/, '--help names the permission');
+  t.notMatch((await runCli(['agent', 'run', '--help'])).out, /--label <k=v/, '`agent run --help` no longer offers --label');
 });

@@ -16,6 +16,7 @@ import { agentPaths } from '../agent/identity.js';
 import { openStore } from '../hub/store/index.js';
 import { AgentRegistry, type AgentDoc } from '../hub/agents/index.js';
 import type { ChannelState } from '../agent/channel.js';
+import { SUPERSEDED_STREAM_GRACE_MS } from '../hub/grpc/agent-channel.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 interface Ident { caPem: string; keyPem: string; certPem: string }
@@ -115,6 +116,11 @@ t.test('after a renewal the pre-renewal certificate cannot connect (nor renew on
   t.ok(entries.some((e) => normalizeSerial(e.serialHex) === oldSerial), 'the old serial is in the CRL');
   const crl = await call<T.GetCrlRequest, T.GetCrlResponse__Output>(h.admin, h.admin.certs, h.admin.certs.GetCrl, {});
   t.equal(crl.revoked, 1, 'GetCrl counts it');
+  // Whoever still holds a stream on the old certificate is cut once the new one has connected.
+  await waitFor(() => liveErr !== undefined, SUPERSEDED_STREAM_GRACE_MS + 10_000, 'the old stream to be retired');
+  t.equal(liveErr?.code, grpc.status.ABORTED, `the stream on the replaced certificate ends (ABORTED) about ${SUPERSEDED_STREAM_GRACE_MS / 1000}s after the new one connected`);
+  fresh.stream.write({ heartbeat: { sentAtMs: Date.now() } });
+  t.equal(normalizeSerial(h.hub.components.agents.link(agentId)!.serial), normalizeSerial(certInfo(r1.ident!.certPem).serialHex), 'the new stream stays');
   fresh.close();
   live.close();
 

@@ -175,6 +175,7 @@ export class AgentRegistry {
    * old stream itself as soon as the new one is up; this ends any other holder of the old key).
    */
   retireSuperseded(agentId: string, graceMs: number): void {
+    if ((this.links.get(agentId)?.size ?? 0) < 2) return; // only the new stream: nothing to retire
     const t = setTimeout(() => {
       for (const l of [...(this.links.get(agentId) ?? [])]) {
         if (this.revocation(l.serial)?.reason === SUPERSEDED) l.close('replaced', `this stream used certificate ${l.serial}, replaced by a renewal`);
