@@ -28,7 +28,6 @@ export interface AgentOptions {
   caFile?: string;
   /** Agent port of the hub, HOST:PORT; defaults to the one saved at enrollment. */
   hub?: string;
-  labels?: Record<string, string>;
   log?: Logger;
   /** Most actions running at once. @default 16 */
   maxConcurrentActions?: number;
@@ -64,7 +63,8 @@ export class Agent {
     this.channel = new HubChannel({
       target,
       credentials: () => ({ caPem: this.identity.caPem, keyPem: this.identity.keyPem, certPem: this.identity.certPem }),
-      hello: () => ({ facts: agentFacts(), labels: opts.labels ?? {} }),
+      // Labels come from the hub (join token, admins), never from the host: none in hello.
+      hello: () => ({ facts: agentFacts(), labels: {} }),
       onAction: (req) => this.onAction(req),
       onCancel: (id) => this.running.get(id)?.cancel(),
       onConfig: (c) => void this.onConfig(c),

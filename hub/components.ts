@@ -14,6 +14,8 @@ import type { Webhooks } from './webhooks/index.js';
 import type { Packs } from './packs/index.js';
 import type { RulesEngine } from './rules/index.js';
 import type { AgentConfigs } from './agentconfig/index.js';
+import type { RenewLimiter } from './agents/renewal.js';
+import type { RefusalThrottle } from './audit/throttle.js';
 
 /** Everything the gRPC layer may call, built once in hub/hub.ts. */
 export interface HubComponents {
@@ -38,6 +40,10 @@ export interface HubComponents {
   rules: RulesEngine;
   /** Per-agent sensors, edge rules and sealed values, pushed on the agent stream (hub/agentconfig). */
   agentConfigs: AgentConfigs;
+  /** Certificate renewals per agent per window (hub/agents/renewal.ts). */
+  renewLimiter: RenewLimiter;
+  /** The audit log as every port records into it: refusals of unidentified callers and agents throttled (hub/audit/throttle.ts). */
+  refusalAudit: RefusalThrottle;
   /** The bound agent port (known once listening). */
   agentPort: () => number;
   /** Webhooks (hub/webhooks): secrets under the master key, signature checks, counters. */

@@ -158,6 +158,18 @@ export const HubConfigSchema = z.strictObject({
   webPort: port.default(7445),
   /** Lifetime of agent certificates. @default "7d" */
   agentCertTtl: duration.default(7 * 86_400_000),
+  /**
+   * Certificate renewals one agent may make per window; more are refused with
+   * RESOURCE_EXHAUSTED (TRELLIS_E_RATE_LIMITED) and audited. The limit in force is never below
+   * three times what `agentCertTtl` needs (agents renew at about 2/3 of the lifetime).
+   * @default { "max": 10, "window": "1h" }
+   */
+  agentRenewLimit: z.strictObject({
+    /** Renewals per agent per window. @default 10 */
+    max: z.number().int().min(1).max(100_000).default(10),
+    /** The sliding window. @default "1h" */
+    window: duration.default(3_600_000),
+  }).prefault({}),
   /** Lifetime of login tokens. @default "24h" */
   sessionTtl: duration.default(86_400_000),
   /** How often agents send a heartbeat. @default "10s" */

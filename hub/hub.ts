@@ -30,6 +30,9 @@ import { Keyring } from './secrets/keyring.js';
 import { LiveStreams } from './live/index.js';
 import { widenFlowControl } from './grpc/flow-control.js';
 import { AuditLog } from './audit/index.js';
+import { RefusalThrottle } from './audit/throttle.js';
+import { RenewLimiter } from './agents/renewal.js';
+import { auditTlsRefusals } from './grpc/agent-tls-audit.js';
 import { addAgentServices } from './grpc/agent-channel.js';
 import { MemoryCertificateProvider, mtlsServerCredentials, tlsServerCredentials } from './grpc/credentials.js';
 import { WebServer } from './web/index.js';
@@ -119,7 +122,14 @@ export class Hub {
         }
       }
     });
-    const components: HubComponents = { config, log, store, pki, iam, auth, audit, tokens, agents, events, kv, packs, executions, rules, agentConfigs, agentPort: () => boundAgentPort, webhooks, webPort: () => boundWebPort };
+    const renewLimiter = new RenewLimiter({ max: config.agentRenewLimit.max, windowMs: config.agentRenewLimit.window, certTtlMs: config.agentCertTtl });
+    // Refusals of callers nobody vouches for (no credentials, bad join token, agent port) are
+    // throttled: a flood writes one record per distinct refusal per minute plus a count.
+    const refusalAudit = new RefusalThrottle(audit, { only: (e) => e.actor === '-' || e.actor.startsWith('agent:') });
+    const components: HubComponents = {
+      config, log, store, pki, iam, auth, audit, tokens, agents, events, kv, packs, executions, rules, agentConfigs, renewLimiter, refusalAudit,
+      agentPort: () => boundAgentPort, webhooks, webPort: () => boundWebPort,
+    };
 
     // One identity provider for both ports, one CA provider for client certificates.
     const identity = new MemoryCertificateProvider({ certChain: pki.hubIdentity.certChainPem, key: pki.hubIdentity.keyPem });
@@ -132,7 +142,7 @@ export class Hub {
     const adminServer = new grpc.Server(serverOptions);
     // One registry of live streams (admin port and /stream): re-checked whenever rights change.
     const live = new LiveStreams({ auth, iam, log: log.child({ component: 'live' }) });
-    const adminDeps = { auth, log: log.child({ component: 'admin' }), audit: components.audit, live };
+    const adminDeps = { auth, log: log.child({ component: 'admin' }), audit: refusalAudit, live };
     addAdminServices(adminServer, components, adminDeps);
     addIamServices(adminServer, components, adminDeps);
     addAuditServices(adminServer, components, adminDeps);
@@ -153,12 +163,13 @@ export class Hub {
     const web = new WebServer(pki, log.child({ component: 'web' }), {
       maxConnectionsPerClient: wc.maxConnectionsPerClient, handshakeTimeoutMs: wc.handshakeTimeout, headersTimeoutMs: wc.headersTimeout, requestTimeoutMs: wc.requestTimeout,
     });
-    web.route(webhookRoute({ webhooks, auth, events, audit, log: webhooksLog }));
-    web.upgradeRoute(new EventStream({ auth, events, executions, live, audit, log: log.child({ component: 'stream' }), maxClients: wc.maxStreams, maxPerUser: wc.maxStreamsPerUser }));
+    web.route(webhookRoute({ webhooks, auth, events, audit: refusalAudit, log: webhooksLog }));
+    web.upgradeRoute(new EventStream({ auth, events, executions, live, audit: refusalAudit, log: log.child({ component: 'stream' }), maxClients: wc.maxStreams, maxPerUser: wc.maxStreamsPerUser }));
     let agentPort: number, adminPort: number, webPort: number;
     try {
       agentPort = await bindTo(agentServer, config.agentPort, mtlsServerCredentials(identity, clientCa), 'agent');
       if (!widenFlowControl(agentServer)) log.warn('could not widen HTTP/2 flow-control windows on the agent port (grpc-js internals changed); events flow at the default window');
+      if (!auditTlsRefusals(agentServer, refusalAudit)) log.warn('cannot audit refused TLS handshakes on the agent port (grpc-js internals changed); they are refused all the same');
       boundAgentPort = agentPort;
       adminPort = await bindTo(adminServer, config.adminPort, tlsServerCredentials(identity), 'admin');
       webPort = await web.listen(config.bind, config.webPort).catch((err: Error) => {
@@ -173,6 +184,7 @@ export class Hub {
       await webhooks.close();
       await executions.close();
       await kv.close();
+      refusalAudit.close();
       await audit.close();
       await store.close();
       throw e;
@@ -215,6 +227,7 @@ export class Hub {
     this.adminServer.forceShutdown();
     await this.web.close();
     await c.webhooks.close();
+    c.refusalAudit.close(); // pending refusal summaries
     await c.audit.close();
     await c.store.close();
     this.state = 'closed';

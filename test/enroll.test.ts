@@ -359,7 +359,7 @@ t.test('re-enrolling an enrolled data dir needs --force, which gives a new agent
 
 t.test("the token's tenant and labels land on the agent, and token labels win over the agent's", async (t) => {
   await using h = await startHub();
-  const token = await h.token({ tenant: 'blue', labels: { role: 'web', zone: 'eu' } });
+  const token = await h.token({ tenant: 'blue', labels: { role: 'web', zone: 'eu' }, allowLabelKeys: ['role', 'rack'] });
   const { dataDir, agentId } = await h.enroll({ token, labels: { role: 'db', rack: 'r1' } });
   const a = await call<T.GetAgentRequest, T.AgentInfo__Output>(h.admin, h.admin.agents, h.admin.agents.GetAgent, { id: agentId });
   t.equal(a.tenant, 'blue');

@@ -154,9 +154,9 @@ t.test('a command that does not exist gives status error, exit 127 and a clear m
 
 t.test('a selector runs on every matching online agent and no other', async (t) => {
   await using h = await startHub();
-  const web1 = await h.enroll({ labels: { role: 'web' } });
-  const web2 = await h.enroll({ labels: { role: 'web' } });
-  const db = await h.enroll({ labels: { role: 'db' } });
+  const web1 = await h.enroll({ token: await h.token({ labels: { role: 'web' } }) });
+  const web2 = await h.enroll({ token: await h.token({ labels: { role: 'web' } }) });
+  const db = await h.enroll({ token: await h.token({ labels: { role: 'db' } }) });
   for (const a of [web1, web2, db]) await h.agent({ dataDir: a.dataDir });
   const r = await runOn(h, { selector: { role: 'web' }, argv: ['echo', 'hi'] });
   t.equal(r.error, undefined);

@@ -115,11 +115,15 @@ export function addAdminCommands(program: Command): void {
     .option('--private', 'visible only to you and administrators')
     .option('--uses <n>', 'how many agents may use it', (v) => Number(v), 1)
     .option('--ttl <duration>', 'lifetime, e.g. 15m, 2h, 7d', '15m')
-    .option('--label <k=v...>', 'labels given to every agent enrolled with it', collect, [])
+    .option('--label <k=v...>', 'labels given to every agent enrolled with it (they always win over host-set ones)', collect, [])
+    .option('--allow-label <key...>', 'a label key the enrolling host may set itself with `agent enroll --label key=v` (repeatable); any other key is refused', collect, [])
     .option('--description <text>', 'note shown in `tokens list`')
+    .addHelpText('after', '\nLabels select edge rules, sensors (and their sealed secrets) and run targets, so they come from the token and from\n' +
+      'holders of agents:label (`trellis agents label`), never from the host, except keys named with --allow-label.')
     .action((o) => withClients(async (c) => {
       const r = await call<T.CreateJoinTokenRequest, T.CreateJoinTokenResponse__Output>(c, c.tokens, c.tokens.CreateJoinToken, {
         tenant: '', private: !!o.private, uses: o.uses, ttlMs: parseDuration(o.ttl, '--ttl'), labels: parseKeyValues(o.label, 'label'), description: o.description ?? '',
+        allowLabelKeys: o.allowLabel,
       });
       const hub = readProfile().hub;
       print(r.token);
@@ -132,7 +136,7 @@ export function addAdminCommands(program: Command): void {
       if (o.json) return json(r.tokens);
       const now = Date.now();
       print(table(r.tokens.map((t) => [t.id, t.tenant, `${t.used}/${t.uses}`, t.revoked ? 'revoked' : t.expiresAtMs <= now ? 'expired' : t.used >= t.uses ? 'used up' : 'active',
-        ago(t.expiresAtMs, now), labels(t.labels), t.createdBy]), ['ID', 'TENANT', 'USED', 'STATE', 'EXPIRES', 'LABELS', 'BY']));
+        ago(t.expiresAtMs, now), labels(t.labels), t.allowLabelKeys.join(',') || '-', t.createdBy]), ['ID', 'TENANT', 'USED', 'STATE', 'EXPIRES', 'LABELS', 'HOST MAY SET', 'BY']));
     }));
   tokens.command('revoke <id>').description('revoke a join token').action((id) => withClients(async (c) => {
     await call(c, c.tokens, c.tokens.RevokeJoinToken, { id });
@@ -164,6 +168,16 @@ export function addAdminCommands(program: Command): void {
     .action((id, o) => withClients(async (c) => {
       const r = await call<T.RevokeAgentRequest, T.RevokeAgentResponse__Output>(c, c.agents, c.agents.RevokeAgent, { id, reason: o.reason ?? '' });
       print(`agent ${id} revoked (serials ${r.revokedSerials.join(', ')})${r.disconnected ? '; its live stream was closed' : ''}`);
+    }));
+
+  agents.command('label <id> [labels...]')
+    .description('set (k=v) and remove (--remove k) labels of an agent; its edge rules and sensors follow at once')
+    .option('--remove <key...>', 'remove this label (repeatable)', collect, [])
+    .addHelpText('after', '\nNeeds the permission agents:label. Labels decide which edge rules, sensors and sealed secrets an agent gets.\n' +
+      'Example: trellis agents label 01j… tier=db zone=eu --remove legacy')
+    .action((id: string, kv: string[], o) => withClients(async (c) => {
+      const a = await call<T.SetAgentLabelsRequest, T.AgentInfo__Output>(c, c.agents, c.agents.SetAgentLabels, { id, set: parseKeyValues(kv, 'label'), remove: o.remove });
+      print(`agent ${a.id}: labels ${labels(a.labels)}`);
     }));
 
   const certs = program.command('certs').description('hub CA and certificates');

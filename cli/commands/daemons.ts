@@ -1,5 +1,5 @@
 /** `trellis hub …` and `trellis agent …`: set up and run the daemons. */
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 // The daemons are imported when their command runs: every other `trellis` command starts
 // without loading the whole hub and agent (about a second of start-up on a busy host).
 import { KEY_TYPES, type KeyType } from '../../certs/index.js';
@@ -84,7 +84,7 @@ export function addDaemonCommands(program: Command): void {
     .requiredOption('--hub <host:port>', 'hub admin address, e.g. hub.example.com:7444')
     .requiredOption('--token <token>', 'join token from `trellis tokens create` (or TRELLIS_JOIN_TOKEN)')
     .requiredOption('--data <dir>', 'agent data directory (created 0700)')
-    .option('--label <k=v...>', 'extra labels (the token\'s labels win)', collect, [])
+    .option('--label <k=v...>', 'labels this host asks for: only keys the token allows (`tokens create --allow-label KEY`); the token\'s labels win', collect, [])
     .option('--force', 'replace an existing identity in the data directory')
     .action(async (o) => {
       const t0 = performance.now();
@@ -102,12 +102,17 @@ export function addDaemonCommands(program: Command): void {
     .option('--cert <file>', 'operator-issued agent certificate (with --key, --ca and --hub)')
     .option('--key <file>', 'key of --cert')
     .option('--ca <file>', 'CA bundle that issued the hub certificate')
-    .option('--label <k=v...>', 'labels reported in hello', collect, [])
+    .addOption(new Option('--label <k=v...>', 'removed: labels come from the join token or `trellis agents label`').hideHelp())
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')
+    .addHelpText('after', '\nLabels are not set here: they come from the join token (and keys it allows at `agent enroll --label`)\nand from `trellis agents label ID k=v`.')
     .action(async (o) => {
+      if (o.label !== undefined) {
+        throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT',
+          '`agent run --label` was removed: a host cannot choose its own labels. Labels come from the join token (`tokens create --label`, or keys it allows with `--allow-label` at `agent enroll --label`) and from `trellis agents label ID k=v`');
+      }
       const log = createLogger({ name: 'trellis-agent', level: o.logLevel });
       const { Agent } = await import('../../agent/agent.js');
-      const a = await Agent.start({ dataDir: o.data, hub: o.hub, certFile: o.cert, keyFile: o.key, caFile: o.ca, labels: parseKeyValues(o.label, 'label'), log });
+      const a = await Agent.start({ dataDir: o.data, hub: o.hub, certFile: o.cert, keyFile: o.key, caFile: o.ca, log });
       const fatal = a.channel.closedPromise.then((err) => {
         if (err) { process.stderr.write(`trellis agent: ${err.message}\n`); process.exitCode = 3; }
       });

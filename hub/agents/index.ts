@@ -8,7 +8,7 @@ import { TrellisError } from '../../common/errors.js';
 import { normalizeSerial, type RevokedEntry } from '../../certs/index.js';
 import type { HubMessage } from '../../common/proto-gen/trellis/v1/HubMessage.js';
 import type { Facts } from '../../common/proto-gen/trellis/v1/Facts.js';
-import { matchesSelector } from '../validate.js';
+import { checkLabelKey, checkLabels, matchesSelector } from '../validate.js';
 
 export interface AgentDoc extends Doc {
   tenant: string;
@@ -20,14 +20,28 @@ export interface AgentDoc extends Doc {
   spiffeId: string;
   certSerial: string;
   certExpiresAt: number;
-  /** Every serial ever issued to this agent, for revocation. */
+  /** The agent's serials still valid (not expired, not replaced by a renewal), for revocation. */
   serials: Array<{ serial: string; notAfter: number }>;
+  /**
+   * The last renewal, until its certificate first connects: `from` (already refused for new
+   * connections) may still ask for a renewal again, in case the answer to the first was lost.
+   */
+  pendingRenewal?: { from: string; to: string; atMs: number };
   revoked: boolean;
   revokedAt?: number;
   lastSeen?: number;
 }
 
-export interface RevocationDoc extends Doc { serial: string; agentId: string; revokedAt: number; notAfter: number; reason: string }
+export interface RevocationDoc extends Doc {
+  serial: string; agentId: string; revokedAt: number; notAfter: number; reason: string;
+  /** Set when a renewal replaced this certificate: the serial that replaced it. */
+  supersededBy?: string;
+}
+
+/** The reason stored for certificates replaced by a renewal. */
+export const SUPERSEDED = 'superseded by renewal';
+/** Expired certificates stay this long in the CRL (clock skew), then drop out of it. */
+const CRL_EXPIRED_GRACE_MS = 3_600_000;
 
 export type CloseReason = 'revoked' | 'replaced' | 'expired' | 'shutdown';
 
@@ -49,15 +63,59 @@ export interface AgentView extends AgentDoc { online: boolean; status: 'online' 
 export class AgentRegistry {
   private readonly links = new Map<string, Set<AgentLink>>();
   private readonly lastSeen = new Map<string, number>();
-  private revokedSerials = new Set<string>();
+  /** Revoked serials (normalized) → their record; expired ones are pruned (CRL stays bounded). */
+  private revoked = new Map<string, RevocationDoc>();
   private crlNumber = 1;
 
-  constructor(private readonly store: Store, private readonly opts: { heartbeatTtlMs: number }) {}
+  private readonly now: () => number;
+
+  constructor(private readonly store: Store, private readonly opts: { heartbeatTtlMs: number; now?: () => number }) {
+    this.now = opts.now ?? Date.now;
+  }
 
   async load(): Promise<void> {
     const revs = await this.store.list<RevocationDoc>('revocations');
-    this.revokedSerials = new Set(revs.map((r) => r.serial));
-    this.crlNumber = revs.length + 1;
+    this.revoked = new Map(revs.map((r) => [r.serial, r]));
+    const meta = await this.store.get<Doc & { number?: number }>('meta', 'crl');
+    // The CRL number only grows, even when expired entries drop out of the list.
+    this.crlNumber = Math.max(meta?.number ?? 0, revs.length + 1);
+    await this.pruneRevocations();
+  }
+
+  /** The revocation record of a serial, if it is revoked (or replaced by a renewal). */
+  revocation(serial: string): RevocationDoc | undefined {
+    return this.revoked.get(normalizeSerial(serial));
+  }
+
+  /** How many revocation records are kept (a test hook: bounded by the unexpired ones). */
+  get revocationCount(): number { return this.revoked.size; }
+
+  /** The number the next CRL carries (only ever grows). */
+  get currentCrlNumber(): number { return this.crlNumber; }
+
+  private async addRevocation(r: { serial: string; agentId: string; revokedAt: number; notAfter: number; reason: string; supersededBy?: string }): Promise<void> {
+    const serial = normalizeSerial(r.serial);
+    if (this.revoked.has(serial)) return;
+    const doc: RevocationDoc = { ...r, id: serial, serial };
+    this.revoked.set(serial, doc);
+    await this.store.put<RevocationDoc>('revocations', doc);
+  }
+
+  /** Drops revocations of certificates expired for over an hour: TLS refuses them anyway. */
+  private async pruneRevocations(now = this.now()): Promise<void> {
+    let dropped = 0;
+    for (const [serial, r] of [...this.revoked]) {
+      if (r.notAfter >= now - CRL_EXPIRED_GRACE_MS) continue;
+      this.revoked.delete(serial);
+      await this.store.delete('revocations', serial);
+      dropped++;
+    }
+    if (dropped) await this.bumpCrlNumber();
+  }
+
+  private async bumpCrlNumber(): Promise<void> {
+    this.crlNumber++;
+    await this.store.put('meta', { id: 'crl', number: this.crlNumber });
   }
 
   async create(doc: AgentDoc): Promise<void> {
@@ -75,15 +133,71 @@ export class AgentRegistry {
   }
 
   isSerialRevoked(serial: string): boolean {
-    return this.revokedSerials.has(normalizeSerial(serial));
+    return this.revoked.has(normalizeSerial(serial));
   }
 
-  async recordRenewal(id: string, serial: string, notAfter: number): Promise<void> {
+  /**
+   * A renewal: the new certificate becomes the agent's only valid one for new connections;
+   * every other unexpired serial of the agent goes into the CRL as superseded. Live streams
+   * are not cut here (the agent switches make-before-break; see retireSuperseded).
+   */
+  async recordRenewal(id: string, r: { from: string; serial: string; notAfter: number }): Promise<{ superseded: string[] }> {
+    const now = this.now();
+    const serial = normalizeSerial(r.serial);
+    let replaced: Array<{ serial: string; notAfter: number }> = [];
     await this.store.update<AgentDoc>('agents', id, (a) => {
       if (!a) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no agent ${id}`);
-      const now = Date.now();
-      return { ...a, certSerial: serial, certExpiresAt: notAfter, serials: [...a.serials.filter((s) => s.notAfter > now), { serial, notAfter }] };
+      replaced = a.serials.filter((s) => s.notAfter > now && normalizeSerial(s.serial) !== serial);
+      return {
+        ...a, certSerial: serial, certExpiresAt: r.notAfter, serials: [{ serial, notAfter: r.notAfter }],
+        pendingRenewal: { from: normalizeSerial(r.from), to: serial, atMs: now },
+      };
     });
+    for (const s of replaced) await this.addRevocation({ serial: s.serial, agentId: id, revokedAt: now, notAfter: s.notAfter, reason: SUPERSEDED, supersededBy: serial });
+    await this.pruneRevocations(now);
+    await this.bumpCrlNumber();
+    return { superseded: replaced.map((s) => normalizeSerial(s.serial)) };
+  }
+
+  /** The certificate of the last renewal connected: its predecessor may no longer renew. */
+  async confirmSerial(id: string, serial: string): Promise<void> {
+    const doc = await this.get(id);
+    if (doc?.pendingRenewal?.to !== normalizeSerial(serial)) return;
+    await this.store.update<AgentDoc>('agents', id, (a) => {
+      if (!a || a.pendingRenewal?.to !== normalizeSerial(serial)) return a;
+      const { pendingRenewal: _done, ...rest } = a;
+      return rest as AgentDoc;
+    });
+  }
+
+  /**
+   * Streams still on a replaced certificate are closed after `graceMs` (the agent retires its
+   * old stream itself as soon as the new one is up; this ends any other holder of the old key).
+   */
+  retireSuperseded(agentId: string, graceMs: number): void {
+    if ((this.links.get(agentId)?.size ?? 0) < 2) return; // only the new stream: nothing to retire
+    const t = setTimeout(() => {
+      for (const l of [...(this.links.get(agentId) ?? [])]) {
+        if (this.revocation(l.serial)?.reason === SUPERSEDED) l.close('replaced', `this stream used certificate ${l.serial}, replaced by a renewal`);
+      }
+    }, graceMs);
+    t.unref();
+  }
+
+  /** Admin label change: `remove` first, then `set`; the result passes the one label validator. */
+  async setLabels(id: string, change: { set?: Record<string, string>; remove?: string[] }): Promise<{ agent: AgentDoc; before: Record<string, string> }> {
+    const set = checkLabels(change.set ?? {});
+    const remove = (change.remove ?? []).map(checkLabelKey);
+    if (Object.keys(set).length === 0 && remove.length === 0) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name labels to set (k=v) or to remove (--remove k)');
+    let before: Record<string, string> = {};
+    const agent = await this.store.update<AgentDoc>('agents', id, (a) => {
+      if (!a) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no agent ${id}: see \`trellis agents list\``);
+      before = a.labels;
+      const labels = { ...a.labels };
+      for (const k of remove) delete labels[k];
+      return { ...a, labels: checkLabels({ ...labels, ...set }) };
+    });
+    return { agent: agent!, before };
   }
 
   async updateHello(id: string, facts: Facts): Promise<void> {
@@ -136,20 +250,15 @@ export class AgentRegistry {
 
   /** Revokes every certificate of the agent and cuts its live streams at once. */
   async revoke(id: string, reason: string): Promise<{ serials: string[]; disconnected: boolean }> {
-    const now = Date.now();
+    const now = this.now();
     const agent = await this.store.update<AgentDoc>('agents', id, (a) => {
       if (!a) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no agent ${id}: see \`trellis agents list\``);
       return { ...a, revoked: true, revokedAt: a.revokedAt ?? now };
     });
     const serials = agent!.serials.map((s) => normalizeSerial(s.serial));
-    for (const s of agent!.serials) {
-      const serial = normalizeSerial(s.serial);
-      this.revokedSerials.add(serial);
-      if (!(await this.store.get('revocations', serial))) {
-        await this.store.put<RevocationDoc>('revocations', { id: serial, serial, agentId: id, revokedAt: now, notAfter: s.notAfter, reason });
-      }
-    }
-    this.crlNumber++;
+    for (const s of agent!.serials) await this.addRevocation({ serial: s.serial, agentId: id, revokedAt: now, notAfter: s.notAfter, reason });
+    await this.pruneRevocations(now);
+    await this.bumpCrlNumber();
     const set = this.links.get(id);
     const disconnected = !!set && set.size > 0;
     for (const l of [...(set ?? [])]) l.close('revoked', `the certificate of agent ${id} was revoked; enroll again with a new join token`);
@@ -157,8 +266,8 @@ export class AgentRegistry {
   }
 
   async revokedEntries(): Promise<{ entries: RevokedEntry[]; crlNumber: number }> {
-    const revs = await this.store.list<RevocationDoc>('revocations');
-    return { entries: revs.map((r) => ({ serialHex: r.serial, revokedAt: new Date(r.revokedAt) })), crlNumber: this.crlNumber };
+    await this.pruneRevocations();
+    return { entries: [...this.revoked.values()].map((r) => ({ serialHex: r.serial, revokedAt: new Date(r.revokedAt) })), crlNumber: this.crlNumber };
   }
 
   /** Closes every live link (hub shutdown) and persists last-seen times once. */

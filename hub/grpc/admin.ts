@@ -14,6 +14,7 @@ import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 import { holdsReference } from '../executions/index.js';
 import { FINAL_STATUSES } from '../../common/automation/types.js';
 import { checkString } from '../validate.js';
+import { parseJoinToken } from '../../common/jointoken.js';
 
 const S = '/trellis.v1';
 
@@ -40,8 +41,18 @@ function tokenView(ctx: CallContext) {
 function tokenInfo(d: JoinTokenDoc): T.JoinTokenInfo {
   return {
     id: d.id, tenant: d.tenant, uses: d.uses, used: d.used, createdAtMs: d.createdAt, expiresAtMs: d.expiresAt,
-    labels: d.labels, revoked: d.revoked, createdBy: d.createdBy, description: d.description, private: !!d.private,
+    labels: d.labels, revoked: d.revoked, createdBy: d.createdBy, description: d.description, private: !!d.private, allowLabelKeys: d.allowLabels ?? [],
   };
+}
+
+/** `token:<id>` from a join token's text, without its secret (the id is its public part). */
+function tokenTarget(text: unknown): string {
+  try { return `token:${parseJoinToken(String(text ?? '')).id}`; } catch { return 'token:(malformed)'; }
+}
+
+function formatLabels(l: Record<string, string>): string {
+  const s = Object.entries(l).map(([k, v]) => `${k}=${v}`).sort().join(',');
+  return s ? `{${s}}` : '{}';
 }
 
 /** The tenant a call reads: its own, or every tenant for an administrator asking for `*`. */
@@ -75,10 +86,13 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
     Enroll: unary<T.EnrollRequest__Output, T.EnrollResponse>(deps, `${S}.Enrollment/Enroll`, async (req, ctx) => {
       // The CSR size limit (MAX_CSR_BYTES, TRELLIS_E_CSR_INVALID) is the domain's, checked after the token;
       // here only the message limit bounds it.
+      ctx.target = tokenTarget(req.token); // the token's id, never its secret, for the audit record
       const r = await enrollAgent(
         { pki: c.pki, tokens: c.tokens, agents: c.agents, trustDomain: c.config.trustDomain, agentCertTtlMs: c.config.agentCertTtl },
         { token: checkString(req.token, 'token', 512), csr: checkString(req.csr, 'csr', c.config.maxMessageBytes), hostname: checkString(req.hostname, 'hostname', 253), labels: req.labels },
       );
+      ctx.target = `agent:${r.agent.id} (token ${r.agent.tokenId})`;
+      ctx.detail = `tenant ${r.agent.tenant}, serial ${r.agent.certSerial}, labels ${formatLabels(r.agent.labels)}`;
       c.log.info({ component: 'enroll', reqId: ctx.requestId, agentId: r.agent.id, tenant: r.agent.tenant, tokenId: r.agent.tokenId, serial: r.agent.certSerial, peer: ctx.peer }, 'agent enrolled; certificate issued');
       return {
         agentId: r.agent.id, tenant: r.agent.tenant, certificate: r.certPem, caBundle: r.caBundle,
@@ -114,7 +128,7 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
       const tenant = req.tenant ? resolveTenant(ctx.principal!, req.tenant) : writeTenant(ctx);
       ctx.target = `tenant:${tenant}`;
       await c.iam.tenant(tenant);
-      const r = await c.tokens.create({ tenant, uses: req.uses, ttlMs: req.ttlMs, labels: req.labels, createdBy: ctx.principal!.username, description: req.description, private: req.private });
+      const r = await c.tokens.create({ tenant, uses: req.uses, ttlMs: req.ttlMs, labels: req.labels, allowLabels: req.allowLabelKeys, createdBy: ctx.principal!.username, description: req.description, private: req.private });
       c.log.info({ component: 'tokens', tokenId: r.doc.id, tenant: r.doc.tenant, uses: r.doc.uses, user: ctx.principal!.username }, 'join token created');
       return { token: r.token, info: tokenInfo(r.doc) };
     }),
@@ -140,6 +154,16 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
       const r = await c.agents.revoke(checkString(req.id, 'id', 64), checkString(req.reason, 'reason', 256) || 'revoked by admin');
       c.log.info({ component: 'agents', agentId: req.id, serials: r.serials, user: ctx.principal!.username, disconnected: r.disconnected }, 'agent revoked');
       return { revokedSerials: r.serials, disconnected: r.disconnected };
+    }),
+    SetAgentLabels: unary<T.SetAgentLabelsRequest__Output, T.AgentInfo>(deps, `${S}.AdminAgents/SetAgentLabels`, async (req, ctx) => {
+      ctx.target = `agent:${String(req.id).slice(0, 64)}`;
+      await agentInTenant(c, ctx, req.id);
+      const r = await c.agents.setLabels(checkString(req.id, 'id', 64), { set: req.set, remove: req.remove });
+      ctx.detail = `labels ${formatLabels(r.before)} -> ${formatLabels(r.agent.labels)}`;
+      c.log.info({ component: 'agents', agentId: r.agent.id, labels: r.agent.labels, user: ctx.principal!.username }, 'agent labels changed');
+      // Edge rules, sensors and their sealed values follow the new labels at once.
+      if (c.agents.link(r.agent.id)) await c.agentConfigs.push(r.agent.id).catch((err) => c.log.error({ agentId: r.agent.id, err: (err as Error).message }, 'cannot push agent config'));
+      return agentInfo(c.agents.view(r.agent));
     }),
   });
 

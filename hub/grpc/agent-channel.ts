@@ -7,20 +7,56 @@ import { X509Certificate, randomBytes } from 'node:crypto';
 import { v1 } from '../../common/proto.js';
 import { parseCSR, normalizeSerial } from '../../certs/index.js';
 import { parseSpiffeId } from '../pki/index.js';
-import { TrellisError, isTrellisError } from '../../common/errors.js';
+import { TrellisError, isTrellisError, type ErrorCode } from '../../common/errors.js';
 import { toStatus } from '../../common/grpc-errors.js';
 import type { HubComponents } from '../components.js';
-import type { AgentLink, CloseReason } from '../agents/index.js';
+import { SUPERSEDED, type AgentDoc, type AgentLink, type CloseReason } from '../agents/index.js';
+import type { AuditEntry } from '../audit/types.js';
 import { MAX_EVENTS_PER_BATCH } from '../events/index.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
 const CLIENT_AUTH_OID = '1.3.6.1.5.5.7.3.2';
 const HELLO_TIMEOUT_MS = 10_000;
+/** A stream still on a certificate replaced by a renewal is closed this long after the new one connects. */
+export const SUPERSEDED_STREAM_GRACE_MS = 10_000;
+const S = '/trellis.v1.AgentChannel';
 
-export interface PeerIdentity { agentId: string; tenant: string; serial: string; notAfter: number; certPem: string }
+export interface PeerIdentity {
+  agentId: string; tenant: string; serial: string; notAfter: number; certPem: string;
+  /** Replaced by a renewal (only returned to Renew, which may retry a renewal whose answer was lost). */
+  superseded?: boolean;
+}
+
+const AUDIT_RESULT: Partial<Record<ErrorCode, AuditEntry['result']>> = {
+  TRELLIS_E_UNAUTHENTICATED: 'unauthenticated',
+  TRELLIS_E_CERT_REVOKED: 'unauthenticated',
+  TRELLIS_E_CERT_EXPIRED: 'unauthenticated',
+  TRELLIS_E_PERMISSION_DENIED: 'denied',
+  TRELLIS_E_RATE_LIMITED: 'denied',
+  TRELLIS_E_INVALID_ARGUMENT: 'invalid',
+  TRELLIS_E_CSR_INVALID: 'invalid',
+  TRELLIS_E_TOO_LARGE: 'invalid',
+};
+
+/** A refusal of a certificate that names an agent: the audit record names it too. */
+function peerRefusal(peer: Partial<PeerIdentity>, code: ErrorCode, message: string): TrellisError {
+  return Object.assign(new TrellisError(code, message), { peer });
+}
+
+/** One audit record of the agent port (refusals go through the throttle in c.refusalAudit). */
+function auditAgentPort(c: HubComponents, o: { method: 'Connect' | 'Renew'; peer: string; id?: Partial<PeerIdentity>; err?: unknown; detail?: string }): void {
+  const code = isTrellisError(o.err) ? (o.err as TrellisError).code : undefined;
+  const result: AuditEntry['result'] = !o.err ? 'ok' : (code && AUDIT_RESULT[code]) || 'error';
+  o.id ??= (o.err as { peer?: Partial<PeerIdentity> } | undefined)?.peer;
+  c.refusalAudit.record({
+    timeMs: Date.now(), actor: o.id?.agentId ? `agent:${o.id.agentId}` : '-', tenant: o.id?.tenant ?? '', method: `${S}/${o.method}`,
+    target: o.id?.agentId ? `agent:${o.id.agentId}${o.id.serial ? ` serial ${o.id.serial}` : ''}` : '', result, sourceAddress: o.peer,
+    detail: (o.err ? (code ? (o.err as Error).message : 'internal error (see the hub log)') : o.detail ?? '').slice(0, 300),
+  });
+}
 
 /** Verifies the peer certificate of a call on the agent port. */
-export function identifyPeer(c: HubComponents, call: { getAuthContext(): { sslPeerCertificate?: { raw?: Buffer } } }): PeerIdentity {
+export function identifyPeer(c: HubComponents, call: { getAuthContext(): { sslPeerCertificate?: { raw?: Buffer } } }, o: { renew?: boolean } = {}): PeerIdentity {
   const raw = call.getAuthContext()?.sslPeerCertificate?.raw;
   if (!raw) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'no client certificate: the agent port needs the certificate from `trellis agent enroll`');
   const cert = new X509Certificate(raw);
@@ -37,12 +73,17 @@ export function identifyPeer(c: HubComponents, call: { getAuthContext(): { sslPe
     throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `the client certificate carries no agent identity (URI SAN spiffe://${c.config.trustDomain}/tenant/<tenant>/agent/<id>)`);
   }
   const serial = normalizeSerial(cert.serialNumber);
-  if (c.agents.isSerialRevoked(serial)) {
-    throw new TrellisError('TRELLIS_E_CERT_REVOKED', `the certificate of agent ${ids[0]!.agentId} was revoked; enroll again with a new join token`);
+  const rev = c.agents.revocation(serial);
+  const superseded = rev?.reason === SUPERSEDED;
+  const who = { agentId: ids[0]!.agentId, tenant: ids[0]!.tenant, serial };
+  if (rev && !(superseded && o.renew)) {
+    throw peerRefusal(who, 'TRELLIS_E_CERT_REVOKED', superseded
+      ? `certificate ${serial} of agent ${ids[0]!.agentId} was replaced by a renewal; connect with the new certificate (or re-enroll with \`trellis agent enroll --force\` if it was lost)`
+      : `the certificate of agent ${ids[0]!.agentId} was revoked; enroll again with a new join token`);
   }
   const notAfter = new Date(cert.validTo).getTime();
-  if (notAfter <= Date.now()) throw new TrellisError('TRELLIS_E_CERT_EXPIRED', 'the agent certificate expired; re-enroll with `trellis agent enroll --force`');
-  return { agentId: ids[0]!.agentId, tenant: ids[0]!.tenant, serial, notAfter, certPem: cert.toString() };
+  if (notAfter <= Date.now()) throw peerRefusal(who, 'TRELLIS_E_CERT_EXPIRED', 'the agent certificate expired; re-enroll with `trellis agent enroll --force`');
+  return { agentId: ids[0]!.agentId, tenant: ids[0]!.tenant, serial, notAfter, certPem: cert.toString(), superseded };
 }
 
 const caCache = new WeakMap<object, { pem: string; x: X509Certificate }>();
@@ -55,7 +96,7 @@ function caX509(c: HubComponents): X509Certificate {
 }
 
 /** Checks the registry: known (or operator-issued, then registered), same tenant, not revoked. */
-async function admitAgent(c: HubComponents, id: PeerIdentity): Promise<void> {
+async function admitAgent(c: HubComponents, id: PeerIdentity): Promise<AgentDoc | undefined> {
   const doc = await c.agents.get(id.agentId);
   if (!doc) {
     await c.agents.create({
@@ -64,10 +105,11 @@ async function admitAgent(c: HubComponents, id: PeerIdentity): Promise<void> {
       serials: [{ serial: id.serial, notAfter: id.notAfter }], revoked: false,
     });
     c.log.warn({ component: 'agent-port', agentId: id.agentId, tenant: id.tenant }, 'agent with a valid certificate but no record: registered');
-    return;
+    return undefined;
   }
   if (doc.revoked) throw new TrellisError('TRELLIS_E_CERT_REVOKED', `agent ${id.agentId} was revoked; enroll again with a new join token`);
   if (doc.tenant !== id.tenant) throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `agent ${id.agentId} belongs to another tenant`);
+  return doc;
 }
 
 const CLOSE_CODES: Record<CloseReason, grpc.status> = {
@@ -84,6 +126,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
     const reqId = randomBytes(6).toString('hex');
     let link: AgentLink | undefined;
     let closed = false;
+    let who: Partial<PeerIdentity> | undefined;
     let expiryTimer: NodeJS.Timeout | undefined;
     // Declared before fail/cleanup can run: a refusal in identifyPeer happens before it is armed.
     let helloTimer: NodeJS.Timeout | undefined;
@@ -92,6 +135,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
       closed = true;
       if (isTrellisError(err)) log.warn({ reqId, peer: call.getPeer(), code: (err as TrellisError).code, msg: (err as Error).message }, 'agent stream refused');
       else log.error({ reqId, err }, 'agent stream failed');
+      auditAgentPort(c, { method: 'Connect', peer: call.getPeer(), id: who, err });
       cleanup();
       call.emit('error', toStatus(err, reqId));
     };
@@ -109,6 +153,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
     };
     let id: PeerIdentity;
     try { id = identifyPeer(c, call); } catch (e) { fail(e); return; }
+    who = id;
     helloTimer = setTimeout(() => fail(new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'no hello within 10s')), HELLO_TIMEOUT_MS);
     let admitted: Promise<void> | undefined;
 
@@ -136,7 +181,12 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
             c.agents.attach(link);
             expiryTimer = setTimeout(() => link?.close('expired', 'the agent certificate expired; re-enroll with `trellis agent enroll --force`'), Math.min(id.notAfter - Date.now(), 2 ** 31 - 1));
             expiryTimer.unref();
+            // hello.labels are ignored: labels come from the join token and admins, never from the host.
             if (hello.facts) await c.agents.updateHello(id.agentId, hello.facts);
+            // The certificate of the last renewal is in use: its predecessor may no longer renew,
+            // and streams still on replaced certificates end after a grace.
+            await c.agents.confirmSerial(id.agentId, id.serial);
+            c.agents.retireSuperseded(id.agentId, SUPERSEDED_STREAM_GRACE_MS);
             log.info({ agentId: id.agentId, tenant: id.tenant, serial: id.serial, peer: call.getPeer() }, 'agent connected');
             call.write({ welcome: { agentId: id.agentId, tenant: id.tenant, heartbeatIntervalMs: c.config.heartbeatInterval, caBundle: c.pki.trustBundle, serverTimeMs: Date.now() } });
             c.executions.onAgentAttached(id.agentId); // waiting executions go out after the welcome
@@ -184,17 +234,26 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
 
   const renew: grpc.handleUnaryCall<T.RenewRequest__Output, T.RenewResponse> = (call, callback) => {
     const reqId = randomBytes(6).toString('hex');
+    let who: PeerIdentity | undefined;
     void (async () => {
       try {
-        const id = identifyPeer(c, call);
-        await admitAgent(c, id);
+        const id = (who = identifyPeer(c, call, { renew: true }));
+        const doc = await admitAgent(c, id);
+        // A replaced certificate may renew again only while its replacement never connected
+        // (the answer to the first renewal was lost); otherwise it is refused like a revoked one.
+        if (id.superseded && doc?.pendingRenewal?.from !== id.serial) {
+          throw new TrellisError('TRELLIS_E_CERT_REVOKED', `certificate ${id.serial} of agent ${id.agentId} was replaced by a renewal; it cannot renew again`);
+        }
+        c.renewLimiter.take(id.agentId);
         const csr = parseCSR(call.request.csr);
         const issued = c.pki.issueAgentCertificate({ publicKey: csr.publicKey, agentId: id.agentId, tenant: id.tenant, trustDomain: c.config.trustDomain, ttlMs: c.config.agentCertTtl });
-        await c.agents.recordRenewal(id.agentId, issued.serial, issued.notAfter.getTime());
-        log.info({ agentId: id.agentId, oldSerial: id.serial, serial: issued.serial, notAfter: issued.notAfter.toISOString() }, 'agent certificate renewed');
+        const r = await c.agents.recordRenewal(id.agentId, { from: id.serial, serial: issued.serial, notAfter: issued.notAfter.getTime() });
+        log.info({ agentId: id.agentId, oldSerial: id.serial, serial: issued.serial, superseded: r.superseded, notAfter: issued.notAfter.toISOString() }, 'agent certificate renewed');
+        auditAgentPort(c, { method: 'Renew', peer: call.getPeer(), id, detail: `serial ${id.serial} -> ${issued.serial} (valid until ${issued.notAfter.toISOString()}); superseded ${r.superseded.join(', ') || '-'}` });
         callback(null, { certificate: issued.certPem, caBundle: c.pki.trustBundle });
       } catch (err) {
         log.warn({ reqId, peer: call.getPeer(), msg: (err as Error).message }, 'renewal refused');
+        auditAgentPort(c, { method: 'Renew', peer: call.getPeer(), id: who, err });
         callback(toStatus(err, reqId));
       }
     })();

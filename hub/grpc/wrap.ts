@@ -27,6 +27,8 @@ export interface CallContext {
   target?: string;
   /** Checks a handler made beyond the method table; a live stream re-runs them when rights change. */
   rechecks?: Array<(p: Principal) => void>;
+  /** What a successful call changed, for the audit record (set by handlers; never a secret). */
+  detail?: string;
 }
 
 export interface WrapDeps { auth: Auth; log: Logger; audit?: AuditSink; live?: LiveStreams }
@@ -105,7 +107,7 @@ function finish(deps: WrapDeps, ctx: CallContext, start: number, err?: unknown):
   if (deps.audit && (isMutation(ctx.method) || result === 'denied' || result === 'unauthenticated')) {
     deps.audit.record({
       timeMs: Date.now(), actor: who, tenant: ctx.tenant ?? '', method: ctx.method, target: (ctx.target ?? '').slice(0, 256), result,
-      sourceAddress: ctx.peer, detail: err ? (err as Error).message.slice(0, 300) : '',
+      sourceAddress: ctx.peer, detail: err ? (err as Error).message.slice(0, 300) : (ctx.detail ?? '').slice(0, 300),
     });
   }
 }

@@ -3,7 +3,7 @@ import type { Doc, Store } from '../store/index.js';
 import { TrellisError } from '../../common/errors.js';
 import { digestsEqual, formatJoinToken, hashSecret, newJoinToken, parseJoinToken } from '../../common/jointoken.js';
 import { formatDuration } from '../../common/duration.js';
-import { checkLabels, checkName } from '../validate.js';
+import { checkLabelKey, checkLabels, checkName } from '../validate.js';
 
 export interface JoinTokenDoc extends Doc {
   secretHash: string;
@@ -13,6 +13,8 @@ export interface JoinTokenDoc extends Doc {
   createdAt: number;
   expiresAt: number;
   labels: Record<string, string>;
+  /** Label keys an enrolling host may set itself; any other key it asks for is refused. */
+  allowLabels?: string[];
   revoked: boolean;
   createdBy: string;
   description: string;
@@ -26,7 +28,9 @@ export const MAX_TOKEN_TTL_MS = 365 * 86_400_000;
 export class JoinTokens {
   constructor(private readonly store: Store, private readonly opts: { caFingerprint: string; defaultTtlMs: number }) {}
 
-  async create(o: { tenant?: string; uses?: number; ttlMs?: number; labels?: Record<string, string>; createdBy: string; description?: string; private?: boolean }): Promise<{ token: string; doc: JoinTokenDoc }> {
+  async create(o: {
+    tenant?: string; uses?: number; ttlMs?: number; labels?: Record<string, string>; allowLabels?: string[]; createdBy: string; description?: string; private?: boolean;
+  }): Promise<{ token: string; doc: JoinTokenDoc }> {
     const tenant = o.tenant || 'default';
     checkName(tenant, 'tenant');
     const uses = o.uses || 1;
@@ -34,12 +38,14 @@ export class JoinTokens {
     const ttlMs = o.ttlMs || this.opts.defaultTtlMs;
     if (ttlMs < 1000 || ttlMs > MAX_TOKEN_TTL_MS) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--ttl must be between 1s and 365d');
     const labels = checkLabels(o.labels ?? {});
+    const allowLabels = [...new Set((o.allowLabels ?? []).map(checkLabelKey))].sort();
+    if (allowLabels.length > 64) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'at most 64 --allow-label keys');
     if ((o.description ?? '').length > 256) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'description: at most 256 characters');
     const t = newJoinToken(this.opts.caFingerprint);
     const now = Date.now();
     const doc: JoinTokenDoc = {
       id: t.id, secretHash: hashSecret(t.secret), tenant, uses, used: 0, createdAt: now, expiresAt: now + ttlMs,
-      labels, revoked: false, createdBy: o.createdBy, description: o.description ?? '', private: !!o.private,
+      labels, allowLabels, revoked: false, createdBy: o.createdBy, description: o.description ?? '', private: !!o.private,
     };
     await this.store.insert('joinTokens', doc);
     return { token: formatJoinToken(t), doc };
@@ -75,6 +81,24 @@ export class JoinTokens {
     });
     return r!;
   }
+}
+
+/**
+ * The labels an agent enrolled with this token gets: the token's, plus those the host asked
+ * for under keys the token allows (`--allow-label`). The token's own labels always win; any
+ * other key is refused, naming the key and the keys the token allows.
+ */
+export function enrollmentLabels(doc: JoinTokenDoc, asked: Record<string, string>): Record<string, string> {
+  const allowed = doc.allowLabels ?? [];
+  const requested = checkLabels(asked);
+  for (const k of Object.keys(requested)) {
+    if (!allowed.includes(k)) {
+      throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT',
+        `join token ${doc.id} does not let this host set the label "${k}" (it allows ${allowed.length ? allowed.join(', ') : 'no host-set labels'}); ` +
+        'labels come from the token (`tokens create --label`, `--allow-label KEY`) or an admin (`trellis agents label`)');
+    }
+  }
+  return checkLabels({ ...requested, ...doc.labels });
 }
 
 export interface TokenView { tenant?: string; viewer?: string; admin?: boolean }
