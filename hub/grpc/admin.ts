@@ -25,8 +25,9 @@ export function certificateInfo(pem: string): T.CertificateInfo {
   };
 }
 
-function agentInfo(a: AgentView): T.AgentInfo {
+function agentInfo(c: HubComponents, a: AgentView): T.AgentInfo {
   return {
+    eventsRefused: c.events.refusedCount(a.id), edgeReportsRefused: c.executions.edgeRefusedCount(a.id),
     id: a.id, tenant: a.tenant, hostname: a.hostname, labels: a.labels, facts: a.facts ?? null, online: a.online,
     lastSeenMs: a.lastSeen ?? 0, enrolledAtMs: a.enrolledAt, certSerial: a.certSerial, certExpiresAtMs: a.certExpiresAt,
     revoked: a.revoked, revokedAtMs: a.revokedAt ?? 0, spiffeId: a.spiffeId, remoteAddress: a.remote ?? '', status: a.status,
@@ -130,10 +131,10 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
 
   server.addService(v1.AdminAgents.service, {
     ListAgents: unary<T.ListAgentsRequest__Output, T.ListAgentsResponse>(deps, `${S}.AdminAgents/ListAgents`, async (req, ctx) => ({
-      agents: (await c.agents.list({ selector: req.selector, tenant: readTenant(ctx) })).map(agentInfo),
+      agents: (await c.agents.list({ selector: req.selector, tenant: readTenant(ctx) })).map((a) => agentInfo(c, a)),
     })),
     GetAgent: unary<T.GetAgentRequest__Output, T.AgentInfo>(deps, `${S}.AdminAgents/GetAgent`, async (req, ctx) =>
-      agentInfo(c.agents.view(await agentInTenant(c, ctx, req.id)))),
+      agentInfo(c, c.agents.view(await agentInTenant(c, ctx, req.id)))),
     RevokeAgent: unary<T.RevokeAgentRequest__Output, T.RevokeAgentResponse>(deps, `${S}.AdminAgents/RevokeAgent`, async (req, ctx) => {
       ctx.target = `agent:${String(req.id).slice(0, 64)}`;
       await agentInTenant(c, ctx, req.id);

@@ -120,6 +120,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
           if (admitted) return; // a second hello while admission runs is ignored
           const hello = msg.hello;
           admitted = admitAgent(c, id).then(async () => {
+            await c.agentConfigs.prepareSources(id.agentId); // which event types it may publish
             if (closed) return;
             clearTimeout(helloTimer);
             link = {
@@ -152,7 +153,10 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
           case 'events': {
             const batch = msg.events!;
             if (batch.events.length > MAX_EVENTS_PER_BATCH) throw new TrellisError('TRELLIS_E_TOO_LARGE', `at most ${MAX_EVENTS_PER_BATCH} events per batch`);
-            c.events.ingest(link.agentId, id.tenant, batch.events);
+            const agentId = link.agentId;
+            // Refused events (a type this agent may not publish) are acknowledged too: the refusal
+            // is final, so the outbox must not retry them; they are counted and logged, never published.
+            c.events.ingest(agentId, id.tenant, batch.events, (type) => c.agentConfigs.mayPublish(agentId, type));
             call.write({ eventAck: { seq: batch.seq } });
             break;
           }
