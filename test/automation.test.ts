@@ -149,19 +149,19 @@ t.test('hub rules: run on the emitting agent, rate limit stops storms, no duplic
   const agent: Agent = await h.agent();
   const out = join(h.dir, 'hub.out');
   await createRule(h, {
-    name: 'on-job', trigger: 'test.job', criteria: { 'trigger.payload.n': { type: 'gte', pattern: 0 } },
+    name: 'on-job', trigger: 'core.job', criteria: { 'trigger.payload.n': { type: 'gte', pattern: 0 } },
     action: { ref: 'ops.mark', parameters: { msg: 'job {{ trigger.payload.n }}', out } },
   });
   const storm = await createRule(h, {
-    name: 'everything', trigger: 'test.storm', action: { ref: 'ops.mark', parameters: { msg: 'storm', out: join(h.dir, 'storm.out') } }, rate_limit: { count: 2, per: '1m' },
+    name: 'everything', trigger: 'core.storm', action: { ref: 'ops.mark', parameters: { msg: 'storm', out: join(h.dir, 'storm.out') } }, rate_limit: { count: 2, per: '1m' },
   });
   t.equal(storm.target, 'agent {{ trigger.agent }}', 'default target: the agent that sent the event');
 
-  agent.publishEvent('test.job', { n: 0 });
+  agent.publishEvent('core.job', { n: 0 });
   await waitFor(() => readLines(out).length === 1, 10_000, 'hub rule ran the action on the agent');
   t.same(readLines(out), ['job 0|']);
 
-  for (let i = 0; i < 10; i++) agent.publishEvent('test.storm', { i });
+  for (let i = 0; i < 10; i++) agent.publishEvent('core.storm', { i });
   await waitFor(async () => (await unaryT<T.GetRuleRequest, T.RuleInfo__Output>(h, h.admin.rules, h.admin.rules.GetRule, { name: 'everything' })).matched === 10, 10_000, 'storm matched');
   const info = await unaryT<T.GetRuleRequest, T.RuleInfo__Output>(h, h.admin.rules, h.admin.rules.GetRule, { name: 'everything' });
   t.equal(info.fired, 2, 'a rule that matches everything fires only within its rate limit');
@@ -169,7 +169,7 @@ t.test('hub rules: run on the emitting agent, rate limit stops storms, no duplic
 
   // Hub down while events keep coming: all are delivered later, each runs exactly once.
   await h.stop();
-  for (let n = 1; n <= 40; n++) agent.publishEvent('test.job', { n });
+  for (let n = 1; n <= 40; n++) agent.publishEvent('core.job', { n });
   await h.restart();
   await waitFor(() => readLines(out).length >= 41, 30_000, '40 queued events ran');
   await new Promise((r) => setTimeout(r, 500));

@@ -10,7 +10,7 @@ import { fromGrpcError } from '../../common/grpc-errors.js';
 import { adminClients, call, fromProfile, withClients } from '../client.js';
 import { readProfile, writeProfile } from '../profile.js';
 import { ask, askHidden, isInteractive } from '../prompt.js';
-import { table, ago, when, labels, parseKeyValues, print } from '../format.js';
+import { table, ago, when, labels, parseKeyValues, print, printErr, writeOutput, clean } from '../format.js';
 import { collect } from './util.js';
 import { addRunActionOptions, runActionCommand, type RunActionOptions } from './executions.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
@@ -213,10 +213,10 @@ export function addAdminCommands(program: Command): void {
         stream.on('data', (u: T.RunUpdate__Output) => {
           if (u.output) {
             const out = u.output.stream === 'STDERR' ? process.stderr : process.stdout;
-            out.write(many ? Buffer.from(String(u.output.data).split('\n').map((l) => (l ? `[${u.output!.agentId}] ${l}` : l)).join('\n')) : u.output.data);
+            writeOutput(out, many ? Buffer.from(String(u.output.data).split('\n').map((l) => (l ? `[${clean(u.output!.agentId)}] ${l}` : l)).join('\n')) : u.output.data, o);
           } else if (u.finished) {
             const f = u.finished;
-            if (f.status !== 'succeeded') process.stderr.write(`trellis: ${many ? `[${f.agentId}] ` : ''}${f.status}${f.error ? `: ${f.error}` : ''} (exit ${f.exitCode})\n`);
+            if (f.status !== 'succeeded') printErr(`trellis: ${many ? `[${f.agentId}] ` : ''}${f.status}${f.error ? `: ${f.error}` : ''} (exit ${f.exitCode})`);
             const code = f.exitCode < 0 ? 1 : f.exitCode;
             worst = Math.max(worst, code);
           }

@@ -8,6 +8,7 @@ import { unary, serverStream, type WrapDeps, type CallContext } from './wrap.js'
 import { resolveTenant, authorize } from '../authz/index.js';
 import { enrollAgent } from '../agents/enroll.js';
 import type { HubComponents } from '../components.js';
+import { cleanFacts } from '../agents/index.js';
 import type { AgentView } from '../agents/index.js';
 import type { JoinTokenDoc } from '../tokens/index.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
@@ -28,7 +29,8 @@ export function certificateInfo(pem: string): T.CertificateInfo {
 function agentInfo(c: HubComponents, a: AgentView): T.AgentInfo {
   return {
     eventsRefused: c.events.refusedCount(a.id), edgeReportsRefused: c.executions.edgeRefusedCount(a.id),
-    id: a.id, tenant: a.tenant, hostname: a.hostname, labels: a.labels, facts: a.facts ?? null, online: a.online,
+    // Cleaned on the way out too: records stored before facts were bounded (issue 10, finding 11).
+    id: a.id, tenant: a.tenant, hostname: cleanFacts({ hostname: a.hostname }).facts.hostname, labels: a.labels, facts: a.facts ? cleanFacts(a.facts).facts : null, online: a.online,
     lastSeenMs: a.lastSeen ?? 0, enrolledAtMs: a.enrolledAt, certSerial: a.certSerial, certExpiresAtMs: a.certExpiresAt,
     revoked: a.revoked, revokedAtMs: a.revokedAt ?? 0, spiffeId: a.spiffeId, remoteAddress: a.remote ?? '', status: a.status,
   };

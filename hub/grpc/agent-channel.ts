@@ -137,7 +137,10 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
             c.agents.attach(link);
             expiryTimer = setTimeout(() => link?.close('expired', 'the agent certificate expired; re-enroll with `trellis agent enroll --force`'), Math.min(id.notAfter - Date.now(), 2 ** 31 - 1));
             expiryTimer.unref();
-            if (hello.facts) await c.agents.updateHello(id.agentId, hello.facts);
+            if (hello.facts) {
+              const problems = await c.agents.updateHello(id.agentId, hello.facts);
+              if (problems.length) log.warn({ agentId: id.agentId, problems: problems.slice(0, 10) }, 'agent facts cleaned before storing: over a limit or with control characters');
+            }
             log.info({ agentId: id.agentId, tenant: id.tenant, serial: id.serial, peer: call.getPeer() }, 'agent connected');
             call.write({ welcome: { agentId: id.agentId, tenant: id.tenant, heartbeatIntervalMs: c.config.heartbeatInterval, caBundle: c.pki.trustBundle, serverTimeMs: Date.now() } });
             c.executions.onAgentAttached(id.agentId); // waiting executions go out after the welcome
