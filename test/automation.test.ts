@@ -95,6 +95,9 @@ t.test('a sensor event fires an edge rule that remediates with the hub stopped; 
   t.notOk(Buffer.from(x!.parametersJson).toString().includes(secret), 'history keeps the reference, not the value');
   t.match(Buffer.from(x!.parametersJson).toString(), /\{\{ secret\.edge_token \}\}/);
   for (const line of h.logLines) if (line.includes(secret)) t.fail(`secret in a hub log line: ${line.slice(0, 200)}`);
+  const agentLines = h.agentLogLines();
+  t.ok(agentLines.some((l) => l.includes('edge rule fired')), 'the agent logged the edge run (to its real log file)');
+  for (const line of agentLines) if (line.includes(secret)) t.fail(`secret in an agent log line: ${line.slice(0, 200)}`);
   // The planted value is in clear in no file of the hub's or the agent's data directory
   // (state, history, audit, outbox, edge config), in any encoding the masker knows.
   const forms = [secret, Buffer.from(secret).toString('base64').replace(/=+$/, ''), Buffer.from(secret).toString('hex')];

@@ -310,6 +310,10 @@ t.test('executions on one hub with default limits', async (t) => {
     const logs = h.logLines.join('\n');
     t.notOk(logs.includes(typo), 'nor logging it');
     t.notOk(logs.includes(planted) || logs.includes(literal), 'not in the hub log');
+    const agentLogs = h.agentLogLines().join('\n');
+    t.ok(agentLogs.length > 0, 'the agent logged to its file');
+    t.notOk(agentLogs.includes(typo), 'nor in the agent log');
+    t.notOk(agentLogs.includes(planted) || agentLogs.includes(literal), 'not in the agent log');
     const rerun = await collect(admin.executions.RerunExecution({ id: lit.states[0]!.id, follow: true }, admin.metadata) as grpc.ClientReadableStream<T.ExecutionUpdate__Output>);
     t.equal(rerun.error?.code, grpc.status.INVALID_ARGUMENT, 'a literal secret is not kept, so that run cannot be re-run');
     const again = await collect(admin.executions.RerunExecution({ id: ref.states[0]!.id, follow: true }, admin.metadata) as grpc.ClientReadableStream<T.ExecutionUpdate__Output>);
