@@ -16,6 +16,7 @@ import { call } from '../cli/client.js';
 import { v1 } from '../common/proto.js';
 import { CLIENT_OPTIONS } from '../common/grpc-options.js';
 import { cleanText } from '../common/text.js';
+import { writeOutput } from '../cli/format.js';
 import { agentPaths } from '../agent/identity.js';
 import { hubPaths } from '../hub/paths.js';
 import type { HubEvent } from '../hub/events/index.js';
@@ -201,4 +202,36 @@ t.test('cleanText: escape sequences removed, controls visible, JSON kept lossles
   const v = { s: 'a\x1b[2J\x9b\u2028\u202eb\x00' };
   t.same(JSON.parse(cleanText(JSON.stringify(v))), v, 'JSON text passes through losslessly');
   t.equal(cleanText('plain text, ünïcödé'), 'plain text, ünïcödé');
+});
+
+t.test('the CLI cleans remote metadata it prints (execution error, rule) even when the hub stored it as sent; program output is cleaned on a terminal unless --raw', async (t) => {
+  await using h = await startHub();
+  await install(h);
+  const agent = await h.agent();
+  await waitFor(() => agent.edge.ruleNames.includes('ops.on_flag'), 10_000, 'edge config with ops.on_flag');
+  const id = ulid().toLowerCase();
+  const now = Date.now();
+  agent.channel.publish([{ id: ulid(), type: 'trellis.execution', timeMs: now, payloadJson: Buffer.from(JSON.stringify({
+    executionId: id, rule: 'ops.on_flag', action: 'ops.mark', triggerEventId: ulid(), parameters: { msg: 'edge' }, status: 'failed', exitCode: 1,
+    error: 'boom\x1b]0;owned\x07\x1b[2J\x1b[1A\x9b2Kcleared', startedMs: now - 1000, finishedMs: now - 500, output: 'out \x1b[31mred\x1b[0m\n', outputTruncated: false,
+  })) }]);
+  await waitFor(async () => (await listExecutions(h, { agentId: agent.agentId! })).executions.length === 1, 15_000, 'the report recorded');
+  await using home = await tempDir();
+  const env = { TRELLIS_HOME: home.path, TRELLIS_PASSWORD: 'test-admin-password-1' };
+  t.equal((await runCli(['login', '--hub', h.adminAddr, '--user', 'admin', '--ca-fingerprint', h.hub.components.pki.caFingerprint], env)).code, 0);
+  const show = await runCli(['executions', 'show', id], env);
+  t.equal(show.code, 0, show.err);
+  const [meta, output] = show.out.split('--- output');
+  t.match(meta, /error: +boom.*cleared/, 'the error is shown');
+  t.notMatch(meta, ESC, 'with no escape sequence or control character');
+  t.match(output, /\x1b\[31mred/, 'program output to a pipe is the bytes as run (no terminal reads it)');
+
+  // To a terminal: cleaned, unless --raw.
+  const tty = () => { const chunks: string[] = []; return { chunks, s: { isTTY: true, write: (d: string | Uint8Array) => { chunks.push(String(d)); return true; } } as unknown as NodeJS.WriteStream }; };
+  const a = tty();
+  writeOutput(a.s, Buffer.from('out \x1b[31mred\x1b[0m\x1b]0;t\x07\n'));
+  t.equal(a.chunks.join(''), 'out red\n', 'a terminal gets the output without escape sequences');
+  const b = tty();
+  writeOutput(b.s, Buffer.from('out \x1b[31mred\n'), { raw: true });
+  t.equal(b.chunks.join(''), 'out \x1b[31mred\n', '--raw passes it through');
 });
