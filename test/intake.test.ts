@@ -19,7 +19,7 @@ import { cleanText } from '../common/text.js';
 import { writeOutput } from '../cli/format.js';
 import { agentPaths } from '../agent/identity.js';
 import { hubPaths } from '../hub/paths.js';
-import type { HubEvent } from '../hub/events/index.js';
+import { agentMayPublish, type HubEvent } from '../hub/events/index.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 const file = (path: string, text: string): T.PackFile => ({ path, content: Buffer.from(text), mode: 0o644 });
@@ -234,4 +234,11 @@ t.test('the CLI cleans remote metadata it prints (execution error, rule) even wh
   const b = tty();
   writeOutput(b.s, Buffer.from('out \x1b[31mred\n'), { raw: true });
   t.equal(b.chunks.join(''), 'out \x1b[31mred\n', '--raw passes it through');
+});
+
+t.test('the source policy: core.*, trellis.execution and the configured sensor triggers; never webhook.* or another trellis.* type', async (t) => {
+  const sensors = new Set(['ops.custom', 'webhook.sneaky', 'trellis.audit']); // the last two: a pack named webhook/trellis
+  for (const type of ['core.cpu', 'core.anything', 'trellis.execution', 'ops.custom']) t.ok(agentMayPublish(type, sensors), `${type} allowed`);
+  for (const type of ['webhook.deploy', 'webhook.sneaky', 'trellis.audit', 'ops.other', 'billing.charge', 'core', 'corex.y']) t.notOk(agentMayPublish(type, sensors), `${type} refused`);
+  t.notOk(agentMayPublish('ops.custom', new Set()), 'a trigger of a sensor configured on another agent is refused');
 });

@@ -82,7 +82,7 @@ export class AgentConfigs {
     const agent = await this.deps.agents.get(agentId);
     if (!agent) return;
     this.sensorTriggers.set(agentId, new Set(this.sensors(agent).map((s) => s.trigger)));
-    this.noteEdgeRules(agentId, this.edgeRulesFor(agent).map(({ rule, action }) => ({ rule, action: action.ref })));
+    this.noteEdgeRules(agentId, this.edgeRulesFor(agent, false).map(({ rule, action }) => ({ rule, action: action.ref })));
   }
 
   /** What the hub sent this agent for one edge rule, to check its execution reports against. */
@@ -108,13 +108,13 @@ export class AgentConfigs {
   }
 
   /** The enabled edge rules that select this agent and whose action is installed. */
-  private edgeRulesFor(agent: AgentDoc): Array<{ rule: LiveRule; action: ActionDef }> {
+  private edgeRulesFor(agent: AgentDoc, warn = true): Array<{ rule: LiveRule; action: ActionDef }> {
     const out: Array<{ rule: LiveRule; action: ActionDef }> = [];
     for (const r of this.deps.rules.edgeRules(agent.tenant)) {
       if (!selects(r.def.on, agent)) continue;
       const action = this.deps.packs.action(agent.tenant, r.def.action.ref);
       if (!action) {
-        this.deps.log.warn({ rule: r.def.ref, action: r.def.action.ref, tenant: agent.tenant }, 'edge rule calls an action that is not installed; not sent');
+        if (warn) this.deps.log.warn({ rule: r.def.ref, action: r.def.action.ref, tenant: agent.tenant }, 'edge rule calls an action that is not installed; not sent');
         continue;
       }
       out.push({ rule: r, action });
