@@ -133,6 +133,10 @@ t.test('a forged edge-execution report (rule never given, other action, huge id,
   t.equal(h.hub.components.executions.edgeRefusedCount(agent.agentId!), forged.length);
   t.equal(Number((await getAgent(h, agent.agentId!)).edgeReportsRefused), forged.length, '`agents show` reports them');
   t.ok(h.logLines.some((l) => l.includes('edge execution report refused') && l.includes(agent.agentId!)), 'the refusal is logged');
+  await using home = await tempDir();
+  const env = { TRELLIS_HOME: home.path, TRELLIS_PASSWORD: 'test-admin-password-1' };
+  t.equal((await runCli(['login', '--hub', h.adminAddr, '--user', 'admin', '--ca-fingerprint', h.hub.components.pki.caFingerprint], env)).code, 0);
+  t.match((await runCli(['agents', 'show', agent.agentId!], env)).out, new RegExp(`refused: +0 event\\(s\\), ${forged.length} edge report\\(s\\)`), '`trellis agents show` prints the count');
   t.notOk(h.logLines.some((l) => l.includes('x'.repeat(200))), 'without echoing the forged id');
 });
 

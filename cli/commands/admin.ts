@@ -148,7 +148,7 @@ export function addAdminCommands(program: Command): void {
       print(table(r.agents.map((a) => [a.id, a.tenant, a.hostname || '-', a.status, ago(a.lastSeenMs), labels(a.labels), a.certSerial.slice(0, 16), when(a.certExpiresAtMs)]),
         ['ID', 'TENANT', 'HOST', 'STATUS', 'LAST SEEN', 'LABELS', 'CERT SERIAL', 'CERT EXPIRES']));
     }));
-  agents.command('show <id>').description('show one agent').option('--json', 'JSON output').action((id, o) => withClients(async (c) => {
+  agents.command('show <id>').description('show one agent: facts, labels, certificate, and what the hub refused from it (event types it may not publish, forged edge-run reports)').option('--json', 'JSON output').action((id, o) => withClients(async (c) => {
     const a = await call<T.GetAgentRequest, T.AgentInfo__Output>(c, c.agents, c.agents.GetAgent, { id });
     if (o.json) return json(a);
     const f = a.facts;
@@ -157,6 +157,8 @@ export function addAdminCommands(program: Command): void {
       `last seen:     ${ago(a.lastSeenMs)}`, `enrolled:      ${when(a.enrolledAtMs)}`, `labels:        ${labels(a.labels)}`,
       `cert serial:   ${a.certSerial}`, `cert expires:  ${when(a.certExpiresAtMs)}`,
       ...(a.revoked ? [`revoked:       ${when(a.revokedAtMs)}`] : []),
+      // Since the hub started: events of types this agent may not publish, forged edge-run reports.
+      ...(Number(a.eventsRefused) || Number(a.edgeReportsRefused) ? [`refused:       ${Number(a.eventsRefused)} event(s), ${Number(a.edgeReportsRefused)} edge report(s) (see the hub log)`] : []),
       ...(f ? [`host:          ${f.hostname} (${f.os} ${f.osRelease}, ${f.arch}, ${f.cpus} cpus, ${Math.round(f.memoryBytes / 2 ** 20)} MiB)`, `agent version: ${f.agentVersion}`] : []),
     ].join('\n'));
   }));
