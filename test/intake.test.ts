@@ -88,6 +88,8 @@ t.test('an agent publishing webhook.deploy (or another pack\'s or a hub type) fi
   for (const n of ['deploy', 'billing', 'audit']) t.notOk(existsSync(out(n)), `the ${n} rule did not fire on the victim`);
   t.equal(h.hub.components.events.refusedCount(attacker.agentId!), 3);
   t.equal(h.hub.components.events.refusedCount(victim.agentId!), 0);
+  t.equal(attacker.channel.stats.eventsRefusedByHub, 3, 'the agent learns from the ack that they were refused');
+  t.ok(h.agentLogLines().some((l) => l.includes('the hub refused events') && l.includes('webhook.deploy')), 'and says so in its log');
   const info = await getAgent(h, attacker.agentId!);
   t.equal(Number(info.eventsRefused), 3, '`agents show` reports the refused events');
   const logged = h.logLines.filter((l) => l.includes('agent published event types it may not'));

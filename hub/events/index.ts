@@ -37,7 +37,7 @@ export const MAX_EVENT_PAYLOAD_BYTES = 64 * 1024;
 interface Refusals { total: number; sinceLog: number; lastLogMs: number; types: Set<string> }
 
 /** What `ingest` did with one batch (the batch is acknowledged either way). */
-export interface IngestResult { accepted: number; duplicates: number; malformed: number; refused: number }
+export interface IngestResult { accepted: number; duplicates: number; malformed: number; refused: number; /** distinct, at most 8 */ refusedTypes: string[] }
 
 export interface EventIntakeOptions {
   /**
@@ -90,7 +90,7 @@ export class EventIntake {
     let recent = this.recent.get(agentId);
     if (!recent) this.recent.set(agentId, (recent = new RecentIds(this.dedupWindow)));
     const fresh: HubEvent[] = [];
-    const r: IngestResult = { accepted: 0, duplicates: 0, malformed: 0, refused: 0 };
+    const r: IngestResult = { accepted: 0, duplicates: 0, malformed: 0, refused: 0, refusedTypes: [] };
     let refusedTypes: string[] | undefined;
     for (const e of batch) {
       if (!e.id || e.id.length > 64 || !e.type || e.type.length > 128 || e.payloadJson.length > MAX_EVENT_PAYLOAD_BYTES) { r.malformed++; continue; }
@@ -102,7 +102,10 @@ export class EventIntake {
     this.rejected += r.malformed;
     this.duplicates += r.duplicates;
     this.received += fresh.length;
-    if (refusedTypes) this.noteRefused(agentId, tenant, refusedTypes);
+    if (refusedTypes) {
+      this.noteRefused(agentId, tenant, refusedTypes);
+      r.refusedTypes = [...new Set(refusedTypes)].slice(0, 8).map((x) => x.slice(0, 128));
+    }
     if (fresh.length === 0) return r;
     for (const fn of this.listeners) {
       // A listener's failure (rules, stream, history) never reaches the agent's stream.

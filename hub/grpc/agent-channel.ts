@@ -159,8 +159,8 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
             const agentId = link.agentId;
             // Refused events (a type this agent may not publish) are acknowledged too: the refusal
             // is final, so the outbox must not retry them; they are counted and logged, never published.
-            c.events.ingest(agentId, id.tenant, batch.events, (type) => c.agentConfigs.mayPublish(agentId, type));
-            call.write({ eventAck: { seq: batch.seq } });
+            const r = c.events.ingest(agentId, id.tenant, batch.events, (type) => c.agentConfigs.mayPublish(agentId, type));
+            call.write({ eventAck: { seq: batch.seq, refused: r.refused, refusedTypes: r.refusedTypes } });
             break;
           }
           case 'started':
