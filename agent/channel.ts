@@ -122,7 +122,9 @@ export class HubChannel extends EventEmitter {
   /** Resolves (never rejects) with the error that closed the channel, if any. */
   readonly closedPromise: Promise<Error | undefined>;
   /** eventsDropped: dropped from the in-memory queue; eventsRefused: refused by a full outbox. */
-  stats = { connects: 0, eventsSent: 0, eventsAcked: 0, eventsDropped: 0, eventsRefused: 0 };
+  /** eventsRefused: by a full outbox; eventsRefusedByHub: types this agent may not publish (acknowledged, never published). */
+  stats = { connects: 0, eventsSent: 0, eventsAcked: 0, eventsDropped: 0, eventsRefused: 0, eventsRefusedByHub: 0 };
+  private refusedLogMs = 0;
 
   constructor(private readonly opts: ChannelOptions) {
     super();
@@ -231,6 +233,7 @@ export class HubChannel extends EventEmitter {
           this.inflight.delete(m.eventAck.seq);
           if (sent.batch) this.opts.outbox?.ack(sent.batch);
           this.stats.eventsAcked += sent.events.length;
+          if (m.eventAck.refused) this.hubRefused(m.eventAck.refused, m.eventAck.refusedTypes);
           this.emit('acked', sent.events.length);
           this.flush();
         }
@@ -239,6 +242,16 @@ export class HubChannel extends EventEmitter {
       case 'caBundle': if (m.caBundle) this.emit('caBundle', m.caBundle.certificates); break;
       default: break;
     }
+  }
+
+  /** The hub refused events of types this agent may not publish: counted, logged at most once a minute. */
+  private hubRefused(n: number, types: string[]): void {
+    this.stats.eventsRefusedByHub += n;
+    const now = Date.now();
+    if (now - this.refusedLogMs < 60_000) return;
+    this.refusedLogMs = now;
+    this.opts.log.warn({ refused: n, total: this.stats.eventsRefusedByHub, types: types.slice(0, 8) },
+      'the hub refused events of types this agent may not publish (only core.*, trellis.execution and its configured sensors\' triggers); they are dropped');
   }
 
   /** Sends an action output or result; held in memory while disconnected. */

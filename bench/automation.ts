@@ -121,15 +121,15 @@ export async function benchIngest(ctx: AutomationCtx): Promise<{ raw: number; wi
   await waitAllReady(agents.map((a) => a.ch), 20_000);
   const chs = agents.map((a) => a.ch);
   const PER_AGENT = 60_000;
-  await pumpAll(chs, 5_000, 'bench.cpu'); // warm-up
-  const raw = await pumpAll(chs, PER_AGENT, 'bench.cpu');
+  await pumpAll(chs, 5_000, 'core.bench_cpu'); // warm-up
+  const raw = await pumpAll(chs, PER_AGENT, 'core.bench_cpu');
   note(`ingest: ${chs.length} agents × ${PER_AGENT} events, no rules: ${Math.round(raw)} events/s`);
-  // 1,000 rules: 10 on bench.cpu (criteria evaluated on every event, never matching), 990 on other types.
+  // 1,000 rules: 10 on core.bench_cpu (criteria evaluated on every event, never matching), 990 on other types.
   const t0 = performance.now();
   await pool(1000, 8, async (i) => {
     const onCpu = i < 10;
     const def = {
-      name: `bench-rule-${i}`, trigger: onCpu ? 'bench.cpu' : `bench.other${i % 99}`,
+      name: `bench-rule-${i}`, trigger: onCpu ? 'core.bench_cpu' : `core.bench_other${i % 99}`,
       criteria: { 'trigger.payload.percent': { type: 'gt', pattern: 101 + i }, 'trigger.payload.host': { type: 'startswith', pattern: 'web-' } },
       action: { ref: 'bench.noop', parameters: { t: '{{ trigger.payload.host }}' } },
       target: { agent: '{{ trigger.agent }}' },
@@ -137,7 +137,7 @@ export async function benchIngest(ctx: AutomationCtx): Promise<{ raw: number; wi
     await call<T.CreateRuleRequest, T.RuleInfo__Output>(ctx.admin, ctx.admin.rules, ctx.admin.rules.CreateRule, { definition: JSON.stringify(def), replace: true, source: 'bench' });
   });
   note(`ingest: 1,000 rules created in ${Math.round(performance.now() - t0)} ms`);
-  const withRules = await pumpAll(chs, PER_AGENT, 'bench.cpu');
+  const withRules = await pumpAll(chs, PER_AGENT, 'core.bench_cpu');
   note(`ingest: the same with 1,000 rules loaded: ${Math.round(withRules)} events/s (ratio ${(withRules / raw).toFixed(2)})`);
   await Promise.all(chs.map((c) => c.close()));
   return { raw, withRules };
@@ -149,7 +149,7 @@ export async function benchIngest(ctx: AutomationCtx): Promise<{ raw: number; wi
  */
 export async function benchEventToAction(ctx: AutomationCtx): Promise<number> {
   await call<T.CreateRuleRequest, T.RuleInfo__Output>(ctx.admin, ctx.admin.rules, ctx.admin.rules.CreateRule, {
-    definition: JSON.stringify({ name: 'bench-latency', trigger: 'bench.ping', criteria: { 'trigger.payload.kind': { type: 'equals', pattern: 'ping' } }, action: { ref: 'bench.noop', parameters: { t: '{{ trigger.payload.t }}' } }, target: { agent: '{{ trigger.agent }}' } }),
+    definition: JSON.stringify({ name: 'bench-latency', trigger: 'core.bench_ping', criteria: { 'trigger.payload.kind': { type: 'equals', pattern: 'ping' } }, action: { ref: 'bench.noop', parameters: { t: '{{ trigger.payload.t }}' } }, target: { agent: '{{ trigger.agent }}' } }),
     replace: true, source: 'bench',
   });
   const pki = HubPki.load(hubPaths(ctx.hubDir), ctx.names);

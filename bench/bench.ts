@@ -316,7 +316,7 @@ function pumpEvents(ch: HubChannel, total: number, prefix: string, opts: { chunk
         const n = Math.min(opts.chunk, total - published);
         const timeMs = Date.now();
         const events: T.Event[] = new Array(n);
-        for (let i = 0; i < n; i++) events[i] = { id: `${prefix}-${published + i}`, type: 'bench.disk', payloadJson: PAYLOAD, timeMs };
+        for (let i = 0; i < n; i++) events[i] = { id: `${prefix}-${published + i}`, type: 'core.bench_disk', payloadJson: PAYLOAD, timeMs };
         ch.publish(events);
         published += n;
       }

@@ -1,6 +1,6 @@
 /**
  * The agent side of event_to_action_p99_ms, in its own process: reads its credentials and the
- * pace from stdin (JSON), publishes `bench.ping` events at `rate`/s whose payload carries the
+ * pace from stdin (JSON), publishes `core.bench_ping` events at `rate`/s whose payload carries the
  * send time, answers each ActionRequest at once, and prints the latencies (ms) of the measured
  * events — send → ActionRequest received — as JSON on stdout. Warm-up events carry t=0.
  */
@@ -44,7 +44,7 @@ async function main(): Promise<void> {
     const wait = t0 + (i * 1000) / o.rate - performance.now();
     if (wait > 1) await sleep(wait);
     const t = i < o.warm ? 0 : performance.timeOrigin + performance.now();
-    ch.publish([{ id: `p-${i}-${ulid()}`, type: 'bench.ping', payloadJson: Buffer.from(`{"kind":"ping","t":"${t}"}`), timeMs: Date.now() }]);
+    ch.publish([{ id: `p-${i}-${ulid()}`, type: 'core.bench_ping', payloadJson: Buffer.from(`{"kind":"ping","t":"${t}"}`), timeMs: Date.now() }]);
   }
   const deadline = Date.now() + 10_000;
   while (lat.length < o.measured && Date.now() < deadline) await sleep(20);

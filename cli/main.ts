@@ -2,6 +2,7 @@
 import { Command, CommanderError } from 'commander';
 import { TRELLIS_VERSION } from '../common/version.js';
 import { isTrellisError, type TrellisError } from '../common/errors.js';
+import { printErr } from './format.js';
 import { addDaemonCommands } from './commands/daemons.js';
 import { addAdminCommands } from './commands/admin.js';
 import { addIamCommands } from './commands/iam.js';
@@ -61,9 +62,9 @@ export async function main(argv: string[]): Promise<void> {
     }
     if (isTrellisError(err)) {
       const e = err as TrellisError;
-      process.stderr.write(`trellis: ${e.message} (${e.code})\n`);
+      printErr(`trellis: ${e.message} (${e.code})`);
     } else {
-      process.stderr.write(`trellis: ${(err as Error)?.message ?? String(err)}\n`);
+      printErr(`trellis: ${(err as Error)?.message ?? String(err)}`);
     }
     process.exitCode = 1;
   }

@@ -92,7 +92,7 @@ export class Hub {
     const tokens = new JoinTokens(store, { caFingerprint: pki.caFingerprint, defaultTtlMs: config.joinTokenTtl });
     const agents = new AgentRegistry(store, { heartbeatTtlMs: config.heartbeatTtl });
     await agents.load();
-    const events = new EventIntake();
+    const events = new EventIntake({ log: log.child({ component: 'events' }) });
     let boundAgentPort = config.agentPort;
     const audit = await AuditLog.open({ dir: paths.audit, log: log.child({ component: 'audit' }) });
     const kvLog = log.child({ component: 'kv' });
@@ -117,7 +117,11 @@ export class Hub {
     events.subscribe((batch) => {
       for (const e of batch) {
         if (e.type !== EDGE_EXECUTION_TRIGGER || !e.agentId) continue;
-        try { executions.recordEdge(e.agentId, e.tenant, e.id, JSON.parse(e.payload.toString('utf8')) as EdgeExecutionPayload); } catch (err) {
+        try {
+          const p = JSON.parse(e.payload.toString('utf8')) as EdgeExecutionPayload;
+          // Checked against the edge config the hub sent this agent (finding 15 of issue 10).
+          executions.recordEdge(e.agentId, e.tenant, e.id, p, typeof p?.rule === 'string' ? agentConfigs.sentEdgeRule(e.agentId, p.rule) : undefined);
+        } catch (err) {
           log.warn({ component: 'executions', agentId: e.agentId, eventId: e.id, err: (err as Error).message }, 'bad edge execution report ignored');
         }
       }

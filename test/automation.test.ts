@@ -95,6 +95,9 @@ t.test('a sensor event fires an edge rule that remediates with the hub stopped; 
   t.notOk(Buffer.from(x!.parametersJson).toString().includes(secret), 'history keeps the reference, not the value');
   t.match(Buffer.from(x!.parametersJson).toString(), /\{\{ secret\.edge_token \}\}/);
   for (const line of h.logLines) if (line.includes(secret)) t.fail(`secret in a hub log line: ${line.slice(0, 200)}`);
+  const agentLines = h.agentLogLines();
+  t.ok(agentLines.some((l) => l.includes('edge rule fired')), 'the agent logged the edge run (to its real log file)');
+  for (const line of agentLines) if (line.includes(secret)) t.fail(`secret in an agent log line: ${line.slice(0, 200)}`);
   // The planted value is in clear in no file of the hub's or the agent's data directory
   // (state, history, audit, outbox, edge config), in any encoding the masker knows.
   const forms = [secret, Buffer.from(secret).toString('base64').replace(/=+$/, ''), Buffer.from(secret).toString('hex')];
@@ -149,19 +152,19 @@ t.test('hub rules: run on the emitting agent, rate limit stops storms, no duplic
   const agent: Agent = await h.agent();
   const out = join(h.dir, 'hub.out');
   await createRule(h, {
-    name: 'on-job', trigger: 'test.job', criteria: { 'trigger.payload.n': { type: 'gte', pattern: 0 } },
+    name: 'on-job', trigger: 'core.job', criteria: { 'trigger.payload.n': { type: 'gte', pattern: 0 } },
     action: { ref: 'ops.mark', parameters: { msg: 'job {{ trigger.payload.n }}', out } },
   });
   const storm = await createRule(h, {
-    name: 'everything', trigger: 'test.storm', action: { ref: 'ops.mark', parameters: { msg: 'storm', out: join(h.dir, 'storm.out') } }, rate_limit: { count: 2, per: '1m' },
+    name: 'everything', trigger: 'core.storm', action: { ref: 'ops.mark', parameters: { msg: 'storm', out: join(h.dir, 'storm.out') } }, rate_limit: { count: 2, per: '1m' },
   });
   t.equal(storm.target, 'agent {{ trigger.agent }}', 'default target: the agent that sent the event');
 
-  agent.publishEvent('test.job', { n: 0 });
+  agent.publishEvent('core.job', { n: 0 });
   await waitFor(() => readLines(out).length === 1, 10_000, 'hub rule ran the action on the agent');
   t.same(readLines(out), ['job 0|']);
 
-  for (let i = 0; i < 10; i++) agent.publishEvent('test.storm', { i });
+  for (let i = 0; i < 10; i++) agent.publishEvent('core.storm', { i });
   await waitFor(async () => (await unaryT<T.GetRuleRequest, T.RuleInfo__Output>(h, h.admin.rules, h.admin.rules.GetRule, { name: 'everything' })).matched === 10, 10_000, 'storm matched');
   const info = await unaryT<T.GetRuleRequest, T.RuleInfo__Output>(h, h.admin.rules, h.admin.rules.GetRule, { name: 'everything' });
   t.equal(info.fired, 2, 'a rule that matches everything fires only within its rate limit');
@@ -169,7 +172,7 @@ t.test('hub rules: run on the emitting agent, rate limit stops storms, no duplic
 
   // Hub down while events keep coming: all are delivered later, each runs exactly once.
   await h.stop();
-  for (let n = 1; n <= 40; n++) agent.publishEvent('test.job', { n });
+  for (let n = 1; n <= 40; n++) agent.publishEvent('core.job', { n });
   await h.restart();
   await waitFor(() => readLines(out).length >= 41, 30_000, '40 queued events ran');
   await new Promise((r) => setTimeout(r, 500));

@@ -100,7 +100,7 @@ function recordStates(agent: Agent): ChannelState[] {
 const trellisCode = (e: grpc.ServiceError | undefined) => e?.metadata?.get(CODE_KEY)?.[0];
 
 function events(n: number, prefix: string, from = 0): T.Event[] {
-  return Array.from({ length: n }, (_, i) => ({ id: `${prefix}-${from + i}`, type: 'test.tick', payloadJson: Buffer.from('{}'), timeMs: Date.now() }));
+  return Array.from({ length: n }, (_, i) => ({ id: `${prefix}-${from + i}`, type: 'core.tick', payloadJson: Buffer.from('{}'), timeMs: Date.now() }));
 }
 
 /** tap's subtest type (what `t.test(name, (t) => ...)` hands its callback). */
@@ -248,7 +248,7 @@ t.test('an AgentMessage over 4 MiB gets RESOURCE_EXHAUSTED and the hub keeps ser
   const raw = openRaw(h.agentAddr, await agentIdent(dataDir), { options: { 'grpc.max_send_message_length': -1 } });
   t.ok(await raw.welcome, 'welcomed first');
   const huge = Buffer.alloc(5 * 1024 * 1024, 0x61);
-  raw.call.write({ events: { seq: 1, events: [{ id: 'huge-1', type: 'test.big', payloadJson: huge, timeMs: Date.now() }] } });
+  raw.call.write({ events: { seq: 1, events: [{ id: 'huge-1', type: 'core.big', payloadJson: huge, timeMs: Date.now() }] } });
   const err = await raw.status;
   raw.close();
   t.equal(err?.code, grpc.status.RESOURCE_EXHAUSTED);

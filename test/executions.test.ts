@@ -310,6 +310,10 @@ t.test('executions on one hub with default limits', async (t) => {
     const logs = h.logLines.join('\n');
     t.notOk(logs.includes(typo), 'nor logging it');
     t.notOk(logs.includes(planted) || logs.includes(literal), 'not in the hub log');
+    const agentLogs = h.agentLogLines().join('\n');
+    t.ok(agentLogs.length > 0, 'the agent logged to its file');
+    t.notOk(agentLogs.includes(typo), 'nor in the agent log');
+    t.notOk(agentLogs.includes(planted) || agentLogs.includes(literal), 'not in the agent log');
     const rerun = await collect(admin.executions.RerunExecution({ id: lit.states[0]!.id, follow: true }, admin.metadata) as grpc.ClientReadableStream<T.ExecutionUpdate__Output>);
     t.equal(rerun.error?.code, grpc.status.INVALID_ARGUMENT, 'a literal secret is not kept, so that run cannot be re-run');
     const again = await collect(admin.executions.RerunExecution({ id: ref.states[0]!.id, follow: true }, admin.metadata) as grpc.ClientReadableStream<T.ExecutionUpdate__Output>);
@@ -333,11 +337,12 @@ t.test('executions on one hub with default limits', async (t) => {
   await t.test('an edge execution reported by the agent is recorded once, with its output', async (t) => {
     const x = h.hub.components.executions;
     const p = {
-      executionId: '01J0EDGE0000000000000000AA', rule: 'demo.heal', action: 'demo.echo', triggerEventId: 'ev1', parameters: { msg: 'edge' },
+      executionId: '01J0EDGE0000000000000000AA'.toLowerCase(), rule: 'demo.heal', action: 'demo.echo', triggerEventId: 'ev1', parameters: { msg: 'edge' },
       status: 'succeeded' as const, exitCode: 0, error: '', startedMs: Date.now() - 10, finishedMs: Date.now(), output: 'edge\n', outputTruncated: false,
     };
-    x.recordEdge(agentId, 'default', 'e1', p);
-    x.recordEdge(agentId, 'default', 'e1', { ...p, output: 'again\n' });
+    const sent = { action: 'demo.echo', createdMs: 0 }; // what the hub sent the agent for demo.heal
+    t.ok(x.recordEdge(agentId, 'default', 'e1', p, sent));
+    t.notOk(x.recordEdge(agentId, 'default', 'e1', { ...p, output: 'again\n' }, sent));
     const r = await x.get('default', p.executionId.toLowerCase());
     t.equal(r.edge, true);
     t.equal(r.requestedBy, `agent:${agentId}`);

@@ -42,6 +42,9 @@ t.test('a planted password, login token, join token and agent key appear in no l
   const logText = h.logLines.join('\n');
   t.ok(h.logLines.length > 5, 'the hub logged something');
   for (const [what, value] of Object.entries(planted)) t.notOk(logText.includes(value), `${what} is not in the hub log`);
+  const agentLog = h.agentLogLines();
+  t.ok(agentLog.some((l) => l.includes('"level":')), 'the agent logged to its real log file');
+  for (const [what, value] of Object.entries(planted)) t.notOk(agentLog.join('\n').includes(value), `${what} is not in the agent log`);
   for (const f of filesUnder(h.dataDir)) {
     const text = readFileSync(f, 'utf8');
     for (const [what, value] of Object.entries(planted)) t.notOk(text.includes(value), `${what} is not in ${f.slice(h.dataDir.length + 1)}`);

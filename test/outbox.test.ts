@@ -20,7 +20,7 @@ const CHILD = fileURLToPath(new URL('./fixtures/outbox-child.js', import.meta.ur
 const PAYLOAD = Buffer.from(JSON.stringify({ host: 'web-01', note: 'x'.repeat(200) }));
 
 function events(n: number, prefix = 'e', from = 0): T.Event[] {
-  return Array.from({ length: n }, (_, i) => ({ id: `${prefix}-${from + i}`, type: 'test.tick', payloadJson: PAYLOAD, timeMs: 1_700_000_000_000 + from + i }));
+  return Array.from({ length: n }, (_, i) => ({ id: `${prefix}-${from + i}`, type: 'core.tick', payloadJson: PAYLOAD, timeMs: 1_700_000_000_000 + from + i }));
 }
 
 async function open(dir: string, o: Partial<OutboxOptions> = {}): Promise<Outbox & { lines: string[] }> {
@@ -59,7 +59,7 @@ t.test('append, read and ack survive a reopen: exactly the unacknowledged events
   const replayed = drain(again);
   t.same(ids(replayed), ids(events(700, 'e', 300)), 'from e-300 on, in order, once each');
   const e = replayed[0]!;
-  t.equal(e.type, 'test.tick');
+  t.equal(e.type, 'core.tick');
   t.equal(e.timeMs, 1_700_000_000_300);
   t.same(e.payloadJson, PAYLOAD, 'payload bytes intact');
   t.equal(again.stats.queued, 0);

@@ -49,6 +49,8 @@ t.test('a secret reference in --env reaches the process sealed, by environment o
     t.notOk(readFileSync(f).includes(secret), `not in ${f.slice(h.dir.length)}`);
   }
   t.notOk(h.logLines.join('\n').includes(secret), 'not in the hub log');
+  t.ok(h.agentLogLines().length > 0, 'the agent logged to its real log file');
+  t.notOk(h.agentLogLines().join('\n').includes(secret), 'not in the agent log');
 });
 
 t.test('secrets never go in argv, and using one needs kv:read', async (t) => {

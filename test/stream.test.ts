@@ -137,27 +137,28 @@ t.test('refusals: 401 bad credentials, 403 without events:read, executions:read 
 
 t.test('execution updates and output reach streams that ask for them, filtered by execution and tenant', async (t) => {
   const { h, tokens: w } = await world(t, ['r', 'b']);
+  const [A, B, C] = [ulid().toLowerCase(), ulid().toLowerCase(), ulid().toLowerCase()]; // edge execution ids are ULIDs
   const execs = await connect(t, h, { token: w.r, query: '?kinds=executions' });
-  const one = await connect(t, h, { token: w.r, query: '?kinds=events,executions&execution=exec-b' });
+  const one = await connect(t, h, { token: w.r, query: `?kinds=events,executions&execution=${B}` });
   const eventsOnly = await connect(t, h, { token: w.r });
   const blue = await connect(t, h, { token: w.b, query: '?kinds=executions' });
   const edge = (id: string, tenant: string) => h.hub.components.executions.recordEdge('agent-1', tenant, ulid(), {
     executionId: id, rule: 'r1', action: 'core.echo', triggerEventId: 'e1', parameters: {}, status: 'succeeded', exitCode: 0, error: '',
     startedMs: Date.now() - 5, finishedMs: Date.now(), output: 'hello\n', outputTruncated: false,
-  });
-  edge('exec-a', 'red');
-  edge('exec-b', 'red');
-  edge('exec-c', 'blue');
+  }, { action: 'core.echo', createdMs: 0 }); // as if the hub had sent agent-1 the edge rule r1
+  edge(A, 'red');
+  edge(B, 'red');
+  edge(C, 'blue');
   h.hub.components.events.publish([ev('red', 'core.cpu')]);
   await waitFor(() => execs.messages.length === 4 && one.messages.length === 3 && eventsOnly.messages.length === 1 && blue.messages.length === 2, 5000, 'messages');
   t.same(execs.messages.map((m) => m.kind), ['execution', 'output', 'execution', 'output']);
   const rec = (execs.messages[0] as unknown as { record: Record<string, unknown> }).record;
-  t.same({ id: rec.id, tenant: rec.tenant, status: rec.status, agentId: rec.agentId }, { id: 'exec-a', tenant: 'red', status: 'succeeded', agentId: 'agent-1' });
-  t.same(execs.messages[1], { kind: 'output', executionId: 'exec-a', stream: 'STDOUT', data: 'hello\n' });
+  t.same({ id: rec.id, tenant: rec.tenant, status: rec.status, agentId: rec.agentId }, { id: A, tenant: 'red', status: 'succeeded', agentId: 'agent-1' });
+  t.same(execs.messages[1], { kind: 'output', executionId: A, stream: 'STDOUT', data: 'hello\n' });
   t.same(one.messages.map((m) => m.kind), ['execution', 'output', 'event'], 'the execution filter keeps events and the one execution');
-  t.equal((one.messages[0] as unknown as { record: { id: string } }).record.id, 'exec-b');
+  t.equal((one.messages[0] as unknown as { record: { id: string } }).record.id, B);
   t.same(eventsOnly.messages.map((m) => m.kind), ['event'], 'no execution updates unless asked');
-  t.same(blue.messages.map((m) => (m as unknown as { record?: { id: string }; executionId?: string }).record?.id ?? (m as unknown as { executionId: string }).executionId), ['exec-c', 'exec-c'], 'blue sees blue executions only');
+  t.same(blue.messages.map((m) => (m as unknown as { record?: { id: string }; executionId?: string }).record?.id ?? (m as unknown as { executionId: string }).executionId), [C, C], 'blue sees blue executions only');
 });
 
 t.test('revoked credentials close the stream with 4001: API key disabled, user deactivated', async (t) => {

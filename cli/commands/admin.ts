@@ -10,7 +10,7 @@ import { fromGrpcError } from '../../common/grpc-errors.js';
 import { adminClients, call, fromProfile, withClients } from '../client.js';
 import { readProfile, writeProfile } from '../profile.js';
 import { ask, askHidden, isInteractive } from '../prompt.js';
-import { table, ago, when, labels, parseKeyValues, print } from '../format.js';
+import { table, ago, when, labels, parseKeyValues, print, printErr, writeOutput, clean } from '../format.js';
 import { collect } from './util.js';
 import { addRunActionOptions, runActionCommand, type RunActionOptions } from './executions.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
@@ -152,7 +152,7 @@ export function addAdminCommands(program: Command): void {
       print(table(r.agents.map((a) => [a.id, a.tenant, a.hostname || '-', a.status, ago(a.lastSeenMs), labels(a.labels), a.certSerial.slice(0, 16), when(a.certExpiresAtMs)]),
         ['ID', 'TENANT', 'HOST', 'STATUS', 'LAST SEEN', 'LABELS', 'CERT SERIAL', 'CERT EXPIRES']));
     }));
-  agents.command('show <id>').description('show one agent').option('--json', 'JSON output').action((id, o) => withClients(async (c) => {
+  agents.command('show <id>').description('show one agent: facts, labels, certificate, and what the hub refused from it (event types it may not publish, forged edge-run reports)').option('--json', 'JSON output').action((id, o) => withClients(async (c) => {
     const a = await call<T.GetAgentRequest, T.AgentInfo__Output>(c, c.agents, c.agents.GetAgent, { id });
     if (o.json) return json(a);
     const f = a.facts;
@@ -161,6 +161,8 @@ export function addAdminCommands(program: Command): void {
       `last seen:     ${ago(a.lastSeenMs)}`, `enrolled:      ${when(a.enrolledAtMs)}`, `labels:        ${labels(a.labels)}`,
       `cert serial:   ${a.certSerial}`, `cert expires:  ${when(a.certExpiresAtMs)}`,
       ...(a.revoked ? [`revoked:       ${when(a.revokedAtMs)}`] : []),
+      // Since the hub started: events of types this agent may not publish, forged edge-run reports.
+      ...(Number(a.eventsRefused) || Number(a.edgeReportsRefused) ? [`refused:       ${Number(a.eventsRefused)} event(s), ${Number(a.edgeReportsRefused)} edge report(s) (see the hub log)`] : []),
       ...(f ? [`host:          ${f.hostname} (${f.os} ${f.osRelease}, ${f.arch}, ${f.cpus} cpus, ${Math.round(f.memoryBytes / 2 ** 20)} MiB)`, `agent version: ${f.agentVersion}`] : []),
     ].join('\n'));
   }));
@@ -227,10 +229,10 @@ export function addAdminCommands(program: Command): void {
         stream.on('data', (u: T.RunUpdate__Output) => {
           if (u.output) {
             const out = u.output.stream === 'STDERR' ? process.stderr : process.stdout;
-            out.write(many ? Buffer.from(String(u.output.data).split('\n').map((l) => (l ? `[${u.output!.agentId}] ${l}` : l)).join('\n')) : u.output.data);
+            writeOutput(out, many ? Buffer.from(String(u.output.data).split('\n').map((l) => (l ? `[${clean(u.output!.agentId)}] ${l}` : l)).join('\n')) : u.output.data, o);
           } else if (u.finished) {
             const f = u.finished;
-            if (f.status !== 'succeeded') process.stderr.write(`trellis: ${many ? `[${f.agentId}] ` : ''}${f.status}${f.error ? `: ${f.error}` : ''} (exit ${f.exitCode})\n`);
+            if (f.status !== 'succeeded') printErr(`trellis: ${many ? `[${f.agentId}] ` : ''}${f.status}${f.error ? `: ${f.error}` : ''} (exit ${f.exitCode})`);
             const code = f.exitCode < 0 ? 1 : f.exitCode;
             worst = Math.max(worst, code);
           }

@@ -5,6 +5,7 @@ import { parseDuration } from '../../common/duration.js';
 import { fromGrpcError } from '../../common/grpc-errors.js';
 import { fromProfile } from '../client.js';
 import { readProfile } from '../profile.js';
+import { print } from '../format.js';
 import * as grpc from '@grpc/grpc-js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
@@ -55,7 +56,7 @@ export function addAuditCommands(program: Command): void {
       try {
         await new Promise<void>((resolve, reject) => {
           stream.on('data', (r: T.AuditRecord__Output) => {
-            process.stdout.write((o.json ? JSON.stringify(r) : formatAuditLine(r)) + '\n');
+            print(o.json ? JSON.stringify(r) : formatAuditLine(r));
           });
           stream.on('error', (e: grpc.ServiceError) => (interrupted && e.code === grpc.status.CANCELLED ? resolve() : reject(fromGrpcError(e))));
           stream.on('end', () => resolve());

@@ -12,6 +12,7 @@ import { backoffDelay } from '../../common/backoff.js';
 import { fromProfile } from '../client.js';
 import { readProfile, type Profile } from '../profile.js';
 import { webBase } from './webhooks.js';
+import { print } from '../format.js';
 
 const PAYLOAD_SHOWN = 500;
 
@@ -23,7 +24,7 @@ type Attempt =
   | { kind: 'error'; opened: boolean; message: string }
   | { kind: 'aborted' };
 
-function line(s: string): void { process.stdout.write(s + '\n'); }
+function line(s: string): void { print(s); }
 
 /** One human line per message (the raw JSON when it is not one we know). */
 export function formatMessage(raw: string): string {

@@ -9,7 +9,7 @@ import { TrellisError } from '../../common/errors.js';
 import { formatDuration } from '../../common/duration.js';
 import { fromGrpcError } from '../../common/grpc-errors.js';
 import { call, withClients } from '../client.js';
-import { table, when, ago, parseKeyValues, print } from '../format.js';
+import { table, when, ago, parseKeyValues, print, printErr, writeOutput, clean } from '../format.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
 const FINAL = new Set(['succeeded', 'failed', 'timeout', 'canceled', 'abandoned', 'error']);
@@ -41,13 +41,13 @@ function exitOf(i: T.ExecutionInfo__Output): number {
  * a line on stderr for every execution that did not succeed. Resolves with the last record of
  * each execution and its output (for --json).
  */
-function consume(stream: grpc.ClientReadableStream<T.ExecutionUpdate__Output>, o: { json: boolean; many: boolean }): Promise<{ infos: Map<string, T.ExecutionInfo__Output>; output: Map<string, Buffer[]> }> {
+function consume(stream: grpc.ClientReadableStream<T.ExecutionUpdate__Output>, o: { json: boolean; many: boolean; raw?: boolean }): Promise<{ infos: Map<string, T.ExecutionInfo__Output>; output: Map<string, Buffer[]> }> {
   const infos = new Map<string, T.ExecutionInfo__Output>();
   const output = new Map<string, Buffer[]>();
   const onSig = () => {
     stream.cancel();
     const running = [...infos.values()].filter((i) => !FINAL.has(i.status));
-    for (const i of running) process.stderr.write(`trellis: stopped following ${i.id} (still ${i.status} on ${i.agentId}): \`trellis executions follow ${i.id}\` or \`trellis executions cancel ${i.id}\`\n`);
+    for (const i of running) printErr(`trellis: stopped following ${i.id} (still ${i.status} on ${i.agentId}): \`trellis executions follow ${i.id}\` or \`trellis executions cancel ${i.id}\``);
   };
   process.once('SIGINT', onSig);
   return new Promise<{ infos: Map<string, T.ExecutionInfo__Output>; output: Map<string, Buffer[]> }>((resolve, reject) => {
@@ -57,7 +57,7 @@ function consume(stream: grpc.ClientReadableStream<T.ExecutionUpdate__Output>, o
         const prev = infos.get(i.id);
         infos.set(i.id, i);
         if (!o.json && FINAL.has(i.status) && !FINAL.has(prev?.status ?? '') && i.status !== 'succeeded') {
-          process.stderr.write(`trellis: ${o.many ? `[${i.agentId}] ` : ''}${i.id} ${i.status}${i.error ? `: ${i.error}` : ''} (exit ${i.exitCode})\n`);
+          printErr(`trellis: ${o.many ? `[${i.agentId}] ` : ''}${i.id} ${i.status}${i.error ? `: ${i.error}` : ''} (exit ${i.exitCode})`);
         }
       } else if (u.output) {
         const data = Buffer.from(u.output.data);
@@ -65,7 +65,7 @@ function consume(stream: grpc.ClientReadableStream<T.ExecutionUpdate__Output>, o
         if (o.json) { const list = output.get(id) ?? []; list.push(data); output.set(id, list); return; }
         const out = u.output.stream === 'STDERR' ? process.stderr : process.stdout;
         const agent = infos.get(id)?.agentId ?? '';
-        out.write(o.many ? Buffer.from(data.toString('utf8').split('\n').map((l) => (l ? `[${agent}] ${l}` : l)).join('\n')) : data);
+        writeOutput(out, o.many ? Buffer.from(data.toString('utf8').split('\n').map((l) => (l ? `[${clean(agent)}] ${l}` : l)).join('\n')) : data, o);
       }
     });
     stream.on('error', (e: grpc.ServiceError) => (e.code === 1 /* CANCELLED: our own SIGINT */ ? resolve({ infos, output }) : reject(fromGrpcError(e))));
@@ -74,7 +74,7 @@ function consume(stream: grpc.ClientReadableStream<T.ExecutionUpdate__Output>, o
 }
 
 /** Follows a stream to its end, prints JSON if asked, sets the exit code from the remote ones. */
-async function followToEnd(stream: grpc.ClientReadableStream<T.ExecutionUpdate__Output>, o: { json: boolean; many: boolean; follow: boolean }): Promise<void> {
+async function followToEnd(stream: grpc.ClientReadableStream<T.ExecutionUpdate__Output>, o: { json: boolean; many: boolean; follow: boolean; raw?: boolean }): Promise<void> {
   const { infos, output } = await consume(stream, o);
   const list = [...infos.values()];
   if (!o.follow) {
@@ -87,7 +87,7 @@ async function followToEnd(stream: grpc.ClientReadableStream<T.ExecutionUpdate__
   process.exitCode = unfinished ? 130 : list.reduce((worst, i) => Math.max(worst, exitOf(i)), 0);
 }
 
-export interface RunActionOptions { agent?: string; selector?: string[]; follow?: boolean; json?: boolean }
+export interface RunActionOptions { agent?: string; selector?: string[]; follow?: boolean; json?: boolean; raw?: boolean }
 
 /** `trellis run PACK.ACTION [name=value ...]`. */
 export async function runActionCommand(ref: string, params: string[], o: RunActionOptions): Promise<void> {
@@ -103,9 +103,12 @@ export async function runActionCommand(ref: string, params: string[], o: RunActi
   const follow = o.follow !== false;
   await withClients(async (c) => {
     const stream = c.executions.RunAction({ action: ref, agentId: o.agent ?? '', selector, parameters, follow }, c.metadata) as grpc.ClientReadableStream<T.ExecutionUpdate__Output>;
-    await followToEnd(stream, { json: !!o.json, many: !o.agent, follow });
+    await followToEnd(stream, { json: !!o.json, many: !o.agent, follow, raw: !!o.raw });
   });
 }
+
+/** `--raw`: remote program output is cleaned on a terminal unless asked (cli/format.ts writeOutput). */
+export const RAW_HELP = 'write the remote output to the terminal unchanged (escape sequences included); by default a terminal gets it without control characters, and a pipe or file always gets the bytes unchanged';
 
 export function addExecutionCommands(program: Command): void {
   const ex = program.command('executions').description('action runs: list, show, follow, cancel and re-run (history kept on the hub)');
@@ -136,6 +139,7 @@ export function addExecutionCommands(program: Command): void {
     .description('one execution with its output')
     .argument('<id>')
     .option('--json', 'print JSON')
+    .option('--raw', RAW_HELP)
     .action((id: string, o) => withClients(async (c) => {
       const i = await call<T.GetExecutionRequest, T.ExecutionInfo__Output>(c, c.executions, c.executions.GetExecution, { id });
       if (o.json) { print(JSON.stringify(executionJson(i), null, 2)); return; }
@@ -149,16 +153,17 @@ export function addExecutionCommands(program: Command): void {
       print(rows.map(([k, v]) => `${(k + ':').padEnd(15)}${v}`).join('\n'));
       const out = Buffer.from(i.output);
       print(`--- output${i.outputTruncated ? ' (truncated: history keeps the first part)' : ''} ---`);
-      if (out.length) process.stdout.write(out.toString('utf8').endsWith('\n') ? out : Buffer.concat([out, Buffer.from('\n')]));
+      if (out.length) writeOutput(process.stdout, out.toString('utf8').endsWith('\n') ? out : Buffer.concat([out, Buffer.from('\n')]), o);
     }));
 
   ex.command('follow')
     .description('print what an execution has output so far, then live until it ends; exits with its exit code')
     .argument('<id>')
     .option('--json', 'print the final record as JSON instead')
+    .option('--raw', RAW_HELP)
     .action((id: string, o) => withClients(async (c) => {
       const stream = c.executions.FollowExecution({ id }, c.metadata) as grpc.ClientReadableStream<T.ExecutionUpdate__Output>;
-      await followToEnd(stream, { json: !!o.json, many: false, follow: true });
+      await followToEnd(stream, { json: !!o.json, many: false, follow: true, raw: !!o.raw });
     }));
 
   ex.command('cancel')
@@ -174,10 +179,11 @@ export function addExecutionCommands(program: Command): void {
     .argument('<id>')
     .option('--no-follow', 'print the new execution id and return')
     .option('--json', 'print JSON')
+    .option('--raw', RAW_HELP)
     .action((id: string, o) => withClients(async (c) => {
       const follow = o.follow !== false;
       const stream = c.executions.RerunExecution({ id, follow }, c.metadata) as grpc.ClientReadableStream<T.ExecutionUpdate__Output>;
-      await followToEnd(stream, { json: !!o.json, many: false, follow });
+      await followToEnd(stream, { json: !!o.json, many: false, follow, raw: !!o.raw });
     }));
 }
 
@@ -185,6 +191,7 @@ export function addExecutionCommands(program: Command): void {
 export function addRunActionOptions(cmd: Command): Command {
   return cmd
     .option('--no-follow', 'PACK.ACTION: print the execution ids and return instead of following')
-    .option('--json', 'PACK.ACTION: print the executions as JSON (with their output) at the end');
+    .option('--json', 'PACK.ACTION: print the executions as JSON (with their output) at the end')
+    .option('--raw', RAW_HELP);
 }
 

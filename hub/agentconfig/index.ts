@@ -11,11 +11,13 @@
 import { createHash } from 'node:crypto';
 import { sealFor, sealAad } from '../../certs/index.js';
 import { findRefs, type Ref } from '../../common/rules/index.js';
+import { agentMayPublish } from '../events/sources.js';
 import type { ActionDef, AgentSelector, SensorDef } from '../../common/automation/types.js';
 import type { Logger } from '../../common/log.js';
 import type { AgentRegistry, AgentDoc } from '../agents/index.js';
 import type { KvStore, KvDoc } from '../kv/index.js';
-import type { RulesEngine } from '../rules/index.js';
+import type { RulesEngine, LiveRule } from '../rules/index.js';
+import type { SentEdgeRule } from '../executions/edge.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
 export interface ConfigPacks {
@@ -37,10 +39,21 @@ export function selects(on: AgentSelector | undefined, a: Pick<AgentDoc, 'id' | 
 export const refKey = (r: Ref) => `${r.kind}:${r.key}`;
 
 interface Pushed { version: string; refs: Set<string> }
+const EMPTY: ReadonlySet<string> = new Set();
+/** How long reports of an edge rule are accepted after it left an agent's config (it ran offline). */
+const EDGE_SENT_KEEP_MS = 7 * 24 * 3_600_000;
 type ValueCache = Map<string, { doc: KvDoc; value: string } | null>;
 
 export class AgentConfigs {
   private readonly pushed = new Map<string, Pushed>();
+  /** Per connected agent: the trigger types of the sensors in the config last computed for it. */
+  private readonly sensorTriggers = new Map<string, Set<string>>();
+  /**
+   * Per agent: the edge rules the hub computed for it (kept across disconnections: an agent runs
+   * its last config while offline and reports later), with when a rule left its config.
+   * Entries that left more than EDGE_SENT_KEEP_MS ago are dropped.
+   */
+  private readonly edgeSent = new Map<string, Map<string, SentEdgeRule>>();
   private readonly timers = new Map<string, NodeJS.Timeout>();
   stats = { pushes: 0, skipped: 0, errors: 0 };
 
@@ -57,7 +70,65 @@ export class AgentConfigs {
   }
 
   onDetach(agentId: string): void {
-    if (!this.deps.agents.link(agentId)) this.pushed.delete(agentId);
+    if (!this.deps.agents.link(agentId)) { this.pushed.delete(agentId); this.sensorTriggers.delete(agentId); }
+  }
+
+  /**
+   * Computes which sensor triggers the agent may publish, before its stream is admitted (so
+   * events it re-sends right after the welcome are judged against its current config). Every
+   * later config computation refreshes it.
+   */
+  async prepareSources(agentId: string): Promise<void> {
+    const agent = await this.deps.agents.get(agentId);
+    if (!agent) return;
+    this.sensorTriggers.set(agentId, new Set(this.sensors(agent).map((s) => s.trigger)));
+    this.noteEdgeRules(agentId, this.edgeRulesFor(agent, false).map(({ rule, action }) => ({ rule, action: action.ref })));
+  }
+
+  /** What the hub sent this agent for one edge rule, to check its execution reports against. */
+  sentEdgeRule(agentId: string, ruleRef: string): SentEdgeRule | undefined {
+    return this.edgeSent.get(agentId)?.get(ruleRef);
+  }
+
+  private noteEdgeRules(agentId: string, now: Array<{ rule: LiveRule; action: string }>, at = Date.now()): void {
+    const prev = this.edgeSent.get(agentId) ?? new Map<string, SentEdgeRule>();
+    const next = new Map<string, SentEdgeRule>();
+    for (const { rule, action } of now) next.set(rule.def.ref, { action, createdMs: rule.createdMs });
+    for (const [ref, old] of prev) {
+      if (next.has(ref)) {
+        // Same action: still the rule it was. Another action: reports of the old one may still
+        // arrive, but they name the old action and are refused — the narrower choice.
+        continue;
+      }
+      const until = old.untilMs ?? at;
+      if (at - until < EDGE_SENT_KEEP_MS) next.set(ref, { ...old, untilMs: until });
+    }
+    if (next.size) this.edgeSent.set(agentId, next);
+    else this.edgeSent.delete(agentId);
+  }
+
+  /** The enabled edge rules that select this agent and whose action is installed. */
+  private edgeRulesFor(agent: AgentDoc, warn = true): Array<{ rule: LiveRule; action: ActionDef }> {
+    const out: Array<{ rule: LiveRule; action: ActionDef }> = [];
+    for (const r of this.deps.rules.edgeRules(agent.tenant)) {
+      if (!selects(r.def.on, agent)) continue;
+      const action = this.deps.packs.action(agent.tenant, r.def.action.ref);
+      if (!action) {
+        if (warn) this.deps.log.warn({ rule: r.def.ref, action: r.def.action.ref, tenant: agent.tenant }, 'edge rule calls an action that is not installed; not sent');
+        continue;
+      }
+      out.push({ rule: r, action });
+    }
+    return out;
+  }
+
+  /** The source policy for one agent's events (hub/events/sources.ts). */
+  mayPublish(agentId: string, type: string): boolean {
+    return agentMayPublish(type, this.sensorTriggers.get(agentId) ?? EMPTY);
+  }
+
+  private sensors(agent: AgentDoc): SensorDef[] {
+    return this.deps.packs.sensors(agent.tenant).filter((s) => selects(s.on, agent));
   }
 
   onAck(agentId: string, ack: T.ConfigAck__Output): void {
@@ -122,19 +193,16 @@ export class AgentConfigs {
     config: { sensors: T.SensorSpec[]; rules: T.EdgeRule[]; values: Map<string, string> }; refs: Set<string>; fingerprint: string;
   }> {
     const { tenant } = agent;
-    const sensors: T.SensorSpec[] = this.deps.packs.sensors(tenant).filter((s) => selects(s.on, agent)).map((s) => ({
+    const sensors: T.SensorSpec[] = this.sensors(agent).map((s) => ({
       name: s.ref, kind: s.kind, trigger: s.trigger, intervalMs: s.intervalMs, configJson: Buffer.from(JSON.stringify(s.config)),
     }));
+    if (this.deps.agents.link(agent.id)) this.sensorTriggers.set(agent.id, new Set(sensors.map((s) => s.trigger ?? '')));
     const rules: T.EdgeRule[] = [];
     const refs = new Set<string>();
     const parts: string[] = [JSON.stringify(sensors.map((s) => [s.name, s.kind, s.trigger, s.intervalMs, String(s.configJson)]))];
-    for (const r of this.deps.rules.edgeRules(tenant)) {
-      if (!selects(r.def.on, agent)) continue;
-      const action = this.deps.packs.action(tenant, r.def.action.ref);
-      if (!action) {
-        this.deps.log.warn({ rule: r.def.ref, action: r.def.action.ref, tenant }, 'edge rule calls an action that is not installed; not sent');
-        continue;
-      }
+    const edge = this.edgeRulesFor(agent);
+    this.noteEdgeRules(agent.id, edge.map(({ rule, action }) => ({ rule, action: action.ref })));
+    for (const { rule: r, action } of edge) {
       for (const ref of [...findRefs(r.def.action.parameters), ...findRefs(action)]) refs.add(refKey(ref));
       const def = JSON.stringify(r.def);
       const act = JSON.stringify(action);

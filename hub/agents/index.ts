@@ -9,6 +9,9 @@ import { normalizeSerial, type RevokedEntry } from '../../certs/index.js';
 import type { HubMessage } from '../../common/proto-gen/trellis/v1/HubMessage.js';
 import type { Facts } from '../../common/proto-gen/trellis/v1/Facts.js';
 import { checkLabelKey, checkLabels, matchesSelector } from '../validate.js';
+import { cleanFacts } from './facts.js';
+
+export { cleanFacts } from './facts.js';
 
 export interface AgentDoc extends Doc {
   tenant: string;
@@ -200,8 +203,14 @@ export class AgentRegistry {
     return { agent: agent!, before };
   }
 
-  async updateHello(id: string, facts: Facts): Promise<void> {
+  /**
+   * Stores the facts of a Hello, bounded and cleaned (hub/agents/facts.ts); returns what had to be
+   * changed, for the caller's log line.
+   */
+  async updateHello(id: string, raw: Facts): Promise<string[]> {
+    const { facts, problems } = cleanFacts(raw);
     await this.store.update<AgentDoc>('agents', id, (a) => (a ? { ...a, facts, hostname: facts.hostname || a.hostname, lastSeen: Date.now() } : undefined));
+    return problems;
   }
 
   attach(link: AgentLink): void {

@@ -3,6 +3,9 @@
  * fan-out to subscribers. The rules engine and the live stream subscribe here.
  */
 import type { Event__Output } from '../../common/proto-gen/trellis/v1/Event.js';
+import type { Logger } from '../../common/log.js';
+
+export { agentMayPublish } from './sources.js';
 
 export interface HubEvent { id: string; type: string; payload: Buffer; timeMs: number; agentId: string; tenant: string }
 export type EventListener = (events: HubEvent[]) => void;
@@ -30,41 +33,100 @@ class RecentIds {
 export const MAX_EVENTS_PER_BATCH = 10_000;
 export const MAX_EVENT_PAYLOAD_BYTES = 64 * 1024;
 
+/** Per agent: events refused by the source policy (hub/events/sources.ts). */
+interface Refusals { total: number; sinceLog: number; lastLogMs: number; types: Set<string> }
+
+/** What `ingest` did with one batch (the batch is acknowledged either way). */
+export interface IngestResult { accepted: number; duplicates: number; malformed: number; refused: number; /** distinct, at most 8 */ refusedTypes: string[] }
+
+export interface EventIntakeOptions {
+  /**
+   * Event ids remembered per agent. It must cover what an agent can re-send after a reconnect
+   * (its unacknowledged batches: 16 × 500 by default); 20,000 leaves room.
+   * @default 20000
+   */
+  dedupWindow?: number;
+  /** Where refusals are logged (at most one line per agent per `refusalLogEveryMs`). */
+  log?: Logger;
+  /** @default 60000 */
+  refusalLogEveryMs?: number;
+}
+
 export class EventIntake {
   private readonly recent = new Map<string, RecentIds>();
+  private readonly refusals = new Map<string, Refusals>();
   private readonly listeners = new Set<EventListener>();
   private readonly idleSince = new Map<string, number>();
   received = 0;
   duplicates = 0;
   rejected = 0;
+  /** Events refused by the source policy (an agent publishing a type it may not). */
+  refused = 0;
   listenerErrors = 0;
+  private readonly dedupWindow: number;
 
-  /**
-   * dedupWindow: event ids remembered per agent. It must cover what an agent can re-send after
-   * a reconnect (its unacknowledged batches: 16 × 500 by default); 20,000 leaves room.
-   */
-  constructor(private readonly opts: { dedupWindow: number } = { dedupWindow: 20_000 }) {}
+  constructor(private readonly opts: EventIntakeOptions = {}) {
+    this.dedupWindow = opts.dedupWindow ?? 20_000;
+  }
+
+  /** How many events of this agent the source policy refused since the hub started. */
+  refusedCount(agentId: string): number {
+    return this.refusals.get(agentId)?.total ?? 0;
+  }
 
   subscribe(fn: EventListener): () => void {
     this.listeners.add(fn);
     return () => this.listeners.delete(fn);
   }
 
-  ingest(agentId: string, tenant: string, batch: Event__Output[]): void {
+  /**
+   * Takes one batch from an agent. `mayPublish` is the source policy for this agent
+   * (`agentMayPublish` over the sensor triggers the hub configured on it): an event it refuses is
+   * counted, logged (rate-limited) and never reaches a listener. The caller still acknowledges
+   * the batch: a refusal is final (re-sending would be refused again), so the agent's outbox must
+   * not keep it and retry it forever.
+   */
+  ingest(agentId: string, tenant: string, batch: Event__Output[], mayPublish: (type: string) => boolean = () => true): IngestResult {
     let recent = this.recent.get(agentId);
-    if (!recent) this.recent.set(agentId, (recent = new RecentIds(this.opts.dedupWindow)));
+    if (!recent) this.recent.set(agentId, (recent = new RecentIds(this.dedupWindow)));
     const fresh: HubEvent[] = [];
+    const r: IngestResult = { accepted: 0, duplicates: 0, malformed: 0, refused: 0, refusedTypes: [] };
+    let refusedTypes: string[] | undefined;
     for (const e of batch) {
-      if (!e.id || e.id.length > 64 || !e.type || e.type.length > 128 || e.payloadJson.length > MAX_EVENT_PAYLOAD_BYTES) { this.rejected++; continue; }
-      if (!recent.add(e.id)) { this.duplicates++; continue; }
+      if (!e.id || e.id.length > 64 || !e.type || e.type.length > 128 || e.payloadJson.length > MAX_EVENT_PAYLOAD_BYTES) { r.malformed++; continue; }
+      if (!recent.add(e.id)) { r.duplicates++; continue; }
+      if (!mayPublish(e.type)) { r.refused++; (refusedTypes ??= []).push(e.type); continue; }
       fresh.push({ id: e.id, type: e.type, payload: e.payloadJson, timeMs: e.timeMs, agentId, tenant });
     }
+    r.accepted = fresh.length;
+    this.rejected += r.malformed;
+    this.duplicates += r.duplicates;
     this.received += fresh.length;
-    if (fresh.length === 0) return;
+    if (refusedTypes) {
+      this.noteRefused(agentId, tenant, refusedTypes);
+      r.refusedTypes = [...new Set(refusedTypes)].slice(0, 8).map((x) => x.slice(0, 128));
+    }
+    if (fresh.length === 0) return r;
     for (const fn of this.listeners) {
       // A listener's failure (rules, stream, history) never reaches the agent's stream.
       try { fn(fresh); } catch { this.listenerErrors++; }
     }
+    return r;
+  }
+
+  private noteRefused(agentId: string, tenant: string, types: string[], now = Date.now()): void {
+    this.refused += types.length;
+    let s = this.refusals.get(agentId);
+    if (!s) this.refusals.set(agentId, (s = { total: 0, sinceLog: 0, lastLogMs: 0, types: new Set() }));
+    s.total += types.length;
+    s.sinceLog += types.length;
+    for (const t of types) if (s.types.size < 8) s.types.add(t.slice(0, 128));
+    if (now - s.lastLogMs < (this.opts.refusalLogEveryMs ?? 60_000)) return;
+    this.opts.log?.warn({ agentId, tenant, refused: s.sinceLog, total: s.total, types: [...s.types] },
+      'agent published event types it may not (only core.*, trellis.execution and its configured sensors\' triggers): refused, not published');
+    s.lastLogMs = now;
+    s.sinceLog = 0;
+    s.types.clear();
   }
 
   /**

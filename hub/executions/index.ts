@@ -30,7 +30,7 @@ import type { KvStore } from '../kv/index.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 import { History } from './history.js';
 import { Updates } from './updates.js';
-import { edgeRecord } from './edge.js';
+import { edgeRecord, type SentEdgeRule } from './edge.js';
 import {
   prepareAction, prepareCommand, actionRequest, storedParameters, commandParameters, checkCommand,
   commandFromParameters, checkAgents, checkParameters, COMMAND_ACTION, REDACTED,
@@ -84,6 +84,7 @@ export class Executions {
   private history!: History;
   private readonly updates: Updates;
   private readonly o: CompiledOptions;
+  private readonly edgeRefused = new Map<string, { total: number; sinceLog: number; lastLogMs: number }>();
 
   private constructor(private readonly deps: { agents: AgentRegistry; kv: KvStore; catalog?: ActionCatalog }, opts: ExecutionsOptions) {
     this.o = compileOptions(opts);
@@ -376,20 +377,40 @@ export class Executions {
 
   // ------------------------------------------------------------ edge executions
 
-  /** Records an action an edge rule ran on the agent itself (a `trellis.execution` event). */
-  recordEdge(agentId: string, tenant: string, eventId: string, p: EdgeExecutionPayload): void {
-    if (this.closed) return;
-    const r = edgeRecord(agentId, tenant, p);
-    if (!r) {
-      this.o.log.warn({ agentId, eventId: String(eventId).slice(0, 64) }, 'edge execution event ignored: bad execution id or status');
-      return;
+  /**
+   * Records an action an edge rule ran on the agent itself (a `trellis.execution` event).
+   * `rule` is what the hub sent this agent for the reported rule (hub/agentconfig), undefined when
+   * it never did: a report that does not match it is refused (counted per agent, logged at most
+   * once a minute per agent) and never enters the history.
+   */
+  recordEdge(agentId: string, tenant: string, eventId: string, p: EdgeExecutionPayload, rule: SentEdgeRule | undefined): boolean {
+    if (this.closed) return false;
+    const now = Date.now();
+    const r = edgeRecord({ agentId, tenant, p, rule, now, maxAgeMs: this.o.maxAgeMs });
+    if (!r.ok) {
+      const s = this.edgeRefused.get(agentId) ?? { total: 0, sinceLog: 0, lastLogMs: 0 };
+      this.edgeRefused.set(agentId, s);
+      s.total++;
+      s.sinceLog++;
+      if (now - s.lastLogMs >= 60_000) {
+        this.o.log.warn({ agentId, tenant, eventId: String(eventId).slice(0, 64), reason: r.reason, refused: s.sinceLog, total: s.total }, 'edge execution report refused: it does not match the edge config the hub sent this agent');
+        s.lastLogMs = now;
+        s.sinceLog = 0;
+      }
+      return false;
     }
-    if (this.entries.has(r.rec.id)) return; // delivered again (the agent's outbox is at least once)
+    if (this.entries.has(r.rec.id)) return false; // delivered again (the agent's outbox is at least once)
     const e: Entry = { rec: r.rec, ver: 0, stored: Math.min(r.output.length, this.o.maxOutputBytes) };
     this.entries.set(r.rec.id, e);
     if (e.stored) this.history.appendOutput(r.rec.id, 'STDOUT', 0, r.output.subarray(0, e.stored));
     this.changed(e);
     if (r.output.length) this.updates.emit({ kind: 'output', tenant, executionId: r.rec.id, agentId, stream: 'STDOUT', data: r.output, offset: 0 }, { offset: 0 });
+    return true;
+  }
+
+  /** Edge-execution reports of this agent refused since the hub started. */
+  edgeRefusedCount(agentId: string): number {
+    return this.edgeRefused.get(agentId)?.total ?? 0;
   }
 
   // ------------------------------------------------------------ reading, cancel, rerun

@@ -8,6 +8,7 @@ import { unary, serverStream, type WrapDeps, type CallContext } from './wrap.js'
 import { resolveTenant, authorize } from '../authz/index.js';
 import { enrollAgent } from '../agents/enroll.js';
 import type { HubComponents } from '../components.js';
+import { cleanFacts } from '../agents/index.js';
 import type { AgentView } from '../agents/index.js';
 import type { JoinTokenDoc } from '../tokens/index.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
@@ -26,9 +27,11 @@ export function certificateInfo(pem: string): T.CertificateInfo {
   };
 }
 
-function agentInfo(a: AgentView): T.AgentInfo {
+function agentInfo(c: HubComponents, a: AgentView): T.AgentInfo {
   return {
-    id: a.id, tenant: a.tenant, hostname: a.hostname, labels: a.labels, facts: a.facts ?? null, online: a.online,
+    eventsRefused: c.events.refusedCount(a.id), edgeReportsRefused: c.executions.edgeRefusedCount(a.id),
+    // Cleaned on the way out too: records stored before facts were bounded (issue 10, finding 11).
+    id: a.id, tenant: a.tenant, hostname: cleanFacts({ hostname: a.hostname }).facts.hostname, labels: a.labels, facts: a.facts ? cleanFacts(a.facts).facts : null, online: a.online,
     lastSeenMs: a.lastSeen ?? 0, enrolledAtMs: a.enrolledAt, certSerial: a.certSerial, certExpiresAtMs: a.certExpiresAt,
     revoked: a.revoked, revokedAtMs: a.revokedAt ?? 0, spiffeId: a.spiffeId, remoteAddress: a.remote ?? '', status: a.status,
   };
@@ -144,10 +147,10 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
 
   server.addService(v1.AdminAgents.service, {
     ListAgents: unary<T.ListAgentsRequest__Output, T.ListAgentsResponse>(deps, `${S}.AdminAgents/ListAgents`, async (req, ctx) => ({
-      agents: (await c.agents.list({ selector: req.selector, tenant: readTenant(ctx) })).map(agentInfo),
+      agents: (await c.agents.list({ selector: req.selector, tenant: readTenant(ctx) })).map((a) => agentInfo(c, a)),
     })),
     GetAgent: unary<T.GetAgentRequest__Output, T.AgentInfo>(deps, `${S}.AdminAgents/GetAgent`, async (req, ctx) =>
-      agentInfo(c.agents.view(await agentInTenant(c, ctx, req.id)))),
+      agentInfo(c, c.agents.view(await agentInTenant(c, ctx, req.id)))),
     RevokeAgent: unary<T.RevokeAgentRequest__Output, T.RevokeAgentResponse>(deps, `${S}.AdminAgents/RevokeAgent`, async (req, ctx) => {
       ctx.target = `agent:${String(req.id).slice(0, 64)}`;
       await agentInTenant(c, ctx, req.id);
@@ -163,7 +166,7 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
       c.log.info({ component: 'agents', agentId: r.agent.id, labels: r.agent.labels, user: ctx.principal!.username }, 'agent labels changed');
       // Edge rules, sensors and their sealed values follow the new labels at once.
       if (c.agents.link(r.agent.id)) await c.agentConfigs.push(r.agent.id).catch((err) => c.log.error({ agentId: r.agent.id, err: (err as Error).message }, 'cannot push agent config'));
-      return agentInfo(c.agents.view(r.agent));
+      return agentInfo(c, c.agents.view(r.agent));
     }),
   });
 

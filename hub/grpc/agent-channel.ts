@@ -165,6 +165,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
           if (admitted) return; // a second hello while admission runs is ignored
           const hello = msg.hello;
           admitted = admitAgent(c, id).then(async () => {
+            await c.agentConfigs.prepareSources(id.agentId); // which event types it may publish
             if (closed) return;
             clearTimeout(helloTimer);
             link = {
@@ -182,7 +183,10 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
             expiryTimer = setTimeout(() => link?.close('expired', 'the agent certificate expired; re-enroll with `trellis agent enroll --force`'), Math.min(id.notAfter - Date.now(), 2 ** 31 - 1));
             expiryTimer.unref();
             // hello.labels are ignored: labels come from the join token and admins, never from the host.
-            if (hello.facts) await c.agents.updateHello(id.agentId, hello.facts);
+            if (hello.facts) {
+              const problems = await c.agents.updateHello(id.agentId, hello.facts);
+              if (problems.length) log.warn({ agentId: id.agentId, problems: problems.slice(0, 10) }, 'agent facts cleaned before storing: over a limit or with control characters');
+            }
             // The certificate of the last renewal is in use: its predecessor may no longer renew,
             // and streams still on replaced certificates end after a grace.
             await c.agents.confirmSerial(id.agentId, id.serial);
@@ -202,8 +206,11 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
           case 'events': {
             const batch = msg.events!;
             if (batch.events.length > MAX_EVENTS_PER_BATCH) throw new TrellisError('TRELLIS_E_TOO_LARGE', `at most ${MAX_EVENTS_PER_BATCH} events per batch`);
-            c.events.ingest(link.agentId, id.tenant, batch.events);
-            call.write({ eventAck: { seq: batch.seq } });
+            const agentId = link.agentId;
+            // Refused events (a type this agent may not publish) are acknowledged too: the refusal
+            // is final, so the outbox must not retry them; they are counted and logged, never published.
+            const r = c.events.ingest(agentId, id.tenant, batch.events, (type) => c.agentConfigs.mayPublish(agentId, type));
+            call.write({ eventAck: { seq: batch.seq, refused: r.refused, refusedTypes: r.refusedTypes } });
             break;
           }
           case 'started':

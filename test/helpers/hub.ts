@@ -4,6 +4,7 @@
  * start agents. Everything returned is disposable (`await using`).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -44,6 +45,13 @@ export interface TestHub extends AsyncDisposable {
   caPem: string;
   log: Logger;
   logLines: string[];
+  /**
+   * Every line the agents started by `agent()` logged so far (they log to `agent.log` in their
+   * data directory, at debug level, with the production redact paths). Read them before close.
+   */
+  agentLogLines(): string[];
+  /** The agent log files written so far. */
+  agentLogFiles: string[];
   admin: AdminClients;
   /** Creates a join token through the admin API. */
   token(o?: Partial<T.CreateJoinTokenRequest>): Promise<string>;
@@ -65,7 +73,16 @@ export interface StartHubOptions {
   memoryStore?: boolean;
 }
 
-const silentAgentLog = () => pino({ level: process.env.TRELLIS_TEST_LOG ? 'debug' : 'silent' });
+/**
+ * A real agent logger, as the daemon builds it (pino, REDACT_PATHS), writing synchronously to
+ * `agent.log` in the agent's data directory, so "no secret in any log" tests can read it.
+ */
+export function fileAgentLogger(dataDir: string): { log: Logger; path: string } {
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  const path = join(dataDir, 'agent.log');
+  const log = pino({ level: 'debug', name: 'trellis-agent', redact: { paths: REDACT_PATHS, censor: '[REDACTED]' } }, pino.destination({ dest: path, sync: true, mkdir: true }));
+  return { log, path };
+}
 
 export async function startHub(o: StartHubOptions = {}): Promise<TestHub> {
   const dir = (await mkdtemp(join(tmpdir(), 'trellis-hub-')));
@@ -90,11 +107,15 @@ export async function startHub(o: StartHubOptions = {}): Promise<TestHub> {
   // The admin client reads across every tenant (`*`); tenant isolation tests make their own clients.
   admin = adminClients(`127.0.0.1:${hub.adminPort}`, caPem, login.token, '*');
   const agents: Agent[] = [];
+  const agentLogFiles: string[] = [];
   let n = 0;
 
   const th: TestHub = {
     get hub() { return hub; },
-    dir, dataDir, caPem, log, logLines: lines,
+    dir, dataDir, caPem, log, logLines: lines, agentLogFiles,
+    agentLogLines() {
+      return agentLogFiles.filter((f) => existsSync(f)).flatMap((f) => readFileSync(f, 'utf8').split('\n').filter(Boolean));
+    },
     get adminAddr() { return `127.0.0.1:${ports.adminPort}`; },
     get agentAddr() { return `127.0.0.1:${ports.agentPort}`; },
     get admin() { return admin; },
@@ -112,7 +133,9 @@ export async function startHub(o: StartHubOptions = {}): Promise<TestHub> {
     },
     async agent(a = {}) {
       const dataDir2 = a.dataDir ?? (await th.enroll()).dataDir;
-      const agent = await Agent.start({ dataDir: dataDir2, log: silentAgentLog(), maxBackoffMs: 1000, ...a });
+      const fileLog = fileAgentLogger(dataDir2);
+      if (!agentLogFiles.includes(fileLog.path)) agentLogFiles.push(fileLog.path);
+      const agent = await Agent.start({ dataDir: dataDir2, log: fileLog.log, maxBackoffMs: 1000, ...a });
       agents.push(agent);
       await waitFor(() => agent.channel.state === 'ready' || agent.channel.state === 'closed', 10_000, 'agent ready');
       return agent as Agent & AsyncDisposable;
