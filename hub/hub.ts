@@ -105,7 +105,7 @@ export class Hub {
       dir: paths.executions, log: log.child({ component: 'executions' }), perAgentConcurrency: xc.perAgentConcurrency, maxWaitMs: xc.maxWait,
       abandonGraceMs: xc.abandonGrace, reconnectGraceMs: xc.reconnectGrace, maxOutputBytes: xc.maxOutputBytes, maxAgeMs: xc.retention.maxAge, maxCount: xc.retention.maxCount,
     });
-    const rules = new RulesEngine({ store, packs, executions, agents, log: log.child({ component: 'rules' }) });
+    const rules = new RulesEngine({ store, packs, executions, agents, authors: iam, audit, log: log.child({ component: 'rules' }) });
     await rules.load();
     const agentConfigs = new AgentConfigs({ agents, packs, rules, kv, log: log.child({ component: 'agentconfig' }) });
     // The event path: de-duplicated events → hub rules; edge-rule reports → execution history.

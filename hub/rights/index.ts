@@ -115,7 +115,7 @@ export function actionScope(ref: string): { pack: string; action: string } {
  * rule needs: membership of its tenant, `actions:execute` on its action, `kv:read` for
  * references in its parameters, `secrets:use` for secret references there.
  */
-export function ruleBlockReason(author: string, p: Principal | undefined, tenant: string, def: RuleDef): string | undefined {
+export function ruleBlockReason(author: string, p: Pick<Principal, 'tenants' | 'grants'> | undefined, tenant: string, def: RuleDef): string | undefined {
   if (!p) return `its author ${author} is deactivated or deleted`;
   if (!p.grants.isAdmin && !p.tenants.includes(tenant)) return `its author ${author} is no longer a member of tenant ${tenant}`;
   if (!p.grants.allows('actions:execute', actionScope(def.action.ref))) return `its author ${author} lacks actions:execute on ${def.action.ref}`;
