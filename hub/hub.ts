@@ -93,6 +93,8 @@ export class Hub {
     const audit = await AuditLog.open({ dir: paths.audit, log: log.child({ component: 'audit' }) });
     const kvLog = log.child({ component: 'kv' });
     const kv = new KvStore(store, await Keyring.open(opts.dataDir), { onError: (err) => kvLog.error({ err }, 'datastore') });
+    const movedPrivate = await kv.migratePrivateKeys();
+    if (movedPrivate > 0) kvLog.info({ keys: movedPrivate }, 'private keys moved to their creators\' name spaces');
     const webhooksLog = log.child({ component: 'webhooks' });
     const webhooks = new Webhooks(store, kv.keyring, { onError: (err) => webhooksLog.error({ err }, 'webhook secrets') });
     await webhooks.start();
