@@ -104,7 +104,6 @@ t.test('using a secret in a command or parameters one chooses needs secrets:use;
   const base = ['agents:run', 'agents:list', 'executions:read', 'executions:cancel', 'actions:execute'];
   const reader = await user(h, t, 'reader', [...base, 'kv:read']);
   const user5 = await user(h, t, 'decrypter', [...base, 'kv:read', 'kv:decrypt']);
-  const userUse = await user(h, t, 'secretuser', [...base, 'kv:read', 'secrets:use']);
   const noKv = await user(h, t, 'nokv', base);
 
   // 5: trellis run --env with a secret, with kv:read only.
@@ -144,6 +143,7 @@ t.test('using a secret in a command or parameters one chooses needs secrets:use;
   const ok = await runCmd(user5, { agentId, argv: ['sh', '-c', 'echo "$P"'], env: { P: '{{ secret.s }}' } });
   t.equal(ok.finished?.status, 'succeeded', 'with kv:decrypt the run works');
   t.notOk(ok.out.includes(secret), 'the value is masked in the output');
+  const userUse = await user(h, t, 'secretuser', [...base, 'kv:read', 'secrets:use']);
   const ok2 = await runAction(userUse, agentId, 'ops.echo', { msg: '{{ secret.s }}' });
   t.equal(ok2.states.at(-1)?.status, 'succeeded', 'with secrets:use a secret parameter works');
   const id = ok2.states.at(-1)!.id;
