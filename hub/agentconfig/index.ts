@@ -127,6 +127,8 @@ export class AgentConfigs {
     }));
     const rules: T.EdgeRule[] = [];
     const refs = new Set<string>();
+    // `{{ kv.x }}` in the parameters of a rule whose author may not use secrets: not sent when x is a secret (hub/rights).
+    const plainOnly = new Set<string>();
     const parts: string[] = [JSON.stringify(sensors.map((s) => [s.name, s.kind, s.trigger, s.intervalMs, String(s.configJson)]))];
     for (const r of this.deps.rules.edgeRules(tenant)) {
       if (!selects(r.def.on, agent)) continue;
@@ -136,6 +138,7 @@ export class AgentConfigs {
         continue;
       }
       for (const ref of [...findRefs(r.def.action.parameters), ...findRefs(action)]) refs.add(refKey(ref));
+      if (!r.secretsOk) for (const key of r.paramKeys) plainOnly.add(`kv:${key}`);
       const def = JSON.stringify(r.def);
       const act = JSON.stringify(action);
       rules.push({ name: r.def.ref, trigger: r.def.trigger, definitionJson: Buffer.from(def), actionJson: Buffer.from(act) });
@@ -157,6 +160,10 @@ export class AgentConfigs {
           hit = null;
         }
         cache.set(k, hit);
+      }
+      if (hit && hit.doc.secret && plainOnly.has(k)) {
+        this.deps.log.warn({ tenant, key }, 'an edge rule whose author lacks secrets:use refers to a secret as {{ kv.x }}; not sent');
+        hit = null;
       }
       if (!hit) { parts.push(`${k}@missing`); continue; }
       values.set(k, hit.value);

@@ -172,12 +172,15 @@ export class RulesEngine extends EventEmitter {
     const authors = this.deps.authors!;
     const principals = new Map<string, Promise<Pick<Principal, 'tenants' | 'grants'> | undefined>>();
     const changed = new Set<string>();
+    const edgeValues = new Set<string>();
     for (const r of [...this.all.values()]) {
       let p = principals.get(r.author);
       if (!p) principals.set(r.author, (p = authors.resolve(r.author).catch(() => undefined)));
       const who = await p;
       const why = ruleBlockReason(r.author, who, r.tenant, r.def);
-      r.secretsOk = !!who && mayUseSecrets(who.grants);
+      const ok = !!who && mayUseSecrets(who.grants);
+      if (ok !== r.secretsOk && r.def.target.kind === 'local' && r.paramKeys.size > 0) edgeValues.add(r.tenant); // what its agents may be sent changed
+      r.secretsOk = ok;
       if (why !== r.blocked) {
         if (why) this.deps.log.warn({ rule: r.def.ref, tenant: r.tenant, author: r.author, reason: why }, 'rule blocked: it no longer fires');
         else if (r.blocked) this.deps.log.info({ rule: r.def.ref, tenant: r.tenant, author: r.author }, 'rule unblocked: its author has what it needs again');
@@ -187,6 +190,7 @@ export class RulesEngine extends EventEmitter {
     }
     this.checkedGen = gen;
     for (const t of changed) this.rebuild(t, false);
+    for (const t of edgeValues) if (!changed.has(t)) this.emit('edge-change', t);
   }
 
   private now(): number { return this.deps.now?.() ?? Date.now(); }
