@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { startHub, waitFor, login, callError, ADMIN_PASSWORD, type TestHub } from './helpers/hub.js';
 import { adminClients, call, type AdminClients } from '../cli/client.js';
 import type { Grant } from '../hub/authz/index.js';
+import { kvId, kvAad } from '../hub/kv/index.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 const PW = 'rights-test-password-1';
@@ -304,6 +305,19 @@ t.test('kv set by another user neither reveals nor overwrites a --private key', 
   t.equal(del, undefined, 'bob deletes only the shared key');
   t.equal((await get(alice, 'db-pass')).value, 'alice-private-value', 'alice\'s key is still there');
   t.equal((await callError(get(bob, 'db-pass')))?.code, 'TRELLIS_E_NOT_FOUND', 'for bob, the name is free again: NOT_FOUND, as for any unused name');
+
+  // A private key written before private keys had their creator's name space is moved at start.
+  const c = h.hub.components;
+  const now = Date.now();
+  const legacyId = kvId('default', 'tenant', '', 'old-priv');
+  await c.store.put('kv', { id: legacyId, tenant: 'default', scope: 'tenant', owner: '', key: 'old-priv', secret: true, value: c.kv.keyring.encrypt('old-private-value', kvAad({ tenant: 'default', scope: 'tenant', owner: '', key: 'old-priv' })), createdBy: 'alice', private: true, expiresAt: 0, createdAt: now, updatedAt: now });
+  await h.restart();
+  t.equal(await h.hub.components.store.get('kv', legacyId), undefined, 'the old private key left the shared name space');
+  const alice2 = adminClients(h.adminAddr, h.caPem, (await login(h, 'alice', PW)).token, 'default');
+  const bob2 = adminClients(h.adminAddr, h.caPem, (await login(h, 'bob', PW)).token, 'default');
+  t.teardown(() => { alice2.close(); bob2.close(); });
+  t.equal(await callError(set(bob2, 'old-priv', 'bob-value')), undefined, 'another user\'s set of its name is not refused');
+  t.equal((await get(alice2, 'old-priv')).value, 'old-private-value', 'and its creator still reads it (secret re-encrypted for its new place)');
 });
 
 t.test('rules, hub and edge, never see --private keys', async (t) => {
