@@ -345,3 +345,35 @@ t.test('rules, hub and edge, never see --private keys', async (t) => {
   t.not((await list('edge-private')).executions[0]?.status, 'succeeded', 'the edge run did not get the value either');
   t.notOk(h.logLines.join('\n').includes(value), 'the value is in no hub log line');
 });
+
+t.test('a {{ kv.x }} that becomes a secret after the rule was saved is not opened for an author without secrets:use (hub and edge)', async (t) => {
+  await using h = await startHub();
+  const agent = await h.agent();
+  await install(h, opsPack());
+  const c = h.hub.components;
+  await kvSet(h, ADMIN, 'x', 'plain-first');
+  await c.iam.createRole('kv-author', '', ['rules:write', 'rules:read', 'actions:execute', 'kv:read'].map((permission) => ({ permission, scope: '' })));
+  await c.auth.createUser({ username: 'eve', password: PW, roles: ['kv-author'], tenants: ['default'] });
+  const eve = adminClients(h.adminAddr, h.caPem, (await login(h, 'eve', PW)).token, 'default');
+  t.teardown(() => eve.close());
+  const out = join(h.dir, 'kv.out');
+  const create = (def: object) => call<T.CreateRuleRequest, T.RuleInfo__Output>(eve, eve.rules, eve.rules.CreateRule, { definition: JSON.stringify(def), replace: false, source: 't' });
+  await create({ name: 'hub-x', trigger: 'test.kv', action: { ref: 'ops.echo', parameters: { msg: 'hub {{ kv.x }}', out } } });
+  await create({ name: 'edge-x', trigger: 'test.edge', target: 'local', action: { ref: 'ops.echo', parameters: { msg: 'edge {{ kv.x }}', out } } });
+  const sealed = () => Object.keys((JSON.parse(readFileSync(agent.edge.path, 'utf8')) as { sealedSecrets: Record<string, string> }).sealedSecrets);
+  await waitFor(() => agent.edge.ruleNames.includes('edge-x') && sealed().includes('kv:x'), 10_000, 'edge rule with its plain value on the agent');
+  agent.publishEvent('test.kv', { n: 1 });
+  await waitFor(() => readLines(out).includes('hub plain-first'), 15_000, 'the hub rule ran with the plain value');
+
+  const secret = 'now-a-secret-value-77';
+  await kvSet(h, ADMIN, 'x', secret, { secret: true });
+  await waitFor(() => !sealed().includes('kv:x'), 10_000, 'the value is taken off the agent once it is a secret');
+  agent.publishEvent('test.kv', { n: 2 });
+  agent.publishEvent('test.kv.control', { n: 2 });
+  await waitFor(async () => (await getRule(h, 'hub-x')).matched >= 2, 10_000, 'second event matched');
+  await new Promise((r) => setTimeout(r, 1000));
+  t.notOk(readLines(out).some((l) => l.includes(secret)), 'the hub rule did not run with the secret');
+  t.notOk(JSON.stringify(await c.executions.list('default', { rule: 'hub-x' })).includes(secret), 'nor is it in history');
+  t.ok(h.logLines.some((l) => l.includes('rule fired but its action could not be requested') && l.includes('secrets:use')), 'the refusal is logged, naming the permission');
+  t.notOk(h.logLines.join('\n').includes(secret), 'never the value');
+});
