@@ -97,6 +97,8 @@ export class Hub {
     const audit = await AuditLog.open({ dir: paths.audit, log: log.child({ component: 'audit' }) });
     const kvLog = log.child({ component: 'kv' });
     const kv = new KvStore(store, await Keyring.open(opts.dataDir), { onError: (err) => kvLog.error({ err }, 'datastore') });
+    const movedPrivate = await kv.migratePrivateKeys();
+    if (movedPrivate > 0) kvLog.info({ keys: movedPrivate }, 'private keys moved to their creators\' name spaces');
     const webhooksLog = log.child({ component: 'webhooks' });
     const webhooks = new Webhooks(store, kv.keyring, { onError: (err) => webhooksLog.error({ err }, 'webhook secrets') });
     await webhooks.start();
@@ -109,7 +111,7 @@ export class Hub {
       dir: paths.executions, log: log.child({ component: 'executions' }), perAgentConcurrency: xc.perAgentConcurrency, maxWaitMs: xc.maxWait,
       abandonGraceMs: xc.abandonGrace, reconnectGraceMs: xc.reconnectGrace, maxOutputBytes: xc.maxOutputBytes, maxAgeMs: xc.retention.maxAge, maxCount: xc.retention.maxCount,
     });
-    const rules = new RulesEngine({ store, packs, executions, agents, log: log.child({ component: 'rules' }) });
+    const rules = new RulesEngine({ store, packs, executions, agents, authors: iam, audit, log: log.child({ component: 'rules' }) });
     await rules.load();
     const agentConfigs = new AgentConfigs({ agents, packs, rules, kv, log: log.child({ component: 'agentconfig' }) });
     // The event path: de-duplicated events → hub rules; edge-rule reports → execution history.

@@ -213,9 +213,9 @@ export function addAdminCommands(program: Command): void {
     .option('--agent <id>', 'target agent')
     .option('--selector <k=v...>', 'target every online agent with these labels', collect, [])
     .option('--timeout <duration>', 'kill the process group after this long', '30s')
-    .option('--env <K=V...>', 'environment variable for the command; a value may hold {{ secret.NAME }} or {{ kv.NAME }} (sealed to the agent, masked in output)', collect, [])
+    .option('--env <K=V...>', 'environment variable for the command; a value may hold {{ kv.NAME }} (needs kv:read) or {{ secret.NAME }} (needs secrets:use or kv:decrypt: the command could print it), sealed to the agent, masked in output, audited by key name', collect, [])
     .option('--cwd <dir>', 'working directory on the agent')
-    .argument('<args...>', 'PACK.ACTION [name=value ...] (values: JSON or text; may hold {{ secret.NAME }}), or a command and its arguments after --'))
+    .argument('<args...>', 'PACK.ACTION [name=value ...] (values: JSON or text; may hold {{ kv.NAME }} with kv:read, {{ secret.NAME }} with secrets:use or kv:decrypt), or a command and its arguments after --'))
     .action((argv: string[], o, cmd: Command) => isActionCall(argv, cmd) ? runAction(argv, o) : withClients(async (c) => {
       const selector = parseKeyValues(o.selector, 'selector');
       if (!o.agent && Object.keys(selector).length === 0) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name a target: --agent ID or --selector k=v');

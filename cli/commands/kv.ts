@@ -54,10 +54,10 @@ export function addKvCommands(program: Command): void {
     .description('set a key (a secret is encrypted with the hub master key)')
     .argument('<key>', '1-256 characters of A-Z a-z 0-9 . _ / -')
     .argument('[value]', 'the value; `-` reads standard input (use --file or --stdin for secrets: keeps them out of shell history)')
-    .option('--secret', 'encrypt the value at rest; reading it in clear needs kv:decrypt')
+    .option('--secret', 'encrypt the value at rest; reading it in clear needs kv:decrypt, and using it in a command or parameters you choose needs secrets:use (or kv:decrypt)')
     .option('--ttl <duration>', 'expire after this long (30s, 1h, 7d)')
     .option('--scope <scope>', 'tenant (default) or user (visible only to you)', 'tenant')
-    .option('--private', 'tenant scope: visible only to you and administrators')
+    .option('--private', 'tenant scope: visible only to you and administrators; kept apart from the shared key of the same name (which others may set without seeing yours; yours shadows it for you); rules never see it')
     .option('--file <file>', 'read the value from this file')
     .option('--stdin', 'read the value from standard input')
     .action(async (key: string, value: string | undefined, o) => {

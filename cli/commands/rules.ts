@@ -26,7 +26,8 @@ function showRule(r: T.RuleInfo__Output): string {
   const def = JSON.parse(Buffer.from(r.definitionJson).toString('utf8') || '{}') as Record<string, unknown>;
   return [
     `name:        ${r.name}${r.pack ? `  (pack ${r.pack})` : ''}`,
-    `enabled:     ${r.enabled}`,
+    `enabled:     ${r.enabled}${r.blocked ? `, but BLOCKED: ${r.blocked}` : ''}`,
+    `author:      ${r.author || '-'} (the rule acts with this user's current rights)`,
     `trigger:     ${r.trigger}`,
     `action:      ${r.action}`,
     `target:      ${r.target}`,
@@ -63,15 +64,17 @@ Example rule file:
     });
 
   rules.command('list')
-    .description('list rules')
+    .description('list rules; ENABLED "blocked": enabled, but its author no longer holds what it needs (deactivated or deleted, out of the tenant, or a permission lost), so it does not fire; AUTHOR: whose rights it acts with')
     .option('--pack <pack>', 'only rules of this pack')
     .option('--trigger <type>', 'only rules for this trigger type')
     .option('--json', 'JSON')
     .action(async (o) => {
       const r = await withClients((c) => call<T.ListRulesRequest, T.ListRulesResponse__Output>(c, c.rules, c.rules.ListRules, { pack: o.pack ?? '', trigger: o.trigger ?? '' }));
       if (o.json) return print(JSON.stringify(r.rules.map((x) => ({ ...x, definitionJson: undefined, definition: JSON.parse(Buffer.from(x.definitionJson).toString() || '{}') })), null, 2));
-      print(table(r.rules.map((x) => [x.name, x.enabled ? 'yes' : 'no', x.trigger, x.action, x.target, String(x.matched), String(x.fired), String(x.suppressed)]),
-        ['NAME', 'ENABLED', 'TRIGGER', 'ACTION', 'TARGET', 'MATCHED', 'FIRED', 'SUPPRESSED']));
+      print(table(r.rules.map((x) => [x.name, x.enabled ? (x.blocked ? 'blocked' : 'yes') : 'no', x.trigger, x.action, x.target, String(x.matched), String(x.fired), String(x.suppressed), x.author || '-']),
+        ['NAME', 'ENABLED', 'TRIGGER', 'ACTION', 'TARGET', 'MATCHED', 'FIRED', 'SUPPRESSED', 'AUTHOR']));
+      const blocked = r.rules.filter((x) => x.enabled && x.blocked);
+      for (const x of blocked) print(`blocked: ${x.name}: ${x.blocked}`);
     });
 
   rules.command('show')

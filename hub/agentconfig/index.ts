@@ -199,11 +199,14 @@ export class AgentConfigs {
     if (this.deps.agents.link(agent.id)) this.sensorTriggers.set(agent.id, new Set(sensors.map((s) => s.trigger ?? '')));
     const rules: T.EdgeRule[] = [];
     const refs = new Set<string>();
+    // `{{ kv.x }}` in the parameters of a rule whose author may not use secrets: not sent when x is a secret (hub/rights).
+    const plainOnly = new Set<string>();
     const parts: string[] = [JSON.stringify(sensors.map((s) => [s.name, s.kind, s.trigger, s.intervalMs, String(s.configJson)]))];
     const edge = this.edgeRulesFor(agent);
     this.noteEdgeRules(agent.id, edge.map(({ rule, action }) => ({ rule, action: action.ref })));
     for (const { rule: r, action } of edge) {
       for (const ref of [...findRefs(r.def.action.parameters), ...findRefs(action)]) refs.add(refKey(ref));
+      if (!r.secretsOk) for (const key of r.paramKeys) plainOnly.add(`kv:${key}`);
       const def = JSON.stringify(r.def);
       const act = JSON.stringify(action);
       rules.push({ name: r.def.ref, trigger: r.def.trigger, definitionJson: Buffer.from(def), actionJson: Buffer.from(act) });
@@ -225,6 +228,10 @@ export class AgentConfigs {
           hit = null;
         }
         cache.set(k, hit);
+      }
+      if (hit && hit.doc.secret && plainOnly.has(k)) {
+        this.deps.log.warn({ tenant, key }, 'an edge rule whose author lacks secrets:use refers to a secret as {{ kv.x }}; not sent');
+        hit = null;
       }
       if (!hit) { parts.push(`${k}@missing`); continue; }
       values.set(k, hit.value);

@@ -53,6 +53,8 @@ export const PERMISSIONS = {
   'kv:read': 'read datastore keys (ciphertext for secrets)',
   'kv:write': 'write and delete datastore keys',
   'kv:decrypt': 'read secrets in clear',
+  // kv:decrypt implies secrets:use (hub/rights mayUseSecrets).
+  'secrets:use': 'use secrets in commands and parameters one chooses (run --env, action parameters, re-runs, rules, packs); equivalent to reading them (kv:decrypt implies it)',
   'rules:read': 'list and show rules',
   'rules:write': 'create, change and delete rules',
   'executions:read': 'list and follow executions',

@@ -39,7 +39,7 @@ import { compileOptions, type CompiledOptions } from './types.js';
 import type { ExecutionRecord, ExecutionUpdate, ExecuteRequest, CommandRequest, ListFilter, ActionCatalog, ExecutionsOptions, KvRequester } from './types.js';
 
 export type { ExecutionRecord, ExecutionUpdate, ExecuteRequest, CommandRequest, ListFilter, ActionCatalog, ExecutionsOptions, KvRequester } from './types.js';
-export { COMMAND_ACTION, holdsReference } from './prepare.js';
+export { COMMAND_ACTION } from './prepare.js';
 
 const AGENT_STATUSES = new Set<string>(['succeeded', 'failed', 'timeout', 'canceled', 'error']);
 const ERROR_MAX = 4096;

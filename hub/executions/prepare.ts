@@ -33,6 +33,7 @@ async function resolveRefs(kv: KvStore, tenant: string, caller: KvRequester, ref
     if (out.has(k)) continue;
     const doc = await kv.getDoc(tenant, caller, r.key);
     if (r.kind === 'secret' && !doc.secret) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${r.key} is not a secret: refer to it as {{ kv.${r.key} }}`);
+    if (doc.secret) caller.onSecret?.(r.key);
     out.set(k, { value: await kv.open(doc), secret: doc.secret });
   }
   return out;
@@ -70,14 +71,6 @@ function scrubSecretParameters(err: unknown, action: ActionDef, params: Record<s
 
 const REF_RE = /\{\{\s*(secret|kv)\.([A-Za-z0-9._/:-]{1,256})\s*\}\}/g;
 const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]{0,127}$/;
-
-/** True when a value holds a `{{ kv.x }}` / `{{ secret.x }}` reference anywhere. */
-export function holdsReference(v: unknown): boolean {
-  if (typeof v === 'string') return new RegExp(REF_RE.source).test(v);
-  if (Array.isArray(v)) return v.some(holdsReference);
-  if (v && typeof v === 'object') return Object.values(v).some(holdsReference);
-  return false;
-}
 
 export function checkCommand(req: Pick<CommandRequest, 'argv' | 'env' | 'cwd' | 'timeoutMs'>): void {
   if (!Array.isArray(req.argv) || req.argv.length === 0) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'no command given: trellis run --agent ID -- CMD ARGS...');

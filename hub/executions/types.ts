@@ -36,7 +36,15 @@ export type ExecutionUpdate =
   };
 
 /** Who resolves `{{ kv.x }}` / `{{ secret.x }}` references: private keys are visible to their owner and admins only. */
-export interface KvRequester { username: string; isAdmin: boolean }
+export interface KvRequester {
+  username: string;
+  isAdmin: boolean;
+  /**
+   * Called for every secret a run opens, before its value is used (hub/rights secretGuard):
+   * records the key name for the audit log; throws to refuse a secret the caller may not use.
+   */
+  onSecret?: (key: string) => void;
+}
 
 export interface ExecuteRequest {
   tenant: string;

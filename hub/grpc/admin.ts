@@ -12,7 +12,8 @@ import { cleanFacts } from '../agents/index.js';
 import type { AgentView } from '../agents/index.js';
 import type { JoinTokenDoc } from '../tokens/index.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
-import { holdsReference } from '../executions/index.js';
+import { refsIn } from '../rights/index.js';
+import { useRefs } from './refs.js';
 import { FINAL_STATUSES } from '../../common/automation/types.js';
 import { checkString } from '../validate.js';
 import { parseJoinToken } from '../../common/jointoken.js';
@@ -204,16 +205,16 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
       } else {
         throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name a target: --agent ID or --selector k=v');
       }
-      // References resolve in the caller's tenant; using one needs kv:read, not kv:decrypt: the
-      // caller runs with the value without ever seeing it.
-      const refs = Object.values(req.env).some(holdsReference);
-      if (refs) authorize(ctx.principal!, 'kv:read');
+      // References resolve in the caller's tenant: kv:read for any, secrets:use (or kv:decrypt)
+      // for a secret, since whoever chooses the command can make it print the value (hub/rights).
+      const refs = refsIn(req.env).length > 0;
+      const uses = await useRefs(c.kv, ctx, refs ? writeTenant(ctx) : (readTenant(ctx) ?? ''), req.env);
       const byTenant = new Map<string, string[]>();
       for (const a of agents) {
         const t = refs ? writeTenant(ctx) : (readTenant(ctx) ?? a.tenant);
         byTenant.set(t, [...(byTenant.get(t) ?? []), a.id]);
       }
-      const kvCaller = { username: ctx.principal!.username, isAdmin: ctx.principal!.grants.isAdmin };
+      const kvCaller = uses.kvCaller;
       const timeoutMs = req.timeoutMs || 30_000;
       // Ad-hoc runs are executions of core.command (recorded in history). A client that goes
       // away cancels them; the call still waits for their results to log them.
@@ -227,6 +228,7 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
             recs.push(...await c.executions.runCommand({ tenant, agentIds, argv: req.argv, env: req.env, cwd: req.cwd, timeoutMs, requestedBy: ctx.principal!.username, kvCaller }));
           }
           ids = recs.map((r) => r.id);
+          uses.note();
           if (ctx.signal.aborted) onAbort();
           return recs;
         }, (u) => {

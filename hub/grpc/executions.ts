@@ -2,7 +2,8 @@
  * AdminExecutions on the admin port: thin handlers over hub/executions. RunAction passes the
  * method table with `actions:execute` at any scope and is checked here at the action's scope
  * (platform, pack:<name> or action:<pack>.<name>); parameters holding datastore references also
- * need kv:read. Every call is tenant-scoped: another tenant's execution is NOT_FOUND.
+ * need kv:read, and secrets:use for secrets (hub/rights). Every call is tenant-scoped: another
+ * tenant's execution is NOT_FOUND.
  */
 import * as grpc from '@grpc/grpc-js';
 import { v1 } from '../../common/proto.js';
@@ -11,7 +12,8 @@ import { unary, serverStream, type WrapDeps, type CallContext } from './wrap.js'
 import { authorize, type Principal } from '../authz/index.js';
 import { readTenant, writeTenant } from './admin.js';
 import { checkString } from '../validate.js';
-import { holdsReference, COMMAND_ACTION, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, type ExecutionRecord, type ExecutionUpdate } from '../executions/index.js';
+import { useRefs } from './refs.js';
+import { COMMAND_ACTION, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, type ExecutionRecord, type ExecutionUpdate } from '../executions/index.js';
 import type { HubComponents } from '../components.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
@@ -68,8 +70,6 @@ export function checkParameters(given: Record<string, string>): Record<string, u
 }
 
 export function addExecutionServices(server: grpc.Server, c: HubComponents, deps: WrapDeps): void {
-  const kvCaller = (ctx: CallContext) => ({ username: ctx.principal!.username, isAdmin: ctx.principal!.grants.isAdmin });
-
   /** Target agents in the call's tenant: one by id (it may be offline: the execution waits), or the online ones matching a selector. */
   async function targets(req: T.RunActionRequest__Output, ctx: CallContext): Promise<{ tenant: string; agentIds: string[] }> {
     const hasSelector = Object.keys(req.selector).length > 0;
@@ -100,9 +100,13 @@ export function addExecutionServices(server: grpc.Server, c: HubComponents, deps
       const action = c.packs.action(tenant, ref);
       if (!action) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no action ${ref} in tenant ${tenant}: see \`trellis packs list\``);
       const parameters = checkParameters(req.parameters);
-      if (Object.values(parameters).some(holdsReference)) authorize(ctx.principal!, 'kv:read');
+      const uses = await useRefs(c.kv, ctx, tenant, parameters);
       await c.executions.watch(
-        () => c.executions.request({ tenant, action, agentIds, parameters, requestedBy: ctx.principal!.username, kvCaller: kvCaller(ctx) }),
+        async () => {
+          const recs = await c.executions.request({ tenant, action, agentIds, parameters, requestedBy: ctx.principal!.username, kvCaller: uses.kvCaller });
+          uses.note();
+          return recs;
+        },
         (u) => { write(updateMessage(u)); },
         { follow: req.follow, signal: ctx.signal },
       );
@@ -138,9 +142,14 @@ export function addExecutionServices(server: grpc.Server, c: HubComponents, deps
       ctx.target = `execution:${id}`;
       const old = await c.executions.get(tenantOf(ctx), id);
       authorizeAction(ctx, old.action);
-      if (holdsReference(old.parameters)) authorize(ctx.principal!, 'kv:read');
+      // A re-run resolves the references again, as the caller: they answer for them now.
+      const uses = await useRefs(c.kv, ctx, old.tenant, old.parameters);
       await c.executions.watch(
-        () => c.executions.rerun(tenantOf(ctx), id, ctx.principal!.username, kvCaller(ctx)),
+        async () => {
+          const recs = await c.executions.rerun(tenantOf(ctx), id, ctx.principal!.username, uses.kvCaller);
+          uses.note();
+          return recs;
+        },
         (u) => { write(updateMessage(u)); },
         { follow: req.follow, signal: ctx.signal },
       );

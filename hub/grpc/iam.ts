@@ -106,6 +106,22 @@ function listScope(ctx: CallContext, allUsers: boolean, perm: Permission): strin
   return undefined;
 }
 
+/**
+ * Roles apply in every tenant their holder belongs to. A non-administrator may therefore assign
+ * (or unassign) a role only to a user or group whose every tenant is one of the caller's: a
+ * `roles:assign` holder of tenant A cannot change what anyone does in tenant B. The refusal does
+ * not name the other tenant.
+ */
+async function authorizeTenantReach(c: HubComponents, ctx: CallContext, m: { user?: string; group?: string }, what: string): Promise<void> {
+  const p = ctx.principal!;
+  if (p.grants.isAdmin) return;
+  const mine = new Set(p.tenants);
+  const outside = [...await c.iam.tenantsReached(m)].filter((t) => !mine.has(t));
+  if (outside.length > 0) {
+    throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `${p.username} may not ${what} to ${memberTarget(m)}: it belongs to ${outside.length === 1 ? 'a tenant' : 'tenants'} ${p.username} is not a member of (only administrators assign roles across tenants)`);
+  }
+}
+
 const SYSTEM_METHODS = ['CreateSnapshot', 'RestoreSnapshot', 'ClusterStatus', 'SetMaintenance', 'Upgrade', 'Rollback'] as const;
 
 export function addIamServices(server: grpc.Server, c: HubComponents, deps: WrapDeps): void {
@@ -223,6 +239,7 @@ export function addIamServices(server: grpc.Server, c: HubComponents, deps: Wrap
       const m = memberOf(req);
       ctx.target = `role:${role} ${memberTarget(m)}`;
       authorizeDelegation(ctx.principal!, (await c.iam.role(role)).grants, `${assign ? 'assign' : 'unassign'} role ${role}`);
+      await authorizeTenantReach(c, ctx, m, `${assign ? 'assign' : 'unassign'} role ${role}`);
       await c.iam.setRoleAssignment(role, m, assign);
       return roleInfo(c, role);
     });

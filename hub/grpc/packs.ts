@@ -10,6 +10,9 @@ import { packNameOf, type PackFile } from '../../common/packs/index.js';
 import { unary, type WrapDeps, type CallContext } from './wrap.js';
 import { readTenant, writeTenant } from './admin.js';
 import type { PackDoc } from '../packs/index.js';
+import type { PackDef } from '../../common/automation/types.js';
+import { authorizePackInstall } from '../rights/index.js';
+import { secretLookup } from './refs.js';
 import type { HubComponents } from '../components.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
@@ -44,7 +47,15 @@ export function addPackServices(server: grpc.Server, c: HubComponents, deps: Wra
     InstallPack: unary<T.InstallPackRequest__Output, T.PackInfo>(deps, `${S}/InstallPack`, async (req, ctx) => {
       const files: PackFile[] = (req.files ?? []).map((f) => ({ path: f.path, content: f.content, mode: f.mode }));
       ctx.target = `pack:${packNameOf(files) ?? '?'}`;
-      const d = await c.packs.install(writeTenant(ctx), files, { by: actor(ctx), force: req.force });
+      const tenant = writeTenant(ctx);
+      const p = ctx.principal!;
+      // Installing is acting through everything in the pack: the installer needs what it needs
+      // (hub/rights), and its rules then act with the installer's rights.
+      const authorize = async (def: PackDef) => {
+        const secrets = await authorizePackInstall(p, tenant, def, secretLookup(c.kv, tenant, { username: p.username, isAdmin: p.grants.isAdmin }));
+        if (secrets.length > 0) ctx.detail = `pack uses secrets: ${secrets.sort().join(', ')}`;
+      };
+      const d = await c.packs.install(tenant, files, { by: actor(ctx), force: req.force, authorize });
       ctx.target = `pack:${d.name}`;
       return packInfo(d, true);
     }),

@@ -1,12 +1,13 @@
 /**
  * AdminRules: thin handlers over hub/rules. Creating a rule is acting on its behalf later, so
- * the creator must hold `actions:execute` on the action it calls (at the action's scope) and
- * `kv:read` when its parameters refer to datastore values.
+ * the creator must hold `actions:execute` on the action it calls (at the action's scope),
+ * `kv:read` when its parameters refer to datastore values and `secrets:use` for secrets.
  */
 import * as grpc from '@grpc/grpc-js';
 import { v1 } from '../../common/proto.js';
 import { TrellisError } from '../../common/errors.js';
-import { findRefs } from '../../common/rules/index.js';
+import { actionScope, authorizeRefs, refsIn, ruleBlockReason } from '../rights/index.js';
+import { secretLookup } from './refs.js';
 import { unary, type WrapDeps, type CallContext } from './wrap.js';
 import { authorize } from '../authz/index.js';
 import { readTenant, writeTenant } from './admin.js';
@@ -23,14 +24,22 @@ export function ruleInfo(r: LiveRule): T.RuleInfo {
   return {
     name: r.def.ref, pack: r.def.pack, enabled: r.def.enabled, trigger: r.def.trigger, action: r.def.action.ref, target: describeTarget(r.def),
     definitionJson: Buffer.from(JSON.stringify(r.def)), createdMs: r.createdMs, createdBy: r.createdBy, tenant: r.tenant,
-    matched: r.stats.matched, fired: r.stats.fired, suppressed: r.stats.suppressed,
+    matched: r.stats.matched, fired: r.stats.fired, suppressed: r.stats.suppressed, author: r.author, blocked: r.blocked ?? '',
   };
 }
 
-function mayRunAs(ctx: CallContext, def: RuleDef): void {
-  const dot = def.action.ref.indexOf('.');
-  authorize(ctx.principal!, 'actions:execute', { pack: def.action.ref.slice(0, dot), action: def.action.ref.slice(dot + 1) });
-  if (findRefs(def.action.parameters).length > 0) authorize(ctx.principal!, 'kv:read');
+/**
+ * Saving or enabling a rule is acting through it later: the caller must hold now what the rule
+ * needs (hub/rights ruleBlockReason), and kv:read / secrets:use for what its parameters
+ * reference (a `{{ kv.x }}` whose key is a secret counts as a secret). The engine checks the
+ * author again whenever rights change, and blocks the rule when they no longer suffice.
+ */
+async function mayRunAs(c: HubComponents, ctx: CallContext, tenant: string, def: RuleDef): Promise<void> {
+  const p = ctx.principal!;
+  authorize(p, 'actions:execute', actionScope(def.action.ref));
+  const why = ruleBlockReason(p.username, p, tenant, def);
+  if (why) throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `rule ${def.ref}: ${why.replace(/^its author /, '')}`);
+  await authorizeRefs(p, refsIn(def.action.parameters), secretLookup(c.kv, tenant, { username: p.username, isAdmin: p.grants.isAdmin }), `rule ${def.ref}`);
 }
 
 /** The event of a TestRule call: `{type, payload, agent?, id?, timeMs?}`, or a bare payload for the rule's trigger. */
@@ -51,7 +60,7 @@ export function addRuleServices(server: grpc.Server, c: HubComponents, deps: Wra
     CreateRule: unary<T.CreateRuleRequest__Output, T.RuleInfo>(deps, `${S}/CreateRule`, async (req, ctx) => {
       const def = parseRuleText(checkString(req.definition, 'definition', 64 * 1024), checkString(req.source, 'source', 256) || 'rule');
       ctx.target = `rule:${def.ref}`;
-      mayRunAs(ctx, def);
+      await mayRunAs(c, ctx, writeTenant(ctx), def);
       const r = await c.rules.create(writeTenant(ctx), def, { by: ctx.principal!.username, replace: req.replace });
       c.log.info({ component: 'rules', rule: def.ref, tenant: r.tenant, user: ctx.principal!.username, target: describeTarget(def) }, 'rule saved');
       return ruleInfo(r);
@@ -65,7 +74,7 @@ export function addRuleServices(server: grpc.Server, c: HubComponents, deps: Wra
       ctx.target = `rule:${String(req.name).slice(0, 130)}`;
       const tenant = writeTenant(ctx);
       const cur = c.rules.get(tenant, checkString(req.name, 'name', 130));
-      if (req.enabled) mayRunAs(ctx, cur.def);
+      if (req.enabled) await mayRunAs(c, ctx, tenant, cur.def);
       return ruleInfo(await c.rules.setEnabled(tenant, cur.def.ref, req.enabled, ctx.principal!.username));
     }),
     DeleteRule: unary<T.DeleteRuleRequest__Output, T.DeleteRuleResponse>(deps, `${S}/DeleteRule`, async (req, ctx) => {

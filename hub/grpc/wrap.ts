@@ -107,7 +107,7 @@ function finish(deps: WrapDeps, ctx: CallContext, start: number, err?: unknown):
   if (deps.audit && (isMutation(ctx.method) || result === 'denied' || result === 'unauthenticated')) {
     deps.audit.record({
       timeMs: Date.now(), actor: who, tenant: ctx.tenant ?? '', method: ctx.method, target: (ctx.target ?? '').slice(0, 256), result,
-      sourceAddress: ctx.peer, detail: err ? (err as Error).message.slice(0, 300) : (ctx.detail ?? '').slice(0, 300),
+      sourceAddress: ctx.peer, detail: [err ? (err as Error).message.slice(0, 300) : '', ctx.detail ?? ''].filter(Boolean).join('; ').slice(0, 600),
     });
   }
 }

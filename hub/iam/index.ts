@@ -126,6 +126,24 @@ export class Iam extends EventEmitter {
     this.invalidate();
   }
 
+  /**
+   * The tenants a role given to this user or group would act in: a user's own tenants and
+   * those of their groups (active or not); for a group, its tenants and every member's.
+   */
+  async tenantsReached(target: { user?: string; group?: string }): Promise<Set<string>> {
+    const groups = await this.store.list<GroupDoc>('groups');
+    const ofUser = async (name: string) => {
+      const u = await this.store.get<UserDoc>('users', name);
+      return [...(u?.tenants ?? []), ...groups.filter((g) => g.members.includes(name)).flatMap((g) => g.tenants)];
+    };
+    if (target.user) return new Set(await ofUser(target.user));
+    const g = groups.find((x) => x.id === target.group);
+    if (!g) return new Set();
+    const out = new Set(g.tenants);
+    for (const m of g.members) for (const t of await ofUser(m)) out.add(t);
+    return out;
+  }
+
   /** Assigns (or, with assign=false, unassigns) a role to exactly one of a user or a group. */
   async setRoleAssignment(role: string, target: { user?: string; group?: string }, assign: boolean): Promise<void> {
     await this.role(role);

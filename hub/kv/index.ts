@@ -130,6 +130,32 @@ export class KvStore {
     return kvId(tenant, scope, scope === 'user' ? who.username : '', key);
   }
 
+  /**
+   * A `--private` tenant key lives in its creator's own name space (owner = creator), beside
+   * the shared key of the same name: another user's `kv set` of that name writes the shared key
+   * and learns nothing (no refusal, no different answer), and can never overwrite it. For its
+   * creator, their private key shadows a shared one of the same name.
+   */
+  private privateId(tenant: string, who: KvCaller, key: string): string {
+    return kvId(tenant, 'tenant', who.username, key);
+  }
+
+  /**
+   * Moves `--private` keys written before private keys had their own name space (owner '') to
+   * their creator's (re-encrypting secrets: the owner is bound to the ciphertext). Idempotent;
+   * run once at hub start.
+   */
+  async migratePrivateKeys(): Promise<number> {
+    const legacy = await this.store.list<KvDoc>('kv', (d) => d.scope === 'tenant' && d.private && d.owner === '' && !!d.createdBy);
+    for (const d of legacy) {
+      const moved = { ...d, id: kvId(d.tenant, 'tenant', d.createdBy, d.key), owner: d.createdBy };
+      if (d.secret) moved.value = this.keyring.encrypt(this.keyring.decrypt(d.value, kvAad(d)), kvAad(moved));
+      if (!(await this.store.get<KvDoc>('kv', moved.id))) await this.store.put('kv', moved);
+      await this.store.delete('kv', d.id);
+    }
+    return legacy.length;
+  }
+
   async set(tenant: string, who: KvCaller, input: KvSetInput): Promise<KvDoc> {
     const key = checkKey(input.key);
     const value = checkValue(input.value);
@@ -137,12 +163,14 @@ export class KvStore {
     if (input.private && scope === 'user') throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--private applies to tenant scope; a user-scope key is already visible only to its user');
     const ttl = input.ttlMs ?? 0;
     if (!Number.isFinite(ttl) || ttl < 0) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'ttl must be zero (no expiry) or positive');
-    const id = this.idFor(tenant, who, key, scope);
+    const owner = scope === 'user' || input.private ? who.username : '';
+    const id = kvId(tenant, scope, owner, key);
     const now = this.now();
     const res = await this.store.update<KvDoc>('kv', id, (cur) => {
       const existing = cur && live(cur, now) ? cur : undefined;
-      if (existing && !visible(existing, who)) throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `key ${key} is private to another user`);
-      const base = { tenant, scope, owner: scope === 'user' ? who.username : '', key };
+      // Only a private key written before migratePrivateKeys can sit at a shared id.
+      if (existing && !visible(existing, who)) throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `key ${key} cannot be written`);
+      const base = { tenant, scope, owner, key };
       // Encrypted here, inside the atomic update: the key version used is the current one at the moment of the write.
       return {
         id, ...base, secret: !!input.secret, value: input.secret ? this.keyring.encrypt(value, kvAad(base)) : value,
@@ -158,7 +186,20 @@ export class KvStore {
   async getDoc(tenant: string, who: KvCaller, key: string, scope?: KvScope): Promise<KvDoc> {
     checkKey(key);
     const s = checkScope(scope);
-    const d = await this.store.get<KvDoc>('kv', this.idFor(tenant, who, key, s));
+    let d: KvDoc | undefined;
+    if (s === 'tenant') {
+      // One's own private key first (it shadows the shared one), then the shared key; an
+      // administrator also reaches another user's private key when no shared one exists.
+      const own = await this.store.get<KvDoc>('kv', this.privateId(tenant, who, key));
+      if (own && own.private && own.createdBy === who.username && live(own, this.now())) return own;
+      d = await this.store.get<KvDoc>('kv', this.idFor(tenant, who, key, s));
+      if (!d && who.isAdmin) {
+        d = (await this.store.list<KvDoc>('kv', (x) => x.tenant === tenant && x.scope === 'tenant' && x.private && x.key === key))
+          .sort((a, b) => (a.createdBy < b.createdBy ? -1 : 1))[0];
+      }
+    } else {
+      d = await this.store.get<KvDoc>('kv', this.idFor(tenant, who, key, s));
+    }
     if (!d || !visible(d, who)) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no key ${key} in ${s === 'user' ? 'your user scope' : `tenant ${tenant}`}`);
     if (!live(d, this.now())) {
       void this.store.update<KvDoc>('kv', d.id, (cur) => (cur && !live(cur, this.now()) ? undefined : cur)).catch(() => undefined);

@@ -32,6 +32,8 @@ export interface InstallOptions {
   by: string;
   /** Replace an installed pack of the same name. */
   force?: boolean;
+  /** Called with the validated pack before anything is stored; throws to refuse it (hub/rights). */
+  authorize?: (def: PackDef) => Promise<void>;
 }
 
 export const packId = (tenant: string, name: string) => `${tenant}/${name}`;
@@ -103,9 +105,10 @@ export class Packs extends EventEmitter {
    * Validates the files and stores the pack. TRELLIS_E_PACK_INVALID / TRELLIS_E_TOO_LARGE for a
    * bad pack; TRELLIS_E_ALREADY_EXISTS when a pack of that name is installed and not `force`.
    */
-  install(tenant: string, files: readonly PackFile[], o: InstallOptions): Promise<PackDoc> {
+  async install(tenant: string, files: readonly PackFile[], o: InstallOptions): Promise<PackDoc> {
     const loaded = loadPack(files); // synchronous and before queueing: a bad pack waits for nothing
     const { files: fileInfo, ...def } = loaded;
+    await o.authorize?.(def);
     return this.serial(async () => {
       const doc: PackDoc = {
         id: packId(tenant, def.name), tenant, name: def.name, version: def.version, description: def.description,

@@ -19,18 +19,30 @@ import type { Logger } from '../../common/log.js';
 import type { Store, Doc } from '../store/index.js';
 import type { HubEvent } from '../events/index.js';
 import type { AgentRegistry } from '../agents/index.js';
+import type { AuditSink } from '../audit/types.js';
+import type { Principal } from '../authz/index.js';
+import { mayUseSecrets, refsIn, ruleBlockReason, secretGuard } from '../rights/index.js';
 
 /** What the engine needs from packs and executions (hub/packs, hub/executions). */
 export interface RulePacks {
   rules(tenant: string): RuleDef[];
   action(tenant: string, ref: string): ActionDef | undefined;
   tenants(): string[];
+  /** The installed pack (its installer is the author of its rules). */
+  get(tenant: string, name: string): { installedBy: string } | undefined;
   on(ev: 'change', fn: (tenant: string) => void): unknown;
+}
+
+/** Who stands behind rules: the authors' current rights (hub/iam), and a signal when any right changes. */
+export interface RuleAuthors {
+  resolve(username: string): Promise<Pick<Principal, 'tenants' | 'grants'> | undefined>;
+  on(ev: 'changed', fn: () => void): unknown;
 }
 export interface RuleExecutions {
   request(req: {
     tenant: string; action: ActionDef; agentIds: string[]; parameters: Record<string, unknown>;
     requestedBy: string; rule?: string; triggerEventId?: string; dedupKey?: (agentId: string) => string;
+    kvCaller?: { username: string; isAdmin: boolean; onSecret?: (key: string) => void };
   }): Promise<unknown[]>;
 }
 
@@ -42,6 +54,8 @@ export interface RuleDoc extends Doc {
   enabled?: boolean;
   createdMs: number;
   createdBy: string;
+  /** Who last enabled a rule created directly: from then on its author. */
+  enabledBy?: string;
 }
 
 export interface RuleStats { matched: number; fired: number; suppressed: number; errors: number }
@@ -54,6 +68,17 @@ export interface LiveRule {
   stats: RuleStats;
   createdMs: number;
   createdBy: string;
+  /**
+   * The user the rule acts for: whoever created, replaced or last enabled a rule created
+   * directly; the installer of a pack for a pack rule (an API key's owner).
+   */
+  author: string;
+  /** Why the rule does not fire (its author lost what it needs); undefined when it may. */
+  blocked?: string;
+  /** The author may use secrets (secrets:use or kv:decrypt), as of the last check. */
+  secretsOk: boolean;
+  /** Keys its parameters reference (the author's text, as opposed to the action's). */
+  paramKeys: ReadonlySet<string>;
 }
 
 export const MAX_RULE_TEXT = 64 * 1024;
@@ -106,11 +131,66 @@ export class RulesEngine extends EventEmitter {
   private lastErrorLog = 0;
   private suppressedErrorLogs = 0;
 
+  /** Bumped whenever rights may have changed (or rules appeared); authors are checked up to it. */
+  private authGen = 0;
+  private checkedGen = 0;
+  private checking?: Promise<void>;
+
   constructor(private readonly deps: {
     store: Store; packs: RulePacks; executions: RuleExecutions; agents: AgentRegistry; log: Logger; now?: () => number;
+    /** Without it (unit tests) authors are not checked after the rule is saved. */
+    authors?: RuleAuthors;
+    /** Rule firings that opened a secret are audited with the key names. */
+    audit?: AuditSink;
   }) {
     super();
     deps.packs.on('change', (tenant) => this.rebuild(tenant));
+    deps.authors?.on('changed', () => this.rightsChanged());
+  }
+
+  /** Rights (or rules) changed: every author is checked again, in the background and before the next firing. */
+  private rightsChanged(): void {
+    if (!this.deps.authors) return;
+    this.authGen++;
+    void this.checkAuthors().catch((err) => this.deps.log.error({ err: (err as Error).message }, 'cannot check the authors of rules'));
+  }
+
+  /**
+   * Brings every rule's `blocked` state up to the current rights (single-flight; joins a check
+   * in progress and runs again if rights changed meanwhile). A rule whose author is deactivated
+   * or deleted, left its tenant, or lost what the rule needs stops firing (hub rules leave the
+   * index, edge rules leave the agents' configs) until the author has it again.
+   */
+  async checkAuthors(): Promise<void> {
+    while (this.deps.authors && this.checkedGen < this.authGen) {
+      this.checking ??= this.runCheck(this.authGen).finally(() => { this.checking = undefined; });
+      await this.checking;
+    }
+  }
+
+  private async runCheck(gen: number): Promise<void> {
+    const authors = this.deps.authors!;
+    const principals = new Map<string, Promise<Pick<Principal, 'tenants' | 'grants'> | undefined>>();
+    const changed = new Set<string>();
+    const edgeValues = new Set<string>();
+    for (const r of [...this.all.values()]) {
+      let p = principals.get(r.author);
+      if (!p) principals.set(r.author, (p = authors.resolve(r.author).catch(() => undefined)));
+      const who = await p;
+      const why = ruleBlockReason(r.author, who, r.tenant, r.def);
+      const ok = !!who && mayUseSecrets(who.grants);
+      if (ok !== r.secretsOk && r.def.target.kind === 'local' && r.paramKeys.size > 0) edgeValues.add(r.tenant); // what its agents may be sent changed
+      r.secretsOk = ok;
+      if (why !== r.blocked) {
+        if (why) this.deps.log.warn({ rule: r.def.ref, tenant: r.tenant, author: r.author, reason: why }, 'rule blocked: it no longer fires');
+        else if (r.blocked) this.deps.log.info({ rule: r.def.ref, tenant: r.tenant, author: r.author }, 'rule unblocked: its author has what it needs again');
+        r.blocked = why;
+        changed.add(r.tenant);
+      }
+    }
+    this.checkedGen = gen;
+    for (const t of changed) this.rebuild(t, false);
+    for (const t of edgeValues) if (!changed.has(t)) this.emit('edge-change', t);
   }
 
   private now(): number { return this.deps.now?.() ?? Date.now(); }
@@ -119,51 +199,70 @@ export class RulesEngine extends EventEmitter {
     for (const d of await this.deps.store.list<RuleDoc>('rules')) this.docs.set(d.id, d);
     const tenants = new Set([...this.deps.packs.tenants(), ...[...this.docs.values()].map((d) => d.tenant)]);
     for (const t of tenants) this.rebuild(t);
+    await this.checkAuthors();
+  }
+
+  /** The author of a pack's rules: its installer (the owner, for an API key `apikey:<id>@<owner>`). */
+  private packAuthor(tenant: string, pack: string): string {
+    const by = this.deps.packs.get(tenant, pack)?.installedBy ?? '';
+    const at = by.startsWith('apikey:') ? by.lastIndexOf('@') : -1;
+    return at >= 0 ? by.slice(at + 1) : by;
   }
 
   /** Recomputes one tenant's rules from its docs and packs, keeping gates and counters of unchanged rules. */
-  private rebuild(tenant: string): void {
-    const defs: Array<{ def: RuleDef; createdMs: number; createdBy: string }> = [];
+  private rebuild(tenant: string, recheck = true): void {
+    const defs: Array<{ def: RuleDef; createdMs: number; createdBy: string; author: string }> = [];
     for (const d of this.docs.values()) {
-      if (d.tenant === tenant && d.def) defs.push({ def: d.def, createdMs: d.createdMs, createdBy: d.createdBy });
+      if (d.tenant === tenant && d.def) defs.push({ def: d.def, createdMs: d.createdMs, createdBy: d.createdBy, author: d.enabledBy ?? d.createdBy });
     }
     for (const def of this.deps.packs.rules(tenant)) {
       const o = this.docs.get(docId(tenant, def.ref));
-      defs.push({ def: o?.enabled === undefined ? def : { ...def, enabled: o.enabled }, createdMs: o?.createdMs ?? 0, createdBy: o?.createdBy ?? `pack:${def.pack}` });
+      const author = this.packAuthor(tenant, def.pack);
+      defs.push({ def: o?.enabled === undefined ? def : { ...def, enabled: o.enabled }, createdMs: o?.createdMs ?? 0, createdBy: o?.createdBy ?? author, author });
     }
+    let fresh = false;
     const before = this.edgeSignature(tenant);
     const prevRules = new Map<string, LiveRule>();
     for (const [k, r] of this.all) if (r.tenant === tenant) prevRules.set(k, r);
     for (const k of prevRules.keys()) this.all.delete(k);
     const index = new RuleIndex<LiveRule>();
     const edge: LiveRule[] = [];
-    for (const { def, createdMs, createdBy } of defs) {
+    for (const { def, createdMs, createdBy, author } of defs) {
       const key = docId(tenant, def.ref);
       const prev = prevRules.get(key);
       // Unchanged rules keep their compiled form, gate and counters (saving one rule must not recompile all).
-      if (prev && (prev.def === def || JSON.stringify(prev.def) === JSON.stringify(def))) {
+      if (prev && prev.author === author && (prev.def === def || JSON.stringify(prev.def) === JSON.stringify(def))) {
         this.all.set(key, prev);
-        if (!def.enabled) continue;
+        if (!def.enabled || prev.blocked) continue;
         if (def.target.kind === 'local') edge.push(prev);
         else index.add(key, prev);
         continue;
       }
       let live: LiveRule;
       try {
-        live = { tenant, def, compiled: compileRule(def, () => this.now()), gate: new RateGate({ cooldownMs: def.cooldownMs, rateLimit: def.rateLimit }, () => this.now()), stats: { matched: 0, fired: 0, suppressed: 0, errors: 0 }, createdMs, createdBy };
+        let paramKeys: Set<string>;
+        try { paramKeys = new Set(refsIn(def.action.parameters).map((r) => r.key)); } catch { paramKeys = new Set(); }
+        live = {
+          tenant, def, compiled: compileRule(def, () => this.now()), gate: new RateGate({ cooldownMs: def.cooldownMs, rateLimit: def.rateLimit }, () => this.now()),
+          stats: { matched: 0, fired: 0, suppressed: 0, errors: 0 }, createdMs, createdBy, author,
+          // Until its author is checked (right away, and before it fires): as before, if it was; fresh rules were checked when saved or installed.
+          blocked: prev?.author === author ? prev.blocked : undefined, secretsOk: prev?.author === author ? prev.secretsOk : !this.deps.authors, paramKeys,
+        };
       } catch (err) {
         this.deps.log.error({ rule: def.ref, tenant, err: (err as Error).message }, 'rule does not compile; skipped');
         continue;
       }
+      fresh = true;
       if (prev && prev.def.ref === def.ref) live.stats = prev.stats; // counters survive an edit; the gate starts fresh
       this.all.set(key, live);
-      if (!def.enabled) continue;
+      if (!def.enabled || live.blocked) continue;
       if (def.target.kind === 'local') edge.push(live);
       else index.add(key, live);
     }
     this.index.set(tenant, index);
     this.edge.set(tenant, edge);
     if (this.edgeSignature(tenant) !== before) this.emit('edge-change', tenant);
+    if (fresh && recheck) this.rightsChanged();
   }
 
   private edgeSignature(tenant: string): string {
@@ -202,15 +301,28 @@ export class RulesEngine extends EventEmitter {
   }
 
   private async fire(r: LiveRule, ev: TriggerEvent): Promise<void> {
+    // Rights changed since the last check (a deactivation a moment ago): check before acting.
+    if (this.checkedGen < this.authGen) await this.checkAuthors();
+    if (r.blocked) { r.stats.fired--; r.stats.suppressed++; return; }
     const action = this.deps.packs.action(r.tenant, r.def.action.ref);
     if (!action) throw new TrellisError('TRELLIS_E_NOT_FOUND', `action ${r.def.action.ref} is not installed in tenant ${r.tenant}`);
     const agentIds = await this.targets(r.tenant, r.def, ev);
     if (agentIds.length === 0) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no online agent for target ${describeTarget(r.def)}`);
     const ref = r.def.ref;
+    // References resolve as the rule (never an administrator: no --private keys); a secret its
+    // own parameters name needs its author to hold secrets:use, also when the key became one later.
+    const used = new Set<string>();
+    const kvCaller = { username: `rule:${ref}`, isAdmin: false, onSecret: secretGuard({ who: `rule ${ref} (author ${r.author})`, mayUse: r.secretsOk, callerKeys: r.paramKeys, used }) };
     await this.deps.executions.request({
       tenant: r.tenant, action, agentIds, parameters: r.compiled.parameters(ev), requestedBy: `rule:${ref}`, rule: ref,
-      triggerEventId: ev.id, dedupKey: (agentId) => `${ref}|${ev.id}|${agentId}`,
+      triggerEventId: ev.id, dedupKey: (agentId) => `${ref}|${ev.id}|${agentId}`, kvCaller,
     });
+    if (used.size > 0) {
+      this.deps.audit?.record({
+        timeMs: Date.now(), actor: `rule:${ref}`, tenant: r.tenant, method: 'rules/Fire', target: `rule:${ref}`.slice(0, 256), result: 'ok',
+        sourceAddress: '', detail: `author ${r.author}; event ${ev.id.slice(0, 64)}; secrets used: ${[...used].sort().join(', ')}`.slice(0, 600),
+      });
+    }
   }
 
   /** The agents a hub rule targets for this event (in the rule's tenant, not revoked). */
@@ -268,8 +380,10 @@ export class RulesEngine extends EventEmitter {
     const r = this.get(tenant, ref);
     const id = docId(tenant, ref);
     const cur = this.docs.get(id);
+    // Enabling a rule created directly makes the enabler its author (they were checked for it);
+    // a pack rule keeps acting for its pack's installer.
     const doc: RuleDoc = cur?.def
-      ? { ...cur, def: { ...cur.def, enabled } }
+      ? { ...cur, def: { ...cur.def, enabled }, ...(enabled ? { enabledBy: by } : {}) }
       : { id, tenant, ref, enabled, createdMs: cur?.createdMs ?? this.now(), createdBy: cur?.createdBy ?? by };
     await this.deps.store.put('rules', doc);
     this.docs.set(id, doc);
