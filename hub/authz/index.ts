@@ -48,7 +48,7 @@ export const PERMISSIONS = {
   'roles:delete': 'delete roles',
   'audit:read': 'read the audit log',
   'actions:execute': 'run pack actions (platform, pack:<name> or action:<pack>.<name>)',
-  'packs:install': 'install and remove packs',
+  'packs:install': 'install and remove packs; installing also needs what the pack\'s contents use: actions:execute on the pack (and on actions its rules call), agents:run for a command sensor, kv:read and secrets:use for what it references',
   'packs:list': 'list packs',
   'kv:read': 'read datastore keys (ciphertext for secrets)',
   'kv:write': 'write and delete datastore keys',
