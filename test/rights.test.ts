@@ -210,7 +210,7 @@ t.test('a rule stops firing when its author loses what it needs; the reason show
     const cl = adminClients(h.adminAddr, h.caPem, (await login(h, author, author === 'admin' ? ADMIN_PASSWORD : PW)).token, 'default');
     try {
       await call<T.CreateRuleRequest, T.RuleInfo__Output>(cl, cl.rules, cl.rules.CreateRule, {
-        definition: JSON.stringify({ name, trigger: 'test.fire', action: { ref: 'ops.echo', parameters: { msg: '{{ trigger.payload.n }}', out: out(name) } }, ...target }), replace: false, source: 't',
+        definition: JSON.stringify({ name, trigger: 'core.test_fire', action: { ref: 'ops.echo', parameters: { msg: '{{ trigger.payload.n }}', out: out(name) } }, ...target }), replace: false, source: 't',
       });
     } finally { cl.close(); }
   };
@@ -221,7 +221,7 @@ t.test('a rule stops firing when its author loses what it needs; the reason show
   let n = 0;
   const fire = async () => {
     const k = ++n;
-    agent.publishEvent('test.fire', { n: k });
+    agent.publishEvent('core.test_fire', { n: k });
     await waitFor(() => readLines(out('control')).includes(String(k)), 15_000, `control rule ran for event ${k}`);
     return k;
   };
@@ -329,13 +329,13 @@ t.test('rules, hub and edge, never see --private keys', async (t) => {
   await install(h, opsPack());
   const create = (def: object) => adminCall<T.CreateRuleRequest, T.RuleInfo__Output>(h, h.admin.rules, h.admin.rules.CreateRule, { definition: JSON.stringify(def), replace: true, source: 't' });
   const out = join(h.dir, 'hub.out');
-  await create({ name: 'hub-private', trigger: 'test.pk', action: { ref: 'ops.echo', parameters: { msg: '{{ kv.pk }}', out } } });
-  await create({ name: 'hub-public', trigger: 'test.pk', action: { ref: 'ops.echo', parameters: { msg: '{{ kv.pub }}', out } } });
-  await create({ name: 'edge-private', trigger: 'test.pk', target: 'local', action: { ref: 'ops.echo', parameters: { msg: 'edge {{ kv.pk }}', out } } });
+  await create({ name: 'hub-private', trigger: 'core.test_pk', action: { ref: 'ops.echo', parameters: { msg: '{{ kv.pk }}', out } } });
+  await create({ name: 'hub-public', trigger: 'core.test_pk', action: { ref: 'ops.echo', parameters: { msg: '{{ kv.pub }}', out } } });
+  await create({ name: 'edge-private', trigger: 'core.test_pk', target: 'local', action: { ref: 'ops.echo', parameters: { msg: 'edge {{ kv.pk }}', out } } });
   await waitFor(() => agent.edge.ruleNames.includes('edge-private'), 10_000, 'edge rule on the agent');
   const cfg = JSON.parse(readFileSync(agent.edge.path, 'utf8')) as { sealedSecrets: Record<string, string> };
   t.notOk('kv:pk' in cfg.sealedSecrets, 'the agent is sent no value for a --private key');
-  agent.publishEvent('test.pk', { x: 1 });
+  agent.publishEvent('core.test_pk', { x: 1 });
   await waitFor(() => readLines(out).includes('public-value'), 15_000, 'the rule with a shared key ran');
   const list = (rule: string) => adminCall<T.ListExecutionsRequest, T.ListExecutionsResponse__Output>(h, h.admin.executions, h.admin.executions.ListExecutions, { limit: 100, rule } as T.ListExecutionsRequest);
   await waitFor(async () => (await list('edge-private')).executions.length > 0, 15_000, 'edge run reported');
@@ -358,18 +358,18 @@ t.test('a {{ kv.x }} that becomes a secret after the rule was saved is not opene
   t.teardown(() => eve.close());
   const out = join(h.dir, 'kv.out');
   const create = (def: object) => call<T.CreateRuleRequest, T.RuleInfo__Output>(eve, eve.rules, eve.rules.CreateRule, { definition: JSON.stringify(def), replace: false, source: 't' });
-  await create({ name: 'hub-x', trigger: 'test.kv', action: { ref: 'ops.echo', parameters: { msg: 'hub {{ kv.x }}', out } } });
-  await create({ name: 'edge-x', trigger: 'test.edge', target: 'local', action: { ref: 'ops.echo', parameters: { msg: 'edge {{ kv.x }}', out } } });
+  await create({ name: 'hub-x', trigger: 'core.test_kv', action: { ref: 'ops.echo', parameters: { msg: 'hub {{ kv.x }}', out } } });
+  await create({ name: 'edge-x', trigger: 'core.test_edge', target: 'local', action: { ref: 'ops.echo', parameters: { msg: 'edge {{ kv.x }}', out } } });
   const sealed = () => Object.keys((JSON.parse(readFileSync(agent.edge.path, 'utf8')) as { sealedSecrets: Record<string, string> }).sealedSecrets);
   await waitFor(() => agent.edge.ruleNames.includes('edge-x') && sealed().includes('kv:x'), 10_000, 'edge rule with its plain value on the agent');
-  agent.publishEvent('test.kv', { n: 1 });
+  agent.publishEvent('core.test_kv', { n: 1 });
   await waitFor(() => readLines(out).includes('hub plain-first'), 15_000, 'the hub rule ran with the plain value');
 
   const secret = 'now-a-secret-value-77';
   await kvSet(h, ADMIN, 'x', secret, { secret: true });
   await waitFor(() => !sealed().includes('kv:x'), 10_000, 'the value is taken off the agent once it is a secret');
-  agent.publishEvent('test.kv', { n: 2 });
-  agent.publishEvent('test.kv.control', { n: 2 });
+  agent.publishEvent('core.test_kv', { n: 2 });
+  agent.publishEvent('core.test_kv_control', { n: 2 });
   await waitFor(async () => (await getRule(h, 'hub-x')).matched >= 2, 10_000, 'second event matched');
   await new Promise((r) => setTimeout(r, 1000));
   t.notOk(readLines(out).some((l) => l.includes(secret)), 'the hub rule did not run with the secret');

@@ -100,8 +100,8 @@ t.test('trellis run PACK.ACTION with a secret of the wrong type (integer, enum, 
   t.match(mixed.err, /parameter "n": got a value from secret numsec that is not an integer/);
   for (const [k, r] of Object.entries({ integer, enumCase, literal, mixed })) { cli[`cli ${k} stdout`] = r.out; cli[`cli ${k} stderr`] = r.err; }
   // The same parameters through a hub rule: the rule's error goes to the hub log.
-  await createRule(h, { name: 'wrong-type', trigger: 'test.go', target: { agent: agent.agentId }, action: { ref: 'sec.num', parameters: { n: '{{ secret.numsec }}' } } });
-  agent.publishEvent('test.go', {});
+  await createRule(h, { name: 'wrong-type', trigger: 'core.test_go', target: { agent: agent.agentId }, action: { ref: 'sec.num', parameters: { n: '{{ secret.numsec }}' } } });
+  agent.publishEvent('core.test_go', {});
   await waitFor(() => h.logLines.some((l) => l.includes('wrong-type') && l.includes('got a value from secret numsec that is not an integer')), 10_000, 'the rule error logged');
 
   await h.hub.components.audit.flush();
@@ -117,14 +117,14 @@ t.test('an edge rule whose parameter is a secret of the wrong type: the secret i
   const NUM = 'planted-edge-secret-c40d17';
   await setSecret(h, 'numsec', NUM);
   await install(h, secPack());
-  await createRule(h, { name: 'edge-wrong', trigger: 'test.edge', target: 'local', action: { ref: 'sec.num', parameters: { n: '{{ secret.numsec }}' } } });
-  await createRule(h, { name: 'edge-enum', trigger: 'test.edge', target: 'local', action: { ref: 'sec.num', parameters: { level: '{{ secret.numsec }}' } } });
+  await createRule(h, { name: 'edge-wrong', trigger: 'core.test_edge', target: 'local', action: { ref: 'sec.num', parameters: { n: '{{ secret.numsec }}' } } });
+  await createRule(h, { name: 'edge-enum', trigger: 'core.test_edge', target: 'local', action: { ref: 'sec.num', parameters: { level: '{{ secret.numsec }}' } } });
   // The test agent logs for real, to a file in the test directory (scanned below).
   const logFile = join(h.dir, 'agent.log');
   const log = pino({ level: 'debug' }, pino.destination({ dest: logFile, sync: true }));
   const agent = await h.agent({ log });
   await waitFor(() => agent.edge.ruleNames.length === 2, 10_000, 'edge rules on the agent');
-  agent.publishEvent('test.edge', { n: 1 });
+  agent.publishEvent('core.test_edge', { n: 1 });
   await waitFor(async () => (await listExecutions(h, {})).executions.filter((x) => x.edge).length === 2, 15_000, 'both edge runs reported');
   for (const x of (await listExecutions(h, {})).executions) {
     const rec = await getExecution(h, x.id);

@@ -166,8 +166,8 @@ t.test('a datastore value holding {{ kv.other }} or {{ secret.x }} is not expand
   t.equal(done.status, 'succeeded', done.error);
   t.equal(Buffer.from(done.output).toString(), 'env=a={{ kv.db_host }} b={{ secret.api }}\narg=a={{ kv.db_host }} b={{ secret.api }}\n');
   // And through a rule: the author's {{ kv.nested }} opens once, its content stays text.
-  await createRule(h, { name: 'nested', trigger: 'test.go', target: { agent: agent.agentId }, action: { ref: 'inj.show', parameters: { msg: '{{ kv.nested }}' } } });
-  agent.publishEvent('test.go', {});
+  await createRule(h, { name: 'nested', trigger: 'core.test_go', target: { agent: agent.agentId }, action: { ref: 'inj.show', parameters: { msg: '{{ kv.nested }}' } } });
+  agent.publishEvent('core.test_go', {});
   await waitFor(async () => (await listExecutions(h, { rule: 'nested' })).executions.length === 1, 15_000, 'the rule fired');
   const r = await finished(h, (await listExecutions(h, { rule: 'nested' })).executions[0]!.id);
   t.match(Buffer.from(r.output).toString(), 'env=a={{ kv.db_host }} b={{ secret.api }}\n');
