@@ -142,7 +142,7 @@ export function isSensorKind(kind: string): kind is SensorKind {
 
 /**
  * Validates a sensor config against its kind's schema. Throws TRELLIS_E_INVALID_ARGUMENT naming
- * the field ("log sensor config: pattern: may backtrack catastrophically ...").
+ * the field ("log sensor config: pattern: is not a usable regular expression: it uses lookahead ...").
  */
 export function parseSensorConfig<K extends SensorKind>(kind: K, config: unknown): SensorConfig<K> {
   const schema = SENSOR_CONFIG_SCHEMAS[kind] as unknown as z.ZodType<SensorConfig<K>>;
