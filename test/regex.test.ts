@@ -10,6 +10,7 @@ import t, { type Test } from 'tap';
 import { spawn } from 'node:child_process';
 import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
+import { WebSocket } from 'ws';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initHub } from '../hub/init.js';
@@ -287,6 +288,33 @@ t.test('hub in its own process: saved rules fed ReDoS events by a webhook; admin
     if (during.err || after.err) { t.fail(`admin call while rules run ${label(c)}: ${(during.err ?? after.err)!.message}`); return; }
     t.ok(Math.max(during.ms, after.ms) < 1000, `${label(c)}: admin calls answer in ${during.ms.toFixed(0)} / ${after.ms.toFixed(0)} ms while the rules match the event`);
   }
+});
+
+t.test('hub in its own process: a /stream type glob that backtracks in a regex engine matches in linear time', async (t) => {
+  await using d = await tempDir();
+  const h = await hubProcess(t, d.path);
+  const name = 'a'.repeat(40);
+  const hook = await call<T.CreateWebhookRequest, T.CreateWebhookResponse__Output>(h.admin, h.admin.webhooks, h.admin.webhooks.CreateWebhook, { name, description: '' });
+  const anon = adminClients(h.adminAddr, h.caPem);
+  const { token } = await call<T.LoginRequest, T.LoginResponse__Output>(anon, anon.auth, anon.auth.Login, { username: 'admin', password: ADMIN_PASSWORD });
+  anon.close();
+  // `*a*a…*b` compiled to a backtracking regex takes C(48, 12) steps on webhook.aaaa… (minutes);
+  // the second glob matches, so the event must arrive.
+  const glob = `${'*a'.repeat(12)}b,webhook.a*`;
+  const messages: { type?: string }[] = [];
+  const ws = new WebSocket(`wss://127.0.0.1:${h.webPort}/stream?type=${encodeURIComponent(glob)}`, ['trellis.v1'], { ca: h.caPem, headers: { authorization: `Bearer ${token}`, 'x-trellis-tenant': 'default' }, perMessageDeflate: false });
+  t.teardown(() => ws.terminate());
+  ws.on('message', (m) => messages.push(JSON.parse(m.toString()) as { type?: string }));
+  await new Promise<void>((resolve, reject) => { ws.on('open', () => resolve()); ws.on('error', reject); });
+  const body = '{"n":1}';
+  const posted = await timed(() => postWebhook(h, `/webhooks/${name}`, body, { 'x-trellis-signature': signWebhook(hook.secret, body, Math.floor(Date.now() / 1000)) }));
+  if (posted.err) { t.fail(`webhook: ${posted.err.message}`); return; }
+  t.equal(posted.r, 202);
+  const after = await timed(() => call(h.admin, h.admin.rules, h.admin.rules.ListRules, { pack: '', trigger: '' }, DEADLINE_MS));
+  if (after.err) { t.fail(`admin call after the event: ${after.err.message}: the hub froze matching the glob`); return; }
+  t.ok(after.ms < 1000, `an admin call answers in ${after.ms.toFixed(0)} ms after the event`);
+  await waitFor('the event on the stream', DEADLINE_MS, () => messages.some((m) => m.type === `webhook.${name}`)).catch((err: Error) => t.fail(err.message));
+  t.ok(messages.some((m) => m.type === `webhook.${name}`), 'the event matched the second glob and was delivered');
 });
 
 t.test('agent in its own process: log sensors and edge rules with ReDoS patterns on 40- and 80-character lines keep it responsive', async (t) => {
