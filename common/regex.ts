@@ -80,6 +80,64 @@ function explain(err: unknown, pattern: string): string {
   return `does not compile: ${err.message.replace(/^error parsing regexp: /, '')}`;
 }
 
+/**
+ * Rough size of the program a pattern compiles to (one per atom, counted repetitions multiplied),
+ * read from its text without compiling: compiling `[ab]{1000}` a hundred times over takes a
+ * fifth of a second, so what is clearly too large is refused before. The exact size is checked
+ * after compiling; this only has to be within a small factor of it.
+ */
+export function estimateProgramSize(pattern: string): number {
+  // Per open group: its size so far, the size of its current branch and of its largest branch.
+  const stack = [{ total: 0, branch: 0, widest: 0 }];
+  let last = 0; // size of the last atom, which a quantifier applies to
+  const add = (n: number) => { const g = stack[stack.length - 1]!; g.total += n; g.branch += n; };
+  const atom = (n: number) => { add(n); last = n; };
+  for (let i = 0; i < pattern.length; i++) {
+    const c = pattern[i]!;
+    if (c === '\\') {
+      const n = pattern[i + 1];
+      if (n === 'Q') { const end = pattern.indexOf('\\E', i + 2); const lit = (end < 0 ? pattern.length : end) - (i + 2); i = end < 0 ? pattern.length : end + 1; atom(Math.max(lit, 0)); continue; }
+      if ((n === 'p' || n === 'P' || n === 'x') && pattern[i + 2] === '{') { const end = pattern.indexOf('}', i); i = end < 0 ? pattern.length : end; } else i++;
+      atom(1);
+    } else if (c === '[') {
+      let j = i + 1;
+      if (pattern[j] === '^') j++;
+      if (pattern[j] === ']') j++;
+      while (j < pattern.length && pattern[j] !== ']') j += pattern[j] === '\\' ? 2 : pattern.startsWith('[:', j) ? Math.max(pattern.indexOf(':]', j) - j + 2, 1) : 1;
+      i = j;
+      atom(1);
+    } else if (c === '(') {
+      if (pattern[i + 1] === '?') { // (?:…) (?i:…) (?P<n>…) (?<n>…), or flags alone: (?i)
+        const named = pattern[i + 2] === 'P' || pattern[i + 2] === '<';
+        let j = i + 2;
+        while (j < pattern.length && !(named ? pattern[j] === '>' : pattern[j] === ':' || pattern[j] === ')')) j++;
+        if (!named && pattern[j] === ')') { i = j; continue; }
+        i = j;
+      }
+      stack.push({ total: 0, branch: 0, widest: 0 });
+    } else if (c === ')') {
+      const g = stack.length > 1 ? stack.pop()! : { total: 0, branch: 0, widest: 0 };
+      // Branches of one character each become one class: (a|b|c) is [a-c].
+      atom(Math.max(g.widest, g.branch) <= 1 ? 1 : g.total + 1);
+    } else if (c === '{') {
+      const m = /^\{(\d+)(?:,(\d*))?\}/.exec(pattern.slice(i, i + 12));
+      if (!m) { atom(1); continue; }
+      const times = Math.max(Number(m[1]), m[2] ? Number(m[2]) : 0, 1);
+      add(last * (times - 1));
+      last *= times;
+      i += m[0].length - 1;
+    } else if (c === '|') {
+      const g = stack[stack.length - 1]!;
+      g.widest = Math.max(g.widest, g.branch);
+      g.branch = 0;
+      g.total += 1;
+    } else if (c === '*' || c === '+' || c === '?') {
+      add(1);
+    } else atom(1);
+  }
+  return stack.reduce((a, g) => a + g.total, 0);
+}
+
 function compile(pattern: string, flags: number): RE2JS {
   try { return RE2JS.compile(pattern, flags); } catch (err) { throw new RegexRefusedError(explain(err, pattern)); }
 }
@@ -95,6 +153,9 @@ const META = /[\\^$.|?*+()[\]{}]/;
 export function compileUserRegex(pattern: string, opts: RegexOptions = {}): UserRegex {
   if (typeof pattern !== 'string') throw new RegexRefusedError('must be text');
   if (pattern.length > PATTERN_MAX) throw new RegexRefusedError(`is ${pattern.length} characters; the limit is ${PATTERN_MAX}`);
+  const guess = estimateProgramSize(pattern);
+  // Generous (8×): RE2 simplifies, e.g. (a|b|c) to [a-c], and the exact size is checked below.
+  if (guess > 8 * PROGRAM_MAX) throw new RegexRefusedError(`is too large: it would compile to about ${guess} steps and the limit is ${PROGRAM_MAX} (large counts such as {500} cost the most)`);
   const flags = (opts.ignoreCase ? RE2JS.CASE_INSENSITIVE : 0) | (opts.dotAll ? RE2JS.DOTALL : 0);
   // The pattern alone first: it must be balanced before it is wrapped in \A(?:…).
   let re = compile(pattern, flags);

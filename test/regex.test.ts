@@ -369,6 +369,10 @@ t.test('refused by name: backreferences, lookaround, atomic groups, possessive q
   t.match(refusal('a{1001}'), /repeat count over 1000/);
   t.match(refusal('(?:[a-z]{100}){100}'), /repeat count over 1000/, 'nested counts multiply');
   t.match(refusal('(?:(?:ab){40}){25}'), /too large: it compiles to 2002 steps/);
+  const t0 = performance.now();
+  t.match(refusal('[ab]{1000}'.repeat(102)), /too large: it would compile to about 1020\d\d steps/, 'a clearly oversize pattern is refused from its text');
+  t.ok(performance.now() - t0 < 50, `without compiling it (${(performance.now() - t0).toFixed(1)} ms; compiling takes ~200 ms)`);
+  t.equal(refusal('(?:(?:a|b|c|d|e|f|g|h){10}){100}'), '', 'the estimate leaves room for what RE2 simplifies');
   t.match(refusal('x'.repeat(1025)), /1025 characters; the limit is 1024/);
   t.match(refusal('(unclosed'), /does not compile: missing closing \)/);
   t.match(refusal('[[:alpha:]]{2000}'), /repeat count|too large/);
