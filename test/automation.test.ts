@@ -188,8 +188,9 @@ t.test('rules API: validation, permissions, tenants, test', async (t) => {
   const h = await startHub();
   t.teardown(() => h.close());
   await install(h, opsPack(h.dir));
-  const bad = await callError(createRule(h, { name: 'redos', trigger: 'x.y', criteria: { 'trigger.payload.a': { type: 'regex', pattern: '(a+)+$' } }, action: { ref: 'ops.mark', parameters: { msg: 'm', out: '/tmp/x' } } }));
-  t.equal((bad as unknown as grpc.ServiceError)?.code, grpc.status.INVALID_ARGUMENT, 'a catastrophic regex is refused when the rule is saved');
+  const bad = await callError(createRule(h, { name: 'backref', trigger: 'x.y', criteria: { 'trigger.payload.a': { type: 'regex', pattern: '(a)\\1' } }, action: { ref: 'ops.mark', parameters: { msg: 'm', out: '/tmp/x' } } }));
+  t.equal((bad as unknown as grpc.ServiceError)?.code, grpc.status.INVALID_ARGUMENT, 'a regex the linear-time engine cannot run is refused when the rule is saved');
+  t.match(bad?.message, /backreference/, 'naming the feature');
   const noAction = await callError(createRule(h, { name: 'noaction', trigger: 'x.y', action: { ref: 'ops.missing', parameters: {} } }));
   t.match(noAction?.message, /no such action/);
   const badOp = await callError(createRule(h, { name: 'badop', trigger: 'x.y', criteria: { 'trigger.payload.a': { type: 'frobnicate', pattern: 1 } }, action: { ref: 'ops.mark', parameters: {} } }));

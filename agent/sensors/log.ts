@@ -4,9 +4,11 @@
  * old file is read to its end first) and truncation in place (size below the offset: restart at
  * 0; like `tail -F`, a truncation refilled past the old offset between two polls goes unseen).
  * Each poll examines at most maxLinesPerPoll lines and MAX_BYTES_PER_POLL bytes; the rest waits
- * for the next poll. Lines longer than maxLineBytes are cut.
+ * for the next poll. Lines longer than maxLineBytes are cut. The pattern runs on RE2 (linear time,
+ * common/regex.ts) over the first 64 KiB of a line.
  */
 import { open, stat, type FileHandle } from 'node:fs/promises';
+import { compileUserRegex } from '../../common/regex.js';
 import { parseSensorConfig } from '../../common/sensors/index.js';
 import type { Reading, Sensor } from './types.js';
 
@@ -20,7 +22,7 @@ export const log: Sensor = {
   kind: 'log',
   create(ctx) {
     const c = parseSensorConfig('log', ctx.config);
-    const re = new RegExp(c.pattern);
+    const re = compileUserRegex(c.pattern); // linear time; sees the first 64 KiB of a line
     const buf = Buffer.allocUnsafe(READ_CHUNK);
     let fh: FileHandle | undefined;
     let ino = 0;
@@ -59,7 +61,7 @@ export const log: Sensor = {
       partial = []; partialLen = 0;
       if (line.endsWith('\r')) line = line.slice(0, -1);
       const m = re.exec(line);
-      if (m) out.push({ payload: { path: c.path, line, match: Array.from(m, (g) => g ?? ''), groups: { ...(m.groups ?? {}) } } });
+      if (m) out.push({ payload: { path: c.path, line, match: m.match, groups: m.groups } });
     };
 
     /** Reads new bytes of the open file; true when it stopped on the budget (more to read). */

@@ -8,6 +8,7 @@ import { execFile } from 'node:child_process';
 import { readdir, readFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { promisify } from 'node:util';
+import { compileUserRegex } from '../../common/regex.js';
 import { parseSensorConfig } from '../../common/sensors/index.js';
 import type { Sensor } from './types.js';
 
@@ -75,7 +76,7 @@ export const processSensor: Sensor = {
   create(ctx) {
     const c = parseSensorConfig('process', ctx.config);
     const label = c.name ?? c.pattern ?? c.pidFile ?? '';
-    const re = c.pattern !== undefined ? new RegExp(c.pattern) : undefined;
+    const re = c.pattern !== undefined ? compileUserRegex(c.pattern) : undefined; // linear time (RE2)
     const name = c.name;
     // comm (at most 15 bytes) is read only when argv[0] did not match and the name could be one.
     const commFits = name !== undefined && Buffer.byteLength(name) <= 15;

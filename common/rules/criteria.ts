@@ -24,7 +24,8 @@
  * - exists/nexists: null counts as missing (StackStorm: `value is not None`).
  * - regex/iregex search anywhere, matchregex is anchored at the start with `.` matching newlines
  *   (Python re.match with DOTALL); matchwildcard is fnmatch (whole value, `*` crosses `/`). The
- *   three only look at the first 64 KiB of a value. Unsafe regexes are refused at compile time.
+ *   three only look at the first 64 KiB of a value. Regexes run on RE2 (linear time, common/regex.ts);
+ *   what it cannot run (backreferences, lookaround) is refused at compile time.
  * - timediff_lt/gt: seconds from the value (ISO time, zone-less taken as UTC; or epoch seconds
  *   or milliseconds, told apart by magnitude) to now, compared with the pattern (seconds).
  * - search: the pattern is nested criteria over `item` (`item.name`, `item[0]`), condition
@@ -39,7 +40,7 @@
 import type { Criterion, TriggerEvent } from '../automation/types.js';
 import { TrellisError } from '../errors.js';
 import { parsePath, step, walk } from './path.js';
-import { capInput, compileRegex, compileWildcard } from './patterns.js';
+import { compileRegex, compileWildcard } from './patterns.js';
 import { hasTemplate } from './template.js';
 
 export { getPath } from './path.js';
@@ -209,12 +210,9 @@ function compileOp(op: string, c: Criterion, ctx: Ctx): Op {
     case 'istartswith': { const s = textOf(p, w).toLowerCase(); return onText((v) => v.toLowerCase().startsWith(s)); }
     case 'endswith': { const s = textOf(p, w); return onText((v) => v.endsWith(s)); }
     case 'iendswith': { const s = textOf(p, w).toLowerCase(); return onText((v) => v.toLowerCase().endsWith(s)); }
-    case 'regex': { const re = compileRegex(textOf(p, w), '', w); return onText((v) => re.test(capInput(v))); }
-    case 'iregex': { const re = compileRegex(textOf(p, w), 'i', w); return onText((v) => re.test(capInput(v))); }
-    case 'matchregex': {
-      const re = compileRegex(textOf(p, w), 'sy', w);
-      return onText((v) => { re.lastIndex = 0; return re.test(capInput(v)); });
-    }
+    case 'regex': { const re = compileRegex(textOf(p, w), {}, w); return onText(re.test); }
+    case 'iregex': { const re = compileRegex(textOf(p, w), { ignoreCase: true }, w); return onText(re.test); }
+    case 'matchregex': { const re = compileRegex(textOf(p, w), { dotAll: true, anchorStart: true }, w); return onText(re.test); }
     case 'matchwildcard': { const m = compileWildcard(textOf(p, w), w); return onText(m); }
     case 'exists': return (v) => v !== undefined && v !== null;
     case 'nexists': return (v) => v === undefined || v === null;

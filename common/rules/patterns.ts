@@ -1,42 +1,25 @@
 /**
- * Text patterns used by criteria: regular expressions checked for ReDoS at compile time, and
- * fnmatch-style wildcards matched without building a regex (so `*a*a*a*b` cannot backtrack).
+ * Text patterns used by criteria: regular expressions on the linear-time engine (common/regex.ts),
+ * and fnmatch-style wildcards matched without building a regex (so `*a*a*a*b` cannot backtrack).
  */
-import safeRegex from 'safe-regex2';
 import { TrellisError } from '../errors.js';
+import { capInput, compileUserRegex, MATCH_INPUT_MAX, PATTERN_MAX, RegexRefusedError, type RegexOptions, type UserRegex } from '../regex.js';
 
-export const PATTERN_MAX = 1024;
-/** Regex and wildcard operators look at the first 64 KiB of a value only. */
-export const MATCH_INPUT_MAX = 64 * 1024;
+export { capInput, MATCH_INPUT_MAX, PATTERN_MAX };
 
 /**
- * Compiles a (Python-flavoured, as StackStorm rules are written) regular expression.
- * Translations: leading inline flags `(?i)`, `(?s)`, `(?m)` (any combination) become JS flags,
- * `(?P<name>` becomes `(?<name>` and `(?P=name)` becomes `\k<name>`. Refuses a pattern over
- * 1024 characters, one that does not compile, and one safe-regex2 rates as exponential.
+ * Compiles a rule's regular expression (RE2 syntax, which reads StackStorm's Python regexes:
+ * `(?i)`, `(?P<name>…)` and the like work as written). Throws TRELLIS_E_RULE_INVALID naming
+ * `what` and the reason for a pattern over 1024 characters, one that does not compile, and one
+ * using what a linear-time engine cannot run (backreferences, lookaround, ...).
  */
-export function compileRegex(pattern: string, flags: string, what: string): RegExp {
-  if (pattern.length > PATTERN_MAX) throw new TrellisError('TRELLIS_E_RULE_INVALID', `${what}: the regex is ${pattern.length} characters; the limit is ${PATTERN_MAX}`);
-  let src = pattern;
-  const inline = /^\(\?([imsx]+)\)/.exec(src);
-  if (inline) {
-    if (inline[1]!.includes('x')) throw new TrellisError('TRELLIS_E_RULE_INVALID', `${what}: verbose regexes "(?x)" are not supported`);
-    for (const f of inline[1]!) if (!flags.includes(f)) flags += f;
-    src = src.slice(inline[0].length);
-  }
-  src = src.replace(/\(\?P</g, '(?<').replace(/\(\?P=([A-Za-z_][A-Za-z0-9_]*)\)/g, '\\k<$1>');
-  let re: RegExp;
+export function compileRegex(pattern: string, opts: RegexOptions, what: string): UserRegex {
   try {
-    re = new RegExp(src, flags);
+    return compileUserRegex(pattern, opts);
   } catch (err) {
-    throw new TrellisError('TRELLIS_E_RULE_INVALID', `${what}: bad regex: ${(err as Error).message}`);
+    if (err instanceof RegexRefusedError) throw new TrellisError('TRELLIS_E_RULE_INVALID', `${what}: the regex ${err.message}`);
+    throw err;
   }
-  if (!safeRegex(re)) throw new TrellisError('TRELLIS_E_RULE_INVALID', `${what}: the regex "${pattern.slice(0, 80)}" can take exponential time (nested repetition); rewrite it`);
-  return re;
-}
-
-export function capInput(s: string): string {
-  return s.length > MATCH_INPUT_MAX ? s.slice(0, MATCH_INPUT_MAX) : s;
 }
 
 type GlobTok = { k: 'star' } | { k: 'any' } | { k: 'lit'; c: string } | { k: 'set'; neg: boolean; ranges: [number, number][] };

@@ -5,10 +5,10 @@
  * and come out as milliseconds, so parsing an already-parsed config gives the same config.
  */
 import { z } from 'zod';
-import safeRegex from 'safe-regex2';
 import type { SensorKind } from '../automation/types.js';
 import { parseDuration } from '../duration.js';
 import { TrellisError } from '../errors.js';
+import { compileUserRegex, PATTERN_MAX, RegexRefusedError } from '../regex.js';
 
 export type { SensorKind };
 
@@ -19,7 +19,7 @@ export const SENSOR_KINDS = ['cpu', 'memory', 'disk', 'process', 'file', 'log', 
 export const DEFAULT_TRIGGER = (kind: SensorKind): string => `core.${kind}`;
 
 /** Longest regular expression a sensor accepts. */
-export const MAX_PATTERN_LENGTH = 1024;
+export const MAX_PATTERN_LENGTH = PATTERN_MAX;
 /** Longest path a sensor accepts. */
 export const MAX_PATH_LENGTH = 4096;
 /** Cap on the stdout and on the stderr a command sensor puts in its payload. */
@@ -49,14 +49,13 @@ function duration(minMs: number, maxMs: number) {
     });
 }
 
-/** A regular expression that compiles and is not prone to catastrophic backtracking. */
+/** A regular expression the linear-time engine (RE2, common/regex.ts) compiles. */
 export const safePattern = z.string().min(1, 'must not be empty').max(MAX_PATTERN_LENGTH, `must be at most ${MAX_PATTERN_LENGTH} characters`)
   .superRefine((p, ctx) => {
-    try { new RegExp(p); } catch (err) {
-      ctx.addIssue({ code: 'custom', message: `is not a valid regular expression: ${(err as Error).message}` });
-      return;
+    try { compileUserRegex(p); } catch (err) {
+      if (!(err instanceof RegexRefusedError)) throw err;
+      ctx.addIssue({ code: 'custom', message: `is not a usable regular expression: it ${err.message}` });
     }
-    if (!safeRegex(p)) ctx.addIssue({ code: 'custom', message: 'may backtrack catastrophically (nested or too many repetitions); simplify it' });
   });
 
 /** cpu / memory / disk: a reading every interval, or (emit: above) only while at or over threshold. */
@@ -143,7 +142,7 @@ export function isSensorKind(kind: string): kind is SensorKind {
 
 /**
  * Validates a sensor config against its kind's schema. Throws TRELLIS_E_INVALID_ARGUMENT naming
- * the field ("log sensor config: pattern: may backtrack catastrophically ...").
+ * the field ("log sensor config: pattern: is not a usable regular expression: it uses lookahead ...").
  */
 export function parseSensorConfig<K extends SensorKind>(kind: K, config: unknown): SensorConfig<K> {
   const schema = SENSOR_CONFIG_SCHEMAS[kind] as unknown as z.ZodType<SensorConfig<K>>;
@@ -185,7 +184,7 @@ export const SENSOR_DOCS: Record<SensorKind, SensorDoc> = {
   },
   process: {
     summary: 'Whether a process runs: by name (argv[0] basename or comm), by regex on the command line, or by pid file. Emits once at start and whenever presence changes.',
-    config: 'exactly one of name, pattern (regex on the space-joined command line), pidFile',
+    config: 'exactly one of name, pattern (RE2 regex on the space-joined command line), pidFile',
     payload: 'name (the name, pattern or pid file), present, pids, count',
   },
   file: {
@@ -195,7 +194,7 @@ export const SENSOR_DOCS: Record<SensorKind, SensorDoc> = {
   },
   log: {
     summary: 'Tails a log file and emits one event per new line matching pattern; follows rotation (inode change) and truncation, reads only new bytes, at most maxLinesPerPoll lines per poll.',
-    config: 'path; pattern (regex; refused when it may backtrack catastrophically, which includes a repetition inside an optional or repeated group: write (\\d*) rather than (\\d+)?); fromEnd: true; maxLineBytes: 8192 (longer lines are cut); maxLinesPerPoll: 1000',
+    config: 'path; pattern (RE2 regex, linear time: no backreferences or lookaround; sees the first 64 KiB of a line); fromEnd: true; maxLineBytes: 8192 (longer lines are cut); maxLinesPerPoll: 1000',
     payload: 'path, line, match (array: whole match then capture groups, "" for unmatched), groups (named groups, {} if none)',
   },
   http: {
