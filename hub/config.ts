@@ -101,7 +101,7 @@ const AuthSchema = z.strictObject({
    * What logins may cost, checked before any password is: past a limit a login is refused at once
    * with TRELLIS_E_RATE_LIMITED (gRPC RESOURCE_EXHAUSTED), costing no KDF time. An IPv6 source
    * counts by its /64.
-   * @example { "concurrent": 4, "concurrentPerAddress": 2, "failuresPerAddress": 20, "failureWindow": "5m" }
+   * @example { "concurrent": 4, "concurrentPerAddress": 2, "failuresPerAddress": 20, "failureWindow": "5m", "refusalDelay": "1s" }
    */
   limits: z.strictObject({
     /** Password checks in progress at once, in all. @default 4 */
@@ -112,7 +112,11 @@ const AuthSchema = z.strictObject({
     failuresPerAddress: z.number().int().min(1).max(1_000_000).default(20),
     /** The window failures per address are counted in. @default "5m" */
     failureWindow: duration.default(5 * 60_000),
-  }).prefault({}).transform((l) => ({ concurrent: l.concurrent, concurrentPerAddress: l.concurrentPerAddress, failuresPerAddress: l.failuresPerAddress, failureWindowMs: l.failureWindow })),
+    /** A refused login is answered after this long ("0ms": at once), so a client waiting for answers gets a few refusals a second, not thousands. @default "1s" */
+    refusalDelay: duration.default(1000),
+  }).prefault({}).transform((l) => ({
+    concurrent: l.concurrent, concurrentPerAddress: l.concurrentPerAddress, failuresPerAddress: l.failuresPerAddress, failureWindowMs: l.failureWindow, refusalDelayMs: l.refusalDelay,
+  })),
   /**
    * Threads the password KDF (scrypt, ~32 MiB and ~50-100 ms a check) runs on. They are the hub's
    * own, apart from libuv's threadpool that file I/O uses, so a login burst never stalls disk
@@ -195,7 +199,7 @@ export const HubConfigSchema = z.strictObject({
   maxMessageBytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(4 * 1024 * 1024),
   /** pino level. @default "info" */
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-  /** Login backends, lock-out, login limits and the KDF's threads. @default { "backends": [{ "type": "local" }], "lockout": { "maxFailures": 5, "window": "15m", "duration": "15m" }, "limits": { "concurrent": 4, "concurrentPerAddress": 2, "failuresPerAddress": 20, "failureWindow": "5m" }, "kdfWorkers": 1 } */
+  /** Login backends, lock-out, login limits and the KDF's threads. @default { "backends": [{ "type": "local" }], "lockout": { "maxFailures": 5, "window": "15m", "duration": "15m" }, "limits": { "concurrent": 4, "concurrentPerAddress": 2, "failuresPerAddress": 20, "failureWindow": "5m", "refusalDelay": "1s" }, "kdfWorkers": 1 } */
   auth: AuthSchema.prefault({}),
   /** Limits on admin-port calls before their credentials are verified. @default { "maxMessageBytes": 65536, "maxCalls": 128, "maxCallsPerAddress": 16, "requestTimeout": "10s" } */
   preAuth: PreAuthSchema.prefault({}),

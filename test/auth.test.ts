@@ -77,7 +77,7 @@ t.test('auth config: defaults, durations in ms, unknown keys rejected by name', 
   const c = validateConfig({ names: ['h'] }, 'x');
   t.same(c.auth, {
     backends: [{ type: 'local' }], lockout: { maxFailures: 5, windowMs: 900_000, durationMs: 900_000 },
-    limits: { concurrent: 4, concurrentPerAddress: 2, failuresPerAddress: 20, failureWindowMs: 300_000 }, kdfWorkers: 1,
+    limits: { concurrent: 4, concurrentPerAddress: 2, failuresPerAddress: 20, failureWindowMs: 300_000, refusalDelayMs: 1000 }, kdfWorkers: 1,
   });
   t.same(c.preAuth, { maxMessageBytes: 65_536, maxCalls: 128, maxCallsPerAddress: 16, requestTimeout: 10_000 });
   t.same(validateConfig({ names: ['h'], auth: { lockout: { window: '1m', duration: '30s', maxFailures: 3 } } }, 'x').auth.lockout, { maxFailures: 3, windowMs: 60_000, durationMs: 30_000 });

@@ -168,7 +168,14 @@ export class Auth extends EventEmitter {
     const bad = new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'wrong user name or password');
     const source = sourceKey(meta.source);
     const now = Date.now();
-    const release = this.limiter.admit(source, now);
+    let release: () => void;
+    try {
+      release = this.limiter.admit(source, now);
+    } catch (e) {
+      // Refused before any KDF work; answered late, so a client waiting for answers cannot spin on refusals.
+      await new Promise((r) => setTimeout(r, this.limiter.limits.refusalDelayMs));
+      throw e;
+    }
     try {
       if (typeof username === 'string') username = username.toLowerCase(); // one account per name, whatever the case typed
       if (typeof username !== 'string' || typeof password !== 'string' || password.length > 1024 || !isValidUsername(username)) {
@@ -178,6 +185,7 @@ export class Auth extends EventEmitter {
       }
       const lockedUntil = this.lockouts.lockedUntil(username, source, now);
       if (lockedUntil > now) {
+        this.limiter.failed(source, now); // a failed login all the same: the address's budget bounds every attempt
         throw new TrellisError('TRELLIS_E_UNAUTHENTICATED',
           `too many failed logins: this account is locked for ${formatDuration(lockedUntil - now)} from your address; `
           + `log in from another address, or an administrator can run \`trellis users unlock ${username}\``);

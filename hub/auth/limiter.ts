@@ -18,9 +18,14 @@ export interface LoginLimits {
   /** Failed logins from one source address inside the window before it is refused. */
   failuresPerAddress: number;
   failureWindowMs: number;
+  /**
+   * A refused login is answered after this long (a tarpit): a client that waits for each answer
+   * gets one refusal per this much time and slot, not thousands a second.
+   */
+  refusalDelayMs: number;
 }
 
-export const DEFAULT_LOGIN_LIMITS: LoginLimits = { concurrent: 4, concurrentPerAddress: 2, failuresPerAddress: 20, failureWindowMs: 5 * 60_000 };
+export const DEFAULT_LOGIN_LIMITS: LoginLimits = { concurrent: 4, concurrentPerAddress: 2, failuresPerAddress: 20, failureWindowMs: 5 * 60_000, refusalDelayMs: 1000 };
 
 const TABLE_MAX = 100_000;
 
@@ -29,7 +34,7 @@ export class LoginLimiter {
   private readonly inFlightBySource = new Map<string, number>();
   private readonly failures = new Map<string, number[]>();
 
-  constructor(private readonly limits: LoginLimits) {}
+  constructor(readonly limits: LoginLimits) {}
 
   /**
    * Takes a slot for one password check from `source`, or throws TRELLIS_E_RATE_LIMITED.
