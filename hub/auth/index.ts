@@ -4,7 +4,9 @@
  * session by its SHA-256. An API key is `tak1_<id>_<secret>`; the store keeps a per-key salt and
  * an HMAC of the secret. Either resolves, on every call, to the owner's current principal: a
  * deactivated or deleted user, a revoked session or a disabled key stops working at once, and
- * `revoked` events let live streams be cut.
+ * `revoked` events let live streams be cut. Lock-outs count per (name, source address) and login
+ * limits per address (lockout.ts, limiter.ts), both in memory; password KDFs run on the hub's own
+ * threads (kdf.ts).
  */
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { EventEmitter } from 'node:events';
@@ -234,16 +236,20 @@ export class Auth extends EventEmitter {
 
   // ------------------------------------------------------------ credentials on calls
 
-  /** Resolves a bearer credential (login token or API key) to a principal, or throws UNAUTHENTICATED. */
-  async authenticate(bearer: string | undefined): Promise<Principal> {
+  /**
+   * Resolves a bearer credential (login token or API key) to a principal, or throws UNAUTHENTICATED.
+   * `peek`: no side effects (an expired session is not removed, a key's last use not written), for
+   * a check ahead of the call's own authentication (hub/grpc/preauth.ts).
+   */
+  async authenticate(bearer: string | undefined, opts: { peek?: boolean } = {}): Promise<Principal> {
     if (!bearer) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'no credentials: log in with `trellis login`');
     if (bearer.length > 200) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'unrecognised credential');
-    if (bearer.startsWith('tak1_')) return this.authenticateApiKey(bearer);
+    if (bearer.startsWith('tak1_')) return this.authenticateApiKey(bearer, opts.peek === true);
     if (!bearer.startsWith(TOKEN_PREFIX)) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'unrecognised credential: log in again with `trellis login`');
     const session = await this.store.get<SessionDoc>('sessions', hashToken(bearer));
     if (!session) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'login token unknown or revoked: log in again with `trellis login`');
     if (session.expiresAt <= Date.now()) {
-      await this.store.delete('sessions', session.id);
+      if (!opts.peek) await this.store.delete('sessions', session.id);
       throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'login token expired: log in again with `trellis login`');
     }
     const p = await this.iam.resolve(session.username);
@@ -251,7 +257,7 @@ export class Auth extends EventEmitter {
     return { kind: 'user', ...p, sessionId: session.id, sessionExpiresAt: session.expiresAt };
   }
 
-  private async authenticateApiKey(key: string): Promise<Principal> {
+  private async authenticateApiKey(key: string, peek: boolean): Promise<Principal> {
     const m = APIKEY_RE.exec(key);
     const bad = new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'API key unknown, disabled or deleted');
     if (!m) throw bad;
@@ -261,7 +267,7 @@ export class Auth extends EventEmitter {
     if (!doc || !timingSafeEqual(got, expected) || !doc.enabled) throw bad;
     const p = await this.iam.resolve(doc.owner);
     if (!p) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'the owner of this API key is deactivated or deleted');
-    this.touchApiKey(doc.id);
+    if (!peek) this.touchApiKey(doc.id);
     return { kind: 'apikey', ...p, apiKeyId: doc.id };
   }
 

@@ -100,6 +100,9 @@ export class PreAuthGate {
                 }, this.opts.requestTimeoutMs);
               }
               nextMd(md);
+            }).catch((err: unknown) => {
+              this.deps.log.error({ err, method: method.path }, 'pre-auth check failed');
+              if (!ended) call.sendStatus(toStatus(err, '-'));
             });
           },
           onReceiveMessage: (msg, nextMsg) => { clearTimeout(timer); timer = undefined; nextMsg(msg); },
@@ -115,7 +118,7 @@ export class PreAuthGate {
   private async admit(call: grpc.ServerInterceptingCallInterface, md: grpc.Metadata, needsCredential: boolean, source: string, path: string):
     Promise<{ refuse?: ReturnType<typeof toStatus>; release?: () => void }> {
     if (needsCredential) {
-      const verified = await this.deps.auth.authenticate(credentialOf(md)).then(() => true, () => false);
+      const verified = await this.deps.auth.authenticate(credentialOf(md), { peek: true }).then(() => true, () => false);
       if (verified) {
         if (!raiseReceiveLimit(call, this.opts.maxMessageBytes) && !this.warnedInternals) {
           this.warnedInternals = true;
