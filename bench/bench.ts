@@ -136,7 +136,7 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 process.on('uncaughtException', (err) => { note(`uncaught: ${err.stack ?? err}`); void finish(); });
 process.on('unhandledRejection', (err) => { note(`unhandled rejection: ${(err as Error)?.stack ?? err}`); void finish(); });
 // A last resort: never hang a CI job.
-setTimeout(() => { note('watchdog: over 400 s, giving up'); void finish(); }, 400_000).unref();
+setTimeout(() => { note('watchdog: over 600 s, giving up'); void finish(); }, 600_000).unref();
 
 // ---- 1. certificate issuance through the hub's own function ------------------------------------
 /**
