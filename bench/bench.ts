@@ -19,9 +19,13 @@
  *     rotate_10k_values_s        master key rotation over 10,000 secrets, lowdb store in a temp dir
  *  7. raw_stream_events_per_s, ingest_events_per_s, event_to_action_p99_ms, webhook_req_per_s,
  *     secret_fanout_1000_agents_p99_ms   automation against the child hub (bench/automation.ts)
+ *  8. preauth_rss_40x4mib_mb     hub RSS growth under 40 concurrent unauthenticated 4 MiB Logins
+ *     kv_set_p99_ms              authenticated kv set latency (a state-file write), quiet hub
+ *     login_flood_kv_set_p99_ms  the same while 16 clients from 16 addresses flood Login (bench/dos.ts)
  *
  * Knobs (environment): TRELLIS_BENCH_HUB_NODE_ARGS adds node flags to the child hub (for example
- * "--cpu-prof --cpu-prof-dir=/tmp/prof"); TRELLIS_BENCH_KEEP=1 keeps the temp directory.
+ * "--cpu-prof --cpu-prof-dir=/tmp/prof"); TRELLIS_BENCH_KEEP=1 keeps the temp directory;
+ * TRELLIS_BENCH_ONLY=name,name measures only those figures (and the phases they share a run with).
  */
 import crypto from 'node:crypto';
 import { mkdtemp, rm, readFile } from 'node:fs/promises';
@@ -43,6 +47,7 @@ import type * as T from '../common/proto-gen/trellis/v1/index.js';
 import { makeForgeIssuer } from './forge-naive.js';
 import { benchAuthedRpc, benchAuthz, benchLogin } from './auth.js';
 import { benchKvGetDecrypt, benchKvRotate } from './kv.js';
+import { benchLoginFlood, benchPreAuthRss } from './dos.js';
 import { benchSeal } from './seal.js';
 import { benchEventToAction, benchIngest, benchSecretFanout, benchWebhook, installBenchPack, type AutomationCtx } from './automation.js';
 import { silenceIpServernameWarning } from '../common/warnings.js';
@@ -71,6 +76,7 @@ const FIGURES = [
   'seal_per_s',
   'kv_get_decrypt_per_s', 'rotate_10k_values_s',
   'raw_stream_events_per_s', 'ingest_events_per_s', 'event_to_action_p99_ms', 'webhook_req_per_s', 'secret_fanout_1000_agents_p99_ms',
+  'preauth_rss_40x4mib_mb', 'kv_set_p99_ms', 'login_flood_kv_set_p99_ms',
 ] as const;
 type Figure = typeof FIGURES[number];
 const reported = new Set<Figure>();
@@ -92,8 +98,11 @@ function reportError(names: Figure[], err: unknown): void {
   }
 }
 
+const ONLY = new Set((process.env.TRELLIS_BENCH_ONLY ?? '').split(',').map((s) => s.trim()).filter(Boolean));
+
 /** Runs one figure's measurement; a failure becomes `name: error` for the names not yet printed. */
 async function figure(names: Figure[], fn: () => Promise<void>): Promise<void> {
+  if (ONLY.size > 0 && !names.some((n) => ONLY.has(n))) { for (const n of names) reported.add(n); return; }
   try { await fn(); } catch (err) { reportError(names, err); }
 }
 
@@ -127,7 +136,7 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 process.on('uncaughtException', (err) => { note(`uncaught: ${err.stack ?? err}`); void finish(); });
 process.on('unhandledRejection', (err) => { note(`unhandled rejection: ${(err as Error)?.stack ?? err}`); void finish(); });
 // A last resort: never hang a CI job.
-setTimeout(() => { note('watchdog: over 400 s, giving up'); void finish(); }, 400_000).unref();
+setTimeout(() => { note('watchdog: over 600 s, giving up'); void finish(); }, 600_000).unref();
 
 // ---- 1. certificate issuance through the hub's own function ------------------------------------
 /**
@@ -469,6 +478,13 @@ async function main(): Promise<void> {
       await figure(['webhook_req_per_s'], async () => report('webhook_req_per_s', await benchWebhook(actx), 'req/s'));
       await figure(['secret_fanout_1000_agents_p99_ms'], async () => report('secret_fanout_1000_agents_p99_ms', await benchSecretFanout(actx), 'ms', 1));
     }
+    // Last: unauthenticated load (a hub that locks accounts as a whole locks `admin` out here).
+    await figure(['preauth_rss_40x4mib_mb'], async () => report('preauth_rss_40x4mib_mb', await benchPreAuthRss({ pid: child!.pid, adminAddr, caPem }), 'MB'));
+    await figure(['kv_set_p99_ms', 'login_flood_kv_set_p99_ms'], async () => {
+      const r = await benchLoginFlood({ admin: admin!, adminPort: child!.adminPort, caPem });
+      report('kv_set_p99_ms', r.quiet, 'ms', 1);
+      report('login_flood_kv_set_p99_ms', r.flood, 'ms', 1);
+    });
   }
   note(`load average at end: ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
   note(`done in ${((performance.now() - t0) / 1000).toFixed(1)} s`);

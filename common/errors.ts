@@ -29,7 +29,7 @@ export const ERROR_CODES = {
   TRELLIS_E_RULE_INVALID: 'a rule is invalid; the message names the field',
   TRELLIS_E_SECRET_INVALID: 'a sealed secret or ciphertext does not open (tampered, or for another agent, tenant or key)',
   TRELLIS_E_AGENT_BUSY: 'the agent is at its concurrency limit; the execution waits or was refused',
-  TRELLIS_E_RATE_LIMITED: 'too many requests of this kind in a short time; wait and retry (the message says how long)',
+  TRELLIS_E_RATE_LIMITED: 'too many requests of this kind in a short time (renewals, failed logins from your address, unauthenticated calls or logins in progress); wait and retry (the message says how long)',
   TRELLIS_E_UNIMPLEMENTED: 'this operation is part of the contract but not built in this release',
 } as const;
 

@@ -84,15 +84,63 @@ const AuthSchema = z.strictObject({
   /** Backends tried in order; the first that knows the user decides. @default [{ "type": "local" }] */
   backends: z.array(AuthBackendSchema).min(1).max(16).prefault([{ type: 'local' }]).refine(
     (bs) => new Set(bs.map((b) => (b.type === 'local' ? 'local' : b.name))).size === bs.length, 'backend names must be unique (give each a `name`)'),
-  /** Failed logins lock an account (or an unknown name) for a while. */
+  /**
+   * Failed logins lock a name (a user, or a name that is not one) *from one source address* for a
+   * while: failing logins for `admin` from one address does not lock the admin out of another.
+   * Lock-outs are kept in memory: a hub restart clears them, as does `trellis users unlock NAME`.
+   */
   lockout: z.strictObject({
-    /** Failures inside the window that lock the account. @default 5 */
+    /** Failures for one name from one address inside the window that lock the name at that address. @default 5 */
     maxFailures: z.number().int().min(1).max(1000).default(5),
     /** The window failures are counted in. @default "15m" */
     window: duration.default(15 * 60_000),
-    /** How long the account stays locked. @default "15m" */
+    /** How long the name stays locked at that address. @default "15m" */
     duration: duration.default(15 * 60_000),
   }).prefault({}).transform((l) => ({ maxFailures: l.maxFailures, windowMs: l.window, durationMs: l.duration })),
+  /**
+   * What logins may cost, checked before any password is: past a limit a login is refused at once
+   * with TRELLIS_E_RATE_LIMITED (gRPC RESOURCE_EXHAUSTED), costing no KDF time. An IPv6 source
+   * counts by its /64.
+   * @example { "concurrent": 4, "concurrentPerAddress": 2, "failuresPerAddress": 20, "failureWindow": "5m", "refusalDelay": "1s" }
+   */
+  limits: z.strictObject({
+    /** Password checks in progress at once, in all. @default 4 */
+    concurrent: z.number().int().min(1).max(1024).default(4),
+    /** Password checks in progress at once from one source address. @default 2 */
+    concurrentPerAddress: z.number().int().min(1).max(1024).default(2),
+    /** Failed logins from one source address (any names) inside `failureWindow` after which the address is refused until they age out. @default 20 */
+    failuresPerAddress: z.number().int().min(1).max(1_000_000).default(20),
+    /** The window failures per address are counted in. @default "5m" */
+    failureWindow: duration.default(5 * 60_000),
+    /** A refused login is answered after this long ("0ms": at once), so a client waiting for answers gets a few refusals a second, not thousands. @default "1s" */
+    refusalDelay: duration.default(1000),
+  }).prefault({}).transform((l) => ({
+    concurrent: l.concurrent, concurrentPerAddress: l.concurrentPerAddress, failuresPerAddress: l.failuresPerAddress, failureWindowMs: l.failureWindow, refusalDelayMs: l.refusalDelay,
+  })),
+  /**
+   * Threads the password KDF (scrypt, ~32 MiB and ~50-100 ms a check) runs on. They are the hub's
+   * own, apart from libuv's threadpool that file I/O uses, so a login burst never stalls disk
+   * writes; they also bound the CPU logins take. @default 1
+   */
+  kdfWorkers: z.number().int().min(1).max(16).default(1),
+});
+
+/**
+ * Calls on the admin port whose credentials are not verified yet: Login, Enroll, GetVersion, and
+ * any call with a missing or bad credential (the credential is checked before the request body
+ * is read). Past a limit the call is refused at once with TRELLIS_E_RATE_LIMITED (gRPC
+ * RESOURCE_EXHAUSTED).
+ * @example { "maxMessageBytes": 65536, "maxCalls": 128, "maxCallsPerAddress": 16, "requestTimeout": "10s" }
+ */
+const PreAuthSchema = z.strictObject({
+  /** Largest message such a call may send, in bytes (a verified call: `maxMessageBytes`). A bigger one is refused from its length prefix, never buffered. @default 65536 */
+  maxMessageBytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(64 * 1024),
+  /** Such calls in progress at once, in all. @default 128 */
+  maxCalls: z.number().int().min(1).max(100_000).default(128),
+  /** Such calls in progress at once from one source address (IPv6: its /64). @default 16 */
+  maxCallsPerAddress: z.number().int().min(1).max(100_000).default(16),
+  /** Time such a call has to send its request; then it ends with DEADLINE_EXCEEDED. @default "10s" */
+  requestTimeout: duration.default(10_000),
 });
 
 /**
@@ -178,12 +226,14 @@ export const HubConfigSchema = z.strictObject({
   heartbeatTtl: duration.default(30_000),
   /** Default lifetime of join tokens. @default "15m" */
   joinTokenTtl: duration.default(15 * 60_000),
-  /** Largest gRPC message accepted, in bytes. @default 4194304 */
+  /** Largest gRPC message accepted from an agent or an authenticated admin call, in bytes (pack installs are the largest); see `preAuth` for the rest. @default 4194304 */
   maxMessageBytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(4 * 1024 * 1024),
   /** pino level. @default "info" */
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-  /** Login backends and lock-out. @default { "backends": [{ "type": "local" }], "lockout": { "maxFailures": 5, "window": "15m", "duration": "15m" } } */
+  /** Login backends, lock-out, login limits and the KDF's threads. @default { "backends": [{ "type": "local" }], "lockout": { "maxFailures": 5, "window": "15m", "duration": "15m" }, "limits": { "concurrent": 4, "concurrentPerAddress": 2, "failuresPerAddress": 20, "failureWindow": "5m", "refusalDelay": "1s" }, "kdfWorkers": 1 } */
   auth: AuthSchema.prefault({}),
+  /** Limits on admin-port calls before their credentials are verified. @default { "maxMessageBytes": 65536, "maxCalls": 128, "maxCallsPerAddress": 16, "requestTimeout": "10s" } */
+  preAuth: PreAuthSchema.prefault({}),
   /** Executions: per-agent concurrency, waits and history retention. @default { "perAgentConcurrency": 8, "maxWait": "10m", "abandonGrace": "30s", "reconnectGrace": "60s", "maxOutputBytes": 1048576, "retention": { "maxAge": "30d", "maxCount": 100000 } } */
   executions: ExecutionsSchema.prefault({}),
   /** Web port limits. @default { "maxStreams": 1000, "maxStreamsPerUser": 8, "maxConnectionsPerClient": 64, "handshakeTimeout": "10s", "headersTimeout": "10s", "requestTimeout": "30s" } */

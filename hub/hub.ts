@@ -28,6 +28,9 @@ import { EDGE_EXECUTION_TRIGGER, type EdgeExecutionPayload } from '../common/aut
 import { KvStore } from './kv/index.js';
 import { Keyring } from './secrets/keyring.js';
 import { LiveStreams } from './live/index.js';
+import { PreAuthGate } from './grpc/preauth.js';
+import { RefusalSummary } from './grpc/refusals.js';
+import { KdfPool } from './auth/kdf.js';
 import { widenFlowControl } from './grpc/flow-control.js';
 import { AuditLog } from './audit/index.js';
 import { RefusalThrottle } from './audit/throttle.js';
@@ -61,6 +64,8 @@ export type HubState = 'starting' | 'running' | 'draining' | 'closed';
 export class Hub {
   state: HubState = 'starting';
   private sweepTimer?: NodeJS.Timeout;
+  private kdf?: KdfPool;
+  private refusals?: RefusalSummary;
   private eventSweepTimer?: NodeJS.Timeout;
   private live?: LiveStreams;
 
@@ -87,7 +92,12 @@ export class Hub {
     const iam = new Iam(store);
     await iam.ensureDefaultTenant();
     const authLog = log.child({ component: 'auth' });
-    const auth = new Auth(store, iam, { sessionTtlMs: config.sessionTtl, lockout: config.auth.lockout, backends: buildBackends(config.auth.backends, store, authLog) });
+    // Password checks run on the hub's own threads, never on libuv's threadpool that file I/O needs.
+    const kdf = new KdfPool({ workers: config.auth.kdfWorkers, maxQueue: 32 });
+    const auth = new Auth(store, iam, {
+      sessionTtlMs: config.sessionTtl, lockout: config.auth.lockout, limits: config.auth.limits, kdf: kdf.kdf,
+      backends: buildBackends(config.auth.backends, { store, log: authLog, kdf: kdf.kdf }),
+    });
     auth.on('backend-error', (e: { backend: string; message: string }) => authLog.warn({ backend: e.backend, error: e.message }, 'login backend error'));
     const tokens = new JoinTokens(store, { caFingerprint: pki.caFingerprint, defaultTtlMs: config.joinTokenTtl });
     const agents = new AgentRegistry(store, { heartbeatTtlMs: config.heartbeatTtl });
@@ -142,13 +152,19 @@ export class Hub {
     const clientCa = new MemoryCertificateProvider({ ca: pki.trustBundle.join('\n') });
     pki.onIdentityChange((id) => identity.setIdentity(id.certChainPem, id.keyPem));
 
-    const serverOptions = { ...SERVER_OPTIONS, 'grpc.max_receive_message_length': config.maxMessageBytes };
-    const agentServer = new grpc.Server(serverOptions);
+    // Agents are verified in the TLS handshake: the full limit. Admin callers are verified per call:
+    // the pre-auth gate holds each call's body until its credential checks out (hub/grpc/preauth.ts).
+    const agentServer = new grpc.Server({ ...SERVER_OPTIONS, 'grpc.max_receive_message_length': config.maxMessageBytes });
     addAgentServices(agentServer, components);
-    const adminServer = new grpc.Server(serverOptions);
+    const refusals = new RefusalSummary({ log: log.child({ component: 'admin' }), audit });
+    const preAuth = new PreAuthGate({ auth, log: log.child({ component: 'preauth' }), refusals }, {
+      preAuthMaxMessageBytes: Math.min(config.preAuth.maxMessageBytes, config.maxMessageBytes), maxMessageBytes: config.maxMessageBytes,
+      maxCalls: config.preAuth.maxCalls, maxCallsPerAddress: config.preAuth.maxCallsPerAddress, requestTimeoutMs: config.preAuth.requestTimeout,
+    });
+    const adminServer = new grpc.Server({ ...SERVER_OPTIONS, ...preAuth.serverOptions() });
     // One registry of live streams (admin port and /stream): re-checked whenever rights change.
     const live = new LiveStreams({ auth, iam, log: log.child({ component: 'live' }) });
-    const adminDeps = { auth, log: log.child({ component: 'admin' }), audit: refusalAudit, live };
+    const adminDeps = { auth, log: log.child({ component: 'admin' }), audit: refusalAudit, live, refusals };
     addAdminServices(adminServer, components, adminDeps);
     addIamServices(adminServer, components, adminDeps);
     addAuditServices(adminServer, components, adminDeps);
@@ -193,10 +209,13 @@ export class Hub {
       refusalAudit.close();
       await audit.close();
       await store.close();
+      await kdf.close();
       throw e;
     }
     const hub = new Hub(components, agentServer, adminServer, web, agentPort, adminPort, webPort);
     hub.live = live;
+    hub.kdf = kdf;
+    hub.refusals = refusals;
     hub.sweepTimer = setInterval(() => void auth.sweepSessions().catch(() => undefined), 3_600_000);
     hub.eventSweepTimer = setInterval(() => events.sweep(), 60_000);
     hub.eventSweepTimer.unref();
@@ -233,9 +252,11 @@ export class Hub {
     this.adminServer.forceShutdown();
     await this.web.close();
     await c.webhooks.close();
+    this.refusals?.close(); // its last summary into the audit log before that closes
     c.refusalAudit.close(); // pending refusal summaries
     await c.audit.close();
     await c.store.close();
+    await this.kdf?.close();
     this.state = 'closed';
     c.log.info('hub stopped');
   }

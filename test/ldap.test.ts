@@ -237,7 +237,7 @@ t.test('LDAP config: the bind password never sits in hub.json, its file must be 
   await using dir = await tempDir();
   const pw = join(dir.path, 'pw');
   const build = (extra: object, env: NodeJS.ProcessEnv = {}) =>
-    buildBackends(validateConfig({ names: ['h'], auth: { backends: [{ ...base, ...extra }] } }, 'x').auth.backends, {} as Store, silentLogger(), env);
+    buildBackends(validateConfig({ names: ['h'], auth: { backends: [{ ...base, ...extra }] } }, 'x').auth.backends, { store: {} as Store, log: silentLogger(), env });
   await writeFile(pw, 'secret\n', { mode: 0o644 });
   t.throws(() => build({ bindPasswordFile: pw }), { code: 'TRELLIS_E_CONFIG', message: /readable by others.*chmod 600/ });
   await writeFile(join(dir.path, 'empty'), '\n', { mode: 0o600 });

@@ -46,7 +46,7 @@ function showUser(u: T.UserInfo__Output): string {
   const effective = (xs: readonly string[]) => (u.active ? list(xs) : '- (deactivated)');
   return [
     `user:              ${u.username} (${u.source})`,
-    `state:             ${u.active ? 'active' : 'deactivated'}${u.lockedUntilMs ? `, locked until ${when(u.lockedUntilMs)}` : ''}`,
+    `state:             ${u.active ? 'active' : 'deactivated'}${u.lockedUntilMs ? `, locked from some addresses until ${when(u.lockedUntilMs)}` : ''}`,
     `roles:             ${list(u.roles)}`, `tenants:           ${list(u.tenants)}`, `groups:            ${list(u.groups)}`,
     `effective roles:   ${effective(u.effectiveRoles)}`, `effective tenants: ${effective(u.effectiveTenants)}`,
     `failed logins:     ${u.failedLogins}`, `last login:        ${ago(u.lastLoginMs)}`, `created:           ${when(u.createdAtMs)}`,
@@ -99,7 +99,7 @@ function addUserCommands(program: Command): void {
   state('activate', 'activate a user again (they log in anew; API keys work again)', (c, username) =>
     call(c, c.users, c.users.SetUserActive, { username, active: true }), 'activated');
   state('delete', 'delete a user with their sessions and API keys', (c, username) => call(c, c.users, c.users.DeleteUser, { username }), 'deleted');
-  state('unlock', 'clear failed logins and a lock-out', (c, username) => call(c, c.users, c.users.UnlockUser, { username }), 'unlocked');
+  state('unlock', 'clear failed logins and lock-outs (from every source address)', (c, username) => call(c, c.users, c.users.UnlockUser, { username }), 'unlocked');
 }
 
 function addSessionAndKeyCommands(program: Command): void {

@@ -9,14 +9,24 @@ import type { AuthBackendConfig } from '../config.js';
 import type { Logger } from '../../common/log.js';
 import { TrellisError } from '../../common/errors.js';
 import { LocalBackend, type AuthBackend } from './backends.js';
+import type { Kdf } from './kdf.js';
 import { LdapBackend } from './ldap.js';
 import { ModuleBackend } from './module.js';
 
-export function buildBackends(configs: readonly AuthBackendConfig[], store: Store, log: Logger, env: NodeJS.ProcessEnv = process.env): AuthBackend[] {
+export interface BackendDeps {
+  store: Store;
+  log: Logger;
+  /** The hub's KDF (its worker pool); scrypt on libuv's threadpool without it. */
+  kdf?: Kdf;
+  env?: NodeJS.ProcessEnv;
+}
+
+export function buildBackends(configs: readonly AuthBackendConfig[], deps: BackendDeps): AuthBackend[] {
+  const { store, log, kdf, env = process.env } = deps;
   return configs.map((c): AuthBackend => {
     switch (c.type) {
       case 'local':
-        return new LocalBackend(store);
+        return new LocalBackend(store, kdf);
       case 'ldap': {
         const b = new LdapBackend({
           name: c.name, url: c.url, startTls: c.startTls, caPem: c.caFile ? readConfigFile(c.caFile, `CA file of auth backend ${c.name}`) : undefined,

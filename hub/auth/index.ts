@@ -4,14 +4,19 @@
  * session by its SHA-256. An API key is `tak1_<id>_<secret>`; the store keeps a per-key salt and
  * an HMAC of the secret. Either resolves, on every call, to the owner's current principal: a
  * deactivated or deleted user, a revoked session or a disabled key stops working at once, and
- * `revoked` events let live streams be cut.
+ * `revoked` events let live streams be cut. Lock-outs count per (name, source address) and login
+ * limits per address (lockout.ts, limiter.ts), both in memory; password KDFs run on the hub's own
+ * threads (kdf.ts).
  */
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Doc, Store } from '../store/index.js';
 import { TrellisError } from '../../common/errors.js';
 import { formatDuration } from '../../common/duration.js';
-import { hashPassword, checkPasswordPolicy, dummyPasswordHash, verifyPassword } from './passwords.js';
+import { hashPassword, checkPasswordPolicy, dummyPasswordHash, verifyPassword, inlineKdf, type Kdf } from './passwords.js';
+import { LockoutTable, type LockoutOptions } from './lockout.js';
+import { LoginLimiter, DEFAULT_LOGIN_LIMITS, type LoginLimits } from './limiter.js';
+import { sourceKey } from './source.js';
 import { checkUsername, isValidUsername, type UserDoc } from './users.js';
 import { LocalBackend, type AuthBackend } from './backends.js';
 import type { Iam } from '../iam/index.js';
@@ -19,13 +24,25 @@ import type { Principal } from '../authz/index.js';
 
 export type { UserDoc } from './users.js';
 export { checkUsername } from './users.js';
+export type { LockoutOptions } from './lockout.js';
+export type { LoginLimits } from './limiter.js';
+export { DEFAULT_LOGIN_LIMITS } from './limiter.js';
+export { sourceKey } from './source.js';
 export type { Principal } from '../authz/index.js';
 
 export interface SessionDoc extends Doc { username: string; createdAt: number; expiresAt: number; source?: string }
 export interface ApiKeyDoc extends Doc { owner: string; name: string; salt: string; hash: string; enabled: boolean; createdAt: number; lastUsed?: number }
 
-export interface LockoutOptions { maxFailures: number; windowMs: number; durationMs: number }
-export interface AuthOptions { sessionTtlMs: number; lockout?: LockoutOptions; backends?: AuthBackend[] }
+export interface AuthOptions {
+  sessionTtlMs: number;
+  /** Lock-out per (name, source address). @default DEFAULT_LOCKOUT */
+  lockout?: LockoutOptions;
+  /** Password checks in progress and failed logins per source address. @default DEFAULT_LOGIN_LIMITS */
+  limits?: LoginLimits;
+  backends?: AuthBackend[];
+  /** The KDF passwords are hashed and checked with (the hub's worker pool). @default scrypt on libuv's threadpool */
+  kdf?: Kdf;
+}
 
 /** What was revoked: every call of a user, of one session, or of one API key. */
 export type Revocation = { username: string } | { sessionId: string } | { apiKeyId: string };
@@ -44,16 +61,19 @@ export function sessionHandle(sessionId: string): string {
 }
 
 export class Auth extends EventEmitter {
-  private readonly lockout: LockoutOptions;
   private readonly backends: AuthBackend[];
-  /** Failed logins for names that are not local users, so they lock out just like real ones. */
-  private readonly phantom = new Map<string, { failures: number[]; lockedUntil: number }>();
+  /** Failed logins per (name, source address): names that are not users lock out just like real ones. */
+  private readonly lockouts: LockoutTable;
+  private readonly limiter: LoginLimiter;
+  private readonly kdf: Kdf;
   private readonly lastUsedWritten = new Map<string, number>();
 
   constructor(private readonly store: Store, private readonly iam: Iam, private readonly opts: AuthOptions) {
     super();
-    this.lockout = opts.lockout ?? DEFAULT_LOCKOUT;
-    this.backends = opts.backends ?? [new LocalBackend(store)];
+    this.kdf = opts.kdf ?? inlineKdf;
+    this.lockouts = new LockoutTable(opts.lockout ?? DEFAULT_LOCKOUT);
+    this.limiter = new LoginLimiter(opts.limits ?? DEFAULT_LOGIN_LIMITS);
+    this.backends = opts.backends ?? [new LocalBackend(store, this.kdf)];
   }
 
   // ------------------------------------------------------------ users
@@ -65,13 +85,13 @@ export class Auth extends EventEmitter {
     if (source === 'local') {
       const policy = checkPasswordPolicy(o.password ?? '');
       if (policy) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', policy);
-      passwordHash = await hashPassword(o.password!);
+      passwordHash = await hashPassword(o.password!, this.kdf);
     }
     for (const r of o.roles) await this.iam.role(r);
     for (const t of o.tenants ?? ['default']) await this.iam.tenant(t);
     const doc: UserDoc = {
       id: o.username, username: o.username, passwordHash, roles: [...new Set(o.roles)], tenants: [...new Set(o.tenants ?? ['default'])],
-      active: true, createdAt: Date.now(), source, failures: [], lockedUntil: 0,
+      active: true, createdAt: Date.now(), source,
     };
     await this.store.insert('users', doc);
     this.iam.invalidate();
@@ -89,12 +109,12 @@ export class Auth extends EventEmitter {
   async setPassword(username: string, newPassword: string, currentPassword?: string): Promise<void> {
     const u = await this.user(username);
     if ((u.source ?? 'local') !== 'local') throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${username} is a ${u.source} user: change the password in the directory`);
-    if (currentPassword !== undefined && !(await verifyPassword(currentPassword, u.passwordHash))) {
+    if (currentPassword !== undefined && !(await verifyPassword(currentPassword, u.passwordHash, this.kdf))) {
       throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', 'the current password is wrong');
     }
     const policy = checkPasswordPolicy(newPassword);
     if (policy) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', policy);
-    const passwordHash = await hashPassword(newPassword);
+    const passwordHash = await hashPassword(newPassword, this.kdf);
     await this.store.update<UserDoc>('users', username, (d) => (d ? { ...d, passwordHash } : undefined));
   }
 
@@ -123,32 +143,74 @@ export class Auth extends EventEmitter {
     this.emit('revoked', { username } satisfies Revocation);
   }
 
+  /** Clears the user's failed logins and lock-outs from every source address. */
   async unlock(username: string): Promise<UserDoc> {
-    await this.user(username);
-    this.phantom.delete(username);
-    return (await this.store.update<UserDoc>('users', username, (d) => (d ? { ...d, failures: [], lockedUntil: 0 } : undefined)))!;
+    const u = await this.user(username);
+    this.lockouts.unlock(username);
+    return u;
+  }
+
+  /** Failed logins inside the window (all sources) and the latest lock-out end, for `users show`. */
+  lockoutSummary(username: string, now = Date.now()): { failures: number; lockedUntil: number; lockedSources: number } {
+    return this.lockouts.summary(username, now);
   }
 
   // ------------------------------------------------------------ login
 
   /**
-   * Checks a password through the backends. An unknown user, a wrong password and a locked
-   * account cost the same KDF time; unknown names lock out like real ones.
+   * Checks a password through the backends. `meta.source` is the caller's address ("ip:port"):
+   * limits and lock-outs count by it (hub/auth/source.ts).
+   *  1. The limiter refuses at once, before any KDF work, when too many password checks are in
+   *     progress (in all or from this address) or this address failed too often lately.
+   *  2. A name locked at this address is refused at once; the message says so (a lock-out is not
+   *     a secret: names that are not users lock the same way, so it tells nothing about them).
+   *  3. An unknown user and a wrong password cost the same KDF time and get the same answer.
    */
   async login(username: string, password: string, meta: { source?: string } = {}): Promise<{ token: string; expiresAt: number; user: UserDoc }> {
     const bad = new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'wrong user name or password');
-    if (typeof username === 'string') username = username.toLowerCase(); // one account per name, whatever the case typed
-    if (typeof username !== 'string' || typeof password !== 'string' || password.length > 1024 || !isValidUsername(username)) {
-      await verifyPassword(String(password).slice(0, 1024), await dummyPasswordHash());
-      throw bad;
-    }
+    const source = sourceKey(meta.source);
     const now = Date.now();
-    const lockedUntil = await this.lockedUntil(username, now);
-    if (lockedUntil > now) {
-      await verifyPassword(password, await dummyPasswordHash());
-      throw new TrellisError('TRELLIS_E_UNAUTHENTICATED',
-        `too many failed logins: this account is locked for ${formatDuration(lockedUntil - now)}; an administrator can run \`trellis users unlock ${username}\``);
+    let release: () => void;
+    try {
+      release = this.limiter.admit(source, now);
+    } catch (e) {
+      // Refused before any KDF work; answered late, so a client waiting for answers cannot spin on refusals.
+      await new Promise((r) => setTimeout(r, this.limiter.limits.refusalDelayMs));
+      throw e;
     }
+    try {
+      if (typeof username === 'string') username = username.toLowerCase(); // one account per name, whatever the case typed
+      if (typeof username !== 'string' || typeof password !== 'string' || password.length > 1024 || !isValidUsername(username)) {
+        await verifyPassword(String(password).slice(0, 1024), await dummyPasswordHash(), this.kdf);
+        this.limiter.failed(source, now);
+        throw bad;
+      }
+      const lockedUntil = this.lockouts.lockedUntil(username, source, now);
+      if (lockedUntil > now) {
+        this.limiter.failed(source, now); // a failed login all the same: the address's budget bounds every attempt
+        throw new TrellisError('TRELLIS_E_UNAUTHENTICATED',
+          `too many failed logins: this account is locked for ${formatDuration(lockedUntil - now)} from your address; `
+          + `log in from another address, or an administrator can run \`trellis users unlock ${username}\``);
+      }
+      const user = await this.checkPassword(username, password);
+      if (!user) {
+        this.lockouts.fail(username, source, now);
+        this.limiter.failed(source, now);
+        throw bad;
+      }
+      this.lockouts.succeed(username, source);
+      await this.store.update<UserDoc>('users', user.id, (d) => (d ? { ...d, lastLogin: now } : undefined));
+      const token = TOKEN_PREFIX + randomBytes(32).toString('base64url');
+      const session: SessionDoc = { id: hashToken(token), username: user.username, createdAt: now, expiresAt: now + this.opts.sessionTtlMs, source: meta.source?.slice(0, 100) };
+      await this.store.insert('sessions', session);
+      return { token, expiresAt: session.expiresAt, user };
+    } finally {
+      release();
+    }
+  }
+
+  /** The backends' verdict: the active user the password opens, or undefined. */
+  private async checkPassword(username: string, password: string): Promise<UserDoc | undefined> {
     let result: { username: string; groups?: string[]; backend: string } | undefined;
     for (const b of this.backends) {
       const r = await b.authenticate(username, password);
@@ -156,10 +218,7 @@ export class Auth extends EventEmitter {
       if (r.kind === 'bad-password') break; // the backend that knows the user decides
       if (r.kind === 'unavailable') this.emit('backend-error', { backend: b.name, message: r.message });
     }
-    if (!result) {
-      await this.recordFailure(username, now);
-      throw bad;
-    }
+    if (!result) return undefined;
     let user = await this.store.get<UserDoc>('users', result.username);
     if (!user && result.backend !== 'local') {
       // First login of a directory user: a record with no password, no roles of its own.
@@ -168,52 +227,29 @@ export class Auth extends EventEmitter {
     // A backend speaks only for its own users: a directory "admin" is not the local admin.
     if (user && (user.source ?? 'local') !== result.backend) {
       this.emit('backend-error', { backend: result.backend, message: `accepted ${user.username}, who is a ${user.source ?? 'local'} user: login refused` });
-      user = undefined;
+      return undefined;
     }
-    if (!user || !user.active) { await this.recordFailure(username, now); throw bad; }
+    if (!user || !user.active) return undefined;
     if (result.groups) await this.iam.syncDirectoryGroups(user.username, result.groups);
-    await this.store.update<UserDoc>('users', user.id, (d) => (d ? { ...d, failures: [], lockedUntil: 0, lastLogin: now } : undefined));
-    this.phantom.delete(username);
-    const token = TOKEN_PREFIX + randomBytes(32).toString('base64url');
-    const session: SessionDoc = { id: hashToken(token), username: user.username, createdAt: now, expiresAt: now + this.opts.sessionTtlMs, source: meta.source?.slice(0, 100) };
-    await this.store.insert('sessions', session);
-    return { token, expiresAt: session.expiresAt, user };
-  }
-
-  private async lockedUntil(username: string, now: number): Promise<number> {
-    const u = await this.store.get<UserDoc>('users', username);
-    if (u) return u.lockedUntil ?? 0;
-    const p = this.phantom.get(username);
-    return p && p.lockedUntil > now ? p.lockedUntil : 0;
-  }
-
-  private async recordFailure(username: string, now: number): Promise<void> {
-    const { maxFailures, windowMs, durationMs } = this.lockout;
-    const next = (failures: number[] = []) => {
-      const recent = [...failures.filter((t) => now - t < windowMs), now].slice(-maxFailures);
-      return { failures: recent, lockedUntil: recent.length >= maxFailures ? now + durationMs : 0 };
-    };
-    const u = await this.store.get<UserDoc>('users', username);
-    if (u) {
-      await this.store.update<UserDoc>('users', username, (d) => (d ? { ...d, ...next(d.failures) } : undefined));
-      return;
-    }
-    if (this.phantom.size > 10_000) this.phantom.clear();
-    this.phantom.set(username, next(this.phantom.get(username)?.failures));
+    return user;
   }
 
   // ------------------------------------------------------------ credentials on calls
 
-  /** Resolves a bearer credential (login token or API key) to a principal, or throws UNAUTHENTICATED. */
-  async authenticate(bearer: string | undefined): Promise<Principal> {
+  /**
+   * Resolves a bearer credential (login token or API key) to a principal, or throws UNAUTHENTICATED.
+   * `peek`: no side effects (an expired session is not removed, a key's last use not written), for
+   * a check ahead of the call's own authentication (hub/grpc/preauth.ts).
+   */
+  async authenticate(bearer: string | undefined, opts: { peek?: boolean } = {}): Promise<Principal> {
     if (!bearer) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'no credentials: log in with `trellis login`');
     if (bearer.length > 200) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'unrecognised credential');
-    if (bearer.startsWith('tak1_')) return this.authenticateApiKey(bearer);
+    if (bearer.startsWith('tak1_')) return this.authenticateApiKey(bearer, opts.peek === true);
     if (!bearer.startsWith(TOKEN_PREFIX)) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'unrecognised credential: log in again with `trellis login`');
     const session = await this.store.get<SessionDoc>('sessions', hashToken(bearer));
     if (!session) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'login token unknown or revoked: log in again with `trellis login`');
     if (session.expiresAt <= Date.now()) {
-      await this.store.delete('sessions', session.id);
+      if (!opts.peek) await this.store.delete('sessions', session.id);
       throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'login token expired: log in again with `trellis login`');
     }
     const p = await this.iam.resolve(session.username);
@@ -221,7 +257,7 @@ export class Auth extends EventEmitter {
     return { kind: 'user', ...p, sessionId: session.id, sessionExpiresAt: session.expiresAt };
   }
 
-  private async authenticateApiKey(key: string): Promise<Principal> {
+  private async authenticateApiKey(key: string, peek: boolean): Promise<Principal> {
     const m = APIKEY_RE.exec(key);
     const bad = new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'API key unknown, disabled or deleted');
     if (!m) throw bad;
@@ -231,7 +267,7 @@ export class Auth extends EventEmitter {
     if (!doc || !timingSafeEqual(got, expected) || !doc.enabled) throw bad;
     const p = await this.iam.resolve(doc.owner);
     if (!p) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'the owner of this API key is deactivated or deleted');
-    this.touchApiKey(doc.id);
+    if (!peek) this.touchApiKey(doc.id);
     return { kind: 'apikey', ...p, apiKeyId: doc.id };
   }
 

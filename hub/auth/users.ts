@@ -11,8 +11,9 @@ export interface UserDoc extends Doc {
   createdAt: number;
   /** Which backend the user comes from: local, ldap or module. */
   source?: string;
-  /** Times of failed logins inside the lock-out window. */
+  /** No longer written: lock-outs are per source address and kept in memory (hub/auth/lockout.ts). */
   failures?: number[];
+  /** No longer written (see failures). */
   lockedUntil?: number;
   lastLogin?: number;
 }

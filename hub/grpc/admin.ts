@@ -3,7 +3,7 @@ import * as grpc from '@grpc/grpc-js';
 import { v1 } from '../../common/proto.js';
 import { certInfo, splitPemBundle } from '../../certs/index.js';
 import { TRELLIS_VERSION, API_VERSION } from '../../common/version.js';
-import { TrellisError } from '../../common/errors.js';
+import { TrellisError, isTrellisError } from '../../common/errors.js';
 import { unary, serverStream, type WrapDeps, type CallContext } from './wrap.js';
 import { resolveTenant, authorize } from '../authz/index.js';
 import { enrollAgent } from '../agents/enroll.js';
@@ -112,7 +112,8 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
         const r = await c.auth.login(req.username, req.password, { source: ctx.peer });
         return { token: r.token, expiresAtMs: r.expiresAt, username: r.user.username };
       } catch (e) {
-        c.log.warn({ component: 'auth', reqId: ctx.requestId, user: String(req.username).slice(0, 64), peer: ctx.peer }, 'login failed');
+        // A rate-limited refusal is summarized by the wrapper (hub/grpc/refusals.ts), not logged per call.
+        if (!isTrellisError(e, 'TRELLIS_E_RATE_LIMITED')) c.log.warn({ component: 'auth', reqId: ctx.requestId, user: String(req.username).slice(0, 64), peer: ctx.peer }, 'login failed');
         throw e;
       }
     }),

@@ -9,7 +9,7 @@ import { v1 } from '../../common/proto.js';
 import { TrellisError } from '../../common/errors.js';
 import { unary, type WrapDeps, type CallContext } from './wrap.js';
 import { authorizeAdmin, authorizeDelegation, checkGrant, isAllowed, type Grant, type Permission } from '../authz/index.js';
-import { DEFAULT_LOCKOUT, sessionHandle, type ApiKeyDoc, type SessionDoc, type UserDoc } from '../auth/index.js';
+import { sessionHandle, type ApiKeyDoc, type SessionDoc, type UserDoc } from '../auth/index.js';
 import type { GroupDoc, TenantDoc } from '../iam/index.js';
 import type { HubComponents } from '../components.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
@@ -22,12 +22,12 @@ const S = '/trellis.v1';
 async function userInfo(c: HubComponents, u: UserDoc, groups: GroupDoc[]): Promise<T.UserInfo> {
   // Effective access of an inactive user is nothing; resolve() says so by returning undefined.
   const eff = await c.iam.resolve(u.username);
-  const now = Date.now();
+  const lock = c.auth.lockoutSummary(u.username); // lock-outs are per source address: the latest end, failures from all
   return {
     username: u.username, roles: u.roles, tenants: u.tenants, groups: groups.filter((g) => g.members.includes(u.username)).map((g) => g.id),
     active: u.active, source: u.source ?? 'local', createdAtMs: u.createdAt, lastLoginMs: u.lastLogin ?? 0,
-    lockedUntilMs: (u.lockedUntil ?? 0) > now ? u.lockedUntil! : 0,
-    failedLogins: (u.failures ?? []).filter((t) => now - t < DEFAULT_LOCKOUT.windowMs).length,
+    lockedUntilMs: lock.lockedUntil,
+    failedLogins: lock.failures,
     effectiveRoles: eff ? [...eff.roles] : [], effectiveTenants: eff ? [...eff.tenants] : [],
   };
 }

@@ -14,6 +14,7 @@ import { toStatus } from '../../common/grpc-errors.js';
 import { TrellisError, isTrellisError, type ErrorCode } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import type { AuditEntry, AuditSink } from '../audit/types.js';
+import type { RefusalSummary } from './refusals.js';
 
 export interface CallContext {
   requestId: string;
@@ -31,11 +32,11 @@ export interface CallContext {
   detail?: string;
 }
 
-export interface WrapDeps { auth: Auth; log: Logger; audit?: AuditSink; live?: LiveStreams }
+export interface WrapDeps { auth: Auth; log: Logger; audit?: AuditSink; live?: LiveStreams; refusals?: RefusalSummary }
 
 export const TENANT_HEADER = 'x-trellis-tenant';
 
-function credentialOf(md: grpc.Metadata): string | undefined {
+export function credentialOf(md: grpc.Metadata): string | undefined {
   const key = md.get('x-api-key')[0];
   if (typeof key === 'string' && key.trim()) return key.trim();
   const v = md.get('authorization')[0];
@@ -89,6 +90,7 @@ const RESULT: Partial<Record<ErrorCode, AuditEntry['result']>> = {
   TRELLIS_E_TOKEN_USED_UP: 'unauthenticated',
   TRELLIS_E_PERMISSION_DENIED: 'denied',
   TRELLIS_E_INVALID_ARGUMENT: 'invalid',
+  TRELLIS_E_RATE_LIMITED: 'denied',
 };
 
 function actorOf(p: Principal | undefined): string {
@@ -100,6 +102,8 @@ function finish(deps: WrapDeps, ctx: CallContext, start: number, err?: unknown):
   const ms = Math.round(performance.now() - start);
   const who = actorOf(ctx.principal);
   const code = isTrellisError(err) ? (err as TrellisError).code : undefined;
+  // Rate-limited refusals come in floods: summarized, not one log line and audit record each.
+  if (code === 'TRELLIS_E_RATE_LIMITED' && deps.refusals) { deps.refusals.note(ctx.method, ctx.peer, (err as Error).message); return; }
   if (!err) deps.log.info({ reqId: ctx.requestId, method: ctx.method, user: who, tenant: ctx.tenant, ms }, 'request done');
   else if (code) deps.log.warn({ reqId: ctx.requestId, method: ctx.method, user: who, peer: ctx.peer, ms, code, msg: (err as Error).message }, 'request refused');
   else deps.log.error({ reqId: ctx.requestId, method: ctx.method, user: who, ms, err }, 'request failed');
