@@ -4,17 +4,16 @@
  * restarted and flooded.
  */
 import t from 'tap';
-import { readFileSync, existsSync, writeFileSync, readdirSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { startHub, waitFor, callError, login, type TestHub } from './helpers/hub.js';
+import { startHub, waitFor, callError, login } from './helpers/hub.js';
 import { adminClients, call, type AdminClients } from '../cli/client.js';
 import { openSealed, sealAad, loadPrivateKey } from '../certs/index.js';
 import { agentPaths } from '../agent/identity.js';
 import type { Agent } from '../agent/agent.js';
+import { file, unaryT, install, getRule, createRule, listExecutions, setSecretViaApi as setSecret, readLines, walk } from './helpers/admin.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
-
-const file = (path: string, text: string): T.PackFile => ({ path, content: Buffer.from(text), mode: 0o644 });
 
 /** A pack whose `mark` action appends MSG (and TOKEN, from env) to OUT. */
 function opsPack(dir: string): T.PackFile[] {
@@ -37,32 +36,6 @@ function opsPack(dir: string): T.PackFile[] {
     ].join('\n')),
   ];
 }
-
-async function install(h: TestHub, files: T.PackFile[]): Promise<void> {
-  await unaryT<T.InstallPackRequest, T.PackInfo__Output>(h, h.admin.packs, h.admin.packs.InstallPack, { files, force: true });
-}
-
-async function setSecret(h: TestHub, key: string, value: string): Promise<void> {
-  const admin = h.admin;
-  const md = admin.metadata.clone();
-  md.set('x-trellis-tenant', 'default');
-  await new Promise<void>((resolve, reject) => admin.kv.Set({ key, value, secret: true, ttlMs: 0, scope: 'tenant', private: false }, md, (err) => (err ? reject(err) : resolve())));
-}
-
-function tenantMd(h: TestHub): grpc.Metadata {
-  const md = h.admin.metadata.clone();
-  md.set('x-trellis-tenant', 'default');
-  return md;
-}
-
-function unaryT<Req, Res>(h: TestHub, client: object, fn: (req: Req, md: grpc.Metadata, cb: (e: grpc.ServiceError | null, r?: Res) => void) => unknown, req: Req): Promise<Res> {
-  return new Promise((resolve, reject) => fn.call(client, req, tenantMd(h), (e, r) => (e ? reject(e) : resolve(r!))));
-}
-
-const createRule = (h: TestHub, def: object) => unaryT<T.CreateRuleRequest, T.RuleInfo__Output>(h, h.admin.rules, h.admin.rules.CreateRule, { definition: JSON.stringify(def), replace: true, source: 'test' });
-const listExecutions = (h: TestHub, req: Partial<T.ListExecutionsRequest>) => unaryT<T.ListExecutionsRequest, T.ListExecutionsResponse__Output>(h, h.admin.executions, h.admin.executions.ListExecutions, { limit: 1000, ...req });
-
-const readLines = (p: string) => (existsSync(p) ? readFileSync(p, 'utf8').split('\n').filter(Boolean) : []);
 
 t.test('a sensor event fires an edge rule that remediates with the hub stopped; the run reaches history afterwards', async (t) => {
   const h = await startHub();
@@ -113,16 +86,6 @@ t.test('a sensor event fires an edge rule that remediates with the hub stopped; 
   t.ok(scanned > 10, `scanned ${scanned} files of the hub and agent data directories`);
 });
 
-function walk(dir: string): string[] {
-  const out: string[] = [];
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    if (e.isDirectory()) out.push(...walk(p));
-    else if (e.isFile()) out.push(p);
-  }
-  return out;
-}
-
 t.test('a changed secret reaches the agent sealed; a blob sealed for agent A does not open with agent B\'s key', async (t) => {
   const h = await startHub();
   t.teardown(() => h.close());
@@ -165,8 +128,8 @@ t.test('hub rules: run on the emitting agent, rate limit stops storms, no duplic
   t.same(readLines(out), ['job 0|']);
 
   for (let i = 0; i < 10; i++) agent.publishEvent('core.storm', { i });
-  await waitFor(async () => (await unaryT<T.GetRuleRequest, T.RuleInfo__Output>(h, h.admin.rules, h.admin.rules.GetRule, { name: 'everything' })).matched === 10, 10_000, 'storm matched');
-  const info = await unaryT<T.GetRuleRequest, T.RuleInfo__Output>(h, h.admin.rules, h.admin.rules.GetRule, { name: 'everything' });
+  await waitFor(async () => (await getRule(h, 'everything')).matched === 10, 10_000, 'storm matched');
+  const info = await getRule(h, 'everything');
   t.equal(info.fired, 2, 'a rule that matches everything fires only within its rate limit');
   t.equal(info.suppressed, 8, 'the rest is counted as suppressed');
 

@@ -6,13 +6,12 @@
  */
 import t from 'tap';
 import * as grpc from '@grpc/grpc-js';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ulid } from 'ulid';
 import { startHub, tempDir, waitFor, type TestHub } from './helpers/hub.js';
 import { runCli } from './helpers/cli.js';
-import { call } from '../cli/client.js';
 import { v1 } from '../common/proto.js';
 import { CLIENT_OPTIONS } from '../common/grpc-options.js';
 import { cleanText } from '../common/text.js';
@@ -20,20 +19,14 @@ import { writeOutput } from '../cli/format.js';
 import { agentPaths } from '../agent/identity.js';
 import { hubPaths } from '../hub/paths.js';
 import { agentMayPublish, type HubEvent } from '../hub/events/index.js';
+import { file, markAction, install as installPack, createRule, getAgent, listExecutions, readLines as lines } from './helpers/admin.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
-
-const file = (path: string, text: string): T.PackFile => ({ path, content: Buffer.from(text), mode: 0o644 });
 
 /** Pack `ops`: `mark` appends MSG to OUT; a file sensor with its own trigger `ops.custom`; an edge rule. */
 function opsPack(dir: string): T.PackFile[] {
   return [
     file('pack.yaml', 'name: ops\nversion: 1.0.0\ndescription: test pack\n'),
-    file('actions/mark.yaml', [
-      'name: mark', 'description: append a line to a file', 'runner: command',
-      'command: ["/bin/sh", "-c", "printf \'%s\\\\n\' \\"$MSG\\" >> \\"$OUT\\""]',
-      'parameters:', '  msg: { type: string, required: true }', '  out: { type: string, required: true }',
-      'env:', '  MSG: "{{ msg }}"', '  OUT: "{{ out }}"', 'timeout: 10s', '',
-    ].join('\n')),
+    markAction('append a line to a file'),
     file('sensors/custom.yaml', `name: custom\ndescription: a flag file\ntype: file\ntrigger: ops.custom\ninterval: 1s\nconfig: { path: ${JSON.stringify(join(dir, 'never'))} }\n`),
     file('rules/on_flag.yaml', [
       'name: on_flag', 'trigger: ops.custom',
@@ -43,22 +36,7 @@ function opsPack(dir: string): T.PackFile[] {
   ];
 }
 
-function tenantMd(h: TestHub): grpc.Metadata {
-  const md = h.admin.metadata.clone();
-  md.set('x-trellis-tenant', 'default');
-  return md;
-}
-
-function unaryT<Req, Res>(h: TestHub, client: object, fn: (req: Req, md: grpc.Metadata, cb: (e: grpc.ServiceError | null, r?: Res) => void) => unknown, req: Req): Promise<Res> {
-  return new Promise((resolve, reject) => fn.call(client, req, tenantMd(h), (e, r) => (e ? reject(e) : resolve(r!))));
-}
-
-const install = (h: TestHub) => unaryT<T.InstallPackRequest, T.PackInfo__Output>(h, h.admin.packs, h.admin.packs.InstallPack, { files: opsPack(h.dir), force: true });
-const createRule = (h: TestHub, def: object) => unaryT<T.CreateRuleRequest, T.RuleInfo__Output>(h, h.admin.rules, h.admin.rules.CreateRule, { definition: JSON.stringify(def), replace: true, source: 'test' });
-const getAgent = (h: TestHub, id: string) => call<T.GetAgentRequest, T.AgentInfo__Output>(h.admin, h.admin.agents, h.admin.agents.GetAgent, { id });
-const listExecutions = (h: TestHub, req: Partial<T.ListExecutionsRequest>) =>
-  unaryT<T.ListExecutionsRequest, T.ListExecutionsResponse__Output>(h, h.admin.executions, h.admin.executions.ListExecutions, { limit: 1000, ...req });
-const lines = (p: string) => (existsSync(p) ? readFileSync(p, 'utf8').split('\n').filter(Boolean) : []);
+const install = (h: TestHub) => installPack(h, opsPack(h.dir));
 
 t.test('an agent publishing webhook.deploy (or another pack\'s or a hub type) fires no hub rule on another agent; the refusal is counted and logged', async (t) => {
   await using h = await startHub();

@@ -15,9 +15,8 @@ import { v1 } from '../common/proto.js';
 import { CLIENT_OPTIONS } from '../common/grpc-options.js';
 import { agentPaths } from '../agent/identity.js';
 import type { Agent } from '../agent/agent.js';
+import { file, unaryT, install, getAgent, setSecretViaApi } from './helpers/admin.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
-
-const file = (path: string, text: string): T.PackFile => ({ path, content: Buffer.from(text), mode: 0o644 });
 
 /** A pack with one edge rule for agents labelled tier=db that references the secret db_password. */
 function dbPack(dir: string): T.PackFile[] {
@@ -37,17 +36,6 @@ function dbPack(dir: string): T.PackFile[] {
   ];
 }
 
-function tenantMd(h: TestHub): grpc.Metadata {
-  const md = h.admin.metadata.clone();
-  md.set('x-trellis-tenant', 'default');
-  return md;
-}
-
-function unaryT<Req, Res>(h: TestHub, client: object, fn: (req: Req, md: grpc.Metadata, cb: (e: grpc.ServiceError | null, r?: Res) => void) => unknown, req: Req): Promise<Res> {
-  return new Promise((resolve, reject) => fn.call(client, req, tenantMd(h), (e, r) => (e ? reject(e) : resolve(r!))));
-}
-
-const getAgent = (h: TestHub, id: string) => call<T.GetAgentRequest, T.AgentInfo__Output>(h.admin, h.admin.agents, h.admin.agents.GetAgent, { id });
 const setLabels = (h: TestHub, req: T.SetAgentLabelsRequest) => call<T.SetAgentLabelsRequest, T.AgentInfo__Output>(h.admin, h.admin.agents, h.admin.agents.SetAgentLabels, req);
 const sealedKeys = async (a: Agent) => Object.keys((JSON.parse(await readFile(a.edge.path, 'utf8')) as { sealedSecrets: Record<string, string> }).sealedSecrets);
 
@@ -101,8 +89,8 @@ t.test('hello labels and `agent run --label` cannot give a host a label', async 
 t.test('an edge rule for tier=db and its secret reach only an agent an admin labelled tier=db; the change is audited', async (t) => {
   await using h = await startHub();
   const secret = `db-secret-${Math.random().toString(36).slice(2)}`;
-  await unaryT(h, h.admin.kv, h.admin.kv.Set, { key: 'db_password', value: secret, secret: true, ttlMs: 0, scope: 'tenant', private: false });
-  await unaryT<T.InstallPackRequest, T.PackInfo__Output>(h, h.admin.packs, h.admin.packs.InstallPack, { files: dbPack(h.dir), force: true });
+  await setSecretViaApi(h, 'db_password', secret);
+  await install(h, dbPack(h.dir));
 
   // The host tries to claim tier=db at enrollment: refused. It enrols without it and connects.
   const token = await h.token({ uses: 2 });

@@ -23,6 +23,7 @@ import { log as logSensor } from '../agent/sensors/log.js';
 import type { PollingUnit } from '../agent/sensors/types.js';
 import { ADMIN_PASSWORD, captureLogger, tempDir } from './helpers/hub.js';
 import { startCli, type CliProcess } from './helpers/cli.js';
+import { file, markAction } from './helpers/admin.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 /**
@@ -169,8 +170,6 @@ async function hubProcess(t: Test, dir: string): Promise<HubProc> {
   return { proc, adminAddr, webPort: Number(m[3]), caPem, dataDir, admin };
 }
 
-const file = (path: string, text: string): T.PackFile => ({ path, content: Buffer.from(text), mode: 0o644 });
-
 /**
  * Pack `rx`: an action appending MSG to OUT; a log sensor per ReDoS pattern and one emitting
  * every line as rx.line; an edge rule per ReDoS pattern on rx.line, and one marking "warm-up" and
@@ -179,12 +178,7 @@ const file = (path: string, text: string): T.PackFile => ({ path, content: Buffe
 function rxPack(logPath: string, out: string): T.PackFile[] {
   const files = [
     file('pack.yaml', 'name: rx\nversion: 1.0.0\ndescription: regex probes\n'),
-    file('actions/mark.yaml', [
-      'name: mark', 'description: append a line', 'runner: command',
-      'command: ["/bin/sh", "-c", "printf \'%s\\\\n\' \\"$MSG\\" >> \\"$OUT\\""]',
-      'parameters:', '  msg: { type: string, required: true }', '  out: { type: string, required: true }',
-      'env:', '  MSG: "{{ msg }}"', '  OUT: "{{ out }}"', 'timeout: 10s', '',
-    ].join('\n')),
+    markAction('append a line'),
     file('sensors/lines.yaml', `name: lines\ntype: log\ntrigger: rx.line\ninterval: 1s\nconfig: ${JSON.stringify({ path: logPath, pattern: '.', fromEnd: false })}\n`),
     file('rules/mark.yaml', [
       'name: mark', 'trigger: rx.line',

@@ -10,18 +10,16 @@
  */
 import t, { type Test } from 'tap';
 import * as grpc from '@grpc/grpc-js';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startHub, waitFor, login, callError, ADMIN_PASSWORD, type TestHub } from './helpers/hub.js';
 import { adminClients, call, type AdminClients } from '../cli/client.js';
 import type { Grant } from '../hub/authz/index.js';
 import { kvId, kvAad } from '../hub/kv/index.js';
+import { file, unaryT as adminCall, install, getRule, readLines } from './helpers/admin.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 const PW = 'rights-test-password-1';
-const enc = (s: string) => Buffer.from(s, 'utf8');
-const file = (path: string, text: string): T.PackFile => ({ path, content: enc(text), mode: 0o644 });
-const readLines = (p: string) => (existsSync(p) ? readFileSync(p, 'utf8').split('\n').filter(Boolean) : []);
 
 /** Pack `ops`: `echo` prints MSG (env), `obj` takes an object, `usesecret` reads a secret in its own env. */
 function opsPack(extra: T.PackFile[] = []): T.PackFile[] {
@@ -80,16 +78,6 @@ async function user(h: TestHub, t: Test, name: string, grants: Array<string | [s
   return client;
 }
 
-function asDefault(h: TestHub): grpc.Metadata {
-  const md = h.admin.metadata.clone();
-  md.set('x-trellis-tenant', 'default');
-  return md;
-}
-function adminCall<Req, Res>(h: TestHub, client: object, fn: (req: Req, md: grpc.Metadata, cb: (e: grpc.ServiceError | null, r?: Res) => void) => unknown, req: Req): Promise<Res> {
-  return new Promise((resolve, reject) => fn.call(client, req, asDefault(h), (e, r) => (e ? reject(e) : resolve(r!))));
-}
-const install = (h: TestHub, files: T.PackFile[]) => adminCall<T.InstallPackRequest, T.PackInfo__Output>(h, h.admin.packs, h.admin.packs.InstallPack, { files, force: true });
-const getRule = (h: TestHub, name: string) => adminCall<T.GetRuleRequest, T.RuleInfo__Output>(h, h.admin.rules, h.admin.rules.GetRule, { name });
 const kvSet = (h: TestHub, who: { username: string; isAdmin: boolean }, key: string, value: string, o: { secret?: boolean; private?: boolean } = {}) =>
   h.hub.components.kv.set('default', who, { key, value, ...o });
 const ADMIN = { username: 'admin', isAdmin: true };

@@ -7,16 +7,15 @@
  *    the output by itself (and in base64), not only as the whole value.
  */
 import t, { type Test } from 'tap';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { pino } from 'pino';
 import { runCli } from './helpers/cli.js';
 import { startHub, login, tempDir, waitFor, ADMIN_PASSWORD, type TestHub } from './helpers/hub.js';
 import { writeProfile } from '../cli/profile.js';
+import { file, tenantMd, install, createRule, listExecutions, getExecution, setSecret, walk } from './helpers/admin.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
-
-const file = (path: string, text: string): T.PackFile => ({ path, content: Buffer.from(text), mode: 0o644 });
 
 /** Pack `sec`: `num` takes typed parameters; `bearer` splices a secret into an env value. */
 function secPack(): T.PackFile[] {
@@ -38,26 +37,9 @@ function secPack(): T.PackFile[] {
   ];
 }
 
-function tenantMd(h: TestHub): grpc.Metadata {
-  const md = h.admin.metadata.clone();
-  md.set('x-trellis-tenant', 'default');
-  return md;
-}
-function unary<Req, Res>(h: TestHub, client: object, fn: (req: Req, md: grpc.Metadata, cb: (e: grpc.ServiceError | null, r?: Res) => void) => unknown, req: Req): Promise<Res> {
-  return new Promise((resolve, reject) => fn.call(client, req, tenantMd(h), (e, r) => (e ? reject(e) : resolve(r!))));
-}
-const install = (h: TestHub, files: T.PackFile[]) => unary<T.InstallPackRequest, T.PackInfo__Output>(h, h.admin.packs, h.admin.packs.InstallPack, { files, force: true });
-const createRule = (h: TestHub, def: object) => unary<T.CreateRuleRequest, T.RuleInfo__Output>(h, h.admin.rules, h.admin.rules.CreateRule, { definition: JSON.stringify(def), replace: true, source: 'test' });
-const listExecutions = (h: TestHub, req: Partial<T.ListExecutionsRequest>) => unary<T.ListExecutionsRequest, T.ListExecutionsResponse__Output>(h, h.admin.executions, h.admin.executions.ListExecutions, { limit: 1000, ...req });
-const getExecution = (h: TestHub, id: string) => unary<T.GetExecutionRequest, T.ExecutionInfo__Output>(h, h.admin.executions, h.admin.executions.GetExecution, { id });
-const setSecret = (h: TestHub, key: string, value: string) => h.hub.components.kv.set('default', { username: 'admin', isAdmin: true }, { key, value, secret: true });
 
 /** The value and the encodings a careless message or file could carry it in. */
 const formsOf = (v: string) => [v, JSON.stringify(v), Buffer.from(v).toString('base64').replace(/=+$/, ''), Buffer.from(v).toString('hex')];
-
-function walk(dir: string): string[] {
-  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(join(dir, e.name)) : e.isFile() ? [join(dir, e.name)] : []));
-}
 
 /** Fails for every file under root (and every text given) holding any form of any planted value. */
 function assertNowhere(t: Test, planted: string[], root: string, texts: Record<string, string>): void {

@@ -11,9 +11,8 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { startHub, waitFor, type TestHub } from './helpers/hub.js';
 import { signWebhook } from '../hub/webhooks/index.js';
+import { file, tenantMd, unaryT, install, createRule, listExecutions, getExecution, setKv } from './helpers/admin.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
-
-const file = (path: string, text: string): T.PackFile => ({ path, content: Buffer.from(text), mode: 0o644 });
 
 const SECRET = 'planted-api-secret-5d1f93';
 const DB_HOST = 'db-internal.example-8841';
@@ -34,22 +33,6 @@ function injPack(): T.PackFile[] {
   ];
 }
 
-function tenantMd(h: TestHub): grpc.Metadata {
-  const md = h.admin.metadata.clone();
-  md.set('x-trellis-tenant', 'default');
-  return md;
-}
-function unary<Req, Res>(h: TestHub, client: object, fn: (req: Req, md: grpc.Metadata, cb: (e: grpc.ServiceError | null, r?: Res) => void) => unknown, req: Req): Promise<Res> {
-  return new Promise((resolve, reject) => fn.call(client, req, tenantMd(h), (e, r) => (e ? reject(e) : resolve(r!))));
-}
-const install = (h: TestHub, files: T.PackFile[]) => unary<T.InstallPackRequest, T.PackInfo__Output>(h, h.admin.packs, h.admin.packs.InstallPack, { files, force: true });
-const createRule = (h: TestHub, def: object) => unary<T.CreateRuleRequest, T.RuleInfo__Output>(h, h.admin.rules, h.admin.rules.CreateRule, { definition: JSON.stringify(def), replace: true, source: 'test' });
-const listExecutions = (h: TestHub, req: Partial<T.ListExecutionsRequest>) => unary<T.ListExecutionsRequest, T.ListExecutionsResponse__Output>(h, h.admin.executions, h.admin.executions.ListExecutions, { limit: 1000, ...req });
-const getExecution = (h: TestHub, id: string) => unary<T.GetExecutionRequest, T.ExecutionInfo__Output>(h, h.admin.executions, h.admin.executions.GetExecution, { id });
-
-async function setKv(h: TestHub, key: string, value: string, secret: boolean): Promise<void> {
-  await h.hub.components.kv.set('default', { username: 'admin', isAdmin: true }, { key, value, secret });
-}
 
 /** A stream call (RunAction, RerunExecution) to its end: the execution ids it made. */
 function streamIds(h: TestHub, start: (md: grpc.Metadata) => grpc.ClientReadableStream<T.ExecutionUpdate__Output>): Promise<string[]> {
@@ -89,7 +72,7 @@ t.test('a signed webhook body carrying {{ secret.x }} / {{ kv.x }}, copied by a 
   await setKv(h, 'db_host', DB_HOST, false);
   await install(h, injPack());
   const agent = await h.agent();
-  const hook = await unary<T.CreateWebhookRequest, T.CreateWebhookResponse__Output>(h, h.admin.webhooks, h.admin.webhooks.CreateWebhook, { name: 'deploy', description: '' });
+  const hook = await unaryT<T.CreateWebhookRequest, T.CreateWebhookResponse__Output>(h, h.admin.webhooks, h.admin.webhooks.CreateWebhook, { name: 'deploy', description: '' });
   await createRule(h, {
     name: 'on-deploy', trigger: 'webhook.deploy', target: { agent: agent.agentId },
     action: { ref: 'inj.show', parameters: { msg: '{{ trigger.payload.msg }}', arg: 'x {{ trigger.payload.arg }} {{ kv.db_host }}' } },
