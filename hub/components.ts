@@ -42,7 +42,7 @@ export interface HubComponents {
   agentConfigs: AgentConfigs;
   /** Certificate renewals per agent per window (hub/agents/renewal.ts). */
   renewLimiter: RenewLimiter;
-  /** The audit log as every port records into it: refusals of unidentified callers and agents throttled (hub/audit/throttle.ts). */
+  /** The audit log as every port records into it: refusals of unidentified callers and agents (rate-limit refusals among them) throttled, the one throttle of refusal records (hub/audit/throttle.ts). */
   refusalAudit: RefusalThrottle;
   /** The bound agent port (known once listening). */
   agentPort: () => number;

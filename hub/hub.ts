@@ -29,7 +29,7 @@ import { KvStore } from './kv/index.js';
 import { Keyring } from './secrets/keyring.js';
 import { LiveStreams } from './live/index.js';
 import { PreAuthGate } from './grpc/preauth.js';
-import { RefusalSummary } from './grpc/refusals.js';
+import { RefusalLog } from './grpc/refusals.js';
 import { KdfPool } from './auth/kdf.js';
 import { widenFlowControl } from './grpc/flow-control.js';
 import { AuditLog } from './audit/index.js';
@@ -65,7 +65,7 @@ export class Hub {
   state: HubState = 'starting';
   private sweepTimer?: NodeJS.Timeout;
   private kdf?: KdfPool;
-  private refusals?: RefusalSummary;
+  private refusals?: RefusalLog;
   private eventSweepTimer?: NodeJS.Timeout;
   private live?: LiveStreams;
 
@@ -139,8 +139,11 @@ export class Hub {
       }
     });
     const renewLimiter = new RenewLimiter({ max: config.agentRenewLimit.max, windowMs: config.agentRenewLimit.window, certTtlMs: config.agentCertTtl });
-    // Refusals of callers nobody vouches for (no credentials, bad join token, agent port) are
-    // throttled: a flood writes one record per distinct refusal per minute plus a count.
+    // Refusals of callers nobody vouches for (no credentials, bad join token, rate limits, agent
+    // port) are throttled: a flood writes one record per distinct refusal per minute plus a count.
+    // Every port records into this one throttle; no other mechanism writes refusal summaries.
+    // Every TRELLIS_E_RATE_LIMITED refusal today is of an unidentified caller or an agent, so `only`
+    // covers them; refusals of known users (the /stream per-user limit's 429 too) are each recorded.
     const refusalAudit = new RefusalThrottle(audit, { only: (e) => e.actor === '-' || e.actor.startsWith('agent:') });
     const components: HubComponents = {
       config, log, store, pki, iam, auth, audit, tokens, agents, events, kv, packs, executions, rules, agentConfigs, renewLimiter, refusalAudit,
@@ -156,8 +159,9 @@ export class Hub {
     // the pre-auth gate holds each call's body until its credential checks out (hub/grpc/preauth.ts).
     const agentServer = new grpc.Server({ ...SERVER_OPTIONS, 'grpc.max_receive_message_length': config.maxMessageBytes });
     addAgentServices(agentServer, components);
-    const refusals = new RefusalSummary({ log: log.child({ component: 'admin' }), audit });
-    const preAuth = new PreAuthGate({ auth, log: log.child({ component: 'preauth' }), refusals }, {
+    // Log lines of rate-limited refusals, counted (their audit records go to refusalAudit).
+    const refusals = new RefusalLog(log.child({ component: 'admin' }));
+    const preAuth = new PreAuthGate({ auth, log: log.child({ component: 'preauth' }), refusals, audit: refusalAudit }, {
       preAuthMaxMessageBytes: Math.min(config.preAuth.maxMessageBytes, config.maxMessageBytes), maxMessageBytes: config.maxMessageBytes,
       maxCalls: config.preAuth.maxCalls, maxCallsPerAddress: config.preAuth.maxCallsPerAddress, requestTimeoutMs: config.preAuth.requestTimeout,
     });
@@ -252,7 +256,7 @@ export class Hub {
     this.adminServer.forceShutdown();
     await this.web.close();
     await c.webhooks.close();
-    this.refusals?.close(); // its last summary into the audit log before that closes
+    this.refusals?.close(); // its last counts into the log
     c.refusalAudit.close(); // pending refusal summaries
     await c.audit.close();
     await c.store.close();

@@ -152,4 +152,18 @@ t.test('a flood of refusals cannot fill the audit log: identical ones are counte
   t.equal(sink.entries.length, 51, '10,000 refusals from distinct addresses: at most maxKeys + 1 records per window');
   th.record({ timeMs: Date.now(), actor: 'admin', tenant: '', method: 'x', target: '', result: 'ok', sourceAddress: '', detail: '' });
   t.equal(sink.entries.length, 52, 'successes are never throttled');
+
+  // One /64 is one source (sourceKey, as the limits count it): an attacker rotating through the
+  // addresses of its /64 takes one key, and the summary names the /64.
+  const sink6 = new MemoryAudit();
+  const th6 = new RefusalThrottle(sink6, { maxKeys: 50 });
+  t.teardown(() => th6.close());
+  for (let i = 0; i < 1000; i++) {
+    th6.record({ timeMs: Date.now(), actor: '-', tenant: '', method: TLS_METHOD, target: '', result: 'unauthenticated', sourceAddress: `[2001:db8:1:2::${(i + 1).toString(16)}]:4000`, detail: 'TLS handshake refused' });
+  }
+  th6.record({ timeMs: Date.now(), actor: '-', tenant: '', method: TLS_METHOD, target: '', result: 'unauthenticated', sourceAddress: '[2001:db8:1:3::1]:4000', detail: 'TLS handshake refused' });
+  t.equal(sink6.entries.length, 2, '1,000 refusals from one /64: one record; another /64 keeps its own');
+  th6.sweep(true);
+  t.equal(sink6.entries.length, 3, 'plus one summary');
+  t.match(sink6.entries[2], { sourceAddress: '2001:db8:1:2::/64', detail: /^999 more like this in 60s/ }, 'the summary names the /64 the suppressed ones came from');
 });

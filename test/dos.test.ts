@@ -89,6 +89,13 @@ t.test('a wrong-password Login flood from one address is refused fast, and kv se
   const err = await callError(login(h, 'admin', ADMIN_PASSWORD));
   t.match(err, { code: 'TRELLIS_E_RATE_LIMITED', message: /too many failed logins from your address: retry in/ }, 'this address is refused, even with the right password');
   t.equal(err?.grpcCode, grpc.status.RESOURCE_EXHAUSTED);
+  // Audited through the one refusal throttle (hub/audit/throttle.ts): identical refusals once, the rest counted.
+  const audited = (await h.hub.components.audit.query({ methodContains: 'AdminAuth/Login', limit: 10_000 })).filter((r) => /too many failed logins from your address/.test(r.detail));
+  t.ok(audited.length >= 1, `rate-limited logins are audited (${audited.length} records)`);
+  t.ok(audited.every((r) => r.actor === '-' && r.result === 'denied' && r.target === 'user:admin'), 'with the account tried, as denied');
+  t.ok(audited.length <= 3, `not one record per refused call (${audited.length} records for ${limited.length + 1} refusals)`);
+  const deniedLogins = (await h.hub.components.audit.query({ methodContains: 'AdminAuth/Login', limit: 10_000 })).filter((r) => r.result === 'denied');
+  t.ok(h.hub.components.refusalAudit.suppressed >= limited.length + 1 - deniedLogins.length, 'the others are counted by the throttle');
   await h.stop(); // flushes the refusal summary
   t.ok(h.logLines.some((l) => l.includes('calls refused by a rate limit')), 'refusals are summarized in the log');
   t.ok(h.logLines.filter((l) => l.includes('login failed')).length <= 10 + 16, 'not one log line per refused call');
@@ -166,6 +173,9 @@ t.test('unauthenticated calls in progress are bounded per address, and a slow se
   t.equal(fourth.status, String(grpc.status.RESOURCE_EXHAUSTED), 'a 4th unauthenticated call from the same address is refused at once');
   const version = await callError(call<T.GetVersionRequest, T.VersionInfo__Output>(h.admin, h.admin.version, h.admin.version.GetVersion, {}));
   t.equal(version?.code, 'TRELLIS_E_RATE_LIMITED', 'an open call from the same address too');
+  const gated = (await h.hub.components.audit.query({ limit: 1000 })).filter((r) => r.detail.includes('too many unauthenticated calls in progress'));
+  t.ok(gated.some((r) => r.method === '/trellis.v1.AdminAuth/Login' && r.actor === '-' && r.result === 'denied'), 'the pre-auth refusal is audited (through the refusal throttle)');
+  t.ok(gated.some((r) => r.method === '/trellis.v1.Version/GetVersion'), 'each refused method');
   const agents = await call<T.ListAgentsRequest, T.ListAgentsResponse__Output>(h.admin, h.admin.agents, h.admin.agents.ListAgents, {});
   t.ok(agents, 'a logged-in call from the same address is not affected (its credential is verified first)');
   const cut = await Promise.all(held.map((x) => x.done));
@@ -214,6 +224,8 @@ t.test('source keys: port dropped, IPv4-mapped IPv6 as IPv4, IPv6 by /64', async
   t.equal(sourceKey('[::1]:99'), '0:0:0:0::/64');
   t.equal(sourceKey('fe80::1%eth0'), 'fe80:0:0:0::/64');
   t.equal(sourceKey(undefined), 'unknown');
+  t.equal(sourceKey('ipv4:10.1.2.3:4000'), '10.1.2.3', "grpc-js's scheme prefix dropped");
+  t.equal(sourceKey('ipv6:[2001:db8:aa:bb::1]:4000'), '2001:db8:aa:bb::/64');
 });
 
 t.test('the lock-out and limiter tables stay bounded; the limiter gives slots back', async (t) => {

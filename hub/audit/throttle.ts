@@ -1,13 +1,22 @@
 /**
- * Refusals from a flood must not fill the disk (nor push real records out of retention):
- * identical refusal records (same method, result, actor, target, source address without its
- * port, and reason, numbers aside) are written once per window; the ones
- * suppressed inside it are counted and written as one summary record when the window ends.
- * Successful records pass straight through. At most `maxKeys` distinct refusals are tracked
- * per window; past that, refusals of the same method and result share one key, so a flood from
- * many addresses still writes a bounded number of records.
+ * The one throttle of refusal records in the audit log. Refusals from a flood must not fill the
+ * disk (nor push real records out of retention): identical refusal records (same method, result,
+ * actor, target, source and reason, numbers aside) are written once per window; the ones
+ * suppressed inside it are counted and written as one summary record when the window ends
+ * ("N more like this in 60s, not recorded one by one: <reason>", with the source as its address).
+ * Successful records pass straight through, and so do the refusals `only` leaves out. At most
+ * `maxKeys` distinct refusals are tracked per window; past that, refusals of the same method and
+ * result share one key, so a flood from many addresses still writes a bounded number of records.
+ *
+ * Every kind of refusal goes through here, rate-limit refusals included (the pre-auth gate and
+ * the call wrapper record them like any other refusal); hub/grpc/refusals.ts only keeps their
+ * log lines down. The source is `sourceKey` (hub/auth/source.ts), the key limits and lock-outs
+ * count by: port dropped, IPv6 by its /64. An attacker who owns a /64 can send from 2^64
+ * addresses; counted one by one they would fill the key table at once and fold every other
+ * caller's refusals into the shared key, counted by its /64 they take one key.
  */
 import type { AuditEntry, AuditSink } from './types.js';
+import { sourceKey } from '../auth/source.js';
 
 export interface RefusalThrottleOptions {
   /** @default 60000 */
@@ -19,16 +28,8 @@ export interface RefusalThrottleOptions {
   now?: () => number;
 }
 
-interface Slot { startMs: number; suppressed: number; entry: AuditEntry }
-
-/** `ipv4:10.0.0.1:5555` / `[::1]:5555` / `10.0.0.1` → the address without its port. */
-export function addressOnly(peer: string): string {
-  const p = peer.replace(/^ipv[46]:/, '');
-  const v6 = /^\[([^\]]*)\](?::\d+)?$/.exec(p);
-  if (v6) return v6[1]!;
-  const v4 = /^([^:]+):\d+$/.exec(p);
-  return v4 ? v4[1]! : p;
-}
+/** `source`: what the summary gives as its address (`*` for the key many sources share). */
+interface Slot { startMs: number; suppressed: number; entry: AuditEntry; source: string }
 
 export class RefusalThrottle implements AuditSink {
   private readonly slots = new Map<string, Slot>();
@@ -53,8 +54,10 @@ export class RefusalThrottle implements AuditSink {
     if (e.result === 'ok' || !this.only(e)) { this.sink.record(e); return; }
     const now = this.now();
     // Numbers in the reason (times, counts) do not make a refusal different.
-    let key = [e.method, e.result, e.actor, e.target, addressOnly(e.sourceAddress), e.detail.slice(0, 200).replace(/\d+\w*/g, '#').replace(/#(?: #)+/g, '#')].join('\u0000');
-    if (!this.slots.has(key) && this.slots.size >= this.maxKeys) key = [e.method, e.result, '*'].join('\u0000');
+    const source = sourceKey(e.sourceAddress);
+    let key = [e.method, e.result, e.actor, e.target, source, e.detail.slice(0, 200).replace(/\d+\w*/g, '#').replace(/#(?: #)+/g, '#')].join('\u0000');
+    let summarySource = source;
+    if (!this.slots.has(key) && this.slots.size >= this.maxKeys) { key = [e.method, e.result, '*'].join('\u0000'); summarySource = '*'; }
     const slot = this.slots.get(key);
     if (slot && now - slot.startMs < this.windowMs) {
       slot.suppressed++;
@@ -62,7 +65,7 @@ export class RefusalThrottle implements AuditSink {
       return;
     }
     if (slot) this.summarize(slot);
-    this.slots.set(key, { startMs: now, suppressed: 0, entry: e });
+    this.slots.set(key, { startMs: now, suppressed: 0, entry: e, source: summarySource });
     this.sink.record(e);
   }
 
@@ -70,7 +73,7 @@ export class RefusalThrottle implements AuditSink {
     if (slot.suppressed === 0) return;
     const secs = Math.round(this.windowMs / 1000);
     this.sink.record({
-      ...slot.entry, timeMs: this.now(),
+      ...slot.entry, timeMs: this.now(), sourceAddress: slot.source, // the suppressed ones came from this source, not all from the first's address
       detail: `${slot.suppressed} more like this in ${secs}s, not recorded one by one: ${slot.entry.detail}`.slice(0, 1024),
     });
   }

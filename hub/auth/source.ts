@@ -1,12 +1,16 @@
 /**
- * The source of a call, as limits and lock-outs count it: the peer's IP address without its port.
- * An IPv4-mapped IPv6 address counts as the IPv4 address; an IPv6 address counts by its /64 (one
- * host or site usually holds a whole /64, so counting single addresses would give it 2^64 tries).
+ * The source of a call, as limits, lock-outs and the refusal throttles (hub/audit/throttle.ts,
+ * hub/grpc/refusals.ts) count it: the one place a peer string becomes a source. The peer's IP
+ * address without its port (and without grpc-js's `ipv4:`/`ipv6:` scheme). An IPv4-mapped IPv6
+ * address counts as the IPv4 address; an IPv6 address counts by its /64 (one host or site usually
+ * holds a whole /64, so counting single addresses would give it 2^64 tries, or 2^64 distinct
+ * refusals to record).
  */
 import { isIPv4, isIPv6 } from 'node:net';
 
-/** "1.2.3.4:567", "[::1]:567", "::ffff:1.2.3.4", "1.2.3.4" → the key limits count by. */
+/** "1.2.3.4:567", "[::1]:567", "::ffff:1.2.3.4", "1.2.3.4", "ipv4:1.2.3.4:567" → the key limits count by. */
 export function sourceKey(peer: string | undefined): string {
+  peer = peer?.replace(/^ipv[46]:/, '');
   if (!peer) return 'unknown';
   let host = peer;
   const bracketed = /^\[([^\]]+)\](?::\d+)?$/.exec(peer);

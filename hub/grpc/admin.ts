@@ -112,7 +112,7 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
         const r = await c.auth.login(req.username, req.password, { source: ctx.peer });
         return { token: r.token, expiresAtMs: r.expiresAt, username: r.user.username };
       } catch (e) {
-        // A rate-limited refusal is summarized by the wrapper (hub/grpc/refusals.ts), not logged per call.
+        // A rate-limited refusal's log line is counted by the wrapper (RefusalLog, hub/grpc/refusals.ts), not written per call.
         if (!isTrellisError(e, 'TRELLIS_E_RATE_LIMITED')) c.log.warn({ component: 'auth', reqId: ctx.requestId, user: String(req.username).slice(0, 64), peer: ctx.peer }, 'login failed');
         throw e;
       }

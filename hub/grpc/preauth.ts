@@ -11,7 +11,8 @@
  *  - Unverified calls in progress are bounded in all and per source address; past either, the
  *    call is refused at once (TRELLIS_E_RATE_LIMITED). Such a call must send its request within
  *    `requestTimeoutMs` (a slow sender cannot hold a slot).
- *  - Refused calls are summarized (RefusalSummary), never one log line or audit record per call.
+ *  - A refused call is audited like any refusal, into the refusal throttle (hub/audit/throttle.ts:
+ *    identical ones once a window plus a count); its log line is counted (RefusalLog, refusals.ts).
  *
  * The server's own `grpc.max_receive_message_length` is the pre-auth limit; only a verified call
  * has it raised, by setting the limit of that one call's decoder. That reaches into grpc-js
@@ -27,7 +28,8 @@ import type { Logger } from '../../common/log.js';
 import type { Auth } from '../auth/index.js';
 import { sourceKey } from '../auth/index.js';
 import { credentialOf } from './wrap.js';
-import type { RefusalSummary } from './refusals.js';
+import type { RefusalLog } from './refusals.js';
+import type { AuditSink } from '../audit/types.js';
 
 export interface PreAuthOptions {
   /** Largest message of a call without a verified credential, in bytes. */
@@ -68,7 +70,7 @@ export class PreAuthGate {
   private readonly bySource = new Map<string, number>();
   private warnedInternals = false;
 
-  constructor(private readonly deps: { auth: Auth; log: Logger; refusals: RefusalSummary }, private readonly opts: PreAuthOptions) {}
+  constructor(private readonly deps: { auth: Auth; log: Logger; refusals: RefusalLog; audit?: AuditSink }, private readonly opts: PreAuthOptions) {}
 
   /** Server options for the admin port: the pre-auth message limit is the server's. */
   serverOptions(): grpc.ServerOptions {
@@ -132,6 +134,7 @@ export class PreAuthGate {
     if (this.inFlight >= this.opts.maxCalls || mine >= this.opts.maxCallsPerAddress) {
       const why = 'too many unauthenticated calls in progress: retry in a moment';
       this.deps.refusals.note(path, call.getPeer(), why);
+      this.deps.audit?.record({ timeMs: Date.now(), actor: '-', tenant: '', method: path, target: '', result: 'denied', sourceAddress: call.getPeer(), detail: why });
       return { refuse: toStatus(new TrellisError('TRELLIS_E_RATE_LIMITED', why), '-') };
     }
     this.inFlight++;

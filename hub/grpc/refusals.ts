@@ -1,22 +1,27 @@
 /**
- * Calls refused by a rate limit come in floods. One log line and one audit record each would let
- * an unauthenticated flood fill the disk and rotate real records out of the audit log, so they
- * are counted per (method, source address) and written as one summary line and one audit record
- * per pair every `intervalMs` (result `denied`, detail "N calls refused: <reason>").
+ * Log lines of calls refused by a rate limit (TRELLIS_E_RATE_LIMITED: the pre-auth gate, the
+ * login limiter, the KDF queue). They come in floods, and one warn line each would let an
+ * unauthenticated flood fill the disk, so they are counted per (method, source) and written as
+ * one line per pair every `intervalMs` ("calls refused by a rate limit", with the count).
+ *
+ * The log only: their audit records take the normal audit path (wrap.ts `finish`, the pre-auth
+ * gate) into the one refusal throttle, hub/audit/throttle.ts, which counts identical refusals of
+ * every kind. The source is `sourceKey` (hub/auth/source.ts), as the limits and the throttle
+ * count it: port dropped, IPv6 by its /64.
  */
 import type { Logger } from '../../common/log.js';
-import type { AuditSink } from '../audit/types.js';
-import { sourceKey } from '../auth/index.js';
+import { sourceKey } from '../auth/source.js';
 
 /** Distinct (method, source) pairs counted per interval; the rest are summed under one "other" entry. */
 const MAX_KEYS = 10_000;
 
-export class RefusalSummary {
+export class RefusalLog {
   private counts = new Map<string, { method: string; source: string; reason: string; n: number }>();
   private timer?: NodeJS.Timeout;
 
-  constructor(private readonly deps: { log: Logger; audit?: AuditSink }, private readonly intervalMs = 10_000) {}
+  constructor(private readonly log: Logger, private readonly intervalMs = 10_000) {}
 
+  /** Counts one refused call, for the next summary line. */
   note(method: string, peer: string, reason: string): void {
     const source = sourceKey(peer);
     let key = `${method} ${source}`;
@@ -34,11 +39,7 @@ export class RefusalSummary {
     const counts = this.counts;
     this.counts = new Map();
     for (const c of counts.values()) {
-      this.deps.log.warn({ method: c.method, source: c.source, refused: c.n, reason: c.reason }, 'calls refused by a rate limit');
-      this.deps.audit?.record({
-        timeMs: Date.now(), actor: '-', tenant: '', method: c.method, target: `source:${c.source}`, result: 'denied',
-        sourceAddress: c.source, detail: `${c.n} calls refused: ${c.reason}`.slice(0, 300),
-      });
+      this.log.warn({ method: c.method, source: c.source, refused: c.n, reason: c.reason }, 'calls refused by a rate limit');
     }
   }
 

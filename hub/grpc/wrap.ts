@@ -14,7 +14,7 @@ import { toStatus } from '../../common/grpc-errors.js';
 import { TrellisError, isTrellisError, type ErrorCode } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import type { AuditEntry, AuditSink } from '../audit/types.js';
-import type { RefusalSummary } from './refusals.js';
+import type { RefusalLog } from './refusals.js';
 
 export interface CallContext {
   requestId: string;
@@ -32,7 +32,11 @@ export interface CallContext {
   detail?: string;
 }
 
-export interface WrapDeps { auth: Auth; log: Logger; audit?: AuditSink; live?: LiveStreams; refusals?: RefusalSummary }
+/**
+ * `audit`: where records go (the hub gives the refusal throttle, hub/audit/throttle.ts);
+ * `refusals`: counts the log lines of rate-limited refusals (without it, one line each).
+ */
+export interface WrapDeps { auth: Auth; log: Logger; audit?: AuditSink; live?: LiveStreams; refusals?: RefusalLog }
 
 export const TENANT_HEADER = 'x-trellis-tenant';
 
@@ -102,9 +106,10 @@ function finish(deps: WrapDeps, ctx: CallContext, start: number, err?: unknown):
   const ms = Math.round(performance.now() - start);
   const who = actorOf(ctx.principal);
   const code = isTrellisError(err) ? (err as TrellisError).code : undefined;
-  // Rate-limited refusals come in floods: summarized, not one log line and audit record each.
-  if (code === 'TRELLIS_E_RATE_LIMITED' && deps.refusals) { deps.refusals.note(ctx.method, ctx.peer, (err as Error).message); return; }
-  if (!err) deps.log.info({ reqId: ctx.requestId, method: ctx.method, user: who, tenant: ctx.tenant, ms }, 'request done');
+  // Rate-limited refusals come in floods: their log lines are counted (RefusalLog); their audit
+  // records are written below like any refusal's, into the throttle that counts floods.
+  if (code === 'TRELLIS_E_RATE_LIMITED' && deps.refusals) deps.refusals.note(ctx.method, ctx.peer, (err as Error).message);
+  else if (!err) deps.log.info({ reqId: ctx.requestId, method: ctx.method, user: who, tenant: ctx.tenant, ms }, 'request done');
   else if (code) deps.log.warn({ reqId: ctx.requestId, method: ctx.method, user: who, peer: ctx.peer, ms, code, msg: (err as Error).message }, 'request refused');
   else deps.log.error({ reqId: ctx.requestId, method: ctx.method, user: who, ms, err }, 'request failed');
   const result: AuditEntry['result'] = !err ? 'ok' : (code && RESULT[code]) || 'error';
