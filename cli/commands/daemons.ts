@@ -95,6 +95,20 @@ export function addDaemonCommands(program: Command): void {
         `next: trellis agent run --data ${o.data}\n`);
     });
 
+  agent.command('bundle')
+    .description('write an offline install bundle (tar.gz) of this installation with its production node_modules; prints its SHA-256')
+    .requiredOption('--out <file>', 'bundle file to write, e.g. trellis-agent.tgz (FILE.sha256 is written next to it)')
+    .addHelpText('after', '\nThe bundle holds one folder, trellis-<version>/ (bin/trellis, dist/, proto/, node_modules/). On a host with\n' +
+      'Node >= 20 (no npm, no registry, no compiler needed):\n' +
+      '  sha256sum -c trellis-agent.tgz.sha256 && tar -xzf trellis-agent.tgz -C /opt\n' +
+      '  ln -s /opt/trellis-<version>/bin/trellis /usr/local/bin/trellis')
+    .action(async (o) => {
+      const { writeBundle } = await import('../bundle.js');
+      const r = await writeBundle({ out: o.out });
+      process.stdout.write(`bundle ${r.file}: ${r.root}/, ${r.packages} dependencies, ${(r.bytes / 1048576).toFixed(1)} MiB\n` +
+        `sha256:${r.sha256}\n`);
+    });
+
   agent.command('run')
     .description('run the agent daemon: keeps one mTLS stream to the hub, runs actions, renews its certificate')
     .requiredOption('--data <dir>', 'agent data directory')
