@@ -113,7 +113,7 @@ export class HubPki {
     const identity = { certChainPem: completeHubChain(certChainPem, this.caChain, true), keyPem };
     checkHubIdentity(identity, this.caChain, this.names);
     await atomicWriteFile(this.paths.hubKey, keyPem, { mode: 0o600 });
-    await atomicWriteFile(this.paths.hubCert, certChainPem, { mode: 0o644 });
+    await atomicWriteFile(this.paths.hubCert, identity.certChainPem, { mode: 0o644 });
     this.identity = identity;
     for (const fn of this.listeners) fn(identity);
   }

@@ -59,7 +59,7 @@ export class HubCertLifecycle {
     clearTimeout(this.timer);
     const now = Date.now();
     let next = this.nextWarnAt;
-    if (this.pki.canIssue) next = Math.min(next || Infinity, Math.max(this.renewAt(), this.retryAt));
+    if (this.pki.canIssue) next = Math.min(next, Math.max(this.renewAt(), this.retryAt));
     const wait = Math.min(Math.max(next - now, 0), MAX_TIMER_MS);
     this.timer = setTimeout(() => void this.tick(), wait);
     this.timer.unref();
