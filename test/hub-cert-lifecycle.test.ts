@@ -171,12 +171,16 @@ t.test('no warning for a certificate far from expiry', async (t) => {
 t.test('the hub renews its own certificate at 2/3 of its life; no agent is dropped', async (t) => {
   const { h, cli } = await cliHub(t);
   const agent = await h.agent();
-  const r = await cli(['certs', 'issue-hub', '--ttl', '3s']);
+  const r = await cli(['certs', 'issue-hub', '--ttl', '3s', '--name', 'localhost,127.0.0.1,renew.example.test']);
   t.equal(r.code, 0, `a 3 s hub certificate: ${r.err}`);
   const first = await servedSerial(h);
   const t0 = Date.now();
   await waitFor(async () => (await servedSerial(h)) !== first, 20_000, 'a renewed certificate is served');
   t.pass(`renewed after ${Date.now() - t0} ms`);
+  const renewed = certInfo((await fetchServedChain('127.0.0.1', Number(h.adminAddr.split(':')[1])))[0]!);
+  t.ok(renewed.dnsNames.includes('renew.example.test'), 'the renewed certificate keeps the names');
+  const life = renewed.notAfter.getTime() - renewed.notBefore.getTime();
+  t.ok(life >= 2000 && life <= 5000, `and the lifetime (${life} ms)`);
   t.ok(h.logLines.some((l) => l.includes('hub certificate renewed from the internal CA')), 'logged');
   const recs = await auditRecords(h);
   t.ok(recs.some((e) => e.method === 'hub/RenewHubCertificate' && e.result === 'ok' && e.actor === 'hub'), 'audited');
