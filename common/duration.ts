@@ -1,6 +1,6 @@
 import { TrellisError } from './errors.js';
 
-const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 };
+const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000, y: 365 * 86_400_000 };
 
 /**
  * Parses "500ms", "30s", "15m", "1h30m", "7d" (or a bare number of seconds) into milliseconds.
@@ -9,7 +9,7 @@ const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000,
 export function parseDuration(text: string, what = 'duration'): number {
   const s = String(text).trim();
   if (/^\d+$/.test(s)) return Number(s) * 1000;
-  const re = /(\d+(?:\.\d+)?)(ms|s|m|h|d|w)/gy;
+  const re = /(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)/gy;
   let total = 0;
   let pos = 0;
   let m: RegExpExecArray | null;

@@ -7,6 +7,7 @@ import { loadHubConfig, type HubConfig, type HubConfigInput } from './config.js'
 import { hubPaths } from './paths.js';
 import { openStore, type Store } from './store/index.js';
 import { HubPki } from './pki/index.js';
+import { HubCertLifecycle } from './pki/lifecycle.js';
 import { Auth } from './auth/index.js';
 import { buildBackends } from './auth/factory.js';
 import { Iam } from './iam/index.js';
@@ -68,6 +69,7 @@ export class Hub {
   private refusals?: RefusalLog;
   private eventSweepTimer?: NodeJS.Timeout;
   private live?: LiveStreams;
+  private certLifecycle?: HubCertLifecycle;
 
   private constructor(
     readonly components: HubComponents,
@@ -228,6 +230,9 @@ export class Hub {
     // A rotation cut short (hub killed) left older key versions on disk: finish it in the background.
     if (kv.keyring.versions().length > 1) void kv.resume((p) => { if (p.finished) kvLog.info(p, 'master key rotation finished'); }).catch((err) => kvLog.warn({ err }, 'master key rotation paused'));
     hub.state = 'running';
+    // Renews the hub certificate at 2/3 of its life; warns of hub/CA expiry at start and daily.
+    hub.certLifecycle = new HubCertLifecycle(pki, log.child({ component: 'pki' }), audit);
+    hub.certLifecycle.start();
     log.info({ agentPort, adminPort, webPort, bind: config.bind, names: config.names, caFingerprint: pki.caFingerprint, canIssue: pki.canIssue }, 'hub running');
     return hub;
   }
@@ -238,6 +243,7 @@ export class Hub {
     this.state = 'draining';
     clearInterval(this.sweepTimer);
     clearInterval(this.eventSweepTimer);
+    this.certLifecycle?.close();
     this.live?.close();
     const c = this.components;
     c.agentConfigs.close();

@@ -394,7 +394,7 @@ t.test('replacing the hub certificate keeps agent streams up and serves the new 
   const res = await call<T.ReplaceHubCertificateRequest, T.ReplaceHubCertificateResponse__Output>(h.admin, h.admin.certs, h.admin.certs.ReplaceHubCertificate, fresh);
   const newSerial = certInfo(fresh.certificate).serialHex;
   t.equal(res.hub?.serial, newSerial);
-  t.equal(await readFile(join(h.dataDir, 'hub.pem'), 'utf8'), fresh.certificate, 'persisted for the next start');
+  t.equal(await readFile(join(h.dataDir, 'hub.pem'), 'utf8'), fresh.certificate + pki.caChain.join(''), 'persisted for the next start, completed with the CA chain (issue 11)');
 
   const port = Number(h.adminAddr.split(':')[1]);
   const served = await fetchServedChain('127.0.0.1', port);

@@ -193,6 +193,12 @@ export function addAdminCommands(program: Command): void {
     ];
     print([...show('CA', r.ca!), ...show('hub', r.hub!), `can issue:     ${r.canIssue}`, `trust domain:  ${r.trustDomain}`,
       `hub names:     ${r.hubNames.join(', ')}`, `agent cert ttl: ${Math.round(r.agentCertTtlMs / 3_600_000)}h`].join('\n'));
+
+    // Any hub or CA certificate within 30 days of its end.
+    for (const [what, i] of [['hub certificate', r.hub!], ...r.caChain.map((c, n) => [n === 0 ? 'CA certificate' : `CA chain certificate ${n + 1}`, c] as const)] as const) {
+      const days = Math.ceil((Number(i.notAfterMs) - Date.now()) / 86_400_000);
+      if (days <= 30) print(`WARNING: the ${what} (serial ${i.serial}) ${days <= 0 ? 'has expired' : `expires in ${days} day(s)`}, on ${when(i.notAfterMs)}: ${what === 'hub certificate' ? 'run `trellis certs issue-hub` or `certs replace`' : 'plan a CA rotation'}`);
+    }
   }));
   certs.command('crl').description('print the certificate revocation list (PEM, signed by the hub CA)').option('--out <file>', 'write it to a file')
     .action((o) => withClients(async (c) => {
@@ -200,12 +206,22 @@ export function addAdminCommands(program: Command): void {
       if (o.out) { writeFileSync(o.out, r.crl); process.stderr.write(`CRL with ${r.revoked} revoked certificate(s) written to ${o.out}\n`); } else print(r.crl);
     }));
   certs.command('replace').description('serve a new hub certificate without dropping connected agents')
-    .requiredOption('--hub-cert <file>', 'new hub certificate (PEM chain) issued by the hub CA, naming every hub name')
+    .requiredOption('--hub-cert <file>', 'new hub certificate issued by the hub CA, naming every hub name: the leaf alone (the hub adds its CA chain) or the leaf followed by the hub CA chain')
     .requiredOption('--hub-key <file>', 'its private key')
     .action((o) => withClients(async (c) => {
       const read = (f: string) => { try { return readFileSync(f, 'utf8'); } catch (e) { throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `cannot read ${f}: ${(e as Error).message}`); } };
       const r = await call<T.ReplaceHubCertificateRequest, T.ReplaceHubCertificateResponse__Output>(c, c.certs, c.certs.ReplaceHubCertificate, { certificate: read(o.hubCert), privateKey: read(o.hubKey) });
       print(`hub certificate replaced: serial ${r.hub!.serial}, valid until ${when(r.hub!.notAfterMs)}; new connections use it now`);
+    }));
+  certs.command('issue-hub').description('issue a new hub certificate from the hub CA (needs its key; key type follows the CA) and serve it without dropping connected agents; the hub also renews it by itself at 2/3 of its life')
+    .option('--name <names...>', 'subjectAltName: host names and IP addresses (comma-separated or repeated); replaces the default, the configured hub names, which must be among them', collect, [])
+    .option('--ttl <duration>', 'lifetime (e.g. 90d, 1y; at most 825d, never past the CA)', '1y')
+    .action((o) => withClients(async (c) => {
+      const names = (o.name as string[]).flatMap((n) => n.split(',')).map((n) => n.trim()).filter(Boolean);
+      const ttlMs = parseDuration(o.ttl, '--ttl');
+      const r = await call<T.IssueHubCertificateRequest, T.IssueHubCertificateResponse__Output>(c, c.certs, c.certs.IssueHubCertificate, { names, ttlMs });
+      const h = r.hub!;
+      print(`hub certificate issued: serial ${h.serial}, ${h.keyType}, names ${[...h.dnsNames, ...h.ipAddresses].join(', ')}, valid until ${when(h.notAfterMs)}; new connections use it now`);
     }));
 
   addRunActionOptions(program.command('run')

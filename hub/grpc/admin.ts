@@ -16,6 +16,7 @@ import { refsIn } from '../rights/index.js';
 import { useRefs } from './refs.js';
 import { FINAL_STATUSES } from '../../common/automation/types.js';
 import { checkString } from '../validate.js';
+import { checkHubNames, issueHubCertificate } from '../pki/index.js';
 import { parseJoinToken } from '../../common/jointoken.js';
 
 const S = '/trellis.v1';
@@ -189,6 +190,18 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
       const leaf = splitPemBundle(c.pki.hubIdentity.certChainPem)[0]!;
       c.log.info({ component: 'pki', user: ctx.principal!.username, serial: certInfo(leaf).serialHex }, 'hub certificate replaced');
       return { hub: certificateInfo(leaf) };
+    }),
+    IssueHubCertificate: unary<T.IssueHubCertificateRequest__Output, T.IssueHubCertificateResponse>(deps, `${S}.AdminCerts/IssueHubCertificate`, async (req, ctx) => {
+      const names = checkHubNames(req.names.length ? req.names.map((n) => checkString(n, 'name', 253)) : c.config.names, c.config.names);
+      const ttlMs = Number(req.ttlMs) || 365 * 86_400_000;
+      if (ttlMs < 1000 || ttlMs > 825 * 86_400_000) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'ttl must be between 1s and 825d');
+      const id = issueHubCertificate(c.pki, names, ttlMs);
+      await c.pki.replaceHubIdentity(id.certChainPem, id.keyPem);
+      const info = certificateInfo(splitPemBundle(c.pki.hubIdentity.certChainPem)[0]!);
+      ctx.target = info.serial;
+      ctx.detail = `names ${names.join(',')}; valid until ${new Date(Number(info.notAfterMs)).toISOString()}`.slice(0, 500);
+      c.log.info({ component: 'pki', user: ctx.principal!.username, serial: info.serial, names }, 'hub certificate issued from the internal CA');
+      return { hub: info };
     }),
   });
 

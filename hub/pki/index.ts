@@ -4,11 +4,13 @@
  * Files are read once at start; replacements are written atomically and pushed to listeners.
  */
 import { readFileSync, existsSync } from 'node:fs';
+import { isIP } from 'node:net';
 import type { KeyObject } from 'node:crypto';
 import {
-  certInfo, createCRL, fingerprintSha256, issueCertificate, keyMatchesCert, loadPrivateKey, normalizeSerial, randomSerial,
-  sanCovers, splitPemBundle, verifyChain, verifyIssuedBy, type RevokedEntry,
+  certInfo, createCRL, fingerprintSha256, generateKey, issueCertificate, keyMatchesCert, KEY_TYPES, loadPrivateKey,
+  normalizeSerial, randomSerial, sanCovers, type KeyType, splitPemBundle, verifyChain, verifyIssuedBy, type RevokedEntry,
 } from '../../certs/index.js';
+import { describeKey } from '../../certs/keys.js';
 import { TrellisError } from '../../common/errors.js';
 import { atomicWriteFile } from '../../common/fsutil.js';
 import type { HubPaths } from '../paths.js';
@@ -54,7 +56,8 @@ export class HubPki {
     if (caKey && !keyMatchesCert(caKey, caChain[0]!)) {
       throw new TrellisError('TRELLIS_E_CONFIG', `${paths.caKey} does not match the CA certificate in ${paths.caCert}`);
     }
-    const identity = { certChainPem: readFileSync(paths.hubCert, 'utf8'), keyPem: readFileSync(paths.hubKey, 'utf8') };
+    // A hub.pem written without its chain (older `certs replace`) is served completed: clients pin the CA from the served chain.
+    const identity = { certChainPem: completeHubChain(readFileSync(paths.hubCert, 'utf8'), caChain, false), keyPem: readFileSync(paths.hubKey, 'utf8') };
     checkHubIdentity(identity, caChain, names);
     return new HubPki(paths, names, caChain, caKey, identity);
   }
@@ -101,15 +104,83 @@ export class HubPki {
     return createCRL({ issuerCertPem: this.caCertPem, issuerKey: this.caKey, revoked, crlNumber, thisUpdate: now, nextUpdate: new Date(now.getTime() + 7 * 86_400_000) });
   }
 
-  /** Validates, persists (atomically, key 0600) and starts serving a new hub certificate. */
+  /**
+   * Validates, persists (atomically, key 0600) and starts serving a new hub certificate. A leaf
+   * given without its chain is completed from the hub CA chain; a chain that holds certificates
+   * outside the hub CA chain is refused (clients pin the CA in the served chain).
+   */
   async replaceHubIdentity(certChainPem: string, keyPem: string): Promise<void> {
-    const identity = { certChainPem, keyPem };
+    const identity = { certChainPem: completeHubChain(certChainPem, this.caChain, true), keyPem };
     checkHubIdentity(identity, this.caChain, this.names);
     await atomicWriteFile(this.paths.hubKey, keyPem, { mode: 0o600 });
-    await atomicWriteFile(this.paths.hubCert, certChainPem, { mode: 0o644 });
+    await atomicWriteFile(this.paths.hubCert, identity.certChainPem, { mode: 0o644 });
     this.identity = identity;
     for (const fn of this.listeners) fn(identity);
   }
+}
+
+/**
+ * Issues a hub serving certificate from the internal CA: a fresh key of the CA's type, every name
+ * in subjectAltName, `ttlMs` of life (never past the CA's notAfter). Returns the served chain.
+ */
+export function issueHubCertificate(pki: HubPki, names: readonly string[], ttlMs: number, now = new Date()): HubIdentity {
+  if (!pki.caKey) {
+    throw new TrellisError('TRELLIS_E_CA_NO_KEY',
+      'this hub has no CA key (operator-supplied CA), so it cannot issue its own certificate: issue one with your CA (server usage, every hub name in subjectAltName) and install it with `trellis certs replace --hub-cert --hub-key`');
+  }
+  const kt = describeKey(pki.caKey);
+  const key = generateKey((KEY_TYPES as readonly string[]).includes(kt) ? kt as KeyType : 'ec-p256');
+  const dns = names.filter((n) => !isIP(n)), ips = names.filter((n) => isIP(n));
+  // Backdated for clock skew by at most a tenth of the life, so that 2/3 of it stays ahead.
+  const notBefore = new Date(now.getTime() - Math.min(5 * 60_000, Math.floor(ttlMs / 10)));
+  const leaf = issueCertificate({
+    issuerCertPem: pki.caCertPem, issuerKey: pki.caKey, subjectPublicKey: key.publicKey,
+    subject: { commonName: names[0]!, organization: 'Trellis hub' }, dnsNames: dns, ipAddresses: ips, usage: 'server',
+    notBefore, notAfter: new Date(Math.min(notBefore.getTime() + ttlMs, certInfo(pki.caCertPem).notAfter.getTime())),
+  });
+  return { certChainPem: [leaf, ...pki.caChain].join(''), keyPem: key.privateKeyPem };
+}
+
+const DNS_NAME_RE = /^(?=.{1,253}$)(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i;
+
+/** Checks names for a hub certificate: DNS names or IP addresses, at most 100, each configured name among them. */
+export function checkHubNames(names: readonly string[], configured: readonly string[]): string[] {
+  const out = [...new Set(names.map((n) => n.trim()).filter(Boolean))];
+  if (out.length === 0) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'give at least one hub name');
+  if (out.length > 100) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${out.length} names: at most 100`);
+  for (const n of out) {
+    if (!isIP(n) && !DNS_NAME_RE.test(n)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad hub name ${JSON.stringify(n.slice(0, 80))}: use a DNS name or an IP address`);
+  }
+  const missing = configured.filter((c) => !out.some((n) => n.toLowerCase() === c.toLowerCase()));
+  if (missing.length > 0) {
+    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `the names leave out configured hub name(s) ${missing.join(', ')} that agents dial: list them too (or change \`names\` in the hub config first)`);
+  }
+  return out;
+}
+
+/**
+ * The chain the hub serves: the leaf, then the hub CA chain. A file holding the leaf alone is
+ * completed; with `strict`, a certificate after the leaf that is not part of the hub CA chain is
+ * refused (a chain that does not lead to the CA agents trust).
+ */
+export function completeHubChain(certChainPem: string, caChain: string[], strict: boolean): string {
+  const certs = splitPemBundle(certChainPem);
+  if (certs.length === 0) return certChainPem; // checkHubIdentity names the problem
+  const norm = (p: string) => fingerprintSha256(p);
+  const ca = new Set(caChain.map(norm));
+  if (strict) {
+    for (let i = 1; i < certs.length; i++) {
+      if (!ca.has(norm(certs[i]!))) {
+        const subject = certInfo(certs[i]!).subject.replace(/\n/g, ', ');
+        throw new TrellisError('TRELLIS_E_CERT_INVALID',
+          `certificate ${i + 1} in the chain (${subject}) is not part of the hub CA chain agents trust (sha256 ${fingerprintSha256(caChain[0]!)}): give the leaf alone or the leaf followed by the hub CA chain`);
+      }
+    }
+    return [certs[0]!, ...caChain].join('');
+  }
+  const served = [...certs];
+  for (const c of caChain) if (!served.some((s) => norm(s) === norm(c))) served.push(c);
+  return served.join('');
 }
 
 /** A hub certificate must match its key, chain to the CA and cover every configured name. */
