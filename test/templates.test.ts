@@ -48,6 +48,11 @@ t.test('a rule renders event data escaped and keeps only the author\'s reference
   const opened = resolveRefs(p, (r) => (r.key === 'host' ? 'h1' : 'WRONG')) as Record<string, unknown>;
   t.same(opened, { msg: 'from {{ secret.x }} and h1', obj: { deep: ['{{ kv.a }}'] }, lit: '{{ kv.host }}' });
   t.same(renderKeepingRefs('{{ trigger.n }}', { trigger: { n: 5 } }), 5, 'typed values stay typed');
+  // Two values that are harmless alone must not join into a reference: a = "{", b = "{ kv.x }}".
+  const split = { ...def, action: { ref: 'p.a', parameters: { msg: '{{ trigger.payload.a }}{{ trigger.payload.b }}', tail: 'x{{ trigger.payload.a }}', head: '{{ trigger.payload.b }}' } } } as unknown as RuleDef;
+  const q = compileRule(split).parameters(ev({ a: '{', b: '{ kv.host }}' }));
+  t.same(findRefs(q), [], 'values split around a brace join into no reference');
+  t.same(resolveRefs(q, () => { throw new Error('must not be called'); }), { msg: '{{ kv.host }}', tail: 'x{', head: '{ kv.host }}' }, 'they reach the run as the text they were');
 });
 
 t.test('event data that reached a parameter is literal in the rendered action; a datastore value is not expanded', async (t) => {

@@ -183,11 +183,16 @@ function evalExpr(e: Expr, ctx: Record<string, unknown> | undefined, refs: RefRe
   return v;
 }
 
-/** Text in which no `{{` starts a template: each is written as the literal `{{ "{{" }}`. */
+/**
+ * Text in which no `{{` can start a template: each `{{` is written as the literal `{{ "{{" }}`,
+ * and a `{` at either end as `{{ "{" }}`, so two substituted values (or a value and the author's
+ * text) cannot join into one: `{{ a }}{{ b }}` with a = `{` and b = `{ kv.x }}` stays data.
+ */
 export function escapeTemplate(s: string): string {
-  return s.includes('{{') ? s.split('{{').join(ESCAPED_OPEN) : s;
+  return s.includes('{') ? s.replace(/\{\{|^\{|\{$/g, (m) => (m === '{{' ? ESCAPED_OPEN : ESCAPED_BRACE)) : s;
 }
 const ESCAPED_OPEN = '{{ "{{" }}';
+const ESCAPED_BRACE = '{{ "{" }}';
 
 /** Every string in v (deep; keys are not templates) escaped with escapeTemplate. */
 function escapeDeep(v: unknown, depth = 0): unknown {
