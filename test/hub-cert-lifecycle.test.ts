@@ -72,11 +72,14 @@ t.test('certs issue-hub serves a new certificate at once; a connected agent stay
   t.equal(certInfo((await fetchServedChain('127.0.0.1', Number(h.adminAddr.split(':')[1])))[0]!).serialHex, leaf2.serialHex, 'refusals changed nothing');
 });
 
-t.test('issue-hub needs certs:replace; a hub without its CA key answers FAILED_PRECONDITION', async (t) => {
+t.test('issue-hub is for administrators only (a certs:replace grant is not enough); a hub without its CA key answers FAILED_PRECONDITION', async (t) => {
   const h = await startHub();
   t.teardown(() => h.close());
   const PW = 'observer-password-1';
-  await unaryT(h, h.admin.users, h.admin.users.CreateUser, { username: 'obs', password: PW, roles: ['observer'], tenants: ['default'] });
+  // A role holding certs:replace at platform scope is still not platform administration: the hub
+  // certificate serves every tenant.
+  await unaryT(h, h.admin.roles, h.admin.roles.CreateRole, { name: 'certops', description: '', grants: [{ permission: 'certs:replace', scope: '' }] });
+  await unaryT(h, h.admin.users, h.admin.users.CreateUser, { username: 'obs', password: PW, roles: ['observer', 'certops'], tenants: ['default'] });
   const caFile = join(h.dir, 'ca-bundle.pem');
   await writeFile(caFile, h.caPem);
   const env = { TRELLIS_HOME: join(h.dir, 'home-obs'), TRELLIS_PASSWORD: PW };

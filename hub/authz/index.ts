@@ -92,7 +92,7 @@ export const METHOD_TABLE: Readonly<Record<string, Requirement>> = Object.freeze
   [`/${S}.AdminCerts/GetCertificates`]: perm('certs:read'),
   [`/${S}.AdminCerts/GetCrl`]: perm('certs:read'),
   [`/${S}.AdminCerts/ReplaceHubCertificate`]: ADMIN,
-  [`/${S}.AdminCerts/IssueHubCertificate`]: perm('certs:replace'),
+  [`/${S}.AdminCerts/IssueHubCertificate`]: ADMIN,
   [`/${S}.AdminRuns/Run`]: perm('agents:run'),
   // Users, tenants and groups are platform administration.
   [`/${S}.AdminUsers/CreateUser`]: ADMIN,
