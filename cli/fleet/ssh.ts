@@ -123,7 +123,8 @@ function abortError(signal: AbortSignal): Error {
 
 /** The last meaningful line of remote or ssh stderr, cleaned (one line, no control characters, bounded). */
 export function lastLine(text: string): string {
-  const lines = text.split(/\r?\n/).map((l) => cleanText(l).trim()).filter(Boolean);
+  // Not commander's trailing "(run with --help for usage)": the line before it says what was wrong.
+  const lines = text.split(/\r?\n/).map((l) => cleanText(l).trim()).filter((l) => l && !/^\(run with --help/.test(l));
   const l = lines[lines.length - 1] ?? '';
   return l.length > 300 ? l.slice(0, 300) + '…' : l;
 }
