@@ -97,13 +97,15 @@ t.test('agents install over SSH: two agents on one server, online with their lab
     `root@127.0.0.1:${sshd.port} --service ${svc.b} --data ${dir}/data-b --label slot=b --label role=db`,
     '',
   ].join('\n'));
-  const base = ['agents', 'install', '--identity', sshd.clientKey, '--prefix', prefix, '--detach', '--bundle', bundle, '--label', 'role=fleet', '--timeout', '180s'];
+  const user = `tft-${suffix}`; // the agents' service user, made by agent install, removed by --purge
+  const base = ['agents', 'install', '--service-user', user, '--identity', sshd.clientKey, '--prefix', prefix, '--detach', '--bundle', bundle, '--label', 'role=fleet', '--timeout', '180s'];
   const remote = { target: { user: 'root', host: '127.0.0.1', port: sshd.port }, ssh: { identity: sshd.clientKey, knownHosts: known, acceptNewHostKeys: false }, sudo: false };
   const installDirs = new Set<string>();
 
   const cleanup = async () => {
     const inst = [...installDirs][0];
-    for (const [s, d] of [[svc.a, 'data-a'], [svc.b, 'data-b'], [svc.c, 'data-c']] as const) {
+    // Newest first: the agents share the service user, which the first install created and its --purge removes.
+    for (const [s, d] of [[svc.c, 'data-c'], [svc.b, 'data-b'], [svc.a, 'data-a']] as const) {
       if (inst) await agentUninstall(remote, { node: process.execPath, installDir: inst, service: s, data: join(dir, d), purge: true }).catch((e: Error) => t.comment(`cleanup of ${s}: ${e.message}`));
     }
     await sshd.stop();
@@ -185,7 +187,7 @@ t.test('agents install over SSH: two agents on one server, online with their lab
     writeFileSync(one, `root@127.0.0.1:${sshd.port} --service ${svc.c} --data ${dir}/data-c\n`);
     const r = await runCli([...base, '--hosts', one, '--known-hosts', known, '--hub-address', '127.0.0.1:1', '--timeout', '60s'], f.env);
     t.equal(r.code, 1, r.out);
-    t.match(r.out, /failed\s+TRELLIS_E_\w+: /);
+    t.match(r.out, /failed\s+TRELLIS_E_UNAVAILABLE: `trellis agent install` on root@127\.0\.0\.1:\d+: cannot reach 127\.0\.0\.1:1/, 'the server\'s own error code');
     const tok = (await tokens()).find((x) => x.description.includes(svc.c));
     t.ok(tok, 'a token was made for it');
     t.ok(tok?.revoked, 'and revoked');

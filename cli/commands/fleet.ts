@@ -9,7 +9,7 @@ import { formatHostPort, parseHostPort } from '../../common/grpc-options.js';
 import { call, withClients, type AdminClients } from '../client.js';
 import { clean, print, printErr } from '../format.js';
 import { cachedBundle, openBundle, type Bundle } from '../fleet/bundle.js';
-import { checkDuplicates, checkRemotePath, checkService, formatTarget, parseHostLine, parseHostsFile, parseLabels, parseTarget, type HostEntry } from '../fleet/hosts.js';
+import { checkDuplicates, checkRemotePath, checkService, formatTarget, targetKey, parseHostsFile, parseLabels, parseTarget, type HostEntry } from '../fleet/hosts.js';
 import { installFleet, planLine, type FleetHub, type HostReport } from '../fleet/install.js';
 import { collect } from './util.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
@@ -101,15 +101,13 @@ export function addFleetCommands(program: Command): void {
     .option('--json', 'print one JSON document at the end instead of lines')
     .addHelpText('after', HELP)
     .action(async (o) => {
-      const entries: HostEntry[] = (o.ssh as string[]).map((s) => parseHostLine(s.trim(), '--ssh'));
-      // Only the target is taken from --ssh (no per-host options there).
-      for (const e of entries) if (Object.keys(e.labels).length || e.service || e.data) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--ssh takes [USER@]HOST[:PORT] only; per-host options go in a --hosts file');
+      // --ssh is a target only (per-host options go in a --hosts file).
+      const entries: HostEntry[] = (o.ssh as string[]).map((s) => ({ target: parseTarget(s, '--ssh'), source: '--ssh', labels: {} }));
       if (o.hosts) {
         let text: string;
         try { text = readFileSync(o.hosts, 'utf8'); } catch (e) { throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `cannot read --hosts ${o.hosts}: ${(e as Error).message}`); }
         entries.push(...parseHostsFile(text, o.hosts));
       }
-      for (const s of o.ssh as string[]) parseTarget(s.trim(), '--ssh'); // the clear message for a bad --ssh
       if (entries.length === 0) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name the servers: --ssh [USER@]HOST[:PORT] (repeatable) or --hosts FILE');
       const defaultService = checkService(o.service, '--service');
       const defaultData = o.data ? checkRemotePath(o.data, '--data', '--data') : undefined;
@@ -158,10 +156,10 @@ export function addFleetCommands(program: Command): void {
           if (o.dryRun) {
             if (o.json) { print(JSON.stringify({ dryRun: true, hosts: entries.map((e) => ({ host: formatTarget(e.target), service: e.service ?? defaultService, plan: planLine(opts, e) })) }, null, 2)); return; }
             for (const e of entries) print(`${shown(formatTarget(e.target), e.service ?? defaultService)}: ${planLine(opts, e)}`);
-            print(`dry run: ${entries.length} agent(s) on ${new Set(entries.map((e) => e.target.host + ':' + (e.target.port ?? 22))).size} server(s); nothing was done`);
+            print(`dry run: ${entries.length} agent(s) on ${new Set(entries.map((e) => targetKey(e.target))).size} server(s); nothing was done`);
             return;
           }
-          if (!o.json) printErr(`installing ${entries.length} agent(s), ${o.parallel} server(s) at a time; bundle ${bundle!.root} (${(bundle!.bytes / 1048576).toFixed(1)} MiB, sha256 ${bundle!.sha256.slice(0, 16)}…), hub ${hubAddress}`);
+          if (!o.json) printErr(`installing ${entries.length} agent(s) on ${new Set(entries.map((e) => targetKey(e.target))).size} server(s), up to ${o.parallel} at a time; bundle ${bundle!.root} (${(bundle!.bytes / 1048576).toFixed(1)} MiB, sha256 ${bundle!.sha256.slice(0, 16)}…), hub ${hubAddress}`);
           const s = await installFleet(opts);
           if (o.json) print(JSON.stringify({ hosts: s.hosts.map(({ copied: _c, ...h }) => ({ ...h, host: clean(h.host), seconds: Math.round(h.seconds * 10) / 10 })), installed: s.installed, unchanged: s.unchanged, failed: s.failed }, null, 2));
           else print(`${s.installed} installed, ${s.unchanged} unchanged, ${s.failed} failed`);

@@ -6,7 +6,7 @@
  */
 import type { Readable } from 'node:stream';
 import { z } from 'zod';
-import { TrellisError } from '../../common/errors.js';
+import { ERROR_CODES, TrellisError, type ErrorCode } from '../../common/errors.js';
 import { SAFE_PATH_RE, formatTarget, type SshTarget } from './hosts.js';
 import { lastLine, runSsh, shQuote, shScript, sshError, type SshOptions } from './ssh.js';
 
@@ -114,6 +114,20 @@ export async function upload(c: RemoteCtx, o: { bundle: Readable; prefix: string
   return `${o.prefix}/${o.dir}`;
 }
 
+/**
+ * A failed remote `trellis` command: its own `trellis: CODE: message` line keeps its code (so
+ * `TRELLIS_E_TOKEN_EXPIRED` on a server reads as such here); anything else is TRELLIS_E_SSH.
+ */
+function remoteTrellisError(what: string, r: { code: number; stdout: string; stderr: string }): TrellisError {
+  const last = lastLine(r.stderr) || lastLine(r.stdout);
+  // `trellis: CODE: message` (agent install/uninstall) or `trellis: message (CODE)` (the CLI's usual form)
+  const a = /^trellis: (TRELLIS_E_[A-Z_]+): (.*)$/.exec(last);
+  const b = /^trellis: (.*) \((TRELLIS_E_[A-Z_]+)\)$/.exec(last);
+  const [code, msg] = a ? [a[1]!, a[2]!] : b ? [b[2]!, b[1]!] : [];
+  if (code && msg && code in ERROR_CODES) return new TrellisError(code as ErrorCode, `${what}: ${msg}`);
+  return new TrellisError('TRELLIS_E_SSH', `${what} failed (exit ${r.code}): ${last || 'no message'}`);
+}
+
 /** The JSON line `trellis agent install --json` prints (fields this side needs). */
 const InstallJson = z.object({
   service: z.string(),
@@ -151,7 +165,7 @@ export async function agentInstall(c: RemoteCtx, a: AgentInstallArgs): Promise<I
   const who = formatTarget(c.target);
   const r = await runSsh(c.target, c.ssh, agentInstallCommand(a, c.sudo), { input: Buffer.from(a.token + '\n'), signal: c.signal });
   if (r.code === 255) throw sshError(c.target, c.ssh, r);
-  if (r.code !== 0) throw new TrellisError('TRELLIS_E_SSH', `\`trellis agent install\` on ${who} failed (exit ${r.code}): ${lastLine(r.stderr) || lastLine(r.stdout) || 'no message'}`);
+  if (r.code !== 0) throw remoteTrellisError(`\`trellis agent install\` on ${who}`, r);
   const line = r.stdout.split('\n').map((l) => l.trim()).filter((l) => l.startsWith('{')).pop();
   let parsed: unknown;
   try { parsed = JSON.parse(line ?? ''); } catch { /* reported below */ }
@@ -165,5 +179,5 @@ export async function agentUninstall(c: RemoteCtx, a: { node: string; installDir
   const argv = [a.node, `${a.installDir}/bin/trellis.js`, 'agent', 'uninstall', '--service', a.service, '--data', a.data, ...(a.purge ? ['--purge'] : [])];
   const r = await runSsh(c.target, c.ssh, [...(c.sudo ? ['sudo', '-n'] : []), ...argv.map(shQuote)].join(' '), { signal: c.signal });
   if (r.code === 255) throw sshError(c.target, c.ssh, r);
-  if (r.code !== 0) throw new TrellisError('TRELLIS_E_SSH', `\`trellis agent uninstall\` on ${formatTarget(c.target)} failed (exit ${r.code}): ${lastLine(r.stderr) || 'no message'}`);
+  if (r.code !== 0) throw remoteTrellisError(`\`trellis agent uninstall\` on ${formatTarget(c.target)}`, r);
 }
