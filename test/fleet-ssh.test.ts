@@ -206,4 +206,5 @@ t.test('agents install over SSH: two agents on one server, online with their lab
   } finally {
     await cleanup(); // before the temp dir and the hub go away
   }
+  t.not(spawnSync('id', [user]).status, 0, 'the service user is gone after uninstall --purge');
 });

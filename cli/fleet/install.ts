@@ -44,6 +44,8 @@ export interface HostReport {
   /** Where the installation lives on the server. */
   installDir: string;
   copied: boolean;
+  /** Seconds spent per step (probe, copy, token, install, online) for the steps that ran. */
+  phases: Record<string, number>;
 }
 
 export interface FleetOptions {
@@ -109,7 +111,9 @@ async function installOne(o: FleetOptions, e: HostEntry, created: Map<string, bo
   const t0 = performance.now();
   const service = e.service ?? o.defaultService;
   const data = e.data ?? (o.defaultData?.(service) ?? `/var/lib/${service}`);
-  const report: HostReport = { host: formatTarget(e.target), service, data, agentId: '', result: 'failed', error: '', code: '', seconds: 0, installDir: '', copied: false };
+  const report: HostReport = { host: formatTarget(e.target), service, data, agentId: '', result: 'failed', error: '', code: '', seconds: 0, installDir: '', copied: false, phases: {} };
+  let mark = performance.now();
+  const phase = (name: string) => { const now = performance.now(); report.phases[name] = Math.round(now - mark) / 1000; mark = now; };
   const timeout = AbortSignal.timeout(o.timeoutMs);
   const signal = o.signal ? AbortSignal.any([o.signal, timeout]) : timeout;
   const ctx: RemoteCtx = { target: e.target, ssh: o.ssh, sudo: o.sudo, signal };
@@ -119,9 +123,11 @@ async function installOne(o: FleetOptions, e: HostEntry, created: Map<string, bo
     const installDir = `${o.prefix}/${bundle.dir}`;
     report.installDir = installDir;
     const { node, probe: p } = await probe(ctx, installDir);
+    phase('probe');
     if (p.installed !== bundle.sha256) {
       await upload(ctx, { bundle: createReadStream(bundle.file), prefix: o.prefix, dir: bundle.dir, root: bundle.root, sha256: bundle.sha256 });
       report.copied = true;
+      phase('copy');
     }
     // The token is made just before it is used, so it lives (and could leak) for as short as possible.
     const tok = await o.hub.createToken({
@@ -130,8 +136,10 @@ async function installOne(o: FleetOptions, e: HostEntry, created: Map<string, bo
     });
     tokenId = tok.id;
     created.set(tok.id, false);
+    phase('token');
     const r = await agentInstall(ctx, { node, installDir, hub: o.hubAddress, token: tok.token, service, data, serviceUser: o.serviceUser, detach: o.detach });
     report.agentId = r.agentId;
+    phase('install');
     if (r.started === 'no') {
       throw new TrellisError('TRELLIS_E_HOST_NOT_READY', `agent ${r.agentId} was installed as ${r.service} but not started: systemd is not running on ${report.host}; rerun with --detach, or start it there`);
     }
@@ -149,6 +157,7 @@ async function installOne(o: FleetOptions, e: HostEntry, created: Map<string, bo
       }
       await sleep(o.pollMs ?? 500, signal);
     }
+    phase('online');
     report.result = r.changed || report.copied ? 'installed' : 'unchanged';
   } catch (err) {
     report.result = 'failed';
@@ -173,7 +182,7 @@ export async function installFleet(o: FleetOptions): Promise<FleetSummary> {
   if (o.dryRun) {
     for (const e of o.entries) {
       const service = e.service ?? o.defaultService;
-      done({ host: formatTarget(e.target), service, data: e.data ?? (o.defaultData?.(service) ?? `/var/lib/${service}`), agentId: '', result: 'unchanged', error: '', code: '', seconds: 0, installDir: '', copied: false });
+      done({ host: formatTarget(e.target), service, data: e.data ?? (o.defaultData?.(service) ?? `/var/lib/${service}`), agentId: '', result: 'unchanged', error: '', code: '', seconds: 0, installDir: '', copied: false, phases: {} });
     }
     return { hosts, installed: 0, unchanged: 0, failed: 0 };
   }
