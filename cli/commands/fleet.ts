@@ -7,6 +7,7 @@ import { TrellisError } from '../../common/errors.js';
 import { parseDuration } from '../../common/duration.js';
 import { formatHostPort, parseHostPort } from '../../common/grpc-options.js';
 import { call, withClients, type AdminClients } from '../client.js';
+import { readProfile } from '../profile.js';
 import { clean, print, printErr } from '../format.js';
 import { cachedBundle, openBundle, type Bundle } from '../fleet/bundle.js';
 import { checkDuplicates, checkRemotePath, checkService, formatTarget, targetKey, parseHostsFile, parseLabels, parseTarget, type HostEntry } from '../fleet/hosts.js';
@@ -42,6 +43,15 @@ function sshPath(p: string, what: string): string {
   const abs = resolve(p.startsWith('~/') ? join(homedir(), p.slice(2)) : p);
   if (!/^\/[^\s"'%\\]*$/.test(abs) || /[\x00-\x1f\x7f]/.test(abs)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${what} ${JSON.stringify(p)}: a path without spaces, quotes, "%" or "\\" please`);
   return abs;
+}
+
+/** The hub admin address as the servers get it in their command line: HOST:PORT, plain characters. */
+function checkHubAddress(raw: string): string {
+  let hp: { host: string; port: number };
+  try { hp = parseHostPort(raw, 7444); } catch (e) { throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `--hub-address: ${(e as Error).message}`); }
+  const a = formatHostPort(hp.host, hp.port);
+  if (!/^[A-Za-z0-9.:[\]-]+$/.test(a)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `--hub-address ${JSON.stringify(raw)}: HOST:PORT with a DNS name or an IP address`);
+  return a;
 }
 
 function positiveInt(v: string): number {
@@ -121,21 +131,26 @@ export function addFleetCommands(program: Command): void {
       const identity = o.identity ? sshPath(o.identity, '--identity') : undefined;
       if (identity && !existsSync(identity)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `--identity ${identity}: no such file`);
 
-      await withClients(async (c, profile) => {
-        const hubAddress = (() => {
-          const raw = o.hubAddress ?? profile.hub;
-          let hp: { host: string; port: number };
-          try { hp = parseHostPort(raw, 7444); } catch (e) { throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `--hub-address: ${(e as Error).message}`); }
-          const a = formatHostPort(hp.host, hp.port);
-          if (!/^[A-Za-z0-9.:[\]-]+$/.test(a)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `--hub-address ${JSON.stringify(raw)}: HOST:PORT with a DNS name or an IP address`);
-          return a;
-        })();
-        let bundle: Bundle | undefined;
-        if (o.bundle) bundle = await openBundle(o.bundle);
-        else if (!o.dryRun) bundle = await cachedBundle({ note: (s) => printErr(s) });
-        if (o.acceptNewHostKeys && !o.dryRun) mkdirSync(dirname(knownHosts), { recursive: true, mode: 0o700 });
+      const hubAddress = checkHubAddress(o.hubAddress ?? readProfile().hub);
+      let bundle: Bundle | undefined;
+      if (o.bundle) bundle = await openBundle(o.bundle);
 
-        const shown = (host: string, service: string) => `${host}${service !== 'trellis-agent' ? ` [${service}]` : ''}`;
+      const shown = (host: string, service: string) => `${host}${service !== 'trellis-agent' ? ` [${service}]` : ''}`;
+      const base = {
+        entries, hubAddress, bundle, labels, prefix, defaultService, sudo: !!o.sudo, detach: !!o.detach,
+        defaultData: defaultData ? () => defaultData : undefined, serviceUser: o.serviceUser,
+        ssh: { identity, knownHosts, acceptNewHostKeys: !!o.acceptNewHostKeys }, parallel: o.parallel as number, timeoutMs,
+      };
+      if (o.dryRun) { // no hub, no SSH, no file touched
+        if (o.json) { print(JSON.stringify({ dryRun: true, hosts: entries.map((e) => ({ host: formatTarget(e.target), service: e.service ?? defaultService, plan: planLine(base, e) })) }, null, 2)); return; }
+        for (const e of entries) print(`${shown(formatTarget(e.target), e.service ?? defaultService)}: ${planLine(base, e)}`);
+        print(`dry run: ${entries.length} agent(s) on ${new Set(entries.map((e) => targetKey(e.target))).size} server(s); nothing was done`);
+        return;
+      }
+      bundle ??= await cachedBundle({ note: (s) => printErr(s) });
+      if (o.acceptNewHostKeys) mkdirSync(dirname(knownHosts), { recursive: true, mode: 0o700 });
+
+      await withClients(async (c) => {
         const hostWidth = Math.max(...entries.map((e) => shown(formatTarget(e.target), e.service ?? defaultService).length));
         const line = (r: HostReport) => [
           shown(r.host, r.service).padEnd(hostWidth),
@@ -144,23 +159,13 @@ export function addFleetCommands(program: Command): void {
         const controller = new AbortController();
         const onSig = () => { printErr('interrupted: stopping, revoking the join tokens of unfinished hosts (Ctrl-C again to quit now)'); controller.abort(); };
         process.once('SIGINT', onSig);
-        const opts = {
-          entries, hub: adminFleetHub(c), hubAddress, bundle, labels, prefix, defaultService, sudo: !!o.sudo, detach: !!o.detach,
-          defaultData: defaultData ? () => defaultData : undefined, serviceUser: o.serviceUser,
-          ssh: { identity, knownHosts, acceptNewHostKeys: !!o.acceptNewHostKeys },
-          parallel: o.parallel, timeoutMs, dryRun: !!o.dryRun, signal: controller.signal,
-          note: (s: string) => printErr(s),
-          onResult: o.json || o.dryRun ? undefined : (r: HostReport) => print(line(r)),
-        };
         try {
-          if (o.dryRun) {
-            if (o.json) { print(JSON.stringify({ dryRun: true, hosts: entries.map((e) => ({ host: formatTarget(e.target), service: e.service ?? defaultService, plan: planLine(opts, e) })) }, null, 2)); return; }
-            for (const e of entries) print(`${shown(formatTarget(e.target), e.service ?? defaultService)}: ${planLine(opts, e)}`);
-            print(`dry run: ${entries.length} agent(s) on ${new Set(entries.map((e) => targetKey(e.target))).size} server(s); nothing was done`);
-            return;
-          }
           if (!o.json) printErr(`installing ${entries.length} agent(s) on ${new Set(entries.map((e) => targetKey(e.target))).size} server(s), up to ${o.parallel} at a time; bundle ${bundle!.root} (${(bundle!.bytes / 1048576).toFixed(1)} MiB, sha256 ${bundle!.sha256.slice(0, 16)}…), hub ${hubAddress}`);
-          const s = await installFleet(opts);
+          const s = await installFleet({
+            ...base, bundle, hub: adminFleetHub(c), dryRun: false, signal: controller.signal,
+            note: (m: string) => printErr(m),
+            onResult: o.json ? undefined : (r: HostReport) => print(line(r)),
+          });
           if (o.json) print(JSON.stringify({ hosts: s.hosts.map(({ copied: _c, ...h }) => ({ ...h, host: clean(h.host), seconds: Math.round(h.seconds * 10) / 10 })), installed: s.installed, unchanged: s.unchanged, failed: s.failed }, null, 2));
           else print(`${s.installed} installed, ${s.unchanged} unchanged, ${s.failed} failed`);
           if (s.failed > 0) process.exitCode = 1;

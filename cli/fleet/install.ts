@@ -97,7 +97,7 @@ export async function pool<T>(items: T[], n: number, fn: (item: T) => Promise<vo
 }
 
 /** What a dry run prints for one entry. */
-export function planLine(o: FleetOptions, e: HostEntry): string {
+export function planLine(o: Pick<FleetOptions, 'defaultService' | 'defaultData' | 'labels' | 'bundle' | 'prefix' | 'sudo' | 'hubAddress' | 'serviceUser' | 'detach'>, e: HostEntry): string {
   const service = e.service ?? o.defaultService;
   const data = e.data ?? (o.defaultData?.(service) ?? `/var/lib/${service}`);
   const labels = { ...o.labels, ...e.labels };
