@@ -5,7 +5,7 @@
  * unknown and changed host keys, a server that refuses the key, hostile host strings.
  */
 import t from 'tap';
-import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { runCli } from './helpers/cli.js';
@@ -83,9 +83,15 @@ t.test('agents install over SSH: two agents on one server, online with their lab
   await writeBundle({ out: bundle });
   const f: Fixture = { h, env, dir, bundle };
 
-  const sshd = await startSshd();
-  const sshdB = await startSshd({ authorize: false }); // refuses our key
   const suffix = Math.random().toString(36).slice(2, 8);
+  const plainUser = `tfu-${suffix}`; // a login without root
+  t.equal(spawnSync('useradd', ['--system', '--no-create-home', '--shell', '/bin/sh', '--password', '*', plainUser]).status, 0, 'made a plain user');
+  const sshd = await startSshd({ allowUsers: [plainUser] });
+  const sshdB = await startSshd({ authorize: false }); // refuses our key
+  const fakeBin = join(dir, 'fakebin');
+  mkdirSync(fakeBin, { mode: 0o755 });
+  writeFileSync(join(fakeBin, 'node'), '#!/bin/sh\necho v18.19.1\n', { mode: 0o755 });
+  const sshdC = await startSshd({ clientKey: sshd.clientKey, extraConfig: [`SetEnv PATH=${fakeBin}:/usr/bin:/bin`] }); // an old node first on the PATH
   const svc = { a: `trellis-ft-a-${suffix}`, b: `trellis-ft-b-${suffix}`, c: `trellis-ft-c-${suffix}` };
   const prefix = join(dir, 'opt');
   const known = join(dir, 'known_hosts');
@@ -110,6 +116,8 @@ t.test('agents install over SSH: two agents on one server, online with their lab
     }
     await sshd.stop();
     await sshdB.stop();
+    await sshdC.stop();
+    spawnSync('userdel', [plainUser]);
   };
   try {
 
@@ -202,6 +210,21 @@ t.test('agents install over SSH: two agents on one server, online with their lab
     t.match(r.out, /labels slot=b,role=db/);
     t.match(r.out, /dry run: 2 agent\(s\) on 1 server\(s\); nothing was done/);
     t.equal((await tokens()).length, before);
+  });
+
+  await t.test('servers that cannot take an agent fail with what is missing, before any token or copy', async (t) => {
+    writeFileSync(known, [sshd.knownHostsLine, sshdC.knownHostsLine, ''].join('\n'));
+    const before = (await tokens()).length;
+    const unfit = join(dir, 'hosts.unfit');
+    writeFileSync(unfit, `${plainUser}@127.0.0.1:${sshd.port} --service ${svc.c}\nroot@127.0.0.1:${sshdC.port} --service ${svc.c}\n`);
+    const r = await runCli([...base, '--hosts', unfit, '--known-hosts', known], f.env);
+    t.equal(r.code, 1, r.err);
+    t.match(r.out, new RegExp(`${plainUser}@127\\.0\\.0\\.1:${sshd.port} \\[${svc.c}\\]\\s+-\\s+failed\\s+TRELLIS_E_HOST_NOT_READY: .*${plainUser} is not root .*pass --sudo`));
+    t.match(r.out, /TRELLIS_E_HOST_NOT_READY: .*Node\.js v18\.19\.1 at .*fakebin\/node is too old: the agent needs Node\.js >= 20/);
+    const sudo = await runCli([...base, '--ssh', `${plainUser}@127.0.0.1:${sshd.port}`, '--service', svc.c, '--known-hosts', known, '--sudo'], f.env);
+    t.equal(sudo.code, 1);
+    t.match(sudo.out, /TRELLIS_E_HOST_NOT_READY: .*`sudo -n` does not work/);
+    t.equal((await tokens()).length, before, 'no token was made');
   });
   } finally {
     await cleanup(); // before the temp dir and the hub go away

@@ -68,9 +68,10 @@ function listening(port: number): Promise<boolean> {
 
 /**
  * Starts sshd. `authorize: false` leaves authorized_keys empty (a server that refuses the key);
- * `clientKey` authorizes an existing key instead of making one.
+ * `clientKey` authorizes an existing key instead of making one; `allowUsers` lets users other
+ * than root log in (with the same key); `extraConfig` adds sshd_config lines.
  */
-export async function startSshd(o: { authorize?: boolean; clientKey?: string } = {}): Promise<Sshd> {
+export async function startSshd(o: { authorize?: boolean; clientKey?: string; allowUsers?: string[]; extraConfig?: string[] } = {}): Promise<Sshd> {
   const missing = sshdMissing();
   if (missing) throw new Error(missing);
   // The privilege-separation directory sshd insists on.
@@ -97,7 +98,8 @@ export async function startSshd(o: { authorize?: boolean; clientKey?: string } =
       clientKey = join(dir, 'client_ed25519');
       pub = await makeKey(clientKey);
     } else pub = (await readFile(`${clientKey}.pub`, 'utf8')).trim();
-    await writeFile(join(dir, 'authorized_keys'), o.authorize === false ? '' : pub + '\n', { mode: 0o600 });
+    // sshd reads authorized_keys as the user logging in: world-readable, in a traversable dir (public keys only).
+    await writeFile(join(dir, 'authorized_keys'), o.authorize === false ? '' : pub + '\n', { mode: 0o644 });
     const port = await freePort();
     const conf = [
       `Port ${port}`,
@@ -111,15 +113,16 @@ export async function startSshd(o: { authorize?: boolean; clientKey?: string } =
       'KbdInteractiveAuthentication no',
       'UsePAM no',
       'StrictModes no',
-      'AllowUsers root',
+      `AllowUsers ${['root', ...(o.allowUsers ?? [])].join(' ')}`,
       'X11Forwarding no',
       'AllowTcpForwarding no',
       'PrintMotd no',
       'LogLevel VERBOSE',
+      ...(o.extraConfig ?? []),
       '',
     ].join('\n');
     await writeFile(join(dir, 'sshd_config'), conf);
-    await chmod(dir, 0o700);
+    await chmod(dir, 0o755); // the private keys in it are 0600
     // Check the config first: a clear error instead of a server that never listens.
     await run(SSHD, ['-t', '-f', join(dir, 'sshd_config')]).catch((e: { stderr?: string }) => { throw new Error(`sshd -t: ${e.stderr ?? e}`); });
     child = spawn(SSHD, ['-D', '-e', '-f', join(dir, 'sshd_config')], { stdio: ['ignore', 'ignore', 'pipe'] });
