@@ -174,7 +174,7 @@ export function addDaemonCommands(program: Command): void {
       const { installAgent } = await import('../../agent/service/index.js');
       const r = await installAgent({
         hub: o.hub, service: o.service, data: o.data, user: o.user, labels: parseKeyValues(o.label, 'label'), readWrite: o.readWrite,
-        noStart: o.start === false, detach: !!o.detach, token: () => readJoinToken(o), say: (l) => process.stderr.write(`${l}\n`),
+        noStart: o.start === false, detach: !!o.detach, token: () => readJoinToken(o),
       });
       if (o.json) {
         const { service, unit, data, user, agentId, tenant, changed, started, systemd } = r;
