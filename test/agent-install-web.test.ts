@@ -7,13 +7,14 @@
 import t, { type Test } from 'tap';
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { appendFileSync, chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
+import { appendFileSync, chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import * as https from 'node:https';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parse } from 'yaml';
 import { TRELLIS_BIN, runCli } from './helpers/cli.js';
-import { ADMIN_PASSWORD, startHub, waitFor, type TestHub } from './helpers/hub.js';
+import { ADMIN_PASSWORD, captureLogger, startHub, waitFor, type TestHub } from './helpers/hub.js';
+import { AgentDist } from '../hub/web/agentdist.js';
 import { getAgent } from './helpers/admin.js';
 import { installCommand } from '../common/install-command.js';
 import { fingerprintSha256 } from '../certs/index.js';
@@ -148,6 +149,13 @@ t.test('tokens create --install-command: the one-liner installs a running agent 
   await waitFor(async () => (await getAgent(h, agentId)).online, 60_000, 'agent online');
   t.same((await getAgent(h, agentId)).labels, { role: 'web' });
 
+  // The same one-liner again (its token is used up): nothing changes, the token is not needed.
+  const again = await sh(line, n);
+  t.equal(again.code, 0, again.err);
+  t.match(again.err, 'already holds this bundle');
+  t.match(again.out, /^already installed, nothing changed/);
+  t.equal(Number(readFileSync(join(n.data, 'agent.pid'), 'utf8')), pid, 'the same agent process');
+
   // cloud-init: YAML whose runcmd is the same one-liner (with its own token).
   const ci = await runCli(['tokens', 'create', '--ttl', '2h', '--cloud-init', '--install-arg=--label', '--install-arg=zone=a'], env);
   t.equal(ci.code, 0, ci.err);
@@ -168,4 +176,38 @@ t.test('tokens create --install-command: the one-liner installs a running agent 
   t.not(r2.code, 0);
   t.match(r2.err, /bundle\.tgz does not match its SHA-256 .*refused, nothing installed/);
   nothingInstalled(t, n2);
+});
+
+t.test('the hub builds the bundle once (single-flight), reuses its checked cache after a restart and rebuilds a damaged one', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'trellis-agentdist-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  let builds = 0;
+  const build = async (out: string) => {
+    builds++;
+    await new Promise((r) => setTimeout(r, 50));
+    const body = Buffer.from(`bundle ${builds}`);
+    writeFileSync(out, body);
+    const sha256 = createHash('sha256').update(body).digest('hex');
+    writeFileSync(`${out}.sha256`, `${sha256}  x\n`);
+    return { sha256 };
+  };
+  const { log } = captureLogger();
+  const opts = { dir: join(dir, 'agent-bundle'), ca: () => ({ chain: [], fingerprint: '' }), log, build };
+  const a = new AgentDist(opts);
+  const all = await Promise.all(Array.from({ length: 5 }, () => a.bundle()));
+  t.equal(builds, 1, 'five concurrent requests, one build');
+  t.equal(new Set(all.map((b) => b.sha256)).size, 1);
+  t.equal(statSync(opts.dir).mode & 0o777, 0o700, 'cache dir 0700');
+  const b = await new AgentDist(opts).bundle();
+  t.equal(builds, 1, 'after a restart the cached bundle is reused');
+  t.equal(b.sha256, all[0]!.sha256);
+  appendFileSync(b.file, 'damaged');
+  const c = await new AgentDist(opts).bundle();
+  t.equal(builds, 2, 'a cached bundle not matching its SHA-256 is rebuilt');
+  t.equal(c.sha256, createHash('sha256').update(readFileSync(c.file)).digest('hex'));
+  let failing = true;
+  const d = new AgentDist({ ...opts, dir: join(dir, 'other'), build: async (out) => { if (failing) throw new Error('no space left'); return build(out); } });
+  await t.rejects(d.bundle(), /no space left/);
+  failing = false;
+  t.ok((await d.bundle()).sha256, 'a failed build is retried by the next request');
 });

@@ -155,7 +155,8 @@ export async function installAgent(o: InstallOptions): Promise<InstallResult> {
   }
 
   const actions: string[] = [];
-  let createdUser = oldMeta?.createdUser ?? false;
+  // Recorded in the unit so that `uninstall --purge` removes only a user this command created.
+  let createdUser = oldMeta?.user === userName && oldMeta.createdUser;
   let createdData = false;
   let user: UserInfo | undefined = existing;
   const rollback = async (): Promise<void> => {
