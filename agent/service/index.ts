@@ -19,6 +19,7 @@ import { atomicWriteFile } from '../../common/fsutil.js';
 import { parseJoinToken } from '../../common/jointoken.js';
 import { formatHostPort, parseHostPort } from '../../common/grpc-options.js';
 import { certInfo } from '../../certs/index.js';
+import { fetchServedChain, pinnedBundle } from '../../common/tlsprobe.js';
 import { agentPaths, readState } from '../identity.js';
 import { lookupUser, type UserInfo } from '../runners/users.js';
 import { checkDataDir, checkServiceName, checkUnitPath, checkUserName, execStart, parseUnitMeta, renderUnit, type UnitMeta } from './unit.js';
@@ -140,11 +141,22 @@ export async function installAgent(o: InstallOptions): Promise<InstallResult> {
   if (existing && existing.uid === 0 && userName !== 'root') throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `--user ${userName} has uid 0: pass --user root to run the agent as root`);
   // 2. The service user must be able to run this installation (an install under /root fails here).
   if (userName !== 'root') {
-    await sys.checkRunnableAs({ uid: existing?.uid ?? NOBODY, gid: existing?.gid ?? NOBODY, who: userName, ...inst });
+    let parent = dirname(data);
+    while (!existsSync(parent)) parent = dirname(parent);
+    await sys.checkRunnableAs({ uid: existing?.uid ?? NOBODY, gid: existing?.gid ?? NOBODY, who: userName, dataParent: parent, ...inst });
+  }
+
+  if (!enrolled) {
+    // The hub must present the CA pinned in the token before anything changes here (enroll checks it again).
+    const pin = parseJoinToken(token!).caFingerprint;
+    if (!pinnedBundle(await fetchServedChain(host, port), pin)) {
+      throw new TrellisError('TRELLIS_E_CA_PIN_MISMATCH', `the hub at ${hub} does not present the CA pinned in the join token (sha256 ${pin.slice(0, 16)}…); nothing was changed and the token was not sent. Check --hub, or that the token came from this hub`);
+    }
   }
 
   const actions: string[] = [];
-  let createdUser = oldMeta?.createdUser ?? false;
+  // Recorded in the unit so that `uninstall --purge` removes only a user this command created.
+  let createdUser = oldMeta?.user === userName && oldMeta.createdUser;
   let createdData = false;
   let user: UserInfo | undefined = existing;
   const rollback = async (): Promise<void> => {

@@ -68,7 +68,11 @@ export async function deleteUser(name: string): Promise<void> {
  * Proves that `uid:gid` can run the agent from this installation: node starts, and the agent's
  * code and dependencies load (the whole module graph of agent/agent.js), as that user.
  */
-export async function checkRunnableAs(o: { uid: number; gid: number; node: string; bin: string; agentModule: string; who: string }): Promise<void> {
+export async function checkRunnableAs(o: { uid: number; gid: number; node: string; bin: string; agentModule: string; who: string; dataParent: string }): Promise<void> {
+  const reach = await runCmd(o.node, ['-e', 'require("node:fs").accessSync(process.argv[1],require("node:fs").constants.X_OK)', o.dataParent], { uid: o.uid, gid: o.gid });
+  if (reach.code !== 0 && !reach.missing) {
+    throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `the service user ${o.who} cannot reach ${o.dataParent} (the data directory's parent): choose a --data under a directory every user can enter, e.g. /var/lib`);
+  }
   const script = 'const fs=require("node:fs");fs.accessSync(process.argv[1],fs.constants.R_OK);' +
     'import(require("node:url").pathToFileURL(process.argv[2]).href).then(()=>process.exit(0),(e)=>{process.stderr.write(String(e&&e.message));process.exit(1)})';
   const r = await runCmd(o.node, ['-e', script, o.bin, o.agentModule], { uid: o.uid, gid: o.gid, timeoutMs: 60_000 });

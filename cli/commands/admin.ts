@@ -121,7 +121,7 @@ export function addAdminCommands(program: Command): void {
     .option('--install-command', 'print a root shell one-liner that pins the hub CA, downloads the agent from the hub\'s web port and installs it as a service (token in an env var)')
     .option('--cloud-init', 'print cloud-init user-data that runs the same one-liner at first boot')
     .option('--web <url>', 'hub web address for --install-command/--cloud-init (default: https://HUB-HOST:WEB-PORT from the hub)')
-    .option('--install-arg <arg...>', 'an argument for `trellis agent install` in the one-liner (repeatable), e.g. --install-arg=--read-write --install-arg=/etc/nginx', collect, [])
+    .option('--install-arg <arg>', 'one argument for `trellis agent install` in the one-liner (repeatable), e.g. --install-arg=--read-write --install-arg=/etc/nginx', collect, [])
     .addHelpText('after', '\nLabels select edge rules, sensors (and their sealed secrets) and run targets, so they come from the token and from\n' +
       'holders of agents:label (`trellis agents label`), never from the host, except keys named with --allow-label.\n\n' +
       'The --install-command one-liner fetches /agent/ca.pem without trusting it, compares its SHA-256 with the token\'s CA\n' +

@@ -174,7 +174,7 @@ export function addDaemonCommands(program: Command): void {
       const { installAgent } = await import('../../agent/service/index.js');
       const r = await installAgent({
         hub: o.hub, service: o.service, data: o.data, user: o.user, labels: parseKeyValues(o.label, 'label'), readWrite: o.readWrite,
-        noStart: o.start === false, detach: !!o.detach, token: () => readJoinToken(o), say: (l) => process.stderr.write(`${l}\n`),
+        noStart: o.start === false, detach: !!o.detach, token: () => readJoinToken(o),
       });
       if (o.json) {
         const { service, unit, data, user, agentId, tenant, changed, started, systemd } = r;
@@ -203,6 +203,7 @@ export function addDaemonCommands(program: Command): void {
     .option('--service <name>', 'systemd unit name', 'trellis-agent')
     .option('--data <dir>', 'agent data directory (default: the one in the unit, else /var/lib/NAME)')
     .option('--json', 'JSON output')
+    .addHelpText('after', '\nExit code 0 when the service or an enrolled data directory is found, 3 when neither is.')
     .action(contractErrors(async (o) => {
       const { agentStatus } = await import('../../agent/service/index.js');
       const r = await agentStatus({ service: o.service, data: o.data });
