@@ -6,10 +6,10 @@
  * token revocation. Host string validation and the bundle cache: test/fleet-hosts.test.ts.
  */
 import t from 'tap';
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { runCli } from './helpers/cli.js';
+import { runCli, startCli } from './helpers/cli.js';
 import { startHub, tempDir, ADMIN_PASSWORD, type TestHub } from './helpers/hub.js';
 import { startSshd, sshdMissing, makeKey } from './helpers/sshd.js';
 import { call } from '../cli/client.js';
@@ -45,7 +45,8 @@ t.test('agents install over SSH: two agents on one server, online with their lab
   const sshdB = await startSshd({ authorize: false }); // refuses our key
   const fakeBin = join(dir, 'fakebin');
   mkdirSync(fakeBin, { mode: 0o755 });
-  writeFileSync(join(fakeBin, 'node'), '#!/bin/sh\necho v18.19.1\n', { mode: 0o755 });
+  // An old node; slow to answer while the file `slow` exists (for the Ctrl-C test).
+  writeFileSync(join(fakeBin, 'node'), `#!/bin/sh\nif [ -e ${fakeBin}/slow ]; then sleep 20; fi\necho v18.19.1\n`, { mode: 0o755 });
   const sshdC = await startSshd({ clientKey: sshd.clientKey, extraConfig: [`SetEnv PATH=${fakeBin}:/usr/bin:/bin`] }); // an old node first on the PATH
   const svc = { a: `trellis-ft-a-${suffix}`, b: `trellis-ft-b-${suffix}`, c: `trellis-ft-c-${suffix}` };
   const prefix = join(dir, 'opt');
@@ -180,6 +181,26 @@ t.test('agents install over SSH: two agents on one server, online with their lab
     t.equal(sudo.code, 1);
     t.match(sudo.out, /TRELLIS_E_HOST_NOT_READY: .*`sudo -n` does not work/);
     t.equal((await tokens()).length, before, 'no token was made');
+  });
+
+  await t.test('Ctrl-C stops the hosts in flight: each is reported failed (interrupted), exit 1', async (t) => {
+    writeFileSync(known, [sshd.knownHostsLine, sshdC.knownHostsLine, ''].join('\n'));
+    writeFileSync(join(fakeBin, 'slow'), '');
+    try {
+      const p = startCli([...base, '--ssh', `root@127.0.0.1:${sshdC.port}`, '--known-hosts', known], f.env);
+      const t0 = Date.now();
+      while (!p.err().includes('installing 1 agent(s)') && Date.now() - t0 < 60_000) await new Promise((r) => setTimeout(r, 50));
+      await new Promise((r) => setTimeout(r, 1000)); // the probe is in flight (the remote node sleeps)
+      const t1 = Date.now();
+      p.child.kill('SIGINT');
+      const code = await p.done;
+      t.equal(code, 1, p.err());
+      t.ok(Date.now() - t1 < 15_000, 'it stopped without waiting for the server');
+      t.match(p.out(), /failed\s+TRELLIS_E_SHUTDOWN: root@127\.0\.0\.1:\d+: interrupted/);
+      t.match(p.out(), /0 installed, 0 unchanged, 1 failed/);
+    } finally {
+      rmSync(join(fakeBin, 'slow'), { force: true });
+    }
   });
   } finally {
     await cleanup(); // before the temp dir and the hub go away

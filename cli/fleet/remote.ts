@@ -98,7 +98,7 @@ export async function probe(c: RemoteCtx, installDir: string): Promise<{ node: s
   if (!p.has.has('mktemp')) throw notReady('no `mktemp` on the server');
   if (!p.has.has('sha256sum') && !p.has.has('shasum') && !p.has.has('openssl')) throw notReady('no sha256sum, shasum or openssl on the server to check the bundle');
   if (c.sudo) {
-    if (p.sudo !== 'ok') throw notReady(`\`sudo -n\` does not work for ${c.target.user ?? 'the login user'} (no sudo, or it wants a password): allow it without a password for this user, or log in as root`);
+    if (p.sudo !== 'ok') throw notReady(`\`sudo -n\` does not work for ${c.target.user ?? 'the login user'} (no sudo, it wants a password, or requiretty is set): allow it without a password and a tty for this user, or log in as root`);
   } else if (p.uid !== 0) {
     throw notReady(`${c.target.user ?? 'the login user'} is not root (uid ${p.uid ?? '?'}); installing a service needs root: pass --sudo (passwordless sudo) or log in as root`);
   }
