@@ -3,8 +3,24 @@
  * service user. Every external command runs by absolute argv (no shell), with a timeout.
  */
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, openSync, closeSync, readFileSync } from 'node:fs';
-import { TrellisError } from '../../common/errors.js';
+import { existsSync, openSync, closeSync, readFileSync, realpathSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { TrellisError } from '../errors.js';
+import { checkUnitPath, type ServiceKind } from './unit.js';
+
+/**
+ * This installation: the node binary and bin/trellis.js as absolute real paths (what ExecStart
+ * runs), and the daemon's main module (what the service user must be able to load).
+ */
+export function installation(kind: ServiceKind): { node: string; bin: string; agentModule: string } {
+  const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..'); // dist/common/service → the package
+  return {
+    node: checkUnitPath(realpathSync(process.execPath), 'the node binary path'),
+    bin: checkUnitPath(realpathSync(join(root, 'bin', 'trellis.js')), 'the trellis installation path'),
+    agentModule: realpathSync(join(root, 'dist', kind, `${kind}.js`)),
+  };
+}
 
 export interface CmdResult { code: number; out: string; err: string; missing?: boolean }
 
