@@ -146,3 +146,14 @@ export async function stopProcess(pid: number, graceMs = 10_000): Promise<void> 
     while (alive()) await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+/** A local user by name (`getent passwd`: files, LDAP, ...), or undefined. */
+export async function lookupUser(name: string): Promise<{ name: string; uid: number; gid: number; home: string } | undefined> {
+  const r = await runCmd('getent', ['passwd', '--', name], { timeoutMs: 5_000 });
+  if (r.code === 2) return undefined;
+  if (r.code !== 0) throw new TrellisError('TRELLIS_E_INTERNAL', `cannot look up user ${name}: ${r.err.trim().split('\n')[0]}`);
+  const f = r.out.split('\n')[0]!.split(':');
+  const uid = Number(f[2]), gid = Number(f[3]);
+  if (f[0] !== name || !Number.isSafeInteger(uid) || !Number.isSafeInteger(gid)) return undefined;
+  return { name, uid, gid, home: f[5] ?? '' };
+}
