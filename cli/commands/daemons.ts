@@ -243,7 +243,7 @@ export function addDaemonCommands(program: Command): void {
       if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
       else {
         const rows: Array<[string, string | number | undefined]> = [
-          ['service', `${r.service} (${r.installed ? r.unit : 'no unit'})`], ['state', r.state + (r.pid ? ` (pid ${r.pid})` : '') + (r.enabled ? `, ${r.enabled}` : '') + (r.systemd ? '' : ', systemd not running')],
+          ['service', `${r.service} (${r.installed ? r.unit : 'no unit'})`], ['state', (r.pid ? `running (detached, pid ${r.pid})` : r.state) + (r.enabled ? `, ${r.enabled}` : '') + (r.systemd ? '' : ', systemd not running')],
           ['data', r.data], ['user', r.user], ['hub', r.hub], ['agent', r.agentId], ['tenant', r.tenant], ['certificate', r.certNotAfter && `valid until ${r.certNotAfter}`], ['outbox', r.outboxDepth !== undefined ? `${r.outboxDepth} event(s) waiting` : undefined],
         ];
         process.stdout.write(rows.filter(([, v]) => v !== undefined).map(([k, v]) => `${k.padEnd(12)} ${v}`).join('\n') + '\n');
