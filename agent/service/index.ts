@@ -11,9 +11,8 @@
  * unit's ExecStart as the service user instead. Run again with the same options, it changes
  * nothing and says so (the token is then not needed).
  */
-import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, realpathSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { TrellisError, errorMessage } from '../../common/errors.js';
 import { atomicWriteFile } from '../../common/fsutil.js';
 import { parseJoinToken } from '../../common/jointoken.js';
@@ -22,8 +21,9 @@ import { certInfo } from '../../certs/index.js';
 import { fetchServedChain, pinnedBundle } from '../../common/tlsprobe.js';
 import { agentPaths, readState } from '../identity.js';
 import { lookupUser, type UserInfo } from '../runners/users.js';
-import { checkDataDir, checkServiceName, checkUnitPath, checkUserName, execStart, parseUnitMeta, renderUnit, type UnitMeta } from './unit.js';
-import * as sys from './system.js';
+import { checkDataDir, checkServiceName, checkUnitPath, checkUserName, execStart, parseUnitMeta, renderUnit, type UnitMeta } from '../../common/service/unit.js';
+import * as sys from '../../common/service/system.js';
+import { detachedPid, startService, stopService } from '../../common/service/lifecycle.js';
 import { pendingEvents } from './outbox-depth.js';
 
 export const UNIT_DIR = '/etc/systemd/system';
@@ -60,36 +60,9 @@ function requireRoot(what: string): void {
   }
 }
 
-/** This installation: the node binary and bin/trellis.js, as absolute real paths. */
-export function installation(): { node: string; bin: string; agentModule: string } {
-  const here = dirname(fileURLToPath(import.meta.url)); // dist/agent/service
-  const root = join(here, '..', '..', '..');
-  const node = realpathSync(process.execPath);
-  const bin = realpathSync(join(root, 'bin', 'trellis.js'));
-  return {
-    node: checkUnitPath(node, 'the node binary path'),
-    bin: checkUnitPath(bin, 'the trellis installation path'),
-    agentModule: realpathSync(join(here, '..', 'agent.js')),
-  };
-}
-
 export const unitFile = (service: string) => join(UNIT_DIR, `${service}.service`);
-const pidFile = (data: string) => join(data, 'agent.pid');
-const logFile = (data: string) => join(data, 'agent.log');
-
 function readText(path: string): string | undefined {
   try { return readFileSync(path, 'utf8'); } catch (e) { if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined; throw e; }
-}
-
-function readPid(data: string): number | undefined {
-  const n = Number((readText(pidFile(data)) ?? '').trim());
-  return Number.isSafeInteger(n) && n > 1 ? n : undefined;
-}
-
-/** The detached agent of `data`, if one runs. */
-function detachedPid(data: string): number | undefined {
-  const pid = readPid(data);
-  return pid !== undefined && sys.processAlive(pid) && sys.isAgentProcess(pid, data) ? pid : undefined;
 }
 
 /** Owner and modes of everything in DATA: directories 0700, files 0600, all the service user's. */
@@ -117,7 +90,7 @@ export async function installAgent(o: InstallOptions): Promise<InstallResult> {
   const readWrite = (o.readWrite ?? []).map((p) => checkUnitPath(p, '--read-write'));
   const { host, port } = parseHostPort(o.hub, 7444);
   const hub = formatHostPort(host, port);
-  const inst = installation();
+  const inst = sys.installation('agent');
   const unit = unitFile(service);
   const paths = agentPaths(data);
   const oldUnit = readText(unit);
@@ -210,42 +183,12 @@ export async function installAgent(o: InstallOptions): Promise<InstallResult> {
   }
 
   // 7. Start.
-  const systemd = sys.systemdRunning();
-  let started: InstallResult['started'] = 'no';
-  let hint: string | undefined;
-  if (systemd) {
-    if (unitChanged) await sys.systemctl('daemon-reload');
-    if (!o.noStart) {
-      const enabled = await sys.systemctlState('is-enabled', `${service}.service`);
-      const active = await sys.systemctlState('is-active', `${service}.service`);
-      if (enabled !== 'enabled' || active !== 'active') {
-        await sys.systemctl('enable', '--now', `${service}.service`);
-        actions.push('enabled and started the service');
-      } else if (unitChanged) {
-        await sys.systemctl('restart', `${service}.service`);
-        actions.push('restarted the service');
-      }
-      started = 'systemd';
-    }
-  } else if (o.detach && !o.noStart) {
-    const running = detachedPid(data);
-    if (running !== undefined && unitChanged) {
-      await sys.stopProcess(running);
-      actions.push(`stopped the detached agent (pid ${running}) to start the new unit`);
-    }
-    if (running === undefined || unitChanged) {
-      const pid = sys.spawnDetached(execStart({ node: inst.node, bin: inst.bin, data }), { uid: user.uid, gid: user.gid, cwd: data, home: data, logFile: logFile(data) });
-      await atomicWriteFile(pidFile(data), `${pid}\n`, { mode: 0o600 });
-      secureTree(data, user.uid, user.gid);
-      actions.push(`started the agent detached (pid ${pid}, log ${logFile(data)})`);
-    }
-    started = 'detached';
-  } else {
-    hint = o.noStart
-      ? `start it with: systemctl enable --now ${service}`
-      : `systemd is not running here: the unit is written and checked; start it with \`systemctl enable --now ${service}\` where systemd runs, ` +
-        `or run \`trellis agent install\` again with --detach (or run as ${userName}: ${execStart({ node: inst.node, bin: inst.bin, data }).join(' ')})`;
-  }
+  const st = await startService({
+    kind: 'agent', service, data, unitChanged, noStart: !!o.noStart, detach: !!o.detach, argv: execStart({ node: inst.node, bin: inst.bin, data }),
+    user: { name: userName, uid: user.uid, gid: user.gid }, fixOwnership: () => secureTree(data, user.uid, user.gid),
+  });
+  actions.push(...st.actions);
+  const { started, systemd, hint } = st;
   return { service, unit, data, user: userName, agentId: state.agentId, tenant: state.tenant, changed: actions.length > 0, started, systemd, actions, hint };
 }
 
@@ -261,20 +204,7 @@ export async function uninstallAgent(o: UninstallOptions): Promise<UninstallResu
   const meta = text !== undefined ? parseUnitMeta(text) : undefined;
   if (text !== undefined && !meta) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${unit} was not written by trellis agent install: remove it yourself`);
   const data = checkDataDir(o.data ?? meta?.data ?? `/var/lib/${service}`);
-  const actions: string[] = [];
-  if (sys.systemdRunning() && text !== undefined) {
-    const active = await sys.systemctlState('is-active', `${service}.service`);
-    const enabled = await sys.systemctlState('is-enabled', `${service}.service`);
-    if (active === 'active' || active === 'activating' || enabled === 'enabled') {
-      await sys.systemctl('disable', '--now', `${service}.service`);
-      actions.push('stopped and disabled the service');
-    }
-  }
-  const pid = detachedPid(data);
-  if (pid !== undefined) {
-    await sys.stopProcess(pid);
-    actions.push(`stopped the detached agent (pid ${pid})`);
-  }
+  const actions = await stopService({ kind: 'agent', service, data, hasUnit: text !== undefined });
   if (text !== undefined) {
     rmSync(unit, { force: true });
     actions.push(`removed ${unit}`);
@@ -292,8 +222,6 @@ export async function uninstallAgent(o: UninstallOptions): Promise<UninstallResu
       await sys.deleteUser(meta.user);
       actions.push(`removed user ${meta.user}`);
     }
-  } else if (pid !== undefined || text !== undefined) {
-    rmSync(pidFile(data), { force: true });
   }
   for (const a of actions) say(a);
   return { service, unit, data, changed: actions.length > 0, actions };
@@ -316,7 +244,7 @@ export async function agentStatus(o: StatusOptions): Promise<StatusResult> {
   const data = checkDataDir(o.data ?? meta?.data ?? `/var/lib/${service}`);
   const systemd = sys.systemdRunning();
   const r: StatusResult = { service, unit, installed: text !== undefined, data, user: meta?.user, state: 'not running', systemd };
-  const pid = detachedPid(data);
+  const pid = detachedPid(data, 'agent');
   if (systemd && text !== undefined) {
     r.state = await sys.systemctlState('is-active', `${service}.service`);
     r.enabled = await sys.systemctlState('is-enabled', `${service}.service`);

@@ -110,6 +110,39 @@ export function addDaemonCommands(program: Command): void {
       await runUntilSignal(() => hubd.close());
     });
 
+  hub.command('install')
+    .description('run the hub as a systemd service (run as root): system user owning the data dir, hardened unit, start')
+    .requiredOption('--data <dir>', 'hub data directory made by `trellis hub init` (given to the service user, 0700)')
+    .option('--service <name>', 'systemd unit name (unit /etc/systemd/system/NAME.service)', 'trellis-hub')
+    .option('--user <name>', 'service user, created as a system user (no login shell, no home) unless it exists', 'trellis-hub')
+    .option('--no-start', 'write everything, start nothing')
+    .option('--detach', 'where systemd is not running (containers, CI): start the unit\'s ExecStart as the service user in the background (pid in DATA/hub.pid, log in DATA/hub.log)')
+    .option('--json', 'print one JSON object at the end: service, unit, data, user, changed, started, systemd')
+    .addHelpText('after', '\nThe unit runs `node .../bin/trellis.js hub run --data DIR` with Restart=always, NoNewPrivileges, ProtectSystem=strict,\n' +
+      'ProtectHome, PrivateTmp and ReadWritePaths=DIR. Ports: the defaults (7443-7445) need no privilege. Run again: nothing changes.')
+    .action(contractErrors(async (o) => {
+      const { installHub } = await import('../../hub/service/index.js');
+      const r = await installHub({ data: o.data, service: o.service, user: o.user, noStart: o.start === false, detach: !!o.detach });
+      if (o.json) {
+        const { service, unit, data, user, changed, started, systemd } = r;
+        process.stdout.write(JSON.stringify({ service, unit, data, user, changed, started, systemd }) + '\n');
+      } else {
+        process.stdout.write(r.changed ? `installed ${r.service} (hub in ${r.data}, user ${r.user}):\n${r.actions.map((a) => `  ${a}`).join('\n')}\n`
+          : `already installed, nothing changed (${r.service}: hub in ${r.data})\n`);
+      }
+      if (r.hint) process.stderr.write(`${r.hint}\n`);
+    }));
+
+  hub.command('uninstall')
+    .description('stop the hub service and remove its unit (run as root); the data directory and the user are kept')
+    .option('--service <name>', 'systemd unit name', 'trellis-hub')
+    .option('--data <dir>', 'hub data directory (default: the one in the unit)')
+    .action(contractErrors(async (o) => {
+      const { uninstallHub } = await import('../../hub/service/index.js');
+      const r = await uninstallHub({ service: o.service, data: o.data });
+      process.stdout.write(r.changed ? `uninstalled ${r.service}:\n${r.actions.map((a) => `  ${a}`).join('\n')}\n` : `${r.service} is not installed, nothing changed\n`);
+    }));
+
   const agent = program.command('agent').description('enroll and run an agent');
 
   agent.command('enroll')
@@ -210,7 +243,7 @@ export function addDaemonCommands(program: Command): void {
       if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
       else {
         const rows: Array<[string, string | number | undefined]> = [
-          ['service', `${r.service} (${r.installed ? r.unit : 'no unit'})`], ['state', r.state + (r.pid ? ` (pid ${r.pid})` : '') + (r.enabled ? `, ${r.enabled}` : '') + (r.systemd ? '' : ', systemd not running')],
+          ['service', `${r.service} (${r.installed ? r.unit : 'no unit'})`], ['state', (r.pid ? `running (detached, pid ${r.pid})` : r.state) + (r.enabled ? `, ${r.enabled}` : '') + (r.systemd ? '' : ', systemd not running')],
           ['data', r.data], ['user', r.user], ['hub', r.hub], ['agent', r.agentId], ['tenant', r.tenant], ['certificate', r.certNotAfter && `valid until ${r.certNotAfter}`], ['outbox', r.outboxDepth !== undefined ? `${r.outboxDepth} event(s) waiting` : undefined],
         ];
         process.stdout.write(rows.filter(([, v]) => v !== undefined).map(([k, v]) => `${k.padEnd(12)} ${v}`).join('\n') + '\n');

@@ -1,7 +1,8 @@
 /**
- * The systemd unit `trellis agent install` writes, as a pure function of its inputs, and the
- * checks of every value that goes into it. The unit is also the record of the installation: its
- * first line is a comment holding what `uninstall` needs (data dir, user, whether we created it).
+ * The systemd unit `trellis agent install` (and `trellis hub install`) writes, as a pure function
+ * of its inputs, and the checks of every value that goes into it. The unit is also the record of
+ * the installation: its first line is a comment holding what `uninstall` needs (data dir, user,
+ * whether we created it).
  *
  * Hardening (systemd.exec(5)): the agent and every action it runs get NoNewPrivileges, a
  * read-only file system (ProtectSystem=strict) except the data directory and any --read-write
@@ -11,7 +12,7 @@
  * needs the agent to run as root (`--user root`): an unprivileged agent cannot switch users.
  */
 import { isAbsolute, normalize } from 'node:path';
-import { TrellisError } from '../../common/errors.js';
+import { TrellisError } from '../errors.js';
 
 const bad = (msg: string): TrellisError => new TrellisError('TRELLIS_E_INVALID_ARGUMENT', msg);
 
@@ -54,7 +55,11 @@ export function checkDataDir(path: string): string {
 /** What the first line of the unit records about the installation. */
 export interface UnitMeta { service: string; data: string; user: string; createdUser: boolean }
 
+export type ServiceKind = 'agent' | 'hub';
+
 export interface UnitOptions extends UnitMeta {
+  /** Which daemon the unit runs (`trellis KIND run --data DATA`). @default 'agent' */
+  kind?: ServiceKind;
   /** Absolute path of the node binary. */
   node: string;
   /** Absolute path of bin/trellis.js of the installation. */
@@ -63,21 +68,22 @@ export interface UnitOptions extends UnitMeta {
   readWrite: string[];
 }
 
-const META_PREFIX = '# trellis-agent-install ';
+const metaPrefix = (kind: ServiceKind) => `# trellis-${kind}-install `;
 
 /** The argv systemd runs (ExecStart), also what `--detach` runs. */
-export function execStart(o: Pick<UnitOptions, 'node' | 'bin' | 'data'>): string[] {
-  return [o.node, o.bin, 'agent', 'run', '--data', o.data];
+export function execStart(o: Pick<UnitOptions, 'node' | 'bin' | 'data' | 'kind'>): string[] {
+  return [o.node, o.bin, o.kind ?? 'agent', 'run', '--data', o.data];
 }
 
 export function renderUnit(o: UnitOptions): string {
   const meta: UnitMeta = { service: o.service, data: o.data, user: o.user, createdUser: o.createdUser };
   const group = o.user === 'root' ? 'root' : o.user;
+  const kind = o.kind ?? 'agent';
   return [
-    META_PREFIX + JSON.stringify(meta),
-    '# Written by `trellis agent install`; remove it with `trellis agent uninstall --service ' + o.service + '`.',
+    metaPrefix(kind) + JSON.stringify(meta),
+    `# Written by \`trellis ${kind} install\`; remove it with \`trellis ${kind} uninstall --service ${o.service}\`.`,
     '[Unit]',
-    `Description=Trellis agent (${o.service})`,
+    `Description=Trellis ${kind} (${o.service})`,
     'Wants=network-online.target',
     'After=network-online.target',
     '',
@@ -108,11 +114,11 @@ export function renderUnit(o: UnitOptions): string {
 }
 
 /** The record in a unit this command wrote, or undefined (not ours, or unreadable). */
-export function parseUnitMeta(text: string): UnitMeta | undefined {
+export function parseUnitMeta(text: string, kind: ServiceKind = 'agent'): UnitMeta | undefined {
   const first = text.split('\n', 1)[0] ?? '';
-  if (!first.startsWith(META_PREFIX)) return undefined;
+  if (!first.startsWith(metaPrefix(kind))) return undefined;
   try {
-    const m = JSON.parse(first.slice(META_PREFIX.length)) as Partial<UnitMeta>;
+    const m = JSON.parse(first.slice(metaPrefix(kind).length)) as Partial<UnitMeta>;
     if (typeof m.service !== 'string' || typeof m.data !== 'string' || typeof m.user !== 'string') return undefined;
     return { service: m.service, data: m.data, user: m.user, createdUser: m.createdUser === true };
   } catch {

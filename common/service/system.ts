@@ -3,8 +3,24 @@
  * service user. Every external command runs by absolute argv (no shell), with a timeout.
  */
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, openSync, closeSync, readFileSync } from 'node:fs';
-import { TrellisError } from '../../common/errors.js';
+import { existsSync, openSync, closeSync, readFileSync, realpathSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { TrellisError } from '../errors.js';
+import { checkUnitPath, type ServiceKind } from './unit.js';
+
+/**
+ * This installation: the node binary and bin/trellis.js as absolute real paths (what ExecStart
+ * runs), and the daemon's main module (what the service user must be able to load).
+ */
+export function installation(kind: ServiceKind): { node: string; bin: string; agentModule: string } {
+  const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..'); // dist/common/service → the package
+  return {
+    node: checkUnitPath(realpathSync(process.execPath), 'the node binary path'),
+    bin: checkUnitPath(realpathSync(join(root, 'bin', 'trellis.js')), 'the trellis installation path'),
+    agentModule: realpathSync(join(root, 'dist', kind, `${kind}.js`)),
+  };
+}
 
 export interface CmdResult { code: number; out: string; err: string; missing?: boolean }
 
@@ -129,4 +145,15 @@ export async function stopProcess(pid: number, graceMs = 10_000): Promise<void> 
     try { process.kill(pid, 'SIGKILL'); } catch { return; }
     while (alive()) await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/** A local user by name (`getent passwd`: files, LDAP, ...), or undefined. */
+export async function lookupUser(name: string): Promise<{ name: string; uid: number; gid: number; home: string } | undefined> {
+  const r = await runCmd('getent', ['passwd', '--', name], { timeoutMs: 5_000 });
+  if (r.code === 2) return undefined;
+  if (r.code !== 0) throw new TrellisError('TRELLIS_E_INTERNAL', `cannot look up user ${name}: ${r.err.trim().split('\n')[0]}`);
+  const f = r.out.split('\n')[0]!.split(':');
+  const uid = Number(f[2]), gid = Number(f[3]);
+  if (f[0] !== name || !Number.isSafeInteger(uid) || !Number.isSafeInteger(gid)) return undefined;
+  return { name, uid, gid, home: f[5] ?? '' };
 }
