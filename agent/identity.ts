@@ -1,6 +1,6 @@
 /**
  * The agent's identity files in its data directory. The private key is generated here and
- * never leaves the host; files holding it are 0600 and written atomically.
+ * never leaves the host; every file is 0600 (the directory 0700) and written atomically.
  */
 import { existsSync, readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
@@ -83,8 +83,8 @@ export function loadIdentity(files: { key: string; cert: string; ca: string }, p
 export async function saveIdentity(paths: AgentPaths, id: { keyPem: string; certPem: string; caPem?: string }): Promise<void> {
   await ensureDir(paths.dir, 0o700);
   await atomicWriteFile(paths.key + '.new', id.keyPem, { mode: 0o600 });
-  await atomicWriteFile(paths.cert + '.new', id.certPem, { mode: 0o644 });
-  if (id.caPem) await atomicWriteFile(paths.ca, id.caPem, { mode: 0o644 });
+  await atomicWriteFile(paths.cert + '.new', id.certPem, { mode: 0o600 });
+  if (id.caPem) await atomicWriteFile(paths.ca, id.caPem, { mode: 0o600 });
   renameSync(paths.key + '.new', paths.key);
   renameSync(paths.cert + '.new', paths.cert);
 }

@@ -22,6 +22,8 @@
  *  8. preauth_rss_40x4mib_mb     hub RSS growth under 40 concurrent unauthenticated 4 MiB Logins
  *     kv_set_p99_ms              authenticated kv set latency (a state-file write), quiet hub
  *     login_flood_kv_set_p99_ms  the same while 16 clients from 16 addresses flood Login (bench/dos.ts)
+ *  9. agent_install_wall_s       `agents install` of one server over SSH on loopback: bundle copy → agent online
+ *                                (bundle built beforehand, not counted; needs root and sshd) (bench/fleet.ts)
  *
  * Knobs (environment): TRELLIS_BENCH_HUB_NODE_ARGS adds node flags to the child hub (for example
  * "--cpu-prof --cpu-prof-dir=/tmp/prof"); TRELLIS_BENCH_KEEP=1 keeps the temp directory;
@@ -49,6 +51,7 @@ import { benchAuthedRpc, benchAuthz, benchLogin } from './auth.js';
 import { benchKvGetDecrypt, benchKvRotate } from './kv.js';
 import { benchLoginFlood, benchPreAuthRss } from './dos.js';
 import { benchSeal } from './seal.js';
+import { benchAgentInstall } from './fleet.js';
 import { benchEventToAction, benchIngest, benchSecretFanout, benchWebhook, installBenchPack, type AutomationCtx } from './automation.js';
 import { silenceIpServernameWarning } from '../common/warnings.js';
 import { mean, note, percentile, pool, processCpuMs, sleep, startChildHub, type ChildHub } from './lib.js';
@@ -77,6 +80,7 @@ const FIGURES = [
   'kv_get_decrypt_per_s', 'rotate_10k_values_s',
   'raw_stream_events_per_s', 'ingest_events_per_s', 'event_to_action_p99_ms', 'webhook_req_per_s', 'secret_fanout_1000_agents_p99_ms',
   'preauth_rss_40x4mib_mb', 'kv_set_p99_ms', 'login_flood_kv_set_p99_ms',
+  'agent_install_wall_s',
 ] as const;
 type Figure = typeof FIGURES[number];
 const reported = new Set<Figure>();
@@ -478,6 +482,7 @@ async function main(): Promise<void> {
       await figure(['webhook_req_per_s'], async () => report('webhook_req_per_s', await benchWebhook(actx), 'req/s'));
       await figure(['secret_fanout_1000_agents_p99_ms'], async () => report('secret_fanout_1000_agents_p99_ms', await benchSecretFanout(actx), 'ms', 1));
     }
+    await figure(['agent_install_wall_s'], async () => report('agent_install_wall_s', await benchAgentInstall({ admin: admin!, adminAddr }), 's', 2));
     // Last: unauthenticated load (a hub that locks accounts as a whole locks `admin` out here).
     await figure(['preauth_rss_40x4mib_mb'], async () => report('preauth_rss_40x4mib_mb', await benchPreAuthRss({ pid: child!.pid, adminAddr, caPem }), 'MB'));
     await figure(['kv_set_p99_ms', 'login_flood_kv_set_p99_ms'], async () => {

@@ -13,6 +13,7 @@ import { addWebhookCommands } from './commands/webhooks.js';
 import { addEventCommands } from './commands/events.js';
 import { addPackCommands } from './commands/packs.js';
 import { addRuleCommands } from './commands/rules.js';
+import { addFleetCommands } from './commands/fleet.js';
 
 export function buildProgram(): Command {
   const program = new Command('trellis')
@@ -28,6 +29,7 @@ export function buildProgram(): Command {
     .exitOverride(); // set before the subcommands so they inherit it
   addDaemonCommands(program);
   addAdminCommands(program);
+  addFleetCommands(program);
   addIamCommands(program);
   addAuditCommands(program);
   addKvCommands(program);

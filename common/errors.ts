@@ -31,6 +31,9 @@ export const ERROR_CODES = {
   TRELLIS_E_AGENT_BUSY: 'the agent is at its concurrency limit; the execution waits or was refused',
   TRELLIS_E_RATE_LIMITED: 'too many requests of this kind in a short time (renewals, failed logins from your address, unauthenticated calls or logins in progress); wait and retry (the message says how long)',
   TRELLIS_E_UNIMPLEMENTED: 'this operation is part of the contract but not built in this release',
+  TRELLIS_E_SSH: 'an SSH connection, login or remote command of `trellis agents install` failed; the message names the host and why',
+  TRELLIS_E_SSH_HOST_KEY: 'a server\'s SSH host key is not in known_hosts (add it, or pass --accept-new-host-keys) or has changed (check it; nothing was sent)',
+  TRELLIS_E_HOST_NOT_READY: 'a managed server lacks what the agent needs (Node >= 20 on PATH, tar, root or passwordless sudo); the message says what',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

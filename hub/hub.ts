@@ -42,6 +42,7 @@ import { MemoryCertificateProvider, mtlsServerCredentials, tlsServerCredentials 
 import { WebServer } from './web/index.js';
 import { Webhooks } from './webhooks/index.js';
 import { webhookRoute } from './web/webhooks.js';
+import { AgentDist } from './web/agentdist.js';
 import { EventStream } from './web/stream.js';
 import { addWebhookServices } from './grpc/webhooks.js';
 import { assertTableCovers } from './authz/index.js';
@@ -191,6 +192,8 @@ export class Hub {
     const web = new WebServer(pki, log.child({ component: 'web' }), {
       maxConnectionsPerClient: wc.maxConnectionsPerClient, handshakeTimeoutMs: wc.handshakeTimeout, headersTimeoutMs: wc.headersTimeout, requestTimeoutMs: wc.requestTimeout,
     });
+    // Agent install files (/agent/ca.pem, install.sh, bundle.tgz[.sha256]): public, unauthenticated.
+    web.route(new AgentDist({ dir: paths.agentBundle, ca: () => ({ chain: pki.trustBundle, fingerprint: pki.caFingerprint }), log: log.child({ component: 'agentdist' }) }).route());
     web.route(webhookRoute({ webhooks, auth, events, audit: refusalAudit, log: webhooksLog }));
     web.upgradeRoute(new EventStream({ auth, events, executions, live, audit: refusalAudit, log: log.child({ component: 'stream' }), maxClients: wc.maxStreams, maxPerUser: wc.maxStreamsPerUser }));
     let agentPort: number, adminPort: number, webPort: number;

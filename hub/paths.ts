@@ -13,6 +13,7 @@ export function hubPaths(dataDir: string) {
     adminProfile: join(dataDir, 'admin-profile.json'),
     audit: join(dataDir, 'audit'), // append-only audit segments (hub/audit), 0700
     executions: join(dataDir, 'executions'), // execution history segments (hub/executions), 0700
+    agentBundle: join(dataDir, 'agent-bundle'), // the agent bundle served at /agent/bundle.tgz (hub/web/agentdist.ts), 0700
   };
 }
 export type HubPaths = ReturnType<typeof hubPaths>;

@@ -118,14 +118,36 @@ export function addAdminCommands(program: Command): void {
     .option('--label <k=v...>', 'labels given to every agent enrolled with it (they always win over host-set ones)', collect, [])
     .option('--allow-label <key...>', 'a label key the enrolling host may set itself with `agent enroll --label key=v` (repeatable); any other key is refused', collect, [])
     .option('--description <text>', 'note shown in `tokens list`')
+    .option('--install-command', 'print a root shell one-liner that pins the hub CA, downloads the agent from the hub\'s web port and installs it as a service (token in an env var)')
+    .option('--cloud-init', 'print cloud-init user-data that runs the same one-liner at first boot')
+    .option('--web <url>', 'hub web address for --install-command/--cloud-init (default: https://HUB-HOST:WEB-PORT from the hub)')
+    .option('--install-arg <arg>', 'one argument for `trellis agent install` in the one-liner (repeatable), e.g. --install-arg=--read-write --install-arg=/etc/nginx', collect, [])
     .addHelpText('after', '\nLabels select edge rules, sensors (and their sealed secrets) and run targets, so they come from the token and from\n' +
-      'holders of agents:label (`trellis agents label`), never from the host, except keys named with --allow-label.')
+      'holders of agents:label (`trellis agents label`), never from the host, except keys named with --allow-label.\n\n' +
+      'The --install-command one-liner fetches /agent/ca.pem without trusting it, compares its SHA-256 with the token\'s CA\n' +
+      'fingerprint, and only then fetches install.sh with `curl --cacert`; install.sh checks the bundle\'s SHA-256, unpacks\n' +
+      'it to /opt/trellis, links /usr/local/bin/trellis and runs `trellis agent install`. The host needs curl and Node.js >= 20.')
     .action((o) => withClients(async (c) => {
+      if (o.installCommand && o.cloudInit) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--install-command and --cloud-init exclude each other');
       const r = await call<T.CreateJoinTokenRequest, T.CreateJoinTokenResponse__Output>(c, c.tokens, c.tokens.CreateJoinToken, {
         tenant: '', private: !!o.private, uses: o.uses, ttlMs: parseDuration(o.ttl, '--ttl'), labels: parseKeyValues(o.label, 'label'), description: o.description ?? '',
         allowLabelKeys: o.allowLabel,
       });
       const hub = readProfile().hub;
+      if (o.installCommand || o.cloudInit) {
+        const { installCommand, cloudInit } = await import('../../common/install-command.js');
+        let web = o.web as string | undefined;
+        if (!web) {
+          const v = await call<T.GetVersionRequest, T.VersionInfo__Output>(c, c.version, c.version.GetVersion, {}, 10_000);
+          const { host } = parseHostPort(hub, 7444);
+          web = `https://${formatHostPort(host, v.webPort || 7445)}`;
+        }
+        const spec = { token: r.token, hub, web, args: o.installArg as string[] };
+        print(o.cloudInit ? cloudInit(spec).trimEnd() : installCommand(spec));
+        process.stderr.write(`\ntoken ${r.info!.id}: tenant ${r.info!.tenant}, ${r.info!.uses} use(s), expires ${when(r.info!.expiresAtMs)}\n` +
+          (o.cloudInit ? 'use it as the user-data of new servers (they need curl and Node.js >= 20)\n' : 'run it as root on the new server (it needs curl and Node.js >= 20)\n'));
+        return;
+      }
       print(r.token);
       process.stderr.write(`\ntoken ${r.info!.id}: tenant ${r.info!.tenant}, ${r.info!.uses} use(s), expires ${when(r.info!.expiresAtMs)}\n` +
         `enroll an agent with:\n  trellis agent enroll --hub ${hub} --token ${r.token} --data /var/lib/trellis-agent\n`);

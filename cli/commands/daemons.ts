@@ -1,13 +1,46 @@
 /** `trellis hub …` and `trellis agent …`: set up and run the daemons. */
+import { readFileSync } from 'node:fs';
 import { Option, type Command } from 'commander';
 // The daemons are imported when their command runs: every other `trellis` command starts
 // without loading the whole hub and agent (about a second of start-up on a busy host).
 import { KEY_TYPES, type KeyType } from '../../certs/index.js';
-import { TrellisError } from '../../common/errors.js';
+import { TrellisError, errorMessage, isTrellisError } from '../../common/errors.js';
 import { createLogger } from '../../common/log.js';
 import { parseKeyValues } from '../format.js';
 import { askHidden, isInteractive } from '../prompt.js';
 import { runUntilSignal, intOption, collect } from './util.js';
+
+/**
+ * `agent install|uninstall|status` are called by scripts and over SSH (`agents install --ssh`):
+ * their failures are one line, `trellis: CODE: message`, exit 1.
+ */
+function contractErrors<A extends unknown[]>(fn: (...a: A) => Promise<void>): (...a: A) => Promise<void> {
+  return async (...a: A) => {
+    try {
+      await fn(...a);
+    } catch (e) {
+      const code = (isTrellisError(e) && (e as TrellisError).code) || 'TRELLIS_E_INTERNAL';
+      process.stderr.write(`trellis: ${code}: ${errorMessage(e).replace(/\s*\n\s*/g, ' ')}\n`);
+      process.exitCode = 1;
+    }
+  };
+}
+
+/** The join token of `agent install`: --token, --token-file FILE|- (stdin), or TRELLIS_JOIN_TOKEN. */
+async function readJoinToken(o: { token?: string; tokenFile?: string }): Promise<string> {
+  if (o.token) return o.token.trim();
+  if (o.tokenFile === '-') {
+    const chunks: Buffer[] = [];
+    for await (const c of process.stdin) chunks.push(c as Buffer);
+    return Buffer.concat(chunks).toString('utf8').trim();
+  }
+  if (o.tokenFile) {
+    try { return readFileSync(o.tokenFile, 'utf8').trim(); } catch (e) {
+      throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `cannot read --token-file ${o.tokenFile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+  }
+  return (process.env.TRELLIS_JOIN_TOKEN ?? '').trim();
+}
 
 export function addDaemonCommands(program: Command): void {
   const hub = program.command('hub').description('set up and run the hub');
@@ -77,6 +110,39 @@ export function addDaemonCommands(program: Command): void {
       await runUntilSignal(() => hubd.close());
     });
 
+  hub.command('install')
+    .description('run the hub as a systemd service (run as root): system user owning the data dir, hardened unit, start')
+    .requiredOption('--data <dir>', 'hub data directory made by `trellis hub init` (given to the service user, 0700)')
+    .option('--service <name>', 'systemd unit name (unit /etc/systemd/system/NAME.service)', 'trellis-hub')
+    .option('--user <name>', 'service user, created as a system user (no login shell, no home) unless it exists', 'trellis-hub')
+    .option('--no-start', 'write everything, start nothing')
+    .option('--detach', 'where systemd is not running (containers, CI): start the unit\'s ExecStart as the service user in the background (pid in DATA/hub.pid, log in DATA/hub.log)')
+    .option('--json', 'print one JSON object at the end: service, unit, data, user, changed, started, systemd')
+    .addHelpText('after', '\nThe unit runs `node .../bin/trellis.js hub run --data DIR` with Restart=always, NoNewPrivileges, ProtectSystem=strict,\n' +
+      'ProtectHome, PrivateTmp and ReadWritePaths=DIR. Ports: the defaults (7443-7445) need no privilege. Run again: nothing changes.')
+    .action(contractErrors(async (o) => {
+      const { installHub } = await import('../../hub/service/index.js');
+      const r = await installHub({ data: o.data, service: o.service, user: o.user, noStart: o.start === false, detach: !!o.detach });
+      if (o.json) {
+        const { service, unit, data, user, changed, started, systemd } = r;
+        process.stdout.write(JSON.stringify({ service, unit, data, user, changed, started, systemd }) + '\n');
+      } else {
+        process.stdout.write(r.changed ? `installed ${r.service} (hub in ${r.data}, user ${r.user}):\n${r.actions.map((a) => `  ${a}`).join('\n')}\n`
+          : `already installed, nothing changed (${r.service}: hub in ${r.data})\n`);
+      }
+      if (r.hint) process.stderr.write(`${r.hint}\n`);
+    }));
+
+  hub.command('uninstall')
+    .description('stop the hub service and remove its unit (run as root); the data directory and the user are kept')
+    .option('--service <name>', 'systemd unit name', 'trellis-hub')
+    .option('--data <dir>', 'hub data directory (default: the one in the unit)')
+    .action(contractErrors(async (o) => {
+      const { uninstallHub } = await import('../../hub/service/index.js');
+      const r = await uninstallHub({ service: o.service, data: o.data });
+      process.stdout.write(r.changed ? `uninstalled ${r.service}:\n${r.actions.map((a) => `  ${a}`).join('\n')}\n` : `${r.service} is not installed, nothing changed\n`);
+    }));
+
   const agent = program.command('agent').description('enroll and run an agent');
 
   agent.command('enroll')
@@ -108,6 +174,83 @@ export function addDaemonCommands(program: Command): void {
       process.stdout.write(`bundle ${r.file}: ${r.root}/, ${r.packages} dependencies, ${(r.bytes / 1048576).toFixed(1)} MiB\n` +
         `sha256:${r.sha256}\n`);
     });
+
+  agent.command('install')
+    .description('install this host\'s agent as a systemd service (run as root): system user, data dir, enrollment, hardened unit, start')
+    .requiredOption('--hub <host:port>', 'hub admin address (enrollment port), e.g. hub.example.com:7444')
+    .option('--token <token>', 'join token (visible in ps while this command runs: prefer --token-file or TRELLIS_JOIN_TOKEN)')
+    .option('--token-file <file>', 'read the join token from FILE, or from stdin with `-`')
+    .option('--service <name>', 'systemd unit name (unit /etc/systemd/system/NAME.service)', 'trellis-agent')
+    .option('--data <dir>', 'agent data directory, created 0700 and owned by the service user (default /var/lib/NAME)')
+    .option('--user <name>', 'service user, created as a system user (no login shell, no home) unless it exists; `root` runs the agent as root (needed for run_as)', 'trellis-agent')
+    .option('--label <k=v...>', 'labels this host asks for: only keys the token allows, as `agent enroll --label`', collect, [])
+    .option('--read-write <path...>', 'another path the agent and its actions may write (ReadWritePaths=; everything else but the data dir and /tmp is read-only)', collect, [])
+    .option('--no-start', 'write everything, start nothing')
+    .option('--detach', 'where systemd is not running (containers, CI): start the unit\'s ExecStart as the service user in the background (pid in DATA/agent.pid, log in DATA/agent.log)')
+    .option('--json', 'print one JSON object at the end: service, unit, data, user, agentId, tenant, changed, started, systemd')
+    .addHelpText('after', [
+      '',
+      'The token is read from --token, --token-file FILE, --token-file - (stdin) or TRELLIS_JOIN_TOKEN, only when the host is',
+      'not enrolled yet; it goes to the hub (pinned from the token) and is never written to disk nor passed to the agent.',
+      'Run again with the same options: nothing changes ("already installed, nothing changed"); no token is needed.',
+      '',
+      'The unit runs `node .../bin/trellis.js agent run --data DIR` as the service user with Restart=always and',
+      'NoNewPrivileges, ProtectSystem=strict, ProtectHome, PrivateTmp, ReadWritePaths=DIR (plus --read-write paths).',
+      'Trade-off: actions run inside the same sandbox and as the same user. An action that runs as another user',
+      '(run_as) needs the agent to run as root (--user root), and one that writes outside DIR and /tmp (packages, /etc)',
+      'needs that path in --read-write. Without systemd (no /run/systemd/system) the unit is written and checked with',
+      '`systemd-analyze verify`; pass --detach to start the agent anyway.',
+      '',
+      'Example:  TRELLIS_JOIN_TOKEN=tj1.… trellis agent install --hub hub.example.com:7444 --label role=web',
+    ].join('\n'))
+    .action(contractErrors(async (o) => {
+      const { installAgent } = await import('../../agent/service/index.js');
+      const r = await installAgent({
+        hub: o.hub, service: o.service, data: o.data, user: o.user, labels: parseKeyValues(o.label, 'label'), readWrite: o.readWrite,
+        noStart: o.start === false, detach: !!o.detach, token: () => readJoinToken(o),
+      });
+      if (o.json) {
+        const { service, unit, data, user, agentId, tenant, changed, started, systemd } = r;
+        process.stdout.write(JSON.stringify({ service, unit, data, user, agentId, tenant, changed, started, systemd }) + '\n');
+      } else {
+        process.stdout.write(r.changed
+          ? `installed ${r.service} (agent ${r.agentId}, tenant ${r.tenant}, user ${r.user}, data ${r.data}):\n${r.actions.map((a) => `  ${a}`).join('\n')}\n`
+          : `already installed, nothing changed (${r.service}: agent ${r.agentId}, data ${r.data})\n`);
+      }
+      if (r.hint) process.stderr.write(`${r.hint}\n`);
+    }));
+
+  agent.command('uninstall')
+    .description('stop and remove the agent service (run as root); --purge also removes its data and the user install created')
+    .option('--service <name>', 'systemd unit name', 'trellis-agent')
+    .option('--data <dir>', 'agent data directory (default: the one in the unit, else /var/lib/NAME)')
+    .option('--purge', 'also remove the data directory (the agent\'s key and identity) and the user `agent install` created')
+    .action(contractErrors(async (o) => {
+      const { uninstallAgent } = await import('../../agent/service/index.js');
+      const r = await uninstallAgent({ service: o.service, data: o.data, purge: !!o.purge });
+      process.stdout.write(r.changed ? `uninstalled ${r.service}:\n${r.actions.map((a) => `  ${a}`).join('\n')}\n` : `${r.service} is not installed, nothing changed\n`);
+    }));
+
+  agent.command('status')
+    .description('service state, hub, agent id, certificate expiry and outbox depth of this host\'s agent')
+    .option('--service <name>', 'systemd unit name', 'trellis-agent')
+    .option('--data <dir>', 'agent data directory (default: the one in the unit, else /var/lib/NAME)')
+    .option('--json', 'JSON output')
+    .addHelpText('after', '\nExit code 0 when the service or an enrolled data directory is found, 3 when neither is.')
+    .action(contractErrors(async (o) => {
+      const { agentStatus } = await import('../../agent/service/index.js');
+      const r = await agentStatus({ service: o.service, data: o.data });
+      if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
+      else {
+        const rows: Array<[string, string | number | undefined]> = [
+          ['service', `${r.service} (${r.installed ? r.unit : 'no unit'})`], ['state', (r.pid ? `running (detached, pid ${r.pid})` : r.state) + (r.enabled ? `, ${r.enabled}` : '') + (r.systemd ? '' : ', systemd not running')],
+          ['data', r.data], ['user', r.user], ['hub', r.hub], ['agent', r.agentId], ['tenant', r.tenant], ['certificate', r.certNotAfter && `valid until ${r.certNotAfter}`], ['outbox', r.outboxDepth !== undefined ? `${r.outboxDepth} event(s) waiting` : undefined],
+        ];
+        process.stdout.write(rows.filter(([, v]) => v !== undefined).map(([k, v]) => `${k.padEnd(12)} ${v}`).join('\n') + '\n');
+        if (r.error) process.stderr.write(`trellis: ${r.error}\n`);
+      }
+      if (!r.installed && !r.agentId) process.exitCode = 3;
+    }));
 
   agent.command('run')
     .description('run the agent daemon: keeps one mTLS stream to the hub, runs actions, renews its certificate')

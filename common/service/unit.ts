@@ -1,0 +1,127 @@
+/**
+ * The systemd unit `trellis agent install` (and `trellis hub install`) writes, as a pure function
+ * of its inputs, and the checks of every value that goes into it. The unit is also the record of
+ * the installation: its first line is a comment holding what `uninstall` needs (data dir, user,
+ * whether we created it).
+ *
+ * Hardening (systemd.exec(5)): the agent and every action it runs get NoNewPrivileges, a
+ * read-only file system (ProtectSystem=strict) except the data directory and any --read-write
+ * path, no /home, /root or /run/user (ProtectHome), a private /tmp, and no writes to kernel
+ * tunables, modules or cgroups. Trade-off: actions are sandboxed the same way, so an action that
+ * installs packages or edits /etc needs those paths in --read-write; and `run_as` another user
+ * needs the agent to run as root (`--user root`): an unprivileged agent cannot switch users.
+ */
+import { isAbsolute, normalize } from 'node:path';
+import { TrellisError } from '../errors.js';
+
+const bad = (msg: string): TrellisError => new TrellisError('TRELLIS_E_INVALID_ARGUMENT', msg);
+
+/** systemd unit names we accept: the characters systemd allows unescaped, without the suffix. */
+const SERVICE_RE = /^[A-Za-z0-9_.@-]{1,200}$/;
+/** useradd's portable names (lower case: what `useradd --system` accepts without --badname). */
+const USER_RE = /^[a-z_][a-z0-9_-]{0,31}$/;
+/**
+ * Paths written into the unit: no white space, quotes, `%` (a systemd specifier), `$` (variable
+ * expansion), `\` or `;`, so they need no escaping and mean the same to systemd and to us.
+ */
+const PATH_RE = /^\/[A-Za-z0-9_.+@/-]*$/;
+
+export function checkServiceName(name: string): string {
+  if (!SERVICE_RE.test(name) || name.endsWith('.service') || name.startsWith('.') || name.startsWith('-')) {
+    throw bad(`--service '${String(name).slice(0, 64)}' is not a valid service name: use letters, digits and _ . @ - only, without the .service suffix (e.g. trellis-agent)`);
+  }
+  return name;
+}
+
+export function checkUserName(name: string): string {
+  if (!USER_RE.test(name)) throw bad(`--user '${String(name).slice(0, 64)}' is not a valid user name: lower-case letters, digits, _ and -, starting with a letter or _ (at most 32)`);
+  return name;
+}
+
+/** An absolute, normalised path that can go into a unit file unquoted. */
+export function checkUnitPath(path: string, what: string): string {
+  if (!isAbsolute(path)) throw bad(`${what} must be an absolute path (got '${String(path).slice(0, 200)}')`);
+  const p = normalize(path).replace(/\/+$/, '') || '/';
+  if (!PATH_RE.test(p)) throw bad(`${what} '${p.slice(0, 200)}' holds characters a systemd unit would need to escape (white space, quotes, % $ \\ ;): use a plain path`);
+  return p;
+}
+
+export function checkDataDir(path: string): string {
+  const p = checkUnitPath(path, '--data');
+  if (p.split('/').filter(Boolean).length < 2) throw bad(`--data ${p} is too close to the root: use a directory of its own, e.g. /var/lib/trellis-agent`);
+  return p;
+}
+
+/** What the first line of the unit records about the installation. */
+export interface UnitMeta { service: string; data: string; user: string; createdUser: boolean }
+
+export type ServiceKind = 'agent' | 'hub';
+
+export interface UnitOptions extends UnitMeta {
+  /** Which daemon the unit runs (`trellis KIND run --data DATA`). @default 'agent' */
+  kind?: ServiceKind;
+  /** Absolute path of the node binary. */
+  node: string;
+  /** Absolute path of bin/trellis.js of the installation. */
+  bin: string;
+  /** Extra ReadWritePaths= (actions that must write outside the data directory). */
+  readWrite: string[];
+}
+
+const metaPrefix = (kind: ServiceKind) => `# trellis-${kind}-install `;
+
+/** The argv systemd runs (ExecStart), also what `--detach` runs. */
+export function execStart(o: Pick<UnitOptions, 'node' | 'bin' | 'data' | 'kind'>): string[] {
+  return [o.node, o.bin, o.kind ?? 'agent', 'run', '--data', o.data];
+}
+
+export function renderUnit(o: UnitOptions): string {
+  const meta: UnitMeta = { service: o.service, data: o.data, user: o.user, createdUser: o.createdUser };
+  const group = o.user === 'root' ? 'root' : o.user;
+  const kind = o.kind ?? 'agent';
+  return [
+    metaPrefix(kind) + JSON.stringify(meta),
+    `# Written by \`trellis ${kind} install\`; remove it with \`trellis ${kind} uninstall --service ${o.service}\`.`,
+    '[Unit]',
+    `Description=Trellis ${kind} (${o.service})`,
+    'Wants=network-online.target',
+    'After=network-online.target',
+    '',
+    '[Service]',
+    'Type=simple',
+    `User=${o.user}`,
+    `Group=${group}`,
+    `ExecStart=${execStart(o).join(' ')}`,
+    `WorkingDirectory=${o.data}`,
+    'Restart=always',
+    'RestartSec=5s',
+    'UMask=0077',
+    'NoNewPrivileges=yes',
+    'ProtectSystem=strict',
+    'ProtectHome=yes',
+    'PrivateTmp=yes',
+    'ProtectKernelTunables=yes',
+    'ProtectKernelModules=yes',
+    'ProtectControlGroups=yes',
+    'RestrictSUIDSGID=yes',
+    'LockPersonality=yes',
+    `ReadWritePaths=${[o.data, ...o.readWrite].join(' ')}`,
+    '',
+    '[Install]',
+    'WantedBy=multi-user.target',
+    '',
+  ].join('\n');
+}
+
+/** The record in a unit this command wrote, or undefined (not ours, or unreadable). */
+export function parseUnitMeta(text: string, kind: ServiceKind = 'agent'): UnitMeta | undefined {
+  const first = text.split('\n', 1)[0] ?? '';
+  if (!first.startsWith(metaPrefix(kind))) return undefined;
+  try {
+    const m = JSON.parse(first.slice(metaPrefix(kind).length)) as Partial<UnitMeta>;
+    if (typeof m.service !== 'string' || typeof m.data !== 'string' || typeof m.user !== 'string') return undefined;
+    return { service: m.service, data: m.data, user: m.user, createdUser: m.createdUser === true };
+  } catch {
+    return undefined;
+  }
+}
