@@ -138,7 +138,7 @@ t.test('agent install --detach: user, data dir, verified unit, the agent online 
   t.match(s, { service: n.service, installed: true, data: n.data, user: n.user, state: 'running (detached)', pid, hub: h.agentAddr, agentId: j.agentId, tenant: 'default', outboxDepth: Number });
   t.ok(Date.parse(s.certNotAfter as string) > Date.now(), 'certificate expiry');
   const stText = await runCli(['agent', 'status', '--service', n.service]);
-  t.match(stText.out, /state\s+running \(detached\)[\s\S]*agent\s+\S+[\s\S]*certificate\s+valid until[\s\S]*outbox\s+\d+ event/);
+  t.match(stText.out, /state\s+running \(detached, pid \d+\)[\s\S]*agent\s+\S+[\s\S]*certificate\s+valid until[\s\S]*outbox\s+\d+ event/);
 
   // uninstall --purge: the process stops, unit, data and the user it created go.
   const un = await runCli(['agent', 'uninstall', '--service', n.service, '--purge']);
