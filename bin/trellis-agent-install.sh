@@ -58,18 +58,26 @@ stage=
 trap 'rm -rf "$tmp" ${stage:+"$stage"}' EXIT
 trap 'exit 130' INT TERM
 
-# SHA-256 of the DER of the first certificate in a PEM file.
+# The first certificate of a PEM file, alone: the one the token pins. Only it is ever trusted
+# (curl --cacert trusts every certificate in its file, so whatever follows it is dropped: an
+# impostor could serve the hub's public CA certificate followed by its own).
+firstcert() {
+  awk '/-----BEGIN CERTIFICATE-----/ { f = 1 } f { print } /-----END CERTIFICATE-----/ { if (f) exit }' "$1"
+}
+# SHA-256 of the DER of a one-certificate PEM file.
 fingerprint() {
-  awk '/-----END CERTIFICATE-----/ { exit } f { print } /-----BEGIN CERTIFICATE-----/ { f = 1 }' "$1" | base64 -d | sha256sum | cut -c1-64
+  awk '/-----/ { next } { print }' "$1" | base64 -d | sha256sum | cut -c1-64
 }
 
 if [ -n "${TRELLIS_CA_FILE:-}" ]; then
-  cp "$TRELLIS_CA_FILE" "$tmp/ca.pem" || die "cannot read TRELLIS_CA_FILE $TRELLIS_CA_FILE"
+  [ -r "$TRELLIS_CA_FILE" ] || die "cannot read TRELLIS_CA_FILE $TRELLIS_CA_FILE"
+  firstcert "$TRELLIS_CA_FILE" >"$tmp/ca.pem"
 else
   # Not trusted yet (-k): it is trusted below only if its fingerprint is the one in the token.
-  curl -fsS -k --proto =https -o "$tmp/ca.pem" "$web/agent/ca.pem" || die "cannot fetch the hub CA from $web/agent/ca.pem"
+  curl -fsS -k --proto =https -o "$tmp/served.pem" "$web/agent/ca.pem" || die "cannot fetch the hub CA from $web/agent/ca.pem"
+  firstcert "$tmp/served.pem" >"$tmp/ca.pem"
 fi
-[ "$(fingerprint "$tmp/ca.pem")" = "$pin" ] ||
+[ -s "$tmp/ca.pem" ] && [ "$(fingerprint "$tmp/ca.pem")" = "$pin" ] ||
   die "the hub at $web does not present the CA pinned in the join token: nothing was downloaded or installed (check TRELLIS_WEB, or that the token came from this hub)"
 
 fetch() {

@@ -3,8 +3,8 @@
  * `trellis tokens create --install-command | --cloud-init` print them.
  *
  * Trust: nothing runs before the hub CA is pinned. The one-liner fetches /agent/ca.pem without
- * trusting it (-k), compares the SHA-256 of its first certificate's DER with the fingerprint
- * written into the command (the join token's last field), and only then fetches install.sh with
+ * trusting it (-k), keeps its first certificate alone (an impostor may append its own CA), compares
+ * the SHA-256 of its DER with the fingerprint written into the command (the join token's last field), and only then fetches install.sh with
  * `curl --cacert` and runs it; install.sh checks the same pin against the token again before it
  * downloads the bundle, and checks the bundle's SHA-256. The token travels in an environment
  * variable, never in argv.
@@ -38,8 +38,10 @@ export function installCommand(o: InstallCommandOptions): string {
     'set -e',
     'd=$(mktemp -d)',
     'trap "rm -rf $d" EXIT',
-    'curl -fsSk --proto =https "$TRELLIS_WEB/agent/ca.pem" -o "$d/ca.pem"',
-    `[ "$(awk "/-----END CERTIFICATE-----/{exit} f{print} /-----BEGIN CERTIFICATE-----/{f=1}" "$d/ca.pem" | base64 -d | sha256sum | cut -c1-64)" = ${pin} ] || { echo "trellis: the hub does not present the pinned CA; nothing installed" >&2; exit 1; }`,
+    'curl -fsSk --proto =https "$TRELLIS_WEB/agent/ca.pem" -o "$d/served.pem"',
+    // Only the first certificate (the pinned one) is kept: curl --cacert trusts all in its file.
+    'awk "/-----BEGIN CERTIFICATE-----/{f=1} f{print} /-----END CERTIFICATE-----/{exit}" "$d/served.pem" > "$d/ca.pem"',
+    `[ "$(awk "/-----/{next} {print}" "$d/ca.pem" | base64 -d | sha256sum | cut -c1-64)" = ${pin} ] || { echo "trellis: the hub does not present the pinned CA; nothing installed" >&2; exit 1; }`,
     'curl -fsS --proto =https --cacert "$d/ca.pem" "$TRELLIS_WEB/agent/install.sh" -o "$d/install.sh"',
     'TRELLIS_CA_FILE="$d/ca.pem" sh "$d/install.sh" "$@"',
   ].join('; ');

@@ -17,7 +17,7 @@ import { ADMIN_PASSWORD, captureLogger, startHub, waitFor, type TestHub } from '
 import { AgentDist } from '../hub/web/agentdist.js';
 import { getAgent } from './helpers/admin.js';
 import { installCommand } from '../common/install-command.js';
-import { fingerprintSha256 } from '../certs/index.js';
+import { createCA, fingerprintSha256, generateKey, issueCertificate } from '../certs/index.js';
 
 const isRoot = process.getuid?.() === 0;
 const ROOT = dirname(dirname(TRELLIS_BIN));
@@ -95,6 +95,52 @@ t.test('a token pinned to another CA: the one-liner and install.sh download noth
   t.match(r2.err, 'does not present the CA pinned in the join token: nothing was downloaded or installed');
   nothingInstalled(t, n);
   t.notOk(existsSync(join(h.dataDir, 'agent-bundle')), 'the hub never built (nobody downloaded) the bundle');
+});
+
+t.test('an impostor that serves the pinned CA followed by its own CA is not trusted: the one-liner and install.sh trust only the pinned certificate', { skip }, async (t) => {
+  await using h = await startHub();
+  const n = names(t);
+  const token = await h.token();
+  // The impostor knows the hub's public CA certificate (anyone can fetch it) and puts it first, its
+  // own CA second, and serves everything else with a certificate from its own CA.
+  const evil = createCA({ commonName: 'Impostor CA' });
+  const leafKey = generateKey('ec-p256');
+  const leaf = issueCertificate({ issuerCertPem: evil.certPem, issuerKey: evil.key, subjectPublicKey: leafKey.publicKey, subject: { commonName: 'localhost' }, dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'], usage: 'server', notAfter: new Date(Date.now() + 86_400_000) });
+  const marker = join(mkdtempSync(join(tmpdir(), 'trellis-impostor-')), 'ran');
+  t.teardown(() => rmSync(dirname(marker), { recursive: true, force: true }));
+  const served: string[] = [];
+  const srv = https.createServer({ cert: leaf + evil.certPem, key: leafKey.privateKeyPem }, (req, res) => {
+    served.push(req.url ?? '');
+    if (req.url === '/agent/ca.pem') res.end(h.caPem + evil.certPem);
+    else if (req.url === '/agent/install.sh') res.end(`#!/bin/sh\ntouch ${marker}\n`);
+    else { res.statusCode = 404; res.end(); }
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => srv.close(() => r())));
+  const impostor = `https://127.0.0.1:${(srv.address() as { port: number }).port}`;
+
+  const line = installCommand({ token, hub: h.adminAddr, web: impostor, args: ['--detach', '--service', n.service, '--user', n.user] });
+  const r = await sh(line, n);
+  t.not(r.code, 0, 'the one-liner fails');
+  t.notOk(existsSync(marker), `the impostor's install.sh never ran: ${r.err.trim().slice(0, 300)}`);
+  t.notOk(served.includes('/agent/install.sh') && existsSync(marker), 'no script from the impostor ran');
+
+  // install.sh itself (from the real hub), pointed at the impostor: the bundle is never fetched from it.
+  const script = (await get(h, '/agent/install.sh')).body.toString();
+  served.length = 0;
+  const r2 = await new Promise<{ code: number; err: string }>((resolve) => {
+    const c = spawn('sh', ['-s', '--', '--detach', '--service', n.service], {
+      env: { PATH: process.env.PATH, TRELLIS_JOIN_TOKEN: token, TRELLIS_HUB: h.adminAddr, TRELLIS_WEB: impostor, TRELLIS_PREFIX: n.prefix, TRELLIS_BIN_DIR: n.bindir },
+      stdio: ['pipe', 'ignore', 'pipe'],
+    });
+    let err = '';
+    c.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+    c.on('close', (code) => resolve({ code: code ?? -1, err }));
+    c.stdin.end(script);
+  });
+  t.not(r2.code, 0, 'install.sh fails');
+  t.notOk(served.some((u) => u.startsWith('/agent/bundle')), `nothing but ca.pem was accepted from the impostor (${served.join(', ')}): ${r2.err.trim().slice(0, 300)}`);
+  nothingInstalled(t, n);
 });
 
 t.test('tokens create --install-command: the one-liner installs a running agent from the hub; --cloud-init holds the same command; a bundle not matching its SHA-256 is refused', { skip }, async (t) => {
