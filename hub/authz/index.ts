@@ -93,6 +93,11 @@ export const METHOD_TABLE: Readonly<Record<string, Requirement>> = Object.freeze
   [`/${S}.AdminCerts/GetCrl`]: perm('certs:read'),
   [`/${S}.AdminCerts/ReplaceHubCertificate`]: ADMIN,
   [`/${S}.AdminCerts/IssueHubCertificate`]: perm('certs:replace'),
+  // CA rotation changes what every agent and client trusts: the same permission as replacing the hub certificate.
+  [`/${S}.AdminCa/RotateStart`]: perm('certs:replace'),
+  [`/${S}.AdminCa/GetRotation`]: perm('certs:read'),
+  [`/${S}.AdminCa/RotateCommit`]: perm('certs:replace'),
+  [`/${S}.AdminCa/RotateRollback`]: perm('certs:replace'),
   [`/${S}.AdminRuns/Run`]: perm('agents:run'),
   // Users, tenants and groups are platform administration.
   [`/${S}.AdminUsers/CreateUser`]: ADMIN,
