@@ -47,6 +47,11 @@ export interface ChannelOptions {
   outbox?: Outbox;
   /** @default 30000 */
   maxBackoffMs?: number;
+  /**
+   * Called when a connection attempt fails in a way TLS may explain: returns an error naming the
+   * cause and the fix (e.g. the hub's CA was rotated while this agent was offline), or undefined.
+   */
+  diagnose?: (err: Error) => Promise<Error | undefined>;
 }
 
 class Connection {
@@ -158,7 +163,11 @@ export class HubChannel extends EventEmitter {
           if (this.stopped) break;
           if (isFatal(err)) { this.fail(err); break; }
           const delay = backoffDelay(attempt++, { maxMs: this.opts.maxBackoffMs ?? 30_000 });
-          this.opts.log.warn({ err: (err as Error).message, retryInMs: delay }, 'cannot connect to the hub; retrying');
+          const why = await this.diagnosed(err as Error);
+          if (this.stopped) break;
+          if (why) this.opts.log.error({ code: (why as { code?: string }).code, err: why.message, retryInMs: delay }, 'cannot connect to the hub');
+          else this.opts.log.warn({ err: (err as Error).message, retryInMs: delay }, 'cannot connect to the hub; retrying');
+          if (why) this.emit('diagnosis', why);
           await this.sleep(delay);
           continue;
         }
@@ -177,6 +186,19 @@ export class HubChannel extends EventEmitter {
       this.setState('connecting', err);
       await this.sleep(delay);
     }
+  }
+
+  private lastDiagnosisMs = 0;
+  private lastDiagnosis: Error | undefined;
+
+  /** A TLS failure explained (at most one probe per 30 s; the last answer is reused in between). */
+  private async diagnosed(err: Error): Promise<Error | undefined> {
+    if (!this.opts.diagnose) return undefined;
+    const now = Date.now();
+    if (now - this.lastDiagnosisMs < 30_000) return this.lastDiagnosis;
+    this.lastDiagnosisMs = now;
+    this.lastDiagnosis = await this.opts.diagnose(err).catch(() => undefined);
+    return this.lastDiagnosis;
   }
 
   private fail(err: unknown): void {
@@ -239,7 +261,7 @@ export class HubChannel extends EventEmitter {
         }
         break;
       }
-      case 'caBundle': if (m.caBundle) this.emit('caBundle', m.caBundle.certificates); break;
+      case 'caBundle': if (m.caBundle) this.emit('caBundle', m.caBundle.certificates, m.caBundle); break;
       default: break;
     }
   }

@@ -13,6 +13,7 @@ import { addWebhookCommands } from './commands/webhooks.js';
 import { addEventCommands } from './commands/events.js';
 import { addPackCommands } from './commands/packs.js';
 import { addRuleCommands } from './commands/rules.js';
+import { addCaCommands } from './commands/ca.js';
 
 export function buildProgram(): Command {
   const program = new Command('trellis')
@@ -36,6 +37,7 @@ export function buildProgram(): Command {
   addEventCommands(program);
   addPackCommands(program);
   addRuleCommands(program);
+  addCaCommands(program);
   program.addHelpText('after', `
 Start here:
   trellis hub init --data /var/lib/trellis-hub --name hub.example.com,10.0.0.5
