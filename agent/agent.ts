@@ -74,6 +74,7 @@ export class Agent {
       maxBackoffMs: opts.maxBackoffMs,
       outbox,
       diagnose: (err) => this.diagnoseTls(err),
+      onSuperseded: () => this.recoverSuperseded(),
     });
     this.sensors = new SensorManager({ log, emit: (evs) => { this.publishLocal(evs); } });
     this.edge = new EdgeRules({
@@ -268,8 +269,10 @@ export class Agent {
     this.renewTimer = setTimeout(() => {
       if (delay > 2 ** 31 - 1) return this.scheduleRenewal(); // long timers are re-armed in steps
       this.renew().catch((err) => {
-        this.log.error({ err: (err as Error).message }, 'certificate renewal failed; retrying in 60s');
-        this.renewTimer = setTimeout(() => this.scheduleRenewal(), 60_000);
+        // A renewal the hub ordered (CA rotation) is retried sooner: the rotation waits for it.
+        const retryMs = this.rotationRenewAt !== undefined ? 5_000 + Math.floor(Math.random() * 5_000) : 60_000;
+        this.log.error({ err: (err as Error).message, retryInMs: retryMs }, 'certificate renewal failed; retrying');
+        this.renewTimer = setTimeout(() => this.scheduleRenewal(), retryMs);
         this.renewTimer.unref();
       });
     }, Math.min(delay, 2 ** 31 - 1));
@@ -277,10 +280,33 @@ export class Agent {
   }
 
   /** New key, CSR over the channel, atomic switch of files, then a make-before-break reconnect. */
+  private renewInFlight: Promise<void> | undefined;
+
   async renew(): Promise<void> {
-    if (this.renewing) return;
+    if (this.renewInFlight) return this.renewInFlight;
     this.renewing = true;
-    try { await this.renewOnce(); } finally { this.renewing = false; }
+    this.renewInFlight = this.renewOnce().finally(() => { this.renewing = false; this.renewInFlight = undefined; });
+    return this.renewInFlight;
+  }
+
+  /** The hub refused our certificate as replaced by a renewal we never got the answer to: renew again with it. */
+  private async recoverSuperseded(): Promise<boolean> {
+    if (!this.managed || this.closed) return false;
+    const serial = this.identity.serial;
+    await this.renewInFlight?.catch(() => undefined);
+    if (this.identity.serial !== serial) return true;
+    try { await this.renew(); } catch { return false; }
+    return this.identity.serial !== serial;
+  }
+
+  /** After a renewal whose make-before-break switch failed (hub unreachable): retry it while the old stream lives. */
+  private async retrySwitch(): Promise<void> {
+    for (let i = 0; i < 60 && !this.closed; i++) {
+      await new Promise((r) => setTimeout(r, 2_000 + Math.floor(Math.random() * 3_000)).unref());
+      const cur = this.channel.connectedCert;
+      if (cur === undefined || cur === this.identity.certPem) return; // reconnecting anyway, or switched
+      try { await this.channel.reconnectWithNewCredentials(); return; } catch { /* the hub is still away */ }
+    }
   }
 
   private async renewOnce(): Promise<void> {
@@ -295,7 +321,13 @@ export class Agent {
     this.identity = { keyPem: key.privateKeyPem, certPem: res.certificate, caPem, serial: info.serialHex, notBefore: info.notBefore, notAfter: info.notAfter };
     this.log.info({ serial: info.serialHex, notAfter: info.notAfter.toISOString() }, 'certificate renewed');
     if (this.rotationRenewAt === ordered) this.rotationRenewAt = undefined; // a later order (rollback) still stands
-    await this.channel.reconnectWithNewCredentials();
+    try {
+      await this.channel.reconnectWithNewCredentials();
+    } catch (err) {
+      // The new certificate is saved: the channel uses it for every new connection; the live stream is switched later.
+      this.log.warn({ err: (err as Error).message }, 'renewed, but cannot switch the stream to the new certificate yet; retrying');
+      void this.retrySwitch();
+    }
     this.scheduleRenewal();
   }
 

@@ -52,6 +52,12 @@ export interface ChannelOptions {
    * cause and the fix (e.g. the hub's CA was rotated while this agent was offline), or undefined.
    */
   diagnose?: (err: Error) => Promise<Error | undefined>;
+  /**
+   * The hub refused the certificate as replaced by a renewal whose answer never arrived (e.g. the
+   * hub restarted mid-renewal): renew again with it (the hub allows that until the replacement
+   * connects). Resolves true when new credentials are in place and reconnecting can help.
+   */
+  onSuperseded?: () => Promise<boolean>;
 }
 
 class Connection {
@@ -59,9 +65,11 @@ class Connection {
   readonly call: grpc.ClientDuplexStream<T.AgentMessage, T.HubMessage__Output>;
   readonly welcome: Promise<T.Welcome__Output>;
   readonly closed: Promise<Error | undefined>;
+  readonly certPem: string;
   private ended = false;
 
   constructor(target: string, creds: Credentials, hello: T.Hello, onMessage: (m: T.HubMessage__Output, c: Connection) => void) {
+    this.certPem = creds.certPem;
     const sslCreds = grpc.credentials.createSsl(Buffer.from(creds.caPem), Buffer.from(creds.keyPem), Buffer.from(creds.certPem));
     this.client = new v1.AgentChannel(target, sslCreds, CLIENT_OPTIONS) as unknown as Connection['client'];
     this.call = this.client.Connect();
@@ -98,6 +106,12 @@ class Connection {
     this.call.cancel();
     this.client.close();
   }
+}
+
+/** The hub refused a certificate replaced by a renewal (agent-channel.ts identifyPeer). */
+function isSuperseded(err: unknown): boolean {
+  const tcode = (err as grpc.ServiceError).metadata?.get(CODE_KEY)?.[0];
+  return tcode === 'TRELLIS_E_CERT_REVOKED' && /replaced by a renewal/.test(String((err as Error).message));
 }
 
 /** Errors after which reconnecting cannot help. */
@@ -161,6 +175,10 @@ export class HubChannel extends EventEmitter {
         } catch (err) {
           conn.destroy();
           if (this.stopped) break;
+          if (isSuperseded(err) && this.opts.onSuperseded && await this.opts.onSuperseded().catch(() => false)) {
+            this.opts.log.warn('the hub had replaced this certificate by a renewal whose answer was lost; renewed again');
+            continue;
+          }
           if (isFatal(err)) { this.fail(err); break; }
           const delay = backoffDelay(attempt++, { maxMs: this.opts.maxBackoffMs ?? 30_000 });
           const why = await this.diagnosed(err as Error);
@@ -359,6 +377,9 @@ export class HubChannel extends EventEmitter {
       throw fromGrpcError(err);
     }
   }
+
+  /** The certificate of the live stream, if any (after a renewal: old until the switch succeeded). */
+  get connectedCert(): string | undefined { return this.current?.certPem; }
 
   /** Sends a unary Renew over the current credentials. */
   async renew(csr: string, timeoutMs = 15_000): Promise<T.RenewResponse__Output> {

@@ -155,6 +155,15 @@ export interface CaRotationDeps {
   activeWithinMs?: number;
 }
 
+/**
+ * An agent is on a CA once the certificate that CA issued it has connected: a renewal whose
+ * answer may have been lost (pendingRenewal) does not count yet, as the agent would retry it with
+ * its old certificate.
+ */
+function movedTo(a: AgentDoc, caFingerprint: string): boolean {
+  return a.certCa === caFingerprint && !a.pendingRenewal;
+}
+
 /** A number in [0, 1) from an agent id: where in the window the agent renews. */
 function spreadOf(agentId: string): number {
   return createHash('sha256').update(agentId).digest().readUInt32BE(0) / 2 ** 32;
@@ -273,8 +282,8 @@ export class CaRotation {
     const active = await this.activeAgents();
     const issuing = pki.issuingFingerprint;
     const retiredFp = s.retired ? fingerprintSha256(s.retired.chain[0]!) : undefined;
-    const onNew = active.filter((a) => a.certCa === issuing);
-    const lagging = active.filter((a) => a.certCa !== issuing);
+    const onNew = active.filter((a) => movedTo(a, issuing));
+    const lagging = active.filter((a) => !movedTo(a, issuing));
     const leaf = splitPemBundle(pki.hubIdentity.certChainPem)[0]!;
     return {
       phase: s.phase === 'started' ? 'started' : 'idle', startedAtMs: s.phase === 'started' ? s.startedAtMs : 0, windowMs: s.windowMs, startedBy: s.phase === 'started' ? s.startedBy : '',
@@ -337,7 +346,7 @@ export class CaRotation {
       if (s.phase !== 'started' || !s.next) throw new TrellisError('TRELLIS_E_ROTATION', 'no CA rotation is under way: start one with `trellis ca rotate start`');
       const nextFp = fingerprintSha256(s.next.chain[0]!);
       const active = await this.activeAgents();
-      const behind = active.filter((a) => a.certCa !== nextFp);
+      const behind = active.filter((a) => !movedTo(a, nextFp));
       const named = behind.slice(0, LIST_MAX).map((a) => `${a.id}${a.hostname ? ` (${a.hostname}${a.online ? '' : ', offline'})` : a.online ? '' : ' (offline)'}`);
       const list = `${named.join(', ')}${behind.length > LIST_MAX ? ` and ${behind.length - LIST_MAX} more` : ''}`;
       if (behind.length > 0 && !o.force) {
