@@ -96,6 +96,9 @@ export async function benchCaRotation(o: CaRotationBenchOptions): Promise<number
   const renewals = sims.reduce((n, s) => n + s.stats.renewals, 0);
   const failures = sims.reduce((n, s) => n + s.stats.renewFailures, 0);
   note(`ca rotation: ${renewals} renewals (${failures} retried), ${down} agent(s) not connected after commit, ${oldCert} on an old-CA certificate, ${refused.length} refused`);
+  const why = new Map<string, number>();
+  for (const s of sims) if (s.lastRenewError) { const k = s.lastRenewError.slice(0, 120); why.set(k, (why.get(k) ?? 0) + 1); }
+  for (const [k, n] of [...why].sort((a, b) => b[1] - a[1]).slice(0, 3)) note(`ca rotation: ${n} agent(s) last retried after: ${k}`);
   if (down || oldCert || refused.length) throw new Error(`agents lost: ${down} not connected, ${oldCert} still on the old CA, ${refused.length} refused`);
   return seconds;
 }

@@ -48,6 +48,8 @@ export class SimAgent extends EventEmitter {
   readonly channel: HubChannel;
   identity: SimIdentity;
   readonly stats = { renewals: 0, renewFailures: 0, bundles: 0 };
+  /** The last renewal error (for a run's notes). */
+  lastRenewError: string | undefined;
   private renewTimer: NodeJS.Timeout | undefined;
   private inFlight: Promise<void> | undefined;
   private closed = false;
@@ -92,7 +94,7 @@ export class SimAgent extends EventEmitter {
     if (this.closed) return;
     clearTimeout(this.renewTimer);
     this.renewTimer = setTimeout(() => {
-      this.renew().catch(() => { this.stats.renewFailures++; this.renewIn(2_000 + Math.floor(Math.random() * 3_000)); });
+      this.renew().catch((err) => { this.stats.renewFailures++; this.lastRenewError = (err as Error).message; this.renewIn(2_000 + Math.floor(Math.random() * 3_000)); });
     }, Math.max(0, ms));
     this.renewTimer.unref();
   }

@@ -7,7 +7,10 @@ import * as grpc from '@grpc/grpc-js';
 import * as https from 'node:https';
 import { readFileSync, statSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { startHub, waitFor, login, callError, fileAgentLogger, type TestHub } from './helpers/hub.js';
+import { startHub, waitFor, login, callError, fileAgentLogger, tempDir, ADMIN_PASSWORD, type TestHub } from './helpers/hub.js';
+import { startCli, runCli, type CliProcess } from './helpers/cli.js';
+import { initHub } from '../hub/init.js';
+import { freePorts } from '../bench/lib.js';
 import { adminClients, call, type AdminClients } from '../cli/client.js';
 import { v1 } from '../common/proto.js';
 import { CLIENT_OPTIONS } from '../common/grpc-options.js';
@@ -333,4 +336,63 @@ t.test('a commit cut short (crash between the file replacements) is finished at 
   const st = await rot.status(fresh);
   t.equal(st.phase, 'idle');
   t.equal(st.hubCertIssuerFingerprint, s.nextCa!.fingerprintSha256);
+});
+
+t.test('the CLI: a hub killed -9 mid-rotation keeps its phase; the admin profile follows the bundle; a stale profile and a login with the old CA file get a clear message', async (t) => {
+  await using tmp = await tempDir();
+  const dataDir = join(tmp.path, 'hub');
+  await initHub({ dataDir, names: ['localhost', '127.0.0.1'], adminPassword: ADMIN_PASSWORD, config: { bind: '127.0.0.1' } });
+  const oldCaFile = join(tmp.path, 'old-ca.pem');
+  writeFileSync(oldCaFile, readFileSync(hubPaths(dataDir).caCert));
+  const [agentPort, adminPort, webPort] = await freePorts(3);
+  const addr = `127.0.0.1:${adminPort}`;
+  let hub: CliProcess | undefined;
+  const up = async () => {
+    hub = startCli(['hub', 'run', '--data', dataDir, '--agent-port', String(agentPort), '--admin-port', String(adminPort), '--web-port', String(webPort)], { TRELLIS_LOG_LEVEL: 'warn' });
+    await waitFor(() => /trellis hub: agent port/.test(hub!.err()), 30_000, 'the hub to listen');
+  };
+  const kill9 = async () => { hub!.child.kill('SIGKILL'); await hub!.done; };
+  t.teardown(async () => { if (hub && hub.child.exitCode === null && hub.child.signalCode === null) await kill9(); });
+  await up();
+  const env = { TRELLIS_HOME: join(tmp.path, 'home'), TRELLIS_PASSWORD: ADMIN_PASSWORD };
+  const stale = { TRELLIS_HOME: join(tmp.path, 'home2'), TRELLIS_PASSWORD: ADMIN_PASSWORD };
+  for (const e of [env, stale]) t.equal((await runCli(['login', '--hub', addr, '--user', 'admin', '--ca', oldCaFile], e)).code, 0, 'logged in');
+  const profileCas = (e: { TRELLIS_HOME: string }) => splitPemBundle((JSON.parse(readFileSync(join(e.TRELLIS_HOME, 'profile.json'), 'utf8')) as { caPem: string }).caPem).map((c) => fingerprintSha256(c));
+
+  const start = await runCli(['ca', 'rotate', 'start', '--window', '5s'], env);
+  t.equal(start.code, 0, start.err);
+  t.match(start.out, /CA rotation started: new CA sha256 [0-9a-f]{64}/);
+  t.equal(profileCas(env).length, 2, 'the operator\'s profile trusts old+new at once');
+
+  await kill9();
+  await up();
+  const st = await runCli(['ca', 'rotate', 'status', '--json'], env);
+  t.equal(st.code, 0, st.err);
+  const s = JSON.parse(st.out) as Status;
+  t.equal(s.phase, 'started', 'the phase survives kill -9');
+  const human = await runCli(['ca', 'rotate', 'status'], env);
+  t.match(human.out, /phase: +started/);
+  t.match(human.out, /hub certificate: issued by/);
+  t.match(human.out, /agents: +0 active/);
+
+  const commit = await runCli(['ca', 'rotate', 'commit'], env);
+  t.equal(commit.code, 0, commit.err);
+  t.match(commit.out, /CA rotation committed/);
+  t.same(profileCas(env), [s.nextCa!.fingerprintSha256], 'the operator\'s profile now trusts the new CA alone');
+  await kill9();
+  await up();
+  const after = await runCli(['ca', 'rotate', 'status', '--json'], env);
+  t.equal(after.code, 0, `the profile works against the restarted hub: ${after.err}`);
+  t.equal((JSON.parse(after.out) as Status).currentCa!.fingerprintSha256, s.nextCa!.fingerprintSha256, 'the committed CA survives kill -9');
+  const again = await runCli(['ca', 'rotate', 'commit'], env);
+  t.equal(again.code, 1);
+  t.match(again.err, /no CA rotation is under way.*TRELLIS_E_ROTATION/);
+
+  // A profile not used during the rotation, and a login with the old CA file: the cause and the fix.
+  const old = await runCli(['whoami'], stale);
+  t.equal(old.code, 1);
+  t.match(old.err, /CA was most likely rotated.*trellis login --hub .* --ca NEW_CA\.pem.*TRELLIS_E_CA_ROTATED/);
+  const relogin = await runCli(['login', '--hub', addr, '--user', 'admin', '--ca', oldCaFile], stale);
+  t.equal(relogin.code, 1);
+  t.match(relogin.err, /the CA file .*old-ca\.pem does not trust.*TRELLIS_E_CA_ROTATED/);
 });
