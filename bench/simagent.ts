@@ -103,7 +103,8 @@ export class SimAgent extends EventEmitter {
   renew(): Promise<void> {
     this.inFlight ??= (async () => {
       const key = generateKey('ec-p256');
-      const res = await this.channel.renew(createCSR({ privateKey: key.privateKey, subject: { commonName: this.identity.agentId } }));
+      // A long deadline: a retry after a lost answer costs the hub a second issuance.
+      const res = await this.channel.renew(createCSR({ privateKey: key.privateKey, subject: { commonName: this.identity.agentId } }), 60_000);
       if (!keyMatchesCert(key.privateKey, res.certificate)) throw new Error('renewed certificate does not match the new key');
       this.identity = { ...this.identity, keyPem: key.privateKeyPem, certPem: res.certificate, caPem: res.caBundle.length ? res.caBundle.join('') : this.identity.caPem };
       this.stats.renewals++;

@@ -114,6 +114,7 @@ export class Hub {
     let boundAgentPort = config.agentPort;
     const audit = await AuditLog.open({ dir: paths.audit, log: log.child({ component: 'audit' }) });
     const rotation = CaRotation.open({ paths, pki, agents, log: log.child({ component: 'pki' }), audit, names: config.names });
+    if (recovered) audit.record({ timeMs: Date.now(), actor: 'hub', tenant: '', method: 'ca/RecoverRotation', target: `ca:${pki.caFingerprint.slice(0, 16)}`, result: 'ok', sourceAddress: '', detail: recovered.slice(0, 300) });
     const kvLog = log.child({ component: 'kv' });
     const kv = new KvStore(store, await Keyring.open(opts.dataDir), { onError: (err) => kvLog.error({ err }, 'datastore') });
     const movedPrivate = await kv.migratePrivateKeys();
