@@ -245,10 +245,14 @@ export class CaRotation {
     });
   }
 
-  /** How long an agent waits before renewing for the rotation: its stable spot in the window, or a few seconds once that passed. */
+  /**
+   * How long an agent waits before renewing for the rotation: its stable spot in the window; once
+   * that passed (an agent back from offline, a hub restart), a random moment within a minute (or
+   * the window if shorter), so a fleet reconnecting at once does not renew at once.
+   */
   renewDelayMs(agentId: string, now = Date.now()): number {
     const at = this.state.renewFromMs + Math.floor(spreadOf(agentId) * this.state.windowMs);
-    return at > now ? at - now : randomInt(0, Math.max(1, Math.min(5_000, this.state.windowMs)));
+    return at > now ? at - now : randomInt(0, Math.max(1, Math.min(60_000, this.state.windowMs)));
   }
 
   /** The CaBundle message for a link: the bundle, and a renewal order when its certificate is not from the issuing CA. */
