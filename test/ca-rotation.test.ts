@@ -102,7 +102,7 @@ t.test('20 agents through start → renew → hub restart → commit while event
 
   await waitFor(async () => (await rot.status(h.admin)).agentsOnNewCa === N, 60_000, 'every agent renewed from the new CA and connected with it').catch(async (e) => {
     const st = await rot.status(h.admin);
-    console.error('DEBUG', JSON.stringify(st.lagging), agents.map((a) => a.channel.state).join(','));
+    console.error('still lagging:', JSON.stringify(st.lagging), agents.map((a) => a.channel.state).join(','));
     for (const l of st.lagging) console.error(JSON.stringify(await h.hub.components.agents.get(l.id)).slice(0, 600));
     console.error(h.agentLogLines().filter((l) => !/connected to the hub|event/.test(l)).slice(-40).join('\n'));
     throw e;
