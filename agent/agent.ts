@@ -2,7 +2,9 @@
  * The agent's composition root: identity, channel, action runner and renewal, wired by hand.
  */
 import * as os from 'node:os';
-import { createCSR, generateKey, certInfo, keyMatchesCert, loadPrivateKey } from '../certs/index.js';
+import { createCSR, generateKey, certInfo, keyMatchesCert, loadPrivateKey, splitPemBundle, verifyIssuedBy, fingerprintSha256 } from '../certs/index.js';
+import { atomicWriteFile } from '../common/fsutil.js';
+import { looksLikeTlsFailure, probeTrust } from '../common/tlsprobe.js';
 import type { KeyObject } from 'node:crypto';
 import { TrellisError } from '../common/errors.js';
 import { createLogger, type Logger } from '../common/log.js';
@@ -71,6 +73,8 @@ export class Agent {
       log: log.child({ component: 'channel' }),
       maxBackoffMs: opts.maxBackoffMs,
       outbox,
+      diagnose: (err) => this.diagnoseTls(err),
+      onSuperseded: () => this.recoverSuperseded(),
     });
     this.sensors = new SensorManager({ log, emit: (evs) => { this.publishLocal(evs); } });
     this.edge = new EdgeRules({
@@ -155,7 +159,12 @@ export class Agent {
     }
     const outbox = await Outbox.open({ dir: join(opts.dataDir, 'outbox'), log: log.child({ component: 'outbox' }), maxEvents: opts.outboxMaxEvents });
     const agent = new Agent(opts, identity, target, !operator, log, outbox);
-    agent.channel.on('welcome', (w: T.Welcome__Output) => { agent.agentId = w.agentId; agent.tenant = w.tenant; });
+    agent.channel.on('welcome', (w: T.Welcome__Output) => { agent.agentId = w.agentId; agent.tenant = w.tenant; void agent.applyBundle(w.caBundle); });
+    // CA rotation: the trust bundle (old+new, then new only) and, when told, a renewal at the hub's moment.
+    agent.channel.on('caBundle', (certs: string[], b: T.CaBundle__Output) => {
+      void agent.applyBundle(certs);
+      if (b?.renew) agent.renewWithin(Number(b.renewInMs) || 0);
+    });
     // The last config from the hub: edge rules and sensors work before (and without) a connection.
     agent.edge.load();
     for (const s of agent.sensors.apply(agent.edge.sensors.map((x) => ({ name: x.name, kind: x.kind, trigger: x.trigger, intervalMs: x.intervalMs, configJson: JSON.stringify(x.config) })))) {
@@ -190,18 +199,80 @@ export class Agent {
     this.running.set(req.executionId, handle);
   }
 
-  /** Renew at about two thirds of the certificate's life (only for identities the hub issued). */
+  private bundleWrite: Promise<void> = Promise.resolve();
+  /** A renewal the hub ordered (CA rotation), as a time; cleared by the next successful renewal. */
+  private rotationRenewAt: number | undefined;
+  private renewing = false;
+
+  /**
+   * Keeps the trust bundle the hub sends (over a connection it verified): DATA/ca.pem is replaced
+   * atomically and the next connection uses it. Operator-managed identities (--ca) are left alone.
+   */
+  applyBundle(certs: string[]): Promise<void> {
+    if (!this.managed || certs.length === 0) return this.bundleWrite;
+    const pem = certs.map((c) => (c.endsWith('\n') ? c : c + '\n')).join('');
+    this.bundleWrite = this.bundleWrite.then(async () => {
+      if (pem === this.identity.caPem) return;
+      try {
+        for (const c of certs) if (!certInfo(c).isCA) throw new Error('a certificate in the bundle is not a CA');
+      } catch (err) {
+        this.log.warn({ err: (err as Error).message }, 'trust bundle from the hub ignored');
+        return;
+      }
+      await atomicWriteFile(agentPaths(this.opts.dataDir).ca, pem, { mode: 0o644 });
+      this.identity = { ...this.identity, caPem: pem };
+      this.log.info({ cas: certs.map((c) => fingerprintSha256(c).slice(0, 16)) }, 'trust bundle updated by the hub');
+    }).catch((err) => { this.log.error({ err: (err as Error).message }, 'cannot save the trust bundle'); });
+    return this.bundleWrite;
+  }
+
+  /** The hub asked for a renewal (CA rotation) within `ms`. */
+  renewWithin(ms: number): void {
+    if (!this.managed || this.closed) return;
+    const at = Date.now() + Math.max(0, ms);
+    if (this.rotationRenewAt !== undefined && this.rotationRenewAt <= at) return;
+    this.rotationRenewAt = at;
+    this.log.info({ inMs: Math.max(0, ms) }, 'the hub asked for a certificate renewal (CA rotation)');
+    if (!this.renewing) this.scheduleRenewal();
+  }
+
+  /**
+   * Explains a TLS failure: the agent's certificate is from a CA its bundle no longer holds, or the
+   * hub presents a CA the bundle does not trust (a CA rotation committed while it was offline).
+   */
+  private async diagnoseTls(err: Error): Promise<Error | undefined> {
+    if (!looksLikeTlsFailure(err)) return undefined;
+    let enrollHub = 'HOST:7444';
+    try { enrollHub = readState(agentPaths(this.opts.dataDir)).enrollHub || enrollHub; } catch { /* operator identity */ }
+    const fix = this.managed
+      ? `re-enroll: trellis agent enroll --hub ${enrollHub} --token NEW_TOKEN --data ${this.opts.dataDir} --force (create the token with \`trellis tokens create\`)`
+      : 'give the agent a certificate from the hub\'s new CA and its CA bundle (--cert, --key, --ca)';
+    const bundle = splitPemBundle(this.identity.caPem);
+    const leaf = splitPemBundle(this.identity.certPem)[0]!;
+    if (!bundle.some((b) => verifyIssuedBy(leaf, b)) && bundle.length > 0) {
+      return new TrellisError('TRELLIS_E_CA_ROTATED', `the hub's CA was rotated before this agent renewed: its certificate (serial ${this.identity.serial}) is from a CA the hub no longer trusts; ${fix}`);
+    }
+    const { host, port } = parseHostPort(this.target, 7443);
+    const p = await probeTrust(host, port, this.identity.caPem).catch(() => undefined);
+    if (!p || p.trusted) return undefined;
+    return new TrellisError('TRELLIS_E_CA_ROTATED',
+      `the hub at ${this.target} presents a certificate from CA sha256 ${p.servedCa.slice(0, 16)}… that this agent does not trust (it trusts ${p.bundle.map((f) => f.slice(0, 16) + '…').join(', ')}): most likely the hub's CA was rotated (committed) while this agent was offline; ${fix}. If no rotation happened, check that ${this.target} is the hub`);
+  }
+
+  /** Renew at about two thirds of the certificate's life (only for identities the hub issued), or when the hub asked. */
   private scheduleRenewal(): void {
     clearTimeout(this.renewTimer);
     if (!this.managed || this.closed) return;
     const { notBefore, notAfter } = this.identity;
-    const at = notBefore.getTime() + (notAfter.getTime() - notBefore.getTime()) * (this.opts.renewAt ?? 2 / 3);
+    const at = Math.min(notBefore.getTime() + (notAfter.getTime() - notBefore.getTime()) * (this.opts.renewAt ?? 2 / 3), this.rotationRenewAt ?? Infinity);
     const delay = Math.max(0, at - Date.now());
     this.renewTimer = setTimeout(() => {
       if (delay > 2 ** 31 - 1) return this.scheduleRenewal(); // long timers are re-armed in steps
       this.renew().catch((err) => {
-        this.log.error({ err: (err as Error).message }, 'certificate renewal failed; retrying in 60s');
-        this.renewTimer = setTimeout(() => this.scheduleRenewal(), 60_000);
+        // A renewal the hub ordered (CA rotation) is retried sooner: the rotation waits for it.
+        const retryMs = this.rotationRenewAt !== undefined ? 5_000 + Math.floor(Math.random() * 5_000) : 60_000;
+        this.log.error({ err: (err as Error).message, retryInMs: retryMs }, 'certificate renewal failed; retrying');
+        this.renewTimer = setTimeout(() => this.scheduleRenewal(), retryMs);
         this.renewTimer.unref();
       });
     }, Math.min(delay, 2 ** 31 - 1));
@@ -209,7 +280,37 @@ export class Agent {
   }
 
   /** New key, CSR over the channel, atomic switch of files, then a make-before-break reconnect. */
+  private renewInFlight: Promise<void> | undefined;
+
   async renew(): Promise<void> {
+    if (this.renewInFlight) return this.renewInFlight;
+    this.renewing = true;
+    this.renewInFlight = this.renewOnce().finally(() => { this.renewing = false; this.renewInFlight = undefined; });
+    return this.renewInFlight;
+  }
+
+  /** The hub refused our certificate as replaced by a renewal we never got the answer to: renew again with it. */
+  private async recoverSuperseded(): Promise<boolean> {
+    if (!this.managed || this.closed) return false;
+    const serial = this.identity.serial;
+    await this.renewInFlight?.catch(() => undefined);
+    if (this.identity.serial !== serial) return true;
+    try { await this.renew(); } catch { return false; }
+    return this.identity.serial !== serial;
+  }
+
+  /** After a renewal whose make-before-break switch failed (hub unreachable): retry it while the old stream lives. */
+  private async retrySwitch(): Promise<void> {
+    for (let i = 0; i < 60 && !this.closed; i++) {
+      await new Promise((r) => setTimeout(r, 2_000 + Math.floor(Math.random() * 3_000)).unref());
+      const cur = this.channel.connectedCert;
+      if (cur === undefined || cur === this.identity.certPem) return; // reconnecting anyway, or switched
+      try { await this.channel.reconnectWithNewCredentials(); return; } catch { /* the hub is still away */ }
+    }
+  }
+
+  private async renewOnce(): Promise<void> {
+    const ordered = this.rotationRenewAt;
     const key = generateKey('ec-p256');
     const csr = createCSR({ privateKey: key.privateKey, subject: { commonName: os.hostname() } });
     const res = await this.channel.renew(csr);
@@ -219,7 +320,14 @@ export class Agent {
     const info = certInfo(res.certificate);
     this.identity = { keyPem: key.privateKeyPem, certPem: res.certificate, caPem, serial: info.serialHex, notBefore: info.notBefore, notAfter: info.notAfter };
     this.log.info({ serial: info.serialHex, notAfter: info.notAfter.toISOString() }, 'certificate renewed');
-    await this.channel.reconnectWithNewCredentials();
+    if (this.rotationRenewAt === ordered) this.rotationRenewAt = undefined; // a later order (rollback) still stands
+    try {
+      await this.channel.reconnectWithNewCredentials();
+    } catch (err) {
+      // The new certificate is saved: the channel uses it for every new connection; the live stream is switched later.
+      this.log.warn({ err: (err as Error).message }, 'renewed, but cannot switch the stream to the new certificate yet; retrying');
+      void this.retrySwitch();
+    }
     this.scheduleRenewal();
   }
 

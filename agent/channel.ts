@@ -47,6 +47,17 @@ export interface ChannelOptions {
   outbox?: Outbox;
   /** @default 30000 */
   maxBackoffMs?: number;
+  /**
+   * Called when a connection attempt fails in a way TLS may explain: returns an error naming the
+   * cause and the fix (e.g. the hub's CA was rotated while this agent was offline), or undefined.
+   */
+  diagnose?: (err: Error) => Promise<Error | undefined>;
+  /**
+   * The hub refused the certificate as replaced by a renewal whose answer never arrived (e.g. the
+   * hub restarted mid-renewal): renew again with it (the hub allows that until the replacement
+   * connects). Resolves true when new credentials are in place and reconnecting can help.
+   */
+  onSuperseded?: () => Promise<boolean>;
 }
 
 class Connection {
@@ -54,9 +65,11 @@ class Connection {
   readonly call: grpc.ClientDuplexStream<T.AgentMessage, T.HubMessage__Output>;
   readonly welcome: Promise<T.Welcome__Output>;
   readonly closed: Promise<Error | undefined>;
+  readonly certPem: string;
   private ended = false;
 
   constructor(target: string, creds: Credentials, hello: T.Hello, onMessage: (m: T.HubMessage__Output, c: Connection) => void) {
+    this.certPem = creds.certPem;
     const sslCreds = grpc.credentials.createSsl(Buffer.from(creds.caPem), Buffer.from(creds.keyPem), Buffer.from(creds.certPem));
     this.client = new v1.AgentChannel(target, sslCreds, CLIENT_OPTIONS) as unknown as Connection['client'];
     this.call = this.client.Connect();
@@ -93,6 +106,12 @@ class Connection {
     this.call.cancel();
     this.client.close();
   }
+}
+
+/** The hub refused a certificate replaced by a renewal (agent-channel.ts identifyPeer). */
+function isSuperseded(err: unknown): boolean {
+  const tcode = (err as grpc.ServiceError).metadata?.get(CODE_KEY)?.[0];
+  return tcode === 'TRELLIS_E_CERT_REVOKED' && /replaced by a renewal/.test(String((err as Error).message));
 }
 
 /** Errors after which reconnecting cannot help. */
@@ -156,9 +175,17 @@ export class HubChannel extends EventEmitter {
         } catch (err) {
           conn.destroy();
           if (this.stopped) break;
+          if (isSuperseded(err) && this.opts.onSuperseded && await this.opts.onSuperseded().catch(() => false)) {
+            this.opts.log.warn('the hub had replaced this certificate by a renewal whose answer was lost; renewed again');
+            continue;
+          }
           if (isFatal(err)) { this.fail(err); break; }
           const delay = backoffDelay(attempt++, { maxMs: this.opts.maxBackoffMs ?? 30_000 });
-          this.opts.log.warn({ err: (err as Error).message, retryInMs: delay }, 'cannot connect to the hub; retrying');
+          const why = await this.diagnosed(err as Error);
+          if (this.stopped) break;
+          if (why) this.opts.log.error({ code: (why as { code?: string }).code, err: why.message, retryInMs: delay }, 'cannot connect to the hub');
+          else this.opts.log.warn({ err: (err as Error).message, retryInMs: delay }, 'cannot connect to the hub; retrying');
+          if (why) this.emit('diagnosis', why);
           await this.sleep(delay);
           continue;
         }
@@ -177,6 +204,19 @@ export class HubChannel extends EventEmitter {
       this.setState('connecting', err);
       await this.sleep(delay);
     }
+  }
+
+  private lastDiagnosisMs = 0;
+  private lastDiagnosis: Error | undefined;
+
+  /** A TLS failure explained (at most one probe per 30 s; the last answer is reused in between). */
+  private async diagnosed(err: Error): Promise<Error | undefined> {
+    if (!this.opts.diagnose) return undefined;
+    const now = Date.now();
+    if (now - this.lastDiagnosisMs < 30_000) return this.lastDiagnosis;
+    this.lastDiagnosisMs = now;
+    this.lastDiagnosis = await this.opts.diagnose(err).catch(() => undefined);
+    return this.lastDiagnosis;
   }
 
   private fail(err: unknown): void {
@@ -239,7 +279,7 @@ export class HubChannel extends EventEmitter {
         }
         break;
       }
-      case 'caBundle': if (m.caBundle) this.emit('caBundle', m.caBundle.certificates); break;
+      case 'caBundle': if (m.caBundle) this.emit('caBundle', m.caBundle.certificates, m.caBundle); break;
       default: break;
     }
   }
@@ -337,6 +377,9 @@ export class HubChannel extends EventEmitter {
       throw fromGrpcError(err);
     }
   }
+
+  /** The certificate of the live stream, if any (after a renewal: old until the switch succeeded). */
+  get connectedCert(): string | undefined { return this.current?.certPem; }
 
   /** Sends a unary Renew over the current credentials. */
   async renew(csr: string, timeoutMs = 15_000): Promise<T.RenewResponse__Output> {

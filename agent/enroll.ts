@@ -41,7 +41,7 @@ export async function enroll(o: EnrollOptions): Promise<EnrollResult> {
   const bundle = pinnedBundle(served, token.caFingerprint);
   if (!bundle) {
     throw new TrellisError('TRELLIS_E_CA_PIN_MISMATCH',
-      `the hub at ${formatHostPort(host, port)} does not present the CA pinned in the join token (sha256 ${token.caFingerprint.slice(0, 16)}…); the token was not sent. Check the address, or that the token came from this hub`);
+      `the hub at ${formatHostPort(host, port)} does not present the CA pinned in the join token (sha256 ${token.caFingerprint.slice(0, 16)}…); the token was not sent. Check the address and that the token came from this hub; if the hub's CA was rotated (\`trellis ca rotate commit\`) since the token was made, create a new one with \`trellis tokens create\``);
   }
 
   // 2. Key and CSR, made here.

@@ -19,6 +19,8 @@
  *     rotate_10k_values_s        master key rotation over 10,000 secrets, lowdb store in a temp dir
  *  7. raw_stream_events_per_s, ingest_events_per_s, event_to_action_p99_ms, webhook_req_per_s,
  *     secret_fanout_1000_agents_p99_ms   automation against the child hub (bench/automation.ts)
+ *  9. ca_rotation_1000_agents_s  `ca rotate start` → all renewed → `commit` with 1,000 simulated agents
+ *                                 connected to a hub of its own (bench/ca-rotation.ts, bench/simagent.ts)
  *  8. preauth_rss_40x4mib_mb     hub RSS growth under 40 concurrent unauthenticated 4 MiB Logins
  *     kv_set_p99_ms              authenticated kv set latency (a state-file write), quiet hub
  *     login_flood_kv_set_p99_ms  the same while 16 clients from 16 addresses flood Login (bench/dos.ts)
@@ -54,6 +56,7 @@ import { benchSeal } from './seal.js';
 import { benchAgentInstall } from './fleet.js';
 import { benchEventToAction, benchIngest, benchSecretFanout, benchWebhook, installBenchPack, type AutomationCtx } from './automation.js';
 import { silenceIpServernameWarning } from '../common/warnings.js';
+import { benchCaRotation } from './ca-rotation.js';
 import { mean, note, percentile, pool, processCpuMs, sleep, startChildHub, type ChildHub } from './lib.js';
 
 silenceIpServernameWarning();
@@ -81,6 +84,7 @@ const FIGURES = [
   'raw_stream_events_per_s', 'ingest_events_per_s', 'event_to_action_p99_ms', 'webhook_req_per_s', 'secret_fanout_1000_agents_p99_ms',
   'preauth_rss_40x4mib_mb', 'kv_set_p99_ms', 'login_flood_kv_set_p99_ms',
   'agent_install_wall_s',
+  'ca_rotation_1000_agents_s',
 ] as const;
 type Figure = typeof FIGURES[number];
 const reported = new Set<Figure>();
@@ -140,7 +144,7 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 process.on('uncaughtException', (err) => { note(`uncaught: ${err.stack ?? err}`); void finish(); });
 process.on('unhandledRejection', (err) => { note(`unhandled rejection: ${(err as Error)?.stack ?? err}`); void finish(); });
 // A last resort: never hang a CI job.
-setTimeout(() => { note('watchdog: over 600 s, giving up'); void finish(); }, 600_000).unref();
+setTimeout(() => { note('watchdog: over 900 s, giving up'); void finish(); }, 900_000).unref();
 
 // ---- 1. certificate issuance through the hub's own function ------------------------------------
 /**
@@ -491,6 +495,12 @@ async function main(): Promise<void> {
       report('login_flood_kv_set_p99_ms', r.flood, 'ms', 1);
     });
   }
+  // Its own hub (a committed rotation changes the CA), after the main hub's phases.
+  await figure(['ca_rotation_1000_agents_s'], async () => {
+    await child?.stop().catch(() => undefined); // the machine to itself
+    const nodeArgs = (process.env.TRELLIS_BENCH_HUB_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
+    report('ca_rotation_1000_agents_s', await benchCaRotation({ root: ROOT, tmpRoot: tmpRoot!, names: NAMES, trustDomain: TRUST_DOMAIN, nodeArgs, closers }), 's', 1);
+  });
   note(`load average at end: ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
   note(`done in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 }

@@ -3,7 +3,12 @@ import * as grpc from '@grpc/grpc-js';
 import { v1 } from '../common/proto.js';
 import { CLIENT_OPTIONS } from '../common/grpc-options.js';
 import { fromGrpcError } from '../common/grpc-errors.js';
-import { readProfile, type Profile } from './profile.js';
+import { TrellisError } from '../common/errors.js';
+import { fingerprintSha256, splitPemBundle } from '../certs/index.js';
+import { looksLikeTlsFailure, probeTrust } from '../common/tlsprobe.js';
+import { parseHostPort } from '../common/grpc-options.js';
+import { readProfile, writeProfile, type Profile } from './profile.js';
+import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 export interface AdminClients {
   auth: InstanceType<typeof v1.AdminAuth>;
@@ -24,6 +29,7 @@ export interface AdminClients {
   rules: InstanceType<typeof v1.AdminRules>;
   executions: InstanceType<typeof v1.AdminExecutions>;
   webhooks: InstanceType<typeof v1.AdminWebhooks>;
+  ca: InstanceType<typeof v1.AdminCa>;
   version: InstanceType<typeof v1.Version>;
   metadata: grpc.Metadata;
   close(): void;
@@ -57,6 +63,7 @@ export function adminClients(hub: string, caPem: string, token?: string, tenant?
     rules: new v1.AdminRules(hub, creds, opts),
     executions: new v1.AdminExecutions(hub, creds, opts),
     webhooks: new v1.AdminWebhooks(hub, creds, opts),
+    ca: new v1.AdminCa(hub, creds, opts),
     version: new v1.Version(hub, creds, opts),
     metadata,
     close: () => base.close(),
@@ -80,9 +87,55 @@ export function call<Req, Res>(c: AdminClients, client: object, fn: UnaryFn<Req,
   });
 }
 
+const fingerprints = (pem: string) => splitPemBundle(pem).map((c) => fingerprintSha256(c)).sort().join(',');
+
+/**
+ * Keeps the profile's pinned CA bundle equal to the hub's trust bundle (old+new CA during a CA
+ * rotation, the new CA alone after commit). The bundle is read over a connection the profile's
+ * bundle verified, so only the hub it already trusts can change it.
+ */
+export async function saveTrustBundle(p: Profile, bundle: string[]): Promise<boolean> {
+  if (bundle.length === 0) return false;
+  const pem = bundle.map((c) => (c.endsWith('\n') ? c : c + '\n')).join('');
+  if (fingerprints(pem) === fingerprints(p.caPem)) return false;
+  const now = readProfile();
+  if (now.hub !== p.hub) return false; // logged in elsewhere meanwhile
+  await writeProfile({ ...now, caPem: pem });
+  return true;
+}
+
+async function refreshTrust(c: AdminClients, p: Profile): Promise<void> {
+  const v = await call<T.GetVersionRequest, T.VersionInfo__Output>(c, c.version, c.version.GetVersion, {}, 5_000);
+  if (await saveTrustBundle(p, v.trustBundle)) process.stderr.write(`trellis: the hub's CA bundle changed (CA rotation); the profile now trusts CA sha256 ${v.trustBundle.map((b) => fingerprintSha256(b).slice(0, 16)).join(', ')}\n`);
+}
+
+/**
+ * A TLS failure explained: the hub presents a CA the trusted bundle does not hold (its CA was
+ * rotated); other errors are returned unchanged.
+ */
+export async function explainTlsFailure(err: unknown, hub: string, caPem: string, what: string, user = 'NAME'): Promise<unknown> {
+  const e = fromGrpcError(err);
+  if (e.code !== 'TRELLIS_E_UNAVAILABLE' || !looksLikeTlsFailure(e)) return err;
+  const { host, port } = parseHostPort(hub, 7444);
+  const probe = await probeTrust(host, port, caPem).catch(() => undefined);
+  if (!probe || probe.trusted) return err;
+  return new TrellisError('TRELLIS_E_CA_ROTATED',
+    `the hub at ${hub} presents CA sha256 ${probe.servedCa} which ${what} does not trust (it holds ${probe.bundle.map((f) => f.slice(0, 16) + '…').join(', ')}): the hub's CA was most likely rotated. ` +
+    `Log in again with the new CA: trellis login --hub ${hub} --user ${user} --ca NEW_CA.pem (ca.pem in the hub data directory), or --ca-fingerprint ${probe.servedCa} after checking it with the hub's operator`);
+}
+
 /** Runs fn with clients for the logged-in profile (and the profile), closing them afterwards. */
 export async function withClients<R>(fn: (c: AdminClients, p: Profile) => Promise<R>): Promise<R> {
   const p = readProfile();
   const c = fromProfile(p);
-  try { return await fn(c, p); } finally { c.close(); }
+  // In parallel with the command: keep the pinned bundle current (a CA rotation adds, then drops, a CA).
+  const refresh = refreshTrust(c, p).catch(() => undefined);
+  try {
+    return await fn(c, p);
+  } catch (e) {
+    throw await explainTlsFailure(e, p.hub, p.caPem, 'your profile', p.username || 'NAME');
+  } finally {
+    await refresh;
+    c.close();
+  }
 }

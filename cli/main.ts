@@ -14,6 +14,7 @@ import { addEventCommands } from './commands/events.js';
 import { addPackCommands } from './commands/packs.js';
 import { addRuleCommands } from './commands/rules.js';
 import { addFleetCommands } from './commands/fleet.js';
+import { addCaCommands } from './commands/ca.js';
 
 export function buildProgram(): Command {
   const program = new Command('trellis')
@@ -38,6 +39,7 @@ export function buildProgram(): Command {
   addEventCommands(program);
   addPackCommands(program);
   addRuleCommands(program);
+  addCaCommands(program);
   program.addHelpText('after', `
 Start here:
   trellis hub init --data /var/lib/trellis-hub --name hub.example.com,10.0.0.5

@@ -30,6 +30,8 @@ export const ERROR_CODES = {
   TRELLIS_E_SECRET_INVALID: 'a sealed secret or ciphertext does not open (tampered, or for another agent, tenant or key)',
   TRELLIS_E_AGENT_BUSY: 'the agent is at its concurrency limit; the execution waits or was refused',
   TRELLIS_E_RATE_LIMITED: 'too many requests of this kind in a short time (renewals, failed logins from your address, unauthenticated calls or logins in progress); wait and retry (the message says how long)',
+  TRELLIS_E_CA_ROTATED: 'the hub\'s CA was rotated and this side still trusts (or holds a certificate from) the old one: re-enroll the agent (`trellis agent enroll --force` with a new token) or log in again with the new CA',
+  TRELLIS_E_ROTATION: 'the CA rotation is not in a state that allows this step (none running, one already running, or agents still on the old CA); the message says what to do',
   TRELLIS_E_UNIMPLEMENTED: 'this operation is part of the contract but not built in this release',
   TRELLIS_E_SSH: 'an SSH connection, login or remote command of `trellis agents install` failed; the message names the host and why',
   TRELLIS_E_SSH_HOST_KEY: 'a server\'s SSH host key is not in known_hosts (add it, or pass --accept-new-host-keys) or has changed (check it; nothing was sent)',

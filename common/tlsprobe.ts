@@ -53,3 +53,32 @@ export function pinnedBundle(chain: string[], pin: string): string[] | undefined
   for (let i = idx; i > 0; i--) if (!verifyIssuedBy(chain[i - 1]!, chain[i]!)) return undefined;
   return bundle;
 }
+
+/** What a probe of a server's chain says about a trust bundle (see untrustedHubError). */
+export interface TrustProbe {
+  /** The served chain verifies against the bundle (a served certificate is in it, or was issued by one in it). */
+  trusted: boolean;
+  /** Fingerprint of the top certificate the server presents (its CA, for a hub). */
+  servedCa: string;
+  /** Fingerprints of the bundle's certificates. */
+  bundle: string[];
+}
+
+/** Probes the chain a server presents (without trusting it) and checks it against a PEM bundle. */
+export async function probeTrust(host: string, port: number, bundlePem: string, timeoutMs = 5_000): Promise<TrustProbe> {
+  const served = await fetchServedChain(host, port, timeoutMs);
+  const bundle = splitPems(bundlePem);
+  const fps = new Set(bundle.map((b) => fingerprintSha256(b)));
+  const trusted = served.some((c) => fps.has(fingerprintSha256(c)) || bundle.some((b) => verifyIssuedBy(c, b)));
+  return { trusted, servedCa: served.length ? fingerprintSha256(served[served.length - 1]!) : '', bundle: [...fps] };
+}
+
+function splitPems(pem: string): string[] {
+  return pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n?/g) ?? [];
+}
+
+/** Connection errors worth a trust probe: TLS verification and handshake failures, not "connection refused". */
+export function looksLikeTlsFailure(err: unknown): boolean {
+  const m = String((err as Error)?.message ?? err);
+  return /certificate|ssl|tls|handshake|alert|self[- ]signed|issuer|verify/i.test(m) && !/ECONNREFUSED|ENOTFOUND|EHOSTUNREACH/.test(m);
+}

@@ -16,6 +16,7 @@ import type { RulesEngine } from './rules/index.js';
 import type { AgentConfigs } from './agentconfig/index.js';
 import type { RenewLimiter } from './agents/renewal.js';
 import type { RefusalThrottle } from './audit/throttle.js';
+import type { CaRotation } from './pki/rotation.js';
 
 /** Everything the gRPC layer may call, built once in hub/hub.ts. */
 export interface HubComponents {
@@ -44,6 +45,8 @@ export interface HubComponents {
   renewLimiter: RenewLimiter;
   /** The audit log as every port records into it: refusals of unidentified callers and agents (rate-limit refusals among them) throttled, the one throttle of refusal records (hub/audit/throttle.ts). */
   refusalAudit: RefusalThrottle;
+  /** CA rotation in phases (hub/pki/rotation.ts): trust bundle, renewal orders, commit and rollback. */
+  rotation: CaRotation;
   /** The bound agent port (known once listening). */
   agentPort: () => number;
   /** Webhooks (hub/webhooks): secrets under the master key, signature checks, counters. */

@@ -45,6 +45,8 @@ import { webhookRoute } from './web/webhooks.js';
 import { AgentDist } from './web/agentdist.js';
 import { EventStream } from './web/stream.js';
 import { addWebhookServices } from './grpc/webhooks.js';
+import { addCaServices } from './grpc/ca-rotation.js';
+import { CaRotation, recoverRotation } from './pki/rotation.js';
 import { assertTableCovers } from './authz/index.js';
 import { allMethodPaths } from '../common/proto.js';
 import { SERVER_OPTIONS } from '../common/grpc-options.js';
@@ -91,6 +93,9 @@ export class Hub {
     assertTableCovers(allMethodPaths());
 
     const store: Store = await openStore(opts.memoryStore ? { kind: 'memory' } : { kind: 'lowdb', path: paths.store });
+    // A CA rotation commit cut short by a crash is finished before the CA files are read.
+    const recovered = await recoverRotation(paths);
+    if (recovered) log.warn({ component: 'pki' }, recovered);
     const pki = HubPki.load(paths, config.names);
     const iam = new Iam(store);
     await iam.ensureDefaultTenant();
@@ -102,12 +107,15 @@ export class Hub {
       backends: buildBackends(config.auth.backends, { store, log: authLog, kdf: kdf.kdf }),
     });
     auth.on('backend-error', (e: { backend: string; message: string }) => authLog.warn({ backend: e.backend, error: e.message }, 'login backend error'));
-    const tokens = new JoinTokens(store, { caFingerprint: pki.caFingerprint, defaultTtlMs: config.joinTokenTtl });
+    // New tokens pin the CA the hub certificate chains to now (it changes when a CA rotation commits).
+    const tokens = new JoinTokens(store, { get caFingerprint() { return pki.caFingerprint; }, defaultTtlMs: config.joinTokenTtl });
     const agents = new AgentRegistry(store, { heartbeatTtlMs: config.heartbeatTtl });
     await agents.load();
     const events = new EventIntake({ log: log.child({ component: 'events' }) });
     let boundAgentPort = config.agentPort;
     const audit = await AuditLog.open({ dir: paths.audit, log: log.child({ component: 'audit' }) });
+    const rotation = CaRotation.open({ paths, pki, agents, log: log.child({ component: 'pki' }), audit, names: config.names });
+    if (recovered) audit.record({ timeMs: Date.now(), actor: 'hub', tenant: '', method: 'ca/RecoverRotation', target: `ca:${pki.caFingerprint.slice(0, 16)}`, result: 'ok', sourceAddress: '', detail: recovered.slice(0, 300) });
     const kvLog = log.child({ component: 'kv' });
     const kv = new KvStore(store, await Keyring.open(opts.dataDir), { onError: (err) => kvLog.error({ err }, 'datastore') });
     const movedPrivate = await kv.migratePrivateKeys();
@@ -149,14 +157,16 @@ export class Hub {
     // covers them; refusals of known users (the /stream per-user limit's 429 too) are each recorded.
     const refusalAudit = new RefusalThrottle(audit, { only: (e) => e.actor === '-' || e.actor.startsWith('agent:') });
     const components: HubComponents = {
-      config, log, store, pki, iam, auth, audit, tokens, agents, events, kv, packs, executions, rules, agentConfigs, renewLimiter, refusalAudit,
+      config, log, store, pki, iam, auth, audit, tokens, agents, events, kv, packs, executions, rules, agentConfigs, renewLimiter, refusalAudit, rotation,
       agentPort: () => boundAgentPort, webhooks, webPort: () => boundWebPort,
     };
 
     // One identity provider for both ports, one CA provider for client certificates.
     const identity = new MemoryCertificateProvider({ certChain: pki.hubIdentity.certChainPem, key: pki.hubIdentity.keyPem });
-    const clientCa = new MemoryCertificateProvider({ ca: pki.trustBundle.join('\n') });
+    const clientCa = new MemoryCertificateProvider({ ca: pki.clientTrust.join('\n') });
     pki.onIdentityChange((id) => identity.setIdentity(id.certChainPem, id.keyPem));
+    // CA rotation: client certificates of the old and the new CA verify, updated in place (no listener restart).
+    pki.onTrustChange(() => clientCa.setCa(pki.clientTrust.join('\n')));
 
     // Agents are verified in the TLS handshake: the full limit. Admin callers are verified per call:
     // the pre-auth gate holds each call's body until its credential checks out (hub/grpc/preauth.ts).
@@ -180,6 +190,7 @@ export class Hub {
     addPackServices(adminServer, components, adminDeps);
     addRuleServices(adminServer, components, adminDeps);
     addWebhookServices(adminServer, components, adminDeps);
+    addCaServices(adminServer, components, adminDeps);
 
     const bindTo = (server: grpc.Server, port: number, creds: grpc.ServerCredentials, what: string) =>
       new Promise<number>((resolve, reject) => {
@@ -236,6 +247,8 @@ export class Hub {
     // Renews the hub certificate at 2/3 of its life; warns of hub/CA expiry at start and daily.
     hub.certLifecycle = new HubCertLifecycle(pki, log.child({ component: 'pki' }), audit);
     hub.certLifecycle.start();
+    rotation.start();
+    if (rotation.phase === 'started') log.info({ component: 'pki', caFingerprint: pki.caFingerprint, newCa: pki.issuingFingerprint }, 'a CA rotation is under way: see `trellis ca rotate status`');
     log.info({ agentPort, adminPort, webPort, bind: config.bind, names: config.names, caFingerprint: pki.caFingerprint, canIssue: pki.canIssue }, 'hub running');
     return hub;
   }
@@ -247,6 +260,7 @@ export class Hub {
     clearInterval(this.sweepTimer);
     clearInterval(this.eventSweepTimer);
     this.certLifecycle?.close();
+    this.components.rotation.close();
     this.live?.close();
     const c = this.components;
     c.agentConfigs.close();

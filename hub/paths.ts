@@ -9,6 +9,13 @@ export function hubPaths(dataDir: string) {
     caKey: join(dataDir, 'ca-key.pem'), // absent when the operator kept the CA key
     hubCert: join(dataDir, 'hub.pem'), // hub leaf first, then the chain
     hubKey: join(dataDir, 'hub-key.pem'),
+    // CA rotation (hub/pki/rotation.ts): its state, the next CA's key (0600), the hub certificate
+    // issued from the next CA while a commit is under way, and the CA a commit replaced.
+    caRotation: join(dataDir, 'ca-rotation.json'),
+    caNextKey: join(dataDir, 'ca-next-key.pem'),
+    hubNextCert: join(dataDir, 'hub-next.pem'),
+    hubNextKey: join(dataDir, 'hub-next-key.pem'),
+    caPrevious: join(dataDir, 'ca-previous.pem'),
     store: join(dataDir, 'state.json'),
     adminProfile: join(dataDir, 'admin-profile.json'),
     audit: join(dataDir, 'audit'), // append-only audit segments (hub/audit), 0700

@@ -2,7 +2,7 @@
  * The hub certificate's lifecycle on a real hub (loopback, real TLS, the real CLI):
  * - `trellis certs issue-hub` issues a certificate from the internal CA and serves it at once
  *   (a new TLS connection sees the new serial; a connected agent stays connected); `--name` puts
- *   the names in subjectAltName and is validated; without certs:replace → PERMISSION_DENIED; a
+ *   the names in subjectAltName and is validated; without administration (a certs:replace grant is not enough) → PERMISSION_DENIED; a
  *   hub without its CA key → FAILED_PRECONDITION (TRELLIS_E_CA_NO_KEY);
  * - `certs replace` with a leaf alone serves leaf + CA chain (enrollment and login pinning keep
  *   working); a chain holding a certificate outside the hub CA chain, or a foreign chain, is refused;

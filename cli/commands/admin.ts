@@ -7,7 +7,7 @@ import { parseHostPort, formatHostPort } from '../../common/grpc-options.js';
 import { fetchServedChain, pinnedBundle } from '../../common/tlsprobe.js';
 import { fingerprintSha256, splitPemBundle } from '../../certs/index.js';
 import { fromGrpcError } from '../../common/grpc-errors.js';
-import { adminClients, call, fromProfile, withClients } from '../client.js';
+import { adminClients, call, explainTlsFailure, fromProfile, withClients } from '../client.js';
 import { readProfile, writeProfile } from '../profile.js';
 import { ask, askHidden, isInteractive } from '../prompt.js';
 import { table, ago, when, labels, parseKeyValues, print, printErr, writeOutput, clean } from '../format.js';
@@ -73,7 +73,8 @@ export function addAdminCommands(program: Command): void {
       const password = process.env.TRELLIS_PASSWORD || (await askHidden(`Password for ${o.user}: `));
       const c = adminClients(hub, caPem);
       try {
-        const r = await call<T.LoginRequest, T.LoginResponse__Output>(c, c.auth, c.auth.Login, { username: o.user, password });
+        const r = await call<T.LoginRequest, T.LoginResponse__Output>(c, c.auth, c.auth.Login, { username: o.user, password })
+          .catch(async (e) => { throw await explainTlsFailure(e, hub, caPem, o.ca ? `the CA file ${o.ca}` : 'the pinned CA', o.user); });
         // The profile's tenant: --tenant, else the first tenant the hub says the user belongs to.
         const asked = process.env.TRELLIS_TENANT;
         const who = adminClients(hub, caPem, r.token, asked);

@@ -31,7 +31,7 @@ export async function enrollAgent(deps: EnrollDeps, input: EnrollInput): Promise
   const issued = deps.pki.issueAgentCertificate({ publicKey: csr.publicKey, agentId, tenant: token.tenant, trustDomain: deps.trustDomain, ttlMs: deps.agentCertTtlMs });
   const agent: AgentDoc = {
     id: agentId, tenant: token.tenant, hostname, labels, enrolledAt: Date.now(), tokenId: token.id,
-    spiffeId: spiffeId(deps.trustDomain, token.tenant, agentId), certSerial: issued.serial, certExpiresAt: issued.notAfter.getTime(),
+    spiffeId: spiffeId(deps.trustDomain, token.tenant, agentId), certSerial: issued.serial, certExpiresAt: issued.notAfter.getTime(), certCa: issued.caFingerprint,
     serials: [{ serial: issued.serial, notAfter: issued.notAfter.getTime() }], revoked: false,
   };
   await deps.agents.create(agent);

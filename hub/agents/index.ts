@@ -23,6 +23,8 @@ export interface AgentDoc extends Doc {
   spiffeId: string;
   certSerial: string;
   certExpiresAt: number;
+  /** SHA-256 of the CA that issued certSerial (absent on records from before CA rotation: the CA of that time). */
+  certCa?: string;
   /** The agent's serials still valid (not expired, not replaced by a renewal), for revocation. */
   serials: Array<{ serial: string; notAfter: number }>;
   /**
@@ -144,7 +146,7 @@ export class AgentRegistry {
    * every other unexpired serial of the agent goes into the CRL as superseded. Live streams
    * are not cut here (the agent switches make-before-break; see retireSuperseded).
    */
-  async recordRenewal(id: string, r: { from: string; serial: string; notAfter: number }): Promise<{ superseded: string[] }> {
+  async recordRenewal(id: string, r: { from: string; serial: string; notAfter: number; ca?: string }): Promise<{ superseded: string[] }> {
     const now = this.now();
     const serial = normalizeSerial(r.serial);
     let replaced: Array<{ serial: string; notAfter: number }> = [];
@@ -152,7 +154,7 @@ export class AgentRegistry {
       if (!a) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no agent ${id}`);
       replaced = a.serials.filter((s) => s.notAfter > now && normalizeSerial(s.serial) !== serial);
       return {
-        ...a, certSerial: serial, certExpiresAt: r.notAfter, serials: [{ serial, notAfter: r.notAfter }],
+        ...a, certSerial: serial, certExpiresAt: r.notAfter, certCa: r.ca ?? a.certCa, serials: [{ serial, notAfter: r.notAfter }],
         pendingRenewal: { from: normalizeSerial(r.from), to: serial, atMs: now },
       };
     });
@@ -239,6 +241,16 @@ export class AgentRegistry {
     let newest: AgentLink | undefined;
     for (const l of set) if (!newest || l.connectedAt >= newest.connectedAt) newest = l;
     return newest;
+  }
+
+  /** Live links: the newest of each connected agent, or every one with `all`. */
+  connectedLinks(all = false): AgentLink[] {
+    const out: AgentLink[] = [];
+    for (const [id, set] of this.links) {
+      if (all) out.push(...set);
+      else { const l = this.link(id); if (l) out.push(l); }
+    }
+    return out;
   }
 
   isOnline(agentId: string, now = Date.now()): boolean {

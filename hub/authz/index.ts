@@ -93,6 +93,11 @@ export const METHOD_TABLE: Readonly<Record<string, Requirement>> = Object.freeze
   [`/${S}.AdminCerts/GetCrl`]: perm('certs:read'),
   [`/${S}.AdminCerts/ReplaceHubCertificate`]: ADMIN,
   [`/${S}.AdminCerts/IssueHubCertificate`]: ADMIN,
+  // CA rotation changes what every agent and client trusts: platform administration, like the hub certificate.
+  [`/${S}.AdminCa/RotateStart`]: ADMIN,
+  [`/${S}.AdminCa/GetRotation`]: perm('certs:read'),
+  [`/${S}.AdminCa/RotateCommit`]: ADMIN,
+  [`/${S}.AdminCa/RotateRollback`]: ADMIN,
   [`/${S}.AdminRuns/Run`]: perm('agents:run'),
   // Users, tenants and groups are platform administration.
   [`/${S}.AdminUsers/CreateUser`]: ADMIN,

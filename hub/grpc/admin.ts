@@ -84,6 +84,8 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
   server.addService(v1.Version.service, {
     GetVersion: unary<T.GetVersionRequest__Output, T.VersionInfo>(deps, `${S}.Version/GetVersion`, async () => ({
       version: TRELLIS_VERSION, api: API_VERSION, caFingerprint: c.pki.caFingerprint, canIssue: c.pki.canIssue, webPort: c.webPort?.() ?? 0,
+      // Clients keep their pinned CA current from this (read over a connection their pin verified).
+      trustBundle: c.pki.trustBundle,
     })),
   });
 

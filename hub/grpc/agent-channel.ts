@@ -60,9 +60,11 @@ export function identifyPeer(c: HubComponents, call: { getAuthContext(): { sslPe
   const raw = call.getAuthContext()?.sslPeerCertificate?.raw;
   if (!raw) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'no client certificate: the agent port needs the certificate from `trellis agent enroll`');
   const cert = new X509Certificate(raw);
-  const ca = caX509(c);
-  if (!cert.checkIssued(ca) || !cert.verify(ca.publicKey)) {
-    throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'the client certificate was not issued by this hub\'s CA');
+  // Any CA the hub accepts agent certificates from: the CA, and during a CA rotation the new one
+  // (and a rolled-back one until its agents renewed). TLS checked the chain; this checks the issuer.
+  const ca = caX509s(c).find((x) => cert.checkIssued(x) && cert.verify(x.publicKey));
+  if (!ca) {
+    throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'the client certificate was not issued by this hub\'s CA (after a CA rotation, re-enroll with `trellis agent enroll --force`)');
   }
   if (!(cert.keyUsage ?? []).includes(CLIENT_AUTH_OID)) {
     throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', 'the client certificate is not valid for client authentication (EKU clientAuth missing)');
@@ -86,13 +88,14 @@ export function identifyPeer(c: HubComponents, call: { getAuthContext(): { sslPe
   return { agentId: ids[0]!.agentId, tenant: ids[0]!.tenant, serial, notAfter, certPem: cert.toString(), superseded };
 }
 
-const caCache = new WeakMap<object, { pem: string; x: X509Certificate }>();
-function caX509(c: HubComponents): X509Certificate {
+const caCache = new WeakMap<object, { pems: string[]; xs: X509Certificate[] }>();
+function caX509s(c: HubComponents): X509Certificate[] {
+  const pems = c.pki.agentIssuers;
   const hit = caCache.get(c.pki);
-  if (hit && hit.pem === c.pki.caCertPem) return hit.x;
-  const x = new X509Certificate(c.pki.caCertPem);
-  caCache.set(c.pki, { pem: c.pki.caCertPem, x });
-  return x;
+  if (hit && hit.pems.length === pems.length && hit.pems.every((p, i) => p === pems[i])) return hit.xs;
+  const xs = pems.map((p) => new X509Certificate(p));
+  caCache.set(c.pki, { pems, xs });
+  return xs;
 }
 
 /** Checks the registry: known (or operator-issued, then registered), same tenant, not revoked. */
@@ -102,7 +105,7 @@ async function admitAgent(c: HubComponents, id: PeerIdentity): Promise<AgentDoc 
     await c.agents.create({
       id: id.agentId, tenant: id.tenant, hostname: '', labels: {}, enrolledAt: Date.now(), tokenId: c.pki.canIssue ? 'unknown' : 'operator-issued',
       spiffeId: `spiffe://${c.config.trustDomain}/tenant/${id.tenant}/agent/${id.agentId}`, certSerial: id.serial, certExpiresAt: id.notAfter,
-      serials: [{ serial: id.serial, notAfter: id.notAfter }], revoked: false,
+      serials: [{ serial: id.serial, notAfter: id.notAfter }], revoked: false, certCa: c.pki.issuerOf(id.certPem),
     });
     c.log.warn({ component: 'agent-port', agentId: id.agentId, tenant: id.tenant }, 'agent with a valid certificate but no record: registered');
     return undefined;
@@ -193,6 +196,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
             c.agents.retireSuperseded(id.agentId, SUPERSEDED_STREAM_GRACE_MS);
             log.info({ agentId: id.agentId, tenant: id.tenant, serial: id.serial, peer: call.getPeer() }, 'agent connected');
             call.write({ welcome: { agentId: id.agentId, tenant: id.tenant, heartbeatIntervalMs: c.config.heartbeatInterval, caBundle: c.pki.trustBundle, serverTimeMs: Date.now() } });
+            c.rotation.onAgentAttached(link); // during a CA rotation: renew from the new CA, at its moment in the window
             c.executions.onAgentAttached(id.agentId); // waiting executions go out after the welcome
             c.agentConfigs.onAttach(id.agentId); // sensors, edge rules and their sealed values
             c.events.attached(id.agentId);
@@ -251,10 +255,12 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
         if (id.superseded && doc?.pendingRenewal?.from !== id.serial) {
           throw new TrellisError('TRELLIS_E_CERT_REVOKED', `certificate ${id.serial} of agent ${id.agentId} was replaced by a renewal; it cannot renew again`);
         }
-        c.renewLimiter.take(id.agentId);
+        // A renewal that moves the agent to the issuing CA (CA rotation or its rollback) is not
+        // counted: it happens once per CA change, and the hub itself asked for it.
+        if (c.pki.issuerOf(id.certPem) === c.pki.issuingFingerprint) c.renewLimiter.take(id.agentId);
         const csr = parseCSR(call.request.csr);
         const issued = c.pki.issueAgentCertificate({ publicKey: csr.publicKey, agentId: id.agentId, tenant: id.tenant, trustDomain: c.config.trustDomain, ttlMs: c.config.agentCertTtl });
-        const r = await c.agents.recordRenewal(id.agentId, { from: id.serial, serial: issued.serial, notAfter: issued.notAfter.getTime() });
+        const r = await c.agents.recordRenewal(id.agentId, { from: id.serial, serial: issued.serial, notAfter: issued.notAfter.getTime(), ca: issued.caFingerprint });
         log.info({ agentId: id.agentId, oldSerial: id.serial, serial: issued.serial, superseded: r.superseded, notAfter: issued.notAfter.toISOString() }, 'agent certificate renewed');
         auditAgentPort(c, { method: 'Renew', peer: call.getPeer(), id, detail: `serial ${id.serial} -> ${issued.serial} (valid until ${issued.notAfter.toISOString()}); superseded ${r.superseded.join(', ') || '-'}` });
         callback(null, { certificate: issued.certPem, caBundle: c.pki.trustBundle });

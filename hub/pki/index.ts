@@ -28,21 +28,28 @@ export function parseSpiffeId(uri: string): { trustDomain: string; tenant: strin
   return m ? { trustDomain: m[1]!, tenant: m[2]!, agentId: m[3]! } : undefined;
 }
 
+/** A CA the hub knows: its chain (issuing CA first, then parents) and, when the hub holds it, its key. */
+export interface CaMaterial { chain: string[]; key: KeyObject | undefined }
+
+/**
+ * The CAs of a rotation (hub/pki/rotation.ts), as the PKI serves them: `next` issues agent
+ * certificates and is trusted next to the current CA; `retired` (a rolled-back next CA) is
+ * trusted for agent certificates only, until the agents it issued have renewed.
+ */
+export interface RotationTrust { next?: CaMaterial; retired?: string[] }
+
 export class HubPki {
-  /** Issuing CA first, then any parents up to the operator's root. */
-  readonly caChain: string[];
-  readonly caKey: KeyObject | undefined;
-  readonly caFingerprint: string;
-  /** The issuing CA's notAfter: agent certificates never outlive it. */
-  private readonly caNotAfter: number;
+  /** The CA the hub certificate chains to: issuing CA first, then any parents up to the operator's root. */
+  private current: CaMaterial;
+  private rotation: RotationTrust = {};
+  private caNotAfterMs: number;
   private identity: HubIdentity;
   private listeners = new Set<(id: HubIdentity) => void>();
+  private trustListeners = new Set<() => void>();
 
   private constructor(private readonly paths: HubPaths, readonly names: readonly string[], caChain: string[], caKey: KeyObject | undefined, identity: HubIdentity) {
-    this.caChain = caChain;
-    this.caKey = caKey;
-    this.caFingerprint = fingerprintSha256(caChain[0]!);
-    this.caNotAfter = certInfo(caChain[0]!).notAfter.getTime();
+    this.current = { chain: caChain, key: caKey };
+    this.caNotAfterMs = certInfo(caChain[0]!).notAfter.getTime();
     this.identity = identity;
   }
 
@@ -62,10 +69,24 @@ export class HubPki {
     return new HubPki(paths, names, caChain, caKey, identity);
   }
 
-  get canIssue(): boolean { return this.caKey !== undefined; }
-  get caCertPem(): string { return this.caChain[0]!; }
-  /** PEM bundle peers trust: the whole CA chain. */
-  get trustBundle(): string[] { return [...this.caChain]; }
+  /** The CA chain the hub certificate chains to (during a rotation: the old CA, until commit). */
+  get caChain(): string[] { return this.current.chain; }
+  get caKey(): KeyObject | undefined { return this.current.key; }
+  get caFingerprint(): string { return fingerprintSha256(this.current.chain[0]!); }
+  /** The CA agent certificates come from: the next CA while a rotation runs, else the current one. */
+  get issuingCa(): CaMaterial { return this.rotation.next ?? this.current; }
+  get issuingFingerprint(): string { return fingerprintSha256(this.issuingCa.chain[0]!); }
+  get canIssue(): boolean { return this.issuingCa.key !== undefined; }
+  get caCertPem(): string { return this.current.chain[0]!; }
+  /** PEM certificates peers (agents, admin clients) trust: the current CA chain, plus the next one during a rotation. */
+  get trustBundle(): string[] { return dedupe([...this.current.chain, ...(this.rotation.next?.chain ?? [])]); }
+  /** What the agent port accepts client certificates from: the trust bundle plus a rolled-back CA still in use. */
+  get clientTrust(): string[] { return dedupe([...this.trustBundle, ...(this.rotation.retired ?? [])]); }
+  /** The CAs that may have issued a valid agent certificate (issuing CAs only, not their parents). */
+  get agentIssuers(): string[] {
+    return dedupe([this.current.chain[0]!, ...(this.rotation.next ? [this.rotation.next.chain[0]!] : []), ...(this.rotation.retired?.length ? [this.rotation.retired[0]!] : [])]);
+  }
+  get rotationTrust(): RotationTrust { return this.rotation; }
   get hubIdentity(): HubIdentity { return this.identity; }
 
   onIdentityChange(fn: (id: HubIdentity) => void): () => void {
@@ -73,18 +94,52 @@ export class HubPki {
     return () => this.listeners.delete(fn);
   }
 
-  issueAgentCertificate(opts: { publicKey: KeyObject; agentId: string; tenant: string; trustDomain: string; ttlMs: number; now?: Date }): { certPem: string; serial: string; notAfter: Date } {
-    if (!this.caKey) {
+  /** Called after the trust bundle or the issuing CA changed (rotation start, commit, rollback). */
+  onTrustChange(fn: () => void): () => void {
+    this.trustListeners.add(fn);
+    return () => this.trustListeners.delete(fn);
+  }
+
+  /** The fingerprint of the known issuing CA that signed `certPem` (agentIssuers), or undefined. */
+  issuerOf(certPem: string): string | undefined {
+    for (const ca of this.agentIssuers) if (verifyIssuedBy(certPem, ca)) return fingerprintSha256(ca);
+    return undefined;
+  }
+
+  /** Sets the rotation's CAs (the current CA and the hub certificate are unchanged). */
+  setRotation(r: RotationTrust): void {
+    this.rotation = r;
+    for (const fn of this.trustListeners) fn();
+  }
+
+  /**
+   * Commit: `ca` becomes the current CA and `identity` (issued by it, already on disk) the served
+   * hub certificate; the rotation ends. Files are written by the caller (hub/pki/rotation.ts).
+   */
+  adoptCa(ca: CaMaterial, identity: HubIdentity): void {
+    checkHubIdentity(identity, ca.chain, this.names);
+    this.current = ca;
+    this.caNotAfterMs = certInfo(ca.chain[0]!).notAfter.getTime();
+    this.rotation = {};
+    this.identity = identity;
+    for (const fn of this.listeners) fn(identity);
+    for (const fn of this.trustListeners) fn();
+  }
+
+  issueAgentCertificate(opts: { publicKey: KeyObject; agentId: string; tenant: string; trustDomain: string; ttlMs: number; now?: Date }): { certPem: string; serial: string; notAfter: Date; caFingerprint: string } {
+    const ca = this.issuingCa;
+    if (!ca.key) {
       throw new TrellisError('TRELLIS_E_CA_NO_KEY',
         'this hub runs with an operator-supplied CA and no CA key, so it cannot issue agent certificates: issue them with your own CA (URI SAN spiffe://<trust-domain>/tenant/<tenant>/agent/<id>, EKU clientAuth) and start agents with `trellis agent run --cert --key --ca`');
     }
+    const caNotAfter = ca === this.current ? this.caNotAfterMs : certInfo(ca.chain[0]!).notAfter.getTime();
     const now = opts.now ?? new Date();
-    const notAfter = new Date(Math.min(now.getTime() + opts.ttlMs, this.caNotAfter));
+    const notAfter = new Date(Math.min(now.getTime() + opts.ttlMs, caNotAfter));
     const serial = randomSerial();
     const certPem = issueCertificate({
       serial,
-      issuerCertPem: this.caCertPem,
-      issuerKey: this.caKey,
+      issuerCertPem: ca.chain[0]!,
+      issuerKey: ca.key,
       subjectPublicKey: opts.publicKey,
       subject: { commonName: opts.agentId, organization: opts.tenant },
       uris: [spiffeId(opts.trustDomain, opts.tenant, opts.agentId)],
@@ -95,7 +150,7 @@ export class HubPki {
       notBefore: new Date(now.getTime() - Math.min(5 * 60_000, Math.floor(opts.ttlMs / 10))),
       notAfter,
     });
-    return { certPem, serial: normalizeSerial(serial.toString('hex')), notAfter };
+    return { certPem, serial: normalizeSerial(serial.toString('hex')), notAfter, caFingerprint: fingerprintSha256(ca.chain[0]!) };
   }
 
   crl(revoked: RevokedEntry[], crlNumber: number): string {
@@ -123,22 +178,27 @@ export class HubPki {
  * Issues a hub serving certificate from the internal CA: a fresh key of the CA's type, every name
  * in subjectAltName, `ttlMs` of life (never past the CA's notAfter). Returns the served chain.
  */
-export function issueHubCertificate(pki: HubPki, names: readonly string[], ttlMs: number, now = new Date()): HubIdentity {
-  if (!pki.caKey) {
+export function issueHubCertificate(pki: HubPki, names: readonly string[], ttlMs: number, now = new Date(), ca: CaMaterial = { chain: pki.caChain, key: pki.caKey }): HubIdentity {
+  if (!ca.key) {
     throw new TrellisError('TRELLIS_E_CA_NO_KEY',
       'this hub has no CA key (operator-supplied CA), so it cannot issue its own certificate: issue one with your CA (server usage, every hub name in subjectAltName) and install it with `trellis certs replace --hub-cert --hub-key`');
   }
-  const kt = describeKey(pki.caKey);
+  const kt = describeKey(ca.key);
   const key = generateKey((KEY_TYPES as readonly string[]).includes(kt) ? kt as KeyType : 'ec-p256');
   const dns = names.filter((n) => !isIP(n)), ips = names.filter((n) => isIP(n));
   // Backdated for clock skew by at most a tenth of the life, so that 2/3 of it stays ahead.
   const notBefore = new Date(now.getTime() - Math.min(5 * 60_000, Math.floor(ttlMs / 10)));
   const leaf = issueCertificate({
-    issuerCertPem: pki.caCertPem, issuerKey: pki.caKey, subjectPublicKey: key.publicKey,
+    issuerCertPem: ca.chain[0]!, issuerKey: ca.key, subjectPublicKey: key.publicKey,
     subject: { commonName: names[0]!, organization: 'Trellis hub' }, dnsNames: dns, ipAddresses: ips, usage: 'server',
-    notBefore, notAfter: new Date(Math.min(notBefore.getTime() + ttlMs, certInfo(pki.caCertPem).notAfter.getTime())),
+    notBefore, notAfter: new Date(Math.min(notBefore.getTime() + ttlMs, certInfo(ca.chain[0]!).notAfter.getTime())),
   });
-  return { certChainPem: [leaf, ...pki.caChain].join(''), keyPem: key.privateKeyPem };
+  return { certChainPem: [leaf, ...ca.chain].join(''), keyPem: key.privateKeyPem };
+}
+
+function dedupe(pems: string[]): string[] {
+  const seen = new Set<string>();
+  return pems.filter((p) => { const f = fingerprintSha256(p); if (seen.has(f)) return false; seen.add(f); return true; });
 }
 
 const DNS_NAME_RE = /^(?=.{1,253}$)(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i;
