@@ -298,7 +298,9 @@ t.test('negatives: commit or rollback without a rotation; a caller who is not an
     t.equal(e?.code, 'TRELLIS_E_ROTATION', `${what} without a rotation is refused`);
     t.match(e?.message, /no CA rotation is under way/);
   }
-  await call(h.admin, h.admin.users, h.admin.users.CreateUser, { username: 'obs', password: 'observer-password-1', roles: ['observer'], tenants: ['default'] });
+  // An observer who also holds certs:replace at platform scope: still not platform administration.
+  await call(h.admin, h.admin.roles, h.admin.roles.CreateRole, { name: 'certops', description: '', grants: [{ permission: 'certs:replace', scope: '' }] });
+  await call(h.admin, h.admin.users, h.admin.users.CreateUser, { username: 'obs', password: 'observer-password-1', roles: ['observer', 'certops'], tenants: ['default'] });
   const l = await login(h, 'obs', 'observer-password-1');
   const obs = adminClients(h.adminAddr, h.caPem, l.token);
   t.teardown(() => obs.close());
