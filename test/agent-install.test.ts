@@ -151,6 +151,25 @@ t.test('agent install --detach: user, data dir, verified unit, the agent online 
   t.match(un2.out, /not installed, nothing changed/);
 });
 
+t.test('two agents sharing one service user: uninstall --purge of one keeps the user the other still runs as', { skip: isRoot ? false : 'needs root' }, async (t) => {
+  await using h = await startHub();
+  const a = names();
+  const b = { ...names(), user: a.user };
+  t.teardown(async () => { await cleanup(b); await cleanup(a); });
+  for (const n of [a, b]) {
+    const r = await runCli(['agent', 'install', '--hub', h.adminAddr, '--token-file', '-', '--service', n.service, '--data', n.data, '--user', n.user, '--detach', '--json'], {}, (await h.token()) + '\n');
+    t.equal(r.code, 0, r.err);
+  }
+  const pidB = Number(readFileSync(join(b.data, 'agent.pid'), 'utf8'));
+  const un = await runCli(['agent', 'uninstall', '--service', a.service, '--purge']);
+  t.equal(un.code, 0, un.err);
+  t.match(un.out, `kept user ${a.user}: ${b.service}.service still runs as it`);
+  t.ok(userEntry(a.user), 'the shared user is still there');
+  t.ok(alive(pidB), 'the other agent still runs');
+  t.equal(procUid(pidB), Number(userEntry(a.user)![2]), 'as that user');
+  t.notOk(existsSync(a.unit) || existsSync(a.data), 'the purged agent is gone');
+});
+
 t.test('agent install --no-start writes and verifies the unit, says how to start; --user root runs the agent as root', { skip: isRoot ? false : 'needs root' }, async (t) => {
   await using h = await startHub();
   const n = names();

@@ -219,8 +219,13 @@ export async function uninstallAgent(o: UninstallOptions): Promise<UninstallResu
       actions.push(`removed ${data}`);
     }
     if (meta?.createdUser && meta.user !== 'root' && (await lookupUser(meta.user))) {
-      await sys.deleteUser(meta.user);
-      actions.push(`removed user ${meta.user}`);
+      const others = sys.unitsRunningAs(meta.user, UNIT_DIR, unit);
+      if (others.length > 0) {
+        actions.push(`kept user ${meta.user}: ${others.join(', ')} still run${others.length === 1 ? 's' : ''} as it`);
+      } else {
+        await sys.deleteUser(meta.user);
+        actions.push(`removed user ${meta.user}`);
+      }
     }
   }
   for (const a of actions) say(a);

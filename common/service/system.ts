@@ -3,7 +3,7 @@
  * service user. Every external command runs by absolute argv (no shell), with a timeout.
  */
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, openSync, closeSync, readFileSync, realpathSync } from 'node:fs';
+import { existsSync, openSync, closeSync, readdirSync, readFileSync, realpathSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TrellisError } from '../errors.js';
@@ -73,6 +73,16 @@ export async function createSystemUser(name: string): Promise<void> {
   const r = await runCmd('useradd', ['--system', '--no-create-home', '--home-dir', '/nonexistent', '--shell', shell, '--user-group', name]);
   if (r.missing) throw new TrellisError('TRELLIS_E_CONFIG', 'useradd is not installed: create the user yourself and pass --user NAME');
   if (r.code !== 0) throw new TrellisError('TRELLIS_E_INTERNAL', `useradd ${name} failed: ${r.err.trim().split('\n')[0]}`);
+}
+
+/** The other units in `unitDir` that run as `user` (`User=` line), so it is not deleted under them. */
+export function unitsRunningAs(user: string, unitDir: string, exceptUnit: string): string[] {
+  let names: string[];
+  try { names = readdirSync(unitDir); } catch { return []; }
+  const line = new RegExp(`^\\s*User\\s*=\\s*${user.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\s*$`, 'm');
+  return names.filter((n) => n.endsWith('.service') && join(unitDir, n) !== exceptUnit).filter((n) => {
+    try { return line.test(readFileSync(join(unitDir, n), 'utf8')); } catch { return false; }
+  });
 }
 
 export async function deleteUser(name: string): Promise<void> {
