@@ -61,9 +61,6 @@ function requireRoot(what: string): void {
 }
 
 export const unitFile = (service: string) => join(UNIT_DIR, `${service}.service`);
-function readText(path: string): string | undefined {
-  try { return readFileSync(path, 'utf8'); } catch (e) { if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined; throw e; }
-}
 
 /** Owner and modes of everything in DATA: directories 0700, files 0600, all the service user's. */
 function secureTree(dir: string, uid: number, gid: number): boolean {
@@ -93,7 +90,7 @@ export async function installAgent(o: InstallOptions): Promise<InstallResult> {
   const inst = sys.installation('agent');
   const unit = unitFile(service);
   const paths = agentPaths(data);
-  const oldUnit = readText(unit);
+  const oldUnit = sys.readText(unit);
   const oldMeta = oldUnit !== undefined ? parseUnitMeta(oldUnit) : undefined;
   if (oldUnit !== undefined && !oldMeta) throw new TrellisError('TRELLIS_E_ALREADY_EXISTS', `${unit} exists and was not written by trellis agent install: choose another --service`);
   if (oldMeta && oldMeta.data !== data) throw new TrellisError('TRELLIS_E_ALREADY_EXISTS', `service ${service} is installed with --data ${oldMeta.data}: run \`trellis agent uninstall --service ${service}\` first, or pass --data ${oldMeta.data}`);
@@ -200,7 +197,7 @@ export async function uninstallAgent(o: UninstallOptions): Promise<UninstallResu
   requireRoot('uninstall');
   const service = checkServiceName(o.service ?? 'trellis-agent');
   const unit = unitFile(service);
-  const text = readText(unit);
+  const text = sys.readText(unit);
   const meta = text !== undefined ? parseUnitMeta(text) : undefined;
   if (text !== undefined && !meta) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${unit} was not written by trellis agent install: remove it yourself`);
   const data = checkDataDir(o.data ?? meta?.data ?? `/var/lib/${service}`);
@@ -244,7 +241,7 @@ export interface StatusResult {
 export async function agentStatus(o: StatusOptions): Promise<StatusResult> {
   const service = checkServiceName(o.service ?? 'trellis-agent');
   const unit = unitFile(service);
-  const text = readText(unit);
+  const text = sys.readText(unit);
   const meta = text !== undefined ? parseUnitMeta(text) : undefined;
   const data = checkDataDir(o.data ?? meta?.data ?? `/var/lib/${service}`);
   const systemd = sys.systemdRunning();

@@ -75,6 +75,11 @@ export async function createSystemUser(name: string): Promise<void> {
   if (r.code !== 0) throw new TrellisError('TRELLIS_E_INTERNAL', `useradd ${name} failed: ${r.err.trim().split('\n')[0]}`);
 }
 
+/** A file's text, or undefined when it does not exist (other errors throw). */
+export function readText(path: string): string | undefined {
+  try { return readFileSync(path, 'utf8'); } catch (e) { if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined; throw e; }
+}
+
 /** The other units in `unitDir` that run as `user` (`User=` line), so it is not deleted under them. */
 export function unitsRunningAs(user: string, unitDir: string, exceptUnit: string): string[] {
   let names: string[];

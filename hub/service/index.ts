@@ -29,9 +29,6 @@ function requireRoot(what: string): void {
   }
 }
 
-function readText(path: string): string | undefined {
-  try { return readFileSync(path, 'utf8'); } catch (e) { if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined; throw e; }
-}
 
 /** Hands DATA to the service user (modes are the hub's own: keys and state 0600); DATA itself 0700. */
 function chownTree(dir: string, uid: number, gid: number): boolean {
@@ -57,7 +54,7 @@ export async function installHub(o: HubInstallOptions): Promise<HubInstallResult
   }
   const inst = sys.installation('hub');
   const unit = join(UNIT_DIR, `${service}.service`);
-  const oldUnit = readText(unit);
+  const oldUnit = sys.readText(unit);
   const oldMeta = oldUnit !== undefined ? parseUnitMeta(oldUnit, 'hub') : undefined;
   if (oldUnit !== undefined && !oldMeta) throw new TrellisError('TRELLIS_E_ALREADY_EXISTS', `${unit} exists and was not written by trellis hub install: choose another --service`);
   if (oldMeta && oldMeta.data !== data) throw new TrellisError('TRELLIS_E_ALREADY_EXISTS', `service ${service} runs the hub in ${oldMeta.data}: run \`trellis hub uninstall --service ${service}\` first`);
@@ -98,7 +95,7 @@ export async function uninstallHub(o: { service?: string; data?: string }): Prom
   requireRoot('uninstall');
   const service = checkServiceName(o.service ?? 'trellis-hub');
   const unit = join(UNIT_DIR, `${service}.service`);
-  const text = readText(unit);
+  const text = sys.readText(unit);
   const meta = text !== undefined ? parseUnitMeta(text, 'hub') : undefined;
   if (text !== undefined && !meta) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${unit} was not written by trellis hub install: remove it yourself`);
   const data = o.data ? checkDataDir(o.data) : meta?.data;

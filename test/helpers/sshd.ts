@@ -13,6 +13,7 @@ import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { freePort } from './net.js';
 
 const run = promisify(execFile);
 
@@ -40,17 +41,6 @@ export function sshdMissing(): string | undefined {
     if (!existsSync(bin)) return `${bin} is not installed (apt-get install openssh-server openssh-client; .ci/run does it)`;
   }
   return undefined;
-}
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 /** Makes an ed25519 key pair at `file` (and file.pub); returns the public key line. */
