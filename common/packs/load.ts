@@ -18,7 +18,10 @@ export interface PackFile { path: string; content: Buffer; mode: number }
 /** What is kept of a file once validated. */
 export interface PackFileInfo { path: string; size: number; mode: number }
 
-export type LoadedPack = PackDef & { files: PackFileInfo[] };
+/** The file each action, sensor and rule of a pack came from, by ref ("web.restart" → "actions/restart.yaml"). */
+export type PackSources = Record<string, string>;
+
+export type LoadedPack = PackDef & { files: PackFileInfo[]; sources: PackSources };
 
 /** Size limits of a pack, checked by the CLI while reading and by the hub on install. */
 export const PACK_LIMITS = {
@@ -130,6 +133,7 @@ export function loadPack(files: readonly PackFile[]): LoadedPack {
   // Go on with a placeholder name so that every file's problems show in one round.
   const pack = meta?.name ?? 'pack';
 
+  const sources: PackSources = {};
   const actions: ActionDef[] = [];
   const actionNames = new Map<string, Seen>();
   // Refs named by action files, valid or not, so a rule is not also blamed for a broken action.
@@ -149,7 +153,9 @@ export function loadPack(files: readonly PackFile[]): LoadedPack {
       script = scriptOf(a.script, byPath, problems, y);
       if (!script) continue;
     }
-    actions.push(normalizeAction(a, pack, script));
+    const action = normalizeAction(a, pack, script);
+    sources[action.ref] = f.path;
+    actions.push(action);
   }
 
   const sensors: SensorDef[] = [];
@@ -170,7 +176,9 @@ export function loadPack(files: readonly PackFile[]): LoadedPack {
     if (!checkDuplicate(problems, sensorNames, 'sensor', s.name, y)) continue;
     const trig = sensorTriggerProblem(s, pack);
     if (trig) { problems.add(y.file, y.lineOf(['trigger']), 'trigger', trig); continue; }
-    sensors.push(normalizeSensor(s, pack, c.data as Record<string, unknown>));
+    const sensor = normalizeSensor(s, pack, c.data as Record<string, unknown>);
+    sources[sensor.ref] = f.path;
+    sensors.push(sensor);
   }
 
   const rules: RuleDef[] = [];
@@ -201,6 +209,7 @@ export function loadPack(files: readonly PackFile[]): LoadedPack {
       problems.add(y.file, at, 'action.ref', `action "${rule.action.ref}" is not defined in this pack (actions: ${[...defined].join(', ') || 'none'})`);
       continue;
     }
+    sources[rule.ref] = f.path;
     rules.push(rule);
   }
 
@@ -210,6 +219,7 @@ export function loadPack(files: readonly PackFile[]): LoadedPack {
   return {
     name: meta!.name, version: meta!.version, description: meta!.description, actions, sensors, rules,
     files: sorted([...byPath.values()]).map((f) => ({ path: f.path, size: f.content.length, mode: f.mode & 0o7777 })),
+    sources,
   };
 }
 

@@ -9,7 +9,7 @@ import { TrellisError } from '../../common/errors.js';
 import { packNameOf, type PackFile } from '../../common/packs/index.js';
 import { unary, type WrapDeps, type CallContext } from './wrap.js';
 import { readTenant, writeTenant } from './admin.js';
-import type { PackDoc } from '../packs/index.js';
+import { listActions, getAction, type PackDoc, type CatalogAction } from '../packs/index.js';
 import type { PackDef } from '../../common/automation/types.js';
 import { authorizePackInstall } from '../rights/index.js';
 import { secretLookup } from './refs.js';
@@ -25,6 +25,20 @@ export function packInfo(d: PackDoc, withDefinition: boolean): T.PackInfo {
     actions: d.def.actions.map((a) => a.ref), sensors: d.def.sensors.map((s) => s.ref), rules: d.def.rules.map((r) => r.ref),
     installedMs: d.installedAt, installedBy: d.installedBy,
     definitionJson: withDefinition ? Buffer.from(JSON.stringify({ ...d.def, files: d.files })) : Buffer.alloc(0),
+  };
+}
+
+const jsonBytes = (v: unknown) => (v === undefined ? Buffer.alloc(0) : Buffer.from(JSON.stringify(v)));
+
+/** ActionInfo; the definition (with a script body) only when asked for one action, as GetPack does. */
+export function actionInfo(a: CatalogAction, withDefinition: boolean): T.ActionInfo {
+  return {
+    ref: a.ref, pack: a.pack, name: a.name, description: a.description, runner: a.runner, timeoutMs: a.timeoutMs, runAs: a.runAs,
+    parameters: Object.entries(a.parameters).map(([name, p]) => ({
+      name, type: p.type, required: !!p.required, defaultJson: jsonBytes(p.default), enumJson: jsonBytes(p.enum), description: p.description ?? '', secret: !!p.secret,
+    })),
+    builtin: a.builtin, tenant: a.tenant, permission: a.permission, howToRun: a.howToRun, file: a.file,
+    definitionJson: withDefinition && a.def ? Buffer.from(JSON.stringify(a.def)) : Buffer.alloc(0),
   };
 }
 
@@ -71,6 +85,15 @@ export function addPackServices(server: grpc.Server, c: HubComponents, deps: Wra
       ctx.target = `pack:${nameOf(req.name)}`;
       await c.packs.remove(writeTenant(ctx), req.name);
       return {};
+    }),
+    ListActions: unary<T.ListActionsRequest__Output, T.ListActionsResponse>(deps, `${S}/ListActions`, async (req, ctx) => {
+      ctx.target = 'actions';
+      return { actions: listActions(c.packs, readTenant(ctx), nameOf(req.pack)).map((a) => actionInfo(a, false)) };
+    }),
+    GetAction: unary<T.GetActionRequest__Output, T.ActionInfo>(deps, `${S}/GetAction`, async (req, ctx) => {
+      const ref = String(req.ref ?? '').slice(0, 130);
+      ctx.target = `action:${ref}`;
+      return actionInfo(getAction(c.packs, oneTenant(ctx), ref), true);
     }),
   });
 }

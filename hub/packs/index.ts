@@ -7,7 +7,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { TrellisError } from '../../common/errors.js';
-import { loadPack, NAME_RE, type PackFile, type PackFileInfo } from '../../common/packs/index.js';
+import { loadPack, NAME_RE, type PackFile, type PackFileInfo, type PackSources } from '../../common/packs/index.js';
 import type { ActionDef, PackDef, RuleDef, SensorDef } from '../../common/automation/types.js';
 import type { Logger } from '../../common/log.js';
 import type { Store } from '../store/index.js';
@@ -22,6 +22,8 @@ export interface PackDoc {
   def: PackDef;
   /** Every file that was sent (path, size, mode), for `packs show`. */
   files: PackFileInfo[];
+  /** The file each action, sensor and rule came from (packs installed before this was kept have none). */
+  sources?: PackSources;
   installedAt: number;
   installedBy: string;
   [k: string]: unknown;
@@ -107,12 +109,12 @@ export class Packs extends EventEmitter {
    */
   async install(tenant: string, files: readonly PackFile[], o: InstallOptions): Promise<PackDoc> {
     const loaded = loadPack(files); // synchronous and before queueing: a bad pack waits for nothing
-    const { files: fileInfo, ...def } = loaded;
+    const { files: fileInfo, sources, ...def } = loaded;
     await o.authorize?.(def);
     return this.serial(async () => {
       const doc: PackDoc = {
         id: packId(tenant, def.name), tenant, name: def.name, version: def.version, description: def.description,
-        def, files: fileInfo, installedAt: this.opts.now?.() ?? Date.now(), installedBy: o.by,
+        def, files: fileInfo, sources, installedAt: this.opts.now?.() ?? Date.now(), installedBy: o.by,
       };
       await this.store.update<PackDoc>('packs', doc.id, (cur) => {
         if (cur && !o.force) {
@@ -161,6 +163,17 @@ export class Packs extends EventEmitter {
     return this.byTenant.get(tenant)?.actions.get(ref);
   }
 
+  /** Every action of the tenant's packs, by ref (frozen; do not mutate). */
+  actions(tenant: string): ActionDef[] {
+    return [...(this.byTenant.get(tenant)?.actions.values() ?? [])];
+  }
+
+  /** The pack file that defines an action, sensor or rule ("" when unknown). */
+  sourceOf(tenant: string, ref: string): string {
+    const pack = ref.slice(0, Math.max(0, ref.indexOf('.')));
+    return this.get(tenant, pack)?.sources?.[ref] ?? '';
+  }
+
   /** Every sensor of the tenant's packs (frozen; do not mutate). */
   sensors(tenant: string): SensorDef[] {
     return this.byTenant.get(tenant)?.sensors ?? [];
@@ -176,3 +189,5 @@ export class Packs extends EventEmitter {
     return [...this.byTenant.keys()].sort();
   }
 }
+
+export { listActions, getAction, BUILTIN_ACTIONS, BUILTIN_PACK, type CatalogAction } from './catalog.js';

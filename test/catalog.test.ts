@@ -1,0 +1,96 @@
+/**
+ * Issue 12, catalog and references: `trellis actions list|show`, `packs validate` offline,
+ * references between rules and actions checked at install/remove/test, `rules show -o yaml`
+ * round trip, counters that tell the truth, StackStorm criteria parity.
+ */
+import t, { type Test } from 'tap';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parse as parseYaml } from 'yaml';
+import { runCli } from './helpers/cli.js';
+import { ADMIN_PASSWORD, startHub, tempDir, callError, login, type TestHub } from './helpers/hub.js';
+import { adminClients, call, type AdminClients } from '../cli/client.js';
+import { readPackSource } from '../common/packs/index.js';
+import type * as T from '../common/proto-gen/trellis/v1/index.js';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const DEMO = join(ROOT, 'test', 'fixtures', 'packs', 'demo');
+const PW = 'a-long-enough-password-1';
+
+async function clientsAs(t: Test, h: TestHub, username: string, tenant: string): Promise<AdminClients> {
+  const c = adminClients(h.adminAddr, h.caPem, (await login(h, username, PW)).token, tenant);
+  t.teardown(() => c.close());
+  return c;
+}
+const installPack = (c: AdminClients, files: T.PackFile[], force = true) =>
+  call<T.InstallPackRequest, T.PackInfo__Output>(c, c.packs, c.packs.InstallPack, { files, force });
+
+/** A logged-in CLI environment (TRELLIS_HOME in a temp dir) for the test hub's admin. */
+async function cliLogin(t: Test, h: TestHub): Promise<Record<string, string>> {
+  const home = await tempDir();
+  t.teardown(() => home[Symbol.asyncDispose]());
+  const env = { TRELLIS_HOME: home.path, TRELLIS_PASSWORD: ADMIN_PASSWORD, TRELLIS_TENANT: '' };
+  const r = await runCli(['login', '--hub', h.adminAddr, '--user', 'admin', '--ca', join(h.dataDir, 'ca.pem')], env);
+  t.equal(r.code, 0, r.err);
+  return env;
+}
+
+t.test('trellis actions list|show: parameters with type, required and default, runner, pack, file; core.command built in; packs:list needed; tenant scope', async (t) => {
+  await using h = await startHub();
+  const env = await cliLogin(t, h);
+  const inst = await runCli(['packs', 'install', DEMO, '--force'], env);
+  t.equal(inst.code, 0, inst.err);
+
+  const ls = await runCli(['actions', 'list'], env);
+  t.equal(ls.code, 0, ls.err);
+  const lines = ls.out.trim().split('\n');
+  t.match(lines[0], /^REF\s+RUNNER\s+PARAMETERS\s+DESCRIPTION$/);
+  t.match(lines[1], /^core\.command\s+command\s+argv\* env cwd timeout="30s"\s+run a command/, 'the built-in action first');
+  t.match(ls.out, /\ndemo\.restart\s+command\s+service="nginx"\s+Restart a systemd service/);
+  t.match(ls.out, /\ndemo\.cleanup\s+script\s/);
+
+  const only = await runCli(['actions', 'list', '--pack', 'core'], env);
+  t.equal(only.out.trim().split('\n').length, 2, 'only the built-in action');
+
+  const show = await runCli(['actions', 'show', 'demo.restart'], env);
+  t.equal(show.code, 0, show.err);
+  t.match(show.out, /action: +demo\.restart\n/);
+  t.match(show.out, /pack: +demo \(tenant default\), file actions\/restart\.yaml/);
+  t.match(show.out, /runner: +command, timeout 2m, as root/);
+  t.match(show.out, /needs: +actions:execute@action:demo\.restart/);
+  t.match(show.out, /run it: +trellis run demo\.restart \[service=…\] \(--agent ID \| --selector k=v\)/);
+  t.match(show.out, /service\s+string\s+yes\s+"nginx"\s+one of "nginx", "apache2", "haproxy"  The unit to restart/);
+
+  const y = await runCli(['actions', 'show', 'demo.restart', '-o', 'yaml'], env);
+  t.equal(y.code, 0, y.err);
+  const v = parseYaml(y.out) as { ref: string; runner: string; pack: string; file: string; parameters: Record<string, { type: string; required: boolean; default?: unknown; enum?: unknown[] }>; definition: { command: string[] } };
+  t.same([v.ref, v.runner, v.pack, v.file], ['demo.restart', 'command', 'demo', 'actions/restart.yaml']);
+  t.same(v.parameters.service, { type: 'string', required: true, default: 'nginx', enum: ['nginx', 'apache2', 'haproxy'], description: 'The unit to restart' });
+  t.same(v.definition.command, ['systemctl', 'restart', '{{ service }}']);
+  const j = JSON.parse((await runCli(['actions', 'list', '--json'], env)).out) as Array<{ ref: string; builtin: boolean }>;
+  t.same(j.map((a) => a.ref), ['core.command', 'demo.cleanup', 'demo.notify', 'demo.restart']);
+  t.equal(j[0]!.builtin, true);
+
+  const core = await runCli(['actions', 'show', 'core.command'], env);
+  t.match(core.out, /\(built in\)/);
+  t.match(core.out, /needs: +agents:run/);
+  t.match(core.out, /argv\s+array\s+yes\s+-/);
+
+  const missing = await runCli(['actions', 'show', 'demo.nope'], env);
+  t.equal(missing.code, 1);
+  t.match(missing.err, /no action "demo\.nope" in tenant default: install its pack .*trellis actions list.*\(TRELLIS_E_NOT_FOUND\)/);
+
+  // Negative: no packs:list, no catalog. Another tenant's actions do not exist.
+  const c = h.hub.components;
+  await c.iam.createTenant('red', '');
+  await c.iam.createRole('nothing', '', []);
+  await c.auth.createUser({ username: 'nobody', password: PW, roles: ['nothing'], tenants: ['default'] });
+  await c.auth.createUser({ username: 'reader', password: PW, roles: ['observer'], tenants: ['red'] });
+  const nobody = await clientsAs(t, h, 'nobody', 'default');
+  t.equal((await callError(call(nobody, nobody.packs, nobody.packs.ListActions, { pack: '' })))?.code, 'TRELLIS_E_PERMISSION_DENIED');
+  t.equal((await callError(call(nobody, nobody.packs, nobody.packs.GetAction, { ref: 'demo.restart' })))?.code, 'TRELLIS_E_PERMISSION_DENIED');
+  const reader = await clientsAs(t, h, 'reader', 'red');
+  const theirs = await call<T.ListActionsRequest, T.ListActionsResponse__Output>(reader, reader.packs, reader.packs.ListActions, { pack: '' });
+  t.same(theirs.actions.map((a) => a.ref), ['core.command'], 'tenant red sees no action of default');
+  t.equal((await callError(call(reader, reader.packs, reader.packs.GetAction, { ref: 'demo.restart' })))?.code, 'TRELLIS_E_NOT_FOUND');
+});
