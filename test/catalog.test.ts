@@ -4,6 +4,7 @@
  * round trip, counters that tell the truth, StackStorm criteria parity.
  */
 import t, { type Test } from 'tap';
+import { cp, writeFile } from 'node:fs/promises';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
@@ -93,4 +94,46 @@ t.test('trellis actions list|show: parameters with type, required and default, r
   const theirs = await call<T.ListActionsRequest, T.ListActionsResponse__Output>(reader, reader.packs, reader.packs.ListActions, { pack: '' });
   t.same(theirs.actions.map((a) => a.ref), ['core.command'], 'tenant red sees no action of default');
   t.equal((await callError(call(reader, reader.packs, reader.packs.GetAction, { ref: 'demo.restart' })))?.code, 'TRELLIS_E_NOT_FOUND');
+});
+
+t.test('trellis packs validate DIR|TARBALL: offline (no hub, no profile), the same checks as install, problems as file:line: field', async (t) => {
+  await using home = await tempDir();
+  // No profile, and a hub address nobody listens on: validate must not need either.
+  const env = { TRELLIS_HOME: home.path, TRELLIS_HUB: '127.0.0.1:1', TRELLIS_API_KEY: '', TRELLIS_TENANT: '' };
+  const ok = await runCli(['packs', 'validate', DEMO], env);
+  t.equal(ok.code, 0, ok.err);
+  t.equal(ok.out.trim(), 'pack demo 1.0.0 is valid: 3 actions, 1 sensor, 1 rule, 8 files');
+  t.equal(ok.err, '');
+
+  const tgz = join(home.path, 'demo.tgz');
+  const { create } = await import('tar');
+  await create({ gzip: true, file: tgz, cwd: dirname(DEMO) }, ['demo']);
+  const fromTar = await runCli(['packs', 'validate', tgz], env);
+  t.equal(fromTar.code, 0, fromTar.err);
+  t.match(fromTar.out, /^pack demo 1\.0\.0 is valid/);
+
+  const bad = join(home.path, 'bad');
+  await cp(DEMO, bad, { recursive: true });
+  await writeFile(join(bad, 'actions', 'restart.yaml'), 'name: restart\nrunner: command\ncommand: [a]\nparameters:\n  x: { type: text }\n');
+  await writeFile(join(bad, 'rules', 'other.yaml'), 'name: other\ntrigger: core.cpu\naction: { ref: demo.missing }\ntarget: local\n');
+  await writeFile(join(bad, 'notes.txt'), 'x');
+  const refused = await runCli(['packs', 'validate', bad], env);
+  t.equal(refused.code, 1);
+  t.equal(refused.out, '');
+  t.match(refused.err, /pack demo is invalid \(3 problems\)/);
+  t.match(refused.err, /actions\/restart\.yaml:5: parameters\.x\.type: expected one of string/);
+  t.match(refused.err, /rules\/other\.yaml:3: action\.ref: action "demo\.missing" is not defined in this pack/);
+  t.match(refused.err, /notes\.txt: unknown file/);
+  t.match(refused.err, /\(TRELLIS_E_PACK_INVALID\)/);
+
+  const cross = join(home.path, 'cross');
+  await cp(DEMO, cross, { recursive: true });
+  await writeFile(join(cross, 'rules', 'page.yaml'), 'name: page\ntrigger: core.cpu\naction: { ref: ops.page }\ntarget: { selector: { role: web } }\n');
+  const noted = await runCli(['packs', 'validate', cross], env);
+  t.equal(noted.code, 0, noted.err);
+  t.match(noted.out, /note: rule demo\.page \(rules\/page\.yaml\) calls ops\.page of another pack: the hub refuses the install unless it is installed in the tenant/);
+
+  const none = await runCli(['packs', 'validate', join(home.path, 'nope')], env);
+  t.equal(none.code, 1);
+  t.match(none.err, /nope/);
 });

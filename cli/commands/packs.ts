@@ -11,6 +11,9 @@ import { call, withClients } from '../client.js';
 import { table, when, print } from '../format.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
+/** The hub's default maxMessageBytes (hub/config.ts), which bounds an install request. */
+const HUB_MESSAGE_DEFAULT = 4 * 1024 * 1024;
+
 const plural = (n: number, w: string) => `${n} ${w}${n === 1 ? '' : 's'}`;
 
 type Shown = PackDef & { files?: { path: string; size: number; mode: number }[] };
@@ -80,6 +83,25 @@ export function addPackCommands(program: Command): void {
         throw new TrellisError('TRELLIS_E_TOO_LARGE', `the pack (${bytes} bytes of files) is over the hub's message limit (hub config maxMessageBytes, 4 MiB by default): make the pack smaller or raise the limit`, { cause: e });
       });
       print(`installed pack ${info.name} ${info.version} in tenant ${info.tenant}: ${plural(pack.actions.length, 'action')}, ${plural(pack.sensors.length, 'sensor')}, ${plural(pack.rules.length, 'rule')}`);
+    });
+
+  packs.command('validate')
+    .description('check a pack directory or tarball offline: the same checks as `packs install` makes before sending (files, limits, every field with file:line), no hub and no login needed')
+    .argument('<source>', 'a pack directory or a tarball (.tar, .tar.gz, .tgz)')
+    .addHelpText('after', `
+Exits 0 when the pack is valid, 1 with every problem (up to 20) as file:line: field: message
+(TRELLIS_E_PACK_INVALID). What only the hub can know is checked at install: that actions of
+other packs its rules call are installed, and that you hold the rights the pack needs.`)
+    .action(async (source: string) => {
+      const { loadPack, readPackSource } = await import('../../common/packs/index.js');
+      const files = await readPackSource(source);
+      const pack = loadPack(files);
+      print(`pack ${pack.name} ${pack.version} is valid: ${plural(pack.actions.length, 'action')}, ${plural(pack.sensors.length, 'sensor')}, ${plural(pack.rules.length, 'rule')}, ${plural(files.length, 'file')}`);
+      for (const r of pack.rules) {
+        if (!r.action.ref.startsWith(`${pack.name}.`)) print(`note: rule ${r.ref} (${pack.sources[r.ref] ?? ''}) calls ${r.action.ref} of another pack: the hub refuses the install unless it is installed in the tenant`);
+      }
+      const bytes = files.reduce((n, f) => n + f.content.length, 0);
+      if (bytes > HUB_MESSAGE_DEFAULT) print(`note: the files are ${bytes} bytes: over the hub's default message limit (maxMessageBytes, 4 MiB); the hub must raise it to accept the pack`);
     });
 
   packs.command('list')
