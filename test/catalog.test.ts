@@ -137,3 +137,70 @@ t.test('trellis packs validate DIR|TARBALL: offline (no hub, no profile), the sa
   t.equal(none.code, 1);
   t.match(none.err, /nope/);
 });
+
+const pf = (path: string, text: string): T.PackFile => ({ path, content: Buffer.from(text), mode: 0o644 });
+const opsPack = (version = '1.0.0', actions = ['page', 'log']) => [
+  pf('pack.yaml', `name: ops\nversion: ${version}\ndescription: ops\n`),
+  ...actions.map((a) => pf(`actions/${a}.yaml`, `name: ${a}\ndescription: ${a}\nrunner: command\ncommand: [/bin/true]\n`)),
+];
+const webPack = () => [
+  pf('pack.yaml', 'name: web\nversion: 1.0.0\ndescription: web\n'),
+  pf('actions/noop.yaml', 'name: noop\ndescription: noop\nrunner: command\ncommand: [/bin/true]\n'),
+  pf('rules/page.yaml', 'name: page\ntrigger: webhook.x\naction: { ref: ops.page }\ntarget: { selector: { role: web } }\n'),
+];
+
+t.test('references: a pack rule calling an action that is not installed is refused at install; packs remove refuses while rules outside use its actions (--force disables them, saying which); rules test warns', async (t) => {
+  await using h = await startHub();
+  const c = h.hub.components;
+  await c.iam.createRole('packer', '', [{ permission: 'packs:install', scope: '' }, { permission: 'actions:execute', scope: '' }, { permission: 'rules:write', scope: '' }, { permission: 'rules:read', scope: '' }, { permission: 'packs:list', scope: '' }]);
+  await c.auth.createUser({ username: 'pat', password: PW, roles: ['packer'], tenants: ['default'] });
+  const pat = await clientsAs(t, h, 'pat', 'default');
+
+  // ops is not installed: web's rule would call nothing.
+  const refused = await callError(installPack(pat, webPack()));
+  t.equal(refused?.code, 'TRELLIS_E_PACK_INVALID');
+  t.match(refused?.message, /rules\/page\.yaml:3: action\.ref: action "ops\.page" is not installed in this tenant/);
+  t.equal(c.packs.get('default', 'web'), undefined, 'nothing installed');
+  t.same(c.rules.list('default').map((r) => r.def.ref), []);
+
+  await installPack(pat, opsPack());
+  t.equal((await installPack(pat, webPack())).name, 'web', 'installs once ops is there');
+  const env = await cliLogin(t, h);
+  await writeFile(join(h.dir, 'mine.yaml'), 'name: mine\ntrigger: webhook.y\naction: { ref: ops.log }\ntarget: { selector: { role: db } }\n');
+  const created = await runCli(['rules', 'create', join(h.dir, 'mine.yaml')], env);
+  t.equal(created.code, 0, created.err);
+
+  // A new version of ops that drops an action still called is refused.
+  const drop = await callError(installPack(pat, opsPack('2.0.0', ['page'])));
+  t.equal(drop?.code, 'TRELLIS_E_IN_USE');
+  t.match(drop?.message, /pack ops 2\.0\.0 drops 1 action that enabled rules outside it still call: mine \(calls ops\.log\)/);
+  t.equal(c.packs.get('default', 'ops')?.version, '1.0.0');
+
+  const rm = await runCli(['packs', 'remove', 'ops'], env);
+  t.equal(rm.code, 1);
+  t.match(rm.err, /pack ops is used by 2 enabled rules outside it: mine \(calls ops\.log\), web\.page \(pack web, calls ops\.page\); disable or delete them first, or pass --force to disable them \(TRELLIS_E_IN_USE\)/);
+  t.ok(c.packs.get('default', 'ops'), 'still installed');
+
+  // rules test: a rule whose action is missing is tested, with a warning.
+  await writeFile(join(h.dir, 'ghost.yaml'), 'name: ghost\ntrigger: webhook.z\naction: { ref: gone.away }\ntarget: { selector: { role: db } }\n');
+  await writeFile(join(h.dir, 'ev.json'), '{"a": 1}');
+  const tested = await runCli(['rules', 'test', join(h.dir, 'ghost.yaml'), join(h.dir, 'ev.json')], env);
+  t.equal(tested.code, 0, tested.err);
+  t.match(tested.out, /^MATCH/);
+  t.match(tested.err, /warning: action gone\.away is not installed in tenant default: the rule would run nothing/);
+  const testedOk = await runCli(['rules', 'test', 'mine', join(h.dir, 'ev.json')], env);
+  t.equal(testedOk.err, '', 'no warning when the action is installed');
+
+  const forced = await runCli(['packs', 'remove', 'ops', '--force'], env);
+  t.equal(forced.code, 0, forced.err);
+  t.equal(forced.out, 'disabled 2 rules that called its actions: mine, web.page\nremoved pack ops\n');
+  t.equal(c.packs.get('default', 'ops'), undefined);
+  t.same(c.rules.list('default').map((r) => [r.def.ref, r.def.enabled]), [['mine', false], ['web.page', false]]);
+  const audit = h.logLines.filter((l) => l.includes('rules that called its actions disabled'));
+  t.equal(audit.length, 1);
+
+  // Enabling a rule whose action is gone is refused; the rule cannot "fire" into nothing.
+  const en = await runCli(['rules', 'enable', 'mine'], env);
+  t.equal(en.code, 1);
+  t.match(en.err, /rule mine: action ops\.log is not installed in tenant default: install its pack first/);
+});

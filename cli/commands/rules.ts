@@ -7,7 +7,7 @@ import type { Command } from 'commander';
 import { TrellisError } from '../../common/errors.js';
 import { call, withClients } from '../client.js';
 import { readStdin } from '../prompt.js';
-import { table, when, print } from '../format.js';
+import { table, when, print, printErr } from '../format.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
 const MAX_FILE = 64 * 1024;
@@ -105,7 +105,7 @@ Example rule file:
     });
 
   rules.command('test')
-    .description('does RULE match EVENT.json, and what would run where? (changes nothing)')
+    .description('does RULE match EVENT.json, and what would run where? (changes nothing; warns on stderr when its action is not installed)')
     .argument('<rule>', 'a rule name, or a rule file (YAML/JSON)')
     .argument('<event>', 'event JSON file: {"type": ..., "payload": {...}, "agent": ...} or just the payload; `-` reads stdin')
     .option('--json', 'JSON')
@@ -116,7 +116,8 @@ Example rule file:
       const eventJson = await readInput(event, 'event file');
       const r = await withClients((c) => call<T.TestRuleRequest, T.TestRuleResponse__Output>(c, c.rules, c.rules.TestRule, { name, definition, eventJson }));
       const params = JSON.parse(Buffer.from(r.parametersJson).toString('utf8') || '{}');
-      if (o.json) return print(JSON.stringify({ matched: r.matched, reasons: r.reasons, action: r.action, parameters: params, target: r.target, agents: r.agents }, null, 2));
+      if (o.json) return print(JSON.stringify({ matched: r.matched, reasons: r.reasons, action: r.action, parameters: params, target: r.target, agents: r.agents, warnings: r.warnings }, null, 2));
+      for (const w of r.warnings) printErr(`warning: ${w}`);
       print([
         r.matched ? 'MATCH' : 'NO MATCH',
         ...r.reasons.map((x) => `  ${x}`),

@@ -99,7 +99,15 @@ function checkDuplicate(problems: Problems, seen: Map<string, Seen>, what: strin
  * Validates every file and returns the pack definition. Throws TRELLIS_E_TOO_LARGE over the
  * limits and TRELLIS_E_PACK_INVALID listing the problems (`file:line: field: message`).
  */
-export function loadPack(files: readonly PackFile[]): LoadedPack {
+export interface LoadOptions {
+  /**
+   * Whether an action of another pack exists (the hub: installed in the tenant). Without it (the
+   * CLI, offline) rules that call other packs' actions are not checked.
+   */
+  actionExists?: (ref: string) => boolean;
+}
+
+export function loadPack(files: readonly PackFile[], o: LoadOptions = {}): LoadedPack {
   checkPackLimits(files);
   const problems = new Problems();
   const byPath = new Map<string, PackFile>();
@@ -207,6 +215,11 @@ export function loadPack(files: readonly PackFile[]): LoadedPack {
     if (rule.action.ref.startsWith(`${pack}.`) && !declared.has(rule.action.ref) && !unreadableAction) {
       const at = y.lineOf(['action', 'ref']);
       problems.add(y.file, at, 'action.ref', `action "${rule.action.ref}" is not defined in this pack (actions: ${[...defined].join(', ') || 'none'})`);
+      continue;
+    }
+    // An action of another pack must be installed: a rule calling nothing would match and "fire" while nothing runs.
+    if (!rule.action.ref.startsWith(`${pack}.`) && o.actionExists && !o.actionExists(rule.action.ref)) {
+      problems.add(y.file, y.lineOf(['action', 'ref']), 'action.ref', `action "${rule.action.ref}" is not installed in this tenant: install its pack first (trellis actions list shows what is)`);
       continue;
     }
     sources[rule.ref] = f.path;

@@ -36,6 +36,17 @@ export interface InstallOptions {
   force?: boolean;
   /** Called with the validated pack before anything is stored; throws to refuse it (hub/rights). */
   authorize?: (def: PackDef) => Promise<void>;
+  /**
+   * Called in turn (no other install or remove runs meanwhile) with the new pack and the one it
+   * replaces, before anything is stored; throws to refuse (enabled rules outside the pack still
+   * call an action the new version drops).
+   */
+  guard?: (next: PackDef, current: PackDoc | undefined) => void;
+}
+
+export interface RemoveOptions {
+  /** Called in turn with the pack before it is removed; throws to refuse, or disables what uses it. */
+  guard?: (current: PackDoc) => Promise<void>;
 }
 
 export const packId = (tenant: string, name: string) => `${tenant}/${name}`;
@@ -108,10 +119,18 @@ export class Packs extends EventEmitter {
    * bad pack; TRELLIS_E_ALREADY_EXISTS when a pack of that name is installed and not `force`.
    */
   async install(tenant: string, files: readonly PackFile[], o: InstallOptions): Promise<PackDoc> {
-    const loaded = loadPack(files); // synchronous and before queueing: a bad pack waits for nothing
+    // Synchronous and before queueing: a bad pack waits for nothing. A rule may call another
+    // pack's action only if it is installed (checked again below, in turn with removals).
+    const actionExists = (ref: string) => !!this.action(tenant, ref);
+    const loaded = loadPack(files, { actionExists });
     const { files: fileInfo, sources, ...def } = loaded;
     await o.authorize?.(def);
     return this.serial(async () => {
+      const missing = def.rules.filter((r) => !r.action.ref.startsWith(`${def.name}.`) && !actionExists(r.action.ref));
+      if (missing.length > 0) {
+        throw new TrellisError('TRELLIS_E_PACK_INVALID', `pack ${def.name} is invalid: ${missing.map((r) => `${sources[r.ref] ?? r.ref}: action.ref: action "${r.action.ref}" is not installed in this tenant`).join('; ')}`);
+      }
+      o.guard?.(def, this.get(tenant, def.name));
       const doc: PackDoc = {
         id: packId(tenant, def.name), tenant, name: def.name, version: def.version, description: def.description,
         def, files: fileInfo, sources, installedAt: this.opts.now?.() ?? Date.now(), installedBy: o.by,
@@ -146,9 +165,11 @@ export class Packs extends EventEmitter {
     return d;
   }
 
-  remove(tenant: string, name: string): Promise<void> {
+  remove(tenant: string, name: string, o: RemoveOptions = {}): Promise<void> {
     checkPackName(name);
     return this.serial(async () => {
+      const cur = this.get(tenant, name);
+      if (cur) await o.guard?.(cur);
       if (!(await this.store.delete('packs', packId(tenant, name)))) {
         throw new TrellisError('TRELLIS_E_NOT_FOUND', `no pack ${name} in tenant ${tenant}: see \`trellis packs list\``);
       }

@@ -283,6 +283,11 @@ export class RulesEngine extends EventEmitter {
         try { hit = r.compiled.match(trig); } catch { hit = false; }
         if (!hit) continue;
         r.stats.matched++;
+        // Its action is gone (a rule saved before references were checked): nothing can run, so nothing "fires".
+        if (!this.deps.packs.action(r.tenant, r.def.action.ref)) {
+          this.fireError(r, trig, new TrellisError('TRELLIS_E_NOT_FOUND', `action ${r.def.action.ref} is not installed in tenant ${r.tenant}`));
+          continue;
+        }
         if (!r.gate.tryFire()) { r.stats.suppressed++; continue; }
         r.stats.fired++;
         this.fire(r, trig).catch((err) => this.fireError(r, trig!, err));
@@ -376,8 +381,19 @@ export class RulesEngine extends EventEmitter {
     return this.get(tenant, def.ref);
   }
 
+  /**
+   * Enabled rules of a tenant, outside pack `exceptPack`, whose action `calls` matches: who would
+   * be left calling nothing if those actions went away.
+   */
+  callers(tenant: string, calls: (actionRef: string) => boolean, exceptPack = ''): LiveRule[] {
+    return this.list(tenant).filter((r) => r.def.enabled && (!exceptPack || r.def.pack !== exceptPack) && calls(r.def.action.ref));
+  }
+
   async setEnabled(tenant: string, ref: string, enabled: boolean, by: string): Promise<LiveRule> {
     const r = this.get(tenant, ref);
+    if (enabled && !this.deps.packs.action(tenant, r.def.action.ref)) {
+      throw new TrellisError('TRELLIS_E_RULE_INVALID', `rule ${ref}: action ${r.def.action.ref} is not installed in tenant ${tenant}: install its pack first, or change the rule (trellis rules create FILE --replace)`);
+    }
     const id = docId(tenant, ref);
     const cur = this.docs.get(id);
     // Enabling a rule created directly makes the enabler its author (they were checked for it);
@@ -400,11 +416,15 @@ export class RulesEngine extends EventEmitter {
   }
 
   /** Does the rule match, and what would run where? Changes nothing, fires nothing. */
-  async test(tenant: string, def: RuleDef, ev: TriggerEvent): Promise<{ matched: boolean; reasons: string[]; parameters: Record<string, unknown>; agents: string[] }> {
+  async test(tenant: string, def: RuleDef, ev: TriggerEvent): Promise<{ matched: boolean; reasons: string[]; parameters: Record<string, unknown>; agents: string[]; warnings: string[] }> {
     const c = compileRule(def, () => this.now());
     const { matched, reasons } = c.explain(ev);
     if (def.trigger !== ev.type) reasons.unshift(`trigger type: the rule wants ${def.trigger}, the event is ${ev.type || '(none)'}`);
     const ok = matched && def.trigger === ev.type;
-    return { matched: ok, reasons, parameters: c.parameters(ev), agents: ok ? await this.targets(tenant, def, ev) : [] };
+    const warnings: string[] = [];
+    if (!this.deps.packs.action(tenant, def.action.ref)) {
+      warnings.push(`action ${def.action.ref} is not installed in tenant ${tenant}: the rule would run nothing (see trellis actions list)`);
+    }
+    return { matched: ok, reasons, parameters: c.parameters(ev), agents: ok ? await this.targets(tenant, def, ev) : [], warnings };
   }
 }
