@@ -204,3 +204,61 @@ t.test('references: a pack rule calling an action that is not installed is refus
   t.equal(en.code, 1);
   t.match(en.err, /rule mine: action ops\.log is not installed in tenant default: install its pack first/);
 });
+
+t.test('rules show -o yaml round-trips into rules create --replace; packs show names the file of each action, sensor and rule', async (t) => {
+  await using h = await startHub();
+  const env = await cliLogin(t, h);
+  t.equal((await runCli(['packs', 'install', DEMO], env)).code, 0);
+  const rules = [
+    ['hub.yaml', [
+      'name: rich', 'description: "every field: quotes \' and {{ braces }}"', 'trigger: webhook.deploy',
+      'criteria:',
+      '  trigger.payload.env: { type: iequals, pattern: PROD }',
+      '  trigger.payload.tags: { type: search, condition: any, pattern: { item.name: { type: regex, pattern: "^web-\\\\d+$" } } }',
+      'action:', '  ref: demo.restart', '  parameters: { service: "{{ trigger.payload.svc | default(\\"nginx\\") }}" }',
+      'target: { selector: { role: web, "k8s.io/zone": a } }', 'cooldown: 5400', 'rate_limit: { count: 10, per: 1500ms }', '',
+    ].join('\n')],
+    ['edge.yaml', [
+      'name: edgy', 'enabled: false', 'trigger: core.disk',
+      'criteria:', '  - { path: trigger.payload.percent, type: gte, pattern: 90 }', '  - { path: trigger.payload.percent, type: lt, pattern: 99.5 }',
+      'action: { ref: demo.cleanup, parameters: { dir: /var/tmp, days: 3 } }', 'target: local', 'on: { selector: { role: db } }', '',
+    ].join('\n')],
+    ['plain.yaml', 'name: plain\ntrigger: webhook.x\naction: { ref: demo.notify }\n'],
+  ] as const;
+  for (const [file, text] of rules) {
+    await writeFile(join(h.dir, file), text);
+    const r = await runCli(['rules', 'create', join(h.dir, file)], env);
+    t.equal(r.code, 0, r.err);
+  }
+  for (const name of ['rich', 'edgy', 'plain']) {
+    const before = JSON.parse((await runCli(['rules', 'show', name, '--json'], env)).out) as { definition: unknown; file: unknown };
+    const y = await runCli(['rules', 'show', name, '-o', 'yaml'], env);
+    t.equal(y.code, 0, y.err);
+    t.match(y.out, new RegExp(`^# rule ${name} in tenant default; author admin\\n# counters since the hub started: matched 0, fired 0, suppressed 0\\nname: ${name}\\n`));
+    t.same(parseYaml(y.out), before.file, '-o yaml is the file that --json shows under "file"');
+    await writeFile(join(h.dir, `${name}.back.yaml`), y.out);
+    const back = await runCli(['rules', 'create', join(h.dir, `${name}.back.yaml`), '--replace'], env);
+    t.equal(back.code, 0, back.err);
+    const after = JSON.parse((await runCli(['rules', 'show', name, '-o', 'json'], env)).out) as { definition: unknown };
+    t.same(after.definition, before.definition, `${name}: the same rule after the round trip`);
+  }
+  const rich = parseYaml((await runCli(['rules', 'show', 'rich', '-o', 'yaml'], env)).out) as Record<string, unknown>;
+  t.same([rich.cooldown, rich.rate_limit], ['1h30m', { count: 10, per: '1500ms' }], 'durations as text, without loss');
+  const packRule = await runCli(['rules', 'show', 'demo.disk_full', '-o', 'yaml'], env);
+  t.match(packRule.out, /^# rule demo\.disk_full in tenant default \(pack demo: edit the pack's rules\/ file\)/);
+  t.match(packRule.out, /\nname: disk_full\npack: demo\n/);
+  const bad = await runCli(['rules', 'show', 'plain', '-o', 'xml'], env);
+  t.equal(bad.code, 2);
+  t.match(bad.err, /xml.*(table|yaml)/);
+
+  const show = await runCli(['packs', 'show', 'demo'], env);
+  t.equal(show.code, 0, show.err);
+  t.match(show.out, /demo\.restart {2}\[command, timeout 2m, as root\] {2}Restart a systemd service {2}\(actions\/restart\.yaml\)\n/);
+  t.match(show.out, /demo\.root_disk {2}\[disk, .*\(sensors\/disk\.yaml\)\n/);
+  t.match(show.out, /demo\.disk_full {2}core\.disk .*\(rules\/disk_full\.yaml\)\n/);
+  const json = JSON.parse((await runCli(['packs', 'show', 'demo', '--json'], env)).out) as { definition: { sources: Record<string, string> } };
+  t.same(json.definition.sources, {
+    'demo.cleanup': 'actions/cleanup.yaml', 'demo.notify': 'actions/notify.yaml', 'demo.restart': 'actions/restart.yaml',
+    'demo.root_disk': 'sensors/disk.yaml', 'demo.disk_full': 'rules/disk_full.yaml',
+  });
+});

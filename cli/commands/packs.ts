@@ -16,7 +16,10 @@ const HUB_MESSAGE_DEFAULT = 4 * 1024 * 1024;
 
 const plural = (n: number, w: string) => `${n} ${w}${n === 1 ? '' : 's'}`;
 
-type Shown = PackDef & { files?: { path: string; size: number; mode: number }[] };
+type Shown = PackDef & { files?: { path: string; size: number; mode: number }[]; sources?: Record<string, string> };
+
+/** "  (actions/restart.yaml)": the file an action, sensor or rule came from, when the hub kept it. */
+const fileOf = (def: Shown, ref: string) => (def.sources?.[ref] ? `  (${def.sources[ref]})` : '');
 
 function paramLines(a: ActionDef): string[] {
   const rows = Object.entries(a.parameters).map(([n, p]) => [
@@ -49,14 +52,14 @@ export function formatPack(info: T.PackInfo__Output, def: Shown): string {
   if (info.description) out.push(`  ${info.description}`);
   out.push('', `actions (${def.actions.length}):`);
   for (const a of def.actions) {
-    out.push(actionLine(a));
+    out.push(actionLine(a).replace('\n', `${fileOf(def, a.ref)}\n`));
     const params = paramLines(a);
     if (params.length) out.push('    parameters:', ...params);
   }
   out.push('', `sensors (${def.sensors.length}):`);
-  for (const s of def.sensors) out.push(`  ${s.ref}  [${s.kind}, every ${formatDuration(s.intervalMs)}, trigger ${s.trigger}, on ${where(s.on)}]  ${s.description}`);
+  for (const s of def.sensors) out.push(`  ${s.ref}  [${s.kind}, every ${formatDuration(s.intervalMs)}, trigger ${s.trigger}, on ${where(s.on)}]  ${s.description}${fileOf(def, s.ref)}`);
   out.push('', `rules (${def.rules.length}):`);
-  for (const r of def.rules) out.push(ruleLine(r));
+  for (const r of def.rules) out.push(`${ruleLine(r)}${fileOf(def, r.ref)}`);
   if (def.files?.length) {
     out.push('', `files (${def.files.length}):`);
     for (const f of def.files) out.push(`  ${(f.mode & 0o777).toString(8).padStart(4, '0')}  ${String(f.size).padStart(8)}  ${f.path}`);
@@ -117,7 +120,7 @@ other packs its rules call are installed, and that you hold the rights the pack 
     });
 
   packs.command('show')
-    .description('show a pack: actions with their parameters, sensors, rules and files')
+    .description('show a pack: actions with their parameters, sensors and rules, each with the file it came from, and every file')
     .argument('<name>')
     .option('--json', 'the whole definition as JSON')
     .action(async (name: string, o: { json?: boolean }) => {

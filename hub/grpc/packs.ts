@@ -25,7 +25,7 @@ export function packInfo(d: PackDoc, withDefinition: boolean): T.PackInfo {
     name: d.name, version: d.version, description: d.description, tenant: d.tenant,
     actions: d.def.actions.map((a) => a.ref), sensors: d.def.sensors.map((s) => s.ref), rules: d.def.rules.map((r) => r.ref),
     installedMs: d.installedAt, installedBy: d.installedBy,
-    definitionJson: withDefinition ? Buffer.from(JSON.stringify({ ...d.def, files: d.files })) : Buffer.alloc(0),
+    definitionJson: withDefinition ? Buffer.from(JSON.stringify({ ...d.def, files: d.files, sources: d.sources ?? {} })) : Buffer.alloc(0),
   };
 }
 
