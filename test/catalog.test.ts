@@ -9,7 +9,10 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { runCli } from './helpers/cli.js';
-import { ADMIN_PASSWORD, startHub, tempDir, callError, login, type TestHub } from './helpers/hub.js';
+import https from 'node:https';
+import { ADMIN_PASSWORD, startHub, tempDir, callError, login, waitFor, type TestHub } from './helpers/hub.js';
+import { install } from './helpers/admin.js';
+import { signWebhook } from '../hub/webhooks/index.js';
 import { adminClients, call, type AdminClients } from '../cli/client.js';
 import { readPackSource } from '../common/packs/index.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
@@ -25,6 +28,18 @@ async function clientsAs(t: Test, h: TestHub, username: string, tenant: string):
 }
 const installPack = (c: AdminClients, files: T.PackFile[], force = true) =>
   call<T.InstallPackRequest, T.PackInfo__Output>(c, c.packs, c.packs.InstallPack, { files, force });
+
+/** POST to the hub's web port. */
+function postWebhook(h: TestHub, path: string, body: string, headers: Record<string, string>): Promise<{ status: number }> {
+  return new Promise((resolve, reject) => {
+    const req = https.request({
+      host: '127.0.0.1', port: h.hub.webPort, path, method: 'POST', ca: h.caPem, servername: 'localhost', agent: false,
+      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...headers },
+    }, (res) => { res.resume().on('end', () => resolve({ status: res.statusCode ?? 0 })); });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
 
 /** A logged-in CLI environment (TRELLIS_HOME in a temp dir) for the test hub's admin. */
 async function cliLogin(t: Test, h: TestHub): Promise<Record<string, string>> {
@@ -261,4 +276,70 @@ t.test('rules show -o yaml round-trips into rules create --replace; packs show n
     'demo.cleanup': 'actions/cleanup.yaml', 'demo.notify': 'actions/notify.yaml', 'demo.restart': 'actions/restart.yaml',
     'demo.root_disk': 'sensors/disk.yaml', 'demo.disk_full': 'rules/disk_full.yaml',
   });
+});
+
+t.test('counters: edge rules report matched/fired/suppressed to the hub in heartbeats (rules list shows them; an agent restart loses nothing, a repeated report adds nothing, a report for a rule not sent to the agent is ignored)', async (t) => {
+  await using h = await startHub({ config: { heartbeatInterval: '1s' } });
+  const out = join(h.dir, 'edge.out');
+  await install(h, [
+    pf('pack.yaml', 'name: ops\nversion: 1.0.0\ndescription: ops\n'),
+    pf('actions/mark.yaml', 'name: mark\ndescription: mark\nrunner: command\ncommand: ["/bin/sh", "-c", "echo x >> \\"$OUT\\""]\nenv: { OUT: ' + JSON.stringify(out) + ' }\ntimeout: 10s\n'),
+    pf('rules/tick.yaml', 'name: tick\ntrigger: core.tick\naction: { ref: ops.mark }\ntarget: local\nrate_limit: { count: 2, per: 1h }\n'),
+  ]);
+  const dataDir = (await h.enroll()).dataDir;
+  let agent = await h.agent({ dataDir });
+  await waitFor(() => agent.edge.ruleNames.includes('ops.tick'), 10_000, 'edge rule on the agent');
+  for (let i = 0; i < 5; i++) agent.publishEvent('core.tick', { i });
+  const live = () => h.hub.components.rules.get('default', 'ops.tick').stats;
+  await waitFor(() => live().matched === 5, 15_000, 'the hub has the edge counters');
+  t.same([live().matched, live().fired, live().suppressed], [5, 2, 3]);
+
+  const env = await cliLogin(t, h);
+  const ls = await runCli(['rules', 'list'], env);
+  t.match(ls.out, /\nops\.tick\s+yes\s+core\.tick\s+ops\.mark\s+local\s+5\s+2\s+3\s+admin/, 'rules list shows the edge counters');
+
+  // The agent restarts (new boot): its counters start at 0 there, the hub keeps adding.
+  await agent.close();
+  agent = await h.agent({ dataDir });
+  await waitFor(() => agent.edge.ruleNames.includes('ops.tick'), 10_000, 'edge rule after restart');
+  agent.publishEvent('core.tick', { i: 5 });
+  await waitFor(() => live().matched === 6, 15_000, 'one more match after the agent restarted');
+  t.same([live().matched, live().fired, live().suppressed], [6, 3, 3], 'nothing lost across the agent restart');
+  await agent.close();
+
+  // Reports are agent data: the same report twice adds nothing; rules the hub did not send that agent count nothing.
+  const rules = h.hub.components.rules;
+  const agentId = (await h.enroll()).agentId;
+  const sentTo = (ref: string) => ref === 'ops.tick';
+  t.equal(rules.edgeCounts('default', agentId, 'boot-1', [{ rule: 'ops.tick', matched: 10, fired: 1, suppressed: 9 }], sentTo), 1);
+  t.equal(rules.edgeCounts('default', agentId, 'boot-1', [{ rule: 'ops.tick', matched: 10, fired: 1, suppressed: 9 }], sentTo), 1);
+  t.same([live().matched, live().fired, live().suppressed], [16, 4, 12], 'a repeated report adds nothing');
+  t.equal(rules.edgeCounts('default', agentId, 'boot-1', [{ rule: 'ops.tick', matched: 11, fired: 1, suppressed: 10 }], () => false), 0, 'not sent to this agent: ignored');
+  t.equal(rules.edgeCounts('other', agentId, 'boot-1', [{ rule: 'ops.tick', matched: 99, fired: 99, suppressed: 0 }], sentTo), 0, 'another tenant\'s rule: ignored');
+  t.equal(rules.edgeCounts('default', agentId, 'boot-1', [{ rule: 'ops.tick', matched: -5, fired: Number.NaN, suppressed: 2 ** 50 }], sentTo), 1);
+  t.same([live().matched, live().fired, live().suppressed], [16, 4, 12 + 2 ** 48 - 9], 'garbage counts as 0, huge values are capped');
+});
+
+t.test('counters: webhooks list shows refused calls by reason (calls to unknown names are not counted)', async (t) => {
+  await using h = await startHub();
+  const env = await cliLogin(t, h);
+  const created = JSON.parse((await runCli(['webhooks', 'create', 'deploy', '--json'], env)).out) as { secret: string };
+  const body = '{"ok":true}';
+  const nowS = () => Math.floor(Date.now() / 1000);
+  const sig = (t0: number, secret = created.secret) => signWebhook(secret, body, t0);
+  t.equal((await postWebhook(h, '/webhooks/deploy', body, { 'x-trellis-signature': sig(nowS()) })).status, 202);
+  t.equal((await postWebhook(h, '/webhooks/deploy', body, { 'x-trellis-signature': sig(nowS(), 'wrong-secret') })).status, 401);
+  t.equal((await postWebhook(h, '/webhooks/deploy', body, { 'x-trellis-signature': sig(nowS(), 'wrong-secret-2') })).status, 401);
+  t.equal((await postWebhook(h, '/webhooks/deploy', body, { 'x-trellis-signature': sig(nowS() - 3600) })).status, 401);
+  t.equal((await postWebhook(h, '/webhooks/deploy', body, { 'content-type': 'text/plain' })).status, 415);
+  t.equal((await postWebhook(h, '/webhooks/deploy', body, { 'x-api-key': 'tak1_not-a-real-key' })).status, 401);
+  t.equal((await postWebhook(h, '/webhooks/nope', body, { 'x-trellis-signature': sig(nowS()) })).status, 401);
+
+  const ls = await runCli(['webhooks', 'list'], env);
+  t.equal(ls.code, 0, ls.err);
+  t.match(ls.out, /^NAME\s+TENANT\s+TRIGGER\s+RECEIVED\s+LAST\s+REFUSED\s+CREATED BY/);
+  t.match(ls.out, /\ndeploy\s+default\s+webhook\.deploy\s+1\s+\S+\s+5 \(bad-signature 2, api-key 1, content-type 1, stale 1\)\s+admin/);
+  const j = JSON.parse((await runCli(['webhooks', 'list', '--json'], env)).out) as Array<{ name: string; refused: Record<string, number> }>;
+  t.same(j.map((w) => w.name), ['deploy'], 'the unknown name left no counter');
+  t.same(j[0]!.refused, { 'bad-signature': 2, 'api-key': 1, 'content-type': 1, stale: 1 });
 });

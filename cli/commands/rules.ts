@@ -66,7 +66,7 @@ Example rule file:
     });
 
   rules.command('list')
-    .description('list rules; ENABLED "blocked": enabled, but its author no longer holds what it needs (deactivated or deleted, out of the tenant, or a permission lost), so it does not fire; AUTHOR: whose rights it acts with')
+    .description('list rules; ENABLED "blocked": enabled, but its author no longer holds what it needs (deactivated or deleted, out of the tenant, or a permission lost), so it does not fire; AUTHOR: whose rights it acts with; MATCHED/FIRED/SUPPRESSED since the hub started: hub rules counted on the hub, edge rules (target local) summed from what each agent reports in its heartbeats')
     .option('--pack <pack>', 'only rules of this pack')
     .option('--trigger <type>', 'only rules for this trigger type')
     .option('--json', 'JSON')

@@ -87,6 +87,14 @@ const RULE_NAME_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
 const docId = (tenant: string, ref: string) => `${tenant}/${ref}`;
 
+/** Most rules one agent report is read for. */
+export const MAX_EDGE_REPORT = 256;
+/** A counter value from an agent, as a safe non-negative integer (garbage counts as 0). */
+const bounded = (v: unknown): number => {
+  const n = Number(v);
+  return Number.isSafeInteger(n) && n > 0 ? Math.min(n, 2 ** 48) : 0;
+};
+
 export function describeTarget(def: RuleDef): string {
   const t = def.target;
   if (t.kind === 'local') return 'local';
@@ -128,6 +136,8 @@ export class RulesEngine extends EventEmitter {
   /** `${tenant}/${ref}` → every rule (enabled or not). */
   private readonly all = new Map<string, LiveRule>();
   private readonly docs = new Map<string, RuleDoc>();
+  /** agent id → its last edge counters report (boot id and absolute counts per rule); at most agents × MAX_EDGE_REPORT entries. */
+  private readonly edgeReports = new Map<string, { boot: string; counts: Map<string, { matched: number; fired: number; suppressed: number }> }>();
   private lastErrorLog = 0;
   private suppressedErrorLogs = 0;
 
@@ -348,6 +358,33 @@ export class RulesEngine extends EventEmitter {
   /** Enabled edge rules of a tenant (hub/agentconfig filters them per agent). */
   edgeRules(tenant: string): readonly LiveRule[] {
     return this.edge.get(tenant) ?? [];
+  }
+
+  /**
+   * Counters an agent reported for the edge rules it runs (absolute since its start, with a boot
+   * id). Only what is new since its last report of the same boot is added to the rule's counters
+   * (MATCHED/FIRED/SUPPRESSED in `rules list`), so a re-sent or repeated report adds nothing and
+   * an agent restart does not lose counts. Reports are data from an agent: only rules the hub sent
+   * to that agent (`sent`) count, at most MAX_EDGE_REPORT entries, each value bounded.
+   */
+  edgeCounts(tenant: string, agentId: string, boot: string, entries: readonly { rule: string; matched: number; fired: number; suppressed: number }[], sent: (ref: string) => boolean): number {
+    if (!boot || boot.length > 64) return 0;
+    let last = this.edgeReports.get(agentId);
+    if (!last || last.boot !== boot) this.edgeReports.set(agentId, (last = { boot, counts: new Map() }));
+    let applied = 0;
+    for (const e of entries.slice(0, MAX_EDGE_REPORT)) {
+      const ref = String(e.rule ?? '').slice(0, 130);
+      const live = this.all.get(docId(tenant, ref));
+      if (!live || live.def.target.kind !== 'local' || !sent(ref)) continue;
+      const now = { matched: bounded(e.matched), fired: bounded(e.fired), suppressed: bounded(e.suppressed) };
+      const before = last.counts.get(ref) ?? { matched: 0, fired: 0, suppressed: 0 };
+      live.stats.matched += Math.max(0, now.matched - before.matched);
+      live.stats.fired += Math.max(0, now.fired - before.fired);
+      live.stats.suppressed += Math.max(0, now.suppressed - before.suppressed);
+      last.counts.set(ref, { matched: Math.max(now.matched, before.matched), fired: Math.max(now.fired, before.fired), suppressed: Math.max(now.suppressed, before.suppressed) });
+      applied++;
+    }
+    return applied;
   }
 
   // ---------------------------------------------------------------- admin
