@@ -70,6 +70,7 @@ export class Agent {
       onAction: (req) => this.onAction(req),
       onCancel: (id) => this.running.get(id)?.cancel(),
       onConfig: (c) => void this.onConfig(c),
+      heartbeat: () => this.edge.report(),
       log: log.child({ component: 'channel' }),
       maxBackoffMs: opts.maxBackoffMs,
       outbox,

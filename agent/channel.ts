@@ -36,6 +36,8 @@ export interface ChannelOptions {
   onCancel: (executionId: string) => void;
   /** The hub's config for this agent (sensors, edge rules, sealed values); sent after welcome and on change. */
   onConfig?: (config: T.AgentConfig__Output) => void;
+  /** More to say in each heartbeat (the edge rules' counters). */
+  heartbeat?: () => Partial<T.Heartbeat>;
   log: Logger;
   /** Most events per batch. @default 500 */
   batchSize?: number;
@@ -249,7 +251,7 @@ export class HubChannel extends EventEmitter {
     this.inflight.clear();
     clearInterval(this.heartbeatTimer);
     const every = Math.max(1000, welcome.heartbeatIntervalMs || 10_000);
-    this.heartbeatTimer = setInterval(() => this.current?.write({ heartbeat: { sentAtMs: Date.now() } }), every);
+    this.heartbeatTimer = setInterval(() => this.current?.write({ heartbeat: { ...this.opts.heartbeat?.(), sentAtMs: Date.now() } }), every);
     this.heartbeatTimer.unref();
     old?.end();
     const queued = this.outQueue;

@@ -22,6 +22,8 @@ import type { Logger } from '../common/log.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 export const EDGE_CONFIG_FILE = 'edge-config.json';
+/** Most rules one heartbeat reports counters for (the hub reads no more). */
+export const MAX_REPORTED = 256;
 const OUTPUT_CAP = 64 * 1024;
 
 /** What the agent keeps on disk: the config as received (values sealed) and who it was sealed for. */
@@ -54,6 +56,10 @@ export class EdgeRules {
   private config?: StoredConfig;
   private byTrigger = new Map<string, EdgeRule[]>();
   stats = { matched: 0, fired: 0, suppressed: 0, errors: 0 };
+  /** Per rule since this agent started, reported to the hub in heartbeats (report()). */
+  private readonly perRule = new Map<string, { matched: number; fired: number; suppressed: number }>();
+  /** Changes at every start: the hub adds only what is new within one boot. */
+  private readonly boot = ulid().toLowerCase();
 
   constructor(private readonly opts: EdgeOptions) {}
 
@@ -126,11 +132,25 @@ export class EdgeRules {
         try { hit = r.compiled.match(ev); } catch { hit = false; }
         if (!hit) continue;
         this.stats.matched++;
-        if (!r.gate.tryFire()) { this.stats.suppressed++; continue; }
+        let c = this.perRule.get(r.def.ref);
+        if (!c) this.perRule.set(r.def.ref, (c = { matched: 0, fired: 0, suppressed: 0 }));
+        c.matched++;
+        if (!r.gate.tryFire()) { this.stats.suppressed++; c.suppressed++; continue; }
         this.stats.fired++;
+        c.fired++;
         void this.fire(r, ev);
       }
     }
+  }
+
+  /**
+   * The counters for a heartbeat: every rule that matched since this agent started (absolute,
+   * with the boot id), at most MAX_REPORTED rules; nothing when no rule matched yet.
+   */
+  report(): { edgeBoot?: string; edgeRules?: T.EdgeRuleCounts[] } {
+    if (this.perRule.size === 0) return {};
+    const edgeRules = [...this.perRule].slice(0, MAX_REPORTED).map(([rule, c]) => ({ rule, ...c }));
+    return { edgeBoot: this.boot, edgeRules };
   }
 
   /** Opens one referenced value, in memory, for this run only. */

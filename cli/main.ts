@@ -15,6 +15,7 @@ import { addPackCommands } from './commands/packs.js';
 import { addRuleCommands } from './commands/rules.js';
 import { addFleetCommands } from './commands/fleet.js';
 import { addCaCommands } from './commands/ca.js';
+import { addActionCommands } from './commands/actions.js';
 
 export function buildProgram(): Command {
   const program = new Command('trellis')
@@ -39,6 +40,7 @@ export function buildProgram(): Command {
   addEventCommands(program);
   addPackCommands(program);
   addRuleCommands(program);
+  addActionCommands(program);
   addCaCommands(program);
   program.addHelpText('after', `
 Start here:

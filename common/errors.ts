@@ -26,6 +26,7 @@ export const ERROR_CODES = {
   TRELLIS_E_TIMEOUT: 'the operation did not finish in time',
   TRELLIS_E_SHUTDOWN: 'the daemon is shutting down',
   TRELLIS_E_PACK_INVALID: 'a pack file is invalid; the message names the file, the line and the field',
+  TRELLIS_E_IN_USE: 'the object is still used (enabled rules call actions of the pack); the message names them: disable or change them, or pass --force where offered',
   TRELLIS_E_RULE_INVALID: 'a rule is invalid; the message names the field',
   TRELLIS_E_SECRET_INVALID: 'a sealed secret or ciphertext does not open (tampered, or for another agent, tenant or key)',
   TRELLIS_E_AGENT_BUSY: 'the agent is at its concurrency limit; the execution waits or was refused',

@@ -11,9 +11,15 @@ import { call, withClients } from '../client.js';
 import { table, when, print } from '../format.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
+/** The hub's default maxMessageBytes (hub/config.ts), which bounds an install request. */
+const HUB_MESSAGE_DEFAULT = 4 * 1024 * 1024;
+
 const plural = (n: number, w: string) => `${n} ${w}${n === 1 ? '' : 's'}`;
 
-type Shown = PackDef & { files?: { path: string; size: number; mode: number }[] };
+type Shown = PackDef & { files?: { path: string; size: number; mode: number }[]; sources?: Record<string, string> };
+
+/** "  (actions/restart.yaml)": the file an action, sensor or rule came from, when the hub kept it. */
+const fileOf = (def: Shown, ref: string) => (def.sources?.[ref] ? `  (${def.sources[ref]})` : '');
 
 function paramLines(a: ActionDef): string[] {
   const rows = Object.entries(a.parameters).map(([n, p]) => [
@@ -46,14 +52,14 @@ export function formatPack(info: T.PackInfo__Output, def: Shown): string {
   if (info.description) out.push(`  ${info.description}`);
   out.push('', `actions (${def.actions.length}):`);
   for (const a of def.actions) {
-    out.push(actionLine(a));
+    out.push(actionLine(a).replace('\n', `${fileOf(def, a.ref)}\n`));
     const params = paramLines(a);
     if (params.length) out.push('    parameters:', ...params);
   }
   out.push('', `sensors (${def.sensors.length}):`);
-  for (const s of def.sensors) out.push(`  ${s.ref}  [${s.kind}, every ${formatDuration(s.intervalMs)}, trigger ${s.trigger}, on ${where(s.on)}]  ${s.description}`);
+  for (const s of def.sensors) out.push(`  ${s.ref}  [${s.kind}, every ${formatDuration(s.intervalMs)}, trigger ${s.trigger}, on ${where(s.on)}]  ${s.description}${fileOf(def, s.ref)}`);
   out.push('', `rules (${def.rules.length}):`);
-  for (const r of def.rules) out.push(ruleLine(r));
+  for (const r of def.rules) out.push(`${ruleLine(r)}${fileOf(def, r.ref)}`);
   if (def.files?.length) {
     out.push('', `files (${def.files.length}):`);
     for (const f of def.files) out.push(`  ${(f.mode & 0o777).toString(8).padStart(4, '0')}  ${String(f.size).padStart(8)}  ${f.path}`);
@@ -82,6 +88,25 @@ export function addPackCommands(program: Command): void {
       print(`installed pack ${info.name} ${info.version} in tenant ${info.tenant}: ${plural(pack.actions.length, 'action')}, ${plural(pack.sensors.length, 'sensor')}, ${plural(pack.rules.length, 'rule')}`);
     });
 
+  packs.command('validate')
+    .description('check a pack directory or tarball offline: the same checks as `packs install` makes before sending (files, limits, every field with file:line), no hub and no login needed')
+    .argument('<source>', 'a pack directory or a tarball (.tar, .tar.gz, .tgz)')
+    .addHelpText('after', `
+Exits 0 when the pack is valid, 1 with every problem (up to 20) as file:line: field: message
+(TRELLIS_E_PACK_INVALID). What only the hub can know is checked at install: that actions of
+other packs its rules call are installed, and that you hold the rights the pack needs.`)
+    .action(async (source: string) => {
+      const { loadPack, readPackSource } = await import('../../common/packs/index.js');
+      const files = await readPackSource(source);
+      const pack = loadPack(files);
+      print(`pack ${pack.name} ${pack.version} is valid: ${plural(pack.actions.length, 'action')}, ${plural(pack.sensors.length, 'sensor')}, ${plural(pack.rules.length, 'rule')}, ${plural(files.length, 'file')}`);
+      for (const r of pack.rules) {
+        if (!r.action.ref.startsWith(`${pack.name}.`)) print(`note: rule ${r.ref} (${pack.sources[r.ref] ?? ''}) calls ${r.action.ref} of another pack: the hub refuses the install unless it is installed in the tenant`);
+      }
+      const bytes = files.reduce((n, f) => n + f.content.length, 0);
+      if (bytes > HUB_MESSAGE_DEFAULT) print(`note: the files are ${bytes} bytes: over the hub's default message limit (maxMessageBytes, 4 MiB); the hub must raise it to accept the pack`);
+    });
+
   packs.command('list')
     .description('list installed packs')
     .option('--json', 'JSON')
@@ -95,7 +120,7 @@ export function addPackCommands(program: Command): void {
     });
 
   packs.command('show')
-    .description('show a pack: actions with their parameters, sensors, rules and files')
+    .description('show a pack: actions with their parameters, sensors and rules, each with the file it came from, and every file')
     .argument('<name>')
     .option('--json', 'the whole definition as JSON')
     .action(async (name: string, o: { json?: boolean }) => {
@@ -109,10 +134,12 @@ export function addPackCommands(program: Command): void {
     });
 
   packs.command('remove')
-    .description('remove an installed pack (its actions, sensors and rules go with it)')
+    .description('remove an installed pack (its actions, sensors and rules go with it); refused while enabled rules outside it call its actions (TRELLIS_E_IN_USE, naming them)')
     .argument('<name>')
-    .action(async (name: string) => {
-      await withClients((c) => call<T.RemovePackRequest, T.RemovePackResponse__Output>(c, c.packs, c.packs.RemovePack, { name }));
+    .option('--force', 'disable the enabled rules outside the pack that call its actions, and say which')
+    .action(async (name: string, o: { force?: boolean }) => {
+      const r = await withClients((c) => call<T.RemovePackRequest, T.RemovePackResponse__Output>(c, c.packs, c.packs.RemovePack, { name, force: !!o.force }));
+      if (r.disabledRules.length > 0) print(`disabled ${plural(r.disabledRules.length, 'rule')} that called its actions: ${r.disabledRules.join(', ')}`);
       print(`removed pack ${name}`);
     });
 }

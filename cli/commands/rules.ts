@@ -7,7 +7,9 @@ import type { Command } from 'commander';
 import { TrellisError } from '../../common/errors.js';
 import { call, withClients } from '../client.js';
 import { readStdin } from '../prompt.js';
-import { table, when, print } from '../format.js';
+import { table, when, print, printErr } from '../format.js';
+import { withOutput, outputMode, printStructured } from '../outmode.js';
+import type { RuleDef } from '../../common/automation/types.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
 const MAX_FILE = 64 * 1024;
@@ -64,7 +66,7 @@ Example rule file:
     });
 
   rules.command('list')
-    .description('list rules; ENABLED "blocked": enabled, but its author no longer holds what it needs (deactivated or deleted, out of the tenant, or a permission lost), so it does not fire; AUTHOR: whose rights it acts with')
+    .description('list rules; ENABLED "blocked": enabled, but its author no longer holds what it needs (deactivated or deleted, out of the tenant, or a permission lost), so it does not fire; AUTHOR: whose rights it acts with; MATCHED/FIRED/SUPPRESSED since the hub started: hub rules counted on the hub, edge rules (target local) summed from what each agent reports in its heartbeats')
     .option('--pack <pack>', 'only rules of this pack')
     .option('--trigger <type>', 'only rules for this trigger type')
     .option('--json', 'JSON')
@@ -77,13 +79,28 @@ Example rule file:
       for (const x of blocked) print(`blocked: ${x.name}: ${x.blocked}`);
     });
 
-  rules.command('show')
-    .description('show a rule')
-    .argument('<name>', 'rule name, or pack.rule')
-    .option('--json', 'JSON')
-    .action(async (name: string, o) => {
+  withOutput(rules.command('show')
+    .description('show a rule; -o yaml prints its rule file, which `trellis rules create FILE --replace` reads back unchanged')
+    .argument('<name>', 'rule name, or pack.rule'))
+    .addHelpText('after', `
+  -o yaml   the rule file (name, trigger, criteria, action, target, cooldown, …) after a comment
+            header with its state; edit it and save it back:
+              trellis rules show restart-nginx -o yaml > r.yaml && trellis rules create r.yaml --replace
+            (a pack rule names its pack: it goes back into the pack's rules/ folder)
+  -o json   the whole record (counters, author, state), with the rule file under "file" (--json: the same)`)
+    .action(async (name: string, o: { output?: string; json?: boolean }) => {
+      const mode = outputMode(o);
       const r = await withClients((c) => call<T.GetRuleRequest, T.RuleInfo__Output>(c, c.rules, c.rules.GetRule, { name }));
-      print(o.json ? JSON.stringify({ ...r, definitionJson: undefined, definition: JSON.parse(Buffer.from(r.definitionJson).toString() || '{}') }, null, 2) : showRule(r));
+      if (mode === 'table' || mode === 'wide') return print(showRule(r));
+      const { ruleFileOf } = await import('../../common/rules/schema.js');
+      const def = JSON.parse(Buffer.from(r.definitionJson).toString() || '{}') as RuleDef;
+      if (mode === 'json') return void await printStructured(mode, { ...r, definitionJson: undefined, definition: def, file: ruleFileOf(def) });
+      const { stringify } = await import('yaml');
+      print([
+        `# rule ${r.name} in tenant ${r.tenant}${r.pack ? ` (pack ${r.pack}: edit the pack's rules/ file)` : ''}; author ${r.author || '-'}`,
+        `# counters since the hub started: matched ${r.matched}, fired ${r.fired}, suppressed ${r.suppressed}${r.blocked ? `; BLOCKED: ${r.blocked}` : ''}`,
+        stringify(ruleFileOf(def), { lineWidth: 0 }),
+      ].join('\n'));
     });
 
   for (const [cmd, enabled] of [['enable', true], ['disable', false]] as const) {
@@ -105,7 +122,7 @@ Example rule file:
     });
 
   rules.command('test')
-    .description('does RULE match EVENT.json, and what would run where? (changes nothing)')
+    .description('does RULE match EVENT.json, and what would run where? (changes nothing; warns on stderr when its action is not installed)')
     .argument('<rule>', 'a rule name, or a rule file (YAML/JSON)')
     .argument('<event>', 'event JSON file: {"type": ..., "payload": {...}, "agent": ...} or just the payload; `-` reads stdin')
     .option('--json', 'JSON')
@@ -116,7 +133,8 @@ Example rule file:
       const eventJson = await readInput(event, 'event file');
       const r = await withClients((c) => call<T.TestRuleRequest, T.TestRuleResponse__Output>(c, c.rules, c.rules.TestRule, { name, definition, eventJson }));
       const params = JSON.parse(Buffer.from(r.parametersJson).toString('utf8') || '{}');
-      if (o.json) return print(JSON.stringify({ matched: r.matched, reasons: r.reasons, action: r.action, parameters: params, target: r.target, agents: r.agents }, null, 2));
+      if (o.json) return print(JSON.stringify({ matched: r.matched, reasons: r.reasons, action: r.action, parameters: params, target: r.target, agents: r.agents, warnings: r.warnings }, null, 2));
+      for (const w of r.warnings) printErr(`warning: ${w}`);
       print([
         r.matched ? 'MATCH' : 'NO MATCH',
         ...r.reasons.map((x) => `  ${x}`),

@@ -9,6 +9,13 @@ import { table, when, print } from '../format.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
 /** The host part of a profile's hub address (`host:port`, `[v6]:port`). */
+/** "3 (bad-signature 2, stale 1)", most frequent reason first; "0" when none. */
+function refusedCell(by: Record<string, number | string>): string {
+  const rows = Object.entries(by).map(([k, v]) => [k, Number(v)] as const).filter(([, n]) => n > 0).sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
+  const total = rows.reduce((n, [, v]) => n + v, 0);
+  return total ? `${total} (${rows.map(([k, v]) => `${k} ${v}`).join(', ')})` : '0';
+}
+
 export function hubHost(hub: string): string {
   const v6 = /^\[([^\]]+)\](?::\d+)?$/.exec(hub);
   if (v6) return v6[1]!;
@@ -52,14 +59,14 @@ export function addWebhookCommands(program: Command): void {
     });
 
   wh.command('list')
-    .description('list webhooks of the tenant (`--tenant \'*\'`: every tenant, administrators); RECEIVED counts calls since the hub started')
+    .description('list webhooks of the tenant (`--tenant \'*\'`: every tenant, administrators); RECEIVED counts accepted calls and REFUSED refused ones by reason (bad-signature, stale, replayed, malformed, api-key, denied, content-type, too-large, not-json, …) since the hub started')
     .option('--json', 'JSON')
     .action(async (o) => {
       const r = await withClients((c) => call<T.ListWebhooksRequest, T.ListWebhooksResponse__Output>(c, c.webhooks, c.webhooks.ListWebhooks, {}));
       if (o.json) return print(JSON.stringify(r.webhooks, null, 2));
       print(table(r.webhooks.map((w) => [
-        w.name, w.tenant, w.trigger, String(w.received), when(w.lastReceivedMs), w.createdBy, w.description,
-      ]), ['NAME', 'TENANT', 'TRIGGER', 'RECEIVED', 'LAST', 'CREATED BY', 'DESCRIPTION']));
+        w.name, w.tenant, w.trigger, String(w.received), when(w.lastReceivedMs), refusedCell(w.refused), w.createdBy, w.description,
+      ]), ['NAME', 'TENANT', 'TRIGGER', 'RECEIVED', 'LAST', 'REFUSED', 'CREATED BY', 'DESCRIPTION']));
     });
 
   wh.command('delete')

@@ -18,7 +18,10 @@ export interface PackFile { path: string; content: Buffer; mode: number }
 /** What is kept of a file once validated. */
 export interface PackFileInfo { path: string; size: number; mode: number }
 
-export type LoadedPack = PackDef & { files: PackFileInfo[] };
+/** The file each action, sensor and rule of a pack came from, by ref ("web.restart" → "actions/restart.yaml"). */
+export type PackSources = Record<string, string>;
+
+export type LoadedPack = PackDef & { files: PackFileInfo[]; sources: PackSources };
 
 /** Size limits of a pack, checked by the CLI while reading and by the hub on install. */
 export const PACK_LIMITS = {
@@ -96,7 +99,15 @@ function checkDuplicate(problems: Problems, seen: Map<string, Seen>, what: strin
  * Validates every file and returns the pack definition. Throws TRELLIS_E_TOO_LARGE over the
  * limits and TRELLIS_E_PACK_INVALID listing the problems (`file:line: field: message`).
  */
-export function loadPack(files: readonly PackFile[]): LoadedPack {
+export interface LoadOptions {
+  /**
+   * Whether an action of another pack exists (the hub: installed in the tenant). Without it (the
+   * CLI, offline) rules that call other packs' actions are not checked.
+   */
+  actionExists?: (ref: string) => boolean;
+}
+
+export function loadPack(files: readonly PackFile[], o: LoadOptions = {}): LoadedPack {
   checkPackLimits(files);
   const problems = new Problems();
   const byPath = new Map<string, PackFile>();
@@ -130,6 +141,7 @@ export function loadPack(files: readonly PackFile[]): LoadedPack {
   // Go on with a placeholder name so that every file's problems show in one round.
   const pack = meta?.name ?? 'pack';
 
+  const sources: PackSources = {};
   const actions: ActionDef[] = [];
   const actionNames = new Map<string, Seen>();
   // Refs named by action files, valid or not, so a rule is not also blamed for a broken action.
@@ -149,7 +161,9 @@ export function loadPack(files: readonly PackFile[]): LoadedPack {
       script = scriptOf(a.script, byPath, problems, y);
       if (!script) continue;
     }
-    actions.push(normalizeAction(a, pack, script));
+    const action = normalizeAction(a, pack, script);
+    sources[action.ref] = f.path;
+    actions.push(action);
   }
 
   const sensors: SensorDef[] = [];
@@ -170,7 +184,9 @@ export function loadPack(files: readonly PackFile[]): LoadedPack {
     if (!checkDuplicate(problems, sensorNames, 'sensor', s.name, y)) continue;
     const trig = sensorTriggerProblem(s, pack);
     if (trig) { problems.add(y.file, y.lineOf(['trigger']), 'trigger', trig); continue; }
-    sensors.push(normalizeSensor(s, pack, c.data as Record<string, unknown>));
+    const sensor = normalizeSensor(s, pack, c.data as Record<string, unknown>);
+    sources[sensor.ref] = f.path;
+    sensors.push(sensor);
   }
 
   const rules: RuleDef[] = [];
@@ -201,6 +217,12 @@ export function loadPack(files: readonly PackFile[]): LoadedPack {
       problems.add(y.file, at, 'action.ref', `action "${rule.action.ref}" is not defined in this pack (actions: ${[...defined].join(', ') || 'none'})`);
       continue;
     }
+    // An action of another pack must be installed: a rule calling nothing would match and "fire" while nothing runs.
+    if (!rule.action.ref.startsWith(`${pack}.`) && o.actionExists && !o.actionExists(rule.action.ref)) {
+      problems.add(y.file, y.lineOf(['action', 'ref']), 'action.ref', `action "${rule.action.ref}" is not installed in this tenant: install its pack first (trellis actions list shows what is)`);
+      continue;
+    }
+    sources[rule.ref] = f.path;
     rules.push(rule);
   }
 
@@ -210,6 +232,7 @@ export function loadPack(files: readonly PackFile[]): LoadedPack {
   return {
     name: meta!.name, version: meta!.version, description: meta!.description, actions, sensors, rules,
     files: sorted([...byPath.values()]).map((f) => ({ path: f.path, size: f.content.length, mode: f.mode & 0o7777 })),
+    sources,
   };
 }
 

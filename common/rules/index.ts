@@ -12,7 +12,7 @@ export { OPERATORS, OPERATOR_ALIASES, compileCriteria, explainCriteria, getPath,
 export { escapeTemplate, findRefs, hasTemplate, needsResolving, renderKeepingRefs, renderTemplate, resolveRefs, toText, type Ref, type RefResolver } from './template.js';
 export { actionRefs, historyParameters, renderAction, validateParams, REDACTED, type RenderedAction, type RenderOptions } from './render.js';
 export { shellTemplateProblem } from './shell.js';
-export { normalizeRule, parseRule, ruleInputSchema, RULE_NAME_RE, TRIGGER_RE, type RuleInput } from './schema.js';
+export { normalizeRule, parseRule, ruleFileOf, ruleInputSchema, RULE_NAME_RE, TRIGGER_RE, type RuleInput } from './schema.js';
 
 export interface CompiledRule {
   def: RuleDef;

@@ -20,7 +20,7 @@
  */
 import { z } from 'zod';
 import type { AgentSelector, Criterion, RuleDef, RuleTarget } from '../automation/types.js';
-import { parseDuration } from '../duration.js';
+import { formatDuration, parseDuration } from '../duration.js';
 import { TrellisError, isTrellisError } from '../errors.js';
 import { compileCriteria, normalizeCriteria } from './criteria.js';
 import { findRefs } from './template.js';
@@ -223,4 +223,35 @@ export function parseRule(input: unknown, pack = ''): RuleDef {
     if (isTrellisError(e)) throw e;
     throw new TrellisError('TRELLIS_E_RULE_INVALID', `rule: ${(e as Error).message}`, { cause: e });
   }
+}
+
+/** A duration as rule files write it, without loss: "1h30m", "1500ms". */
+function durationText(ms: number): string {
+  return ms % 1000 === 0 ? formatDuration(ms) : `${ms}ms`;
+}
+
+/**
+ * The rule file (the input format above) of a definition: what `rules show -o yaml` prints, so
+ * that `rules create --replace` reads back the same rule. A pack rule names its pack (`pack:`),
+ * as a file of that pack may.
+ */
+export function ruleFileOf(def: RuleDef): Record<string, unknown> {
+  const paths = def.criteria.map((c) => c.path);
+  const unique = new Set(paths).size === paths.length;
+  const crit = def.criteria.map(({ path, ...body }) => [path, body] as const);
+  const t = def.target;
+  const out: Record<string, unknown> = {
+    name: def.name,
+    ...(def.pack ? { pack: def.pack } : {}),
+    ...(def.description ? { description: def.description } : {}),
+    enabled: def.enabled,
+    trigger: def.trigger,
+    ...(def.criteria.length ? { criteria: unique ? Object.fromEntries(crit) : def.criteria.map((c) => ({ ...c })) } : {}),
+    action: { ref: def.action.ref, ...(Object.keys(def.action.parameters).length ? { parameters: structuredClone(def.action.parameters) } : {}) },
+    target: t.kind === 'local' ? 'local' : t.kind === 'agent' ? { agent: t.agent } : { selector: { ...t.selector } },
+  };
+  if (def.on && (def.on.agent !== undefined || def.on.selector !== undefined)) out.on = structuredClone(def.on);
+  if (def.cooldownMs) out.cooldown = durationText(def.cooldownMs);
+  if (def.rateLimit) out.rate_limit = { count: def.rateLimit.count, per: durationText(def.rateLimit.perMs) };
+  return out;
 }

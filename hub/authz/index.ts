@@ -143,6 +143,8 @@ export const METHOD_TABLE: Readonly<Record<string, Requirement>> = Object.freeze
   [`/${S}.AdminPacks/ListPacks`]: perm('packs:list'),
   [`/${S}.AdminPacks/GetPack`]: perm('packs:list'),
   [`/${S}.AdminPacks/RemovePack`]: perm('packs:install'),
+  [`/${S}.AdminPacks/ListActions`]: perm('packs:list'),
+  [`/${S}.AdminPacks/GetAction`]: perm('packs:list'),
   [`/${S}.AdminRules/CreateRule`]: perm('rules:write'),
   [`/${S}.AdminRules/ListRules`]: perm('rules:read'),
   [`/${S}.AdminRules/GetRule`]: perm('rules:read'),

@@ -205,8 +205,14 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
         }
         c.agents.touch(link.agentId);
         switch (msg.msg) {
-          case 'heartbeat':
+          case 'heartbeat': {
+            const hb = msg.heartbeat;
+            if (hb?.edgeRules?.length) {
+              const agentId = link.agentId;
+              c.rules.edgeCounts(id.tenant, agentId, hb.edgeBoot, hb.edgeRules, (ref) => !!c.agentConfigs.sentEdgeRule(agentId, ref));
+            }
             break;
+          }
           case 'events': {
             const batch = msg.events!;
             if (batch.events.length > MAX_EVENTS_PER_BATCH) throw new TrellisError('TRELLIS_E_TOO_LARGE', `at most ${MAX_EVENTS_PER_BATCH} events per batch`);

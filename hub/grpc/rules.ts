@@ -92,7 +92,7 @@ export function addRuleServices(server: grpc.Server, c: HubComponents, deps: Wra
       const r = await c.rules.test(tenant, def, ev);
       return {
         matched: r.matched, reasons: r.reasons, action: def.action.ref, parametersJson: Buffer.from(JSON.stringify(r.parameters)),
-        agents: r.agents, target: describeTarget(def),
+        agents: r.agents, target: describeTarget(def), warnings: r.warnings,
       };
     }),
   });

@@ -7,7 +7,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { TrellisError } from '../../common/errors.js';
-import { loadPack, NAME_RE, type PackFile, type PackFileInfo } from '../../common/packs/index.js';
+import { loadPack, NAME_RE, type PackFile, type PackFileInfo, type PackSources } from '../../common/packs/index.js';
 import type { ActionDef, PackDef, RuleDef, SensorDef } from '../../common/automation/types.js';
 import type { Logger } from '../../common/log.js';
 import type { Store } from '../store/index.js';
@@ -22,6 +22,8 @@ export interface PackDoc {
   def: PackDef;
   /** Every file that was sent (path, size, mode), for `packs show`. */
   files: PackFileInfo[];
+  /** The file each action, sensor and rule came from (packs installed before this was kept have none). */
+  sources?: PackSources;
   installedAt: number;
   installedBy: string;
   [k: string]: unknown;
@@ -34,6 +36,17 @@ export interface InstallOptions {
   force?: boolean;
   /** Called with the validated pack before anything is stored; throws to refuse it (hub/rights). */
   authorize?: (def: PackDef) => Promise<void>;
+  /**
+   * Called in turn (no other install or remove runs meanwhile) with the new pack and the one it
+   * replaces, before anything is stored; throws to refuse (enabled rules outside the pack still
+   * call an action the new version drops).
+   */
+  guard?: (next: PackDef, current: PackDoc | undefined) => void;
+}
+
+export interface RemoveOptions {
+  /** Called in turn with the pack before it is removed; throws to refuse, or disables what uses it. */
+  guard?: (current: PackDoc) => Promise<void>;
 }
 
 export const packId = (tenant: string, name: string) => `${tenant}/${name}`;
@@ -106,13 +119,21 @@ export class Packs extends EventEmitter {
    * bad pack; TRELLIS_E_ALREADY_EXISTS when a pack of that name is installed and not `force`.
    */
   async install(tenant: string, files: readonly PackFile[], o: InstallOptions): Promise<PackDoc> {
-    const loaded = loadPack(files); // synchronous and before queueing: a bad pack waits for nothing
-    const { files: fileInfo, ...def } = loaded;
+    // Synchronous and before queueing: a bad pack waits for nothing. A rule may call another
+    // pack's action only if it is installed (checked again below, in turn with removals).
+    const actionExists = (ref: string) => !!this.action(tenant, ref);
+    const loaded = loadPack(files, { actionExists });
+    const { files: fileInfo, sources, ...def } = loaded;
     await o.authorize?.(def);
     return this.serial(async () => {
+      const missing = def.rules.filter((r) => !r.action.ref.startsWith(`${def.name}.`) && !actionExists(r.action.ref));
+      if (missing.length > 0) {
+        throw new TrellisError('TRELLIS_E_PACK_INVALID', `pack ${def.name} is invalid: ${missing.map((r) => `${sources[r.ref] ?? r.ref}: action.ref: action "${r.action.ref}" is not installed in this tenant`).join('; ')}`);
+      }
+      o.guard?.(def, this.get(tenant, def.name));
       const doc: PackDoc = {
         id: packId(tenant, def.name), tenant, name: def.name, version: def.version, description: def.description,
-        def, files: fileInfo, installedAt: this.opts.now?.() ?? Date.now(), installedBy: o.by,
+        def, files: fileInfo, sources, installedAt: this.opts.now?.() ?? Date.now(), installedBy: o.by,
       };
       await this.store.update<PackDoc>('packs', doc.id, (cur) => {
         if (cur && !o.force) {
@@ -144,9 +165,11 @@ export class Packs extends EventEmitter {
     return d;
   }
 
-  remove(tenant: string, name: string): Promise<void> {
+  remove(tenant: string, name: string, o: RemoveOptions = {}): Promise<void> {
     checkPackName(name);
     return this.serial(async () => {
+      const cur = this.get(tenant, name);
+      if (cur) await o.guard?.(cur);
       if (!(await this.store.delete('packs', packId(tenant, name)))) {
         throw new TrellisError('TRELLIS_E_NOT_FOUND', `no pack ${name} in tenant ${tenant}: see \`trellis packs list\``);
       }
@@ -159,6 +182,17 @@ export class Packs extends EventEmitter {
   /** An action by ref ("pack.action"), from memory. */
   action(tenant: string, ref: string): ActionDef | undefined {
     return this.byTenant.get(tenant)?.actions.get(ref);
+  }
+
+  /** Every action of the tenant's packs, by ref (frozen; do not mutate). */
+  actions(tenant: string): ActionDef[] {
+    return [...(this.byTenant.get(tenant)?.actions.values() ?? [])];
+  }
+
+  /** The pack file that defines an action, sensor or rule ("" when unknown). */
+  sourceOf(tenant: string, ref: string): string {
+    const pack = ref.slice(0, Math.max(0, ref.indexOf('.')));
+    return this.get(tenant, pack)?.sources?.[ref] ?? '';
   }
 
   /** Every sensor of the tenant's packs (frozen; do not mutate). */
@@ -176,3 +210,5 @@ export class Packs extends EventEmitter {
     return [...this.byTenant.keys()].sort();
   }
 }
+
+export { listActions, getAction, BUILTIN_ACTIONS, BUILTIN_PACK, type CatalogAction } from './catalog.js';

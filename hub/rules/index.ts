@@ -87,6 +87,14 @@ const RULE_NAME_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
 const docId = (tenant: string, ref: string) => `${tenant}/${ref}`;
 
+/** Most rules one agent report is read for. */
+export const MAX_EDGE_REPORT = 256;
+/** A counter value from an agent, as a safe non-negative integer (garbage counts as 0). */
+const bounded = (v: unknown): number => {
+  const n = Number(v);
+  return Number.isSafeInteger(n) && n > 0 ? Math.min(n, 2 ** 48) : 0;
+};
+
 export function describeTarget(def: RuleDef): string {
   const t = def.target;
   if (t.kind === 'local') return 'local';
@@ -128,6 +136,8 @@ export class RulesEngine extends EventEmitter {
   /** `${tenant}/${ref}` → every rule (enabled or not). */
   private readonly all = new Map<string, LiveRule>();
   private readonly docs = new Map<string, RuleDoc>();
+  /** agent id → its last edge counters report (boot id and absolute counts per rule); at most agents × MAX_EDGE_REPORT entries. */
+  private readonly edgeReports = new Map<string, { boot: string; counts: Map<string, { matched: number; fired: number; suppressed: number }> }>();
   private lastErrorLog = 0;
   private suppressedErrorLogs = 0;
 
@@ -283,6 +293,11 @@ export class RulesEngine extends EventEmitter {
         try { hit = r.compiled.match(trig); } catch { hit = false; }
         if (!hit) continue;
         r.stats.matched++;
+        // Its action is gone (a rule saved before references were checked): nothing can run, so nothing "fires".
+        if (!this.deps.packs.action(r.tenant, r.def.action.ref)) {
+          this.fireError(r, trig, new TrellisError('TRELLIS_E_NOT_FOUND', `action ${r.def.action.ref} is not installed in tenant ${r.tenant}`));
+          continue;
+        }
         if (!r.gate.tryFire()) { r.stats.suppressed++; continue; }
         r.stats.fired++;
         this.fire(r, trig).catch((err) => this.fireError(r, trig!, err));
@@ -345,6 +360,33 @@ export class RulesEngine extends EventEmitter {
     return this.edge.get(tenant) ?? [];
   }
 
+  /**
+   * Counters an agent reported for the edge rules it runs (absolute since its start, with a boot
+   * id). Only what is new since its last report of the same boot is added to the rule's counters
+   * (MATCHED/FIRED/SUPPRESSED in `rules list`), so a re-sent or repeated report adds nothing and
+   * an agent restart does not lose counts. Reports are data from an agent: only rules the hub sent
+   * to that agent (`sent`) count, at most MAX_EDGE_REPORT entries, each value bounded.
+   */
+  edgeCounts(tenant: string, agentId: string, boot: string, entries: readonly { rule: string; matched: number; fired: number; suppressed: number }[], sent: (ref: string) => boolean): number {
+    if (!boot || boot.length > 64) return 0;
+    let last = this.edgeReports.get(agentId);
+    if (!last || last.boot !== boot) this.edgeReports.set(agentId, (last = { boot, counts: new Map() }));
+    let applied = 0;
+    for (const e of entries.slice(0, MAX_EDGE_REPORT)) {
+      const ref = String(e.rule ?? '').slice(0, 130);
+      const live = this.all.get(docId(tenant, ref));
+      if (!live || live.def.target.kind !== 'local' || !sent(ref)) continue;
+      const now = { matched: bounded(e.matched), fired: bounded(e.fired), suppressed: bounded(e.suppressed) };
+      const before = last.counts.get(ref) ?? { matched: 0, fired: 0, suppressed: 0 };
+      live.stats.matched += Math.max(0, now.matched - before.matched);
+      live.stats.fired += Math.max(0, now.fired - before.fired);
+      live.stats.suppressed += Math.max(0, now.suppressed - before.suppressed);
+      last.counts.set(ref, { matched: Math.max(now.matched, before.matched), fired: Math.max(now.fired, before.fired), suppressed: Math.max(now.suppressed, before.suppressed) });
+      applied++;
+    }
+    return applied;
+  }
+
   // ---------------------------------------------------------------- admin
 
   list(tenant: string, filter: { pack?: string; trigger?: string } = {}): LiveRule[] {
@@ -376,8 +418,19 @@ export class RulesEngine extends EventEmitter {
     return this.get(tenant, def.ref);
   }
 
+  /**
+   * Enabled rules of a tenant, outside pack `exceptPack`, whose action `calls` matches: who would
+   * be left calling nothing if those actions went away.
+   */
+  callers(tenant: string, calls: (actionRef: string) => boolean, exceptPack = ''): LiveRule[] {
+    return this.list(tenant).filter((r) => r.def.enabled && (!exceptPack || r.def.pack !== exceptPack) && calls(r.def.action.ref));
+  }
+
   async setEnabled(tenant: string, ref: string, enabled: boolean, by: string): Promise<LiveRule> {
     const r = this.get(tenant, ref);
+    if (enabled && !this.deps.packs.action(tenant, r.def.action.ref)) {
+      throw new TrellisError('TRELLIS_E_RULE_INVALID', `rule ${ref}: action ${r.def.action.ref} is not installed in tenant ${tenant}: install its pack first, or change the rule (trellis rules create FILE --replace)`);
+    }
     const id = docId(tenant, ref);
     const cur = this.docs.get(id);
     // Enabling a rule created directly makes the enabler its author (they were checked for it);
@@ -400,11 +453,15 @@ export class RulesEngine extends EventEmitter {
   }
 
   /** Does the rule match, and what would run where? Changes nothing, fires nothing. */
-  async test(tenant: string, def: RuleDef, ev: TriggerEvent): Promise<{ matched: boolean; reasons: string[]; parameters: Record<string, unknown>; agents: string[] }> {
+  async test(tenant: string, def: RuleDef, ev: TriggerEvent): Promise<{ matched: boolean; reasons: string[]; parameters: Record<string, unknown>; agents: string[]; warnings: string[] }> {
     const c = compileRule(def, () => this.now());
     const { matched, reasons } = c.explain(ev);
     if (def.trigger !== ev.type) reasons.unshift(`trigger type: the rule wants ${def.trigger}, the event is ${ev.type || '(none)'}`);
     const ok = matched && def.trigger === ev.type;
-    return { matched: ok, reasons, parameters: c.parameters(ev), agents: ok ? await this.targets(tenant, def, ev) : [] };
+    const warnings: string[] = [];
+    if (!this.deps.packs.action(tenant, def.action.ref)) {
+      warnings.push(`action ${def.action.ref} is not installed in tenant ${tenant}: the rule would run nothing (see trellis actions list)`);
+    }
+    return { matched: ok, reasons, parameters: c.parameters(ev), agents: ok ? await this.targets(tenant, def, ev) : [], warnings };
   }
 }

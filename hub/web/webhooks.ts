@@ -22,7 +22,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { monotonicFactory } from 'ulid';
 import { authorize, resolveTenant, type Principal } from '../authz/index.js';
 import { isTrellisError } from '../../common/errors.js';
-import type { Webhooks } from '../webhooks/index.js';
+import type { Webhooks, WebhookRefusal } from '../webhooks/index.js';
 import type { Auth } from '../auth/index.js';
 import type { EventIntake } from '../events/index.js';
 import type { AuditEntry, AuditSink } from '../audit/types.js';
@@ -44,7 +44,10 @@ export interface WebhookRouteDeps {
 }
 
 class Refusal {
+  /** Why, as `webhooks list` counts it (set where it is thrown). */
+  reason?: WebhookRefusal;
   constructor(readonly status: number, readonly message: string, readonly result: AuditEntry['result'], readonly detail: string, readonly close = false) {}
+  as(reason: WebhookRefusal): this { this.reason = reason; return this; }
 }
 
 /** Text from the URL or a header, made safe for a log line or an audit record. */
@@ -130,16 +133,16 @@ export function webhookRoute(d: WebhookRouteDeps): Route {
     });
 
     try {
-      if (req.method !== 'POST') throw new Refusal(405, 'use POST', 'invalid', `method ${printable(req.method ?? '', 16)}`);
+      if (req.method !== 'POST') throw new Refusal(405, 'use POST', 'invalid', `method ${printable(req.method ?? '', 16)}`).as('method');
       if (where.tenant !== undefined && asked !== undefined && asked !== where.tenant) {
-        throw new Refusal(400, 'the tenant in the path and in x-trellis-tenant differ', 'invalid', 'tenant mismatch', true);
+        throw new Refusal(400, 'the tenant in the path and in x-trellis-tenant differ', 'invalid', 'tenant mismatch', true).as('tenant-mismatch');
       }
       if (!isJsonType(header(req, 'content-type'))) {
-        throw new Refusal(415, 'send the body as application/json', 'invalid', `content-type ${printable(header(req, 'content-type') ?? '(none)', 64)}`, true);
+        throw new Refusal(415, 'send the body as application/json', 'invalid', `content-type ${printable(header(req, 'content-type') ?? '(none)', 64)}`, true).as('content-type');
       }
       const declared = header(req, 'content-length');
       if (declared !== undefined && !(Number(declared) <= max)) {
-        throw new Refusal(413, `the body is over ${max} bytes`, 'invalid', `content-length ${printable(declared, 20)}`, true);
+        throw new Refusal(413, `the body is over ${max} bytes`, 'invalid', `content-length ${printable(declared, 20)}`, true).as('too-large');
       }
 
       let how: string;
@@ -150,25 +153,25 @@ export function webhookRoute(d: WebhookRouteDeps): Route {
           if (!key.startsWith('tak1_')) throw new Error('only API keys are accepted here');
           p = await d.auth.authenticate(key);
         } catch (e) {
-          throw new Refusal(401, 'webhook credentials or signature invalid', 'unauthenticated', `api key: ${isTrellisError(e) ? e.message : (e as Error).message}`, true);
+          throw new Refusal(401, 'webhook credentials or signature invalid', 'unauthenticated', `api key: ${isTrellisError(e) ? e.message : (e as Error).message}`, true).as('api-key');
         }
         actor = p.apiKeyId ? `apikey:${p.apiKeyId}@${p.username}` : p.username;
         try {
           authorize(p, 'webhooks:post');
           tenant = resolveTenant(p, tenant);
         } catch (e) {
-          throw new Refusal(403, (e as Error).message, 'denied', (e as Error).message, true);
+          throw new Refusal(403, (e as Error).message, 'denied', (e as Error).message, true).as('denied');
         }
         if (!(await d.webhooks.exists(tenant, name))) throw new Refusal(401, 'webhook credentials or signature invalid', 'unauthenticated', 'api key: unknown webhook', true);
         how = 'api key';
       }
 
       const body = await readBody(req, max);
-      if (body === 'too-large') throw new Refusal(413, `the body is over ${max} bytes`, 'invalid', `body over ${max} bytes`, true);
+      if (body === 'too-large') throw new Refusal(413, `the body is over ${max} bytes`, 'invalid', `body over ${max} bytes`, true).as('too-large');
 
       if (key === undefined) {
         const check = await d.webhooks.verify(tenant, name, header(req, 'x-trellis-signature'), body);
-        if (!check.ok) throw new Refusal(401, 'webhook credentials or signature invalid', 'unauthenticated', `signature: ${check.reason}`);
+        if (!check.ok) throw new Refusal(401, 'webhook credentials or signature invalid', 'unauthenticated', `signature: ${check.reason}`).as(check.reason);
         actor = `webhook:${name}`;
         how = 'signature';
       }
@@ -176,7 +179,7 @@ export function webhookRoute(d: WebhookRouteDeps): Route {
       let parsed: unknown;
       try { parsed = JSON.parse(body.toString('utf8')); } catch { parsed = undefined; }
       if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
-        throw new Refusal(400, 'the body must be a JSON object', 'invalid', 'body is not a JSON object');
+        throw new Refusal(400, 'the body must be a JSON object', 'invalid', 'body is not a JSON object').as('not-json');
       }
 
       const id = newId();
@@ -188,6 +191,7 @@ export function webhookRoute(d: WebhookRouteDeps): Route {
     } catch (e) {
       if (!(e instanceof Refusal)) throw e; // WebServer answers 500 and logs it
       audit(e.result, e.detail);
+      if (e.reason) await d.webhooks.refused(tenant, name, e.reason).catch(() => undefined);
       d.log.warn({ webhook: printable(name), tenant: printable(tenant, 63), status: e.status, reason: e.detail, peer: req.socket.remoteAddress }, 'webhook refused');
       reply(res, e.status, { error: e.message }, e.close);
     }

@@ -54,7 +54,17 @@ export interface WebhookInfo {
   createdBy: string;
   received: number;
   lastReceivedMs: number;
+  /** Refused calls since the hub started, by reason (WebhookRefusal). */
+  refused: Record<string, number>;
+  lastRefusedMs: number;
 }
+
+/**
+ * Why a call to an existing webhook was refused, as `webhooks list` counts it: a signature
+ * refusal (SignatureRefusal), or `api-key` (bad key), `denied` (key without webhooks:post or the
+ * tenant), `method`, `content-type`, `too-large`, `not-json`, `tenant-mismatch`.
+ */
+export type WebhookRefusal = SignatureRefusal | 'api-key' | 'denied' | 'method' | 'content-type' | 'too-large' | 'not-json' | 'tenant-mismatch';
 
 /** Why a signature was refused (for the audit record only: the caller sees one answer). */
 export type SignatureRefusal = 'malformed' | 'unknown-webhook' | 'secret-unreadable' | 'stale' | 'bad-signature' | 'replayed' | 'replay-window-full';
@@ -92,7 +102,7 @@ export interface WebhooksOptions {
 }
 
 export class Webhooks {
-  private readonly counters = new Map<string, { received: number; lastReceivedMs: number }>();
+  private readonly counters = new Map<string, { received: number; lastReceivedMs: number; refused: Map<WebhookRefusal, number>; lastRefusedMs: number }>();
   /** Per webhook: signature → the time after which it is stale anyway (ms). */
   private readonly seen = new Map<string, Map<string, number>>();
   /** Opened secrets by webhook id, with the ciphertext they came from. */
@@ -258,13 +268,28 @@ export class Webhooks {
     return { ok: true };
   }
 
+  private counter(id: string) {
+    let c = this.counters.get(id);
+    if (!c) this.counters.set(id, (c = { received: 0, lastReceivedMs: 0, refused: new Map(), lastRefusedMs: 0 }));
+    return c;
+  }
+
   /** Counts an accepted call (in memory). */
   received(tenant: string, name: string): void {
-    const id = webhookId(tenant, name);
-    const c = this.counters.get(id) ?? { received: 0, lastReceivedMs: 0 };
+    const c = this.counter(webhookId(tenant, name));
     c.received++;
     c.lastReceivedMs = this.now();
-    this.counters.set(id, c);
+  }
+
+  /**
+   * Counts a refused call (in memory) when the webhook exists: calls to unknown names are not
+   * counted anywhere (they would grow the map without bound; the audit log has them).
+   */
+  async refused(tenant: string, name: string, reason: WebhookRefusal): Promise<void> {
+    if (!(await this.exists(tenant, name))) return;
+    const c = this.counter(webhookId(tenant, name));
+    c.refused.set(reason, (c.refused.get(reason) ?? 0) + 1);
+    c.lastRefusedMs = this.now();
   }
 
   private info(d: WebhookDoc): WebhookInfo {
@@ -272,6 +297,7 @@ export class Webhooks {
     return {
       name: d.name, tenant: d.tenant, description: d.description, trigger: `webhook.${d.name}`, createdMs: d.createdMs, createdBy: d.createdBy,
       received: c?.received ?? 0, lastReceivedMs: c?.lastReceivedMs ?? 0,
+      refused: Object.fromEntries([...(c?.refused ?? [])].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1))), lastRefusedMs: c?.lastRefusedMs ?? 0,
     };
   }
 }

@@ -1,0 +1,345 @@
+/**
+ * Issue 12, catalog and references: `trellis actions list|show`, `packs validate` offline,
+ * references between rules and actions checked at install/remove/test, `rules show -o yaml`
+ * round trip, counters that tell the truth, StackStorm criteria parity.
+ */
+import t, { type Test } from 'tap';
+import { cp, writeFile } from 'node:fs/promises';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parse as parseYaml } from 'yaml';
+import { runCli } from './helpers/cli.js';
+import https from 'node:https';
+import { ADMIN_PASSWORD, startHub, tempDir, callError, login, waitFor, type TestHub } from './helpers/hub.js';
+import { install } from './helpers/admin.js';
+import { signWebhook } from '../hub/webhooks/index.js';
+import { adminClients, call, type AdminClients } from '../cli/client.js';
+import { readPackSource } from '../common/packs/index.js';
+import type * as T from '../common/proto-gen/trellis/v1/index.js';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const DEMO = join(ROOT, 'test', 'fixtures', 'packs', 'demo');
+const PW = 'a-long-enough-password-1';
+
+async function clientsAs(t: Test, h: TestHub, username: string, tenant: string): Promise<AdminClients> {
+  const c = adminClients(h.adminAddr, h.caPem, (await login(h, username, PW)).token, tenant);
+  t.teardown(() => c.close());
+  return c;
+}
+const installPack = (c: AdminClients, files: T.PackFile[], force = true) =>
+  call<T.InstallPackRequest, T.PackInfo__Output>(c, c.packs, c.packs.InstallPack, { files, force });
+
+/** POST to the hub's web port. */
+function postWebhook(h: TestHub, path: string, body: string, headers: Record<string, string>): Promise<{ status: number }> {
+  return new Promise((resolve, reject) => {
+    const req = https.request({
+      host: '127.0.0.1', port: h.hub.webPort, path, method: 'POST', ca: h.caPem, servername: 'localhost', agent: false,
+      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...headers },
+    }, (res) => { res.resume().on('end', () => resolve({ status: res.statusCode ?? 0 })); });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/** A logged-in CLI environment (TRELLIS_HOME in a temp dir) for the test hub's admin. */
+async function cliLogin(t: Test, h: TestHub): Promise<Record<string, string>> {
+  const home = await tempDir();
+  t.teardown(() => home[Symbol.asyncDispose]());
+  const env = { TRELLIS_HOME: home.path, TRELLIS_PASSWORD: ADMIN_PASSWORD, TRELLIS_TENANT: '' };
+  const r = await runCli(['login', '--hub', h.adminAddr, '--user', 'admin', '--ca', join(h.dataDir, 'ca.pem')], env);
+  t.equal(r.code, 0, r.err);
+  return env;
+}
+
+t.test('trellis actions list|show: parameters with type, required and default, runner, pack, file; core.command built in; packs:list needed; tenant scope', async (t) => {
+  await using h = await startHub();
+  const env = await cliLogin(t, h);
+  const inst = await runCli(['packs', 'install', DEMO, '--force'], env);
+  t.equal(inst.code, 0, inst.err);
+
+  const ls = await runCli(['actions', 'list'], env);
+  t.equal(ls.code, 0, ls.err);
+  const lines = ls.out.trim().split('\n');
+  t.match(lines[0], /^REF\s+RUNNER\s+PARAMETERS\s+DESCRIPTION$/);
+  t.match(lines[1], /^core\.command\s+command\s+argv\* env cwd timeout="30s"\s+run a command/, 'the built-in action first');
+  t.match(ls.out, /\ndemo\.restart\s+command\s+service="nginx"\s+Restart a systemd service/);
+  t.match(ls.out, /\ndemo\.cleanup\s+script\s/);
+
+  const only = await runCli(['actions', 'list', '--pack', 'core'], env);
+  t.equal(only.out.trim().split('\n').length, 2, 'only the built-in action');
+
+  const show = await runCli(['actions', 'show', 'demo.restart'], env);
+  t.equal(show.code, 0, show.err);
+  t.match(show.out, /action: +demo\.restart\n/);
+  t.match(show.out, /pack: +demo \(tenant default\), file actions\/restart\.yaml/);
+  t.match(show.out, /runner: +command, timeout 2m, as root/);
+  t.match(show.out, /needs: +actions:execute@action:demo\.restart/);
+  t.match(show.out, /run it: +trellis run demo\.restart \[service=…\] \(--agent ID \| --selector k=v\)/);
+  t.match(show.out, /service\s+string\s+yes\s+"nginx"\s+one of "nginx", "apache2", "haproxy"  The unit to restart/);
+
+  const y = await runCli(['actions', 'show', 'demo.restart', '-o', 'yaml'], env);
+  t.equal(y.code, 0, y.err);
+  const v = parseYaml(y.out) as { ref: string; runner: string; pack: string; file: string; parameters: Record<string, { type: string; required: boolean; default?: unknown; enum?: unknown[] }>; definition: { command: string[] } };
+  t.same([v.ref, v.runner, v.pack, v.file], ['demo.restart', 'command', 'demo', 'actions/restart.yaml']);
+  t.same(v.parameters.service, { type: 'string', required: true, default: 'nginx', enum: ['nginx', 'apache2', 'haproxy'], description: 'The unit to restart' });
+  t.same(v.definition.command, ['systemctl', 'restart', '{{ service }}']);
+  const j = JSON.parse((await runCli(['actions', 'list', '--json'], env)).out) as Array<{ ref: string; builtin: boolean }>;
+  t.same(j.map((a) => a.ref), ['core.command', 'demo.cleanup', 'demo.notify', 'demo.restart']);
+  t.equal(j[0]!.builtin, true);
+
+  const core = await runCli(['actions', 'show', 'core.command'], env);
+  t.match(core.out, /\(built in\)/);
+  t.match(core.out, /needs: +agents:run/);
+  t.match(core.out, /argv\s+array\s+yes\s+-/);
+
+  const missing = await runCli(['actions', 'show', 'demo.nope'], env);
+  t.equal(missing.code, 1);
+  t.match(missing.err, /no action "demo\.nope" in tenant default: install its pack .*trellis actions list.*\(TRELLIS_E_NOT_FOUND\)/);
+
+  // Negative: no packs:list, no catalog. Another tenant's actions do not exist.
+  const c = h.hub.components;
+  await c.iam.createTenant('red', '');
+  await c.iam.createRole('nothing', '', []);
+  await c.auth.createUser({ username: 'nobody', password: PW, roles: ['nothing'], tenants: ['default'] });
+  await c.auth.createUser({ username: 'reader', password: PW, roles: ['observer'], tenants: ['red'] });
+  const nobody = await clientsAs(t, h, 'nobody', 'default');
+  t.equal((await callError(call(nobody, nobody.packs, nobody.packs.ListActions, { pack: '' })))?.code, 'TRELLIS_E_PERMISSION_DENIED');
+  t.equal((await callError(call(nobody, nobody.packs, nobody.packs.GetAction, { ref: 'demo.restart' })))?.code, 'TRELLIS_E_PERMISSION_DENIED');
+  const reader = await clientsAs(t, h, 'reader', 'red');
+  const theirs = await call<T.ListActionsRequest, T.ListActionsResponse__Output>(reader, reader.packs, reader.packs.ListActions, { pack: '' });
+  t.same(theirs.actions.map((a) => a.ref), ['core.command'], 'tenant red sees no action of default');
+  t.equal((await callError(call(reader, reader.packs, reader.packs.GetAction, { ref: 'demo.restart' })))?.code, 'TRELLIS_E_NOT_FOUND');
+});
+
+t.test('trellis packs validate DIR|TARBALL: offline (no hub, no profile), the same checks as install, problems as file:line: field', async (t) => {
+  await using home = await tempDir();
+  // No profile, and a hub address nobody listens on: validate must not need either.
+  const env = { TRELLIS_HOME: home.path, TRELLIS_HUB: '127.0.0.1:1', TRELLIS_API_KEY: '', TRELLIS_TENANT: '' };
+  const ok = await runCli(['packs', 'validate', DEMO], env);
+  t.equal(ok.code, 0, ok.err);
+  t.equal(ok.out.trim(), 'pack demo 1.0.0 is valid: 3 actions, 1 sensor, 1 rule, 8 files');
+  t.equal(ok.err, '');
+
+  const tgz = join(home.path, 'demo.tgz');
+  const { create } = await import('tar');
+  await create({ gzip: true, file: tgz, cwd: dirname(DEMO) }, ['demo']);
+  const fromTar = await runCli(['packs', 'validate', tgz], env);
+  t.equal(fromTar.code, 0, fromTar.err);
+  t.match(fromTar.out, /^pack demo 1\.0\.0 is valid/);
+
+  const bad = join(home.path, 'bad');
+  await cp(DEMO, bad, { recursive: true });
+  await writeFile(join(bad, 'actions', 'restart.yaml'), 'name: restart\nrunner: command\ncommand: [a]\nparameters:\n  x: { type: text }\n');
+  await writeFile(join(bad, 'rules', 'other.yaml'), 'name: other\ntrigger: core.cpu\naction: { ref: demo.missing }\ntarget: local\n');
+  await writeFile(join(bad, 'notes.txt'), 'x');
+  const refused = await runCli(['packs', 'validate', bad], env);
+  t.equal(refused.code, 1);
+  t.equal(refused.out, '');
+  t.match(refused.err, /pack demo is invalid \(3 problems\)/);
+  t.match(refused.err, /actions\/restart\.yaml:5: parameters\.x\.type: expected one of string/);
+  t.match(refused.err, /rules\/other\.yaml:3: action\.ref: action "demo\.missing" is not defined in this pack/);
+  t.match(refused.err, /notes\.txt: unknown file/);
+  t.match(refused.err, /\(TRELLIS_E_PACK_INVALID\)/);
+
+  const cross = join(home.path, 'cross');
+  await cp(DEMO, cross, { recursive: true });
+  await writeFile(join(cross, 'rules', 'page.yaml'), 'name: page\ntrigger: core.cpu\naction: { ref: ops.page }\ntarget: { selector: { role: web } }\n');
+  const noted = await runCli(['packs', 'validate', cross], env);
+  t.equal(noted.code, 0, noted.err);
+  t.match(noted.out, /note: rule demo\.page \(rules\/page\.yaml\) calls ops\.page of another pack: the hub refuses the install unless it is installed in the tenant/);
+
+  const none = await runCli(['packs', 'validate', join(home.path, 'nope')], env);
+  t.equal(none.code, 1);
+  t.match(none.err, /nope/);
+});
+
+const pf = (path: string, text: string): T.PackFile => ({ path, content: Buffer.from(text), mode: 0o644 });
+const opsPack = (version = '1.0.0', actions = ['page', 'log']) => [
+  pf('pack.yaml', `name: ops\nversion: ${version}\ndescription: ops\n`),
+  ...actions.map((a) => pf(`actions/${a}.yaml`, `name: ${a}\ndescription: ${a}\nrunner: command\ncommand: [/bin/true]\n`)),
+];
+const webPack = () => [
+  pf('pack.yaml', 'name: web\nversion: 1.0.0\ndescription: web\n'),
+  pf('actions/noop.yaml', 'name: noop\ndescription: noop\nrunner: command\ncommand: [/bin/true]\n'),
+  pf('rules/page.yaml', 'name: page\ntrigger: webhook.x\naction: { ref: ops.page }\ntarget: { selector: { role: web } }\n'),
+];
+
+t.test('references: a pack rule calling an action that is not installed is refused at install; packs remove refuses while rules outside use its actions (--force disables them, saying which); rules test warns', async (t) => {
+  await using h = await startHub();
+  const c = h.hub.components;
+  await c.iam.createRole('packer', '', [{ permission: 'packs:install', scope: '' }, { permission: 'actions:execute', scope: '' }, { permission: 'rules:write', scope: '' }, { permission: 'rules:read', scope: '' }, { permission: 'packs:list', scope: '' }]);
+  await c.auth.createUser({ username: 'pat', password: PW, roles: ['packer'], tenants: ['default'] });
+  const pat = await clientsAs(t, h, 'pat', 'default');
+
+  // ops is not installed: web's rule would call nothing.
+  const refused = await callError(installPack(pat, webPack()));
+  t.equal(refused?.code, 'TRELLIS_E_PACK_INVALID');
+  t.match(refused?.message, /rules\/page\.yaml:3: action\.ref: action "ops\.page" is not installed in this tenant/);
+  t.equal(c.packs.get('default', 'web'), undefined, 'nothing installed');
+  t.same(c.rules.list('default').map((r) => r.def.ref), []);
+
+  await installPack(pat, opsPack());
+  t.equal((await installPack(pat, webPack())).name, 'web', 'installs once ops is there');
+  const env = await cliLogin(t, h);
+  await writeFile(join(h.dir, 'mine.yaml'), 'name: mine\ntrigger: webhook.y\naction: { ref: ops.log }\ntarget: { selector: { role: db } }\n');
+  const created = await runCli(['rules', 'create', join(h.dir, 'mine.yaml')], env);
+  t.equal(created.code, 0, created.err);
+
+  // A new version of ops that drops an action still called is refused.
+  const drop = await callError(installPack(pat, opsPack('2.0.0', ['page'])));
+  t.equal(drop?.code, 'TRELLIS_E_IN_USE');
+  t.match(drop?.message, /pack ops 2\.0\.0 drops 1 action that enabled rules outside it still call: mine \(calls ops\.log\)/);
+  t.equal(c.packs.get('default', 'ops')?.version, '1.0.0');
+
+  const rm = await runCli(['packs', 'remove', 'ops'], env);
+  t.equal(rm.code, 1);
+  t.match(rm.err, /pack ops is used by 2 enabled rules outside it: mine \(calls ops\.log\), web\.page \(pack web, calls ops\.page\); disable or delete them first, or pass --force to disable them \(TRELLIS_E_IN_USE\)/);
+  t.ok(c.packs.get('default', 'ops'), 'still installed');
+
+  // rules test: a rule whose action is missing is tested, with a warning.
+  await writeFile(join(h.dir, 'ghost.yaml'), 'name: ghost\ntrigger: webhook.z\naction: { ref: gone.away }\ntarget: { selector: { role: db } }\n');
+  await writeFile(join(h.dir, 'ev.json'), '{"a": 1}');
+  const tested = await runCli(['rules', 'test', join(h.dir, 'ghost.yaml'), join(h.dir, 'ev.json')], env);
+  t.equal(tested.code, 0, tested.err);
+  t.match(tested.out, /^MATCH/);
+  t.match(tested.err, /warning: action gone\.away is not installed in tenant default: the rule would run nothing/);
+  const testedOk = await runCli(['rules', 'test', 'mine', join(h.dir, 'ev.json')], env);
+  t.equal(testedOk.err, '', 'no warning when the action is installed');
+
+  const forced = await runCli(['packs', 'remove', 'ops', '--force'], env);
+  t.equal(forced.code, 0, forced.err);
+  t.equal(forced.out, 'disabled 2 rules that called its actions: mine, web.page\nremoved pack ops\n');
+  t.equal(c.packs.get('default', 'ops'), undefined);
+  t.same(c.rules.list('default').map((r) => [r.def.ref, r.def.enabled]), [['mine', false], ['web.page', false]]);
+  const audit = h.logLines.filter((l) => l.includes('rules that called its actions disabled'));
+  t.equal(audit.length, 1);
+
+  // Enabling a rule whose action is gone is refused; the rule cannot "fire" into nothing.
+  const en = await runCli(['rules', 'enable', 'mine'], env);
+  t.equal(en.code, 1);
+  t.match(en.err, /rule mine: action ops\.log is not installed in tenant default: install its pack first/);
+});
+
+t.test('rules show -o yaml round-trips into rules create --replace; packs show names the file of each action, sensor and rule', async (t) => {
+  await using h = await startHub();
+  const env = await cliLogin(t, h);
+  t.equal((await runCli(['packs', 'install', DEMO], env)).code, 0);
+  const rules = [
+    ['hub.yaml', [
+      'name: rich', 'description: "every field: quotes \' and {{ braces }}"', 'trigger: webhook.deploy',
+      'criteria:',
+      '  trigger.payload.env: { type: iequals, pattern: PROD }',
+      '  trigger.payload.tags: { type: search, condition: any, pattern: { item.name: { type: regex, pattern: "^web-\\\\d+$" } } }',
+      'action:', '  ref: demo.restart', '  parameters: { service: "{{ trigger.payload.svc | default(\\"nginx\\") }}" }',
+      'target: { selector: { role: web, "k8s.io/zone": a } }', 'cooldown: 5400', 'rate_limit: { count: 10, per: 1500ms }', '',
+    ].join('\n')],
+    ['edge.yaml', [
+      'name: edgy', 'enabled: false', 'trigger: core.disk',
+      'criteria:', '  - { path: trigger.payload.percent, type: gte, pattern: 90 }', '  - { path: trigger.payload.percent, type: lt, pattern: 99.5 }',
+      'action: { ref: demo.cleanup, parameters: { dir: /var/tmp, days: 3 } }', 'target: local', 'on: { selector: { role: db } }', '',
+    ].join('\n')],
+    ['plain.yaml', 'name: plain\ntrigger: webhook.x\naction: { ref: demo.notify }\n'],
+  ] as const;
+  for (const [file, text] of rules) {
+    await writeFile(join(h.dir, file), text);
+    const r = await runCli(['rules', 'create', join(h.dir, file)], env);
+    t.equal(r.code, 0, r.err);
+  }
+  for (const name of ['rich', 'edgy', 'plain']) {
+    const before = JSON.parse((await runCli(['rules', 'show', name, '--json'], env)).out) as { definition: unknown; file: unknown };
+    const y = await runCli(['rules', 'show', name, '-o', 'yaml'], env);
+    t.equal(y.code, 0, y.err);
+    t.match(y.out, new RegExp(`^# rule ${name} in tenant default; author admin\\n# counters since the hub started: matched 0, fired 0, suppressed 0\\nname: ${name}\\n`));
+    t.same(parseYaml(y.out), before.file, '-o yaml is the file that --json shows under "file"');
+    await writeFile(join(h.dir, `${name}.back.yaml`), y.out);
+    const back = await runCli(['rules', 'create', join(h.dir, `${name}.back.yaml`), '--replace'], env);
+    t.equal(back.code, 0, back.err);
+    const after = JSON.parse((await runCli(['rules', 'show', name, '-o', 'json'], env)).out) as { definition: unknown };
+    t.same(after.definition, before.definition, `${name}: the same rule after the round trip`);
+  }
+  const rich = parseYaml((await runCli(['rules', 'show', 'rich', '-o', 'yaml'], env)).out) as Record<string, unknown>;
+  t.same([rich.cooldown, rich.rate_limit], ['1h30m', { count: 10, per: '1500ms' }], 'durations as text, without loss');
+  const packRule = await runCli(['rules', 'show', 'demo.disk_full', '-o', 'yaml'], env);
+  t.match(packRule.out, /^# rule demo\.disk_full in tenant default \(pack demo: edit the pack's rules\/ file\)/);
+  t.match(packRule.out, /\nname: disk_full\npack: demo\n/);
+  const bad = await runCli(['rules', 'show', 'plain', '-o', 'xml'], env);
+  t.equal(bad.code, 2);
+  t.match(bad.err, /xml.*(table|yaml)/);
+
+  const show = await runCli(['packs', 'show', 'demo'], env);
+  t.equal(show.code, 0, show.err);
+  t.match(show.out, /demo\.restart {2}\[command, timeout 2m, as root\] {2}Restart a systemd service {2}\(actions\/restart\.yaml\)\n/);
+  t.match(show.out, /demo\.root_disk {2}\[disk, .*\(sensors\/disk\.yaml\)\n/);
+  t.match(show.out, /demo\.disk_full {2}core\.disk .*\(rules\/disk_full\.yaml\)\n/);
+  const json = JSON.parse((await runCli(['packs', 'show', 'demo', '--json'], env)).out) as { definition: { sources: Record<string, string> } };
+  t.same(json.definition.sources, {
+    'demo.cleanup': 'actions/cleanup.yaml', 'demo.notify': 'actions/notify.yaml', 'demo.restart': 'actions/restart.yaml',
+    'demo.root_disk': 'sensors/disk.yaml', 'demo.disk_full': 'rules/disk_full.yaml',
+  });
+});
+
+t.test('counters: edge rules report matched/fired/suppressed to the hub in heartbeats (rules list shows them; an agent restart loses nothing, a repeated report adds nothing, a report for a rule not sent to the agent is ignored)', async (t) => {
+  await using h = await startHub({ config: { heartbeatInterval: '1s' } });
+  const out = join(h.dir, 'edge.out');
+  await install(h, [
+    pf('pack.yaml', 'name: ops\nversion: 1.0.0\ndescription: ops\n'),
+    pf('actions/mark.yaml', 'name: mark\ndescription: mark\nrunner: command\ncommand: ["/bin/sh", "-c", "echo x >> \\"$OUT\\""]\nenv: { OUT: ' + JSON.stringify(out) + ' }\ntimeout: 10s\n'),
+    pf('rules/tick.yaml', 'name: tick\ntrigger: core.tick\naction: { ref: ops.mark }\ntarget: local\nrate_limit: { count: 2, per: 1h }\n'),
+  ]);
+  const dataDir = (await h.enroll()).dataDir;
+  let agent = await h.agent({ dataDir });
+  await waitFor(() => agent.edge.ruleNames.includes('ops.tick'), 10_000, 'edge rule on the agent');
+  for (let i = 0; i < 5; i++) agent.publishEvent('core.tick', { i });
+  const live = () => h.hub.components.rules.get('default', 'ops.tick').stats;
+  await waitFor(() => live().matched === 5, 15_000, 'the hub has the edge counters');
+  t.same([live().matched, live().fired, live().suppressed], [5, 2, 3]);
+
+  const env = await cliLogin(t, h);
+  const ls = await runCli(['rules', 'list'], env);
+  t.match(ls.out, /\nops\.tick\s+yes\s+core\.tick\s+ops\.mark\s+local\s+5\s+2\s+3\s+admin/, 'rules list shows the edge counters');
+
+  // The agent restarts (new boot): its counters start at 0 there, the hub keeps adding.
+  await agent.close();
+  agent = await h.agent({ dataDir });
+  await waitFor(() => agent.edge.ruleNames.includes('ops.tick'), 10_000, 'edge rule after restart');
+  agent.publishEvent('core.tick', { i: 5 });
+  await waitFor(() => live().matched === 6, 15_000, 'one more match after the agent restarted');
+  t.same([live().matched, live().fired, live().suppressed], [6, 3, 3], 'nothing lost across the agent restart');
+  await agent.close();
+
+  // Reports are agent data: the same report twice adds nothing; rules the hub did not send that agent count nothing.
+  const rules = h.hub.components.rules;
+  const agentId = (await h.enroll()).agentId;
+  const sentTo = (ref: string) => ref === 'ops.tick';
+  t.equal(rules.edgeCounts('default', agentId, 'boot-1', [{ rule: 'ops.tick', matched: 10, fired: 1, suppressed: 9 }], sentTo), 1);
+  t.equal(rules.edgeCounts('default', agentId, 'boot-1', [{ rule: 'ops.tick', matched: 10, fired: 1, suppressed: 9 }], sentTo), 1);
+  t.same([live().matched, live().fired, live().suppressed], [16, 4, 12], 'a repeated report adds nothing');
+  t.equal(rules.edgeCounts('default', agentId, 'boot-1', [{ rule: 'ops.tick', matched: 11, fired: 1, suppressed: 10 }], () => false), 0, 'not sent to this agent: ignored');
+  t.equal(rules.edgeCounts('other', agentId, 'boot-1', [{ rule: 'ops.tick', matched: 99, fired: 99, suppressed: 0 }], sentTo), 0, 'another tenant\'s rule: ignored');
+  t.equal(rules.edgeCounts('default', agentId, 'boot-1', [{ rule: 'ops.tick', matched: -5, fired: Number.NaN, suppressed: 2 ** 50 }], sentTo), 1);
+  t.same([live().matched, live().fired, live().suppressed], [16, 4, 12 + 2 ** 48 - 9], 'garbage counts as 0, huge values are capped');
+});
+
+t.test('counters: webhooks list shows refused calls by reason (calls to unknown names are not counted)', async (t) => {
+  await using h = await startHub();
+  const env = await cliLogin(t, h);
+  const created = JSON.parse((await runCli(['webhooks', 'create', 'deploy', '--json'], env)).out) as { secret: string };
+  const body = '{"ok":true}';
+  const nowS = () => Math.floor(Date.now() / 1000);
+  const sig = (t0: number, secret = created.secret) => signWebhook(secret, body, t0);
+  t.equal((await postWebhook(h, '/webhooks/deploy', body, { 'x-trellis-signature': sig(nowS()) })).status, 202);
+  t.equal((await postWebhook(h, '/webhooks/deploy', body, { 'x-trellis-signature': sig(nowS(), 'wrong-secret') })).status, 401);
+  t.equal((await postWebhook(h, '/webhooks/deploy', body, { 'x-trellis-signature': sig(nowS(), 'wrong-secret-2') })).status, 401);
+  t.equal((await postWebhook(h, '/webhooks/deploy', body, { 'x-trellis-signature': sig(nowS() - 3600) })).status, 401);
+  t.equal((await postWebhook(h, '/webhooks/deploy', body, { 'content-type': 'text/plain' })).status, 415);
+  t.equal((await postWebhook(h, '/webhooks/deploy', body, { 'x-api-key': 'tak1_not-a-real-key' })).status, 401);
+  t.equal((await postWebhook(h, '/webhooks/nope', body, { 'x-trellis-signature': sig(nowS()) })).status, 401);
+
+  const ls = await runCli(['webhooks', 'list'], env);
+  t.equal(ls.code, 0, ls.err);
+  t.match(ls.out, /^NAME\s+TENANT\s+TRIGGER\s+RECEIVED\s+LAST\s+REFUSED\s+CREATED BY/);
+  t.match(ls.out, /\ndeploy\s+default\s+webhook\.deploy\s+1\s+\S+\s+5 \(bad-signature 2, api-key 1, content-type 1, stale 1\)\s+admin/);
+  const j = JSON.parse((await runCli(['webhooks', 'list', '--json'], env)).out) as Array<{ name: string; refused: Record<string, number> }>;
+  t.same(j.map((w) => w.name), ['deploy'], 'the unknown name left no counter');
+  t.same(j[0]!.refused, { 'bad-signature': 2, 'api-key': 1, 'content-type': 1, stale: 1 });
+});
