@@ -12,7 +12,11 @@ import { readProfile, writeProfile } from '../profile.js';
 import { ask, askHidden, isInteractive } from '../prompt.js';
 import { table, ago, when, labels, parseKeyValues, print, printErr, writeOutput, clean } from '../format.js';
 import { collect } from './util.js';
-import { addRunActionOptions, runActionCommand, type RunActionOptions } from './executions.js';
+import { addRunActionOptions } from './executions.js';
+import { runAction as runActionOn, runCommand, selectorText, EXIT_HELP as RUN_HELP, type RunOptions } from './run.js';
+
+/** `agents list` hides agents revoked longer ago than this (the hub's REVOKED_LISTED_MS). */
+const REVOKED_LISTED_DAYS = 7;
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
 /**
@@ -25,9 +29,9 @@ function isActionCall(args: string[], cmd: Command): boolean {
   return /^[a-z0-9][a-z0-9_-]{0,62}\.[a-z0-9][a-z0-9_.-]{0,126}$/.test(args[0] ?? '') && args.slice(1).every((a) => /^[A-Za-z_][A-Za-z0-9_]{0,63}=/.test(a));
 }
 
-function runAction(args: string[], o: RunActionOptions & { env?: string[]; cwd?: string }): Promise<void> {
+function runAction(args: string[], o: RunOptions): Promise<void> {
   if ((o.env?.length ?? 0) > 0 || o.cwd) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--env and --cwd are for commands; an action takes its parameters as name=value');
-  return runActionCommand(args[0]!, args.slice(1), o);
+  return runActionOn(args[0]!, args.slice(1), o);
 }
 
 function json(v: unknown): void { print(JSON.stringify(v, (_k, x) => (Buffer.isBuffer(x) ? x.toString('base64') : x), 2)); }
@@ -168,9 +172,15 @@ export function addAdminCommands(program: Command): void {
 
   const agents = program.command('agents').description('enrolled agents');
   agents.command('list').description('list agents with status, last seen and certificate expiry')
-    .option('--selector <k=v...>', 'only agents with these labels', collect, []).option('--json', 'JSON output')
+    .option('--selector <expr...>', "only agents matching this selector (k=v, k!=v, 'k in (a,b)', 'k notin (a,b)', k, !k; commas and repeats AND them)", collect, [])
+    .option('--status <status>', 'only online, offline or revoked agents')
+    .option('--all', `also revoked agents revoked over ${REVOKED_LISTED_DAYS} days ago (hidden by default; \`agents prune --revoked\` deletes them)`)
+    .option('--json', 'JSON output')
+    .addHelpText('after', `\nRevoked agents are listed for ${REVOKED_LISTED_DAYS} days after their revocation; --status revoked or --all lists them all.\n` +
+      "Example: trellis agents list --selector 'role=web,zone in (eu1,eu2)' --status offline")
     .action((o) => withClients(async (c) => {
-      const r = await call<T.ListAgentsRequest, T.ListAgentsResponse__Output>(c, c.agents, c.agents.ListAgents, { selector: parseKeyValues(o.selector, 'selector') });
+      if (o.status && !['online', 'offline', 'revoked'].includes(o.status)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad --status "${o.status}": online, offline or revoked`);
+      const r = await call<T.ListAgentsRequest, T.ListAgentsResponse__Output>(c, c.agents, c.agents.ListAgents, { selectorExpr: selectorText(o.selector), status: o.status ?? '', includeOldRevoked: !!o.all });
       if (o.json) return json(r.agents);
       print(table(r.agents.map((a) => [a.id, a.tenant, a.hostname || '-', a.status, ago(a.lastSeenMs), labels(a.labels), a.certSerial.slice(0, 16), when(a.certExpiresAtMs)]),
         ['ID', 'TENANT', 'HOST', 'STATUS', 'LAST SEEN', 'LABELS', 'CERT SERIAL', 'CERT EXPIRES']));
@@ -248,37 +258,13 @@ export function addAdminCommands(program: Command): void {
     }));
 
   addRunActionOptions(program.command('run')
-    .description('run a pack action (`trellis run PACK.ACTION [name=value ...]`) or a command (argv, no shell, after --) on agents; prints the output live and exits with the remote exit code')
-    .option('--agent <id>', 'target agent')
-    .option('--selector <k=v...>', 'target every online agent with these labels', collect, [])
+    .description('run a pack action (`trellis run PACK.ACTION [name=value ...]`) or a command (argv, no shell, after --) on agents; prints the output live, then (with --selector) a line per agent and a summary')
+    .option('--agent <id|host>', 'target agent: id, unique id prefix or exact hostname')
+    .option('--selector <expr...>', "target the online agents matching this selector (k=v, k!=v, 'k in (a,b)', 'k notin (a,b)', k, !k; commas and repeats AND them)", collect, [])
     .option('--timeout <duration>', 'kill the process group after this long', '30s')
     .option('--env <K=V...>', 'environment variable for the command; a value may hold {{ kv.NAME }} (needs kv:read) or {{ secret.NAME }} (needs secrets:use or kv:decrypt: the command could print it), sealed to the agent, masked in output, audited by key name', collect, [])
     .option('--cwd <dir>', 'working directory on the agent')
     .argument('<args...>', 'PACK.ACTION [name=value ...] (values: JSON or text; may hold {{ kv.NAME }} with kv:read, {{ secret.NAME }} with secrets:use or kv:decrypt), or a command and its arguments after --'))
-    .action((argv: string[], o, cmd: Command) => isActionCall(argv, cmd) ? runAction(argv, o) : withClients(async (c) => {
-      const selector = parseKeyValues(o.selector, 'selector');
-      if (!o.agent && Object.keys(selector).length === 0) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name a target: --agent ID or --selector k=v');
-      const timeoutMs = parseDuration(o.timeout, '--timeout');
-      const stream = c.runs.Run({ agentId: o.agent ?? '', selector, argv, timeoutMs, env: parseKeyValues(o.env, 'env'), cwd: o.cwd ?? '' }, c.metadata);
-      const many = !o.agent;
-      let worst = 0;
-      const onSig = () => stream.cancel();
-      process.once('SIGINT', onSig);
-      await new Promise<void>((resolve, reject) => {
-        stream.on('data', (u: T.RunUpdate__Output) => {
-          if (u.output) {
-            const out = u.output.stream === 'STDERR' ? process.stderr : process.stdout;
-            writeOutput(out, many ? Buffer.from(String(u.output.data).split('\n').map((l) => (l ? `[${clean(u.output!.agentId)}] ${l}` : l)).join('\n')) : u.output.data, o);
-          } else if (u.finished) {
-            const f = u.finished;
-            if (f.status !== 'succeeded') printErr(`trellis: ${many ? `[${f.agentId}] ` : ''}${f.status}${f.error ? `: ${f.error}` : ''} (exit ${f.exitCode})`);
-            const code = f.exitCode < 0 ? 1 : f.exitCode;
-            worst = Math.max(worst, code);
-          }
-        });
-        stream.on('error', (e) => reject(fromGrpcError(e)));
-        stream.on('end', () => resolve());
-      }).finally(() => process.off('SIGINT', onSig));
-      process.exitCode = worst;
-    }));
+    .addHelpText('after', RUN_HELP)
+    .action((argv: string[], o, cmd: Command) => (isActionCall(argv, cmd) ? runAction(argv, o) : runCommand(argv, o, parseDuration)));
 }
