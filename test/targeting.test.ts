@@ -162,7 +162,7 @@ t.test('agents are named by unique id prefix or exact hostname; ambiguity lists 
   const byHost = await cli(['agents', 'show', 'web-offline-1']);
   t.equal(byHost.code, 0, byHost.err);
   t.match(byHost.out, new RegExp(`id: +${offline}`));
-  const prefix = await cli(['agents', 'show', ids[0]!.slice(0, 12)]);
+  const prefix = await cli(['agents', 'show', ids[0]!.slice(0, 16)]);
   t.match(prefix.out, new RegExp(`id: +${ids[0]}`), 'a unique id prefix');
   // The two running agents report this machine's hostname: ambiguous.
   const host = (await h.hub.components.agents.get(ids[0]!))!.hostname;
@@ -174,9 +174,66 @@ t.test('agents are named by unique id prefix or exact hostname; ambiguity lists 
   const lbl = await cli(['agents', 'label', 'web-offline-1', 'tier=cold']);
   t.equal(lbl.code, 0, lbl.err);
   t.equal((await h.hub.components.agents.get(offline))!.labels.tier, 'cold', 'labels set through the hostname');
-  const run = await cli(['run', '--agent', ids[1]!.slice(0, 10), '--', 'echo', 'by-prefix']);
+  const run = await cli(['run', '--agent', ids[1]!.slice(0, 16), '--', 'echo', 'by-prefix']);
   t.equal(run.code, 0, run.err);
   t.equal(run.out, 'by-prefix\n');
   const offRun = await cli(['run', '--agent', 'web-offline-1', '--', 'true']);
   t.match(offRun.err, /agent .* \(web-offline-1\) is not connected.*TRELLIS_E_AGENT_OFFLINE/);
+});
+
+t.test('agents list --status/--selector; revoked agents hidden after 7 days; agents prune (audited, needs agents:revoke)', async (t) => {
+  const { h, ids, offline, cli } = await fleet(t);
+  const listIds = async (args: string[]) => {
+    const r = await cli(['agents', 'list', '--json', ...args]);
+    t.equal(r.code, 0, r.err);
+    return (JSON.parse(r.out) as { id: string }[]).map((a) => a.id).sort();
+  };
+  t.same(await listIds(['--status', 'online']), [...ids].sort());
+  t.same(await listIds(['--status', 'offline']), [offline]);
+  t.same(await listIds(['--selector', 'zone in (eu1,us1)']), [ids[0], offline].sort());
+  t.same(await listIds(['--selector', 'zone notin (eu1,us1)', '--status', 'online']), [ids[1]]);
+  const badStatus = await cli(['agents', 'list', '--status', 'gone']);
+  t.match(badStatus.err, /bad --status "gone".*TRELLIS_E_INVALID_ARGUMENT/);
+  const table = await cli(['agents', 'list']);
+  t.match(table.out, /web-offline-1/, 'the table shows the hostname');
+
+  // A user without agents:revoke may not prune.
+  await h.hub.components.auth.createUser({ username: 'worker', password: 'worker-password-1', roles: ['user'] });
+  const w = await login(h, 'worker', 'worker-password-1');
+  const { mkdtemp: mk } = await import('node:fs/promises');
+  const whome = await mk(join(tmpdir(), 'trellis-worker-'));
+  await writeProfile({ hub: h.adminAddr, caPem: h.caPem, username: 'worker', token: w.token, expiresAtMs: w.expiresAtMs, tenant: 'default' }, { ...process.env, TRELLIS_HOME: whome });
+  const denied = await runCli(['agents', 'prune', '--revoked'], { TRELLIS_HOME: whome, TRELLIS_API_KEY: '', TRELLIS_TENANT: '' });
+  t.equal(denied.code, 1);
+  t.match(denied.err, /TRELLIS_E_PERMISSION_DENIED/);
+
+  const nothing = await cli(['agents', 'prune']);
+  t.match(nothing.err, /say what to prune/);
+  const tooShort = await cli(['agents', 'prune', '--offline-for', '10m']);
+  t.match(tooShort.err, /at least 1h.*TRELLIS_E_INVALID_ARGUMENT/);
+
+  // Revoked: listed for 7 days, then only with --all / --status revoked; prune --revoked deletes it.
+  t.equal((await cli(['agents', 'revoke', ids[1]!.slice(0, 16)])).code, 0, 'revoke by id prefix');
+  t.ok((await listIds([])).includes(ids[1]!), 'a fresh revocation is listed');
+  await h.hub.components.store.update<{ id: string; revokedAt?: number }>('agents', ids[1]!, (a) => (a ? { ...a, revokedAt: Date.now() - 8 * 86_400_000 } : a));
+  t.notOk((await listIds([])).includes(ids[1]!), 'hidden 8 days later');
+  t.ok((await listIds(['--all'])).includes(ids[1]!), '--all shows it');
+  t.same(await listIds(['--status', 'revoked']), [ids[1]]);
+
+  // The offline agent, last seen 40 days ago.
+  await h.hub.components.store.update<{ id: string; enrolledAt: number; lastSeen?: number }>('agents', offline, (a) => (a ? { ...a, enrolledAt: Date.now() - 40 * 86_400_000, lastSeen: Date.now() - 40 * 86_400_000 } : a));
+  const dry = await cli(['agents', 'prune', '--revoked', '--offline-for', '30d', '--dry-run']);
+  t.equal(dry.code, 0, dry.err);
+  t.match(dry.out, /2 agent\(s\) would be pruned \(dry run\)/);
+  t.equal((await listIds(['--all'])).length, 3, 'a dry run changes nothing');
+  const pr = await cli(['agents', 'prune', '--revoked', '--offline-for', '30d']);
+  t.equal(pr.code, 0, pr.err);
+  t.match(pr.out, new RegExp(`pruned ${offline}  web-offline-1`));
+  t.match(pr.out, /2 agent\(s\) pruned/);
+  t.same(await listIds(['--all']), [ids[0]], 'only the online agent is left');
+  const off = (await h.hub.components.agents.revokedEntries()).entries.length;
+  t.ok(off >= 2, 'the pruned agents\' certificates are in the CRL');
+  await waitFor(async () => (await h.hub.components.audit.query({ methodContains: 'PruneAgents' })).some((e) => e.result === 'ok' && e.detail.includes(offline)), 10_000, 'prune audited');
+  const rec = (await h.hub.components.audit.query({ methodContains: 'PruneAgents' })).find((e) => e.result === 'ok' && !e.target.includes('dry run'))!;
+  t.match(rec, { actor: 'admin', target: /revoked and offline for 30d/, detail: new RegExp(`2 agent\\(s\\): .*${offline} \\(web-offline-1\\)`) });
 });

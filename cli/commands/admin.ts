@@ -171,6 +171,8 @@ export function addAdminCommands(program: Command): void {
   }));
 
   const agents = program.command('agents').description('enrolled agents');
+  agents.addHelpText('after', '\nAn agent is named by its id, a unique id prefix (4+ characters) or its exact hostname (`agents show web-1`);\n' +
+    'a name that matches several agents is refused with the list of candidates.');
   agents.command('list').description('list agents with status, last seen and certificate expiry')
     .option('--selector <expr...>', "only agents matching this selector (k=v, k!=v, 'k in (a,b)', 'k notin (a,b)', k, !k; commas and repeats AND them)", collect, [])
     .option('--status <status>', 'only online, offline or revoked agents')
@@ -203,6 +205,23 @@ export function addAdminCommands(program: Command): void {
     .action((id, o) => withClients(async (c) => {
       const r = await call<T.RevokeAgentRequest, T.RevokeAgentResponse__Output>(c, c.agents, c.agents.RevokeAgent, { id, reason: o.reason ?? '' });
       print(`agent ${id} revoked (serials ${r.revokedSerials.join(', ')})${r.disconnected ? '; its live stream was closed' : ''}`);
+    }));
+
+  agents.command('prune')
+    .description('delete agent records: revoked agents (--revoked) and/or agents not seen for a while (--offline-for; they are revoked first, so they cannot come back)')
+    .option('--revoked', 'delete revoked agents (their revoked certificates stay in the CRL until they expire)')
+    .option('--offline-for <duration>', 'revoke and delete agents offline for at least this long, e.g. 30d (at least 1h)')
+    .option('--dry-run', 'list what would be pruned, change nothing')
+    .option('--json', 'JSON output')
+    .addHelpText('after', '\nNeeds agents:revoke; audited (who, which agents). Without --tenant \'*\' it prunes in your tenant only.\n' +
+      'Example: trellis agents prune --revoked --offline-for 30d --dry-run')
+    .action((o) => withClients(async (c) => {
+      const offlineForMs = o.offlineFor ? parseDuration(o.offlineFor, '--offline-for') : 0;
+      if (!o.revoked && !offlineForMs) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'say what to prune: --revoked and/or --offline-for DURATION');
+      const r = await call<T.PruneAgentsRequest, T.PruneAgentsResponse__Output>(c, c.agents, c.agents.PruneAgents, { revoked: !!o.revoked, offlineForMs, dryRun: !!o.dryRun });
+      if (o.json) return json(r.pruned);
+      for (const a of r.pruned) print(`${o.dryRun ? 'would prune' : 'pruned'} ${a.id}  ${a.hostname || '-'}  ${a.status}  last seen ${ago(Number(a.lastSeenMs))}`);
+      print(`${r.pruned.length} agent(s) ${o.dryRun ? 'would be pruned (dry run)' : 'pruned'}`);
     }));
 
   agents.command('label <id> [labels...]')

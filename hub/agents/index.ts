@@ -299,7 +299,7 @@ export class AgentRegistry {
    * certificates are revoked first, so a pruned agent cannot come back). The CRL keeps the
    * revoked serials until they expire. Returns the pruned records.
    */
-  async prune(o: { tenant?: string; revoked: boolean; offlineForMs?: number; reason: string }): Promise<AgentDoc[]> {
+  async prune(o: { tenant?: string; revoked: boolean; offlineForMs?: number; reason: string; dryRun?: boolean }): Promise<AgentDoc[]> {
     const now = this.now();
     const docs = await this.store.list<AgentDoc>('agents', (a) => o.tenant === undefined || a.tenant === o.tenant);
     const pruned: AgentDoc[] = [];
@@ -308,10 +308,11 @@ export class AgentRegistry {
       const lastSeen = v.lastSeen ?? a.enrolledAt;
       const stale = o.offlineForMs !== undefined && !a.revoked && !v.online && !this.links.has(a.id) && now - lastSeen >= o.offlineForMs;
       if (!(o.revoked && a.revoked) && !stale) continue;
+      pruned.push(a);
+      if (o.dryRun) continue;
       if (!a.revoked) await this.revoke(a.id, o.reason);
       await this.store.delete('agents', a.id);
       this.lastSeen.delete(a.id);
-      pruned.push(a);
     }
     return pruned;
   }

@@ -18,6 +18,7 @@ import { FINAL_STATUSES } from '../../common/automation/types.js';
 import { checkString } from '../validate.js';
 import { checkHubNames, issueHubCertificate } from '../pki/index.js';
 import { parseJoinToken } from '../../common/jointoken.js';
+import { formatDuration } from '../../common/duration.js';
 import { resolveAgent, resolveTargets, matchedMessage, auditDetail } from './targets.js';
 import { requestSelector } from '../../common/selector.js';
 
@@ -25,6 +26,7 @@ const S = '/trellis.v1';
 const AGENT_STATUSES = new Set(['online', 'offline', 'revoked']);
 /** `agents list` shows a revoked agent for this long after its revocation (then `--status revoked` or `--all`). */
 export const REVOKED_LISTED_MS = 7 * 86_400_000;
+const MIN_PRUNE_OFFLINE_MS = 3_600_000;
 
 export function certificateInfo(pem: string): T.CertificateInfo {
   const i = certInfo(pem);
@@ -175,6 +177,17 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
       const r = await c.agents.revoke(a.id, checkString(req.reason, 'reason', 256) || 'revoked by admin');
       c.log.info({ component: 'agents', agentId: a.id, serials: r.serials, user: ctx.principal!.username, disconnected: r.disconnected }, 'agent revoked');
       return { revokedSerials: r.serials, disconnected: r.disconnected };
+    }),
+    PruneAgents: unary<T.PruneAgentsRequest__Output, T.PruneAgentsResponse>(deps, `${S}.AdminAgents/PruneAgents`, async (req, ctx) => {
+      const offlineForMs = Number(req.offlineForMs) || 0;
+      if (!req.revoked && !offlineForMs) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'say what to prune: --revoked and/or --offline-for DURATION');
+      if (offlineForMs && offlineForMs < MIN_PRUNE_OFFLINE_MS) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--offline-for is at least 1h (an agent restarting is offline for seconds)');
+      const tenant = readTenant(ctx);
+      ctx.target = `agents of ${tenant === undefined ? 'every tenant' : `tenant ${tenant}`}: ${[req.revoked ? 'revoked' : '', offlineForMs ? `offline for ${formatDuration(offlineForMs)}` : ''].filter(Boolean).join(' and ')}${req.dryRun ? ' (dry run)' : ''}`;
+      const pruned = await c.agents.prune({ tenant, revoked: req.revoked, offlineForMs: offlineForMs || undefined, dryRun: req.dryRun, reason: `pruned by ${ctx.principal!.username}: offline for over ${formatDuration(offlineForMs)}` });
+      ctx.detail = `${pruned.length} agent(s): ${pruned.map((a) => `${a.id} (${a.hostname || '-'})`).join(', ')}`;
+      if (!req.dryRun && pruned.length) c.log.info({ component: 'agents', user: ctx.principal!.username, agentIds: pruned.map((a) => a.id) }, 'agents pruned');
+      return { pruned: pruned.map((a) => agentInfo(c, c.agents.view(a))) };
     }),
     SetAgentLabels: unary<T.SetAgentLabelsRequest__Output, T.AgentInfo>(deps, `${S}.AdminAgents/SetAgentLabels`, async (req, ctx) => {
       ctx.target = `agent:${String(req.id).slice(0, 64)}`;
