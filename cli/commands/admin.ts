@@ -12,6 +12,13 @@ import { readProfile, writeProfile } from '../profile.js';
 import { ask, askHidden, isInteractive } from '../prompt.js';
 import { table, ago, when, labels, parseKeyValues, print, printErr, writeOutput, clean } from '../format.js';
 import { collect } from './util.js';
+import { InvalidArgumentError } from 'commander';
+
+/** `tokens create --uses`: a whole number 1..100000 (not a silent 1 for 0 or text). */
+function usesOption(v: string): number {
+  if (!/^\d+$/.test(v.trim()) || Number(v) < 1 || Number(v) > 100_000) throw new InvalidArgumentError('a whole number from 1 to 100000');
+  return Number(v);
+}
 import { addRunActionOptions } from './executions.js';
 import { runAction as runActionOn, runCommand, selectorText, EXIT_HELP as RUN_HELP, type RunOptions } from './run.js';
 
@@ -118,8 +125,8 @@ export function addAdminCommands(program: Command): void {
   tokens.command('create')
     .description('create a join token; prints it once with the enroll command to paste')
     .option('--private', 'visible only to you and administrators')
-    .option('--uses <n>', 'how many agents may use it', (v) => Number(v), 1)
-    .option('--ttl <duration>', 'lifetime, e.g. 15m, 2h, 7d', '15m')
+    .option('--uses <n>', `how many agents may use it (1-${100_000})`, usesOption, 1)
+    .option('--ttl <duration>', 'lifetime, e.g. 15m, 2h, 7d (at most the hub\'s joinTokenMaxTtl, 7d by default)', '15m')
     .option('--label <k=v...>', 'labels given to every agent enrolled with it (they always win over host-set ones)', collect, [])
     .option('--allow-label <key...>', 'a label key the enrolling host may set itself with `agent enroll --label key=v` (repeatable); any other key is refused', collect, [])
     .option('--description <text>', 'note shown in `tokens list`')
@@ -174,7 +181,7 @@ export function addAdminCommands(program: Command): void {
   agents.addHelpText('after', '\nAn agent is named by its id, a unique id prefix (4+ characters) or its exact hostname (`agents show web-1`);\n' +
     'a name that matches several agents is refused with the list of candidates.');
   agents.command('list').description('list agents with status, last seen and certificate expiry')
-    .option('--selector <expr...>', "only agents matching this selector (k=v, k!=v, 'k in (a,b)', 'k notin (a,b)', k, !k; commas and repeats AND them)", collect, [])
+    .option('--selector <expr>', "only agents matching this selector (k=v, k!=v, 'k in (a,b)', 'k notin (a,b)', k, !k; commas and repeats AND them)", collect, [])
     .option('--status <status>', 'only online, offline or revoked agents')
     .option('--all', `also revoked agents revoked over ${REVOKED_LISTED_DAYS} days ago (hidden by default; \`agents prune --revoked\` deletes them)`)
     .option('--json', 'JSON output')
@@ -279,7 +286,7 @@ export function addAdminCommands(program: Command): void {
   addRunActionOptions(program.command('run')
     .description('run a pack action (`trellis run PACK.ACTION [name=value ...]`) or a command (argv, no shell, after --) on agents; prints the output live, then (with --selector) a line per agent and a summary')
     .option('--agent <id|host>', 'target agent: id, unique id prefix or exact hostname')
-    .option('--selector <expr...>', "target the online agents matching this selector (k=v, k!=v, 'k in (a,b)', 'k notin (a,b)', k, !k; commas and repeats AND them)", collect, [])
+    .option('--selector <expr>', "target the online agents matching this selector (k=v, k!=v, 'k in (a,b)', 'k notin (a,b)', k, !k; commas and repeats AND them)", collect, [])
     .option('--timeout <duration>', 'kill the process group after this long', '30s')
     .option('--env <K=V...>', 'environment variable for the command; a value may hold {{ kv.NAME }} (needs kv:read) or {{ secret.NAME }} (needs secrets:use or kv:decrypt: the command could print it), sealed to the agent, masked in output, audited by key name', collect, [])
     .option('--cwd <dir>', 'working directory on the agent')
