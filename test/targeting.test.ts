@@ -9,8 +9,9 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { matchesSelector, parseSelector, formatSelector } from '../common/selector.js';
-import { ADMIN_PASSWORD, login, startHub, waitFor } from './helpers/hub.js';
+import { ADMIN_PASSWORD, login, startHub, waitFor, callError } from './helpers/hub.js';
 import { runCli, startCli } from './helpers/cli.js';
+import { createRule, listExecutions } from './helpers/admin.js';
 import { call } from '../cli/client.js';
 import { writeProfile } from '../cli/profile.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
@@ -53,8 +54,7 @@ async function fleet(t: Test) {
   const tok = (labels: Record<string, string>, uses = 1) => h.token({ labels, uses });
   const e1 = await h.enroll({ token: await tok({ role: 'web', zone: 'eu1' }) });
   const e2 = await h.enroll({ token: await tok({ role: 'web', zone: 'eu2' }) });
-  await h.agent({ dataDir: e1.dataDir });
-  await h.agent({ dataDir: e2.dataDir });
+  const agents = [await h.agent({ dataDir: e1.dataDir }), await h.agent({ dataDir: e2.dataDir })];
   const off = await h.enroll({ token: await tok({ role: 'web', zone: 'us1' }) });
   // Never started: its Hello never replaces the enrolled hostname.
   await h.hub.components.store.update<{ id: string; hostname: string }>('agents', off.agentId, (a) => (a ? { ...a, hostname: 'web-offline-1' } : a));
@@ -65,7 +65,7 @@ async function fleet(t: Test) {
   const env = { TRELLIS_HOME: home, TRELLIS_API_KEY: '', TRELLIS_TENANT: '' };
   await writeProfile({ hub: h.adminAddr, caPem: h.caPem, username: 'admin', token: r.token, expiresAtMs: r.expiresAtMs, tenant: 'default' }, { ...process.env, ...env });
   const cli = (args: string[]) => runCli(args, env);
-  return { h, ids, offline: off.agentId, env, cli };
+  return { h, ids, agents, offline: off.agentId, env, cli };
 }
 
 t.test('run --selector: matched/skipped before, per-agent lines and a summary after, exit codes, --json', async (t) => {
@@ -236,4 +236,22 @@ t.test('agents list --status/--selector; revoked agents hidden after 7 days; age
   await waitFor(async () => (await h.hub.components.audit.query({ methodContains: 'PruneAgents' })).some((e) => e.result === 'ok' && e.detail.includes(offline)), 10_000, 'prune audited');
   const rec = (await h.hub.components.audit.query({ methodContains: 'PruneAgents' })).find((e) => e.result === 'ok' && !e.target.includes('dry run'))!;
   t.match(rec, { actor: 'admin', target: /revoked and offline for 30d/, detail: new RegExp(`2 agent\\(s\\): .*${offline} \\(web-offline-1\\)`) });
+});
+
+t.test('a hub rule may target a selector expression; a bad one is refused naming the position', async (t) => {
+  const { h, ids, agents } = await fleet(t);
+  await h.hub.components.packs.install('default', [
+    { path: 'pack.yaml', content: Buffer.from('name: ops\nversion: 1.0.0\n'), mode: 0o644 },
+    { path: 'actions/noop.yaml', content: Buffer.from("name: noop\nrunner: command\ncommand: ['true']\ntimeout: 60s\n"), mode: 0o644 },
+  ], { by: 'test' });
+  const bad = await callError(createRule(h, { name: 'bad-sel', trigger: 'core.tick', target: { selector: 'role in (web' }, action: { ref: 'ops.noop' } }));
+  t.match(bad?.message, /bad selector "role in \(web" at position 13/);
+  const rule = await createRule(h, { name: 'eu-only', trigger: 'core.tick', target: { selector: 'role=web, zone!=eu2' }, action: { ref: 'ops.noop' } });
+  t.equal(rule.target, 'selector role=web,zone!=eu2');
+  const list = () => listExecutions(h, { action: 'ops.noop' });
+  // The eu2 agent emits the event; the rule runs on the agents its selector picks: eu1 only.
+  await waitFor(() => agents[1]!.publishEvent('core.tick', {}).accepted > 0, 10_000, 'the event accepted');
+  await waitFor(async () => (await list()).executions.some((e) => e.status === 'succeeded'), 30_000, 'the rule ran');
+  const ex = (await list()).executions;
+  t.same(ex.map((e) => e.agentId), [ids[0]], 'only the agent the selector matches');
 });
