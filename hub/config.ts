@@ -226,6 +226,8 @@ export const HubConfigSchema = z.strictObject({
   heartbeatTtl: duration.default(30_000),
   /** Default lifetime of join tokens. @default "15m" */
   joinTokenTtl: duration.default(15 * 60_000),
+  /** Longest lifetime a join token may be given (`tokens create --ttl`); longer asks are refused. At most 365d. @default "7d" */
+  joinTokenMaxTtl: duration.default(7 * 86_400_000),
   /** Largest gRPC message accepted from an agent or an authenticated admin call, in bytes (pack installs are the largest); see `preAuth` for the rest. @default 4194304 */
   maxMessageBytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(4 * 1024 * 1024),
   /** pino level. @default "info" */

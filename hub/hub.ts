@@ -108,7 +108,7 @@ export class Hub {
     });
     auth.on('backend-error', (e: { backend: string; message: string }) => authLog.warn({ backend: e.backend, error: e.message }, 'login backend error'));
     // New tokens pin the CA the hub certificate chains to now (it changes when a CA rotation commits).
-    const tokens = new JoinTokens(store, { get caFingerprint() { return pki.caFingerprint; }, defaultTtlMs: config.joinTokenTtl });
+    const tokens = new JoinTokens(store, { get caFingerprint() { return pki.caFingerprint; }, defaultTtlMs: config.joinTokenTtl, maxTtlMs: config.joinTokenMaxTtl });
     const agents = new AgentRegistry(store, { heartbeatTtlMs: config.heartbeatTtl });
     await agents.load();
     const events = new EventIntake({ log: log.child({ component: 'events' }) });

@@ -39,8 +39,3 @@ export function checkString(v: unknown, what: string, max: number): string {
   if (v.length > max) throw new TrellisError('TRELLIS_E_TOO_LARGE', `${what} is over ${max} characters`);
   return v;
 }
-
-export function matchesSelector(labels: Record<string, string>, selector: Record<string, string>): boolean {
-  for (const [k, v] of Object.entries(selector)) if (labels[k] !== v) return false;
-  return true;
-}

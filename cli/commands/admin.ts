@@ -12,7 +12,18 @@ import { readProfile, writeProfile } from '../profile.js';
 import { ask, askHidden, isInteractive } from '../prompt.js';
 import { table, ago, when, labels, parseKeyValues, print, printErr, writeOutput, clean } from '../format.js';
 import { collect } from './util.js';
-import { addRunActionOptions, runActionCommand, type RunActionOptions } from './executions.js';
+import { InvalidArgumentError } from 'commander';
+
+/** `tokens create --uses`: a whole number 1..100000 (not a silent 1 for 0 or text). */
+function usesOption(v: string): number {
+  if (!/^\d+$/.test(v.trim()) || Number(v) < 1 || Number(v) > 100_000) throw new InvalidArgumentError('a whole number from 1 to 100000');
+  return Number(v);
+}
+import { addRunActionOptions } from './executions.js';
+import { runAction as runActionOn, runCommand, selectorText, EXIT_HELP as RUN_HELP, type RunOptions } from './run.js';
+
+/** `agents list` hides agents revoked longer ago than this (the hub's REVOKED_LISTED_MS). */
+const REVOKED_LISTED_DAYS = 7;
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
 /**
@@ -25,9 +36,9 @@ function isActionCall(args: string[], cmd: Command): boolean {
   return /^[a-z0-9][a-z0-9_-]{0,62}\.[a-z0-9][a-z0-9_.-]{0,126}$/.test(args[0] ?? '') && args.slice(1).every((a) => /^[A-Za-z_][A-Za-z0-9_]{0,63}=/.test(a));
 }
 
-function runAction(args: string[], o: RunActionOptions & { env?: string[]; cwd?: string }): Promise<void> {
+function runAction(args: string[], o: RunOptions): Promise<void> {
   if ((o.env?.length ?? 0) > 0 || o.cwd) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--env and --cwd are for commands; an action takes its parameters as name=value');
-  return runActionCommand(args[0]!, args.slice(1), o);
+  return runActionOn(args[0]!, args.slice(1), o);
 }
 
 function json(v: unknown): void { print(JSON.stringify(v, (_k, x) => (Buffer.isBuffer(x) ? x.toString('base64') : x), 2)); }
@@ -114,8 +125,8 @@ export function addAdminCommands(program: Command): void {
   tokens.command('create')
     .description('create a join token; prints it once with the enroll command to paste')
     .option('--private', 'visible only to you and administrators')
-    .option('--uses <n>', 'how many agents may use it', (v) => Number(v), 1)
-    .option('--ttl <duration>', 'lifetime, e.g. 15m, 2h, 7d', '15m')
+    .option('--uses <n>', `how many agents may use it (1-${100_000})`, usesOption, 1)
+    .option('--ttl <duration>', 'lifetime, e.g. 15m, 2h, 7d (at most the hub\'s joinTokenMaxTtl, 7d by default)', '15m')
     .option('--label <k=v...>', 'labels given to every agent enrolled with it (they always win over host-set ones)', collect, [])
     .option('--allow-label <key...>', 'a label key the enrolling host may set itself with `agent enroll --label key=v` (repeatable); any other key is refused', collect, [])
     .option('--description <text>', 'note shown in `tokens list`')
@@ -167,10 +178,18 @@ export function addAdminCommands(program: Command): void {
   }));
 
   const agents = program.command('agents').description('enrolled agents');
+  agents.addHelpText('after', '\nAn agent is named by its id, a unique id prefix (4+ characters) or its exact hostname (`agents show web-1`);\n' +
+    'a name that matches several agents is refused with the list of candidates.');
   agents.command('list').description('list agents with status, last seen and certificate expiry')
-    .option('--selector <k=v...>', 'only agents with these labels', collect, []).option('--json', 'JSON output')
+    .option('--selector <expr>', "only agents matching this selector (k=v, k!=v, 'k in (a,b)', 'k notin (a,b)', k, !k; commas and repeats AND them)", collect, [])
+    .option('--status <status>', 'only online, offline or revoked agents')
+    .option('--all', `also revoked agents revoked over ${REVOKED_LISTED_DAYS} days ago (hidden by default; \`agents prune --revoked\` deletes them)`)
+    .option('--json', 'JSON output')
+    .addHelpText('after', `\nRevoked agents are listed for ${REVOKED_LISTED_DAYS} days after their revocation; --status revoked or --all lists them all.\n` +
+      "Example: trellis agents list --selector 'role=web,zone in (eu1,eu2)' --status offline")
     .action((o) => withClients(async (c) => {
-      const r = await call<T.ListAgentsRequest, T.ListAgentsResponse__Output>(c, c.agents, c.agents.ListAgents, { selector: parseKeyValues(o.selector, 'selector') });
+      if (o.status && !['online', 'offline', 'revoked'].includes(o.status)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad --status "${o.status}": online, offline or revoked`);
+      const r = await call<T.ListAgentsRequest, T.ListAgentsResponse__Output>(c, c.agents, c.agents.ListAgents, { selectorExpr: selectorText(o.selector), status: o.status ?? '', includeOldRevoked: !!o.all });
       if (o.json) return json(r.agents);
       print(table(r.agents.map((a) => [a.id, a.tenant, a.hostname || '-', a.status, ago(a.lastSeenMs), labels(a.labels), a.certSerial.slice(0, 16), when(a.certExpiresAtMs)]),
         ['ID', 'TENANT', 'HOST', 'STATUS', 'LAST SEEN', 'LABELS', 'CERT SERIAL', 'CERT EXPIRES']));
@@ -193,6 +212,23 @@ export function addAdminCommands(program: Command): void {
     .action((id, o) => withClients(async (c) => {
       const r = await call<T.RevokeAgentRequest, T.RevokeAgentResponse__Output>(c, c.agents, c.agents.RevokeAgent, { id, reason: o.reason ?? '' });
       print(`agent ${id} revoked (serials ${r.revokedSerials.join(', ')})${r.disconnected ? '; its live stream was closed' : ''}`);
+    }));
+
+  agents.command('prune')
+    .description('delete agent records: revoked agents (--revoked) and/or agents not seen for a while (--offline-for; they are revoked first, so they cannot come back)')
+    .option('--revoked', 'delete revoked agents (their revoked certificates stay in the CRL until they expire)')
+    .option('--offline-for <duration>', 'revoke and delete agents offline for at least this long, e.g. 30d (at least 1h)')
+    .option('--dry-run', 'list what would be pruned, change nothing')
+    .option('--json', 'JSON output')
+    .addHelpText('after', '\nNeeds agents:revoke; audited (who, which agents). Without --tenant \'*\' it prunes in your tenant only.\n' +
+      'Example: trellis agents prune --revoked --offline-for 30d --dry-run')
+    .action((o) => withClients(async (c) => {
+      const offlineForMs = o.offlineFor ? parseDuration(o.offlineFor, '--offline-for') : 0;
+      if (!o.revoked && !offlineForMs) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'say what to prune: --revoked and/or --offline-for DURATION');
+      const r = await call<T.PruneAgentsRequest, T.PruneAgentsResponse__Output>(c, c.agents, c.agents.PruneAgents, { revoked: !!o.revoked, offlineForMs, dryRun: !!o.dryRun });
+      if (o.json) return json(r.pruned);
+      for (const a of r.pruned) print(`${o.dryRun ? 'would prune' : 'pruned'} ${a.id}  ${a.hostname || '-'}  ${a.status}  last seen ${ago(Number(a.lastSeenMs))}`);
+      print(`${r.pruned.length} agent(s) ${o.dryRun ? 'would be pruned (dry run)' : 'pruned'}`);
     }));
 
   agents.command('label <id> [labels...]')
@@ -248,37 +284,13 @@ export function addAdminCommands(program: Command): void {
     }));
 
   addRunActionOptions(program.command('run')
-    .description('run a pack action (`trellis run PACK.ACTION [name=value ...]`) or a command (argv, no shell, after --) on agents; prints the output live and exits with the remote exit code')
-    .option('--agent <id>', 'target agent')
-    .option('--selector <k=v...>', 'target every online agent with these labels', collect, [])
+    .description('run a pack action (`trellis run PACK.ACTION [name=value ...]`) or a command (argv, no shell, after --) on agents; prints the output live, then (with --selector) a line per agent and a summary')
+    .option('--agent <id|host>', 'target agent: id, unique id prefix or exact hostname')
+    .option('--selector <expr>', "target the online agents matching this selector (k=v, k!=v, 'k in (a,b)', 'k notin (a,b)', k, !k; commas and repeats AND them)", collect, [])
     .option('--timeout <duration>', 'kill the process group after this long', '30s')
     .option('--env <K=V...>', 'environment variable for the command; a value may hold {{ kv.NAME }} (needs kv:read) or {{ secret.NAME }} (needs secrets:use or kv:decrypt: the command could print it), sealed to the agent, masked in output, audited by key name', collect, [])
     .option('--cwd <dir>', 'working directory on the agent')
     .argument('<args...>', 'PACK.ACTION [name=value ...] (values: JSON or text; may hold {{ kv.NAME }} with kv:read, {{ secret.NAME }} with secrets:use or kv:decrypt), or a command and its arguments after --'))
-    .action((argv: string[], o, cmd: Command) => isActionCall(argv, cmd) ? runAction(argv, o) : withClients(async (c) => {
-      const selector = parseKeyValues(o.selector, 'selector');
-      if (!o.agent && Object.keys(selector).length === 0) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name a target: --agent ID or --selector k=v');
-      const timeoutMs = parseDuration(o.timeout, '--timeout');
-      const stream = c.runs.Run({ agentId: o.agent ?? '', selector, argv, timeoutMs, env: parseKeyValues(o.env, 'env'), cwd: o.cwd ?? '' }, c.metadata);
-      const many = !o.agent;
-      let worst = 0;
-      const onSig = () => stream.cancel();
-      process.once('SIGINT', onSig);
-      await new Promise<void>((resolve, reject) => {
-        stream.on('data', (u: T.RunUpdate__Output) => {
-          if (u.output) {
-            const out = u.output.stream === 'STDERR' ? process.stderr : process.stdout;
-            writeOutput(out, many ? Buffer.from(String(u.output.data).split('\n').map((l) => (l ? `[${clean(u.output!.agentId)}] ${l}` : l)).join('\n')) : u.output.data, o);
-          } else if (u.finished) {
-            const f = u.finished;
-            if (f.status !== 'succeeded') printErr(`trellis: ${many ? `[${f.agentId}] ` : ''}${f.status}${f.error ? `: ${f.error}` : ''} (exit ${f.exitCode})`);
-            const code = f.exitCode < 0 ? 1 : f.exitCode;
-            worst = Math.max(worst, code);
-          }
-        });
-        stream.on('error', (e) => reject(fromGrpcError(e)));
-        stream.on('end', () => resolve());
-      }).finally(() => process.off('SIGINT', onSig));
-      process.exitCode = worst;
-    }));
+    .addHelpText('after', RUN_HELP)
+    .action((argv: string[], o, cmd: Command) => (isActionCall(argv, cmd) ? runAction(argv, o) : runCommand(argv, o, parseDuration)));
 }

@@ -87,26 +87,6 @@ async function followToEnd(stream: grpc.ClientReadableStream<T.ExecutionUpdate__
   process.exitCode = unfinished ? 130 : list.reduce((worst, i) => Math.max(worst, exitOf(i)), 0);
 }
 
-export interface RunActionOptions { agent?: string; selector?: string[]; follow?: boolean; json?: boolean; raw?: boolean }
-
-/** `trellis run PACK.ACTION [name=value ...]`. */
-export async function runActionCommand(ref: string, params: string[], o: RunActionOptions): Promise<void> {
-  const parameters: Record<string, string> = {};
-  for (const p of params) {
-    const i = p.indexOf('=');
-    if (i <= 0) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad parameter "${p.slice(0, 80)}": use name=value (values are JSON or plain text)`);
-    parameters[p.slice(0, i)] = p.slice(i + 1);
-  }
-  let selector: Record<string, string>;
-  try { selector = parseKeyValues(o.selector, 'selector'); } catch (e) { throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', (e as Error).message); }
-  if (!o.agent && Object.keys(selector).length === 0) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name a target: --agent ID or --selector k=v');
-  const follow = o.follow !== false;
-  await withClients(async (c) => {
-    const stream = c.executions.RunAction({ action: ref, agentId: o.agent ?? '', selector, parameters, follow }, c.metadata) as grpc.ClientReadableStream<T.ExecutionUpdate__Output>;
-    await followToEnd(stream, { json: !!o.json, many: !o.agent, follow, raw: !!o.raw });
-  });
-}
-
 /** `--raw`: remote program output is cleaned on a terminal unless asked (cli/format.ts writeOutput). */
 export const RAW_HELP = 'write the remote output to the terminal unchanged (escape sequences included); by default a terminal gets it without control characters, and a pipe or file always gets the bytes unchanged';
 
@@ -191,7 +171,7 @@ export function addExecutionCommands(program: Command): void {
 export function addRunActionOptions(cmd: Command): Command {
   return cmd
     .option('--no-follow', 'PACK.ACTION: print the execution ids and return instead of following')
-    .option('--json', 'PACK.ACTION: print the executions as JSON (with their output) at the end')
+    .option('--json', 'print one JSON object at the end: target, matched agents, executions (with their output), summary, exit code')
     .option('--raw', RAW_HELP);
 }
 

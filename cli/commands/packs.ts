@@ -40,7 +40,7 @@ function actionLine(a: ActionDef): string {
 const where = (on: SensorDef['on'] | undefined) => (on?.agent ? `agent ${on.agent}` : on?.selector ? `agents ${Object.entries(on.selector).map(([k, v]) => `${k}=${v}`).join(',')}` : 'every agent');
 
 function ruleLine(r: RuleDef): string {
-  const target = r.target.kind === 'local' ? `locally (${where(r.on)})` : r.target.kind === 'agent' ? `on agent ${r.target.agent}` : `on ${Object.entries(r.target.selector).map(([k, v]) => `${k}=${v}`).join(',')}`;
+  const target = r.target.kind === 'local' ? `locally (${where(r.on)})` : r.target.kind === 'agent' ? `on agent ${r.target.agent}` : `on ${r.target.expr ?? Object.entries(r.target.selector).map(([k, v]) => `${k}=${v}`).join(',')}`;
   return `  ${r.ref}  ${r.enabled ? '' : '(disabled) '}${r.trigger}${r.criteria.length ? ` + ${plural(r.criteria.length, 'criterion')}` : ''} → ${r.action.ref} ${target}${r.description ? `  ${r.description}` : ''}`;
 }
 

@@ -88,7 +88,8 @@ export interface Criterion {
 export type RuleTarget =
   | { kind: 'local' } // edge rule: streamed to the agents that emit its trigger, runs there
   | { kind: 'agent'; agent: string } // template, e.g. "{{ trigger.agent }}"
-  | { kind: 'selector'; selector: Record<string, string> };
+  // `selector`: k=v pairs (all must hold); `expr`: a selector expression (common/selector.ts) instead
+  | { kind: 'selector'; selector: Record<string, string>; expr?: string };
 
 export interface RuleDef {
   ref: string; // "<pack>.<name>" or "<name>"

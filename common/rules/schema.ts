@@ -24,6 +24,7 @@ import { formatDuration, parseDuration } from '../duration.js';
 import { TrellisError, isTrellisError } from '../errors.js';
 import { compileCriteria, normalizeCriteria } from './criteria.js';
 import { findRefs } from './template.js';
+import { parseSelector } from '../selector.js';
 
 export const RULE_NAME_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 export const TRIGGER_RE = /^[a-z0-9][a-z0-9_-]{0,62}\.[a-z0-9][a-z0-9_.-]{0,62}$/;
@@ -35,7 +36,7 @@ const CRITERIA_MAX = 64;
 type CriterionBody = { type: string; pattern?: unknown; condition?: 'any' | 'all' };
 type CriteriaInput = Record<string, CriterionBody> | (CriterionBody & { path: string })[];
 type TriggerInput = string | { type: string };
-type TargetInput = 'local' | { agent: string } | { selector: Record<string, string> };
+type TargetInput = 'local' | { agent: string } | { selector: Record<string, string> | string };
 type DurationInput = string | number;
 
 /**
@@ -112,9 +113,14 @@ const agentTemplate = z.string().min(1).max(256).superRefine((s, ctx) => {
   else if (findRefs(s).length) ctx.addIssue({ code: 'custom', message: 'an agent cannot come from a kv or secret reference' });
 });
 
+/** `target: {selector: "role in (web,api),!canary"}`: the expression form (common/selector.ts). */
+const selectorExpr = z.string().min(1).max(1024).superRefine((s, ctx) => {
+  try { parseSelector(s); } catch (e) { ctx.addIssue({ code: 'custom', message: (e as Error).message }); }
+});
+
 const target = byShape<TargetInput>((v) => (typeof v === 'string'
   ? z.literal('local', { error: 'target is local, {agent: ...} or {selector: {...}}' })
-  : isObj(v) && 'selector' in v ? z.strictObject({ selector: labels })
+  : isObj(v) && 'selector' in v ? z.strictObject({ selector: typeof v.selector === 'string' ? selectorExpr : labels })
     : isObj(v) ? z.strictObject({ agent: agentTemplate })
       : 'target is local, {agent: ...} or {selector: {...}}'));
 
@@ -170,7 +176,7 @@ export function normalizeRule(input: RuleInput, pack: string): RuleDef {
   let tgt: RuleTarget = { kind: 'agent', agent: '{{ trigger.agent }}' };
   const t = input.target;
   if (t === 'local') tgt = { kind: 'local' };
-  else if (t && 'selector' in t) tgt = { kind: 'selector', selector: { ...t.selector } };
+  else if (t && 'selector' in t) tgt = typeof t.selector === 'string' ? { kind: 'selector', selector: {}, expr: t.selector } : { kind: 'selector', selector: { ...t.selector } };
   else if (t && 'agent' in t) tgt = { kind: 'agent', agent: t.agent };
   if (input.on && tgt.kind !== 'local') throw fail(name, ['on'], 'on is for edge rules only (target: local); a hub rule picks agents with target');
   let cooldownMs = 0;

@@ -8,7 +8,8 @@ import { TrellisError } from '../../common/errors.js';
 import { normalizeSerial, type RevokedEntry } from '../../certs/index.js';
 import type { HubMessage } from '../../common/proto-gen/trellis/v1/HubMessage.js';
 import type { Facts } from '../../common/proto-gen/trellis/v1/Facts.js';
-import { checkLabelKey, checkLabels, matchesSelector } from '../validate.js';
+import { checkLabelKey, checkLabels } from '../validate.js';
+import { matchesSelector, type Selector } from '../../common/selector.js';
 import { cleanFacts } from './facts.js';
 
 export { cleanFacts } from './facts.js';
@@ -47,6 +48,9 @@ export interface RevocationDoc extends Doc {
 export const SUPERSEDED = 'superseded by renewal';
 /** Expired certificates stay this long in the CRL (clock skew), then drop out of it. */
 const CRL_EXPIRED_GRACE_MS = 3_600_000;
+
+/** The shortest id prefix that names an agent. */
+export const MIN_ID_PREFIX = 4;
 
 export type CloseReason = 'revoked' | 'replaced' | 'expired' | 'shutdown';
 
@@ -262,11 +266,55 @@ export class AgentRegistry {
     return { ...a, lastSeen: this.lastSeen.get(a.id) ?? a.lastSeen, online, status: a.revoked ? 'revoked' : online ? 'online' : 'offline', remote: this.link(a.id)?.remote };
   }
 
-  async list(filter: { tenant?: string; selector?: Record<string, string> } = {}): Promise<AgentView[]> {
+  async list(filter: { tenant?: string; selector?: Selector } = {}): Promise<AgentView[]> {
     const now = Date.now();
     const docs = await this.store.list<AgentDoc>('agents', (a) =>
-      (filter.tenant === undefined || a.tenant === filter.tenant) && matchesSelector(a.labels, filter.selector ?? {}));
+      (filter.tenant === undefined || a.tenant === filter.tenant) && matchesSelector(a.labels, filter.selector ?? []));
     return docs.map((a) => this.view(a, now));
+  }
+
+  /**
+   * The agent an operator named: its id, a unique id prefix (at least MIN_ID_PREFIX characters),
+   * or an exact hostname, in `tenant` (undefined: every tenant). Not found → NOT_FOUND; more than
+   * one → INVALID_ARGUMENT listing the candidates (id and hostname).
+   */
+  async resolve(ref: string, tenant?: string): Promise<AgentDoc> {
+    const inTenant = (a: AgentDoc) => tenant === undefined || a.tenant === tenant;
+    const exact = await this.get(ref);
+    if (exact && inTenant(exact)) return exact;
+    const lower = ref.toLowerCase();
+    const all = ref ? await this.store.list<AgentDoc>('agents', inTenant) : [];
+    let found = ref.length >= MIN_ID_PREFIX ? all.filter((a) => a.id.toLowerCase().startsWith(lower)) : [];
+    if (found.length === 0) found = all.filter((a) => a.hostname && a.hostname.toLowerCase() === lower);
+    // A host re-enrolled after a revocation: its live record wins over the revoked ones.
+    if (found.length > 1 && found.some((a) => !a.revoked)) found = found.filter((a) => !a.revoked);
+    if (found.length === 1) return found[0]!;
+    if (found.length === 0) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no agent ${ref.slice(0, 80)} (by id, id prefix of ${MIN_ID_PREFIX}+ characters or hostname): see \`trellis agents list\``);
+    const shown = found.slice(0, 10).map((a) => `${a.id} (${a.hostname || '-'}${a.revoked ? ', revoked' : ''})`).join(', ');
+    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `"${ref.slice(0, 80)}" names ${found.length} agents: ${shown}${found.length > 10 ? ', …' : ''}; give more of the id`);
+  }
+
+  /**
+   * Deletes agent records: revoked ones (`revoked`) and those not seen for `offlineForMs` (their
+   * certificates are revoked first, so a pruned agent cannot come back). The CRL keeps the
+   * revoked serials until they expire. Returns the pruned records.
+   */
+  async prune(o: { tenant?: string; revoked: boolean; offlineForMs?: number; reason: string; dryRun?: boolean }): Promise<AgentDoc[]> {
+    const now = this.now();
+    const docs = await this.store.list<AgentDoc>('agents', (a) => o.tenant === undefined || a.tenant === o.tenant);
+    const pruned: AgentDoc[] = [];
+    for (const a of docs) {
+      const v = this.view(a, now);
+      const lastSeen = v.lastSeen ?? a.enrolledAt;
+      const stale = o.offlineForMs !== undefined && !a.revoked && !v.online && !this.links.has(a.id) && now - lastSeen >= o.offlineForMs;
+      if (!(o.revoked && a.revoked) && !stale) continue;
+      pruned.push(a);
+      if (o.dryRun) continue;
+      if (!a.revoked) await this.revoke(a.id, o.reason);
+      await this.store.delete('agents', a.id);
+      this.lastSeen.delete(a.id);
+    }
+    return pruned;
   }
 
   /** Revokes every certificate of the agent and cuts its live streams at once. */

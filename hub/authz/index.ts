@@ -89,6 +89,8 @@ export const METHOD_TABLE: Readonly<Record<string, Requirement>> = Object.freeze
   [`/${S}.AdminAgents/GetAgent`]: perm('agents:get'),
   [`/${S}.AdminAgents/RevokeAgent`]: perm('agents:revoke'),
   [`/${S}.AdminAgents/SetAgentLabels`]: perm('agents:label'),
+  // Pruning revokes what it deletes: the same power as revoking.
+  [`/${S}.AdminAgents/PruneAgents`]: perm('agents:revoke'),
   [`/${S}.AdminCerts/GetCertificates`]: perm('certs:read'),
   [`/${S}.AdminCerts/GetCrl`]: perm('certs:read'),
   [`/${S}.AdminCerts/ReplaceHubCertificate`]: ADMIN,

@@ -18,8 +18,15 @@ import { FINAL_STATUSES } from '../../common/automation/types.js';
 import { checkString } from '../validate.js';
 import { checkHubNames, issueHubCertificate } from '../pki/index.js';
 import { parseJoinToken } from '../../common/jointoken.js';
+import { formatDuration } from '../../common/duration.js';
+import { resolveAgent, resolveTargets, matchedMessage, auditDetail } from './targets.js';
+import { requestSelector } from '../../common/selector.js';
 
 const S = '/trellis.v1';
+const AGENT_STATUSES = new Set(['online', 'offline', 'revoked']);
+/** `agents list` shows a revoked agent for this long after its revocation (then `--status revoked` or `--all`). */
+export const REVOKED_LISTED_MS = 7 * 86_400_000;
+const MIN_PRUNE_OFFLINE_MS = 3_600_000;
 
 export function certificateInfo(pem: string): T.CertificateInfo {
   const i = certInfo(pem);
@@ -71,12 +78,12 @@ export function writeTenant(ctx: CallContext): string {
   return ctx.tenant;
 }
 
-/** An agent of the call's tenant, or NOT_FOUND (another tenant's agent does not exist for the caller). */
+/**
+ * An agent of the call's tenant named by id, unique id prefix or exact hostname, or NOT_FOUND
+ * (another tenant's agent does not exist for the caller); several → INVALID_ARGUMENT naming them.
+ */
 async function agentInTenant(c: HubComponents, ctx: CallContext, id: string) {
-  const a = await c.agents.require(checkString(id, 'id', 64));
-  const t = readTenant(ctx);
-  if (t !== undefined && a.tenant !== t) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no agent ${id}: see \`trellis agents list\``);
-  return a;
+  return resolveAgent(c, ctx, id);
 }
 
 export function addAdminServices(server: grpc.Server, c: HubComponents, deps: WrapDeps): void {
@@ -151,22 +158,42 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
   });
 
   server.addService(v1.AdminAgents.service, {
-    ListAgents: unary<T.ListAgentsRequest__Output, T.ListAgentsResponse>(deps, `${S}.AdminAgents/ListAgents`, async (req, ctx) => ({
-      agents: (await c.agents.list({ selector: req.selector, tenant: readTenant(ctx) })).map((a) => agentInfo(c, a)),
-    })),
+    ListAgents: unary<T.ListAgentsRequest__Output, T.ListAgentsResponse>(deps, `${S}.AdminAgents/ListAgents`, async (req, ctx) => {
+      const selector = requestSelector(req.selector, checkString(req.selectorExpr ?? '', 'selector', 4096).trim());
+      const status = checkString(req.status ?? '', 'status', 16);
+      if (status && !AGENT_STATUSES.has(status)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad status "${status}": online, offline or revoked`);
+      const now = Date.now();
+      const keepRevoked = req.includeOldRevoked || status === 'revoked';
+      const list = (await c.agents.list({ selector, tenant: readTenant(ctx) }))
+        .filter((a) => (!status || a.status === status) && (keepRevoked || !a.revoked || now - (a.revokedAt ?? 0) < REVOKED_LISTED_MS));
+      return { agents: list.map((a) => agentInfo(c, a)) };
+    }),
     GetAgent: unary<T.GetAgentRequest__Output, T.AgentInfo>(deps, `${S}.AdminAgents/GetAgent`, async (req, ctx) =>
       agentInfo(c, c.agents.view(await agentInTenant(c, ctx, req.id)))),
     RevokeAgent: unary<T.RevokeAgentRequest__Output, T.RevokeAgentResponse>(deps, `${S}.AdminAgents/RevokeAgent`, async (req, ctx) => {
       ctx.target = `agent:${String(req.id).slice(0, 64)}`;
-      await agentInTenant(c, ctx, req.id);
-      const r = await c.agents.revoke(checkString(req.id, 'id', 64), checkString(req.reason, 'reason', 256) || 'revoked by admin');
-      c.log.info({ component: 'agents', agentId: req.id, serials: r.serials, user: ctx.principal!.username, disconnected: r.disconnected }, 'agent revoked');
+      const a = await agentInTenant(c, ctx, req.id);
+      ctx.target = `agent:${a.id} (${a.hostname || '-'})`;
+      const r = await c.agents.revoke(a.id, checkString(req.reason, 'reason', 256) || 'revoked by admin');
+      c.log.info({ component: 'agents', agentId: a.id, serials: r.serials, user: ctx.principal!.username, disconnected: r.disconnected }, 'agent revoked');
       return { revokedSerials: r.serials, disconnected: r.disconnected };
+    }),
+    PruneAgents: unary<T.PruneAgentsRequest__Output, T.PruneAgentsResponse>(deps, `${S}.AdminAgents/PruneAgents`, async (req, ctx) => {
+      const offlineForMs = Number(req.offlineForMs) || 0;
+      if (!req.revoked && !offlineForMs) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'say what to prune: --revoked and/or --offline-for DURATION');
+      if (offlineForMs && offlineForMs < MIN_PRUNE_OFFLINE_MS) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--offline-for is at least 1h (an agent restarting is offline for seconds)');
+      const tenant = readTenant(ctx);
+      ctx.target = `agents of ${tenant === undefined ? 'every tenant' : `tenant ${tenant}`}: ${[req.revoked ? 'revoked' : '', offlineForMs ? `offline for ${formatDuration(offlineForMs)}` : ''].filter(Boolean).join(' and ')}${req.dryRun ? ' (dry run)' : ''}`;
+      const pruned = await c.agents.prune({ tenant, revoked: req.revoked, offlineForMs: offlineForMs || undefined, dryRun: req.dryRun, reason: `pruned by ${ctx.principal!.username}: offline for over ${formatDuration(offlineForMs)}` });
+      ctx.detail = `${pruned.length} agent(s): ${pruned.map((a) => `${a.id} (${a.hostname || '-'})`).join(', ')}`;
+      if (!req.dryRun && pruned.length) c.log.info({ component: 'agents', user: ctx.principal!.username, agentIds: pruned.map((a) => a.id) }, 'agents pruned');
+      return { pruned: pruned.map((a) => agentInfo(c, c.agents.view(a))) };
     }),
     SetAgentLabels: unary<T.SetAgentLabelsRequest__Output, T.AgentInfo>(deps, `${S}.AdminAgents/SetAgentLabels`, async (req, ctx) => {
       ctx.target = `agent:${String(req.id).slice(0, 64)}`;
-      await agentInTenant(c, ctx, req.id);
-      const r = await c.agents.setLabels(checkString(req.id, 'id', 64), { set: req.set, remove: req.remove });
+      const found = await agentInTenant(c, ctx, req.id);
+      ctx.target = `agent:${found.id} (${found.hostname || '-'})`;
+      const r = await c.agents.setLabels(found.id, { set: req.set, remove: req.remove });
       ctx.detail = `labels ${formatLabels(r.before)} -> ${formatLabels(r.agent.labels)}`;
       c.log.info({ component: 'agents', agentId: r.agent.id, labels: r.agent.labels, user: ctx.principal!.username }, 'agent labels changed');
       // Edge rules, sensors and their sealed values follow the new labels at once.
@@ -209,18 +236,10 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
 
   server.addService(v1.AdminRuns.service, {
     Run: serverStream<T.RunRequest__Output, T.RunUpdate>(deps, `${S}.AdminRuns/Run`, async (req, ctx, write) => {
-      let agents: { id: string; tenant: string }[];
-      if (req.agentId) {
-        const a = await agentInTenant(c, ctx, req.agentId);
-        if (a.revoked) throw new TrellisError('TRELLIS_E_CERT_REVOKED', `agent ${a.id} is revoked`);
-        if (!c.agents.link(a.id)) throw new TrellisError('TRELLIS_E_AGENT_OFFLINE', `agent ${a.id} is not connected`);
-        agents = [a];
-      } else if (Object.keys(req.selector).length > 0) {
-        agents = (await c.agents.list({ selector: req.selector, tenant: readTenant(ctx) })).filter((a) => a.online);
-        if (agents.length === 0) throw new TrellisError('TRELLIS_E_NOT_FOUND', 'no online agent matches the selector');
-      } else {
-        throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name a target: --agent ID or --selector k=v');
-      }
+      const targets = await resolveTargets(c, ctx, req, readTenant(ctx));
+      ctx.target = targets.describe;
+      if (targets.agent && !c.agents.link(targets.agent.id)) throw new TrellisError('TRELLIS_E_AGENT_OFFLINE', `agent ${targets.agent.id} (${targets.agent.hostname || '-'}) is not connected`);
+      const agents = targets.agent ? [targets.agent] : targets.online;
       // References resolve in the caller's tenant: kv:read for any, secrets:use (or kv:decrypt)
       // for a secret, since whoever chooses the command can make it print the value (hub/rights).
       const refs = refsIn(req.env).length > 0;
@@ -232,6 +251,8 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
       }
       const kvCaller = uses.kvCaller;
       const timeoutMs = req.timeoutMs || 30_000;
+      ctx.detail = auditDetail({ argv: req.argv, envKeys: Object.keys(req.env), cwd: req.cwd, offline: targets.offline });
+      write({ matched: matchedMessage(targets) });
       // Ad-hoc runs are executions of core.command (recorded in history). A client that goes
       // away cancels them; the call still waits for their results to log them.
       let ids: string[] = [];
@@ -244,6 +265,7 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
             recs.push(...await c.executions.runCommand({ tenant, agentIds, argv: req.argv, env: req.env, cwd: req.cwd, timeoutMs, requestedBy: ctx.principal!.username, kvCaller }));
           }
           ids = recs.map((r) => r.id);
+          ctx.detail = auditDetail({ argv: req.argv, envKeys: Object.keys(req.env), cwd: req.cwd, offline: targets.offline, executions: recs });
           uses.note();
           if (ctx.signal.aborted) onAbort();
           return recs;

@@ -13,6 +13,7 @@ import { authorize, type Principal } from '../authz/index.js';
 import { readTenant, writeTenant } from './admin.js';
 import { checkString } from '../validate.js';
 import { useRefs } from './refs.js';
+import { resolveTargets, matchedMessage, auditDetail, type Targets } from './targets.js';
 import { COMMAND_ACTION, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, type ExecutionRecord, type ExecutionUpdate } from '../executions/index.js';
 import type { HubComponents } from '../components.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
@@ -70,24 +71,16 @@ export function checkParameters(given: Record<string, string>): Record<string, u
 }
 
 export function addExecutionServices(server: grpc.Server, c: HubComponents, deps: WrapDeps): void {
-  /** Target agents in the call's tenant: one by id (it may be offline: the execution waits), or the online ones matching a selector. */
-  async function targets(req: T.RunActionRequest__Output, ctx: CallContext): Promise<{ tenant: string; agentIds: string[] }> {
-    const hasSelector = Object.keys(req.selector).length > 0;
-    if (req.agentId && hasSelector) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name one target: --agent ID or --selector k=v, not both');
-    if (req.agentId) {
-      const a = await c.agents.get(checkString(req.agentId, 'agent_id', 64));
-      const t = readTenant(ctx);
-      if (!a || (t !== undefined && a.tenant !== t)) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no agent ${req.agentId}: see \`trellis agents list\``);
-      if (a.revoked) throw new TrellisError('TRELLIS_E_CERT_REVOKED', `agent ${a.id} is revoked`);
-      return { tenant: a.tenant, agentIds: [a.id] };
-    }
-    if (hasSelector) {
-      const tenant = writeTenant(ctx);
-      const agentIds = (await c.agents.list({ selector: req.selector, tenant })).filter((a) => a.online).map((a) => a.id);
-      if (agentIds.length === 0) throw new TrellisError('TRELLIS_E_NOT_FOUND', 'no online agent matches the selector');
-      return { tenant, agentIds };
-    }
-    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'name a target: --agent ID or --selector k=v');
+  /**
+   * Target agents in the call's tenant: one by id, id prefix or hostname (it may be offline: the
+   * execution waits for it), or the online ones matching a selector (offline ones are skipped).
+   */
+  async function targets(req: T.RunActionRequest__Output, ctx: CallContext): Promise<{ tenant: string; agentIds: string[]; t: Targets }> {
+    const hasSelector = !!req.selectorExpr?.trim() || Object.keys(req.selector).length > 0;
+    const tenant = req.agentId || !hasSelector ? undefined : writeTenant(ctx);
+    const t = await resolveTargets(c, ctx, req, tenant ?? readTenant(ctx));
+    if (t.agent) return { tenant: t.agent.tenant, agentIds: [t.agent.id], t };
+    return { tenant: tenant!, agentIds: t.online.map((a) => a.id), t };
   }
 
   server.addService(v1.AdminExecutions.service, {
@@ -96,14 +89,18 @@ export function addExecutionServices(server: grpc.Server, c: HubComponents, deps
       ctx.target = `action:${ref}`;
       authorizeAction(ctx, ref);
       if (ref === COMMAND_ACTION) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${COMMAND_ACTION} is run with \`trellis run --agent ID -- CMD\``);
-      const { tenant, agentIds } = await targets(req, ctx);
+      const { tenant, agentIds, t } = await targets(req, ctx);
+      ctx.target = `action:${ref} on ${t.describe}`;
       const action = c.packs.action(tenant, ref);
       if (!action) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no action ${ref} in tenant ${tenant}: see \`trellis packs list\``);
       const parameters = checkParameters(req.parameters);
       const uses = await useRefs(c.kv, ctx, tenant, parameters);
+      ctx.detail = auditDetail({ parameterNames: Object.keys(parameters), offline: t.offline });
+      write({ matched: matchedMessage(t) });
       await c.executions.watch(
         async () => {
           const recs = await c.executions.request({ tenant, action, agentIds, parameters, requestedBy: ctx.principal!.username, kvCaller: uses.kvCaller });
+          ctx.detail = auditDetail({ parameterNames: Object.keys(parameters), offline: t.offline, executions: recs });
           uses.note();
           return recs;
         },

@@ -15,6 +15,7 @@ import { parse as parseYaml } from 'yaml';
 import { compileRule, parseRule, RuleIndex, RateGate, renderTemplate, type CompiledRule } from '../../common/rules/index.js';
 import type { RuleDef, TriggerEvent, ActionDef } from '../../common/automation/types.js';
 import { TrellisError } from '../../common/errors.js';
+import { formatSelector, targetSelector } from '../../common/selector.js';
 import type { Logger } from '../../common/log.js';
 import type { Store, Doc } from '../store/index.js';
 import type { HubEvent } from '../events/index.js';
@@ -99,7 +100,7 @@ export function describeTarget(def: RuleDef): string {
   const t = def.target;
   if (t.kind === 'local') return 'local';
   if (t.kind === 'agent') return `agent ${t.agent}`;
-  return `selector ${Object.entries(t.selector).map(([k, v]) => `${k}=${v}`).join(',')}`;
+  return `selector ${formatSelector(targetSelector(t))}`;
 }
 
 /** Parses rule text (YAML or JSON, one rule) into a validated definition. */
@@ -350,7 +351,7 @@ export class RulesEngine extends EventEmitter {
       const a = await this.deps.agents.get(id);
       return a && a.tenant === tenant && !a.revoked ? [a.id] : [];
     }
-    return (await this.deps.agents.list({ tenant, selector: t.selector })).filter((a) => a.online && !a.revoked).map((a) => a.id);
+    return (await this.deps.agents.list({ tenant, selector: targetSelector(t) })).filter((a) => a.online && !a.revoked).map((a) => a.id);
   }
 
   // ---------------------------------------------------------------- edge rules

@@ -26,7 +26,7 @@ export const MAX_TOKEN_USES = 100_000;
 export const MAX_TOKEN_TTL_MS = 365 * 86_400_000;
 
 export class JoinTokens {
-  constructor(private readonly store: Store, private readonly opts: { caFingerprint: string; defaultTtlMs: number }) {}
+  constructor(private readonly store: Store, private readonly opts: { caFingerprint: string; defaultTtlMs: number; maxTtlMs?: number }) {}
 
   async create(o: {
     tenant?: string; uses?: number; ttlMs?: number; labels?: Record<string, string>; allowLabels?: string[]; createdBy: string; description?: string; private?: boolean;
@@ -35,8 +35,13 @@ export class JoinTokens {
     checkName(tenant, 'tenant');
     const uses = o.uses || 1;
     if (!Number.isInteger(uses) || uses < 1 || uses > MAX_TOKEN_USES) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `--uses must be 1..${MAX_TOKEN_USES}`);
-    const ttlMs = o.ttlMs || this.opts.defaultTtlMs;
-    if (ttlMs < 1000 || ttlMs > MAX_TOKEN_TTL_MS) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--ttl must be between 1s and 365d');
+    const ttlMs = Number(o.ttlMs) || this.opts.defaultTtlMs;
+    const maxMs = Math.min(this.opts.maxTtlMs ?? MAX_TOKEN_TTL_MS, MAX_TOKEN_TTL_MS);
+    if (!Number.isFinite(ttlMs) || ttlMs < 1000) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--ttl must be at least 1s');
+    if (ttlMs > maxMs) {
+      throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `--ttl ${formatDuration(ttlMs)} is over this hub's longest join-token lifetime, ${formatDuration(maxMs)} ` +
+        `(hub config joinTokenMaxTtl${o.ttlMs ? '' : '; the default joinTokenTtl is longer than it: fix the hub config'})`);
+    }
     const labels = checkLabels(o.labels ?? {});
     const allowLabels = [...new Set((o.allowLabels ?? []).map(checkLabelKey))].sort();
     if (allowLabels.length > 64) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'at most 64 --allow-label keys');
