@@ -7,7 +7,7 @@ import type { Command } from 'commander';
 import { TrellisError } from '../../common/errors.js';
 import { call, withClients } from '../client.js';
 import { readStdin } from '../prompt.js';
-import { table, when, print } from '../format.js';
+import { when, print, addOutputOptions, formatOf, output, outputOne } from '../format.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
 const MAX_FILE = 64 * 1024;
@@ -63,27 +63,29 @@ Example rule file:
       print(`rule ${r.name} saved (${r.enabled ? 'enabled' : 'disabled'}; ${r.trigger} → ${r.action} on ${r.target})`);
     });
 
-  rules.command('list')
+  addOutputOptions(rules.command('list')
     .description('list rules; ENABLED "blocked": enabled, but its author no longer holds what it needs (deactivated or deleted, out of the tenant, or a permission lost), so it does not fire; AUTHOR: whose rights it acts with')
     .option('--pack <pack>', 'only rules of this pack')
-    .option('--trigger <type>', 'only rules for this trigger type')
-    .option('--json', 'JSON')
+    .option('--trigger <type>', 'only rules for this trigger type'), 'pack, created')
     .action(async (o) => {
       const r = await withClients((c) => call<T.ListRulesRequest, T.ListRulesResponse__Output>(c, c.rules, c.rules.ListRules, { pack: o.pack ?? '', trigger: o.trigger ?? '' }));
-      if (o.json) return print(JSON.stringify(r.rules.map((x) => ({ ...x, definitionJson: undefined, definition: JSON.parse(Buffer.from(x.definitionJson).toString() || '{}') })), null, 2));
-      print(table(r.rules.map((x) => [x.name, x.enabled ? (x.blocked ? 'blocked' : 'yes') : 'no', x.trigger, x.action, x.target, String(x.matched), String(x.fired), String(x.suppressed), x.author || '-']),
-        ['NAME', 'ENABLED', 'TRIGGER', 'ACTION', 'TARGET', 'MATCHED', 'FIRED', 'SUPPRESSED', 'AUTHOR']));
+      await output(o, r.rules, [
+        { header: 'NAME', cell: (x) => x.name }, { header: 'PACK', cell: (x) => x.pack || '-', wide: true }, { header: 'ENABLED', cell: (x) => (x.enabled ? (x.blocked ? 'blocked' : 'yes') : 'no') },
+        { header: 'TRIGGER', cell: (x) => x.trigger }, { header: 'ACTION', cell: (x) => x.action }, { header: 'TARGET', cell: (x) => x.target },
+        { header: 'MATCHED', cell: (x) => String(x.matched) }, { header: 'FIRED', cell: (x) => String(x.fired) }, { header: 'SUPPRESSED', cell: (x) => String(x.suppressed) },
+        { header: 'AUTHOR', cell: (x) => x.author || '-' }, { header: 'CREATED', cell: (x) => when(x.createdMs), wide: true },
+      ], { data: r.rules.map((x) => ({ ...x, definitionJson: undefined, definition: JSON.parse(Buffer.from(x.definitionJson).toString() || '{}') })) });
+      if (formatOf(o) === 'json' || formatOf(o) === 'yaml') return;
       const blocked = r.rules.filter((x) => x.enabled && x.blocked);
       for (const x of blocked) print(`blocked: ${x.name}: ${x.blocked}`);
     });
 
-  rules.command('show')
+  addOutputOptions(rules.command('show')
     .description('show a rule')
-    .argument('<name>', 'rule name, or pack.rule')
-    .option('--json', 'JSON')
+    .argument('<name>', 'rule name, or pack.rule'))
     .action(async (name: string, o) => {
       const r = await withClients((c) => call<T.GetRuleRequest, T.RuleInfo__Output>(c, c.rules, c.rules.GetRule, { name }));
-      print(o.json ? JSON.stringify({ ...r, definitionJson: undefined, definition: JSON.parse(Buffer.from(r.definitionJson).toString() || '{}') }, null, 2) : showRule(r));
+      await outputOne(o, { ...r, definitionJson: undefined, definition: JSON.parse(Buffer.from(r.definitionJson).toString() || '{}') }, () => showRule(r));
     });
 
   for (const [cmd, enabled] of [['enable', true], ['disable', false]] as const) {
