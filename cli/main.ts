@@ -15,6 +15,7 @@ import { addPackCommands } from './commands/packs.js';
 import { addRuleCommands } from './commands/rules.js';
 import { addFleetCommands } from './commands/fleet.js';
 import { addCaCommands } from './commands/ca.js';
+import { addCompletionCommand } from './commands/completion.js';
 
 export function buildProgram(): Command {
   const program = new Command('trellis')
@@ -40,6 +41,7 @@ export function buildProgram(): Command {
   addPackCommands(program);
   addRuleCommands(program);
   addCaCommands(program);
+  addCompletionCommand(program);
   program.addHelpText('after', `
 Start here:
   trellis hub init --data /var/lib/trellis-hub --name hub.example.com,10.0.0.5
