@@ -16,6 +16,7 @@ import { addRuleCommands } from './commands/rules.js';
 import { addFleetCommands } from './commands/fleet.js';
 import { addCaCommands } from './commands/ca.js';
 import { addActionCommands } from './commands/actions.js';
+import { addCompletionCommand } from './commands/completion.js';
 
 export function buildProgram(): Command {
   const program = new Command('trellis')
@@ -42,6 +43,7 @@ export function buildProgram(): Command {
   addRuleCommands(program);
   addActionCommands(program);
   addCaCommands(program);
+  addCompletionCommand(program);
   program.addHelpText('after', `
 Start here:
   trellis hub init --data /var/lib/trellis-hub --name hub.example.com,10.0.0.5

@@ -7,6 +7,7 @@ import { isAbsolute, join } from 'node:path';
 import { z } from 'zod';
 import { TrellisError } from '../common/errors.js';
 import { parseDuration } from '../common/duration.js';
+import { LOG_FORMATS, LOG_TIMES } from '../common/log.js';
 
 const duration = z.union([z.number().int().positive(), z.string()]).transform((v, ctx) => {
   try { return typeof v === 'number' ? v : parseDuration(v); } catch (e) {
@@ -232,6 +233,10 @@ export const HubConfigSchema = z.strictObject({
   maxMessageBytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(4 * 1024 * 1024),
   /** pino level. @default "info" */
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** Log lines: `json` (one object per line) or `pretty` (one readable line each, for a terminal). @default "json" */
+  logFormat: z.enum(LOG_FORMATS).default('json'),
+  /** `time` of a JSON log line: `epoch` (milliseconds) or `iso` (ISO 8601, UTC). @default "epoch" */
+  logTime: z.enum(LOG_TIMES).default('epoch'),
   /** Login backends, lock-out, login limits and the KDF's threads. @default { "backends": [{ "type": "local" }], "lockout": { "maxFailures": 5, "window": "15m", "duration": "15m" }, "limits": { "concurrent": 4, "concurrentPerAddress": 2, "failuresPerAddress": 20, "failureWindow": "5m", "refusalDelay": "1s" }, "kdfWorkers": 1 } */
   auth: AuthSchema.prefault({}),
   /** Limits on admin-port calls before their credentials are verified. @default { "maxMessageBytes": 65536, "maxCalls": 128, "maxCallsPerAddress": 16, "requestTimeout": "10s" } */
@@ -254,6 +259,8 @@ const ENV: Record<string, keyof HubConfigInput> = {
   TRELLIS_HUB_ADMIN_PORT: 'adminPort',
   TRELLIS_HUB_WEB_PORT: 'webPort',
   TRELLIS_LOG_LEVEL: 'logLevel',
+  TRELLIS_LOG_FORMAT: 'logFormat',
+  TRELLIS_LOG_TIME: 'logTime',
 };
 const NUMERIC = new Set(['agentPort', 'adminPort', 'webPort', 'maxMessageBytes']);
 

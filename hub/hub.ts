@@ -88,7 +88,7 @@ export class Hub {
 
   static async start(opts: HubOptions): Promise<Hub> {
     const config = loadHubConfig(opts.dataDir, opts.flags);
-    const log = opts.log ?? createLogger({ level: config.logLevel, name: 'trellis-hub' });
+    const log = opts.log ?? createLogger({ level: config.logLevel, name: 'trellis-hub', format: config.logFormat, time: config.logTime });
     const paths = hubPaths(opts.dataDir);
     assertTableCovers(allMethodPaths());
 

@@ -6,8 +6,7 @@
 import type { Command } from 'commander';
 import { formatDuration } from '../../common/duration.js';
 import { call, withClients } from '../client.js';
-import { table, print } from '../format.js';
-import { withOutput, outputMode, printStructured } from '../outmode.js';
+import { table, print, addOutputOptions, formatOf, printDocument, type OutputOptions } from '../format.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
 const fromJson = (b: Buffer | Uint8Array): unknown => (b.length ? JSON.parse(Buffer.from(b).toString('utf8')) : undefined);
@@ -56,14 +55,14 @@ export function formatAction(a: T.ActionInfo__Output): string {
 export function addActionCommands(program: Command): void {
   const actions = program.command('actions').description('the action catalog: every action of the tenant\'s packs and the built-in ones (core.command)');
 
-  withOutput(actions.command('list')
+  addOutputOptions(actions.command('list')
     .description('list actions: ref, runner, parameters (* required, =default), description; built-in actions first (needs packs:list)')
     .option('--pack <pack>', 'only this pack\'s actions (core: the built-in ones)'))
     .addHelpText('after', '\n-o wide adds the tenant, the timeout and the pack file; -o json|yaml prints every field.')
-    .action(async (o: { pack?: string; output?: string; json?: boolean }) => {
-      const mode = outputMode(o);
+    .action(async (o: OutputOptions & { pack?: string }) => {
+      const mode = formatOf(o);
       const r = await withClients((c) => call<T.ListActionsRequest, T.ListActionsResponse__Output>(c, c.packs, c.packs.ListActions, { pack: o.pack ?? '' }));
-      if (await printStructured(mode, r.actions.map(actionValue))) return;
+      if (mode === 'json' || mode === 'yaml') return printDocument(mode, r.actions.map(actionValue));
       const wide = mode === 'wide';
       print(table(r.actions.map((a) => [
         a.ref, ...(wide ? [a.tenant || '-'] : []), a.runner, ...(wide ? [formatDuration(Number(a.timeoutMs)), a.file || (a.builtin ? '(built in)' : '-')] : []),
@@ -71,13 +70,13 @@ export function addActionCommands(program: Command): void {
       ]), ['REF', ...(wide ? ['TENANT'] : []), 'RUNNER', ...(wide ? ['TIMEOUT', 'FILE'] : []), 'PARAMETERS', 'DESCRIPTION']));
     });
 
-  withOutput(actions.command('show')
+  addOutputOptions(actions.command('show')
     .description('show one action: parameters with type, required and default, runner, pack, the permission it needs and how to run it (needs packs:list)')
     .argument('<ref>', 'PACK.ACTION, or core.command'))
-    .action(async (ref: string, o: { output?: string; json?: boolean }) => {
-      const mode = outputMode(o);
+    .action(async (ref: string, o: OutputOptions) => {
+      const mode = formatOf(o);
       const a = await withClients((c) => call<T.GetActionRequest, T.ActionInfo__Output>(c, c.packs, c.packs.GetAction, { ref }));
-      if (await printStructured(mode, actionValue(a))) return;
+      if (mode === 'json' || mode === 'yaml') return printDocument(mode, actionValue(a));
       print(formatAction(a));
     });
 }

@@ -10,21 +10,21 @@ import { fromGrpcError } from '../../common/grpc-errors.js';
 import { adminClients, call, explainTlsFailure, fromProfile, withClients } from '../client.js';
 import { readProfile, writeProfile } from '../profile.js';
 import { ask, askHidden, isInteractive } from '../prompt.js';
-import { table, ago, when, labels, parseKeyValues, print, printErr, writeOutput, clean } from '../format.js';
+import { ago, when, labels, parseKeyValues, print, printErr, writeOutput, clean, addOutputOptions, formatOf, output, outputOne, printDocument } from '../format.js';
 import { collect } from './util.js';
 import { InvalidArgumentError } from 'commander';
+import { addRunActionOptions } from './executions.js';
+import { runAction as runActionOn, runCommand, selectorText, EXIT_HELP as RUN_HELP, type RunOptions } from './run.js';
+import type * as T from '../../common/proto-gen/trellis/v1/index.js';
+
+/** `agents list` hides agents revoked longer ago than this (the hub's REVOKED_LISTED_MS). */
+const REVOKED_LISTED_DAYS = 7;
 
 /** `tokens create --uses`: a whole number 1..100000 (not a silent 1 for 0 or text). */
 function usesOption(v: string): number {
   if (!/^\d+$/.test(v.trim()) || Number(v) < 1 || Number(v) > 100_000) throw new InvalidArgumentError('a whole number from 1 to 100000');
   return Number(v);
 }
-import { addRunActionOptions } from './executions.js';
-import { runAction as runActionOn, runCommand, selectorText, EXIT_HELP as RUN_HELP, type RunOptions } from './run.js';
-
-/** `agents list` hides agents revoked longer ago than this (the hub's REVOKED_LISTED_MS). */
-const REVOKED_LISTED_DAYS = 7;
-import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
 /**
  * `trellis run PACK.ACTION [name=value ...]` rather than a command: no `--` on the command line,
@@ -41,7 +41,6 @@ function runAction(args: string[], o: RunOptions): Promise<void> {
   return runActionOn(args[0]!, args.slice(1), o);
 }
 
-function json(v: unknown): void { print(JSON.stringify(v, (_k, x) => (Buffer.isBuffer(x) ? x.toString('base64') : x), 2)); }
 
 /** Decides which CA to trust for a hub: --ca file, --ca-fingerprint pin, or ssh-style confirmation. */
 async function trustHubCa(hub: string, o: { ca?: string; caFingerprint?: string }): Promise<string> {
@@ -164,13 +163,18 @@ export function addAdminCommands(program: Command): void {
       process.stderr.write(`\ntoken ${r.info!.id}: tenant ${r.info!.tenant}, ${r.info!.uses} use(s), expires ${when(r.info!.expiresAtMs)}\n` +
         `enroll an agent with:\n  trellis agent enroll --hub ${hub} --token ${r.token} --data /var/lib/trellis-agent\n`);
     }));
-  tokens.command('list').description('list join tokens').option('--all', 'include expired, used-up and revoked tokens').option('--json', 'JSON output')
+  addOutputOptions(tokens.command('list').description('list join tokens').option('--all', 'include expired, used-up and revoked tokens'), 'creation time, privacy, description')
     .action((o) => withClients(async (c) => {
       const r = await call<T.ListJoinTokensRequest, T.ListJoinTokensResponse__Output>(c, c.tokens, c.tokens.ListJoinTokens, { includeInactive: !!o.all });
-      if (o.json) return json(r.tokens);
       const now = Date.now();
-      print(table(r.tokens.map((t) => [t.id, t.tenant, `${t.used}/${t.uses}`, t.revoked ? 'revoked' : t.expiresAtMs <= now ? 'expired' : t.used >= t.uses ? 'used up' : 'active',
-        ago(t.expiresAtMs, now), labels(t.labels), t.allowLabelKeys.join(',') || '-', t.createdBy]), ['ID', 'TENANT', 'USED', 'STATE', 'EXPIRES', 'LABELS', 'HOST MAY SET', 'BY']));
+      await output(o, r.tokens, [
+        { header: 'ID', cell: (t) => t.id }, { header: 'TENANT', cell: (t) => t.tenant }, { header: 'USED', cell: (t) => `${t.used}/${t.uses}` },
+        { header: 'STATE', cell: (t) => (t.revoked ? 'revoked' : t.expiresAtMs <= now ? 'expired' : t.used >= t.uses ? 'used up' : 'active') },
+        { header: 'EXPIRES', cell: (t) => ago(t.expiresAtMs, now) }, { header: 'LABELS', cell: (t) => labels(t.labels) },
+        { header: 'HOST MAY SET', cell: (t) => t.allowLabelKeys.join(',') || '-' }, { header: 'BY', cell: (t) => t.createdBy },
+        { header: 'CREATED', cell: (t) => when(t.createdAtMs), wide: true }, { header: 'PRIVATE', cell: (t) => (t.private ? 'yes' : '-'), wide: true },
+        { header: 'DESCRIPTION', cell: (t) => t.description || '-', wide: true },
+      ]);
     }));
   tokens.command('revoke <id>').description('revoke a join token').action((id) => withClients(async (c) => {
     await call(c, c.tokens, c.tokens.RevokeJoinToken, { id });
@@ -180,25 +184,28 @@ export function addAdminCommands(program: Command): void {
   const agents = program.command('agents').description('enrolled agents');
   agents.addHelpText('after', '\nAn agent is named by its id, a unique id prefix (4+ characters) or its exact hostname (`agents show web-1`);\n' +
     'a name that matches several agents is refused with the list of candidates.');
-  agents.command('list').description('list agents with status, last seen and certificate expiry')
+  addOutputOptions(agents.command('list').description('list agents with status, last seen and certificate expiry')
     .option('--selector <expr>', "only agents matching this selector (k=v, k!=v, 'k in (a,b)', 'k notin (a,b)', k, !k; commas and repeats AND them)", collect, [])
     .option('--status <status>', 'only online, offline or revoked agents')
-    .option('--all', `also revoked agents revoked over ${REVOKED_LISTED_DAYS} days ago (hidden by default; \`agents prune --revoked\` deletes them)`)
-    .option('--json', 'JSON output')
+    .option('--all', `also revoked agents revoked over ${REVOKED_LISTED_DAYS} days ago (hidden by default; \`agents prune --revoked\` deletes them)`), 'address, enrolled, full serial, OS, agent version')
     .addHelpText('after', `\nRevoked agents are listed for ${REVOKED_LISTED_DAYS} days after their revocation; --status revoked or --all lists them all.\n` +
       "Example: trellis agents list --selector 'role=web,zone in (eu1,eu2)' --status offline")
     .action((o) => withClients(async (c) => {
       if (o.status && !['online', 'offline', 'revoked'].includes(o.status)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad --status "${o.status}": online, offline or revoked`);
       const r = await call<T.ListAgentsRequest, T.ListAgentsResponse__Output>(c, c.agents, c.agents.ListAgents, { selectorExpr: selectorText(o.selector), status: o.status ?? '', includeOldRevoked: !!o.all });
-      if (o.json) return json(r.agents);
-      print(table(r.agents.map((a) => [a.id, a.tenant, a.hostname || '-', a.status, ago(a.lastSeenMs), labels(a.labels), a.certSerial.slice(0, 16), when(a.certExpiresAtMs)]),
-        ['ID', 'TENANT', 'HOST', 'STATUS', 'LAST SEEN', 'LABELS', 'CERT SERIAL', 'CERT EXPIRES']));
+      await output(o, r.agents, [
+        { header: 'ID', cell: (a) => a.id }, { header: 'TENANT', cell: (a) => a.tenant }, { header: 'HOST', cell: (a) => a.hostname || '-' },
+        { header: 'STATUS', cell: (a) => a.status }, { header: 'LAST SEEN', cell: (a) => ago(a.lastSeenMs) }, { header: 'LABELS', cell: (a) => labels(a.labels) },
+        { header: 'ADDRESS', cell: (a) => a.remoteAddress || '-', wide: true }, { header: 'ENROLLED', cell: (a) => when(a.enrolledAtMs), wide: true },
+        { header: 'CERT SERIAL', cell: (a, wide) => (wide ? a.certSerial : a.certSerial.slice(0, 16)) }, { header: 'CERT EXPIRES', cell: (a) => when(a.certExpiresAtMs) },
+        { header: 'OS', cell: (a) => (a.facts ? `${a.facts.os} ${a.facts.osRelease} ${a.facts.arch}` : '-'), wide: true },
+        { header: 'VERSION', cell: (a) => a.facts?.agentVersion || '-', wide: true },
+      ]);
     }));
-  agents.command('show <id>').description('show one agent: facts, labels, certificate, and what the hub refused from it (event types it may not publish, forged edge-run reports)').option('--json', 'JSON output').action((id, o) => withClients(async (c) => {
+  addOutputOptions(agents.command('show <id>').description('show one agent: facts, labels, certificate, and what the hub refused from it (event types it may not publish, forged edge-run reports)')).action((id, o) => withClients(async (c) => {
     const a = await call<T.GetAgentRequest, T.AgentInfo__Output>(c, c.agents, c.agents.GetAgent, { id });
-    if (o.json) return json(a);
     const f = a.facts;
-    print([
+    await outputOne(o, a, () => [
       `id:            ${a.id}`, `tenant:        ${a.tenant}`, `identity:      ${a.spiffeId}`, `status:        ${a.status}${a.remoteAddress ? ` (${a.remoteAddress})` : ''}`,
       `last seen:     ${ago(a.lastSeenMs)}`, `enrolled:      ${when(a.enrolledAtMs)}`, `labels:        ${labels(a.labels)}`,
       `cert serial:   ${a.certSerial}`, `cert expires:  ${when(a.certExpiresAtMs)}`,
@@ -226,7 +233,7 @@ export function addAdminCommands(program: Command): void {
       const offlineForMs = o.offlineFor ? parseDuration(o.offlineFor, '--offline-for') : 0;
       if (!o.revoked && !offlineForMs) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'say what to prune: --revoked and/or --offline-for DURATION');
       const r = await call<T.PruneAgentsRequest, T.PruneAgentsResponse__Output>(c, c.agents, c.agents.PruneAgents, { revoked: !!o.revoked, offlineForMs, dryRun: !!o.dryRun });
-      if (o.json) return json(r.pruned);
+      if (o.json) return printDocument('json', r.pruned);
       for (const a of r.pruned) print(`${o.dryRun ? 'would prune' : 'pruned'} ${a.id}  ${a.hostname || '-'}  ${a.status}  last seen ${ago(Number(a.lastSeenMs))}`);
       print(`${r.pruned.length} agent(s) ${o.dryRun ? 'would be pruned (dry run)' : 'pruned'}`);
     }));
@@ -242,9 +249,9 @@ export function addAdminCommands(program: Command): void {
     }));
 
   const certs = program.command('certs').description('hub CA and certificates');
-  certs.command('show').description('show the CA, the hub certificate and issuing settings').option('--json', 'JSON output').action((o) => withClients(async (c) => {
+  addOutputOptions(certs.command('show').description('show the CA, the hub certificate and issuing settings')).action((o) => withClients(async (c) => {
     const r = await call<T.GetCertificatesRequest, T.GetCertificatesResponse__Output>(c, c.certs, c.certs.GetCertificates, {});
-    if (o.json) return json(r);
+    if (formatOf(o) === 'json' || formatOf(o) === 'yaml') return outputOne(o, r, () => '');
     const show = (title: string, i: T.CertificateInfo__Output) => [
       `${title}:`, `  subject:     ${i.subject.replace(/\n/g, ', ')}`, `  issuer:      ${i.issuer.replace(/\n/g, ', ')}`, `  serial:      ${i.serial}`,
       `  valid:       ${when(i.notBeforeMs)} .. ${when(i.notAfterMs)}`, `  key:         ${i.keyType}`, `  sha256:      ${i.fingerprintSha256}`,

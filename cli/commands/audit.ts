@@ -5,7 +5,7 @@ import { parseDuration } from '../../common/duration.js';
 import { fromGrpcError } from '../../common/grpc-errors.js';
 import { fromProfile } from '../client.js';
 import { readProfile } from '../profile.js';
-import { print } from '../format.js';
+import { print, addOutputOptions, formatOf, localIso, toDocument } from '../format.js';
 import * as grpc from '@grpc/grpc-js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
@@ -31,20 +31,22 @@ const field = (s: string) => (s ? s.replace(/[\u0000-\u001f\u007f]+/g, ' ') : '-
 /** time, actor, tenant, method (short name), target, result, source, detail. */
 export function formatAuditLine(r: T.AuditRecord__Output): string {
   const method = r.method.slice(r.method.lastIndexOf('/') + 1);
-  return [new Date(r.timeMs).toISOString(), r.actor, r.tenant, method, r.target, r.result, r.sourceAddress, r.detail].map(field).join('  ');
+  return [localIso(Number(r.timeMs), { millis: true }), r.actor, r.tenant, method, r.target, r.result, r.sourceAddress, r.detail].map(field).join('  ');
 }
 
 export function addAuditCommands(program: Command): void {
-  program.command('audit')
+  addOutputOptions(program.command('audit')
     .description('show the audit log (mutations and refused calls, every tenant; administrators only)')
     .option('--follow', 'after the history, keep printing new records until interrupted')
     .option('--since <when>', 'only records from this far back (30m, 24h, 7d) or since an ISO time')
     .option('--limit <n>', 'the most recent N records of the history (at most 10000)', limitOption, 100)
     .option('--actor <name>', 'only this actor (user name, apikey:<id>@<owner>, or - for unauthenticated calls)')
     .option('--method <text>', 'only methods whose name contains this text, e.g. JoinToken or AdminUsers/')
-    .option('--json', 'one JSON object per line')
-    .addHelpText('after', '\nColumns: time, actor, tenant, method, target, result, source address, detail.')
+    .addHelpText('after', '\nColumns: time (local), actor, tenant, method, target, result, source address, detail.\n' +
+      'json: one JSON object per line (JSON Lines); yaml: one YAML document per record; times in RFC 3339.'))
     .action(async (o) => {
+      const format = formatOf(o);
+      const yaml = format === 'yaml' ? await import('yaml') : undefined;
       const c = fromProfile(readProfile());
       const req: T.ListAuditRequest = {
         sinceMs: o.since ? parseSince(o.since) : 0, limit: o.limit, follow: !!o.follow, actor: o.actor ?? '', methodContains: o.method ?? '',
@@ -56,7 +58,9 @@ export function addAuditCommands(program: Command): void {
       try {
         await new Promise<void>((resolve, reject) => {
           stream.on('data', (r: T.AuditRecord__Output) => {
-            print(o.json ? JSON.stringify(r) : formatAuditLine(r));
+            if (format === 'json') print(JSON.stringify(toDocument(r)));
+            else if (yaml) print(`---\n${yaml.stringify(toDocument(r), { lineWidth: 0 })}`);
+            else print(formatAuditLine(r));
           });
           stream.on('error', (e: grpc.ServiceError) => (interrupted && e.code === grpc.status.CANCELLED ? resolve() : reject(fromGrpcError(e))));
           stream.on('end', () => resolve());

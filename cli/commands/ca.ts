@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { TrellisError } from '../../common/errors.js';
 import { parseDuration } from '../../common/duration.js';
 import { call, saveTrustBundle, withClients } from '../client.js';
-import { ago, clean, print, when } from '../format.js';
+import { ago, clean, print, when, addOutputOptions, outputOne } from '../format.js';
 import type { Profile } from '../profile.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
@@ -64,11 +64,10 @@ Administrators only (status: certs:read). Admin profiles follow the bundle on th
       print(`CA rotation started: new CA sha256 ${s.nextCa?.fingerprintSha256}; ${s.agentsActive} active agent(s) renew within ${Math.round(Number(s.windowMs) / 1000)}s.\n` +
         'Watch `trellis ca rotate status`, then `trellis ca rotate commit` (or `rollback`).');
     }));
-  rotate.command('status').description('show the rotation phase, the CAs, the hub certificate issuer and agents on the old vs the new CA')
-    .option('--json', 'JSON output')
+  addOutputOptions(rotate.command('status').description('show the rotation phase, the CAs, the hub certificate issuer and agents on the old vs the new CA'))
     .action((o) => withClients(async (c) => {
       const s = await call<T.GetRotationRequest, T.CaRotationStatus__Output>(c, c.ca, c.ca.GetRotation, {});
-      print(o.json ? JSON.stringify(s, null, 2) : render(s));
+      await outputOne(o, s, () => render(s));
     }));
   rotate.command('commit').description('finish the rotation: the new CA becomes the CA and the old one leaves every trust bundle')
     .option('--force', 'commit although active agents still hold old-CA certificates (they are named, and must re-enroll)')

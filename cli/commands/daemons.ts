@@ -5,7 +5,7 @@ import { Option, type Command } from 'commander';
 // without loading the whole hub and agent (about a second of start-up on a busy host).
 import { KEY_TYPES, type KeyType } from '../../certs/index.js';
 import { TrellisError, errorMessage, isTrellisError } from '../../common/errors.js';
-import { createLogger } from '../../common/log.js';
+import { createLogger, LOG_FORMATS, LOG_TIMES } from '../../common/log.js';
 import { parseKeyValues } from '../format.js';
 import { askHidden, isInteractive } from '../prompt.js';
 import { runUntilSignal, intOption, collect } from './util.js';
@@ -103,9 +103,11 @@ export function addDaemonCommands(program: Command): void {
     .option('--admin-port <port>', 'admin port, TLS (default 7444)', intOption)
     .option('--web-port <port>', 'web port, HTTPS (default 7445)', intOption)
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')
+    .addOption(new Option('--log-format <format>', 'log lines on stderr: json (one object per line) or pretty (one readable line each); default from hub.json logFormat, TRELLIS_LOG_FORMAT, else json').choices(LOG_FORMATS))
+    .addOption(new Option('--log-time <time>', 'time of a log line: epoch (milliseconds) or iso (ISO 8601, UTC); default from hub.json logTime, TRELLIS_LOG_TIME, else epoch').choices(LOG_TIMES))
     .action(async (o) => {
       const { Hub } = await import('../../hub/hub.js');
-      const hubd = await Hub.start({ dataDir: o.data, flags: { bind: o.bind, agentPort: o.agentPort, adminPort: o.adminPort, webPort: o.webPort, logLevel: o.logLevel } });
+      const hubd = await Hub.start({ dataDir: o.data, flags: { bind: o.bind, agentPort: o.agentPort, adminPort: o.adminPort, webPort: o.webPort, logLevel: o.logLevel, logFormat: o.logFormat, logTime: o.logTime } });
       process.stderr.write(`trellis hub: agent port ${hubd.agentPort}, admin port ${hubd.adminPort}, web port ${hubd.webPort}, CA sha256:${hubd.components.pki.caFingerprint}\n`);
       await runUntilSignal(() => hubd.close());
     });
@@ -261,13 +263,15 @@ export function addDaemonCommands(program: Command): void {
     .option('--ca <file>', 'CA bundle that issued the hub certificate')
     .addOption(new Option('--label <k=v...>', 'removed: labels come from the join token or `trellis agents label`').hideHelp())
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')
+    .addOption(new Option('--log-format <format>', 'log lines on stderr: json (one object per line) or pretty (one readable line each); default TRELLIS_LOG_FORMAT, else json').choices(LOG_FORMATS))
+    .addOption(new Option('--log-time <time>', 'time of a log line: epoch (milliseconds) or iso (ISO 8601, UTC); default TRELLIS_LOG_TIME, else epoch').choices(LOG_TIMES))
     .addHelpText('after', '\nLabels are not set here: they come from the join token (and keys it allows at `agent enroll --label`)\nand from `trellis agents label ID k=v`.')
     .action(async (o) => {
       if (o.label !== undefined) {
         throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT',
           '`agent run --label` was removed: a host cannot choose its own labels. Labels come from the join token (`tokens create --label`, or keys it allows with `--allow-label` at `agent enroll --label`) and from `trellis agents label ID k=v`');
       }
-      const log = createLogger({ name: 'trellis-agent', level: o.logLevel });
+      const log = createLogger({ name: 'trellis-agent', level: o.logLevel, format: o.logFormat, time: o.logTime });
       const { Agent } = await import('../../agent/agent.js');
       const a = await Agent.start({ dataDir: o.data, hub: o.hub, certFile: o.cert, keyFile: o.key, caFile: o.ca, log });
       const fatal = a.channel.closedPromise.then((err) => {

@@ -9,7 +9,7 @@ import { TrellisError } from '../../common/errors.js';
 import { formatDuration } from '../../common/duration.js';
 import { fromGrpcError } from '../../common/grpc-errors.js';
 import { call, withClients } from '../client.js';
-import { table, when, ago, parseKeyValues, print, printErr, writeOutput, clean } from '../format.js';
+import { when, ago, parseKeyValues, print, printErr, writeOutput, clean, addOutputOptions, formatOf, output, outputOne } from '../format.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
 const FINAL = new Set(['succeeded', 'failed', 'timeout', 'canceled', 'abandoned', 'error']);
@@ -93,36 +93,38 @@ export const RAW_HELP = 'write the remote output to the terminal unchanged (esca
 export function addExecutionCommands(program: Command): void {
   const ex = program.command('executions').description('action runs: list, show, follow, cancel and re-run (history kept on the hub)');
 
-  ex.command('list')
+  addOutputOptions(ex.command('list')
     .description('recent executions, newest first')
     .option('--action <pack.action>', 'only this action (ad-hoc commands: core.command)')
     .option('--agent <id>', 'only on this agent')
     .option('--status <status>', 'requested, scheduled, running, succeeded, failed, timeout, canceled, abandoned or error')
     .option('--rule <name>', 'only those fired by this rule')
     .option('--limit <n>', 'at most this many (1-1000)', '50')
-    .option('--before <id>', 'older than this execution (paging)')
-    .option('--json', 'print JSON')
+    .option('--before <id>', 'older than this execution (paging)'), 'tenant, rule, requested time, error')
     .action((o) => withClients(async (c) => {
       const limit = Number(o.limit);
       if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--limit is a whole number from 1 to 1000');
       const r = await call<T.ListExecutionsRequest, T.ListExecutionsResponse__Output>(c, c.executions, c.executions.ListExecutions, {
         action: o.action ?? '', agentId: o.agent ?? '', status: o.status ?? '', rule: o.rule ?? '', limit, beforeId: o.before ?? '',
       });
-      if (o.json) { print(JSON.stringify(r.executions.map((i) => { const { output: _o, ...rest } = executionJson(i); return rest; }), null, 2)); return; }
-      if (r.executions.length === 0) { print('no executions'); return; }
-      print(table(r.executions.map((i) => [
-        i.id, i.action, i.agentId, i.status, FINAL.has(i.status) ? String(i.exitCode) : '-', i.requestedBy, ago(Number(i.requestedMs)), duration(i),
-      ]), ['ID', 'ACTION', 'AGENT', 'STATUS', 'EXIT', 'BY', 'REQUESTED', 'DURATION']));
+      await output(o, r.executions, [
+        { header: 'ID', cell: (i) => i.id }, { header: 'ACTION', cell: (i) => i.action }, { header: 'AGENT', cell: (i) => i.agentId },
+        { header: 'TENANT', cell: (i) => i.tenant, wide: true }, { header: 'STATUS', cell: (i) => i.status },
+        { header: 'EXIT', cell: (i) => (FINAL.has(i.status) ? String(i.exitCode) : '-') }, { header: 'BY', cell: (i) => i.requestedBy },
+        { header: 'RULE', cell: (i) => i.rule || '-', wide: true },
+        { header: 'REQUESTED', cell: (i, wide) => (wide ? when(Number(i.requestedMs)) : ago(Number(i.requestedMs))) }, { header: 'DURATION', cell: (i) => duration(i) },
+        { header: 'ERROR', cell: (i) => i.error || '-', wide: true },
+      ], { empty: 'no executions', data: r.executions.map((i) => { const { output: _o, ...rest } = executionJson(i); return rest; }) });
     }));
 
-  ex.command('show')
+  addOutputOptions(ex.command('show')
     .description('one execution with its output')
-    .argument('<id>')
-    .option('--json', 'print JSON')
+    .argument('<id>'))
     .option('--raw', RAW_HELP)
     .action((id: string, o) => withClients(async (c) => {
       const i = await call<T.GetExecutionRequest, T.ExecutionInfo__Output>(c, c.executions, c.executions.GetExecution, { id });
-      if (o.json) { print(JSON.stringify(executionJson(i), null, 2)); return; }
+      const f = formatOf(o);
+      if (f === 'json' || f === 'yaml') return outputOne(o, executionJson(i), () => '');
       const rows: [string, string][] = [
         ['id', i.id], ['action', i.action], ['agent', i.agentId], ['tenant', i.tenant], ['status', i.status],
         ['exit code', FINAL.has(i.status) ? String(i.exitCode) : '-'], ['error', i.error || '-'], ['requested by', i.requestedBy],

@@ -8,11 +8,10 @@ import { TrellisError } from '../../common/errors.js';
 import { PERMISSIONS } from '../../hub/authz/index.js';
 import { call, type AdminClients, withClients } from '../client.js';
 import { askHidden, isInteractive, readStdin } from '../prompt.js';
-import { table, ago, when, print } from '../format.js';
+import { ago, when, print, addOutputOptions, output, outputOne } from '../format.js';
 import { collect } from './util.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
-function json(v: unknown): void { print(JSON.stringify(v, null, 2)); }
 const list = (xs: readonly string[]) => (xs.length ? xs.join(',') : '-');
 
 /** A new password: --password-stdin (one line), else the environment variable, else a hidden prompt asked twice. */
@@ -66,15 +65,19 @@ function addUserCommands(program: Command): void {
       const u = await call<T.CreateUserRequest, T.UserInfo__Output>(c, c.users, c.users.CreateUser, { username: name, password, roles: o.role, tenants: o.tenantMember });
       print(`user ${u.username} created (roles: ${list(u.roles)}; tenants: ${list(u.tenants)})`);
     }));
-  users.command('list').description('list users').option('--json', 'JSON output').action((o) => withClients(async (c) => {
+  addOutputOptions(users.command('list').description('list users'), 'failed logins, created').action((o) => withClients(async (c) => {
     const r = await call<T.ListUsersRequest, T.ListUsersResponse__Output>(c, c.users, c.users.ListUsers, {});
-    if (o.json) return json(r.users);
-    print(table(r.users.map((u) => [u.username, u.active ? (u.lockedUntilMs ? 'locked' : 'active') : 'deactivated', u.source, list(u.active ? u.effectiveRoles : u.roles), list(u.active ? u.effectiveTenants : u.tenants), list(u.groups), ago(u.lastLoginMs)]),
-      ['USER', 'STATE', 'SOURCE', 'ROLES', 'TENANTS', 'GROUPS', 'LAST LOGIN']));
+    await output(o, r.users, [
+      { header: 'USER', cell: (u) => u.username }, { header: 'STATE', cell: (u) => (u.active ? (u.lockedUntilMs ? 'locked' : 'active') : 'deactivated') },
+      { header: 'SOURCE', cell: (u) => u.source }, { header: 'ROLES', cell: (u) => list(u.active ? u.effectiveRoles : u.roles) },
+      { header: 'TENANTS', cell: (u) => list(u.active ? u.effectiveTenants : u.tenants) }, { header: 'GROUPS', cell: (u) => list(u.groups) },
+      { header: 'LAST LOGIN', cell: (u) => ago(u.lastLoginMs) },
+      { header: 'FAILED LOGINS', cell: (u) => String(u.failedLogins), wide: true }, { header: 'CREATED', cell: (u) => when(u.createdAtMs), wide: true },
+    ]);
   }));
-  users.command('show <name>').description('show one user, with effective roles and tenants').option('--json', 'JSON output').action((name: string, o) => withClients(async (c) => {
+  addOutputOptions(users.command('show <name>').description('show one user, with effective roles and tenants')).action((name: string, o) => withClients(async (c) => {
     const u = await call<T.GetUserRequest, T.UserInfo__Output>(c, c.users, c.users.GetUser, { username: name });
-    print(o.json ? JSON.stringify(u, null, 2) : showUser(u));
+    await outputOne(o, u, () => showUser(u));
   }));
   users.command('passwd [name]')
     .description('change your password, or (administrators) set another user\'s')
@@ -104,12 +107,13 @@ function addUserCommands(program: Command): void {
 
 function addSessionAndKeyCommands(program: Command): void {
   const sessions = program.command('sessions').description('login sessions: your own; every user\'s with sessions:list');
-  sessions.command('list').description('list login sessions (* marks this one)').option('--all', 'every user\'s (needs sessions:list)').option('--json', 'JSON output')
+  addOutputOptions(sessions.command('list').description('list login sessions (* marks this one)').option('--all', 'every user\'s (needs sessions:list)'), 'expiry time')
     .action((o) => withClients(async (c) => {
       const r = await call<T.ListSessionsRequest, T.ListSessionsResponse__Output>(c, c.sessions, c.sessions.ListSessions, { allUsers: !!o.all });
-      if (o.json) return json(r.sessions);
-      print(table(r.sessions.map((s) => [`${s.id}${s.current ? ' *' : ''}`, s.username, when(s.createdAtMs), ago(s.expiresAtMs), s.sourceAddress || '-']),
-        ['ID', 'USER', 'CREATED', 'EXPIRES', 'FROM']));
+      await output(o, r.sessions, [
+        { header: 'ID', cell: (s) => `${s.id}${s.current ? ' *' : ''}` }, { header: 'USER', cell: (s) => s.username }, { header: 'CREATED', cell: (s) => when(s.createdAtMs) },
+        { header: 'EXPIRES', cell: (s, wide) => (wide ? when(s.expiresAtMs) : ago(s.expiresAtMs)) }, { header: 'FROM', cell: (s) => s.sourceAddress || '-' },
+      ]);
     }));
   sessions.command('revoke <id>').description('end a login session (another user\'s needs sessions:revoke)').action((id: string) => withClients(async (c) => {
     await call(c, c.sessions, c.sessions.RevokeSession, { id });
@@ -124,12 +128,14 @@ function addSessionAndKeyCommands(program: Command): void {
       process.stderr.write(`\nAPI key ${r.info!.id} of ${r.info!.owner}: this is the only time it is shown (the hub keeps a salted hash); store it now.\n` +
         `It acts as ${r.info!.owner} with their current rights, never more. Use it with TRELLIS_API_KEY=<key> trellis ...\n`);
     }));
-  keys.command('list').description('list API keys').option('--all', 'every user\'s (needs apikeys:list)').option('--json', 'JSON output')
+  addOutputOptions(keys.command('list').description('list API keys').option('--all', 'every user\'s (needs apikeys:list)'), 'last use as a time')
     .action((o) => withClients(async (c) => {
       const r = await call<T.ListApiKeysRequest, T.ListApiKeysResponse__Output>(c, c.apikeys, c.apikeys.ListApiKeys, { allUsers: !!o.all });
-      if (o.json) return json(r.keys);
-      print(table(r.keys.map((k) => [k.id, k.owner, k.name || '-', k.enabled ? 'enabled' : 'disabled', when(k.createdAtMs), ago(k.lastUsedMs)]),
-        ['ID', 'OWNER', 'NAME', 'STATE', 'CREATED', 'LAST USED']));
+      await output(o, r.keys, [
+        { header: 'ID', cell: (k) => k.id }, { header: 'OWNER', cell: (k) => k.owner }, { header: 'NAME', cell: (k) => k.name || '-' },
+        { header: 'STATE', cell: (k) => (k.enabled ? 'enabled' : 'disabled') }, { header: 'CREATED', cell: (k) => when(k.createdAtMs) },
+        { header: 'LAST USED', cell: (k, wide) => (wide ? when(k.lastUsedMs) : ago(k.lastUsedMs)) },
+      ]);
     }));
   for (const [cmd, enabled] of [['disable', false], ['enable', true]] as const) {
     keys.command(`${cmd} <id>`).description(`${cmd} an API key (another user's needs apikeys:update)`).action((id: string) => withClients(async (c) => {
@@ -163,15 +169,17 @@ function addRoleCommands(program: Command): void {
       const r = await call<T.CreateRoleRequest, T.RoleInfo__Output>(c, c.roles, c.roles.CreateRole, { name, description: o.description ?? '', grants: (o.grant as string[]).map((g) => parseGrant(g)) });
       print(`role ${r.name} created (${r.grants.length} grant(s))`);
     }));
-  roles.command('list').description('list roles').option('--json', 'JSON output').action((o) => withClients(async (c) => {
+  addOutputOptions(roles.command('list').description('list roles'), 'the grants themselves').action((o) => withClients(async (c) => {
     const r = await call<T.ListRolesRequest, T.ListRolesResponse__Output>(c, c.roles, c.roles.ListRoles, {});
-    if (o.json) return json(r.roles);
-    print(table(r.roles.map((x) => [x.name, x.builtin ? 'yes' : 'no', String(x.grants.length), list(x.users), list(x.groups), x.description || '-']),
-      ['ROLE', 'BUILT-IN', 'GRANTS', 'USERS', 'GROUPS', 'DESCRIPTION']));
+    await output(o, r.roles, [
+      { header: 'ROLE', cell: (x) => x.name }, { header: 'BUILT-IN', cell: (x) => (x.builtin ? 'yes' : 'no') },
+      { header: 'GRANTS', cell: (x, wide) => (wide ? x.grants.map(grantText).join(',') || '-' : String(x.grants.length)) },
+      { header: 'USERS', cell: (x) => list(x.users) }, { header: 'GROUPS', cell: (x) => list(x.groups) }, { header: 'DESCRIPTION', cell: (x) => x.description || '-' },
+    ]);
   }));
-  roles.command('show <name>').description('show a role with its grants').option('--json', 'JSON output').action((name: string, o) => withClients(async (c) => {
+  addOutputOptions(roles.command('show <name>').description('show a role with its grants')).action((name: string, o) => withClients(async (c) => {
     const r = await call<T.GetRoleRequest, T.RoleInfo__Output>(c, c.roles, c.roles.GetRole, { name });
-    print(o.json ? JSON.stringify(r, null, 2) : show(r));
+    await outputOne(o, r, () => show(r));
   }));
   for (const [cmd, verb] of [['grant', 'GrantPermission'], ['revoke', 'RevokePermission']] as const) {
     roles.command(`${cmd} <name> <perm>`).description(`${cmd} a permission ${cmd === 'grant' ? 'to' : 'from'} a role (applies to the next call of every holder)`)
@@ -203,15 +211,17 @@ function addTenantAndGroupCommands(program: Command): void {
     await call(c, c.tenants, c.tenants.CreateTenant, { name, description: o.description ?? '' });
     print(`tenant ${name} created; add members with \`trellis tenants add-member ${name} --user NAME\``);
   }));
-  tenants.command('list').description('list tenants').option('--json', 'JSON output').action((o) => withClients(async (c) => {
+  addOutputOptions(tenants.command('list').description('list tenants')).action((o) => withClients(async (c) => {
     const r = await call<T.ListTenantsRequest, T.ListTenantsResponse__Output>(c, c.tenants, c.tenants.ListTenants, {});
-    if (o.json) return json(r.tenants);
-    print(table(r.tenants.map((x) => [x.name, list(x.users), list(x.groups), when(x.createdAtMs), x.description || '-']), ['TENANT', 'USERS', 'GROUPS', 'CREATED', 'DESCRIPTION']));
+    await output(o, r.tenants, [
+      { header: 'TENANT', cell: (x) => x.name }, { header: 'USERS', cell: (x) => list(x.users) }, { header: 'GROUPS', cell: (x) => list(x.groups) },
+      { header: 'CREATED', cell: (x) => when(x.createdAtMs) }, { header: 'DESCRIPTION', cell: (x) => x.description || '-' },
+    ]);
   }));
-  tenants.command('show <name>').description('show a tenant and its members').option('--json', 'JSON output').action((name: string, o) => withClients(async (c) => {
+  addOutputOptions(tenants.command('show <name>').description('show a tenant and its members')).action((name: string, o) => withClients(async (c) => {
     const x = await call<T.GetTenantRequest, T.TenantInfo__Output>(c, c.tenants, c.tenants.GetTenant, { name });
-    print(o.json ? JSON.stringify(x, null, 2)
-      : [`tenant:      ${x.name}`, `description: ${x.description || '-'}`, `users:       ${list(x.users)}`, `groups:      ${list(x.groups)}`, `created:     ${when(x.createdAtMs)}`].join('\n'));
+    await outputOne(o, x, () =>
+      [`tenant:      ${x.name}`, `description: ${x.description || '-'}`, `users:       ${list(x.users)}`, `groups:      ${list(x.groups)}`, `created:     ${when(x.createdAtMs)}`].join('\n'));
   }));
   tenants.command('delete <name>').description('delete a tenant (refused while agents or usable join tokens belong to it)').action((name: string) => withClients(async (c) => {
     await call(c, c.tenants, c.tenants.DeleteTenant, { name });
@@ -235,15 +245,17 @@ function addTenantAndGroupCommands(program: Command): void {
       await call<T.CreateGroupRequest, T.GroupInfo__Output>(c, c.groups, c.groups.CreateGroup, { name, description: o.description ?? '', ldapGroups: o.ldapGroup });
       print(`group ${name} created; give it roles with \`trellis roles assign ROLE --group ${name}\``);
     }));
-  groups.command('list').description('list groups').option('--json', 'JSON output').action((o) => withClients(async (c) => {
+  addOutputOptions(groups.command('list').description('list groups'), 'created').action((o) => withClients(async (c) => {
     const r = await call<T.ListGroupsRequest, T.ListGroupsResponse__Output>(c, c.groups, c.groups.ListGroups, {});
-    if (o.json) return json(r.groups);
-    print(table(r.groups.map((g) => [g.name, list(g.members), list(g.ldapGroups), g.description || '-']), ['GROUP', 'MEMBERS', 'DIRECTORY GROUPS', 'DESCRIPTION']));
+    await output(o, r.groups, [
+      { header: 'GROUP', cell: (g) => g.name }, { header: 'MEMBERS', cell: (g) => list(g.members) }, { header: 'DIRECTORY GROUPS', cell: (g) => list(g.ldapGroups) },
+      { header: 'CREATED', cell: (g) => when(g.createdAtMs), wide: true }, { header: 'DESCRIPTION', cell: (g) => g.description || '-' },
+    ]);
   }));
-  groups.command('show <name>').description('show a group').option('--json', 'JSON output').action((name: string, o) => withClients(async (c) => {
+  addOutputOptions(groups.command('show <name>').description('show a group')).action((name: string, o) => withClients(async (c) => {
     const g = await call<T.GetGroupRequest, T.GroupInfo__Output>(c, c.groups, c.groups.GetGroup, { name });
-    print(o.json ? JSON.stringify(g, null, 2)
-      : [`group:            ${g.name}`, `description:      ${g.description || '-'}`, `members:          ${list(g.members)}`, `directory groups: ${list(g.ldapGroups)}`, `created:          ${when(g.createdAtMs)}`].join('\n'));
+    await outputOne(o, g, () =>
+      [`group:            ${g.name}`, `description:      ${g.description || '-'}`, `members:          ${list(g.members)}`, `directory groups: ${list(g.ldapGroups)}`, `created:          ${when(g.createdAtMs)}`].join('\n'));
   }));
   groups.command('delete <name>').description('delete a group').action((name: string) => withClients(async (c) => {
     await call(c, c.groups, c.groups.DeleteGroup, { name });

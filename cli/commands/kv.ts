@@ -12,7 +12,7 @@ import { fromGrpcError } from '../../common/grpc-errors.js';
 import { call, fromProfile, withClients } from '../client.js';
 import { readProfile } from '../profile.js';
 import { readStdin } from '../prompt.js';
-import { table, when, print } from '../format.js';
+import { when, print, addOutputOptions, output, outputOne } from '../format.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
 const VALUE_MAX = 64 * 1024;
@@ -66,29 +66,29 @@ export function addKvCommands(program: Command): void {
       print(`set ${e.key} (${e.scope}${e.secret ? `, secret, key v${e.keyVersion}` : ''}${e.private ? ', private' : ''}${e.expiresAtMs ? `, expires ${when(e.expiresAtMs)}` : ''})`);
     });
 
-  kv.command('get')
-    .description('print a value (a secret prints as ciphertext unless --decrypt, which needs kv:decrypt and is audited)')
+  addOutputOptions(kv.command('get')
+    .description('print a value (a secret prints as ciphertext unless --decrypt, which needs kv:decrypt and is audited); json and yaml print the whole entry')
     .argument('<key>')
     .option('--decrypt', 'print a secret in clear')
-    .option('--scope <scope>', 'tenant (default) or user', 'tenant')
-    .option('--json', 'the whole entry as JSON')
+    .option('--scope <scope>', 'tenant (default) or user', 'tenant'), 'nothing: table and wide print the value alone')
     .action(async (key: string, o) => {
       const req: T.KvGetRequest = { key, scope: scopeOption(o.scope), decrypt: !!o.decrypt };
       const e = await withClients((c) => call<T.KvGetRequest, T.KvEntry__Output>(c, c.kv, c.kv.Get, req));
-      print(o.json ? JSON.stringify(e, null, 2) : e.value);
+      await outputOne(o, e, () => e.value);
     });
 
-  kv.command('list')
+  addOutputOptions(kv.command('list')
     .description('list keys you can see (values of secrets are not shown)')
-    .option('--prefix <prefix>', 'only keys starting with this')
-    .option('--json', 'JSON')
+    .option('--prefix <prefix>', 'only keys starting with this'), 'updated, whole values')
     .action(async (o) => {
       const r = await withClients((c) => call<T.KvListRequest, T.KvListResponse__Output>(c, c.kv, c.kv.List, { prefix: o.prefix ?? '' }));
-      if (o.json) return print(JSON.stringify(r.entries, null, 2));
-      print(table(r.entries.map((e) => [
-        e.key, e.scope, e.secret ? `v${e.keyVersion}` : '-', e.private ? 'yes' : '-', e.createdBy, e.expiresAtMs ? when(e.expiresAtMs) : '-',
-        e.secret ? '(secret)' : e.value.length > 40 ? `${e.value.slice(0, 40).replace(/\s/g, ' ')}…` : e.value.replace(/\s/g, ' '),
-      ]), ['KEY', 'SCOPE', 'SECRET', 'PRIVATE', 'BY', 'EXPIRES', 'VALUE']));
+      await output(o, r.entries, [
+        { header: 'KEY', cell: (e) => e.key }, { header: 'SCOPE', cell: (e) => e.scope }, { header: 'SECRET', cell: (e) => (e.secret ? `v${e.keyVersion}` : '-') },
+        { header: 'PRIVATE', cell: (e) => (e.private ? 'yes' : '-') }, { header: 'BY', cell: (e) => e.createdBy },
+        { header: 'UPDATED', cell: (e) => when(e.updatedAtMs), wide: true },
+        { header: 'EXPIRES', cell: (e) => (e.expiresAtMs ? when(e.expiresAtMs) : '-') },
+        { header: 'VALUE', cell: (e, wide) => (e.secret ? '(secret)' : !wide && e.value.length > 40 ? `${e.value.slice(0, 40).replace(/\s/g, ' ')}…` : e.value.replace(/\s/g, ' ')) },
+      ]);
     });
 
   kv.command('delete')

@@ -8,7 +8,7 @@ import { formatDuration } from '../../common/duration.js';
 import { TrellisError, isTrellisError } from '../../common/errors.js';
 import type { ActionDef, PackDef, RuleDef, SensorDef } from '../../common/automation/types.js';
 import { call, withClients } from '../client.js';
-import { table, when, print } from '../format.js';
+import { when, print, addOutputOptions, output, outputOne } from '../format.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
 /** The hub's default maxMessageBytes (hub/config.ts), which bounds an install request. */
@@ -107,30 +107,27 @@ other packs its rules call are installed, and that you hold the rights the pack 
       if (bytes > HUB_MESSAGE_DEFAULT) print(`note: the files are ${bytes} bytes: over the hub's default message limit (maxMessageBytes, 4 MiB); the hub must raise it to accept the pack`);
     });
 
-  packs.command('list')
-    .description('list installed packs')
-    .option('--json', 'JSON')
-    .action(async (o: { json?: boolean }) => {
+  addOutputOptions(packs.command('list')
+    .description('list installed packs'), 'tenant always')
+    .action(async (o) => {
       const r = await withClients((c) => call<T.ListPacksRequest, T.ListPacksResponse__Output>(c, c.packs, c.packs.ListPacks, {}));
-      if (o.json) return print(JSON.stringify(r.packs.map(({ definitionJson: _d, ...p }) => p), null, 2));
       const tenants = new Set(r.packs.map((p) => p.tenant)).size > 1;
-      print(table(r.packs.map((p) => [
-        ...(tenants ? [p.tenant] : []), p.name, p.version, String(p.actions.length), String(p.sensors.length), String(p.rules.length), when(p.installedMs), p.installedBy, p.description,
-      ]), [...(tenants ? ['TENANT'] : []), 'NAME', 'VERSION', 'ACTIONS', 'SENSORS', 'RULES', 'INSTALLED', 'BY', 'DESCRIPTION']));
+      await output(o, r.packs, [
+        { header: 'TENANT', cell: (p) => p.tenant, wide: !tenants }, { header: 'NAME', cell: (p) => p.name }, { header: 'VERSION', cell: (p) => p.version },
+        { header: 'ACTIONS', cell: (p) => String(p.actions.length) }, { header: 'SENSORS', cell: (p) => String(p.sensors.length) }, { header: 'RULES', cell: (p) => String(p.rules.length) },
+        { header: 'INSTALLED', cell: (p) => when(p.installedMs) }, { header: 'BY', cell: (p) => p.installedBy }, { header: 'DESCRIPTION', cell: (p) => p.description },
+      ], { data: r.packs.map(({ definitionJson: _d, ...p }) => p) });
     });
 
-  packs.command('show')
+  const packShow = packs.command('show')
     .description('show a pack: actions with their parameters, sensors and rules, each with the file it came from, and every file')
-    .argument('<name>')
-    .option('--json', 'the whole definition as JSON')
-    .action(async (name: string, o: { json?: boolean }) => {
+    .argument('<name>');
+  addOutputOptions(packShow)
+    .action(async (name: string, o) => {
       const info = await withClients((c) => call<T.GetPackRequest, T.PackInfo__Output>(c, c.packs, c.packs.GetPack, { name }));
       const def = JSON.parse(info.definitionJson.toString('utf8')) as Shown;
-      if (o.json) {
-        const { definitionJson: _d, ...rest } = info;
-        return print(JSON.stringify({ ...rest, definition: def }, null, 2));
-      }
-      print(formatPack(info, def));
+      const { definitionJson: _d, ...rest } = info;
+      await outputOne(o, { ...rest, definition: def }, () => formatPack(info, def));
     });
 
   packs.command('remove')

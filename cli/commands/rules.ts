@@ -7,8 +7,7 @@ import type { Command } from 'commander';
 import { TrellisError } from '../../common/errors.js';
 import { call, withClients } from '../client.js';
 import { readStdin } from '../prompt.js';
-import { table, when, print, printErr } from '../format.js';
-import { withOutput, outputMode, printStructured } from '../outmode.js';
+import { when, print, printErr, addOutputOptions, formatOf, output, outputOne, printDocument, type OutputOptions } from '../format.js';
 import type { RuleDef } from '../../common/automation/types.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
@@ -65,21 +64,24 @@ Example rule file:
       print(`rule ${r.name} saved (${r.enabled ? 'enabled' : 'disabled'}; ${r.trigger} → ${r.action} on ${r.target})`);
     });
 
-  rules.command('list')
+  addOutputOptions(rules.command('list')
     .description('list rules; ENABLED "blocked": enabled, but its author no longer holds what it needs (deactivated or deleted, out of the tenant, or a permission lost), so it does not fire; AUTHOR: whose rights it acts with; MATCHED/FIRED/SUPPRESSED since the hub started: hub rules counted on the hub, edge rules (target local) summed from what each agent reports in its heartbeats')
     .option('--pack <pack>', 'only rules of this pack')
-    .option('--trigger <type>', 'only rules for this trigger type')
-    .option('--json', 'JSON')
+    .option('--trigger <type>', 'only rules for this trigger type'), 'pack, created')
     .action(async (o) => {
       const r = await withClients((c) => call<T.ListRulesRequest, T.ListRulesResponse__Output>(c, c.rules, c.rules.ListRules, { pack: o.pack ?? '', trigger: o.trigger ?? '' }));
-      if (o.json) return print(JSON.stringify(r.rules.map((x) => ({ ...x, definitionJson: undefined, definition: JSON.parse(Buffer.from(x.definitionJson).toString() || '{}') })), null, 2));
-      print(table(r.rules.map((x) => [x.name, x.enabled ? (x.blocked ? 'blocked' : 'yes') : 'no', x.trigger, x.action, x.target, String(x.matched), String(x.fired), String(x.suppressed), x.author || '-']),
-        ['NAME', 'ENABLED', 'TRIGGER', 'ACTION', 'TARGET', 'MATCHED', 'FIRED', 'SUPPRESSED', 'AUTHOR']));
+      await output(o, r.rules, [
+        { header: 'NAME', cell: (x) => x.name }, { header: 'PACK', cell: (x) => x.pack || '-', wide: true }, { header: 'ENABLED', cell: (x) => (x.enabled ? (x.blocked ? 'blocked' : 'yes') : 'no') },
+        { header: 'TRIGGER', cell: (x) => x.trigger }, { header: 'ACTION', cell: (x) => x.action }, { header: 'TARGET', cell: (x) => x.target },
+        { header: 'MATCHED', cell: (x) => String(x.matched) }, { header: 'FIRED', cell: (x) => String(x.fired) }, { header: 'SUPPRESSED', cell: (x) => String(x.suppressed) },
+        { header: 'AUTHOR', cell: (x) => x.author || '-' }, { header: 'CREATED', cell: (x) => when(x.createdMs), wide: true },
+      ], { data: r.rules.map((x) => ({ ...x, definitionJson: undefined, definition: JSON.parse(Buffer.from(x.definitionJson).toString() || '{}') })) });
+      if (formatOf(o) === 'json' || formatOf(o) === 'yaml') return;
       const blocked = r.rules.filter((x) => x.enabled && x.blocked);
       for (const x of blocked) print(`blocked: ${x.name}: ${x.blocked}`);
     });
 
-  withOutput(rules.command('show')
+  addOutputOptions(rules.command('show')
     .description('show a rule; -o yaml prints its rule file, which `trellis rules create FILE --replace` reads back unchanged')
     .argument('<name>', 'rule name, or pack.rule'))
     .addHelpText('after', `
@@ -88,13 +90,13 @@ Example rule file:
               trellis rules show restart-nginx -o yaml > r.yaml && trellis rules create r.yaml --replace
             (a pack rule names its pack: it goes back into the pack's rules/ folder)
   -o json   the whole record (counters, author, state), with the rule file under "file" (--json: the same)`)
-    .action(async (name: string, o: { output?: string; json?: boolean }) => {
-      const mode = outputMode(o);
+    .action(async (name: string, o: OutputOptions) => {
+      const mode = formatOf(o);
       const r = await withClients((c) => call<T.GetRuleRequest, T.RuleInfo__Output>(c, c.rules, c.rules.GetRule, { name }));
       if (mode === 'table' || mode === 'wide') return print(showRule(r));
       const { ruleFileOf } = await import('../../common/rules/schema.js');
       const def = JSON.parse(Buffer.from(r.definitionJson).toString() || '{}') as RuleDef;
-      if (mode === 'json') return void await printStructured(mode, { ...r, definitionJson: undefined, definition: def, file: ruleFileOf(def) });
+      if (mode === 'json') return printDocument('json', { ...r, definitionJson: undefined, definition: def, file: ruleFileOf(def) });
       const { stringify } = await import('yaml');
       print([
         `# rule ${r.name} in tenant ${r.tenant}${r.pack ? ` (pack ${r.pack}: edit the pack's rules/ file)` : ''}; author ${r.author || '-'}`,

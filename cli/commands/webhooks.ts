@@ -5,7 +5,7 @@
 import type { Command } from 'commander';
 import { call, type AdminClients, withClients } from '../client.js';
 import type { Profile } from '../profile.js';
-import { table, when, print } from '../format.js';
+import { when, print, addOutputOptions, output } from '../format.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
 /** The host part of a profile's hub address (`host:port`, `[v6]:port`). */
@@ -58,15 +58,15 @@ export function addWebhookCommands(program: Command): void {
       });
     });
 
-  wh.command('list')
-    .description('list webhooks of the tenant (`--tenant \'*\'`: every tenant, administrators); RECEIVED counts accepted calls and REFUSED refused ones by reason (bad-signature, stale, replayed, malformed, api-key, denied, content-type, too-large, not-json, …) since the hub started')
-    .option('--json', 'JSON')
+  addOutputOptions(wh.command('list')
+    .description('list webhooks of the tenant (`--tenant \'*\'`: every tenant, administrators); RECEIVED counts accepted calls and REFUSED refused ones by reason (bad-signature, stale, replayed, malformed, api-key, denied, content-type, too-large, not-json, …) since the hub started'), 'created')
     .action(async (o) => {
       const r = await withClients((c) => call<T.ListWebhooksRequest, T.ListWebhooksResponse__Output>(c, c.webhooks, c.webhooks.ListWebhooks, {}));
-      if (o.json) return print(JSON.stringify(r.webhooks, null, 2));
-      print(table(r.webhooks.map((w) => [
-        w.name, w.tenant, w.trigger, String(w.received), when(w.lastReceivedMs), refusedCell(w.refused), w.createdBy, w.description,
-      ]), ['NAME', 'TENANT', 'TRIGGER', 'RECEIVED', 'LAST', 'REFUSED', 'CREATED BY', 'DESCRIPTION']));
+      await output(o, r.webhooks, [
+        { header: 'NAME', cell: (w) => w.name }, { header: 'TENANT', cell: (w) => w.tenant }, { header: 'TRIGGER', cell: (w) => w.trigger },
+        { header: 'RECEIVED', cell: (w) => String(w.received) }, { header: 'LAST', cell: (w) => when(w.lastReceivedMs) }, { header: 'REFUSED', cell: (w) => refusedCell(w.refused) }, { header: 'CREATED BY', cell: (w) => w.createdBy },
+        { header: 'CREATED', cell: (w) => when(w.createdMs), wide: true }, { header: 'DESCRIPTION', cell: (w) => w.description },
+      ]);
     });
 
   wh.command('delete')

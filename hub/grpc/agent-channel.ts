@@ -136,7 +136,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
     const fail = (err: unknown) => {
       if (closed) return;
       closed = true;
-      if (isTrellisError(err)) log.warn({ reqId, peer: call.getPeer(), code: (err as TrellisError).code, msg: (err as Error).message }, 'agent stream refused');
+      if (isTrellisError(err)) log.warn({ reqId, peer: call.getPeer(), code: (err as TrellisError).code, reason: (err as Error).message }, 'agent stream refused');
       else log.error({ reqId, err }, 'agent stream failed');
       auditAgentPort(c, { method: 'Connect', peer: call.getPeer(), id: who, err });
       cleanup();
@@ -271,7 +271,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
         auditAgentPort(c, { method: 'Renew', peer: call.getPeer(), id, detail: `serial ${id.serial} -> ${issued.serial} (valid until ${issued.notAfter.toISOString()}); superseded ${r.superseded.join(', ') || '-'}` });
         callback(null, { certificate: issued.certPem, caBundle: c.pki.trustBundle });
       } catch (err) {
-        log.warn({ reqId, peer: call.getPeer(), msg: (err as Error).message }, 'renewal refused');
+        log.warn({ reqId, peer: call.getPeer(), reason: (err as Error).message }, 'renewal refused');
         auditAgentPort(c, { method: 'Renew', peer: call.getPeer(), id: who, err });
         callback(toStatus(err, reqId));
       }

@@ -110,7 +110,7 @@ function finish(deps: WrapDeps, ctx: CallContext, start: number, err?: unknown):
   // records are written below like any refusal's, into the throttle that counts floods.
   if (code === 'TRELLIS_E_RATE_LIMITED' && deps.refusals) deps.refusals.note(ctx.method, ctx.peer, (err as Error).message);
   else if (!err) deps.log.info({ reqId: ctx.requestId, method: ctx.method, user: who, tenant: ctx.tenant, ms }, 'request done');
-  else if (code) deps.log.warn({ reqId: ctx.requestId, method: ctx.method, user: who, peer: ctx.peer, ms, code, msg: (err as Error).message }, 'request refused');
+  else if (code) deps.log.warn({ reqId: ctx.requestId, method: ctx.method, user: who, peer: ctx.peer, ms, code, reason: (err as Error).message }, 'request refused');
   else deps.log.error({ reqId: ctx.requestId, method: ctx.method, user: who, ms, err }, 'request failed');
   const result: AuditEntry['result'] = !err ? 'ok' : (code && RESULT[code]) || 'error';
   if (deps.audit && (isMutation(ctx.method) || result === 'denied' || result === 'unauthenticated')) {
