@@ -8,7 +8,8 @@ import * as grpc from '@grpc/grpc-js';
 import { createCSR, generateKey, keyMatchesCert, certInfo, type KeyType } from '../certs/index.js';
 import { parseJoinToken } from '../common/jointoken.js';
 import { TrellisError } from '../common/errors.js';
-import { fromGrpcError } from '../common/grpc-errors.js';
+import { fromGrpcError, isTransportFailure } from '../common/grpc-errors.js';
+import { diagnoseConnection } from '../common/connect-diagnosis.js';
 import { fetchServedChain, pinnedBundle } from '../common/tlsprobe.js';
 import { CLIENT_OPTIONS, formatHostPort, parseHostPort } from '../common/grpc-options.js';
 import { v1 } from '../common/proto.js';
@@ -55,8 +56,14 @@ export async function enroll(o: EnrollOptions): Promise<EnrollResult> {
   try {
     res = await new Promise<EnrollResponse__Output>((resolve, reject) => {
       client.Enroll({ token: o.token.trim(), csr, hostname: hostname(), labels: o.labels ?? {} }, { deadline: Date.now() + timeoutMs },
-        (err, r) => (err ? reject(fromGrpcError(err)) : resolve(r!)));
+        (err, r) => (err ? reject(err) : resolve(r!)));
     });
+  } catch (err) {
+    // Nothing was sent if the connection failed: say why (the agent port, a name the certificate lacks, ...).
+    const why = isTransportFailure(err)
+      ? await diagnoseConnection(err, { host, port, expect: 'admin', caPem: bundle.join(''), trustedBy: 'the join token\'s CA pin' }).catch(() => undefined)
+      : undefined;
+    throw why ?? fromGrpcError(err);
   } finally {
     client.close();
   }
