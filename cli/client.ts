@@ -1,7 +1,7 @@
 /** Admin API clients built from the profile: pinned CA, bearer token, deadlines, typed errors. */
 import * as grpc from '@grpc/grpc-js';
 import { v1 } from '../common/proto.js';
-import { CLIENT_OPTIONS } from '../common/grpc-options.js';
+import { secureChannel } from '../common/grpc-tls.js';
 import { fromGrpcError, isTransportFailure } from '../common/grpc-errors.js';
 import { diagnoseConnection } from '../common/connect-diagnosis.js';
 import { TrellisError } from '../common/errors.js';
@@ -36,11 +36,11 @@ export interface AdminClients {
 }
 
 export function adminClients(hub: string, caPem: string, token?: string, tenant?: string): AdminClients {
-  const creds = grpc.credentials.createSsl(Buffer.from(caPem));
+  const { creds, options } = secureChannel(hub, caPem);
   // One channel shared by every service client.
-  const base = new grpc.Client(hub, creds, CLIENT_OPTIONS);
+  const base = new grpc.Client(hub, creds, options);
   const channelOverride = base.getChannel();
-  const opts = { ...CLIENT_OPTIONS, channelOverride };
+  const opts = { ...options, channelOverride };
   const metadata = new grpc.Metadata();
   if (token) metadata.set(token.startsWith('tak1_') ? 'x-api-key' : 'authorization', token.startsWith('tak1_') ? token : `Bearer ${token}`);
   if (tenant) metadata.set('x-trellis-tenant', tenant);

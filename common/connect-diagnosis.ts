@@ -25,6 +25,12 @@ export type ProbeResult =
     names: string[];
     /** Why the leaf does not name the host dialed, if it does not. */
     nameError?: string;
+    /** The leaf is not for TLS servers (its extended key usage lacks serverAuth): an agent or client certificate. */
+    notServer?: boolean;
+    /** The leaf's notAfter when it has expired. */
+    expiredAt?: string;
+    /** The chain verifies against the caller's CA bundle (undefined: no bundle given). */
+    trusted?: boolean;
     /** The server asks for a client certificate (the hub's agent port); undefined when it could not be told. */
     clientCertRequired?: boolean;
   };
@@ -42,10 +48,22 @@ export function socketErrorKind(err: NodeJS.ErrnoException): 'dns' | 'refused' |
   return 'not-tls';
 }
 
+const SERVER_AUTH = '1.3.6.1.5.5.7.3.1';
 const PREFACE = Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])]);
 
-/** Probes HOST:PORT: TCP, a TLS handshake that trusts nothing, then whether the server wants a client certificate. */
-export function probeHub(host: string, port: number, timeoutMs = 5_000): Promise<ProbeResult> {
+/** Whether a served chain verifies against a PEM bundle (a served certificate is in it, or was issued by one in it). */
+export function chainTrusted(chain: string[], bundlePem: string): boolean {
+  const bundle = splitPems(bundlePem);
+  const fps = new Set(bundle.map((b) => fingerprintSha256(b)));
+  return chain.some((c) => fps.has(fingerprintSha256(c)) || bundle.some((b) => verifyIssuedBy(c, b)));
+}
+
+/**
+ * Probes HOST:PORT: TCP, a TLS handshake that trusts nothing, then (only to a server that passed
+ * every check against caPem: trusted CA, server certificate naming the host, not expired) an
+ * HTTP/2 preface to learn whether it wants a client certificate. An impostor gets no byte.
+ */
+export function probeHub(host: string, port: number, timeoutMs = 5_000, caPem?: string): Promise<ProbeResult> {
   return new Promise((resolve) => {
     let done = false;
     let result: ProbeResult | undefined;
@@ -66,9 +84,14 @@ export function probeHub(host: string, port: number, timeoutMs = 5_000): Promise
         seen.add(c.fingerprint256);
         chain.push(toPem(c.raw));
       }
-      const names = (leaf.subjectaltname ?? '').split(/,\s*/).filter(Boolean).map((n) => n.replace(/^(DNS|IP Address):/, ''));
+      const names = (leaf.subjectaltname ?? '').split(/,\s*/).filter((n) => /^(DNS|IP Address):/.test(n)).map((n) => n.replace(/^(DNS|IP Address):/, ''));
       const nameError = leaf.raw ? tls.checkServerIdentity(host, leaf)?.message : undefined;
-      result = { kind: 'tls', chain, names, nameError };
+      const eku = (leaf as { ext_key_usage?: string[] }).ext_key_usage;
+      const notServer = Array.isArray(eku) && eku.length > 0 && !eku.includes(SERVER_AUTH);
+      const expiredAt = leaf.valid_to && Date.parse(leaf.valid_to) < Date.now() ? new Date(leaf.valid_to).toISOString() : undefined;
+      const trusted = caPem !== undefined && chain.length > 0 ? chainTrusted(chain, caPem) : undefined;
+      result = { kind: 'tls', chain, names, nameError, notServer, expiredAt, trusted };
+      if (!trusted || nameError || notServer || expiredAt) { finish(result); return; }
       // A server that requires a client certificate (mTLS, TLS 1.3) refuses it after the handshake, on the first read.
       socket.on('data', () => finish({ ...(result as object), clientCertRequired: false } as ProbeResult));
       socket.write(PREFACE);
@@ -135,15 +158,19 @@ export function explainProbe(p: ProbeResult, o: ExplainOptions, cause?: unknown)
       return err('TRELLIS_E_UNAVAILABLE', `${hp} answered but not as a Trellis hub (no TLS handshake): check the address and port (${ports})`);
     case 'tls': {
       if (o.caPem && p.chain.length > 0) {
-        const bundle = splitPems(o.caPem);
-        const fps = bundle.map((b) => fingerprintSha256(b));
-        const trusted = p.chain.some((c) => fps.includes(fingerprintSha256(c)) || bundle.some((b) => verifyIssuedBy(c, b)));
-        if (!trusted) {
+        const fps = splitPems(o.caPem).map((b) => fingerprintSha256(b));
+        if (!chainTrusted(p.chain, o.caPem)) {
           const servedCa = fingerprintSha256(p.chain[p.chain.length - 1]!);
           if (o.untrusted) { const e = o.untrusted(servedCa, fps); return cause === undefined ? e : new TrellisError(e.code, e.message, { cause }); }
           return err('TRELLIS_E_CA_MISMATCH', `the hub at ${hp} presents a certificate from CA sha256 ${servedCa} which ${o.trustedBy ?? 'the trusted CA bundle'} does not hold (it holds ${fps.map(short).join(', ') || 'nothing'}); nothing was sent. ` +
             'Use the hub\'s CA: ca.pem in its data directory, or --ca-fingerprint after checking the fingerprint with the hub\'s operator (if the hub\'s CA was rotated, its new ca.pem)');
         }
+      }
+      if (p.notServer) {
+        return err('TRELLIS_E_CERT_INVALID', `the hub's certificate was refused, nothing was sent: ${hp} presents a certificate that is not for servers (unsuitable certificate purpose: an agent or client certificate), so it is not the hub; check the address`);
+      }
+      if (p.expiredAt) {
+        return err('TRELLIS_E_CERT_INVALID', `the hub's certificate was refused, nothing was sent: it expired at ${p.expiredAt}; an administrator renews it on the hub host: trellis certs issue-hub (or \`certs replace\` for an operator-supplied one)`);
       }
       if (p.nameError) {
         const names = p.names.length ? p.names.join(', ') : 'no names';
@@ -167,6 +194,6 @@ export function wrongPortForAgent(hp: string, cause?: unknown): TrellisError {
 /** Probes the address and explains a failed connection; undefined when the probe finds nothing to say. */
 export async function diagnoseConnection(cause: unknown, o: ExplainOptions): Promise<TrellisError | undefined> {
   const timeoutMs = o.timeoutMs ?? 5_000;
-  const p = await probeHub(o.host, o.port, timeoutMs);
+  const p = await probeHub(o.host, o.port, timeoutMs, o.caPem);
   return explainProbe(p, { ...o, timeoutMs }, cause);
 }

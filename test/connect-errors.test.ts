@@ -8,7 +8,9 @@
  */
 import t from 'tap';
 import * as net from 'node:net';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { ADMIN_PASSWORD, captureLogger, startHub, tempDir } from './helpers/hub.js';
 import { Hub } from '../hub/hub.js';
@@ -123,4 +125,40 @@ t.test('a listener that never answers: a timeout, said plainly', async (t) => {
   t.equal(why.code, 'TRELLIS_E_TIMEOUT');
   t.match(why.message, new RegExp(`no answer from ${addr.replace(/\./g, '\\.')} within \\d+ s: the host may be down or a firewall may drop the traffic`));
   t.notMatch(why.message!, RAW);
+});
+
+t.test('a hub addressed by IP: login, a command and agent run print no deprecation warning (DEP0123)', async (t) => {
+  await using h = await startHub();
+  await using home = await tempDir();
+  const caFile = join(home.path, 'ca.pem');
+  await writeFile(caFile, h.caPem);
+  const env = { TRELLIS_HOME: join(home.path, 'home'), TRELLIS_PASSWORD: ADMIN_PASSWORD };
+  t.match(h.adminAddr, /^127\.0\.0\.1:/, 'the hub is dialed by IP');
+  const login = await runCli(['login', '--hub', h.adminAddr, '--user', 'admin', '--ca', caFile], env);
+  t.equal(login.code, 0, `login by IP: ${login.err}`);
+  const who = await runCli(['whoami'], env);
+  t.equal(who.code, 0, `whoami: ${who.err}`);
+  t.notMatch(login.err + who.err, /DEP0123|DeprecationWarning|Warning:/, 'no warning from the CLI');
+  const { dataDir } = await h.enroll();
+  const run = startCli(['agent', 'run', '--data', dataDir, '--hub', h.agentAddr], env);
+  t.teardown(() => { run.child.kill('SIGKILL'); });
+  const deadline = Date.now() + 30_000;
+  while (!(run.out() + run.err()).includes('connected to the hub') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+  t.match(run.out() + run.err(), /connected to the hub/, 'the agent connects by IP (the certificate is still checked against the IP)');
+  run.child.kill('SIGTERM');
+  await run.done;
+  t.notMatch(run.err(), /DEP0123|DeprecationWarning/, 'no warning from the agent');
+});
+
+t.test('npm ci prints no install-script notice: every locked package with an install script is reviewed in allowScripts', async (t) => {
+  const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+  const pkg = JSON.parse(await readFile(join(root, 'package.json'), 'utf8')) as { allowScripts?: Record<string, boolean> };
+  const lock = JSON.parse(await readFile(join(root, 'package-lock.json'), 'utf8')) as { packages: Record<string, { hasInstallScript?: boolean; version?: string }> };
+  const withScripts = Object.entries(lock.packages).filter(([path, p]) => path && p.hasInstallScript).map(([path, p]) => `${path.replace(/^.*node_modules\//, '')}@${p.version}`);
+  t.ok(withScripts.length > 0, `packages with install scripts: ${withScripts.join(', ')}`);
+  for (const id of withScripts) {
+    const name = id.replace(/@[^@]+$/, '');
+    const decided = Object.keys(pkg.allowScripts ?? {}).some((k) => k === name || k === id);
+    t.ok(decided, `${id} is approved or denied in package.json allowScripts`);
+  }
 });
