@@ -7,7 +7,7 @@ import { diagnoseConnection } from '../common/connect-diagnosis.js';
 import { TrellisError } from '../common/errors.js';
 import { fingerprintSha256, splitPemBundle } from '../certs/index.js';
 import { parseHostPort } from '../common/grpc-options.js';
-import { readProfile, writeProfile, type Profile } from './profile.js';
+import { currentContext, readContext, resolveProfile, writeProfile, type Profile } from './profile.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 export interface AdminClients {
@@ -98,8 +98,9 @@ export async function saveTrustBundle(p: Profile, bundle: string[]): Promise<boo
   if (bundle.length === 0) return false;
   const pem = bundle.map((c) => (c.endsWith('\n') ? c : c + '\n')).join('');
   if (fingerprints(pem) === fingerprints(p.caPem)) return false;
-  const now = readProfile();
-  if (now.hub !== p.hub) return false; // logged in elsewhere meanwhile
+  if (p.fromEnv) return false; // TRELLIS_HUB & co: nothing stored to update
+  const now = readContext(p.context ?? currentContext());
+  if (!now || now.hub !== p.hub) return false; // logged in elsewhere meanwhile
   await writeProfile({ ...now, caPem: pem });
   return true;
 }
@@ -134,7 +135,7 @@ export async function explainTlsFailure(err: unknown, hub: string, caPem: string
 
 /** Runs fn with clients for the logged-in profile (and the profile), closing them afterwards. */
 export async function withClients<R>(fn: (c: AdminClients, p: Profile) => Promise<R>): Promise<R> {
-  const p = readProfile();
+  const p = await resolveProfile();
   const c = fromProfile(p);
   // In parallel with the command: keep the pinned bundle current (a CA rotation adds, then drops, a CA).
   const refresh = refreshTrust(c, p).catch(() => undefined);

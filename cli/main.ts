@@ -15,6 +15,7 @@ import { addPackCommands } from './commands/packs.js';
 import { addRuleCommands } from './commands/rules.js';
 import { addFleetCommands } from './commands/fleet.js';
 import { addCaCommands } from './commands/ca.js';
+import { addContextCommands } from './commands/contexts.js';
 
 export function buildProgram(): Command {
   const program = new Command('trellis')
@@ -31,6 +32,7 @@ export function buildProgram(): Command {
     .exitOverride(); // set before the subcommands so they inherit it
   addDaemonCommands(program);
   addAdminCommands(program);
+  addContextCommands(program);
   addFleetCommands(program);
   addIamCommands(program);
   addAuditCommands(program);
