@@ -4,7 +4,7 @@
 import * as os from 'node:os';
 import { createCSR, generateKey, certInfo, keyMatchesCert, loadPrivateKey, splitPemBundle, verifyIssuedBy, fingerprintSha256 } from '../certs/index.js';
 import { atomicWriteFile } from '../common/fsutil.js';
-import { looksLikeTlsFailure, probeTrust } from '../common/tlsprobe.js';
+import { diagnoseConnection } from '../common/connect-diagnosis.js';
 import type { KeyObject } from 'node:crypto';
 import { TrellisError } from '../common/errors.js';
 import { createLogger, type Logger } from '../common/log.js';
@@ -242,7 +242,6 @@ export class Agent {
    * hub presents a CA the bundle does not trust (a CA rotation committed while it was offline).
    */
   private async diagnoseTls(err: Error): Promise<Error | undefined> {
-    if (!looksLikeTlsFailure(err)) return undefined;
     let enrollHub = 'HOST:7444';
     try { enrollHub = readState(agentPaths(this.opts.dataDir)).enrollHub || enrollHub; } catch { /* operator identity */ }
     const fix = this.managed
@@ -254,10 +253,12 @@ export class Agent {
       return new TrellisError('TRELLIS_E_CA_ROTATED', `the hub's CA was rotated before this agent renewed: its certificate (serial ${this.identity.serial}) is from a CA the hub no longer trusts; ${fix}`);
     }
     const { host, port } = parseHostPort(this.target, 7443);
-    const p = await probeTrust(host, port, this.identity.caPem).catch(() => undefined);
-    if (!p || p.trusted) return undefined;
-    return new TrellisError('TRELLIS_E_CA_ROTATED',
-      `the hub at ${this.target} presents a certificate from CA sha256 ${p.servedCa.slice(0, 16)}… that this agent does not trust (it trusts ${p.bundle.map((f) => f.slice(0, 16) + '…').join(', ')}): most likely the hub's CA was rotated (committed) while this agent was offline; ${fix}. If no rotation happened, check that ${this.target} is the hub`);
+    // Hub down, DNS, no answer, the admin port, a certificate that does not name the address, or an untrusted CA.
+    return diagnoseConnection(err, {
+      host, port, expect: 'agent', caPem: this.identity.caPem, trustedBy: 'this agent',
+      untrusted: (servedCa, fps) => new TrellisError('TRELLIS_E_CA_ROTATED',
+        `the hub at ${this.target} presents a certificate from CA sha256 ${servedCa.slice(0, 16)}… that this agent does not trust (it trusts ${fps.map((f) => f.slice(0, 16) + '…').join(', ')}): most likely the hub's CA was rotated (committed) while this agent was offline; ${fix}. If no rotation happened, check that ${this.target} is the hub`),
+    });
   }
 
   /** Renew at about two thirds of the certificate's life (only for identities the hub issued), or when the hub asked. */

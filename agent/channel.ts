@@ -11,10 +11,11 @@
 import * as grpc from '@grpc/grpc-js';
 import { EventEmitter } from 'node:events';
 import { v1 } from '../common/proto.js';
-import { CLIENT_OPTIONS } from '../common/grpc-options.js';
+import { secureChannel } from '../common/grpc-tls.js';
 import { backoffDelay, RETRYABLE_CODES } from '../common/backoff.js';
 import { fromGrpcError, CODE_KEY } from '../common/grpc-errors.js';
 import { TrellisError } from '../common/errors.js';
+import { wrongPortForAgent } from '../common/connect-diagnosis.js';
 import type { Logger } from '../common/log.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 import type { Outbox, OutboxBatch } from './outbox/index.js';
@@ -72,8 +73,8 @@ class Connection {
 
   constructor(target: string, creds: Credentials, hello: T.Hello, onMessage: (m: T.HubMessage__Output, c: Connection) => void) {
     this.certPem = creds.certPem;
-    const sslCreds = grpc.credentials.createSsl(Buffer.from(creds.caPem), Buffer.from(creds.keyPem), Buffer.from(creds.certPem));
-    this.client = new v1.AgentChannel(target, sslCreds, CLIENT_OPTIONS) as unknown as Connection['client'];
+    const tls = secureChannel(target, creds.caPem, creds.keyPem, creds.certPem);
+    this.client = new v1.AgentChannel(target, tls.creds, tls.options) as unknown as Connection['client'];
     this.call = this.client.Connect();
     let resolveWelcome!: (w: T.Welcome__Output) => void, rejectWelcome!: (e: Error) => void;
     this.welcome = new Promise((res, rej) => { resolveWelcome = res; rejectWelcome = rej; });
@@ -182,11 +183,15 @@ export class HubChannel extends EventEmitter {
             continue;
           }
           if (isFatal(err)) { this.fail(err); break; }
+          // The address answers TLS but has no AgentChannel: the admin port (or another gRPC server). Retrying cannot help.
+          if ((err as { code?: number }).code === grpc.status.UNIMPLEMENTED) { this.fail(wrongPortForAgent(this.opts.target, err), 'wrong hub port; not reconnecting'); break; }
           const delay = backoffDelay(attempt++, { maxMs: this.opts.maxBackoffMs ?? 30_000 });
           const why = await this.diagnosed(err as Error);
           if (this.stopped) break;
+          this.opts.log.debug({ err: (err as Error).message }, 'connection attempt failed (transport detail)');
+          if ((why as TrellisError | undefined)?.code === 'TRELLIS_E_WRONG_PORT') { this.fail(why, 'wrong hub port; not reconnecting'); break; }
           if (why) this.opts.log.error({ code: (why as { code?: string }).code, err: why.message, retryInMs: delay }, 'cannot connect to the hub');
-          else this.opts.log.warn({ err: (err as Error).message, retryInMs: delay }, 'cannot connect to the hub; retrying');
+          else this.opts.log.warn({ err: fromGrpcError(err).message, retryInMs: delay }, 'cannot connect to the hub; retrying');
           if (why) this.emit('diagnosis', why);
           await this.sleep(delay);
           continue;
@@ -202,7 +207,8 @@ export class HubChannel extends EventEmitter {
       const code = (err as { code?: number } | undefined)?.code;
       if (err && code !== undefined && !RETRYABLE_CODES.has(code)) this.opts.log.error({ code, err: err.message }, 'unexpected stream error; reconnecting');
       const delay = backoffDelay(attempt++, { maxMs: this.opts.maxBackoffMs ?? 30_000 });
-      this.opts.log.warn({ err: err?.message ?? 'stream closed', retryInMs: delay }, 'disconnected from the hub');
+      if (err) this.opts.log.debug({ err: err.message }, 'stream ended (transport detail)');
+      this.opts.log.warn({ err: err ? fromGrpcError(err).message : 'stream closed', retryInMs: delay }, 'disconnected from the hub');
       this.setState('connecting', err);
       await this.sleep(delay);
     }
@@ -221,9 +227,9 @@ export class HubChannel extends EventEmitter {
     return this.lastDiagnosis;
   }
 
-  private fail(err: unknown): void {
+  private fail(err: unknown, msg = 'the hub refused this agent; not reconnecting'): void {
     const e = fromGrpcError(err);
-    this.opts.log.error({ code: e.code, err: e.message }, 'the hub refused this agent; not reconnecting');
+    this.opts.log.error({ code: e.code, err: e.message }, msg);
     this.stopped = true;
     this.setState('closed', e);
     this.closedResolve(e);
@@ -386,7 +392,8 @@ export class HubChannel extends EventEmitter {
   /** Sends a unary Renew over the current credentials. */
   async renew(csr: string, timeoutMs = 15_000): Promise<T.RenewResponse__Output> {
     const c = this.opts.credentials();
-    const client = new v1.AgentChannel(this.opts.target, grpc.credentials.createSsl(Buffer.from(c.caPem), Buffer.from(c.keyPem), Buffer.from(c.certPem)), CLIENT_OPTIONS);
+    const tls = secureChannel(this.opts.target, c.caPem, c.keyPem, c.certPem);
+    const client = new v1.AgentChannel(this.opts.target, tls.creds, tls.options);
     try {
       return await new Promise((resolve, reject) => client.Renew({ csr }, { deadline: Date.now() + timeoutMs }, (err, r) => (err ? reject(fromGrpcError(err)) : resolve(r!))));
     } finally {

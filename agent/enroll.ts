@@ -8,9 +8,11 @@ import * as grpc from '@grpc/grpc-js';
 import { createCSR, generateKey, keyMatchesCert, certInfo, type KeyType } from '../certs/index.js';
 import { parseJoinToken } from '../common/jointoken.js';
 import { TrellisError } from '../common/errors.js';
-import { fromGrpcError } from '../common/grpc-errors.js';
+import { fromGrpcError, isTransportFailure } from '../common/grpc-errors.js';
+import { diagnoseConnection } from '../common/connect-diagnosis.js';
 import { fetchServedChain, pinnedBundle } from '../common/tlsprobe.js';
-import { CLIENT_OPTIONS, formatHostPort, parseHostPort } from '../common/grpc-options.js';
+import { formatHostPort, parseHostPort } from '../common/grpc-options.js';
+import { secureChannel } from '../common/grpc-tls.js';
 import { v1 } from '../common/proto.js';
 import { agentPaths, saveIdentity, writeState, type AgentState } from './identity.js';
 import type { EnrollResponse__Output } from '../common/proto-gen/trellis/v1/EnrollResponse.js';
@@ -49,14 +51,20 @@ export async function enroll(o: EnrollOptions): Promise<EnrollResult> {
   const csr = createCSR({ privateKey: key.privateKey, subject: { commonName: hostname() } });
 
   // 3. Enroll over TLS verified against the pinned CA and the hub's name.
-  const creds = grpc.credentials.createSsl(Buffer.from(bundle.join('')));
-  const client = new v1.Enrollment(formatHostPort(host, port), creds, CLIENT_OPTIONS);
+  const tls = secureChannel(formatHostPort(host, port), bundle.join(''));
+  const client = new v1.Enrollment(formatHostPort(host, port), tls.creds, tls.options);
   let res: EnrollResponse__Output;
   try {
     res = await new Promise<EnrollResponse__Output>((resolve, reject) => {
       client.Enroll({ token: o.token.trim(), csr, hostname: hostname(), labels: o.labels ?? {} }, { deadline: Date.now() + timeoutMs },
-        (err, r) => (err ? reject(fromGrpcError(err)) : resolve(r!)));
+        (err, r) => (err ? reject(err) : resolve(r!)));
     });
+  } catch (err) {
+    // Nothing was sent if the connection failed: say why (the agent port, a name the certificate lacks, ...).
+    const why = isTransportFailure(err)
+      ? await diagnoseConnection(err, { host, port, expect: 'admin', caPem: bundle.join(''), trustedBy: 'the join token\'s CA pin' }).catch(() => undefined)
+      : undefined;
+    throw why ?? fromGrpcError(err);
   } finally {
     client.close();
   }

@@ -16,7 +16,5 @@ if (!existsSync(fileURLToPath(main))) {
   process.stderr.write('trellis: not built yet; run `npm run build` (npm ci does it)\n');
   process.exit(1);
 }
-const { silenceIpServernameWarning } = await import(new URL('../dist/common/warnings.js', import.meta.url).href);
-silenceIpServernameWarning();
 const { main: run } = await import(main.href);
 await run(process.argv);

@@ -1,13 +1,13 @@
 /** Admin API clients built from the profile: pinned CA, bearer token, deadlines, typed errors. */
 import * as grpc from '@grpc/grpc-js';
 import { v1 } from '../common/proto.js';
-import { CLIENT_OPTIONS } from '../common/grpc-options.js';
-import { fromGrpcError } from '../common/grpc-errors.js';
+import { secureChannel } from '../common/grpc-tls.js';
+import { fromGrpcError, isTransportFailure } from '../common/grpc-errors.js';
+import { diagnoseConnection } from '../common/connect-diagnosis.js';
 import { TrellisError } from '../common/errors.js';
 import { fingerprintSha256, splitPemBundle } from '../certs/index.js';
-import { looksLikeTlsFailure, probeTrust } from '../common/tlsprobe.js';
 import { parseHostPort } from '../common/grpc-options.js';
-import { readProfile, writeProfile, type Profile } from './profile.js';
+import { currentContext, readContext, resolveProfile, writeProfile, type Profile } from './profile.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 export interface AdminClients {
@@ -36,11 +36,11 @@ export interface AdminClients {
 }
 
 export function adminClients(hub: string, caPem: string, token?: string, tenant?: string): AdminClients {
-  const creds = grpc.credentials.createSsl(Buffer.from(caPem));
+  const { creds, options } = secureChannel(hub, caPem);
   // One channel shared by every service client.
-  const base = new grpc.Client(hub, creds, CLIENT_OPTIONS);
+  const base = new grpc.Client(hub, creds, options);
   const channelOverride = base.getChannel();
-  const opts = { ...CLIENT_OPTIONS, channelOverride };
+  const opts = { ...options, channelOverride };
   const metadata = new grpc.Metadata();
   if (token) metadata.set(token.startsWith('tak1_') ? 'x-api-key' : 'authorization', token.startsWith('tak1_') ? token : `Bearer ${token}`);
   if (tenant) metadata.set('x-trellis-tenant', tenant);
@@ -98,8 +98,9 @@ export async function saveTrustBundle(p: Profile, bundle: string[]): Promise<boo
   if (bundle.length === 0) return false;
   const pem = bundle.map((c) => (c.endsWith('\n') ? c : c + '\n')).join('');
   if (fingerprints(pem) === fingerprints(p.caPem)) return false;
-  const now = readProfile();
-  if (now.hub !== p.hub) return false; // logged in elsewhere meanwhile
+  if (p.fromEnv) return false; // TRELLIS_HUB & co: nothing stored to update
+  const now = readContext(p.context ?? currentContext());
+  if (!now || now.hub !== p.hub) return false; // logged in elsewhere meanwhile
   await writeProfile({ ...now, caPem: pem });
   return true;
 }
@@ -110,23 +111,31 @@ async function refreshTrust(c: AdminClients, p: Profile): Promise<void> {
 }
 
 /**
- * A TLS failure explained: the hub presents a CA the trusted bundle does not hold (its CA was
- * rotated); other errors are returned unchanged.
+ * A failed connection explained: the address is probed (TCP, TLS without trust, HTTP/2) and the
+ * cause named: hub down, DNS, no answer, the agent port, a CA the trusted bundle does not hold
+ * (for a profile that worked before: the hub's CA was rotated), a certificate that does not name
+ * the address. Other errors are returned unchanged. `what` names who holds caPem ("your profile",
+ * "the CA file ca.pem"); only "your profile" suggests a CA rotation.
  */
 export async function explainTlsFailure(err: unknown, hub: string, caPem: string, what: string, user = 'NAME'): Promise<unknown> {
-  const e = fromGrpcError(err);
-  if (e.code !== 'TRELLIS_E_UNAVAILABLE' || !looksLikeTlsFailure(e)) return err;
+  const raw = (err as { cause?: unknown })?.cause ?? err;
+  if (!isTransportFailure(raw) && !isTransportFailure(err)) return err;
   const { host, port } = parseHostPort(hub, 7444);
-  const probe = await probeTrust(host, port, caPem).catch(() => undefined);
-  if (!probe || probe.trusted) return err;
-  return new TrellisError('TRELLIS_E_CA_ROTATED',
-    `the hub at ${hub} presents CA sha256 ${probe.servedCa} which ${what} does not trust (it holds ${probe.bundle.map((f) => f.slice(0, 16) + '…').join(', ')}): the hub's CA was most likely rotated. ` +
-    `Log in again with the new CA: trellis login --hub ${hub} --user ${user} --ca NEW_CA.pem (ca.pem in the hub data directory), or --ca-fingerprint ${probe.servedCa} after checking it with the hub's operator`);
+  const rotated = what === 'your profile';
+  const why = await diagnoseConnection(raw, {
+    host, port, expect: 'admin', caPem, trustedBy: what,
+    untrusted: rotated
+      ? (servedCa, bundle) => new TrellisError('TRELLIS_E_CA_ROTATED',
+        `the hub at ${hub} presents CA sha256 ${servedCa} which ${what} does not trust (it holds ${bundle.map((f) => f.slice(0, 16) + '…').join(', ')}): the hub's CA was most likely rotated. ` +
+        `Log in again with the new CA: trellis login --hub ${hub} --user ${user} --ca NEW_CA.pem (ca.pem in the hub data directory), or --ca-fingerprint ${servedCa} after checking it with the hub's operator`)
+      : undefined,
+  }).catch(() => undefined);
+  return why ?? err;
 }
 
 /** Runs fn with clients for the logged-in profile (and the profile), closing them afterwards. */
 export async function withClients<R>(fn: (c: AdminClients, p: Profile) => Promise<R>): Promise<R> {
-  const p = readProfile();
+  const p = await resolveProfile();
   const c = fromProfile(p);
   // In parallel with the command: keep the pinned bundle current (a CA rotation adds, then drops, a CA).
   const refresh = refreshTrust(c, p).catch(() => undefined);

@@ -17,6 +17,7 @@ import { addFleetCommands } from './commands/fleet.js';
 import { addCaCommands } from './commands/ca.js';
 import { addActionCommands } from './commands/actions.js';
 import { addCompletionCommand } from './commands/completion.js';
+import { addContextCommands } from './commands/contexts.js';
 
 export function buildProgram(): Command {
   const program = new Command('trellis')
@@ -25,6 +26,7 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .configureHelp({ sortSubcommands: false })
     .option('--tenant <tenant>', 'tenant to work in (default: TRELLIS_TENANT, else the profile\'s; `*` lists every tenant for admins)')
+    .option('--debug', 'on failure, also print the underlying transport error (gRPC/TLS text); or TRELLIS_DEBUG=1')
     .hook('preAction', (cmd) => {
       const t = cmd.opts().tenant as string | undefined;
       if (t) process.env.TRELLIS_TENANT = t;
@@ -32,6 +34,7 @@ export function buildProgram(): Command {
     .exitOverride(); // set before the subcommands so they inherit it
   addDaemonCommands(program);
   addAdminCommands(program);
+  addContextCommands(program);
   addFleetCommands(program);
   addIamCommands(program);
   addAuditCommands(program);
@@ -59,6 +62,16 @@ Start here:
   return program;
 }
 
+/** The causes under an error (gRPC status and details, OpenSSL text), for --debug. */
+function causeChain(err: unknown): string[] {
+  const out: string[] = [];
+  for (let e = (err as { cause?: unknown })?.cause, i = 0; e && i < 10; e = (e as { cause?: unknown }).cause, i++) {
+    const c = e as { code?: unknown; details?: string; message?: string };
+    out.push(`${c.code !== undefined ? `[${String(c.code)}] ` : ''}${(c.details || c.message || String(e)).trim().replace(/\s*\n\s*/g, ' ')}`);
+  }
+  return out;
+}
+
 export async function main(argv: string[]): Promise<void> {
   const program = buildProgram();
   try {
@@ -74,6 +87,7 @@ export async function main(argv: string[]): Promise<void> {
     } else {
       printErr(`trellis: ${(err as Error)?.message ?? String(err)}`);
     }
+    if (program.opts().debug || process.env.TRELLIS_DEBUG === '1') for (const line of causeChain(err)) printErr(`  caused by: ${line}`);
     process.exitCode = 1;
   }
 }

@@ -26,6 +26,10 @@ const TO_STATUS: Record<ErrorCode, status> = {
   TRELLIS_E_ALREADY_ENROLLED: status.FAILED_PRECONDITION,
   TRELLIS_E_AGENT_OFFLINE: status.FAILED_PRECONDITION,
   TRELLIS_E_UNAVAILABLE: status.UNAVAILABLE,
+  TRELLIS_E_DNS: status.UNAVAILABLE,
+  TRELLIS_E_WRONG_PORT: status.FAILED_PRECONDITION,
+  TRELLIS_E_CA_MISMATCH: status.FAILED_PRECONDITION,
+  TRELLIS_E_CERT_NAME: status.FAILED_PRECONDITION,
   TRELLIS_E_TOO_LARGE: status.RESOURCE_EXHAUSTED,
   TRELLIS_E_TIMEOUT: status.DEADLINE_EXCEEDED,
   TRELLIS_E_SHUTDOWN: status.UNAVAILABLE,
@@ -83,14 +87,24 @@ export function fromGrpcError(err: unknown): TrellisError {
     ? (fromMeta as ErrorCode)
     : FROM_STATUS[se.code as status] ?? 'TRELLIS_E_INTERNAL';
   let message = se.details || se.message || 'request failed';
-  if (se.code === status.UNAVAILABLE) {
+  // Transport failures carry grpc-js/OpenSSL text: a plain message here, the raw text stays in `cause` (--debug).
+  if (se.code === status.UNAVAILABLE && typeof fromMeta !== 'string') {
     message = TLS_REFUSED.test(message)
-      ? `the hub's certificate was refused, nothing was sent: it must chain to the trusted hub CA, be a server certificate and name the address dialed (see \`trellis certs show\` for its names): ${message}`
-      : `cannot reach the hub: ${message}`;
+      ? 'the hub\'s certificate was refused, nothing was sent: it must chain to the trusted hub CA, be a server certificate and name the address dialed (see `trellis certs show` for its names)'
+      : 'cannot reach the hub: the connection failed (run with --debug for the transport error)';
+  } else if (se.code === status.DEADLINE_EXCEEDED && typeof fromMeta !== 'string') {
+    message = 'the hub did not answer in time';
   }
   const e = new TrellisError(code, message, { cause: err });
   (e as TrellisError & { grpcCode?: number }).grpcCode = se.code;
   return e;
+}
+
+/** A transport failure (no connection, TLS refused, no answer in time), as opposed to an error the server returned. */
+export function isTransportFailure(err: unknown): boolean {
+  const se = err as Partial<ServiceError>;
+  if (typeof se?.code !== 'number' || typeof se.metadata?.get(CODE_KEY)?.[0] === 'string') return false;
+  return se.code === status.UNAVAILABLE || se.code === status.DEADLINE_EXCEEDED;
 }
 
 export function grpcCodeOf(err: unknown): number | undefined {

@@ -6,19 +6,21 @@ import * as tls from 'node:tls';
 import { isIP } from 'node:net';
 import { TrellisError } from './errors.js';
 import { fingerprintSha256, verifyIssuedBy } from '../certs/index.js';
+import { explainProbe, socketErrorKind, type HubPort } from './connect-diagnosis.js';
 
 function toPem(raw: Buffer): string {
   const b64 = raw.toString('base64').replace(/.{64}/g, '$&\n').replace(/\n$/, '');
   return `-----BEGIN CERTIFICATE-----\n${b64}\n-----END CERTIFICATE-----\n`;
 }
 
-export function fetchServedChain(host: string, port: number, timeoutMs = 10_000): Promise<string[]> {
+/** `expect`: which hub port the caller meant (for the error message when it fails). */
+export function fetchServedChain(host: string, port: number, timeoutMs = 10_000, expect: HubPort = 'admin'): Promise<string[]> {
   return new Promise((resolve, reject) => {
     const socket = tls.connect({
       host, port, rejectUnauthorized: false, ALPNProtocols: ['h2'],
       ...(isIP(host) ? {} : { servername: host }),
     });
-    const timer = setTimeout(() => { socket.destroy(); reject(new TrellisError('TRELLIS_E_UNAVAILABLE', `no TLS answer from ${host}:${port} within ${timeoutMs} ms`)); }, timeoutMs);
+    const timer = setTimeout(() => { socket.destroy(); reject(explainProbe({ kind: 'timeout', detail: '' }, { host, port, expect, timeoutMs })); }, timeoutMs);
     socket.once('secureConnect', () => {
       clearTimeout(timer);
       const chain: string[] = [];
@@ -32,9 +34,10 @@ export function fetchServedChain(host: string, port: number, timeoutMs = 10_000)
       socket.destroy();
       resolve(chain);
     });
-    socket.once('error', (err) => {
+    socket.once('error', (err: NodeJS.ErrnoException) => {
       clearTimeout(timer);
-      reject(new TrellisError('TRELLIS_E_UNAVAILABLE', `cannot reach ${host}:${port}: ${err.message}`, { cause: err }));
+      reject(explainProbe({ kind: socketErrorKind(err), detail: err.message }, { host, port, expect }, err)
+        ?? new TrellisError('TRELLIS_E_UNAVAILABLE', `cannot reach ${host}:${port}`, { cause: err }));
     });
   });
 }

@@ -396,5 +396,5 @@ t.test('the CLI: a hub killed -9 mid-rotation keeps its phase; the admin profile
   t.match(old.err, /CA was most likely rotated.*trellis login --hub .* --ca NEW_CA\.pem.*TRELLIS_E_CA_ROTATED/);
   const relogin = await runCli(['login', '--hub', addr, '--user', 'admin', '--ca', oldCaFile], stale);
   t.equal(relogin.code, 1);
-  t.match(relogin.err, /the CA file .*old-ca\.pem does not trust.*TRELLIS_E_CA_ROTATED/);
+  t.match(relogin.err, /the CA file .*old-ca\.pem does not hold.*TRELLIS_E_CA_MISMATCH/);
 });

@@ -8,7 +8,8 @@ import { fetchServedChain, pinnedBundle } from '../../common/tlsprobe.js';
 import { fingerprintSha256, splitPemBundle } from '../../certs/index.js';
 import { fromGrpcError } from '../../common/grpc-errors.js';
 import { adminClients, call, explainTlsFailure, fromProfile, withClients } from '../client.js';
-import { readProfile, writeProfile } from '../profile.js';
+import { checkContextName, currentContext, readContext, readProfile, useContext, writeProfile } from '../profile.js';
+import { revokeToken } from './contexts.js';
 import { ask, askHidden, isInteractive } from '../prompt.js';
 import { ago, when, labels, parseKeyValues, print, printErr, writeOutput, clean, addOutputOptions, formatOf, output, outputOne, printDocument } from '../format.js';
 import { collect } from './util.js';
@@ -70,34 +71,48 @@ async function trustHubCa(hub: string, o: { ca?: string; caFingerprint?: string 
 
 export function addAdminCommands(program: Command): void {
   program.command('login')
-    .description('log in to a hub and store a profile (hub, pinned CA, time-limited token), 0600')
-    .requiredOption('--hub <host:port>', 'hub admin address, e.g. hub.example.com:7444')
-    .requiredOption('--user <name>', 'user name')
+    .description('log in to a hub and store the context (hub, pinned CA, time-limited token), 0600; again: only the password')
+    .option('--hub <host:port>', 'hub admin address, e.g. hub.example.com:7444 (default: the context\'s)')
+    .option('--user <name>', 'user name (default: the context\'s)')
     .option('--ca <file>', 'trust this CA bundle (e.g. ca.pem from the hub data directory)')
     .option('--ca-fingerprint <sha256>', 'trust the hub CA with this SHA-256 fingerprint (for scripts)')
-    .addHelpText('after', '\nThe password comes from TRELLIS_PASSWORD or a prompt. Profiles live in $TRELLIS_HOME (default ~/.config/trellis).')
+    .option('--context <name>', 'the context to log in to and switch to (default: the current one, `default` at first)')
+    .addHelpText('after', '\nThe password comes from TRELLIS_PASSWORD or a prompt. Contexts live in $TRELLIS_HOME (default ~/.config/trellis):\n' +
+      'logging in again to a context needs only the password (its hub and CA are remembered) and revokes the token it replaces.\n' +
+      'Examples:\n  trellis login --context prod --hub hub.example.com:7444 --user alice --ca ca.pem\n  trellis login            # again, same context: password only\n  trellis context list')
     .action(async (o) => {
-      const { host, port } = parseHostPort(o.hub, 7444);
+      const name = o.context ? checkContextName(o.context) : currentContext();
+      const prev = readContext(name);
+      const hubArg = o.hub ?? prev?.hub;
+      if (!hubArg) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `context ${name} has no hub yet: pass --hub HOST:7444 (and --user, --ca)`);
+      const user = o.user ?? (prev?.username || undefined);
+      if (!user) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'pass --user NAME');
+      const { host, port } = parseHostPort(hubArg, 7444);
       const hub = formatHostPort(host, port);
-      const caPem = await trustHubCa(hub, o);
-      const password = process.env.TRELLIS_PASSWORD || (await askHidden(`Password for ${o.user}: `));
+      // The context's CA is kept for the same hub unless --ca or --ca-fingerprint says otherwise.
+      const caPem = !o.ca && !o.caFingerprint && prev?.hub === hub ? prev.caPem : await trustHubCa(hub, o);
+      const password = process.env.TRELLIS_PASSWORD || (await askHidden(`Password for ${user}: `));
       const c = adminClients(hub, caPem);
       try {
-        const r = await call<T.LoginRequest, T.LoginResponse__Output>(c, c.auth, c.auth.Login, { username: o.user, password })
-          .catch(async (e) => { throw await explainTlsFailure(e, hub, caPem, o.ca ? `the CA file ${o.ca}` : 'the pinned CA', o.user); });
+        const r = await call<T.LoginRequest, T.LoginResponse__Output>(c, c.auth, c.auth.Login, { username: user, password })
+          .catch(async (e) => { throw await explainTlsFailure(e, hub, caPem, o.ca ? `the CA file ${o.ca}` : o.caFingerprint ? 'the pinned CA' : prev?.hub === hub ? 'your profile' : 'the pinned CA', user); });
         // The profile's tenant: --tenant, else the first tenant the hub says the user belongs to.
         const asked = process.env.TRELLIS_TENANT;
         const who = adminClients(hub, caPem, r.token, asked);
         let tenant = asked ?? '';
         try { tenant = (await call<T.WhoAmIRequest, T.WhoAmIResponse__Output>(who, who.auth, who.auth.WhoAmI, {})).tenant || tenant; } finally { who.close(); }
         if (asked && tenant !== asked) throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `${r.username} is not a member of tenant ${asked}`);
-        const path = await writeProfile({ hub, caPem, username: r.username, token: r.token, expiresAtMs: r.expiresAtMs, tenant });
-        print(`logged in to ${hub} as ${r.username} (tenant ${tenant || '-'}); token valid until ${when(r.expiresAtMs)} (profile ${path})`);
+        const path = await writeProfile({ hub, caPem, username: r.username, token: r.token, expiresAtMs: r.expiresAtMs, tenant, context: name });
+        if (o.context && !process.env.TRELLIS_CONTEXT) await useContext(name);
+        // The token this login replaces is revoked, so it cannot outlive the context it lived in.
+        if (prev?.token && prev.token !== r.token) await revokeToken(prev);
+        print(`logged in to ${hub} as ${r.username} (tenant ${tenant || '-'}, context ${name}); token valid until ${when(r.expiresAtMs)} (profile ${path})`);
       } finally { c.close(); }
     });
 
-  program.command('logout').description('revoke the login token and forget it').action(async () => {
+  program.command('logout').description('revoke the login token of the current context and forget it').action(async () => {
     const p = readProfile();
+    if (p.fromEnv) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'TRELLIS_HUB is set: there is no login to end (the API key stays valid; revoke it with `trellis apikeys revoke`)');
     const c = fromProfile(p);
     try { await call(c, c.auth, c.auth.Logout, {}); } catch (e) { if (fromGrpcError(e).code !== 'TRELLIS_E_UNAUTHENTICATED') throw e; } finally { c.close(); }
     await writeProfile({ ...p, token: '', expiresAtMs: 0 });

@@ -4,7 +4,7 @@ import { TrellisError } from '../../common/errors.js';
 import { parseDuration } from '../../common/duration.js';
 import { fromGrpcError } from '../../common/grpc-errors.js';
 import { fromProfile } from '../client.js';
-import { readProfile } from '../profile.js';
+import { resolveProfile } from '../profile.js';
 import { print, addOutputOptions, formatOf, localIso, toDocument } from '../format.js';
 import * as grpc from '@grpc/grpc-js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
@@ -47,7 +47,7 @@ export function addAuditCommands(program: Command): void {
     .action(async (o) => {
       const format = formatOf(o);
       const yaml = format === 'yaml' ? await import('yaml') : undefined;
-      const c = fromProfile(readProfile());
+      const c = fromProfile(await resolveProfile());
       const req: T.ListAuditRequest = {
         sinceMs: o.since ? parseSince(o.since) : 0, limit: o.limit, follow: !!o.follow, actor: o.actor ?? '', methodContains: o.method ?? '',
       };

@@ -10,7 +10,7 @@ import { WebSocket } from 'ws';
 import { TrellisError, isTrellisError } from '../../common/errors.js';
 import { backoffDelay } from '../../common/backoff.js';
 import { fromProfile } from '../client.js';
-import { readProfile, type Profile } from '../profile.js';
+import { resolveProfile, type Profile } from '../profile.js';
 import { webBase } from './webhooks.js';
 import { print } from '../format.js';
 
@@ -104,7 +104,7 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
 }
 
 async function follow(o: FollowOptions, signal: AbortSignal): Promise<void> {
-  const p = readProfile();
+  const p = await resolveProfile();
   const credential = process.env.TRELLIS_API_KEY || p.token;
   const tenant = process.env.TRELLIS_TENANT || p.tenant;
   const port = o.webPort !== undefined ? Number(o.webPort) : undefined;
