@@ -103,8 +103,8 @@ export function addDaemonCommands(program: Command): void {
     .option('--admin-port <port>', 'admin port, TLS (default 7444)', intOption)
     .option('--web-port <port>', 'web port, HTTPS (default 7445)', intOption)
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')
-    .addOption(new Option('--log-format <format>', 'log lines on stderr: json (one object per line) or pretty (one readable line each); default from hub.json logFormat, TRELLIS_LOG_FORMAT, else json').choices(LOG_FORMATS))
-    .addOption(new Option('--log-time <time>', 'time of a log line: epoch (milliseconds) or iso (ISO 8601, UTC); default from hub.json logTime, TRELLIS_LOG_TIME, else epoch').choices(LOG_TIMES))
+    .addOption(new Option('--log-format <format>', 'log lines on stderr: json (one object per line) or pretty (one readable line each); default: TRELLIS_LOG_FORMAT, else hub.json logFormat, else json').choices(LOG_FORMATS))
+    .addOption(new Option('--log-time <time>', 'time of a log line: epoch (milliseconds) or iso (ISO 8601, UTC); default: TRELLIS_LOG_TIME, else hub.json logTime, else epoch').choices(LOG_TIMES))
     .action(async (o) => {
       const { Hub } = await import('../../hub/hub.js');
       const hubd = await Hub.start({ dataDir: o.data, flags: { bind: o.bind, agentPort: o.agentPort, adminPort: o.adminPort, webPort: o.webPort, logLevel: o.logLevel, logFormat: o.logFormat, logTime: o.logTime } });
