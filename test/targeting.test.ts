@@ -177,6 +177,9 @@ t.test('agents are named by unique id prefix or exact hostname; ambiguity lists 
   const run = await cli(['run', '--agent', ids[1]!.slice(0, 16), '--', 'echo', 'by-prefix']);
   t.equal(run.code, 0, run.err);
   t.equal(run.out, 'by-prefix\n');
+  const hist = await cli(['executions', 'list', '--agent', ids[1]!.slice(0, 16), '--json']);
+  t.equal(hist.code, 0, hist.err);
+  t.same((JSON.parse(hist.out) as { agentId: string }[]).map((e) => e.agentId), [ids[1]], 'executions list --agent takes a prefix too');
   const offRun = await cli(['run', '--agent', 'web-offline-1', '--', 'true']);
   t.match(offRun.err, /agent .* \(web-offline-1\) is not connected.*TRELLIS_E_AGENT_OFFLINE/);
 });

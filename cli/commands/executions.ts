@@ -96,7 +96,7 @@ export function addExecutionCommands(program: Command): void {
   addOutputOptions(ex.command('list')
     .description('recent executions, newest first')
     .option('--action <pack.action>', 'only this action (ad-hoc commands: core.command)')
-    .option('--agent <id>', 'only on this agent')
+    .option('--agent <id|host>', 'only on this agent (id, unique id prefix or hostname)')
     .option('--status <status>', 'requested, scheduled, running, succeeded, failed, timeout, canceled, abandoned or error')
     .option('--rule <name>', 'only those fired by this rule')
     .option('--limit <n>', 'at most this many (1-1000)', '50')

@@ -28,7 +28,8 @@ run it; the offline ones it matches are listed as skipped.
 
 Exit code: with --agent, the remote exit code (1 if the run failed without one, e.g. timed out);
 with --selector, 0 if every online matched agent succeeded, 1 if none did, 3 if some did and some
-did not (skipped offline agents do not change it); 130 after Ctrl-C; 2 for a usage error.
+did not (skipped offline agents do not change it); 130 after Ctrl-C; 2 for a bad option; 1 for any
+other error (hub unreachable, no such agent, bad selector). Quote selectors in the shell ('!canary').
 
 Ctrl-C cancels, for commands and actions alike: the hub kills the remote processes (their
 executions end "canceled"); a second Ctrl-C exits at once. To start an action and not wait, use

@@ -173,7 +173,7 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
     RevokeAgent: unary<T.RevokeAgentRequest__Output, T.RevokeAgentResponse>(deps, `${S}.AdminAgents/RevokeAgent`, async (req, ctx) => {
       ctx.target = `agent:${String(req.id).slice(0, 64)}`;
       const a = await agentInTenant(c, ctx, req.id);
-      ctx.target = `agent:${a.id} (${a.hostname || '-'})`;
+      ctx.target = `agent:${a.id}`;
       const r = await c.agents.revoke(a.id, checkString(req.reason, 'reason', 256) || 'revoked by admin');
       c.log.info({ component: 'agents', agentId: a.id, serials: r.serials, user: ctx.principal!.username, disconnected: r.disconnected }, 'agent revoked');
       return { revokedSerials: r.serials, disconnected: r.disconnected };
@@ -192,7 +192,7 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
     SetAgentLabels: unary<T.SetAgentLabelsRequest__Output, T.AgentInfo>(deps, `${S}.AdminAgents/SetAgentLabels`, async (req, ctx) => {
       ctx.target = `agent:${String(req.id).slice(0, 64)}`;
       const found = await agentInTenant(c, ctx, req.id);
-      ctx.target = `agent:${found.id} (${found.hostname || '-'})`;
+      ctx.target = `agent:${found.id}`;
       const r = await c.agents.setLabels(found.id, { set: req.set, remove: req.remove });
       ctx.detail = `labels ${formatLabels(r.before)} -> ${formatLabels(r.agent.labels)}`;
       c.log.info({ component: 'agents', agentId: r.agent.id, labels: r.agent.labels, user: ctx.principal!.username }, 'agent labels changed');

@@ -7,7 +7,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { v1 } from '../../common/proto.js';
-import { TrellisError } from '../../common/errors.js';
+import { TrellisError, isTrellisError } from '../../common/errors.js';
 import { unary, serverStream, type WrapDeps, type CallContext } from './wrap.js';
 import { authorize, type Principal } from '../authz/index.js';
 import { readTenant, writeTenant } from './admin.js';
@@ -112,8 +112,11 @@ export function addExecutionServices(server: grpc.Server, c: HubComponents, deps
     ListExecutions: unary<T.ListExecutionsRequest__Output, T.ListExecutionsResponse>(deps, `${S}/ListExecutions`, async (req, ctx) => {
       if (req.status && !STATUSES.has(req.status)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad status "${req.status.slice(0, 32)}": one of ${[...STATUSES].join(', ')}`);
       if (req.limit < 0 || req.limit > MAX_LIST_LIMIT) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `limit is between 1 and ${MAX_LIST_LIMIT} (0: ${DEFAULT_LIST_LIMIT})`);
+      // --agent: an id, unique id prefix or hostname; an id no longer known (a pruned agent) as given.
+      let agentId = checkString(req.agentId, 'agent_id', 256);
+      if (agentId) agentId = await c.agents.resolve(agentId, readTenant(ctx)).then((a) => a.id, (e) => { if (isTrellisError(e, 'TRELLIS_E_NOT_FOUND')) return agentId; throw e; });
       const recs = await c.executions.list(tenantOf(ctx), {
-        action: checkString(req.action, 'action', 192), agentId: checkString(req.agentId, 'agent_id', 64), status: req.status,
+        action: checkString(req.action, 'action', 192), agentId, status: req.status,
         rule: checkString(req.rule, 'rule', 192), limit: req.limit, sinceMs: Number(req.sinceMs) || 0, beforeId: checkString(req.beforeId, 'before_id', 64),
       });
       return { executions: recs.map((r) => executionInfo(r)) };
