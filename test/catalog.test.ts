@@ -14,7 +14,8 @@ import { ADMIN_PASSWORD, startHub, tempDir, callError, login, waitFor, type Test
 import { install } from './helpers/admin.js';
 import { signWebhook } from '../hub/webhooks/index.js';
 import { adminClients, call, type AdminClients } from '../cli/client.js';
-import { readPackSource } from '../common/packs/index.js';
+import { compileCriteria, parseRule } from '../common/rules/index.js';
+import { compileUserRegex, pythonDollar } from '../common/regex.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -342,4 +343,51 @@ t.test('counters: webhooks list shows refused calls by reason (calls to unknown 
   const j = JSON.parse((await runCli(['webhooks', 'list', '--json'], env)).out) as Array<{ name: string; refused: Record<string, number> }>;
   t.same(j.map((w) => w.name), ['deploy'], 'the unknown name left no counter');
   t.same(j[0]!.refused, { 'bad-signature': 2, 'api-key': 1, 'content-type': 1, stale: 1 });
+});
+
+t.test('criteria parity with StackStorm: search any2any and all2any, an object searched as a one-item list, $ before one trailing newline (linear, on RE2)', async (t) => {
+  const ev = (payload: unknown) => ({ id: 'e', type: 'core.x', payload, agent: '', tenant: 'default', timeMs: Date.now() });
+  const search = (condition: string, payload: unknown) => compileCriteria([{
+    path: 'trigger.payload.items', type: 'search', condition: condition as 'any',
+    pattern: { 'item.name': { type: 'equals', pattern: 'web' }, 'item.up': { type: 'equals', pattern: true } },
+  }])(ev({ items: payload }));
+  const mixed = [{ name: 'web', up: false }, { name: 'db', up: true }]; // each item matches one criterion, none both
+  const oneFull = [{ name: 'web', up: true }, { name: 'db', up: false }];
+  const noneAtAll = [{ name: 'db', up: false }];
+  t.same(['any', 'all', 'any2any', 'all2any'].map((c) => search(c, mixed)), [false, false, true, true], 'items matching one criterion each');
+  t.same(['any', 'all', 'any2any', 'all2any'].map((c) => search(c, oneFull)), [true, false, true, false], 'one item matching both, one matching none');
+  t.same(['any', 'all', 'any2any', 'all2any'].map((c) => search(c, noneAtAll)), [false, false, false, false], 'no item matches anything');
+  t.same(['any', 'all', 'any2any', 'all2any'].map((c) => search(c, [])), [false, true, false, true], 'an empty list: all and all2any hold, as in StackStorm');
+  t.same(['any', 'all', 'any2any', 'all2any'].map((c) => search(c, { name: 'web', up: true })), [true, true, true, true], 'an object is a one-item list');
+  t.same(['any', 'all', 'any2any', 'all2any'].map((c) => search(c, { name: 'web', up: false })), [false, false, true, true]);
+  t.same(['any', 'all'].map((c) => search(c, 'web')), [false, false], 'text cannot be searched');
+  t.same(['any', 'any2any'].map((c) => search(c, null)), [false, false]);
+  t.throws(() => compileCriteria([{ path: 'trigger.payload.x', type: 'search', condition: 'some' as 'any', pattern: { 'item.a': { type: 'exists' } } }]), /search needs condition: any, all, any2any, all2any/);
+  t.throws(() => parseRule({ name: 'r', trigger: 'core.x', criteria: { 'trigger.payload.x': { type: 'search', condition: 'any3any', pattern: {} } }, action: { ref: 'a.b' } }), /condition/);
+  t.equal(parseRule({ name: 'r', trigger: 'core.x', criteria: { 'trigger.payload.x': { type: 'search', condition: 'all2any', pattern: { 'item.a': { type: 'exists' } } } }, action: { ref: 'a.b' } }).criteria[0]!.condition, 'all2any', 'a rule file takes the new conditions');
+
+  // $: Python's rule, for regex, iregex and matchregex, on hub and agent alike (common/regex.ts).
+  const rx = (type: string, pattern: string, value: string) => compileCriteria([{ path: 'trigger.payload.v', type, pattern }])(ev({ v: value }));
+  t.ok(rx('regex', '^ok$', 'ok\n'), 'regex: $ before one trailing newline');
+  t.ok(rx('iregex', 'DONE$', 'job done\n'));
+  t.ok(rx('matchregex', 'ok$', 'ok\n'));
+  t.ok(rx('regex', '^ok$', 'ok'));
+  t.notOk(rx('regex', '^ok$', 'ok\n\n'), 'two newlines: no');
+  t.notOk(rx('regex', '^ok$', 'ok\nmore'), 'not at a newline in the middle');
+  t.ok(rx('regex', '(?m)^ok$', 'ok\nmore'), '(?m): before every newline, as before');
+  t.ok(rx('regex', '[$]', 'cost $5'), '$ in a class is a literal');
+  t.ok(rx('regex', 'a\\$', 'a$b'), 'an escaped $ is a literal');
+  t.ok(rx('regex', '\\Qa$\\E', 'xa$y'), '\\Q…\\E quotes $');
+  t.notOk(rx('regex', '\\Qa$\\E', 'xa\n'), '... and it is not an anchor there');
+  t.same(compileUserRegex('(?P<word>\\w+)$').exec('hello\n'), { match: ['hello', 'hello'], groups: { word: 'hello' } }, 'captures leave the newline out, as Python does');
+  t.equal(pythonDollar('^(a|b)$|c$'), '^(a|b)(?:\\n?\\z)|c(?:\\n?\\z)');
+  t.equal(pythonDollar('(?m)^a$'), undefined);
+  t.equal(pythonDollar('[$]\\$'), undefined);
+
+  // Still linear: the patterns that backtrack exponentially in V8 stay instant with the rewrite.
+  for (const [pattern, input] of [['^(\\w|\\d)+$', `${'1'.repeat(5000)}!`], ['^(a|a)+$', `${'a'.repeat(5000)}!\n`], ['^(a|ab|b)*c$', 'ab'.repeat(5000)]] as const) {
+    const start = performance.now();
+    t.notOk(compileUserRegex(pattern).test(input), `${pattern} does not match`);
+    t.ok(performance.now() - start < 2000, `${pattern} on ${input.length} characters: ${(performance.now() - start).toFixed(1)} ms`);
+  }
 });
