@@ -138,6 +138,51 @@ export function estimateProgramSize(pattern: string): number {
   return stack.reduce((a, g) => a + g.total, 0);
 }
 
+/** An inline flag group that turns multiline on or off somewhere: `(?m)`, `(?im:…)`, `(?-m)`. */
+const MULTILINE_FLAG = /\(\?[a-zA-Z]*-?[a-zA-Z]*m[a-zA-Z-]*[:)]/;
+
+/**
+ * Python's `$` (without MULTILINE) matches at the end of the text and also just before one
+ * newline that ends it (`abc$` matches "abc\n"); RE2's matches at the very end only. Each `$`
+ * outside a character class, an escape and `\Q…\E` becomes `(?:\n?\z)`: still linear (no
+ * lookaround, nothing to backtrack). Returns undefined when the pattern has no such `$`, or sets
+ * multiline flags itself (there `$` already matches before every newline, as in Python).
+ * One difference remains: a pattern that goes on to consume that final newline after `$`
+ * (`a$\n`) does not match "a\n" as Python's does.
+ */
+export function pythonDollar(pattern: string): string | undefined {
+  if (!pattern.includes('$') || MULTILINE_FLAG.test(pattern)) return undefined;
+  let out = '';
+  let changed = false;
+  for (let i = 0; i < pattern.length; i++) {
+    const c = pattern[i]!;
+    if (c === '\\') {
+      if (pattern[i + 1] === 'Q') { // literal up to \E (or the end)
+        const end = pattern.indexOf('\\E', i + 2);
+        const stop = end < 0 ? pattern.length : end + 2;
+        out += pattern.slice(i, stop);
+        i = stop - 1;
+        continue;
+      }
+      out += pattern.slice(i, i + 2);
+      i++;
+      continue;
+    }
+    if (c === '[') { // a class: up to its closing ], which may come first ([]a] or [^]a])
+      let j = i + 1;
+      if (pattern[j] === '^') j++;
+      if (pattern[j] === ']') j++;
+      while (j < pattern.length && pattern[j] !== ']') j += pattern[j] === '\\' ? 2 : pattern.startsWith('[:', j) && pattern.indexOf(':]', j) > 0 ? pattern.indexOf(':]', j) - j + 2 : 1;
+      out += pattern.slice(i, j + 1);
+      i = j;
+      continue;
+    }
+    if (c === '$') { out += '(?:\\n?\\z)'; changed = true; continue; }
+    out += c;
+  }
+  return changed ? out : undefined;
+}
+
 function compile(pattern: string, flags: number): RE2JS {
   try { return RE2JS.compile(pattern, flags); } catch (err) { throw new RegexRefusedError(explain(err, pattern)); }
 }
@@ -157,9 +202,13 @@ export function compileUserRegex(pattern: string, opts: RegexOptions = {}): User
   // Generous (8×): RE2 simplifies, e.g. (a|b|c) to [a-c], and the exact size is checked below.
   if (guess > 8 * PROGRAM_MAX) throw new RegexRefusedError(`is too large: it would compile to about ${guess} steps and the limit is ${PROGRAM_MAX} (large counts such as {500} cost the most)`);
   const flags = (opts.ignoreCase ? RE2JS.CASE_INSENSITIVE : 0) | (opts.dotAll ? RE2JS.DOTALL : 0);
-  // The pattern alone first: it must be balanced before it is wrapped in \A(?:…).
-  let re = compile(pattern, flags);
-  if (opts.anchorStart) re = compile(`\\A(?:${pattern})`, flags);
+  // The pattern alone first: it must be balanced before it is wrapped in \A(?:…), and errors
+  // name what the user wrote.
+  let plain = compile(pattern, flags);
+  if (opts.anchorStart) plain = compile(`\\A(?:${pattern})`, flags);
+  // Python's `$` (see pythonDollar): what decides whether the pattern matches.
+  const dollar = pythonDollar(pattern);
+  const re = dollar === undefined ? plain : compile(opts.anchorStart ? `\\A(?:${dollar})` : dollar, flags);
   const size = re.programSize();
   if (size > PROGRAM_MAX) throw new RegexRefusedError(`is too large: it compiles to ${size} steps and the limit is ${PROGRAM_MAX} (large counts such as {500} cost the most)`);
 
@@ -174,7 +223,8 @@ export function compileUserRegex(pattern: string, opts: RegexOptions = {}): User
     exec(input) {
       const s = capInput(input);
       if (!re.test(s)) return null; // the DFA answers most inputs; captures only for a hit
-      const m = re.exec(s);
+      // Captures as Python gives them: a `$` that matched before the final newline leaves it out.
+      const m = plain.exec(s) ?? (dollar !== undefined && s.endsWith('\n') ? plain.exec(s.slice(0, -1)) : null);
       if (!m) return null;
       return { match: Array.from(m, (g) => (g ?? '') as string), groups: { ...((m as { groups?: Record<string, string | undefined> }).groups ?? {}) } };
     },

@@ -381,7 +381,10 @@ t.test('Python and StackStorm syntax still works: (?i), (?P<name>), named groups
   t.same(re('^(?P<host>[a-z]+)-(?<n>\\d+)(x)?$').exec('web-7'), { match: ['web-7', 'web', '7', ''], groups: { host: 'web', n: '7' } }, 'match list and named groups');
   t.equal(re('^(?P<host>[a-z]+)$').exec('web-7'), null);
   t.ok(re('\\Aabc\\z').test('abc'));
-  t.notOk(re('abc$').test('abc\n'), '$ is the end of the text (no multiline)');
+  t.ok(re('abc$').test('abc\n'), '$ also matches before one trailing newline (Python\'s rule; no multiline)');
+  t.notOk(re('abc$').test('abc\n\n'), '... one newline only');
+  t.notOk(re('abc$').test('abc\nx'), '... and only at the end of the text');
+  t.notOk(re('abc\\z').test('abc\n'), '\\z is the very end');
   t.ok(re('(?m)^b$').test('a\nb\nc'), '(?m) multiline');
   t.notOk(re('a.b').test('a\nb'), '. does not match a newline by default');
   t.ok(re('(?s)a.b').test('a\nb'), '(?s) DOTALL');

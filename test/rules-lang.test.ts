@@ -145,7 +145,7 @@ t.test('a pattern is required except for exists/nexists, and bad patterns are re
     [{ path: 'trigger.payload.v', type: 'timediff_lt', pattern: 'soon' }, 'number of seconds'],
     [{ path: 'trigger.payload.v', type: 'regex', pattern: '(' }, 'does not compile: missing closing )'],
     [{ path: 'trigger.payload.v', type: 'inside', pattern: 5 }, 'must be a list'],
-    [{ path: 'trigger.payload.v', type: 'search', pattern: {} }, 'condition: any or all'],
+    [{ path: 'trigger.payload.v', type: 'search', pattern: {} }, 'condition: any, all, any2any, all2any'],
     [{ path: 'trigger.foo', type: 'exists' }, 'trigger.payload.foo'],
     [{ path: 'other.x', type: 'exists' }, 'paths start with trigger.'],
     [{ path: 'trigger.type.x', type: 'exists' }, 'has no fields'],

@@ -75,14 +75,20 @@ export interface SensorDef {
   on: AgentSelector;
 }
 
+export type SearchCondition = 'any' | 'all' | 'any2any' | 'all2any';
+
 /** One criterion: `path` into the event (`trigger.payload.a.b`, `trigger.type`, `trigger.agent`). */
 export interface Criterion {
   path: string;
   /** Operator name (StackStorm's, see common/rules/criteria.ts), e.g. equals, regex, timediff_lt. */
   type: string;
   pattern?: unknown;
-  /** For `search`: apply nested criteria to list items. */
-  condition?: 'any' | 'all';
+  /**
+   * For `search`: how list items and nested criteria combine (StackStorm's): `any` some item
+   * matches every criterion, `all` every item matches every criterion, `any2any` some item
+   * matches some criterion, `all2any` every item matches some criterion.
+   */
+  condition?: SearchCondition;
 }
 
 export type RuleTarget =

@@ -29,7 +29,12 @@
  * - timediff_lt/gt: seconds from the value (ISO time, zone-less taken as UTC; or epoch seconds
  *   or milliseconds, told apart by magnitude) to now, compared with the pattern (seconds).
  * - search: the pattern is nested criteria over `item` (`item.name`, `item[0]`), condition
- *   `any` or `all` (required). `all` of an empty list is true, as in StackStorm.
+ *   (required) `any` (some item matches every criterion), `all` (every item matches every
+ *   criterion), `any2any` (some item matches some criterion) or `all2any` (every item matches
+ *   some criterion). `all`/`all2any` of an empty list are true, as in StackStorm; an object is
+ *   searched as a one-item list (StackStorm too); any other value makes the criterion false.
+ * - `$` in regex/iregex/matchregex follows Python: the end of the text, or just before one
+ *   newline that ends it (common/regex.ts pythonDollar).
  * - Paths: `trigger.payload.a.b.0.c`, `trigger.type|agent|id|tenant|timeMs`; `payload.x` means
  *   `trigger.payload.x`. StackStorm's `trigger.x` shorthand for a payload field is refused
  *   with a message (it would be ambiguous with `trigger.type`). A `#tag` suffix on a path is
@@ -37,7 +42,7 @@
  * - Patterns are literal: StackStorm renders `{{ }}` in patterns; here such a pattern is refused
  *   at compile time rather than silently never matching.
  */
-import type { Criterion, TriggerEvent } from '../automation/types.js';
+import type { Criterion, SearchCondition, TriggerEvent } from '../automation/types.js';
 import { TrellisError } from '../errors.js';
 import { parsePath, step, walk } from './path.js';
 import { compileRegex, compileWildcard } from './patterns.js';
@@ -179,15 +184,24 @@ function timediff(p: unknown, lt: boolean, ctx: Ctx): Op {
   };
 }
 
+/** `search` conditions: which items (any/all) must match which nested criteria (all, or any: `…2any`). */
+export const SEARCH_CONDITIONS = ['any', 'all', 'any2any', 'all2any'] as const satisfies readonly SearchCondition[];
+
 function search(c: Criterion, ctx: Ctx): Op {
   if (ctx.depth >= SEARCH_DEPTH_MAX) throw invalid(ctx.what, `search nests at most ${SEARCH_DEPTH_MAX} deep`);
   const cond = c.condition;
-  if (cond !== 'any' && cond !== 'all') throw invalid(ctx.what, 'search needs condition: any or all');
+  if (!cond || !(SEARCH_CONDITIONS as readonly string[]).includes(cond)) throw invalid(ctx.what, `search needs condition: ${SEARCH_CONDITIONS.join(', ')}`);
   const nested = normalizeCriteria(c.pattern, ctx.what).map((n) => compileOne(n, 'item', { ...ctx, depth: ctx.depth + 1 }));
-  const item = (x: unknown) => nested.every((n) => n.test(x));
-  return cond === 'any'
-    ? (v) => (Array.isArray(v) ? v.some(item) : undefined)
-    : (v) => (Array.isArray(v) ? v.every(item) : undefined);
+  // StackStorm: an item matches all nested criteria, or (any2any, all2any) any one of them.
+  const item = cond === 'any2any' || cond === 'all2any' ? (x: unknown) => nested.some((n) => n.test(x)) : (x: unknown) => nested.every((n) => n.test(x));
+  const someItems = cond === 'any' || cond === 'any2any';
+  // An object is searched as a one-item list (StackStorm does the same); anything else cannot be searched.
+  const items = (v: unknown): unknown[] | undefined => (Array.isArray(v) ? v : v !== null && typeof v === 'object' ? [v] : undefined);
+  return (v) => {
+    const list = items(v);
+    if (!list) return undefined;
+    return someItems ? list.some(item) : list.every(item);
+  };
 }
 
 function compileOp(op: string, c: Criterion, ctx: Ctx): Op {

@@ -19,10 +19,10 @@
  * loader can point at the YAML line.
  */
 import { z } from 'zod';
-import type { AgentSelector, Criterion, RuleDef, RuleTarget } from '../automation/types.js';
+import type { AgentSelector, Criterion, RuleDef, RuleTarget, SearchCondition } from '../automation/types.js';
 import { formatDuration, parseDuration } from '../duration.js';
 import { TrellisError, isTrellisError } from '../errors.js';
-import { compileCriteria, normalizeCriteria } from './criteria.js';
+import { compileCriteria, normalizeCriteria, SEARCH_CONDITIONS } from './criteria.js';
 import { findRefs } from './template.js';
 import { parseSelector } from '../selector.js';
 
@@ -33,7 +33,7 @@ const LABEL_KEY_RE = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/;
 const DURATION_MAX_MS = 30 * 86_400_000;
 const CRITERIA_MAX = 64;
 
-type CriterionBody = { type: string; pattern?: unknown; condition?: 'any' | 'all' };
+type CriterionBody = { type: string; pattern?: unknown; condition?: SearchCondition };
 type CriteriaInput = Record<string, CriterionBody> | (CriterionBody & { path: string })[];
 type TriggerInput = string | { type: string };
 type TargetInput = 'local' | { agent: string } | { selector: Record<string, string> | string };
@@ -74,7 +74,7 @@ const labels = z.record(z.string(), z.string().max(256)).superRefine((s, ctx) =>
 const criterionBody = z.strictObject({
   type: z.string().min(1).max(64),
   pattern: z.unknown().optional(),
-  condition: z.enum(['any', 'all']).optional(),
+  condition: z.enum(SEARCH_CONDITIONS).optional(),
 });
 const criterionItem = criterionBody.extend({ path: z.string().min(1).max(512) }).strict();
 
