@@ -57,6 +57,7 @@ import { benchAgentInstall } from './fleet.js';
 import { benchEventToAction, benchIngest, benchSecretFanout, benchWebhook, installBenchPack, type AutomationCtx } from './automation.js';
 import { silenceIpServernameWarning } from '../common/warnings.js';
 import { benchCaRotation } from './ca-rotation.js';
+import { benchCliStart } from './cli.js';
 import { mean, note, percentile, pool, processCpuMs, sleep, startChildHub, type ChildHub } from './lib.js';
 
 silenceIpServernameWarning();
@@ -85,6 +86,7 @@ const FIGURES = [
   'preauth_rss_40x4mib_mb', 'kv_set_p99_ms', 'login_flood_kv_set_p99_ms',
   'agent_install_wall_s',
   'ca_rotation_1000_agents_s',
+  'cli_start_ms',
 ] as const;
 type Figure = typeof FIGURES[number];
 const reported = new Set<Figure>();
@@ -423,6 +425,13 @@ async function main(): Promise<void> {
   } catch (err) {
     hubReady = err as Error;
   }
+
+  // First, on a machine the bench has not loaded yet: `trellis version`, no hub call.
+  await figure(['cli_start_ms'], async () => {
+    const r = await benchCliStart({ root: ROOT, tmpRoot: tmpRoot! });
+    note(`cli_start_ms samples: ${r.samples.map((x) => Math.round(x)).join(' ')}`);
+    report('cli_start_ms', r.medianMs, 'ms');
+  });
 
   let fast: number | undefined;
   let naive: number | undefined;

@@ -3,23 +3,46 @@ import { Command, CommanderError } from 'commander';
 import { TRELLIS_VERSION } from '../common/version.js';
 import { isTrellisError, type TrellisError } from '../common/errors.js';
 import { printErr } from './format.js';
-import { addDaemonCommands } from './commands/daemons.js';
-import { addAdminCommands } from './commands/admin.js';
-import { addIamCommands } from './commands/iam.js';
-import { addAuditCommands } from './commands/audit.js';
-import { addKvCommands } from './commands/kv.js';
-import { addExecutionCommands } from './commands/executions.js';
-import { addWebhookCommands } from './commands/webhooks.js';
-import { addEventCommands } from './commands/events.js';
-import { addPackCommands } from './commands/packs.js';
-import { addRuleCommands } from './commands/rules.js';
-import { addFleetCommands } from './commands/fleet.js';
-import { addCaCommands } from './commands/ca.js';
-import { addActionCommands } from './commands/actions.js';
-import { addCompletionCommand } from './commands/completion.js';
-import { addContextCommands } from './commands/contexts.js';
 
-export function buildProgram(): Command {
+type AddCommands = (program: Command) => void;
+/**
+ * Every command module with the top-level commands it defines, in registration order (fleet adds
+ * to `agents` from admin). They are imported when one of their commands runs: `trellis version`
+ * or `trellis agents list` load neither the daemons nor yaml/tar/pino nor the other commands.
+ */
+const MODULES: Array<[string[], () => Promise<AddCommands>]> = [
+  [['hub', 'agent'], async () => (await import('./commands/daemons.js')).addDaemonCommands],
+  [['agents', 'certs', 'login', 'logout', 'run', 'tokens', 'whoami'], async () => (await import('./commands/admin.js')).addAdminCommands],
+  [['version'], async () => (await import('./commands/version.js')).addVersionCommand],
+  [['context'], async () => (await import('./commands/contexts.js')).addContextCommands],
+  [['agents'], async () => (await import('./commands/fleet.js')).addFleetCommands],
+  [['users', 'roles', 'tenants', 'groups', 'sessions', 'apikeys'], async () => (await import('./commands/iam.js')).addIamCommands],
+  [['audit'], async () => (await import('./commands/audit.js')).addAuditCommands],
+  [['kv', 'secrets'], async () => (await import('./commands/kv.js')).addKvCommands],
+  [['executions'], async () => (await import('./commands/executions.js')).addExecutionCommands],
+  [['webhooks'], async () => (await import('./commands/webhooks.js')).addWebhookCommands],
+  [['events'], async () => (await import('./commands/events.js')).addEventCommands],
+  [['packs'], async () => (await import('./commands/packs.js')).addPackCommands],
+  [['rules'], async () => (await import('./commands/rules.js')).addRuleCommands],
+  [['ca'], async () => (await import('./commands/ca.js')).addCaCommands],
+  [['actions'], async () => (await import('./commands/actions.js')).addActionCommands],
+  [['completion'], async () => (await import('./commands/completion.js')).addCompletionCommand],
+];
+
+/** The top-level command named in argv (the first word that is not an option or an option's value), if any. */
+function commandOf(argv: string[]): string | undefined {
+  const args = argv.slice(2);
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === '--') return undefined;
+    if (a === '--tenant') { i++; continue; }
+    if (!a.startsWith('-')) return a;
+  }
+  return undefined;
+}
+
+/** The program with every command, or (`only`) with the modules defining that top-level command (all when none does). */
+export async function buildProgram(only?: string): Promise<Command> {
   const program = new Command('trellis')
     .description('Trellis: infrastructure orchestration over mutual-TLS gRPC')
     .version(TRELLIS_VERSION, '-V, --version-cli', 'print the CLI version')
@@ -32,21 +55,9 @@ export function buildProgram(): Command {
       if (t) process.env.TRELLIS_TENANT = t;
     })
     .exitOverride(); // set before the subcommands so they inherit it
-  addDaemonCommands(program);
-  addAdminCommands(program);
-  addContextCommands(program);
-  addFleetCommands(program);
-  addIamCommands(program);
-  addAuditCommands(program);
-  addKvCommands(program);
-  addExecutionCommands(program);
-  addWebhookCommands(program);
-  addEventCommands(program);
-  addPackCommands(program);
-  addRuleCommands(program);
-  addActionCommands(program);
-  addCaCommands(program);
-  addCompletionCommand(program);
+  // `completion` describes every command, so it needs them all.
+  const wanted = only !== undefined && only !== 'completion' && MODULES.some(([names]) => names.includes(only)) ? MODULES.filter(([names]) => names.includes(only)) : MODULES;
+  for (const add of await Promise.all(wanted.map(([, load]) => load()))) add(program);
   program.addHelpText('after', `
 Start here:
   trellis hub init --data /var/lib/trellis-hub --name hub.example.com,10.0.0.5
@@ -73,7 +84,7 @@ function causeChain(err: unknown): string[] {
 }
 
 export async function main(argv: string[]): Promise<void> {
-  const program = buildProgram();
+  const program = await buildProgram(commandOf(argv));
   try {
     await program.parseAsync(argv);
   } catch (err) {

@@ -9,20 +9,35 @@
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { z } from 'zod';
 import { atomicWriteFile, ensureDir } from '../common/fsutil.js';
 import { TrellisError } from '../common/errors.js';
 
-export const ProfileSchema = z.strictObject({
-  hub: z.string().min(1),
-  caPem: z.string().min(1),
-  username: z.string(),
-  token: z.string(),
-  expiresAtMs: z.number(),
-  tenant: z.string().default('default'),
-});
-/** `context`: the context it was read from (not stored); `fromEnv`: built from TRELLIS_HUB & co (never written). */
-export type Profile = z.output<typeof ProfileSchema> & { context?: string; fromEnv?: boolean };
+/** A stored context. `context`: the context it was read from (not stored); `fromEnv`: built from TRELLIS_HUB & co (never written). */
+export interface Profile {
+  hub: string;
+  caPem: string;
+  username: string;
+  token: string;
+  expiresAtMs: number;
+  tenant: string;
+  context?: string;
+  fromEnv?: boolean;
+}
+
+const FIELDS = { hub: 'string', caPem: 'string', username: 'string', token: 'string', expiresAtMs: 'number', tenant: 'string' } as const;
+
+/**
+ * A stored profile checked by hand (strict: no unknown key, every field typed; hub and caPem not
+ * empty; tenant defaults to `default`): no schema library, so `trellis` starts fast.
+ */
+export function parseProfile(raw: unknown): Omit<Profile, 'context' | 'fromEnv'> | undefined {
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) return undefined;
+  const o = { tenant: 'default', ...(raw as Record<string, unknown>) };
+  for (const k of Object.keys(o)) if (!(k in FIELDS)) return undefined;
+  for (const [k, type] of Object.entries(FIELDS)) if (typeof o[k as keyof typeof o] !== type) return undefined;
+  const p = o as unknown as Profile;
+  return p.hub && p.caPem ? { hub: p.hub, caPem: p.caPem, username: p.username, token: p.token, expiresAtMs: p.expiresAtMs, tenant: p.tenant } : undefined;
+}
 
 export const DEFAULT_CONTEXT = 'default';
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
@@ -76,9 +91,9 @@ export function readContext(name: string, env: NodeJS.ProcessEnv = process.env):
   try { raw = JSON.parse(readFileSync(p, 'utf8')); } catch (e) {
     throw new TrellisError('TRELLIS_E_CONFIG', `cannot parse ${p}: ${(e as Error).message}; log in again`);
   }
-  const r = ProfileSchema.safeParse(raw);
-  if (!r.success) throw new TrellisError('TRELLIS_E_CONFIG', `invalid profile ${p}: log in again with \`trellis login\``);
-  return { ...r.data, context: name };
+  const r = parseProfile(raw);
+  if (!r) throw new TrellisError('TRELLIS_E_CONFIG', `invalid profile ${p}: log in again with \`trellis login\``);
+  return { ...r, context: name };
 }
 
 /**

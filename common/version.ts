@@ -1,6 +1,12 @@
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { PROTO_DIR } from './proto.js';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
-export const TRELLIS_VERSION: string = (JSON.parse(readFileSync(join(PROTO_DIR, '..', 'package.json'), 'utf8')) as { version: string }).version;
+// The package root, found without importing proto.js: that would load gRPC and parse the wire
+// contract in every command, `trellis version` included. dist/common/version.js and
+// common/version.ts both sit below it (two levels and one).
+const here = dirname(fileURLToPath(import.meta.url));
+const root = here.includes(join('dist', 'common')) ? join(here, '..', '..') : join(here, '..');
+
+export const TRELLIS_VERSION: string = (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string }).version;
 export const API_VERSION = 'trellis.v1';

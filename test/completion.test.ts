@@ -19,7 +19,7 @@ function sh(shell: string, args: string[], script: string): { code: number; out:
 }
 
 t.test('the tree: every visible command and its flags, with -o choices', async (t) => {
-  const nodes = commandTree(buildProgram());
+  const nodes = commandTree(await buildProgram());
   const root = nodes.find((n) => n.path === '')!;
   for (const c of ['agents', 'agent', 'tokens', 'rules', 'completion']) t.ok(root.subs.some((s) => s.name === c), `trellis ${c}`);
   const list = nodes.find((n) => n.path === 'agents list')!;

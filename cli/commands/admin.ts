@@ -124,17 +124,6 @@ export function addAdminCommands(program: Command): void {
     print(`${r.username} (roles: ${r.roles.join(', ') || '-'}; tenant ${r.tenant}; token expires ${when(r.sessionExpiresAtMs)})`);
   }));
 
-  program.command('version').description('show the CLI and hub versions').action(async () => {
-    const { TRELLIS_VERSION } = await import('../../common/version.js');
-    print(`trellis ${TRELLIS_VERSION}`);
-    try {
-      await withClients(async (c) => {
-        const r = await call<T.GetVersionRequest, T.VersionInfo__Output>(c, c.version, c.version.GetVersion, {}, 5_000);
-        print(`hub ${r.version} (${r.api}), CA sha256:${r.caFingerprint}${r.canIssue ? '' : ', cannot issue'}`);
-      });
-    } catch { /* not logged in: CLI version only */ }
-  });
-
   const tokens = program.command('tokens').description('join tokens for enrolling agents');
   tokens.command('create')
     .description('create a join token; prints it once with the enroll command to paste')
