@@ -9,7 +9,7 @@ import { TrellisError } from '../../common/errors.js';
 import { formatDuration } from '../../common/duration.js';
 import { fromGrpcError } from '../../common/grpc-errors.js';
 import { call, withClients } from '../client.js';
-import { when, ago, parseKeyValues, print, printErr, writeOutput, clean, addOutputOptions, formatOf, output, outputOne } from '../format.js';
+import { when, ago, parseKeyValues, print, printErr, writeOutput, clean, addOutputOptions, formatOf, output, outputOne, toDocument } from '../format.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
 const FINAL = new Set(['succeeded', 'failed', 'timeout', 'canceled', 'abandoned', 'error']);
@@ -78,11 +78,11 @@ async function followToEnd(stream: grpc.ClientReadableStream<T.ExecutionUpdate__
   const { infos, output } = await consume(stream, o);
   const list = [...infos.values()];
   if (!o.follow) {
-    if (o.json) print(JSON.stringify(list.map((i) => executionJson(i)), null, 2));
+    if (o.json) print(JSON.stringify(toDocument(list.map((i) => executionJson(i))), null, 2));
     else for (const i of list) print(`${i.id}  ${i.agentId}  ${i.status}`);
     return;
   }
-  if (o.json) print(JSON.stringify(list.map((i) => executionJson(i, Buffer.concat(output.get(i.id) ?? []))), null, 2));
+  if (o.json) print(JSON.stringify(toDocument(list.map((i) => executionJson(i, Buffer.concat(output.get(i.id) ?? [])))), null, 2));
   const unfinished = list.some((i) => !FINAL.has(i.status));
   process.exitCode = unfinished ? 130 : list.reduce((worst, i) => Math.max(worst, exitOf(i)), 0);
 }

@@ -16,7 +16,7 @@ import { TrellisError } from '../../common/errors.js';
 import { formatDuration } from '../../common/duration.js';
 import { fromGrpcError } from '../../common/grpc-errors.js';
 import { call, withClients, type AdminClients } from '../client.js';
-import { parseKeyValues, print, printErr, writeOutput, clean } from '../format.js';
+import { parseKeyValues, print, printErr, writeOutput, clean, toDocument } from '../format.js';
 import { executionJson } from './executions.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
@@ -133,7 +133,8 @@ class RunReport {
     const s = this.summary();
     if (this.o.json) {
       const agent = (a: T.TargetAgent__Output) => ({ id: a.id, hostname: a.hostname });
-      print(JSON.stringify({
+      // Times in RFC 3339 as every json output (toDocument); durations stay in ms.
+      print(JSON.stringify(toDocument({
         target: this.matched?.selector ? { selector: this.matched.selector } : { agent: this.matched?.online[0]?.id ?? this.matched?.offline[0]?.id ?? '' },
         matched: { online: (this.matched?.online ?? []).map(agent), offline: (this.matched?.offline ?? []).map(agent) },
         executions: [...this.results.values()].map((r) => {
@@ -144,7 +145,7 @@ class RunReport {
           return { ...base, hostname: this.hostname(r.agentId) };
         }),
         summary: s, interrupted, exitCode: code,
-      }, null, 2));
+      }), null, 2));
       return code;
     }
     if (this.o.many) {
