@@ -6,7 +6,7 @@
  */
 import t, { type Test } from 'tap';
 import { mkdtemp } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { matchesSelector, parseSelector, formatSelector } from '../common/selector.js';
 import { ADMIN_PASSWORD, login, startHub, waitFor, callError } from './helpers/hub.js';
@@ -180,6 +180,8 @@ t.test('agents are named by unique id prefix or exact hostname; ambiguity lists 
   const hist = await cli(['executions', 'list', '--agent', ids[1]!.slice(0, 16), '--json']);
   t.equal(hist.code, 0, hist.err);
   t.same((JSON.parse(hist.out) as { agentId: string }[]).map((e) => e.agentId), [ids[1]], 'executions list --agent takes a prefix too');
+  const histTable = await cli(['executions', 'list', '--agent', ids[1]!.slice(0, 16)]);
+  t.match(histTable.out, new RegExp(`HOST[\\s\\S]*${ids[1]}\\s+${hostname().replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\s`), 'executions list shows the hostname beside the agent id');
   const offRun = await cli(['run', '--agent', 'web-offline-1', '--', 'true']);
   t.match(offRun.err, /agent .* \(web-offline-1\) is not connected.*TRELLIS_E_AGENT_OFFLINE/);
 });

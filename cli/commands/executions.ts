@@ -90,6 +90,16 @@ async function followToEnd(stream: grpc.ClientReadableStream<T.ExecutionUpdate__
 /** `--raw`: remote program output is cleaned on a terminal unless asked (cli/format.ts writeOutput). */
 export const RAW_HELP = 'write the remote output to the terminal unchanged (escape sequences included); by default a terminal gets it without control characters, and a pipe or file always gets the bytes unchanged';
 
+/** Agent id → hostname for a table (empty when the caller may not list agents: the column shows "-"). */
+async function hostnames(c: Parameters<Parameters<typeof withClients>[0]>[0]): Promise<Map<string, string>> {
+  try {
+    const r = await call<T.ListAgentsRequest, T.ListAgentsResponse__Output>(c, c.agents, c.agents.ListAgents, { includeOldRevoked: true });
+    return new Map(r.agents.map((a) => [a.id, a.hostname]));
+  } catch {
+    return new Map();
+  }
+}
+
 export function addExecutionCommands(program: Command): void {
   const ex = program.command('executions').description('action runs: list, show, follow, cancel and re-run (history kept on the hub)');
 
@@ -107,8 +117,11 @@ export function addExecutionCommands(program: Command): void {
       const r = await call<T.ListExecutionsRequest, T.ListExecutionsResponse__Output>(c, c.executions, c.executions.ListExecutions, {
         action: o.action ?? '', agentId: o.agent ?? '', status: o.status ?? '', rule: o.rule ?? '', limit, beforeId: o.before ?? '',
       });
+      const f = formatOf(o);
+      const hosts = f === 'table' || f === 'wide' ? await hostnames(c) : new Map<string, string>();
       await output(o, r.executions, [
         { header: 'ID', cell: (i) => i.id }, { header: 'ACTION', cell: (i) => i.action }, { header: 'AGENT', cell: (i) => i.agentId },
+        { header: 'HOST', cell: (i) => hosts.get(i.agentId) || '-' },
         { header: 'TENANT', cell: (i) => i.tenant, wide: true }, { header: 'STATUS', cell: (i) => i.status },
         { header: 'EXIT', cell: (i) => (FINAL.has(i.status) ? String(i.exitCode) : '-') }, { header: 'BY', cell: (i) => i.requestedBy },
         { header: 'RULE', cell: (i) => i.rule || '-', wide: true },
