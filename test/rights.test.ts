@@ -169,6 +169,10 @@ t.test('installing a pack needs what the pack uses; its rules act as the install
   t.match(e1?.message, /secrets:use/);
   const withRule = [...plainPack, file('rules/r.yaml', 'name: r\ntrigger: test.x\naction:\n  ref: ops.noop\n  parameters: {}\ntarget: { agent: nobody }\n'),
     file('rules/other.yaml', 'name: other\ntrigger: test.x\naction:\n  ref: util.noop\n  parameters: {}\ntarget: { agent: nobody }\n')];
+  // util.noop exists (installed by another user): the packer may not call it without actions:execute there.
+  const utilOwner = await user(h, t, 'utilowner', ['packs:install', ['actions:execute', 'pack:util']]);
+  const eu = await inst(utilOwner, [file('pack.yaml', 'name: util\nversion: 1.0.0\n'), file('actions/noop.yaml', 'name: noop\nrunner: command\ncommand: ["true"]\ntimeout: 5s\n')]);
+  t.equal(eu, undefined, `pack util installed by its owner: ${eu?.message}`);
   const e2 = await inst(packer, withRule);
   t.equal(e2?.code, 'TRELLIS_E_PERMISSION_DENIED', 'a rule calling another pack\'s action needs actions:execute there');
   const sensorPack = [...plainPack, file('sensors/cmd.yaml', 'name: cmd\ntype: command\ninterval: 60s\nconfig: { argv: ["id"] }\n')];
