@@ -3,7 +3,7 @@
  * service user. Every external command runs by absolute argv (no shell), with a timeout.
  */
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, openSync, closeSync, readdirSync, readFileSync, realpathSync } from 'node:fs';
+import { constants as fsConstants, existsSync, fstatSync, openSync, closeSync, readdirSync, readFileSync, realpathSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TrellisError } from '../errors.js';
@@ -130,8 +130,19 @@ export function isAgentProcess(pid: number, data: string): boolean {
  * (nothing of ours, in particular no join token), stdout and stderr appended to `logFile`.
  */
 export function spawnDetached(argv: string[], o: { uid: number; gid: number; logFile: string; cwd: string; home: string }): number {
-  const fd = openSync(o.logFile, 'a', 0o600);
+  // The log is in DATA, which the service user owns: opened as root, it must not follow a symlink
+  // (or a hard link) the user planted there to make root create or append to a file elsewhere.
+  const { O_WRONLY, O_APPEND, O_CREAT, O_NOFOLLOW } = fsConstants;
+  let fd: number;
   try {
+    fd = openSync(o.logFile, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW, 0o600);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ELOOP') throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `${o.logFile} is a symbolic link: remove it (the service user must not choose where root writes)`);
+    throw e;
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile() || st.nlink !== 1) throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `${o.logFile} is not a plain file with one link: remove it (the service user must not choose where root writes)`);
     const child = spawn(argv[0]!, argv.slice(1), {
       detached: true, uid: o.uid, gid: o.gid, cwd: o.cwd, stdio: ['ignore', fd, fd],
       env: { PATH, LANG: 'C.UTF-8', HOME: o.home },
