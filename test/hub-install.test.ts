@@ -6,9 +6,10 @@
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import * as https from 'node:https';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { runCli } from './helpers/cli.js';
 import { waitFor } from './helpers/hub.js';
 
@@ -63,6 +64,16 @@ t.test('hub install --detach runs the hub as a system user from a hardened, veri
   const again = await runCli(['hub', 'install', '--data', data, '--service', service, '--user', user, '--detach']);
   t.equal(again.code, 0, again.err);
   t.match(again.out, /^already installed, nothing changed/);
+
+  // The service user owns DATA: a symlink planted there must not make root chown what it points to.
+  const victim = join(mkdtempSync(join(tmpdir(), 'trellis-victim-')), 'root-owned');
+  writeFileSync(victim, 'root only\n', { mode: 0o600 });
+  t.teardown(() => rmSync(dirname(victim), { recursive: true, force: true }));
+  symlinkSync(victim, join(data, 'planted'));
+  const third = await runCli(['hub', 'install', '--data', data, '--service', service, '--user', user, '--detach']);
+  t.equal(third.code, 0, third.err);
+  t.equal(statSync(victim).uid, 0, 'the target of a symlink in DATA is not given to the service user');
+  t.equal(statSync(victim).gid, 0);
 
   const un = await runCli(['hub', 'uninstall', '--service', service]);
   t.equal(un.code, 0, un.err);

@@ -35,8 +35,10 @@ function chownTree(dir: string, uid: number, gid: number): boolean {
   let changed = false;
   const visit = (p: string): void => {
     const st = lstatSync(p);
+    // DATA is the service user's: a symlink it planted must not make root chown its target.
+    if (st.isSymbolicLink()) return;
     if (st.uid !== uid || st.gid !== gid) { chownSync(p, uid, gid); changed = true; }
-    if (st.isDirectory() && !st.isSymbolicLink()) for (const e of readdirSync(p)) visit(join(p, e));
+    if (st.isDirectory()) for (const e of readdirSync(p)) visit(join(p, e));
   };
   visit(dir);
   if ((lstatSync(dir).mode & 0o777) !== 0o700) { chmodSync(dir, 0o700); changed = true; }
