@@ -6,7 +6,7 @@ import { Option, type Command } from 'commander';
 import { KEY_TYPES, type KeyType } from '../../certs/index.js';
 import { TrellisError, errorMessage, isTrellisError } from '../../common/errors.js';
 import { createLogger, LOG_FORMATS, LOG_TIMES } from '../../common/log.js';
-import { parseKeyValues } from '../format.js';
+import { clean, parseKeyValues } from '../format.js';
 import { askHidden, isInteractive } from '../prompt.js';
 import { runUntilSignal, intOption, collect } from './util.js';
 
@@ -20,7 +20,7 @@ function contractErrors<A extends unknown[]>(fn: (...a: A) => Promise<void>): (.
       await fn(...a);
     } catch (e) {
       const code = (isTrellisError(e) && (e as TrellisError).code) || 'TRELLIS_E_INTERNAL';
-      process.stderr.write(`trellis: ${code}: ${errorMessage(e).replace(/\s*\n\s*/g, ' ')}\n`);
+      process.stderr.write(`trellis: ${code}: ${clean(errorMessage(e).replace(/\s*\n\s*/g, ' '))}\n`);
       process.exitCode = 1;
     }
   };
@@ -248,8 +248,9 @@ export function addDaemonCommands(program: Command): void {
           ['service', `${r.service} (${r.installed ? r.unit : 'no unit'})`], ['state', (r.pid ? `running (detached, pid ${r.pid})` : r.state) + (r.enabled ? `, ${r.enabled}` : '') + (r.systemd ? '' : ', systemd not running')],
           ['data', r.data], ['user', r.user], ['hub', r.hub], ['agent', r.agentId], ['tenant', r.tenant], ['certificate', r.certNotAfter && `valid until ${r.certNotAfter}`], ['outbox', r.outboxDepth !== undefined ? `${r.outboxDepth} event(s) waiting` : undefined],
         ];
-        process.stdout.write(rows.filter(([, v]) => v !== undefined).map(([k, v]) => `${k.padEnd(12)} ${v}`).join('\n') + '\n');
-        if (r.error) process.stderr.write(`trellis: ${r.error}\n`);
+        // agent.json and the outbox are in DATA, which the service user writes: cleaned before the terminal.
+        process.stdout.write(rows.filter(([, v]) => v !== undefined).map(([k, v]) => `${k.padEnd(12)} ${clean(String(v))}`).join('\n') + '\n');
+        if (r.error) process.stderr.write(`trellis: ${clean(r.error)}\n`);
       }
       if (!r.installed && !r.agentId) process.exitCode = 3;
     }));
