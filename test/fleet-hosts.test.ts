@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import * as tar from 'tar';
 import { runCli } from './helpers/cli.js';
 import { tempDir } from './helpers/hub.js';
-import { parseTarget, parseHostsFile, formatTarget } from '../cli/fleet/hosts.js';
+import { checkDuplicates, parseTarget, parseHostsFile, formatTarget } from '../cli/fleet/hosts.js';
 import { shQuote, sshArgv } from '../cli/fleet/ssh.js';
 import { agentInstallCommand } from '../cli/fleet/remote.js';
 import { cachedBundle, openBundle } from '../cli/fleet/bundle.js';
@@ -83,3 +83,16 @@ t.test('the bundle: built once per build and cached; a given file is checked aga
   await t.rejects(openBundle(other), { code: 'TRELLIS_E_INVALID_ARGUMENT', message: /not a trellis agent bundle/ });
 });
 
+
+t.test('two agents on one server may share neither a service nor a data directory', async (t) => {
+  const two = (a: string, b: string) => parseHostsFile(`${a}\n${b}\n`, 'hosts');
+  t.doesNotThrow(() => checkDuplicates(two('root@h --service a', 'root@h --service b'), 'trellis-agent'), 'each its own /var/lib/SERVICE');
+  t.doesNotThrow(() => checkDuplicates(two('root@h', 'root@h2'), 'trellis-agent', '/srv/agent'), 'one --data on different servers');
+  t.throws(() => checkDuplicates(two('root@h', 'admin@H'), 'trellis-agent'), { code: 'TRELLIS_E_INVALID_ARGUMENT', message: /hosts:2: .*service trellis-agent is already listed \(hosts:1\)/ });
+  t.throws(() => checkDuplicates(two('root@h --service a --data /srv/x', 'root@h --service b --data /srv/x'), 'trellis-agent'),
+    { code: 'TRELLIS_E_INVALID_ARGUMENT', message: /hosts:2: .*data directory \/srv\/x is already listed \(hosts:1\)/ });
+  t.throws(() => checkDuplicates(two('root@h --service a', 'root@h --service b'), 'trellis-agent', '/srv/agent'),
+    { code: 'TRELLIS_E_INVALID_ARGUMENT', message: /data directory \/srv\/agent is already listed/ }, 'the command\'s --data applies to every line without its own');
+  t.throws(() => checkDuplicates(two('root@h --service a --data /var/lib/b', 'root@h --service b'), 'trellis-agent'),
+    { code: 'TRELLIS_E_INVALID_ARGUMENT', message: /data directory \/var\/lib\/b/ }, 'an explicit --data against another line\'s default');
+});

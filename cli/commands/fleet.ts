@@ -122,7 +122,7 @@ export function addFleetCommands(program: Command): void {
       const defaultService = checkService(o.service, '--service');
       const defaultData = o.data ? checkRemotePath(o.data, '--data', '--data') : undefined;
       if (o.serviceUser && !/^[a-z_][a-z0-9_-]{0,31}$/.test(o.serviceUser)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad --service-user ${JSON.stringify(o.serviceUser)}`);
-      checkDuplicates(entries, defaultService);
+      checkDuplicates(entries, defaultService, defaultData);
       const prefix = checkRemotePath(o.prefix, '--prefix', '--prefix');
       const timeoutMs = parseDuration(o.timeout, '--timeout');
       const labels: Record<string, string> = {};

@@ -159,13 +159,20 @@ export function parseHostsFile(text: string, name: string): HostEntry[] {
   return out;
 }
 
-/** Refuses two entries that would install the same service on the same server. */
-export function checkDuplicates(entries: HostEntry[], defaultService: string): void {
+/**
+ * Refuses two entries that would install the same service, or two services on the same data
+ * directory (one identity run twice), on the same server.
+ */
+export function checkDuplicates(entries: HostEntry[], defaultService: string, defaultData?: string): void {
   const seen = new Map<string, string>();
   for (const e of entries) {
-    const k = `${e.target.host.toLowerCase()}:${e.target.port ?? 22} ${e.service ?? defaultService}`;
-    const prev = seen.get(k);
-    if (prev) throw bad(e.source, `${formatTarget(e.target)} with service ${e.service ?? defaultService} is already listed (${prev}); give each agent on one server its own --service and --data`);
-    seen.set(k, e.source);
+    const server = `${e.target.host.toLowerCase()}:${e.target.port ?? 22}`;
+    const service = e.service ?? defaultService;
+    const data = e.data ?? defaultData ?? `/var/lib/${service}`;
+    for (const [k, what] of [[`${server} service ${service}`, `with service ${service}`], [`${server} data ${data}`, `with data directory ${data}`]] as const) {
+      const prev = seen.get(k);
+      if (prev) throw bad(e.source, `${formatTarget(e.target)} ${what} is already listed (${prev}); give each agent on one server its own --service and --data`);
+      seen.set(k, e.source);
+    }
   }
 }
