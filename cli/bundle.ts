@@ -16,12 +16,12 @@
  * path relative to the node_modules folder it was found in, so resolution in the copy finds
  * the same versions. Dev dependencies are never reached by that walk.
  */
-import { createHash } from 'node:crypto';
-import { cpSync, createReadStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, relative, resolve, sep } from 'node:path';
 import * as tar from 'tar';
 import { TrellisError } from '../common/errors.js';
+import { sha256File } from '../common/fsutil.js';
 import { PROTO_DIR } from '../common/proto.js';
 
 /** What of the package itself goes into a bundle: the same set as package.json `files`. */
@@ -107,13 +107,6 @@ function copyOwnFiles(root: string, dest: string): void {
       },
     });
   }
-}
-
-function sha256File(file: string): Promise<string> {
-  return new Promise((res, rej) => {
-    const h = createHash('sha256');
-    createReadStream(file).on('data', (d) => h.update(d)).on('error', rej).on('end', () => res(h.digest('hex')));
-  });
 }
 
 /** Writes the bundle to `out` (a .tar.gz) and `out`.sha256, and returns its SHA-256. */

@@ -4,9 +4,10 @@
  * `atomicWriteFile` is the only way Trellis replaces a state file: readers (and a process that
  * restarts after a crash) see either the old content or the new content, never a torn mix.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import {
   closeSync,
+  createReadStream,
   fchmodSync,
   fsyncSync,
   openSync,
@@ -145,4 +146,12 @@ export async function readFileIfExists(path: string): Promise<Buffer | undefined
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw err;
   }
+}
+
+/** The SHA-256 of a file's content, lower-case hex, read as a stream. */
+export function sha256File(file: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const h = createHash('sha256');
+    createReadStream(file).on('data', (d) => h.update(d)).on('error', reject).on('end', () => resolve(h.digest('hex')));
+  });
 }

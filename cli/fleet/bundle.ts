@@ -4,12 +4,13 @@
  * under $XDG_CACHE_HOME/trellis/bundles (~/.cache/…), so repeated runs do not rebuild it (~12 s).
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join, relative } from 'node:path';
 import * as tar from 'tar';
 import { TrellisError } from '../../common/errors.js';
+import { sha256File } from '../../common/fsutil.js';
 import { packageRoot, writeBundle } from '../bundle.js';
 
 export interface Bundle {
@@ -24,13 +25,6 @@ export interface Bundle {
 }
 
 const ROOT_RE = /^trellis-[0-9A-Za-z.+_-]{1,64}$/;
-
-export function sha256File(file: string): Promise<string> {
-  return new Promise((res, rej) => {
-    const h = createHash('sha256');
-    createReadStream(file).on('data', (d) => h.update(d)).on('error', rej).on('end', () => res(h.digest('hex')));
-  });
-}
 
 /** The top-level folder of a bundle archive (every entry must be under one folder). */
 async function bundleRoot(file: string): Promise<string> {

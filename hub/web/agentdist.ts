@@ -10,7 +10,6 @@
  * DATA/agent-bundle/ (0700; the file 0644), checked against its SHA-256 when found there after a
  * restart (rebuilt if missing or damaged), and streamed with a Content-Length.
  */
-import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -19,6 +18,7 @@ import { PROTO_DIR } from '../../common/proto.js';
 import { TRELLIS_VERSION } from '../../common/version.js';
 import { fingerprintSha256 } from '../../certs/index.js';
 import { errorMessage } from '../../common/errors.js';
+import { sha256File } from '../../common/fsutil.js';
 import type { Logger } from '../../common/log.js';
 import type { Route } from './index.js';
 
@@ -35,13 +35,6 @@ export interface AgentDistOptions {
 const INSTALL_SH = join(dirname(PROTO_DIR), 'bin', 'trellis-agent-install.sh');
 
 interface Built { file: string; sha256: string }
-
-function sha256File(file: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const h = createHash('sha256');
-    createReadStream(file).on('data', (d) => h.update(d)).on('error', reject).on('end', () => resolve(h.digest('hex')));
-  });
-}
 
 export class AgentDist {
   private built?: Promise<Built>;
