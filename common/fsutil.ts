@@ -10,12 +10,15 @@ import {
   fchmodSync,
   fsyncSync,
   openSync,
+  readFileSync,
   renameSync,
   unlinkSync,
   writeFileSync,
 } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import type { z } from 'zod';
+import { TrellisError } from './errors.js';
 
 export interface AtomicWriteOptions {
   /**
@@ -145,4 +148,15 @@ export async function readFileIfExists(path: string): Promise<Buffer | undefined
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw err;
   }
+}
+
+/** Reads a JSON state file and validates it: TRELLIS_E_CONFIG naming the file and each bad field. */
+export function readJsonFile<S extends z.ZodTypeAny>(path: string, schema: S): z.output<S> {
+  let raw: unknown;
+  try { raw = JSON.parse(readFileSync(path, 'utf8')); } catch (e) {
+    throw new TrellisError('TRELLIS_E_CONFIG', `cannot parse ${path}: ${(e as Error).message}`);
+  }
+  const r = schema.safeParse(raw);
+  if (!r.success) throw new TrellisError('TRELLIS_E_CONFIG', `invalid ${path}: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  return r.data as z.output<S>;
 }
