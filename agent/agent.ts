@@ -220,7 +220,7 @@ export class Agent {
         this.log.warn({ err: (err as Error).message }, 'trust bundle from the hub ignored');
         return;
       }
-      await atomicWriteFile(agentPaths(this.opts.dataDir).ca, pem, { mode: 0o644 });
+      await atomicWriteFile(agentPaths(this.opts.dataDir).ca, pem, { mode: 0o600 }); // like every identity file (identity.ts)
       this.identity = { ...this.identity, caPem: pem };
       this.log.info({ cas: certs.map((c) => fingerprintSha256(c).slice(0, 16)) }, 'trust bundle updated by the hub');
     }).catch((err) => { this.log.error({ err: (err as Error).message }, 'cannot save the trust bundle'); });

@@ -5,7 +5,7 @@
 import { existsSync, readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { atomicWriteFile, ensureDir } from '../common/fsutil.js';
+import { atomicWriteFile, ensureDir, readJsonFile } from '../common/fsutil.js';
 import { TrellisError } from '../common/errors.js';
 import { certInfo, keyMatchesCert, loadPrivateKey, splitPemBundle } from '../certs/index.js';
 
@@ -37,13 +37,7 @@ export interface Identity { keyPem: string; certPem: string; caPem: string; seri
 
 export function readState(paths: AgentPaths): AgentState {
   if (!existsSync(paths.state)) throw new TrellisError('TRELLIS_E_CONFIG', `${paths.dir} is not enrolled: run \`trellis agent enroll --hub HOST:7444 --token TOKEN --data ${paths.dir}\``);
-  let raw: unknown;
-  try { raw = JSON.parse(readFileSync(paths.state, 'utf8')); } catch (e) {
-    throw new TrellisError('TRELLIS_E_CONFIG', `cannot parse ${paths.state}: ${(e as Error).message}`);
-  }
-  const r = AgentStateSchema.safeParse(raw);
-  if (!r.success) throw new TrellisError('TRELLIS_E_CONFIG', `invalid ${paths.state}: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
-  return r.data;
+  return readJsonFile(paths.state, AgentStateSchema);
 }
 
 export async function writeState(paths: AgentPaths, state: AgentState): Promise<void> {

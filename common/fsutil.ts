@@ -11,12 +11,15 @@ import {
   fchmodSync,
   fsyncSync,
   openSync,
+  readFileSync,
   renameSync,
   unlinkSync,
   writeFileSync,
 } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import type { z } from 'zod';
+import { TrellisError } from './errors.js';
 
 export interface AtomicWriteOptions {
   /**
@@ -154,4 +157,15 @@ export function sha256File(file: string): Promise<string> {
     const h = createHash('sha256');
     createReadStream(file).on('data', (d) => h.update(d)).on('error', reject).on('end', () => resolve(h.digest('hex')));
   });
+}
+
+/** Reads a JSON state file and validates it: TRELLIS_E_CONFIG naming the file and each bad field. */
+export function readJsonFile<S extends z.ZodTypeAny>(path: string, schema: S): z.output<S> {
+  let raw: unknown;
+  try { raw = JSON.parse(readFileSync(path, 'utf8')); } catch (e) {
+    throw new TrellisError('TRELLIS_E_CONFIG', `cannot parse ${path}: ${(e as Error).message}`);
+  }
+  const r = schema.safeParse(raw);
+  if (!r.success) throw new TrellisError('TRELLIS_E_CONFIG', `invalid ${path}: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  return r.data as z.output<S>;
 }

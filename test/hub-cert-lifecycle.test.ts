@@ -208,3 +208,33 @@ async function auditRecords(h: TestHub): Promise<T.AuditRecord__Output[]> {
   });
   return out;
 }
+
+t.test('a hub without its CA key does not try to renew its own certificate during a CA rotation with a supplied CA (the next CA never signs the hub certificate before commit)', async (t) => {
+  const { initHub } = await import('../hub/init.js');
+  const { HubPki, issueHubCertificate } = await import('../hub/pki/index.js');
+  const { HubCertLifecycle } = await import('../hub/pki/lifecycle.js');
+  const { mkdtemp } = await import('node:fs/promises');
+  const { tmpdir } = await import('node:os');
+  const dataDir = await mkdtemp(join(tmpdir(), 'trellis-lc-'));
+  t.teardown(() => rm(dataDir, { recursive: true, force: true }));
+  await initHub({ dataDir, names: ['localhost'], adminPassword: ADMIN_PASSWORD, config: { bind: '127.0.0.1' } });
+  const p = hubPaths(dataDir);
+  // A hub certificate due for renewal at once, then the CA key goes away (an operator-held CA).
+  const short = issueHubCertificate(HubPki.load(p, ['localhost']), ['localhost'], 3_000);
+  await writeFile(p.hubCert, short.certChainPem);
+  await writeFile(p.hubKey, short.keyPem, { mode: 0o600 });
+  await rm(p.caKey);
+  const pki = HubPki.load(p, ['localhost']);
+  const next = createCA({ commonName: 'next CA' });
+  pki.setRotation({ next: { chain: [next.certPem], key: next.key } });
+  t.ok(pki.canIssue, 'agent certificates come from the supplied next CA');
+  const logged: string[] = [], audited: string[] = [];
+  const log = { warn: () => undefined, info: () => undefined, error: (_o: unknown, m: string) => { logged.push(m); } };
+  const lc = new HubCertLifecycle(pki, log as never, { record: (r: { method: string }) => { audited.push(r.method); } } as never);
+  lc.start();
+  t.teardown(() => lc.close());
+  await new Promise((r) => setTimeout(r, 3_500));
+  t.same(logged, [], 'no failed renewal logged');
+  t.same(audited, [], 'and none audited');
+  t.equal(pki.hubIdentity.certChainPem, short.certChainPem, 'the served certificate is unchanged');
+});

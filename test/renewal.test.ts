@@ -84,6 +84,17 @@ t.test('a renew flood is refused with RESOURCE_EXHAUSTED after the per-agent lim
   t.equal(h.hub.components.refusalAudit.suppressed, 20, 'the rest are counted for the summary');
 });
 
+t.test('during a CA rotation an old-CA certificate moves to the new CA once without counting, but cannot then renew without limit', async (t) => {
+  await using h = await startHub({ config: { agentRenewLimit: { max: 3, window: '1h' } } });
+  const { dataDir } = await h.enroll();
+  const old = await agentIdent(dataDir);
+  await call<T.RotateStartRequest, T.CaRotationStatus__Output>(h.admin, h.admin.ca, h.admin.ca.RotateStart, { windowMs: 3_600_000 }, 60_000);
+  // The renewal the rotation asks for is free; retries with the old certificate (a lost answer) count.
+  for (let i = 0; i < 4; i++) t.equal((await renewWith(h, old)).err, undefined, `renewal ${i + 1} with the old-CA certificate is allowed`);
+  const over = await renewWith(h, old);
+  t.equal(codeOf(over.err), 'TRELLIS_E_RATE_LIMITED', 'the 5th is refused: the old-CA certificate is rate-limited like any other');
+});
+
 t.test('after a renewal the pre-renewal certificate cannot connect (nor renew once the new one connected); the live stream is not cut by the renewal', async (t) => {
   await using h = await startHub();
   const { dataDir, agentId } = await h.enroll();

@@ -262,8 +262,11 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
           throw new TrellisError('TRELLIS_E_CERT_REVOKED', `certificate ${id.serial} of agent ${id.agentId} was replaced by a renewal; it cannot renew again`);
         }
         // A renewal that moves the agent to the issuing CA (CA rotation or its rollback) is not
-        // counted: it happens once per CA change, and the hub itself asked for it.
-        if (c.pki.issuerOf(id.certPem) === c.pki.issuingFingerprint) c.renewLimiter.take(id.agentId);
+        // counted: it happens once per CA change, and the hub itself asked for it. Once the record
+        // says the agent holds an issuing-CA certificate, renewing again with the old one counts
+        // (else an old-CA certificate, allowed to retry a lost answer, could renew without limit).
+        const issuing = c.pki.issuingFingerprint;
+        if (c.pki.issuerOf(id.certPem) === issuing || doc?.certCa === issuing) c.renewLimiter.take(id.agentId);
         const csr = parseCSR(call.request.csr);
         const issued = c.pki.issueAgentCertificate({ publicKey: csr.publicKey, agentId: id.agentId, tenant: id.tenant, trustDomain: c.config.trustDomain, ttlMs: c.config.agentCertTtl });
         const r = await c.agents.recordRenewal(id.agentId, { from: id.serial, serial: issued.serial, notAfter: issued.notAfter.getTime(), ca: issued.caFingerprint });

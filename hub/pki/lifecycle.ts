@@ -59,7 +59,8 @@ export class HubCertLifecycle {
     clearTimeout(this.timer);
     const now = Date.now();
     let next = this.nextWarnAt;
-    if (this.pki.canIssue) next = Math.min(next, Math.max(this.renewAt(), this.retryAt));
+    // The hub certificate comes from the current CA until a rotation commits: its key decides, not canIssue (the next CA).
+    if (this.pki.caKey) next = Math.min(next, Math.max(this.renewAt(), this.retryAt));
     const wait = Math.min(Math.max(next - now, 0), MAX_TIMER_MS);
     this.timer = setTimeout(() => void this.tick(), wait);
     this.timer.unref();
@@ -72,7 +73,7 @@ export class HubCertLifecycle {
       for (const w of expiryWarnings(this.pki, now)) this.log.warn({ component: 'pki' }, `${w}: replace it (\`trellis certs issue-hub\` or \`certs replace\`) before it expires`);
       this.nextWarnAt = now + DAY_MS;
     }
-    if (this.pki.canIssue && now >= this.renewAt() && now >= this.retryAt) await this.renew();
+    if (this.pki.caKey && now >= this.renewAt() && now >= this.retryAt) await this.renew();
     this.schedule();
   }
 

@@ -30,7 +30,7 @@ import {
 } from '../../certs/index.js';
 import { describeKey } from '../../certs/keys.js';
 import { TrellisError } from '../../common/errors.js';
-import { atomicWriteFile } from '../../common/fsutil.js';
+import { atomicWriteFile, readJsonFile } from '../../common/fsutil.js';
 import { formatDuration } from '../../common/duration.js';
 import type { Logger } from '../../common/log.js';
 import type { AuditSink } from '../audit/types.js';
@@ -66,14 +66,7 @@ export type RotationState = z.output<typeof StateSchema>;
 const IDLE: RotationState = { version: 1, phase: 'idle', startedAtMs: 0, startedBy: '', windowMs: DEFAULT_WINDOW_MS, renewFromMs: 0, lastEvent: '' };
 
 function readState(paths: HubPaths): RotationState {
-  if (!existsSync(paths.caRotation)) return { ...IDLE };
-  let raw: unknown;
-  try { raw = JSON.parse(readFileSync(paths.caRotation, 'utf8')); } catch (e) {
-    throw new TrellisError('TRELLIS_E_CONFIG', `cannot parse ${paths.caRotation}: ${(e as Error).message}`);
-  }
-  const r = StateSchema.safeParse(raw);
-  if (!r.success) throw new TrellisError('TRELLIS_E_CONFIG', `invalid ${paths.caRotation}: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
-  return r.data;
+  return existsSync(paths.caRotation) ? readJsonFile(paths.caRotation, StateSchema) : { ...IDLE };
 }
 
 async function writeState(paths: HubPaths, s: RotationState): Promise<void> {
