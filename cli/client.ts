@@ -98,7 +98,7 @@ export async function saveTrustBundle(p: Profile, bundle: string[]): Promise<boo
   if (bundle.length === 0) return false;
   const pem = bundle.map((c) => (c.endsWith('\n') ? c : c + '\n')).join('');
   if (fingerprints(pem) === fingerprints(p.caPem)) return false;
-  if (p.fromEnv) return false; // TRELLIS_HUB & co: nothing stored to update
+  if (p.fromEnv) return false; // TRELLIS_HUB & co: nothing stored to update (withClients does not even ask)
   const now = readContext(p.context ?? currentContext());
   if (!now || now.hub !== p.hub) return false; // logged in elsewhere meanwhile
   await writeProfile({ ...now, caPem: pem });
@@ -138,7 +138,8 @@ export async function withClients<R>(fn: (c: AdminClients, p: Profile) => Promis
   const p = await resolveProfile();
   const c = fromProfile(p);
   // In parallel with the command: keep the pinned bundle current (a CA rotation adds, then drops, a CA).
-  const refresh = refreshTrust(c, p).catch(() => undefined);
+  // Not for TRELLIS_HUB & co: nothing stored to update, so the call would be wasted.
+  const refresh = p.fromEnv ? undefined : refreshTrust(c, p).catch(() => undefined);
   try {
     return await fn(c, p);
   } catch (e) {

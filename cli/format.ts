@@ -105,8 +105,16 @@ const TIME_WORDS = ['At', 'Seen', 'Login', 'Received', 'Used', 'Until', 'Started
 const TIME_KEY = new RegExp(`^(?:[a-z][A-Za-z0-9]*(?:${TIME_WORDS.join('|')})|(?:${TIME_WORDS.map((w) => w.toLowerCase()).join('|')}))Ms$`);
 
 /**
+ * The API's string maps (proto `map<string, …>`): their keys are chosen by users, tokens or hosts
+ * (labels, env, headers, parameters…), so they are data and kept as they are: a label
+ * `deployedAtMs=1700000000000` is not an API time.
+ */
+const VERBATIM_MAPS = new Set(['labels', 'selector', 'set', 'env', 'sealedEnv', 'headers', 'sealedHeaders', 'sealedSecrets', 'parameters', 'refused']);
+
+/**
  * A record as json/yaml show it: times (epoch milliseconds under a `…Ms` key) become RFC 3339
- * strings under the key without `Ms` (null when unset), bytes become base64, undefined fields go.
+ * strings under the key without `Ms` (null when unset), bytes become base64, undefined fields go;
+ * the string maps (VERBATIM_MAPS) are copied unchanged.
  */
 export function toDocument(v: unknown): unknown {
   if (Buffer.isBuffer(v) || v instanceof Uint8Array) return Buffer.from(v).toString('base64');
@@ -115,7 +123,8 @@ export function toDocument(v: unknown): unknown {
   const out: Record<string, unknown> = {};
   for (const [k, x] of Object.entries(v as Record<string, unknown>)) {
     if (x === undefined) continue;
-    if (TIME_KEY.test(k) && (typeof x === 'number' || (typeof x === 'string' && /^\d+$/.test(x)))) {
+    if (VERBATIM_MAPS.has(k) && x !== null && typeof x === 'object' && !Array.isArray(x) && !(x instanceof Uint8Array)) out[k] = { ...x };
+    else if (TIME_KEY.test(k) && (typeof x === 'number' || (typeof x === 'string' && /^\d+$/.test(x)))) {
       const ms = Number(x);
       out[k.slice(0, -2)] = ms > 0 ? new Date(ms).toISOString() : null;
     } else out[k] = toDocument(x);

@@ -59,7 +59,12 @@ export function profilePath(env: NodeJS.ProcessEnv = process.env, name = current
 /** The context in use: TRELLIS_CONTEXT, else the one `trellis context use` chose, else `default`. */
 export function currentContext(env: NodeJS.ProcessEnv = process.env): string {
   if (env.TRELLIS_CONTEXT) return checkContextName(env.TRELLIS_CONTEXT);
-  try { return checkContextName(readFileSync(join(trellisHome(env), 'current-context'), 'utf8').trim() || DEFAULT_CONTEXT); } catch { return DEFAULT_CONTEXT; }
+  const file = join(trellisHome(env), 'current-context');
+  let name: string;
+  try { name = readFileSync(file, 'utf8').trim(); } catch { return DEFAULT_CONTEXT; }
+  // A damaged file is said, not read as `default`: that would send the command to another hub.
+  if (name && !NAME_RE.test(name)) throw new TrellisError('TRELLIS_E_CONFIG', `${file} names no valid context: pick one with \`trellis context use NAME\` (see \`trellis context list\`)`);
+  return name || DEFAULT_CONTEXT;
 }
 
 export async function useContext(name: string, env: NodeJS.ProcessEnv = process.env): Promise<void> {

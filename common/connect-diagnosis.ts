@@ -9,7 +9,7 @@
 import * as tls from 'node:tls';
 import { isIP } from 'node:net';
 import { TrellisError } from './errors.js';
-import { fingerprintSha256, verifyIssuedBy } from '../certs/index.js';
+import { fingerprintSha256, splitPemBundle, verifyIssuedBy } from '../certs/index.js';
 import { formatHostPort } from './grpc-options.js';
 
 export type HubPort = 'admin' | 'agent';
@@ -53,7 +53,7 @@ const PREFACE = Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), 
 
 /** Whether a served chain verifies against a PEM bundle (a served certificate is in it, or was issued by one in it). */
 export function chainTrusted(chain: string[], bundlePem: string): boolean {
-  const bundle = splitPems(bundlePem);
+  const bundle = splitPemBundle(bundlePem);
   const fps = new Set(bundle.map((b) => fingerprintSha256(b)));
   return chain.some((c) => fps.has(fingerprintSha256(c)) || bundle.some((b) => verifyIssuedBy(c, b)));
 }
@@ -114,13 +114,10 @@ export function probeHub(host: string, port: number, timeoutMs = 5_000, caPem?: 
   });
 }
 
-function toPem(raw: Buffer): string {
+/** A certificate's DER as PEM. */
+export function toPem(raw: Buffer): string {
   const b64 = raw.toString('base64').replace(/.{64}/g, '$&\n').replace(/\n$/, '');
   return `-----BEGIN CERTIFICATE-----\n${b64}\n-----END CERTIFICATE-----\n`;
-}
-
-function splitPems(pem: string): string[] {
-  return pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n?/g) ?? [];
 }
 
 export interface ExplainOptions {
@@ -158,7 +155,7 @@ export function explainProbe(p: ProbeResult, o: ExplainOptions, cause?: unknown)
       return err('TRELLIS_E_UNAVAILABLE', `${hp} answered but not as a Trellis hub (no TLS handshake): check the address and port (${ports})`);
     case 'tls': {
       if (o.caPem && p.chain.length > 0) {
-        const fps = splitPems(o.caPem).map((b) => fingerprintSha256(b));
+        const fps = splitPemBundle(o.caPem).map((b) => fingerprintSha256(b));
         if (!chainTrusted(p.chain, o.caPem)) {
           const servedCa = fingerprintSha256(p.chain[p.chain.length - 1]!);
           if (o.untrusted) { const e = o.untrusted(servedCa, fps); return cause === undefined ? e : new TrellisError(e.code, e.message, { cause }); }

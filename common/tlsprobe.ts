@@ -6,12 +6,7 @@ import * as tls from 'node:tls';
 import { isIP } from 'node:net';
 import { TrellisError } from './errors.js';
 import { fingerprintSha256, verifyIssuedBy } from '../certs/index.js';
-import { explainProbe, socketErrorKind, type HubPort } from './connect-diagnosis.js';
-
-function toPem(raw: Buffer): string {
-  const b64 = raw.toString('base64').replace(/.{64}/g, '$&\n').replace(/\n$/, '');
-  return `-----BEGIN CERTIFICATE-----\n${b64}\n-----END CERTIFICATE-----\n`;
-}
+import { explainProbe, socketErrorKind, toPem, type HubPort } from './connect-diagnosis.js';
 
 /** `expect`: which hub port the caller meant (for the error message when it fails). */
 export function fetchServedChain(host: string, port: number, timeoutMs = 10_000, expect: HubPort = 'admin'): Promise<string[]> {
@@ -55,33 +50,4 @@ export function pinnedBundle(chain: string[], pin: string): string[] | undefined
   // The leaf must have been issued by the pinned CA (directly or through the served chain below it).
   for (let i = idx; i > 0; i--) if (!verifyIssuedBy(chain[i - 1]!, chain[i]!)) return undefined;
   return bundle;
-}
-
-/** What a probe of a server's chain says about a trust bundle (see untrustedHubError). */
-export interface TrustProbe {
-  /** The served chain verifies against the bundle (a served certificate is in it, or was issued by one in it). */
-  trusted: boolean;
-  /** Fingerprint of the top certificate the server presents (its CA, for a hub). */
-  servedCa: string;
-  /** Fingerprints of the bundle's certificates. */
-  bundle: string[];
-}
-
-/** Probes the chain a server presents (without trusting it) and checks it against a PEM bundle. */
-export async function probeTrust(host: string, port: number, bundlePem: string, timeoutMs = 5_000): Promise<TrustProbe> {
-  const served = await fetchServedChain(host, port, timeoutMs);
-  const bundle = splitPems(bundlePem);
-  const fps = new Set(bundle.map((b) => fingerprintSha256(b)));
-  const trusted = served.some((c) => fps.has(fingerprintSha256(c)) || bundle.some((b) => verifyIssuedBy(c, b)));
-  return { trusted, servedCa: served.length ? fingerprintSha256(served[served.length - 1]!) : '', bundle: [...fps] };
-}
-
-function splitPems(pem: string): string[] {
-  return pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n?/g) ?? [];
-}
-
-/** Connection errors worth a trust probe: TLS verification and handshake failures, not "connection refused". */
-export function looksLikeTlsFailure(err: unknown): boolean {
-  const m = String((err as Error)?.message ?? err);
-  return /certificate|ssl|tls|handshake|alert|self[- ]signed|issuer|verify/i.test(m) && !/ECONNREFUSED|ENOTFOUND|EHOSTUNREACH/.test(m);
 }

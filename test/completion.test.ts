@@ -2,7 +2,7 @@
  * `trellis completion bash|zsh|fish`: scripts generated from the commander tree, loaded in real
  * shells. bash always; zsh and fish when installed (else those checks are skipped).
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -18,6 +18,14 @@ function sh(shell: string, args: string[], script: string): { code: number; out:
   return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
 }
 
+/** `trellis completion SHELL` written to FILE (the command must succeed). */
+async function writeScript(t: Test, shell: string, file: string): Promise<string> {
+  const r = await runCli(['completion', shell]);
+  t.equal(r.code, 0, r.err);
+  writeFileSync(file, r.out);
+  return file;
+}
+
 t.test('the tree: every visible command and its flags, with -o choices', async (t) => {
   const nodes = commandTree(await buildProgram());
   const root = nodes.find((n) => n.path === '')!;
@@ -31,10 +39,7 @@ t.test('the tree: every visible command and its flags, with -o choices', async (
 
 t.test('bash: the script loads and completes commands, subcommands, flags and flag values', async (t) => {
   await using d = await tempDir();
-  const r = await runCli(['completion', 'bash']);
-  t.equal(r.code, 0, r.err);
-  const file = join(d.path, 'trellis.bash');
-  writeFileSync(file, r.out);
+  const file = await writeScript(t, 'bash', join(d.path, 'trellis.bash'));
   const complete = (words: string[]) => {
     const w = words.map((x) => `'${x}'`).join(' ');
     const b = sh('bash', ['-c'], `source '${file}' || exit 9; COMP_WORDS=(${w}); COMP_CWORD=${words.length - 1}; _trellis; echo "\${COMPREPLY[*]}"`);
@@ -57,10 +62,7 @@ t.test('bash: the script loads and completes commands, subcommands, flags and fl
 
 t.test('zsh: the script parses, registers itself and completes', { skip: has('zsh') ? false : 'zsh is not installed' }, async (t) => {
   await using d = await tempDir();
-  const r = await runCli(['completion', 'zsh']);
-  t.equal(r.code, 0, r.err);
-  const file = join(d.path, '_trellis');
-  writeFileSync(file, r.out);
+  const file = await writeScript(t, 'zsh', join(d.path, '_trellis'));
   t.equal(sh('zsh', ['-n'], file).code, 0, 'zsh -n');
   const reg = sh('zsh', ['-f', '-c'], `HOME='${d.path}'; autoload -Uz compinit; compinit -u -d '${d.path}/.zcd'; source '${file}'; print -r -- \${_comps[trellis]}`);
   t.equal(reg.out.trim(), '_trellis', 'compdef registered');
@@ -79,10 +81,7 @@ words=(${words.map((x) => `'${x}'`).join(' ')}); CURRENT=$#words; PREFIX=$words[
 
 t.test('fish: the script parses and completes', { skip: has('fish') ? false : 'fish is not installed' }, async (t) => {
   await using d = await tempDir();
-  const r = await runCli(['completion', 'fish']);
-  t.equal(r.code, 0, r.err);
-  const file = join(d.path, 'trellis.fish');
-  writeFileSync(file, r.out);
+  const file = await writeScript(t, 'fish', join(d.path, 'trellis.fish'));
   t.equal(sh('fish', ['-n'], file).code, 0, 'fish -n');
   const complete = (line: string) => sh('fish', ['--no-config', '-c'], `source '${file}'; complete -C '${line}'`).out.trim().split('\n').map((l) => l.split('\t')[0]);
   t.same(complete('trellis ag'), ['agent', 'agents']);

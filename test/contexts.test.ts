@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { ADMIN_PASSWORD, startHub, tempDir } from './helpers/hub.js';
 import { runCli } from './helpers/cli.js';
 import { adminClients, call } from '../cli/client.js';
-import { writeProfile } from '../cli/profile.js';
+import { currentContext, writeProfile } from '../cli/profile.js';
 import { fingerprintSha256 } from '../certs/index.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
@@ -126,4 +126,15 @@ t.test('CI without a profile: TRELLIS_HUB, TRELLIS_CA or TRELLIS_CA_FINGERPRINT,
   t.match(noKey.err, /TRELLIS_HUB is set but TRELLIS_API_KEY is not.*TRELLIS_E_CONFIG/);
   const wrongCa = await runCli(['whoami'], { ...base, TRELLIS_HUB: h.adminAddr, TRELLIS_CA: join(dir.path, 'missing.pem') });
   t.match(wrongCa.err, /cannot read TRELLIS_CA .*missing\.pem: ENOENT/);
+});
+
+t.test('a current-context file naming no valid context is an error, not a silent switch to `default`', async (t) => {
+  await using dir = await tempDir();
+  const env = { TRELLIS_HOME: dir.path };
+  t.equal(currentContext(env), 'default', 'no file: default');
+  await writeFile(join(dir.path, 'current-context'), 'prod\n');
+  t.equal(currentContext(env), 'prod');
+  await writeFile(join(dir.path, 'current-context'), '../prod\n');
+  t.throws(() => currentContext(env), { code: 'TRELLIS_E_CONFIG', message: /current-context names no valid context: pick one with `trellis context use NAME`/ });
+  t.equal(currentContext({ ...env, TRELLIS_CONTEXT: 'ci' }), 'ci', 'TRELLIS_CONTEXT does not read the file');
 });

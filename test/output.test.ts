@@ -33,6 +33,9 @@ t.test('toDocument: times become RFC 3339 under the key without Ms, durations st
     createdAt: '2023-11-14T22:13:20.000Z', lastSeen: null, time: '2023-11-14T22:13:20.000Z', notAfter: '2023-11-14T22:13:20.000Z', ttlMs: 60_000, windowMs: 5,
     nested: [{ requested: '2023-11-14T22:13:20.123Z', intervalMs: 1000 }], data: 'aGk=',
   });
+  const agent = { id: 'a1', createdAtMs: 1_700_000_000_000, labels: { deployedAtMs: '1700000000000', role: 'web' }, env: { startedMs: '5' } };
+  t.same(toDocument(agent), { id: 'a1', createdAt: '2023-11-14T22:13:20.000Z', labels: { deployedAtMs: '1700000000000', role: 'web' }, env: { startedMs: '5' } },
+    'keys a host or user chose (labels, env, …) are data: kept as they are');
 });
 
 t.test('localIso: local time with its offset; when() shows - for no time', async (t) => {
