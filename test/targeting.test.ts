@@ -31,6 +31,12 @@ t.test('selector language: every operator, AND by comma, errors name the positio
   t.ok(m('!gpu', db)); t.notOk(m('!gpu', web));
   t.ok(m('role=web,zone in (eu1,eu2),gpu', web), 'comma is AND'); t.notOk(m('role=web,!gpu', web));
   t.ok(m('', db), 'the empty selector matches everything');
+  // A selector comes from a caller or a rule file and is quoted back in errors, audit records and logs.
+  for (const evil of ['a\x1b[31m=b', 'role=web\x1b]0;x\x07', 'role in (web,\u202eb)', 'role=\x1b']) {
+    const e = (() => { try { parseSelector(evil); return undefined; } catch (err) { return err as Error & { code?: string }; } })();
+    t.equal(e?.code, 'TRELLIS_E_INVALID_ARGUMENT', `${JSON.stringify(evil)} is refused`);
+    t.notMatch(e?.message ?? '', /[^\x20-\x7e…]/, `${JSON.stringify(evil)}: the message carries no control or format character`);
+  }
   t.equal(formatSelector(parseSelector(' role = web ,zone in( eu1 ,eu2 ), !gpu,x ')), 'role=web,zone in (eu1,eu2),!gpu,x');
   const bad: Array<[string, RegExp]> = [
     ['role in (a,b', /position 13: missing "\)"/],
