@@ -22,14 +22,15 @@ export type Selector = readonly Requirement[];
 
 /** Label keys as the hub stores them (hub/validate.ts checkLabelKey). */
 const KEY_RE = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/;
-/** A value: anything but separators and whitespace, at most 63 characters. */
-const VALUE_CHARS = /[^\s,()=!]/;
+/** A value: anything but separators, whitespace and control or format characters (no label holds them: hub/validate.ts), at most 63 characters. */
+const VALUE_CHARS = /[^\s,()=!\p{C}]/u;
 export const MAX_SELECTOR_LENGTH = 4096;
 export const MAX_REQUIREMENTS = 32;
 
 function fail(pos: number, what: string, text: string): never {
   const shown = text.length > 80 ? `${text.slice(0, 80)}…` : text;
-  throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad selector "${shown.replace(/[^\x20-\x7e]/g, '?')}" at position ${pos + 1}: ${what} ` +
+  // `what` quotes the text too (the character found, a bad key): cleaned the same way.
+  throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad selector "${shown.replace(/[^\x20-\x7e]/g, '?')}" at position ${pos + 1}: ${what.replace(/[^\x20-\x7e]/g, '?')} ` +
     '(use k=v, k!=v, k in (a,b), k notin (a,b), k, !k; commas join them)');
 }
 

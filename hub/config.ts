@@ -245,6 +245,13 @@ export const HubConfigSchema = z.strictObject({
   executions: ExecutionsSchema.prefault({}),
   /** Web port limits. @default { "maxStreams": 1000, "maxStreamsPerUser": 8, "maxConnectionsPerClient": 64, "handshakeTimeout": "10s", "headersTimeout": "10s", "requestTimeout": "30s" } */
   web: WebSchema.prefault({}),
+}).superRefine((c, ctx) => {
+  // Caught at start-up, not by every `tokens create` later.
+  const maxMs = 365 * 86_400_000;
+  if (typeof c.joinTokenMaxTtl === 'number' && c.joinTokenMaxTtl > maxMs) ctx.addIssue({ code: 'custom', path: ['joinTokenMaxTtl'], message: 'at most 365d' });
+  else if (typeof c.joinTokenTtl === 'number' && typeof c.joinTokenMaxTtl === 'number' && c.joinTokenTtl > c.joinTokenMaxTtl) {
+    ctx.addIssue({ code: 'custom', path: ['joinTokenTtl'], message: 'the default join-token lifetime is longer than joinTokenMaxTtl' });
+  }
 });
 
 export type HubConfigInput = z.input<typeof HubConfigSchema>;

@@ -61,6 +61,16 @@ t.test('references: a pack rule calling an action that is not installed is refus
   const testedOk = await runCli(['rules', 'test', 'mine', join(h.dir, 'ev.json')], env);
   t.equal(testedOk.err, '', 'no warning when the action is installed');
 
+  // --force disables other people's rules: it needs rules:write, as `rules disable` does.
+  await c.iam.createRole('installer', '', [{ permission: 'packs:install', scope: '' }, { permission: 'actions:execute', scope: '' }, { permission: 'packs:list', scope: '' }]);
+  await c.auth.createUser({ username: 'ivy', password: PW, roles: ['installer'], tenants: ['default'] });
+  const ivy = await clientsAs(t, h, 'ivy', 'default');
+  const noRight = await callError(call<T.RemovePackRequest, T.RemovePackResponse__Output>(ivy, ivy.packs, ivy.packs.RemovePack, { name: 'ops', force: true }));
+  t.equal(noRight?.code, 'TRELLIS_E_PERMISSION_DENIED', 'packs remove --force without rules:write');
+  t.match(noRight?.message, /lacks the permission rules:write/);
+  t.ok(c.packs.get('default', 'ops'), 'still installed');
+  t.same(c.rules.list('default').map((r) => [r.def.ref, r.def.enabled]), [['mine', true], ['web.page', true]], 'no rule disabled');
+
   const forced = await runCli(['packs', 'remove', 'ops', '--force'], env);
   t.equal(forced.code, 0, forced.err);
   t.equal(forced.out, 'disabled 2 rules that called its actions: mine, web.page\nremoved pack ops\n');

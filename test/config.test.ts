@@ -30,6 +30,9 @@ t.test('hub config: bad values and missing or broken files give clear errors', a
   t.throws(() => validateConfig({ names: ['h'], agentPort: 70000 }, 'x'), { message: /agentPort/ });
   t.throws(() => validateConfig({ names: ['h'], sessionTtl: 'forever' }, 'x'), { message: /sessionTtl.*forever/ });
   t.throws(() => validateConfig({ names: ['h'], logLevel: 'loud' }, 'x'), { message: /logLevel/ });
+  t.throws(() => validateConfig({ names: ['h'], joinTokenTtl: '8d' }, 'x'), { code: 'TRELLIS_E_CONFIG', message: /joinTokenTtl: .*longer than joinTokenMaxTtl/ }, 'a default join-token lifetime over the maximum is refused at start-up');
+  t.throws(() => validateConfig({ names: ['h'], joinTokenMaxTtl: '400d' }, 'x'), { code: 'TRELLIS_E_CONFIG', message: /joinTokenMaxTtl: at most 365d/ });
+  t.equal(validateConfig({ names: ['h'], joinTokenTtl: '30d', joinTokenMaxTtl: '30d' }, 'x').joinTokenTtl, 30 * 86_400_000);
   await using d = await tempDir();
   t.throws(() => loadHubConfig(d.path), { code: 'TRELLIS_E_CONFIG', message: /trellis hub init/ });
   mkdirSync(join(d.path, 'x'));

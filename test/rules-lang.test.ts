@@ -7,7 +7,7 @@ import t from 'tap';
 import type { ActionDef, Criterion, RuleDef, TriggerEvent } from '../common/automation/types.js';
 import {
   OPERATORS, RateGate, RuleIndex, actionRefs, compileCriteria, compileRule, explainCriteria, findRefs, getPath,
-  hasTemplate, normalizeOperator, parseRule, renderAction, renderTemplate, ruleInputSchema, normalizeRule, type Ref,
+  hasTemplate, normalizeOperator, parseRule, renderAction, renderTemplate, ruleInputSchema, normalizeRule, ruleFileOf, type Ref,
 } from '../common/rules/index.js';
 
 const NOW = Date.parse('2025-01-01T12:00:00Z');
@@ -527,6 +527,17 @@ t.test('a StackStorm-style rule file becomes a RuleDef with defaults', async (t)
   t.same(parseRule({ ...ruleYaml, target: { selector: { role: 'db' } } }).target, { kind: 'selector', selector: { role: 'db' } });
   t.same(parseRule({ ...ruleYaml, target: { agent: 'agent-7' } }).target, { kind: 'agent', agent: 'agent-7' });
   t.equal(parseRule({ ...ruleYaml, pack: 'web' }, 'web').pack, 'web', 'a StackStorm pack key naming the same pack is accepted');
+});
+
+t.test('ruleFileOf keeps a selector expression target: the file reads back to the same targets, not every agent', async (t) => {
+  const expr = 'role in (web,api),!canary';
+  const d = parseRule({ ...ruleYaml, target: { selector: expr } }, 'web');
+  t.same(d.target, { kind: 'selector', selector: {}, expr });
+  const file = ruleFileOf(d);
+  t.same(file.target, { selector: expr });
+  t.same(parseRule(file, 'web').target, d.target, 'read back: the same expression (an empty label map would match every agent)');
+  const labels = parseRule({ ...ruleYaml, target: { selector: { role: 'db' } } }, 'web');
+  t.same(parseRule(ruleFileOf(labels), 'web').target, labels.target, 'a label map stays a label map');
 });
 
 t.test('rule schema errors name the field', async (t) => {

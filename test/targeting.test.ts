@@ -15,6 +15,8 @@ import { createRule, listExecutions } from './helpers/admin.js';
 import { call } from '../cli/client.js';
 import { writeProfile } from '../cli/profile.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
+import { openStore } from '../hub/store/index.js';
+import { AgentRegistry, type AgentDoc } from '../hub/agents/index.js';
 
 t.test('selector language: every operator, AND by comma, errors name the position', async (t) => {
   const web = { role: 'web', zone: 'eu1', gpu: '' };
@@ -29,6 +31,12 @@ t.test('selector language: every operator, AND by comma, errors name the positio
   t.ok(m('!gpu', db)); t.notOk(m('!gpu', web));
   t.ok(m('role=web,zone in (eu1,eu2),gpu', web), 'comma is AND'); t.notOk(m('role=web,!gpu', web));
   t.ok(m('', db), 'the empty selector matches everything');
+  // A selector comes from a caller or a rule file and is quoted back in errors, audit records and logs.
+  for (const evil of ['a\x1b[31m=b', 'role=web\x1b]0;x\x07', 'role in (web,\u202eb)', 'role=\x1b']) {
+    const e = (() => { try { parseSelector(evil); return undefined; } catch (err) { return err as Error & { code?: string }; } })();
+    t.equal(e?.code, 'TRELLIS_E_INVALID_ARGUMENT', `${JSON.stringify(evil)} is refused`);
+    t.notMatch(e?.message ?? '', /[^\x20-\x7e…]/, `${JSON.stringify(evil)}: the message carries no control or format character`);
+  }
   t.equal(formatSelector(parseSelector(' role = web ,zone in( eu1 ,eu2 ), !gpu,x ')), 'role=web,zone in (eu1,eu2),!gpu,x');
   const bad: Array<[string, RegExp]> = [
     ['role in (a,b', /position 13: missing "\)"/],
@@ -155,6 +163,28 @@ t.test('Ctrl-C cancels a run (command and action forms alike): exit 130, executi
   t.equal(await a.done, 130, a.err());
   t.notMatch(a.err(), /TRELLIS_E_INTERNAL/);
   await waitFor(async () => (await listExec()).executions.some((e) => e.action === 'ops.wait' && e.status === 'canceled'), 30_000, 'the action execution canceled');
+});
+
+t.test('an id prefix or hostname never reaches another tenant\'s agent (NOT_FOUND, not ambiguous, not listed)', async (t) => {
+  const store = await openStore({ kind: 'memory' });
+  const reg = new AgentRegistry(store, { heartbeatTtlMs: 30_000 });
+  await reg.load();
+  const doc = (id: string, tenant: string, host: string): AgentDoc => ({
+    id, tenant, hostname: host, labels: {}, enrolledAt: Date.now(), tokenId: 't', spiffeId: `spiffe://x/tenant/${tenant}/agent/${id}`,
+    certSerial: id, certExpiresAt: Date.now() + 3_600_000, serials: [], revoked: false,
+  });
+  await reg.create(doc('aaaa1111', 'acme', 'db1'));
+  await reg.create(doc('aaaa2222', 'other', 'db1'));
+  await reg.create(doc('bbbb3333', 'other', 'web9'));
+  t.equal((await reg.resolve('aaaa', 'acme')).id, 'aaaa1111', 'the prefix is unique inside the tenant');
+  t.equal((await reg.resolve('db1', 'acme')).id, 'aaaa1111', 'the hostname is unique inside the tenant');
+  for (const ref of ['bbbb', 'web9', 'bbbb3333', 'WEB9']) {
+    const e = await reg.resolve(ref, 'acme').then(() => undefined, (err: Error & { code?: string }) => err);
+    t.equal(e?.code, 'TRELLIS_E_NOT_FOUND', `${ref}: another tenant's agent does not exist`);
+    t.notMatch(e?.message ?? '', ref === 'bbbb3333' ? /other|web9/ : /bbbb3333|other/, `${ref}: the message names nothing of the other tenant`);
+  }
+  const amb = await reg.resolve('db1').then(() => undefined, (err: Error & { code?: string }) => err);
+  t.equal(amb?.code, 'TRELLIS_E_INVALID_ARGUMENT', 'across every tenant (an administrator asking for *) the hostname is ambiguous');
 });
 
 t.test('agents are named by unique id prefix or exact hostname; ambiguity lists the candidates', async (t) => {

@@ -133,7 +133,7 @@ other packs its rules call are installed, and that you hold the rights the pack 
   packs.command('remove')
     .description('remove an installed pack (its actions, sensors and rules go with it); refused while enabled rules outside it call its actions (TRELLIS_E_IN_USE, naming them)')
     .argument('<name>')
-    .option('--force', 'disable the enabled rules outside the pack that call its actions, and say which')
+    .option('--force', 'disable the enabled rules outside the pack that call its actions, and say which (needs rules:write too)')
     .action(async (name: string, o: { force?: boolean }) => {
       const r = await withClients((c) => call<T.RemovePackRequest, T.RemovePackResponse__Output>(c, c.packs, c.packs.RemovePack, { name, force: !!o.force }));
       if (r.disabledRules.length > 0) print(`disabled ${plural(r.disabledRules.length, 'rule')} that called its actions: ${r.disabledRules.join(', ')}`);

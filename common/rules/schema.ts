@@ -254,7 +254,7 @@ export function ruleFileOf(def: RuleDef): Record<string, unknown> {
     trigger: def.trigger,
     ...(def.criteria.length ? { criteria: unique ? Object.fromEntries(crit) : def.criteria.map((c) => ({ ...c })) } : {}),
     action: { ref: def.action.ref, ...(Object.keys(def.action.parameters).length ? { parameters: structuredClone(def.action.parameters) } : {}) },
-    target: t.kind === 'local' ? 'local' : t.kind === 'agent' ? { agent: t.agent } : { selector: { ...t.selector } },
+    target: t.kind === 'local' ? 'local' : t.kind === 'agent' ? { agent: t.agent } : { selector: t.expr ? t.expr : { ...t.selector } },
   };
   if (def.on && (def.on.agent !== undefined || def.on.selector !== undefined)) out.on = structuredClone(def.on);
   if (def.cooldownMs) out.cooldown = durationText(def.cooldownMs);

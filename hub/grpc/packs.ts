@@ -12,6 +12,7 @@ import { readTenant, writeTenant } from './admin.js';
 import { listActions, getAction, type PackDoc, type CatalogAction } from '../packs/index.js';
 import type { PackDef } from '../../common/automation/types.js';
 import { authorizePackInstall } from '../rights/index.js';
+import { authorize as authorizePermission } from '../authz/index.js';
 import { secretLookup } from './refs.js';
 import type { HubComponents } from '../components.js';
 import type { LiveRule } from '../rules/index.js';
@@ -111,6 +112,8 @@ export function addPackServices(server: grpc.Server, c: HubComponents, deps: Wra
         if (!req.force) {
           throw new TrellisError('TRELLIS_E_IN_USE', `pack ${cur.name} is used by ${plural(users.length, 'enabled rule')} outside it: ${describeCallers(users)}; disable or delete them first, or pass --force to disable them`);
         }
+        // Disabling those rules is what `rules disable` does: it needs the same right (packs:install alone is not enough).
+        authorizePermission(ctx.principal!, 'rules:write');
         for (const r of users) {
           await c.rules.setEnabled(tenant, r.def.ref, false, ctx.principal!.username);
           disabled.push(r.def.ref);
