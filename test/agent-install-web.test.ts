@@ -252,7 +252,14 @@ t.test('the hub builds the bundle once (single-flight), reuses its checked cache
   t.equal(builds, 2, 'a cached bundle not matching its SHA-256 is rebuilt');
   t.equal(c.sha256, createHash('sha256').update(readFileSync(c.file)).digest('hex'));
   let failing = true;
-  const d = new AgentDist({ ...opts, dir: join(dir, 'other'), build: async (out) => { if (failing) throw new Error('no space left'); return build(out); } });
+  let attempts = 0;
+  const failingBuild = async (out: string) => { attempts++; if (failing) throw new Error('no space left'); return build(out); };
+  // Unauthenticated requests cannot make the hub rebuild in a loop: within retryAfterMs a failure is answered as is.
+  const slow = new AgentDist({ ...opts, dir: join(dir, 'slow'), build: failingBuild, retryAfterMs: 60_000 });
+  await t.rejects(slow.bundle(), /no space left/);
+  await t.rejects(slow.bundle(), /no space left/);
+  t.equal(attempts, 1, 'a second request right after a failed build does not build again');
+  const d = new AgentDist({ ...opts, dir: join(dir, 'other'), build: failingBuild, retryAfterMs: 0 });
   await t.rejects(d.bundle(), /no space left/);
   failing = false;
   t.ok((await d.bundle()).sha256, 'a failed build is retried by the next request');

@@ -30,6 +30,11 @@ export interface AgentDistOptions {
   log: Logger;
   /** Builds the bundle (tests may count calls). @default writeBundle of this installation */
   build?: (out: string) => Promise<{ sha256: string }>;
+  /**
+   * After a failed build, requests within this time get the same failure without a new build:
+   * the routes are unauthenticated, and each build costs seconds of hub CPU. @default 60000
+   */
+  retryAfterMs?: number;
 }
 
 const INSTALL_SH = join(dirname(PROTO_DIR), 'bin', 'trellis-agent-install.sh');
@@ -38,13 +43,19 @@ interface Built { file: string; sha256: string }
 
 export class AgentDist {
   private built?: Promise<Built>;
+  private failed?: { at: number; err: unknown };
   private installSh?: Buffer;
 
   constructor(private readonly o: AgentDistOptions) {}
 
   /** The bundle of this version: found (and checked) in the cache, or built once. */
   bundle(): Promise<Built> {
-    this.built ??= this.load().catch((err: unknown) => { this.built = undefined; throw err; });
+    if (this.failed && Date.now() - this.failed.at < (this.o.retryAfterMs ?? 60_000)) return Promise.reject(this.failed.err);
+    this.built ??= this.load().then((b) => { this.failed = undefined; return b; }, (err: unknown) => {
+      this.built = undefined;
+      this.failed = { at: Date.now(), err };
+      throw err;
+    });
     return this.built;
   }
 
