@@ -1,0 +1,111 @@
+/**
+ * `npm run fuzz -- [--seconds 60] [--seed S] [--target admin|agent|all] [--out DIR] [--replay FILE]`
+ *
+ * Starts a fresh hub (`trellis hub run`, a child process), fuzzes every admin RPC and every
+ * AgentChannel message (bench/fuzz/run.ts) and prints `name: value unit` lines on stdout:
+ *   fuzz_seed, fuzz_cases, fuzz_hub_crashes, fuzz_unexpected_status, fuzz_hub_error_lines,
+ *   fuzz_methods_covered.
+ * Exit status 1 when the hub crashed or hung, or any status was unexpected. Failing cases are
+ * written to --out (default: a new temp dir, printed) and replay with --replay FILE against a new hub.
+ */
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { silenceIpServernameWarning } from '../../common/warnings.js';
+import { startFuzzHub, preparePrincipals } from './setup.js';
+import { runFuzz, replayCases, type FuzzCase, type FuzzTarget } from './run.js';
+
+const USAGE = `usage: npm run fuzz -- [options]
+
+Fuzzes a fresh hub (a child \`trellis hub run\`) with random, schema-typed and mutated protobuf on
+every admin RPC (as an admin API key, a user with no roles and no credentials) and every
+AgentChannel message (enrolled agents, real mTLS). Seeded: the same seed sends the same cases.
+
+options:
+  --seconds N        how long to fuzz (default 60)
+  --seed S           the seed, an integer (default: random, printed as fuzz_seed)
+  --target T         admin, agent or all (default all)
+  --out DIR          where failing cases and hub.log go (default: a new temp dir, kept on failure)
+  --replay FILE      send the case(s) of a failure file again (new hub) and judge them
+  -h, --help         this help
+
+prints (stdout): fuzz_seed, fuzz_cases, fuzz_hub_crashes, fuzz_unexpected_status,
+fuzz_hub_error_lines, fuzz_methods_covered; exit status 1 on any crash, hang or unexpected status.`;
+
+function fail(msg: string): never {
+  process.stderr.write(`fuzz: ${msg}\n\n${USAGE}\n`);
+  process.exit(2);
+}
+
+async function main(): Promise<number> {
+  silenceIpServernameWarning();
+  let args;
+  try {
+    args = parseArgs({
+      options: {
+        seconds: { type: 'string' }, seed: { type: 'string' }, target: { type: 'string' }, out: { type: 'string' },
+        replay: { type: 'string' }, help: { type: 'boolean', short: 'h' },
+      },
+      strict: true,
+    }).values;
+  } catch (e) { fail((e as Error).message); }
+  if (args.help) { process.stdout.write(USAGE + '\n'); return 0; }
+  const seconds = args.seconds === undefined ? 60 : Number(args.seconds.replace(/s$/, ''));
+  if (!(seconds > 0 && seconds <= 86_400)) fail(`--seconds must be a number of seconds between 1 and 86400, not "${args.seconds}"`);
+  const seed = args.seed === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(args.seed);
+  if (!Number.isSafeInteger(seed) || seed < 0 || seed >= 2 ** 32) fail(`--seed must be an integer between 0 and 4294967295, not "${args.seed}"`);
+  const target = (args.target ?? 'all') as FuzzTarget;
+  if (!['admin', 'agent', 'all'].includes(target)) fail(`--target must be admin, agent or all, not "${args.target}"`);
+  let replay: FuzzCase[] | undefined;
+  if (args.replay) {
+    try {
+      const body = JSON.parse(readFileSync(args.replay, 'utf8')) as FuzzCase | { cases: FuzzCase[] };
+      replay = 'cases' in body ? body.cases : [body];
+      if (!replay.every((c) => typeof c.method === 'string' && Array.isArray(c.frames))) throw new Error('not a fuzz case file (method, frames)');
+    } catch (e) { fail(`cannot read --replay ${args.replay}: ${(e as Error).message}`); }
+  }
+
+  const outDir = args.out ?? mkdtempSync(join(tmpdir(), 'trellis-fuzz-'));
+  const note = (m: string) => process.stderr.write(`[fuzz] ${m}\n`);
+  const hub = await startFuzzHub(join(outDir, `run-${process.pid}`));
+  note(`hub pid ${hub.proc.pid}, admin ${hub.adminAddr}, agent ${hub.agentAddr}, log ${hub.logFile}`);
+  let failed = false;
+  try {
+    const p = await preparePrincipals(hub);
+    const opts = { adminAddr: hub.adminAddr, agentAddr: hub.agentAddr, caPem: hub.caPem, ...p, seconds, seed, target, hubExit: hub.exit, outDir, note };
+    if (replay) {
+      const results = await replayCases(opts, replay);
+      for (const r of results) {
+        note(`${r.c.method} as ${r.c.principal} (seed ${r.c.seed}, case ${r.c.index}): status ${r.outcome.code} ${r.outcome.details.slice(0, 200)} -> ${r.verdict.ok ? 'allowed' : `UNEXPECTED: ${r.verdict.reason}`}`);
+        if (!r.verdict.ok) failed = true;
+      }
+      const exit = hub.exit();
+      if (exit) { note(`the hub exited (${exit}); see ${hub.logFile}`); failed = true; }
+      return failed ? 1 : 0;
+    }
+    note(`seed ${seed}: fuzzing ${target} for ${seconds} s; failing cases go to ${outDir}`);
+    const r = await runFuzz(opts);
+    const errors = hub.errorLines();
+    process.stdout.write(`fuzz_seed: ${seed} seed\n`);
+    process.stdout.write(`fuzz_cases: ${r.cases} cases\n`);
+    process.stdout.write(`fuzz_hub_crashes: ${r.crashes} crashes\n`);
+    process.stdout.write(`fuzz_unexpected_status: ${r.unexpected.length} statuses\n`);
+    process.stdout.write(`fuzz_hub_error_lines: ${errors.length} lines\n`);
+    process.stdout.write(`fuzz_methods_covered: ${r.methodsCovered} of ${r.methodsInContract} methods\n`);
+    note(`statuses: ${Object.entries(r.statuses).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+    for (const l of errors.slice(0, 5)) note(`hub error: ${l.slice(0, 400)}`);
+    if (r.crash) note(`hub crash/hang: ${r.crash.reason}${r.crash.file ? ` (cases in ${r.crash.file})` : ''}; hub log ${hub.logFile}`);
+    failed = r.crashes > 0 || r.unexpected.length > 0 || errors.length > 0;
+  } finally {
+    await hub.stop(3000);
+    if (!failed && !args.out) rmSync(outDir, { recursive: true, force: true });
+    else note(`kept ${outDir}`);
+  }
+  return failed ? 1 : 0;
+}
+
+main().then((code) => process.exit(code), (err: unknown) => {
+  process.stderr.write(`fuzz: ${(err as Error)?.stack ?? String(err)}\n`);
+  process.exit(2);
+});
