@@ -3,6 +3,7 @@
  * Read it top to bottom to see what the hub is made of.
  */
 import * as grpc from '@grpc/grpc-js';
+import { GuardedServer } from './grpc/malformed.js';
 import { loadHubConfig, type HubConfig, type HubConfigInput } from './config.js';
 import { hubPaths } from './paths.js';
 import { openStore, type Store } from './store/index.js';
@@ -170,7 +171,7 @@ export class Hub {
 
     // Agents are verified in the TLS handshake: the full limit. Admin callers are verified per call:
     // the pre-auth gate holds each call's body until its credential checks out (hub/grpc/preauth.ts).
-    const agentServer = new grpc.Server({ ...SERVER_OPTIONS, 'grpc.max_receive_message_length': config.maxMessageBytes });
+    const agentServer = new GuardedServer({ ...SERVER_OPTIONS, 'grpc.max_receive_message_length': config.maxMessageBytes });
     addAgentServices(agentServer, components);
     // Log lines of rate-limited refusals, counted (their audit records go to refusalAudit).
     const refusals = new RefusalLog(log.child({ component: 'admin' }));
@@ -178,7 +179,7 @@ export class Hub {
       preAuthMaxMessageBytes: Math.min(config.preAuth.maxMessageBytes, config.maxMessageBytes), maxMessageBytes: config.maxMessageBytes,
       maxCalls: config.preAuth.maxCalls, maxCallsPerAddress: config.preAuth.maxCallsPerAddress, requestTimeoutMs: config.preAuth.requestTimeout,
     });
-    const adminServer = new grpc.Server({ ...SERVER_OPTIONS, ...preAuth.serverOptions() });
+    const adminServer = new GuardedServer({ ...SERVER_OPTIONS, ...preAuth.serverOptions() });
     // One registry of live streams (admin port and /stream): re-checked whenever rights change.
     const live = new LiveStreams({ auth, iam, log: log.child({ component: 'live' }) });
     const adminDeps = { auth, log: log.child({ component: 'admin' }), audit: refusalAudit, live, refusals };

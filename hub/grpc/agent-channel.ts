@@ -14,6 +14,7 @@ import { SUPERSEDED, type AgentDoc, type AgentLink, type CloseReason } from '../
 import type { AuditEntry } from '../audit/types.js';
 import { MAX_EVENTS_PER_BATCH } from '../events/index.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
+import { isMalformed, malformedError } from './malformed.js';
 
 const CLIENT_AUTH_OID = '1.3.6.1.5.5.7.3.2';
 const HELLO_TIMEOUT_MS = 10_000;
@@ -163,6 +164,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
     call.on('data', (msg: T.AgentMessage__Output) => {
       if (closed) return;
       try {
+        if (isMalformed(msg)) throw malformedError('AgentMessage frame', msg);
         if (!link) {
           if (msg.msg !== 'hello' || !msg.hello) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'the first message on the channel must be hello');
           if (admitted) return; // a second hello while admission runs is ignored
