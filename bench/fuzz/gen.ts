@@ -189,25 +189,30 @@ function randomValue(r: Rng, f: protobuf.Field, depth: number): unknown {
   return randomScalar(r, f.type, f.name);
 }
 
+/** A hostile value for field `f`: a map, a list (sometimes long) or one value. */
+function randomFieldValue(r: Rng, f: protobuf.Field, depth: number): unknown {
+  if (f instanceof protobuf.MapField) {
+    const m = Object.create(null) as Record<string, unknown>;
+    const n = chance(r, 0.1) ? pick(r, [100, 2_000]) : int(r, 4);
+    for (let i = 0; i < n; i++) {
+      const k = chance(r, 0.3) ? pick(r, ['__proto__', 'constructor', 'toString', '', 'a'.repeat(300), 'x.y', 'k=v']) : String(randomScalar(r, f.keyType, f.name));
+      m[k] = randomValue(r, f, depth);
+    }
+    return m;
+  }
+  if (f.repeated) {
+    const n = chance(r, 0.1) ? pick(r, [100, 1_500]) : int(r, 4);
+    return Array.from({ length: n }, () => randomValue(r, f, depth));
+  }
+  return randomValue(r, f, depth);
+}
+
 /** A message of `type` with hostile values: some fields unset, maps and lists sometimes long. */
 export function randomMessage(r: Rng, type: protobuf.Type, depth = 0): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const f of type.fieldsArray) {
     if (chance(r, 0.35)) continue;
-    if (f instanceof protobuf.MapField) {
-      const m = Object.create(null) as Record<string, unknown>;
-      const n = chance(r, 0.1) ? pick(r, [100, 2_000]) : int(r, 4);
-      for (let i = 0; i < n; i++) {
-        const k = chance(r, 0.3) ? pick(r, ['__proto__', 'constructor', 'toString', '', 'a'.repeat(300), 'x.y', 'k=v']) : String(randomScalar(r, f.keyType, f.name));
-        m[k] = randomValue(r, f, depth);
-      }
-      out[f.name] = m;
-    } else if (f.repeated) {
-      const n = chance(r, 0.1) ? pick(r, [100, 1_500]) : int(r, 4);
-      out[f.name] = Array.from({ length: n }, () => randomValue(r, f, depth));
-    } else {
-      out[f.name] = randomValue(r, f, depth);
-    }
+    out[f.name] = randomFieldValue(r, f, depth);
   }
   return out;
 }
@@ -326,7 +331,50 @@ export function encode(type: protobuf.Type, obj: Record<string, unknown>): Buffe
   return Buffer.from(type.encode(obj as unknown as protobuf.Message).finish());
 }
 
-export type CaseKind = 'random' | 'typed' | 'mutated';
+/** Replaces one token of a YAML/JSON text (a rule or pack file) with a hostile one. */
+export function mutateText(r: Rng, text: string): string {
+  const parts = text.split(/(\s+|[:,{}\[\]"])/);
+  const n = 1 + int(r, 3);
+  for (let k = 0; k < n; k++) {
+    const i = int(r, parts.length);
+    parts[i] = chance(r, 0.5) ? randomString(r) : pick(r, ['', '*', '(a+)+$', '{{ secret.x }}', '{{ kv.a }}{{', '!!js/function', '&a [*a, *a]', '<<: *x', '1e999', '-1', 'null', '[]', '{}',
+      '"' + 'a'.repeat(100_000) + '"', '\u0000', '\n- x\n- y', '${HOME}', 'trigger.payload.__proto__.x', '(?=a)*', '^(a|a)*$']);
+  }
+  return parts.join('');
+}
+
+function isTextField(v: unknown): v is string | Buffer {
+  const t = typeof v === 'string' ? v : Buffer.isBuffer(v) ? v.toString('utf8') : '';
+  return t.length > 20 && /[\n{:]/.test(t);
+}
+
+/**
+ * A valid example with one field (top level or one level down) replaced by a hostile value, or its
+ * YAML/JSON text mutated: passes the decoder and most validation, reaches the code behind it.
+ */
+export function tweak(r: Rng, type: protobuf.Type, base: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...base };
+  const fields = type.fieldsArray;
+  if (!fields.length) return out;
+  const f = pick(r, fields);
+  const cur = out[f.name];
+  if (isTextField(cur) && chance(r, 0.7)) {
+    const text = mutateText(r, Buffer.isBuffer(cur) ? cur.toString('utf8') : cur);
+    out[f.name] = Buffer.isBuffer(cur) ? Buffer.from(text) : text;
+  } else if (Array.isArray(cur) && cur.length && f.resolvedType instanceof protobuf.Type && chance(r, 0.6)) {
+    const i = int(r, cur.length);
+    const copy = [...cur];
+    copy[i] = tweak(r, f.resolvedType, cur[i] as Record<string, unknown>);
+    out[f.name] = copy;
+  } else if (cur && typeof cur === 'object' && !Array.isArray(cur) && !Buffer.isBuffer(cur) && f.resolvedType instanceof protobuf.Type && chance(r, 0.6)) {
+    out[f.name] = tweak(r, f.resolvedType, cur as Record<string, unknown>);
+  } else {
+    out[f.name] = randomFieldValue(r, f, 2);
+  }
+  return out;
+}
+
+export type CaseKind = 'random' | 'typed' | 'mutated' | 'tweaked';
 
 /**
  * Request bytes of one case. `examples` are valid messages of the type (plain objects) to mutate;
@@ -343,6 +391,10 @@ export function caseBytes(r: Rng, kind: CaseKind, type: protobuf.Type, examples:
     case 'mutated': {
       const base = examples.length && chance(r, 0.8) ? pick(r, examples) : plausibleMessage(r, type);
       return mutate(r, encode(type, base));
+    }
+    case 'tweaked': {
+      const base = examples.length && chance(r, 0.85) ? pick(r, examples) : plausibleMessage(r, type);
+      return encode(type, tweak(r, type, base));
     }
   }
 }

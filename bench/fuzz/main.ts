@@ -94,6 +94,7 @@ async function main(): Promise<number> {
     process.stdout.write(`fuzz_hub_error_lines: ${errors.length} lines\n`);
     process.stdout.write(`fuzz_methods_covered: ${r.methodsCovered} of ${r.methodsInContract} methods\n`);
     note(`statuses: ${Object.entries(r.statuses).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+    note(`slowest: ${r.slowest.map((x) => `${x.method} as ${x.principal} case ${x.index} ${x.ms} ms ${x.status}`).join('; ')}`);
     for (const l of errors.slice(0, 5)) note(`hub error: ${l.slice(0, 400)}`);
     if (r.crash) note(`hub crash/hang: ${r.crash.reason}${r.crash.file ? ` (cases in ${r.crash.file})` : ''}; hub log ${hub.logFile}`);
     failed = r.crashes > 0 || r.unexpected.length > 0 || errors.length > 0;

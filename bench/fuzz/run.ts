@@ -86,6 +86,8 @@ export interface FuzzResult {
   methodsCovered: number;
   methodsInContract: number;
   seconds: number;
+  /** The slowest cases (a slow answer to bad input is a denial-of-service lead). */
+  slowest: Array<{ method: string; principal: Principal; index: number; ms: number; status: string }>;
 }
 
 /** Admin methods that change the hub's own identity or trust: fuzzed only by callers who must be refused. */
@@ -184,7 +186,7 @@ export function makeCase(p: Plan, o: FuzzOptions, index: number): { c: FuzzCase;
   const r = caseRng(o.seed, index);
   const target = o.target ?? 'all';
   const agentLane = target === 'agent' || (target === 'all' && o.agentAddr && chance(r, 0.3));
-  const kind: CaseKind = pick(r, ['random', 'typed', 'typed', 'mutated', 'mutated']);
+  const kind: CaseKind = pick(r, ['random', 'typed', 'mutated', 'mutated', 'tweaked', 'tweaked', 'tweaked']);
   const ex = o.examples ?? {};
   if (agentLane && p.connect && (chance(r, 0.75) || !o.renewAgent)) {
     const msgType = p.connect.requestType;
@@ -196,7 +198,7 @@ export function makeCase(p: Plan, o: FuzzOptions, index: number): { c: FuzzCase;
       afterWelcome = true;
       frames.push(encode(msgType, helloMessage()));
       const n = 1 + int(r, 6);
-      for (let i = 0; i < n; i++) frames.push(caseBytes(r, pick(r, ['random', 'typed', 'mutated', 'mutated'] as const), msgType, examplesFor('AgentMessage', ex)));
+      for (let i = 0; i < n; i++) frames.push(caseBytes(r, pick(r, ['random', 'typed', 'mutated', 'tweaked', 'tweaked'] as const), msgType, examplesFor('AgentMessage', ex)));
     }
     return { c: { seed: o.seed, index, method: p.connect.path, principal: 'agent', kind: afterWelcome ? 'hello+frames' : kind, frames: frames.map((f) => f.toString('base64')), afterWelcome }, spec: p.connect, r };
   }
@@ -247,7 +249,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzResult> {
   const statuses: Record<string, number> = {};
   const covered = new Set<string>();
   const unexpected: Finding[] = [];
-  const result: FuzzResult = { seed: o.seed, cases: 0, crashes: 0, unexpected, statuses, methodsCovered: 0, methodsInContract: p.methods.length, seconds: 0 };
+  const result: FuzzResult = { seed: o.seed, cases: 0, crashes: 0, unexpected, statuses, methodsCovered: 0, methodsInContract: p.methods.length, seconds: 0, slowest: [] };
   let low = o.lowCredential ? await o.lowCredential() : undefined;
   const batchSize = o.batchSize ?? 48;
   const concurrency = o.concurrency ?? 8;
@@ -264,7 +266,13 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzResult> {
         while (next < batch.length) {
           const { c, spec, r } = batch[next++]!;
           const md = c.principal === 'agent' ? new grpc.Metadata() : metadataFor(c.principal, o.apiKey, low, r);
+          const t0 = performance.now();
           const out = await execute(clients, c, md, spec, deadlineMs);
+          const ms = Math.round(performance.now() - t0);
+          if (!out.cancelledByUs && (result.slowest.length < 5 || ms > result.slowest[4]!.ms)) {
+            result.slowest.push({ method: c.method, principal: c.principal, index: c.index, ms, status: statusName(out.code) });
+            result.slowest.sort((a, b) => b.ms - a.ms).splice(5);
+          }
           const name = statusName(out.code);
           statuses[name] = (statuses[name] ?? 0) + 1;
           covered.add(c.method);
