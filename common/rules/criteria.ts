@@ -62,8 +62,8 @@ export const OPERATORS: readonly string[] = Object.freeze([
   'timediff_lt', 'timediff_gt', 'search',
 ]);
 
-/** Other accepted spellings (lookup is case-insensitive and collapses spaces). */
-export const OPERATOR_ALIASES: Readonly<Record<string, string>> = Object.freeze({
+/** Other accepted spellings (lookup is case-insensitive and collapses spaces); null prototype: "constructor" is no alias. */
+export const OPERATOR_ALIASES: Readonly<Record<string, string>> = Object.freeze(Object.assign(Object.create(null) as Record<string, string>, {
   eq: 'equals', neq: 'nequals', 'not equals': 'nequals', ieq: 'iequals',
   lt: 'lessthan', 'less than': 'lessthan', gt: 'greaterthan', 'greater than': 'greaterthan',
   lte: 'lessthan_or_equal', 'less than or equal': 'lessthan_or_equal',
@@ -71,7 +71,7 @@ export const OPERATOR_ALIASES: Readonly<Record<string, string>> = Object.freeze(
   'not contains': 'ncontains', 'not icontains': 'incontains',
   'not exists': 'nexists', in: 'inside', nin: 'ninside', 'not in': 'ninside', 'not inside': 'ninside',
   td_lt: 'timediff_lt', td_gt: 'timediff_gt',
-});
+}));
 
 /** Canonical name of an operator spelling, or undefined. */
 export function normalizeOperator(name: string): string | undefined {

@@ -207,8 +207,11 @@ export function checkGrant(g: Grant): Grant {
   return { permission: g.permission, scope: g.scope ?? '' };
 }
 
-/** Built-in roles (they cannot be changed or deleted). */
-export const BUILTIN_ROLES: Readonly<Record<string, { description: string; grants: Grant[] }>> = {
+/**
+ * Built-in roles (they cannot be changed or deleted). A null-prototype object: role names come
+ * from requests, and `BUILTIN_ROLES["toString"]` must not find Object.prototype's (found by the fuzzer).
+ */
+export const BUILTIN_ROLES: Readonly<Record<string, { description: string; grants: Grant[] }>> = Object.freeze(Object.assign(Object.create(null) as Record<string, { description: string; grants: Grant[] }>, {
   admin: { description: 'everything, on every tenant', grants: [{ permission: '*', scope: '' }] },
   user: {
     description: 'work inside their tenants; no administration',
@@ -223,7 +226,7 @@ export const BUILTIN_ROLES: Readonly<Record<string, { description: string; grant
     grants: (['agents:list', 'agents:get', 'tokens:list', 'certs:read', 'packs:list', 'rules:read', 'executions:read', 'events:read', 'kv:read'] as Permission[])
       .map((permission) => ({ permission, scope: '' })),
   },
-};
+}));
 
 /**
  * Grants compiled for O(1) decisions: one set of "permission\tscope" keys. Checking an action
