@@ -83,7 +83,7 @@ export function fromGrpcError(err: unknown): TrellisError {
   if (err instanceof TrellisError) return err;
   if (typeof se?.code !== 'number') return new TrellisError('TRELLIS_E_INTERNAL', String((err as Error)?.message ?? err), { cause: err });
   const fromMeta = se.metadata?.get(CODE_KEY)?.[0];
-  const code: ErrorCode = typeof fromMeta === 'string' && fromMeta in ERROR_CODES
+  const code: ErrorCode = typeof fromMeta === 'string' && Object.hasOwn(ERROR_CODES, fromMeta)
     ? (fromMeta as ErrorCode)
     : FROM_STATUS[se.code as status] ?? 'TRELLIS_E_INTERNAL';
   let message = se.details || se.message || 'request failed';

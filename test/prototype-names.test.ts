@@ -7,7 +7,8 @@
  * Object function. Real hub, real TLS/gRPC.
  */
 import t from 'tap';
-import { status } from '@grpc/grpc-js';
+import { Metadata, status } from '@grpc/grpc-js';
+import { CODE_KEY, fromGrpcError } from '../common/grpc-errors.js';
 import { startHub, callError } from './helpers/hub.js';
 import { call } from '../cli/client.js';
 import { unaryT } from './helpers/admin.js';
@@ -24,6 +25,12 @@ t.test('the tables hold only their own names', async (t) => {
   }
   t.ok(BUILTIN_ROLES.admin && BUILTIN_ROLES.user && BUILTIN_ROLES.observer, 'the built-in roles are still there');
   t.equal(normalizeOperator('not in'), 'ninside', 'aliases still resolve');
+  // A client reading trellis-error-code from a (hostile) server or remote host: only real codes.
+  for (const n of NAMES) {
+    const md = new Metadata();
+    md.set(CODE_KEY, n);
+    t.equal(fromGrpcError({ code: status.NOT_FOUND, details: 'x', metadata: md }).code, 'TRELLIS_E_NOT_FOUND', `trellis-error-code ${n} is not taken as a code`);
+  }
 });
 
 t.test('role calls naming Object.prototype properties are NOT_FOUND, never INTERNAL', async (t) => {

@@ -105,7 +105,7 @@ const NASTY_STRINGS = [
   '', ' ', '*', '.', '..', '../../../../etc/passwd', '/', '\\', 'default', 'core', 'core.noop', 'admin', '__proto__', 'constructor',
   'prototype', 'toString', 'hasOwnProperty', 'null', 'undefined', 'NaN', 'true', '0', '-1', '1e309', '%s%n%x', '{{ secret.x }}',
   '{{ kv.a }}', '{{', '}}', '${PATH}', '$(id)', '`id`', "' OR '1'='1", '"', '\u0000', 'a\u0000b', '\n', '\r\n', '\u001b[2J',
-  '\u202e', '\ud800', '\udfff', '😀', 'Ω≈ç√', 'ǅ', '\ufeff', 'ﾟ', 'a'.repeat(64), 'a'.repeat(256), 'fz.action', 'pack:x', 'action:a.b',
+  'valueOf', 'isPrototypeOf', '__defineGetter__', 'propertyIsEnumerable', '\u202e', '\ud800', '\udfff', '😀', 'Ω≈ç√', 'ǅ', '\ufeff', 'ﾟ', 'a'.repeat(64), 'a'.repeat(256), 'fz.action', 'pack:x', 'action:a.b',
   'spiffe://trellis/tenant/default/agent/x', 'tenant=default', 'a=b,c!=d', 'env in (prod, dev)', 'k', 'web.restart',
   '{"a":1}', '[]', '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n', '-----BEGIN CERTIFICATE REQUEST-----\n-----END CERTIFICATE REQUEST-----',
   'trellis-join.v1.', 'tjt1_x', 'tak1_x', 'Bearer x', '0.0.0.0', '::1', 'localhost', 'file:///etc/passwd', 'http://169.254.169.254/',
@@ -368,6 +368,8 @@ export function tweak(r: Rng, type: protobuf.Type, base: Record<string, unknown>
     out[f.name] = copy;
   } else if (cur && typeof cur === 'object' && !Array.isArray(cur) && !Buffer.isBuffer(cur) && f.resolvedType instanceof protobuf.Type && chance(r, 0.6)) {
     out[f.name] = tweak(r, f.resolvedType, cur as Record<string, unknown>);
+  } else if (f.type === 'string' && !f.repeated && !(f instanceof protobuf.MapField) && chance(r, 0.5)) {
+    out[f.name] = pick(r, NASTY_STRINGS); // names: lookups, prototypes, paths, templates
   } else {
     out[f.name] = randomFieldValue(r, f, 2);
   }

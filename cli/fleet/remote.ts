@@ -124,7 +124,7 @@ function remoteTrellisError(what: string, r: { code: number; stdout: string; std
   const a = /^trellis: (TRELLIS_E_[A-Z_]+): (.*)$/.exec(last);
   const b = /^trellis: (.*) \((TRELLIS_E_[A-Z_]+)\)$/.exec(last);
   const [code, msg] = a ? [a[1]!, a[2]!] : b ? [b[2]!, b[1]!] : [];
-  if (code && msg && code in ERROR_CODES) return new TrellisError(code as ErrorCode, `${what}: ${msg}`);
+  if (code && msg && Object.hasOwn(ERROR_CODES, code)) return new TrellisError(code as ErrorCode, `${what}: ${msg}`);
   return new TrellisError('TRELLIS_E_SSH', `${what} failed (exit ${r.code}): ${last || 'no message'}`);
 }
 
