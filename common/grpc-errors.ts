@@ -49,6 +49,22 @@ const TO_STATUS: Record<ErrorCode, status> = {
 
 export const CODE_KEY = 'trellis-error-code';
 
+/**
+ * Longest status message sent, in characters. A message may quote the request (a name that does
+ * not exist); an unbounded one went out whole in the grpc-message trailer, and past the peer's
+ * HTTP/2 header-list limit (64 KiB, less for non-ASCII after percent-encoding) the client never got
+ * a status and dropped the connection, failing every other call on it (found by the fuzzer).
+ */
+export const MAX_STATUS_DETAILS = 4096;
+
+function capDetails(s: string): string {
+  if (s.length <= MAX_STATUS_DETAILS) return s;
+  let cut = MAX_STATUS_DETAILS - 100;
+  const c = s.charCodeAt(cut - 1);
+  if (c >= 0xd800 && c <= 0xdbff) cut--; // never split a surrogate pair
+  return `${s.slice(0, cut)}… (${s.length - cut} more characters cut; the hub log has the whole message)`;
+}
+
 export interface StatusObject { code: status; details: string; metadata: Metadata }
 
 /** Domain error → status object for a server to send. */
@@ -56,7 +72,7 @@ export function toStatus(err: unknown, requestId: string): StatusObject {
   const metadata = new Metadata();
   if (err instanceof TrellisError) {
     metadata.set(CODE_KEY, err.code);
-    return { code: TO_STATUS[err.code], details: err.message, metadata };
+    return { code: TO_STATUS[err.code], details: capDetails(err.message), metadata };
   }
   metadata.set(CODE_KEY, 'TRELLIS_E_INTERNAL');
   return { code: status.INTERNAL, details: `internal error (request ${requestId}); the hub log has the details`, metadata };

@@ -108,7 +108,7 @@ t.test('npm run fuzz: help and argument errors', async (t) => {
   const help = spawnSync(process.execPath, [bin, '--help'], { encoding: 'utf8' });
   t.equal(help.status, 0);
   t.match(help.stdout, /--seconds N[\s\S]*--seed S[\s\S]*--target T[\s\S]*--replay FILE/, 'help names the options');
-  for (const [args, re] of [[['--seconds', 'x'], /--seconds must be/], [['--target', 'web'], /--target must be admin, agent or all/], [['--seed', '-3'], /--seed must be an integer/], [['--nope'], /Unknown option/]] as const) {
+  for (const [args, re] of [[['--seconds', 'x'], /--seconds must be/], [['--target', 'web'], /--target must be admin, agent or all/], [['--seed', '1.5'], /--seed must be an integer/], [['--nope'], /Unknown option/]] as const) {
     const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8' });
     t.equal(r.status, 2, `${args.join(' ')}: exit 2`);
     t.match(r.stderr, re, `${args.join(' ')}: says why`);

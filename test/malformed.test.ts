@@ -101,3 +101,25 @@ t.test('a malformed AgentChannel frame ends the stream with INVALID_ARGUMENT and
   const renew = await unary(agent, '/trellis.v1.AgentChannel/Renew', GARBAGE);
   t.equal(renew.code, grpc.status.INVALID_ARGUMENT, `Renew with garbage: INVALID_ARGUMENT (${renew.details})`);
 });
+
+t.test('an error quoting a huge input is cut: the caller gets its status and the connection lives', async (t) => {
+  const { h, client, token } = await hubWithClient(t);
+  const md = new grpc.Metadata();
+  md.set('authorization', `Bearer ${token}`);
+  const type = loadRoot().lookupType('trellis.v1.CreateJoinTokenRequest');
+  // An authenticated caller may send 4 MiB; the hub answers "no tenant <name>".
+  for (const [what, name] of [['ASCII', 'x'.repeat(110_000)], ['non-ASCII (percent-encoded)', 'é€'.repeat(20_000)]] as const) {
+    const started = Date.now();
+    const slow = unary(client, '/trellis.v1.AdminJoinTokens/CreateJoinToken', encode(type, { tenant: name, uses: 1 }), md);
+    // Another call in flight on the same HTTP/2 connection must not be dropped with it.
+    const other = unary(client, '/trellis.v1.Version/GetVersion', Buffer.alloc(0));
+    const r = await slow;
+    t.equal(r.code, grpc.status.NOT_FOUND, `${what}: NOT_FOUND, got ${r.code} ${r.details.slice(0, 100)} after ${Date.now() - started} ms`);
+    t.ok(r.details.length <= 4096, `the message is cut (${r.details.length} characters)`);
+    t.match(r.details, /more characters cut; the hub log has the whole message\)$/, 'and says so');
+    t.equal((await other).code, grpc.status.OK, 'the call beside it succeeded');
+  }
+  const v = await unary(client, '/trellis.v1.Version/GetVersion', Buffer.alloc(0));
+  t.equal(v.code, grpc.status.OK, 'the channel still works');
+  void h;
+});
