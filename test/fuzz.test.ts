@@ -20,8 +20,12 @@ import { allMethodPaths } from '../common/proto.js';
 
 silenceIpServernameWarning();
 
-/** The CI budget: long enough for ~1,000 cases on a busy 2-core machine, short enough for CI. */
-const SECONDS = Number(process.env.TRELLIS_FUZZ_SECONDS ?? 75);
+/**
+ * The CI budget: a fixed number of cases (the same bytes every run: seed and count are fixed),
+ * ~40 s on an idle 2-core machine; the time cap only guards a machine so busy it cannot finish.
+ */
+const CASES = Number(process.env.TRELLIS_FUZZ_CASES ?? 480);
+const SECONDS = Number(process.env.TRELLIS_FUZZ_SECONDS ?? 240);
 const SEED = 1313;
 
 t.test('the oracle refuses what would hide a bug', async (t) => {
@@ -64,14 +68,14 @@ t.test('cases are a function of (seed, index) and every contract method is a tar
   t.notSame(mutate(caseRng(1, 1), base), base, 'a mutation changes the bytes');
 });
 
-t.test(`fuzzing a hub child process for ${SECONDS} s (seed ${SEED}): 0 crashes, 0 unexpected statuses`, async (t) => {
+t.test(`fuzzing a hub child process with ${CASES} cases (seed ${SEED}): 0 crashes, 0 unexpected statuses`, async (t) => {
   await using tmp = await tempDir('trellis-fuzz-');
   const hub = await startFuzzHub(join(tmp.path, 'run'));
   t.teardown(() => hub.stop(3000));
   const p = await preparePrincipals(hub);
   const notes: string[] = [];
   const r = await runFuzz({
-    adminAddr: hub.adminAddr, agentAddr: hub.agentAddr, caPem: hub.caPem, ...p, seconds: SECONDS, seed: SEED, target: 'all',
+    adminAddr: hub.adminAddr, agentAddr: hub.agentAddr, caPem: hub.caPem, ...p, seconds: SECONDS, maxCases: CASES, seed: SEED, target: 'all',
     hubExit: hub.exit, outDir: join(tmp.path, 'found'), note: (m) => notes.push(m),
   });
   t.comment(`fuzz_cases: ${r.cases} cases; statuses ${JSON.stringify(r.statuses)}; methods ${r.methodsCovered}/${r.methodsInContract}`);
@@ -79,8 +83,9 @@ t.test(`fuzzing a hub child process for ${SECONDS} s (seed ${SEED}): 0 crashes, 
   t.equal(r.crashes, 0, `fuzz_hub_crashes: 0${r.crash ? ` (${r.crash.reason}; hub log: ${readFileSync(hub.logFile, 'utf8').slice(-2000)})` : ''}`);
   t.same(r.unexpected.map((f) => `${f.case.method} as ${f.case.principal} case ${f.case.index}: ${f.reason}`), [], 'fuzz_unexpected_status: 0');
   t.same(hub.errorLines().map((l) => l.slice(0, 500)), [], 'no error lines in the hub log (unhandled errors)');
-  t.ok(r.cases >= 300, `a real budget ran (${r.cases} cases)`);
-  t.ok(r.methodsCovered >= r.methodsInContract * 0.85, `most methods received cases (${r.methodsCovered}/${r.methodsInContract})`);
+  if (r.cases < CASES) t.comment(`the machine was too busy: ${r.cases} of ${CASES} cases in ${SECONDS} s`);
+  t.ok(r.cases >= Math.min(CASES, 100), `a real budget ran (${r.cases} cases)`);
+  if (r.cases === CASES) t.ok(r.methodsCovered >= r.methodsInContract * 0.85, `most methods received cases (${r.methodsCovered}/${r.methodsInContract})`);
   for (const k of ['OK', 'INVALID_ARGUMENT', 'UNAUTHENTICATED', 'PERMISSION_DENIED']) t.ok((r.statuses[k] ?? 0) > 0, `some cases ended ${k}: the three principals and valid inputs are exercised`);
   t.equal(hub.exit(), undefined, 'the hub is still running');
 

@@ -4,7 +4,7 @@
  * Starts a fresh hub (`trellis hub run`, a child process), fuzzes every admin RPC and every
  * AgentChannel message (bench/fuzz/run.ts) and prints `name: value unit` lines on stdout:
  *   fuzz_seed, fuzz_cases, fuzz_hub_crashes, fuzz_unexpected_status, fuzz_hub_error_lines,
- *   fuzz_methods_covered.
+ *   fuzz_methods_covered, fuzz_hub_rss_mb.
  * Exit status 1 when the hub crashed or hung, or any status was unexpected. Failing cases are
  * written to --out (default: a new temp dir, printed) and replay with --replay FILE against a new hub.
  */
@@ -31,7 +31,15 @@ options:
   -h, --help         this help
 
 prints (stdout): fuzz_seed, fuzz_cases, fuzz_hub_crashes, fuzz_unexpected_status,
-fuzz_hub_error_lines, fuzz_methods_covered; exit status 1 on any crash, hang or unexpected status.`;
+fuzz_hub_error_lines, fuzz_methods_covered, fuzz_hub_rss_mb (after the run); exit status 1 on any crash, hang or unexpected status.`;
+
+/** Resident memory of a process in MB (Linux /proc), undefined elsewhere. */
+function rssMb(pid: number | undefined): number | undefined {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Math.round(Number(m[1]) / 1024) : undefined;
+  } catch { return undefined; }
+}
 
 function fail(msg: string): never {
   process.stderr.write(`fuzz: ${msg}\n\n${USAGE}\n`);
@@ -93,6 +101,8 @@ async function main(): Promise<number> {
     process.stdout.write(`fuzz_unexpected_status: ${r.unexpected.length} statuses\n`);
     process.stdout.write(`fuzz_hub_error_lines: ${errors.length} lines\n`);
     process.stdout.write(`fuzz_methods_covered: ${r.methodsCovered} of ${r.methodsInContract} methods\n`);
+    const rss = rssMb(hub.proc.pid);
+    if (rss !== undefined) process.stdout.write(`fuzz_hub_rss_mb: ${rss} MB\n`);
     note(`statuses: ${Object.entries(r.statuses).map(([k, v]) => `${k} ${v}`).join(', ')}`);
     note(`slowest: ${r.slowest.map((x) => `${x.method} as ${x.principal} case ${x.index} ${x.ms} ms ${x.status}`).join('; ')}`);
     for (const l of errors.slice(0, 5)) note(`hub error: ${l.slice(0, 400)}`);
