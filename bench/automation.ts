@@ -222,9 +222,10 @@ export async function benchEventToAction(ctx: AutomationCtx & { hubPid: number }
   if (code !== 0) throw new Error(`the latency agent exited with ${code}`);
   const r = JSON.parse(out) as { lat: number[]; expected: number; missing: number; duplicated: number; refused: number };
   const lat = r.lat;
+  const ms = (v: number | undefined) => (lat.length ? `${v!.toFixed(2)} ms` : 'n/a');
   note(`event→action: ${lat.length}/${r.expected} actions run at 1000 events/s after a ${warm / 1000} s warm-up (real agent with outbox, own process; http action to a sink); `
-    + `median ${percentile(lat, 50).toFixed(2)} ms, p99 ${percentile(lat, 99).toFixed(2)} ms, max ${Math.max(...lat).toFixed(2)} ms; missing ${r.missing}, ran twice ${r.duplicated}, refused by the outbox ${r.refused}; CPU for ${warm + measured} events: hub ${Math.round(hubCpuMs)} ms, agent ${Math.round(agentCpuMs)} ms`);
-  return { p99: percentile(lat, 99), missing: r.missing, duplicated: r.duplicated, refused: r.refused, measured: r.expected, hubCpuUsPerEvent: (hubCpuMs * 1000) / (warm + measured) };
+    + `median ${ms(percentile(lat, 50))}, p99 ${ms(percentile(lat, 99))}, max ${ms(Math.max(...lat))}; missing ${r.missing}, ran twice ${r.duplicated}, refused by the outbox ${r.refused}; CPU for ${warm + measured} events: hub ${Math.round(hubCpuMs)} ms, agent ${Math.round(agentCpuMs)} ms`);
+  return { p99: lat.length ? percentile(lat, 99) : NaN, missing: r.missing, duplicated: r.duplicated, refused: r.refused, measured: r.expected, hubCpuUsPerEvent: (hubCpuMs * 1000) / (warm + measured) };
 }
 
 export async function benchWebhook(ctx: AutomationCtx): Promise<number> {
