@@ -15,7 +15,7 @@ import { HubChannel } from './channel.js';
 import { Outbox } from './outbox/index.js';
 import { join } from 'node:path';
 import { startAction, type RunningAction } from './runner.js';
-import { ulid } from 'ulid';
+import { ulidFactory } from '../common/ids.js';
 import { SensorManager } from './sensors/index.js';
 import { EdgeRules } from './edge.js';
 import { runLocal } from './local.js';
@@ -52,6 +52,8 @@ export class Agent {
   private identity: Identity;
   private renewTimer?: NodeJS.Timeout;
   private readonly running = new Map<string, RunningAction>();
+  /** Event ids (pooled randomness: one crypto call per 256 ids, not 16 per id). */
+  private readonly newEventId = ulidFactory();
   private closed = false;
   /** Built-in sensors configured by the hub (agent/sensors). */
   readonly sensors: SensorManager;
@@ -104,7 +106,7 @@ export class Agent {
     const agent = this.agentId ?? this.edge.agentId;
     const tenant = this.tenant ?? this.edge.tenant;
     for (const e of evs) {
-      const id = ulid();
+      const id = this.newEventId();
       events.push({ id, type: e.type, payloadJson: Buffer.from(JSON.stringify(e.payload)), timeMs: e.timeMs });
       triggers.push({ id, type: e.type, payload: e.payload, agent, tenant, timeMs: e.timeMs });
     }

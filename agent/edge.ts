@@ -11,7 +11,7 @@
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
 import type { KeyObject } from 'node:crypto';
-import { ulid } from 'ulid';
+import { ulidFactory } from '../common/ids.js';
 import { openSealed, sealAad } from '../certs/index.js';
 import { compileRule, historyParameters, RateGate, renderAction, type CompiledRule, type RenderedAction, type Ref } from '../common/rules/index.js';
 import { maskText } from '../common/mask.js';
@@ -59,7 +59,8 @@ export class EdgeRules {
   /** Per rule since this agent started, reported to the hub in heartbeats (report()). */
   private readonly perRule = new Map<string, { matched: number; fired: number; suppressed: number }>();
   /** Changes at every start: the hub adds only what is new within one boot. */
-  private readonly boot = ulid().toLowerCase();
+  private readonly ulid = ulidFactory();
+  private readonly boot = this.ulid().toLowerCase();
 
   constructor(private readonly opts: EdgeOptions) {}
 
@@ -164,7 +165,7 @@ export class EdgeRules {
   }
 
   private async fire(r: EdgeRule, ev: TriggerEvent): Promise<void> {
-    const executionId = ulid().toLowerCase();
+    const executionId = this.ulid().toLowerCase();
     const parameters = r.compiled.parameters(ev);
     const base: Omit<EdgeExecutionPayload, 'status' | 'exitCode' | 'error' | 'startedMs' | 'finishedMs' | 'output' | 'outputTruncated'> = {
       executionId, rule: r.def.ref, action: r.action.ref, triggerEventId: ev.id, parameters: historyParameters(r.action, parameters),
@@ -193,7 +194,7 @@ export class EdgeRules {
       ...base, status: result.status, exitCode: result.exitCode, error: result.error, startedMs: result.startedMs, finishedMs: result.finishedMs,
       output: output.toString('utf8'), outputTruncated: result.outputTruncated || result.output.length > OUTPUT_CAP,
     };
-    this.opts.publish([{ id: ulid(), type: EDGE_EXECUTION_TRIGGER, payloadJson: Buffer.from(JSON.stringify(payload)), timeMs: this.now() }]);
+    this.opts.publish([{ id: this.ulid(), type: EDGE_EXECUTION_TRIGGER, payloadJson: Buffer.from(JSON.stringify(payload)), timeMs: this.now() }]);
   }
 }
 

@@ -135,6 +135,11 @@ export class AgentRegistry {
     return this.store.get<AgentDoc>('agents', id);
   }
 
+  /** The stored record itself (deep-frozen, not a copy): for hot paths that only read it. */
+  peek(id: string): Readonly<AgentDoc> | undefined {
+    return this.store.peek<AgentDoc>('agents', id);
+  }
+
   async require(id: string): Promise<AgentDoc> {
     const a = await this.get(id);
     if (!a) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no agent ${id}: see \`trellis agents list\``);

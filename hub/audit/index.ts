@@ -13,7 +13,7 @@
  * `close()`. A crash loses at most the batch not yet written. Retention (at most `maxSegments`
  * files, none whose last write is older than `maxAgeMs`) runs at start and on each rotation.
  */
-import { monotonicFactory } from 'ulid';
+import { monotonicUlidFactory } from '../../common/ids.js';
 import { open, readdir, readFile, stat, unlink, chmod, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ensureDir } from '../../common/fsutil.js';
@@ -98,7 +98,7 @@ async function fsyncDir(dir: string): Promise<void> {
 type Follower = { onRecord: (r: AuditRecord) => void; onEnd?: () => void };
 
 export class AuditLog implements AuditSink {
-  private readonly newId = monotonicFactory();
+  private readonly newId = monotonicUlidFactory();
   private readonly followers = new Set<Follower>();
   private queue: AuditRecord[] = [];
   private fh?: FileHandle;

@@ -21,7 +21,7 @@
  * subscribers; output chunks are kept up to `maxOutputBytes` per execution. Secret values are
  * sealed per agent and execution and never stored, logged or put in history.
  */
-import { monotonicFactory } from 'ulid';
+import { monotonicUlidFactory } from '../../common/ids.js';
 import { TrellisError } from '../../common/errors.js';
 import { FINAL_STATUSES, type EdgeExecutionPayload, type ExecutionStatus } from '../../common/automation/types.js';
 import type { RenderedAction } from '../../common/rules/render.js';
@@ -75,7 +75,7 @@ interface Live {
 interface AgentSlots { active: Set<string>; waiting: string[] }
 
 export class Executions {
-  private readonly newId = monotonicFactory();
+  private readonly newId = monotonicUlidFactory();
   private readonly entries = new Map<string, Entry>();
   private readonly dedup = new Map<string, string>();
   private readonly slots = new Map<string, AgentSlots>();

@@ -348,7 +348,7 @@ export class RulesEngine extends EventEmitter {
     if (t.kind === 'agent') {
       const id = String(renderTemplate(t.agent, { trigger: ev }) ?? '');
       if (!id) return [];
-      const a = await this.deps.agents.get(id);
+      const a = this.deps.agents.peek(id); // per event: read in place, no copy
       return a && a.tenant === tenant && !a.revoked ? [a.id] : [];
     }
     return (await this.deps.agents.list({ tenant, selector: targetSelector(t) })).filter((a) => a.online && !a.revoked).map((a) => a.id);

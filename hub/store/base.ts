@@ -37,6 +37,12 @@ export abstract class MapStore implements Store {
     return doc === undefined ? undefined : (structuredClone(doc) as T);
   }
 
+  peek<T extends Doc>(col: Collection, id: string): Readonly<T> | undefined {
+    this.#checkOpen();
+    checkId(col, id);
+    return this.#read(col).get(id) as T | undefined;
+  }
+
   async list<T extends Doc>(col: Collection, filter?: (d: T) => boolean): Promise<T[]> {
     this.#checkOpen();
     const out: T[] = [];

@@ -46,6 +46,11 @@ export interface Store {
   /** A copy of the document, or undefined. */
   get<T extends Doc>(col: Collection, id: string): Promise<T | undefined>;
   /**
+   * The stored document itself, deep-frozen (mutating it throws), or undefined: no copy, for
+   * hot paths that only read a field or two (the rules engine checks a target agent per event).
+   */
+  peek<T extends Doc>(col: Collection, id: string): Readonly<T> | undefined;
+  /**
    * Copies of the documents (that pass `filter`), in insertion order: `put` over an existing id
    * keeps its place, delete then insert moves it to the end. `filter` sees the stored document
    * itself, deep-frozen: it must not mutate it (doing so throws).

@@ -19,7 +19,7 @@
  * its body or credentials.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { monotonicFactory } from 'ulid';
+import { monotonicUlidFactory } from '../../common/ids.js';
 import { authorize, resolveTenant, type Principal } from '../authz/index.js';
 import { isTrellisError } from '../../common/errors.js';
 import type { Webhooks, WebhookRefusal } from '../webhooks/index.js';
@@ -117,7 +117,7 @@ function parsePath(url: string): { tenant?: string; name: string } | undefined {
 
 export function webhookRoute(d: WebhookRouteDeps): Route {
   const max = d.maxBodyBytes ?? MAX_WEBHOOK_BODY_BYTES;
-  const newId = monotonicFactory();
+  const newId = monotonicUlidFactory();
 
   return async (req, res) => {
     const where = parsePath(req.url ?? '');
