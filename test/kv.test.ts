@@ -157,15 +157,18 @@ t.test('limits, TTL, moved and tampered ciphertexts', async (t) => {
   t.match(big.message, /65537 bytes: the limit is 65536 bytes/);
   t.equal(await codeOf(set(a, { key: 'big', value: 'x'.repeat(64 * 1024) })), 'OK', '64 KiB exactly is fine');
 
-  await set(a, { key: 'short', value: 'gone-soon', ttlMs: 800, secret: true });
+  const short = await set(a, { key: 'short', value: 'gone-soon', ttlMs: 800, secret: true });
   await set(a, { key: 'long', value: 'stays', ttlMs: 600_000 });
-  t.equal((await get(a, 'short', { decrypt: true })).value, 'gone-soon');
-  await new Promise((r) => setTimeout(r, 1000));
+  const shortExpires = Number(short.expiresAtMs);
+  t.ok(shortExpires > Date.now() - 800 && shortExpires <= Date.now() + 800, 'set answers with the expiry (now + 800 ms)');
+  if (Date.now() < shortExpires) t.equal((await get(a, 'short', { decrypt: true })).value, 'gone-soon', 'readable before its expiry');
+  await waitFor(() => Date.now() > shortExpires, 5_000, 'the expiry of short');
   t.equal(await codeOf(get(a, 'short')), 'TRELLIS_E_NOT_FOUND', 'expired: not returned');
   t.notOk((await list(a)).some((e) => e.key === 'short'), 'nor listed');
   t.ok((await list(a)).some((e) => e.key === 'long' && e.expiresAtMs > Date.now()));
-  await set(a, { key: 'short2', value: 'x', ttlMs: 50 });
-  await new Promise((r) => setTimeout(r, 100));
+  const short2 = await set(a, { key: 'short2', value: 'x', ttlMs: 50 });
+  t.ok(await h.hub.components.store.get('kv', kvId('red', 'tenant', '', 'short2')), 'short2 is in the store until swept');
+  await waitFor(() => Date.now() > Number(short2.expiresAtMs), 5_000, 'the expiry of short2');
   await h.hub.components.kv.sweep();
   t.equal(await h.hub.components.store.get('kv', kvId('red', 'tenant', '', 'short2')), undefined, 'swept from the store');
 
