@@ -13,6 +13,7 @@ import { parseHostPort, formatHostPort } from '../common/grpc-options.js';
 import { agentPaths, loadIdentity, readState, saveIdentity, type Identity } from './identity.js';
 import { HubChannel } from './channel.js';
 import { Outbox } from './outbox/index.js';
+import { renewalTime, DEFAULT_RENEW_AT } from './renew-schedule.js';
 import { join } from 'node:path';
 import { startAction, type RunningAction } from './runner.js';
 import { ulidFactory } from '../common/ids.js';
@@ -267,11 +268,12 @@ export class Agent {
   private scheduleRenewal(): void {
     clearTimeout(this.renewTimer);
     if (!this.managed || this.closed) return;
-    const { notBefore, notAfter } = this.identity;
-    const at = Math.min(notBefore.getTime() + (notAfter.getTime() - notBefore.getTime()) * (this.opts.renewAt ?? 2 / 3), this.rotationRenewAt ?? Infinity);
+    const at = renewalTime(this.identity, this.opts.renewAt ?? DEFAULT_RENEW_AT, this.rotationRenewAt);
     const delay = Math.max(0, at - Date.now());
+    this.log.debug({ serial: this.identity.serial, at: new Date(at).toISOString() }, 'certificate renewal scheduled');
     this.renewTimer = setTimeout(() => {
       if (delay > 2 ** 31 - 1) return this.scheduleRenewal(); // long timers are re-armed in steps
+      this.log.debug({ serial: this.identity.serial }, 'certificate renewal due');
       this.renew().catch((err) => {
         // A renewal the hub ordered (CA rotation) is retried sooner: the rotation waits for it.
         const retryMs = this.rotationRenewAt !== undefined ? 5_000 + Math.floor(Math.random() * 5_000) : 60_000;

@@ -53,6 +53,7 @@ import { allMethodPaths } from '../common/proto.js';
 import { SERVER_OPTIONS } from '../common/grpc-options.js';
 import { createLogger, type Logger } from '../common/log.js';
 import { TrellisError } from '../common/errors.js';
+import { rotationPauseFromEnv } from './kv/test-hooks.js';
 import type { HubComponents } from './components.js';
 
 export interface HubOptions {
@@ -118,7 +119,11 @@ export class Hub {
     const rotation = CaRotation.open({ paths, pki, agents, log: log.child({ component: 'pki' }), audit, names: config.names });
     if (recovered) audit.record({ timeMs: Date.now(), actor: 'hub', tenant: '', method: 'ca/RecoverRotation', target: `ca:${pki.caFingerprint.slice(0, 16)}`, result: 'ok', sourceAddress: '', detail: recovered.slice(0, 300) });
     const kvLog = log.child({ component: 'kv' });
-    const kv = new KvStore(store, await Keyring.open(opts.dataDir), { onError: (err) => kvLog.error({ err }, 'datastore') });
+    const pauseRotationAfter = rotationPauseFromEnv(process.env); // tests only: needs TRELLIS_TEST_HOOKS=1
+    const kv = new KvStore(store, await Keyring.open(opts.dataDir), {
+      onError: (err) => kvLog.error({ err }, 'datastore'),
+      pauseRotationAfter, onRotationPaused: (done, total) => kvLog.warn({ done, total }, 'key rotation paused by a test hook (TRELLIS_TEST_PAUSE_ROTATION_AFTER)'),
+    });
     const movedPrivate = await kv.migratePrivateKeys();
     if (movedPrivate > 0) kvLog.info({ keys: movedPrivate }, 'private keys moved to their creators\' name spaces');
     const webhooksLog = log.child({ component: 'webhooks' });

@@ -18,10 +18,11 @@ import { AgentDist } from '../hub/web/agentdist.js';
 import { getAgent } from './helpers/admin.js';
 import { installCommand } from '../common/install-command.js';
 import { createCA, fingerprintSha256, generateKey, issueCertificate } from '../certs/index.js';
+import { needs } from './helpers/needs.js';
 
 const isRoot = process.getuid?.() === 0;
 const ROOT = dirname(dirname(TRELLIS_BIN));
-const skip = isRoot ? false : 'needs root (useradd, /etc/systemd/system)';
+const missing = isRoot ? undefined : 'needs root (useradd, /etc/systemd/system)';
 
 interface Names { service: string; user: string; data: string; unit: string; prefix: string; bindir: string }
 function names(t: Test): Names {
@@ -69,7 +70,7 @@ function nothingInstalled(t: Test, n: Names): void {
   t.notOk(existsSync(n.data), 'no data dir');
 }
 
-t.test('a token pinned to another CA: the one-liner and install.sh download nothing and install nothing', { skip }, async (t) => {
+t.test('a token pinned to another CA: the one-liner and install.sh download nothing and install nothing', needs(t, missing), async (t) => {
   await using h = await startHub();
   const n = names(t);
   const good = await h.token();
@@ -97,7 +98,7 @@ t.test('a token pinned to another CA: the one-liner and install.sh download noth
   t.notOk(existsSync(join(h.dataDir, 'agent-bundle')), 'the hub never built (nobody downloaded) the bundle');
 });
 
-t.test('an impostor that serves the pinned CA followed by its own CA is not trusted: the one-liner and install.sh trust only the pinned certificate', { skip }, async (t) => {
+t.test('an impostor that serves the pinned CA followed by its own CA is not trusted: the one-liner and install.sh trust only the pinned certificate', needs(t, missing), async (t) => {
   await using h = await startHub();
   const n = names(t);
   const token = await h.token();
@@ -143,7 +144,7 @@ t.test('an impostor that serves the pinned CA followed by its own CA is not trus
   nothingInstalled(t, n);
 });
 
-t.test('tokens create --install-command: the one-liner installs a running agent from the hub; --cloud-init holds the same command; a bundle not matching its SHA-256 is refused', { skip }, async (t) => {
+t.test('tokens create --install-command: the one-liner installs a running agent from the hub; --cloud-init holds the same command; a bundle not matching its SHA-256 is refused', needs(t, missing), async (t) => {
   await using h = await startHub();
   const n = names(t);
 

@@ -14,6 +14,7 @@ import { dirname, join } from 'node:path';
 import { TRELLIS_BIN, runCli } from './helpers/cli.js';
 import { startHub, waitFor, type TestHub } from './helpers/hub.js';
 import { getAgent } from './helpers/admin.js';
+import { needs } from './helpers/needs.js';
 
 const isRoot = process.getuid?.() === 0;
 const ROOT = dirname(dirname(TRELLIS_BIN));
@@ -69,7 +70,7 @@ async function online(h: TestHub, id: string): Promise<void> {
   await waitFor(async () => (await getAgent(h, id)).online, 60_000, `agent ${id} online`);
 }
 
-t.test('agent install --detach: user, data dir, verified unit, the agent online as that user; idempotent; status; uninstall --purge', { skip: isRoot ? false : 'needs root (useradd, /etc/systemd/system)' }, async (t) => {
+t.test('agent install --detach: user, data dir, verified unit, the agent online as that user; idempotent; status; uninstall --purge', needs(t, isRoot ? undefined : 'needs root (useradd, /etc/systemd/system)'), async (t) => {
   await using h = await startHub();
   const n = names();
   t.teardown(() => cleanup(n));
@@ -151,7 +152,7 @@ t.test('agent install --detach: user, data dir, verified unit, the agent online 
   t.match(un2.out, /not installed, nothing changed/);
 });
 
-t.test('two agents sharing one service user: uninstall --purge of one keeps the user the other still runs as', { skip: isRoot ? false : 'needs root' }, async (t) => {
+t.test('two agents sharing one service user: uninstall --purge of one keeps the user the other still runs as', needs(t, isRoot ? undefined : 'needs root'), async (t) => {
   await using h = await startHub();
   const a = names();
   const b = { ...names(), user: a.user };
@@ -170,7 +171,7 @@ t.test('two agents sharing one service user: uninstall --purge of one keeps the 
   t.notOk(existsSync(a.unit) || existsSync(a.data), 'the purged agent is gone');
 });
 
-t.test('agent install --no-start writes and verifies the unit, says how to start; --user root runs the agent as root', { skip: isRoot ? false : 'needs root' }, async (t) => {
+t.test('agent install --no-start writes and verifies the unit, says how to start; --user root runs the agent as root', needs(t, isRoot ? undefined : 'needs root'), async (t) => {
   await using h = await startHub();
   const n = names();
   t.teardown(() => cleanup(n));
@@ -191,7 +192,7 @@ t.test('agent install --no-start writes and verifies the unit, says how to start
   t.notOk(existsSync(n.unit));
 });
 
-t.test('a bad join token: a clear error and nothing left behind', { skip: isRoot ? false : 'needs root' }, async (t) => {
+t.test('a bad join token: a clear error and nothing left behind', needs(t, isRoot ? undefined : 'needs root'), async (t) => {
   await using h = await startHub();
   const n = names();
   t.teardown(() => cleanup(n));
@@ -217,7 +218,7 @@ t.test('a bad join token: a clear error and nothing left behind', { skip: isRoot
   nothingLeft(t, n);
 });
 
-t.test('bad input is refused before anything changes: service name, relative --data, user name, non-root caller', { skip: isRoot ? false : 'needs root' }, async (t) => {
+t.test('bad input is refused before anything changes: service name, relative --data, user name, non-root caller', needs(t, isRoot ? undefined : 'needs root'), async (t) => {
   const n = names();
   t.teardown(() => cleanup(n));
   const token = `tj1.${'0'.repeat(16)}.${'A'.repeat(43)}.${'0'.repeat(64)}`;
@@ -240,7 +241,7 @@ t.test('bad input is refused before anything changes: service name, relative --d
   nothingLeft(t, n);
 });
 
-t.test('non-root caller: refused with PERMISSION_DENIED', { skip: isRoot ? false : 'needs root (to run as nobody)' }, async (t) => {
+t.test('non-root caller: refused with PERMISSION_DENIED', needs(t, isRoot ? undefined : 'needs root (to run as nobody)'), async (t) => {
   const n = names();
   let err = '';
   let code = 0;
@@ -257,7 +258,7 @@ t.test('non-root caller: refused with PERMISSION_DENIED', { skip: isRoot ? false
   nothingLeft(t, n);
 });
 
-t.test('an installation the service user cannot read: a clear error, nothing created', { skip: isRoot ? false : 'needs root' }, async (t) => {
+t.test('an installation the service user cannot read: a clear error, nothing created', needs(t, isRoot ? undefined : 'needs root'), async (t) => {
   const n = names();
   t.teardown(() => cleanup(n));
   // A copy of this installation inside a 0700 directory (as an install under /root would be).

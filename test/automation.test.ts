@@ -14,6 +14,7 @@ import { agentPaths } from '../agent/identity.js';
 import type { Agent } from '../agent/agent.js';
 import { file, unaryT, install, getRule, createRule, listExecutions, setSecretViaApi as setSecret, readLines, walk } from './helpers/admin.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
+import { FINAL_STATUSES, type ExecutionStatus } from '../common/automation/types.js';
 
 /** A pack whose `mark` action appends MSG (and TOKEN, from env) to OUT. */
 function opsPack(dir: string): T.PackFile[] {
@@ -138,7 +139,8 @@ t.test('hub rules: run on the emitting agent, rate limit stops storms, no duplic
   for (let n = 1; n <= 40; n++) agent.publishEvent('core.job', { n });
   await h.restart();
   await waitFor(() => readLines(out).length >= 41, 30_000, '40 queued events ran');
-  await new Promise((r) => setTimeout(r, 500));
+  // Whatever the hub requested (a duplicate too) has finished before the lines are counted.
+  await waitFor(async () => (await listExecutions(h, { rule: 'on-job' })).executions.every((x) => FINAL_STATUSES.has(x.status as ExecutionStatus)), 30_000, 'every execution of on-job finished');
   const lines = readLines(out);
   t.equal(lines.length, 41, 'no event lost, no execution duplicated');
   t.equal(new Set(lines).size, 41, 'every line distinct');

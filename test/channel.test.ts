@@ -362,7 +362,8 @@ t.test('an agent renews by itself at about 2/3 of a short certificate life', asy
   t.ok(after >= 2_000, `renewed ${after} ms after issuance, not at once (2/3 of 6 s is 4 s)`);
   const liveSerial = () => { const l = h.hub.components.agents.link(agentId); return l && normalizeSerial(l.serial); };
   await waitFor(() => liveSerial() === normalizeSerial(agent.certificate.serial), 5_000, 'the live stream on the new certificate');
-  t.pass('the live stream uses the new certificate');
+  t.equal(liveSerial(), normalizeSerial(agent.certificate.serial), 'the live stream uses the new certificate');
+  t.not(liveSerial(), first, 'not the first one');
 
   // Watch past the first certificate's expiry: the hub must not cut the agent when it lapses.
   await waitFor(() => Date.now() > firstNotAfter + 500, 10_000, 'the first certificate to lapse');

@@ -10,6 +10,7 @@ import { runCli } from './helpers/cli.js';
 import { tempDir } from './helpers/hub.js';
 import { buildProgram } from '../cli/main.js';
 import { commandTree } from '../cli/commands/completion.js';
+import { needs } from './helpers/needs.js';
 
 const has = (shell: string) => spawnSync('sh', ['-c', `command -v ${shell}`]).status === 0;
 
@@ -60,7 +61,7 @@ t.test('bash: the script loads and completes commands, subcommands, flags and fl
   t.match(loaded.out, /complete -o default -F _trellis trellis/);
 });
 
-t.test('zsh: the script parses, registers itself and completes', { skip: has('zsh') ? false : 'zsh is not installed' }, async (t) => {
+t.test('zsh: the script parses, registers itself and completes', needs(t, has('zsh') ? undefined : 'zsh is not installed (apt-get install zsh; .ci/run does it)'), async (t) => {
   await using d = await tempDir();
   const file = await writeScript(t, 'zsh', join(d.path, '_trellis'));
   t.equal(sh('zsh', ['-n'], file).code, 0, 'zsh -n');
@@ -79,7 +80,7 @@ words=(${words.map((x) => `'${x}'`).join(' ')}); CURRENT=$#words; PREFIX=$words[
   t.equal(complete(['trellis', 'packs', 'install', '']), 'FILES', 'files where an argument is a path');
 });
 
-t.test('fish: the script parses and completes', { skip: has('fish') ? false : 'fish is not installed' }, async (t) => {
+t.test('fish: the script parses and completes', needs(t, has('fish') ? undefined : 'fish is not installed (apt-get install fish; .ci/run does it)'), async (t) => {
   await using d = await tempDir();
   const file = await writeScript(t, 'fish', join(d.path, 'trellis.fish'));
   t.equal(sh('fish', ['-n'], file).code, 0, 'fish -n');

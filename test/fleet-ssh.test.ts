@@ -16,6 +16,7 @@ import { call } from '../cli/client.js';
 import { writeBundle } from '../cli/bundle.js';
 import { agentUninstall } from '../cli/fleet/remote.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
+import { needs } from './helpers/needs.js';
 
 interface Fixture {
   h: TestHub;
@@ -26,7 +27,7 @@ interface Fixture {
 
 const missing = sshdMissing();
 
-t.test('agents install over SSH: two agents on one server, online with their labels; rerun unchanged; host key and auth failures', { skip: missing ? `sshd cannot run here: ${missing}` : false }, async (t) => {
+t.test('agents install over SSH: two agents on one server, online with their labels; rerun unchanged; host key and auth failures', needs(t, missing && `sshd cannot run here: ${missing}`), async (t) => {
   await using h = await startHub();
   await using tmp = await tempDir('trellis-fleet-');
   const dir = tmp.path;

@@ -84,7 +84,7 @@ t.test('a hub certificate that does not name the address dialed is refused by en
   const run = startCli(['agent', 'run', '--data', join(h.dir, 'a1'), '--hub', `127.0.0.1:${h.hub.agentPort}`], env);
   t.teardown(() => { run.child.kill('SIGKILL'); });
   await waitFor(() => NAME_ERR.test(run.err() + run.out()), 20_000, 'agent run reports the name mismatch');
-  t.pass(`agent run says why: ${(run.err() + run.out()).split('\n').find((l) => NAME_ERR.test(l))?.slice(0, 200)}`);
+  t.match(run.err() + run.out(), NAME_ERR, 'agent run says why');
   t.equal(h.hub.components.agents.link((await h.hub.components.agents.list({}))[0]!.id), undefined, 'the hub never saw the agent connect');
   run.child.kill('SIGTERM');
   await run.done;

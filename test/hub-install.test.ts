@@ -12,6 +12,7 @@ import * as https from 'node:https';
 import { dirname, join } from 'node:path';
 import { runCli } from './helpers/cli.js';
 import { waitFor } from './helpers/hub.js';
+import { needs } from './helpers/needs.js';
 
 const isRoot = process.getuid?.() === 0;
 
@@ -20,7 +21,7 @@ function alive(pid: number): boolean {
   try { return !/^\d+ \(.*\) Z/s.test(readFileSync(`/proc/${pid}/stat`, 'utf8')); } catch { return false; }
 }
 
-t.test('hub install --detach runs the hub as a system user from a hardened, verified unit; idempotent; uninstall keeps the data', { skip: isRoot ? false : 'needs root' }, async (t) => {
+t.test('hub install --detach runs the hub as a system user from a hardened, verified unit; idempotent; uninstall keeps the data', needs(t, isRoot ? undefined : 'needs root'), async (t) => {
   const id = randomBytes(4).toString('hex');
   const service = `trellis-h-${id}`, user = `trh-${id}`, data = `/var/lib/${service}`, unit = `/etc/systemd/system/${service}.service`;
   t.teardown(async () => {

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { startCli } from './helpers/cli.js';
-import { tempDir, ADMIN_PASSWORD } from './helpers/hub.js';
+import { tempDir, ADMIN_PASSWORD, waitFor } from './helpers/hub.js';
 import { initHub } from '../hub/init.js';
 import { loadHubConfig } from '../hub/config.js';
 import { adminClients, call } from '../cli/client.js';
@@ -59,7 +59,7 @@ t.test('a logged field named like a key pino writes is kept under <key>_: each k
   log.warn({ code: 'X', msg: 'the reason', time: 5, level: 'high', name: 'n', pid: 1 }, 'request refused');
   log.info({ msg: 'the message itself' });
   log.child({ component: 'admin' }).info({ reqId: 'r' }, 'plain');
-  await new Promise((r) => setTimeout(r, 50));
+  await waitFor(() => lines.length >= 3, 5_000, 'three lines written');
   t.equal(lines.length, 3);
   for (const l of lines) t.same(duplicateKeys(l), [], l);
   const [a, b, c] = lines.map((l) => JSON.parse(l) as Record<string, unknown>);

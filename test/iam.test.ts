@@ -385,9 +385,11 @@ t.test('an API key is shown once and stored only as a salted hash; last use is r
   t.notOk(state.includes(createHash('sha256').update(secret!).digest('hex')), 'nor an unsalted hash of it');
   t.match(doc.salt, /^[0-9a-f]{32}$/, 'a per-key salt');
 
+  const usedFrom = Date.now();
   t.equal((await whoami(withKey(t, h, r.key))).username, 'gina', 'the key works');
   await waitFor(async () => (await listKeys(g)).keys[0]!.lastUsedMs > 0, 5000, 'last used to be recorded');
-  t.pass('last_used_ms is set after the key is used');
+  const lastUsed = Number((await listKeys(g)).keys[0]!.lastUsedMs);
+  t.ok(lastUsed >= usedFrom && lastUsed <= Date.now(), `last_used_ms is set when the key is used (${lastUsed - usedFrom} ms after the call began)`);
 });
 
 t.test('disabling, enabling and deleting an API key take effect at once; another\'s needs a permission', async (t) => {

@@ -14,6 +14,7 @@ import { initHub } from '../hub/init.js';
 import { Hub } from '../hub/hub.js';
 import { kvId, type KvDoc } from '../hub/kv/index.js';
 import { keysDir } from '../hub/secrets/keyring.js';
+import { rotationPauseFromEnv } from '../hub/kv/test-hooks.js';
 import { startChildHub } from '../bench/lib.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
@@ -156,15 +157,18 @@ t.test('limits, TTL, moved and tampered ciphertexts', async (t) => {
   t.match(big.message, /65537 bytes: the limit is 65536 bytes/);
   t.equal(await codeOf(set(a, { key: 'big', value: 'x'.repeat(64 * 1024) })), 'OK', '64 KiB exactly is fine');
 
-  await set(a, { key: 'short', value: 'gone-soon', ttlMs: 800, secret: true });
+  const short = await set(a, { key: 'short', value: 'gone-soon', ttlMs: 800, secret: true });
   await set(a, { key: 'long', value: 'stays', ttlMs: 600_000 });
-  t.equal((await get(a, 'short', { decrypt: true })).value, 'gone-soon');
-  await new Promise((r) => setTimeout(r, 1000));
+  const shortExpires = Number(short.expiresAtMs);
+  t.ok(shortExpires > Date.now() - 800 && shortExpires <= Date.now() + 800, 'set answers with the expiry (now + 800 ms)');
+  if (Date.now() < shortExpires) t.equal((await get(a, 'short', { decrypt: true })).value, 'gone-soon', 'readable before its expiry');
+  await waitFor(() => Date.now() > shortExpires, 5_000, 'the expiry of short');
   t.equal(await codeOf(get(a, 'short')), 'TRELLIS_E_NOT_FOUND', 'expired: not returned');
   t.notOk((await list(a)).some((e) => e.key === 'short'), 'nor listed');
   t.ok((await list(a)).some((e) => e.key === 'long' && e.expiresAtMs > Date.now()));
-  await set(a, { key: 'short2', value: 'x', ttlMs: 50 });
-  await new Promise((r) => setTimeout(r, 100));
+  const short2 = await set(a, { key: 'short2', value: 'x', ttlMs: 50 });
+  t.ok(await h.hub.components.store.get('kv', kvId('red', 'tenant', '', 'short2')), 'short2 is in the store until swept');
+  await waitFor(() => Date.now() > Number(short2.expiresAtMs), 5_000, 'the expiry of short2');
   await h.hub.components.kv.sweep();
   t.equal(await h.hub.components.store.get('kv', kvId('red', 'tenant', '', 'short2')), undefined, 'swept from the store');
 
@@ -264,12 +268,13 @@ t.test('rotation under concurrent reads and writes loses nothing, fails no read,
   t.equal(last.keyVersion, 2);
   t.ok(last.total >= 1 && last.done === last.total, `re-encrypted ${last.done}/${last.total}`);
   t.same(readdirSync(keysDir(h.dataDir)).sort(), ['master-2.key'], 'the old key file is gone');
+  const wrong: string[] = [];
   for (const [k, v] of expected) {
     const got = await kv.get('red', who, k, { decrypt: true });
-    if (got.value !== v) { t.fail(`${k}: ${got.value} != ${v}`); break; }
-    if (!got.doc.value.startsWith('v2:')) { t.fail(`${k} still under an old key`); break; }
+    if (got.value !== v) wrong.push(`${k}: wrong value`);
+    else if (!got.doc.value.startsWith('v2:')) wrong.push(`${k}: still under an old key`);
   }
-  t.pass(`all ${N} values read back under key v2`);
+  t.same(wrong.slice(0, 5), [], `all ${expected.size} values read back under key v2`);
   // Rotate again (nothing concurrent): v3 only.
   await rotate(a);
   t.same(readdirSync(keysDir(h.dataDir)).sort(), ['master-3.key']);
@@ -292,30 +297,43 @@ t.test('a hub killed with SIGKILL during rotation keeps every value readable and
     }
     await hub.close(1000);
   }
-  const child = await startChildHub(ROOT, dataDir, []);
+  // The test hook (hub/kv/test-hooks.ts) stops the rotation once PAUSE values are re-encrypted
+  // and durable: the kill lands mid-rotation every time, with both key versions in use.
+  const PAUSE = 1000;
+  const saved = { hooks: process.env.TRELLIS_TEST_HOOKS, pause: process.env.TRELLIS_TEST_PAUSE_ROTATION_AFTER };
+  process.env.TRELLIS_TEST_HOOKS = '1';
+  process.env.TRELLIS_TEST_PAUSE_ROTATION_AFTER = String(PAUSE);
+  let child: Awaited<ReturnType<typeof startChildHub>>;
+  try {
+    child = await startChildHub(ROOT, dataDir, []);
+  } finally {
+    // The in-process hub started below must not see the hook.
+    if (saved.hooks === undefined) delete process.env.TRELLIS_TEST_HOOKS; else process.env.TRELLIS_TEST_HOOKS = saved.hooks;
+    if (saved.pause === undefined) delete process.env.TRELLIS_TEST_PAUSE_ROTATION_AFTER; else process.env.TRELLIS_TEST_PAUSE_ROTATION_AFTER = saved.pause;
+  }
   t.teardown(() => child.stop(1000));
+  let stderr = '';
+  child.proc.stderr!.on('data', (d: Buffer) => { stderr += d.toString('utf8'); });
   const caPem = readFileSync(join(dataDir, 'ca.pem'), 'utf8');
   const c = await clientsFor(t, `127.0.0.1:${child.adminPort}`, caPem, 'admin', 'default', ADMIN_PASSWORD);
-  let killedAt: T.RotateProgress__Output | undefined;
-  await new Promise<void>((resolve) => {
-    const s = c.kv.RotateKey({}, c.metadata);
-    s.on('data', (p: T.RotateProgress__Output) => {
-      if (killedAt) return;
-      killedAt = p;
-      // The new key file is on disk before the first progress message; kill a moment later, mid-batch.
-      setTimeout(() => { child.proc.kill('SIGKILL'); resolve(); }, 40);
-    });
-    s.on('error', () => resolve());
-    s.on('end', () => resolve());
-  });
+  const progress: T.RotateProgress__Output[] = [];
+  const s = c.kv.RotateKey({}, c.metadata);
+  s.on('data', (p: T.RotateProgress__Output) => progress.push(p));
+  s.on('error', () => undefined); // the stream dies with the hub
+  await waitFor(() => /key rotation paused by a test hook/.test(stderr) && progress.some((p) => p.done === PAUSE), 60_000, 'the rotation to pause mid-way');
+  const keysAtKill = readdirSync(keysDir(dataDir)).sort();
+  const stateAtKill = readFileSync(join(dataDir, 'state.json'), 'utf8');
+  child.proc.kill('SIGKILL');
   await child.exited;
-  t.ok(killedAt, 'the rotation had started when the hub was killed');
-  const keysAfterKill = readdirSync(keysDir(dataDir)).sort();
-  const state = readFileSync(join(dataDir, 'state.json'), 'utf8');
-  const v1 = (state.match(/"v1:/g) ?? []).length, v2 = (state.match(/"v2:/g) ?? []).length;
-  t.comment(`after SIGKILL: keys ${keysAfterKill.join(',')}; ${v1} values under v1, ${v2} under v2`);
-  t.ok(keysAfterKill.includes('master-2.key'), 'the new key version was written first');
-  if (v1 > 0) t.ok(keysAfterKill.includes('master-1.key'), 'the old key is kept while values use it');
+  t.equal(child.proc.signalCode, 'SIGKILL', 'the hub died of SIGKILL');
+  t.match(progress.at(-1), { done: PAUSE, total: N, finished: false }, 'killed after the rotation reported PAUSE of N values done');
+  const v1 = (stateAtKill.match(/"v1:/g) ?? []).length, v2 = (stateAtKill.match(/"v2:/g) ?? []).length;
+  t.equal(v2, PAUSE, `at the kill ${PAUSE} values were already under the new key v2`);
+  t.equal(v1, N - PAUSE, `and ${N - PAUSE} still under the old key v1: the kill landed mid-rotation`);
+  t.same(keysAtKill, ['master-1.key', 'master-2.key'], 'both key versions on disk at the kill');
+  t.same(readdirSync(keysDir(dataDir)).sort(), ['master-1.key', 'master-2.key'], 'and after it');
+  const stateAfterKill = readFileSync(join(dataDir, 'state.json'), 'utf8');
+  t.equal((stateAfterKill.match(/"v2:/g) ?? []).length, PAUSE, 'nothing more was re-encrypted after the pause');
 
   const { log } = captureLogger('warn');
   const hub = await Hub.start({ dataDir, log, flags: { agentPort: 0, adminPort: 0, webPort: 0 } });
@@ -332,6 +350,13 @@ t.test('a hub killed with SIGKILL during rotation keeps every value readable and
   t.same(readdirSync(keysDir(dataDir)).sort(), ['master-2.key'], 'the rotation completed at start: only the newest key remains');
   const docs = await hub.components.store.list<KvDoc>('kv');
   t.equal(docs.filter((d) => !d.value.startsWith('v2:')).length, 0, 'every value is under v2');
+});
+
+t.test('the rotation pause hook is read only with TRELLIS_TEST_HOOKS=1 and a positive count', async (t) => {
+  t.equal(rotationPauseFromEnv({ TRELLIS_TEST_HOOKS: '1', TRELLIS_TEST_PAUSE_ROTATION_AFTER: '500' }), 500);
+  t.equal(rotationPauseFromEnv({ TRELLIS_TEST_PAUSE_ROTATION_AFTER: '500' }), undefined, 'without the test flag: no pause');
+  t.equal(rotationPauseFromEnv({ TRELLIS_TEST_HOOKS: 'true', TRELLIS_TEST_PAUSE_ROTATION_AFTER: '500' }), undefined, 'the flag is exactly 1');
+  for (const bad of ['0', '-1', 'x', '1e3', ' 5', '']) t.equal(rotationPauseFromEnv({ TRELLIS_TEST_HOOKS: '1', TRELLIS_TEST_PAUSE_ROTATION_AFTER: bad }), undefined, `"${bad}": no pause`);
 });
 
 t.test('master key: supplied at init (raw, hex, base64), refused when malformed, created at start for an older data dir', async (t) => {

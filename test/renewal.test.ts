@@ -13,6 +13,7 @@ import { CLIENT_OPTIONS } from '../common/grpc-options.js';
 import { CODE_KEY } from '../common/grpc-errors.js';
 import { createCSR, generateKey, normalizeSerial, certInfo } from '../certs/index.js';
 import { agentPaths } from '../agent/identity.js';
+import { renewalTime, DEFAULT_RENEW_AT } from '../agent/renew-schedule.js';
 import { openStore } from '../hub/store/index.js';
 import { AgentRegistry, type AgentDoc } from '../hub/agents/index.js';
 import type { ChannelState } from '../agent/channel.js';
@@ -108,8 +109,11 @@ t.test('after a renewal the pre-renewal certificate cannot connect (nor renew on
   live.stream.on('error', (e: grpc.ServiceError) => { liveErr = e; });
   const r1 = await renewWith(h, old);
   t.equal(r1.err, undefined, 'renewed');
-  live.stream.write({ heartbeat: { sentAtMs: Date.now() } });
-  await new Promise((r) => setTimeout(r, 300));
+  const hbAt = Date.now();
+  live.stream.write({ heartbeat: { sentAtMs: hbAt } });
+  // The hub read the heartbeat (it marks the agent seen) on the stream of the old certificate.
+  const agents = h.hub.components.agents;
+  await waitFor(async () => (agents.view((await agents.get(agentId))!).lastSeen ?? 0) >= hbAt, 10_000, 'the hub to read the heartbeat');
   t.equal(liveErr, undefined, 'the live stream on the old certificate is not cut by the renewal');
   t.ok(h.hub.components.agents.link(agentId), 'and the hub still holds it');
 
@@ -197,4 +201,34 @@ t.test('state and CRL stay bounded over 2,000 renewals (expired entries drop out
   t.ok(reg.isSerialRevoked('07d0'), 'a recent superseded serial is revoked');
   t.notOk(reg.isSerialRevoked('0002'), 'an old expired one has dropped out of the CRL');
   await store.close();
+});
+
+t.test('an agent renews at 2/3 of its certificate life (within 5% of the life), counted from the real certificate dates', async (t) => {
+  const LIFE = 15_000;
+  await using h = await startHub({ config: { agentCertTtl: LIFE } });
+  const { dataDir } = await h.enroll();
+  const first = certInfo(await readFile(agentPaths(dataDir).cert, 'utf8'));
+  const nb = first.notBefore.getTime(), na = first.notAfter.getTime(), life = na - nb;
+  t.ok(life >= LIFE - 1000 && life <= LIFE * 1.1 + 1000, `the certificate lives ${life} ms (agentCertTtl ${LIFE}, notBefore backdated by a tenth of it, X.509 dates in whole seconds)`);
+  // The scheduling function, on the real certificate's dates.
+  const at = renewalTime(first);
+  t.equal(DEFAULT_RENEW_AT, 2 / 3);
+  t.equal(at, nb + life * (2 / 3), 'scheduled at notBefore + 2/3 of notBefore..notAfter');
+  t.equal(renewalTime(first, DEFAULT_RENEW_AT, nb + 1000), nb + 1000, 'a renewal the hub ordered earlier wins');
+  t.equal(renewalTime(first, DEFAULT_RENEW_AT, na + 1000), at, 'an order later than 2/3 changes nothing');
+
+  // The real agent: the renewal comes due at that moment, and then the serial changes.
+  const agent = await h.agent({ dataDir });
+  await waitFor(() => normalizeSerial(agent.certificate.serial) !== normalizeSerial(first.serialHex), LIFE, 'the agent to renew');
+  const lines = h.agentLogLines().map((l) => JSON.parse(l) as { msg: string; time: number; serial?: string; at?: string });
+  const scheduled = lines.find((l) => l.msg === 'certificate renewal scheduled' && normalizeSerial(l.serial ?? '') === normalizeSerial(first.serialHex));
+  t.ok(scheduled && Math.abs(Date.parse(scheduled.at!) - at) < 1, 'the agent scheduled the renewal of its first certificate at the computed moment (to the ms)');
+  const due = lines.find((l) => l.msg === 'certificate renewal due' && normalizeSerial(l.serial ?? '') === normalizeSerial(first.serialHex));
+  t.ok(due, 'the renewal came due');
+  const off = due!.time - (nb + life * (2 / 3));
+  t.ok(Math.abs(off) <= life * 0.05, `the renewal came due ${off} ms from 2/3 of the life (bound ±${Math.round(life * 0.05)} ms)`);
+  const renewed = lines.find((l) => l.msg === 'certificate renewed');
+  t.ok(renewed && renewed.time >= due!.time && renewed.time - nb <= life * (2 / 3 + 0.05) + 5_000, 'and the new certificate arrived right after');
+  const second = certInfo(agent.certificate.certPem);
+  t.ok(second.notAfter.getTime() > na, 'the new certificate lives longer than the first');
 });

@@ -18,6 +18,7 @@ import type { Grant } from '../hub/authz/index.js';
 import { kvId, kvAad } from '../hub/kv/index.js';
 import { file, unaryT as adminCall, install, getRule, readLines } from './helpers/admin.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
+import { FINAL_STATUSES, type ExecutionStatus } from '../common/automation/types.js';
 
 const PW = 'rights-test-password-1';
 
@@ -330,8 +331,7 @@ t.test('rules, hub and edge, never see --private keys', async (t) => {
   agent.publishEvent('core.test_pk', { x: 1 });
   await waitFor(() => readLines(out).includes('public-value'), 15_000, 'the rule with a shared key ran');
   const list = (rule: string) => adminCall<T.ListExecutionsRequest, T.ListExecutionsResponse__Output>(h, h.admin.executions, h.admin.executions.ListExecutions, { limit: 100, rule } as T.ListExecutionsRequest);
-  await waitFor(async () => (await list('edge-private')).executions.length > 0, 15_000, 'edge run reported');
-  await new Promise((r) => setTimeout(r, 300));
+  await waitFor(async () => { const x = (await list('edge-private')).executions; return x.length > 0 && x.every((e) => FINAL_STATUSES.has(e.status as ExecutionStatus)); }, 15_000, 'edge run reported, finished');
   t.notOk(readLines(out).some((l) => l.includes(value)), 'no action received the private value');
   t.equal((await list('hub-private')).executions.length, 0, 'the hub rule could not request a run: the private key does not exist for it');
   t.not((await list('edge-private')).executions[0]?.status, 'succeeded', 'the edge run did not get the value either');
@@ -363,7 +363,7 @@ t.test('a {{ kv.x }} that becomes a secret after the rule was saved is not opene
   agent.publishEvent('core.test_kv', { n: 2 });
   agent.publishEvent('core.test_kv_control', { n: 2 });
   await waitFor(async () => (await getRule(h, 'hub-x')).matched >= 2, 10_000, 'second event matched');
-  await new Promise((r) => setTimeout(r, 1000));
+  await waitFor(() => h.logLines.some((l) => l.includes('rule fired but its action could not be requested')), 10_000, 'the hub rule\'s refused request');
   t.notOk(readLines(out).some((l) => l.includes(secret)), 'the hub rule did not run with the secret');
   t.notOk(JSON.stringify(await c.executions.list('default', { rule: 'hub-x' })).includes(secret), 'nor is it in history');
   t.ok(h.logLines.some((l) => l.includes('rule fired but its action could not be requested') && l.includes('secrets:use')), 'the refusal is logged, naming the permission');

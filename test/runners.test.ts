@@ -12,6 +12,7 @@ import type { AddressInfo } from 'node:net';
 import { createCA, generateKey, issueCertificate, sealAad, sealFor } from '../certs/index.js';
 import { MAX_OUTPUT_BYTES, runAction, startAction, type RunInputs, type RunRequest, type RunResult } from '../agent/runner.js';
 import { tempDir } from './helpers/hub.js';
+import { needs } from './helpers/needs.js';
 
 const ca = createCA({ commonName: 'runners test CA' });
 
@@ -332,7 +333,7 @@ t.test('http runner: bad specs are refused with the field named', async (t) => {
 
 // ---- run_as ----------------------------------------------------------------------------------
 
-t.test('run_as nobody: the process runs as nobody, with its HOME/USER and no supplementary groups', { skip: !isRoot && 'needs root' }, async (t) => {
+t.test('run_as nobody: the process runs as nobody, with its HOME/USER and no supplementary groups', needs(t, isRoot ? undefined : 'needs root'), async (t) => {
   await using dir = await tempDir();
   chmodSync(dir.path, 0o777);
   const nobody = readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.startsWith('nobody:'))!.split(':');
@@ -353,7 +354,7 @@ t.test('run_as nobody: the process runs as nobody, with its HOME/USER and no sup
   t.equal(denied.result.status, 'failed', 'nobody cannot read /etc/shadow');
 });
 
-t.test('run_as nobody with a script: the private dir belongs to nobody and is removed after', { skip: !isRoot && 'needs root' }, async (t) => {
+t.test('run_as nobody with a script: the private dir belongs to nobody and is removed after', needs(t, isRoot ? undefined : 'needs root'), async (t) => {
   const r = await run(request({ runner: 'script', runAs: 'nobody', script: Buffer.from('#!/bin/sh\nid -un\necho "$0"\nstat -c "%a %U" "$0" "$(dirname "$0")"\n') }));
   t.equal(r.result.status, 'succeeded', r.err);
   const [user, path, file, dir] = r.out.trim().split('\n');
@@ -374,7 +375,7 @@ t.test('run_as: an unknown or malformed user is an error; nothing runs', async (
   t.match(odd.result, { status: 'error', error: /run_as: 'root;id' is not a valid user name/ });
 });
 
-t.test('an agent that is not root refuses run_as another user instead of running as itself', { skip: !isRoot && 'needs root to start a non-root agent' }, async (t) => {
+t.test('an agent that is not root refuses run_as another user instead of running as itself', needs(t, isRoot ? undefined : 'needs root to start a non-root agent'), async (t) => {
   // A real non-root process (nobody) asks the same code to switch to root and to itself.
   const users = new URL('../agent/runners/users.js', import.meta.url).pathname;
   const probe = `import(${JSON.stringify(users)}).then(async (m) => {

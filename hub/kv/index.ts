@@ -78,6 +78,17 @@ export const kvAad = (d: Pick<KvDoc, 'tenant' | 'scope' | 'owner' | 'key'>) => `
 const live = (d: KvDoc, now: number) => d.expiresAt === 0 || d.expiresAt > now;
 const visible = (d: KvDoc, who: KvCaller) => (d.scope === 'user' ? d.owner === who.username : !d.private || d.createdBy === who.username || who.isAdmin);
 
+export interface KvStoreOptions {
+  now?: () => number;
+  onError?: (err: unknown) => void;
+  /**
+   * Tests only (hub/kv/test-hooks.ts): a rotation stops once this many values are re-encrypted
+   * and durable, calls `onRotationPaused`, and waits for close.
+   */
+  pauseRotationAfter?: number;
+  onRotationPaused?: (done: number, total: number) => void;
+}
+
 export class KvStore {
   private rotation?: Promise<void>;
   private listeners = new Set<(p: RotateProgress) => void>();
@@ -87,7 +98,12 @@ export class KvStore {
   private readonly changeListeners = new Set<(c: KvChange) => void>();
   private readonly keyHolders: KeyHolder[] = [];
 
-  constructor(private readonly store: Store, readonly keyring: Keyring, private readonly opts: { now?: () => number; onError?: (err: unknown) => void } = {}) {}
+  private readonly closedSignal: Promise<void>;
+  private signalClosed!: () => void;
+
+  constructor(private readonly store: Store, readonly keyring: Keyring, private readonly opts: KvStoreOptions = {}) {
+    this.closedSignal = new Promise((r) => { this.signalClosed = r; });
+  }
 
   private now(): number { return this.opts.now?.() ?? Date.now(); }
 
@@ -307,6 +323,10 @@ export class KvStore {
         })));
         done = Math.min(total, i + BATCH);
         this.emit({ total, done, keyVersion: target, finished: false });
+        if (this.opts.pauseRotationAfter !== undefined && done >= this.opts.pauseRotationAfter && done < total) {
+          this.opts.onRotationPaused?.(done, total);
+          await this.closedSignal; // test hook: stays here (both versions in use) until the hub closes
+        }
       }
       // Nothing may name a version we drop: scan again, with no await between the scan and the drop.
       const inUse = new Set<number>();
@@ -329,6 +349,7 @@ export class KvStore {
 
   async close(): Promise<void> {
     this.closed = true;
+    this.signalClosed();
     clearInterval(this.sweepTimer);
     await this.rotation?.catch(() => undefined);
   }
