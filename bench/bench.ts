@@ -24,6 +24,8 @@
  *  8. preauth_rss_40x4mib_mb     hub RSS growth under 40 concurrent unauthenticated 4 MiB Logins
  *     kv_set_p99_ms              authenticated kv set latency (a state-file write), quiet hub
  *     login_flood_kv_set_p99_ms  the same while 16 clients from 16 addresses flood Login (bench/dos.ts)
+ * 10. agent_idle_rss_mb, agent_idle_cpu_pct  one idle `trellis agent run` child process (no sensors) connected to
+ *                                the child hub, mean VmRSS and CPU over 20 s after 10 s settling (bench/agent-idle.ts)
  *  9. agent_install_wall_s       `agents install` of one server over SSH on loopback: bundle copy → agent online
  *                                (bundle built beforehand, not counted; needs root and sshd) (bench/fleet.ts)
  *
@@ -58,6 +60,7 @@ import { benchEventToAction, benchIngest, benchSecretFanout, benchWebhook, insta
 import { silenceIpServernameWarning } from '../common/warnings.js';
 import { benchCaRotation } from './ca-rotation.js';
 import { benchCliStart } from './cli.js';
+import { benchAgentIdle } from './agent-idle.js';
 import { mean, note, percentile, pool, processCpuMs, sleep, startChildHub, type ChildHub } from './lib.js';
 
 silenceIpServernameWarning();
@@ -87,6 +90,7 @@ const FIGURES = [
   'agent_install_wall_s',
   'ca_rotation_1000_agents_s',
   'cli_start_ms',
+  'agent_idle_rss_mb', 'agent_idle_cpu_pct',
 ] as const;
 type Figure = typeof FIGURES[number];
 const reported = new Set<Figure>();
@@ -476,6 +480,14 @@ async function main(): Promise<void> {
       await enroll({ hub: adminAddr, token: await joinToken(1), dataDir: dir });
       return dir;
     };
+    // One idle `trellis agent run` child process, no sensors (bench/agent-idle.ts), before the load phases.
+    await figure(['agent_idle_rss_mb', 'agent_idle_cpu_pct'], async () => {
+      const dir = agentDir();
+      await enroll({ hub: adminAddr, token: await joinToken(1), dataDir: dir });
+      const r = await benchAgentIdle({ root: ROOT, dataDir: dir });
+      report('agent_idle_rss_mb', r.rssMb, 'MB', 1);
+      report('agent_idle_cpu_pct', r.cpuPct, '%', 2);
+    });
     await figure(['channel_events_per_s'], async () => benchChannelBatched(await agentDirFor(0)));
     await figure(['channel_events_unbatched_per_s'], async () => benchChannelUnbatched(await agentDirFor(1)));
 

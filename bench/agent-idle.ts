@@ -1,0 +1,79 @@
+/**
+ * agent_idle_rss_mb, agent_idle_cpu_pct: the footprint of one idle agent, as it runs on every
+ * managed server. A real `node bin/trellis.js agent run --data DIR` child process (the argv of
+ * the systemd unit, common/service/unit.ts execStart), enrolled to the bench's child hub, no
+ * sensors, no actions. Once it has logged `connected to the hub` it settles (settleMs), then for
+ * measureMs: CPU is utime+stime from /proc/PID/stat over the window, RSS the mean of VmRSS
+ * samples from /proc/PID/status taken every second, wakeups the main thread's voluntary context
+ * switches over the window (how often its event loop woke up), per minute.
+ */
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { note, processCpuMs, sleep } from './lib.js';
+
+export interface AgentIdleResult {
+  rssMb: number;
+  cpuPct: number;
+  /** Main-thread voluntary context switches per minute (event-loop wake-ups). */
+  wakeupsPerMin: number;
+  /** Threads of the process at the end of the window. */
+  threads: number;
+}
+
+/** A field of /proc/PID/status, e.g. VmRSS (kB) or voluntary_ctxt_switches. */
+export function procStatusField(pid: number, field: string): number {
+  const m = new RegExp(`^${field}:\\s+(\\d+)`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!m) throw new Error(`no ${field} in /proc/${pid}/status`);
+  return Number(m[1]);
+}
+
+export async function benchAgentIdle(o: { root: string; dataDir: string; settleMs?: number; measureMs?: number; nodeArgs?: string[] }): Promise<AgentIdleResult> {
+  const settleMs = o.settleMs ?? 10_000;
+  const measureMs = o.measureMs ?? 20_000;
+  const proc = spawn(process.execPath, [...(o.nodeArgs ?? []), join(o.root, 'bin', 'trellis.js'), 'agent', 'run', '--data', o.dataDir], {
+    cwd: o.root, env: { ...process.env, TRELLIS_LOG_LEVEL: 'info' }, stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  let errText = '';
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`the agent did not connect within 30 s: ${errText.trim().slice(-400)}`)), 30_000);
+      proc.stderr!.on('data', (c: Buffer) => {
+        if (errText.length < 20_000) errText += c.toString('utf8');
+        if (errText.includes('connected to the hub')) { clearTimeout(t); resolve(); }
+      });
+      proc.once('exit', (code) => { clearTimeout(t); reject(new Error(`the agent exited (code ${code}): ${errText.trim().slice(-400)}`)); });
+    });
+    await sleep(settleMs);
+    const pid = proc.pid!;
+    const cpu0 = processCpuMs(pid);
+    const wake0 = procStatusField(pid, 'voluntary_ctxt_switches');
+    const t0 = performance.now();
+    const rss: number[] = [];
+    while (performance.now() - t0 < measureMs) {
+      rss.push(procStatusField(pid, 'VmRSS'));
+      await sleep(1000);
+    }
+    const ms = performance.now() - t0;
+    const cpu = processCpuMs(pid) - cpu0;
+    const wakes = procStatusField(pid, 'voluntary_ctxt_switches') - wake0;
+    const threads = procStatusField(pid, 'Threads');
+    if (proc.exitCode !== null) throw new Error(`the agent exited during the measurement: ${errText.trim().slice(-400)}`);
+    const r: AgentIdleResult = {
+      rssMb: rss.reduce((a, b) => a + b, 0) / rss.length / 1024,
+      cpuPct: (cpu * 100) / ms,
+      wakeupsPerMin: (wakes * 60_000) / ms,
+      threads,
+    };
+    note(`agent idle: pid ${pid}, ${Math.round(ms)} ms window after ${settleMs} ms settling; RSS mean ${r.rssMb.toFixed(1)} MB `
+      + `(min ${(Math.min(...rss) / 1024).toFixed(1)}, max ${(Math.max(...rss) / 1024).toFixed(1)}), CPU ${Math.round(cpu)} ms = ${r.cpuPct.toFixed(2)}% of a core, `
+      + `main-thread wake-ups ${r.wakeupsPerMin.toFixed(0)}/min, ${threads} threads`);
+    return r;
+  } finally {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
+    const t = setTimeout(() => proc.kill('SIGKILL'), 5000);
+    await exited;
+    clearTimeout(t);
+  }
+}
