@@ -59,6 +59,8 @@ export async function benchAgentIdle(o: { root: string; dataDir: string; settleM
     const cpu = processCpuMs(pid) - cpu0;
     const wakes = procStatusField(pid, 'voluntary_ctxt_switches') - wake0;
     const threads = procStatusField(pid, 'Threads');
+    const anonMb = procStatusField(pid, 'RssAnon') / 1024;
+    const fileMb = procStatusField(pid, 'RssFile') / 1024;
     if (proc.exitCode !== null) throw new Error(`the agent exited during the measurement: ${errText.trim().slice(-400)}`);
     const r: AgentIdleResult = {
       rssMb: rss.reduce((a, b) => a + b, 0) / rss.length / 1024,
@@ -68,7 +70,7 @@ export async function benchAgentIdle(o: { root: string; dataDir: string; settleM
     };
     note(`agent idle: pid ${pid}, ${Math.round(ms)} ms window after ${settleMs} ms settling; RSS mean ${r.rssMb.toFixed(1)} MB `
       + `(min ${(Math.min(...rss) / 1024).toFixed(1)}, max ${(Math.max(...rss) / 1024).toFixed(1)}), CPU ${Math.round(cpu)} ms = ${r.cpuPct.toFixed(2)}% of a core, `
-      + `main-thread wake-ups ${r.wakeupsPerMin.toFixed(0)}/min, ${threads} threads`);
+      + `main-thread wake-ups ${r.wakeupsPerMin.toFixed(0)}/min, ${threads} threads; at the end RssAnon ${anonMb.toFixed(1)} MB, RssFile ${fileMb.toFixed(1)} MB (mostly the node binary's pages)`);
     return r;
   } finally {
     if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
