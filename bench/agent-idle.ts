@@ -1,7 +1,8 @@
 /**
  * agent_idle_rss_mb, agent_idle_cpu_pct: the footprint of one idle agent, as it runs on every
- * managed server. A real `node bin/trellis.js agent run --data DIR` child process (the argv of
- * the systemd unit, common/service/unit.ts execStart), enrolled to the bench's child hub, no
+ * managed server. A real `node --max-semi-space-size=1 bin/trellis.js agent run --data DIR` child
+ * process with MALLOC_ARENA_MAX=2: the argv and environment of the systemd unit `agent install`
+ * writes (common/service/unit.ts execStart, serviceEnv), enrolled to the bench's child hub, no
  * sensors, no actions. Once it has logged `connected to the hub` it settles (settleMs), then for
  * measureMs: CPU is utime+stime from /proc/PID/stat over the window, RSS the mean of VmRSS
  * samples from /proc/PID/status taken every second, wakeups the main thread's voluntary context
@@ -10,6 +11,7 @@
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { execStart, serviceEnv } from '../common/service/unit.js';
 import { note, processCpuMs, sleep } from './lib.js';
 
 export interface AgentIdleResult {
@@ -29,10 +31,14 @@ export function procStatusField(pid: number, field: string): number {
 }
 
 export async function benchAgentIdle(o: { root: string; dataDir: string; settleMs?: number; measureMs?: number; nodeArgs?: string[] }): Promise<AgentIdleResult> {
-  const settleMs = o.settleMs ?? 10_000;
+  // V8's memory reducer shrinks the heap some 10-40 s after start-up: settle past it, so the
+  // figure is the agent's steady state (servers run agents for months), not its start-up.
+  const settleMs = o.settleMs ?? 30_000;
   const measureMs = o.measureMs ?? 20_000;
-  const proc = spawn(process.execPath, [...(o.nodeArgs ?? []), join(o.root, 'bin', 'trellis.js'), 'agent', 'run', '--data', o.dataDir], {
-    cwd: o.root, env: { ...process.env, TRELLIS_LOG_LEVEL: 'info' }, stdio: ['ignore', 'ignore', 'pipe'],
+  const argv = execStart({ kind: 'agent', node: process.execPath, bin: join(o.root, 'bin', 'trellis.js'), data: o.dataDir });
+  argv.splice(1, 0, ...(o.nodeArgs ?? []));
+  const proc = spawn(argv[0]!, argv.slice(1), {
+    cwd: o.root, env: { ...process.env, ...serviceEnv('agent'), TRELLIS_LOG_LEVEL: 'info' }, stdio: ['ignore', 'ignore', 'pipe'],
   });
   const exited = new Promise<void>((r) => proc.once('exit', () => r()));
   let errText = '';
@@ -68,6 +74,7 @@ export async function benchAgentIdle(o: { root: string; dataDir: string; settleM
       wakeupsPerMin: (wakes * 60_000) / ms,
       threads,
     };
+    note(`agent idle: \`${argv.slice(1).join(' ')}\` (${Object.entries(serviceEnv('agent')).map(([k, v]) => `${k}=${v}`).join(' ')})`);
     note(`agent idle: pid ${pid}, ${Math.round(ms)} ms window after ${settleMs} ms settling; RSS mean ${r.rssMb.toFixed(1)} MB `
       + `(min ${(Math.min(...rss) / 1024).toFixed(1)}, max ${(Math.max(...rss) / 1024).toFixed(1)}), CPU ${Math.round(cpu)} ms = ${r.cpuPct.toFixed(2)}% of a core, `
       + `main-thread wake-ups ${r.wakeupsPerMin.toFixed(0)}/min, ${threads} threads; at the end RssAnon ${anonMb.toFixed(1)} MB, RssFile ${fileMb.toFixed(1)} MB (mostly the node binary's pages)`);

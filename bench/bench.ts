@@ -29,10 +29,12 @@
  *  8. preauth_rss_40x4mib_mb     hub RSS growth under 40 concurrent unauthenticated 4 MiB Logins
  *     kv_set_p99_ms              authenticated kv set latency (a state-file write), quiet hub
  *     login_flood_kv_set_p99_ms  the same while 16 clients from 16 addresses flood Login (bench/dos.ts)
- * 10. agent_idle_rss_mb, agent_idle_cpu_pct  one idle `trellis agent run` child process (no sensors) connected to
- *                                the child hub, mean VmRSS and CPU over 20 s after 10 s settling (bench/agent-idle.ts)
  *  9. agent_install_wall_s       `agents install` of one server over SSH on loopback: bundle copy → agent online
  *                                (bundle built beforehand, not counted; needs root and sshd) (bench/fleet.ts)
+ * 10. agent_idle_rss_mb, agent_idle_cpu_pct  one idle agent as its systemd unit runs it (`node
+ *                                --max-semi-space-size=1 bin/trellis.js agent run`, MALLOC_ARENA_MAX=2), no
+ *                                sensors, connected to the child hub: mean VmRSS and CPU share over 20 s
+ *                                after 30 s settling, from /proc (bench/agent-idle.ts)
  *
  * Knobs (environment): TRELLIS_BENCH_HUB_NODE_ARGS adds node flags to the child hub (for example
  * "--cpu-prof --cpu-prof-dir=/tmp/prof"); TRELLIS_BENCH_KEEP=1 keeps the temp directory;
