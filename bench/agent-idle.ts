@@ -31,9 +31,9 @@ export function procStatusField(pid: number, field: string): number {
 }
 
 export async function benchAgentIdle(o: { root: string; dataDir: string; settleMs?: number; measureMs?: number; nodeArgs?: string[] }): Promise<AgentIdleResult> {
-  // V8's memory reducer shrinks the heap some 10-40 s after start-up: settle past it, so the
-  // figure is the agent's steady state (servers run agents for months), not its start-up.
-  const settleMs = o.settleMs ?? 30_000;
+  // V8's memory reducer shrinks the heap some 10-50 s after start-up (later on a loaded machine):
+  // settle past it, so the figure is the agent's steady state (servers run agents for months).
+  const settleMs = o.settleMs ?? 45_000;
   const measureMs = o.measureMs ?? 20_000;
   const argv = execStart({ kind: 'agent', node: process.execPath, bin: join(o.root, 'bin', 'trellis.js'), data: o.dataDir });
   argv.splice(1, 0, ...(o.nodeArgs ?? []));
@@ -51,8 +51,9 @@ export async function benchAgentIdle(o: { root: string; dataDir: string; settleM
       });
       proc.once('exit', (code) => { clearTimeout(t); reject(new Error(`the agent exited (code ${code}): ${errText.trim().slice(-400)}`)); });
     });
-    await sleep(settleMs);
     const pid = proc.pid!;
+    const rssAtConnect = procStatusField(pid, 'VmRSS') / 1024;
+    await sleep(settleMs);
     const cpu0 = processCpuMs(pid);
     const wake0 = procStatusField(pid, 'voluntary_ctxt_switches');
     const t0 = performance.now();
@@ -75,7 +76,7 @@ export async function benchAgentIdle(o: { root: string; dataDir: string; settleM
       threads,
     };
     note(`agent idle: \`${argv.slice(1).join(' ')}\` (${Object.entries(serviceEnv('agent')).map(([k, v]) => `${k}=${v}`).join(' ')})`);
-    note(`agent idle: pid ${pid}, ${Math.round(ms)} ms window after ${settleMs} ms settling; RSS mean ${r.rssMb.toFixed(1)} MB `
+    note(`agent idle: pid ${pid}, ${Math.round(ms)} ms window after ${settleMs} ms settling; RSS at connect ${rssAtConnect.toFixed(1)} MB, then mean ${r.rssMb.toFixed(1)} MB `
       + `(min ${(Math.min(...rss) / 1024).toFixed(1)}, max ${(Math.max(...rss) / 1024).toFixed(1)}), CPU ${Math.round(cpu)} ms = ${r.cpuPct.toFixed(2)}% of a core, `
       + `main-thread wake-ups ${r.wakeupsPerMin.toFixed(0)}/min, ${threads} threads; at the end RssAnon ${anonMb.toFixed(1)} MB, RssFile ${fileMb.toFixed(1)} MB (mostly the node binary's pages)`);
     return r;

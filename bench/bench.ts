@@ -34,7 +34,7 @@
  * 10. agent_idle_rss_mb, agent_idle_cpu_pct  one idle agent as its systemd unit runs it (`node
  *                                --max-semi-space-size=1 bin/trellis.js agent run`, MALLOC_ARENA_MAX=2), no
  *                                sensors, connected to the child hub: mean VmRSS and CPU share over 20 s
- *                                after 30 s settling, from /proc (bench/agent-idle.ts)
+ *                                after 45 s settling, from /proc (bench/agent-idle.ts)
  *
  * Knobs (environment): TRELLIS_BENCH_HUB_NODE_ARGS adds node flags to the child hub (for example
  * "--cpu-prof --cpu-prof-dir=/tmp/prof"); TRELLIS_BENCH_KEEP=1 keeps the temp directory;
