@@ -30,15 +30,18 @@ export function procStatusField(pid: number, field: string): number {
   return Number(m[1]);
 }
 
-export async function benchAgentIdle(o: { root: string; dataDir: string; settleMs?: number; measureMs?: number; nodeArgs?: string[] }): Promise<AgentIdleResult> {
+/** `plain`: `node bin/trellis.js agent run` without the unit's node flags and environment (for comparison). */
+export async function benchAgentIdle(o: { root: string; dataDir: string; settleMs?: number; measureMs?: number; nodeArgs?: string[]; plain?: boolean }): Promise<AgentIdleResult> {
   // V8's memory reducer shrinks the heap some 10-50 s after start-up (later on a loaded machine):
   // settle past it, so the figure is the agent's steady state (servers run agents for months).
   const settleMs = o.settleMs ?? 45_000;
   const measureMs = o.measureMs ?? 20_000;
-  const argv = execStart({ kind: 'agent', node: process.execPath, bin: join(o.root, 'bin', 'trellis.js'), data: o.dataDir });
+  const bin = join(o.root, 'bin', 'trellis.js');
+  const argv = o.plain ? [process.execPath, bin, 'agent', 'run', '--data', o.dataDir] : execStart({ kind: 'agent', node: process.execPath, bin, data: o.dataDir });
   argv.splice(1, 0, ...(o.nodeArgs ?? []));
+  const env = o.plain ? {} : serviceEnv('agent');
   const proc = spawn(argv[0]!, argv.slice(1), {
-    cwd: o.root, env: { ...process.env, ...serviceEnv('agent'), TRELLIS_LOG_LEVEL: 'info' }, stdio: ['ignore', 'ignore', 'pipe'],
+    cwd: o.root, env: { ...process.env, ...env, TRELLIS_LOG_LEVEL: 'info' }, stdio: ['ignore', 'ignore', 'pipe'],
   });
   const exited = new Promise<void>((r) => proc.once('exit', () => r()));
   let errText = '';
@@ -75,7 +78,7 @@ export async function benchAgentIdle(o: { root: string; dataDir: string; settleM
       wakeupsPerMin: (wakes * 60_000) / ms,
       threads,
     };
-    note(`agent idle: \`${argv.slice(1).join(' ')}\` (${Object.entries(serviceEnv('agent')).map(([k, v]) => `${k}=${v}`).join(' ')})`);
+    note(`agent idle: \`${argv.slice(1).join(' ')}\` (${Object.entries(env).map(([k, v]) => `${k}=${v}`).join(' ')})`);
     note(`agent idle: pid ${pid}, ${Math.round(ms)} ms window after ${settleMs} ms settling; RSS at connect ${rssAtConnect.toFixed(1)} MB, then mean ${r.rssMb.toFixed(1)} MB `
       + `(min ${(Math.min(...rss) / 1024).toFixed(1)}, max ${(Math.max(...rss) / 1024).toFixed(1)}), CPU ${Math.round(cpu)} ms = ${r.cpuPct.toFixed(2)}% of a core, `
       + `main-thread wake-ups ${r.wakeupsPerMin.toFixed(0)}/min, ${threads} threads; at the end RssAnon ${anonMb.toFixed(1)} MB, RssFile ${fileMb.toFixed(1)} MB (mostly the node binary's pages)`);
