@@ -17,7 +17,7 @@ import { renewalTime, DEFAULT_RENEW_AT } from './renew-schedule.js';
 import { join } from 'node:path';
 import { startAction, type RunningAction } from './runner.js';
 import { ulidFactory } from '../common/ids.js';
-import { SensorManager } from './sensors/index.js';
+import type { SensorManager, SensorSpecInput, SensorStatus, SkippedSensor } from './sensors/index.js';
 import { EdgeRules } from './edge.js';
 import { runLocal } from './local.js';
 import type { TriggerEvent } from '../common/automation/types.js';
@@ -56,8 +56,8 @@ export class Agent {
   /** Event ids (pooled randomness: one crypto call per 256 ids, not 16 per id). */
   private readonly newEventId = ulidFactory();
   private closed = false;
-  /** Built-in sensors configured by the hub (agent/sensors). */
-  readonly sensors: SensorManager;
+  /** Built-in sensors configured by the hub (agent/sensors), imported with the first config that has one. */
+  private sensorManager?: SensorManager;
   /** Edge rules (target: local) and their sealed values, kept on disk (agent/edge.ts). */
   readonly edge: EdgeRules;
   /** The tenant the hub named in its welcome. */
@@ -80,7 +80,6 @@ export class Agent {
       diagnose: (err) => this.diagnoseTls(err),
       onSuperseded: () => this.recoverSuperseded(),
     });
-    this.sensors = new SensorManager({ log, emit: (evs) => { this.publishLocal(evs); } });
     this.edge = new EdgeRules({
       dataDir: opts.dataDir, log: log.child({ component: 'edge' }), privateKey: () => this.privateKey(),
       publish: (evs) => { this.channel.publish(evs); },
@@ -124,11 +123,27 @@ export class Agent {
     } catch (err) {
       problems.push(`edge rules: ${(err as Error).message}`);
     }
-    for (const s of this.sensors.apply(c.sensors)) problems.push(`sensor ${s.name}: ${s.error}`);
+    for (const s of await this.applySensors(c.sensors)) problems.push(`sensor ${s.name}: ${s.error}`);
     this.channel.send({ configAck: { version: c.version, error: problems.join('; ').slice(0, 4000) } });
   }
 
   get certificate(): Identity { return this.identity; }
+
+  /** The running sensors (none until a config names one). */
+  get sensors(): { status(): SensorStatus[] } {
+    return { status: () => this.sensorManager?.status() ?? [] };
+  }
+
+  /** Starts, changes or stops sensors; the sensor code is imported with the first config that has a sensor. */
+  private async applySensors(specs: readonly SensorSpecInput[]): Promise<SkippedSensor[]> {
+    if (!this.sensorManager) {
+      if (specs.length === 0) return [];
+      const { SensorManager } = await import('./sensors/index.js');
+      if (this.closed) return [];
+      this.sensorManager ??= new SensorManager({ log: this.log, emit: (evs) => { this.publishLocal(evs); } });
+    }
+    return this.sensorManager.apply(specs);
+  }
 
   /** The agent id the hub named in its welcome (from this agent's certificate). */
   agentId?: string;
@@ -170,8 +185,8 @@ export class Agent {
       if (b?.renew) agent.renewWithin(Number(b.renewInMs) || 0);
     });
     // The last config from the hub: edge rules and sensors work before (and without) a connection.
-    agent.edge.load();
-    for (const s of agent.sensors.apply(agent.edge.sensors.map((x) => ({ name: x.name, kind: x.kind, trigger: x.trigger, intervalMs: x.intervalMs, configJson: JSON.stringify(x.config) })))) {
+    await agent.edge.load();
+    for (const s of await agent.applySensors(agent.edge.sensors.map((x) => ({ name: x.name, kind: x.kind, trigger: x.trigger, intervalMs: x.intervalMs, configJson: JSON.stringify(x.config) })))) {
       log.warn({ sensor: s.name, error: s.error }, 'saved sensor not started');
     }
     agent.channel.start();
@@ -341,7 +356,7 @@ export class Agent {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.renewTimer);
-    await this.sensors.close();
+    await this.sensorManager?.close();
     for (const r of this.running.values()) r.cancel();
     await this.channel.close();
     await this.outbox.close();

@@ -10,7 +10,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { EventEmitter } from 'node:events';
-import { v1 } from '../common/proto.js';
+import { channelV1 } from '../common/proto-channel.js';
 import { secureChannel } from '../common/grpc-tls.js';
 import { backoffDelay, RETRYABLE_CODES } from '../common/backoff.js';
 import { fromGrpcError, CODE_KEY } from '../common/grpc-errors.js';
@@ -74,7 +74,7 @@ class Connection {
   constructor(target: string, creds: Credentials, hello: T.Hello, onMessage: (m: T.HubMessage__Output, c: Connection) => void) {
     this.certPem = creds.certPem;
     const tls = secureChannel(target, creds.caPem, creds.keyPem, creds.certPem);
-    this.client = new v1.AgentChannel(target, tls.creds, tls.options) as unknown as Connection['client'];
+    this.client = new channelV1.AgentChannel(target, tls.creds, tls.options) as unknown as Connection['client'];
     this.call = this.client.Connect();
     let resolveWelcome!: (w: T.Welcome__Output) => void, rejectWelcome!: (e: Error) => void;
     this.welcome = new Promise((res, rej) => { resolveWelcome = res; rejectWelcome = rej; });
@@ -393,7 +393,7 @@ export class HubChannel extends EventEmitter {
   async renew(csr: string, timeoutMs = 15_000): Promise<T.RenewResponse__Output> {
     const c = this.opts.credentials();
     const tls = secureChannel(this.opts.target, c.caPem, c.keyPem, c.certPem);
-    const client = new v1.AgentChannel(this.opts.target, tls.creds, tls.options);
+    const client = new channelV1.AgentChannel(this.opts.target, tls.creds, tls.options);
     try {
       return await new Promise((resolve, reject) => client.Renew({ csr }, { deadline: Date.now() + timeoutMs }, (err, r) => (err ? reject(fromGrpcError(err)) : resolve(r!))));
     } finally {

@@ -7,13 +7,16 @@
  *
  * Each run is reported upstream as a `trellis.execution` event through the durable outbox
  * (at least once; the hub records it in the execution history and de-duplicates by event id).
+ *
+ * The rules engine (common/rules: zod schemas, RE2, templates) is imported with the first config
+ * that holds a rule: an agent without edge rules never loads it.
  */
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
 import type { KeyObject } from 'node:crypto';
 import { ulidFactory } from '../common/ids.js';
 import { openSealed, sealAad } from '../certs/index.js';
-import { compileRule, historyParameters, RateGate, renderAction, type CompiledRule, type RenderedAction, type Ref } from '../common/rules/index.js';
+import type { CompiledRule, RateGate, RenderedAction, Ref } from '../common/rules/index.js';
 import { maskText } from '../common/mask.js';
 import { atomicWriteFile } from '../common/fsutil.js';
 import { TrellisError } from '../common/errors.js';
@@ -38,6 +41,8 @@ interface StoredConfig {
 
 interface EdgeRule { def: RuleDef; action: ActionDef; compiled: CompiledRule; gate: RateGate }
 
+type RulesEngine = typeof import('../common/rules/index.js');
+
 /** Result of a local run, as the runner reports it (output already masked by the runner). */
 export interface LocalRunResult { status: ExecutionStatus; exitCode: number; error: string; startedMs: number; finishedMs: number; output: Buffer; outputTruncated: boolean }
 export type LocalRunner = (executionId: string, action: ActionDef, rendered: RenderedAction) => Promise<LocalRunResult>;
@@ -61,6 +66,8 @@ export class EdgeRules {
   /** Changes at every start: the hub adds only what is new within one boot. */
   private readonly ulid = ulidFactory();
   private readonly boot = this.ulid().toLowerCase();
+  /** common/rules, once a config has a rule. */
+  private engine?: RulesEngine;
 
   constructor(private readonly opts: EdgeOptions) {}
 
@@ -73,11 +80,13 @@ export class EdgeRules {
   get ruleNames(): string[] { return (this.config?.rules ?? []).map((r) => r.name); }
 
   /** Loads the last config saved (start-up, possibly with the hub down). A bad file is logged and ignored. */
-  load(): void {
+  async load(): Promise<void> {
     let text: string;
     try { text = readFileSync(this.path, 'utf8'); } catch { return; }
     try {
-      this.install(JSON.parse(text) as StoredConfig);
+      const c = JSON.parse(text) as StoredConfig;
+      await this.loadEngine(c);
+      this.install(c);
       this.opts.log.info({ version: this.version, rules: this.ruleNames.length }, 'edge config loaded from disk');
     } catch (err) {
       this.opts.log.error({ err: (err as Error).message, file: this.path }, 'edge config file unreadable; waiting for the hub to send a new one');
@@ -92,6 +101,7 @@ export class EdgeRules {
       rules: c.rules.map((r) => ({ name: r.name, trigger: r.trigger, def: parseJson(r.definitionJson, `rule ${r.name}`) as RuleDef, action: parseJson(r.actionJson, `rule ${r.name} action`) as ActionDef })),
       sealedSecrets: { ...c.sealedSecrets },
     };
+    await this.loadEngine(stored);
     const compiled = this.compile(stored); // a config that does not compile is refused before it is saved
     await atomicWriteFile(this.path, JSON.stringify(stored), { mode: 0o600 });
     this.config = stored;
@@ -104,8 +114,15 @@ export class EdgeRules {
     this.config = c;
   }
 
+  /** Imports the rules engine if `c` has rules and it is not loaded yet. */
+  private async loadEngine(c: StoredConfig): Promise<void> {
+    if (!this.engine && Array.isArray(c?.rules) && c.rules.length > 0) this.engine = await import('../common/rules/index.js');
+  }
+
   private compile(c: StoredConfig): Map<string, EdgeRule[]> {
     const byTrigger = new Map<string, EdgeRule[]>();
+    if (c.rules.length === 0) return byTrigger;
+    const { compileRule, RateGate } = this.engine!;
     const old = new Map<string, EdgeRule>();
     for (const list of this.byTrigger.values()) for (const r of list) old.set(r.def.ref, r);
     for (const r of c.rules) {
@@ -166,6 +183,7 @@ export class EdgeRules {
 
   private async fire(r: EdgeRule, ev: TriggerEvent): Promise<void> {
     const executionId = this.ulid().toLowerCase();
+    const { historyParameters, renderAction } = this.engine!; // loaded: r was compiled with it
     const parameters = r.compiled.parameters(ev);
     const base: Omit<EdgeExecutionPayload, 'status' | 'exitCode' | 'error' | 'startedMs' | 'finishedMs' | 'output' | 'outputTruncated'> = {
       executionId, rule: r.def.ref, action: r.action.ref, triggerEventId: ev.id, parameters: historyParameters(r.action, parameters),

@@ -4,8 +4,7 @@
  */
 import { existsSync, readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
-import { z } from 'zod';
-import { atomicWriteFile, ensureDir, readJsonFile } from '../common/fsutil.js';
+import { atomicWriteFile, ensureDir } from '../common/fsutil.js';
 import { TrellisError } from '../common/errors.js';
 import { certInfo, keyMatchesCert, loadPrivateKey, splitPemBundle } from '../certs/index.js';
 
@@ -20,24 +19,58 @@ export function agentPaths(dataDir: string) {
 }
 export type AgentPaths = ReturnType<typeof agentPaths>;
 
-export const AgentStateSchema = z.strictObject({
+/** DATA/agent.json, written at enrollment. */
+export interface AgentState {
   /** Agent port of the hub, HOST:PORT. */
-  hub: z.string().min(1),
-  /** Admin port of the hub used at enrollment, HOST:PORT. */
-  enrollHub: z.string().default(''),
-  agentId: z.string().min(1),
-  tenant: z.string().min(1),
-  trustDomain: z.string().min(1),
-  labels: z.record(z.string(), z.string()).default({}),
-  enrolledAt: z.number().default(0),
-});
-export type AgentState = z.output<typeof AgentStateSchema>;
+  hub: string;
+  /** Admin port of the hub used at enrollment, HOST:PORT ('' in files from before it was kept). */
+  enrollHub: string;
+  agentId: string;
+  tenant: string;
+  trustDomain: string;
+  labels: Record<string, string>;
+  enrolledAt: number;
+}
+
+const REQUIRED = ['hub', 'agentId', 'tenant', 'trustDomain'] as const;
+const KNOWN = new Set<string>([...REQUIRED, 'enrollHub', 'labels', 'enrolledAt']);
+
+/**
+ * Checks agent.json field by field (checked by hand, not with zod: `agent run` reads it at every
+ * start and zod costs every agent ~5 MB of memory). Returns the problems, `field: message`.
+ */
+export function checkAgentState(raw: unknown): { state?: AgentState; problems: string[] } {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return { problems: [': expected an object'] };
+  const o = raw as Record<string, unknown>;
+  const problems: string[] = [];
+  for (const k of Object.keys(o)) if (!KNOWN.has(k)) problems.push(`${k}: unknown key`);
+  for (const k of REQUIRED) if (typeof o[k] !== 'string' || o[k] === '') problems.push(`${k}: ${typeof o[k] === 'string' ? 'must not be empty' : 'expected a string'}`);
+  if (o.enrollHub !== undefined && typeof o.enrollHub !== 'string') problems.push('enrollHub: expected a string');
+  if (o.enrolledAt !== undefined && (typeof o.enrolledAt !== 'number' || !Number.isFinite(o.enrolledAt))) problems.push('enrolledAt: expected a number');
+  const labels = o.labels ?? {};
+  if (typeof labels !== 'object' || labels === null || Array.isArray(labels)) problems.push('labels: expected an object');
+  else for (const [k, v] of Object.entries(labels)) if (typeof v !== 'string') problems.push(`labels.${k}: expected a string`);
+  if (problems.length > 0) return { problems };
+  return {
+    problems,
+    state: {
+      hub: o.hub as string, enrollHub: (o.enrollHub as string | undefined) ?? '', agentId: o.agentId as string, tenant: o.tenant as string,
+      trustDomain: o.trustDomain as string, labels: { ...(labels as Record<string, string>) }, enrolledAt: (o.enrolledAt as number | undefined) ?? 0,
+    },
+  };
+}
 
 export interface Identity { keyPem: string; certPem: string; caPem: string; serial: string; notBefore: Date; notAfter: Date }
 
 export function readState(paths: AgentPaths): AgentState {
   if (!existsSync(paths.state)) throw new TrellisError('TRELLIS_E_CONFIG', `${paths.dir} is not enrolled: run \`trellis agent enroll --hub HOST:7444 --token TOKEN --data ${paths.dir}\``);
-  return readJsonFile(paths.state, AgentStateSchema);
+  let raw: unknown;
+  try { raw = JSON.parse(readFileSync(paths.state, 'utf8')); } catch (e) {
+    throw new TrellisError('TRELLIS_E_CONFIG', `cannot parse ${paths.state}: ${(e as Error).message}`);
+  }
+  const { state, problems } = checkAgentState(raw);
+  if (!state) throw new TrellisError('TRELLIS_E_CONFIG', `invalid ${paths.state}: ${problems.join('; ')}`);
+  return state;
 }
 
 export async function writeState(paths: AgentPaths, state: AgentState): Promise<void> {

@@ -4,14 +4,20 @@
  * the exact byte offsets of sub-structures (the CSR's CertificationRequestInfo, the issuer's
  * subject Name) rather than a re-encoded tree.
  */
-import forge from 'node-forge';
+import { createRequire } from 'node:module';
+import type forgeTypes from 'node-forge';
 import { TrellisError, type ErrorCode } from '../common/errors.js';
 
+// Only forge's asn1 layer (and the util and oids modules it requires), not the whole library:
+// `node-forge` itself loads every cipher, TLS and PKI module (~9 MB of RSS in each agent).
+const requireForge = createRequire(import.meta.url);
+requireForge('node-forge/lib/asn1.js'); // defines forge.asn1, forge.util and forge.oids
+const forge = requireForge('node-forge/lib/forge.js') as Pick<typeof forgeTypes, 'asn1' | 'util'>;
 const asn1 = forge.asn1;
 const U = asn1.Class.UNIVERSAL;
 const T = asn1.Type;
 
-export type Node = forge.asn1.Asn1;
+export type Node = forgeTypes.asn1.Asn1;
 
 /** Well-known object identifiers used across certs/. */
 export const OID = {

@@ -6,8 +6,7 @@
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { readdirSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import type { ProtoGrpcType as AdminProto } from './proto-gen/admin.js';
 import type { ProtoGrpcType as VersionProto } from './proto-gen/version.js';
 import type { ProtoGrpcType as EnrollmentProto } from './proto-gen/enrollment.js';
@@ -15,26 +14,13 @@ import type { ProtoGrpcType as ChannelProto } from './proto-gen/agent_channel.js
 import type { ProtoGrpcType as IamProto } from './proto-gen/iam.js';
 import type { ProtoGrpcType as KvProto } from './proto-gen/kv.js';
 import type { ProtoGrpcType as AutomationProto } from './proto-gen/automation.js';
+import { LOADER_OPTIONS, PROTO_DIR } from './proto-files.js';
 
-/** Package root: dist/common/proto.js and common/proto.ts both sit two levels below it. */
-function packageRoot(): string {
-  const here = dirname(fileURLToPath(import.meta.url));
-  return here.includes(`${join('dist', 'common')}`) ? join(here, '..', '..') : join(here, '..');
-}
+export { LOADER_OPTIONS, PROTO_DIR };
 
-export const PROTO_DIR = join(packageRoot(), 'proto');
 export const PROTO_FILES = readdirSync(join(PROTO_DIR, 'trellis', 'v1'))
   .filter((f) => f.endsWith('.proto'))
   .map((f) => `trellis/v1/${f}`);
-
-export const LOADER_OPTIONS: protoLoader.Options = {
-  keepCase: false,
-  longs: Number,
-  enums: String,
-  defaults: true,
-  oneofs: true,
-  includeDirs: [PROTO_DIR],
-};
 
 export const packageDefinition = protoLoader.loadSync(PROTO_FILES, LOADER_OPTIONS);
 

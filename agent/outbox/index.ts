@@ -14,7 +14,8 @@
  *
  * Durability: `append()` writes with one synchronous write per call (per 1 MiB of records);
  * once it returns the events are in the kernel, and a kill -9 of the agent loses nothing. The segment is
- * fdatasync'ed in the background every `syncIntervalMs` (100 ms) for power loss; with
+ * fdatasync'ed in the background within `syncIntervalMs` (100 ms) for power loss (a one-shot timer
+ * armed by a write or an ack: an idle outbox sets no timer at all); with
  * `syncIntervalMs: 0` every append is synced before it returns. At start every segment is read
  * and checked: a torn frame at the end (a write cut short by a crash or a power cut) and
  * anything after it is dropped, logged and counted in `stats.droppedBytes`, never misread.
@@ -78,7 +79,8 @@ export class Outbox {
   private scratch = Buffer.allocUnsafe(WRITE_CHUNK_BYTES + 64 * 1024);
   private readonly reader = new SegmentReader();
   private readonly tail = new TailCache(TAIL_MAX_EVENTS);
-  private readonly timer: NodeJS.Timeout;
+  /** The background sync, armed only while there is something to sync, save or delete (an idle agent never wakes for it). */
+  private timer: NodeJS.Timeout | undefined;
   private ticking?: Promise<void>;
   private closed = false;
   private readonly warned = new Map<string, { at: number; count: number }>();
@@ -94,8 +96,7 @@ export class Outbox {
     this.stats.queued = this.unread = queued;
     this.stats.bytes = bytes;
     this.stats.segments = segments.length;
-    this.timer = setInterval(() => this.kick(), this.o.syncIntervalMs || 100);
-    this.timer.unref();
+    this.schedule(); // the new segment's name (dirDirty)
   }
 
   /** Opens (creating if needed) the outbox in `dir` and replays everything not acknowledged. */
@@ -239,6 +240,7 @@ export class Outbox {
     // Under heavy load save the cursor early too, so a crash re-sends less than the hub's
     // de-duplication window (20,000 ids per agent) remembers.
     if (this.stats.acked - this.savedAcked >= SAVE_EVERY_ACKED) this.kick();
+    else this.schedule();
   }
 
   /** Every unacknowledged event becomes unsent again (after a reconnect); older batches are void. */
@@ -253,7 +255,8 @@ export class Outbox {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    clearInterval(this.timer);
+    clearTimeout(this.timer);
+    this.timer = undefined;
     await this.ticking;
     try {
       for (const fd of [...this.retired, this.writeFd]) {
@@ -329,6 +332,7 @@ export class Outbox {
     this.stats.accepted += n;
     this.unread += n;
     this.dirty = true;
+    this.schedule();
     return true;
   }
 
@@ -345,6 +349,7 @@ export class Outbox {
     this.retired.push(this.writeFd);
     this.writeFd = fd;
     this.dirDirty = true;
+    this.schedule();
     const seg: Segment = { id, path, size: 0, count: 0 };
     this.segments.push(seg);
     this.stats.segments++;
@@ -377,9 +382,25 @@ export class Outbox {
     try { this.roll(); } catch (err) { this.warn('write', `cannot start a new outbox segment: ${errorMessage(err)}`, 'error'); }
   }
 
+  /** Background work waits: written data to sync, retired descriptors, new names, or a cursor to save. */
+  private pending(): boolean {
+    return this.dirty || this.retired.length > 0 || this.dirDirty || !samePos(this.ackPos, this.savedPos);
+  }
+
+  /** Arms the background sync `syncIntervalMs` (100 ms) from now unless it is armed already. */
+  private schedule(): void {
+    if (this.timer || this.closed) return;
+    this.timer = setTimeout(() => { this.timer = undefined; this.kick(); }, this.o.syncIntervalMs || 100);
+    this.timer.unref();
+  }
+
   private kick(): void {
-    if (this.ticking || this.closed) return;
-    this.ticking = this.tick().catch((err) => this.o.log.error({ err: errorMessage(err) }, 'event outbox background sync failed')).finally(() => { this.ticking = undefined; });
+    if (this.closed) return;
+    if (this.ticking) { this.schedule(); return; } // the running tick may have missed what came since
+    this.ticking = this.tick().catch((err) => this.o.log.error({ err: errorMessage(err) }, 'event outbox background sync failed')).finally(() => {
+      this.ticking = undefined;
+      if (this.pending()) this.schedule(); // written during the tick, or a failed sync: again later
+    });
   }
 
   /** Background: fdatasync what was written, save the cursor, delete acknowledged segments. */

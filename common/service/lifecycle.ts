@@ -7,7 +7,7 @@ import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { atomicWriteFile } from '../fsutil.js';
 import * as sys from './system.js';
-import type { ServiceKind } from './unit.js';
+import { serviceEnv, type ServiceKind } from './unit.js';
 
 export const pidFile = (data: string, kind: ServiceKind) => join(data, `${kind}.pid`);
 export const logFile = (data: string, kind: ServiceKind) => join(data, `${kind}.log`);
@@ -61,7 +61,7 @@ export async function startService(o: StartOptions): Promise<StartResult> {
     }
     if (running === undefined || o.unitChanged) {
       const log = logFile(o.data, o.kind);
-      const pid = sys.spawnDetached(o.argv, { uid: o.user.uid, gid: o.user.gid, cwd: o.data, home: o.data, logFile: log });
+      const pid = sys.spawnDetached(o.argv, { uid: o.user.uid, gid: o.user.gid, cwd: o.data, home: o.data, logFile: log, env: serviceEnv(o.kind) });
       await atomicWriteFile(pidFile(o.data, o.kind), `${pid}\n`, { mode: 0o600 });
       o.fixOwnership();
       actions.push(`started the ${o.kind} detached (pid ${pid}, log ${log})`);

@@ -129,7 +129,7 @@ export function isAgentProcess(pid: number, data: string): boolean {
  * Starts `argv` as uid:gid in a new session (setsid), detached, with a minimal environment
  * (nothing of ours, in particular no join token), stdout and stderr appended to `logFile`.
  */
-export function spawnDetached(argv: string[], o: { uid: number; gid: number; logFile: string; cwd: string; home: string }): number {
+export function spawnDetached(argv: string[], o: { uid: number; gid: number; logFile: string; cwd: string; home: string; env?: Record<string, string> }): number {
   // The log is in DATA, which the service user owns: opened as root, it must not follow a symlink
   // (or a hard link) the user planted there to make root create or append to a file elsewhere.
   const { O_WRONLY, O_APPEND, O_CREAT, O_NOFOLLOW } = fsConstants;
@@ -145,7 +145,7 @@ export function spawnDetached(argv: string[], o: { uid: number; gid: number; log
     if (!st.isFile() || st.nlink !== 1) throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `${o.logFile} is not a plain file with one link: remove it (the service user must not choose where root writes)`);
     const child = spawn(argv[0]!, argv.slice(1), {
       detached: true, uid: o.uid, gid: o.gid, cwd: o.cwd, stdio: ['ignore', fd, fd],
-      env: { PATH, LANG: 'C.UTF-8', HOME: o.home },
+      env: { ...o.env, PATH, LANG: 'C.UTF-8', HOME: o.home },
     });
     if (child.pid === undefined) throw new TrellisError('TRELLIS_E_INTERNAL', `cannot start ${argv[0]}`);
     child.unref();

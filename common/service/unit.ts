@@ -70,9 +70,30 @@ export interface UnitOptions extends UnitMeta {
 
 const metaPrefix = (kind: ServiceKind) => `# trellis-${kind}-install `;
 
+/**
+ * Node flags of the agent's service (unit and --detach alike). An agent runs on every managed
+ * server and allocates little: a 1 MiB young generation instead of V8's default (up to 16 MiB per
+ * semi-space) keeps bursts from leaving a large heap behind. Measured (agent_idle_rss_mb, one idle
+ * agent): 69.9 → 63.9 MB once connected; at steady state, after V8's memory reducer has run,
+ * ~61 MB either way. A burst of events costs more, cheaper scavenges. The hub's unit adds no flag.
+ */
+export const AGENT_NODE_FLAGS: readonly string[] = Object.freeze(['--max-semi-space-size=1']);
+
+/**
+ * Environment of the agent's service (Environment= in the unit, and --detach): two glibc malloc
+ * arenas instead of 8 per core for node's ~10 threads, measured ~2 MB less idle RSS.
+ */
+export const AGENT_ENV: Readonly<Record<string, string>> = Object.freeze({ MALLOC_ARENA_MAX: '2' });
+
+/** The environment a daemon's service adds (the agent's AGENT_ENV; nothing for the hub). */
+export function serviceEnv(kind: ServiceKind = 'agent'): Record<string, string> {
+  return kind === 'agent' ? { ...AGENT_ENV } : {};
+}
+
 /** The argv systemd runs (ExecStart), also what `--detach` runs. */
 export function execStart(o: Pick<UnitOptions, 'node' | 'bin' | 'data' | 'kind'>): string[] {
-  return [o.node, o.bin, o.kind ?? 'agent', 'run', '--data', o.data];
+  const kind = o.kind ?? 'agent';
+  return [o.node, ...(kind === 'agent' ? AGENT_NODE_FLAGS : []), o.bin, kind, 'run', '--data', o.data];
 }
 
 export function renderUnit(o: UnitOptions): string {
@@ -92,6 +113,7 @@ export function renderUnit(o: UnitOptions): string {
     `User=${o.user}`,
     `Group=${group}`,
     `ExecStart=${execStart(o).join(' ')}`,
+    ...Object.entries(serviceEnv(kind)).map(([k, v]) => `Environment=${k}=${v}`),
     `WorkingDirectory=${o.data}`,
     'Restart=always',
     'RestartSec=5s',
