@@ -267,11 +267,11 @@ async function drain(r: Run): Promise<void> {
   note(`drain: ${left === 0 ? 'every execution settled' : `${left} executions not settled`} after ${Math.round(performance.now() - t0)} ms`);
 }
 
-interface Checks { eventsLost: number; eventsDup: number; execDup: number; execLost: number; resultsLost: number; inFlightAtKill: number; accepted: number; executions: number; examples: string[] }
+interface Checks { eventsLost: number; eventsDup: number; execDup: number; execLost: number; resultsLost: number; abandoned: number; accepted: number; executions: number; examples: string[] }
 
 function check(r: Run): Checks {
   const hist = readHistory(r.hubDir);
-  const x: Checks = { eventsLost: 0, eventsDup: 0, execDup: 0, execLost: 0, resultsLost: 0, inFlightAtKill: 0, accepted: 0, executions: hist.size, examples: [] };
+  const x: Checks = { eventsLost: 0, eventsDup: 0, execDup: 0, execLost: 0, resultsLost: 0, abandoned: 0, accepted: 0, executions: hist.size, examples: [] };
   const ex = (s: string) => { if (x.examples.length < 20) x.examples.push(s); };
   // The hub's view of rule matching: executions of soak-fire by (agent, trigger event id).
   const byEvent = new Map<string, string[]>();
@@ -281,8 +281,6 @@ function check(r: Run): Checks {
     const l = byEvent.get(k);
     if (l) l.push(rec.id); else byEvent.set(k, [rec.id]);
   }
-  const agentClient = new Map<string, Client>();
-  for (const c of r.clients) for (const a of c.agents) agentClient.set(a.agentId, c);
   const ranIds = new Set<string>();
   const byKey = new Map<string, number>();
   for (const c of r.clients) {
@@ -309,9 +307,14 @@ function check(r: Run): Checks {
   for (const rec of hist.values()) {
     if (rec.rule !== SOAK_RULE || rec.edge || rec.status === 'succeeded') continue;
     const ran = ranIds.has(rec.id);
-    const killed = agentClient.get(rec.agentId)?.kills.some((k) => k >= rec.requestedMs - 1_000 && k <= (rec.finishedMs || Date.now())) ?? false;
-    if (ran && FINAL.has(rec.status)) { x.resultsLost++; continue; } // it ran; the hub's verdict lacks its result
-    if (!ran && killed) { x.inFlightAtKill++; continue; } // its agent's process was killed while it was in flight
+    if (rec.status === 'abandoned') {
+      // The hub's verdict when a kill (of the hub or of the agent's process) took the request or
+      // its result in flight: honest, not a loss of the request. Counted apart.
+      x.abandoned++;
+      if (ran) x.resultsLost++;
+      continue;
+    }
+    // Accepted by the hub and then dropped: never final, or ended without being tried.
     x.execLost++;
     ex(`execution ${rec.id} (agent ${rec.agentId}, event ${rec.triggerEventId}): ${rec.status}${ran ? ' (it ran)' : ', never ran'}${rec.error ? `: ${rec.error}` : ''}`);
   }
@@ -399,7 +402,7 @@ async function main(): Promise<number> {
     addTorn(r, checkHubFiles(r.hubDir), 'after the final stop');
 
     const x = check(r);
-    note(`checked ${x.accepted} accepted events against ${x.executions} executions in history; ${x.resultsLost} executions ran but their result never reached history (the hub's verdict stands: abandoned), ${x.inFlightAtKill} were in flight on an agent process that was killed`);
+    note(`checked ${x.accepted} accepted events against ${x.executions} executions in history; ${x.abandoned} executions abandoned (a kill took the request or its result in flight), of which ${x.resultsLost} ran on their agent but the result never reached history`);
     for (const e of x.examples) note(`FAIL ${e}`);
     figure('soak_events_lost', x.eventsLost, 'events');
     figure('soak_events_duplicated', x.eventsDup, 'events');
@@ -407,6 +410,8 @@ async function main(): Promise<number> {
     figure('soak_executions_lost', x.execLost, 'executions');
     figure('soak_state_files_torn', r.torn.length, 'files');
     figure('soak_acked_writes_lost', writes.lost.length, 'writes');
+    figure('soak_executions_abandoned', x.abandoned, 'executions');
+    figure('soak_results_lost', x.resultsLost, 'results');
     if (r.settles.length > 0) {
       figure('storm_settle_s', Math.max(...r.settles), 's', 1);
       note(`storm settle per hub restart: ${r.settles.map((s) => s.toFixed(1)).join(', ')} s (storm_settle_s is the slowest)`);

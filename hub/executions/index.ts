@@ -237,9 +237,16 @@ export class Executions {
     if (s.active.size === 0 && s.waiting.length === 0) this.slots.delete(agentId);
   }
 
-  /** Seals and sends one execution; false when the link closed under it (it stays requested). */
+  /**
+   * Seals one execution, records it `scheduled` and sends it once that line (and the
+   * `requested` line with its idempotency key) is on disk: after a hub crash, history then knows
+   * every execution an agent may have received, and an event sent again cannot run its action
+   * twice. `requested` after a restart means never sent. False when the link is already closed
+   * (it stays requested).
+   */
   private dispatch(e: Entry, link: AgentLink): boolean {
     const live = e.live!;
+    if (link !== this.deps.agents.link(e.rec.agentId)) return false;
     let msg: T.ActionRequest;
     try {
       msg = actionRequest({ executionId: e.rec.id, action: e.rec.action, agentId: e.rec.agentId, certPem: link.certPem, rendered: live.rendered! });
@@ -247,13 +254,38 @@ export class Executions {
       this.finish(e, { status: 'error', error: `cannot seal the secrets of this execution for agent ${e.rec.agentId}: ${(err as Error).message}` });
       return true;
     }
-    if (!link.send({ action: msg })) return false;
-    live.rendered = undefined; // the secrets leave memory with the request
     live.slot = true;
     this.agentSlots(e.rec.agentId).active.add(e.rec.id);
     this.armTimeout(e, live.timeoutMs + this.o.abandonGraceMs);
     this.set(e, { status: 'scheduled' });
+    void this.durable().then(() => this.send(e, link, msg));
     return true;
+  }
+
+  /** The request goes out (its `scheduled` line is on disk); a link closed meanwhile puts it back in the queue. */
+  private send(e: Entry, link: AgentLink, msg: T.ActionRequest): void {
+    const live = e.live;
+    if (this.closed || !live || e.rec.status !== 'scheduled' || !live.rendered) return; // canceled or ended meanwhile
+    if (link.send({ action: msg })) { live.rendered = undefined; return; } // the secrets leave memory with the request
+    // Never sent: waiting again, first in line for the agent's next connection.
+    clearTimeout(live.timer);
+    clearTimeout(live.graceTimer);
+    live.graceTimer = undefined;
+    live.slot = false;
+    const s = this.agentSlots(e.rec.agentId);
+    s.active.delete(e.rec.id);
+    s.waiting.unshift(e.rec.id);
+    this.set(e, { status: 'requested' });
+    live.timer = this.timer(this.o.maxWaitMs - (Date.now() - e.rec.requestedMs), () => this.expireWait(e));
+    this.pump(e.rec.agentId);
+  }
+
+  /**
+   * Resolves (never rejects) once every history line queued so far is on disk. A failing disk is
+   * logged by the history, which keeps the lines and retries; callers go on rather than stall.
+   */
+  durable(): Promise<void> {
+    return this.history.flush().catch(() => undefined);
   }
 
   /** An execution in flight with no result by then is abandoned. */
@@ -459,7 +491,7 @@ export class Executions {
   async cancel(tenant: string | '*', id: string): Promise<ExecutionRecord> {
     const e = this.lookup(tenant, id);
     const s = e.rec.status;
-    if (s === 'requested') {
+    if (s === 'requested' || (s === 'scheduled' && e.live?.rendered)) { // scheduled, rendered: its request waits for the disk
       this.finish(e, { status: 'canceled', error: 'canceled before it was sent to the agent' });
     } else if (s === 'scheduled' || s === 'running') {
       const link = this.deps.agents.link(e.rec.agentId);
