@@ -12,9 +12,11 @@
  *   come back (then the timeout rule applies again); if it does not, they are `abandoned`.
  *   `abandoned` is the hub's verdict, not the agent's: a result the agent reports later (its
  *   outbox delivers after a reconnect) still replaces it, and history records both.
- * - A hub restart: `requested` executions end in `error` (their rendered secrets lived in memory
- *   only); `scheduled`/`running` ones wait `reconnectGraceMs` for their agent as above, then
- *   their timeout (kept in history) applies again.
+ * - A hub restart: `requested` executions were never sent (a request goes out only once its
+ *   `scheduled` line is on disk). Those whose action and parameters reference no datastore value
+ *   and hold no redacted secret are rendered again and wait for their agent; the others end in
+ *   `error` (their rendered secrets lived in memory only). `scheduled`/`running` ones wait
+ *   `reconnectGraceMs` for their agent as above, then their timeout (kept in history) applies again.
  * - Dispatch failures (sealing, agent refused) are `error`.
  *
  * Every state change is one history line (hub/executions/history.ts) and one update to
@@ -24,7 +26,7 @@
 import { monotonicFactory } from 'ulid';
 import { TrellisError } from '../../common/errors.js';
 import { FINAL_STATUSES, type EdgeExecutionPayload, type ExecutionStatus } from '../../common/automation/types.js';
-import type { RenderedAction } from '../../common/rules/render.js';
+import { actionRefs, renderAction, type RenderedAction } from '../../common/rules/render.js';
 import type { AgentRegistry, AgentLink } from '../agents/index.js';
 import type { KvStore } from '../kv/index.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
@@ -112,7 +114,12 @@ export class Executions {
   private resume(e: Entry, timeoutMs: number): void {
     const s = e.rec.status;
     if (s === 'requested') {
-      this.finish(e, { status: 'error', error: 'the hub restarted before it was sent to the agent; run it again' });
+      const rendered = this.renderAgain(e.rec);
+      if (!rendered) { this.finish(e, { status: 'error', error: 'the hub restarted before it was sent to the agent; run it again' }); return; }
+      e.live = { rendered, timeoutMs: rendered.timeoutMs || timeoutMs, slot: false };
+      e.live.timer = this.timer(e.rec.requestedMs + this.o.maxWaitMs - Date.now(), () => this.expireWait(e));
+      this.agentSlots(e.rec.agentId).waiting.push(e.rec.id);
+      this.o.log.info({ executionId: e.rec.id, agentId: e.rec.agentId, action: e.rec.action }, 'execution waiting again after a hub restart (it had not been sent)');
     } else if (s === 'scheduled' || s === 'running') {
       e.live = { timeoutMs, slot: true };
       this.agentSlots(e.rec.agentId).active.add(e.rec.id);
@@ -120,6 +127,24 @@ export class Executions {
       e.live.graceTimer = this.timer(this.o.reconnectGraceMs, () => this.finish(e, {
         status: 'abandoned', error: `the hub restarted while it ran and agent ${e.rec.agentId} reported no result within ${Math.round(this.o.reconnectGraceMs / 1000)}s`,
       }));
+    }
+  }
+
+  /**
+   * A pack action that was never sent, rendered again from history after a restart: only when
+   * nothing needs the requester's view of the datastore (no kv/secret reference, no redacted
+   * literal secret), so rendering it again yields what was requested. Undefined otherwise.
+   */
+  private renderAgain(rec: ExecutionRecord): RenderedAction | undefined {
+    if (rec.edge || rec.action === COMMAND_ACTION) return undefined;
+    const action = this.deps.catalog?.action(rec.tenant, rec.action);
+    if (!action || JSON.stringify(rec.parameters).includes(JSON.stringify(REDACTED))) return undefined;
+    try {
+      if (actionRefs(action, rec.parameters).length > 0) return undefined;
+      const rendered = renderAction(action, rec.parameters, { resolve: () => undefined });
+      return rendered.secretValues.length === 0 ? rendered : undefined;
+    } catch {
+      return undefined;
     }
   }
 
