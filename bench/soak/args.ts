@@ -13,6 +13,8 @@ export interface SoakOptions {
   eventsPerS: number;
   idleMs: number;
   historySeed: number;
+  /** The simulated agents' reconnect backoff cap; undefined: the real agent's default. */
+  agentMaxBackoffMs?: number;
   json: boolean;
   keep: boolean;
   inject?: InjectFault;
@@ -38,6 +40,9 @@ Options:
   --events-per-s R   events per second over all agents (default min(400, 2 * N))
   --idle D           how long hub_idle_cpu_pct is measured (default 10s)
   --history N        executions in history when hub_start_ms is measured (default 100000; 0 skips it)
+  --agent-max-backoff D  the simulated agents' reconnect backoff cap (default: the real agent's,
+                     30s); a shorter cap shortens storms (CI uses 3s), so storm_settle_s is
+                     only comparable between runs with the same cap
   --json             also print one JSON object with every figure (last line of stdout)
   --keep             keep the temporary directory (its path is printed) for a post-mortem
   -h, --help         this text
@@ -69,7 +74,7 @@ function duration(name: string, v: string | undefined, minMs: number, maxMs: num
 export function parseArgs(argv: string[]): SoakOptions | undefined {
   const v: Record<string, string | boolean> = {};
   const flags = new Set(['--json', '--keep', '--help', '-h']);
-  const valued = new Set(['--agents', '--duration', '--kills', '--agent-kills', '--seed', '--procs', '--events-per-s', '--idle', '--history', '--inject-fault']);
+  const valued = new Set(['--agents', '--duration', '--kills', '--agent-kills', '--seed', '--procs', '--events-per-s', '--idle', '--history', '--inject-fault', '--agent-max-backoff']);
   for (let i = 0; i < argv.length; i++) {
     let a = argv[i]!;
     let val: string | undefined;
@@ -96,6 +101,7 @@ export function parseArgs(argv: string[]): SoakOptions | undefined {
     eventsPerS: v['--events-per-s'] === undefined ? Math.min(400, 2 * agents) : int('--events-per-s', v['--events-per-s'] as string, 0, 100_000),
     idleMs: v['--idle'] === undefined ? 10_000 : duration('--idle', v['--idle'] as string, 1_000, 600_000),
     historySeed: v['--history'] === undefined ? 100_000 : int('--history', v['--history'] as string, 0, 10_000_000),
+    agentMaxBackoffMs: v['--agent-max-backoff'] === undefined ? undefined : duration('--agent-max-backoff', v['--agent-max-backoff'] as string, 100, 600_000),
     json: v['--json'] === true,
     keep: v['--keep'] === true,
     inject: inject as SoakOptions['inject'],

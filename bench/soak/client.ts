@@ -176,6 +176,7 @@ async function main(): Promise<void> {
       heartbeat: () => sim.edge.report(),
       log,
       outbox,
+      maxBackoffMs: cfg.maxBackoffMs,
     });
     sim.channel.on('welcome', (w: T.Welcome__Output) => { welcomed = w; });
     sims.push(sim);

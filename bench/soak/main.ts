@@ -373,7 +373,7 @@ async function main(): Promise<number> {
     const ratePerAgent = o.eventsPerS / o.agents;
     for (let p = 0; p < o.procs; p++) {
       const mine = ids.filter((_, i) => i % o!.procs === p);
-      r.clients.push(new Client(p, join(tmp, 'clients', String(p)), mine, { target: `127.0.0.1:${r.ports.agentPort}`, ratePerAgent, edgeFraction: 0.1, inject: o.inject }));
+      r.clients.push(new Client(p, join(tmp, 'clients', String(p)), mine, { target: `127.0.0.1:${r.ports.agentPort}`, ratePerAgent, edgeFraction: 0.1, maxBackoffMs: o.agentMaxBackoffMs, inject: o.inject }));
     }
     stopPoll = pollStats(r);
     const tc = performance.now();

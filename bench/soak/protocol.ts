@@ -31,6 +31,8 @@ export interface ClientConfig {
   ratePerAgent: number;
   /** Of the events, the fraction that go to the edge rule. */
   edgeFraction: number;
+  /** HubChannel maxBackoffMs; undefined: the real agent's default. */
+  maxBackoffMs?: number;
   inject?: InjectFault;
 }
 

@@ -581,7 +581,8 @@ export class Executions {
   }
 
   /**
-   * Waiting executions end in `error` (their secrets were in memory only); executions in flight
+   * Waiting executions end in `error` (their secrets were in memory only) unless they can be
+   * rendered again from history at the next start (see resume); executions in flight
    * stay as they are: after a restart their agents have `reconnectGraceMs` to report. Followers
    * end with TRELLIS_E_SHUTDOWN; history is flushed and closed.
    */
@@ -589,7 +590,8 @@ export class Executions {
     if (this.closed) return;
     this.closed = true; // first: nothing is dispatched from here on
     for (const e of this.entries.values()) {
-      if (e.rec.status === 'requested') this.finish(e, { status: 'error', error: 'the hub shut down before it was sent to the agent; run it again' });
+      // Those that can be rendered again from history stay requested: the next start sends them.
+      if (e.rec.status === 'requested' && !this.renderAgain(e.rec)) this.finish(e, { status: 'error', error: 'the hub shut down before it was sent to the agent; run it again' });
     }
     for (const e of this.entries.values()) {
       if (!e.live) continue;
