@@ -275,6 +275,21 @@ async function drain(r: Run): Promise<void> {
 
 interface Checks { eventsLost: number; eventsDup: number; execDup: number; execLost: number; resultsLost: number; abandoned: number; accepted: number; executions: number; examples: string[] }
 
+/**
+ * The end-of-run checks, against the hub's history on disk (read after a graceful stop) and the
+ * clients' logs (bench/soak/protocol.ts):
+ *  - soak_events_lost: an event its outbox accepted (accepted.log) with no execution of rule
+ *    soak-fire for (agent, event id) in history; or an edge-execution report the outbox accepted
+ *    whose execution id is not in history as an edge execution.
+ *  - soak_events_duplicated: more than one soak-fire execution for one (agent, event id).
+ *  - soak_executions_duplicated: one idempotency key (soak-fire|event|agent) run more than once
+ *    by the agents (ran.log, fsynced before each result is sent, so a client kill hides nothing).
+ *  - soak_executions_lost: an execution an agent ran that history does not know; or a soak-fire
+ *    execution the hub accepted that is not final at the end, or ended without being tried (an
+ *    `error`, e.g. "the hub restarted before it was sent"). `abandoned` is the hub's verdict when a
+ *    kill took the request or its result in flight (not a loss of the request): counted apart in
+ *    soak_executions_abandoned, and of those the ones that did run in soak_results_lost.
+ */
 function check(r: Run): Checks {
   const hist = readHistory(r.hubDir);
   const x: Checks = { eventsLost: 0, eventsDup: 0, execDup: 0, execLost: 0, resultsLost: 0, abandoned: 0, accepted: 0, executions: hist.size, examples: [] };
