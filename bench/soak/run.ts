@@ -375,6 +375,9 @@ export async function runSoak(o: SoakOptions): Promise<number> {
   const onSignal = () => { note('interrupted: stopping'); void cleanup(r, true).then(() => process.exit(2)); };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  // Whatever ends this process, no hub or client process outlives it.
+  process.once('exit', () => { for (const c of r.clients) if (c.alive) c.proc!.kill('SIGKILL'); if (r.hub && r.hub.proc.exitCode === null) r.hub.proc.kill('SIGKILL'); });
+  process.once('uncaughtException', (err) => { note(`harness error: ${err.stack ?? err}`); process.exit(2); });
   try {
     const password = crypto.randomBytes(18).toString('base64url');
     await setup(r, password);

@@ -1,5 +1,6 @@
 /** Runs `node dist/bench/soak/main.js ARGS` (what `npm run soak -- ARGS` runs) and parses its figures. */
 import { spawn } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 const MAIN = fileURLToPath(new URL('../../bench/soak/main.js', import.meta.url));
@@ -14,6 +15,9 @@ export function runSoak(args: string[]): Promise<{ code: number | null; out: str
     p.once('exit', (code) => {
       const figures = new Map<string, number>();
       for (const m of out.matchAll(/^([a-z_0-9]+): (-?[0-9.]+) \S+$/gm)) figures.set(m[1]!, Number(m[2]));
+      // A failed run keeps its temporary directory for a post-mortem; a test does not need it.
+      const kept = /\[soak\] kept (\S+)/.exec(err)?.[1];
+      if (kept && !args.includes('--keep') && /trellis-soak-/.test(kept)) rmSync(kept, { recursive: true, force: true });
       resolve({ code, out, err, figures });
     });
   });
