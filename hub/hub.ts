@@ -144,16 +144,19 @@ export class Hub {
     // The event path: de-duplicated events → hub rules; edge-rule reports → execution history.
     events.subscribe((batch) => rules.onEvents(batch));
     events.subscribe((batch) => {
+      let recorded = false;
       for (const e of batch) {
         if (e.type !== EDGE_EXECUTION_TRIGGER || !e.agentId) continue;
         try {
           const p = JSON.parse(e.payload.toString('utf8')) as EdgeExecutionPayload;
           // Checked against the edge config the hub sent this agent (finding 15 of issue 10).
-          executions.recordEdge(e.agentId, e.tenant, e.id, p, typeof p?.rule === 'string' ? agentConfigs.sentEdgeRule(e.agentId, p.rule) : undefined);
+          if (executions.recordEdge(e.agentId, e.tenant, e.id, p, typeof p?.rule === 'string' ? agentConfigs.sentEdgeRule(e.agentId, p.rule) : undefined)) recorded = true;
         } catch (err) {
           log.warn({ component: 'executions', agentId: e.agentId, eventId: e.id, err: (err as Error).message }, 'bad edge execution report ignored');
         }
       }
+      // The reports are acknowledged to the agent once they are in the history on disk.
+      return recorded ? executions.durable() : undefined;
     });
     const renewLimiter = new RenewLimiter({ max: config.agentRenewLimit.max, windowMs: config.agentRenewLimit.window, certTtlMs: config.agentCertTtl });
     // Refusals of callers nobody vouches for (no credentials, bad join token, rate limits, agent

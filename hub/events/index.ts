@@ -8,7 +8,12 @@ import type { Logger } from '../../common/log.js';
 export { agentMayPublish } from './sources.js';
 
 export interface HubEvent { id: string; type: string; payload: Buffer; timeMs: number; agentId: string; tenant: string }
-export type EventListener = (events: HubEvent[]) => void;
+/**
+ * A subscriber of fresh events. It may return a promise: the batch is acknowledged to the agent
+ * only once every such promise settled (the rules engine resolves once the executions the
+ * events caused are on disk), so an acknowledged event is never lost to a hub crash.
+ */
+export type EventListener = (events: HubEvent[]) => unknown;
 
 /** Remembers the last `capacity` event ids of one agent. */
 class RecentIds {
@@ -37,7 +42,11 @@ export const MAX_EVENT_PAYLOAD_BYTES = 64 * 1024;
 interface Refusals { total: number; sinceLog: number; lastLogMs: number; types: Set<string> }
 
 /** What `ingest` did with one batch (the batch is acknowledged either way). */
-export interface IngestResult { accepted: number; duplicates: number; malformed: number; refused: number; /** distinct, at most 8 */ refusedTypes: string[] }
+export interface IngestResult {
+  accepted: number; duplicates: number; malformed: number; refused: number; /** distinct, at most 8 */ refusedTypes: string[];
+  /** Set when a listener is still making the batch's effects durable: acknowledge after it settles (it never rejects). */
+  settled?: Promise<void>;
+}
 
 export interface EventIntakeOptions {
   /**
@@ -107,10 +116,15 @@ export class EventIntake {
       r.refusedTypes = [...new Set(refusedTypes)].slice(0, 8).map((x) => x.slice(0, 128));
     }
     if (fresh.length === 0) return r;
+    let pending: Promise<void>[] | undefined;
     for (const fn of this.listeners) {
       // A listener's failure (rules, stream, history) never reaches the agent's stream.
-      try { fn(fresh); } catch { this.listenerErrors++; }
+      try {
+        const p = fn(fresh);
+        if (p instanceof Promise) (pending ??= []).push(p.then(() => undefined, () => { this.listenerErrors++; }));
+      } catch { this.listenerErrors++; }
     }
+    if (pending) r.settled = Promise.all(pending).then(() => undefined);
     return r;
   }
 

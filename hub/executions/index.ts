@@ -12,9 +12,11 @@
  *   come back (then the timeout rule applies again); if it does not, they are `abandoned`.
  *   `abandoned` is the hub's verdict, not the agent's: a result the agent reports later (its
  *   outbox delivers after a reconnect) still replaces it, and history records both.
- * - A hub restart: `requested` executions end in `error` (their rendered secrets lived in memory
- *   only); `scheduled`/`running` ones wait `reconnectGraceMs` for their agent as above, then
- *   their timeout (kept in history) applies again.
+ * - A hub restart: `requested` executions were never sent (a request goes out only once its
+ *   `scheduled` line is on disk). Those whose action and parameters reference no datastore value
+ *   and hold no redacted secret are rendered again and wait for their agent; the others end in
+ *   `error` (their rendered secrets lived in memory only). `scheduled`/`running` ones wait
+ *   `reconnectGraceMs` for their agent as above, then their timeout (kept in history) applies again.
  * - Dispatch failures (sealing, agent refused) are `error`.
  *
  * Every state change is one history line (hub/executions/history.ts) and one update to
@@ -24,7 +26,7 @@
 import { monotonicUlidFactory } from '../../common/ids.js';
 import { TrellisError } from '../../common/errors.js';
 import { FINAL_STATUSES, type EdgeExecutionPayload, type ExecutionStatus } from '../../common/automation/types.js';
-import type { RenderedAction } from '../../common/rules/render.js';
+import { actionRefs, renderAction, type RenderedAction } from '../../common/rules/render.js';
 import type { AgentRegistry, AgentLink } from '../agents/index.js';
 import type { KvStore } from '../kv/index.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
@@ -112,7 +114,12 @@ export class Executions {
   private resume(e: Entry, timeoutMs: number): void {
     const s = e.rec.status;
     if (s === 'requested') {
-      this.finish(e, { status: 'error', error: 'the hub restarted before it was sent to the agent; run it again' });
+      const rendered = this.renderAgain(e.rec);
+      if (!rendered) { this.finish(e, { status: 'error', error: 'the hub restarted before it was sent to the agent; run it again' }); return; }
+      e.live = { rendered, timeoutMs: rendered.timeoutMs || timeoutMs, slot: false };
+      e.live.timer = this.timer(e.rec.requestedMs + this.o.maxWaitMs - Date.now(), () => this.expireWait(e));
+      this.agentSlots(e.rec.agentId).waiting.push(e.rec.id);
+      this.o.log.info({ executionId: e.rec.id, agentId: e.rec.agentId, action: e.rec.action }, 'execution waiting again after a hub restart (it had not been sent)');
     } else if (s === 'scheduled' || s === 'running') {
       e.live = { timeoutMs, slot: true };
       this.agentSlots(e.rec.agentId).active.add(e.rec.id);
@@ -120,6 +127,24 @@ export class Executions {
       e.live.graceTimer = this.timer(this.o.reconnectGraceMs, () => this.finish(e, {
         status: 'abandoned', error: `the hub restarted while it ran and agent ${e.rec.agentId} reported no result within ${Math.round(this.o.reconnectGraceMs / 1000)}s`,
       }));
+    }
+  }
+
+  /**
+   * A pack action that was never sent, rendered again from history after a restart: only when
+   * nothing needs the requester's view of the datastore (no kv/secret reference, no redacted
+   * literal secret), so rendering it again yields what was requested. Undefined otherwise.
+   */
+  private renderAgain(rec: ExecutionRecord): RenderedAction | undefined {
+    if (rec.edge || rec.action === COMMAND_ACTION) return undefined;
+    const action = this.deps.catalog?.action(rec.tenant, rec.action);
+    if (!action || JSON.stringify(rec.parameters).includes(JSON.stringify(REDACTED))) return undefined;
+    try {
+      if (actionRefs(action, rec.parameters).length > 0) return undefined;
+      const rendered = renderAction(action, rec.parameters, { resolve: () => undefined });
+      return rendered.secretValues.length === 0 ? rendered : undefined;
+    } catch {
+      return undefined;
     }
   }
 
@@ -237,9 +262,16 @@ export class Executions {
     if (s.active.size === 0 && s.waiting.length === 0) this.slots.delete(agentId);
   }
 
-  /** Seals and sends one execution; false when the link closed under it (it stays requested). */
+  /**
+   * Seals one execution, records it `scheduled` and sends it once that line (and the
+   * `requested` line with its idempotency key) is on disk: after a hub crash, history then knows
+   * every execution an agent may have received, and an event sent again cannot run its action
+   * twice. `requested` after a restart means never sent. False when the link is already closed
+   * (it stays requested).
+   */
   private dispatch(e: Entry, link: AgentLink): boolean {
     const live = e.live!;
+    if (link !== this.deps.agents.link(e.rec.agentId)) return false;
     let msg: T.ActionRequest;
     try {
       msg = actionRequest({ executionId: e.rec.id, action: e.rec.action, agentId: e.rec.agentId, certPem: link.certPem, rendered: live.rendered! });
@@ -247,13 +279,38 @@ export class Executions {
       this.finish(e, { status: 'error', error: `cannot seal the secrets of this execution for agent ${e.rec.agentId}: ${(err as Error).message}` });
       return true;
     }
-    if (!link.send({ action: msg })) return false;
-    live.rendered = undefined; // the secrets leave memory with the request
     live.slot = true;
     this.agentSlots(e.rec.agentId).active.add(e.rec.id);
     this.armTimeout(e, live.timeoutMs + this.o.abandonGraceMs);
     this.set(e, { status: 'scheduled' });
+    void this.durable().then(() => this.send(e, link, msg));
     return true;
+  }
+
+  /** The request goes out (its `scheduled` line is on disk); a link closed meanwhile puts it back in the queue. */
+  private send(e: Entry, link: AgentLink, msg: T.ActionRequest): void {
+    const live = e.live;
+    if (this.closed || !live || e.rec.status !== 'scheduled' || !live.rendered) return; // canceled or ended meanwhile
+    if (link.send({ action: msg })) { live.rendered = undefined; return; } // the secrets leave memory with the request
+    // Never sent: waiting again, first in line for the agent's next connection.
+    clearTimeout(live.timer);
+    clearTimeout(live.graceTimer);
+    live.graceTimer = undefined;
+    live.slot = false;
+    const s = this.agentSlots(e.rec.agentId);
+    s.active.delete(e.rec.id);
+    s.waiting.unshift(e.rec.id);
+    this.set(e, { status: 'requested' });
+    live.timer = this.timer(this.o.maxWaitMs - (Date.now() - e.rec.requestedMs), () => this.expireWait(e));
+    this.pump(e.rec.agentId);
+  }
+
+  /**
+   * Resolves (never rejects) once every history line queued so far is on disk. A failing disk is
+   * logged by the history, which keeps the lines and retries; callers go on rather than stall.
+   */
+  durable(): Promise<void> {
+    return this.history.flush().catch(() => undefined);
   }
 
   /** An execution in flight with no result by then is abandoned. */
@@ -459,7 +516,7 @@ export class Executions {
   async cancel(tenant: string | '*', id: string): Promise<ExecutionRecord> {
     const e = this.lookup(tenant, id);
     const s = e.rec.status;
-    if (s === 'requested') {
+    if (s === 'requested' || (s === 'scheduled' && e.live?.rendered)) { // scheduled, rendered: its request waits for the disk
       this.finish(e, { status: 'canceled', error: 'canceled before it was sent to the agent' });
     } else if (s === 'scheduled' || s === 'running') {
       const link = this.deps.agents.link(e.rec.agentId);
@@ -524,7 +581,8 @@ export class Executions {
   }
 
   /**
-   * Waiting executions end in `error` (their secrets were in memory only); executions in flight
+   * Waiting executions end in `error` (their secrets were in memory only) unless they can be
+   * rendered again from history at the next start (see resume); executions in flight
    * stay as they are: after a restart their agents have `reconnectGraceMs` to report. Followers
    * end with TRELLIS_E_SHUTDOWN; history is flushed and closed.
    */
@@ -532,7 +590,8 @@ export class Executions {
     if (this.closed) return;
     this.closed = true; // first: nothing is dispatched from here on
     for (const e of this.entries.values()) {
-      if (e.rec.status === 'requested') this.finish(e, { status: 'error', error: 'the hub shut down before it was sent to the agent; run it again' });
+      // Those that can be rendered again from history stay requested: the next start sends them.
+      if (e.rec.status === 'requested' && !this.renderAgain(e.rec)) this.finish(e, { status: 'error', error: 'the hub shut down before it was sent to the agent; run it again' });
     }
     for (const e of this.entries.values()) {
       if (!e.live) continue;

@@ -222,7 +222,11 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
             // Refused events (a type this agent may not publish) are acknowledged too: the refusal
             // is final, so the outbox must not retry them; they are counted and logged, never published.
             const r = c.events.ingest(agentId, id.tenant, batch.events, (type) => c.agentConfigs.mayPublish(agentId, type));
-            call.write({ eventAck: { seq: batch.seq, refused: r.refused, refusedTypes: r.refusedTypes } });
+            const ack: T.HubMessage = { eventAck: { seq: batch.seq, refused: r.refused, refusedTypes: r.refusedTypes } };
+            // Acknowledged once what the events caused (executions) is on disk: a hub crash before
+            // that leaves them unacknowledged, and the agent's outbox sends them again.
+            if (r.settled) void r.settled.then(() => { if (!closed) call.write(ack); });
+            else call.write(ack);
             break;
           }
           case 'started':

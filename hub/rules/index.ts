@@ -45,6 +45,8 @@ export interface RuleExecutions {
     requestedBy: string; rule?: string; triggerEventId?: string; dedupKey?: (agentId: string) => string;
     kvCaller?: { username: string; isAdmin: boolean; onSecret?: (key: string) => void };
   }): Promise<unknown[]>;
+  /** Resolves (never rejects) once every execution requested so far is on disk. */
+  durable?(): Promise<void>;
 }
 
 export interface RuleDoc extends Doc {
@@ -282,8 +284,13 @@ export class RulesEngine extends EventEmitter {
 
   // ---------------------------------------------------------------- hot path
 
-  /** Matches a batch of fresh (de-duplicated) events against the hub rules. */
-  onEvents(events: readonly HubEvent[]): void {
+  /**
+   * Matches a batch of fresh (de-duplicated) events against the hub rules. When a rule fired,
+   * returns a promise (never rejecting) that resolves once the executions it requested are on
+   * disk: the caller acknowledges the events only then (hub/events EventListener).
+   */
+  onEvents(events: readonly HubEvent[]): Promise<void> | undefined {
+    let fired: Promise<void>[] | undefined;
     for (const e of events) {
       const rules = this.index.get(e.tenant)?.forTrigger(e.type);
       if (!rules || rules.length === 0) continue;
@@ -301,9 +308,12 @@ export class RulesEngine extends EventEmitter {
         }
         if (!r.gate.tryFire()) { r.stats.suppressed++; continue; }
         r.stats.fired++;
-        this.fire(r, trig).catch((err) => this.fireError(r, trig!, err));
+        const t = trig;
+        (fired ??= []).push(this.fire(r, t).catch((err) => this.fireError(r, t, err)));
       }
     }
+    if (!fired) return undefined;
+    return Promise.all(fired).then(() => this.deps.executions.durable?.());
   }
 
   private fireError(r: LiveRule, ev: TriggerEvent, err: unknown): void {
