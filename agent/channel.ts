@@ -12,7 +12,7 @@ import * as grpc from '@grpc/grpc-js';
 import { EventEmitter } from 'node:events';
 import { v1 } from '../common/proto.js';
 import { secureChannel } from '../common/grpc-tls.js';
-import { backoffDelay, RETRYABLE_CODES } from '../common/backoff.js';
+import { backoffDelay, retryAfterDelay, retryAfterMs, DEFAULT_MAX_BACKOFF_MS, RETRYABLE_CODES } from '../common/backoff.js';
 import { fromGrpcError, CODE_KEY } from '../common/grpc-errors.js';
 import { TrellisError } from '../common/errors.js';
 import { wrongPortForAgent } from '../common/connect-diagnosis.js';
@@ -48,7 +48,7 @@ export interface ChannelOptions {
   maxQueued?: number;
   /** Durable event store; events survive hub outages and agent restarts. @default none (in memory) */
   outbox?: Outbox;
-  /** @default 30000 */
+  /** Cap of the reconnect backoff (full jitter: each wait is uniform in [0, min(cap, 500 ms * 2^attempt)]). @default 30000 */
   maxBackoffMs?: number;
   /**
    * Called when a connection attempt fails in a way TLS may explain: returns an error naming the
@@ -63,6 +63,18 @@ export interface ChannelOptions {
   onSuperseded?: () => Promise<boolean>;
 }
 
+/**
+ * Keepalive of the agent's stream. A ping every 30 s finds a dead hub or a broken NAT mapping;
+ * the 20 s answer deadline is long on purpose: a hub stalled for a few seconds (a GC pause, a
+ * reconnect storm) must not read as a dead connection, or every agent reconnects at once and
+ * the slow moment becomes a storm. Between pings the heartbeat keeps the connection busy.
+ */
+export const AGENT_CHANNEL_OPTIONS = {
+  'grpc.keepalive_time_ms': 30_000,
+  'grpc.keepalive_timeout_ms': 20_000,
+  'grpc.keepalive_permit_without_calls': 1,
+} as const;
+
 class Connection {
   readonly client: grpc.Client & { Connect: (md?: grpc.Metadata) => grpc.ClientDuplexStream<T.AgentMessage, T.HubMessage__Output> };
   readonly call: grpc.ClientDuplexStream<T.AgentMessage, T.HubMessage__Output>;
@@ -74,7 +86,7 @@ class Connection {
   constructor(target: string, creds: Credentials, hello: T.Hello, onMessage: (m: T.HubMessage__Output, c: Connection) => void) {
     this.certPem = creds.certPem;
     const tls = secureChannel(target, creds.caPem, creds.keyPem, creds.certPem);
-    this.client = new v1.AgentChannel(target, tls.creds, tls.options) as unknown as Connection['client'];
+    this.client = new v1.AgentChannel(target, tls.creds, { ...tls.options, ...AGENT_CHANNEL_OPTIONS }) as unknown as Connection['client'];
     this.call = this.client.Connect();
     let resolveWelcome!: (w: T.Welcome__Output) => void, rejectWelcome!: (e: Error) => void;
     this.welcome = new Promise((res, rej) => { resolveWelcome = res; rejectWelcome = rej; });
@@ -145,7 +157,7 @@ export class HubChannel extends EventEmitter {
   readonly closedPromise: Promise<Error | undefined>;
   /** eventsDropped: dropped from the in-memory queue; eventsRefused: refused by a full outbox. */
   /** eventsRefused: by a full outbox; eventsRefusedByHub: types this agent may not publish (acknowledged, never published). */
-  stats = { connects: 0, eventsSent: 0, eventsAcked: 0, eventsDropped: 0, eventsRefused: 0, eventsRefusedByHub: 0 };
+  stats = { connects: 0, shed: 0, eventsSent: 0, eventsAcked: 0, eventsDropped: 0, eventsRefused: 0, eventsRefusedByHub: 0 };
   private refusedLogMs = 0;
 
   constructor(private readonly opts: ChannelOptions) {
@@ -185,7 +197,8 @@ export class HubChannel extends EventEmitter {
           if (isFatal(err)) { this.fail(err); break; }
           // The address answers TLS but has no AgentChannel: the admin port (or another gRPC server). Retrying cannot help.
           if ((err as { code?: number }).code === grpc.status.UNIMPLEMENTED) { this.fail(wrongPortForAgent(this.opts.target, err), 'wrong hub port; not reconnecting'); break; }
-          const delay = backoffDelay(attempt++, { maxMs: this.opts.maxBackoffMs ?? 30_000 });
+          const delay = this.retryDelay(err, attempt++);
+          if (this.shed(err, delay)) { await this.sleep(delay); continue; }
           const why = await this.diagnosed(err as Error);
           if (this.stopped) break;
           this.opts.log.debug({ err: (err as Error).message }, 'connection attempt failed (transport detail)');
@@ -206,12 +219,34 @@ export class HubChannel extends EventEmitter {
       if (err && isFatal(err)) { this.fail(err); break; }
       const code = (err as { code?: number } | undefined)?.code;
       if (err && code !== undefined && !RETRYABLE_CODES.has(code)) this.opts.log.error({ code, err: err.message }, 'unexpected stream error; reconnecting');
-      const delay = backoffDelay(attempt++, { maxMs: this.opts.maxBackoffMs ?? 30_000 });
+      // A lost stream is usually lost by every agent at once (hub restart, network blip): even
+      // the first reconnect waits a random part of a second, so they do not all come back together.
+      attempt = Math.max(attempt, 1);
+      const delay = this.retryDelay(err, attempt++);
       if (err) this.opts.log.debug({ err: err.message }, 'stream ended (transport detail)');
       this.opts.log.warn({ err: err ? fromGrpcError(err).message : 'stream closed', retryInMs: delay }, 'disconnected from the hub');
       this.setState('connecting', err);
       await this.sleep(delay);
     }
+  }
+
+  /**
+   * The wait before the next attempt: full-jitter backoff, and when the hub shed the stream with
+   * a retry-after, at least that (jittered up to twice it, so the shed agents do not return together).
+   */
+  private retryDelay(err: unknown, attempt: number): number {
+    const backoff = backoffDelay(attempt, { maxMs: this.opts.maxBackoffMs ?? DEFAULT_MAX_BACKOFF_MS });
+    const ra = (err as { code?: number } | undefined)?.code === grpc.status.RESOURCE_EXHAUSTED ? retryAfterMs(err) : undefined;
+    return ra === undefined ? backoff : Math.max(backoff, retryAfterDelay(ra));
+  }
+
+  /** The hub is shedding load (RESOURCE_EXHAUSTED with retry-after): not a fault, logged at info. */
+  private shed(err: unknown, delay: number): boolean {
+    if ((err as { code?: number }).code !== grpc.status.RESOURCE_EXHAUSTED || retryAfterMs(err) === undefined) return false;
+    this.stats.shed++;
+    this.opts.log.info({ retryInMs: delay }, 'the hub is busy admitting other agents; retrying later');
+    this.emit('shed', delay);
+    return true;
   }
 
   private lastDiagnosisMs = 0;
