@@ -83,10 +83,15 @@ class Connection {
   readonly certPem: string;
   private ended = false;
 
-  constructor(target: string, creds: Credentials, hello: T.Hello, onMessage: (m: T.HubMessage__Output, c: Connection) => void) {
+  /** `reuse`: the client (and its TLS connection) of an attempt the hub shed, with the same credentials. */
+  constructor(target: string, creds: Credentials, hello: T.Hello, onMessage: (m: T.HubMessage__Output, c: Connection) => void, reuse?: grpc.Client) {
     this.certPem = creds.certPem;
-    const tls = secureChannel(target, creds.caPem, creds.keyPem, creds.certPem);
-    this.client = new v1.AgentChannel(target, tls.creds, { ...tls.options, ...AGENT_CHANNEL_OPTIONS }) as unknown as Connection['client'];
+    if (reuse) {
+      this.client = reuse as Connection['client'];
+    } else {
+      const tls = secureChannel(target, creds.caPem, creds.keyPem, creds.certPem);
+      this.client = new v1.AgentChannel(target, tls.creds, { ...tls.options, ...AGENT_CHANNEL_OPTIONS }) as unknown as Connection['client'];
+    }
     this.call = this.client.Connect();
     let resolveWelcome!: (w: T.Welcome__Output) => void, rejectWelcome!: (e: Error) => void;
     this.welcome = new Promise((res, rej) => { resolveWelcome = res; rejectWelcome = rej; });
@@ -121,12 +126,24 @@ class Connection {
     this.call.cancel();
     this.client.close();
   }
+
+  /** Ends the call but keeps the client: its TLS connection serves the next attempt (no new handshake for the hub). */
+  detachClient(): grpc.Client {
+    this.ended = true;
+    this.call.cancel();
+    return this.client;
+  }
 }
 
 /** The hub refused a certificate replaced by a renewal (agent-channel.ts identifyPeer). */
 function isSuperseded(err: unknown): boolean {
   const tcode = (err as grpc.ServiceError).metadata?.get(CODE_KEY)?.[0];
   return tcode === 'TRELLIS_E_CERT_REVOKED' && /replaced by a renewal/.test(String((err as Error).message));
+}
+
+/** The hub shed the stream to bound its admissions (RESOURCE_EXHAUSTED with a retry-after). */
+function isShed(err: unknown): boolean {
+  return (err as { code?: number } | undefined)?.code === grpc.status.RESOURCE_EXHAUSTED && retryAfterMs(err) !== undefined;
 }
 
 /** Errors after which reconnecting cannot help. */
@@ -143,6 +160,8 @@ export class HubChannel extends EventEmitter {
   private stopped = false;
   private loopPromise?: Promise<void>;
   private sleepTimer?: NodeJS.Timeout;
+  /** The client of the last attempt the hub shed, kept for the next attempt. */
+  private spare?: { client: grpc.Client; certPem: string };
   private wake?: () => void;
   private heartbeatTimer?: NodeJS.Timeout;
   /** Events not yet sent: pending[pendingHead..] (a head index instead of shifting the array). */
@@ -157,7 +176,7 @@ export class HubChannel extends EventEmitter {
   readonly closedPromise: Promise<Error | undefined>;
   /** eventsDropped: dropped from the in-memory queue; eventsRefused: refused by a full outbox. */
   /** eventsRefused: by a full outbox; eventsRefusedByHub: types this agent may not publish (acknowledged, never published). */
-  stats = { connects: 0, shed: 0, eventsSent: 0, eventsAcked: 0, eventsDropped: 0, eventsRefused: 0, eventsRefusedByHub: 0 };
+  stats = { connects: 0, shed: 0, reused: 0, eventsSent: 0, eventsAcked: 0, eventsDropped: 0, eventsRefused: 0, eventsRefusedByHub: 0 };
   private refusedLogMs = 0;
 
   constructor(private readonly opts: ChannelOptions) {
@@ -181,14 +200,20 @@ export class HubChannel extends EventEmitter {
       let conn = this.current;
       if (!conn) {
         this.setState('connecting');
-        conn = new Connection(this.opts.target, this.opts.credentials(), this.opts.hello(), (m, c) => this.onMessage(m, c));
+        const creds = this.opts.credentials();
+        const spare = this.takeSpare(creds.certPem);
+        if (spare) this.stats.reused++;
+        conn = new Connection(this.opts.target, creds, this.opts.hello(), (m, c) => this.onMessage(m, c), spare);
         try {
           const welcome = await conn.welcome;
           if (this.stopped) { conn.destroy(); break; }
           this.adopt(conn, welcome);
           attempt = 0;
         } catch (err) {
-          conn.destroy();
+          // Shed by a busy hub: the TLS connection is fine and the next attempt reuses it, so a
+          // storm does not cost the hub a second handshake per shed agent.
+          if (isShed(err) && !this.stopped) this.spare = { client: conn.detachClient(), certPem: conn.certPem };
+          else conn.destroy();
           if (this.stopped) break;
           if (isSuperseded(err) && this.opts.onSuperseded && await this.opts.onSuperseded().catch(() => false)) {
             this.opts.log.warn('the hub had replaced this certificate by a renewal whose answer was lost; renewed again');
@@ -240,9 +265,19 @@ export class HubChannel extends EventEmitter {
     return ra === undefined ? backoff : Math.max(backoff, retryAfterDelay(ra));
   }
 
+  /** The client of a shed attempt, if its credentials are still the current ones (else it is closed). */
+  private takeSpare(certPem: string): grpc.Client | undefined {
+    const s = this.spare;
+    this.spare = undefined;
+    if (!s) return undefined;
+    if (s.certPem === certPem) return s.client;
+    s.client.close();
+    return undefined;
+  }
+
   /** The hub is shedding load (RESOURCE_EXHAUSTED with retry-after): not a fault, logged at info. */
   private shed(err: unknown, delay: number): boolean {
-    if ((err as { code?: number }).code !== grpc.status.RESOURCE_EXHAUSTED || retryAfterMs(err) === undefined) return false;
+    if (!isShed(err)) return false;
     this.stats.shed++;
     this.opts.log.info({ retryInMs: delay }, 'the hub is busy admitting other agents; retrying later');
     this.emit('shed', delay);
@@ -443,6 +478,8 @@ export class HubChannel extends EventEmitter {
     clearTimeout(this.sleepTimer);
     this.wake?.();
     clearInterval(this.heartbeatTimer);
+    this.spare?.client.close();
+    this.spare = undefined;
     const conn = this.current;
     this.current = undefined;
     conn?.end();

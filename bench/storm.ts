@@ -44,10 +44,16 @@ export interface StormOptions {
   maxBackoffMs: number;
   concurrency: number;
   settleTimeoutS: number;
+  /** Write a heap snapshot of the hub (N agents, idle) into this directory. */
+  heapSnapshotDir?: string;
+  /** Write a CPU profile of the hub (connect and idle phases; implies --no-storm) into this directory. */
+  cpuProfDir?: string;
+  /** Skip the kill -9 / restart storm. */
+  noStorm: boolean;
 }
 
 function parseArgs(argv: string[]): StormOptions {
-  const o: StormOptions = { agents: 1000, procs: 0, rawOnly: false, noRaw: false, idleS: 20, maxBackoffMs: DEFAULT_MAX_BACKOFF_MS, concurrency: 64, settleTimeoutS: 600 };
+  const o: StormOptions = { agents: 1000, procs: 0, rawOnly: false, noRaw: false, idleS: 20, maxBackoffMs: DEFAULT_MAX_BACKOFF_MS, concurrency: 64, settleTimeoutS: 600, noStorm: false };
   const num = (flag: string, v: string | undefined, min: number): number => {
     const n = Number(v);
     if (!Number.isInteger(n) || n < min) throw new Error(`${flag} needs an integer >= ${min} (got ${v ?? 'nothing'})`);
@@ -64,8 +70,11 @@ function parseArgs(argv: string[]): StormOptions {
       case '--max-backoff-ms': o.maxBackoffMs = num(a, argv[++i], 100); break;
       case '--concurrency': o.concurrency = num(a, argv[++i], 1); break;
       case '--settle-timeout-s': o.settleTimeoutS = num(a, argv[++i], 1); break;
+      case '--no-storm': o.noStorm = true; break;
+      case '--hub-cpu-prof': o.cpuProfDir = argv[++i]; o.noStorm = true; if (!o.cpuProfDir) throw new Error('--hub-cpu-prof needs a directory'); break;
+      case '--hub-heap-snapshot': o.heapSnapshotDir = argv[++i]; if (!o.heapSnapshotDir) throw new Error('--hub-heap-snapshot needs a directory'); break;
       case '-h': case '--help':
-        process.stdout.write('usage: npm run bench:storm -- --agents N [--procs P] [--raw-only] [--no-raw] [--idle-s 20] [--max-backoff-ms 30000] [--concurrency 64] [--settle-timeout-s 600]\n');
+        process.stdout.write('usage: npm run bench:storm -- --agents N [--procs P] [--raw-only] [--no-raw] [--idle-s 20] [--max-backoff-ms 30000] [--concurrency 64] [--settle-timeout-s 600] [--no-storm] [--hub-heap-snapshot DIR] [--hub-cpu-prof DIR]\n');
         process.exit(0);
         break;
       default: throw new Error(`unknown argument ${a} (see --help)`);
@@ -89,9 +98,13 @@ function rssKb(pid: number): number {
 interface Hub { proc: ChildProcess; pid: number; exited: Promise<void>; listeningMs: number }
 
 /** `trellis hub run` on the data dir's configured ports; resolves once it listens. */
-async function startHub(dataDir: string): Promise<Hub> {
+async function startHub(dataDir: string, diag: { snapshotDir?: string; cpuProfDir?: string } = {}): Promise<Hub> {
   const t0 = performance.now();
-  const proc = spawn(process.execPath, ['--max-semi-space-size=32', 'bin/trellis.js', 'hub', 'run', '--data', dataDir], {
+  const snap = [
+    ...(diag.snapshotDir ? ['--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${diag.snapshotDir}`] : []),
+    ...(diag.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${diag.cpuProfDir}`] : []),
+  ];
+  const proc = spawn(process.execPath, ['--max-semi-space-size=32', ...snap, 'bin/trellis.js', 'hub', 'run', '--data', dataDir], {
     cwd: ROOT, env: { ...process.env, TRELLIS_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'],
   });
   const exited = new Promise<void>((r) => proc.once('exit', () => r()));
@@ -162,7 +175,10 @@ async function writeIdFiles(dir: string, ids: ReturnType<typeof issueSimIdentiti
 
 async function rawBaseline(o: StormOptions, hubDir: string, idFiles: string[]): Promise<number> {
   const [port] = await freePorts(1);
-  const server = fork(fileURLToPath(new URL('./storm-raw-server.js', import.meta.url)), [hubDir, String(port)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const server = fork(fileURLToPath(new URL('./storm-raw-server.js', import.meta.url)), [hubDir, String(port)], {
+    // The hub's own V8 flags (bin/trellis.js): a young generation sized like the hub's, or the comparison is off by its size.
+    execArgv: ['--max-semi-space-size=32'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
   try {
     await new Promise<void>((resolve, reject) => {
       server.once('message', () => resolve());
@@ -210,7 +226,7 @@ export async function runStorm(o: StormOptions): Promise<void> {
       if (o.rawOnly) return;
     }
 
-    hub = await startHub(hubDir);
+    hub = await startHub(hubDir, { snapshotDir: o.heapSnapshotDir, cpuProfDir: o.cpuProfDir });
     await sleep(3_000);
     const rss0 = rssKb(hub.pid);
     note(`hub: listening after ${Math.round(hub.listeningMs)} ms, RSS ${Math.round(rss0 / 1024)} MiB with no agent`);
@@ -218,6 +234,7 @@ export async function runStorm(o: StormOptions): Promise<void> {
     const target = `127.0.0.1:${agentPort}`;
     const c = clients;
     const cpuC0 = c.cpuMs();
+    const hubCpu0 = processCpuMs(hub.pid);
     const t0 = performance.now();
     for (let i = 0; i < o.procs; i++) c.send(i, { cmd: 'start', mode: 'sim', target, idsFile: idFiles[i]!, concurrency: o.concurrency, maxBackoffMs: o.maxBackoffMs });
     await c.wait('connect', () => c.sum('ready') >= o.agents || c.sum('closed') > 0, o.settleTimeoutS, () => `${c.sum('ready')}/${o.agents} welcomed, ${c.sum('shed')} shed`);
@@ -225,6 +242,7 @@ export async function runStorm(o: StormOptions): Promise<void> {
     const connectS = (performance.now() - t0) / 1000;
     const clientCpu = c.cpuMs().map((x, i) => x - cpuC0[i]!);
     note(`connect: ${o.agents} agents welcomed in ${connectS.toFixed(1)} s (${c.sum('shed')} streams shed and retried); client processes used ${clientCpu.map((x) => ((x / 1000 / connectS) * 100).toFixed(0) + '%').join(', ')} of a core`);
+    note(`connect: the hub used ${((processCpuMs(hub.pid) - hubCpu0) / o.agents).toFixed(1)} ms of CPU per agent admitted (TLS, identity, registry, welcome, config)`);
     figure('connect_per_s', o.agents / connectS, 'agents/s');
 
     // Idle: let the connect burst's garbage go, then heartbeats only.
@@ -238,7 +256,13 @@ export async function runStorm(o: StormOptions): Promise<void> {
     figure('hub_rss_mb', rss1 / 1024, 'MiB');
     figure('hub_rss_kb_per_agent', (rss1 - rss0) / o.agents, 'KiB');
     figure('hub_idle_cpu_pct', idlePct, '%');
+    if (o.heapSnapshotDir) {
+      hub.proc.kill('SIGUSR2');
+      note(`hub heap snapshot requested (pid ${hub.pid}) into ${o.heapSnapshotDir}; waiting 60 s for it`);
+      await sleep(60_000);
+    }
 
+    if (o.noStorm) return;
     // The storm: kill -9, restart on the same data dir and ports, until all are welcomed again.
     c.all({ cmd: 'mark' });
     await sleep(1_000);
@@ -257,7 +281,7 @@ export async function runStorm(o: StormOptions): Promise<void> {
     figure('storm_settle_s', settle, 's');
   } finally {
     if (clients) await clients.stop();
-    if (hub) { hub.proc.kill('SIGTERM'); await Promise.race([hub.exited, sleep(10_000)]); hub.proc.kill('SIGKILL'); }
+    if (hub) { hub.proc.kill('SIGTERM'); await Promise.race([hub.exited, sleep(60_000)]); hub.proc.kill('SIGKILL'); }
     await rm(tmp, { recursive: true, force: true });
   }
 }
