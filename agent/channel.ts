@@ -222,8 +222,10 @@ export class HubChannel extends EventEmitter {
           if (isFatal(err)) { this.fail(err); break; }
           // The address answers TLS but has no AgentChannel: the admin port (or another gRPC server). Retrying cannot help.
           if ((err as { code?: number }).code === grpc.status.UNIMPLEMENTED) { this.fail(wrongPortForAgent(this.opts.target, err), 'wrong hub port; not reconnecting'); break; }
+          // Shed: the hub named when to come back (jittered); the exponential backoff is for
+          // failures, and does not grow on a shed, or shed agents would drift to the cap.
+          if (isShed(err)) { const delay = retryAfterDelay(retryAfterMs(err)!); this.shed(delay); await this.sleep(delay); continue; }
           const delay = this.retryDelay(err, attempt++);
-          if (this.shed(err, delay)) { await this.sleep(delay); continue; }
           const why = await this.diagnosed(err as Error);
           if (this.stopped) break;
           this.opts.log.debug({ err: (err as Error).message }, 'connection attempt failed (transport detail)');
@@ -276,12 +278,10 @@ export class HubChannel extends EventEmitter {
   }
 
   /** The hub is shedding load (RESOURCE_EXHAUSTED with retry-after): not a fault, logged at info. */
-  private shed(err: unknown, delay: number): boolean {
-    if (!isShed(err)) return false;
+  private shed(delay: number): void {
     this.stats.shed++;
     this.opts.log.info({ retryInMs: delay }, 'the hub is busy admitting other agents; retrying later');
     this.emit('shed', delay);
-    return true;
   }
 
   private lastDiagnosisMs = 0;

@@ -13,6 +13,7 @@ import { v1 } from '../common/proto.js';
 import { secureChannel } from '../common/grpc-tls.js';
 import { CODE_KEY } from '../common/grpc-errors.js';
 import { startHub } from './helpers/hub.js';
+import { AdmissionGate, MAX_ADAPTIVE_RETRY_AFTER_MS } from '../hub/grpc/admission.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 async function waitFor(what: string, cond: () => boolean, ms = 60_000): Promise<void> {
@@ -65,6 +66,31 @@ t.test('retry-after: parsed from the trailer, clamped, jittered upward', async (
   t.equal(retryAfterMs(new Error('x')), undefined, 'no metadata');
   t.equal(retryAfterDelay(1000, () => 0), 1000, 'never earlier than asked');
   t.equal(retryAfterDelay(1000, () => 0.9999999), 2000, 'at most twice');
+});
+
+t.test('admission gate: bounded slots, released once; retry-after grows with the sheds of the last second', async (t) => {
+  let now = 1_000_000;
+  const g = new AdmissionGate({ maxPending: 2, retryAfterMs: 1000 }, () => now);
+  const a = g.tryEnter(), b = g.tryEnter();
+  t.ok(a && b, 'two slots');
+  t.equal(g.tryEnter(), undefined, 'the third is shed');
+  a!(); a!();
+  t.equal(g.inFlight, 1, 'a release counts once');
+  t.ok(g.tryEnter(), 'a released slot is reused');
+  const ra = (s: ReturnType<AdmissionGate['shedStatus']>) => Number(s.metadata.get(RETRY_AFTER_KEY)[0]);
+  t.equal(ra(g.shedStatus('r')), 1000, 'the first shed: the configured retry-after');
+  t.equal(ra(g.shedStatus('r')), 1000, 'one shed before it (< maxPending): still the base');
+  t.equal(ra(g.shedStatus('r')), 2000, 'two sheds before it (= maxPending): twice');
+  for (let i = 0; i < 20; i++) g.shedStatus('r');
+  t.equal(ra(g.shedStatus('r')), 12_000, '23 sheds in the last second, 2 slots: 1 + 11 times');
+  now += 1500;
+  t.equal(ra(g.shedStatus('r')), 13_000, 'the previous second still counts (24 then)');
+  now += 5000;
+  t.equal(ra(g.shedStatus('r')), 1000, 'a quiet spell: back to the base');
+  for (let i = 0; i < 500; i++) g.shedStatus('r');
+  t.equal(ra(g.shedStatus('r')), MAX_ADAPTIVE_RETRY_AFTER_MS, 'capped');
+  const big = new AdmissionGate({ maxPending: 1, retryAfterMs: 60_000 }, () => now);
+  t.equal(Number(big.shedStatus('r').metadata.get(RETRY_AFTER_KEY)[0]), 60_000, 'a configured retry-after above the cap is kept');
 });
 
 t.test('config: agentChannel defaults and validation', async (t) => {
@@ -137,6 +163,8 @@ t.test('shedding: a hub at its admission bound answers RESOURCE_EXHAUSTED + retr
   }
   t.ok(gaps > 0, `every gap after a shed honored the retry-after (${gaps} gaps)`);
   t.equal(h.hub.components.agents.connectedLinks().length, 24, 'the hub holds all 24 streams');
+  const reused = sims.reduce((n, s) => n + s.channel.stats.reused, 0);
+  t.ok(reused > 0, `shed agents retried over the TLS connection they had (${reused} reuses): no second handshake per shed`);
 });
 
 t.test('shedding: the refusal a raw client sees carries the code and the retry-after', async (t) => {
