@@ -81,11 +81,14 @@ class Connection {
   readonly welcome: Promise<T.Welcome__Output>;
   readonly closed: Promise<Error | undefined>;
   readonly certPem: string;
+  /** The credentials the client was built with (a reused client must match them all). */
+  readonly credsKey: string;
   private ended = false;
 
   /** `reuse`: the client (and its TLS connection) of an attempt the hub shed, with the same credentials. */
   constructor(target: string, creds: Credentials, hello: T.Hello, onMessage: (m: T.HubMessage__Output, c: Connection) => void, reuse?: grpc.Client) {
     this.certPem = creds.certPem;
+    this.credsKey = credsKey(creds);
     if (reuse) {
       this.client = reuse as Connection['client'];
     } else {
@@ -141,6 +144,8 @@ function isSuperseded(err: unknown): boolean {
   return tcode === 'TRELLIS_E_CERT_REVOKED' && /replaced by a renewal/.test(String((err as Error).message));
 }
 
+function credsKey(c: Credentials): string { return `${c.caPem}\0${c.keyPem}\0${c.certPem}`; }
+
 /** The hub shed the stream to bound its admissions (RESOURCE_EXHAUSTED with a retry-after). */
 function isShed(err: unknown): boolean {
   return (err as { code?: number } | undefined)?.code === grpc.status.RESOURCE_EXHAUSTED && retryAfterMs(err) !== undefined;
@@ -160,8 +165,8 @@ export class HubChannel extends EventEmitter {
   private stopped = false;
   private loopPromise?: Promise<void>;
   private sleepTimer?: NodeJS.Timeout;
-  /** The client of the last attempt the hub shed, kept for the next attempt. */
-  private spare?: { client: grpc.Client; certPem: string };
+  /** The client of the last failed attempt or lost stream, kept for the next attempt while the credentials are the same. */
+  private spare?: { client: grpc.Client; credsKey: string };
   private wake?: () => void;
   private heartbeatTimer?: NodeJS.Timeout;
   /** Events not yet sent: pending[pendingHead..] (a head index instead of shifting the array). */
@@ -201,7 +206,7 @@ export class HubChannel extends EventEmitter {
       if (!conn) {
         this.setState('connecting');
         const creds = this.opts.credentials();
-        const spare = this.takeSpare(creds.certPem);
+        const spare = this.takeSpare(credsKey(creds));
         if (spare) this.stats.reused++;
         conn = new Connection(this.opts.target, creds, this.opts.hello(), (m, c) => this.onMessage(m, c), spare);
         try {
@@ -210,9 +215,10 @@ export class HubChannel extends EventEmitter {
           this.adopt(conn, welcome);
           attempt = 0;
         } catch (err) {
-          // Shed by a busy hub: the TLS connection is fine and the next attempt reuses it, so a
-          // storm does not cost the hub a second handshake per shed agent.
-          if (isShed(err) && !this.stopped) this.spare = { client: conn.detachClient(), certPem: conn.certPem };
+          // The next attempt reuses the client (grpc-js reconnects it when its connection is gone):
+          // shed by a busy hub, the TLS connection is still up and the hub is spared a second
+          // handshake; with the hub down, no TLS context is built again per attempt.
+          if (!this.stopped && RETRYABLE_CODES.has((err as { code?: number }).code ?? -1)) this.spare = { client: conn.detachClient(), credsKey: conn.credsKey };
           else conn.destroy();
           if (this.stopped) break;
           if (isSuperseded(err) && this.opts.onSuperseded && await this.opts.onSuperseded().catch(() => false)) {
@@ -241,7 +247,8 @@ export class HubChannel extends EventEmitter {
       if (this.current !== conn) continue; // replaced by a newer connection (certificate switch)
       this.current = undefined;
       clearInterval(this.heartbeatTimer);
-      conn.destroy();
+      if (!this.stopped && (!err || RETRYABLE_CODES.has((err as { code?: number }).code ?? -1))) this.spare = { client: conn.detachClient(), credsKey: conn.credsKey };
+      else conn.destroy();
       if (this.stopped) break;
       if (err && isFatal(err)) { this.fail(err); break; }
       const code = (err as { code?: number } | undefined)?.code;
@@ -268,11 +275,11 @@ export class HubChannel extends EventEmitter {
   }
 
   /** The client of a shed attempt, if its credentials are still the current ones (else it is closed). */
-  private takeSpare(certPem: string): grpc.Client | undefined {
+  private takeSpare(key: string): grpc.Client | undefined {
     const s = this.spare;
     this.spare = undefined;
     if (!s) return undefined;
-    if (s.certPem === certPem) return s.client;
+    if (s.credsKey === key) return s.client;
     s.client.close();
     return undefined;
   }
@@ -301,6 +308,8 @@ export class HubChannel extends EventEmitter {
     const e = fromGrpcError(err);
     this.opts.log.error({ code: e.code, err: e.message }, msg);
     this.stopped = true;
+    this.spare?.client.close();
+    this.spare = undefined;
     this.setState('closed', e);
     this.closedResolve(e);
   }

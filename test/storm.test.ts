@@ -218,3 +218,17 @@ t.test('hello deadline: a stream that never says hello is refused after helloTim
   await waitFor('next agent admitted after the mute stream was refused', () => sim.channel.state === 'ready', 30_000);
   t.pass('the slot of the refused stream was released');
 });
+
+t.test('reconnect after a hub restart reuses the agent\'s client (no TLS context rebuilt per attempt) and gets back in', async (t) => {
+  await using h = await startHub();
+  const cfg = JSON.parse((await import('node:fs')).readFileSync(`${h.dataDir}/hub.json`, 'utf8')) as { names: string[]; trustDomain?: string };
+  const [id] = issueSimIdentities({ hubDir: h.dataDir, names: cfg.names, trustDomain: cfg.trustDomain ?? 'trellis.local', n: 1 });
+  const sim = new SimAgent({ target: h.agentAddr, identity: id!, maxBackoffMs: 2_000 });
+  t.teardown(() => sim.close());
+  sim.start();
+  await waitFor('connected', () => sim.channel.state === 'ready', 30_000);
+  await h.restart();
+  await waitFor('connected again after the restart', () => sim.channel.state === 'ready' && sim.channel.stats.connects === 2, 60_000);
+  t.ok(sim.channel.stats.reused >= 1, `the attempts after the lost stream reused the client (${sim.channel.stats.reused})`);
+  t.equal(sim.channel.state, 'ready');
+});
