@@ -12,7 +12,7 @@ import * as grpc from '@grpc/grpc-js';
 import { EventEmitter } from 'node:events';
 import { channelV1 } from '../common/proto-channel.js';
 import { secureChannel } from '../common/grpc-tls.js';
-import { backoffDelay, RETRYABLE_CODES } from '../common/backoff.js';
+import { backoffDelay, retryAfterDelay, retryAfterMs, DEFAULT_MAX_BACKOFF_MS, RETRYABLE_CODES } from '../common/backoff.js';
 import { fromGrpcError, CODE_KEY } from '../common/grpc-errors.js';
 import { TrellisError } from '../common/errors.js';
 import { wrongPortForAgent } from '../common/connect-diagnosis.js';
@@ -48,7 +48,7 @@ export interface ChannelOptions {
   maxQueued?: number;
   /** Durable event store; events survive hub outages and agent restarts. @default none (in memory) */
   outbox?: Outbox;
-  /** @default 30000 */
+  /** Cap of the reconnect backoff (full jitter: each wait is uniform in [0, min(cap, 500 ms * 2^attempt)]). @default 30000 */
   maxBackoffMs?: number;
   /**
    * Called when a connection attempt fails in a way TLS may explain: returns an error naming the
@@ -63,18 +63,38 @@ export interface ChannelOptions {
   onSuperseded?: () => Promise<boolean>;
 }
 
+/**
+ * Keepalive of the agent's stream. A ping every 30 s finds a dead hub or a broken NAT mapping;
+ * the 20 s answer deadline is long on purpose: a hub stalled for a few seconds (a GC pause, a
+ * reconnect storm) must not read as a dead connection, or every agent reconnects at once and
+ * the slow moment becomes a storm. Between pings the heartbeat keeps the connection busy.
+ */
+export const AGENT_CHANNEL_OPTIONS = {
+  'grpc.keepalive_time_ms': 30_000,
+  'grpc.keepalive_timeout_ms': 20_000,
+  'grpc.keepalive_permit_without_calls': 1,
+} as const;
+
 class Connection {
   readonly client: grpc.Client & { Connect: (md?: grpc.Metadata) => grpc.ClientDuplexStream<T.AgentMessage, T.HubMessage__Output> };
   readonly call: grpc.ClientDuplexStream<T.AgentMessage, T.HubMessage__Output>;
   readonly welcome: Promise<T.Welcome__Output>;
   readonly closed: Promise<Error | undefined>;
   readonly certPem: string;
+  /** The credentials the client was built with (a reused client must match them all). */
+  readonly credsKey: string;
   private ended = false;
 
-  constructor(target: string, creds: Credentials, hello: T.Hello, onMessage: (m: T.HubMessage__Output, c: Connection) => void) {
+  /** `reuse`: the client (and its TLS connection) of an attempt the hub shed, with the same credentials. */
+  constructor(target: string, creds: Credentials, hello: T.Hello, onMessage: (m: T.HubMessage__Output, c: Connection) => void, reuse?: grpc.Client) {
     this.certPem = creds.certPem;
-    const tls = secureChannel(target, creds.caPem, creds.keyPem, creds.certPem);
-    this.client = new channelV1.AgentChannel(target, tls.creds, tls.options) as unknown as Connection['client'];
+    this.credsKey = credsKey(creds);
+    if (reuse) {
+      this.client = reuse as Connection['client'];
+    } else {
+      const tls = secureChannel(target, creds.caPem, creds.keyPem, creds.certPem);
+      this.client = new channelV1.AgentChannel(target, tls.creds, { ...tls.options, ...AGENT_CHANNEL_OPTIONS }) as unknown as Connection['client'];
+    }
     this.call = this.client.Connect();
     let resolveWelcome!: (w: T.Welcome__Output) => void, rejectWelcome!: (e: Error) => void;
     this.welcome = new Promise((res, rej) => { resolveWelcome = res; rejectWelcome = rej; });
@@ -109,12 +129,26 @@ class Connection {
     this.call.cancel();
     this.client.close();
   }
+
+  /** Ends the call but keeps the client: its TLS connection serves the next attempt (no new handshake for the hub). */
+  detachClient(): grpc.Client {
+    this.ended = true;
+    this.call.cancel();
+    return this.client;
+  }
 }
 
 /** The hub refused a certificate replaced by a renewal (agent-channel.ts identifyPeer). */
 function isSuperseded(err: unknown): boolean {
   const tcode = (err as grpc.ServiceError).metadata?.get(CODE_KEY)?.[0];
   return tcode === 'TRELLIS_E_CERT_REVOKED' && /replaced by a renewal/.test(String((err as Error).message));
+}
+
+function credsKey(c: Credentials): string { return `${c.caPem}\0${c.keyPem}\0${c.certPem}`; }
+
+/** The hub shed the stream to bound its admissions (RESOURCE_EXHAUSTED with a retry-after). */
+function isShed(err: unknown): boolean {
+  return (err as { code?: number } | undefined)?.code === grpc.status.RESOURCE_EXHAUSTED && retryAfterMs(err) !== undefined;
 }
 
 /** Errors after which reconnecting cannot help. */
@@ -131,6 +165,8 @@ export class HubChannel extends EventEmitter {
   private stopped = false;
   private loopPromise?: Promise<void>;
   private sleepTimer?: NodeJS.Timeout;
+  /** The client of the last failed attempt or lost stream, kept for the next attempt while the credentials are the same. */
+  private spare?: { client: grpc.Client; credsKey: string };
   private wake?: () => void;
   private heartbeatTimer?: NodeJS.Timeout;
   /** Events not yet sent: pending[pendingHead..] (a head index instead of shifting the array). */
@@ -145,7 +181,7 @@ export class HubChannel extends EventEmitter {
   readonly closedPromise: Promise<Error | undefined>;
   /** eventsDropped: dropped from the in-memory queue; eventsRefused: refused by a full outbox. */
   /** eventsRefused: by a full outbox; eventsRefusedByHub: types this agent may not publish (acknowledged, never published). */
-  stats = { connects: 0, eventsSent: 0, eventsAcked: 0, eventsDropped: 0, eventsRefused: 0, eventsRefusedByHub: 0 };
+  stats = { connects: 0, shed: 0, reused: 0, eventsSent: 0, eventsAcked: 0, eventsDropped: 0, eventsRefused: 0, eventsRefusedByHub: 0 };
   private refusedLogMs = 0;
 
   constructor(private readonly opts: ChannelOptions) {
@@ -169,14 +205,21 @@ export class HubChannel extends EventEmitter {
       let conn = this.current;
       if (!conn) {
         this.setState('connecting');
-        conn = new Connection(this.opts.target, this.opts.credentials(), this.opts.hello(), (m, c) => this.onMessage(m, c));
+        const creds = this.opts.credentials();
+        const spare = this.takeSpare(credsKey(creds));
+        if (spare) this.stats.reused++;
+        conn = new Connection(this.opts.target, creds, this.opts.hello(), (m, c) => this.onMessage(m, c), spare);
         try {
           const welcome = await conn.welcome;
           if (this.stopped) { conn.destroy(); break; }
           this.adopt(conn, welcome);
           attempt = 0;
         } catch (err) {
-          conn.destroy();
+          // The next attempt reuses the client (grpc-js reconnects it when its connection is gone):
+          // shed by a busy hub, the TLS connection is still up and the hub is spared a second
+          // handshake; with the hub down, no TLS context is built again per attempt.
+          if (!this.stopped && RETRYABLE_CODES.has((err as { code?: number }).code ?? -1)) this.spare = { client: conn.detachClient(), credsKey: conn.credsKey };
+          else conn.destroy();
           if (this.stopped) break;
           if (isSuperseded(err) && this.opts.onSuperseded && await this.opts.onSuperseded().catch(() => false)) {
             this.opts.log.warn('the hub had replaced this certificate by a renewal whose answer was lost; renewed again');
@@ -185,7 +228,10 @@ export class HubChannel extends EventEmitter {
           if (isFatal(err)) { this.fail(err); break; }
           // The address answers TLS but has no AgentChannel: the admin port (or another gRPC server). Retrying cannot help.
           if ((err as { code?: number }).code === grpc.status.UNIMPLEMENTED) { this.fail(wrongPortForAgent(this.opts.target, err), 'wrong hub port; not reconnecting'); break; }
-          const delay = backoffDelay(attempt++, { maxMs: this.opts.maxBackoffMs ?? 30_000 });
+          // Shed: the hub named when to come back (jittered); the exponential backoff is for
+          // failures, and does not grow on a shed, or shed agents would drift to the cap.
+          if (isShed(err)) { const delay = retryAfterDelay(retryAfterMs(err)!); this.shed(delay); await this.sleep(delay); continue; }
+          const delay = this.retryDelay(err, attempt++);
           const why = await this.diagnosed(err as Error);
           if (this.stopped) break;
           this.opts.log.debug({ err: (err as Error).message }, 'connection attempt failed (transport detail)');
@@ -201,17 +247,48 @@ export class HubChannel extends EventEmitter {
       if (this.current !== conn) continue; // replaced by a newer connection (certificate switch)
       this.current = undefined;
       clearInterval(this.heartbeatTimer);
-      conn.destroy();
+      if (!this.stopped && (!err || RETRYABLE_CODES.has((err as { code?: number }).code ?? -1))) this.spare = { client: conn.detachClient(), credsKey: conn.credsKey };
+      else conn.destroy();
       if (this.stopped) break;
       if (err && isFatal(err)) { this.fail(err); break; }
       const code = (err as { code?: number } | undefined)?.code;
       if (err && code !== undefined && !RETRYABLE_CODES.has(code)) this.opts.log.error({ code, err: err.message }, 'unexpected stream error; reconnecting');
-      const delay = backoffDelay(attempt++, { maxMs: this.opts.maxBackoffMs ?? 30_000 });
+      // A lost stream is usually lost by every agent at once (hub restart, network blip): even
+      // the first reconnect waits a random part of a second, so they do not all come back together.
+      attempt = Math.max(attempt, 1);
+      const delay = this.retryDelay(err, attempt++);
       if (err) this.opts.log.debug({ err: err.message }, 'stream ended (transport detail)');
       this.opts.log.warn({ err: err ? fromGrpcError(err).message : 'stream closed', retryInMs: delay }, 'disconnected from the hub');
       this.setState('connecting', err);
       await this.sleep(delay);
     }
+  }
+
+  /**
+   * The wait before the next attempt: full-jitter backoff, and when the hub shed the stream with
+   * a retry-after, at least that (jittered up to twice it, so the shed agents do not return together).
+   */
+  private retryDelay(err: unknown, attempt: number): number {
+    const backoff = backoffDelay(attempt, { maxMs: this.opts.maxBackoffMs ?? DEFAULT_MAX_BACKOFF_MS });
+    const ra = (err as { code?: number } | undefined)?.code === grpc.status.RESOURCE_EXHAUSTED ? retryAfterMs(err) : undefined;
+    return ra === undefined ? backoff : Math.max(backoff, retryAfterDelay(ra));
+  }
+
+  /** The client of a shed attempt, if its credentials are still the current ones (else it is closed). */
+  private takeSpare(key: string): grpc.Client | undefined {
+    const s = this.spare;
+    this.spare = undefined;
+    if (!s) return undefined;
+    if (s.credsKey === key) return s.client;
+    s.client.close();
+    return undefined;
+  }
+
+  /** The hub is shedding load (RESOURCE_EXHAUSTED with retry-after): not a fault, logged at info. */
+  private shed(delay: number): void {
+    this.stats.shed++;
+    this.opts.log.info({ retryInMs: delay }, 'the hub is busy admitting other agents; retrying later');
+    this.emit('shed', delay);
   }
 
   private lastDiagnosisMs = 0;
@@ -231,6 +308,8 @@ export class HubChannel extends EventEmitter {
     const e = fromGrpcError(err);
     this.opts.log.error({ code: e.code, err: e.message }, msg);
     this.stopped = true;
+    this.spare?.client.close();
+    this.spare = undefined;
     this.setState('closed', e);
     this.closedResolve(e);
   }
@@ -408,6 +487,8 @@ export class HubChannel extends EventEmitter {
     clearTimeout(this.sleepTimer);
     this.wake?.();
     clearInterval(this.heartbeatTimer);
+    this.spare?.client.close();
+    this.spare = undefined;
     const conn = this.current;
     this.current = undefined;
     conn?.end();

@@ -7,18 +7,56 @@ export interface BackoffOptions {
   maxMs?: number;
   /** @default 2 */
   factor?: number;
+  /**
+   * `full`: uniform in [0, step] (reconnects: spreads a fleet evenly); `equal`: uniform in
+   * [step/2, step] (a local retry loop that must not come back too early). @default "full"
+   */
+  jitter?: 'full' | 'equal';
+  /** A source of uniform numbers in [0, 1) (tests inject one). @default Math.random */
+  random?: () => number;
 }
 
+/** The reconnect cap of an agent: after a hub restart, 10,000 agents spread over at most this. */
+export const DEFAULT_MAX_BACKOFF_MS = 30_000;
+
 /**
- * Delay before reconnect attempt `attempt` (0-based): capped exponential with full jitter
- * between half and all of the step, so a hub restart does not see every agent at once.
+ * Delay before reconnect attempt `attempt` (0-based): capped exponential with full jitter, a
+ * uniform pick in [0, min(maxMs, initialMs * factor^attempt)]. Full jitter (not "half the step
+ * plus jitter") spreads a fleet that lost the hub at the same moment evenly over the window,
+ * so a restarted hub sees a flat arrival rate instead of waves.
  */
 export function backoffDelay(attempt: number, opts: BackoffOptions = {}): number {
   const initial = opts.initialMs ?? 500;
-  const max = opts.maxMs ?? 30_000;
+  const max = opts.maxMs ?? DEFAULT_MAX_BACKOFF_MS;
   const factor = opts.factor ?? 2;
-  const step = Math.min(max, initial * factor ** Math.min(attempt, 30));
-  return Math.round(step / 2 + Math.random() * (step / 2));
+  const random = opts.random ?? Math.random;
+  const step = Math.min(max, initial * factor ** Math.min(Math.max(0, attempt), 30));
+  if (opts.jitter === 'equal') return Math.round(step / 2 + random() * (step / 2));
+  return Math.floor(random() * (step + 1));
+}
+
+/** Trailer (metadata) key of a shed stream: how long the hub asks the client to stay away, in ms. */
+export const RETRY_AFTER_KEY = 'retry-after-ms';
+
+/** Longest retry-after a client honors from the hub (a bad value must not park an agent for hours). */
+export const MAX_RETRY_AFTER_MS = 5 * 60_000;
+
+/** The hub's retry-after-ms on a refused stream, if any (clamped to [0, MAX_RETRY_AFTER_MS]). */
+export function retryAfterMs(err: unknown): number | undefined {
+  const md = (err as { metadata?: { get(k: string): unknown[] } } | undefined)?.metadata;
+  const raw = md?.get?.(RETRY_AFTER_KEY)?.[0];
+  if (raw === undefined) return undefined;
+  const n = Number(String(raw));
+  if (!Number.isFinite(n) || n < 0) return undefined;
+  return Math.min(Math.round(n), MAX_RETRY_AFTER_MS);
+}
+
+/**
+ * The wait after the hub said "retry after `ms`": at least that, plus up to as much again at
+ * random, so the agents it shed together do not come back together.
+ */
+export function retryAfterDelay(ms: number, random: () => number = Math.random): number {
+  return ms + Math.floor(random() * (ms + 1));
 }
 
 /**

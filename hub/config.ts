@@ -192,6 +192,25 @@ const WebSchema = z.strictObject({
   requestTimeout: duration.default(30_000),
 });
 
+/**
+ * The agent port under load: how many streams are admitted at once (the rest are shed with
+ * RESOURCE_EXHAUSTED and a retry-after the agents honor, jittered), the hello deadline, and the
+ * keepalive the hub runs on agent connections.
+ * @example { "maxPendingHellos": 256, "retryAfter": "2s", "helloTimeout": "10s", "keepaliveTime": "60s", "keepaliveTimeout": "20s" }
+ */
+const AgentChannelSchema = z.strictObject({
+  /** Agent streams being admitted at once (accepted, hello not yet answered); more are refused at once with RESOURCE_EXHAUSTED and a retry-after. @default 256 */
+  maxPendingHellos: z.number().int().min(1).max(100_000).default(256),
+  /** The retry-after a shed stream is given; the agent waits that plus up to as much again at random. 100ms..5m. @default "2s" */
+  retryAfter: duration.default(2_000).refine((ms) => ms >= 100 && ms <= 300_000, 'between 100ms and 5m'),
+  /** An admitted stream must send its hello within this (counted from admission, not from the TLS handshake; the hub's own slowness after the hello is not counted). 1s..5m. @default "10s" */
+  helloTimeout: duration.default(10_000).refine((ms) => ms >= 1_000 && ms <= 300_000, 'between 1s and 5m'),
+  /** The hub pings an agent connection silent for this long. 10s..2h. @default "60s" */
+  keepaliveTime: duration.default(60_000).refine((ms) => ms >= 10_000 && ms <= 7_200_000, 'between 10s and 2h'),
+  /** ...and drops it when the ping is not answered within this. A busy hub (GC, a storm) must not read as a dead agent: 5s..5m. @default "20s" */
+  keepaliveTimeout: duration.default(20_000).refine((ms) => ms >= 5_000 && ms <= 300_000, 'between 5s and 5m'),
+});
+
 export const HubConfigSchema = z.strictObject({
   /** Every DNS name and IP address agents and admins use to reach the hub (subjectAltName). */
   names: z.array(z.string().min(1).max(253)).min(1),
@@ -243,6 +262,8 @@ export const HubConfigSchema = z.strictObject({
   preAuth: PreAuthSchema.prefault({}),
   /** Executions: per-agent concurrency, waits and history retention. @default { "perAgentConcurrency": 8, "maxWait": "10m", "abandonGrace": "30s", "reconnectGrace": "60s", "maxOutputBytes": 1048576, "retention": { "maxAge": "30d", "maxCount": 100000 } } */
   executions: ExecutionsSchema.prefault({}),
+  /** Agent port under load: admission bound, retry-after, hello deadline, keepalive. @default { "maxPendingHellos": 256, "retryAfter": "2s", "helloTimeout": "10s", "keepaliveTime": "60s", "keepaliveTimeout": "20s" } */
+  agentChannel: AgentChannelSchema.prefault({}),
   /** Web port limits. @default { "maxStreams": 1000, "maxStreamsPerUser": 8, "maxConnectionsPerClient": 64, "handshakeTimeout": "10s", "headersTimeout": "10s", "requestTimeout": "30s" } */
   web: WebSchema.prefault({}),
 }).superRefine((c, ctx) => {

@@ -38,7 +38,7 @@ import { AuditLog } from './audit/index.js';
 import { RefusalThrottle } from './audit/throttle.js';
 import { RenewLimiter } from './agents/renewal.js';
 import { auditTlsRefusals } from './grpc/agent-tls-audit.js';
-import { addAgentServices } from './grpc/agent-channel.js';
+import { addAgentServices, agentServerOptions } from './grpc/agent-channel.js';
 import { MemoryCertificateProvider, mtlsServerCredentials, tlsServerCredentials } from './grpc/credentials.js';
 import { WebServer } from './web/index.js';
 import { Webhooks } from './webhooks/index.js';
@@ -179,7 +179,7 @@ export class Hub {
 
     // Agents are verified in the TLS handshake: the full limit. Admin callers are verified per call:
     // the pre-auth gate holds each call's body until its credential checks out (hub/grpc/preauth.ts).
-    const agentServer = new GuardedServer({ ...SERVER_OPTIONS, 'grpc.max_receive_message_length': config.maxMessageBytes });
+    const agentServer = new GuardedServer({ ...SERVER_OPTIONS, ...agentServerOptions(config) });
     addAgentServices(agentServer, components);
     // Log lines of rate-limited refusals, counted (their audit records go to refusalAudit).
     const refusals = new RefusalLog(log.child({ component: 'admin' }));

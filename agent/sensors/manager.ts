@@ -168,7 +168,7 @@ export class SensorManager {
         r.inflight = undefined;
         if (r.abort.signal.aborted) return;
         const delay = r.failures === 0 ? intervalMs
-          : Math.max(intervalMs, backoffDelay(r.failures - 1, { initialMs: intervalMs, maxMs: Math.max(intervalMs, this.#maxBackoffMs) }));
+          : Math.max(intervalMs, backoffDelay(r.failures - 1, { jitter: 'equal', initialMs: intervalMs, maxMs: Math.max(intervalMs, this.#maxBackoffMs) }));
         r.timer = setTimeout(tick, delay);
       });
     };

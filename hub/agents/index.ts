@@ -69,6 +69,9 @@ export interface AgentLink {
 
 export interface AgentView extends AgentDoc { online: boolean; status: 'online' | 'offline' | 'revoked'; remote?: string }
 
+/** A hello with unchanged facts still refreshes the stored last-seen when it is older than this. */
+const HELLO_REWRITE_MS = 10 * 60_000;
+
 export class AgentRegistry {
   private readonly links = new Map<string, Set<AgentLink>>();
   private readonly lastSeen = new Map<string, number>();
@@ -220,7 +223,13 @@ export class AgentRegistry {
    */
   async updateHello(id: string, raw: Facts): Promise<string[]> {
     const { facts, problems } = cleanFacts(raw);
-    await this.store.update<AgentDoc>('agents', id, (a) => (a ? { ...a, facts, hostname: facts.hostname || a.hostname, lastSeen: Date.now() } : undefined));
+    // A reconnect storm re-sends the same facts from every agent: no state write for those (the
+    // store rewrites its file per write batch), unless the stored last-seen is old (kill -9 safety).
+    const cur = await this.store.get<AgentDoc>('agents', id);
+    const now = Date.now();
+    if (cur && JSON.stringify(cur.facts ?? null) === JSON.stringify(facts) && cur.hostname === (facts.hostname || cur.hostname)
+      && now - (cur.lastSeen ?? 0) < HELLO_REWRITE_MS) return problems;
+    await this.store.update<AgentDoc>('agents', id, (a) => (a ? { ...a, facts, hostname: facts.hostname || a.hostname, lastSeen: now } : undefined));
     return problems;
   }
 
@@ -347,8 +356,8 @@ export class AgentRegistry {
   /** Closes every live link (hub shutdown) and persists last-seen times once. */
   async closeAll(): Promise<void> {
     for (const set of this.links.values()) for (const l of [...set]) l.close('shutdown', 'the hub is shutting down');
-    for (const [id, t] of this.lastSeen) {
-      await this.store.update<AgentDoc>('agents', id, (a) => (a ? { ...a, lastSeen: t } : undefined));
-    }
+    // All at once: the store applies each in memory and writes them in one batch (one at a time,
+    // 10,000 agents meant 10,000 file writes and a shutdown of minutes).
+    await Promise.all([...this.lastSeen].map(([id, t]) => this.store.update<AgentDoc>('agents', id, (a) => (a ? { ...a, lastSeen: t } : undefined))));
   }
 }

@@ -15,9 +15,9 @@ import type { AuditEntry } from '../audit/types.js';
 import { MAX_EVENTS_PER_BATCH } from '../events/index.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 import { isMalformed, malformedError } from './malformed.js';
+import { AdmissionGate } from './admission.js';
 
 const CLIENT_AUTH_OID = '1.3.6.1.5.5.7.3.2';
-const HELLO_TIMEOUT_MS = 10_000;
 /** A stream still on a certificate replaced by a renewal is closed this long after the new one connects. */
 export const SUPERSEDED_STREAM_GRACE_MS = 10_000;
 const S = '/trellis.v1.AgentChannel';
@@ -123,11 +123,37 @@ const CLOSE_CODES: Record<CloseReason, grpc.status> = {
   shutdown: grpc.status.UNAVAILABLE,
 };
 
-export function addAgentServices(server: grpc.Server, c: HubComponents): void {
+/** The agent port's server options from the config: message size and the keepalive it runs on agent connections. */
+export function agentServerOptions(c: { maxMessageBytes: number; agentChannel: { keepaliveTime: number; keepaliveTimeout: number } }): grpc.ServerOptions {
+  return {
+    'grpc.max_receive_message_length': c.maxMessageBytes,
+    'grpc.keepalive_time_ms': c.agentChannel.keepaliveTime,
+    'grpc.keepalive_timeout_ms': c.agentChannel.keepaliveTimeout,
+  };
+}
+
+export function addAgentServices(server: grpc.Server, c: HubComponents): AdmissionGate {
   const log = c.log.child({ component: 'agent-port' });
+  const cfg = c.config.agentChannel;
+  const gate = new AdmissionGate({ maxPending: cfg.maxPendingHellos, retryAfterMs: cfg.retryAfter });
+  // Shedding is expected in a storm: one summary line per 10 s, never a line (or audit record) per stream.
+  const shedLog = setInterval(() => {
+    if (gate.stats.shedSinceLog === 0) return;
+    log.warn({ shed: gate.stats.shedSinceLog, maxPendingHellos: cfg.maxPendingHellos, retryAfterMs: cfg.retryAfter },
+      'agent streams shed: more agents connecting at once than agentChannel.maxPendingHellos; they retry after the retry-after');
+    gate.stats.shedSinceLog = 0;
+  }, 10_000);
+  shedLog.unref();
 
   const connect: grpc.handleBidiStreamingCall<T.AgentMessage__Output, T.HubMessage> = (call) => {
     const reqId = randomBytes(6).toString('hex');
+    // Load shedding first, before any work: a stream past the bound costs one status frame.
+    const release = gate.tryEnter();
+    if (!release) {
+      call.on('error', () => undefined);
+      call.emit('error', gate.shedStatus(reqId));
+      return;
+    }
     let link: AgentLink | undefined;
     let closed = false;
     let who: Partial<PeerIdentity> | undefined;
@@ -137,6 +163,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
     const fail = (err: unknown) => {
       if (closed) return;
       closed = true;
+      release();
       if (isTrellisError(err)) log.warn({ reqId, peer: call.getPeer(), code: (err as TrellisError).code, reason: (err as Error).message }, 'agent stream refused');
       else log.error({ reqId, err }, 'agent stream failed');
       auditAgentPort(c, { method: 'Connect', peer: call.getPeer(), id: who, err });
@@ -144,6 +171,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
       call.emit('error', toStatus(err, reqId));
     };
     const cleanup = () => {
+      release();
       clearTimeout(expiryTimer);
       clearTimeout(helloTimer);
       if (link) {
@@ -158,7 +186,8 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
     let id: PeerIdentity;
     try { id = identifyPeer(c, call); } catch (e) { fail(e); return; }
     who = id;
-    helloTimer = setTimeout(() => fail(new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'no hello within 10s')), HELLO_TIMEOUT_MS);
+    // Counted from admission; stopped by the hello itself (the hub's own work after it is not the agent's fault).
+    helloTimer = setTimeout(() => fail(new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `no hello within ${cfg.helloTimeout} ms`)), cfg.helloTimeout);
     let admitted: Promise<void> | undefined;
 
     call.on('data', (msg: T.AgentMessage__Output) => {
@@ -168,11 +197,11 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
         if (!link) {
           if (msg.msg !== 'hello' || !msg.hello) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'the first message on the channel must be hello');
           if (admitted) return; // a second hello while admission runs is ignored
+          clearTimeout(helloTimer);
           const hello = msg.hello;
           admitted = admitAgent(c, id).then(async () => {
             await c.agentConfigs.prepareSources(id.agentId); // which event types it may publish
             if (closed) return;
-            clearTimeout(helloTimer);
             link = {
               agentId: id.agentId, serial: id.serial, certPem: id.certPem, remote: call.getPeer(), connectedAt: Date.now(),
               // write() returning false is back-pressure (the message is queued), not a failure.
@@ -198,6 +227,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
             c.agents.retireSuperseded(id.agentId, SUPERSEDED_STREAM_GRACE_MS);
             log.info({ agentId: id.agentId, tenant: id.tenant, serial: id.serial, peer: call.getPeer() }, 'agent connected');
             call.write({ welcome: { agentId: id.agentId, tenant: id.tenant, heartbeatIntervalMs: c.config.heartbeatInterval, caBundle: c.pki.trustBundle, serverTimeMs: Date.now() } });
+            release(); // welcomed: the admission slot goes to the next agent
             c.rotation.onAgentAttached(link); // during a CA rotation: renew from the new CA, at its moment in the window
             c.executions.onAgentAttached(id.agentId); // waiting executions go out after the welcome
             c.agentConfigs.onAttach(id.agentId); // sensors, edge rules and their sealed values
@@ -288,4 +318,5 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): void {
   };
 
   server.addService(v1.AgentChannel.service, { Connect: connect, Renew: renew });
+  return gate;
 }

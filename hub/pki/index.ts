@@ -5,7 +5,7 @@
  */
 import { readFileSync, existsSync } from 'node:fs';
 import { isIP } from 'node:net';
-import type { KeyObject } from 'node:crypto';
+import { X509Certificate, type KeyObject } from 'node:crypto';
 import {
   certInfo, createCRL, fingerprintSha256, generateKey, issueCertificate, keyMatchesCert, KEY_TYPES, loadPrivateKey,
   normalizeSerial, randomSerial, sanCovers, type KeyType, splitPemBundle, verifyChain, verifyIssuedBy, type RevokedEntry,
@@ -79,12 +79,27 @@ export class HubPki {
   get canIssue(): boolean { return this.issuingCa.key !== undefined; }
   get caCertPem(): string { return this.current.chain[0]!; }
   /** PEM certificates peers (agents, admin clients) trust: the current CA chain, plus the next one during a rotation. */
-  get trustBundle(): string[] { return dedupe([...this.current.chain, ...(this.rotation.next?.chain ?? [])]); }
+  get trustBundle(): string[] { return [...this.derived().trust]; }
   /** What the agent port accepts client certificates from: the trust bundle plus a rolled-back CA still in use. */
-  get clientTrust(): string[] { return dedupe([...this.trustBundle, ...(this.rotation.retired ?? [])]); }
+  get clientTrust(): string[] { return [...this.derived().client]; }
   /** The CAs that may have issued a valid agent certificate (issuing CAs only, not their parents). */
-  get agentIssuers(): string[] {
-    return dedupe([this.current.chain[0]!, ...(this.rotation.next ? [this.rotation.next.chain[0]!] : []), ...(this.rotation.retired?.length ? [this.rotation.retired[0]!] : [])]);
+  get agentIssuers(): string[] { return this.derived().issuers.map((i) => i.pem); }
+
+  /**
+   * The bundles and issuers above, computed once per CA change (current CA or rotation state;
+   * both are replaced, never changed in place): every agent connection reads them, and parsing
+   * the certificates each time cost more hub CPU than the TLS handshake.
+   */
+  private memo?: { current: CaMaterial; rotation: RotationTrust; trust: string[]; client: string[]; issuers: Array<{ pem: string; x509: X509Certificate; fingerprint: string }> };
+  private derived(): NonNullable<HubPki['memo']> {
+    const m = this.memo;
+    if (m && m.current === this.current && m.rotation === this.rotation) return m;
+    const trust = dedupe([...this.current.chain, ...(this.rotation.next?.chain ?? [])]);
+    const client = dedupe([...trust, ...(this.rotation.retired ?? [])]);
+    const issuers = dedupe([this.current.chain[0]!, ...(this.rotation.next ? [this.rotation.next.chain[0]!] : []), ...(this.rotation.retired?.length ? [this.rotation.retired[0]!] : [])])
+      .map((pem) => ({ pem, x509: new X509Certificate(pem), fingerprint: fingerprintSha256(pem) }));
+    this.memo = { current: this.current, rotation: this.rotation, trust, client, issuers };
+    return this.memo;
   }
   get rotationTrust(): RotationTrust { return this.rotation; }
   get hubIdentity(): HubIdentity { return this.identity; }
@@ -102,7 +117,11 @@ export class HubPki {
 
   /** The fingerprint of the known issuing CA that signed `certPem` (agentIssuers), or undefined. */
   issuerOf(certPem: string): string | undefined {
-    for (const ca of this.agentIssuers) if (verifyIssuedBy(certPem, ca)) return fingerprintSha256(ca);
+    let cert: X509Certificate;
+    try { cert = new X509Certificate(certPem); } catch { return undefined; }
+    for (const ca of this.derived().issuers) {
+      try { if (cert.checkIssued(ca.x509) && cert.verify(ca.x509.publicKey)) return ca.fingerprint; } catch { /* not this one */ }
+    }
     return undefined;
   }
 
