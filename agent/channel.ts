@@ -69,6 +69,9 @@ export interface ChannelOptions {
  * reconnect storm) must not read as a dead connection, or every agent reconnects at once and
  * the slow moment becomes a storm. Between pings the heartbeat keeps the connection busy.
  */
+/** Unacknowledged action results kept for re-sending (a result is a few hundred bytes). */
+export const MAX_UNACKED_RESULTS = 10_000;
+
 export const AGENT_CHANNEL_OPTIONS = {
   'grpc.keepalive_time_ms': 30_000,
   'grpc.keepalive_timeout_ms': 20_000,
@@ -176,12 +179,17 @@ export class HubChannel extends EventEmitter {
   private inflight = new Map<number, { events: T.Event[]; batch?: OutboxBatch }>();
   private seq = 0;
   private outQueue: T.AgentMessage[] = [];
+  /**
+   * Results sent or queued and not yet acknowledged by the hub (ResultAck), oldest first. They go
+   * again on every new stream: a hub killed before it wrote a result does not lose it.
+   */
+  private unackedResults = new Map<string, T.AgentMessage>();
   private closedResolve!: (e: Error | undefined) => void;
   /** Resolves (never rejects) with the error that closed the channel, if any. */
   readonly closedPromise: Promise<Error | undefined>;
   /** eventsDropped: dropped from the in-memory queue; eventsRefused: refused by a full outbox. */
   /** eventsRefused: by a full outbox; eventsRefusedByHub: types this agent may not publish (acknowledged, never published). */
-  stats = { connects: 0, shed: 0, reused: 0, eventsSent: 0, eventsAcked: 0, eventsDropped: 0, eventsRefused: 0, eventsRefusedByHub: 0 };
+  stats = { connects: 0, shed: 0, reused: 0, eventsSent: 0, eventsAcked: 0, eventsDropped: 0, eventsRefused: 0, eventsRefusedByHub: 0, resultsResent: 0, resultsDropped: 0 };
   private refusedLogMs = 0;
 
   constructor(private readonly opts: ChannelOptions) {
@@ -339,9 +347,12 @@ export class HubChannel extends EventEmitter {
     this.heartbeatTimer = setInterval(() => this.current?.write({ heartbeat: { ...this.opts.heartbeat?.(), sentAtMs: Date.now() } }), every);
     this.heartbeatTimer.unref();
     old?.end();
+    // Queued starts and outputs first, then every unacknowledged result (each once), so an
+    // execution's output still precedes its result.
     const queued = this.outQueue;
     this.outQueue = [];
-    for (const m of queued) this.send(m);
+    for (const m of queued) if (!m.result) conn.write(m);
+    for (const m of this.unackedResults.values()) { conn.write(m); this.stats.resultsResent++; }
     this.opts.log.info({ agentId: welcome.agentId, tenant: welcome.tenant }, 'connected to the hub');
     this.setState('ready');
     this.emit('welcome', welcome);
@@ -367,6 +378,7 @@ export class HubChannel extends EventEmitter {
         break;
       }
       case 'caBundle': if (m.caBundle) this.emit('caBundle', m.caBundle.certificates, m.caBundle); break;
+      case 'resultAck': for (const id of m.resultAck?.executionIds ?? []) this.unackedResults.delete(id); break;
       default: break;
     }
   }
@@ -383,9 +395,23 @@ export class HubChannel extends EventEmitter {
 
   /** Sends an action output or result; held in memory while disconnected. */
   send(m: T.AgentMessage): void {
+    const resultId = m.result?.executionId;
+    if (resultId) {
+      this.unackedResults.delete(resultId);
+      this.unackedResults.set(resultId, m);
+      if (this.unackedResults.size > MAX_UNACKED_RESULTS) { // a hub that never acknowledges (an older hub): keep the newest
+        const oldest = this.unackedResults.keys().next().value as string;
+        this.unackedResults.delete(oldest);
+        this.stats.resultsDropped++;
+      }
+    }
     if (this.current && this.state !== 'closed') { this.current.write(m); return; }
+    if (resultId) return; // goes with the unacknowledged results on the next stream
     if (this.outQueue.length < 10_000) this.outQueue.push(m);
   }
+
+  /** Results the hub has not yet acknowledged. */
+  get unackedResultCount(): number { return this.unackedResults.size; }
 
   /**
    * Queues events for delivery; they are re-sent until the hub acknowledges them. With an

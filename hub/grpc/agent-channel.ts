@@ -265,9 +265,17 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): Admissi
           case 'output':
             c.executions.onOutput(link.agentId, msg.output!);
             break;
-          case 'result':
+          case 'result': {
+            const id = msg.result!.executionId;
             c.executions.onResult(link.agentId, msg.result!);
+            // Acknowledged once the result is in the history on disk (also for an unknown or
+            // final execution: the hub's word is final); until then the agent keeps it and sends
+            // it again on its next stream.
+            if (typeof id === 'string' && id.length > 0 && id.length <= 128) {
+              void c.executions.durable().then(() => { if (!closed) call.write({ resultAck: { executionIds: [id] } }); });
+            }
             break;
+          }
           case 'configAck':
             c.agentConfigs.onAck(link.agentId, msg.configAck!);
             break;

@@ -1,0 +1,127 @@
+/**
+ * Action results are acknowledged: the hub answers a result with a ResultAck once it is in the
+ * history on disk, and the agent keeps every result it sent until then and sends it again on its
+ * next stream. Without this a hub killed between receiving a result and writing it lost it (the
+ * soak counted thousands) and the execution ended `abandoned` although it had run.
+ *
+ * The agent side runs against a stand-in hub: a real gRPC server over real mTLS on loopback that
+ * speaks AgentChannel but decides itself when (and whether) to acknowledge.
+ */
+import t from 'tap';
+import * as grpc from '@grpc/grpc-js';
+import { pino } from 'pino';
+import { startHub, waitFor } from './helpers/hub.js';
+import { v1 } from '../common/proto.js';
+import { CLIENT_OPTIONS } from '../common/grpc-options.js';
+import { createCA, generateKey, issueCertificate } from '../certs/index.js';
+import { HubChannel } from '../agent/channel.js';
+import { agentPaths } from '../agent/identity.js';
+import { readFile } from 'node:fs/promises';
+import type * as T from '../common/proto-gen/trellis/v1/index.js';
+
+/** tap's subtest type. */
+type Test = Parameters<Parameters<typeof t.test>[0]>[0];
+type Stream = grpc.ServerDuplexStream<T.AgentMessage__Output, T.HubMessage>;
+
+/** A stand-in hub: every stream is recorded with the messages it received. */
+async function standInHub(t: Test) {
+  const ca = createCA({ commonName: 'result-ack test CA' });
+  const sk = generateKey('ec-p256');
+  const serverCert = issueCertificate({ issuerCertPem: ca.certPem, issuerKey: ca.key, subjectPublicKey: sk.publicKey, subject: { commonName: 'hub' }, ipAddresses: ['127.0.0.1'], usage: 'server', notAfter: new Date(Date.now() + 3_600_000) });
+  const ck = generateKey('ec-p256');
+  const clientCert = issueCertificate({ issuerCertPem: ca.certPem, issuerKey: ca.key, subjectPublicKey: ck.publicKey, subject: { commonName: 'agent' }, usage: 'client', notAfter: new Date(Date.now() + 3_600_000) });
+  const streams: { call: Stream; msgs: T.AgentMessage__Output[] }[] = [];
+  const server = new grpc.Server();
+  server.addService(v1.AgentChannel.service, {
+    Connect: (call: Stream) => {
+      const s = { call, msgs: [] as T.AgentMessage__Output[] };
+      streams.push(s);
+      call.on('data', (m: T.AgentMessage__Output) => {
+        s.msgs.push(m);
+        if (m.hello) call.write({ welcome: { agentId: 'a1', tenant: 'default', heartbeatIntervalMs: 60_000, caBundle: [] } });
+      });
+      call.on('error', () => undefined);
+    },
+    Renew: (_c: unknown, cb: grpc.sendUnaryData<T.RenewResponse>) => cb({ code: grpc.status.UNIMPLEMENTED, details: 'no' }),
+  });
+  const port = await new Promise<number>((res, rej) => server.bindAsync('127.0.0.1:0',
+    grpc.ServerCredentials.createSsl(Buffer.from(ca.certPem), [{ private_key: Buffer.from(sk.privateKeyPem), cert_chain: Buffer.from(serverCert) }], true),
+    (e, p) => (e ? rej(e) : res(p))));
+  t.teardown(() => server.forceShutdown());
+  const channel = new HubChannel({
+    target: `127.0.0.1:${port}`,
+    credentials: () => ({ caPem: ca.certPem, keyPem: ck.privateKeyPem, certPem: clientCert }),
+    hello: () => ({ facts: { hostname: 'h' }, labels: {} }),
+    onAction: () => undefined, onCancel: () => undefined,
+    log: pino({ level: 'silent' }), maxBackoffMs: 200,
+  });
+  t.teardown(() => channel.close());
+  return { streams, channel };
+}
+
+const result = (id: string): T.AgentMessage => ({ result: { executionId: id, status: 'succeeded', exitCode: 0, error: '', startedMs: 1, finishedMs: 2 } });
+const resultIds = (msgs: T.AgentMessage__Output[]) => msgs.filter((m) => m.result).map((m) => m.result!.executionId);
+
+t.test('the agent sends an unacknowledged result again on its next stream, and an acknowledged one never again', async (t) => {
+  const { streams, channel } = await standInHub(t);
+  channel.start();
+  await waitFor(() => channel.state === 'ready', 10_000);
+  channel.send(result('ex-1'));
+  channel.send(result('ex-2'));
+  await waitFor(() => resultIds(streams[0]!.msgs).length === 2, 10_000);
+  t.equal(channel.unackedResultCount, 2, 'both kept until the hub acknowledges them');
+  streams[0]!.call.write({ resultAck: { executionIds: ['ex-1'] } });
+  await waitFor(() => channel.unackedResultCount === 1, 10_000);
+
+  // The hub "dies" before it wrote ex-2: the stream ends; the agent reconnects by itself.
+  streams[0]!.call.end();
+  await waitFor(() => streams.length === 2 && streams[1]!.msgs.some((m) => m.hello), 15_000);
+  await waitFor(() => resultIds(streams[1]!.msgs).length >= 1, 10_000);
+  t.same(resultIds(streams[1]!.msgs), ['ex-2'], 'only the unacknowledged result goes again');
+
+  streams[1]!.call.write({ resultAck: { executionIds: ['ex-2'] } });
+  await waitFor(() => channel.unackedResultCount === 0, 10_000);
+  streams[1]!.call.end();
+  await waitFor(() => streams.length === 3 && streams[2]!.msgs.some((m) => m.hello), 15_000);
+  channel.send(result('ex-3')); // a marker: anything re-sent would have gone before it
+  await waitFor(() => resultIds(streams[2]!.msgs).length >= 1, 10_000);
+  t.same(resultIds(streams[2]!.msgs), ['ex-3'], 'acknowledged results are not sent again');
+});
+
+t.test('a result produced while disconnected goes out once on the next stream', async (t) => {
+  const { streams, channel } = await standInHub(t);
+  channel.start();
+  await waitFor(() => channel.state === 'ready', 10_000);
+  streams[0]!.call.end();
+  await waitFor(() => channel.state !== 'ready', 10_000).catch(() => undefined);
+  channel.send(result('while-down'));
+  await waitFor(() => streams.length >= 2 && resultIds(streams.at(-1)!.msgs).length >= 1, 15_000);
+  const all = streams.flatMap((s) => resultIds(s.msgs));
+  t.same(all, ['while-down'], 'sent exactly once');
+});
+
+t.test('the real hub acknowledges a result once it is on disk, also for an execution it does not know', async (t) => {
+  const h = await startHub();
+  t.teardown(() => h.close());
+  const { dataDir } = await h.enroll();
+  const p = agentPaths(dataDir);
+  const [caPem, keyPem, certPem] = await Promise.all([readFile(p.ca, 'utf8'), readFile(p.key, 'utf8'), readFile(p.cert, 'utf8')]);
+  const client = new v1.AgentChannel(h.agentAddr, grpc.credentials.createSsl(Buffer.from(caPem), Buffer.from(keyPem), Buffer.from(certPem)), { ...CLIENT_OPTIONS }) as unknown as grpc.Client & {
+    Connect(md: grpc.Metadata, o: grpc.CallOptions): grpc.ClientDuplexStream<T.AgentMessage, T.HubMessage__Output>;
+  };
+  t.teardown(() => client.close());
+  const call = client.Connect(new grpc.Metadata(), {});
+  t.teardown(() => call.cancel());
+  call.on('error', () => undefined);
+  const got: T.HubMessage__Output[] = [];
+  call.on('data', (m: T.HubMessage__Output) => got.push(m));
+  call.write({ hello: { facts: { hostname: 'raw' }, labels: {} } });
+  await waitFor(() => got.some((m) => m.welcome), 10_000);
+  call.write(result('01unknownexecution'));
+  await waitFor(() => got.some((m) => m.resultAck), 10_000);
+  t.same(got.find((m) => m.resultAck)!.resultAck!.executionIds, ['01unknownexecution'], 'acknowledged by id');
+  call.write({ result: { executionId: 'x'.repeat(200), status: 'succeeded', exitCode: 0, error: '', startedMs: 1, finishedMs: 2 } });
+  call.write(result('marker'));
+  await waitFor(() => got.filter((m) => m.resultAck).length >= 2, 10_000);
+  t.same(got.filter((m) => m.resultAck).map((m) => m.resultAck!.executionIds[0]), ['01unknownexecution', 'marker'], 'an oversized id is not echoed back');
+});
