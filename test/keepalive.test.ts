@@ -12,10 +12,13 @@ import * as net from 'node:net';
 import { startHub, waitFor } from './helpers/hub.js';
 import { CLIENT_OPTIONS, SERVER_OPTIONS } from '../common/grpc-options.js';
 import { secureChannel } from '../common/grpc-tls.js';
-import type { ChannelState } from '../agent/channel.js';
+import { AGENT_CHANNEL_OPTIONS, type ChannelState } from '../agent/channel.js';
+import { agentServerOptions } from '../hub/grpc/agent-channel.js';
+import { validateConfig } from '../hub/config.js';
 
-const KEEPALIVE_TIME = CLIENT_OPTIONS['grpc.keepalive_time_ms'];
-const KEEPALIVE_TIMEOUT = CLIENT_OPTIONS['grpc.keepalive_timeout_ms'];
+/** The agent's stream runs on AGENT_CHANNEL_OPTIONS (over CLIENT_OPTIONS). */
+const KEEPALIVE_TIME = AGENT_CHANNEL_OPTIONS['grpc.keepalive_time_ms'];
+const KEEPALIVE_TIMEOUT = AGENT_CHANNEL_OPTIONS['grpc.keepalive_timeout_ms'];
 
 /** A TCP relay that can go silent: `silence()` drops every byte both ways and keeps the sockets open. */
 async function relay(port: number): Promise<{ port: number; silence(): void; close(): void }> {
@@ -43,8 +46,11 @@ t.test('keepalive settings in effect: the agent channel carries them, and the hu
   for (const k of ['grpc.keepalive_time_ms', 'grpc.keepalive_timeout_ms', 'grpc.keepalive_permit_without_calls'] as const) {
     t.equal(ch.options[k], CLIENT_OPTIONS[k], `the agent channel's options carry ${k}`);
   }
-  t.ok(KEEPALIVE_TIME >= SERVER_OPTIONS['grpc.http2.min_ping_interval_without_data_ms'],
-    'the client pings no more often than the hub permits (else GOAWAY too_many_pings)');
+  t.equal(AGENT_CHANNEL_OPTIONS['grpc.keepalive_permit_without_calls'], 1, 'the agent pings also when no call is open');
+  t.ok(KEEPALIVE_TIME >= SERVER_OPTIONS['grpc.http2.min_ping_interval_without_data_ms'] && CLIENT_OPTIONS['grpc.keepalive_time_ms'] >= SERVER_OPTIONS['grpc.http2.min_ping_interval_without_data_ms'],
+    'clients ping no more often than the hub permits (else GOAWAY too_many_pings)');
+  const agentPort = { ...SERVER_OPTIONS, ...agentServerOptions(validateConfig({ names: ['hub.example'] }, 'defaults')) };
+  t.ok(agentPort['grpc.keepalive_time_ms'] > 0 && agentPort['grpc.keepalive_timeout_ms'] > 0, 'the agent port pings its agents (hub.json agentChannel.keepaliveTime)');
   t.equal(SERVER_OPTIONS['grpc.keepalive_permit_without_calls'], 1, 'the hub accepts pings without calls');
   t.ok(SERVER_OPTIONS['grpc.keepalive_time_ms'] > 0 && SERVER_OPTIONS['grpc.keepalive_timeout_ms'] > 0, 'the hub pings its agents too');
 });
