@@ -208,7 +208,9 @@ export async function benchEventToAction(ctx: AutomationCtx & { hubPid: number }
   const key = generateKey('ec-p256');
   const cert = pki.issueAgentCertificate({ publicKey: crypto.createPublicKey(key.privateKey), agentId: id, tenant: 'default', trustDomain: ctx.trustDomain, ttlMs: 86_400_000 });
   const warm = 3000, measured = 5000;
-  const input = JSON.stringify({ target: ctx.agentAddr, caPem: ctx.caPem, keyPem: key.privateKeyPem, certPem: cert.certPem, rate: 1000, warm, measured, trace: !!process.env.TRELLIS_BENCH_TRACE });
+  // TRELLIS_BENCH_E2A_RATE: events per second (default 1000, the issue's figure).
+  const rate = Number(process.env.TRELLIS_BENCH_E2A_RATE ?? 1000);
+  const input = JSON.stringify({ target: ctx.agentAddr, caPem: ctx.caPem, keyPem: key.privateKeyPem, certPem: cert.certPem, rate, warm, measured, trace: !!process.env.TRELLIS_BENCH_TRACE });
   const cpu0 = processCpuMs(ctx.hubPid);
   // TRELLIS_BENCH_E2A_NODE_ARGS adds node flags to the agent process (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof").
   const nodeArgs = (process.env.TRELLIS_BENCH_E2A_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
@@ -223,7 +225,7 @@ export async function benchEventToAction(ctx: AutomationCtx & { hubPid: number }
   const r = JSON.parse(out) as { lat: number[]; expected: number; missing: number; duplicated: number; refused: number };
   const lat = r.lat;
   const ms = (v: number | undefined) => (lat.length ? `${v!.toFixed(2)} ms` : 'n/a');
-  note(`event→action: ${lat.length}/${r.expected} actions run at 1000 events/s after a ${warm / 1000} s warm-up (real agent with outbox, own process; http action to a sink); `
+  note(`event→action: ${lat.length}/${r.expected} actions run at ${rate} events/s after a ${warm / 1000} s warm-up (real agent with outbox, own process; http action to a sink); `
     + `median ${ms(percentile(lat, 50))}, p99 ${ms(percentile(lat, 99))}, max ${ms(Math.max(...lat))}; missing ${r.missing}, ran twice ${r.duplicated}, refused by the outbox ${r.refused}; CPU for ${warm + measured} events: hub ${Math.round(hubCpuMs)} ms, agent ${Math.round(agentCpuMs)} ms`);
   return { p99: lat.length ? percentile(lat, 99) : NaN, missing: r.missing, duplicated: r.duplicated, refused: r.refused, measured: r.expected, hubCpuUsPerEvent: (hubCpuMs * 1000) / (warm + measured) };
 }
