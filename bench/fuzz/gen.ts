@@ -13,6 +13,7 @@
  * Everything is a function of (seed, case index): a case can be regenerated, and its bytes are
  * also written out when it fails (bench/fuzz/run.ts).
  */
+import { mulberry32 } from '../prng.js';
 import protobuf from 'protobufjs';
 import { isAbsolute, join } from 'node:path';
 import { PROTO_DIR, PROTO_FILES } from '../../common/proto.js';
@@ -21,17 +22,7 @@ import { PROTO_DIR, PROTO_FILES } from '../../common/proto.js';
 
 export type Rng = () => number;
 
-/** mulberry32: small, fast, good enough for input generation; deterministic per seed. */
-export function mulberry32(seed: number): Rng {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { mulberry32 };
 
 /** The RNG of one case: independent of every other case, so a case replays alone. */
 export function caseRng(seed: number, index: number): Rng {

@@ -1,4 +1,5 @@
 /** `npm run soak` options: parsing, defaults and the help text. */
+import { mulberry32 } from '../prng.js';
 import { parseDuration } from '../../common/duration.js';
 import type { InjectFault } from './protocol.js';
 
@@ -108,14 +109,5 @@ export function parseArgs(argv: string[]): SoakOptions | undefined {
   };
 }
 
-/** mulberry32: a small seeded PRNG for the fault schedule (reproducible with --seed). */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A seeded PRNG for the fault schedule (reproducible with --seed). */
+export const prng = mulberry32;
