@@ -159,4 +159,7 @@ t.test('an event delivered twice runs its action once: after a hub SIGKILL + res
   t.equal(hist.length, 3, 'three executions in all');
   t.same(hist.map((x) => x.triggerEventId).sort(), [firstId, sentinelA, sentinelB].sort(), 'one per event id');
   await waitFor(() => c.outbox.stats.queued === 0, 30_000, 'all acknowledged');
+  // Closed here, before `tmp` is removed at the end of this block (a teardown would run after that).
+  await c.close();
+  agent = undefined;
 });

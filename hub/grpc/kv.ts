@@ -10,7 +10,7 @@ import { unary, serverStream, type WrapDeps, type CallContext } from './wrap.js'
 import { authorize } from '../authz/index.js';
 import { writeTenant } from './admin.js';
 import { Keyring } from '../secrets/keyring.js';
-import type { KvCaller, KvDoc, KvScope } from '../kv/index.js';
+import type { KvCaller, KvDoc, KvScope, RotateProgress } from '../kv/index.js';
 import type { HubComponents } from '../components.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
@@ -75,12 +75,23 @@ export function addKvServices(server: grpc.Server, c: HubComponents, deps: WrapD
     }),
     RotateKey: serverStream<T.RotateKeyRequest__Output, T.RotateProgress>(deps, `${S}/RotateKey`, async (_req, ctx, write) => {
       ctx.target = 'kv:master-key';
+      // At most one progress message per 200 ms, and the latest one always goes out (trailing edge):
+      // a rotation that stalls or slows shows where it stands, not a state up to 200 ms old.
       let last = 0;
       let sentFinal = false;
-      const p = await c.kv.rotate((p) => {
-        const now = Date.now();
-        if (p.finished || p.done === 0 || now - last >= 200) { last = now; sentFinal = p.finished; write({ ...p }); }
-      });
+      let pending: RotateProgress | undefined;
+      let trailing: NodeJS.Timeout | undefined;
+      const send = (p: RotateProgress) => { clearTimeout(trailing); trailing = undefined; pending = undefined; last = Date.now(); sentFinal = p.finished; write({ ...p }); };
+      let p: RotateProgress | undefined;
+      try {
+        p = await c.kv.rotate((p) => {
+          if (p.finished || p.done === 0 || Date.now() - last >= 200) { send(p); return; }
+          pending = p;
+          trailing ??= setTimeout(() => { if (pending) send(pending); }, 200 - (Date.now() - last));
+        });
+      } finally {
+        clearTimeout(trailing);
+      }
       if (!p) throw new TrellisError('TRELLIS_E_INTERNAL', 'the rotation reported nothing');
       if (!sentFinal) write({ ...p, finished: true });
     }),

@@ -33,7 +33,7 @@ export function captureLogger(level = 'debug'): { log: Logger; lines: string[] }
 
 export async function tempDir(prefix = 'trellis-test-'): Promise<{ path: string } & AsyncDisposable> {
   const path = await mkdtemp(join(tmpdir(), prefix));
-  return { path, [Symbol.asyncDispose]: () => rm(path, { recursive: true, force: true }) };
+  return { path, [Symbol.asyncDispose]: () => rm(path, { recursive: true, force: true, maxRetries: 5 }) };
 }
 
 export interface TestHub extends AsyncDisposable {
