@@ -21,6 +21,7 @@ import { certInfo, createCA, generateKey, issueCertificate, normalizeSerial, typ
 import { Agent } from '../agent/agent.js';
 import { agentPaths } from '../agent/identity.js';
 import type { ChannelState } from '../agent/channel.js';
+import { MAX_PENDING_PER_AGENT } from '../hub/grpc/agent-channel.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 const run = promisify(execFile);
@@ -268,6 +269,39 @@ t.test('a stream whose first message is not hello gets INVALID_ARGUMENT and the 
   t.equal(await raw.welcome, undefined);
   t.equal(h.hub.components.agents.link(agentId), undefined, 'no live link');
   await hubStillServes(t, h);
+});
+
+t.test('one agent cannot hold the admission slots of others: past MAX_PENDING_PER_AGENT silent streams it gets RESOURCE_EXHAUSTED', async (t) => {
+  await using h = await startHub();
+  const { dataDir } = await h.enroll();
+  const id = await agentIdent(dataDir);
+  const client = new v1.AgentChannel(h.agentAddr, grpc.credentials.createSsl(Buffer.from(id.caPem), Buffer.from(id.keyPem), Buffer.from(id.certPem)), { ...CLIENT_OPTIONS }) as unknown as grpc.Client & {
+    Connect(md: grpc.Metadata, opts: grpc.CallOptions): grpc.ClientDuplexStream<T.AgentMessage, T.HubMessage__Output>;
+  };
+  t.teardown(() => client.close());
+  // Streams that never say hello: each holds an admission slot until helloTimeout (10 s).
+  const errors: (grpc.ServiceError | undefined)[] = [];
+  const calls = Array.from({ length: MAX_PENDING_PER_AGENT + 2 }, (_, i) => {
+    const c = client.Connect(new grpc.Metadata(), {});
+    c.on('data', () => undefined);
+    c.on('error', (e: grpc.ServiceError) => { errors[i] = e; });
+    return c;
+  });
+  t.teardown(() => { for (const c of calls) c.cancel(); });
+  await waitFor(() => errors.filter(Boolean).length >= 2, 8_000, 'two streams refused');
+  const refused = errors.filter(Boolean) as grpc.ServiceError[];
+  t.equal(refused.length, 2, `exactly the streams past ${MAX_PENDING_PER_AGENT} are refused while the others wait`);
+  for (const e of refused) {
+    t.equal(e.code, grpc.status.RESOURCE_EXHAUSTED);
+    t.equal(trellisCode(e), 'TRELLIS_E_RATE_LIMITED');
+    t.match(e.details, /already has \d+ streams waiting for their hello/);
+  }
+  await hubStillServes(t, h); // another agent is admitted meanwhile
+  for (const c of calls) c.cancel();
+  // The slots come back once those streams end: the same agent connects normally.
+  const agent = await h.agent({ dataDir });
+  t.equal(agent.channel.state, 'ready', 'the agent itself connects once its silent streams are gone');
+  await agent.close();
 });
 
 t.test('an agent reconnects by itself after the hub restarts on the same ports', async (t) => {

@@ -18,6 +18,8 @@ import { isMalformed, malformedError } from './malformed.js';
 import { AdmissionGate } from './admission.js';
 
 const CLIENT_AUTH_OID = '1.3.6.1.5.5.7.3.2';
+/** Streams one agent may have waiting for their hello at once (the rest: RESOURCE_EXHAUSTED). */
+export const MAX_PENDING_PER_AGENT = 4;
 /** A stream still on a certificate replaced by a renewal is closed this long after the new one connects. */
 export const SUPERSEDED_STREAM_GRACE_MS = 10_000;
 const S = '/trellis.v1.AgentChannel';
@@ -145,11 +147,14 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): Admissi
   }, 10_000);
   shedLog.unref();
 
+  /** Streams admitted and not yet welcomed, per agent id. */
+  const pendingPerAgent = new Map<string, number>();
   const connect: grpc.handleBidiStreamingCall<T.AgentMessage__Output, T.HubMessage> = (call) => {
     const reqId = randomBytes(6).toString('hex');
     // Load shedding first, before any work: a stream past the bound costs one status frame.
-    const release = gate.tryEnter();
-    if (!release) {
+    const gateRelease = gate.tryEnter();
+    let release = gateRelease!;
+    if (!gateRelease) {
       call.on('error', () => undefined);
       call.emit('error', gate.shedStatus(reqId));
       return;
@@ -186,6 +191,22 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): Admissi
     let id: PeerIdentity;
     try { id = identifyPeer(c, call); } catch (e) { fail(e); return; }
     who = id;
+    // One agent may not hold the admission slots of others (streams that never say hello hold
+    // theirs until helloTimeout): a few at once cover a reconnect overlapping a renewal.
+    const waiting = pendingPerAgent.get(id.agentId) ?? 0;
+    if (waiting >= MAX_PENDING_PER_AGENT) {
+      fail(new TrellisError('TRELLIS_E_RATE_LIMITED', `agent ${id.agentId} already has ${waiting} streams waiting for their hello`));
+      return;
+    }
+    pendingPerAgent.set(id.agentId, waiting + 1);
+    let agentReleased = false;
+    release = () => {
+      gateRelease();
+      if (agentReleased) return;
+      agentReleased = true;
+      const n = (pendingPerAgent.get(id.agentId) ?? 1) - 1;
+      if (n > 0) pendingPerAgent.set(id.agentId, n); else pendingPerAgent.delete(id.agentId);
+    };
     // Counted from admission; stopped by the hello itself (the hub's own work after it is not the agent's fault).
     helloTimer = setTimeout(() => fail(new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `no hello within ${cfg.helloTimeout} ms`)), cfg.helloTimeout);
     let admitted: Promise<void> | undefined;
