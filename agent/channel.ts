@@ -63,15 +63,15 @@ export interface ChannelOptions {
   onSuperseded?: () => Promise<boolean>;
 }
 
+/** Unacknowledged action results kept for re-sending (a result is a few hundred bytes). */
+export const MAX_UNACKED_RESULTS = 10_000;
+
 /**
  * Keepalive of the agent's stream. A ping every 30 s finds a dead hub or a broken NAT mapping;
  * the 20 s answer deadline is long on purpose: a hub stalled for a few seconds (a GC pause, a
  * reconnect storm) must not read as a dead connection, or every agent reconnects at once and
  * the slow moment becomes a storm. Between pings the heartbeat keeps the connection busy.
  */
-/** Unacknowledged action results kept for re-sending (a result is a few hundred bytes). */
-export const MAX_UNACKED_RESULTS = 10_000;
-
 export const AGENT_CHANNEL_OPTIONS = {
   'grpc.keepalive_time_ms': 30_000,
   'grpc.keepalive_timeout_ms': 20_000,
@@ -226,8 +226,7 @@ export class HubChannel extends EventEmitter {
           // The next attempt reuses the client (grpc-js reconnects it when its connection is gone):
           // shed by a busy hub, the TLS connection is still up and the hub is spared a second
           // handshake; with the hub down, no TLS context is built again per attempt.
-          if (!this.stopped && RETRYABLE_CODES.has((err as { code?: number }).code ?? -1)) this.spare = { client: conn.detachClient(), credsKey: conn.credsKey };
-          else conn.destroy();
+          this.park(conn, err);
           if (this.stopped) break;
           if (isSuperseded(err) && this.opts.onSuperseded && await this.opts.onSuperseded().catch(() => false)) {
             this.opts.log.warn('the hub had replaced this certificate by a renewal whose answer was lost; renewed again');
@@ -255,8 +254,7 @@ export class HubChannel extends EventEmitter {
       if (this.current !== conn) continue; // replaced by a newer connection (certificate switch)
       this.current = undefined;
       clearInterval(this.heartbeatTimer);
-      if (!this.stopped && (!err || RETRYABLE_CODES.has((err as { code?: number }).code ?? -1))) this.spare = { client: conn.detachClient(), credsKey: conn.credsKey };
-      else conn.destroy();
+      this.park(conn, err);
       if (this.stopped) break;
       if (err && isFatal(err)) { this.fail(err); break; }
       const code = (err as { code?: number } | undefined)?.code;
@@ -280,6 +278,12 @@ export class HubChannel extends EventEmitter {
     const backoff = backoffDelay(attempt, { maxMs: this.opts.maxBackoffMs ?? DEFAULT_MAX_BACKOFF_MS });
     const ra = (err as { code?: number } | undefined)?.code === grpc.status.RESOURCE_EXHAUSTED ? retryAfterMs(err) : undefined;
     return ra === undefined ? backoff : Math.max(backoff, retryAfterDelay(ra));
+  }
+
+  /** After a retryable failure (or a stream that just ended) the client is kept for the next attempt; otherwise it is closed. */
+  private park(conn: Connection, err: unknown): void {
+    if (!this.stopped && (!err || RETRYABLE_CODES.has((err as { code?: number }).code ?? -1))) this.spare = { client: conn.detachClient(), credsKey: conn.credsKey };
+    else conn.destroy();
   }
 
   /** The client of a shed attempt, if its credentials are still the current ones (else it is closed). */

@@ -68,6 +68,19 @@ t.test('retry-after: parsed from the trailer, clamped, jittered upward', async (
   t.equal(retryAfterDelay(1000, () => 0.9999999), 2000, 'at most twice');
 });
 
+t.test('admission gate: one key holds at most maxPendingPerKey slots; a refused claim frees its slot', async (t) => {
+  const g = new AdmissionGate({ maxPending: 10, retryAfterMs: 1000, maxPendingPerKey: 2 });
+  const a = g.claim('agent-a', g.tryEnter()!), b = g.claim('agent-a', g.tryEnter()!);
+  t.ok(a && b, 'two slots for agent-a');
+  t.equal(g.claim('agent-a', g.tryEnter()!), undefined, 'a third for agent-a is refused');
+  t.equal(g.inFlight, 2, 'and its slot went back to the pool');
+  t.ok(g.claim('agent-b', g.tryEnter()!), 'another agent is not affected');
+  a!(); a!();
+  t.equal(g.heldBy('agent-a'), 1, 'a release counts once per key too');
+  t.equal(g.inFlight, 2);
+  t.ok(g.claim('agent-a', g.tryEnter()!), 'the released slot can be claimed again');
+});
+
 t.test('admission gate: bounded slots, released once; retry-after grows with the sheds of the last second', async (t) => {
   let now = 1_000_000;
   const g = new AdmissionGate({ maxPending: 2, retryAfterMs: 1000 }, () => now);

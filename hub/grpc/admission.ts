@@ -18,10 +18,17 @@ export interface AdmissionOptions {
   maxPending: number;
   /** The retry-after given to a shed stream, in ms (the agent adds up to as much again at random). */
   retryAfterMs: number;
+  /** Slots one key (an agent id) may hold at once, so one caller cannot hold everyone's. @default 4 */
+  maxPendingPerKey?: number;
 }
+
+/** Slots one agent may hold at once by default: a reconnect overlapping a renewal fits. */
+export const MAX_PENDING_PER_KEY = 4;
 
 export class AdmissionGate {
   private pending = 0;
+  /** Slots held per key (claim()). */
+  private readonly perKey = new Map<string, number>();
   /** Sheds in the current one-second window and the one before (the retry-after grows with them). */
   private window = { startMs: 0, count: 0, previous: 0 };
   /** Streams shed since the hub started, and since the last summary log line. */
@@ -48,6 +55,27 @@ export class AdmissionGate {
       this.stats.admitted++;
     };
   }
+
+  /**
+   * Binds a slot from tryEnter() to `key` once the caller is identified: a release that frees
+   * both, or undefined when `key` already holds maxPendingPerKey slots (the slot is then freed).
+   */
+  claim(key: string, release: () => void): (() => void) | undefined {
+    const held = this.perKey.get(key) ?? 0;
+    if (held >= (this.opts.maxPendingPerKey ?? MAX_PENDING_PER_KEY)) { release(); return undefined; }
+    this.perKey.set(key, held + 1);
+    let released = false;
+    return () => {
+      release();
+      if (released) return;
+      released = true;
+      const n = (this.perKey.get(key) ?? 1) - 1;
+      if (n > 0) this.perKey.set(key, n); else this.perKey.delete(key);
+    };
+  }
+
+  /** Slots `key` holds now. */
+  heldBy(key: string): number { return this.perKey.get(key) ?? 0; }
 
   private tick(): void {
     const t = this.now();

@@ -15,11 +15,11 @@ import type { AuditEntry } from '../audit/types.js';
 import { MAX_EVENTS_PER_BATCH } from '../events/index.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 import { isMalformed, malformedError } from './malformed.js';
-import { AdmissionGate } from './admission.js';
+import { AdmissionGate, MAX_PENDING_PER_KEY } from './admission.js';
 
 const CLIENT_AUTH_OID = '1.3.6.1.5.5.7.3.2';
 /** Streams one agent may have waiting for their hello at once (the rest: RESOURCE_EXHAUSTED). */
-export const MAX_PENDING_PER_AGENT = 4;
+export const MAX_PENDING_PER_AGENT = MAX_PENDING_PER_KEY;
 /** A stream still on a certificate replaced by a renewal is closed this long after the new one connects. */
 export const SUPERSEDED_STREAM_GRACE_MS = 10_000;
 const S = '/trellis.v1.AgentChannel';
@@ -147,14 +147,12 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): Admissi
   }, 10_000);
   shedLog.unref();
 
-  /** Streams admitted and not yet welcomed, per agent id. */
-  const pendingPerAgent = new Map<string, number>();
   const connect: grpc.handleBidiStreamingCall<T.AgentMessage__Output, T.HubMessage> = (call) => {
     const reqId = randomBytes(6).toString('hex');
     // Load shedding first, before any work: a stream past the bound costs one status frame.
-    const gateRelease = gate.tryEnter();
-    let release = gateRelease!;
-    if (!gateRelease) {
+    const slot = gate.tryEnter();
+    let release = slot!;
+    if (!slot) {
       call.on('error', () => undefined);
       call.emit('error', gate.shedStatus(reqId));
       return;
@@ -193,20 +191,12 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): Admissi
     who = id;
     // One agent may not hold the admission slots of others (streams that never say hello hold
     // theirs until helloTimeout): a few at once cover a reconnect overlapping a renewal.
-    const waiting = pendingPerAgent.get(id.agentId) ?? 0;
-    if (waiting >= MAX_PENDING_PER_AGENT) {
-      fail(new TrellisError('TRELLIS_E_RATE_LIMITED', `agent ${id.agentId} already has ${waiting} streams waiting for their hello`));
+    const mine = gate.claim(id.agentId, slot);
+    if (!mine) {
+      fail(new TrellisError('TRELLIS_E_RATE_LIMITED', `agent ${id.agentId} already has ${gate.heldBy(id.agentId)} streams waiting for their hello`));
       return;
     }
-    pendingPerAgent.set(id.agentId, waiting + 1);
-    let agentReleased = false;
-    release = () => {
-      gateRelease();
-      if (agentReleased) return;
-      agentReleased = true;
-      const n = (pendingPerAgent.get(id.agentId) ?? 1) - 1;
-      if (n > 0) pendingPerAgent.set(id.agentId, n); else pendingPerAgent.delete(id.agentId);
-    };
+    release = mine;
     // Counted from admission; stopped by the hello itself (the hub's own work after it is not the agent's fault).
     helloTimer = setTimeout(() => fail(new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `no hello within ${cfg.helloTimeout} ms`)), cfg.helloTimeout);
     let admitted: Promise<void> | undefined;
