@@ -41,6 +41,7 @@ export const ERROR_CODES = {
   TRELLIS_E_SSH: 'an SSH connection, login or remote command of `trellis agents install` failed; the message names the host and why',
   TRELLIS_E_SSH_HOST_KEY: 'a server\'s SSH host key is not in known_hosts (add it, or pass --accept-new-host-keys) or has changed (check it; nothing was sent)',
   TRELLIS_E_HOST_NOT_READY: 'a managed server lacks what the agent needs (Node >= 20 on PATH, tar, root or passwordless sudo); the message says what',
+  TRELLIS_E_SNAPSHOT_INVALID: 'a snapshot does not open: wrong passphrase, or the file is damaged, truncated or tampered with; nothing was restored',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

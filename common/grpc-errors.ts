@@ -45,6 +45,7 @@ const TO_STATUS: Record<ErrorCode, status> = {
   TRELLIS_E_SSH: status.UNAVAILABLE,
   TRELLIS_E_SSH_HOST_KEY: status.FAILED_PRECONDITION,
   TRELLIS_E_HOST_NOT_READY: status.FAILED_PRECONDITION,
+  TRELLIS_E_SNAPSHOT_INVALID: status.INVALID_ARGUMENT,
 };
 
 export const CODE_KEY = 'trellis-error-code';

@@ -14,7 +14,7 @@ export type { Logger };
 const SECRET_KEYS = [
   'password', 'newPassword', 'token', 'joinToken', 'secret', 'apiKey', 'api_key', 'privateKey',
   'private_key', 'keyPem', 'key', 'authorization', 'Authorization', 'cookie', 'value', 'csr',
-  'masterKey', 'x-api-key', 'x-trellis-api-key',
+  'masterKey', 'x-api-key', 'x-trellis-api-key', 'passphrase',
 ];
 
 /** Redaction paths: each key at the top level and up to two levels down, plus headers/metadata. */

@@ -47,6 +47,9 @@ import { AgentDist } from './web/agentdist.js';
 import { EventStream } from './web/stream.js';
 import { addWebhookServices } from './grpc/webhooks.js';
 import { addCaServices } from './grpc/ca-rotation.js';
+import { addSnapshotServices } from './grpc/snapshots.js';
+import { Snapshots } from './snapshots/index.js';
+import { TRELLIS_VERSION } from '../common/version.js';
 import { CaRotation, recoverRotation } from './pki/rotation.js';
 import { assertTableCovers } from './authz/index.js';
 import { allMethodPaths } from '../common/proto.js';
@@ -200,6 +203,15 @@ export class Hub {
     addRuleServices(adminServer, components, adminDeps);
     addWebhookServices(adminServer, components, adminDeps);
     addCaServices(adminServer, components, adminDeps);
+    // Snapshots (DATA/snapshots): the store, history and audit at one point in time, with the keys.
+    const snapshots = await Snapshots.open({
+      dir: paths.snapshots, log: log.child({ component: 'snapshots' }),
+      sources: {
+        dataDir: opts.dataDir, store, caFingerprint: () => pki.caFingerprint, trellisVersion: TRELLIS_VERSION,
+        flush: async () => { await store.flush(); await audit.flush(); await executions.durable(); },
+      },
+    });
+    addSnapshotServices(adminServer, snapshots, adminDeps);
 
     const bindTo = (server: grpc.Server, port: number, creds: grpc.ServerCredentials, what: string) =>
       new Promise<number>((resolve, reject) => {

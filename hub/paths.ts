@@ -21,6 +21,7 @@ export function hubPaths(dataDir: string) {
     audit: join(dataDir, 'audit'), // append-only audit segments (hub/audit), 0700
     executions: join(dataDir, 'executions'), // execution history segments (hub/executions), 0700
     agentBundle: join(dataDir, 'agent-bundle'), // the agent bundle served at /agent/bundle.tgz (hub/web/agentdist.ts), 0700
+    snapshots: join(dataDir, 'snapshots'), // encrypted snapshots (hub/snapshots), 0700, files 0600
   };
 }
 export type HubPaths = ReturnType<typeof hubPaths>;

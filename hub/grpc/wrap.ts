@@ -164,7 +164,11 @@ export function unary<Req, Res>(deps: WrapDeps, path: string, fn: (req: Req, ctx
   };
 }
 
-export function serverStream<Req, Res>(deps: WrapDeps, path: string, fn: (req: Req, ctx: CallContext, write: (m: Res) => boolean) => Promise<void>): grpc.handleServerStreamingCall<Req, Res> {
+/**
+ * `drained()` resolves once the client has read what was written (after `write` returned false),
+ * or the call ended: for handlers that send a lot (snapshot downloads).
+ */
+export function serverStream<Req, Res>(deps: WrapDeps, path: string, fn: (req: Req, ctx: CallContext, write: (m: Res) => boolean, drained: () => Promise<void>) => Promise<void>): grpc.handleServerStreamingCall<Req, Res> {
   requirementFor(path);
   return (call) => {
     const { ctx, ac, start } = newContext(call, path);
@@ -186,7 +190,13 @@ export function serverStream<Req, Res>(deps: WrapDeps, path: string, fn: (req: R
             },
           }, since);
         }
-        await fn(call.request, ctx, (m) => (ac.signal.aborted ? false : call.write(m)));
+        const drained = () => new Promise<void>((resolve) => {
+          if (ac.signal.aborted) { resolve(); return; }
+          const done = () => { call.off('drain', done); ac.signal.removeEventListener('abort', done); resolve(); };
+          call.once('drain', done);
+          ac.signal.addEventListener('abort', done, { once: true });
+        });
+        await fn(call.request, ctx, (m) => (ac.signal.aborted ? false : call.write(m)), drained);
         finish(deps, ctx, start);
         if (!ac.signal.aborted && !ended) { ended = true; call.end(); }
       } catch (err) {
