@@ -35,6 +35,7 @@ const ADMIN_PORT_SERVICES = new Set([
   'Version', 'Enrollment', 'AdminAuth', 'AdminJoinTokens', 'AdminAgents', 'AdminCerts', 'AdminRuns',
   'AdminUsers', 'AdminSessions', 'AdminApiKeys', 'AdminRoles', 'AdminTenants', 'AdminGroups', 'AdminSystem', 'AdminAudit', 'AdminKv',
   'AdminPacks', 'AdminRules', 'AdminExecutions', 'AdminWebhooks', 'AdminCa',
+  'AdminSnapshots',
 ]);
 
 /** Every admin-port method definition, by full path. */
