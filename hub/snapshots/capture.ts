@@ -5,7 +5,8 @@
  * 2. In one synchronous step (no other hub code runs in between): every collection is read
  *    through the Store interface, every history and audit segment file is opened and its size
  *    recorded, and the small files (config, CA, hub certificate, master key versions, CA rotation
- *    state, agent bundle) are read. The in-process stores copy their documents synchronously when
+ *    state) are read. The agent bundle (DATA/agent-bundle) is not carried: it is a cache the hub
+ *    rebuilds for its own version. The in-process stores copy their documents synchronously when
  *    `list()` is called, so all collections come from the same instant; the segment sizes taken
  *    right after mean the history holds no execution the store does not know about yet.
  * 3. The segments are then copied up to their recorded sizes (cut at the last whole line) while the
@@ -13,7 +14,7 @@
  *    segment readable even if retention unlinks it meanwhile.
  *
  * The synchronous step does file-system calls on the event loop: a few dozen open/fstat calls and
- * reads of files of a few KiB (the agent bundle, a few MiB at most), bounded and short.
+ * reads of files of a few KiB, bounded and short.
  */
 import { closeSync, fstatSync, openSync, readdirSync, readFileSync, statSync, type Stats } from 'node:fs';
 import { read } from 'node:fs';
@@ -27,8 +28,6 @@ import type { Manifest, PayloadWriter, SegmentArea } from './payload.js';
 const readAt = promisify(read);
 const SEGMENT_FILE = /^\d{12}(\.out)?\.jsonl$/;
 const KEY_FILE = /^master-\d{1,9}\.key$/;
-/** Agent bundle files larger than this are left out (they are re-placed by the operator). */
-const MAX_BUNDLE_FILE = 256 * 1024 * 1024;
 
 export interface CaptureSources {
   dataDir: string;
@@ -50,8 +49,7 @@ function fileNames(dataDir: string): string[] {
     try { return readdirSync(dir).filter((f) => !re || re.test(f)).sort(); } catch (e) { if ((e as NodeJS.ErrnoException).code === 'ENOENT') return []; throw e; }
   };
   const keys = list(keysDir(dataDir), KEY_FILE).map((f) => `keys/${f}`);
-  const bundle = list(p.agentBundle).filter((f) => !f.startsWith('.')).map((f) => `agent-bundle/${f}`);
-  return [...top, ...keys, ...bundle];
+  return [...top, ...keys];
 }
 
 function statIfFile(path: string): Stats | undefined {
@@ -112,7 +110,7 @@ export async function capture(src: CaptureSources, out: PayloadWriter, o: { crea
     for (const name of fileNames(src.dataDir)) {
       const path = join(src.dataDir, name);
       const st = statIfFile(path);
-      if (!st || (name.startsWith('agent-bundle/') && st.size > MAX_BUNDLE_FILE)) continue;
+      if (!st) continue;
       files.push({ name, mode: st.mode & 0o777, body: readFileSync(path) });
     }
     const caFingerprint = src.caFingerprint();

@@ -9,7 +9,7 @@
  * - manifest: JSON (Manifest below);
  * - collection: `name` a store collection, body one document per line;
  * - file: `name` a path under the data dir (config, CA and hub certificates and keys, master key
- *   versions, CA rotation state, agent bundle), `mode` its permission bits;
+ *   versions, CA rotation state), `mode` its permission bits;
  * - segment: `area` audit | executions, `name` the segment file, body its bytes up to the offset
  *   recorded at the snapshot's point in time (whole lines only);
  * - end: no body; `entries` the number of entries before it.

@@ -30,6 +30,12 @@ export interface RestoreOptions {
    * Defaults to {@link processHolding}.
    */
   heldBy?: (dataDir: string) => string | undefined;
+  /**
+   * The store the documents go to, opened for the new data directory (given the temp directory
+   * that becomes it). Default: lowdb's DATA/state.json. A PostgreSQL target opens its (empty)
+   * database here; documents go in with `insert`, so one already there is refused.
+   */
+  openStore?: (dir: string) => Promise<Store>;
 }
 
 export interface RestoreResult {
@@ -45,14 +51,13 @@ const invalid = (msg: string) => new TrellisError('TRELLIS_E_SNAPSHOT_INVALID', 
 const KNOWN_COLLECTIONS: ReadonlySet<string> = new Set(COLLECTIONS);
 const SEGMENT_FILE = /^\d{12}(\.out)?\.jsonl$/;
 const TOP_FILES: ReadonlySet<string> = new Set(['hub.json', 'ca.pem', 'ca-key.pem', 'hub.pem', 'hub-key.pem', 'ca-rotation.json', 'ca-next-key.pem', 'hub-next.pem', 'hub-next-key.pem', 'ca-previous.pem']);
-const BUNDLE_FILE = /^agent-bundle\/[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const KEY_FILE = /^keys\/master-\d{1,9}\.key$/;
 /** One collection's documents are held in memory while they load (the store holds them all anyway). */
 const MAX_COLLECTION_BYTES = 2 * 1024 * 1024 * 1024 - 1;
 
 /** True when a file name from a snapshot is one restore writes (never a path outside the data dir). */
 export function allowedFile(name: string): boolean {
-  return TOP_FILES.has(name) || KEY_FILE.test(name) || BUNDLE_FILE.test(name);
+  return TOP_FILES.has(name) || KEY_FILE.test(name);
 }
 
 /**
@@ -94,7 +99,7 @@ class Extractor {
   readonly fileNames: string[] = [];
   readonly segmentNames: string[] = [];
 
-  constructor(private readonly root: string) {}
+  constructor(private readonly root: string, private readonly openTarget: (dir: string) => Promise<Store>) {}
 
   async begin(m: EntryMeta): Promise<void> {
     this.body = [];
@@ -157,7 +162,7 @@ class Extractor {
       try { man = JSON.parse(text) as Manifest; } catch { throw invalid('snapshot manifest is not JSON; the file is damaged'); }
       if (!man || man.format !== 1 || typeof man.collections !== 'object' || !Array.isArray(man.files) || typeof man.segments !== 'object') throw invalid('snapshot manifest is incomplete; the file is damaged');
       this.manifest = man;
-      this.store = await openStore({ kind: 'lowdb', path: hubPaths(this.root).store });
+      this.store = await this.openTarget(this.root);
       return;
     }
     // A collection: one document per line, loaded through the Store interface.
@@ -219,7 +224,7 @@ export async function restoreSnapshot(o: RestoreOptions): Promise<RestoreResult>
   const tmp = join(parent, `.${basename(dataDir)}.restore-${randomBytes(6).toString('hex')}`);
   await mkdir(tmp, { mode: 0o700 });
   await chmod(tmp, 0o700);
-  const x = new Extractor(tmp);
+  const x = new Extractor(tmp, o.openStore ?? ((dir) => openStore({ kind: 'lowdb', path: hubPaths(dir).store })));
   let fh: FileHandle | undefined;
   try {
     try {
