@@ -208,9 +208,10 @@ t.test('create → download → wipe → restore → hub run: the agent reconnec
   const full = await runCli(['snapshots', 'restore', snapFile, '--data', dataDir, '--passphrase-file', passFile]);
   t.equal(full.code, 1);
   t.match(full.err, /is not empty.*--force.*TRELLIS_E_ALREADY_EXISTS/);
-  const forced = await runCli(['snapshots', 'restore', snapFile, '--data', dataDir, '--passphrase-file', passFile, '--force']);
+  const forced = await runCli(['snapshots', 'restore', snapFile, '--data', dataDir, '--passphrase-file', '-', '--force'], {}, `${PASSPHRASE}\n`);
   t.equal(forced.code, 0, forced.err);
-  t.match(forced.out, /former content replaced/);
+  t.match(forced.out, /former content replaced/, 'the passphrase from standard input; --force replaces a stopped hub\'s data dir');
+  t.match(forced.out, /repeat agent and API key revocations/, 'and says what a restore takes back');
 });
 
 t.test('only administrators create, list, download and delete snapshots; every mutation is audited without the passphrase', async (t) => {

@@ -11,7 +11,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { TrellisError } from '../../common/errors.js';
 import { fromGrpcError } from '../../common/grpc-errors.js';
 import { call, withClients } from '../client.js';
-import { addOutputOptions, output, outputOne, print, printErr, when, type Column } from '../format.js';
+import { addOutputOptions, localIso, output, outputOne, print, printErr, when, type Column } from '../format.js';
 import { askHidden, isInteractive, readStdin } from '../prompt.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
@@ -192,7 +192,9 @@ or - for standard input) or asked in a terminal; never from the command line.
 Nothing is written to --data unless the whole file decrypts and authenticates: a wrong passphrase,
 a damaged, truncated or altered file is refused. Afterwards start the hub with
 \`trellis hub run --data DIR\`: agents reconnect with their certificates (same CA) and secrets open
-(same master key). The hub's names, ports and settings are those of hub.json in the snapshot.`)
+(same master key). The hub's names, ports and settings are those of hub.json in the snapshot.
+The restored hub is the hub as it was when the snapshot was made: revocations of agents and API
+keys, user deactivations and password changes made since are not in it; repeat them.`)
     .action(async (file: string, o) => {
       const passphrase = await readPassphrase(o.passphraseFile, { confirm: false });
       const { restoreSnapshot } = await import('../../hub/snapshots/restore.js');
@@ -204,6 +206,7 @@ a damaged, truncated or altered file is refused. Afterwards start the hub with
       }
       print(`restored the snapshot of ${when(m.createdAtMs)} (by ${m.createdBy}${m.note ? `: ${m.note}` : ''}) into ${r.dataDir}${r.replaced ? ' (its former content replaced)' : ''}`);
       print(`  ${r.documents} documents, ${r.segments} history and audit segments, ${r.files} files; CA ${m.caFingerprint.slice(0, 16)}..., master key versions ${m.keyVersions.join(', ')}`);
+      print(`  what changed after ${localIso(m.createdAtMs)} is not in it: repeat agent and API key revocations, user deactivations and password changes made since`);
       print(`  start it: trellis hub run --data ${r.dataDir}`);
       if (process.stderr.isTTY) printErr('note: the hub listens on the addresses and ports of the hub.json it restored; edit it first if this machine differs');
     });

@@ -7,7 +7,7 @@
  * the target exactly as it was. The store is loaded through the Store interface (lowdb today), so
  * the snapshot's content stays backend-neutral.
  */
-import { existsSync, readdirSync, readlinkSync, realpathSync } from 'node:fs';
+import { existsSync, readdirSync, readlinkSync, realpathSync, statSync } from 'node:fs';
 import { chmod, mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -213,6 +213,7 @@ class Extractor {
 export async function restoreSnapshot(o: RestoreOptions): Promise<RestoreResult> {
   const dataDir = resolve(o.dataDir);
   const exists = existsSync(dataDir);
+  if (exists && !statSync(dataDir).isDirectory()) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${dataDir} is a file, not a directory: name a new or empty data directory`);
   const heldBy = (o.heldBy ?? processHolding)(dataDir);
   if (heldBy) throw new TrellisError('TRELLIS_E_IN_USE', `${dataDir} is in use (${heldBy}): stop the hub before restoring into its data directory; nothing was changed`);
   const empty = !exists || isEmptyDir(dataDir);
