@@ -23,7 +23,7 @@ import { Agent } from '../agent/agent.js';
 import { freePorts } from '../bench/lib.js';
 import { fromGrpcError, grpcCodeOf } from '../common/grpc-errors.js';
 import { hubPaths } from '../hub/paths.js';
-import { restoreSnapshot } from '../hub/snapshots/restore.js';
+import { readSnapshotFiles, restoreSnapshot } from '../hub/snapshots/restore.js';
 import { LowdbStore } from '../hub/store/index.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
@@ -241,6 +241,13 @@ t.test('only administrators create, list, download and delete snapshots; every m
   t.equal(await code(call(h.admin, h.admin.snapshots, h.admin.snapshots.DeleteSnapshot, { id: '../../hub' })), 'TRELLIS_E_INVALID_ARGUMENT', 'an id that is a path is refused');
   t.equal(await code(download(h.admin, '../state.json')), 'TRELLIS_E_INVALID_ARGUMENT');
   t.equal(await code(call(h.admin, h.admin.snapshots, h.admin.snapshots.DeleteSnapshot, { id: ulid().toLowerCase() })), 'TRELLIS_E_NOT_FOUND');
+
+  // The keys a new hub of a cluster needs, read from the snapshot (authenticated whole first).
+  const { files } = await readSnapshotFiles({ file: join(hubPaths(h.dataDir).snapshots, `${info.id}.tsnap`), passphrase: PASSPHRASE, want: (n) => n === 'ca-key.pem' || n.startsWith('keys/') });
+  t.same([...files.keys()].sort(), ['ca-key.pem', 'keys/master-1.key']);
+  t.ok(files.get('ca-key.pem')!.equals(readFileSync(hubPaths(h.dataDir).caKey)), 'the CA key');
+  t.ok(files.get('keys/master-1.key')!.equals(readFileSync(join(h.dataDir, 'keys', 'master-1.key'))), 'the master key');
+  t.equal(await code(readSnapshotFiles({ file: join(hubPaths(h.dataDir).snapshots, `${info.id}.tsnap`), passphrase: 'not the passphrase at all' })), 'TRELLIS_E_SNAPSHOT_INVALID');
 
   await call(h.admin, h.admin.snapshots, h.admin.snapshots.DeleteSnapshot, { id: info.id });
   t.same(readdirSync(hubPaths(h.dataDir).snapshots), [], 'both files gone');

@@ -261,3 +261,46 @@ export async function restoreSnapshot(o: RestoreOptions): Promise<RestoreResult>
     throw err;
   }
 }
+
+/**
+ * The data-dir files a snapshot carries (CA certificate and key, hub certificate, master key
+ * versions, config, CA rotation state), by relative path, once the whole snapshot has decrypted
+ * and authenticated; store documents and history are read past, not kept. For bringing the keys
+ * of an existing hub to a new one (`hub init --join … --from SNAPSHOT`) without them ever passing
+ * through the database.
+ */
+export async function readSnapshotFiles(o: { file: string; passphrase: string; want?: (name: string) => boolean }): Promise<{ manifest: Manifest; files: Map<string, Buffer> }> {
+  const files = new Map<string, Buffer>();
+  let manifest: Manifest | undefined;
+  let cur: { name: string; parts: Buffer[] } | undefined;
+  let manifestParts: Buffer[] | undefined;
+  const fh = await open(o.file, 'r').catch((e: NodeJS.ErrnoException) => { throw new TrellisError('TRELLIS_E_NOT_FOUND', `cannot open the snapshot ${o.file}: ${e.code ?? e.message}`); });
+  try {
+    const reader = await SnapshotReader.open(fileSource(fh), o.passphrase);
+    const parser = new PayloadParser({
+      begin: async (m) => {
+        if (m.kind === 'manifest') manifestParts = [];
+        else if (m.kind === 'file') {
+          if (!allowedFile(m.name)) throw invalid(`snapshot names a file "${m.name.slice(0, 128)}" that is not part of a hub data directory; refused`);
+          if (!o.want || o.want(m.name)) cur = { name: m.name, parts: [] };
+        }
+      },
+      data: async (b) => { (cur?.parts ?? manifestParts)?.push(Buffer.from(b)); },
+      end: async (m) => {
+        if (m.kind === 'manifest') {
+          try { manifest = JSON.parse(Buffer.concat(manifestParts ?? []).toString('utf8')) as Manifest; } catch { throw invalid('snapshot manifest is not JSON; the file is damaged'); }
+          manifestParts = undefined;
+        } else if (cur) {
+          files.set(cur.name, Buffer.concat(cur.parts));
+          cur = undefined;
+        }
+      },
+    });
+    for (let chunk = await reader.next(); chunk; chunk = await reader.next()) await parser.push(chunk);
+    parser.finish();
+  } finally {
+    await fh.close();
+  }
+  if (!manifest) throw invalid('snapshot has no manifest; the file is damaged');
+  return { manifest, files };
+}
