@@ -55,6 +55,7 @@ import { createLogger, type Logger } from '../common/log.js';
 import { TrellisError } from '../common/errors.js';
 import { rotationPauseFromEnv } from './kv/test-hooks.js';
 import type { HubComponents } from './components.js';
+import { lockDataDir, type DataDirLock } from './lock/index.js';
 
 export interface HubOptions {
   dataDir: string;
@@ -75,6 +76,7 @@ export class Hub {
   private eventSweepTimer?: NodeJS.Timeout;
   private live?: LiveStreams;
   private certLifecycle?: HubCertLifecycle;
+  private lock?: DataDirLock;
 
   private constructor(
     readonly components: HubComponents,
@@ -90,6 +92,19 @@ export class Hub {
 
   static async start(opts: HubOptions): Promise<Hub> {
     const config = loadHubConfig(opts.dataDir, opts.flags);
+    // One process writes a data directory at a time (hub/lock): a second hub refuses, naming the holder.
+    const lock = lockDataDir(opts.dataDir, 'hub run');
+    try {
+      const hub = await Hub.startLocked(opts, config);
+      hub.lock = lock;
+      return hub;
+    } catch (e) {
+      lock.release();
+      throw e;
+    }
+  }
+
+  private static async startLocked(opts: HubOptions, config: HubConfig): Promise<Hub> {
     const log = opts.log ?? createLogger({ level: config.logLevel, name: 'trellis-hub', format: config.logFormat, time: config.logTime });
     const paths = hubPaths(opts.dataDir);
     assertTableCovers(allMethodPaths());
@@ -115,7 +130,8 @@ export class Hub {
     await agents.load();
     const events = new EventIntake({ log: log.child({ component: 'events' }) });
     let boundAgentPort = config.agentPort;
-    const audit = await AuditLog.open({ dir: paths.audit, log: log.child({ component: 'audit' }) });
+    const ar = config.audit.retention;
+    const audit = await AuditLog.open({ dir: paths.audit, log: log.child({ component: 'audit' }), maxAgeMs: ar.maxAge, maxSegments: ar.maxSegments, maxSegmentBytes: ar.maxSegmentBytes });
     const rotation = CaRotation.open({ paths, pki, agents, log: log.child({ component: 'pki' }), audit, names: config.names });
     if (recovered) audit.record({ timeMs: Date.now(), actor: 'hub', tenant: '', method: 'ca/RecoverRotation', target: `ca:${pki.caFingerprint.slice(0, 16)}`, result: 'ok', sourceAddress: '', detail: recovered.slice(0, 300) });
     const kvLog = log.child({ component: 'kv' });
@@ -293,6 +309,7 @@ export class Hub {
     await c.audit.close();
     await c.store.close();
     await this.kdf?.close();
+    this.lock?.release();
     this.state = 'closed';
     c.log.info('hub stopped');
   }
