@@ -30,6 +30,7 @@ export interface AdminClients {
   executions: InstanceType<typeof v1.AdminExecutions>;
   webhooks: InstanceType<typeof v1.AdminWebhooks>;
   ca: InstanceType<typeof v1.AdminCa>;
+  maintenance: InstanceType<typeof v1.AdminMaintenance>;
   version: InstanceType<typeof v1.Version>;
   metadata: grpc.Metadata;
   close(): void;
@@ -64,6 +65,7 @@ export function adminClients(hub: string, caPem: string, token?: string, tenant?
     executions: new v1.AdminExecutions(hub, creds, opts),
     webhooks: new v1.AdminWebhooks(hub, creds, opts),
     ca: new v1.AdminCa(hub, creds, opts),
+    maintenance: new v1.AdminMaintenance(hub, creds, opts),
     version: new v1.Version(hub, creds, opts),
     metadata,
     close: () => base.close(),

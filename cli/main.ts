@@ -26,6 +26,7 @@ const MODULES: Array<[string[], () => Promise<AddCommands>]> = [
   [['rules'], async () => (await import('./commands/rules.js')).addRuleCommands],
   [['ca'], async () => (await import('./commands/ca.js')).addCaCommands],
   [['actions'], async () => (await import('./commands/actions.js')).addActionCommands],
+  [['maintenance'], async () => (await import('./commands/maintenance.js')).addMaintenanceCommands],
   [['completion'], async () => (await import('./commands/completion.js')).addCompletionCommand],
 ];
 
