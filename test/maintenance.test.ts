@@ -176,3 +176,24 @@ t.test('trellis maintenance on|status|off on the command line', async (t) => {
   t.match(help.out, /TRELLIS_E_MAINTENANCE/);
   t.match(help.out, /on \[options\]/);
 });
+
+t.test('the mode lives in the store: another Maintenance on the same store sees it after reload()', async (t) => {
+  const { openStore } = await import('../hub/store/index.js');
+  const { Maintenance } = await import('../hub/maintenance/index.js');
+  const store = await openStore({ kind: 'memory' });
+  t.teardown(() => store.close());
+  const a = await Maintenance.open(store);
+  const b = await Maintenance.open(store);
+  const heard: boolean[] = [];
+  b.onChange((s) => heard.push(s.on));
+  await a.set(true, 'admin', 'x');
+  t.equal(b.on, false, 'not before reload');
+  t.equal((await b.reload()).on, true, 'after reload');
+  t.same(heard, [true], 'listeners hear the change once');
+  await b.reload();
+  t.same(heard, [true], 'no change, no event');
+  t.throws(() => b.checkCall(false), { code: 'TRELLIS_E_MAINTENANCE' });
+  t.doesNotThrow(() => b.checkCall(true), 'administrators pass');
+  await t.rejects(a.set(true, 'admin', 'y'.repeat(501)), { code: 'TRELLIS_E_TOO_LARGE' });
+  t.equal((await Maintenance.open(store)).status().message, 'x', 'a refused change changed nothing');
+});

@@ -56,11 +56,26 @@ export class Maintenance {
   }
 
   static async open(store: Store): Promise<Maintenance> {
+    return new Maintenance(store, await Maintenance.read(store));
+  }
+
+  private static async read(store: Store): Promise<MaintenanceState> {
     const d = await store.get<MaintenanceDoc>('meta', MAINTENANCE_DOC);
-    const state: MaintenanceState = d
+    return d
       ? { on: d.on === true, sinceMs: Number(d.sinceMs) || 0, by: String(d.by ?? ''), message: String(d.message ?? '') }
       : { on: false, sinceMs: 0, by: '', message: '' };
-    return new Maintenance(store, state);
+  }
+
+  /**
+   * Re-reads the persisted mode: for a cluster whose other hub changed it (call it on that
+   * hub's change signal). Listeners hear of a change.
+   */
+  async reload(): Promise<MaintenanceState> {
+    const next = await Maintenance.read(this.store);
+    const changed = next.on !== this.state.on || next.sinceMs !== this.state.sinceMs || next.message !== this.state.message;
+    this.state = next;
+    if (changed) for (const fn of this.listeners) fn({ ...next });
+    return { ...next };
   }
 
   get on(): boolean { return this.state.on; }
