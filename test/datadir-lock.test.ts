@@ -94,6 +94,17 @@ t.test('stale and foreign locks: a dead pid or a reused pid is taken over, anoth
   t.pass('a reused pid does not keep the lock');
   b.release();
 
+  // A zombie: killed, not reaped yet by its parent (a supervisor that restarts before it waits).
+  // `exec sleep` replaces the shell, which never waits for the killed child: a zombie.
+  const zombieParent = spawn('sh', ['-c', 'sleep 60 & echo $!; kill -9 $!; exec sleep 20'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  t.teardown(() => { zombieParent.kill('SIGKILL'); });
+  const zpid = Number(await new Promise<string>((resolve) => zombieParent.stdout!.setEncoding('utf8').once('data', resolve)));
+  await new Promise((r) => setTimeout(r, 300));
+  t.match(readFileSync(`/proc/${zpid}/stat`, 'utf8'), /\) Z /, 'the holder is a zombie');
+  writeFileSync(join(d.path, LOCK_FILE), JSON.stringify({ pid: zpid, host: hostname(), startedAtMs: 1, procStart: '', purpose: 'hub run' }));
+  lockDataDir(d.path, 'test').release();
+  t.pass('a zombie holder\'s lock is taken over');
+
   // A torn lock file (killed between create and write).
   writeFileSync(join(d.path, LOCK_FILE), '{"pid":');
   lockDataDir(d.path, 'test').release();

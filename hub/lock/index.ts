@@ -43,17 +43,18 @@ export interface DataDirLock {
   release(): void;
 }
 
-/** Start time of a process (clock ticks since boot), or '' when it cannot be read. */
-function procStartOf(pid: number): string {
+/** State and start time (clock ticks since boot) of a process from /proc, or undefined when unreadable. */
+function procStat(pid: number): { state: string; start: string } | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     // comm (field 2) may hold spaces and parentheses: fields after the last ')' are fixed.
     const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return rest[19] ?? ''; // field 22 overall = index 19 after state (field 3 at index 0)
+    return { state: rest[0] ?? '', start: rest[19] ?? '' }; // field 3 (state) at index 0, field 22 (starttime) at 19
   } catch {
-    return '';
+    return undefined;
   }
 }
+const procStartOf = (pid: number) => procStat(pid)?.start ?? '';
 
 /** alive | dead | unknown (another host: we cannot tell). */
 function liveness(h: LockHolder): 'alive' | 'dead' | 'unknown' {
@@ -65,8 +66,9 @@ function liveness(h: LockHolder): 'alive' | 'dead' | 'unknown' {
     if ((e as NodeJS.ErrnoException).code === 'ESRCH') return 'dead';
     // EPERM: a process of another user has that pid; judged by its start time below.
   }
-  const now = procStartOf(h.pid);
-  if (h.procStart && now && now !== h.procStart) return 'dead'; // the pid was reused
+  const st = procStat(h.pid);
+  if (st && (st.state === 'Z' || st.state === 'X')) return 'dead'; // killed, not reaped yet by its parent
+  if (h.procStart && st?.start && st.start !== h.procStart) return 'dead'; // the pid was reused
   return 'alive';
 }
 
