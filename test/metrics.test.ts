@@ -176,6 +176,12 @@ t.test('/metrics from an allow-listed address needs no key; other ranges do; /he
   const ready = await get(closed, '/readyz');
   t.equal(ready.status, 200);
   t.equal(ready.body, 'ready\n');
+  // Draining (what close() sets first): not ready, so a load balancer stops sending before the ports close.
+  closed.hub.state = 'draining';
+  const draining = await get(closed, '/readyz');
+  t.equal(draining.status, 503, 'draining: 503');
+  t.equal(draining.body, 'not ready: the hub is draining\n');
+  closed.hub.state = 'running';
   // The store stops answering: not ready, with a one-line reason.
   await closed.hub.components.store.close();
   const notReady = await get(closed, '/readyz');
