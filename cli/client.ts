@@ -31,6 +31,7 @@ export interface AdminClients {
   webhooks: InstanceType<typeof v1.AdminWebhooks>;
   ca: InstanceType<typeof v1.AdminCa>;
   snapshots: InstanceType<typeof v1.AdminSnapshots>;
+  maintenance: InstanceType<typeof v1.AdminMaintenance>;
   version: InstanceType<typeof v1.Version>;
   metadata: grpc.Metadata;
   close(): void;
@@ -66,6 +67,7 @@ export function adminClients(hub: string, caPem: string, token?: string, tenant?
     webhooks: new v1.AdminWebhooks(hub, creds, opts),
     ca: new v1.AdminCa(hub, creds, opts),
     snapshots: new v1.AdminSnapshots(hub, creds, opts),
+    maintenance: new v1.AdminMaintenance(hub, creds, opts),
     version: new v1.Version(hub, creds, opts),
     metadata,
     close: () => base.close(),

@@ -27,6 +27,7 @@ const MODULES: Array<[string[], () => Promise<AddCommands>]> = [
   [['ca'], async () => (await import('./commands/ca.js')).addCaCommands],
   [['actions'], async () => (await import('./commands/actions.js')).addActionCommands],
   [['snapshots'], async () => (await import('./commands/snapshots.js')).addSnapshotCommands],
+  [['maintenance'], async () => (await import('./commands/maintenance.js')).addMaintenanceCommands],
   [['completion'], async () => (await import('./commands/completion.js')).addCompletionCommand],
 ];
 

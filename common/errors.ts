@@ -42,6 +42,8 @@ export const ERROR_CODES = {
   TRELLIS_E_SSH_HOST_KEY: 'a server\'s SSH host key is not in known_hosts (add it, or pass --accept-new-host-keys) or has changed (check it; nothing was sent)',
   TRELLIS_E_HOST_NOT_READY: 'a managed server lacks what the agent needs (Node >= 20 on PATH, tar, root or passwordless sudo); the message says what',
   TRELLIS_E_SNAPSHOT_INVALID: 'a snapshot does not open: wrong passphrase, or the file is damaged, truncated or tampered with; nothing was restored',
+  TRELLIS_E_LOCKED: 'another process holds the hub data directory (DATA/hub.lock); the message names it (pid, host, start time): stop it first',
+  TRELLIS_E_MAINTENANCE: 'the hub is in maintenance mode: only administrators may call it and no new executions start; the message is the operator\'s; see `trellis maintenance status`',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -8,6 +8,7 @@ import { z } from 'zod';
 import { TrellisError } from '../common/errors.js';
 import { parseDuration } from '../common/duration.js';
 import { LOG_FORMATS, LOG_TIMES } from '../common/log.js';
+import { parseCidr } from '../common/cidr.js';
 
 const duration = z.union([z.number().int().positive(), z.string()]).transform((v, ctx) => {
   try { return typeof v === 'number' ? v : parseDuration(v); } catch (e) {
@@ -174,6 +175,36 @@ const ExecutionsSchema = z.strictObject({
 });
 
 /**
+ * The audit log (DATA/audit/): append-only segment files; retention drops whole old segments,
+ * never the one being written.
+ * @example { "retention": { "maxAge": "365d", "maxSegments": 50, "maxSegmentBytes": 16777216 } }
+ */
+const AuditSchema = z.strictObject({
+  /** What is kept: segments past either limit go, oldest first. @default { "maxAge": "90d", "maxSegments": 20, "maxSegmentBytes": 16777216 } */
+  retention: z.strictObject({
+    /** Drop audit segments last written longer ago than this. At least 1h. @default "90d" */
+    maxAge: duration.default(90 * 86_400_000).refine((ms) => ms >= 3_600_000, 'at least 1h'),
+    /** Keep at most this many segments, the current one included (the log holds at most maxSegments × maxSegmentBytes). @default 20 */
+    maxSegments: z.number().int().min(2).max(100_000).default(20),
+    /** Start a new segment once the current one is this large, in bytes (1 MiB..1 GiB). @default 16777216 */
+    maxSegmentBytes: z.number().int().min(1024 * 1024).max(1024 * 1024 * 1024).default(16 * 1024 * 1024),
+  }).prefault({}),
+});
+
+/** An address range in CIDR notation (IPv4 or IPv6), e.g. "10.0.0.0/8", "::1/128". */
+const cidr = z.string().max(64).refine((v) => parseCidr(v) !== undefined, 'an address range in CIDR notation, e.g. "127.0.0.1/32" or "10.0.0.0/8"');
+
+/**
+ * `GET /metrics` on the web port (Prometheus text format): callers present an API key holding
+ * `metrics:read` (`Authorization: Bearer <key>`), or come from an address in `allow`.
+ * @example { "allow": ["127.0.0.1/32", "10.0.0.0/8"] }
+ */
+const MetricsSchema = z.strictObject({
+  /** Client address ranges (CIDR) that may read /metrics without a key (a Prometheus server's). @default [] */
+  allow: z.array(cidr).max(256).default([]),
+});
+
+/**
  * Web port limits: live streams (`/stream`) and connections.
  * @example { "maxStreamsPerUser": 4, "maxConnectionsPerClient": 32 }
  */
@@ -266,6 +297,10 @@ export const HubConfigSchema = z.strictObject({
   agentChannel: AgentChannelSchema.prefault({}),
   /** Web port limits. @default { "maxStreams": 1000, "maxStreamsPerUser": 8, "maxConnectionsPerClient": 64, "handshakeTimeout": "10s", "headersTimeout": "10s", "requestTimeout": "30s" } */
   web: WebSchema.prefault({}),
+  /** Audit log retention. @default { "retention": { "maxAge": "90d", "maxSegments": 20, "maxSegmentBytes": 16777216 } } */
+  audit: AuditSchema.prefault({}),
+  /** Who may read `GET /metrics` without an API key. @default { "allow": [] } */
+  metrics: MetricsSchema.prefault({}),
 }).superRefine((c, ctx) => {
   // Caught at start-up, not by every `tokens create` later.
   const maxMs = 365 * 86_400_000;

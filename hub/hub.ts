@@ -58,6 +58,11 @@ import { createLogger, type Logger } from '../common/log.js';
 import { TrellisError } from '../common/errors.js';
 import { rotationPauseFromEnv } from './kv/test-hooks.js';
 import type { HubComponents } from './components.js';
+import { lockDataDir, type DataDirLock } from './lock/index.js';
+import { Maintenance } from './maintenance/index.js';
+import { addMaintenanceServices } from './grpc/maintenance.js';
+import { HubMetrics } from './metrics/index.js';
+import { metricsRoute } from './web/metrics.js';
 
 export interface HubOptions {
   dataDir: string;
@@ -78,6 +83,11 @@ export class Hub {
   private eventSweepTimer?: NodeJS.Timeout;
   private live?: LiveStreams;
   private certLifecycle?: HubCertLifecycle;
+  private lock?: DataDirLock;
+  /** Prometheus metrics (GET /metrics on the web port). */
+  metrics?: HubMetrics;
+  /** Maintenance mode (`trellis maintenance`). */
+  maintenance?: Maintenance;
 
   private constructor(
     readonly components: HubComponents,
@@ -93,6 +103,19 @@ export class Hub {
 
   static async start(opts: HubOptions): Promise<Hub> {
     const config = loadHubConfig(opts.dataDir, opts.flags);
+    // One process writes a data directory at a time (hub/lock): a second hub refuses, naming the holder.
+    const lock = lockDataDir(opts.dataDir, 'hub run');
+    try {
+      const hub = await Hub.startLocked(opts, config);
+      hub.lock = lock;
+      return hub;
+    } catch (e) {
+      lock.release();
+      throw e;
+    }
+  }
+
+  private static async startLocked(opts: HubOptions, config: HubConfig): Promise<Hub> {
     const log = opts.log ?? createLogger({ level: config.logLevel, name: 'trellis-hub', format: config.logFormat, time: config.logTime });
     const paths = hubPaths(opts.dataDir);
     assertTableCovers(allMethodPaths());
@@ -104,6 +127,9 @@ export class Hub {
     const pki = HubPki.load(paths, config.names);
     const iam = new Iam(store);
     await iam.ensureDefaultTenant();
+    // Maintenance mode (hub/maintenance), persisted in the store: gates admin calls, executions and rule firings.
+    const maintenance = await Maintenance.open(store);
+    let metrics: HubMetrics | undefined; // built once every component it reads exists (below)
     const authLog = log.child({ component: 'auth' });
     // Password checks run on the hub's own threads, never on libuv's threadpool that file I/O needs.
     const kdf = new KdfPool({ workers: config.auth.kdfWorkers, maxQueue: 32 });
@@ -118,7 +144,8 @@ export class Hub {
     await agents.load();
     const events = new EventIntake({ log: log.child({ component: 'events' }) });
     let boundAgentPort = config.agentPort;
-    const audit = await AuditLog.open({ dir: paths.audit, log: log.child({ component: 'audit' }) });
+    const ar = config.audit.retention;
+    const audit = await AuditLog.open({ dir: paths.audit, log: log.child({ component: 'audit' }), maxAgeMs: ar.maxAge, maxSegments: ar.maxSegments, maxSegmentBytes: ar.maxSegmentBytes });
     const rotation = CaRotation.open({ paths, pki, agents, log: log.child({ component: 'pki' }), audit, names: config.names });
     if (recovered) audit.record({ timeMs: Date.now(), actor: 'hub', tenant: '', method: 'ca/RecoverRotation', target: `ca:${pki.caFingerprint.slice(0, 16)}`, result: 'ok', sourceAddress: '', detail: recovered.slice(0, 300) });
     const kvLog = log.child({ component: 'kv' });
@@ -140,8 +167,9 @@ export class Hub {
     const executions = await Executions.open({ agents, kv, catalog: packs }, {
       dir: paths.executions, log: log.child({ component: 'executions' }), perAgentConcurrency: xc.perAgentConcurrency, maxWaitMs: xc.maxWait,
       abandonGraceMs: xc.abandonGrace, reconnectGraceMs: xc.reconnectGrace, maxOutputBytes: xc.maxOutputBytes, maxAgeMs: xc.retention.maxAge, maxCount: xc.retention.maxCount,
+      admit: (o) => maintenance.admitExecution(o), onDispatch: (o) => metrics?.observeDispatch(o),
     });
-    const rules = new RulesEngine({ store, packs, executions, agents, authors: iam, audit, log: log.child({ component: 'rules' }) });
+    const rules = new RulesEngine({ store, packs, executions, agents, authors: iam, audit, log: log.child({ component: 'rules' }), hold: () => maintenance.holdRuleFiring() });
     await rules.load();
     const agentConfigs = new AgentConfigs({ agents, packs, rules, kv, log: log.child({ component: 'agentconfig' }) });
     // The event path: de-duplicated events → hub rules; edge-rule reports → execution history.
@@ -193,7 +221,13 @@ export class Hub {
     const adminServer = new GuardedServer({ ...SERVER_OPTIONS, ...preAuth.serverOptions() });
     // One registry of live streams (admin port and /stream): re-checked whenever rights change.
     const live = new LiveStreams({ auth, iam, log: log.child({ component: 'live' }) });
-    const adminDeps = { auth, log: log.child({ component: 'admin' }), audit: refusalAudit, live, refusals };
+    // Metrics (hub/metrics): read from the components when scraped, plus the RPC and dispatch histograms.
+    metrics = new HubMetrics({ pki, agents, events, rules, executions, audit, maintenance });
+    const hubMetrics = metrics;
+    const adminDeps = {
+      auth, log: log.child({ component: 'admin' }), audit: refusalAudit, live, refusals,
+      maintenance, observe: (m: string, code: number, sec: number) => hubMetrics.observeRpc(m, code, sec),
+    };
     addAdminServices(adminServer, components, adminDeps);
     addIamServices(adminServer, components, adminDeps);
     addAuditServices(adminServer, components, adminDeps);
@@ -212,6 +246,9 @@ export class Hub {
       },
     });
     addSnapshotServices(adminServer, snapshots, adminDeps);
+    addMaintenanceServices(adminServer, { maintenance, executions }, adminDeps);
+    maintenance.onChange((m) => log.warn({ component: 'maintenance', on: m.on, by: m.by, message: m.message || undefined }, m.on ? 'maintenance mode on: only administrators may call the admin API; no new executions start' : 'maintenance mode off'));
+    if (maintenance.on) log.warn({ component: 'maintenance', since: new Date(maintenance.status().sinceMs).toISOString(), by: maintenance.status().by }, 'the hub starts in maintenance mode (`trellis maintenance off` ends it)');
 
     const bindTo = (server: grpc.Server, port: number, creds: grpc.ServerCredentials, what: string) =>
       new Promise<number>((resolve, reject) => {
@@ -227,6 +264,21 @@ export class Hub {
     // Agent install files (/agent/ca.pem, install.sh, bundle.tgz[.sha256]): public, unauthenticated.
     web.route(new AgentDist({ dir: paths.agentBundle, ca: () => ({ chain: pki.trustBundle, fingerprint: pki.caFingerprint }), log: log.child({ component: 'agentdist' }) }).route());
     web.route(webhookRoute({ webhooks, auth, events, audit: refusalAudit, log: webhooksLog }));
+    // GET /metrics (API key with metrics:read, or an address in metrics.allow) and GET /readyz.
+    let started: Hub | undefined;
+    web.route(metricsRoute({
+      metrics, auth, audit: refusalAudit, log: log.child({ component: 'metrics' }), allow: config.metrics.allow,
+      notReady: async () => {
+        if (!started) return 'the hub is starting';
+        if (started.state !== 'running') return `the hub is ${started.state}`;
+        if (!started.agentPort || !started.adminPort || !started.webPort) return 'a port is not bound';
+        let timer: NodeJS.Timeout | undefined;
+        const slow = new Promise<string>((resolve) => { timer = setTimeout(() => resolve('the store did not answer within 2s'), 2_000); });
+        try {
+          return await Promise.race([store.count('meta').then(() => undefined, (err: Error) => `the store is unreachable: ${err.message}`), slow]);
+        } finally { clearTimeout(timer); }
+      },
+    }));
     web.upgradeRoute(new EventStream({ auth, events, executions, live, audit: refusalAudit, log: log.child({ component: 'stream' }), maxClients: wc.maxStreams, maxPerUser: wc.maxStreamsPerUser }));
     let agentPort: number, adminPort: number, webPort: number;
     try {
@@ -254,6 +306,9 @@ export class Hub {
       throw e;
     }
     const hub = new Hub(components, agentServer, adminServer, web, agentPort, adminPort, webPort);
+    started = hub;
+    hub.metrics = metrics;
+    hub.maintenance = maintenance;
     hub.live = live;
     hub.kdf = kdf;
     hub.refusals = refusals;
@@ -305,6 +360,7 @@ export class Hub {
     await c.audit.close();
     await c.store.close();
     await this.kdf?.close();
+    this.lock?.release();
     this.state = 'closed';
     c.log.info('hub stopped');
   }

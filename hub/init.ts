@@ -13,6 +13,7 @@ import {
 } from '../certs/index.js';
 import { TrellisError } from '../common/errors.js';
 import { atomicWriteFile, ensureDir } from '../common/fsutil.js';
+import { lockDataDir } from './lock/index.js';
 import { hubPaths } from './paths.js';
 import { checkHubIdentity } from './pki/index.js';
 import { validateConfig, type HubConfigInput } from './config.js';
@@ -147,6 +148,22 @@ export async function initHub(o: InitOptions): Promise<InitResult> {
 
   await ensureDir(o.dataDir, 0o700);
   await chmod(o.dataDir, 0o700); // a directory the operator made beforehand is tightened too
+  // Never rewrite the state of a hub that runs on this directory (hub/lock).
+  const lock = lockDataDir(o.dataDir, 'hub init');
+  try {
+    return await writeHub(o, { paths, config, admin, password, caChain, caKeyPem, hubKeyPem, hubChainPem, masterKey, mode, names });
+  } finally {
+    lock.release();
+  }
+}
+
+interface HubFiles {
+  paths: ReturnType<typeof hubPaths>; config: ReturnType<typeof validateConfig>; admin: string; password: string; caChain: string[]; caKeyPem?: string;
+  hubKeyPem: string; hubChainPem: string; masterKey?: Buffer; mode: InitResult['mode']; names: string[];
+}
+
+async function writeHub(o: InitOptions, f: HubFiles): Promise<InitResult> {
+  const { paths, config, admin, password, caChain, caKeyPem, hubKeyPem, hubChainPem, masterKey, mode, names } = f;
   if (o.force) {
     await rm(paths.store, { force: true });
     await rm(paths.caKey, { force: true });

@@ -58,3 +58,21 @@ t.test('join tokens: round trip, and malformed ones refused', async (t) => {
     t.throws(() => parseJoinToken(bad), { code: 'TRELLIS_E_TOKEN_INVALID' });
   }
 });
+
+t.test('hub config: audit retention and the metrics allow-list are validated', async (t) => {
+  const d = validateConfig({ names: ['h'] }, 'x');
+  t.same(d.audit.retention, { maxAge: 90 * 86_400_000, maxSegments: 20, maxSegmentBytes: 16 * 1024 * 1024 }, 'audit retention defaults');
+  t.same(d.metrics.allow, [], 'no address may read /metrics without a key by default');
+  const c = validateConfig({ names: ['h'], audit: { retention: { maxAge: '365d', maxSegments: 50 } }, metrics: { allow: ['127.0.0.1/32', '10.0.0.0/8', '::1/128'] } }, 'x');
+  t.equal(c.audit.retention.maxAge, 365 * 86_400_000);
+  t.equal(c.audit.retention.maxSegments, 50);
+  t.equal(c.audit.retention.maxSegmentBytes, 16 * 1024 * 1024, 'an unset key keeps its default');
+  t.throws(() => validateConfig({ names: ['h'], audit: { retention: { maxAge: '10m' } } }, 'x'), { code: 'TRELLIS_E_CONFIG', message: /audit\.retention\.maxAge: at least 1h/ });
+  t.throws(() => validateConfig({ names: ['h'], audit: { retention: { maxSegments: 1 } } }, 'x'), { message: /audit\.retention\.maxSegments/ });
+  t.throws(() => validateConfig({ names: ['h'], audit: { retention: { maxCount: 5 } } }, 'x'), { message: /audit\.retention.*maxCount/ }, 'unknown keys named');
+  t.throws(() => validateConfig({ names: ['h'], audit: { keep: 1 } }, 'x'), { message: /audit.*keep/ });
+  for (const bad of ['10.0.0.0', '10.0.0.0/33', 'localhost/8', '::1/129', '', '1.2.3.4/8/8']) {
+    t.throws(() => validateConfig({ names: ['h'], metrics: { allow: [bad] } }, 'x'), { code: 'TRELLIS_E_CONFIG', message: /metrics\.allow\.0: an address range in CIDR notation/ }, `"${bad}" refused`);
+  }
+  t.throws(() => validateConfig({ names: ['h'], metrics: { allowed: [] } }, 'x'), { message: /metrics.*allowed/ });
+});

@@ -203,7 +203,8 @@ t.test('create → download → wipe → restore → hub run: the agent reconnec
   // A running hub holds the data dir: restore refuses, --force or not.
   const busy = await runCli(['snapshots', 'restore', snapFile, '--data', dataDir, '--passphrase-file', passFile, '--force']);
   t.equal(busy.code, 1);
-  t.match(busy.err, /is in use .*stop the hub.*TRELLIS_E_IN_USE/);
+  t.match(busy.err, /in use by "hub run" pid \d+.*stop that process first.*TRELLIS_E_LOCKED/, 'the data-dir lock names the running hub');
+  t.ok(existsSync(join(dataDir, 'hub.lock')), 'and the running hub\'s lock is left alone');
   await stopHub(hub);
   const full = await runCli(['snapshots', 'restore', snapFile, '--data', dataDir, '--passphrase-file', passFile]);
   t.equal(full.code, 1);

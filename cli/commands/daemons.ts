@@ -105,6 +105,11 @@ export function addDaemonCommands(program: Command): void {
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')
     .addOption(new Option('--log-format <format>', 'log lines on stderr: json (one object per line) or pretty (one readable line each); default: TRELLIS_LOG_FORMAT, else hub.json logFormat, else json').choices(LOG_FORMATS))
     .addOption(new Option('--log-time <time>', 'time of a log line: epoch (milliseconds) or iso (ISO 8601, UTC); default: TRELLIS_LOG_TIME, else hub.json logTime, else epoch').choices(LOG_TIMES))
+    .addHelpText('after', '\nOne process per data directory: the hub holds DATA/hub.lock while it runs; a second hub (or `hub init`)\n' +
+      'on the same directory refuses with TRELLIS_E_LOCKED naming the holder (pid, host, start time). A lock left by a\n' +
+      'killed hub on this host is taken over automatically.\n' +
+      'Web port: GET /healthz (alive), GET /readyz (store reachable, ports bound, not draining), GET /metrics (Prometheus;\n' +
+      'an API key with metrics:read, or an address in hub.json metrics.allow).')
     .action(async (o) => {
       const { Hub } = await import('../../hub/hub.js');
       const hubd = await Hub.start({ dataDir: o.data, flags: { bind: o.bind, agentPort: o.agentPort, adminPort: o.adminPort, webPort: o.webPort, logLevel: o.logLevel, logFormat: o.logFormat, logTime: o.logTime } });

@@ -112,6 +112,8 @@ export class AuditLog implements AuditSink {
   private failing = false;
   /** Records dropped because the queue overflowed (the disk kept failing). */
   dropped = 0;
+  /** Records waiting to be written (metrics). */
+  get queued(): number { return this.queue.length; }
 
   private constructor(private readonly o: Required<AuditLogOptions>) {}
 

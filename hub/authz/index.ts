@@ -62,6 +62,7 @@ export const PERMISSIONS = {
   'events:read': 'follow the live event stream',
   'webhooks:manage': 'create and delete webhooks',
   'webhooks:post': 'send events to webhooks with an API key',
+  'metrics:read': 'read GET /metrics on the web port (Prometheus text format) with an API key',
 } as const;
 export type Permission = keyof typeof PERMISSIONS;
 
@@ -167,7 +168,9 @@ export const METHOD_TABLE: Readonly<Record<string, Requirement>> = Object.freeze
   [`/${S}.AdminSnapshots/DownloadSnapshot`]: ADMIN,
   [`/${S}.AdminSnapshots/DeleteSnapshot`]: ADMIN,
   [`/${S}.AdminSystem/ClusterStatus`]: ADMIN,
-  [`/${S}.AdminSystem/SetMaintenance`]: ADMIN,
+  // Maintenance mode: platform administration (hub/maintenance).
+  [`/${S}.AdminMaintenance/SetMaintenance`]: ADMIN,
+  [`/${S}.AdminMaintenance/GetMaintenance`]: ADMIN,
   [`/${S}.AdminSystem/Upgrade`]: ADMIN,
   [`/${S}.AdminSystem/Rollback`]: ADMIN,
 });

@@ -72,6 +72,8 @@ export class EventIntake {
   /** Events refused by the source policy (an agent publishing a type it may not). */
   refused = 0;
   listenerErrors = 0;
+  /** Agent events acknowledged on the agent stream (the agent port counts them as it acks; metrics). */
+  acked = 0;
   private readonly dedupWindow: number;
 
   constructor(private readonly opts: EventIntakeOptions = {}) {

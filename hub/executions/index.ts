@@ -71,6 +71,8 @@ interface Live {
   graceTimer?: NodeJS.Timeout;
   /** Holds one of its agent's concurrency slots. */
   slot: boolean;
+  /** When it was asked for (a rule's: when the hub received the event), until it is first sent (metrics). */
+  askedMs?: number;
 }
 
 /** Per agent: ids holding a slot, and ids waiting (FIFO). */
@@ -179,13 +181,14 @@ export class Executions {
     const keys = agentIds.map((a) => req.dedupKey?.(a));
     const known = () => keys.map((k) => (k ? this.entries.get(this.dedup.get(k) ?? '') : undefined));
     if (known().every((e) => e)) return known().map((e) => ({ ...e!.rec }));
+    this.o.admit({ requestedBy: req.requestedBy, rule: req.rule });
     const caller = req.kvCaller ?? { username: req.requestedBy, isAdmin: false };
     const rendered = await prepareAction(this.deps.kv, { tenant: req.tenant, caller, action: req.action, parameters: req.parameters });
     this.checkOpen();
     const parameters = storedParameters(req.action, req.parameters);
     return this.create({
       tenant: req.tenant, action: req.action.ref, agentIds, keys, parameters, requestedBy: req.requestedBy, rule: req.rule ?? '',
-      triggerEventId: req.triggerEventId ?? '', rendered, timeoutMs: rendered.timeoutMs || req.action.timeoutMs,
+      triggerEventId: req.triggerEventId ?? '', rendered, timeoutMs: rendered.timeoutMs || req.action.timeoutMs, triggeredAtMs: req.triggeredAtMs,
     });
   }
 
@@ -194,6 +197,7 @@ export class Executions {
     this.checkOpen();
     const agentIds = checkAgents(req.agentIds);
     checkCommand(req);
+    this.o.admit({ requestedBy: req.requestedBy });
     const caller = req.kvCaller ?? { username: req.requestedBy, isAdmin: false };
     const rendered = await prepareCommand(this.deps.kv, { tenant: req.tenant, caller, argv: req.argv, env: req.env, cwd: req.cwd, timeoutMs: req.timeoutMs });
     this.checkOpen();
@@ -205,7 +209,7 @@ export class Executions {
 
   private create(o: {
     tenant: string; action: string; agentIds: string[]; keys: (string | undefined)[]; parameters: Record<string, unknown>;
-    requestedBy: string; rule: string; triggerEventId: string; rendered: RenderedAction; timeoutMs: number;
+    requestedBy: string; rule: string; triggerEventId: string; rendered: RenderedAction; timeoutMs: number; triggeredAtMs?: number;
   }): ExecutionRecord[] {
     const out: Entry[] = [];
     o.agentIds.forEach((agentId, i) => {
@@ -218,7 +222,7 @@ export class Executions {
         requestedBy: o.requestedBy, rule: o.rule, triggerEventId: o.triggerEventId, parameters: o.parameters,
         requestedMs: now, startedMs: 0, finishedMs: 0, edge: false, outputBytes: 0, outputTruncated: false,
       };
-      const e: Entry = { rec, ver: 0, dedupKey: key, stored: 0, live: { rendered: o.rendered, timeoutMs: o.timeoutMs, slot: false } };
+      const e: Entry = { rec, ver: 0, dedupKey: key, stored: 0, live: { rendered: o.rendered, timeoutMs: o.timeoutMs, slot: false, askedMs: o.triggeredAtMs ?? now } };
       this.entries.set(rec.id, e);
       if (key) this.dedup.set(key, rec.id);
       this.o.log.info({ executionId: rec.id, agentId, action: rec.action, requestedBy: rec.requestedBy, rule: rec.rule || undefined }, 'execution requested');
@@ -291,7 +295,11 @@ export class Executions {
   private send(e: Entry, link: AgentLink, msg: T.ActionRequest): void {
     const live = e.live;
     if (this.closed || !live || e.rec.status !== 'scheduled' || !live.rendered) return; // canceled or ended meanwhile
-    if (link.send({ action: msg })) { live.rendered = undefined; return; } // the secrets leave memory with the request
+    if (link.send({ action: msg })) { // the secrets leave memory with the request
+      live.rendered = undefined;
+      if (live.askedMs) { this.o.onDispatch({ rule: !!e.rec.rule, sinceMs: live.askedMs }); live.askedMs = undefined; }
+      return;
+    }
     // Never sent: waiting again, first in line for the agent's next connection.
     clearTimeout(live.timer);
     clearTimeout(live.graceTimer);
@@ -486,6 +494,26 @@ export class Executions {
     const chunks = await this.history.readOutput(id);
     const e = this.lookup(tenant, id);
     return { ...e.rec, output: Buffer.concat(chunks.map((c) => c.data)) };
+  }
+
+  /** Executions by status (every tenant, what the history holds): for metrics. */
+  statusCounts(): Map<ExecutionStatus, number> {
+    const out = new Map<ExecutionStatus, number>();
+    for (const e of this.entries.values()) out.set(e.rec.status, (out.get(e.rec.status) ?? 0) + 1);
+    return out;
+  }
+
+  /** Executions not finished yet (every tenant), oldest first, at most `limit`, and how many there are. */
+  unfinished(limit = 1000): { records: ExecutionRecord[]; total: number } {
+    const records: ExecutionRecord[] = [];
+    let total = 0;
+    for (const e of this.entries.values()) {
+      if (isFinal(e.rec.status)) continue;
+      total++;
+      if (records.length < limit) records.push({ ...e.rec });
+    }
+    records.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    return { records, total };
   }
 
   /** Newest first. `tenant` '*' lists every tenant (administrators). */

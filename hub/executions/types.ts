@@ -62,6 +62,8 @@ export interface ExecuteRequest {
   dedupKey?: (agentId: string) => string;
   /** Whose view of the datastore resolves references. @default { username: requestedBy, isAdmin: false } */
   kvCaller?: KvRequester;
+  /** When the hub received the triggering event (rules), for the event→action latency (hub/metrics). */
+  triggeredAtMs?: number;
 }
 
 /** An ad-hoc command (`trellis run -- CMD`): the built-in action `core.command`. */
@@ -115,6 +117,10 @@ export interface ExecutionsOptions {
   maxSegmentBytes?: number;
   /** Longest a record waits in memory before its batch is written. @default 100 */
   flushIntervalMs?: number;
+  /** Admission of new executions (user runs, re-runs, rules): throws to refuse (hub/maintenance). @default admits all */
+  admit?: (o: { requestedBy: string; rule?: string }) => void;
+  /** Told when an ActionRequest went out to its agent, with when it was asked for (rules: the event's receipt). @default nothing */
+  onDispatch?: (o: { rule: boolean; sinceMs: number }) => void;
 }
 
 export type CompiledOptions = Required<ExecutionsOptions>;
@@ -132,6 +138,8 @@ export function compileOptions(o: ExecutionsOptions): CompiledOptions {
     reconnectGraceMs: o.reconnectGraceMs ?? 60_000,
     maxSegmentBytes: o.maxSegmentBytes ?? 16 * 1024 * 1024,
     flushIntervalMs: o.flushIntervalMs ?? 100,
+    admit: o.admit ?? (() => undefined),
+    onDispatch: o.onDispatch ?? (() => undefined),
   };
   for (const k of ['perAgentConcurrency', 'maxCount', 'maxSegmentBytes'] as const) {
     if (!Number.isInteger(c[k]) || c[k] < 1) throw new RangeError(`executions: ${k} must be a whole number of at least 1`);

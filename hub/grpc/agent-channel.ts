@@ -264,10 +264,11 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): Admissi
             // is final, so the outbox must not retry them; they are counted and logged, never published.
             const r = c.events.ingest(agentId, id.tenant, batch.events, (type) => c.agentConfigs.mayPublish(agentId, type));
             const ack: T.HubMessage = { eventAck: { seq: batch.seq, refused: r.refused, refusedTypes: r.refusedTypes } };
+            const n = batch.events.length;
             // Acknowledged once what the events caused (executions) is on disk: a hub crash before
             // that leaves them unacknowledged, and the agent's outbox sends them again.
-            if (r.settled) void r.settled.then(() => { if (!closed) call.write(ack); });
-            else call.write(ack);
+            if (r.settled) void r.settled.then(() => { if (!closed) { c.events.acked += n; call.write(ack); } });
+            else { c.events.acked += n; call.write(ack); }
             break;
           }
           case 'started':

@@ -36,7 +36,13 @@ export interface CallContext {
  * `audit`: where records go (the hub gives the refusal throttle, hub/audit/throttle.ts);
  * `refusals`: counts the log lines of rate-limited refusals (without it, one line each).
  */
-export interface WrapDeps { auth: Auth; log: Logger; audit?: AuditSink; live?: LiveStreams; refusals?: RefusalLog }
+export interface WrapDeps {
+  auth: Auth; log: Logger; audit?: AuditSink; live?: LiveStreams; refusals?: RefusalLog;
+  /** Maintenance mode (hub/maintenance): refuses callers that are not platform administrators. */
+  maintenance?: { checkCall(isAdmin: boolean): void };
+  /** Told of every finished call: its method (a served path), gRPC status code and duration (hub/metrics). */
+  observe?: (method: string, code: number, seconds: number) => void;
+}
 
 export const TENANT_HEADER = 'x-trellis-tenant';
 
@@ -87,6 +93,17 @@ async function authenticateCall(deps: WrapDeps, path: string, md: grpc.Metadata,
   }
 }
 
+/**
+ * Maintenance mode: once the caller is known, anyone but a platform administrator is refused
+ * (Version and Login stay open; an administrator must be able to log in to turn the mode off).
+ */
+function maintenanceGate(deps: WrapDeps, path: string, ctx: CallContext): void {
+  if (!deps.maintenance) return;
+  const kind = requirementFor(path).kind;
+  if (kind === 'open' || kind === 'login') return;
+  deps.maintenance.checkCall(ctx.principal?.grants.isAdmin ?? false);
+}
+
 const RESULT: Partial<Record<ErrorCode, AuditEntry['result']>> = {
   TRELLIS_E_UNAUTHENTICATED: 'unauthenticated',
   TRELLIS_E_TOKEN_INVALID: 'unauthenticated',
@@ -95,6 +112,7 @@ const RESULT: Partial<Record<ErrorCode, AuditEntry['result']>> = {
   TRELLIS_E_PERMISSION_DENIED: 'denied',
   TRELLIS_E_INVALID_ARGUMENT: 'invalid',
   TRELLIS_E_RATE_LIMITED: 'denied',
+  TRELLIS_E_MAINTENANCE: 'denied',
 };
 
 function actorOf(p: Principal | undefined): string {
@@ -103,7 +121,9 @@ function actorOf(p: Principal | undefined): string {
 }
 
 function finish(deps: WrapDeps, ctx: CallContext, start: number, err?: unknown): void {
-  const ms = Math.round(performance.now() - start);
+  const elapsed = performance.now() - start;
+  const ms = Math.round(elapsed);
+  deps.observe?.(ctx.method, err ? toStatus(err, ctx.requestId).code : grpc.status.OK, elapsed / 1000);
   const who = actorOf(ctx.principal);
   const code = isTrellisError(err) ? (err as TrellisError).code : undefined;
   // Rate-limited refusals come in floods: their log lines are counted (RefusalLog); their audit
@@ -153,6 +173,7 @@ export function unary<Req, Res>(deps: WrapDeps, path: string, fn: (req: Req, ctx
     void (async () => {
       try {
         await authenticateCall(deps, path, call.metadata, ctx);
+        maintenanceGate(deps, path, ctx);
         const res = await fn(call.request, ctx);
         finish(deps, ctx, start);
         callback(null, res);
@@ -178,6 +199,7 @@ export function serverStream<Req, Res>(deps: WrapDeps, path: string, fn: (req: R
     void (async () => {
       try {
         await authenticateCall(deps, path, call.metadata, ctx);
+        maintenanceGate(deps, path, ctx);
         if (ctx.principal && deps.live) {
           unregister = deps.live.add({
             principal: ctx.principal,

@@ -44,6 +44,8 @@ export interface RuleExecutions {
     tenant: string; action: ActionDef; agentIds: string[]; parameters: Record<string, unknown>;
     requestedBy: string; rule?: string; triggerEventId?: string; dedupKey?: (agentId: string) => string;
     kvCaller?: { username: string; isAdmin: boolean; onSecret?: (key: string) => void };
+    /** When the hub received the triggering event (metrics: event→action). */
+    triggeredAtMs?: number;
   }): Promise<unknown[]>;
   /** Resolves (never rejects) once every execution requested so far is on disk. */
   durable?(): Promise<void>;
@@ -143,6 +145,8 @@ export class RulesEngine extends EventEmitter {
   private readonly edgeReports = new Map<string, { boot: string; counts: Map<string, { matched: number; fired: number; suppressed: number }> }>();
   private lastErrorLog = 0;
   private suppressedErrorLogs = 0;
+  /** Hub rule counters since start, every rule and tenant (metrics); `held`: suppressed by `hold` (maintenance). */
+  readonly totals = { matched: 0, fired: 0, suppressed: 0, held: 0, errors: 0 };
 
   /** Bumped whenever rights may have changed (or rules appeared); authors are checked up to it. */
   private authGen = 0;
@@ -155,6 +159,8 @@ export class RulesEngine extends EventEmitter {
     authors?: RuleAuthors;
     /** Rule firings that opened a secret are audited with the key names. */
     audit?: AuditSink;
+    /** A reason to hold every firing back (maintenance mode), counted as suppressed. @default never */
+    hold?: () => string | undefined;
   }) {
     super();
     deps.packs.on('change', (tenant) => this.rebuild(tenant));
@@ -291,6 +297,7 @@ export class RulesEngine extends EventEmitter {
    */
   onEvents(events: readonly HubEvent[]): Promise<void> | undefined {
     let fired: Promise<void>[] | undefined;
+    const receivedMs = Date.now();
     for (const e of events) {
       const rules = this.index.get(e.tenant)?.forTrigger(e.type);
       if (!rules || rules.length === 0) continue;
@@ -301,15 +308,18 @@ export class RulesEngine extends EventEmitter {
         try { hit = r.compiled.match(trig); } catch { hit = false; }
         if (!hit) continue;
         r.stats.matched++;
+        this.totals.matched++;
         // Its action is gone (a rule saved before references were checked): nothing can run, so nothing "fires".
         if (!this.deps.packs.action(r.tenant, r.def.action.ref)) {
           this.fireError(r, trig, new TrellisError('TRELLIS_E_NOT_FOUND', `action ${r.def.action.ref} is not installed in tenant ${r.tenant}`));
           continue;
         }
-        if (!r.gate.tryFire()) { r.stats.suppressed++; continue; }
+        if (this.deps.hold?.()) { r.stats.suppressed++; this.totals.suppressed++; this.totals.held++; continue; } // before the gate: no cooldown spent
+        if (!r.gate.tryFire()) { r.stats.suppressed++; this.totals.suppressed++; continue; }
         r.stats.fired++;
+        this.totals.fired++;
         const t = trig;
-        (fired ??= []).push(this.fire(r, t).catch((err) => this.fireError(r, t, err)));
+        (fired ??= []).push(this.fire(r, t, receivedMs).catch((err) => this.fireError(r, t, err)));
       }
     }
     if (!fired) return undefined;
@@ -318,6 +328,7 @@ export class RulesEngine extends EventEmitter {
 
   private fireError(r: LiveRule, ev: TriggerEvent, err: unknown): void {
     r.stats.errors++;
+    this.totals.errors++;
     // A broken rule fed by a busy trigger must not flood the log: one line per second at most.
     const now = Date.now();
     if (now - this.lastErrorLog < 1000) { this.suppressedErrorLogs++; return; }
@@ -326,10 +337,10 @@ export class RulesEngine extends EventEmitter {
     this.suppressedErrorLogs = 0;
   }
 
-  private async fire(r: LiveRule, ev: TriggerEvent): Promise<void> {
+  private async fire(r: LiveRule, ev: TriggerEvent, receivedMs?: number): Promise<void> {
     // Rights changed since the last check (a deactivation a moment ago): check before acting.
     if (this.checkedGen < this.authGen) await this.checkAuthors();
-    if (r.blocked) { r.stats.fired--; r.stats.suppressed++; return; }
+    if (r.blocked) { r.stats.fired--; r.stats.suppressed++; this.totals.fired--; this.totals.suppressed++; return; }
     const action = this.deps.packs.action(r.tenant, r.def.action.ref);
     if (!action) throw new TrellisError('TRELLIS_E_NOT_FOUND', `action ${r.def.action.ref} is not installed in tenant ${r.tenant}`);
     const agentIds = await this.targets(r.tenant, r.def, ev);
@@ -341,7 +352,7 @@ export class RulesEngine extends EventEmitter {
     const kvCaller = { username: `rule:${ref}`, isAdmin: false, onSecret: secretGuard({ who: `rule ${ref} (author ${r.author})`, mayUse: r.secretsOk, callerKeys: r.paramKeys, used }) };
     await this.deps.executions.request({
       tenant: r.tenant, action, agentIds, parameters: r.compiled.parameters(ev), requestedBy: `rule:${ref}`, rule: ref,
-      triggerEventId: ev.id, dedupKey: (agentId) => `${ref}|${ev.id}|${agentId}`, kvCaller,
+      triggerEventId: ev.id, dedupKey: (agentId) => `${ref}|${ev.id}|${agentId}`, kvCaller, triggeredAtMs: receivedMs,
     });
     if (used.size > 0) {
       this.deps.audit?.record({

@@ -14,6 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { TrellisError } from '../../common/errors.js';
 import { COLLECTIONS, openStore, type Collection, type Doc, type Store } from '../store/index.js';
 import { hubPaths } from '../paths.js';
+import { LOCK_FILE, lockDataDir, type DataDirLock } from '../lock/index.js';
 import { SnapshotReader, fileSource } from './format.js';
 import { PayloadParser, type EntryMeta, type Manifest } from './payload.js';
 
@@ -82,8 +83,9 @@ export function processHolding(dataDir: string): string | undefined {
   return undefined;
 }
 
+/** Empty but for the lock this restore holds. */
 function isEmptyDir(dir: string): boolean {
-  return readdirSync(dir).length === 0;
+  return readdirSync(dir).every((n) => n === LOCK_FILE);
 }
 
 /** Writes the entries of a snapshot under `root`, checking every name. */
@@ -214,6 +216,17 @@ export async function restoreSnapshot(o: RestoreOptions): Promise<RestoreResult>
   const dataDir = resolve(o.dataDir);
   const exists = existsSync(dataDir);
   if (exists && !statSync(dataDir).isDirectory()) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${dataDir} is a file, not a directory: name a new or empty data directory`);
+  // The data-dir lock (TRELLIS_E_LOCKED naming a running hub) is held until the restored
+  // directory moves into place; the /proc scan also catches a process that holds no lock.
+  let lock: DataDirLock | undefined = exists ? lockDataDir(dataDir, 'snapshots restore') : undefined;
+  try {
+    return await restoreLocked(o, dataDir, exists, () => { lock?.release(); lock = undefined; });
+  } finally {
+    lock?.release();
+  }
+}
+
+async function restoreLocked(o: RestoreOptions, dataDir: string, exists: boolean, unlock: () => void): Promise<RestoreResult> {
   const heldBy = (o.heldBy ?? processHolding)(dataDir);
   if (heldBy) throw new TrellisError('TRELLIS_E_IN_USE', `${dataDir} is in use (${heldBy}): stop the hub before restoring into its data directory; nothing was changed`);
   const empty = !exists || isEmptyDir(dataDir);
@@ -243,6 +256,7 @@ export async function restoreSnapshot(o: RestoreOptions): Promise<RestoreResult>
     // Into place: an empty (or missing) target is replaced by the rename itself; a full one is
     // moved aside first and deleted after.
     let replaced = false;
+    unlock();
     if (exists && !empty) {
       const aside = join(parent, `.${basename(dataDir)}.replaced-${randomBytes(6).toString('hex')}`);
       await rename(dataDir, aside);
