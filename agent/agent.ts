@@ -15,7 +15,7 @@ import { HubChannel } from './channel.js';
 import { Outbox } from './outbox/index.js';
 import { renewalTime, DEFAULT_RENEW_AT } from './renew-schedule.js';
 import { join } from 'node:path';
-import { startAction, type RunningAction } from './runner.js';
+import { HttpPool, startAction, type RunningAction } from './runner.js';
 import { ulidFactory } from '../common/ids.js';
 import type { SensorManager, SensorSpecInput, SensorStatus, SkippedSensor } from './sensors/index.js';
 import { EdgeRules } from './edge.js';
@@ -53,6 +53,8 @@ export class Agent {
   private identity: Identity;
   private renewTimer?: NodeJS.Timeout;
   private readonly running = new Map<string, RunningAction>();
+  /** Keep-alive connections of the http runner (closed with the agent). */
+  private readonly http = new HttpPool();
   /** Event ids (pooled randomness: one crypto call per 256 ids, not 16 per id). */
   private readonly newEventId = ulidFactory();
   private closed = false;
@@ -87,7 +89,7 @@ export class Agent {
         const max = this.opts.maxConcurrentActions ?? 16;
         if (this.running.size >= max) return Promise.reject(new TrellisError('TRELLIS_E_AGENT_BUSY', `agent busy: ${max} actions already running`));
         this.log.info({ executionId, action: action.ref, runner: rendered.runner }, 'edge action started');
-        return runLocal({ executionId, action, rendered, log: this.log.child({ component: 'runner' }), track: (id, h) => { if (h) this.running.set(id, h); else this.running.delete(id); } });
+        return runLocal({ executionId, action, rendered, log: this.log.child({ component: 'runner' }), http: this.http, track: (id, h) => { if (h) this.running.set(id, h); else this.running.delete(id); } });
       },
     });
   }
@@ -214,7 +216,7 @@ export class Agent {
         this.log.info({ executionId: req.executionId, status: r.status, exitCode: r.exitCode }, 'action finished');
         result(r);
       },
-    }, { key: () => this.privateKey(), agentId: this.agentId, log: this.log.child({ component: 'runner' }) });
+    }, { key: () => this.privateKey(), agentId: this.agentId, log: this.log.child({ component: 'runner' }), http: this.http });
     this.running.set(req.executionId, handle);
   }
 
@@ -358,6 +360,7 @@ export class Agent {
     clearTimeout(this.renewTimer);
     await this.sensorManager?.close();
     for (const r of this.running.values()) r.cancel();
+    this.http.close();
     await this.channel.close();
     await this.outbox.close();
     this.log.info('agent stopped');
