@@ -15,6 +15,7 @@ import { HubChannel } from './channel.js';
 import { Outbox } from './outbox/index.js';
 import { renewalTime, DEFAULT_RENEW_AT } from './renew-schedule.js';
 import { join } from 'node:path';
+import { AGENT_CONCURRENT_ACTIONS } from '../common/automation/request.js';
 import { HttpPool, startAction, type RunningAction } from './runner.js';
 import { ulidFactory } from '../common/ids.js';
 import type { SensorManager, SensorSpecInput, SensorStatus, SkippedSensor } from './sensors/index.js';
@@ -86,7 +87,7 @@ export class Agent {
       dataDir: opts.dataDir, log: log.child({ component: 'edge' }), privateKey: () => this.privateKey(),
       publish: (evs) => { this.channel.publish(evs); },
       run: (executionId, action, rendered) => {
-        const max = this.opts.maxConcurrentActions ?? 16;
+        const max = this.opts.maxConcurrentActions ?? AGENT_CONCURRENT_ACTIONS;
         if (this.running.size >= max) return Promise.reject(new TrellisError('TRELLIS_E_AGENT_BUSY', `agent busy: ${max} actions already running`));
         this.log.info({ executionId, action: action.ref, runner: rendered.runner }, 'edge action started');
         return runLocal({ executionId, action, rendered, log: this.log.child({ component: 'runner' }), http: this.http, track: (id, h) => { if (h) this.running.set(id, h); else this.running.delete(id); } });
@@ -199,7 +200,7 @@ export class Agent {
 
   private onAction(req: T.ActionRequest__Output): void {
     if (this.running.has(req.executionId)) return; // a re-delivered request
-    const max = this.opts.maxConcurrentActions ?? 16;
+    const max = this.opts.maxConcurrentActions ?? AGENT_CONCURRENT_ACTIONS;
     const result = (r: Omit<T.ActionResult, 'executionId'>) => this.channel.send({ result: { executionId: req.executionId, ...r } });
     if (this.running.size >= max) {
       result({ status: 'error', exitCode: -1, error: `agent busy: ${max} actions already running`, startedMs: Date.now(), finishedMs: Date.now() });
