@@ -42,6 +42,9 @@ export interface AgentOptions {
   outboxMaxEvents?: number;
 }
 
+/** How long a `started` report waits for the action's first output or result (see holdStarted). */
+export const STARTED_HOLD_MS = 50;
+
 export function agentFacts(): T.Facts {
   return {
     hostname: os.hostname(), os: os.platform(), arch: os.arch(), osRelease: os.release(), cpus: os.cpus().length,
@@ -56,6 +59,8 @@ export class Agent {
   private readonly running = new Map<string, RunningAction>();
   /** Keep-alive connections of the http runner (closed with the agent). */
   private readonly http = new HttpPool();
+  private readonly heldStarted = new Map<string, T.ActionStarted>();
+  private startedTimer?: NodeJS.Timeout;
   /** Event ids (pooled randomness: one crypto call per 256 ids, not 16 per id). */
   private readonly newEventId = ulidFactory();
   private closed = false;
@@ -210,15 +215,35 @@ export class Agent {
     // Sealed values (env, stdin, HTTP headers) are opened inside startAction, in memory only.
     this.log.info({ executionId: req.executionId, action: req.action, runner: req.runner || 'command', runAs: req.runAs || undefined }, 'action started');
     const handle = startAction(req, {
-      output: (stream, data) => this.channel.send({ output: { executionId: req.executionId, stream, data, seq: ++seq } }),
-      started: (pid) => this.channel.send({ started: { executionId: req.executionId, startedMs: Date.now(), pid } }),
+      output: (stream, data) => {
+        this.heldStarted.delete(req.executionId); // output tells the hub it started
+        this.channel.send({ output: { executionId: req.executionId, stream, data, seq: ++seq } });
+      },
+      started: (pid) => this.holdStarted({ executionId: req.executionId, startedMs: Date.now(), pid }),
       done: (r) => {
+        this.heldStarted.delete(req.executionId); // the result carries startedMs
         this.running.delete(req.executionId);
         this.log.info({ executionId: req.executionId, status: r.status, exitCode: r.exitCode }, 'action finished');
         result(r);
       },
     }, { key: () => this.privateKey(), agentId: this.agentId, log: this.log.child({ component: 'runner' }), http: this.http });
     this.running.set(req.executionId, handle);
+  }
+
+  /**
+   * `started` reports wait STARTED_HOLD_MS: an action with output or a result by then needs none
+   * (the hub takes its first output as the start, and the result carries startedMs), so a quick
+   * action costs two messages each way instead of three. Hubs have always accepted output and
+   * results without a `started` first. One timer for every report held.
+   */
+  private holdStarted(m: T.ActionStarted): void {
+    this.heldStarted.set(m.executionId!, m);
+    this.startedTimer ??= setTimeout(() => {
+      this.startedTimer = undefined;
+      const held = [...this.heldStarted.values()];
+      this.heldStarted.clear();
+      for (const s of held) this.channel.send({ started: s });
+    }, STARTED_HOLD_MS).unref();
   }
 
   private bundleWrite: Promise<void> = Promise.resolve();
@@ -362,6 +387,7 @@ export class Agent {
     await this.sensorManager?.close();
     for (const r of this.running.values()) r.cancel();
     this.http.close();
+    clearTimeout(this.startedTimer);
     await this.channel.close();
     await this.outbox.close();
     this.log.info('agent stopped');
