@@ -15,7 +15,8 @@ import { HubChannel } from './channel.js';
 import { Outbox } from './outbox/index.js';
 import { renewalTime, DEFAULT_RENEW_AT } from './renew-schedule.js';
 import { join } from 'node:path';
-import { startAction, type RunningAction } from './runner.js';
+import { AGENT_CONCURRENT_ACTIONS } from '../common/automation/request.js';
+import { HttpPool, startAction, type RunningAction } from './runner.js';
 import { ulidFactory } from '../common/ids.js';
 import type { SensorManager, SensorSpecInput, SensorStatus, SkippedSensor } from './sensors/index.js';
 import { EdgeRules } from './edge.js';
@@ -41,6 +42,9 @@ export interface AgentOptions {
   outboxMaxEvents?: number;
 }
 
+/** How long a `started` report waits for the action's first output or result (see holdStarted). */
+export const STARTED_HOLD_MS = 50;
+
 export function agentFacts(): T.Facts {
   return {
     hostname: os.hostname(), os: os.platform(), arch: os.arch(), osRelease: os.release(), cpus: os.cpus().length,
@@ -53,6 +57,10 @@ export class Agent {
   private identity: Identity;
   private renewTimer?: NodeJS.Timeout;
   private readonly running = new Map<string, RunningAction>();
+  /** Keep-alive connections of the http runner (closed with the agent). */
+  private readonly http = new HttpPool();
+  private readonly heldStarted = new Map<string, T.ActionStarted>();
+  private startedTimer?: NodeJS.Timeout;
   /** Event ids (pooled randomness: one crypto call per 256 ids, not 16 per id). */
   private readonly newEventId = ulidFactory();
   private closed = false;
@@ -84,10 +92,10 @@ export class Agent {
       dataDir: opts.dataDir, log: log.child({ component: 'edge' }), privateKey: () => this.privateKey(),
       publish: (evs) => { this.channel.publish(evs); },
       run: (executionId, action, rendered) => {
-        const max = this.opts.maxConcurrentActions ?? 16;
+        const max = this.opts.maxConcurrentActions ?? AGENT_CONCURRENT_ACTIONS;
         if (this.running.size >= max) return Promise.reject(new TrellisError('TRELLIS_E_AGENT_BUSY', `agent busy: ${max} actions already running`));
         this.log.info({ executionId, action: action.ref, runner: rendered.runner }, 'edge action started');
-        return runLocal({ executionId, action, rendered, log: this.log.child({ component: 'runner' }), track: (id, h) => { if (h) this.running.set(id, h); else this.running.delete(id); } });
+        return runLocal({ executionId, action, rendered, log: this.log.child({ component: 'runner' }), http: this.http, track: (id, h) => { if (h) this.running.set(id, h); else this.running.delete(id); } });
       },
     });
   }
@@ -197,7 +205,7 @@ export class Agent {
 
   private onAction(req: T.ActionRequest__Output): void {
     if (this.running.has(req.executionId)) return; // a re-delivered request
-    const max = this.opts.maxConcurrentActions ?? 16;
+    const max = this.opts.maxConcurrentActions ?? AGENT_CONCURRENT_ACTIONS;
     const result = (r: Omit<T.ActionResult, 'executionId'>) => this.channel.send({ result: { executionId: req.executionId, ...r } });
     if (this.running.size >= max) {
       result({ status: 'error', exitCode: -1, error: `agent busy: ${max} actions already running`, startedMs: Date.now(), finishedMs: Date.now() });
@@ -207,15 +215,35 @@ export class Agent {
     // Sealed values (env, stdin, HTTP headers) are opened inside startAction, in memory only.
     this.log.info({ executionId: req.executionId, action: req.action, runner: req.runner || 'command', runAs: req.runAs || undefined }, 'action started');
     const handle = startAction(req, {
-      output: (stream, data) => this.channel.send({ output: { executionId: req.executionId, stream, data, seq: ++seq } }),
-      started: (pid) => this.channel.send({ started: { executionId: req.executionId, startedMs: Date.now(), pid } }),
+      output: (stream, data) => {
+        this.heldStarted.delete(req.executionId); // output tells the hub it started
+        this.channel.send({ output: { executionId: req.executionId, stream, data, seq: ++seq } });
+      },
+      started: (pid) => this.holdStarted({ executionId: req.executionId, startedMs: Date.now(), pid }),
       done: (r) => {
+        this.heldStarted.delete(req.executionId); // the result carries startedMs
         this.running.delete(req.executionId);
         this.log.info({ executionId: req.executionId, status: r.status, exitCode: r.exitCode }, 'action finished');
         result(r);
       },
-    }, { key: () => this.privateKey(), agentId: this.agentId, log: this.log.child({ component: 'runner' }) });
+    }, { key: () => this.privateKey(), agentId: this.agentId, log: this.log.child({ component: 'runner' }), http: this.http });
     this.running.set(req.executionId, handle);
+  }
+
+  /**
+   * `started` reports wait STARTED_HOLD_MS: an action with output or a result by then needs none
+   * (the hub takes its first output as the start, and the result carries startedMs), so a quick
+   * action costs two messages each way instead of three. Hubs have always accepted output and
+   * results without a `started` first. One timer for every report held.
+   */
+  private holdStarted(m: T.ActionStarted): void {
+    this.heldStarted.set(m.executionId!, m);
+    this.startedTimer ??= setTimeout(() => {
+      this.startedTimer = undefined;
+      const held = [...this.heldStarted.values()];
+      this.heldStarted.clear();
+      for (const s of held) this.channel.send({ started: s });
+    }, STARTED_HOLD_MS).unref();
   }
 
   private bundleWrite: Promise<void> = Promise.resolve();
@@ -358,6 +386,8 @@ export class Agent {
     clearTimeout(this.renewTimer);
     await this.sensorManager?.close();
     for (const r of this.running.values()) r.cancel();
+    this.http.close();
+    clearTimeout(this.startedTimer);
     await this.channel.close();
     await this.outbox.close();
     this.log.info('agent stopped');

@@ -8,14 +8,14 @@ import type { RenderedAction } from '../common/rules/index.js';
 import type { Logger } from '../common/log.js';
 import { runMasked, type ActionSecrets } from './secrets.js';
 import { requestFromRendered } from '../common/automation/request.js';
-import type { RunningAction } from './runner.js';
+import type { HttpPool, RunningAction } from './runner.js';
 import type { LocalRunResult } from './edge.js';
 
 const COLLECT_MAX = 256 * 1024;
 
 /** Starts the run; `track` registers the handle (for cancel on shutdown) until it is done. */
 export function runLocal(o: {
-  executionId: string; action: ActionDef; rendered: RenderedAction; log: Logger;
+  executionId: string; action: ActionDef; rendered: RenderedAction; log: Logger; http?: HttpPool;
   track: (id: string, h: RunningAction | undefined) => void;
 }): Promise<LocalRunResult> {
   const { rendered: r } = o;
@@ -39,7 +39,7 @@ export function runLocal(o: {
         o.track(o.executionId, undefined);
         resolve({ ...res, output: Buffer.concat(chunks), outputTruncated: truncated });
       },
-    }, { log: o.log });
+    }, { log: o.log, http: o.http });
     o.track(o.executionId, handle);
   });
 }

@@ -10,7 +10,7 @@ import { sealAad } from '../certs/seal.js';
 import { errorMessage, TrellisError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { hasSealedValues, openActionSecrets, runMasked, type ActionSecrets } from './secrets.js';
-import type { RunningAction, RunRequest, RunSink } from './runners/index.js';
+import type { HttpPool, RunningAction, RunRequest, RunSink } from './runners/index.js';
 
 export * from './runners/index.js';
 
@@ -20,6 +20,8 @@ export interface StartOptions {
   /** The agent id the hub named in its welcome: part of the sealing binding (AAD). */
   agentId: string | undefined;
   log?: Logger;
+  /** The agent's keep-alive connections for http runs. */
+  http?: HttpPool;
 }
 
 /** Reports an action that could not start, asynchronously like every other `done`. */
@@ -46,7 +48,7 @@ export function startAction(req: RunRequest, sink: RunSink, opts: StartOptions):
     return refused(sink, `cannot open the secrets of this action: ${errorMessage(err)}`);
   }
   try {
-    return runMasked(req, secrets, sink, { log: opts.log });
+    return runMasked(req, secrets, sink, { log: opts.log, http: opts.http });
   } catch (err) {
     secrets.stdin?.fill(0);
     return refused(sink, errorMessage(err));

@@ -8,7 +8,7 @@ import { openSealed } from '../certs/seal.js';
 import { TrellisError } from '../common/errors.js';
 import { MASK, secretForms } from '../common/mask.js';
 import type { Logger } from '../common/log.js';
-import { runAction, type RunningAction, type RunRequest, type RunSink } from './runners/index.js';
+import { runAction, type HttpPool, type RunningAction, type RunRequest, type RunSink } from './runners/index.js';
 
 export { MASK };
 const MASK_BYTES = Buffer.from(MASK);
@@ -228,7 +228,7 @@ function maskValues(s: ActionSecrets): string[] {
  * message are masked before they reach the sink. The maskers are cleared and the stdin buffer
  * zeroed when the run is done.
  */
-export function runMasked(req: RunRequest, secrets: ActionSecrets, sink: RunSink, opts: { log?: Logger } = {}): RunningAction {
+export function runMasked(req: RunRequest, secrets: ActionSecrets, sink: RunSink, opts: { log?: Logger; http?: HttpPool } = {}): RunningAction {
   for (const name of Object.keys(secrets.env)) {
     if (!ENV_NAME.test(name)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `secret env name '${name.slice(0, 64)}' is not a valid variable name`);
   }
@@ -257,7 +257,7 @@ export function runMasked(req: RunRequest, secrets: ActionSecrets, sink: RunSink
       secrets.stdin?.fill(0);
       sink.done({ ...r, error });
     },
-  }, { env: secrets.env, headers: secrets.headers, stdin: secrets.stdin, log: opts.log });
+  }, { env: secrets.env, headers: secrets.headers, stdin: secrets.stdin, log: opts.log, http: opts.http });
 }
 
 /** runMasked with env secrets only (the form the first release had). */

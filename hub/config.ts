@@ -9,6 +9,7 @@ import { TrellisError } from '../common/errors.js';
 import { parseDuration } from '../common/duration.js';
 import { LOG_FORMATS, LOG_TIMES } from '../common/log.js';
 import { parseCidr } from '../common/cidr.js';
+import { AGENT_CONCURRENT_ACTIONS } from '../common/automation/request.js';
 
 const duration = z.union([z.number().int().positive(), z.string()]).transform((v, ctx) => {
   try { return typeof v === 'number' ? v : parseDuration(v); } catch (e) {
@@ -151,8 +152,8 @@ const PreAuthSchema = z.strictObject({
  * @example { "perAgentConcurrency": 4, "retention": { "maxAge": "14d", "maxCount": 50000 } }
  */
 const ExecutionsSchema = z.strictObject({
-  /** Executions scheduled or running on one agent at once; more wait `requested` in a FIFO queue. @default 8 */
-  perAgentConcurrency: z.number().int().min(1).max(1024).default(8),
+  /** Executions scheduled or running on one agent at once (the agent's own limit); more wait `requested` in a FIFO queue. @default 16 */
+  perAgentConcurrency: z.number().int().min(1).max(1024).default(AGENT_CONCURRENT_ACTIONS),
   /** How long a `requested` execution waits for its agent to connect or for a free slot; then it ends with status error. @default "10m" */
   maxWait: duration.default(10 * 60_000),
   /** An execution sent to an agent that reports no result within the action's timeout plus this is `abandoned`. @default "30s" */
@@ -291,7 +292,7 @@ export const HubConfigSchema = z.strictObject({
   auth: AuthSchema.prefault({}),
   /** Limits on admin-port calls before their credentials are verified. @default { "maxMessageBytes": 65536, "maxCalls": 128, "maxCallsPerAddress": 16, "requestTimeout": "10s" } */
   preAuth: PreAuthSchema.prefault({}),
-  /** Executions: per-agent concurrency, waits and history retention. @default { "perAgentConcurrency": 8, "maxWait": "10m", "abandonGrace": "30s", "reconnectGrace": "60s", "maxOutputBytes": 1048576, "retention": { "maxAge": "30d", "maxCount": 100000 } } */
+  /** Executions: per-agent concurrency, waits and history retention. @default { "perAgentConcurrency": 16, "maxWait": "10m", "abandonGrace": "30s", "reconnectGrace": "60s", "maxOutputBytes": 1048576, "retention": { "maxAge": "30d", "maxCount": 100000 } } */
   executions: ExecutionsSchema.prefault({}),
   /** Agent port under load: admission bound, retry-after, hello deadline, keepalive. @default { "maxPendingHellos": 256, "retryAfter": "2s", "helloTimeout": "10s", "keepaliveTime": "60s", "keepaliveTimeout": "20s" } */
   agentChannel: AgentChannelSchema.prefault({}),

@@ -5,6 +5,7 @@ import { loadHubConfig, validateConfig } from '../hub/config.js';
 import { parseDuration, formatDuration } from '../common/duration.js';
 import { parseJoinToken, formatJoinToken, newJoinToken } from '../common/jointoken.js';
 import { tempDir } from './helpers/hub.js';
+import { AGENT_CONCURRENT_ACTIONS } from '../common/automation/request.js';
 
 t.test('hub config: defaults, file, environment, flags, in that order', async (t) => {
   await using d = await tempDir();
@@ -16,6 +17,8 @@ t.test('hub config: defaults, file, environment, flags, in that order', async (t
   t.equal(c.sessionTtl, 7_200_000, 'durations become milliseconds');
   t.equal(c.agentCertTtl, 7 * 86_400_000);
   t.ok(Object.isFrozen(c), 'frozen');
+  t.equal(c.executions.perAgentConcurrency, AGENT_CONCURRENT_ACTIONS, 'the hub keeps as many executions in flight per agent as the agent runs at once');
+  t.equal(AGENT_CONCURRENT_ACTIONS, 16);
 });
 
 t.test('hub config: an unknown key is rejected by name, with the file', async (t) => {

@@ -11,6 +11,7 @@ import t from 'tap';
 import * as grpc from '@grpc/grpc-js';
 import { pino } from 'pino';
 import { startHub, waitFor } from './helpers/hub.js';
+import { createRule, file, install } from './helpers/admin.js';
 import { v1 } from '../common/proto.js';
 import { CLIENT_OPTIONS } from '../common/grpc-options.js';
 import { createCA, generateKey, issueCertificate } from '../certs/index.js';
@@ -124,4 +125,37 @@ t.test('the real hub acknowledges a result once it is on disk, also for an execu
   call.write(result('marker'));
   await waitFor(() => got.filter((m) => m.resultAck).length >= 2, 10_000);
   t.same(got.filter((m) => m.resultAck).map((m) => m.resultAck!.executionIds[0]), ['01unknownexecution', 'marker'], 'an oversized id is not echoed back');
+});
+
+t.test('results that arrive together share one acknowledgement; every id is acknowledged once', async (t) => {
+  const h = await startHub({ config: { executions: { perAgentConcurrency: 100 } } });
+  t.teardown(() => h.close());
+  await install(h, [file('pack.yaml', 'name: ra\nversion: 1.0.0\ndescription: result acks\n'),
+    file('actions/noop.yaml', 'name: noop\ndescription: nothing\nrunner: command\ncommand: ["true", "{{ t }}"]\nparameters:\n  t: { type: string, default: "" }\n')]);
+  await createRule(h, { name: 'ra-fire', trigger: 'core.ra', action: { ref: 'ra.noop', parameters: { t: '{{ trigger.id }}' } }, target: { agent: '{{ trigger.agent }}' } });
+  const { dataDir } = await h.enroll();
+  const p = agentPaths(dataDir);
+  const [caPem, keyPem, certPem] = await Promise.all([readFile(p.ca, 'utf8'), readFile(p.key, 'utf8'), readFile(p.cert, 'utf8')]);
+  const client = new v1.AgentChannel(h.agentAddr, grpc.credentials.createSsl(Buffer.from(caPem), Buffer.from(keyPem), Buffer.from(certPem)), { ...CLIENT_OPTIONS }) as unknown as grpc.Client & {
+    Connect(md: grpc.Metadata, o: grpc.CallOptions): grpc.ClientDuplexStream<T.AgentMessage, T.HubMessage__Output>;
+  };
+  t.teardown(() => client.close());
+  const call = client.Connect(new grpc.Metadata(), {});
+  t.teardown(() => call.cancel());
+  call.on('error', () => undefined);
+  const got: T.HubMessage__Output[] = [];
+  call.on('data', (m: T.HubMessage__Output) => got.push(m));
+  call.write({ hello: { facts: { hostname: 'raw' }, labels: {} } });
+  await waitFor(() => got.some((m) => m.welcome), 10_000);
+  const N = 100;
+  call.write({ events: { seq: 1, events: Array.from({ length: N }, (_, i) => ({ id: `ra-${i}`, type: 'core.ra', payloadJson: Buffer.from('{}'), timeMs: Date.now() })) } });
+  await waitFor(() => got.filter((m) => m.action).length >= N, 30_000, 'actions');
+  const ids = got.filter((m) => m.action).map((m) => m.action!.executionId);
+  for (const id of ids) call.write(result(id));
+  const acked = () => got.filter((m) => m.resultAck).flatMap((m) => m.resultAck!.executionIds);
+  await waitFor(() => acked().length >= N, 30_000, 'acks');
+  await new Promise((r) => setTimeout(r, 200));
+  t.same([...acked()].sort(), [...ids].sort(), 'every result acknowledged exactly once');
+  const acks = got.filter((m) => m.resultAck).length;
+  t.ok(acks < N, `${N} results acknowledged in ${acks} messages (results recorded during one history flush share its ack)`);
 });

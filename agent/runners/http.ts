@@ -11,6 +11,8 @@
  * failed with exitCode = the status. Redirects are not followed (a 3xx is just a status).
  * Network and TLS errors are status error with the reason; the action timeout covers the whole
  * exchange; cancel aborts it. run_as does not apply (refused).
+ * Connections are kept alive between runs in the agent's pool (./http-pool.ts) when the context
+ * has one; a run that does not end cleanly (timeout, cancel, error, truncation) closes its own.
  */
 import http from 'node:http';
 import https from 'node:https';
@@ -76,57 +78,80 @@ function headText(res: http.IncomingMessage): Buffer {
   return Buffer.from(`${lines.join('\n')}\n\n`);
 }
 
+/** Methods a client may send again after a connection failure (RFC 9110 §9.2.2). */
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+/** Errors of a kept connection the server closed as the request went out (before any response). */
+const STALE_CONNECTION = new Set(['ECONNRESET', 'EPIPE']);
+
 export async function runHttp(ctx: RunContext): Promise<Outcome> {
   const p = prepare(ctx);
   if (!('url' in p)) return p;
   if (ctx.signal.aborted) return stoppedOutcome(ctx, -1, 'the request was not sent');
   const what = `${p.method} ${shown(p.url)}`;
+  const insecure = p.url.protocol === 'https:' && !!ctx.req.http!.insecure;
   return new Promise<Outcome>((resolve) => {
     let settled = false;
     let req: http.ClientRequest;
-    const settle = (o: Outcome) => {
+    // clean: the response was read to its end, so the connection may go back to the pool.
+    const settle = (o: Outcome, clean = false) => {
       if (settled) return;
       settled = true;
       ctx.signal.removeEventListener('abort', onAbort);
-      req.destroy();
+      if (!clean) req.destroy();
       resolve(o);
     };
     const onAbort = () => settle(stoppedOutcome(ctx, -1, `the request ${what} was aborted`));
-    const options: https.RequestOptions = {
-      method: p.method, headers: p.headers, agent: false, // one connection per run, nothing pooled
-      ...(p.url.protocol === 'https:' ? { rejectUnauthorized: !ctx.req.http!.insecure } : {}),
-    };
-    try {
-      req = (p.url.protocol === 'https:' ? https : http).request(p.url, options);
-    } catch (err) {
-      resolve(errorOutcome(`http ${what}: ${(err as Error).message}`));
-      return;
-    }
-    ctx.signal.addEventListener('abort', onAbort, { once: true });
-    req.on('error', (err: NodeJS.ErrnoException) => {
-      if (stopReason(ctx.signal)) return onAbort();
-      settle(errorOutcome(`http ${what} failed: ${err.code ? `${err.code}: ` : ''}${err.message}`));
-    });
-    req.on('response', (res) => {
-      const status = res.statusCode ?? 0;
-      let truncated = false;
-      ctx.output('STDERR', headText(res));
-      res.on('data', (chunk: Buffer) => {
-        if (truncated || ctx.output('STDOUT', chunk)) return;
-        truncated = true;
-        res.destroy();
-      });
-      res.on('error', () => { /* reported on close below */ });
-      res.on('close', () => {
+    const send = (pooled: boolean) => {
+      // A kept connection from the agent's pool (runners/http-pool.ts), or one of its own.
+      const agent = (pooled && ctx.http?.agentFor(p.url, insecure)) || false;
+      const options: https.RequestOptions = {
+        method: p.method, headers: p.headers, agent,
+        ...(p.url.protocol === 'https:' ? { rejectUnauthorized: !insecure } : {}),
+      };
+      try {
+        req = (p.url.protocol === 'https:' ? https : http).request(p.url, options);
+      } catch (err) {
+        settle(errorOutcome(`http ${what}: ${(err as Error).message}`), true);
+        return;
+      }
+      const mine = req;
+      let responded = false;
+      req.on('error', (err: NodeJS.ErrnoException) => {
+        if (mine !== req) return;
         if (stopReason(ctx.signal)) return onAbort();
-        if (!res.complete && !truncated) return settle(errorOutcome(`http ${what}: the connection closed before the response body was complete (status ${status})`));
-        const note = truncated ? 'the response body was truncated at the output limit' : '';
-        settle(p.success(status)
-          ? { status: 'succeeded', exitCode: 0, error: note }
-          : { status: 'failed', exitCode: status, error: `HTTP status ${status}${res.statusMessage ? ` ${res.statusMessage}` : ''}${note ? `; ${note}` : ''}` });
+        // The server closed a kept connection as this request went out: nothing was answered,
+        // so an idempotent request goes once more, on a new connection.
+        if (mine.reusedSocket && !responded && STALE_CONNECTION.has(err.code ?? '') && IDEMPOTENT.has(p.method.toUpperCase()) && !settled) {
+          mine.destroy();
+          send(false);
+          return;
+        }
+        settle(errorOutcome(`http ${what} failed: ${err.code ? `${err.code}: ` : ''}${err.message}`));
       });
-    });
-    req.end(p.body.length > 0 ? p.body : undefined);
-    ctx.started(0);
+      req.on('response', (res) => {
+        responded = true;
+        const status = res.statusCode ?? 0;
+        let truncated = false;
+        ctx.output('STDERR', headText(res));
+        res.on('data', (chunk: Buffer) => {
+          if (truncated || ctx.output('STDOUT', chunk)) return;
+          truncated = true;
+          res.destroy();
+        });
+        res.on('error', () => { /* reported on close below */ });
+        res.on('close', () => {
+          if (stopReason(ctx.signal)) return onAbort();
+          if (!res.complete && !truncated) return settle(errorOutcome(`http ${what}: the connection closed before the response body was complete (status ${status})`));
+          const note = truncated ? 'the response body was truncated at the output limit' : '';
+          settle(p.success(status)
+            ? { status: 'succeeded', exitCode: 0, error: note }
+            : { status: 'failed', exitCode: status, error: `HTTP status ${status}${res.statusMessage ? ` ${res.statusMessage}` : ''}${note ? `; ${note}` : ''}` }, !truncated);
+        });
+      });
+      req.end(p.body.length > 0 ? p.body : undefined);
+    };
+    ctx.signal.addEventListener('abort', onAbort, { once: true });
+    send(true);
+    if (!settled) ctx.started(0);
   });
 }

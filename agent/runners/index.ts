@@ -14,6 +14,7 @@ export * from './types.js';
 export { resolveRunAs, lookupUser, type UserInfo, type RunAs } from './users.js';
 export { SCRIPT_DIR_PREFIX, MAX_SCRIPT_BYTES } from './script.js';
 export { KILL_GRACE_MS } from './process.js';
+export { HttpPool } from './http-pool.js';
 
 export const RUNNERS = {
   command: runCommand,
@@ -49,7 +50,7 @@ export function runAction(req: RunRequest, sink: RunSink, inputs: RunInputs = {}
   let finished = false;
   const stdin = inputs.stdin ?? (req.stdin && req.stdin.length > 0 ? req.stdin : undefined);
   const ctx: RunContext = {
-    req, signal: ac.signal, timeoutMs, env: inputs.env ?? {}, headers: inputs.headers ?? {}, stdin, log: inputs.log,
+    req, signal: ac.signal, timeoutMs, env: inputs.env ?? {}, headers: inputs.headers ?? {}, stdin, log: inputs.log, http: inputs.http,
     output(stream, data) {
       if (finished || truncated) return false;
       const part = data.subarray(0, MAX_OUTPUT_BYTES - sent);

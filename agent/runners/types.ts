@@ -5,6 +5,7 @@
  */
 import type { ActionRequest__Output } from '../../common/proto-gen/trellis/v1/ActionRequest.js';
 import type { Logger } from '../../common/log.js';
+import type { HttpPool } from './http-pool.js';
 
 export type RunStatus = 'succeeded' | 'failed' | 'timeout' | 'canceled' | 'error';
 
@@ -36,6 +37,8 @@ export interface RunInputs {
   /** Extra HTTP headers (opened sealed_headers); override plain headers of the same name. */
   headers?: Record<string, string>;
   log?: Logger;
+  /** Keep-alive connections for the http runner (the agent's pool); without it, one connection per run. */
+  http?: HttpPool;
 }
 
 export interface RunContext {
@@ -53,6 +56,7 @@ export interface RunContext {
   stdin?: Buffer;
   headers: Record<string, string>;
   log?: Logger;
+  http?: HttpPool;
 }
 
 export type RunnerFn = (ctx: RunContext) => Promise<Outcome>;

@@ -6,6 +6,14 @@
  * sealed fields stay empty and it hands the opened values to the runner in memory.
  */
 import type { RenderedAction } from '../rules/render.js';
+
+/**
+ * Actions one agent runs at once by default (the agent's maxConcurrentActions), and the hub's
+ * default `executions.perAgentConcurrency`: the hub keeps as many in flight as the agent will
+ * take, so neither side queues work the other could run (at 8 on the hub and 16 on the agent,
+ * half the agent's slots stayed empty while requests waited on the hub).
+ */
+export const AGENT_CONCURRENT_ACTIONS = 16;
 import type * as T from '../proto-gen/trellis/v1/index.js';
 
 export function requestFromRendered(o: { executionId: string; action: string; rendered: RenderedAction; seal?: (value: string) => string }): T.ActionRequest__Output {

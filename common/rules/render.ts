@@ -42,6 +42,8 @@ export interface RenderedAction {
 export interface RenderOptions {
   /** Opens a kv/secret reference; undefined means it does not exist (TRELLIS_E_NOT_FOUND). */
   resolve?: (ref: Ref) => { value: string; secret: boolean } | undefined;
+  /** The params are validateParams' output already (defaults applied, values coerced): not validated again. */
+  validated?: boolean;
 }
 
 export const ARGV_MAX = 256;
@@ -165,9 +167,13 @@ export function historyParameters(action: ActionDef | undefined, params: Record<
   return out;
 }
 
-/** Every reference the run needs: in the parameters (after defaults) and in the action's templates. */
-export function actionRefs(action: ActionDef, params: Record<string, unknown>): Ref[] {
-  return findRefs([validateParams(action, params), action.command, action.args, action.env, action.stdin, action.cwd, action.http]);
+/**
+ * Every reference the run needs: in the parameters (after defaults) and in the action's templates.
+ * `validated`: params already through validateParams (renderAction's `validated` option takes
+ * the same), so a request validates its parameters once.
+ */
+export function actionRefs(action: ActionDef, params: Record<string, unknown>, validated = false): Ref[] {
+  return findRefs([validated ? params : validateParams(action, params), action.command, action.args, action.env, action.stdin, action.cwd, action.http]);
 }
 
 function checkArg(s: string, where: string): string {
@@ -194,7 +200,7 @@ export function renderAction(action: ActionDef, params: Record<string, unknown>,
 }
 
 function render(action: ActionDef, params: Record<string, unknown>, opts: RenderOptions, secretValues: Set<string>): RenderedAction {
-  const parameters = validateParams(action, params);
+  const parameters = opts.validated ? params : validateParams(action, params);
   let touched = false;
   let readRef = false;
   let where = '';

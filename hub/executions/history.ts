@@ -2,7 +2,8 @@
  * The execution history on disk, append-only, with retention by age and count.
  *
  * DATA/executions/ (0700) holds segments, each a pair of files (0600):
- * - `<12-digit seq>.jsonl`: one line per state change, the whole record:
+ * - `<12-digit seq>.jsonl`: one line per state change (changes of one execution within one write
+ *   coalesce into one line, its latest), the whole record:
  *   `{"k":"s","r":{ExecutionRecord},"dk":"<dedup key>"?,"to":<timeout ms>?}` (the last line of
  *   an id wins; the timeout lets executions in flight be timed again after a restart);
  * - `<12-digit seq>.out.jsonl`: output chunks, `{"k":"o","id","s":0|1,"o":offset,"d":base64}`
@@ -65,6 +66,13 @@ async function endsClean(path: string): Promise<boolean> {
   } finally { await fh.close(); }
 }
 
+function stateLine(rec: ExecutionRecord, dk: string | undefined, to: number | undefined): string {
+  const line: StateLine = { k: 's', r: rec };
+  if (dk) line.dk = dk;
+  if (to) line.to = to;
+  return JSON.stringify(line) + '\n';
+}
+
 function parseState(line: string): StateLine | undefined {
   if (!line) return undefined;
   try {
@@ -76,7 +84,13 @@ function parseState(line: string): StateLine | undefined {
 }
 
 export class History {
-  private stateQ: string[] = [];
+  /**
+   * State lines waiting for the next write, one per execution: a change of an execution already
+   * queued replaces its entry, and the line is serialized when it is written (the record as it is
+   * then: the last line of an id wins anyway). An execution that goes requested → scheduled, or
+   * running → succeeded, within one write costs one line and one JSON.stringify, not two.
+   */
+  private stateQ = new Map<string, { rec: ExecutionRecord; dk?: string; to?: number }>();
   private outQ: string[] = [];
   /** Ids in the queued lines, in order (for segment bookkeeping once written). */
   private touched: string[] = [];
@@ -220,11 +234,10 @@ export class History {
 
   /** Queues a state line (never waits for the disk). */
   appendState(rec: ExecutionRecord, extra: { dedupKey?: string; timeoutMs?: number } = {}): void {
-    const line: StateLine = { k: 's', r: rec };
-    if (extra.dedupKey) line.dk = extra.dedupKey;
-    if (extra.timeoutMs) line.to = extra.timeoutMs;
-    this.stateQ.push(JSON.stringify(line) + '\n');
-    this.touched.push(rec.id);
+    const prev = this.stateQ.get(rec.id);
+    // Kept from an earlier change in the same write: the key and timeout are never unset.
+    this.stateQ.set(rec.id, { rec, dk: extra.dedupKey || prev?.dk, to: extra.timeoutMs || prev?.to });
+    if (!prev) this.touched.push(rec.id);
     this.queued();
   }
 
@@ -238,7 +251,7 @@ export class History {
 
   private queued(): void {
     if (this.closed) return;
-    const n = this.stateQ.length + this.outQ.length;
+    const n = this.stateQ.size + this.outQ.length;
     if (n > MAX_QUEUED && this.outQ.length > 0) {
       // Only a dead disk gets here: output goes first, state lines are kept as long as possible.
       const k = Math.min(this.outQ.length, n - MAX_QUEUED);
@@ -254,10 +267,12 @@ export class History {
   }
 
   private async writeQueued(): Promise<void> {
-    while (this.stateQ.length > 0 || this.outQ.length > 0) {
+    while (this.stateQ.size > 0 || this.outQ.length > 0) {
       const states = this.stateQ, outs = this.outQ, ids = this.touched;
-      this.stateQ = []; this.outQ = []; this.touched = [];
-      const sb = Buffer.from(states.join(''), 'utf8');
+      this.stateQ = new Map(); this.outQ = []; this.touched = [];
+      let text = '';
+      for (const q of states.values()) text += stateLine(q.rec, q.dk, q.to);
+      const sb = Buffer.from(text, 'utf8');
       const ob = Buffer.from(outs.join(''), 'utf8');
       try {
         if (!this.fh || !this.outFh || this.broken) await this.openNext();
@@ -270,10 +285,15 @@ export class History {
       } catch (err) {
         // What reached the files may end in a torn line: the retry goes to a fresh segment.
         this.broken = true;
-        this.stateQ = states.concat(this.stateQ);
+        for (const [id, q] of this.stateQ) { // changes queued meanwhile are newer: they win
+          const old = states.get(id);
+          states.delete(id);
+          states.set(id, { rec: q.rec, dk: q.dk || old?.dk, to: q.to || old?.to });
+        }
+        this.stateQ = states;
         this.outQ = outs.concat(this.outQ);
         this.touched = ids.concat(this.touched);
-        if (!this.failing) this.o.log.error({ err, queued: this.stateQ.length + this.outQ.length }, 'writing the execution history failed; retrying');
+        if (!this.failing) this.o.log.error({ err, queued: this.stateQ.size + this.outQ.length }, 'writing the execution history failed; retrying');
         this.failing = true;
         if (!this.closed) this.flusher.schedule(Math.max(this.o.flushIntervalMs, 1000));
         throw err;
@@ -318,7 +338,7 @@ export class History {
     this.closed = true;
     this.flusher.cancel();
     clearInterval(this.retainTimer);
-    await this.flush().catch((err) => this.o.log.error({ err, lost: this.stateQ.length + this.outQ.length }, 'execution history not written at close'));
+    await this.flush().catch((err) => this.o.log.error({ err, lost: this.stateQ.size + this.outQ.length }, 'execution history not written at close'));
     await this.flusher.idle();
     await this.fh?.close().catch(() => undefined);
     await this.outFh?.close().catch(() => undefined);

@@ -7,7 +7,7 @@
 import { sealFor, sealAad } from '../../certs/index.js';
 import { maskError } from '../../common/mask.js';
 import { TrellisError } from '../../common/errors.js';
-import { renderAction, actionRefs, historyParameters, REDACTED, type RenderedAction } from '../../common/rules/render.js';
+import { renderAction, actionRefs, historyParameters, validateParams, REDACTED, type RenderedAction } from '../../common/rules/render.js';
 import { requestFromRendered } from '../../common/automation/request.js';
 import type { Ref } from '../../common/rules/template.js';
 import type { ActionDef } from '../../common/automation/types.js';
@@ -43,9 +43,11 @@ async function resolveRefs(kv: KvStore, tenant: string, caller: KvRequester, ref
 export async function prepareAction(kv: KvStore, o: { tenant: string; caller: KvRequester; action: ActionDef; parameters: Record<string, unknown> }): Promise<RenderedAction> {
   let resolved: Resolved = new Map();
   try {
-    const refs = actionRefs(o.action, o.parameters);
+    // Validated once: the references and the rendering both read the result.
+    const parameters = validateParams(o.action, o.parameters);
+    const refs = actionRefs(o.action, parameters, true);
     resolved = refs.length ? await resolveRefs(kv, o.tenant, o.caller, refs) : resolved;
-    return renderAction(o.action, o.parameters, { resolve: (r) => resolved.get(refKey(r)) });
+    return renderAction(o.action, parameters, { resolve: (r) => resolved.get(refKey(r)), validated: true });
   } catch (err) {
     // renderAction already masks what it opened; this is the run's masker once more, over every secret it resolved.
     throw maskError(scrubSecretParameters(err, o.action, o.parameters), [...resolved.values()].filter((r) => r.secret).map((r) => r.value));

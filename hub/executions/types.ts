@@ -1,6 +1,7 @@
 /** The public shapes of hub/executions: records, updates, requests and options. */
 import type { ActionDef, ExecutionStatus } from '../../common/automation/types.js';
 import type { Logger } from '../../common/log.js';
+import { AGENT_CONCURRENT_ACTIONS } from '../../common/automation/request.js';
 
 export interface ExecutionRecord {
   id: string;
@@ -129,7 +130,7 @@ export type CompiledOptions = Required<ExecutionsOptions>;
 export function compileOptions(o: ExecutionsOptions): CompiledOptions {
   const c: CompiledOptions = {
     dir: o.dir, log: o.log,
-    perAgentConcurrency: o.perAgentConcurrency ?? 8,
+    perAgentConcurrency: o.perAgentConcurrency ?? AGENT_CONCURRENT_ACTIONS,
     maxAgeMs: o.maxAgeMs ?? 30 * 86_400_000,
     maxCount: o.maxCount ?? 100_000,
     maxOutputBytes: o.maxOutputBytes ?? 1024 * 1024,

@@ -200,6 +200,8 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): Admissi
     // Counted from admission; stopped by the hello itself (the hub's own work after it is not the agent's fault).
     helloTimer = setTimeout(() => fail(new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `no hello within ${cfg.helloTimeout} ms`)), cfg.helloTimeout);
     let admitted: Promise<void> | undefined;
+    /** Result ids waiting for the history flush that acknowledges them together. */
+    let ackIds: string[] = [];
 
     call.on('data', (msg: T.AgentMessage__Output) => {
       if (closed) return;
@@ -283,8 +285,16 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): Admissi
             // Acknowledged once the result is in the history on disk (also for an unknown or
             // final execution: the hub's word is final); until then the agent keeps it and sends
             // it again on its next stream.
+            // Results that arrive while one flush is pending share its acknowledgement (one message).
             if (typeof id === 'string' && id.length > 0 && id.length <= 128) {
-              void c.executions.durable().then(() => { if (!closed) call.write({ resultAck: { executionIds: [id] } }); });
+              if (ackIds.length === 0) {
+                void c.executions.durable().then(() => {
+                  const executionIds = ackIds;
+                  ackIds = [];
+                  if (!closed) call.write({ resultAck: { executionIds } });
+                });
+              }
+              ackIds.push(id);
             }
             break;
           }
