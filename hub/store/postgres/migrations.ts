@@ -113,3 +113,9 @@ function newerSchema(version: number): TrellisError {
     `the database schema is at version ${version}, newer than this hub knows (${SCHEMA_VERSION}): another hub was upgraded; upgrade this one to the same release`,
   );
 }
+
+/** Documents in the database (0 for an empty, freshly migrated one). */
+export async function countDocuments(client: pg.ClientBase): Promise<number> {
+  const r = await client.query<{ n: string }>('SELECT count(*) AS n FROM trellis_docs');
+  return Number(r.rows[0]!.n);
+}
