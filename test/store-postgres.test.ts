@@ -75,6 +75,21 @@ void t.test('PostgreSQL store', needs(t, postgresMissing()), async (t) => {
     t.same((await b.list('kv')).map((d) => d.id), ['k1', 'k2', 'k3']);
   });
 
+  void t.test('ids with NUL, a backslash or an unpaired surrogate are kept apart and read back exactly, here and on another store', async (t) => {
+    const url = await migrated();
+    const a = await open(t, url);
+    const b = await open(t, url);
+    const ids = ['tenant\u0000key', 'tenant\\u0000key', 'back\\slash', 'lone\uD800', 'lone\\uD800', 'pair\uD83D\uDE00', 'tenant\u0000user\u0000k'];
+    for (const id of ids) await a.insert('kv', { id, v: id });
+    t.equal(await a.count('kv'), ids.length, 'no two ids collide');
+    await a.update<Doc & { v: string }>('kv', ids[0]!, (cur) => ({ ...cur!, v: 'updated' }));
+    t.ok(await eventually(async () => (await b.count('kv')) === ids.length && b.peek<Doc & { v: string }>('kv', ids[0]!)?.v === 'updated', 2000), 'b sees them all');
+    const reopened = await open(t, url);
+    t.same((await reopened.list('kv')).map((d) => d.id), ids, 'a reopened store lists the same ids in order');
+    t.equal(await b.delete('kv', ids[1]!), true);
+    t.ok(await eventually(() => a.peek('kv', ids[1]!) === undefined && a.peek('kv', ids[0]!) !== undefined, 2000), 'deleting one leaves its look-alike');
+  });
+
   void t.test('update is atomic across stores: 2 × 50 concurrent increments end at exactly 100', async (t) => {
     const url = await migrated();
     const a = await open(t, url);

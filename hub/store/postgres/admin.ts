@@ -7,7 +7,7 @@ import { TrellisError } from '../../../common/errors.js';
 import { COLLECTIONS, type Doc } from '../types.js';
 import { poolConfig, storeError, type PostgresConnectOptions } from './connection.js';
 import { countDocuments, migrate, type MigrateResult } from './migrations.js';
-import { NOTIFY_CHANNEL } from './store.js';
+import { NOTIFY_CHANNEL, dbId } from './store.js';
 
 /** Runs `fn` on one connection (errors as Trellis errors, the password never in them). */
 export async function withDatabase<T>(o: PostgresConnectOptions, fn: (c: pg.Client, where: string) => Promise<T>): Promise<T> {
@@ -73,7 +73,7 @@ export function copyDocuments(o: PostgresConnectOptions, docs: Map<string, Doc[]
             `INSERT INTO trellis_docs (collection, id, doc, version, seq)
              SELECT $1, d.id, d.doc::json, nextval('trellis_doc_version'), nextval('trellis_doc_seq')
                FROM (SELECT * FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(id, doc, n) ORDER BY u.n) AS d`,
-            [col, chunk.map((d) => d.id), chunk.map((d) => JSON.stringify(d))],
+            [col, chunk.map((d) => dbId(d.id)), chunk.map((d) => JSON.stringify(d))],
           );
         }
         await c.query('SELECT pg_notify($1, $2)', [NOTIFY_CHANNEL, JSON.stringify({ c: col })]);

@@ -146,13 +146,12 @@ export class PostgresStore implements Store {
   async insert<T extends Doc>(col: Collection, doc: T): Promise<void> {
     this.#checkWritable(col);
     const stored = toStoredDoc(col, doc);
-    checkPgId(col, stored.id);
     const r = await this.#write(col, stored.id, async (c) => {
       const res = await c.query<{ version: string; seq: string }>(
         `INSERT INTO trellis_docs (collection, id, doc, version, seq)
          VALUES ($1, $2, $3::json, nextval('trellis_doc_version'), nextval('trellis_doc_seq'))
          ON CONFLICT (collection, id) DO NOTHING RETURNING version, seq`,
-        [col, stored.id, JSON.stringify(stored)],
+        [col, dbId(stored.id), JSON.stringify(stored)],
       );
       return res.rows[0] && { ...res.rows[0], doc: stored };
     });
@@ -162,14 +161,12 @@ export class PostgresStore implements Store {
   async put<T extends Doc>(col: Collection, doc: T): Promise<void> {
     this.#checkWritable(col);
     const stored = toStoredDoc(col, doc);
-    checkPgId(col, stored.id);
     await this.#write(col, stored.id, (c) => upsert(c, col, stored));
   }
 
   async delete(col: Collection, id: string): Promise<boolean> {
     this.#checkWritable(col);
     checkId(col, id);
-    checkPgId(col, id);
     const r = await this.#write(col, id, (c) => remove(c, col, id));
     return r !== undefined;
   }
@@ -177,10 +174,9 @@ export class PostgresStore implements Store {
   async update<T extends Doc>(col: Collection, id: string, fn: (cur: T | undefined) => T | undefined): Promise<T | undefined> {
     this.#checkWritable(col);
     checkId(col, id);
-    checkPgId(col, id);
     let result: T | undefined;
     await this.#write(col, id, async (c) => {
-      const cur = await c.query<{ doc: unknown }>('SELECT doc FROM trellis_docs WHERE collection = $1 AND id = $2 FOR UPDATE', [col, id]);
+      const cur = await c.query<{ doc: unknown }>('SELECT doc FROM trellis_docs WHERE collection = $1 AND id = $2 FOR UPDATE', [col, dbId(id)]);
       const before = cur.rows[0] === undefined ? undefined : (cur.rows[0].doc as T);
       this.#inUpdateFn = true;
       let next: T | undefined;
@@ -259,7 +255,7 @@ export class PostgresStore implements Store {
       let broken: Error | undefined;
       try {
         await client.query('BEGIN');
-        await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`${col}\u001f${id}`]);
+        await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`${col}\u001f${dbId(id)}`]);
         r = await body(client);
         if (r !== undefined) {
           const payload = JSON.stringify({ c: col, i: id, v: r.version });
@@ -382,6 +378,7 @@ export class PostgresStore implements Store {
       if (this.#closed) return;
       const fresh = new Map<string, Map<string, Entry>>();
       for (const row of r.rows) {
+        row.id = fromDbId(row.id);
         let t = fresh.get(row.collection);
         if (!t) fresh.set(row.collection, (t = new Map()));
         t.set(row.id, { doc: toStoredDoc(row.collection, row.doc), version: BigInt(row.version), seq: BigInt(row.seq) });
@@ -441,7 +438,7 @@ export class PostgresStore implements Store {
     const keys = new Map<string, Notice>();
     for (const n of batch) if (n.i !== undefined && !whole.includes(n.c)) keys.set(cacheKey(n.c, n.i), n);
     const cols = [...keys.values()].map((n) => n.c);
-    const ids = [...keys.values()].map((n) => n.i!);
+    const ids = [...keys.values()].map((n) => dbId(n.i!));
     const r = await this.#pool.query<Row & { last: string }>(
       `SELECT d.collection, d.id, d.doc, d.version, d.seq FROM trellis_docs d
          JOIN unnest($1::text[], $2::text[]) AS k(c, i) ON d.collection = k.c AND d.id = k.i
@@ -450,6 +447,7 @@ export class PostgresStore implements Store {
       [cols, ids, whole],
     );
     if (this.#closed) return;
+    for (const row of r.rows) row.id = fromDbId(row.id);
     const found = new Map<string, Row>();
     for (const row of r.rows) found.set(cacheKey(row.collection, row.id), row);
     for (const [key, n] of keys) {
@@ -536,7 +534,7 @@ async function upsert(c: pg.PoolClient, col: string, doc: Doc): Promise<{ versio
      VALUES ($1, $2, $3::json, nextval('trellis_doc_version'), nextval('trellis_doc_seq'))
      ON CONFLICT (collection, id) DO UPDATE SET doc = EXCLUDED.doc, version = EXCLUDED.version
      RETURNING version, seq`,
-    [col, doc.id, JSON.stringify(doc)],
+    [col, dbId(doc.id), JSON.stringify(doc)],
   );
   return { ...r.rows[0]!, doc };
 }
@@ -545,7 +543,7 @@ async function remove(c: pg.PoolClient, col: string, id: string): Promise<{ vers
   const r = await c.query<{ version: string }>(
     `WITH d AS (DELETE FROM trellis_docs WHERE collection = $1 AND id = $2 RETURNING 1)
      SELECT nextval('trellis_doc_version') AS version FROM d`,
-    [col, id],
+    [col, dbId(id)],
   );
   return r.rows[0];
 }
@@ -559,11 +557,19 @@ function splitKey(key: string): [string, string] {
   return [key.slice(0, i), key.slice(i + 1)];
 }
 
-/** PostgreSQL text cannot hold NUL, and UTF-8 cannot hold a lone surrogate. */
-function checkPgId(col: string, id: string): void {
-  if (/\u0000|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(id)) {
-    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${col} document id holds a NUL or an unpaired surrogate, which PostgreSQL cannot store`);
-  }
+/**
+ * The id as kept in the id column. PostgreSQL text cannot hold NUL (the kv store's ids use it as
+ * a separator) and UTF-8 cannot hold an unpaired surrogate: those, and the backslash, are
+ * escaped (`\\`, `\uXXXX`); every other id is kept as is. The document itself (json) keeps the
+ * real id.
+ */
+export function dbId(id: string): string {
+  return id.replace(/[\\\u0000]|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g,
+    (ch) => (ch === '\\' ? '\\\\' : `\\u${ch.charCodeAt(0).toString(16).padStart(4, '0')}`));
+}
+
+export function fromDbId(s: string): string {
+  return s.replace(/\\(\\|u[0-9a-f]{4})/g, (_m, e: string) => (e === '\\' ? '\\' : String.fromCharCode(parseInt(e.slice(1), 16))));
 }
 
 function isPgClientError(e: Error): boolean {
