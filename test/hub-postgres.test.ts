@@ -14,6 +14,8 @@ import { ADMIN_PASSWORD, captureLogger, login, startHub, tempDir } from './helpe
 import { createRule, file, getRule, install, markAction, unaryT } from './helpers/admin.js';
 import { needs } from './helpers/needs.js';
 import { postgresMissing, startPostgres } from './helpers/postgres.js';
+import { runCli } from './helpers/cli.js';
+import { SCHEMA_VERSION } from '../hub/store/postgres/index.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 void t.test('hub on PostgreSQL', needs(t, postgresMissing()), async (t) => {
@@ -43,6 +45,30 @@ void t.test('hub on PostgreSQL', needs(t, postgresMissing()), async (t) => {
     t.equal(secret.value, 'sealed-value-1', 'a secret opens after the restart');
     t.equal((await getRule(h, 'on-job')).name, 'on-job', 'the rule is still there');
     t.notOk(h.logLines.some((l) => l.includes(server.password)), 'the database password is in no log line');
+  });
+
+  void t.test('the CLI: hub init --store with TRELLIS_STORE_PASSWORD, hub migrate (idempotent), neither prints the password', async (t) => {
+    const url = await server.createDatabase('cli');
+    const noPw = url.replace(/:[^:@/]*@/, '@');
+    await using d = await tempDir();
+    const dataDir = join(d.path, 'hub');
+    const env = { TRELLIS_STORE_PASSWORD: server.password, TRELLIS_ADMIN_PASSWORD: ADMIN_PASSWORD };
+    const init = await runCli(['hub', 'init', '--data', dataDir, '--name', 'localhost', '--store', noPw], env);
+    t.equal(init.code, 0, init.err);
+    t.equal(readFileSync(join(dataDir, 'store-password'), 'utf8'), server.password, 'the password went to store-password');
+    const again = await runCli(['hub', 'migrate', '--data', dataDir]);
+    t.equal(again.code, 0, again.err);
+    t.match(again.out, new RegExp(`schema version ${SCHEMA_VERSION}: nothing to do`));
+    const direct = await runCli(['hub', 'migrate', '--store', url]);
+    t.equal(direct.code, 0, direct.err);
+    for (const r of [init, again, direct]) t.notOk((r.out + r.err).includes(server.password), 'no password in the output');
+    const lowdbHub = join(d.path, 'low');
+    t.equal((await runCli(['hub', 'init', '--data', lowdbHub, '--name', 'localhost'], env)).code, 0);
+    const refused = await runCli(['hub', 'migrate', '--data', lowdbHub]);
+    t.not(refused.code, 0);
+    t.match(refused.err, /state\.json.*--from-data/);
+    const help = await runCli(['hub', 'migrate', '--help']);
+    t.match(help.out, /--from-data <dir>/);
   });
 
   void t.test('hub init --store refuses a database that already holds a hub, and writes nothing', async (t) => {
