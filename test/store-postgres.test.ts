@@ -12,6 +12,7 @@ import pg from 'pg';
 import { LowdbStore, PostgresStore, type Doc } from '../hub/store/index.js';
 import { MIGRATIONS, migrate, migrateDatabase, redactUrl, SCHEMA_VERSION } from '../hub/store/postgres/index.js';
 import { hubMigrate } from '../hub/migrate.js';
+import { createCA, generateKey, issueCertificate } from '../certs/index.js';
 import { needs } from './helpers/needs.js';
 import { postgresMissing, startPostgres, type Postgres } from './helpers/postgres.js';
 
@@ -218,4 +219,45 @@ void t.test('PostgreSQL store', needs(t, postgresMissing()), async (t) => {
     t.ok(await eventually(async () => (await s.list('kv')).map((d) => d.id).join() === 'other', 2000), 'a running store reloads after a forced copy');
     t.equal(await s.count('users'), 0);
   });
+});
+
+void t.test('TLS to the database: verify-full checks the CA and the name; require encrypts; a plain server is refused', needs(t, postgresMissing()), async (t) => {
+  const ca = createCA({ commonName: 'db test CA' });
+  const key = generateKey('ec-p256');
+  const certPem = issueCertificate({
+    issuerCertPem: ca.certPem, issuerKey: ca.key, subjectPublicKey: key.publicKey, subject: { commonName: 'db.test' },
+    dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'], usage: 'server', notAfter: new Date(Date.now() + 86_400_000),
+  });
+  const server = await startPostgres({ tls: { certPem, keyPem: key.privateKeyPem } });
+  t.teardown(() => server.close());
+  const url = await server.createDatabase('tls');
+  await migrateDatabase({ url });
+
+  const s = await PostgresStore.open({ url, ssl: { mode: 'verify-full', ca: ca.certPem }, poolSize: 2 });
+  t.teardown(() => s.close());
+  await s.put('kv', { id: 'over-tls' });
+  const ssl = await sql(url, `SELECT bool_and(s.ssl) AS all_tls, count(*) AS n FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'trellis-hub'`);
+  t.equal(ssl.rows[0].all_tls, true, 'every connection of the store is TLS');
+  t.ok(Number(ssl.rows[0].n) >= 2, 'the LISTEN connection and the pool');
+
+  const other = createCA({ commonName: 'another CA' });
+  await t.rejects(PostgresStore.open({ url, ssl: { mode: 'verify-full', ca: other.certPem } }), { code: 'TRELLIS_E_CONFIG', message: /TLS to the state database .* failed.*store\.ssl/ }, 'a server certificate from another CA is refused');
+  const byName = url.replace('127.0.0.1', 'localhost');
+  const named = await PostgresStore.open({ url: byName, ssl: { mode: 'verify-full', ca: ca.certPem } });
+  await named.close();
+  const wrongName = createCA({ commonName: 'db test CA 2' });
+  const wrongKey = generateKey('ec-p256');
+  const wrongCert = issueCertificate({
+    issuerCertPem: wrongName.certPem, issuerKey: wrongName.key, subjectPublicKey: wrongKey.publicKey, subject: { commonName: 'elsewhere' },
+    dnsNames: ['elsewhere.test'], usage: 'server', notAfter: new Date(Date.now() + 86_400_000),
+  });
+  const misnamed = await startPostgres({ tls: { certPem: wrongCert, keyPem: wrongKey.privateKeyPem } });
+  t.teardown(() => misnamed.close());
+  await t.rejects(PostgresStore.open({ url: misnamed.url(), ssl: { mode: 'verify-full', ca: wrongName.certPem } }), { code: 'TRELLIS_E_CONFIG', message: /TLS/ }, 'a certificate that does not name the host is refused');
+  const req = await migrateDatabase({ url: misnamed.url(), ssl: { mode: 'require' } });
+  t.ok(req.applied.length > 0, 'mode require encrypts without checking the certificate');
+
+  const plain = await startPostgres();
+  t.teardown(() => plain.close());
+  await t.rejects(PostgresStore.open({ url: plain.url(), ssl: { mode: 'require' } }), { code: 'TRELLIS_E_CONFIG', message: /TLS/ }, 'a server without TLS is refused when TLS is asked for');
 });

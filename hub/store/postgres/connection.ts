@@ -111,6 +111,9 @@ export function poolConfig(o: PostgresConnectOptions): pg.PoolConfig & { where: 
 /** SQLSTATE classes and Node error codes that mean "the database cannot be used right now". */
 const UNAVAILABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', '57P01', '57P02', '57P03', '53300']);
 
+/** Node's certificate verification failures (OpenSSL's names, and the host name check). */
+const TLS_CODES = /^(ERR_TLS_|ERR_SSL_|UNABLE_TO_|SELF_SIGNED_|DEPTH_ZERO_|CERT_|HOSTNAME_MISMATCH)/;
+
 export function isUnavailable(e: unknown): boolean {
   const code = (e as { code?: unknown }).code;
   if (typeof code === 'string' && (UNAVAILABLE_CODES.has(code) || code.startsWith('08'))) return true;
@@ -125,6 +128,9 @@ export function storeError(e: unknown, where: string): Error {
   const msg = (e as Error)?.message ?? String(e);
   if (isUnavailable(e)) {
     return new TrellisError('TRELLIS_E_UNAVAILABLE', `the state database ${where} is unavailable (${typeof code === 'string' ? code : msg}); the call was not done, retry when it is back`, { cause: e });
+  }
+  if ((typeof code === 'string' && TLS_CODES.test(code)) || /does not support SSL|SSL off|no pg_hba.conf entry.*no encryption/i.test(msg)) {
+    return new TrellisError('TRELLIS_E_CONFIG', `TLS to the state database ${where} failed (${typeof code === 'string' ? code : msg}): check store.ssl (mode, caFile) against the server's certificate and ssl setting`, { cause: e });
   }
   if (code === '57014') return new TrellisError('TRELLIS_E_TIMEOUT', `a statement on the state database ${where} ran past store.statementTimeout`, { cause: e });
   if (code === '28P01' || code === '28000') return new TrellisError('TRELLIS_E_CONFIG', `the state database ${where} refused the login: ${msg}`, { cause: e });
