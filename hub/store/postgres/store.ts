@@ -17,6 +17,7 @@
 import pg from 'pg';
 import { TrellisError } from '../../../common/errors.js';
 import { checkCollection, checkId, toStoredDoc } from '../base.js';
+import { DocCache, cacheKey, type Row } from './cache.js';
 import type { Collection, Doc, Store } from '../types.js';
 import { checkSchema } from './migrations.js';
 import { poolConfig, storeError, type PostgresConnectOptions } from './connection.js';
@@ -34,20 +35,6 @@ export interface PostgresStoreOptions extends PostgresConnectOptions {
   maxReconnectDelayMs?: number;
 }
 
-interface Entry {
-  doc: Doc;
-  version: bigint;
-  seq: bigint;
-}
-
-interface Row {
-  collection: string;
-  id: string;
-  doc: unknown;
-  version: string;
-  seq: string;
-}
-
 interface Notice {
   c: string;
   i?: string;
@@ -59,11 +46,7 @@ export class PostgresStore implements Store {
   readonly #pool: pg.Pool;
   readonly #config: pg.PoolConfig;
   readonly #opts: PostgresStoreOptions;
-  /** collection → id → entry; each Map in listing (seq) order unless marked in #unsorted. */
-  readonly #cache = new Map<string, Map<string, Entry>>();
-  readonly #unsorted = new Set<string>();
-  /** Versions of documents this hub deleted while some of its own writes were still settling. */
-  readonly #tombstones = new Map<string, bigint>();
+  readonly #cache = new DocCache();
   #ownInFlight = 0;
   /** Mutations started and not settled: close() waits for them before ending the pool. */
   readonly #inFlight = new Set<Promise<unknown>>();
@@ -75,8 +58,6 @@ export class PostgresStore implements Store {
   /** Notifications waiting to be fetched, drained one batch at a time. */
   #pending: Notice[] = [];
   #draining: Promise<void> | undefined;
-  /** Keys written by this hub while a reload ran: the reload must not overwrite them. */
-  #touchedDuringReload: Set<string> | undefined;
   #inUpdateFn = false;
   #closed = false;
 
@@ -116,7 +97,7 @@ export class PostgresStore implements Store {
   async get<T extends Doc>(col: Collection, id: string): Promise<T | undefined> {
     this.#checkReadable(col);
     checkId(col, id);
-    const e = this.#table(col)?.get(id);
+    const e = this.#cache.get(col, id);
     return e === undefined ? undefined : (structuredClone(e.doc) as T);
   }
 
@@ -124,13 +105,13 @@ export class PostgresStore implements Store {
     this.#checkOpen();
     checkCollection(col);
     checkId(col, id);
-    return this.#table(col)?.get(id)?.doc as T | undefined;
+    return this.#cache.get(col, id)?.doc as T | undefined;
   }
 
   async list<T extends Doc>(col: Collection, filter?: (d: T) => boolean): Promise<T[]> {
     this.#checkReadable(col);
     const out: T[] = [];
-    for (const e of this.#sorted(col).values()) {
+    for (const e of this.#cache.sorted(col)) {
       if (!filter || filter(e.doc as T)) out.push(structuredClone(e.doc) as T);
     }
     return out;
@@ -138,7 +119,7 @@ export class PostgresStore implements Store {
 
   async count(col: Collection): Promise<number> {
     this.#checkReadable(col);
-    return this.#table(col)?.size ?? 0;
+    return this.#cache.size(col);
   }
 
   // ---- writes: one transaction each, under the document's lock ----
@@ -271,62 +252,13 @@ export class PostgresStore implements Store {
       if (r !== undefined) this.#applyOwn(col, id, r);
       return r;
     } finally {
-      if (--this.#ownInFlight === 0) this.#tombstones.clear();
+      if (--this.#ownInFlight === 0) this.#cache.clearTombstones();
     }
   }
 
   #applyOwn(col: string, id: string, r: { version: string; seq?: string; doc?: Doc }): void {
     if (this.#closed) return;
-    const key = cacheKey(col, id);
-    this.#touchedDuringReload?.add(key);
-    const version = BigInt(r.version);
-    if (version <= this.#knownVersion(col, id)) return; // a newer write already landed
-    if (r.doc === undefined) {
-      this.#table(col)?.delete(id);
-      this.#tombstones.set(key, version);
-    } else {
-      this.#tombstones.delete(key);
-      this.#set(col, id, { doc: r.doc, version, seq: BigInt(r.seq!) });
-    }
-  }
-
-  #knownVersion(col: string, id: string): bigint {
-    return this.#table(col)?.get(id)?.version ?? this.#tombstones.get(cacheKey(col, id)) ?? -1n;
-  }
-
-  #set(col: string, id: string, e: Entry): void {
-    let t = this.#cache.get(col);
-    if (!t) {
-      t = new Map();
-      this.#cache.set(col, t);
-    }
-    const old = t.get(id);
-    if (old !== undefined && old.seq === e.seq) {
-      t.set(id, e); // a replace keeps its place
-      return;
-    }
-    t.delete(id);
-    let last: Entry | undefined;
-    for (const v of t.values()) last = v; // only to check the order: cheap next to a round trip
-    t.set(id, e);
-    if (last !== undefined && last.seq > e.seq) this.#unsorted.add(col);
-  }
-
-  #table(col: string): Map<string, Entry> | undefined {
-    return this.#cache.get(col);
-  }
-
-  #sorted(col: Collection): Map<string, Entry> {
-    checkCollection(col);
-    const t = this.#cache.get(col);
-    if (!t) return new Map();
-    if (this.#unsorted.has(col)) {
-      const entries = [...t.entries()].sort((a, b) => (a[1].seq < b[1].seq ? -1 : a[1].seq > b[1].seq ? 1 : 0));
-      t.clear();
-      for (const [k, v] of entries) t.set(k, v);
-      this.#unsorted.delete(col);
-    }
-    return t;
+    this.#cache.applyOwn(col, id, BigInt(r.version), r.doc, r.seq === undefined ? undefined : BigInt(r.seq));
   }
 
   // ---- keeping the cache fresh ----
@@ -371,32 +303,14 @@ export class PostgresStore implements Store {
 
   /** Replaces the cache with the table's contents, keeping this hub's writes made meanwhile. */
   async #reload(): Promise<void> {
-    const touched = new Set<string>();
-    this.#touchedDuringReload = touched;
+    const touched = this.#cache.beginReload();
     try {
       const r = await this.#pool.query<Row>('SELECT collection, id, doc, version, seq FROM trellis_docs ORDER BY collection, seq');
       if (this.#closed) return;
-      const fresh = new Map<string, Map<string, Entry>>();
-      for (const row of r.rows) {
-        row.id = fromDbId(row.id);
-        let t = fresh.get(row.collection);
-        if (!t) fresh.set(row.collection, (t = new Map()));
-        t.set(row.id, { doc: toStoredDoc(row.collection, row.doc), version: BigInt(row.version), seq: BigInt(row.seq) });
-      }
-      for (const key of touched) {
-        const [col, id] = splitKey(key);
-        const mine = this.#table(col)?.get(id);
-        const t = fresh.get(col) ?? new Map<string, Entry>();
-        fresh.set(col, t);
-        const theirs = t.get(id);
-        if (mine && (!theirs || mine.version > theirs.version)) t.set(id, mine);
-        else if (!mine && theirs && theirs.version <= (this.#tombstones.get(key) ?? -1n)) t.delete(id);
-      }
-      this.#cache.clear();
-      for (const [col, t] of fresh) this.#cache.set(col, t);
-      for (const col of fresh.keys()) this.#unsorted.add(col); // touched keys may sit out of order
+      for (const row of r.rows) row.id = fromDbId(row.id);
+      this.#cache.replaceAll(r.rows, touched);
     } finally {
-      if (this.#touchedDuringReload === touched) this.#touchedDuringReload = undefined;
+      this.#cache.endReload(touched);
     }
   }
 
@@ -411,8 +325,8 @@ export class PostgresStore implements Store {
     if (n.i !== undefined && typeof n.i !== 'string') return;
     if (n.v !== undefined && (typeof n.v !== 'string' || !/^\d{1,19}$/.test(n.v))) return;
     // This hub's own change (or an older one): nothing to fetch.
-    if (n.i !== undefined && n.v !== undefined && this.#knownVersion(n.c, n.i) >= BigInt(n.v)) {
-      if (this.#tombstones.get(cacheKey(n.c, n.i)) === BigInt(n.v)) this.#tombstones.delete(cacheKey(n.c, n.i));
+    if (n.i !== undefined && n.v !== undefined && this.#cache.knownVersion(n.c, n.i) >= BigInt(n.v)) {
+      this.#cache.settled(n.c, n.i, BigInt(n.v));
       return;
     }
     this.#pending.push(n);
@@ -452,32 +366,15 @@ export class PostgresStore implements Store {
     for (const row of r.rows) found.set(cacheKey(row.collection, row.id), row);
     for (const [key, n] of keys) {
       const row = found.get(key);
-      if (row) this.#applyFetched(row);
-      else if (this.#table(n.c)?.get(n.i!) !== undefined && this.#knownVersion(n.c, n.i!) < BigInt(n.v ?? '0')) {
-        // Gone from the table: deleted by another hub. A newer write of ours would be in the table or newer than n.v.
-        this.#table(n.c)!.delete(n.i!);
-      }
+      // Gone from the table: deleted by another hub (a newer write of ours would be in it, or newer than n.v).
+      if (row) this.#cache.applyRow(row);
+      else this.#cache.applyGone(n.c, n.i!, BigInt(n.v ?? '0'));
     }
     for (const col of whole) {
-      const t = this.#table(col);
-      const inTable = new Set(r.rows.filter((row) => row.collection === col).map((row) => row.id));
-      for (const row of r.rows) if (row.collection === col) this.#applyFetched(row);
-      // Only on a reload-the-collection notice: a document missing from the table is gone.
-      if (t) for (const id of [...t.keys()]) if (!inTable.has(id) && !this.#tombstones.has(cacheKey(col, id))) t.delete(id);
+      const rows = r.rows.filter((row) => row.collection === col);
+      for (const row of rows) this.#cache.applyRow(row);
+      this.#cache.keepOnly(col, new Set(rows.map((row) => row.id)));
     }
-  }
-
-  #applyFetched(row: Row): void {
-    const version = BigInt(row.version);
-    if (version <= this.#knownVersion(row.collection, row.id)) return;
-    let doc: Doc;
-    try {
-      doc = toStoredDoc(row.collection, row.doc);
-    } catch {
-      return; // not a document this build can hold: leave the cache as it was
-    }
-    this.#tombstones.delete(cacheKey(row.collection, row.id));
-    this.#set(row.collection, row.id, { doc, version, seq: BigInt(row.seq) });
   }
 
   #listenerLost(client: pg.Client, err: Error): void {
@@ -546,15 +443,6 @@ async function remove(c: pg.PoolClient, col: string, id: string): Promise<{ vers
     [col, dbId(id)],
   );
   return r.rows[0];
-}
-
-function cacheKey(col: string, id: string): string {
-  return `${col}\u001f${id}`;
-}
-
-function splitKey(key: string): [string, string] {
-  const i = key.indexOf('\u001f');
-  return [key.slice(0, i), key.slice(i + 1)];
 }
 
 /**
