@@ -1,4 +1,6 @@
 /**
+ * store_pg_propagation_p99_ms: a put on one PostgreSQL store until a second store on the same
+ * database holds it in its cache (what another hub waits for), 200 puts one after another.
  * store_pg_update_p99_ms / store_lowdb_update_p99_ms: the latency of `store.update()` (a
  * read-modify-write of one agent-sized document) with 8 in flight at once, over 1,000 documents,
  * on a throwaway PostgreSQL (test/helpers/postgres.ts: fsync off, so this is the store's and
@@ -32,7 +34,23 @@ async function updateP99(store: Store): Promise<number> {
   return percentile(ms, 99);
 }
 
-export async function benchStore(): Promise<{ pgP99: number; lowdbP99: number }> {
+/** A put on one store until another store on the same database holds it (LISTEN/NOTIFY, then a fetch). */
+async function propagationP99(a: Store, b: Store): Promise<number> {
+  const ms: number[] = [];
+  for (let i = 0; i < 200; i++) {
+    const id = `prop-${i}`;
+    const t0 = performance.now();
+    await a.put('kv', { id, i });
+    while (b.peek('kv', id) === undefined) {
+      if (performance.now() - t0 > 10_000) throw new Error(`${id} did not reach the second store within 10 s`);
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    ms.push(performance.now() - t0);
+  }
+  return percentile(ms, 99);
+}
+
+export async function benchStore(): Promise<{ pgP99: number; lowdbP99: number; propagationP99: number }> {
   const missing = postgresMissing();
   if (missing) throw new Error(missing);
   const dir = await mkdtemp(join(tmpdir(), 'trellis-bench-store-'));
@@ -41,13 +59,21 @@ export async function benchStore(): Promise<{ pgP99: number; lowdbP99: number }>
     const url = await server.createDatabase('bench');
     await migrateDatabase({ url });
     const pg = await openStore({ kind: 'postgres', url });
+    const other = await openStore({ kind: 'postgres', url });
     let pgP99: number;
-    try { pgP99 = await updateP99(pg); } finally { await pg.close(); }
+    let propagation: number;
+    try {
+      pgP99 = await updateP99(pg);
+      propagation = await propagationP99(pg, other);
+    } finally {
+      await pg.close();
+      await other.close();
+    }
     const low = await openStore({ kind: 'lowdb', path: join(dir, 'state.json') });
     let lowdbP99: number;
     try { lowdbP99 = await updateP99(low); } finally { await low.close(); }
-    note(`store: ${UPDATES} updates, ${CONCURRENCY} in flight, ${DOCS} documents: PostgreSQL p99 ${pgP99.toFixed(1)} ms, lowdb p99 ${lowdbP99.toFixed(1)} ms`);
-    return { pgP99, lowdbP99 };
+    note(`store: ${UPDATES} updates, ${CONCURRENCY} in flight, ${DOCS} documents: PostgreSQL p99 ${pgP99.toFixed(1)} ms, lowdb p99 ${lowdbP99.toFixed(1)} ms; put → other store p99 ${propagation.toFixed(1)} ms`);
+    return { pgP99, lowdbP99, propagationP99: propagation };
   } finally {
     await server.close();
     await rm(dir, { recursive: true, force: true });

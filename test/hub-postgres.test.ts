@@ -16,6 +16,7 @@ import { needs } from './helpers/needs.js';
 import { postgresMissing, startPostgres } from './helpers/postgres.js';
 import { runCli } from './helpers/cli.js';
 import { SCHEMA_VERSION } from '../hub/store/postgres/index.js';
+import { hubMigrate } from '../hub/migrate.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 void t.test('hub on PostgreSQL', needs(t, postgresMissing()), async (t) => {
@@ -45,6 +46,23 @@ void t.test('hub on PostgreSQL', needs(t, postgresMissing()), async (t) => {
     t.equal(secret.value, 'sealed-value-1', 'a secret opens after the restart');
     t.equal((await getRule(h, 'on-job')).name, 'on-job', 'the rule is still there');
     t.notOk(h.logLines.some((l) => l.includes(server.password)), 'the database password is in no log line');
+  });
+
+  void t.test('a lowdb hub moved with hub migrate --from-data runs on PostgreSQL with its users, secrets and rules', async (t) => {
+    await using h = await startHub();
+    await unaryT(h, h.admin.kv, h.admin.kv.Set, { key: 'token', value: 'moved-secret-1', secret: true, ttlMs: 0, scope: 'tenant', private: false });
+    await install(h, [file('pack.yaml', 'name: ops\nversion: 1.0.0\ndescription: test pack\n'), markAction('append a line')]);
+    await createRule(h, { name: 'moved-rule', trigger: 'core.job', action: { ref: 'ops.mark', parameters: { msg: 'job', out: join(h.dir, 'out') } } });
+    await h.stop();
+    const url = await server.createDatabase('moved');
+    const r = await hubMigrate({ fromData: h.dataDir, storeUrl: url });
+    t.ok((r.copied?.counts.users ?? 0) >= 1 && r.copied?.counts.rules === 1 && r.copied?.counts.kv === 1, `copied ${JSON.stringify(r.copied?.counts)}`);
+    await h.restart();
+    t.ok(h.hub.components.store instanceof PostgresStore, 'the hub now runs on PostgreSQL');
+    t.ok((await login(h, 'admin', ADMIN_PASSWORD)).token, 'the admin logs in');
+    const secret = await unaryT<T.KvGetRequest, T.KvEntry__Output>(h, h.admin.kv, h.admin.kv.Get, { key: 'token', scope: 'tenant', decrypt: true });
+    t.equal(secret.value, 'moved-secret-1', 'a sealed value opens (the master key stayed in the data directory)');
+    t.equal((await getRule(h, 'moved-rule')).name, 'moved-rule');
   });
 
   void t.test('the CLI: hub init --store with TRELLIS_STORE_PASSWORD, hub migrate (idempotent), neither prints the password', async (t) => {

@@ -95,8 +95,10 @@ void t.test('PostgreSQL store', needs(t, postgresMissing()), async (t) => {
     const url = await migrated();
     const a = await open(t, url);
     const b = await open(t, url);
-    const inc = (s: PostgresStore) => s.update<Counter>('meta', 'counter', (cur) => ({ id: 'counter', n: (cur?.n ?? 0) + 1 }));
+    let calls = 0;
+    const inc = (s: PostgresStore) => s.update<Counter>('meta', 'counter', (cur) => { calls++; return { id: 'counter', n: (cur?.n ?? 0) + 1 }; });
     await Promise.all(Array.from({ length: 50 }, () => [inc(a), inc(b)]).flat());
+    t.equal(calls, 100, 'each update function ran exactly once (no retries: writers of a document queue on its lock)');
     t.equal((await sql(url, `SELECT doc->>'n' AS n FROM trellis_docs WHERE id = 'counter'`)).rows[0].n, '100');
     t.ok(await eventually(() => a.peek<Counter>('meta', 'counter')?.n === 100 && b.peek<Counter>('meta', 'counter')?.n === 100, 2000), 'both caches end at 100');
     // insert is refused on one store for an id the other inserted.
@@ -149,8 +151,15 @@ void t.test('PostgreSQL store', needs(t, postgresMissing()), async (t) => {
     const a = await open(t, url, { maxReconnectDelayMs: 300 });
     await a.put('kv', { id: 'x', v: 1 });
     // Cut a's LISTEN connection only (the database stays up) and change x meanwhile.
-    await sql(url, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'LISTEN trellis_store' OR query LIKE 'SELECT 1%'`);
-    await sql(url, `UPDATE trellis_docs SET doc = '{"id":"x","v":2}', version = nextval('trellis_doc_version') WHERE id = 'x'`);
+    // A raw UPDATE sends no notification: only the reload can bring it. The listener is cut again
+    // after the update, so some reload surely runs after it even if the first reconnect was quick.
+    const c = new pg.Client({ connectionString: url });
+    await c.connect();
+    t.teardown(() => c.end());
+    const cut = `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND (query = 'LISTEN trellis_store' OR query = 'SELECT 1')`;
+    await c.query(cut);
+    await c.query(`UPDATE trellis_docs SET doc = '{"id":"x","v":2}', version = nextval('trellis_doc_version') WHERE id = 'x'`);
+    await c.query(cut);
     t.ok(await eventually(() => (a.peek<Doc & { v: number }>('kv', 'x')?.v === 2), 10_000), 'reloaded after reconnecting');
   });
 
