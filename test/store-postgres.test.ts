@@ -89,6 +89,12 @@ void t.test('PostgreSQL store', needs(t, postgresMissing()), async (t) => {
     t.same((await reopened.list('kv')).map((d) => d.id), ids, 'a reopened store lists the same ids in order');
     t.equal(await b.delete('kv', ids[1]!), true);
     t.ok(await eventually(() => a.peek('kv', ids[1]!) === undefined && a.peek('kv', ids[0]!) !== undefined, 2000), 'deleting one leaves its look-alike');
+    // An id too long for a notification (8000 bytes) makes the other stores reload the collection.
+    const long = 'é'.repeat(4500);
+    await a.put('kv', { id: long });
+    t.ok(await eventually(() => b.peek('kv', long) !== undefined, 2000), 'a document with a 9,000-byte id reaches b');
+    await a.delete('kv', long);
+    t.ok(await eventually(() => b.peek('kv', long) === undefined, 2000), 'and so does its delete');
   });
 
   void t.test('update is atomic across stores: 2 × 50 concurrent increments end at exactly 100', async (t) => {

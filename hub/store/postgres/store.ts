@@ -240,7 +240,7 @@ export class PostgresStore implements Store {
         r = await body(client);
         if (r !== undefined) {
           const payload = JSON.stringify({ c: col, i: id, v: r.version });
-          await client.query('SELECT pg_notify($1, $2)', [NOTIFY_CHANNEL, payload.length <= MAX_PAYLOAD ? payload : JSON.stringify({ c: col })]);
+          await client.query('SELECT pg_notify($1, $2)', [NOTIFY_CHANNEL, Buffer.byteLength(payload) <= MAX_PAYLOAD ? payload : JSON.stringify({ c: col })]);
         }
         await client.query('COMMIT');
       } catch (e) {
