@@ -69,6 +69,7 @@ import { silenceIpServernameWarning } from '../common/warnings.js';
 import { benchCaRotation } from './ca-rotation.js';
 import { benchCliStart } from './cli.js';
 import { benchAgentIdle } from './agent-idle.js';
+import { benchStore } from './store.js';
 import { mean, note, percentile, pool, processCpuMs, sleep, startChildHub, type ChildHub } from './lib.js';
 
 silenceIpServernameWarning();
@@ -101,6 +102,7 @@ const FIGURES = [
   'ca_rotation_1000_agents_s',
   'cli_start_ms',
   'agent_idle_rss_mb', 'agent_idle_cpu_pct',
+  'store_pg_update_p99_ms', 'store_lowdb_update_p99_ms', 'store_pg_propagation_p99_ms',
 ] as const;
 type Figure = typeof FIGURES[number];
 const reported = new Set<Figure>();
@@ -500,6 +502,12 @@ async function main(): Promise<void> {
   await figure(['seal_per_s'], async () => report('seal_per_s', benchSeal().perS, 'seals/s'));
   await figure(['kv_get_decrypt_per_s'], async () => report('kv_get_decrypt_per_s', (await benchKvGetDecrypt()).perS, 'gets/s'));
   await figure(['rotate_10k_values_s'], async () => report('rotate_10k_values_s', (await benchKvRotate()).seconds, 's', 2));
+  await figure(['store_pg_update_p99_ms', 'store_lowdb_update_p99_ms', 'store_pg_propagation_p99_ms'], async () => {
+    const r = await benchStore();
+    report('store_pg_update_p99_ms', r.pgP99, 'ms', 1);
+    report('store_lowdb_update_p99_ms', r.lowdbP99, 'ms', 1);
+    report('store_pg_propagation_p99_ms', r.propagationP99, 'ms', 1);
+  });
 
   const hubFigures: Figure[] = ['login_ms', 'authed_rpc_overhead_us', 'enroll_hub_cpu_ms', 'agent_enroll_wall_ms', 'agent_enroll_wall_p99_ms', 'channel_events_per_s', 'channel_events_unbatched_per_s'];
   try {

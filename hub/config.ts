@@ -243,6 +243,48 @@ const AgentChannelSchema = z.strictObject({
   keepaliveTimeout: duration.default(20_000).refine((ms) => ms >= 5_000 && ms <= 300_000, 'between 5s and 5m'),
 });
 
+/**
+ * Where the hub keeps its state. `lowdb` (the default): one JSON file in the data directory
+ * (state.json). `postgres`: a PostgreSQL database several hubs can share; create the database,
+ * then run `trellis hub migrate`. A password in `url` is a secret: prefer `passwordFile` (mode
+ * 0600) or `passwordEnv`; it is never logged or echoed in an error.
+ * @example { "kind": "postgres", "url": "postgres://trellis@db.example:5432/trellis", "passwordFile": "/etc/trellis/db.pw",
+ *   "ssl": { "mode": "verify-full", "caFile": "/etc/trellis/db-ca.pem" }, "poolSize": 10 }
+ */
+const StoreSchema = z.discriminatedUnion('kind', [
+  z.strictObject({ kind: z.literal('lowdb') }),
+  z.strictObject({
+    kind: z.literal('postgres'),
+    /** `postgres://USER@HOST[:PORT]/DATABASE` (a Unix socket: `postgres://USER@/DATABASE?host=/run/postgresql`). */
+    url: z.string().regex(/^postgres(ql)?:\/\/\S+$/i, 'postgres://USER@HOST[:PORT]/DATABASE'),
+    /** File holding the database password (mode 0600); overrides a password in the URL. */
+    passwordFile: z.string().refine(isAbsolute, 'an absolute path').optional(),
+    /** Name of an environment variable holding the database password. */
+    passwordEnv: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'an environment variable name').optional(),
+    /**
+     * TLS to the database. `verify-full`: the server certificate must chain to `caFile` (else the
+     * system CAs) and name the host; `require`: encrypted, the certificate is not checked;
+     * `disable`: plain TCP. `certFile` + `keyFile`: a client certificate.
+     * @default { "mode": "verify-full" }, but "disable" for a loopback host or a Unix socket
+     */
+    ssl: z.strictObject({
+      mode: z.enum(['disable', 'require', 'verify-full']).optional(),
+      caFile: z.string().refine(isAbsolute, 'an absolute path').optional(),
+      certFile: z.string().refine(isAbsolute, 'an absolute path').optional(),
+      keyFile: z.string().refine(isAbsolute, 'an absolute path').optional(),
+    }).optional(),
+    /** Database connections the hub keeps open for its writes (plus one for LISTEN). @default 10 */
+    poolSize: z.number().int().min(1).max(200).default(10),
+    /** Longest one statement may run. @default "10s" */
+    statementTimeout: duration.default(10_000),
+    /** Longest a new connection may take. @default "5s" */
+    connectTimeout: duration.default(5_000),
+  }).superRefine((v, ctx) => {
+    if (v.passwordFile && v.passwordEnv) ctx.addIssue({ code: 'custom', path: ['passwordFile'], message: 'give at most one of passwordFile and passwordEnv' });
+  }),
+]);
+export type StoreConfig = z.output<typeof StoreSchema>;
+
 export const HubConfigSchema = z.strictObject({
   /** Every DNS name and IP address agents and admins use to reach the hub (subjectAltName). */
   names: z.array(z.string().min(1).max(253)).min(1),
@@ -302,6 +344,8 @@ export const HubConfigSchema = z.strictObject({
   audit: AuditSchema.prefault({}),
   /** Who may read `GET /metrics` without an API key. @default { "allow": [] } */
   metrics: MetricsSchema.prefault({}),
+  /** Where the state lives: `{ "kind": "lowdb" }` (state.json in the data directory) or `{ "kind": "postgres", "url": ... }` (see StoreSchema). @default { "kind": "lowdb" } */
+  store: StoreSchema.default({ kind: 'lowdb' }),
 }).superRefine((c, ctx) => {
   // Caught at start-up, not by every `tokens create` later.
   const maxMs = 365 * 86_400_000;

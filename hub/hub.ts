@@ -7,6 +7,7 @@ import { GuardedServer } from './grpc/malformed.js';
 import { loadHubConfig, type HubConfig, type HubConfigInput } from './config.js';
 import { hubPaths } from './paths.js';
 import { openStore, type Store } from './store/index.js';
+import { storeOptions } from './store/from-config.js';
 import { HubPki } from './pki/index.js';
 import { HubCertLifecycle } from './pki/lifecycle.js';
 import { Auth } from './auth/index.js';
@@ -120,7 +121,10 @@ export class Hub {
     const paths = hubPaths(opts.dataDir);
     assertTableCovers(allMethodPaths());
 
-    const store: Store = await openStore(opts.memoryStore ? { kind: 'memory' } : { kind: 'lowdb', path: paths.store });
+    const storeLog = log.child({ component: 'store' });
+    const store: Store = await openStore(opts.memoryStore ? { kind: 'memory' } : storeOptions(config.store, paths.store, {
+      onStateChange: (state, detail) => (state === 'ready' ? storeLog.info({ state }, detail) : storeLog.error({ state }, detail)),
+    }));
     // A CA rotation commit cut short by a crash is finished before the CA files are read.
     const recovered = await recoverRotation(paths);
     if (recovered) log.warn({ component: 'pki' }, recovered);

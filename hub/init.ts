@@ -8,6 +8,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { chmod, rm } from 'node:fs/promises';
 import { isIP } from 'node:net';
+import { join, resolve } from 'node:path';
 import {
   certInfo, createCA, fingerprintSha256, generateKey, issueCertificate, keyMatchesCert, loadPrivateKey, splitPemBundle, verifyIssuedBy, type KeyType,
 } from '../certs/index.js';
@@ -18,6 +19,8 @@ import { hubPaths } from './paths.js';
 import { checkHubIdentity } from './pki/index.js';
 import { validateConfig, type HubConfigInput } from './config.js';
 import { openStore } from './store/index.js';
+import { storeOptions } from './store/from-config.js';
+import { prepareEmptyDatabase } from './store/postgres/index.js';
 import { Auth, checkUsername } from './auth/index.js';
 import { Iam } from './iam/index.js';
 import { checkPasswordPolicy, generatePassword } from './auth/passwords.js';
@@ -39,6 +42,14 @@ export interface InitOptions {
   config?: Partial<HubConfigInput>;
   /** A file holding the master key (32 bytes raw, or hex / base64 text); else a random one. */
   masterKeyFile?: string;
+  /**
+   * `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`: keep the state in this (empty) PostgreSQL
+   * database instead of DATA/state.json. It is migrated; a password in the URL is moved to
+   * DATA/store-password (0600) and hub.json names that file.
+   */
+  storeUrl?: string;
+  /** The database password when not in `storeUrl` (TRELLIS_STORE_PASSWORD). */
+  storePassword?: string;
 }
 
 export interface InitResult {
@@ -146,6 +157,18 @@ export async function initHub(o: InitOptions): Promise<InitResult> {
     masterKey = parseMasterKey(masterKey, `--master-key ${o.masterKeyFile}`);
   }
 
+  // PostgreSQL (--store, or `store` in the config given): migrated and checked empty before
+  // anything is written here. A password in --store goes to DATA/store-password, not hub.json.
+  const pgStore = o.storeUrl ? splitStorePassword(o.storeUrl, paths.dir, o.storePassword) : undefined;
+  const storeConfig = pgStore
+    ? validateConfig({ names, store: { kind: 'postgres', url: pgStore.url, ...(pgStore.password !== undefined ? { passwordFile: pgStore.passwordFile } : {}) } }, '--store').store
+    : config.store;
+  if (storeConfig.kind === 'postgres') {
+    const { passwordFile: _unwritten, ...rest } = storeConfig;
+    const opts = storeOptions(pgStore ? rest : storeConfig, paths.store);
+    if (opts.kind === 'postgres') await prepareEmptyDatabase({ ...opts, password: pgStore?.password ?? opts.password });
+  }
+
   await ensureDir(o.dataDir, 0o700);
   await chmod(o.dataDir, 0o700); // a directory the operator made beforehand is tightened too
   // Never rewrite the state of a hub that runs on this directory (hub/lock).
@@ -168,7 +191,8 @@ async function writeHub(o: InitOptions, f: HubFiles): Promise<InitResult> {
     await rm(paths.store, { force: true });
     await rm(paths.caKey, { force: true });
   }
-  const store = await openStore({ kind: 'lowdb', path: paths.store });
+  if (pgStore?.password !== undefined) await atomicWriteFile(pgStore.passwordFile, pgStore.password, { mode: 0o600 });
+  const store = await openStore(storeOptions(storeConfig, paths.store));
   try {
     const iam = new Iam(store);
     await iam.ensureDefaultTenant();
@@ -181,7 +205,23 @@ async function writeHub(o: InitOptions, f: HubFiles): Promise<InitResult> {
   if (caKeyPem) await atomicWriteFile(paths.caKey, caKeyPem, { mode: 0o600 });
   await atomicWriteFile(paths.hubKey, hubKeyPem, { mode: 0o600 });
   await atomicWriteFile(paths.hubCert, hubChainPem, { mode: 0o644 });
-  const fileConfig: Record<string, unknown> = { ...(o.config ?? {}), names, trustDomain: config.trustDomain };
+  const fileConfig: Record<string, unknown> = { ...(o.config ?? {}), names, trustDomain: config.trustDomain, ...(pgStore ? { store: { kind: 'postgres', url: pgStore.url, ...(pgStore.password !== undefined ? { passwordFile: pgStore.passwordFile } : {}) } } : {}) };
   await atomicWriteFile(paths.config, JSON.stringify(fileConfig, null, 2) + '\n', { mode: 0o600 });
   return { caFingerprint: fingerprintSha256(caChain[0]!), mode, admin, generatedPassword: o.adminPassword ? undefined : password, paths };
+}
+
+/** The URL without its password, and the password (if any) with the file it goes to. */
+function splitStorePassword(url: string, dataDir: string, given?: string): { url: string; password?: string; passwordFile: string } {
+  const passwordFile = join(resolve(dataDir), 'store-password');
+  let u: URL;
+  try { u = new URL(url); } catch {
+    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--store is not a URL: give postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE');
+  }
+  if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:') {
+    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `--store must be a postgres:// URL (got ${u.protocol}//)`);
+  }
+  if (!u.password) return { url, password: given, passwordFile };
+  const password = given ?? decodeURIComponent(u.password);
+  u.password = '';
+  return { url: u.toString(), password, passwordFile };
 }

@@ -6,6 +6,8 @@ import { parseDuration, formatDuration } from '../common/duration.js';
 import { parseJoinToken, formatJoinToken, newJoinToken } from '../common/jointoken.js';
 import { tempDir } from './helpers/hub.js';
 import { AGENT_CONCURRENT_ACTIONS } from '../common/automation/request.js';
+import { storeOptions } from '../hub/store/from-config.js';
+import { poolConfig } from '../hub/store/postgres/index.js';
 
 t.test('hub config: defaults, file, environment, flags, in that order', async (t) => {
   await using d = await tempDir();
@@ -41,6 +43,48 @@ t.test('hub config: bad values and missing or broken files give clear errors', a
   mkdirSync(join(d.path, 'x'));
   writeFileSync(join(d.path, 'x', 'hub.json'), '{ not json');
   t.throws(() => loadHubConfig(join(d.path, 'x')), { code: 'TRELLIS_E_CONFIG', message: /cannot parse/ });
+});
+
+t.test('hub config: store is lowdb by default; a postgres store is checked, and its password never echoed', async (t) => {
+  const secret = 'pw-Secret-123';
+  t.same(validateConfig({ names: ['h'] }, 'x').store, { kind: 'lowdb' }, 'default: lowdb');
+  const pgc = validateConfig({ names: ['h'], store: { kind: 'postgres', url: 'postgres://trellis@db.example/trellis' } }, 'x').store;
+  t.match(pgc, { kind: 'postgres', poolSize: 10, statementTimeout: 10_000, connectTimeout: 5_000 }, 'postgres defaults');
+  const bad: [unknown, RegExp][] = [
+    [{ kind: 'postgres', url: `mysql://u:${secret}@h/db` }, /store\.url: postgres:\/\/USER@HOST/],
+    [{ kind: 'postgres', url: `postgres://u:${secret}@h/db withspace` }, /store\.url/],
+    [{ kind: 'postgres', url: 'postgres://u@h/db', poolsize: 3 }, /poolsize/],
+    [{ kind: 'postgres', url: 'postgres://u@h/db', passwordFile: 'relative/pw' }, /passwordFile: an absolute path/],
+    [{ kind: 'postgres', url: 'postgres://u@h/db', passwordFile: '/pw', passwordEnv: 'PW' }, /at most one of passwordFile and passwordEnv/],
+    [{ kind: 'postgres', url: 'postgres://u@h/db', ssl: { mode: 'prefer' } }, /ssl\.mode/],
+    [{ kind: 'mongo' }, /store\.kind/],
+  ];
+  for (const [store, msg] of bad) {
+    const err = (() => { try { validateConfig({ names: ['h'], store }, 'x'); } catch (e) { return e as Error; } })();
+    t.match(err, { code: 'TRELLIS_E_CONFIG', message: msg }, JSON.stringify(store).replace(secret, '***'));
+    t.notMatch(err?.message ?? '', secret, 'the password is not echoed');
+  }
+  // Connection options: a password in the URL or its parameters is not echoed either.
+  t.throws(() => poolConfig({ url: `postgres://u:${secret}@db.example/trellis?sslmode=require` }), { code: 'TRELLIS_E_CONFIG', message: /"sslmode" is not supported.*store\.ssl/ });
+  try { poolConfig({ url: `postgres://u:${secret}@db.example/?x=1` }); } catch (e) { t.notMatch((e as Error).message, secret); }
+  try { poolConfig({ url: `postgres://u:${secret}@db.example/` }); } catch (e) { t.match(e, { message: /names no database: postgres:\/\/u:\*\*\*@db\.example/ }); t.notMatch((e as Error).message, secret); }
+  t.equal(poolConfig({ url: 'postgres://u@127.0.0.1/db' }).ssl, false, 'loopback: plain TCP by default');
+  t.match(poolConfig({ url: 'postgres://u@db.example/db' }).ssl, { rejectUnauthorized: true, servername: 'db.example' }, 'elsewhere: TLS, verified, by default');
+  t.match(poolConfig({ url: 'postgres://u@db.example/db', ssl: { mode: 'require' } }).ssl, { rejectUnauthorized: false });
+  t.throws(() => poolConfig({ url: 'postgres://u@db.example/db', ssl: { mode: 'disable', ca: 'PEM' } }), { message: /need mode "require" or "verify-full"/ });
+
+  // The password from a file (0600 only) or an environment variable.
+  await using d = await tempDir();
+  const pwFile = join(d.path, 'db.pw');
+  writeFileSync(pwFile, `${secret}\n`, { mode: 0o644 });
+  const cfg = validateConfig({ names: ['h'], store: { kind: 'postgres', url: 'postgres://u@h/db', passwordFile: pwFile } }, 'x').store;
+  t.throws(() => storeOptions(cfg, '/unused'), { code: 'TRELLIS_E_CONFIG', message: /readable by others.*chmod 600/ });
+  const { chmodSync } = await import('node:fs');
+  chmodSync(pwFile, 0o600);
+  t.match(storeOptions(cfg, '/unused'), { kind: 'postgres', password: secret }, 'the trailing newline is dropped');
+  const envCfg = validateConfig({ names: ['h'], store: { kind: 'postgres', url: 'postgres://u@h/db', passwordEnv: 'TRELLIS_TEST_DB_PW' } }, 'x').store;
+  t.match(storeOptions(envCfg, '/unused', { env: { TRELLIS_TEST_DB_PW: secret } }), { password: secret });
+  t.throws(() => storeOptions(envCfg, '/unused', { env: {} }), { code: 'TRELLIS_E_CONFIG', message: /TRELLIS_TEST_DB_PW is not set/ });
 });
 
 t.test('durations', async (t) => {

@@ -4,8 +4,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import t from 'tap';
-import { LowdbStore, MemoryStore, openStore, type Store } from '../hub/store/index.js';
+import pg from 'pg';
+import { LowdbStore, MemoryStore, openStore, PostgresStore, type Store } from '../hub/store/index.js';
+import { migrate } from '../hub/store/postgres/index.js';
 import { storeContract } from './contract/store.js';
+import { needs } from './helpers/needs.js';
+import { postgresMissing, startPostgres } from './helpers/postgres.js';
 
 const root = await mkdtemp(join(tmpdir(), 'trellis-store-'));
 t.teardown(() => rm(root, { recursive: true, force: true }));
@@ -25,6 +29,19 @@ storeContract(t, 'MemoryStore', async () => ({ store: new MemoryStore() }));
 storeContract(t, 'LowdbStore', async () => {
   const path = freshPath();
   return { store: await openLowdb(path), reopen: () => openLowdb(path) };
+});
+
+void t.test('PostgresStore', needs(t, postgresMissing()), async (t) => {
+  const server = await startPostgres();
+  t.teardown(() => server.close());
+  storeContract(t, 'PostgresStore', async () => {
+    const url = await server.createDatabase('contract');
+    const client = new pg.Client({ connectionString: url });
+    await client.connect();
+    try { await migrate(client); } finally { await client.end(); }
+    const open = async () => (await openStore({ kind: 'postgres', url })) as PostgresStore;
+    return { store: await open(), reopen: open };
+  });
 });
 
 void t.test('openStore lists both backends', async (t) => {

@@ -61,8 +61,9 @@ export function addDaemonCommands(program: Command): void {
     .option('--agent-port <port>', 'agent port (mTLS)', intOption)
     .option('--admin-port <port>', 'admin port (TLS)', intOption)
     .option('--web-port <port>', 'web port (HTTPS)', intOption)
-    .option('--force', 'replace an existing hub in the data directory')
-    .addHelpText('after', '\nThe admin password comes from TRELLIS_ADMIN_PASSWORD, a prompt on a terminal, or is generated and printed once.')
+    .option('--store <url>', 'keep the state in this empty PostgreSQL database (postgres://USER@HOST[:PORT]/DATABASE; password from TRELLIS_STORE_PASSWORD) instead of DATA/state.json')
+    .option('--force', 'replace an existing hub in the data directory (a --store database must still be empty)')
+    .addHelpText('after', '\nThe admin password comes from TRELLIS_ADMIN_PASSWORD, a prompt on a terminal, or is generated and printed once.\nWith --store the database is migrated first; its password (TRELLIS_STORE_PASSWORD, or in the URL) is written to DATA/store-password (0600), never to hub.json.')
     .action(async (o) => {
       if (o.caKeyType && !KEY_TYPES.includes(o.caKeyType) || o.caKeyType === 'rsa-2048') {
         throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `--ca-key-type must be one of ec-p256, ec-p384, rsa-3072, rsa-4096`);
@@ -81,6 +82,7 @@ export function addDaemonCommands(program: Command): void {
       const r = await initHub({
         dataDir: o.data, names: o.name, trustDomain: o.trustDomain, caKeyType: o.caKeyType as KeyType, caCertFile: o.caCert, caKeyFile: o.caKey, masterKeyFile: o.masterKey,
         hubCertFile: o.hubCert, hubKeyFile: o.hubKey, admin: o.admin, adminPassword: password, force: o.force, config,
+        storeUrl: o.store, storePassword: process.env.TRELLIS_STORE_PASSWORD || undefined,
       });
       const first = String(o.name[0]).split(',')[0];
       process.stdout.write([
@@ -115,6 +117,27 @@ export function addDaemonCommands(program: Command): void {
       const hubd = await Hub.start({ dataDir: o.data, flags: { bind: o.bind, agentPort: o.agentPort, adminPort: o.adminPort, webPort: o.webPort, logLevel: o.logLevel, logFormat: o.logFormat, logTime: o.logTime } });
       process.stderr.write(`trellis hub: agent port ${hubd.agentPort}, admin port ${hubd.adminPort}, web port ${hubd.webPort}, CA sha256:${hubd.components.pki.caFingerprint}\n`);
       await runUntilSignal(() => hubd.close());
+    });
+
+  hub.command('migrate')
+    .description('bring the PostgreSQL state database to this release\'s schema; with --from-data, move a lowdb hub\'s state into it')
+    .option('--data <dir>', 'hub data directory whose hub.json names the database (store.kind "postgres")')
+    .option('--store <url>', 'the database instead: postgres://USER@HOST[:PORT]/DATABASE (password from TRELLIS_STORE_PASSWORD)')
+    .option('--from-data <dir>', 'copy the state of this lowdb hub (stopped) into the database, and point its hub.json at it')
+    .option('--force', 'with --from-data: replace what the database holds')
+    .addHelpText('after', [
+      '',
+      'Migrations are numbered, each applied in one transaction under a lock: running it twice, or on two hubs at once, is safe.',
+      'A hub refuses to start on a database with an older schema (run this) or a newer one (upgrade the hub).',
+      '',
+      'Examples:',
+      '  trellis hub migrate --data /var/lib/trellis-hub',
+      '  TRELLIS_STORE_PASSWORD=... trellis hub migrate --from-data /var/lib/trellis-hub --store postgres://trellis@db.example/trellis',
+    ].join('\n'))
+    .action(async (o) => {
+      const { hubMigrate, describeMigrate } = await import('../../hub/migrate.js');
+      const r = await hubMigrate({ dataDir: o.data, storeUrl: o.store, storePassword: process.env.TRELLIS_STORE_PASSWORD || undefined, fromData: o.fromData, force: o.force });
+      process.stdout.write(describeMigrate(r, o.store));
     });
 
   hub.command('install')

@@ -151,13 +151,13 @@ export abstract class MapStore implements Store {
   }
 }
 
-function checkCollection(col: string): void {
+export function checkCollection(col: string): void {
   if (!KNOWN_COLLECTIONS.has(col)) {
     throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `unknown store collection '${col}'`);
   }
 }
 
-function checkId(col: string, id: unknown): asserts id is string {
+export function checkId(col: string, id: unknown): asserts id is string {
   if (typeof id !== 'string' || id === '') {
     throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${col} document id must be a non-empty string`);
   }

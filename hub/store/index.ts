@@ -4,11 +4,13 @@
  */
 import { LowdbStore } from './lowdb.js';
 import { MemoryStore } from './memory.js';
+import { PostgresStore, type PostgresStoreOptions } from './postgres/index.js';
 import type { Store } from './types.js';
 
 export { COLLECTIONS, type Collection, type Doc, type Store } from './types.js';
 export { LowdbStore, type LowdbStoreOptions } from './lowdb.js';
 export { MemoryStore } from './memory.js';
+export { PostgresStore, type PostgresStoreOptions } from './postgres/index.js';
 
 export type StoreOptions =
   | {
@@ -18,7 +20,9 @@ export type StoreOptions =
       /** @default 10 */
       coalesceMs?: number;
     }
-  | { kind: 'memory' };
+  | { kind: 'memory' }
+  /** Several hubs over one database: see hub/store/postgres. */
+  | ({ kind: 'postgres' } & PostgresStoreOptions);
 
 export async function openStore(opts: StoreOptions): Promise<Store> {
   switch (opts.kind) {
@@ -26,5 +30,9 @@ export async function openStore(opts: StoreOptions): Promise<Store> {
       return LowdbStore.open({ path: opts.path, coalesceMs: opts.coalesceMs });
     case 'memory':
       return new MemoryStore();
+    case 'postgres': {
+      const { kind: _kind, ...pgOpts } = opts;
+      return PostgresStore.open(pgOpts);
+    }
   }
 }
