@@ -174,7 +174,7 @@ export async function initHub(o: InitOptions): Promise<InitResult> {
   // Never rewrite the state of a hub that runs on this directory (hub/lock).
   const lock = lockDataDir(o.dataDir, 'hub init');
   try {
-    return await writeHub(o, { paths, config, admin, password, caChain, caKeyPem, hubKeyPem, hubChainPem, masterKey, mode, names });
+    return await writeHub(o, { paths, config, admin, password, caChain, caKeyPem, hubKeyPem, hubChainPem, masterKey, mode, names, pgStore, storeConfig });
   } finally {
     lock.release();
   }
@@ -183,10 +183,11 @@ export async function initHub(o: InitOptions): Promise<InitResult> {
 interface HubFiles {
   paths: ReturnType<typeof hubPaths>; config: ReturnType<typeof validateConfig>; admin: string; password: string; caChain: string[]; caKeyPem?: string;
   hubKeyPem: string; hubChainPem: string; masterKey?: Buffer; mode: InitResult['mode']; names: string[];
+  pgStore?: { url: string; password?: string; passwordFile: string }; storeConfig: ReturnType<typeof validateConfig>['store'];
 }
 
 async function writeHub(o: InitOptions, f: HubFiles): Promise<InitResult> {
-  const { paths, config, admin, password, caChain, caKeyPem, hubKeyPem, hubChainPem, masterKey, mode, names } = f;
+  const { paths, config, admin, password, caChain, caKeyPem, hubKeyPem, hubChainPem, masterKey, mode, names, pgStore, storeConfig } = f;
   if (o.force) {
     await rm(paths.store, { force: true });
     await rm(paths.caKey, { force: true });

@@ -12,6 +12,7 @@ import { TrellisError } from '../common/errors.js';
 import { atomicWriteFile } from '../common/fsutil.js';
 import { loadHubConfig, validateConfig, CONFIG_FILE } from './config.js';
 import { hubPaths } from './paths.js';
+import { lockDataDir } from './lock/index.js';
 import { storeOptions } from './store/from-config.js';
 import { COLLECTIONS, LowdbStore, type Doc } from './store/index.js';
 import { copyDocuments, migrateDatabase, redactUrl, type CopyResult, type MigrateResult, type PostgresConnectOptions } from './store/postgres/index.js';
@@ -43,6 +44,17 @@ export async function hubMigrate(o: HubMigrateOptions): Promise<HubMigrateResult
   if (!existsSync(paths.store)) {
     throw new TrellisError('TRELLIS_E_NOT_FOUND', `${paths.store} does not exist: --from-data takes the data directory of a hub that keeps its state in state.json`);
   }
+  // The source hub must be stopped (TRELLIS_E_LOCKED names it otherwise): a running hub would go
+  // on writing state.json after the copy. The lock is held until hub.json points at the database.
+  const lock = lockDataDir(paths.dir, 'hub migrate');
+  try {
+    return await copyFromData(o, target, migrated, paths);
+  } finally {
+    lock.release();
+  }
+}
+
+async function copyFromData(o: HubMigrateOptions, target: PostgresConnectOptions, migrated: HubMigrateResult, paths: ReturnType<typeof hubPaths>): Promise<HubMigrateResult> {
   const source = await LowdbStore.open({ path: paths.store });
   const docs = new Map<string, Doc[]>();
   try {

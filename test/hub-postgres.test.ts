@@ -53,8 +53,11 @@ void t.test('hub on PostgreSQL', needs(t, postgresMissing()), async (t) => {
     await unaryT(h, h.admin.kv, h.admin.kv.Set, { key: 'token', value: 'moved-secret-1', secret: true, ttlMs: 0, scope: 'tenant', private: false });
     await install(h, [file('pack.yaml', 'name: ops\nversion: 1.0.0\ndescription: test pack\n'), markAction('append a line')]);
     await createRule(h, { name: 'moved-rule', trigger: 'core.job', action: { ref: 'ops.mark', parameters: { msg: 'job', out: join(h.dir, 'out') } } });
-    await h.stop();
     const url = await server.createDatabase('moved');
+    const busy = await hubMigrate({ fromData: h.dataDir, storeUrl: url }).catch((e: Error & { code?: string }) => e);
+    t.equal((busy as { code?: string }).code, 'TRELLIS_E_LOCKED', 'a running hub\'s data directory is not copied (it would go on writing state.json)');
+    t.notOk(existsSync(join(h.dataDir, 'state.json.migrated')), 'and nothing was changed');
+    await h.stop();
     const r = await hubMigrate({ fromData: h.dataDir, storeUrl: url });
     t.ok((r.copied?.counts.users ?? 0) >= 1 && r.copied?.counts.rules === 1 && r.copied?.counts.kv === 1, `copied ${JSON.stringify(r.copied?.counts)}`);
     await h.restart();
