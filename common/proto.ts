@@ -14,6 +14,7 @@ import type { ProtoGrpcType as ChannelProto } from './proto-gen/agent_channel.js
 import type { ProtoGrpcType as IamProto } from './proto-gen/iam.js';
 import type { ProtoGrpcType as KvProto } from './proto-gen/kv.js';
 import type { ProtoGrpcType as AutomationProto } from './proto-gen/automation.js';
+import type { ProtoGrpcType as ClusterProto } from './proto-gen/cluster.js';
 import { LOADER_OPTIONS, PROTO_DIR } from './proto-files.js';
 
 export { LOADER_OPTIONS, PROTO_DIR };
@@ -24,7 +25,7 @@ export const PROTO_FILES = readdirSync(join(PROTO_DIR, 'trellis', 'v1'))
 
 export const packageDefinition = protoLoader.loadSync(PROTO_FILES, LOADER_OPTIONS);
 
-type Loaded = AdminProto & VersionProto & EnrollmentProto & ChannelProto & IamProto & KvProto & AutomationProto;
+type Loaded = AdminProto & VersionProto & EnrollmentProto & ChannelProto & IamProto & KvProto & AutomationProto & ClusterProto;
 export const proto = grpc.loadPackageDefinition(packageDefinition) as unknown as Loaded;
 export const v1 = proto.trellis.v1;
 

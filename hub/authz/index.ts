@@ -164,7 +164,7 @@ export const METHOD_TABLE: Readonly<Record<string, Requirement>> = Object.freeze
   [`/${S}.AdminWebhooks/DeleteWebhook`]: perm('webhooks:manage'),
   [`/${S}.AdminSystem/CreateSnapshot`]: ADMIN,
   [`/${S}.AdminSystem/RestoreSnapshot`]: ADMIN,
-  [`/${S}.AdminSystem/ClusterStatus`]: ADMIN,
+  [`/${S}.AdminCluster/GetClusterStatus`]: ADMIN,
   [`/${S}.AdminSystem/SetMaintenance`]: ADMIN,
   [`/${S}.AdminSystem/Upgrade`]: ADMIN,
   [`/${S}.AdminSystem/Rollback`]: ADMIN,
