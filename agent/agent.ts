@@ -11,7 +11,7 @@ import { createLogger, type Logger } from '../common/log.js';
 import { TRELLIS_VERSION } from '../common/version.js';
 import { parseHostPort } from '../common/grpc-options.js';
 import { HubAddresses, parseHubAddresses } from './hub-addresses.js';
-import { agentPaths, loadIdentity, readState, saveIdentity, type Identity } from './identity.js';
+import { agentPaths, loadIdentity, readState, saveIdentity, writeState, type Identity } from './identity.js';
 import { HubChannel } from './channel.js';
 import { Outbox } from './outbox/index.js';
 import { renewalTime, DEFAULT_RENEW_AT } from './renew-schedule.js';
@@ -182,7 +182,10 @@ export class Agent {
     }
     const outbox = await Outbox.open({ dir: join(opts.dataDir, 'outbox'), log: log.child({ component: 'outbox' }), maxEvents: opts.outboxMaxEvents });
     const agent = new Agent(opts, identity, addresses, !operator, log, outbox);
-    agent.channel.on('welcome', (w: T.Welcome__Output) => { agent.agentId = w.agentId; agent.tenant = w.tenant; void agent.applyBundle(w.caBundle); });
+    agent.channel.on('welcome', (w: T.Welcome__Output) => {
+      agent.agentId = w.agentId; agent.tenant = w.tenant; void agent.applyBundle(w.caBundle);
+      void agent.applyHubAddresses(w.hubAddresses);
+    });
     // CA rotation: the trust bundle (old+new, then new only) and, when told, a renewal at the hub's moment.
     agent.channel.on('caBundle', (certs: string[], b: T.CaBundle__Output) => {
       void agent.applyBundle(certs);
@@ -197,6 +200,32 @@ export class Agent {
     agent.scheduleRenewal();
     log.info({ hub: addresses.current, ...(hubs.length > 1 ? { hubs } : {}), serial: identity.serial, notAfter: identity.notAfter.toISOString() }, 'agent started');
     return agent;
+  }
+
+  /**
+   * The hub's cluster addresses (Welcome): they become the fail-over list (the address in use stays
+   * first when the hub does not list it) and are saved in agent.json, so a cluster that grew or
+   * moved reaches agents without re-enrolling. Not when `--hub` was given (the operator's list wins)
+   * nor for operator-issued identities (no agent.json).
+   */
+  async applyHubAddresses(list: string[]): Promise<void> {
+    if (list.length === 0 || this.opts.hub !== undefined || !this.managed) return;
+    let hubs: string[];
+    try { hubs = parseHubAddresses(list, 7443, 'the hub\'s cluster addresses'); } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'hub addresses from the hub ignored');
+      return;
+    }
+    const before = this.addresses.all.join(',');
+    this.addresses.replace(hubs);
+    if (this.addresses.all.join(',') === before) return;
+    const paths = agentPaths(this.opts.dataDir);
+    try {
+      const state = readState(paths);
+      await writeState(paths, { ...state, hub: this.addresses.all[0]!, hubs: [...this.addresses.all] });
+      this.log.info({ hubs: this.addresses.all }, 'hub addresses updated by the hub');
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'cannot save the hub addresses the hub sent; using them until the agent restarts');
+    }
   }
 
   private onAction(req: T.ActionRequest__Output): void {

@@ -76,6 +76,11 @@ t.test('enroll at the first reachable hub; the result carries cluster.addresses;
   t.ok(Date.now() - t0 < 20_000, 'failed over without waiting for the backoff cap');
   const lines = h.agentLogLines().filter((l) => l.includes('trying the next hub address'));
   t.ok(lines.length >= 1, 'the fail-over is logged');
+  // The Welcome carries the hub's cluster.addresses: they become the list, the address in use first.
+  const fromHub = [h.agentAddr, `127.0.0.1:${dead}`, `127.0.0.1:${other}`];
+  await waitFor(() => readState(agentPaths(dataDir)).hubs?.join(',') === fromHub.join(','), 10_000, 'agent.json updated from the welcome');
+  t.same(agent.addresses.all, fromHub, 'the hub\'s list, the live address first');
+  t.equal(readState(agentPaths(dataDir)).hub, h.agentAddr);
 
   // The live hub goes away and comes back on the same port: the agent returns to it (a round of
   // failures backs off, then tries again).
@@ -84,6 +89,12 @@ t.test('enroll at the first reachable hub; the result carries cluster.addresses;
   await h.restart();
   await waitFor(() => agent.channel.state === 'ready', 30_000, 'agent back on the hub');
   t.equal(agent.target, h.agentAddr);
+
+  // `agent run --hub` given: the operator's list wins over the hub's.
+  await agent.close();
+  await using pinned = await h.agent({ dataDir, hub: h.agentAddr });
+  await new Promise((r) => setTimeout(r, 500));
+  t.same(pinned.addresses.all, [h.agentAddr], '--hub: the welcome does not replace the list');
 });
 
 t.test('enroll: a hub that answers and refuses ends it (the next one is not asked)', async (t) => {
