@@ -9,8 +9,9 @@ import type { KeyObject } from 'node:crypto';
 import { TrellisError } from '../common/errors.js';
 import { createLogger, type Logger } from '../common/log.js';
 import { TRELLIS_VERSION } from '../common/version.js';
-import { parseHostPort, formatHostPort } from '../common/grpc-options.js';
-import { agentPaths, loadIdentity, readState, saveIdentity, type Identity } from './identity.js';
+import { parseHostPort } from '../common/grpc-options.js';
+import { HubAddresses, parseHubAddresses } from './hub-addresses.js';
+import { agentPaths, loadIdentity, readState, saveIdentity, writeState, type Identity } from './identity.js';
 import { HubChannel } from './channel.js';
 import { Outbox } from './outbox/index.js';
 import { renewalTime, DEFAULT_RENEW_AT } from './renew-schedule.js';
@@ -30,7 +31,7 @@ export interface AgentOptions {
   certFile?: string;
   keyFile?: string;
   caFile?: string;
-  /** Agent port of the hub, HOST:PORT; defaults to the one saved at enrollment. */
+  /** Agent port of the hub, HOST:PORT, or of several hubs, `a:7443,b:7443` (fail over in order); defaults to the ones saved at enrollment. */
   hub?: string;
   log?: Logger;
   /** Most actions running at once. @default 16 */
@@ -71,10 +72,11 @@ export class Agent {
   /** The tenant the hub named in its welcome. */
   tenant?: string;
 
-  private constructor(private readonly opts: AgentOptions, identity: Identity, readonly target: string, private readonly managed: boolean, readonly log: Logger, readonly outbox: Outbox) {
+  private constructor(private readonly opts: AgentOptions, identity: Identity, readonly addresses: HubAddresses, private readonly managed: boolean, readonly log: Logger, readonly outbox: Outbox) {
     this.identity = identity;
     this.channel = new HubChannel({
-      target,
+      target: addresses.current,
+      addresses,
       credentials: () => ({ caPem: this.identity.caPem, keyPem: this.identity.keyPem, certPem: this.identity.certPem }),
       // Labels come from the hub (join token, admins), never from the host: none in hello.
       hello: () => ({ facts: agentFacts(), labels: {} }),
@@ -162,31 +164,36 @@ export class Agent {
     return this.keyCache.key;
   }
 
+  /** The hub address in use (one of `addresses`). */
+  get target(): string { return this.addresses.current; }
+
   static async start(opts: AgentOptions): Promise<Agent> {
     const log = opts.log ?? createLogger({ name: 'trellis-agent' });
     const paths = agentPaths(opts.dataDir);
     const operator = opts.certFile !== undefined || opts.keyFile !== undefined || opts.caFile !== undefined;
-    let target: string;
+    let hubs: string[];
     let identity: Identity;
     if (operator) {
       if (!opts.certFile || !opts.keyFile || !opts.caFile) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--cert, --key and --ca go together');
       if (!opts.hub) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'with --cert/--key/--ca give the hub agent port too: --hub HOST:7443');
       identity = loadIdentity({ key: opts.keyFile, cert: opts.certFile, ca: opts.caFile });
-      target = opts.hub;
+      hubs = parseHubAddresses(opts.hub, 7443);
     } else {
       const state = readState(paths);
       identity = loadIdentity({ key: paths.key, cert: paths.cert, ca: paths.ca }, paths);
-      target = opts.hub ?? state.hub;
+      hubs = parseHubAddresses(opts.hub ?? (state.hubs?.length ? state.hubs : state.hub), 7443);
     }
-    const { host, port } = parseHostPort(target, 7443);
-    target = formatHostPort(host, port);
+    const addresses = new HubAddresses(hubs);
     if (identity.notAfter.getTime() <= Date.now()) {
       throw new TrellisError('TRELLIS_E_CERT_EXPIRED',
         `the agent certificate expired on ${identity.notAfter.toISOString()}; re-enroll: trellis agent enroll --hub HOST:7444 --token NEW_TOKEN --data ${opts.dataDir} --force`);
     }
     const outbox = await Outbox.open({ dir: join(opts.dataDir, 'outbox'), log: log.child({ component: 'outbox' }), maxEvents: opts.outboxMaxEvents });
-    const agent = new Agent(opts, identity, target, !operator, log, outbox);
-    agent.channel.on('welcome', (w: T.Welcome__Output) => { agent.agentId = w.agentId; agent.tenant = w.tenant; void agent.applyBundle(w.caBundle); });
+    const agent = new Agent(opts, identity, addresses, !operator, log, outbox);
+    agent.channel.on('welcome', (w: T.Welcome__Output) => {
+      agent.agentId = w.agentId; agent.tenant = w.tenant; void agent.applyBundle(w.caBundle);
+      void agent.applyHubAddresses(w.hubAddresses);
+    });
     // CA rotation: the trust bundle (old+new, then new only) and, when told, a renewal at the hub's moment.
     agent.channel.on('caBundle', (certs: string[], b: T.CaBundle__Output) => {
       void agent.applyBundle(certs);
@@ -199,8 +206,34 @@ export class Agent {
     }
     agent.channel.start();
     agent.scheduleRenewal();
-    log.info({ hub: target, serial: identity.serial, notAfter: identity.notAfter.toISOString() }, 'agent started');
+    log.info({ hub: addresses.current, ...(hubs.length > 1 ? { hubs } : {}), serial: identity.serial, notAfter: identity.notAfter.toISOString() }, 'agent started');
     return agent;
+  }
+
+  /**
+   * The hub's cluster addresses (Welcome): they become the fail-over list (the address in use stays
+   * first when the hub does not list it) and are saved in agent.json, so a cluster that grew or
+   * moved reaches agents without re-enrolling. Not when `--hub` was given (the operator's list wins)
+   * nor for operator-issued identities (no agent.json).
+   */
+  async applyHubAddresses(list: string[]): Promise<void> {
+    if (list.length === 0 || this.opts.hub !== undefined || !this.managed) return;
+    let hubs: string[];
+    try { hubs = parseHubAddresses(list, 7443, 'the hub\'s cluster addresses'); } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'hub addresses from the hub ignored');
+      return;
+    }
+    const before = this.addresses.all.join(',');
+    this.addresses.replace(hubs);
+    if (this.addresses.all.join(',') === before) return;
+    const paths = agentPaths(this.opts.dataDir);
+    try {
+      const state = readState(paths);
+      await writeState(paths, { ...state, hub: this.addresses.all[0]!, hubs: [...this.addresses.all] });
+      this.log.info({ hubs: this.addresses.all }, 'hub addresses updated by the hub');
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'cannot save the hub addresses the hub sent; using them until the agent restarts');
+    }
   }
 
   private onAction(req: T.ActionRequest__Output): void {

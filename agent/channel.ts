@@ -19,6 +19,7 @@ import { wrongPortForAgent } from '../common/connect-diagnosis.js';
 import type { Logger } from '../common/log.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 import type { Outbox, OutboxBatch } from './outbox/index.js';
+import type { HubAddresses } from './hub-addresses.js';
 
 /**
  * - connecting: no stream yet, or reconnecting after a failure;
@@ -31,6 +32,8 @@ export interface Credentials { caPem: string; keyPem: string; certPem: string }
 
 export interface ChannelOptions {
   target: string;
+  /** Several hubs (a cluster): connect to addresses.current, fail over to the next (agent/hub-addresses.ts); `target` is then unused. */
+  addresses?: HubAddresses;
   credentials: () => Credentials;
   hello: () => T.Hello;
   onAction: (req: T.ActionRequest__Output) => void;
@@ -201,6 +204,25 @@ export class HubChannel extends EventEmitter {
     this.loopPromise ??= this.loop();
   }
 
+  /** The hub address in use (the current one of several, with `addresses`). */
+  get target(): string { return this.opts.addresses?.current ?? this.opts.target; }
+
+  /**
+   * Several hubs: the current address failed, move to the next one (its client is not reused).
+   * True when the next attempt should go at once (the round is not over), false when every
+   * address failed since the last success and the backoff applies.
+   */
+  private failOver(): boolean {
+    const a = this.opts.addresses;
+    if (!a || a.all.length < 2) return false;
+    const from = a.current;
+    const roundOver = a.failed();
+    this.spare?.client.close();
+    this.spare = undefined;
+    this.opts.log.info({ from, to: a.current }, 'trying the next hub address');
+    return !roundOver;
+  }
+
   private setState(s: ChannelState, detail?: unknown): void {
     if (this.state === s) return;
     this.state = s;
@@ -216,11 +238,12 @@ export class HubChannel extends EventEmitter {
         const creds = this.opts.credentials();
         const spare = this.takeSpare(credsKey(creds));
         if (spare) this.stats.reused++;
-        conn = new Connection(this.opts.target, creds, this.opts.hello(), (m, c) => this.onMessage(m, c), spare);
+        conn = new Connection(this.target, creds, this.opts.hello(), (m, c) => this.onMessage(m, c), spare);
         try {
           const welcome = await conn.welcome;
           if (this.stopped) { conn.destroy(); break; }
           this.adopt(conn, welcome);
+          this.opts.addresses?.succeeded();
           attempt = 0;
         } catch (err) {
           // The next attempt reuses the client (grpc-js reconnects it when its connection is gone):
@@ -234,10 +257,11 @@ export class HubChannel extends EventEmitter {
           }
           if (isFatal(err)) { this.fail(err); break; }
           // The address answers TLS but has no AgentChannel: the admin port (or another gRPC server). Retrying cannot help.
-          if ((err as { code?: number }).code === grpc.status.UNIMPLEMENTED) { this.fail(wrongPortForAgent(this.opts.target, err), 'wrong hub port; not reconnecting'); break; }
+          if ((err as { code?: number }).code === grpc.status.UNIMPLEMENTED) { this.fail(wrongPortForAgent(this.target, err), 'wrong hub port; not reconnecting'); break; }
           // Shed: the hub named when to come back (jittered); the exponential backoff is for
           // failures, and does not grow on a shed, or shed agents would drift to the cap.
           if (isShed(err)) { const delay = retryAfterDelay(retryAfterMs(err)!); this.shed(delay); await this.sleep(delay); continue; }
+          if (this.failOver()) { this.opts.log.debug({ err: (err as Error).message }, 'connection attempt failed (transport detail)'); continue; }
           const delay = this.retryDelay(err, attempt++);
           const why = await this.diagnosed(err as Error);
           if (this.stopped) break;
@@ -483,7 +507,7 @@ export class HubChannel extends EventEmitter {
   /** Make-before-break: open a stream with the current credentials, then retire the old one. */
   async reconnectWithNewCredentials(): Promise<void> {
     if (this.stopped) return;
-    const conn = new Connection(this.opts.target, this.opts.credentials(), this.opts.hello(), (m, c) => this.onMessage(m, c));
+    const conn = new Connection(this.target, this.opts.credentials(), this.opts.hello(), (m, c) => this.onMessage(m, c));
     try {
       const welcome = await conn.welcome;
       if (this.stopped) { conn.destroy(); return; }
@@ -501,8 +525,8 @@ export class HubChannel extends EventEmitter {
   /** Sends a unary Renew over the current credentials. */
   async renew(csr: string, timeoutMs = 15_000): Promise<T.RenewResponse__Output> {
     const c = this.opts.credentials();
-    const tls = secureChannel(this.opts.target, c.caPem, c.keyPem, c.certPem);
-    const client = new channelV1.AgentChannel(this.opts.target, tls.creds, tls.options);
+    const tls = secureChannel(this.target, c.caPem, c.keyPem, c.certPem);
+    const client = new channelV1.AgentChannel(this.target, tls.creds, tls.options);
     try {
       return await new Promise((resolve, reject) => client.Renew({ csr }, { deadline: Date.now() + timeoutMs }, (err, r) => (err ? reject(fromGrpcError(err)) : resolve(r!))));
     } finally {

@@ -21,8 +21,10 @@ export type AgentPaths = ReturnType<typeof agentPaths>;
 
 /** DATA/agent.json, written at enrollment. */
 export interface AgentState {
-  /** Agent port of the hub, HOST:PORT. */
+  /** Agent port of the hub, HOST:PORT (the first of `hubs`). */
   hub: string;
+  /** Agent ports of every hub of a cluster, HOST:PORT, in the order tried (absent in files from before clusters: then `hub`). */
+  hubs?: string[];
   /** Admin port of the hub used at enrollment, HOST:PORT ('' in files from before it was kept). */
   enrollHub: string;
   agentId: string;
@@ -33,7 +35,7 @@ export interface AgentState {
 }
 
 const REQUIRED = ['hub', 'agentId', 'tenant', 'trustDomain'] as const;
-const KNOWN = new Set<string>([...REQUIRED, 'enrollHub', 'labels', 'enrolledAt']);
+const KNOWN = new Set<string>([...REQUIRED, 'enrollHub', 'hubs', 'labels', 'enrolledAt']);
 
 /**
  * Checks agent.json field by field (checked by hand, not with zod: `agent run` reads it at every
@@ -46,6 +48,9 @@ export function checkAgentState(raw: unknown): { state?: AgentState; problems: s
   for (const k of Object.keys(o)) if (!KNOWN.has(k)) problems.push(`${k}: unknown key`);
   for (const k of REQUIRED) if (typeof o[k] !== 'string' || o[k] === '') problems.push(`${k}: ${typeof o[k] === 'string' ? 'must not be empty' : 'expected a string'}`);
   if (o.enrollHub !== undefined && typeof o.enrollHub !== 'string') problems.push('enrollHub: expected a string');
+  if (o.hubs !== undefined && (!Array.isArray(o.hubs) || o.hubs.length === 0 || o.hubs.length > 16 || o.hubs.some((h) => typeof h !== 'string' || h === ''))) {
+    problems.push('hubs: expected a list of 1 to 16 HOST:PORT strings');
+  }
   if (o.enrolledAt !== undefined && (typeof o.enrolledAt !== 'number' || !Number.isFinite(o.enrolledAt))) problems.push('enrolledAt: expected a number');
   const labels = o.labels ?? {};
   if (typeof labels !== 'object' || labels === null || Array.isArray(labels)) problems.push('labels: expected an object');
@@ -54,7 +59,7 @@ export function checkAgentState(raw: unknown): { state?: AgentState; problems: s
   return {
     problems,
     state: {
-      hub: o.hub as string, enrollHub: (o.enrollHub as string | undefined) ?? '', agentId: o.agentId as string, tenant: o.tenant as string,
+      hub: o.hub as string, ...(o.hubs ? { hubs: [...(o.hubs as string[])] } : {}), enrollHub: (o.enrollHub as string | undefined) ?? '', agentId: o.agentId as string, tenant: o.tenant as string,
       trustDomain: o.trustDomain as string, labels: { ...(labels as Record<string, string>) }, enrolledAt: (o.enrolledAt as number | undefined) ?? 0,
     },
   };

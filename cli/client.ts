@@ -23,6 +23,7 @@ export interface AdminClients {
   tenants: InstanceType<typeof v1.AdminTenants>;
   groups: InstanceType<typeof v1.AdminGroups>;
   system: InstanceType<typeof v1.AdminSystem>;
+  cluster: InstanceType<typeof v1.AdminCluster>;
   audit: InstanceType<typeof v1.AdminAudit>;
   kv: InstanceType<typeof v1.AdminKv>;
   packs: InstanceType<typeof v1.AdminPacks>;
@@ -59,6 +60,7 @@ export function adminClients(hub: string, caPem: string, token?: string, tenant?
     tenants: new v1.AdminTenants(hub, creds, opts),
     groups: new v1.AdminGroups(hub, creds, opts),
     system: new v1.AdminSystem(hub, creds, opts),
+    cluster: new v1.AdminCluster(hub, creds, opts),
     audit: new v1.AdminAudit(hub, creds, opts),
     kv: new v1.AdminKv(hub, creds, opts),
     packs: new v1.AdminPacks(hub, creds, opts),

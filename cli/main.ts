@@ -25,6 +25,7 @@ const MODULES: Array<[string[], () => Promise<AddCommands>]> = [
   [['packs'], async () => (await import('./commands/packs.js')).addPackCommands],
   [['rules'], async () => (await import('./commands/rules.js')).addRuleCommands],
   [['ca'], async () => (await import('./commands/ca.js')).addCaCommands],
+  [['cluster'], async () => (await import('./commands/cluster.js')).addClusterCommands],
   [['actions'], async () => (await import('./commands/actions.js')).addActionCommands],
   [['snapshots'], async () => (await import('./commands/snapshots.js')).addSnapshotCommands],
   [['maintenance'], async () => (await import('./commands/maintenance.js')).addMaintenanceCommands],

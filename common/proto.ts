@@ -16,6 +16,7 @@ import type { ProtoGrpcType as KvProto } from './proto-gen/kv.js';
 import type { ProtoGrpcType as AutomationProto } from './proto-gen/automation.js';
 import type { ProtoGrpcType as SnapshotsProto } from './proto-gen/snapshots.js';
 import type { ProtoGrpcType as MaintenanceProto } from './proto-gen/maintenance.js';
+import type { ProtoGrpcType as ClusterProto } from './proto-gen/cluster.js';
 import { LOADER_OPTIONS, PROTO_DIR } from './proto-files.js';
 
 export { LOADER_OPTIONS, PROTO_DIR };
@@ -26,7 +27,7 @@ export const PROTO_FILES = readdirSync(join(PROTO_DIR, 'trellis', 'v1'))
 
 export const packageDefinition = protoLoader.loadSync(PROTO_FILES, LOADER_OPTIONS);
 
-type Loaded = AdminProto & VersionProto & EnrollmentProto & ChannelProto & IamProto & KvProto & AutomationProto & SnapshotsProto & MaintenanceProto;
+type Loaded = AdminProto & VersionProto & EnrollmentProto & ChannelProto & IamProto & KvProto & AutomationProto & SnapshotsProto & MaintenanceProto & ClusterProto;
 export const proto = grpc.loadPackageDefinition(packageDefinition) as unknown as Loaded;
 export const v1 = proto.trellis.v1;
 

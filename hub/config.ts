@@ -285,6 +285,20 @@ const StoreSchema = z.discriminatedUnion('kind', [
 ]);
 export type StoreConfig = z.output<typeof StoreSchema>;
 
+/** `HOST:PORT` (an IPv6 host in brackets). */
+const hostPort = z.string().max(300).regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):\d{1,5}$/, 'HOST:PORT')
+  .refine((s) => { const p = Number(s.slice(s.lastIndexOf(':') + 1)); return p > 0 && p < 65536; }, 'a port from 1 to 65535');
+
+/** Several hubs on one PostgreSQL store (cluster). */
+const ClusterSchema = z.strictObject({
+  /** Agent ports (HOST:PORT) of every hub, given to agents at enrollment; they fail over in this order. @default [] (this hub only) */
+  addresses: z.array(hostPort).max(16).default([]),
+  /** How often this hub records itself in the hubs registry (`trellis cluster status`). @default "5s" */
+  heartbeatInterval: duration.default(5_000),
+  /** A hub whose last heartbeat is older than this is shown stale. @default "20s" */
+  staleAfter: duration.default(20_000),
+});
+
 export const HubConfigSchema = z.strictObject({
   /** Every DNS name and IP address agents and admins use to reach the hub (subjectAltName). */
   names: z.array(z.string().min(1).max(253)).min(1),
@@ -346,6 +360,8 @@ export const HubConfigSchema = z.strictObject({
   metrics: MetricsSchema.prefault({}),
   /** Where the state lives: `{ "kind": "lowdb" }` (state.json in the data directory) or `{ "kind": "postgres", "url": ... }` (see StoreSchema). @default { "kind": "lowdb" } */
   store: StoreSchema.default({ kind: 'lowdb' }),
+  /** Several hubs on one PostgreSQL store: the addresses agents get, the hubs registry's heartbeat. @default { "addresses": [], "heartbeatInterval": "5s", "staleAfter": "20s" } */
+  cluster: ClusterSchema.prefault({}),
 }).superRefine((c, ctx) => {
   // Caught at start-up, not by every `tokens create` later.
   const maxMs = 365 * 86_400_000;

@@ -54,7 +54,9 @@ import { TRELLIS_VERSION } from '../common/version.js';
 import { CaRotation, recoverRotation } from './pki/rotation.js';
 import { assertTableCovers } from './authz/index.js';
 import { allMethodPaths } from '../common/proto.js';
-import { SERVER_OPTIONS } from '../common/grpc-options.js';
+import { SERVER_OPTIONS, formatHostPort } from '../common/grpc-options.js';
+import { HubRegistry } from './cluster/registry.js';
+import { addClusterServices } from './grpc/cluster.js';
 import { createLogger, type Logger } from '../common/log.js';
 import { TrellisError } from '../common/errors.js';
 import { rotationPauseFromEnv } from './kv/test-hooks.js';
@@ -83,6 +85,8 @@ export class Hub {
   private refusals?: RefusalLog;
   private eventSweepTimer?: NodeJS.Timeout;
   private live?: LiveStreams;
+  /** This hub in the hubs registry (hub/cluster). */
+  registry?: HubRegistry;
   private certLifecycle?: HubCertLifecycle;
   private lock?: DataDirLock;
   /** Prometheus metrics (GET /metrics on the web port). */
@@ -253,6 +257,15 @@ export class Hub {
     addMaintenanceServices(adminServer, { maintenance, executions }, adminDeps);
     maintenance.onChange((m) => log.warn({ component: 'maintenance', on: m.on, by: m.by, message: m.message || undefined }, m.on ? 'maintenance mode on: only administrators may call the admin API; no new executions start' : 'maintenance mode off'));
     if (maintenance.on) log.warn({ component: 'maintenance', since: new Date(maintenance.status().sinceMs).toISOString(), by: maintenance.status().by }, 'the hub starts in maintenance mode (`trellis maintenance off` ends it)');
+    // Several hubs (issue 14 §2): this hub in the hubs registry, shared through PostgreSQL.
+    let boundAdminPort = 0;
+    const registry = new HubRegistry({
+      store, shared: !opts.memoryStore && config.store.kind === 'postgres', name: config.names[0]!, version: TRELLIS_VERSION,
+      addresses: () => config.names.slice(0, 4).flatMap((n) => [formatHostPort(n, boundAgentPort), formatHostPort(n, boundAdminPort)]),
+      agents: () => agents.connectedLinks().length, intervalMs: config.cluster.heartbeatInterval, staleAfterMs: config.cluster.staleAfter,
+      log: log.child({ component: 'cluster' }),
+    });
+    addClusterServices(adminServer, components, adminDeps, registry);
 
     const bindTo = (server: grpc.Server, port: number, creds: grpc.ServerCredentials, what: string) =>
       new Promise<number>((resolve, reject) => {
@@ -291,6 +304,7 @@ export class Hub {
       if (!auditTlsRefusals(agentServer, refusalAudit)) log.warn('cannot audit refused TLS handshakes on the agent port (grpc-js internals changed); they are refused all the same');
       boundAgentPort = agentPort;
       adminPort = await bindTo(adminServer, config.adminPort, tlsServerCredentials(identity), 'admin');
+      boundAdminPort = adminPort;
       webPort = await web.listen(config.bind, config.webPort).catch((err: Error) => {
         throw new TrellisError('TRELLIS_E_CONFIG', `cannot listen on ${config.bind}:${config.webPort} for the web port: ${err.message}`, { cause: err });
       });
@@ -313,6 +327,8 @@ export class Hub {
     started = hub;
     hub.metrics = metrics;
     hub.maintenance = maintenance;
+    hub.registry = registry;
+    await registry.start();
     hub.live = live;
     hub.kdf = kdf;
     hub.refusals = refusals;
@@ -342,6 +358,7 @@ export class Hub {
     this.certLifecycle?.close();
     this.components.rotation.close();
     this.live?.close();
+    await this.registry?.stop();
     const c = this.components;
     c.agentConfigs.close();
     await c.kv.close(); // a key rotation stops between batches and resumes at next start

@@ -34,7 +34,7 @@ function callAny(addr: string, caPem: string, def: grpc.MethodDefinition<unknown
 const ADMIN_PORT_SERVICES = new Set([
   'Version', 'Enrollment', 'AdminAuth', 'AdminJoinTokens', 'AdminAgents', 'AdminCerts', 'AdminRuns',
   'AdminUsers', 'AdminSessions', 'AdminApiKeys', 'AdminRoles', 'AdminTenants', 'AdminGroups', 'AdminSystem', 'AdminAudit', 'AdminKv',
-  'AdminPacks', 'AdminRules', 'AdminExecutions', 'AdminWebhooks', 'AdminCa', 'AdminSnapshots', 'AdminMaintenance',
+  'AdminPacks', 'AdminRules', 'AdminExecutions', 'AdminWebhooks', 'AdminCa', 'AdminSnapshots', 'AdminMaintenance', 'AdminCluster',
 ]);
 
 /** Every admin-port method definition, by full path. */

@@ -452,7 +452,7 @@ t.test('AdminSystem methods answer UNIMPLEMENTED to an administrator and PERMISS
   await using h = await startHub();
   await createUser(h, 'ivy');
   const u = await loginAs(t, h, 'ivy');
-  for (const m of ['ClusterStatus', 'Upgrade', 'Rollback'] as const) {
+  for (const m of ['Upgrade', 'Rollback'] as const) {
     const asAdmin = await call(h.admin, h.admin.system, h.admin.system[m], { argument: '' }).catch((e: Error) => e);
     t.equal(grpcCodeOf(asAdmin), grpc.status.UNIMPLEMENTED, `${m} as an administrator`);
     t.equal((asAdmin as { code?: string }).code, 'TRELLIS_E_UNIMPLEMENTED');

@@ -177,7 +177,7 @@ export function addDaemonCommands(program: Command): void {
 
   agent.command('enroll')
     .description('enroll this host with a join token: pins the hub CA from the token, makes a key here, gets a certificate')
-    .requiredOption('--hub <host:port>', 'hub admin address, e.g. hub.example.com:7444')
+    .requiredOption('--hub <host:port>', 'hub admin address, e.g. hub.example.com:7444; several hubs of a cluster: a:7444,b:7444 (the first reachable one enrolls)')
     .requiredOption('--token <token>', 'join token from `trellis tokens create` (or TRELLIS_JOIN_TOKEN)')
     .requiredOption('--data <dir>', 'agent data directory (created 0700)')
     .option('--label <k=v...>', 'labels this host asks for: only keys the token allows (`tokens create --allow-label KEY`); the token\'s labels win', collect, [])
@@ -188,6 +188,7 @@ export function addDaemonCommands(program: Command): void {
       const r = await enroll({ hub: o.hub, token: o.token, dataDir: o.data, force: o.force, labels: parseKeyValues(o.label, 'label') });
       process.stdout.write(`enrolled as agent ${r.agentId} (tenant ${r.tenant}) in ${Math.round(performance.now() - t0)} ms\n` +
         `identity: ${r.spiffeId}, certificate valid until ${r.notAfter.toISOString()}\n` +
+        (r.hubs.length > 1 ? `hubs: ${r.hubs.join(', ')} (fails over in this order)\n` : '') +
         `next: trellis agent run --data ${o.data}\n`);
     });
 
@@ -286,7 +287,7 @@ export function addDaemonCommands(program: Command): void {
   agent.command('run')
     .description('run the agent daemon: keeps one mTLS stream to the hub, runs actions, renews its certificate')
     .requiredOption('--data <dir>', 'agent data directory')
-    .option('--hub <host:port>', 'hub agent address (default: the one saved at enrollment)')
+    .option('--hub <host:port>', 'hub agent address, or several hubs of a cluster a:7443,b:7443 (tried in order, fails over on a lost hub; default: the ones saved at enrollment)')
     .option('--cert <file>', 'operator-issued agent certificate (with --key, --ca and --hub)')
     .option('--key <file>', 'key of --cert')
     .option('--ca <file>', 'CA bundle that issued the hub certificate')

@@ -167,7 +167,7 @@ export const METHOD_TABLE: Readonly<Record<string, Requirement>> = Object.freeze
   [`/${S}.AdminSnapshots/ListSnapshots`]: ADMIN,
   [`/${S}.AdminSnapshots/DownloadSnapshot`]: ADMIN,
   [`/${S}.AdminSnapshots/DeleteSnapshot`]: ADMIN,
-  [`/${S}.AdminSystem/ClusterStatus`]: ADMIN,
+  [`/${S}.AdminCluster/GetClusterStatus`]: ADMIN,
   // Maintenance mode: platform administration (hub/maintenance).
   [`/${S}.AdminMaintenance/SetMaintenance`]: ADMIN,
   [`/${S}.AdminMaintenance/GetMaintenance`]: ADMIN,

@@ -111,6 +111,7 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
       return {
         agentId: r.agent.id, tenant: r.agent.tenant, certificate: r.certPem, caBundle: r.caBundle,
         trustDomain: c.config.trustDomain, spiffeId: r.agent.spiffeId, labels: r.agent.labels, agentPort: c.agentPort(),
+        hubAddresses: c.config.cluster.addresses,
       };
     }),
   });

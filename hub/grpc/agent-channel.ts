@@ -239,7 +239,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): Admissi
             await c.agents.confirmSerial(id.agentId, id.serial);
             c.agents.retireSuperseded(id.agentId, SUPERSEDED_STREAM_GRACE_MS);
             log.info({ agentId: id.agentId, tenant: id.tenant, serial: id.serial, peer: call.getPeer() }, 'agent connected');
-            call.write({ welcome: { agentId: id.agentId, tenant: id.tenant, heartbeatIntervalMs: c.config.heartbeatInterval, caBundle: c.pki.trustBundle, serverTimeMs: Date.now() } });
+            call.write({ welcome: { agentId: id.agentId, tenant: id.tenant, heartbeatIntervalMs: c.config.heartbeatInterval, caBundle: c.pki.trustBundle, serverTimeMs: Date.now(), hubAddresses: c.config.cluster.addresses } });
             release(); // welcomed: the admission slot goes to the next agent
             c.rotation.onAgentAttached(link); // during a CA rotation: renew from the new CA, at its moment in the window
             c.executions.onAgentAttached(id.agentId); // waiting executions go out after the welcome

@@ -122,7 +122,7 @@ async function authorizeTenantReach(c: HubComponents, ctx: CallContext, m: { use
   }
 }
 
-const SYSTEM_METHODS = ['ClusterStatus', 'Upgrade', 'Rollback'] as const;
+const SYSTEM_METHODS = ['Upgrade', 'Rollback'] as const;
 
 export function addIamServices(server: grpc.Server, c: HubComponents, deps: WrapDeps): void {
   const one = async (u: UserDoc) => userInfo(c, u, await c.iam.groups());

@@ -103,7 +103,8 @@ async function* bytesOf(fd: number, size: number): AsyncGenerator<Buffer> {
 export async function capture(src: CaptureSources, out: PayloadWriter, o: { createdBy: string; note: string; now?: number }): Promise<Manifest> {
   await src.flush();
   // ---- the consistent point: nothing below awaits until every source is pinned.
-  const lists = COLLECTIONS.map((c) => [c, src.store.list<Doc>(c)] as const);
+  // `hubs` is the cluster's live registry (heartbeats of running hubs), not state to restore.
+  const lists = COLLECTIONS.filter((c) => c !== 'hubs').map((c) => [c, src.store.list<Doc>(c)] as const);
   const segments = [...openSegments('executions', hubPaths(src.dataDir).executions), ...openSegments('audit', hubPaths(src.dataDir).audit)];
   const files: Array<{ name: string; mode: number; body: Buffer }> = [];
   try {

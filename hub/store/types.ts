@@ -21,6 +21,7 @@ export const COLLECTIONS = [
   'packs',
   'rules',
   'webhooks',
+  'hubs',
 ] as const;
 
 export type Collection = (typeof COLLECTIONS)[number];
