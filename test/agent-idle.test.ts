@@ -217,3 +217,18 @@ t.test('the channel-only contract (protobufjs, no proto-loader) encodes and deco
   }
   t.ok(compared >= 600, `${compared} messages decoded and encoded the same way by both`);
 });
+
+t.test('agent code uses neither fetch nor WebAssembly (the agent runs with --lite-mode, which has no WebAssembly)', async (t) => {
+  const { readdirSync, statSync } = await import('node:fs');
+  const { AGENT_NODE_FLAGS } = await import('../common/service/unit.js');
+  t.ok(AGENT_NODE_FLAGS.includes('--lite-mode'), 'the unit runs the agent with --lite-mode');
+  const root = join(TRELLIS_BIN, '..', '..', 'dist', 'agent');
+  const files: string[] = [];
+  const walk = (d: string) => { for (const f of readdirSync(d)) { const p = join(d, f); if (statSync(p).isDirectory()) walk(p); else if (p.endsWith('.js')) files.push(p); } };
+  walk(root);
+  t.ok(files.length > 10, `${files.length} files of dist/agent`);
+  for (const f of files) {
+    const src = readFileSync(f, 'utf8');
+    t.notOk(/\bfetch\(|\bWebAssembly\b/.test(src), `${f.slice(root.length + 1)}: no fetch( or WebAssembly`);
+  }
+});
