@@ -14,7 +14,7 @@ import { tempDir } from './helpers/hub.js';
 import { silenceIpServernameWarning } from '../common/warnings.js';
 import { classify, judgeHealth } from '../bench/fuzz/oracle.js';
 import { caseBytes, caseRng, contractMethods, mutate, loadRoot } from '../bench/fuzz/gen.js';
-import { runFuzz, replayCases, type FuzzCase } from '../bench/fuzz/run.js';
+import { runFuzz, replayCases, SOAK_SPARED, type FuzzCase } from '../bench/fuzz/run.js';
 import { startFuzzHub, preparePrincipals, PACKAGE_ROOT } from '../bench/fuzz/setup.js';
 import { allMethodPaths } from '../common/proto.js';
 
@@ -64,6 +64,8 @@ t.test('cases are a function of (seed, index) and every contract method is a tar
     t.same(caseBytes(caseRng(7, 42), kind, type, [{ key: 'a', value: 'b' }]), caseBytes(caseRng(7, 42), kind, type, [{ key: 'a', value: 'b' }]), `${kind}: same seed and index, same bytes`);
   }
   t.notSame(caseBytes(caseRng(7, 42), 'typed', type, []), caseBytes(caseRng(7, 43), 'typed', type, []), 'another index, other bytes');
+  const paths = new Set(allMethodPaths());
+  t.same([...SOAK_SPARED].filter((p) => !paths.has(p)), [], 'every method the soak\'s fuzzer spares is a method of the contract');
   const base = Buffer.from(type.encode({ key: 'abc', value: 'def' }).finish());
   t.notSame(mutate(caseRng(1, 1), base), base, 'a mutation changes the bytes');
 });

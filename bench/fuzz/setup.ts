@@ -89,15 +89,15 @@ export async function startFuzzHub(dir: string, nodeArgs: string[] = []): Promis
 export interface Principals { apiKey: string; lowCredential: () => Promise<string>; agents: FuzzOptions['agents']; renewAgent: FuzzOptions['renewAgent']; examples: NonNullable<FuzzOptions['examples']> }
 
 /** The fuzzer's principals on `hub`: made through the admin API (and the CA files for agents). */
-export async function preparePrincipals(hub: Pick<FuzzHub, 'adminAddr' | 'caPem' | 'dataDir'>, nAgents = 4): Promise<Principals> {
+export async function preparePrincipals(hub: Pick<FuzzHub, 'adminAddr' | 'caPem' | 'dataDir'>, nAgents = 4, adminPassword = FUZZ_ADMIN_PASSWORD): Promise<Principals> {
   const anon = adminClients(hub.adminAddr, hub.caPem);
   let login: T.LoginResponse__Output;
   try {
-    login = await call<T.LoginRequest, T.LoginResponse__Output>(anon, anon.auth, anon.auth.Login, { username: 'admin', password: FUZZ_ADMIN_PASSWORD });
+    login = await call<T.LoginRequest, T.LoginResponse__Output>(anon, anon.auth, anon.auth.Login, { username: 'admin', password: adminPassword });
   } finally { anon.close(); }
   const admin = adminClients(hub.adminAddr, hub.caPem, login.token);
   try {
-    const key = await call<T.CreateApiKeyRequest, T.CreateApiKeyResponse__Output>(admin, admin.apikeys, admin.apikeys.CreateApiKey, { name: 'fuzz' });
+    const key = await call<T.CreateApiKeyRequest, T.CreateApiKeyResponse__Output>(admin, admin.apikeys, admin.apikeys.CreateApiKey, { name: `fuzz-${Date.now().toString(36)}` });
     await call<T.CreateUserRequest, T.UserInfo__Output>(admin, admin.users, admin.users.CreateUser, { username: LOW_USER, password: LOW_PASSWORD, roles: [], tenants: ['default'] });
     const token = await call<T.CreateJoinTokenRequest, T.CreateJoinTokenResponse__Output>(admin, admin.tokens, admin.tokens.CreateJoinToken, { tenant: 'default', uses: 1000, ttlMs: 86_400_000 });
     const ids = issueSimIdentities({ hubDir: hub.dataDir, names: NAMES, trustDomain: TRUST_DOMAIN, n: nAgents + 1 });
