@@ -17,6 +17,9 @@ import { caseBytes, caseRng, contractMethods, mutate, loadRoot } from '../bench/
 import { runFuzz, replayCases, SOAK_SPARED, type FuzzCase } from '../bench/fuzz/run.js';
 import { startFuzzHub, preparePrincipals, PACKAGE_ROOT } from '../bench/fuzz/setup.js';
 import { judgeWeb, runWebFuzz } from '../bench/fuzz/web.js';
+import { runAgentSideFuzz } from '../bench/fuzz/agent-side.js';
+import { enroll } from '../agent/enroll.js';
+import { agentPaths, readState } from '../agent/identity.js';
 import { allMethodPaths } from '../common/proto.js';
 
 silenceIpServernameWarning();
@@ -29,6 +32,7 @@ const CASES = Number(process.env.TRELLIS_FUZZ_CASES ?? 480);
 const SECONDS = Number(process.env.TRELLIS_FUZZ_SECONDS ?? 240);
 const SEED = 1313;
 const WEB_CASES = Number(process.env.TRELLIS_FUZZ_WEB_CASES ?? 300);
+const AGENT_CASES = Number(process.env.TRELLIS_FUZZ_AGENT_CASES ?? 8);
 
 t.test('the oracle refuses what would hide a bug', async (t) => {
   const kv = '/trellis.v1.AdminKv/Set';
@@ -128,12 +132,30 @@ t.test(`fuzzing a hub child process with ${CASES} cases (seed ${SEED}): 0 crashe
   t.ok(dead.cases <= 10, 'the run stops at the crash');
 });
 
+t.test('the agent side: a real agent against a fake hub (real mTLS) sending random and mutated HubMessages keeps running and reconnecting', async (t) => {
+  await using tmp = await tempDir('trellis-fuzz-agent-');
+  const hub = await startFuzzHub(join(tmp.path, 'run'));
+  t.teardown(() => hub.stop(3000));
+  const p = await preparePrincipals(hub, 1);
+  const dataDir = join(tmp.path, 'agent');
+  await enroll({ hub: hub.adminAddr, token: p.examples.joinToken!, dataDir });
+  const agentId = readState(agentPaths(dataDir)).agentId;
+  await hub.stop(3000); // the fake hub takes its agent port, certificate and CA
+  const notes: string[] = [];
+  const r = await runAgentSideFuzz({ dataDir, agentId, agentAddr: hub.agentAddr, hubDir: hub.dataDir, seconds: 90, maxCases: AGENT_CASES, seed: SEED, outDir: join(tmp.path, 'cases'), note: (m) => notes.push(m), reconnectMs: 45_000 });
+  t.comment(`fuzz_agent_cases: ${r.cases}, connects ${r.connects}`);
+  t.equal(r.crashes, 0, `the agent kept running and reconnected${r.crash ? ` (${r.crash})` : ''}`);
+  t.same(r.bogus, [], 'every frame the agent sent decodes as an AgentMessage with a known member');
+  t.same(r.agentErrors, [], 'no fatal or unhandled error in the agent log');
+  t.ok(r.cases >= Math.min(AGENT_CASES, 3), `a real budget ran (${r.cases} streams of fuzzed frames)`);
+});
+
 t.test('npm run fuzz: help and argument errors', async (t) => {
   const bin = join(PACKAGE_ROOT, 'dist', 'bench', 'fuzz', 'main.js');
   const help = spawnSync(process.execPath, [bin, '--help'], { encoding: 'utf8' });
   t.equal(help.status, 0);
   t.match(help.stdout, /--seconds N[\s\S]*--seed S[\s\S]*--target T[\s\S]*web \(the hub's HTTPS web port[\s\S]*--replay FILE/, 'help names the options and the web target');
-  for (const [args, re] of [[['--seconds', 'x'], /--seconds must be/], [['--target', 'nope'], /--target must be admin, agent, all or web/], [['--seed', '1.5'], /--seed must be an integer/], [['--nope'], /Unknown option/]] as const) {
+  for (const [args, re] of [[['--seconds', 'x'], /--seconds must be/], [['--target', 'nope'], /--target must be admin, agent, all, web or agent-side/], [['--seed', '1.5'], /--seed must be an integer/], [['--nope'], /Unknown option/]] as const) {
     const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8' });
     t.equal(r.status, 2, `${args.join(' ')}: exit 2`);
     t.match(r.stderr, re, `${args.join(' ')}: says why`);

@@ -16,6 +16,9 @@ import { silenceIpServernameWarning } from '../../common/warnings.js';
 import { startFuzzHub, preparePrincipals } from './setup.js';
 import { runFuzz, replayCases, type FuzzCase, type FuzzTarget } from './run.js';
 import { runWebFuzz } from './web.js';
+import { runAgentSideFuzz } from './agent-side.js';
+import { enroll } from '../../agent/enroll.js';
+import { agentPaths, readState } from '../../agent/identity.js';
 
 const USAGE = `usage: npm run fuzz -- [options]
 
@@ -29,7 +32,10 @@ options:
   --target T         admin (every admin RPC), agent (every AgentChannel message to the hub's
                      agent port), all (both, default), or web (the hub's HTTPS web port:
                      webhooks, /stream, /agent/* downloads; raw HTTP/1.1, malformed and
-                     truncated requests; any 5xx but 503 or a hang is a finding)
+                     truncated requests; any 5xx but 503 or a hang is a finding), or
+                     agent-side (a real \`trellis agent run\` against a fake hub on real mTLS
+                     that sends random and mutated HubMessage frames: the agent must keep
+                     running, reconnect after every stream and send only valid frames)
   --out DIR          where failing cases and hub.log go (default: a new temp dir, kept on failure)
   --replay FILE      send the case(s) of a failure file again (new hub) and judge them
   -h, --help         this help
@@ -69,8 +75,8 @@ async function main(): Promise<number> {
   if (!(seconds > 0 && seconds <= 86_400)) fail(`--seconds must be a number of seconds between 1 and 86400, not "${args.seconds}"`);
   const seed = args.seed === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(args.seed);
   if (!Number.isSafeInteger(seed) || seed < 0 || seed >= 2 ** 32) fail(`--seed must be an integer between 0 and 4294967295, not "${args.seed}"`);
-  const target = (args.target ?? 'all') as FuzzTarget | 'web';
-  if (!['admin', 'agent', 'all', 'web'].includes(target)) fail(`--target must be admin, agent, all or web, not "${args.target}"`);
+  const target = (args.target ?? 'all') as FuzzTarget | 'web' | 'agent-side';
+  if (!['admin', 'agent', 'all', 'web', 'agent-side'].includes(target)) fail(`--target must be admin, agent, all, web or agent-side, not "${args.target}"`);
   if (target === 'web' && args.replay) fail('--replay replays admin and agent cases; a web case is re-run with its --seed');
   let replay: FuzzCase[] | undefined;
   if (args.replay) {
@@ -88,6 +94,23 @@ async function main(): Promise<number> {
   let failed = false;
   try {
     const p = await preparePrincipals(hub);
+    if (target === 'agent-side') {
+      const dataDir = join(outDir, `agent-${process.pid}`);
+      await enroll({ hub: hub.adminAddr, token: p.examples.joinToken!, dataDir });
+      const agentId = readState(agentPaths(dataDir)).agentId;
+      await hub.stop(3000);
+      note(`seed ${seed}: agent ${agentId} against a fake hub on ${hub.agentAddr} for ${seconds} s`);
+      const a = await runAgentSideFuzz({ dataDir, agentId, agentAddr: hub.agentAddr, hubDir: hub.dataDir, seconds, seed, outDir: join(outDir, 'agent-side'), note });
+      process.stdout.write(`fuzz_seed: ${seed} seed\n`);
+      process.stdout.write(`fuzz_agent_cases: ${a.cases} cases\n`);
+      process.stdout.write(`fuzz_agent_crashes: ${a.crashes} crashes\n`);
+      process.stdout.write(`fuzz_agent_bogus_frames: ${a.bogus.length} frames\n`);
+      process.stdout.write(`fuzz_agent_error_lines: ${a.agentErrors.length} lines\n`);
+      for (const b of a.bogus.slice(0, 5)) note(`bogus: ${b}`);
+      for (const l of a.agentErrors.slice(0, 5)) note(`agent error: ${l}`);
+      failed = a.crashes > 0 || a.bogus.length > 0 || a.agentErrors.length > 0;
+      return failed ? 1 : 0;
+    }
     if (target === 'web') {
       note(`seed ${seed}: fuzzing the web port ${hub.webAddr} for ${seconds} s; failing cases go to ${outDir}`);
       const w = await runWebFuzz({ webAddr: hub.webAddr, caPem: hub.caPem, webhook: p.webhook, apiKey: p.apiKey, seconds, seed, hubExit: hub.exit, outDir, note });
