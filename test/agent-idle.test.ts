@@ -17,6 +17,11 @@ import { startHub, tempDir } from './helpers/hub.js';
 import { TRELLIS_BIN } from './helpers/cli.js';
 import { agentPaths, checkAgentState, readState } from '../agent/identity.js';
 import { isTrellisError } from '../common/errors.js';
+import { channelV1 } from '../common/proto-channel.js';
+import { v1 } from '../common/proto.js';
+import { caseBytes, caseRng, loadRoot } from '../bench/fuzz/gen.js';
+import { agentMessages, helloMessage, hubMessages } from '../bench/fuzz/examples.js';
+import type { MethodDefinition } from '@grpc/grpc-js';
 
 const linux = process.platform === 'linux';
 
@@ -95,6 +100,8 @@ t.test('an idle `agent run` loads only what it uses and rarely wakes up', { skip
     ['/node_modules/node-forge/lib/index.js', 'all of node-forge'],
     ['/node_modules/node-forge/lib/x509.js', 'node-forge PKI'],
     ['/node_modules/node-forge/lib/tls.js', 'node-forge TLS'],
+    ['/node_modules/@grpc/proto-loader/', '@grpc/proto-loader and its protobufjs descriptor extension (~0.9 MB of heap)'],
+    ['/node_modules/protobufjs/ext/descriptor', "protobufjs' descriptor extension"],
     ['/node_modules/zod/', 'zod'],
     ['/node_modules/re2js/', 're2js'],
     ['/node_modules/yaml/', 'yaml'],
@@ -145,4 +152,83 @@ t.test('agent.json is checked field by field, without zod', async (t) => {
   t.match((e as Error).message, /cannot parse .*agent\.json/);
   writeFileSync(paths.state, JSON.stringify(good));
   t.same(readState(paths), good, 'a good file reads back');
+});
+
+const ONEOF = ['hello', 'heartbeat', 'events', 'started', 'output', 'result', 'configAck', 'welcome', 'action', 'cancel', 'eventAck', 'caBundle', 'config', 'resultAck'];
+/** How many members of the frame's oneof a decoded frame has. */
+function members(o: object): number {
+  return ONEOF.filter((k) => (o as Record<string, unknown>)[k] != null).length;
+}
+
+/** A decoded frame as its reader sees it: `msg` and the member it names. */
+function oneof(o: object | undefined): unknown {
+  const m = (o as { msg?: string } | undefined)?.msg;
+  return m ? { msg: m, [m]: (o as Record<string, unknown>)[m] } : o;
+}
+
+t.test('the channel-only contract (protobufjs, no proto-loader) encodes and decodes the same messages as the full contract', async (t) => {
+  type Def = MethodDefinition<object, object>;
+  const mine = (channelV1.AgentChannel as unknown as { service: Record<string, Def> }).service;
+  const full = (v1.AgentChannel as unknown as { service: Record<string, Def> }).service;
+  t.same(Object.keys(mine).sort(), Object.keys(full).sort(), 'the same methods');
+  const root = loadRoot();
+  let compared = 0;
+  for (const [name, a] of Object.entries(mine)) {
+    const b = full[name]!;
+    t.same([a.path, a.requestStream, a.responseStream, a.originalName], [b.path, b.requestStream, b.responseStream, b.originalName], `${name}: path, streaming and name`);
+    const sides: Array<[string, (x: object) => Buffer, (x: object) => Buffer, (x: Buffer) => object, (x: Buffer) => object]> = [
+      ['request', a.requestSerialize, b.requestSerialize, a.requestDeserialize, b.requestDeserialize],
+      ['response', a.responseSerialize, b.responseSerialize, a.responseDeserialize, b.responseDeserialize],
+    ];
+    for (const [side, serA, serB, deA, deB] of sides) {
+      // The message type of this side, for typed (schema-valid) random messages.
+      const svc = root.lookupService('trellis.v1.AgentChannel').methods[name]!;
+      const type = root.lookupType(side === 'response' ? svc.responseType : svc.requestType);
+      const examples = type.name === 'AgentMessage' ? [...agentMessages(), helloMessage()] : type.name === 'HubMessage' ? hubMessages() : [];
+      for (const ex of examples) {
+        t.same(deB(serA(ex)), deB(serB(ex)), `${name} ${side}: ${Object.keys(ex)[0]} encodes to the same message`);
+        t.same(deA(serA(ex)), deB(serB(ex)), `${name} ${side}: ${Object.keys(ex)[0]} decodes to the same object`);
+      }
+      // Mutated valid frames and random bytes: where both decode a frame, to the same object. A few
+      // frames only one of them refuses: protobufjs 8 (ours) refuses a string that is not UTF-8 (7
+      // decodes it with U+FFFD) and reads some truncated unknown fields that 7 refuses. A frame with
+      // several members of the oneof: 8 keeps the last (the protobuf rule), 7 keeps them all and its
+      // `msg` may name another; such frames (no encoder writes them) are counted, not compared.
+      let onlyOne = 0, several = 0;
+      for (let i = 0; i < 400; i++) {
+        const bytes = caseBytes(caseRng(77, i), i % 4 === 0 ? 'random' : 'mutated', type, examples);
+        let objA: object | undefined, objB: object | undefined, errA = '', errB = '';
+        try { objA = deA(bytes); } catch (e) { errA = String(e); }
+        try { objB = deB(bytes); } catch (e) { errB = String(e); }
+        if (!!errA !== !!errB) { if (!/not valid for encoding utf-8/.test(errA)) onlyOne++; continue; }
+        if (objB && members(objB) > 1) { several++; continue; }
+        if (JSON.stringify(oneof(objA)) !== JSON.stringify(oneof(objB))) { t.fail(`${name} ${side} case ${i}: decoded differently`); return; }
+        if (objA) {
+          // protobufjs 8 leaves out proto3 default values that 7 writes: the same message, not the same bytes.
+          const read = oneof(objA) as object;
+          const ea = oneof(deB(serA(read))), eb = oneof(deB(serB(read)));
+          if (JSON.stringify(ea) !== JSON.stringify(eb)) { t.fail(`${name} ${side} case ${i}: encoded differently`); return; }
+        }
+        compared++;
+      }
+      t.comment(`${name} ${side}: ${several} of 400 mutated frames set several members of the oneof`);
+      if (examples.length > 0) t.ok(onlyOne <= 20, `${name} ${side}: ${onlyOne} of 400 mutated frames with valid UTF-8 refused by only one of the two (truncated unknown fields)`);
+    }
+  }
+  t.ok(compared >= 600, `${compared} messages decoded and encoded the same way by both`);
+});
+
+t.test('agent code uses neither fetch nor WebAssembly (the agent runs with --lite-mode, which has no WebAssembly)', async (t) => {
+  const { readdirSync, statSync } = await import('node:fs');
+  const { AGENT_NODE_FLAGS } = await import('../common/service/unit.js');
+  t.ok(AGENT_NODE_FLAGS.includes('--lite-mode'), 'the unit runs the agent with --lite-mode');
+  const root = join(TRELLIS_BIN, '..', '..', 'dist', 'agent');
+  const files: string[] = [];
+  const walk = (d: string) => { for (const f of readdirSync(d)) { const p = join(d, f); if (statSync(p).isDirectory()) walk(p); else if (p.endsWith('.js')) files.push(p); } };
+  walk(root);
+  t.ok(files.length > 10, `${files.length} files of dist/agent`);
+  for (const f of files) {
+    const src = readFileSync(f, 'utf8');
+    t.notOk(/\bfetch\(|\bWebAssembly\b/.test(src), `${f.slice(root.length + 1)}: no fetch( or WebAssembly`);
+  }
 });

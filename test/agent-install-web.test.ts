@@ -19,6 +19,7 @@ import { getAgent } from './helpers/admin.js';
 import { installCommand } from '../common/install-command.js';
 import { createCA, fingerprintSha256, generateKey, issueCertificate } from '../certs/index.js';
 import { needs } from './helpers/needs.js';
+import { AGENT_NODE_FLAGS } from '../common/service/unit.js';
 
 const isRoot = process.getuid?.() === 0;
 const ROOT = dirname(dirname(TRELLIS_BIN));
@@ -188,7 +189,7 @@ t.test('tokens create --install-command: the one-liner installs a running agent 
   t.equal(top.length, 1, `unpacked into ${n.prefix}`);
   t.equal(readlinkSync(join(n.bindir, 'trellis')), join(n.prefix, top[0]!, 'bin', 'trellis'), 'bin/trellis linked');
   const unit = readFileSync(n.unit, 'utf8');
-  t.match(unit, `ExecStart=${execFileSync('realpath', [execFileSync('sh', ['-c', 'command -v node'], { encoding: 'utf8' }).trim()], { encoding: 'utf8' }).trim()} --max-semi-space-size=1 ${join(n.prefix, top[0]!, 'bin', 'trellis.js')} agent run --data ${n.data}`, 'the unit runs the installed bundle');
+  t.match(unit, `ExecStart=${execFileSync('realpath', [execFileSync('sh', ['-c', 'command -v node'], { encoding: 'utf8' }).trim()], { encoding: 'utf8' }).trim()} ${AGENT_NODE_FLAGS.join(' ')} ${join(n.prefix, top[0]!, 'bin', 'trellis.js')} agent run --data ${n.data}`, 'the unit runs the installed bundle');
   const pid = Number(readFileSync(join(n.data, 'agent.pid'), 'utf8'));
   const uid = Number(execFileSync('id', ['-u', n.user], { encoding: 'utf8' }));
   t.equal(Number(/^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]), uid, 'the agent runs as the created user');

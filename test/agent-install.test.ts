@@ -15,6 +15,7 @@ import { TRELLIS_BIN, runCli } from './helpers/cli.js';
 import { startHub, waitFor, type TestHub } from './helpers/hub.js';
 import { getAgent } from './helpers/admin.js';
 import { needs } from './helpers/needs.js';
+import { AGENT_NODE_FLAGS } from '../common/service/unit.js';
 
 const isRoot = process.getuid?.() === 0;
 const ROOT = dirname(dirname(TRELLIS_BIN));
@@ -97,7 +98,7 @@ t.test('agent install --detach: user, data dir, verified unit, the agent online 
   const unit = readFileSync(n.unit, 'utf8');
   t.equal(statSync(n.unit).mode & 0o777, 0o644, 'unit 0644');
   const bin = join(ROOT, 'bin', 'trellis.js');
-  t.match(unit, `\nExecStart=${execFileSync('realpath', [process.execPath], { encoding: 'utf8' }).trim()} --max-semi-space-size=1 ${execFileSync('realpath', [bin], { encoding: 'utf8' }).trim()} agent run --data ${n.data}\n`);
+  t.match(unit, `\nExecStart=${execFileSync('realpath', [process.execPath], { encoding: 'utf8' }).trim()} ${AGENT_NODE_FLAGS.join(' ')} ${execFileSync('realpath', [bin], { encoding: 'utf8' }).trim()} agent run --data ${n.data}\n`);
   for (const line of ['Environment=MALLOC_ARENA_MAX=2', `User=${n.user}`, 'Restart=always', 'NoNewPrivileges=yes', 'ProtectSystem=strict', 'ProtectHome=yes', 'PrivateTmp=yes', `ReadWritePaths=${n.data}`, 'WantedBy=multi-user.target']) {
     t.match(unit, `\n${line}\n`, line);
   }

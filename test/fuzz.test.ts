@@ -14,8 +14,12 @@ import { tempDir } from './helpers/hub.js';
 import { silenceIpServernameWarning } from '../common/warnings.js';
 import { classify, judgeHealth } from '../bench/fuzz/oracle.js';
 import { caseBytes, caseRng, contractMethods, mutate, loadRoot } from '../bench/fuzz/gen.js';
-import { runFuzz, replayCases, type FuzzCase } from '../bench/fuzz/run.js';
+import { runFuzz, replayCases, SOAK_SPARED, type FuzzCase } from '../bench/fuzz/run.js';
 import { startFuzzHub, preparePrincipals, PACKAGE_ROOT } from '../bench/fuzz/setup.js';
+import { judgeWeb, runWebFuzz } from '../bench/fuzz/web.js';
+import { runAgentSideFuzz } from '../bench/fuzz/agent-side.js';
+import { enroll } from '../agent/enroll.js';
+import { agentPaths, readState } from '../agent/identity.js';
 import { allMethodPaths } from '../common/proto.js';
 
 silenceIpServernameWarning();
@@ -27,6 +31,8 @@ silenceIpServernameWarning();
 const CASES = Number(process.env.TRELLIS_FUZZ_CASES ?? 480);
 const SECONDS = Number(process.env.TRELLIS_FUZZ_SECONDS ?? 240);
 const SEED = 1313;
+const WEB_CASES = Number(process.env.TRELLIS_FUZZ_WEB_CASES ?? 300);
+const AGENT_CASES = Number(process.env.TRELLIS_FUZZ_AGENT_CASES ?? 8);
 
 t.test('the oracle refuses what would hide a bug', async (t) => {
   const kv = '/trellis.v1.AdminKv/Set';
@@ -54,6 +60,13 @@ t.test('the oracle refuses what would hide a bug', async (t) => {
   t.notOk(judgeHealth({ version: 'DEADLINE_EXCEEDED' }).alive, 'a hub that does not answer Version is reported');
   t.notOk(judgeHealth({ authed: 'DEADLINE_EXCEEDED' }).alive, 'a hub that does not answer an authenticated call is reported');
   t.ok(judgeHealth({}).alive, 'a healthy hub is healthy');
+  t.notOk(judgeWeb({ kind: 'malformed' }, { status: 500 }).ok, 'web: a 500 to any request is reported');
+  t.notOk(judgeWeb({ kind: 'wellformed' }, { status: 502 }).ok, 'web: a 502 is reported');
+  t.ok(judgeWeb({ kind: 'wellformed' }, { status: 503 }).ok, 'web: 503 (shedding) is allowed');
+  t.notOk(judgeWeb({ kind: 'wellformed' }, { timedOut: true }).ok, 'web: a well-formed request left unanswered is reported (hang)');
+  t.notOk(judgeWeb({ kind: 'wellformed' }, { closedWithoutAnswer: true }).ok, 'web: a well-formed request closed without an answer is reported');
+  t.ok(judgeWeb({ kind: 'malformed' }, { closedWithoutAnswer: true }).ok, 'web: a malformed request may be closed');
+  t.notOk(judgeWeb({ kind: 'wellformed', expect: 401 }, { status: 200 }).ok, 'web: a webhook without credentials that is accepted is reported');
 });
 
 t.test('cases are a function of (seed, index) and every contract method is a target', async (t) => {
@@ -64,6 +77,8 @@ t.test('cases are a function of (seed, index) and every contract method is a tar
     t.same(caseBytes(caseRng(7, 42), kind, type, [{ key: 'a', value: 'b' }]), caseBytes(caseRng(7, 42), kind, type, [{ key: 'a', value: 'b' }]), `${kind}: same seed and index, same bytes`);
   }
   t.notSame(caseBytes(caseRng(7, 42), 'typed', type, []), caseBytes(caseRng(7, 43), 'typed', type, []), 'another index, other bytes');
+  const paths = new Set(allMethodPaths());
+  t.same([...SOAK_SPARED].filter((p) => !paths.has(p)), [], 'every method the soak\'s fuzzer spares is a method of the contract');
   const base = Buffer.from(type.encode({ key: 'abc', value: 'def' }).finish());
   t.notSame(mutate(caseRng(1, 1), base), base, 'a mutation changes the bytes');
 });
@@ -95,6 +110,15 @@ t.test(`fuzzing a hub child process with ${CASES} cases (seed ${SEED}): 0 crashe
   t.equal(replayed[0]?.outcome.code, status.INVALID_ARGUMENT, 'a replayed malformed Set is INVALID_ARGUMENT');
   t.ok(replayed[0]?.verdict.ok, 'and allowed');
 
+  // The web port (webhooks, /stream, agent downloads): raw HTTP over TLS, malformed and truncated.
+  const web = await runWebFuzz({ webAddr: hub.webAddr, caPem: hub.caPem, webhook: p.webhook, apiKey: p.apiKey, seconds: SECONDS, maxCases: WEB_CASES, seed: SEED, hubExit: hub.exit, outDir: join(tmp.path, 'web'), note: (m) => notes.push(m) });
+  t.comment(`fuzz_web_cases: ${web.cases}; statuses ${JSON.stringify(web.statuses)}`);
+  t.equal(web.crashes, 0, `web: 0 hub crashes${web.crash ? ` (${web.crash.reason})` : ''}`);
+  t.same(web.unexpected.map((f) => `web case ${f.case.index} (${f.case.what}): ${f.reason}`), [], 'web: 0 unexpected answers (no 5xx but 503, no hang, the named 4xx)');
+  t.ok(web.cases >= Math.min(WEB_CASES, 100), `web: a real budget ran (${web.cases} cases)`);
+  for (const k of ['200', '400', '401', '404']) t.ok((web.statuses[k] ?? 0) > 0, `web: some cases answered ${k}`);
+  t.same(hub.errorLines().map((l) => l.slice(0, 500)), [], 'web: no error lines in the hub log');
+
   // The oracle catches a dead hub: kill it, fuzz again, and the run must report a crash and keep the cases.
   hub.proc.kill('SIGKILL');
   await new Promise<void>((resolve) => { const i = setInterval(() => { if (hub.exit()) { clearInterval(i); resolve(); } }, 50); });
@@ -108,12 +132,30 @@ t.test(`fuzzing a hub child process with ${CASES} cases (seed ${SEED}): 0 crashe
   t.ok(dead.cases <= 10, 'the run stops at the crash');
 });
 
+t.test('the agent side: a real agent against a fake hub (real mTLS) sending random and mutated HubMessages keeps running and reconnecting', async (t) => {
+  await using tmp = await tempDir('trellis-fuzz-agent-');
+  const hub = await startFuzzHub(join(tmp.path, 'run'));
+  t.teardown(() => hub.stop(3000));
+  const p = await preparePrincipals(hub, 1);
+  const dataDir = join(tmp.path, 'agent');
+  await enroll({ hub: hub.adminAddr, token: p.examples.joinToken!, dataDir });
+  const agentId = readState(agentPaths(dataDir)).agentId;
+  await hub.stop(3000); // the fake hub takes its agent port, certificate and CA
+  const notes: string[] = [];
+  const r = await runAgentSideFuzz({ dataDir, agentId, agentAddr: hub.agentAddr, hubDir: hub.dataDir, seconds: 90, maxCases: AGENT_CASES, seed: SEED, outDir: join(tmp.path, 'cases'), note: (m) => notes.push(m), reconnectMs: 45_000 });
+  t.comment(`fuzz_agent_cases: ${r.cases}, connects ${r.connects}`);
+  t.equal(r.crashes, 0, `the agent kept running and reconnected${r.crash ? ` (${r.crash})` : ''}`);
+  t.same(r.bogus, [], 'every frame the agent sent decodes as an AgentMessage with a known member');
+  t.same(r.agentErrors, [], 'no fatal or unhandled error in the agent log');
+  t.ok(r.cases >= Math.min(AGENT_CASES, 3), `a real budget ran (${r.cases} streams of fuzzed frames)`);
+});
+
 t.test('npm run fuzz: help and argument errors', async (t) => {
   const bin = join(PACKAGE_ROOT, 'dist', 'bench', 'fuzz', 'main.js');
   const help = spawnSync(process.execPath, [bin, '--help'], { encoding: 'utf8' });
   t.equal(help.status, 0);
-  t.match(help.stdout, /--seconds N[\s\S]*--seed S[\s\S]*--target T[\s\S]*--replay FILE/, 'help names the options');
-  for (const [args, re] of [[['--seconds', 'x'], /--seconds must be/], [['--target', 'web'], /--target must be admin, agent or all/], [['--seed', '1.5'], /--seed must be an integer/], [['--nope'], /Unknown option/]] as const) {
+  t.match(help.stdout, /--seconds N[\s\S]*--seed S[\s\S]*--target T[\s\S]*web \(the hub's HTTPS web port[\s\S]*--replay FILE/, 'help names the options and the web target');
+  for (const [args, re] of [[['--seconds', 'x'], /--seconds must be/], [['--target', 'nope'], /--target must be admin, agent, all, web or agent-side/], [['--seed', '1.5'], /--seed must be an integer/], [['--nope'], /Unknown option/]] as const) {
     const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8' });
     t.equal(r.status, 2, `${args.join(' ')}: exit 2`);
     t.match(r.stderr, re, `${args.join(' ')}: says why`);

@@ -25,6 +25,22 @@ t.test('an accepted event that never reaches the hub is caught: soak_events_lost
   for (const name of CHECKS.filter((n) => n !== 'soak_events_lost')) t.equal(r.figures.get(name), 0, `${name}: 0`);
 });
 
+t.test('--fuzz-seconds: the fuzzer runs against the soak hub and its failures fail the soak (exit 1)', async (t) => {
+  // A tiny seeded run with the test-only injected fault: the first fuzz case is judged unexpected.
+  const r = await runSoak([...SMALL, '--fuzz-seconds', '5', '--inject-fault', 'fuzz-failure']);
+  t.equal(r.code, 1, `exit 1 (${r.err.split('\n').filter((l) => /fuzz|harness/.test(l)).slice(-6).join(' | ')})`);
+  t.ok((r.figures.get('soak_fuzz_cases') ?? 0) > 10, `soak_fuzz_cases: ${r.figures.get('soak_fuzz_cases')} (> 10: the fuzzer ran)`);
+  t.equal(r.figures.get('soak_fuzz_failures'), 1, 'soak_fuzz_failures: 1, the injected one and nothing else (no crash, no unexpected status)');
+  t.match(r.err, /FAIL fuzz \S+ as \S+ \(case 0\): injected failure/, 'the failing case is named');
+  for (const name of CHECKS) t.equal(r.figures.get(name), 0, `${name}: 0 (the fuzzer leaves the soak's workload alone)`);
+  const bad = await runSoak(['--agents', '5', '--duration', '10s', '--fuzz-seconds', '20']);
+  t.equal(bad.code, 2);
+  t.match(bad.err, /--fuzz-seconds \(20\) must not exceed --duration/);
+  const help = await runSoak(['--help']);
+  t.match(help.out, /--fuzz-seconds S/);
+  t.match(help.out, /soak_fuzz_failures/);
+});
+
 t.test('usage errors exit 2 and name the option; --help documents the command', async (t) => {
   const bad = await runSoak(['--agents', '0']);
   t.equal(bad.code, 2);

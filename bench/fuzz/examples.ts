@@ -92,3 +92,22 @@ export function agentMessages(): Array<Record<string, unknown>> {
 export function helloMessage(): Record<string, unknown> {
   return { hello: { facts: { hostname: 'fz-host', os: 'linux', arch: 'x64', osRelease: '6', cpus: 2, memoryBytes: 2e9, agentVersion: '0.1.0' }, labels: { a: 'b' } } };
 }
+
+/** One valid example of every HubMessage frame the hub sends an agent (the seeds of the agent-side fuzzer's mutated frames). */
+export function hubMessages(): Array<Record<string, unknown>> {
+  const now = Date.now();
+  const rule = { name: 'fz-rule', trigger: 'core.cpu', criteria: ['trigger.payload.pct > 90'], action: 'core.noop', target: 'local' };
+  const action = { ref: 'core.noop', runner: 'command', argv: ['true'] };
+  return [
+    { welcome: { agentId: '01hzzzzzzzzzzzzzzzzzzzzzzz', tenant: 'default', heartbeatIntervalMs: 10_000, caBundle: [], serverTimeMs: now } },
+    { action: { executionId: '01hzzzzzzzzzzzzzzzzzzzzzzz', argv: ['true'], timeoutMs: 5000, env: { FZ: '1' }, cwd: '/', sealedEnv: { S: 'not-sealed' }, runner: 'command', runAs: '', script: Buffer.from('') } },
+    { action: { executionId: '01hyyyyyyyyyyyyyyyyyyyyyyy', argv: ['a'], timeoutMs: 1000, runner: 'script', script: Buffer.from('#!/bin/sh\nexit 0\n') } },
+    { action: { executionId: '01hxxxxxxxxxxxxxxxxxxxxxxx', argv: ['GET', 'http://127.0.0.1:1/'], timeoutMs: 1000, runner: 'http' } },
+    { cancel: { executionId: '01hzzzzzzzzzzzzzzzzzzzzzzz' } },
+    { eventAck: { seq: 1, refused: 1, refusedTypes: ['core.fz'] } },
+    { caBundle: { certificates: ['-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n'], renew: false, renewInMs: 60_000 } },
+    { heartbeat: { sentAtMs: now } },
+    { config: { version: 'fz-1', sensors: [{ name: 'fz.cpu', kind: 'cpu', trigger: 'core.cpu', intervalMs: 60_000, configJson: Buffer.from('{}') }], rules: [{ name: 'fz-rule', trigger: 'core.cpu', definitionJson: Buffer.from(JSON.stringify(rule)), actionJson: Buffer.from(JSON.stringify(action)) }], sealedSecrets: { 'kv:fz': 'not-sealed' } } },
+    { resultAck: { executionIds: ['01hzzzzzzzzzzzzzzzzzzzzzzz'] } },
+  ];
+}

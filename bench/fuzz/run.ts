@@ -57,6 +57,14 @@ export interface FuzzOptions {
   /** Deadline of a unary call before it counts as a hang (default 20 s), of a liveness probe (15 s). */
   callDeadlineMs?: number;
   probeDeadlineMs?: number;
+  /** Stops the run at the next batch boundary (the soak pauses the fuzzer before it kills the hub). */
+  signal?: AbortSignal;
+  /** The first case index (a paused run resumes where it stopped: cases stay a function of seed and index). */
+  startIndex?: number;
+  /** Admin methods the administrator leaves alone (fuzzed as the user with no roles or without credentials instead). */
+  spare?: ReadonlySet<string>;
+  /** Test only: the first case is judged unexpected (proves that findings reach the caller's verdict). */
+  injectFailure?: boolean;
 }
 
 export interface FuzzCase {
@@ -89,6 +97,30 @@ export interface FuzzResult {
   /** The slowest cases (a slow answer to bad input is a denial-of-service lead). */
   slowest: Array<{ method: string; principal: Principal; index: number; ms: number; status: string }>;
 }
+
+/**
+ * What the fuzzer's administrator leaves alone while it fuzzes the hub of a soak (`npm run soak --
+ * --fuzz-seconds S`): whatever would change the soak's own workload, so that the soak's checks
+ * keep meaning what they say: actions on its agents (a second run of an action would read as a
+ * duplicate), its agents, rules and packs (a rule matching its events), its user and sessions,
+ * its kv keys, and the system operations (maintenance, snapshot restore). These methods are
+ * still fuzzed, as the user with no roles and without credentials (who must be refused).
+ */
+export const SOAK_SPARED: ReadonlySet<string> = new Set(Object.entries({
+  AdminRuns: ['Run'],
+  AdminAgents: ['RevokeAgent', 'PruneAgents', 'SetAgentLabels'],
+  AdminPacks: ['InstallPack', 'RemovePack'],
+  AdminRules: ['CreateRule', 'DeleteRule', 'SetRuleEnabled'],
+  AdminExecutions: ['RunAction', 'CancelExecution', 'RerunExecution'],
+  AdminUsers: ['SetPassword', 'SetUserActive', 'DeleteUser'],
+  AdminSessions: ['RevokeSession'],
+  AdminApiKeys: ['DeleteApiKey', 'SetApiKeyEnabled'],
+  AdminRoles: ['DeleteRole', 'RevokePermission', 'UnassignRole'],
+  AdminTenants: ['DeleteTenant', 'RemoveTenantMember'],
+  AdminGroups: ['RemoveGroupMember'],
+  AdminKv: ['Delete'],
+  AdminSystem: ['CreateSnapshot', 'RestoreSnapshot', 'ClusterStatus', 'SetMaintenance', 'Upgrade', 'Rollback'],
+}).flatMap(([svc, ms]) => ms.map((m) => `/trellis.v1.${svc}/${m}`)));
 
 /** Admin methods that change the hub's own identity or trust: fuzzed only by callers who must be refused. */
 export const IDENTITY_METHODS = new Set([
@@ -210,7 +242,7 @@ export function makeCase(p: Plan, o: FuzzOptions, index: number): { c: FuzzCase;
   const spec = pick(r, p.adminMethods);
   let principal: Principal = pick(r, ['admin', 'admin', 'low', 'anon'] as const);
   if (principal === 'low' && !o.lowCredential) principal = 'anon';
-  if (principal === 'admin' && IDENTITY_METHODS.has(spec.path)) principal = o.lowCredential ? 'low' : 'anon';
+  if (principal === 'admin' && (IDENTITY_METHODS.has(spec.path) || o.spare?.has(spec.path))) principal = o.lowCredential ? 'low' : 'anon';
   const bytes = caseBytes(r, kind, spec.requestType, examplesFor(spec.requestType.name, ex));
   return { c: { seed: o.seed, index, method: spec.path, principal, kind, frames: [bytes.toString('base64')] }, spec, r };
 }
@@ -255,12 +287,13 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzResult> {
   const batchSize = o.batchSize ?? 48;
   const concurrency = o.concurrency ?? 8;
   const deadlineMs = o.callDeadlineMs ?? 20_000;
-  let index = 0;
+  let index = o.startIndex ?? 0;
+  const first = index;
   let lastReport = started;
   try {
-    while (Date.now() - started < o.seconds * 1000 && (o.maxCases === undefined || index < o.maxCases)) {
+    while (Date.now() - started < o.seconds * 1000 && (o.maxCases === undefined || index < first + o.maxCases) && !o.signal?.aborted) {
       const batch: Array<{ c: FuzzCase; spec: MethodSpec; r: Rng }> = [];
-      const end = o.maxCases === undefined ? index + batchSize : Math.min(o.maxCases, index + batchSize);
+      const end = o.maxCases === undefined ? index + batchSize : Math.min(first + o.maxCases, index + batchSize);
       for (; index < end; index++) batch.push(makeCase(p, o, index));
       let next = 0;
       await Promise.all(Array.from({ length: concurrency }, async () => {
@@ -278,7 +311,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzResult> {
           statuses[name] = (statuses[name] ?? 0) + 1;
           covered.add(c.method);
           result.cases++;
-          const v = classify(c.method, spec.known, c.principal, out);
+          const v = o.injectFailure && c.index === first ? { ok: false as const, reason: 'injected failure (test only)' } : classify(c.method, spec.known, c.principal, out);
           if (!v.ok) {
             const file = unexpected.length < 100
               ? writeCase(o.outDir, `unexpected-${safe(c.method)}-${o.seed}-${c.index}.json`, { ...c, outcome: out, reason: v.reason })

@@ -28,6 +28,8 @@ export interface FuzzHub extends AsyncDisposable {
   logFile: string;
   adminAddr: string;
   agentAddr: string;
+  /** The web port (HTTPS: webhooks, /stream, agent downloads). */
+  webAddr: string;
   caPem: string;
   /** Undefined while running; "code N" / "signal S" once it exited. */
   exit(): string | undefined;
@@ -77,7 +79,7 @@ export async function startFuzzHub(dir: string, nodeArgs: string[] = []): Promis
     };
     if (up) {
       return {
-        proc, dataDir, logFile, caPem, adminAddr: `127.0.0.1:${adminPort}`, agentAddr: `127.0.0.1:${agentPort}`,
+        proc, dataDir, logFile, caPem, adminAddr: `127.0.0.1:${adminPort}`, agentAddr: `127.0.0.1:${agentPort}`, webAddr: `127.0.0.1:${webPort}`,
         exit: () => exitText, errorLines: () => [...errors], stop, [Symbol.asyncDispose]: () => stop(2000),
       };
     }
@@ -86,20 +88,25 @@ export async function startFuzzHub(dir: string, nodeArgs: string[] = []): Promis
   }
 }
 
-export interface Principals { apiKey: string; lowCredential: () => Promise<string>; agents: FuzzOptions['agents']; renewAgent: FuzzOptions['renewAgent']; examples: NonNullable<FuzzOptions['examples']> }
+export interface Principals {
+  apiKey: string; lowCredential: () => Promise<string>; agents: FuzzOptions['agents']; renewAgent: FuzzOptions['renewAgent']; examples: NonNullable<FuzzOptions['examples']>;
+  /** A webhook of the fuzzer's own (the web fuzzer signs bodies with its secret). */
+  webhook: { path: string; secret: string };
+}
 
 /** The fuzzer's principals on `hub`: made through the admin API (and the CA files for agents). */
-export async function preparePrincipals(hub: Pick<FuzzHub, 'adminAddr' | 'caPem' | 'dataDir'>, nAgents = 4): Promise<Principals> {
+export async function preparePrincipals(hub: Pick<FuzzHub, 'adminAddr' | 'caPem' | 'dataDir'>, nAgents = 4, adminPassword = FUZZ_ADMIN_PASSWORD): Promise<Principals> {
   const anon = adminClients(hub.adminAddr, hub.caPem);
   let login: T.LoginResponse__Output;
   try {
-    login = await call<T.LoginRequest, T.LoginResponse__Output>(anon, anon.auth, anon.auth.Login, { username: 'admin', password: FUZZ_ADMIN_PASSWORD });
+    login = await call<T.LoginRequest, T.LoginResponse__Output>(anon, anon.auth, anon.auth.Login, { username: 'admin', password: adminPassword });
   } finally { anon.close(); }
   const admin = adminClients(hub.adminAddr, hub.caPem, login.token);
   try {
-    const key = await call<T.CreateApiKeyRequest, T.CreateApiKeyResponse__Output>(admin, admin.apikeys, admin.apikeys.CreateApiKey, { name: 'fuzz' });
+    const key = await call<T.CreateApiKeyRequest, T.CreateApiKeyResponse__Output>(admin, admin.apikeys, admin.apikeys.CreateApiKey, { name: `fuzz-${Date.now().toString(36)}` });
     await call<T.CreateUserRequest, T.UserInfo__Output>(admin, admin.users, admin.users.CreateUser, { username: LOW_USER, password: LOW_PASSWORD, roles: [], tenants: ['default'] });
     const token = await call<T.CreateJoinTokenRequest, T.CreateJoinTokenResponse__Output>(admin, admin.tokens, admin.tokens.CreateJoinToken, { tenant: 'default', uses: 1000, ttlMs: 86_400_000 });
+    const hook = await call<T.CreateWebhookRequest, T.CreateWebhookResponse__Output>(admin, admin.webhooks, admin.webhooks.CreateWebhook, { name: `fz-web-${Date.now().toString(36)}`, description: 'web fuzzer' });
     const ids = issueSimIdentities({ hubDir: hub.dataDir, names: NAMES, trustDomain: TRUST_DOMAIN, n: nAgents + 1 });
     const k = generateKey('ec-p256');
     const csrPem = createCSR({ privateKey: k.privateKey, subject: { commonName: 'fz-host' } });
@@ -114,6 +121,7 @@ export async function preparePrincipals(hub: Pick<FuzzHub, 'adminAddr' | 'caPem'
       agents: ids.slice(0, nAgents).map((i) => ({ keyPem: i.keyPem, certPem: i.certPem })),
       renewAgent: { keyPem: ids[nAgents]!.keyPem, certPem: ids[nAgents]!.certPem },
       examples: { joinToken: token.token, csrPem },
+      webhook: { path: hook.path, secret: hook.secret },
     };
   } finally {
     admin.close();

@@ -19,6 +19,8 @@ export interface SoakOptions {
   json: boolean;
   keep: boolean;
   inject?: InjectFault;
+  /** Seconds of protocol fuzzing (bench/fuzz) against the soak's hub while the workload runs; 0: none. */
+  fuzzSeconds: number;
 }
 
 export const HELP = `Usage: npm run soak -- --agents N [options]
@@ -44,14 +46,22 @@ Options:
   --agent-max-backoff D  the simulated agents' reconnect backoff cap (default: the real agent's,
                      30s); a shorter cap shortens storms (CI uses 3s), so storm_settle_s is
                      only comparable between runs with the same cap
+  --fuzz-seconds S   also fuzz the hub (npm run fuzz's cases: every admin RPC and AgentChannel
+                     message, random and mutated protobuf, as its own admin, a user with no roles,
+                     no credentials and its own enrolled agents) for S seconds while the
+                     workload runs (at most --duration; paused around each hub kill), seeded
+                     with --seed; prints soak_fuzz_cases and soak_fuzz_failures (hub crashes,
+                     hangs and unexpected statuses: a check, must be 0). Its administrator
+                     leaves the soak's agents, rules, users and kv keys alone (default 0)
   --json             also print one JSON object with every figure (last line of stdout)
   --keep             keep the temporary directory (its path is printed) for a post-mortem
   -h, --help         this text
 
 Checks (each must be 0): soak_events_lost, soak_events_duplicated, soak_executions_duplicated,
-soak_executions_lost, soak_state_files_torn, soak_acked_writes_lost.
+soak_executions_lost, soak_state_files_torn, soak_acked_writes_lost (and soak_fuzz_failures
+with --fuzz-seconds).
 Figures: storm_settle_s, connect_per_s, hub_rss_mb, hub_rss_kb_per_agent, hub_idle_cpu_pct,
-hub_start_ms.
+hub_start_ms; soak_fuzz_cases with --fuzz-seconds.
 
 Example: npm run soak -- --agents 1000 --kills 3 --seed 42
 `;
@@ -75,7 +85,7 @@ function duration(name: string, v: string | undefined, minMs: number, maxMs: num
 export function parseArgs(argv: string[]): SoakOptions | undefined {
   const v: Record<string, string | boolean> = {};
   const flags = new Set(['--json', '--keep', '--help', '-h']);
-  const valued = new Set(['--agents', '--duration', '--kills', '--agent-kills', '--seed', '--procs', '--events-per-s', '--idle', '--history', '--inject-fault', '--agent-max-backoff']);
+  const valued = new Set(['--agents', '--duration', '--kills', '--agent-kills', '--seed', '--procs', '--events-per-s', '--idle', '--history', '--inject-fault', '--agent-max-backoff', '--fuzz-seconds']);
   for (let i = 0; i < argv.length; i++) {
     let a = argv[i]!;
     let val: string | undefined;
@@ -91,10 +101,15 @@ export function parseArgs(argv: string[]): SoakOptions | undefined {
   const agents = int('--agents', v['--agents'] as string, 1, 20_000);
   const kills = v['--kills'] === undefined ? 3 : int('--kills', v['--kills'] as string, 0, 100);
   const inject = v['--inject-fault'] as string | undefined;
-  if (inject !== undefined && inject !== 'duplicate-execution' && inject !== 'lose-event') throw new UsageError('--inject-fault must be duplicate-execution or lose-event');
+  if (inject !== undefined && inject !== 'duplicate-execution' && inject !== 'lose-event' && inject !== 'fuzz-failure') throw new UsageError('--inject-fault must be duplicate-execution, lose-event or fuzz-failure');
+  const durationMs = v['--duration'] === undefined ? 60_000 : duration('--duration', v['--duration'] as string, 5_000, 24 * 3_600_000);
+  const fuzz = v['--fuzz-seconds'] as string | undefined;
+  const fuzzSeconds = fuzz === undefined ? 0 : /^\d+$/.test(fuzz) ? int('--fuzz-seconds', fuzz, 0, 86_400) : duration('--fuzz-seconds', fuzz, 1_000, 86_400_000) / 1000;
+  if (fuzzSeconds * 1000 > durationMs) throw new UsageError(`--fuzz-seconds (${fuzzSeconds}) must not exceed --duration (${durationMs / 1000} s): the fuzzer runs while the workload does`);
+  if (inject === 'fuzz-failure' && fuzzSeconds === 0) throw new UsageError('--inject-fault fuzz-failure needs --fuzz-seconds');
   return {
     agents,
-    durationMs: v['--duration'] === undefined ? 60_000 : duration('--duration', v['--duration'] as string, 5_000, 24 * 3_600_000),
+    durationMs,
     kills,
     agentKills: v['--agent-kills'] === undefined ? Math.max(1, kills) : int('--agent-kills', v['--agent-kills'] as string, 0, 100),
     seed: v['--seed'] === undefined ? Math.floor(Math.random() * 2 ** 31) : int('--seed', v['--seed'] as string, 0, 2 ** 31 - 1),
@@ -106,6 +121,7 @@ export function parseArgs(argv: string[]): SoakOptions | undefined {
     json: v['--json'] === true,
     keep: v['--keep'] === true,
     inject: inject as SoakOptions['inject'],
+    fuzzSeconds,
   };
 }
 

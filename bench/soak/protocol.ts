@@ -18,7 +18,8 @@ export const SOAK_TRIGGER = 'core.soak';
 export const SOAK_EDGE_TRIGGER = 'core.soak_edge';
 export const SOAK_ACTION = 'soak.run';
 
-export type InjectFault = 'duplicate-execution' | 'lose-event';
+/** Test-only faults (--inject-fault): fuzz-failure makes the fuzzer judge its first case unexpected. */
+export type InjectFault = 'duplicate-execution' | 'lose-event' | 'fuzz-failure';
 
 export interface ClientConfig {
   index: number;

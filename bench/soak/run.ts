@@ -40,6 +40,7 @@ import { prng, type SoakOptions } from './args.js';
 import { SoakAdmin } from './admin.js';
 import { checkClientLogs, checkHubFiles, checkOutbox, readFields, readHistory, type TornReport } from './files.js';
 import { killHub, rssMb, startHub, type HubPorts, type SoakHub } from './hub.js';
+import { SoakFuzz } from './fuzz.js';
 import { SOAK_ACTION, SOAK_EDGE_RULE, SOAK_EDGE_TRIGGER, SOAK_RULE, SOAK_TRIGGER, type ClientConfig, type ClientStats, type FromClient } from './protocol.js';
 
 silenceIpServernameWarning();
@@ -129,6 +130,8 @@ interface Run {
   tornFilesChecked: number;
   settles: number[];
   hubLog: string[];
+  /** The protocol fuzzer (--fuzz-seconds), paused around each hub kill. */
+  fuzz?: SoakFuzz;
 }
 
 const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
@@ -201,6 +204,7 @@ function schedule(o: SoakOptions, rand: () => number): Array<{ atMs: number; kin
 
 async function hubKill(r: Run, n: number): Promise<void> {
   const hub = r.hub!;
+  await r.fuzz?.pause();
   note(`fault: kill -9 the hub (pid ${hub.pid}), #${n}`);
   await killHub(hub, 'SIGKILL');
   addTorn(r, checkHubFiles(r.hubDir), `after hub kill #${n}`);
@@ -215,6 +219,7 @@ async function hubKill(r: Run, n: number): Promise<void> {
   const s = (performance.now() - t0) / 1000;
   r.settles.push(s);
   note(`storm #${n}: ${expected()} agents welcomed ${s.toFixed(1)} s after the restart`);
+  r.fuzz?.resume();
 }
 
 async function clientKill(r: Run, c: Client): Promise<void> {
@@ -232,6 +237,7 @@ async function workload(r: Run): Promise<void> {
   const plan = schedule(r.o, rand);
   note(`workload: ${r.o.durationMs / 1000} s, ${r.o.eventsPerS} events/s, faults at ${plan.map((p) => `${(p.atMs / 1000).toFixed(1)}s ${p.kind === 'hub' ? 'hub' : `client ${p.client}`}`).join(', ') || 'none'}`);
   for (const c of r.clients) c.send({ t: 'publish', on: true });
+  r.fuzz?.resume();
   let writing = true;
   const writer = (async () => { while (writing) { await r.admin!.writeOne(); await sleep(100); } })();
   const t0 = Date.now();
@@ -247,6 +253,7 @@ async function workload(r: Run): Promise<void> {
   for (const c of r.clients) c.send({ t: 'publish', on: false });
   writing = false;
   await writer;
+  await r.fuzz?.stop();
 }
 
 async function nonFinal(r: Run): Promise<number> {
@@ -409,6 +416,15 @@ export async function runSoak(o: SoakOptions): Promise<number> {
     figure('hub_rss_mb', rss, 'MB');
     figure('hub_rss_kb_per_agent', ((rss - rss0) * 1024) / o.agents, 'KB');
 
+    // ---- the protocol fuzzer's principals (it runs during the workload)
+    if (o.fuzzSeconds > 0) {
+      const hubExit = () => { const p = r.hub?.proc; return !p || (p.exitCode === null && p.signalCode === null) ? undefined : p.signalCode ? `signal ${p.signalCode}` : `code ${p.exitCode}`; };
+      r.fuzz = new SoakFuzz({ adminAddr: `127.0.0.1:${r.ports.adminPort}`, agentAddr: `127.0.0.1:${r.ports.agentPort}`, caPem: fs.readFileSync(hubPaths(r.hubDir).caCert, 'utf8'), dataDir: r.hubDir, password, exit: hubExit },
+        { seconds: o.fuzzSeconds, seed: o.seed, outDir: tmp, inject: o.inject === 'fuzz-failure', note });
+      await r.fuzz.prepare();
+      note(`fuzz: ${o.fuzzSeconds} s of protocol fuzzing (seed ${o.seed}) during the workload; failing cases go to ${join(tmp, 'fuzz')}`);
+    }
+
     // ---- workload and faults, then drain
     await workload(r);
     await drain(r);
@@ -437,7 +453,16 @@ export async function runSoak(o: SoakOptions): Promise<number> {
       note(`storm settle per hub restart: ${r.settles.map((s) => s.toFixed(1)).join(', ')} s (storm_settle_s is the slowest)`);
     }
     note(`state files checked after kills: ${r.tornFilesChecked}`);
-    failed = x.eventsLost + x.eventsDup + x.execDup + x.execLost + r.torn.length + writes.lost.length > 0;
+    let fuzzFailures = 0;
+    if (r.fuzz) {
+      const f = r.fuzz.totals;
+      fuzzFailures = f.crashes + f.unexpected;
+      note(`fuzz: ${f.cases} cases in ${f.seconds.toFixed(0)} s over ${f.rounds} rounds; statuses ${Object.entries(f.statuses).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+      for (const e of f.examples) note(`FAIL fuzz ${e}`);
+      figure('soak_fuzz_cases', f.cases, 'cases');
+      figure('soak_fuzz_failures', fuzzFailures, 'failures');
+    }
+    failed = x.eventsLost + x.eventsDup + x.execDup + x.execLost + r.torn.length + writes.lost.length + fuzzFailures > 0;
 
     // ---- hub start time with N agents registered and a full history
     if (o.historySeed > 0) {

@@ -72,12 +72,21 @@ const metaPrefix = (kind: ServiceKind) => `# trellis-${kind}-install `;
 
 /**
  * Node flags of the agent's service (unit and --detach alike). An agent runs on every managed
- * server and allocates little: a 1 MiB young generation instead of V8's default (up to 16 MiB per
- * semi-space) keeps bursts from leaving a large heap behind. Measured (agent_idle_rss_mb, one idle
- * agent): 69.9 → 63.9 MB once connected; at steady state, after V8's memory reducer has run,
- * ~61 MB either way. A burst of events costs more, cheaper scavenges. The hub's unit adds no flag.
+ * server, mostly idle, and allocates little:
+ * - `--max-semi-space-size=1`: a 1 MiB young generation instead of V8's default (up to 16 MiB per
+ *   semi-space) keeps bursts from leaving a large heap behind (69.9 → 63.9 MB once connected;
+ *   ~61 MB either way at steady state).
+ * - `--lite-mode`: no optimizing compiler (TurboFan), lazily allocated feedback: its code in the
+ *   node binary is never paged in and no optimized code is kept. Measured (agent_idle_rss_mb, one
+ *   idle agent, steady state): 59.8 → 53.9 MB. The cost is CPU on hot JS: the real agent at
+ *   1,000 events/s → actions (event_to_action bench, TRELLIS_BENCH_E2A_NODE_ARGS) used 15.0 s of
+ *   CPU instead of 7.9-10.6 s for the same run; idle CPU is unchanged (~0.05% of a core).
+ *   An operator whose agents publish thousands of events a second can drop it from ExecStart=.
+ *   Lite mode has no WebAssembly, so no global fetch (undici's parser is wasm): agent code uses
+ *   node:http/https (test/agent-idle.test.ts fails if dist/agent uses fetch or WebAssembly).
+ * The hub's unit adds no flag.
  */
-export const AGENT_NODE_FLAGS: readonly string[] = Object.freeze(['--max-semi-space-size=1']);
+export const AGENT_NODE_FLAGS: readonly string[] = Object.freeze(['--max-semi-space-size=1', '--lite-mode']);
 
 /**
  * Environment of the agent's service (Environment= in the unit, and --detach): two glibc malloc
