@@ -119,7 +119,9 @@ export const SOAK_SPARED: ReadonlySet<string> = new Set(Object.entries({
   AdminTenants: ['DeleteTenant', 'RemoveTenantMember'],
   AdminGroups: ['RemoveGroupMember'],
   AdminKv: ['Delete'],
-  AdminSystem: ['CreateSnapshot', 'RestoreSnapshot', 'ClusterStatus', 'SetMaintenance', 'Upgrade', 'Rollback'],
+  AdminSystem: ['Upgrade', 'Rollback'],
+  AdminSnapshots: ['CreateSnapshot', 'DeleteSnapshot'],
+  AdminMaintenance: ['SetMaintenance'],
 }).flatMap(([svc, ms]) => ms.map((m) => `/trellis.v1.${svc}/${m}`)));
 
 /** Admin methods that change the hub's own identity or trust: fuzzed only by callers who must be refused. */
