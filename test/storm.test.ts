@@ -108,13 +108,19 @@ t.test('admission gate: bounded slots, released once; retry-after grows with the
 
 t.test('config: agentChannel defaults and validation', async (t) => {
   const c = validateConfig({ names: ['h'] }, 'x');
-  t.same(c.agentChannel, { maxPendingHellos: 256, retryAfter: 2000, helloTimeout: 10_000, keepaliveTime: 60_000, keepaliveTimeout: 20_000 });
+  t.same(c.agentChannel, { maxHandshakes: 64, maxQueuedHandshakes: 20_000, handshakeQueueTimeout: 15_000, maxPendingHellos: 256, retryAfter: 2000, helloTimeout: 10_000, keepaliveTime: 60_000, keepaliveTimeout: 20_000 });
   const d = validateConfig({ names: ['h'], agentChannel: { maxPendingHellos: 5, retryAfter: '500ms', helloTimeout: '30s' } }, 'x');
   t.equal(d.agentChannel.maxPendingHellos, 5);
   t.equal(d.agentChannel.retryAfter, 500);
   t.equal(d.agentChannel.helloTimeout, 30_000);
+  const h = validateConfig({ names: ['h'], agentChannel: { maxHandshakes: 8, maxQueuedHandshakes: 0, handshakeQueueTimeout: '2s' } }, 'x');
+  t.same([h.agentChannel.maxHandshakes, h.agentChannel.maxQueuedHandshakes, h.agentChannel.handshakeQueueTimeout], [8, 0, 2000], 'handshake bound, queue and its timeout');
   const bad = (v: unknown, re: RegExp, what: string) => t.throws(() => validateConfig({ names: ['h'], agentChannel: v }, 'x'), { code: 'TRELLIS_E_CONFIG', message: re }, what);
   bad({ maxPendingHellos: 0 }, /agentChannel\.maxPendingHellos/, 'zero admissions refused');
+  bad({ maxHandshakes: 0 }, /agentChannel\.maxHandshakes/, 'zero handshakes refused');
+  bad({ maxHandshakes: 1.5 }, /agentChannel\.maxHandshakes/, 'a fractional handshake bound refused');
+  bad({ maxQueuedHandshakes: -1 }, /agentChannel\.maxQueuedHandshakes/, 'a negative queue refused');
+  bad({ handshakeQueueTimeout: '10ms' }, /agentChannel\.handshakeQueueTimeout: between 1s and 5m/, 'a queue timeout shorter than a handshake');
   bad({ retryAfter: '10ms' }, /agentChannel\.retryAfter: between 100ms and 5m/, 'a retry-after too short to shed anything');
   bad({ retryAfter: '1h' }, /agentChannel\.retryAfter/, 'a retry-after that parks agents');
   bad({ helloTimeout: '100ms' }, /agentChannel\.helloTimeout/, 'a hello deadline shorter than a slow handshake');
