@@ -48,6 +48,8 @@ export interface StormOptions {
   heapSnapshotDir?: string;
   /** Write a CPU profile of the hub (connect and idle phases; implies --no-storm) into this directory. */
   cpuProfDir?: string;
+  /** Write a CPU profile of the hub restarted for the storm (written when the bench stops it) into this directory. */
+  stormCpuProfDir?: string;
   /** Skip the kill -9 / restart storm. */
   noStorm: boolean;
 }
@@ -72,9 +74,10 @@ function parseArgs(argv: string[]): StormOptions {
       case '--settle-timeout-s': o.settleTimeoutS = num(a, argv[++i], 1); break;
       case '--no-storm': o.noStorm = true; break;
       case '--hub-cpu-prof': o.cpuProfDir = argv[++i]; o.noStorm = true; if (!o.cpuProfDir) throw new Error('--hub-cpu-prof needs a directory'); break;
+      case '--storm-cpu-prof': o.stormCpuProfDir = argv[++i]; if (!o.stormCpuProfDir) throw new Error('--storm-cpu-prof needs a directory'); break;
       case '--hub-heap-snapshot': o.heapSnapshotDir = argv[++i]; if (!o.heapSnapshotDir) throw new Error('--hub-heap-snapshot needs a directory'); break;
       case '-h': case '--help':
-        process.stdout.write('usage: npm run bench:storm -- --agents N [--procs P] [--raw-only] [--no-raw] [--idle-s 20] [--max-backoff-ms 30000] [--concurrency 64] [--settle-timeout-s 600] [--no-storm] [--hub-heap-snapshot DIR] [--hub-cpu-prof DIR]\n');
+        process.stdout.write('usage: npm run bench:storm -- --agents N [--procs P] [--raw-only] [--no-raw] [--idle-s 20] [--max-backoff-ms 30000] [--concurrency 64] [--settle-timeout-s 600] [--no-storm] [--hub-heap-snapshot DIR] [--hub-cpu-prof DIR] [--storm-cpu-prof DIR]\n');
         process.exit(0);
         break;
       default: throw new Error(`unknown argument ${a} (see --help)`);
@@ -271,7 +274,7 @@ export async function runStorm(o: StormOptions): Promise<void> {
     hub.proc.kill('SIGKILL');
     await hub.exited;
     const tr = performance.now();
-    hub = await startHub(hubDir);
+    hub = await startHub(hubDir, { cpuProfDir: o.stormCpuProfDir });
     note(`storm: hub restarted, listening after ${Math.round(hub.listeningMs)} ms`);
     await c.wait('storm', () => c.sum('welcomedSinceMark') >= o.agents || c.sum('closed') > 0, o.settleTimeoutS,
       () => `${c.sum('welcomedSinceMark')}/${o.agents} welcomed again after ${((performance.now() - tr) / 1000).toFixed(0)} s, ${c.sum('shed') - shed0} shed`);

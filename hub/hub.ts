@@ -39,7 +39,7 @@ import { RefusalThrottle } from './audit/throttle.js';
 import { RenewLimiter } from './agents/renewal.js';
 import { auditTlsRefusals } from './grpc/agent-tls-audit.js';
 import { addAgentServices, agentServerOptions } from './grpc/agent-channel.js';
-import { HandshakeGate, listenAgentPort, type AgentListener } from './grpc/handshake-gate.js';
+import { HandshakeGate, listenAgentPort, logHandshakeSummary, type AgentListener } from './grpc/handshake-gate.js';
 import type { AdmissionGate } from './grpc/admission.js';
 import { MemoryCertificateProvider, mtlsServerCredentials, tlsServerCredentials } from './grpc/credentials.js';
 import { WebServer } from './web/index.js';
@@ -191,6 +191,7 @@ export class Hub {
     const ac = config.agentChannel;
     const handshakes = new HandshakeGate({ maxHandshakes: ac.maxHandshakes, maxQueued: ac.maxQueuedHandshakes, queueTimeoutMs: ac.handshakeQueueTimeout, slotTimeoutMs: ac.helloTimeout });
     const admission = addAgentServices(agentServer, components, handshakes);
+    logHandshakeSummary(handshakes, log.child({ component: 'agent-port' }));
     // Log lines of rate-limited refusals, counted (their audit records go to refusalAudit).
     const refusals = new RefusalLog(log.child({ component: 'admin' }));
     const preAuth = new PreAuthGate({ auth, log: log.child({ component: 'preauth' }), refusals, audit: refusalAudit }, {

@@ -10,6 +10,9 @@ import { once } from 'node:events';
 import { HandshakeGate } from '../hub/grpc/handshake-gate.js';
 import { issueSimIdentities, SimAgent } from '../bench/simagent.js';
 import { startHub } from './helpers/hub.js';
+import * as grpc from '@grpc/grpc-js';
+import { v1 } from '../common/proto.js';
+import { secureChannel } from '../common/grpc-tls.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 async function waitFor(what: string, cond: () => boolean, ms = 60_000): Promise<void> {
@@ -109,12 +112,39 @@ t.test('gate: a slot is freed after slotTimeoutMs; a connection that never finis
   t.equal(l.injected[1]!.remotePort, next.client.localPort);
 });
 
+t.test('gate: a connection done with TLS that opens no stream within streamGraceMs gives its slot back; one with a stream keeps it', async (t) => {
+  const gate = new HandshakeGate({ maxHandshakes: 2, maxQueued: 10, queueTimeoutMs: 30_000, slotTimeoutMs: 30_000, streamGraceMs: 200 });
+  const l = await loopback(t, gate);
+  const idle = await l.connect();
+  const busy = await l.connect();
+  const next = await l.connect();
+  await l.waitAccepted(3);
+  gate.started(busy.peer);
+  const secured = (c: { client: net.Socket }) => gate.secured(l.injected.find((s) => s.remotePort === c.client.localPort) as never);
+  secured(idle);
+  secured(busy);
+  t.equal(l.injected.length, 2);
+  await waitFor('the idle connection gives its slot back', () => l.injected.length === 3, 10_000);
+  t.equal(l.injected[2]!.remotePort, next.client.localPort);
+  await sleep(400);
+  t.equal(gate.inFlight, 2, 'the one with a stream still holds its slot (until its answer)');
+  t.notOk(idle.client.destroyed, 'the idle connection stays open (it is a client connecting ahead of its call)');
+});
+
 t.test('hub: with maxHandshakes 2, 30 agents connecting at once all get in, the bound held, no hello timed out', async (t) => {
   await using h = await startHub({ config: { agentChannel: { maxHandshakes: 2 } } });
   const cfg = JSON.parse((await import('node:fs')).readFileSync(`${h.dataDir}/hub.json`, 'utf8')) as { names: string[]; trustDomain?: string };
   const ids = issueSimIdentities({ hubDir: h.dataDir, names: cfg.names, trustDomain: cfg.trustDomain ?? 'trellis.local', n: 30 });
   const sims = ids.map((identity) => new SimAgent({ target: h.agentAddr, identity, maxBackoffMs: 30_000 }));
   t.teardown(() => Promise.all(sims.map((s) => s.close())));
+  // Two clients that connect (TLS done) and open no stream, as grpc-js does when it reconnects
+  // ahead of a call: they must not hold the two slots until the slot timeout.
+  const idle = ids.slice(0, 2).map((id) => {
+    const tls = secureChannel(h.agentAddr, id.caPem, id.keyPem, id.certPem);
+    return new v1.AgentChannel(h.agentAddr, tls.creds, tls.options) as unknown as grpc.Client;
+  });
+  t.teardown(() => { for (const c of idle) c.close(); });
+  await Promise.all(idle.map((c) => new Promise<void>((resolve, reject) => c.waitForReady(Date.now() + 60_000, (e) => (e ? reject(e) : resolve())))));
   for (const s of sims) s.start();
   await waitFor('all 30 agents welcomed', () => sims.every((s) => s.channel.state === 'ready'), 180_000);
   const hs = h.hub.handshakes!;

@@ -138,7 +138,7 @@ export function agentServerOptions(c: { maxMessageBytes: number; agentChannel: {
  * `handshakes`: the bound on connections between TCP accept and their first answer
  * (hub/grpc/handshake-gate.ts); each stream's welcome or refusal frees its connection's slot.
  */
-export function addAgentServices(server: grpc.Server, c: HubComponents, handshakes?: { settle(peer: string): void }): AdmissionGate {
+export function addAgentServices(server: grpc.Server, c: HubComponents, handshakes?: { started(peer: string): void; settle(peer: string): void }): AdmissionGate {
   const log = c.log.child({ component: 'agent-port' });
   const cfg = c.config.agentChannel;
   const gate = new AdmissionGate({ maxPending: cfg.maxPendingHellos, retryAfterMs: cfg.retryAfter });
@@ -154,6 +154,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents, handshak
   const connect: grpc.handleBidiStreamingCall<T.AgentMessage__Output, T.HubMessage> = (call) => {
     const reqId = randomBytes(6).toString('hex');
     const peer = call.getPeer();
+    handshakes?.started(peer);
     // Load shedding first, before any work: a stream past the bound costs one status frame.
     const slot = gate.tryEnter();
     // Whatever this stream's admission ends with (welcome, refusal, the stream gone), its
@@ -316,6 +317,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents, handshak
     const reqId = randomBytes(6).toString('hex');
     let who: PeerIdentity | undefined;
     const peer = call.getPeer();
+    handshakes?.started(peer);
     void (async () => {
       try {
         const id = (who = identifyPeer(c, call, { renew: true }));

@@ -6,7 +6,8 @@
  * hellos miss their deadline, agents retry, and a slow moment becomes a storm. So the hub
  * accepts TCP itself and hands a connection to grpc-js (which then does TLS and HTTP/2, through
  * `createConnectionInjector`) only while fewer than `maxHandshakes` connections are between
- * accept and the answer to their first stream (welcome or refusal). The rest wait in a FIFO
+ * accept and the answer to their first stream (welcome or refusal; a connection with no stream
+ * shortly after TLS gives its slot back). The rest wait in a FIFO
  * queue, unread (pauseOnConnect: a waiting connection costs a socket and a few hundred bytes).
  * A connection that waited `queueTimeoutMs`, or arrives with `maxQueued` already waiting, is
  * closed: its agent reconnects after its jittered backoff. Node cannot stop accepting while
@@ -26,9 +27,14 @@ export interface HandshakeGateOptions {
   queueTimeoutMs: number;
   /** A slot is freed after this even without an answer; a connection still without TLS then is closed. */
   slotTimeoutMs: number;
+  /**
+   * A connection that finished TLS but opened no stream within this gives its slot back (grpc-js
+   * clients reconnect in the background, before their next call). @default 1000
+   */
+  streamGraceMs?: number;
 }
 
-interface Entry { socket: net.Socket; key: string; queuedAt: number; timer?: NodeJS.Timeout; secured: boolean; released: boolean }
+interface Entry { socket: net.Socket; key: string; queuedAt: number; timer?: NodeJS.Timeout; grace?: NodeJS.Timeout; secured: boolean; streaming: boolean; released: boolean }
 
 /**
  * The key of a connection: its remote address and port (unique among open connections to one
@@ -67,7 +73,7 @@ export class HandshakeGate {
   accept(socket: net.Socket): void {
     this.stats.accepted++;
     socket.on('error', () => undefined); // a reset while queued or handshaking: nothing to do
-    const e: Entry = { socket, key: connectionKey(socket.remoteAddress, socket.remotePort), queuedAt: this.now(), secured: false, released: false };
+    const e: Entry = { socket, key: connectionKey(socket.remoteAddress, socket.remotePort), queuedAt: this.now(), secured: false, streaming: false, released: false };
     if (this.active.size < this.opts.maxHandshakes && this.queued === 0) { this.start(e); return; }
     if (this.queued >= this.opts.maxQueued) { this.stats.droppedFull++; socket.destroy(); return; }
     this.stats.waited++;
@@ -81,10 +87,25 @@ export class HandshakeGate {
     if (e) this.release(e);
   }
 
-  /** The connection finished its TLS handshake (http2 server's secureConnection). */
+  /** The connection `peer` opened a stream: its slot is kept until settle(). */
+  started(peer: string): void {
+    const e = this.active.get(peer);
+    if (!e || e.streaming) return;
+    e.streaming = true;
+    clearTimeout(e.grace);
+  }
+
+  /**
+   * The connection finished its TLS handshake (http2 server's secureConnection). Without a stream
+   * soon after, it is a client connecting ahead of its next call: the slot goes to the next one.
+   */
   secured(socket: TLSSocket): void {
     const e = this.active.get(connectionKey(socket.remoteAddress, socket.remotePort));
-    if (e) e.secured = true;
+    if (!e) return;
+    e.secured = true;
+    if (e.streaming) return;
+    e.grace = setTimeout(() => this.release(e), this.opts.streamGraceMs ?? 1_000);
+    e.grace.unref();
   }
 
   close(): void {
@@ -92,7 +113,7 @@ export class HandshakeGate {
     for (let i = this.queueHead; i < this.queue.length; i++) this.queue[i]!.socket.destroy();
     this.queue.length = 0;
     this.queueHead = 0;
-    for (const e of this.active.values()) clearTimeout(e.timer);
+    for (const e of this.active.values()) { clearTimeout(e.timer); clearTimeout(e.grace); }
     this.active.clear();
     this.inject = undefined;
   }
@@ -122,6 +143,7 @@ export class HandshakeGate {
     if (e.released) return;
     e.released = true;
     clearTimeout(e.timer);
+    clearTimeout(e.grace);
     if (this.active.get(e.key) === e) this.active.delete(e.key);
     this.drain();
   }
@@ -148,6 +170,24 @@ export class HandshakeGate {
     }
     this.drain();
   }
+}
+
+/**
+ * One summary line per `everyMs` while connections wait or are closed unserved (never a line per
+ * connection: a storm has thousands). Returns the timer's stop.
+ */
+export function logHandshakeSummary(gate: HandshakeGate, log: { warn(o: object, msg: string): void }, everyMs = 10_000): () => void {
+  let last = { ...gate.stats };
+  const timer = setInterval(() => {
+    const s = gate.stats;
+    const d = { waited: s.waited - last.waited, droppedFull: s.droppedFull - last.droppedFull, droppedTimeout: s.droppedTimeout - last.droppedTimeout, slotTimeouts: s.slotTimeouts - last.slotTimeouts };
+    last = { ...s };
+    if (d.waited + d.droppedFull + d.droppedTimeout + d.slotTimeouts === 0) return;
+    log.warn({ ...d, injected: s.injected, inFlight: gate.inFlight, queued: gate.queued, peakQueued: s.peakQueued, maxHandshakes: gate.opts.maxHandshakes },
+      'agent connections waited for a handshake slot (more connecting at once than agentChannel.maxHandshakes); dropped ones retry after their backoff');
+  }, everyMs);
+  timer.unref();
+  return () => clearInterval(timer);
 }
 
 export interface AgentListener {
