@@ -1,5 +1,5 @@
 /**
- * `npm run bench:storm -- --agents N [--procs P] [--raw-only] [--no-raw] [--idle-s S] [--max-backoff-ms MS]`
+ * `npm run bench:storm -- --agents N [--procs P] [--raw-only] [--no-raw] [--idle-s S] [--max-backoff-ms MS] [--max-handshakes K]`
  *
  * Reconnect storms and what a connected agent costs the hub (issue 13 §2), against a real
  * `trellis hub run` child process and N simulated agents (bench/simagent.ts: distinct
@@ -52,6 +52,8 @@ export interface StormOptions {
   stormCpuProfDir?: string;
   /** Skip the kill -9 / restart storm. */
   noStorm: boolean;
+  /** The hub's agentChannel.maxHandshakes (default: the hub's default). */
+  maxHandshakes?: number;
 }
 
 function parseArgs(argv: string[]): StormOptions {
@@ -73,11 +75,12 @@ function parseArgs(argv: string[]): StormOptions {
       case '--concurrency': o.concurrency = num(a, argv[++i], 1); break;
       case '--settle-timeout-s': o.settleTimeoutS = num(a, argv[++i], 1); break;
       case '--no-storm': o.noStorm = true; break;
+      case '--max-handshakes': o.maxHandshakes = num(a, argv[++i], 1); break;
       case '--hub-cpu-prof': o.cpuProfDir = argv[++i]; o.noStorm = true; if (!o.cpuProfDir) throw new Error('--hub-cpu-prof needs a directory'); break;
       case '--storm-cpu-prof': o.stormCpuProfDir = argv[++i]; if (!o.stormCpuProfDir) throw new Error('--storm-cpu-prof needs a directory'); break;
       case '--hub-heap-snapshot': o.heapSnapshotDir = argv[++i]; if (!o.heapSnapshotDir) throw new Error('--hub-heap-snapshot needs a directory'); break;
       case '-h': case '--help':
-        process.stdout.write('usage: npm run bench:storm -- --agents N [--procs P] [--raw-only] [--no-raw] [--idle-s 20] [--max-backoff-ms 30000] [--concurrency 64] [--settle-timeout-s 600] [--no-storm] [--hub-heap-snapshot DIR] [--hub-cpu-prof DIR] [--storm-cpu-prof DIR]\n');
+        process.stdout.write('usage: npm run bench:storm -- --agents N [--procs P] [--raw-only] [--no-raw] [--idle-s 20] [--max-backoff-ms 30000] [--concurrency 64] [--settle-timeout-s 600] [--no-storm] [--max-handshakes K] [--hub-heap-snapshot DIR] [--hub-cpu-prof DIR] [--storm-cpu-prof DIR]\n');
         process.exit(0);
         break;
       default: throw new Error(`unknown argument ${a} (see --help)`);
@@ -217,7 +220,7 @@ export async function runStorm(o: StormOptions): Promise<void> {
     const hubDir = join(tmp, 'hub');
     const [agentPort, adminPort, webPort] = await freePorts(3);
     await initHub({ dataDir: hubDir, names: NAMES, trustDomain: TRUST_DOMAIN, adminPassword: crypto.randomBytes(18).toString('base64url'),
-      config: { bind: '127.0.0.1', agentPort, adminPort, webPort } });
+      config: { bind: '127.0.0.1', agentPort, adminPort, webPort, ...(o.maxHandshakes ? { agentChannel: { maxHandshakes: o.maxHandshakes } } : {}) } });
     const ti = performance.now();
     const ids = issueSimIdentities({ hubDir, names: NAMES, trustDomain: TRUST_DOMAIN, n: o.agents });
     const idFiles = await writeIdFiles(tmp, ids, o.procs);

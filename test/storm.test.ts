@@ -30,7 +30,8 @@ t.test('backoff: full jitter over [0, step], deterministic with an injected rand
   t.equal(backoffDelay(0, { random: () => 0.9999999 }), 500, 'the highest draw waits the whole first step (500 ms)');
   t.equal(backoffDelay(3, { random: () => 0.9999999 }), 4000, 'attempt 3: 500 ms * 2^3');
   t.equal(backoffDelay(3, { random: () => 0.5 }), 2000, 'the middle draw: half the step');
-  t.equal(backoffDelay(40, { random: () => 0.9999999 }), DEFAULT_MAX_BACKOFF_MS, 'the cap bounds a late attempt (default 30 s)');
+  t.equal(backoffDelay(40, { random: () => 0.9999999 }), DEFAULT_MAX_BACKOFF_MS, 'the cap bounds a late attempt (default 10 s)');
+  t.equal(DEFAULT_MAX_BACKOFF_MS, 10_000, 'the default cap: a restarted hub sees its fleet within ~10 s (it queues the handshakes it cannot do yet)');
   t.equal(backoffDelay(10, { random: () => 0.9999999, maxMs: 7000 }), 7000, 'a configured cap');
   t.equal(backoffDelay(-5, { random: () => 0.9999999 }), 500, 'a negative attempt is the first');
   t.equal(backoffDelay(3, { random: () => 0, jitter: 'equal' }), 2000, 'equal jitter (local retry loops) keeps half the step');
@@ -108,7 +109,7 @@ t.test('admission gate: bounded slots, released once; retry-after grows with the
 
 t.test('config: agentChannel defaults and validation', async (t) => {
   const c = validateConfig({ names: ['h'] }, 'x');
-  t.same(c.agentChannel, { maxHandshakes: 64, maxQueuedHandshakes: 20_000, handshakeQueueTimeout: 15_000, maxPendingHellos: 256, retryAfter: 2000, helloTimeout: 10_000, keepaliveTime: 60_000, keepaliveTimeout: 20_000 });
+  t.same(c.agentChannel, { maxHandshakes: 128, maxQueuedHandshakes: 20_000, handshakeQueueTimeout: 60_000, maxPendingHellos: 256, retryAfter: 2000, helloTimeout: 10_000, keepaliveTime: 60_000, keepaliveTimeout: 20_000 });
   const d = validateConfig({ names: ['h'], agentChannel: { maxPendingHellos: 5, retryAfter: '500ms', helloTimeout: '30s' } }, 'x');
   t.equal(d.agentChannel.maxPendingHellos, 5);
   t.equal(d.agentChannel.retryAfter, 500);

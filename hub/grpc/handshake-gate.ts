@@ -25,7 +25,7 @@ export interface HandshakeGateOptions {
   maxQueued: number;
   /** A connection waiting longer than this is closed (its agent retries after its backoff). */
   queueTimeoutMs: number;
-  /** A slot is freed after this even without an answer; a connection still without TLS then is closed. */
+  /** A slot is freed after this even without an answer (the connection stays: TLS has its own handshake timeout). */
   slotTimeoutMs: number;
   /**
    * A connection that finished TLS but opened no stream within this gives its slot back (grpc-js
@@ -34,7 +34,7 @@ export interface HandshakeGateOptions {
   streamGraceMs?: number;
 }
 
-interface Entry { socket: net.Socket; key: string; queuedAt: number; timer?: NodeJS.Timeout; grace?: NodeJS.Timeout; secured: boolean; streaming: boolean; released: boolean }
+interface Entry { socket: net.Socket; key: string; queuedAt: number; injectedAt?: number; securedAt?: number; startedAt?: number; timer?: NodeJS.Timeout; grace?: NodeJS.Timeout; secured: boolean; streaming: boolean; released: boolean }
 
 /**
  * The key of a connection: its remote address and port (unique among open connections to one
@@ -55,7 +55,9 @@ export class HandshakeGate {
    * injected: handed to grpc-js; waited: had to queue (the bound was hit); dropped*: closed
    * unserved; slotTimeouts: slots freed by the timeout rather than an answer.
    */
-  readonly stats = { accepted: 0, injected: 0, waited: 0, droppedFull: 0, droppedTimeout: 0, slotTimeouts: 0, peakInFlight: 0, peakQueued: 0 };
+  readonly stats = { accepted: 0, injected: 0, waited: 0, droppedFull: 0, droppedTimeout: 0, slotTimeouts: 0, peakInFlight: 0, peakQueued: 0,
+    /** Sums (ms) and counts of the phases: waiting, handed on → TLS done, TLS done → stream, stream → answer. */
+    queueMs: 0, tlsMs: 0, tlsN: 0, streamMs: 0, streamN: 0, answerMs: 0, answerN: 0 };
 
   constructor(readonly opts: HandshakeGateOptions, private readonly now: () => number = Date.now) {}
 
@@ -84,7 +86,9 @@ export class HandshakeGate {
   /** The first stream of the connection `peer` (call.getPeer()) was answered: its slot goes to the next one. */
   settle(peer: string): void {
     const e = this.active.get(peer);
-    if (e) this.release(e);
+    if (!e) return;
+    if (e.startedAt && !e.released) { this.stats.answerMs += this.now() - e.startedAt; this.stats.answerN++; }
+    this.release(e);
   }
 
   /** The connection `peer` opened a stream: its slot is kept until settle(). */
@@ -92,6 +96,8 @@ export class HandshakeGate {
     const e = this.active.get(peer);
     if (!e || e.streaming) return;
     e.streaming = true;
+    e.startedAt = this.now();
+    if (e.securedAt) { this.stats.streamMs += e.startedAt - e.securedAt; this.stats.streamN++; }
     clearTimeout(e.grace);
   }
 
@@ -103,6 +109,9 @@ export class HandshakeGate {
     const e = this.active.get(connectionKey(socket.remoteAddress, socket.remotePort));
     if (!e) return;
     e.secured = true;
+    e.securedAt = this.now();
+    this.stats.tlsMs += e.securedAt - (e.injectedAt ?? e.securedAt);
+    this.stats.tlsN++;
     if (e.streaming) return;
     e.grace = setTimeout(() => this.release(e), this.opts.streamGraceMs ?? 1_000);
     e.grace.unref();
@@ -123,10 +132,14 @@ export class HandshakeGate {
     this.active.set(e.key, e);
     if (this.active.size > this.stats.peakInFlight) this.stats.peakInFlight = this.active.size;
     this.stats.injected++;
+    e.injectedAt = this.now();
+    this.stats.queueMs += e.injectedAt - e.queuedAt;
     e.timer = setTimeout(() => {
       if (e.released) return;
+      // Freed, not closed: on a loaded machine a handshake can take that long, and closing it
+      // would make its agent start over (a storm feeding itself). A silent client is closed by
+      // TLS's own handshake timeout; it no longer holds a slot.
       this.stats.slotTimeouts++;
-      if (!e.secured) e.socket.destroy(); // no TLS in all that time: a stalled or silent client
       this.release(e);
     }, this.opts.slotTimeoutMs);
     e.timer.unref();
@@ -183,7 +196,8 @@ export function logHandshakeSummary(gate: HandshakeGate, log: { warn(o: object, 
     const d = { waited: s.waited - last.waited, droppedFull: s.droppedFull - last.droppedFull, droppedTimeout: s.droppedTimeout - last.droppedTimeout, slotTimeouts: s.slotTimeouts - last.slotTimeouts };
     last = { ...s };
     if (d.waited + d.droppedFull + d.droppedTimeout + d.slotTimeouts === 0) return;
-    log.warn({ ...d, injected: s.injected, inFlight: gate.inFlight, queued: gate.queued, peakQueued: s.peakQueued, maxHandshakes: gate.opts.maxHandshakes },
+    const avg = (ms: number, n: number) => (n ? Math.round(ms / n) : 0);
+    log.warn({ ...d, avgQueueMs: avg(s.queueMs, s.injected), avgTlsMs: avg(s.tlsMs, s.tlsN), avgToStreamMs: avg(s.streamMs, s.streamN), avgToAnswerMs: avg(s.answerMs, s.answerN), injected: s.injected, inFlight: gate.inFlight, queued: gate.queued, peakQueued: s.peakQueued, maxHandshakes: gate.opts.maxHandshakes },
       'agent connections waited for a handshake slot (more connecting at once than agentChannel.maxHandshakes); dropped ones retry after their backoff');
   }, everyMs);
   timer.unref();
