@@ -9,6 +9,8 @@
  *
  *   raw_conn_kb_per_agent  RSS per connection of a plain grpc-js mTLS server (child process),
  *                          same clients, each holding one idle bidi stream (the floor)
+ *   raw_connect_per_s      how fast the same clients connect to that server (the ceiling of
+ *                          connect_per_s on this machine at this load)
  *   connect_per_s          N agents from the first connection to the last welcome
  *   hub_rss_mb             hub RSS with N agents connected and idle
  *   hub_rss_kb_per_agent   (that - the hub's RSS before any agent) / N
@@ -198,7 +200,11 @@ async function rawBaseline(o: StormOptions, hubDir: string, idFiles: string[]): 
       for (let i = 0; i < o.procs; i++) clients.send(i, { cmd: 'start', mode: 'raw', target: `127.0.0.1:${port}`, idsFile: idFiles[i]!, concurrency: o.concurrency, maxBackoffMs: o.maxBackoffMs });
       await clients.wait('raw connections', () => clients.sum('ready') + clients.sum('failures') >= o.agents, o.settleTimeoutS, () => `${clients.sum('ready')}/${o.agents} streams`);
       if (clients.sum('failures')) throw new Error(`raw baseline: ${clients.sum('failures')} connections failed (${clients.lastError()})`);
-      note(`raw: ${o.agents} mTLS streams in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+      const rawS = (performance.now() - t0) / 1000;
+      note(`raw: ${o.agents} mTLS streams in ${rawS.toFixed(1)} s`);
+      // What the clients and the machine allow at all (a server doing nothing but TLS + HTTP/2):
+      // the ceiling connect_per_s is to be read against.
+      figure('raw_connect_per_s', o.agents / rawS, 'agents/s');
       await sleep(5_000);
       const rss1 = rssKb(server.pid!);
       note(`raw: server RSS ${Math.round(rss0 / 1024)} MiB before, ${Math.round(rss1 / 1024)} MiB with ${o.agents} streams`);
