@@ -51,7 +51,7 @@ export interface ChannelOptions {
   maxQueued?: number;
   /** Durable event store; events survive hub outages and agent restarts. @default none (in memory) */
   outbox?: Outbox;
-  /** Cap of the reconnect backoff (full jitter: each wait is uniform in [0, min(cap, 500 ms * 2^attempt)]). @default 30000 */
+  /** Cap of the reconnect backoff (full jitter: each wait is uniform in [0, min(cap, 500 ms * 2^attempt)]). @default 10000 */
   maxBackoffMs?: number;
   /**
    * Called when a connection attempt fails in a way TLS may explain: returns an error naming the

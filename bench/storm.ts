@@ -1,5 +1,5 @@
 /**
- * `npm run bench:storm -- --agents N [--procs P] [--raw-only] [--no-raw] [--idle-s S] [--max-backoff-ms MS]`
+ * `npm run bench:storm -- --agents N [--procs P] [--raw-only] [--no-raw] [--idle-s S] [--max-backoff-ms MS] [--max-handshakes K]`
  *
  * Reconnect storms and what a connected agent costs the hub (issue 13 §2), against a real
  * `trellis hub run` child process and N simulated agents (bench/simagent.ts: distinct
@@ -9,6 +9,8 @@
  *
  *   raw_conn_kb_per_agent  RSS per connection of a plain grpc-js mTLS server (child process),
  *                          same clients, each holding one idle bidi stream (the floor)
+ *   raw_connect_per_s      how fast the same clients connect to that server (the ceiling of
+ *                          connect_per_s on this machine at this load)
  *   connect_per_s          N agents from the first connection to the last welcome
  *   hub_rss_mb             hub RSS with N agents connected and idle
  *   hub_rss_kb_per_agent   (that - the hub's RSS before any agent) / N
@@ -48,8 +50,12 @@ export interface StormOptions {
   heapSnapshotDir?: string;
   /** Write a CPU profile of the hub (connect and idle phases; implies --no-storm) into this directory. */
   cpuProfDir?: string;
+  /** Write a CPU profile of the hub restarted for the storm (written when the bench stops it) into this directory. */
+  stormCpuProfDir?: string;
   /** Skip the kill -9 / restart storm. */
   noStorm: boolean;
+  /** The hub's agentChannel.maxHandshakes (default: the hub's default). */
+  maxHandshakes?: number;
 }
 
 function parseArgs(argv: string[]): StormOptions {
@@ -71,10 +77,12 @@ function parseArgs(argv: string[]): StormOptions {
       case '--concurrency': o.concurrency = num(a, argv[++i], 1); break;
       case '--settle-timeout-s': o.settleTimeoutS = num(a, argv[++i], 1); break;
       case '--no-storm': o.noStorm = true; break;
+      case '--max-handshakes': o.maxHandshakes = num(a, argv[++i], 1); break;
       case '--hub-cpu-prof': o.cpuProfDir = argv[++i]; o.noStorm = true; if (!o.cpuProfDir) throw new Error('--hub-cpu-prof needs a directory'); break;
+      case '--storm-cpu-prof': o.stormCpuProfDir = argv[++i]; if (!o.stormCpuProfDir) throw new Error('--storm-cpu-prof needs a directory'); break;
       case '--hub-heap-snapshot': o.heapSnapshotDir = argv[++i]; if (!o.heapSnapshotDir) throw new Error('--hub-heap-snapshot needs a directory'); break;
       case '-h': case '--help':
-        process.stdout.write('usage: npm run bench:storm -- --agents N [--procs P] [--raw-only] [--no-raw] [--idle-s 20] [--max-backoff-ms 30000] [--concurrency 64] [--settle-timeout-s 600] [--no-storm] [--hub-heap-snapshot DIR] [--hub-cpu-prof DIR]\n');
+        process.stdout.write('usage: npm run bench:storm -- --agents N [--procs P] [--raw-only] [--no-raw] [--idle-s 20] [--max-backoff-ms 30000] [--concurrency 64] [--settle-timeout-s 600] [--no-storm] [--max-handshakes K] [--hub-heap-snapshot DIR] [--hub-cpu-prof DIR] [--storm-cpu-prof DIR]\n');
         process.exit(0);
         break;
       default: throw new Error(`unknown argument ${a} (see --help)`);
@@ -192,7 +200,11 @@ async function rawBaseline(o: StormOptions, hubDir: string, idFiles: string[]): 
       for (let i = 0; i < o.procs; i++) clients.send(i, { cmd: 'start', mode: 'raw', target: `127.0.0.1:${port}`, idsFile: idFiles[i]!, concurrency: o.concurrency, maxBackoffMs: o.maxBackoffMs });
       await clients.wait('raw connections', () => clients.sum('ready') + clients.sum('failures') >= o.agents, o.settleTimeoutS, () => `${clients.sum('ready')}/${o.agents} streams`);
       if (clients.sum('failures')) throw new Error(`raw baseline: ${clients.sum('failures')} connections failed (${clients.lastError()})`);
-      note(`raw: ${o.agents} mTLS streams in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+      const rawS = (performance.now() - t0) / 1000;
+      note(`raw: ${o.agents} mTLS streams in ${rawS.toFixed(1)} s`);
+      // What the clients and the machine allow at all (a server doing nothing but TLS + HTTP/2):
+      // the ceiling connect_per_s is to be read against.
+      figure('raw_connect_per_s', o.agents / rawS, 'agents/s');
       await sleep(5_000);
       const rss1 = rssKb(server.pid!);
       note(`raw: server RSS ${Math.round(rss0 / 1024)} MiB before, ${Math.round(rss1 / 1024)} MiB with ${o.agents} streams`);
@@ -214,7 +226,7 @@ export async function runStorm(o: StormOptions): Promise<void> {
     const hubDir = join(tmp, 'hub');
     const [agentPort, adminPort, webPort] = await freePorts(3);
     await initHub({ dataDir: hubDir, names: NAMES, trustDomain: TRUST_DOMAIN, adminPassword: crypto.randomBytes(18).toString('base64url'),
-      config: { bind: '127.0.0.1', agentPort, adminPort, webPort } });
+      config: { bind: '127.0.0.1', agentPort, adminPort, webPort, ...(o.maxHandshakes ? { agentChannel: { maxHandshakes: o.maxHandshakes } } : {}) } });
     const ti = performance.now();
     const ids = issueSimIdentities({ hubDir, names: NAMES, trustDomain: TRUST_DOMAIN, n: o.agents });
     const idFiles = await writeIdFiles(tmp, ids, o.procs);
@@ -271,7 +283,7 @@ export async function runStorm(o: StormOptions): Promise<void> {
     hub.proc.kill('SIGKILL');
     await hub.exited;
     const tr = performance.now();
-    hub = await startHub(hubDir);
+    hub = await startHub(hubDir, { cpuProfDir: o.stormCpuProfDir });
     note(`storm: hub restarted, listening after ${Math.round(hub.listeningMs)} ms`);
     await c.wait('storm', () => c.sum('welcomedSinceMark') >= o.agents || c.sum('closed') > 0, o.settleTimeoutS,
       () => `${c.sum('welcomedSinceMark')}/${o.agents} welcomed again after ${((performance.now() - tr) / 1000).toFixed(0)} s, ${c.sum('shed') - shed0} shed`);

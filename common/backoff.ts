@@ -3,7 +3,7 @@ import { status } from '@grpc/grpc-js';
 export interface BackoffOptions {
   /** @default 500 */
   initialMs?: number;
-  /** @default 30000 */
+  /** @default 10000 */
   maxMs?: number;
   /** @default 2 */
   factor?: number;
@@ -16,8 +16,14 @@ export interface BackoffOptions {
   random?: () => number;
 }
 
-/** The reconnect cap of an agent: after a hub restart, 10,000 agents spread over at most this. */
-export const DEFAULT_MAX_BACKOFF_MS = 30_000;
+/**
+ * The reconnect cap of an agent. While the hub is down an attempt costs a refused TCP connection;
+ * once it is up, the hub accepts every connection and queues the TLS handshakes it cannot do yet
+ * (agentChannel.maxHandshakes), so agents need not stay away long: a restarted hub sees its whole
+ * fleet within about this, spread by full jitter. (It was 30 s; a 1,000-agent storm then took
+ * ~40 s to settle, the tail being agents asleep at the cap.)
+ */
+export const DEFAULT_MAX_BACKOFF_MS = 10_000;
 
 /**
  * Delay before reconnect attempt `attempt` (0-based): capped exponential with full jitter, a

@@ -228,9 +228,19 @@ const WebSchema = z.strictObject({
  * The agent port under load: how many streams are admitted at once (the rest are shed with
  * RESOURCE_EXHAUSTED and a retry-after the agents honor, jittered), the hello deadline, and the
  * keepalive the hub runs on agent connections.
- * @example { "maxPendingHellos": 256, "retryAfter": "2s", "helloTimeout": "10s", "keepaliveTime": "60s", "keepaliveTimeout": "20s" }
+ * @example { "maxHandshakes": 512, "maxPendingHellos": 256, "retryAfter": "2s", "helloTimeout": "10s", "keepaliveTime": "60s", "keepaliveTimeout": "20s" }
  */
 const AgentChannelSchema = z.strictObject({
+  /**
+   * Agent connections handed to TLS at once: from TCP accept until their first stream is answered
+   * (welcome or refusal). More wait (unread, in arrival order) instead of all handshaking at once on
+   * the hub's one thread and missing their deadlines together. 1..10000. @default 512
+   */
+  maxHandshakes: z.number().int().min(1).max(10_000).default(512),
+  /** Connections waiting for a handshake slot; past this a new connection is closed at once (its agent retries after its jittered backoff). 0..1000000. @default 20000 */
+  maxQueuedHandshakes: z.number().int().min(0).max(1_000_000).default(20_000),
+  /** A connection waiting longer than this for a handshake slot is closed (its agent retries after its backoff; agents set no connect deadline, so a long wait costs them nothing). 1s..5m. @default "60s" */
+  handshakeQueueTimeout: duration.default(60_000).refine((ms) => ms >= 1_000 && ms <= 300_000, 'between 1s and 5m'),
   /** Agent streams being admitted at once (accepted, hello not yet answered); more are refused at once with RESOURCE_EXHAUSTED and a retry-after. @default 256 */
   maxPendingHellos: z.number().int().min(1).max(100_000).default(256),
   /** The retry-after a shed stream is given; the agent waits that plus up to as much again at random. 100ms..5m. @default "2s" */
@@ -350,7 +360,7 @@ export const HubConfigSchema = z.strictObject({
   preAuth: PreAuthSchema.prefault({}),
   /** Executions: per-agent concurrency, waits and history retention. @default { "perAgentConcurrency": 16, "maxWait": "10m", "abandonGrace": "30s", "reconnectGrace": "60s", "maxOutputBytes": 1048576, "retention": { "maxAge": "30d", "maxCount": 100000 } } */
   executions: ExecutionsSchema.prefault({}),
-  /** Agent port under load: admission bound, retry-after, hello deadline, keepalive. @default { "maxPendingHellos": 256, "retryAfter": "2s", "helloTimeout": "10s", "keepaliveTime": "60s", "keepaliveTimeout": "20s" } */
+  /** Agent port under load: handshake bound, admission bound, retry-after, hello deadline, keepalive. @default { "maxHandshakes": 512, "maxQueuedHandshakes": 20000, "handshakeQueueTimeout": "60s", "maxPendingHellos": 256, "retryAfter": "2s", "helloTimeout": "10s", "keepaliveTime": "60s", "keepaliveTimeout": "20s" } */
   agentChannel: AgentChannelSchema.prefault({}),
   /** Web port limits. @default { "maxStreams": 1000, "maxStreamsPerUser": 8, "maxConnectionsPerClient": 64, "handshakeTimeout": "10s", "headersTimeout": "10s", "requestTimeout": "30s" } */
   web: WebSchema.prefault({}),

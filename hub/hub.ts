@@ -40,6 +40,8 @@ import { RefusalThrottle } from './audit/throttle.js';
 import { RenewLimiter } from './agents/renewal.js';
 import { auditTlsRefusals } from './grpc/agent-tls-audit.js';
 import { addAgentServices, agentServerOptions } from './grpc/agent-channel.js';
+import { HandshakeGate, listenAgentPort, logHandshakeSummary, type AgentListener } from './grpc/handshake-gate.js';
+import type { AdmissionGate } from './grpc/admission.js';
 import { MemoryCertificateProvider, mtlsServerCredentials, tlsServerCredentials } from './grpc/credentials.js';
 import { WebServer } from './web/index.js';
 import { Webhooks } from './webhooks/index.js';
@@ -87,6 +89,11 @@ export class Hub {
   private live?: LiveStreams;
   /** This hub in the hubs registry (hub/cluster). */
   registry?: HubRegistry;
+  private agentListener?: AgentListener;
+  /** The agent port's handshake bound (its stats: how often connections had to wait). */
+  handshakes?: HandshakeGate;
+  /** The agent port's hello admission bound (its stats). */
+  admission?: AdmissionGate;
   private certLifecycle?: HubCertLifecycle;
   private lock?: DataDirLock;
   /** Prometheus metrics (GET /metrics on the web port). */
@@ -219,7 +226,11 @@ export class Hub {
     // Agents are verified in the TLS handshake: the full limit. Admin callers are verified per call:
     // the pre-auth gate holds each call's body until its credential checks out (hub/grpc/preauth.ts).
     const agentServer = new GuardedServer({ ...SERVER_OPTIONS, ...agentServerOptions(config) });
-    addAgentServices(agentServer, components);
+    // TLS handshakes on the agent port are bounded before they start (the hub owns its TCP listener).
+    const ac = config.agentChannel;
+    const handshakes = new HandshakeGate({ maxHandshakes: ac.maxHandshakes, maxQueued: ac.maxQueuedHandshakes, queueTimeoutMs: ac.handshakeQueueTimeout, slotTimeoutMs: ac.helloTimeout });
+    const admission = addAgentServices(agentServer, components, handshakes);
+    logHandshakeSummary(handshakes, log.child({ component: 'agent-port' }));
     // Log lines of rate-limited refusals, counted (their audit records go to refusalAudit).
     const refusals = new RefusalLog(log.child({ component: 'admin' }));
     const preAuth = new PreAuthGate({ auth, log: log.child({ component: 'preauth' }), refusals, audit: refusalAudit }, {
@@ -298,8 +309,11 @@ export class Hub {
     }));
     web.upgradeRoute(new EventStream({ auth, events, executions, live, audit: refusalAudit, log: log.child({ component: 'stream' }), maxClients: wc.maxStreams, maxPerUser: wc.maxStreamsPerUser }));
     let agentPort: number, adminPort: number, webPort: number;
+    let agentListener: AgentListener | undefined;
     try {
-      agentPort = await bindTo(agentServer, config.agentPort, mtlsServerCredentials(identity, clientCa), 'agent');
+      agentListener = await listenAgentPort(agentServer, mtlsServerCredentials(identity, clientCa), config.bind, config.agentPort, handshakes)
+        .catch((err: Error) => { throw new TrellisError('TRELLIS_E_CONFIG', `cannot listen on ${config.bind}:${config.agentPort} for the agent port: ${err.message}`, { cause: err }); });
+      agentPort = agentListener.port;
       if (!widenFlowControl(agentServer)) log.warn('could not widen HTTP/2 flow-control windows on the agent port (grpc-js internals changed); events flow at the default window');
       if (!auditTlsRefusals(agentServer, refusalAudit)) log.warn('cannot audit refused TLS handshakes on the agent port (grpc-js internals changed); they are refused all the same');
       boundAgentPort = agentPort;
@@ -312,6 +326,7 @@ export class Hub {
     } catch (e) {
       live.close();
       agentServer.forceShutdown();
+      await agentListener?.close();
       adminServer.forceShutdown();
       await web.close();
       await webhooks.close();
@@ -327,11 +342,14 @@ export class Hub {
     started = hub;
     hub.metrics = metrics;
     hub.maintenance = maintenance;
-    hub.registry = registry;
-    await registry.start();
     hub.live = live;
+    hub.agentListener = agentListener;
+    hub.handshakes = handshakes;
+    hub.admission = admission;
     hub.kdf = kdf;
     hub.refusals = refusals;
+    hub.registry = registry;
+    await registry.start();
     hub.sweepTimer = setInterval(() => void auth.sweepSessions().catch(() => undefined), 3_600_000);
     hub.eventSweepTimer = setInterval(() => events.sweep(), 60_000);
     hub.eventSweepTimer.unref();
@@ -373,6 +391,7 @@ export class Hub {
     ]);
     clearTimeout(timer);
     this.agentServer.forceShutdown();
+    await this.agentListener?.close();
     this.adminServer.forceShutdown();
     await this.web.close();
     await c.webhooks.close();

@@ -134,7 +134,11 @@ export function agentServerOptions(c: { maxMessageBytes: number; agentChannel: {
   };
 }
 
-export function addAgentServices(server: grpc.Server, c: HubComponents): AdmissionGate {
+/**
+ * `handshakes`: the bound on connections between TCP accept and their first answer
+ * (hub/grpc/handshake-gate.ts); each stream's welcome or refusal frees its connection's slot.
+ */
+export function addAgentServices(server: grpc.Server, c: HubComponents, handshakes?: { started(peer: string): void; settle(peer: string): void }): AdmissionGate {
   const log = c.log.child({ component: 'agent-port' });
   const cfg = c.config.agentChannel;
   const gate = new AdmissionGate({ maxPending: cfg.maxPendingHellos, retryAfterMs: cfg.retryAfter });
@@ -149,10 +153,15 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): Admissi
 
   const connect: grpc.handleBidiStreamingCall<T.AgentMessage__Output, T.HubMessage> = (call) => {
     const reqId = randomBytes(6).toString('hex');
+    const peer = call.getPeer();
+    handshakes?.started(peer);
     // Load shedding first, before any work: a stream past the bound costs one status frame.
     const slot = gate.tryEnter();
-    let release = slot!;
+    // Whatever this stream's admission ends with (welcome, refusal, the stream gone), its
+    // connection's handshake slot goes to the next connection.
+    let release = slot ? () => { slot(); handshakes?.settle(peer); } : () => undefined;
     if (!slot) {
+      handshakes?.settle(peer);
       call.on('error', () => undefined);
       call.emit('error', gate.shedStatus(reqId));
       return;
@@ -191,7 +200,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): Admissi
     who = id;
     // One agent may not hold the admission slots of others (streams that never say hello hold
     // theirs until helloTimeout): a few at once cover a reconnect overlapping a renewal.
-    const mine = gate.claim(id.agentId, slot);
+    const mine = gate.claim(id.agentId, release);
     if (!mine) {
       fail(new TrellisError('TRELLIS_E_RATE_LIMITED', `agent ${id.agentId} already has ${gate.heldBy(id.agentId)} streams waiting for their hello`));
       return;
@@ -318,6 +327,8 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): Admissi
   const renew: grpc.handleUnaryCall<T.RenewRequest__Output, T.RenewResponse> = (call, callback) => {
     const reqId = randomBytes(6).toString('hex');
     let who: PeerIdentity | undefined;
+    const peer = call.getPeer();
+    handshakes?.started(peer);
     void (async () => {
       try {
         const id = (who = identifyPeer(c, call, { renew: true }));
@@ -339,10 +350,12 @@ export function addAgentServices(server: grpc.Server, c: HubComponents): Admissi
         log.info({ agentId: id.agentId, oldSerial: id.serial, serial: issued.serial, superseded: r.superseded, notAfter: issued.notAfter.toISOString() }, 'agent certificate renewed');
         auditAgentPort(c, { method: 'Renew', peer: call.getPeer(), id, detail: `serial ${id.serial} -> ${issued.serial} (valid until ${issued.notAfter.toISOString()}); superseded ${r.superseded.join(', ') || '-'}` });
         callback(null, { certificate: issued.certPem, caBundle: c.pki.trustBundle });
+        handshakes?.settle(peer);
       } catch (err) {
         log.warn({ reqId, peer: call.getPeer(), reason: (err as Error).message }, 'renewal refused');
         auditAgentPort(c, { method: 'Renew', peer: call.getPeer(), id: who, err });
         callback(toStatus(err, reqId));
+        handshakes?.settle(peer);
       }
     })();
   };

@@ -75,7 +75,15 @@ export class HubPki {
   get caFingerprint(): string { return fingerprintSha256(this.current.chain[0]!); }
   /** The CA agent certificates come from: the next CA while a rotation runs, else the current one. */
   get issuingCa(): CaMaterial { return this.rotation.next ?? this.current; }
-  get issuingFingerprint(): string { return fingerprintSha256(this.issuingCa.chain[0]!); }
+  get issuingFingerprint(): string {
+    // Read on every agent attach (is its certificate from the issuing CA?): computed once per CA.
+    const pem = this.issuingCa.chain[0]!;
+    if (this.issuingFp?.pem !== pem) this.issuingFp = { pem, fp: fingerprintSha256(pem) };
+    return this.issuingFp.fp;
+  }
+  private issuingFp?: { pem: string; fp: string };
+  /** issuerOf() answers of the last few certificates (an agent's is asked for more than once as it connects). */
+  private issuerCache = { memo: undefined as unknown, map: new Map<string, string | undefined>() };
   get canIssue(): boolean { return this.issuingCa.key !== undefined; }
   get caCertPem(): string { return this.current.chain[0]!; }
   /** PEM certificates peers (agents, admin clients) trust: the current CA chain, plus the next one during a rotation. */
@@ -117,12 +125,19 @@ export class HubPki {
 
   /** The fingerprint of the known issuing CA that signed `certPem` (agentIssuers), or undefined. */
   issuerOf(certPem: string): string | undefined {
-    let cert: X509Certificate;
-    try { cert = new X509Certificate(certPem); } catch { return undefined; }
-    for (const ca of this.derived().issuers) {
-      try { if (cert.checkIssued(ca.x509) && cert.verify(ca.x509.publicKey)) return ca.fingerprint; } catch { /* not this one */ }
+    const d = this.derived();
+    const cache = this.issuerCache;
+    if (cache.memo !== d) { cache.memo = d; cache.map.clear(); } // the CAs changed: ask again
+    if (cache.map.has(certPem)) return cache.map.get(certPem);
+    let found: string | undefined;
+    let cert: X509Certificate | undefined;
+    try { cert = new X509Certificate(certPem); } catch { /* not a certificate */ }
+    for (const ca of cert ? d.issuers : []) {
+      try { if (cert!.checkIssued(ca.x509) && cert!.verify(ca.x509.publicKey)) { found = ca.fingerprint; break; } } catch { /* not this one */ }
     }
-    return undefined;
+    if (cache.map.size >= 256) cache.map.delete(cache.map.keys().next().value!);
+    cache.map.set(certPem, found);
+    return found;
   }
 
   /** Sets the rotation's CAs (the current CA and the hub certificate are unchanged). */

@@ -1,0 +1,239 @@
+/**
+ * The agent port's TCP listener, owned by the hub: it bounds TLS handshakes BEFORE they start.
+ *
+ * After a hub restart thousands of agents connect within seconds. Left to grpc-js, every one
+ * starts its TLS handshake at once on the hub's one thread; each is slowed by all the others,
+ * hellos miss their deadline, agents retry, and a slow moment becomes a storm. So the hub
+ * accepts TCP itself and hands a connection to grpc-js (which then does TLS and HTTP/2, through
+ * `createConnectionInjector`) only while fewer than `maxHandshakes` connections are between
+ * accept and the answer to their first stream (welcome or refusal; a connection with no stream
+ * shortly after TLS gives its slot back). The rest wait in a FIFO
+ * queue, unread (pauseOnConnect: a waiting connection costs a socket and a few hundred bytes).
+ * A connection that waited `queueTimeoutMs`, or arrives with `maxQueued` already waiting, is
+ * closed: its agent reconnects after its jittered backoff. Node cannot stop accepting while
+ * listening, so "let the kernel backlog hold them" is not available; closing early is cheaper
+ * for both ends than a handshake that would miss its deadline anyway.
+ */
+import net from 'node:net';
+import type { TLSSocket } from 'node:tls';
+import type * as grpc from '@grpc/grpc-js';
+
+export interface HandshakeGateOptions {
+  /** Connections between accept and their first stream's answer at once. */
+  maxHandshakes: number;
+  /** Connections waiting for a slot; past this a new one is closed at once. */
+  maxQueued: number;
+  /** A connection waiting longer than this is closed (its agent retries after its backoff). */
+  queueTimeoutMs: number;
+  /** A slot is freed after this even without an answer (the connection stays: TLS has its own handshake timeout). */
+  slotTimeoutMs: number;
+  /**
+   * A connection that finished TLS but opened no stream within this gives its slot back (grpc-js
+   * clients reconnect in the background, before their next call). @default 1000
+   */
+  streamGraceMs?: number;
+}
+
+interface Entry { socket: net.Socket; key: string; queuedAt: number; injectedAt?: number; securedAt?: number; startedAt?: number; timer?: NodeJS.Timeout; grace?: NodeJS.Timeout; secured: boolean; streaming: boolean; released: boolean }
+
+/**
+ * The key of a connection: its remote address and port (unique among open connections to one
+ * port), written as grpc-js's call.getPeer() writes it, so a handler can name its connection.
+ */
+export function connectionKey(remoteAddress: string | undefined, remotePort: number | undefined): string {
+  return remotePort ? `${remoteAddress ?? ''}:${remotePort}` : remoteAddress ?? '';
+}
+
+export class HandshakeGate {
+  private readonly queue: Entry[] = [];
+  private queueHead = 0;
+  /** Connections holding a slot, by connectionKey. */
+  private readonly active = new Map<string, Entry>();
+  private inject: ((s: net.Socket) => void) | undefined;
+  private sweeper: NodeJS.Timeout | undefined;
+  /**
+   * injected: handed to grpc-js; waited: had to queue (the bound was hit); dropped*: closed
+   * unserved; slotTimeouts: slots freed by the timeout rather than an answer.
+   */
+  readonly stats = { accepted: 0, injected: 0, waited: 0, droppedFull: 0, droppedTimeout: 0, slotTimeouts: 0, peakInFlight: 0, peakQueued: 0,
+    /** Sums (ms) and counts of the phases: waiting, handed on → TLS done, TLS done → stream, stream → answer. */
+    queueMs: 0, tlsMs: 0, tlsN: 0, streamMs: 0, streamN: 0, answerMs: 0, answerN: 0 };
+
+  constructor(readonly opts: HandshakeGateOptions, private readonly now: () => number = Date.now) {}
+
+  get inFlight(): number { return this.active.size; }
+  get queued(): number { return this.queue.length - this.queueHead; }
+
+  /** Starts serving: `inject` hands a connection to grpc-js. */
+  attach(inject: (s: net.Socket) => void): void {
+    this.inject = inject;
+    this.sweeper = setInterval(() => this.sweep(), Math.max(50, Math.min(1_000, this.opts.queueTimeoutMs / 4)));
+    this.sweeper.unref();
+  }
+
+  /** A new TCP connection (paused). */
+  accept(socket: net.Socket): void {
+    this.stats.accepted++;
+    socket.on('error', () => undefined); // a reset while queued or handshaking: nothing to do
+    const e: Entry = { socket, key: connectionKey(socket.remoteAddress, socket.remotePort), queuedAt: this.now(), secured: false, streaming: false, released: false };
+    if (this.active.size < this.opts.maxHandshakes && this.queued === 0) { this.start(e); return; }
+    if (this.queued >= this.opts.maxQueued) { this.stats.droppedFull++; socket.destroy(); return; }
+    this.stats.waited++;
+    this.queue.push(e);
+    if (this.queued > this.stats.peakQueued) this.stats.peakQueued = this.queued;
+  }
+
+  /** The first stream of the connection `peer` (call.getPeer()) was answered: its slot goes to the next one. */
+  settle(peer: string): void {
+    const e = this.active.get(peer);
+    if (!e) return;
+    if (e.startedAt && !e.released) { this.stats.answerMs += this.now() - e.startedAt; this.stats.answerN++; }
+    this.release(e);
+  }
+
+  /** The connection `peer` opened a stream: its slot is kept until settle(). */
+  started(peer: string): void {
+    const e = this.active.get(peer);
+    if (!e || e.streaming) return;
+    e.streaming = true;
+    e.startedAt = this.now();
+    if (e.securedAt) { this.stats.streamMs += e.startedAt - e.securedAt; this.stats.streamN++; }
+    clearTimeout(e.grace);
+  }
+
+  /**
+   * The connection finished its TLS handshake (http2 server's secureConnection). Without a stream
+   * soon after, it is a client connecting ahead of its next call: the slot goes to the next one.
+   */
+  secured(socket: TLSSocket): void {
+    const e = this.active.get(connectionKey(socket.remoteAddress, socket.remotePort));
+    if (!e) return;
+    e.secured = true;
+    e.securedAt = this.now();
+    this.stats.tlsMs += e.securedAt - (e.injectedAt ?? e.securedAt);
+    this.stats.tlsN++;
+    if (e.streaming) return;
+    e.grace = setTimeout(() => this.release(e), this.opts.streamGraceMs ?? 1_000);
+    e.grace.unref();
+  }
+
+  close(): void {
+    clearInterval(this.sweeper);
+    for (let i = this.queueHead; i < this.queue.length; i++) this.queue[i]!.socket.destroy();
+    this.queue.length = 0;
+    this.queueHead = 0;
+    for (const e of this.active.values()) { clearTimeout(e.timer); clearTimeout(e.grace); }
+    this.active.clear();
+    this.inject = undefined;
+  }
+
+  private start(e: Entry): void {
+    if (!this.inject) { e.socket.destroy(); return; }
+    this.active.set(e.key, e);
+    if (this.active.size > this.stats.peakInFlight) this.stats.peakInFlight = this.active.size;
+    this.stats.injected++;
+    e.injectedAt = this.now();
+    this.stats.queueMs += e.injectedAt - e.queuedAt;
+    e.timer = setTimeout(() => {
+      if (e.released) return;
+      // Freed, not closed: on a loaded machine a handshake can take that long, and closing it
+      // would make its agent start over (a storm feeding itself). A silent client is closed by
+      // TLS's own handshake timeout; it no longer holds a slot.
+      this.stats.slotTimeouts++;
+      this.release(e);
+    }, this.opts.slotTimeoutMs);
+    e.timer.unref();
+    e.socket.once('close', () => this.release(e));
+    try {
+      this.inject(e.socket);
+    } catch {
+      e.socket.destroy();
+      this.release(e);
+    }
+  }
+
+  private release(e: Entry): void {
+    if (e.released) return;
+    e.released = true;
+    clearTimeout(e.timer);
+    clearTimeout(e.grace);
+    if (this.active.get(e.key) === e) this.active.delete(e.key);
+    this.drain();
+  }
+
+  private drain(): void {
+    while (this.active.size < this.opts.maxHandshakes && this.queued > 0) {
+      const e = this.queue[this.queueHead++]!;
+      if (this.queueHead > 1024 && this.queueHead * 2 > this.queue.length) { this.queue.splice(0, this.queueHead); this.queueHead = 0; }
+      // A waiting connection is not read from, so one its client closed is seen once handed on (and ends at once).
+      if (e.released || e.socket.destroyed) continue;
+      if (this.now() - e.queuedAt > this.opts.queueTimeoutMs) { this.stats.droppedTimeout++; e.socket.destroy(); continue; }
+      this.start(e);
+    }
+  }
+
+  /** Closes connections that waited too long (their agents back off instead of timing out later). */
+  private sweep(): void {
+    const t = this.now();
+    for (let i = this.queueHead; i < this.queue.length; i++) {
+      const e = this.queue[i]!;
+      if (t - e.queuedAt <= this.opts.queueTimeoutMs) break; // FIFO: the rest are younger
+      if (!e.released && !e.socket.destroyed) { this.stats.droppedTimeout++; e.socket.destroy(); }
+      e.released = true;
+    }
+    this.drain();
+  }
+}
+
+/**
+ * One summary line per `everyMs` while connections wait or are closed unserved (never a line per
+ * connection: a storm has thousands). Returns the timer's stop.
+ */
+export function logHandshakeSummary(gate: HandshakeGate, log: { warn(o: object, msg: string): void }, everyMs = 10_000): () => void {
+  let last = { ...gate.stats };
+  const timer = setInterval(() => {
+    const s = gate.stats;
+    const d = { waited: s.waited - last.waited, droppedFull: s.droppedFull - last.droppedFull, droppedTimeout: s.droppedTimeout - last.droppedTimeout, slotTimeouts: s.slotTimeouts - last.slotTimeouts };
+    last = { ...s };
+    if (d.waited + d.droppedFull + d.droppedTimeout + d.slotTimeouts === 0) return;
+    const avg = (ms: number, n: number) => (n ? Math.round(ms / n) : 0);
+    log.warn({ ...d, avgQueueMs: avg(s.queueMs, s.injected), avgTlsMs: avg(s.tlsMs, s.tlsN), avgToStreamMs: avg(s.streamMs, s.streamN), avgToAnswerMs: avg(s.answerMs, s.answerN), injected: s.injected, inFlight: gate.inFlight, queued: gate.queued, peakQueued: s.peakQueued, maxHandshakes: gate.opts.maxHandshakes },
+      'agent connections waited for a handshake slot (more connecting at once than agentChannel.maxHandshakes); dropped ones retry after their backoff');
+  }, everyMs);
+  timer.unref();
+  return () => clearInterval(timer);
+}
+
+export interface AgentListener {
+  port: number;
+  close(): Promise<void>;
+}
+
+/**
+ * Listens on host:port for the agent port and feeds `server` through a connection injector
+ * bounded by `gate`. The injector's HTTP/2 server is one of grpc-js's servers, so the
+ * flow-control and TLS-audit hooks (which walk them) apply to it as to a bound port.
+ */
+export async function listenAgentPort(server: grpc.Server, creds: grpc.ServerCredentials, host: string, port: number, gate: HandshakeGate): Promise<AgentListener> {
+  const injector = server.createConnectionInjector(creds);
+  const h2 = [...(server as unknown as { http2Servers?: Map<net.Server, unknown> }).http2Servers?.keys() ?? []].at(-1);
+  h2?.on('secureConnection', (s: TLSSocket) => gate.secured(s));
+  gate.attach((s) => injector.injectConnection(s));
+  // pauseOnConnect: nothing is read from a waiting connection; TLS resumes it when injected.
+  const tcp = net.createServer({ pauseOnConnect: true, noDelay: true }, (s) => gate.accept(s));
+  await new Promise<void>((resolve, reject) => {
+    tcp.once('error', reject);
+    tcp.listen({ host, port, backlog: 2048 }, () => { tcp.off('error', reject); resolve(); });
+  });
+  tcp.on('error', () => undefined);
+  const bound = (tcp.address() as net.AddressInfo).port;
+  return {
+    port: bound,
+    // Stops listening at once; connections already served end with the grpc-js server (forceShutdown).
+    close: async () => {
+      gate.close();
+      injector.destroy();
+      tcp.close();
+    },
+  };
+}
