@@ -92,6 +92,7 @@ export class Hub {
   private agentListener?: AgentListener;
   /** The agent port's handshake bound (its stats: how often connections had to wait). */
   handshakes?: HandshakeGate;
+  private stopHandshakeSummary?: () => void;
   /** The agent port's hello admission bound (its stats). */
   admission?: AdmissionGate;
   private certLifecycle?: HubCertLifecycle;
@@ -230,7 +231,7 @@ export class Hub {
     const ac = config.agentChannel;
     const handshakes = new HandshakeGate({ maxHandshakes: ac.maxHandshakes, maxQueued: ac.maxQueuedHandshakes, queueTimeoutMs: ac.handshakeQueueTimeout, slotTimeoutMs: ac.helloTimeout });
     const admission = addAgentServices(agentServer, components, handshakes);
-    logHandshakeSummary(handshakes, log.child({ component: 'agent-port' }));
+    const stopHandshakeSummary = logHandshakeSummary(handshakes, log.child({ component: 'agent-port' }));
     // Log lines of rate-limited refusals, counted (their audit records go to refusalAudit).
     const refusals = new RefusalLog(log.child({ component: 'admin' }));
     const preAuth = new PreAuthGate({ auth, log: log.child({ component: 'preauth' }), refusals, audit: refusalAudit }, {
@@ -345,6 +346,7 @@ export class Hub {
     hub.live = live;
     hub.agentListener = agentListener;
     hub.handshakes = handshakes;
+    hub.stopHandshakeSummary = stopHandshakeSummary;
     hub.admission = admission;
     hub.kdf = kdf;
     hub.refusals = refusals;
@@ -373,6 +375,7 @@ export class Hub {
     this.state = 'draining';
     clearInterval(this.sweepTimer);
     clearInterval(this.eventSweepTimer);
+    this.stopHandshakeSummary?.();
     this.certLifecycle?.close();
     this.components.rotation.close();
     this.live?.close();
