@@ -326,6 +326,7 @@ export class Hub {
       boundWebPort = webPort;
     } catch (e) {
       live.close();
+      stopHandshakeSummary();
       agentServer.forceShutdown();
       await agentListener?.close();
       adminServer.forceShutdown();
