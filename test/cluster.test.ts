@@ -8,10 +8,8 @@
  * through B is refused by A when A comes back. `cluster status` is for administrators only.
  */
 import t from 'tap';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { copyFileSync, mkdirSync, readFileSync, readdirSync, statSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { ADMIN_PASSWORD, fileAgentLogger, tempDir, waitFor } from './helpers/hub.js';
 import { adminClients, call, type AdminClients } from '../cli/client.js';
 import { initHub } from '../hub/init.js';
@@ -19,40 +17,14 @@ import { enroll } from '../agent/enroll.js';
 import { Agent } from '../agent/agent.js';
 import { agentPaths, readState } from '../agent/identity.js';
 import { freePorts } from '../bench/lib.js';
+import { runHub, stopHub, type HubProc } from './helpers/hub-process.js';
 import { runCli } from './helpers/cli.js';
 import { writeProfile } from '../cli/profile.js';
 import { postgresMissing, startPostgres } from './helpers/postgres.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const MAX_BACKOFF_MS = 3_000;
 
-interface HubProc { proc: ChildProcess; exited: Promise<unknown>; out: () => string }
-
-/** `trellis hub run` as a child process on fixed ports. */
-async function runHub(dataDir: string, ports: number[]): Promise<HubProc> {
-  const [agentPort, adminPort, webPort] = ports.map(String) as [string, string, string];
-  const proc = spawn(process.execPath, ['bin/trellis.js', 'hub', 'run', '--data', dataDir, '--agent-port', agentPort, '--admin-port', adminPort, '--web-port', webPort], {
-    cwd: ROOT, env: { ...process.env, TRELLIS_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const exited = new Promise((resolve) => proc.once('exit', resolve));
-  let text = '';
-  const onData = (d: Buffer) => { text += d.toString('utf8'); };
-  proc.stdout!.on('data', onData);
-  proc.stderr!.on('data', onData);
-  await new Promise<void>((resolve, reject) => {
-    const timer = setInterval(() => { if (/trellis hub: agent port \d+, admin port \d+/.test(text)) { clearInterval(timer); clearTimeout(limit); resolve(); } }, 50);
-    const limit = setTimeout(() => { clearInterval(timer); reject(new Error(`hub did not start within 90 s: ${text.slice(-800)}`)); }, 90_000);
-    void exited.then(() => { clearInterval(timer); clearTimeout(limit); reject(new Error(`hub exited at start: ${text.slice(-800)}`)); });
-  });
-  return { proc, exited, out: () => text };
-}
-
-async function stopHub(h: HubProc | undefined, signal: NodeJS.Signals): Promise<void> {
-  if (!h || h.proc.exitCode !== null || h.proc.signalCode !== null) return;
-  h.proc.kill(signal);
-  await h.exited;
-}
 
 async function adminLogin(addr: string, caPem: string): Promise<AdminClients> {
   const anon = adminClients(addr, caPem);

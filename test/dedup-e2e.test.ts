@@ -16,10 +16,8 @@
  * key (hub/executions dedup map) disabled, both subtests fail (the line appears twice).
  */
 import t from 'tap';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { ulid } from 'ulid';
 import { ADMIN_PASSWORD, captureLogger, fileAgentLogger, tempDir, waitFor, type TestHub } from './helpers/hub.js';
 import { createRule, file, getRule, install, listExecutions, markAction, readLines } from './helpers/admin.js';
@@ -29,38 +27,11 @@ import { enroll } from '../agent/enroll.js';
 import { Agent } from '../agent/agent.js';
 import { Outbox } from '../agent/outbox/index.js';
 import { freePorts } from '../bench/lib.js';
+import { runHub, stopHub, type HubProc } from './helpers/hub-process.js';
 import { FINAL_STATUSES, type ExecutionStatus } from '../common/automation/types.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-
-interface HubProc { proc: ChildProcess; exited: Promise<unknown> }
-
-/** `trellis hub run` as a child process on fixed ports (a restart keeps the agent's address). */
-async function runHub(dataDir: string, ports: number[]): Promise<HubProc> {
-  const [agentPort, adminPort, webPort] = ports.map(String) as [string, string, string];
-  const proc = spawn(process.execPath, ['bin/trellis.js', 'hub', 'run', '--data', dataDir, '--agent-port', agentPort, '--admin-port', adminPort, '--web-port', webPort], {
-    cwd: ROOT, env: { ...process.env, TRELLIS_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const exited = new Promise((resolve) => proc.once('exit', resolve));
-  let text = '';
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`hub did not start within 60 s: ${text.slice(-500)}`)), 60_000);
-    const onData = (d: Buffer) => {
-      text += d.toString('utf8');
-      if (/trellis hub: agent port \d+, admin port \d+/.test(text)) { clearTimeout(timer); resolve(); }
-    };
-    proc.stdout!.on('data', onData);
-    proc.stderr!.on('data', onData);
-    void exited.then(() => { clearTimeout(timer); reject(new Error(`hub exited at start: ${text.slice(-500)}`)); });
-  });
-  return { proc, exited };
-}
-
-async function kill9(h: HubProc): Promise<void> {
-  h.proc.kill('SIGKILL');
-  await h.exited;
-}
+const kill9 = (h: HubProc) => stopHub(h, 'SIGKILL');
 
 /** Appends events to a stopped agent's outbox, as if its sensors had queued them. */
 async function queue(agentDir: string, events: T.Event[]): Promise<void> {

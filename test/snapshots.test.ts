@@ -7,14 +7,13 @@
  * passphrase, file modes, and a snapshot taken while rules fire that restores consistently.
  */
 import t from 'tap';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { ulid } from 'ulid';
 import * as grpc from '@grpc/grpc-js';
 import { ADMIN_PASSWORD, fileAgentLogger, login, startHub, tempDir, waitFor } from './helpers/hub.js';
 import { runCli } from './helpers/cli.js';
+import { runHub, stopHub } from './helpers/hub-process.js';
 import { createRule, file, install, markAction, readLines } from './helpers/admin.js';
 import { adminClients, call, type AdminClients } from '../cli/client.js';
 import { initHub } from '../hub/init.js';
@@ -27,36 +26,8 @@ import { readSnapshotFiles, restoreSnapshot } from '../hub/snapshots/restore.js'
 import { LowdbStore } from '../hub/store/index.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const PASSPHRASE = 'snapshot passphrase for the tests 42';
 
-interface HubProc { proc: ChildProcess; exited: Promise<unknown> }
-
-async function runHub(dataDir: string, ports: number[]): Promise<HubProc> {
-  const [agentPort, adminPort, webPort] = ports.map(String) as [string, string, string];
-  const proc = spawn(process.execPath, ['bin/trellis.js', 'hub', 'run', '--data', dataDir, '--agent-port', agentPort, '--admin-port', adminPort, '--web-port', webPort], {
-    cwd: ROOT, env: { ...process.env, TRELLIS_LOG_LEVEL: 'info' }, stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const exited = new Promise((resolve) => proc.once('exit', resolve));
-  let text = '';
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`hub did not start within 60 s: ${text.slice(-500)}`)), 60_000);
-    const onData = (d: Buffer) => {
-      text += d.toString('utf8');
-      if (/trellis hub: agent port \d+, admin port \d+/.test(text)) { clearTimeout(timer); resolve(); }
-    };
-    proc.stdout!.on('data', onData);
-    proc.stderr!.on('data', onData);
-    void exited.then(() => { clearTimeout(timer); reject(new Error(`hub exited at start: ${text.slice(-500)}`)); });
-  });
-  return { proc, exited };
-}
-
-async function stopHub(h: HubProc): Promise<void> {
-  if (h.proc.exitCode !== null || h.proc.signalCode !== null) return;
-  h.proc.kill('SIGTERM');
-  await h.exited;
-}
 
 async function runCommand(c: AdminClients, agentId: string, argv: string[]): Promise<string> {
   const out: string[] = [];
@@ -76,7 +47,7 @@ t.test('create → download → wipe → restore → hub run: the agent reconnec
   const dataDir = join(tmp.path, 'hub');
   const ports = await freePorts(3);
   await initHub({ dataDir, names: ['localhost', '127.0.0.1'], adminPassword: ADMIN_PASSWORD, config: { bind: '127.0.0.1' } });
-  let hub = await runHub(dataDir, ports);
+  let hub = await runHub(dataDir, ports, { logLevel: 'info' });
   t.teardown(() => stopHub(hub));
   const adminAddr = `127.0.0.1:${ports[1]}`;
   const caPem = readFileSync(join(dataDir, 'ca.pem'), 'utf8');
@@ -179,7 +150,7 @@ t.test('create → download → wipe → restore → hub run: the agent reconnec
   t.equal(statSync(dataDir).mode & 0o777, 0o700, 'data dir 0700');
   for (const f of ['ca-key.pem', 'hub-key.pem', 'keys/master-1.key', 'state.json']) t.equal(statSync(join(dataDir, f)).mode & 0o777, 0o600, `${f} 0600`);
 
-  hub = await runHub(dataDir, ports);
+  hub = await runHub(dataDir, ports, { logLevel: 'info' });
   await waitFor(() => agent.channel.state === 'ready', 30_000, 'the agent reconnected with its certificate');
   // The API key and login session were restored too: the same clients work.
   t.equal(await runCommand(admin, agentId, ['echo', 'after-restore']), 'after-restore\n', 'the agent runs commands from the restored hub');
