@@ -102,8 +102,8 @@ function caX509s(c: HubComponents): X509Certificate[] {
 }
 
 /** Checks the registry: known (or operator-issued, then registered), same tenant, not revoked. */
-async function admitAgent(c: HubComponents, id: PeerIdentity): Promise<AgentDoc | undefined> {
-  const doc = await c.agents.get(id.agentId);
+async function admitAgent(c: HubComponents, id: PeerIdentity): Promise<Readonly<AgentDoc> | undefined> {
+  const doc = c.agents.peek(id.agentId); // read only: no copy of the record per connection
   if (!doc) {
     await c.agents.create({
       id: id.agentId, tenant: id.tenant, hostname: '', labels: {}, enrolledAt: Date.now(), tokenId: c.pki.canIssue ? 'unknown' : 'operator-issued',
