@@ -17,6 +17,7 @@
  *   hub_idle_cpu_pct       hub CPU (user+sys, % of one core) with N idle agents (heartbeats only)
  *   storm_settle_s         `kill -9` the hub, restart it on the same data dir and ports: from the
  *                          restart until all N agents are welcomed again
+ *   storm_hub_cpu_us_per_agent  hub CPU (user+sys) from listening after the restart until settled, / N
  * Progress goes to stderr. The machine's load is printed as a note: figures on a busy machine
  * are worse, compare ratios (hub_rss_kb_per_agent / raw_conn_kb_per_agent) across runs.
  */
@@ -285,12 +286,15 @@ export async function runStorm(o: StormOptions): Promise<void> {
     const tr = performance.now();
     hub = await startHub(hubDir, { cpuProfDir: o.stormCpuProfDir });
     note(`storm: hub restarted, listening after ${Math.round(hub.listeningMs)} ms`);
+    const stormCpu0 = processCpuMs(hub.pid); // start-up (loading the store, opening ports) not counted
     await c.wait('storm', () => c.sum('welcomedSinceMark') >= o.agents || c.sum('closed') > 0, o.settleTimeoutS,
       () => `${c.sum('welcomedSinceMark')}/${o.agents} welcomed again after ${((performance.now() - tr) / 1000).toFixed(0)} s, ${c.sum('shed') - shed0} shed`);
     if (c.sum('closed')) throw new Error(`${c.sum('closed')} agents refused for good after the restart: ${c.lastError()}`);
     const settle = (performance.now() - tr) / 1000;
     note(`storm: all ${o.agents} welcomed again ${settle.toFixed(1)} s after the restart (${c.sum('shed') - shed0} streams shed and retried; hub RSS ${Math.round(rssKb(hub.pid) / 1024)} MiB)`);
     figure('storm_settle_s', settle, 's');
+    // CPU time is less sensitive to the machine's load than wall time: what each re-admission cost.
+    figure('storm_hub_cpu_us_per_agent', ((processCpuMs(hub.pid) - stormCpu0) * 1000) / o.agents, 'us');
   } finally {
     if (clients) await clients.stop();
     if (hub) { hub.proc.kill('SIGTERM'); await Promise.race([hub.exited, sleep(60_000)]); hub.proc.kill('SIGKILL'); }

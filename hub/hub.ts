@@ -14,7 +14,7 @@ import { Auth } from './auth/index.js';
 import { buildBackends } from './auth/factory.js';
 import { Iam } from './iam/index.js';
 import { JoinTokens } from './tokens/index.js';
-import { AgentRegistry } from './agents/index.js';
+import { AgentRegistry, LAST_SEEN_PERSIST_MS } from './agents/index.js';
 import { Executions } from './executions/index.js';
 import { addExecutionServices } from './grpc/executions.js';
 import { EventIntake } from './events/index.js';
@@ -86,6 +86,7 @@ export class Hub {
   private kdf?: KdfPool;
   private refusals?: RefusalLog;
   private eventSweepTimer?: NodeJS.Timeout;
+  private lastSeenTimer?: NodeJS.Timeout;
   private live?: LiveStreams;
   /** This hub in the hubs registry (hub/cluster). */
   registry?: HubRegistry;
@@ -356,6 +357,9 @@ export class Hub {
     hub.sweepTimer = setInterval(() => void auth.sweepSessions().catch(() => undefined), 3_600_000);
     hub.eventSweepTimer = setInterval(() => events.sweep(), 60_000);
     hub.eventSweepTimer.unref();
+    // Agents' last-seen times to disk in one batch (a reconnect never writes them: hub/agents).
+    hub.lastSeenTimer = setInterval(() => void agents.persistLastSeen().catch((err) => log.error({ err }, 'saving agent last-seen times failed')), LAST_SEEN_PERSIST_MS);
+    hub.lastSeenTimer.unref();
     hub.sweepTimer.unref();
     kv.startSweeper();
     // A rotation cut short (hub killed) left older key versions on disk: finish it in the background.
@@ -376,6 +380,7 @@ export class Hub {
     this.state = 'draining';
     clearInterval(this.sweepTimer);
     clearInterval(this.eventSweepTimer);
+    clearInterval(this.lastSeenTimer);
     this.stopHandshakeSummary?.();
     this.certLifecycle?.close();
     this.components.rotation.close();

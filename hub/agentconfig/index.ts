@@ -79,7 +79,7 @@ export class AgentConfigs {
    * later config computation refreshes it.
    */
   async prepareSources(agentId: string): Promise<void> {
-    const agent = await this.deps.agents.get(agentId);
+    const agent = this.deps.agents.peek(agentId); // read only (frozen): no copy per connection
     if (!agent) return;
     this.sensorTriggers.set(agentId, new Set(this.sensors(agent).map((s) => s.trigger)));
     this.noteEdgeRules(agentId, this.edgeRulesFor(agent, false).map(({ rule, action }) => ({ rule, action: action.ref })));
@@ -165,7 +165,7 @@ export class AgentConfigs {
     const hit = (p: Pushed) => p.refs.has(`kv:${key}`) || p.refs.has(`secret:${key}`);
     const ids = [...this.pushed].filter(([, p]) => hit(p)).map(([id]) => id);
     await Promise.all(ids.map(async (id) => {
-      const a = await this.deps.agents.get(id);
+      const a = this.deps.agents.peek(id);
       if (a?.tenant === tenant) await this.push(id, cache).catch((err) => this.failed(id, err));
     }));
   }
@@ -173,7 +173,7 @@ export class AgentConfigs {
   /** Computes the agent's config; sends it when it differs from what the agent has. */
   async push(agentId: string, cache: ValueCache = new Map()): Promise<boolean> {
     const link = this.deps.agents.link(agentId);
-    const agent = await this.deps.agents.get(agentId);
+    const agent = this.deps.agents.peek(agentId); // read only (frozen): no copy per connection
     if (!link || !agent || agent.revoked) return false;
     const { config, refs, fingerprint } = await this.compute(agent, cache);
     const version = createHash('sha256').update(fingerprint).digest('hex').slice(0, 32);

@@ -69,8 +69,12 @@ export interface AgentLink {
 
 export interface AgentView extends AgentDoc { online: boolean; status: 'online' | 'offline' | 'revoked'; remote?: string }
 
-/** A hello with unchanged facts still refreshes the stored last-seen when it is older than this. */
-const HELLO_REWRITE_MS = 10 * 60_000;
+/**
+ * Last-seen times live in memory; the stored ones are refreshed in one batch every this often
+ * (and at shutdown), for agents whose stored time is this much older. A hub killed with -9 loses
+ * at most this much of them; a (re)connect never writes the state document for them.
+ */
+export const LAST_SEEN_PERSIST_MS = 10 * 60_000;
 
 export class AgentRegistry {
   private readonly links = new Map<string, Set<AgentLink>>();
@@ -178,7 +182,7 @@ export class AgentRegistry {
 
   /** The certificate of the last renewal connected: its predecessor may no longer renew. */
   async confirmSerial(id: string, serial: string): Promise<void> {
-    const doc = await this.get(id);
+    const doc = this.peek(id);
     if (doc?.pendingRenewal?.to !== normalizeSerial(serial)) return;
     await this.store.update<AgentDoc>('agents', id, (a) => {
       if (!a || a.pendingRenewal?.to !== normalizeSerial(serial)) return a;
@@ -223,14 +227,32 @@ export class AgentRegistry {
    */
   async updateHello(id: string, raw: Facts): Promise<string[]> {
     const { facts, problems } = cleanFacts(raw);
-    // A reconnect storm re-sends the same facts from every agent: no state write for those (the
-    // store rewrites its file per write batch), unless the stored last-seen is old (kill -9 safety).
-    const cur = await this.store.get<AgentDoc>('agents', id);
+    // A reconnect storm (hub restart) re-sends the same facts from every agent: no state write for
+    // those, whatever the stored last-seen (the store rewrites its whole file per write batch; at
+    // 10,000 agents that is MBs per batch). Last-seen goes to disk with persistLastSeen.
+    const cur = this.store.peek<AgentDoc>('agents', id);
+    if (cur && JSON.stringify(cur.facts ?? null) === JSON.stringify(facts) && cur.hostname === (facts.hostname || cur.hostname)) return problems;
     const now = Date.now();
-    if (cur && JSON.stringify(cur.facts ?? null) === JSON.stringify(facts) && cur.hostname === (facts.hostname || cur.hostname)
-      && now - (cur.lastSeen ?? 0) < HELLO_REWRITE_MS) return problems;
     await this.store.update<AgentDoc>('agents', id, (a) => (a ? { ...a, facts, hostname: facts.hostname || a.hostname, lastSeen: now } : undefined));
     return problems;
+  }
+
+  /**
+   * Stores the in-memory last-seen of every agent whose stored one is at least `staleMs` older,
+   * all in one store write batch (a timer of the hub every LAST_SEEN_PERSIST_MS, and shutdown).
+   * Returns how many records were updated.
+   */
+  async persistLastSeen(staleMs = LAST_SEEN_PERSIST_MS): Promise<number> {
+    const now = Date.now();
+    const due: Array<[string, number]> = [];
+    for (const [id, t] of this.lastSeen) {
+      // A connected agent is seen now (heartbeats refresh the memory, not the disk).
+      const seen = this.links.has(id) ? Math.max(t, now) : t;
+      const stored = this.store.peek<AgentDoc>('agents', id);
+      if (stored && seen - (stored.lastSeen ?? 0) >= staleMs) due.push([id, seen]);
+    }
+    await Promise.all(due.map(([id, t]) => this.store.update<AgentDoc>('agents', id, (a) => (a ? { ...a, lastSeen: Math.max(t, a.lastSeen ?? 0) } : undefined))));
+    return due.length;
   }
 
   attach(link: AgentLink): void {

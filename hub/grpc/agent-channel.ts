@@ -3,7 +3,7 @@
  * certificate; every stream is checked against the CA, the trust domain, EKU and revocation.
  */
 import * as grpc from '@grpc/grpc-js';
-import { X509Certificate, randomBytes } from 'node:crypto';
+import { X509Certificate, createHash, randomBytes } from 'node:crypto';
 import { v1 } from '../../common/proto.js';
 import { parseCSR, normalizeSerial } from '../../certs/index.js';
 import { parseSpiffeId } from '../pki/index.js';
@@ -16,6 +16,7 @@ import { MAX_EVENTS_PER_BATCH } from '../events/index.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 import { isMalformed, malformedError } from './malformed.js';
 import { AdmissionGate, MAX_PENDING_PER_KEY } from './admission.js';
+import { PeerCertCache, type CertFacts } from './peer-cache.js';
 
 const CLIENT_AUTH_OID = '1.3.6.1.5.5.7.3.2';
 /** Streams one agent may have waiting for their hello at once (the rest: RESOURCE_EXHAUSTED). */
@@ -58,15 +59,39 @@ function auditAgentPort(c: HubComponents, o: { method: 'Connect' | 'Renew'; peer
   });
 }
 
-/** Verifies the peer certificate of a call on the agent port. */
-export function identifyPeer(c: HubComponents, call: { getAuthContext(): { sslPeerCertificate?: { raw?: Buffer } } }, o: { renew?: boolean } = {}): PeerIdentity {
+/** Verifies the peer certificate of a call on the agent port (`cache`: what earlier streams derived from the same certificate). */
+export function identifyPeer(c: HubComponents, call: { getAuthContext(): { sslPeerCertificate?: { raw?: Buffer } } }, o: { renew?: boolean; cache?: PeerCertCache } = {}): PeerIdentity {
   const raw = call.getAuthContext()?.sslPeerCertificate?.raw;
   if (!raw) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'no client certificate: the agent port needs the certificate from `trellis agent enroll`');
+  const generation = c.pki.trustGeneration;
+  const key = o.cache ? createHash('sha256').update(raw).digest('base64') : '';
+  let facts = o.cache?.get(key, generation);
+  if (!facts) {
+    facts = certFacts(c, raw);
+    o.cache?.set(key, generation, facts);
+  }
+  const { serial } = facts;
+  // Never cached: a revocation or the expiry applies to the next stream at once.
+  const rev = c.agents.revocation(serial);
+  const superseded = rev?.reason === SUPERSEDED;
+  const who = { agentId: facts.agentId, tenant: facts.tenant, serial };
+  if (rev && !(superseded && o.renew)) {
+    throw peerRefusal(who, 'TRELLIS_E_CERT_REVOKED', superseded
+      ? `certificate ${serial} of agent ${facts.agentId} was replaced by a renewal; connect with the new certificate (or re-enroll with \`trellis agent enroll --force\` if it was lost)`
+      : `the certificate of agent ${facts.agentId} was revoked; enroll again with a new join token`);
+  }
+  if (facts.notAfter <= Date.now()) throw peerRefusal(who, 'TRELLIS_E_CERT_EXPIRED', 'the agent certificate expired; re-enroll with `trellis agent enroll --force`');
+  return { ...facts, superseded };
+}
+
+/** Parses and checks a client certificate: issuer (a CA the hub accepts agents from), EKU, identity. */
+function certFacts(c: HubComponents, raw: Buffer): CertFacts {
   const cert = new X509Certificate(raw);
+  const certPem = cert.toString();
   // Any CA the hub accepts agent certificates from: the CA, and during a CA rotation the new one
-  // (and a rolled-back one until its agents renewed). TLS checked the chain; this checks the issuer.
-  const ca = caX509s(c).find((x) => cert.checkIssued(x) && cert.verify(x.publicKey));
-  if (!ca) {
+  // (and a rolled-back one until its agents renewed). TLS checked the chain; this checks the
+  // issuer, and its answer serves the later issuerOf(certPem) calls (rotation, renewal).
+  if (!c.pki.issuerOfX509(certPem, cert)) {
     throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'the client certificate was not issued by this hub\'s CA (after a CA rotation, re-enroll with `trellis agent enroll --force`)');
   }
   if (!(cert.keyUsage ?? []).includes(CLIENT_AUTH_OID)) {
@@ -77,33 +102,12 @@ export function identifyPeer(c: HubComponents, call: { getAuthContext(): { sslPe
   if (ids.length !== 1 || ids[0]!.trustDomain !== c.config.trustDomain) {
     throw new TrellisError('TRELLIS_E_PERMISSION_DENIED', `the client certificate carries no agent identity (URI SAN spiffe://${c.config.trustDomain}/tenant/<tenant>/agent/<id>)`);
   }
-  const serial = normalizeSerial(cert.serialNumber);
-  const rev = c.agents.revocation(serial);
-  const superseded = rev?.reason === SUPERSEDED;
-  const who = { agentId: ids[0]!.agentId, tenant: ids[0]!.tenant, serial };
-  if (rev && !(superseded && o.renew)) {
-    throw peerRefusal(who, 'TRELLIS_E_CERT_REVOKED', superseded
-      ? `certificate ${serial} of agent ${ids[0]!.agentId} was replaced by a renewal; connect with the new certificate (or re-enroll with \`trellis agent enroll --force\` if it was lost)`
-      : `the certificate of agent ${ids[0]!.agentId} was revoked; enroll again with a new join token`);
-  }
-  const notAfter = new Date(cert.validTo).getTime();
-  if (notAfter <= Date.now()) throw peerRefusal(who, 'TRELLIS_E_CERT_EXPIRED', 'the agent certificate expired; re-enroll with `trellis agent enroll --force`');
-  return { agentId: ids[0]!.agentId, tenant: ids[0]!.tenant, serial, notAfter, certPem: cert.toString(), superseded };
-}
-
-const caCache = new WeakMap<object, { pems: string[]; xs: X509Certificate[] }>();
-function caX509s(c: HubComponents): X509Certificate[] {
-  const pems = c.pki.agentIssuers;
-  const hit = caCache.get(c.pki);
-  if (hit && hit.pems.length === pems.length && hit.pems.every((p, i) => p === pems[i])) return hit.xs;
-  const xs = pems.map((p) => new X509Certificate(p));
-  caCache.set(c.pki, { pems, xs });
-  return xs;
+  return { agentId: ids[0]!.agentId, tenant: ids[0]!.tenant, serial: normalizeSerial(cert.serialNumber), notAfter: new Date(cert.validTo).getTime(), certPem };
 }
 
 /** Checks the registry: known (or operator-issued, then registered), same tenant, not revoked. */
-async function admitAgent(c: HubComponents, id: PeerIdentity): Promise<AgentDoc | undefined> {
-  const doc = await c.agents.get(id.agentId);
+async function admitAgent(c: HubComponents, id: PeerIdentity): Promise<Readonly<AgentDoc> | undefined> {
+  const doc = c.agents.peek(id.agentId); // read only: no copy of the record per connection
   if (!doc) {
     await c.agents.create({
       id: id.agentId, tenant: id.tenant, hostname: '', labels: {}, enrolledAt: Date.now(), tokenId: c.pki.canIssue ? 'unknown' : 'operator-issued',
@@ -142,6 +146,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents, handshak
   const log = c.log.child({ component: 'agent-port' });
   const cfg = c.config.agentChannel;
   const gate = new AdmissionGate({ maxPending: cfg.maxPendingHellos, retryAfterMs: cfg.retryAfter });
+  const peers = new PeerCertCache();
   // Shedding is expected in a storm: one summary line per 10 s, never a line (or audit record) per stream.
   const shedLog = setInterval(() => {
     if (gate.stats.shedSinceLog === 0) return;
@@ -196,7 +201,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents, handshak
       }
     };
     let id: PeerIdentity;
-    try { id = identifyPeer(c, call); } catch (e) { fail(e); return; }
+    try { id = identifyPeer(c, call, { cache: peers }); } catch (e) { fail(e); return; }
     who = id;
     // One agent may not hold the admission slots of others (streams that never say hello hold
     // theirs until helloTimeout): a few at once cover a reconnect overlapping a renewal.
@@ -331,7 +336,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents, handshak
     handshakes?.started(peer);
     void (async () => {
       try {
-        const id = (who = identifyPeer(c, call, { renew: true }));
+        const id = (who = identifyPeer(c, call, { renew: true, cache: peers }));
         const doc = await admitAgent(c, id);
         // A replaced certificate may renew again only while its replacement never connected
         // (the answer to the first renewal was lost); otherwise it is refused like a revoked one.

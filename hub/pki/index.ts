@@ -38,6 +38,9 @@ export interface CaMaterial { chain: string[]; key: KeyObject | undefined }
  */
 export interface RotationTrust { next?: CaMaterial; retired?: string[] }
 
+/** issuerOf() answers kept (least recently used dropped first): a large fleet's certificates. */
+export const ISSUER_CACHE_MAX = 20_000;
+
 export class HubPki {
   /** The CA the hub certificate chains to: issuing CA first, then any parents up to the operator's root. */
   private current: CaMaterial;
@@ -82,7 +85,12 @@ export class HubPki {
     return this.issuingFp.fp;
   }
   private issuingFp?: { pem: string; fp: string };
-  /** issuerOf() answers of the last few certificates (an agent's is asked for more than once as it connects). */
+  /**
+   * issuerOf() answers by certificate PEM, for a fleet's worth of certificates (an agent's is
+   * asked as it is identified, attached and renewed; a 256-entry cache missed every time in a
+   * reconnect storm and re-parsed each certificate). The keys of connected agents are the strings
+   * their links hold, so an entry costs little more than the map slot.
+   */
   private issuerCache = { memo: undefined as unknown, map: new Map<string, string | undefined>() };
   get canIssue(): boolean { return this.issuingCa.key !== undefined; }
   get caCertPem(): string { return this.current.chain[0]!; }
@@ -125,19 +133,36 @@ export class HubPki {
 
   /** The fingerprint of the known issuing CA that signed `certPem` (agentIssuers), or undefined. */
   issuerOf(certPem: string): string | undefined {
+    return this.issuerOfX509(certPem);
+  }
+
+  /**
+   * issuerOf() for a certificate already parsed (`cert`, whose PEM is `certPem`): the agent port
+   * parses each client certificate once and its answer serves the later issuerOf(certPem) calls.
+   */
+  issuerOfX509(certPem: string, cert?: X509Certificate): string | undefined {
     const d = this.derived();
     const cache = this.issuerCache;
     if (cache.memo !== d) { cache.memo = d; cache.map.clear(); } // the CAs changed: ask again
-    if (cache.map.has(certPem)) return cache.map.get(certPem);
+    if (cache.map.has(certPem)) {
+      const hit = cache.map.get(certPem);
+      cache.map.delete(certPem); // least recently used goes first
+      cache.map.set(certPem, hit);
+      return hit;
+    }
     let found: string | undefined;
-    let cert: X509Certificate | undefined;
-    try { cert = new X509Certificate(certPem); } catch { /* not a certificate */ }
+    if (!cert) try { cert = new X509Certificate(certPem); } catch { /* not a certificate */ }
     for (const ca of cert ? d.issuers : []) {
       try { if (cert!.checkIssued(ca.x509) && cert!.verify(ca.x509.publicKey)) { found = ca.fingerprint; break; } } catch { /* not this one */ }
     }
-    if (cache.map.size >= 256) cache.map.delete(cache.map.keys().next().value!);
+    if (cache.map.size >= ISSUER_CACHE_MAX) cache.map.delete(cache.map.keys().next().value!);
     cache.map.set(certPem, found);
     return found;
+  }
+
+  /** A new object whenever the CAs the hub accepts change (caches of verified certificates start over). */
+  get trustGeneration(): object {
+    return this.derived();
   }
 
   /** Sets the rotation's CAs (the current CA and the hub certificate are unchanged). */
