@@ -9,19 +9,13 @@ import net from 'node:net';
 import { once } from 'node:events';
 import { HandshakeGate } from '../hub/grpc/handshake-gate.js';
 import { issueSimIdentities, SimAgent } from '../bench/simagent.js';
-import { startHub } from './helpers/hub.js';
+import { startHub, waitFor as waitUntil } from './helpers/hub.js';
 import * as grpc from '@grpc/grpc-js';
 import { v1 } from '../common/proto.js';
 import { secureChannel } from '../common/grpc-tls.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-async function waitFor(what: string, cond: () => boolean, ms = 60_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
+const waitFor = (what: string, cond: () => boolean, ms = 60_000) => waitUntil(cond, ms, what);
 
 /** A loopback listener feeding `gate`; `connect()` opens a client connection and returns both ends. */
 async function loopback(t: { teardown(fn: () => unknown): void }, gate: HandshakeGate) {

@@ -9,16 +9,10 @@ import { statSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { issueSimIdentities, SimAgent } from '../bench/simagent.js';
 import { LowdbStore } from '../hub/store/lowdb.js';
-import { startHub } from './helpers/hub.js';
+import { startHub, waitFor as waitUntil } from './helpers/hub.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-async function waitFor(what: string, cond: () => boolean, ms = 60_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
+const waitFor = (what: string, cond: () => boolean, ms = 60_000) => waitUntil(cond, ms, what);
 
 t.test('a reconnect storm of agents with unchanged records writes no state; registration and the last-seen batch do', async (t) => {
   await using h = await startHub();

@@ -12,17 +12,11 @@ import { issueSimIdentities, SimAgent } from '../bench/simagent.js';
 import { v1 } from '../common/proto.js';
 import { secureChannel } from '../common/grpc-tls.js';
 import { CODE_KEY } from '../common/grpc-errors.js';
-import { startHub } from './helpers/hub.js';
+import { startHub, waitFor as waitUntil } from './helpers/hub.js';
 import { AdmissionGate, MAX_ADAPTIVE_RETRY_AFTER_MS } from '../hub/grpc/admission.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-async function waitFor(what: string, cond: () => boolean, ms = 60_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
+const waitFor = (what: string, cond: () => boolean, ms = 60_000) => waitUntil(cond, ms, what);
 
 t.test('backoff: full jitter over [0, step], deterministic with an injected random', async (t) => {
   t.equal(backoffDelay(0, { random: () => 0 }), 0, 'the lowest draw waits 0 ms (full jitter starts at 0, not at half the step)');

@@ -249,7 +249,8 @@ export function makeCase(p: Plan, o: FuzzOptions, index: number): { c: FuzzCase;
   return { c: { seed: o.seed, index, method: spec.path, principal, kind, frames: [bytes.toString('base64')] }, spec, r };
 }
 
-function writeCase(dir: string | undefined, name: string, body: unknown): string | undefined {
+/** Saves a failing case as JSON under `dir` (none without a dir); returns its path. */
+export function writeCase(dir: string | undefined, name: string, body: unknown): string | undefined {
   if (!dir) return undefined;
   mkdirSync(dir, { recursive: true });
   const file = join(dir, name);

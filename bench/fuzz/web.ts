@@ -14,8 +14,7 @@
  */
 import tls from 'node:tls';
 import { createHmac } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { writeCase } from './run.js';
 import { caseRng, chance, int, pick, type Rng } from './gen.js';
 
 export interface WebFuzzOptions {
@@ -216,14 +215,6 @@ async function healthy(o: WebFuzzOptions): Promise<string | undefined> {
   const exit2 = o.hubExit?.();
   if (exit2 !== undefined) return `hub process exited (${exit2})`;
   return out.status === 200 ? undefined : `GET /healthz: ${out.status ?? (out.timedOut ? 'no answer in 15 s' : `closed (${out.error ?? 'no answer'})`)}`;
-}
-
-function writeCase(dir: string | undefined, name: string, body: unknown): string | undefined {
-  if (!dir) return undefined;
-  mkdirSync(dir, { recursive: true });
-  const file = join(dir, name);
-  writeFileSync(file, JSON.stringify(body, null, 2) + '\n');
-  return file;
 }
 
 export async function runWebFuzz(o: WebFuzzOptions): Promise<WebFuzzResult> {
