@@ -101,9 +101,8 @@ t.test('a result produced while disconnected goes out once on the next stream', 
   t.same(all, ['while-down'], 'sent exactly once');
 });
 
-t.test('the real hub acknowledges a result once it is on disk, also for an execution it does not know', async (t) => {
-  const h = await startHub();
-  t.teardown(() => h.close());
+/** A newly enrolled agent's raw stream on `h`, welcomed; every hub message lands in `got`. */
+async function welcomedStream(t: Test, h: Awaited<ReturnType<typeof startHub>>): Promise<{ call: grpc.ClientDuplexStream<T.AgentMessage, T.HubMessage__Output>; got: T.HubMessage__Output[] }> {
   const { dataDir } = await h.enroll();
   const p = agentPaths(dataDir);
   const [caPem, keyPem, certPem] = await Promise.all([readFile(p.ca, 'utf8'), readFile(p.key, 'utf8'), readFile(p.cert, 'utf8')]);
@@ -118,6 +117,13 @@ t.test('the real hub acknowledges a result once it is on disk, also for an execu
   call.on('data', (m: T.HubMessage__Output) => got.push(m));
   call.write({ hello: { facts: { hostname: 'raw' }, labels: {} } });
   await waitFor(() => got.some((m) => m.welcome), 10_000);
+  return { call, got };
+}
+
+t.test('the real hub acknowledges a result once it is on disk, also for an execution it does not know', async (t) => {
+  const h = await startHub();
+  t.teardown(() => h.close());
+  const { call, got } = await welcomedStream(t, h);
   call.write(result('01unknownexecution'));
   await waitFor(() => got.some((m) => m.resultAck), 10_000);
   t.same(got.find((m) => m.resultAck)!.resultAck!.executionIds, ['01unknownexecution'], 'acknowledged by id');
@@ -133,20 +139,7 @@ t.test('results that arrive together share one acknowledgement; every id is ackn
   await install(h, [file('pack.yaml', 'name: ra\nversion: 1.0.0\ndescription: result acks\n'),
     file('actions/noop.yaml', 'name: noop\ndescription: nothing\nrunner: command\ncommand: ["true", "{{ t }}"]\nparameters:\n  t: { type: string, default: "" }\n')]);
   await createRule(h, { name: 'ra-fire', trigger: 'core.ra', action: { ref: 'ra.noop', parameters: { t: '{{ trigger.id }}' } }, target: { agent: '{{ trigger.agent }}' } });
-  const { dataDir } = await h.enroll();
-  const p = agentPaths(dataDir);
-  const [caPem, keyPem, certPem] = await Promise.all([readFile(p.ca, 'utf8'), readFile(p.key, 'utf8'), readFile(p.cert, 'utf8')]);
-  const client = new v1.AgentChannel(h.agentAddr, grpc.credentials.createSsl(Buffer.from(caPem), Buffer.from(keyPem), Buffer.from(certPem)), { ...CLIENT_OPTIONS }) as unknown as grpc.Client & {
-    Connect(md: grpc.Metadata, o: grpc.CallOptions): grpc.ClientDuplexStream<T.AgentMessage, T.HubMessage__Output>;
-  };
-  t.teardown(() => client.close());
-  const call = client.Connect(new grpc.Metadata(), {});
-  t.teardown(() => call.cancel());
-  call.on('error', () => undefined);
-  const got: T.HubMessage__Output[] = [];
-  call.on('data', (m: T.HubMessage__Output) => got.push(m));
-  call.write({ hello: { facts: { hostname: 'raw' }, labels: {} } });
-  await waitFor(() => got.some((m) => m.welcome), 10_000);
+  const { call, got } = await welcomedStream(t, h);
   const N = 100;
   call.write({ events: { seq: 1, events: Array.from({ length: N }, (_, i) => ({ id: `ra-${i}`, type: 'core.ra', payloadJson: Buffer.from('{}'), timeMs: Date.now() })) } });
   await waitFor(() => got.filter((m) => m.action).length >= N, 30_000, 'actions');
