@@ -57,7 +57,8 @@ import { CaRotation, recoverRotation } from './pki/rotation.js';
 import { assertTableCovers } from './authz/index.js';
 import { allMethodPaths } from '../common/proto.js';
 import { SERVER_OPTIONS, formatHostPort } from '../common/grpc-options.js';
-import { HubRegistry } from './cluster/registry.js';
+import { HubRegistry, newHubId } from './cluster/registry.js';
+import { busFor, type ClusterBus } from './cluster/bus.js';
 import { addClusterServices } from './grpc/cluster.js';
 import { createLogger, type Logger } from '../common/log.js';
 import { TrellisError } from '../common/errors.js';
@@ -90,6 +91,8 @@ export class Hub {
   private live?: LiveStreams;
   /** This hub in the hubs registry (hub/cluster). */
   registry?: HubRegistry;
+  /** Hub-to-hub messages (LocalBus when the store is not shared). */
+  bus?: ClusterBus;
   private agentListener?: AgentListener;
   /** The agent port's handshake bound (its stats: how often connections had to wait). */
   handshakes?: HandshakeGate;
@@ -138,6 +141,9 @@ export class Hub {
     const store: Store = await openStore(opts.memoryStore ? { kind: 'memory' } : storeOptions(config.store, paths.store, {
       onStateChange: (state, detail) => (state === 'ready' ? storeLog.info({ state }, detail) : storeLog.error({ state }, detail)),
     }));
+    // Several hubs over one database talk over the cluster bus (hub/cluster/bus.ts; LocalBus alone).
+    const hubId = newHubId();
+    const bus = busFor(store, hubId, log.child({ component: 'cluster' }));
     // A CA rotation commit cut short by a crash is finished before the CA files are read.
     const recovered = await recoverRotation(paths);
     if (recovered) log.warn({ component: 'pki' }, recovered);
@@ -273,7 +279,7 @@ export class Hub {
     // Several hubs (issue 14 §2): this hub in the hubs registry, shared through PostgreSQL.
     let boundAdminPort = 0;
     const registry = new HubRegistry({
-      store, shared: !opts.memoryStore && config.store.kind === 'postgres', name: config.names[0]!, version: TRELLIS_VERSION,
+      id: hubId, store, shared: !opts.memoryStore && config.store.kind === 'postgres', name: config.names[0]!, version: TRELLIS_VERSION,
       addresses: () => config.names.slice(0, 4).flatMap((n) => [formatHostPort(n, boundAgentPort), formatHostPort(n, boundAdminPort)]),
       agents: () => agents.connectedLinks().length, intervalMs: config.cluster.heartbeatInterval, staleAfterMs: config.cluster.staleAfter,
       log: log.child({ component: 'cluster' }),
@@ -353,6 +359,7 @@ export class Hub {
     hub.kdf = kdf;
     hub.refusals = refusals;
     hub.registry = registry;
+    hub.bus = bus;
     await registry.start();
     hub.sweepTimer = setInterval(() => void auth.sweepSessions().catch(() => undefined), 3_600_000);
     hub.eventSweepTimer = setInterval(() => events.sweep(), 60_000);

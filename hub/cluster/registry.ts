@@ -26,7 +26,14 @@ export interface HubRecord {
   [k: string]: unknown;
 }
 
+/** A new hub id: random per process start (see above). */
+export function newHubId(): string {
+  return `hub-${randomBytes(8).toString('hex')}`;
+}
+
 export interface HubRegistryOptions {
+  /** This hub's id (the cluster bus's too). @default newHubId() */
+  id?: string;
   store: Store;
   /** True when the store is shared by several hubs (PostgreSQL). */
   shared: boolean;
@@ -44,7 +51,7 @@ export interface HubRegistryOptions {
 }
 
 export class HubRegistry {
-  readonly id = `hub-${randomBytes(8).toString('hex')}`;
+  readonly id: string;
   private readonly startedAtMs = Date.now();
   private timer?: NodeJS.Timeout;
   private last?: HubRecord;
@@ -52,7 +59,9 @@ export class HubRegistry {
   private failing = false;
   private stopped = false;
 
-  constructor(private readonly o: HubRegistryOptions) {}
+  constructor(private readonly o: HubRegistryOptions) {
+    this.id = o.id ?? newHubId();
+  }
 
   get shared(): boolean { return this.o.shared; }
   get staleAfterMs(): number { return this.o.staleAfterMs; }

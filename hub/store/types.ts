@@ -71,6 +71,13 @@ export interface Store {
    * error propagates. Resolves to `fn`'s result once it is durable.
    */
   update<T extends Doc>(col: Collection, id: string, fn: (cur: T | undefined) => T | undefined): Promise<T | undefined>;
+  /**
+   * Shared stores only (PostgreSQL): `fn` is called after another hub's change to a document
+   * reached this hub's reads (`id` undefined: the whole collection may have changed, e.g. after a
+   * reconnect reloaded everything). Never called for this hub's own writes. Returns an
+   * unsubscribe function. Stores of one hub (lowdb, memory) do not have it.
+   */
+  onChange?(fn: (col: Collection, id: string | undefined) => void): () => void;
   /** Resolves when every mutation accepted so far is on disk. */
   flush(): Promise<void>;
   /** Flushes, then refuses every further call with TRELLIS_E_SHUTDOWN. Calling it again is harmless. */

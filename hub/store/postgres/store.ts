@@ -18,11 +18,21 @@ import pg from 'pg';
 import { TrellisError } from '../../../common/errors.js';
 import { checkCollection, checkId, toStoredDoc } from '../base.js';
 import { DocCache, cacheKey, type Row } from './cache.js';
-import type { Collection, Doc, Store } from '../types.js';
+import { COLLECTIONS, type Collection, type Doc, type Store } from '../types.js';
 import { checkSchema } from './migrations.js';
 import { poolConfig, storeError, type PostgresConnectOptions } from './connection.js';
 
 export const NOTIFY_CHANNEL = 'trellis_store';
+/** Names of cluster channels (listen/notify): `trellis_` and a lower-case word. */
+export const CHANNEL_RE = /^trellis_[a-z][a-z0-9_]{0,40}$/;
+/** PostgreSQL refuses NOTIFY payloads of 8000 bytes and more. */
+export const MAX_CHANNEL_PAYLOAD = 7900;
+
+function checkChannel(channel: string): void {
+  if (!CHANNEL_RE.test(channel) || channel === NOTIFY_CHANNEL) {
+    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `"${channel.slice(0, 60)}" is not a cluster channel name (trellis_ and a lower-case word, not ${NOTIFY_CHANNEL})`);
+  }
+}
 /** NOTIFY payloads are limited to 8000 bytes; a longer one asks listeners to reload the collection. */
 const MAX_PAYLOAD = 7900;
 
@@ -60,6 +70,10 @@ export class PostgresStore implements Store {
   #draining: Promise<void> | undefined;
   #inUpdateFn = false;
   #closed = false;
+  readonly #changeFns = new Set<(col: Collection, id: string | undefined) => void>();
+  /** Cluster channels (hub/cluster/bus.ts): channel → handlers of their payloads. */
+  readonly #channels = new Map<string, Set<(payload: string) => void>>();
+  readonly #resyncFns = new Set<() => void>();
 
   private constructor(pool: pg.Pool, config: pg.PoolConfig & { where: string }, opts: PostgresStoreOptions) {
     this.#pool = pool;
@@ -91,6 +105,86 @@ export class PostgresStore implements Store {
   }
 
   get state(): PostgresStoreState { return this.#state; }
+
+  onChange(fn: (col: Collection, id: string | undefined) => void): () => void {
+    this.#changeFns.add(fn);
+    return () => { this.#changeFns.delete(fn); };
+  }
+
+  #changed(col: string, id: string | undefined): void {
+    for (const fn of this.#changeFns) {
+      try { fn(col as Collection, id); } catch { /* a subscriber's failure is its own */ }
+    }
+  }
+
+  // ---- cluster channels: LISTEN/NOTIFY for hub-to-hub messages (hub/cluster/bus.ts) ----
+
+  /**
+   * Delivers every notification on `channel` (a name matching CHANNEL_RE) to `fn`, from now on,
+   * on the store's LISTEN connection (re-listened after a reconnect). At most once: messages sent
+   * while the connection is down are lost; `onResync` says when it is back.
+   */
+  async listen(channel: string, fn: (payload: string) => void): Promise<() => void> {
+    this.#checkOpen();
+    checkChannel(channel);
+    let set = this.#channels.get(channel);
+    if (!set) {
+      this.#channels.set(channel, (set = new Set()));
+      const l = this.#listener;
+      if (l) await l.query(`LISTEN ${channel}`).catch((err: Error) => this.#listenerLost(l, err));
+    }
+    set.add(fn);
+    return () => { set!.delete(fn); };
+  }
+
+  /** Called each time the LISTEN connection is back (after a loss) and the cache reloaded. */
+  onResync(fn: () => void): () => void {
+    this.#resyncFns.add(fn);
+    return () => { this.#resyncFns.delete(fn); };
+  }
+
+  /** Sends `payload` (at most MAX_CHANNEL_PAYLOAD bytes) to every hub listening on `channel`, this one included. */
+  async notify(channel: string, payload: string): Promise<void> {
+    this.#checkOpen();
+    checkChannel(channel);
+    if (Buffer.byteLength(payload) > MAX_CHANNEL_PAYLOAD) {
+      throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `a cluster message on ${channel} is ${Buffer.byteLength(payload)} bytes, over the ${MAX_CHANNEL_PAYLOAD}-byte limit of NOTIFY`);
+    }
+    try {
+      await this.#pool.query('SELECT pg_notify($1, $2)', [channel, payload]);
+    } catch (e) {
+      throw storeError(e, this.where);
+    }
+  }
+
+  /** Runs `sql` on a pooled connection (for modules with their own tables, e.g. execution history). */
+  async query<R extends pg.QueryResultRow = pg.QueryResultRow>(sql: string, params?: unknown[]): Promise<pg.QueryResult<R>> {
+    this.#checkOpen();
+    try {
+      return await this.#pool.query<R>(sql, params);
+    } catch (e) {
+      throw storeError(e, this.where);
+    }
+  }
+
+  /** Runs `body` in one transaction on one pooled connection (BEGIN … COMMIT, ROLLBACK on a throw). */
+  async transaction<R>(body: (c: pg.PoolClient) => Promise<R>): Promise<R> {
+    this.#checkOpen();
+    let client: pg.PoolClient;
+    try { client = await this.#pool.connect(); } catch (e) { throw storeError(e, this.where); }
+    let broken: Error | undefined;
+    try {
+      await client.query('BEGIN');
+      const r = await body(client);
+      await client.query('COMMIT');
+      return r;
+    } catch (e) {
+      try { await client.query('ROLLBACK'); } catch (rb) { broken = rb as Error; }
+      throw e instanceof TrellisError ? e : storeError(e, this.where);
+    } finally {
+      client.release(broken);
+    }
+  }
 
   // ---- reads: from the cache ----
 
@@ -268,13 +362,23 @@ export class PostgresStore implements Store {
     client.on('error', (err) => this.#listenerLost(client, err));
     client.on('end', () => this.#listenerLost(client, new Error('connection ended')));
     client.on('notification', (n) => {
-      if (n.channel !== NOTIFY_CHANNEL || client !== this.#listener) return;
-      this.#notice(n.payload);
+      if (client !== this.#listener) return;
+      if (n.channel === NOTIFY_CHANNEL) {
+        this.#notice(n.payload);
+        return;
+      }
+      const fns = this.#channels.get(n.channel);
+      if (fns) {
+        for (const fn of fns) {
+          try { fn(n.payload ?? ''); } catch { /* a subscriber's failure is its own */ }
+        }
+      }
     });
     try {
       await client.connect();
       // Listen first, then load: a change committed after the load's snapshot is notified.
       await client.query(`LISTEN ${NOTIFY_CHANNEL}`);
+      for (const channel of this.#channels.keys()) await client.query(`LISTEN ${channel}`);
     } catch (e) {
       client.removeAllListeners('end');
       await client.end().catch(() => undefined);
@@ -285,6 +389,7 @@ export class PostgresStore implements Store {
       return;
     }
     this.#listener = client;
+    const again = this.#state === 'stale';
     try {
       await this.#reload();
     } catch (e) {
@@ -293,6 +398,13 @@ export class PostgresStore implements Store {
     }
     this.#reconnectDelay = 0;
     this.#setState('ready', 'listening for changes');
+    if (again) {
+      // Other hubs' changes made while the connection was down are in the reloaded cache.
+      for (const col of COLLECTIONS) this.#changed(col, undefined);
+      for (const fn of this.#resyncFns) {
+        try { fn(); } catch { /* a subscriber's failure is its own */ }
+      }
+    }
     // A connection cut without a FIN is only noticed when something is sent on it.
     clearInterval(this.#pingTimer);
     this.#pingTimer = setInterval(() => {
@@ -374,6 +486,10 @@ export class PostgresStore implements Store {
       const rows = r.rows.filter((row) => row.collection === col);
       for (const row of rows) this.#cache.applyRow(row);
       this.#cache.keepOnly(col, new Set(rows.map((row) => row.id)));
+    }
+    if (this.#changeFns.size > 0) {
+      for (const n of keys.values()) this.#changed(n.c, n.i);
+      for (const col of whole) this.#changed(col, undefined);
     }
   }
 
