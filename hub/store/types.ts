@@ -74,8 +74,9 @@ export interface Store {
   /**
    * Shared stores only (PostgreSQL): `fn` is called after another hub's change to a document
    * reached this hub's reads (`id` undefined: the whole collection may have changed, e.g. after a
-   * reconnect reloaded everything). Never called for this hub's own writes. Returns an
-   * unsubscribe function. Stores of one hub (lowdb, memory) do not have it.
+   * reconnect reloaded everything). Not called for this hub's own writes, except rarely when
+   * their notification overtakes the commit's answer: subscribers re-read and must tolerate a
+   * repeat. Returns an unsubscribe function. Stores of one hub (lowdb, memory) do not have it.
    */
   onChange?(fn: (col: Collection, id: string | undefined) => void): () => void;
   /** Resolves when every mutation accepted so far is on disk. */

@@ -476,11 +476,16 @@ export class PostgresStore implements Store {
     for (const row of r.rows) row.id = fromDbId(row.id);
     const found = new Map<string, Row>();
     for (const row of r.rows) found.set(cacheKey(row.collection, row.id), row);
+    const changed: Notice[] = [];
     for (const [key, n] of keys) {
       const row = found.get(key);
+      // Only what changed this hub's reads is reported: a late notice of this hub's own write or
+      // delete (its tombstone already cleared) finds the cache as it is.
+      const before = this.#cache.get(n.c, n.i!);
       // Gone from the table: deleted by another hub (a newer write of ours would be in it, or newer than n.v).
       if (row) this.#cache.applyRow(row);
       else this.#cache.applyGone(n.c, n.i!, BigInt(n.v ?? '0'));
+      if (this.#cache.get(n.c, n.i!) !== before) changed.push(n);
     }
     for (const col of whole) {
       const rows = r.rows.filter((row) => row.collection === col);
@@ -488,7 +493,7 @@ export class PostgresStore implements Store {
       this.#cache.keepOnly(col, new Set(rows.map((row) => row.id)));
     }
     if (this.#changeFns.size > 0) {
-      for (const n of keys.values()) this.#changed(n.c, n.i);
+      for (const n of changed) this.#changed(n.c, n.i);
       for (const col of whole) this.#changed(col, undefined);
     }
   }
