@@ -122,6 +122,8 @@ export class History {
   private readonly flusher = new SerialFlusher(() => this.writeQueued());
   /** Callers of written(), released by the next write that succeeds. */
   private waiters: Array<() => void> = [];
+  /** A write (writeQueued) is running. */
+  private writing = false;
   private closed = false;
   private failing = false;
   /** First and last segment holding a line of each execution. */
@@ -292,7 +294,8 @@ export class History {
    * for the retry; `close()` releases whatever still waits. Never rejects.
    */
   written(): Promise<void> {
-    if (this.closed) return Promise.resolve();
+    // Nothing queued and no write running: everything is on disk already.
+    if (this.closed || (!this.writing && this.stateQ.size === 0 && this.outQ.length === 0)) return Promise.resolve();
     return new Promise<void>((resolve) => {
       this.waiters.push(resolve);
       this.flusher.schedule(this.o.flushIntervalMs);
@@ -309,6 +312,15 @@ export class History {
   }
 
   private async writeQueued(statesOnly = false): Promise<void> {
+    this.writing = true;
+    try {
+      await this.writeLoop(statesOnly);
+    } finally {
+      this.writing = false;
+    }
+  }
+
+  private async writeLoop(statesOnly: boolean): Promise<void> {
     for (;;) {
       // Writes run one after another: what a waiter taken here waits for is in this write or an
       // earlier one. A states-only write with output queued is not the whole queue: no waiter.
