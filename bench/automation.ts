@@ -12,8 +12,10 @@
  *                                   a sink in the agent's process), p99; `error` if any is missing
  *  event_to_action_missing          measured events whose action never ran (or ran twice): must be 0
  *  event_to_action_hub_cpu_us       hub CPU time (/proc) per event→action, warm-up included
- *  event_to_action_agent_cpu_us     the agent process's CPU time per event→action (the real agent, the
- *                                   event generator and the HTTP sink share that process)
+ *  event_to_action_agent_cpu_us     the agent process's CPU time per event→action (the real agent, without
+ *                                   --lite-mode as a busy agent runs, and the event generator)
+ *  event_to_action_sink_cpu_us      the CPU time per action of the HTTP server the action calls (its own
+ *                                   process: the called service's cost, not Trellis's)
  *  ingest_vs_raw_ratio              ingest_events_per_s / raw_stream_events_per_s, same run
  *  webhook_req_per_s                HMAC-signed POST /webhooks/<name> over keep-alive HTTPS
  *  secret_fanout_1000_agents_p99_ms a secret used by an edge rule changes → the new sealed config
@@ -190,7 +192,7 @@ export async function benchIngest(ctx: AutomationCtx): Promise<IngestFigures> {
   return { raw: perS('raw'), withRules: perS('rules'), rawHubCpuUs: cpuUs('raw'), rulesHubCpuUs: cpuUs('rules') };
 }
 
-export interface EventToAction { p99: number; missing: number; duplicated: number; refused: number; measured: number; hubCpuUsPerEvent: number; agentCpuUsPerEvent: number }
+export interface EventToAction { p99: number; missing: number; duplicated: number; refused: number; measured: number; hubCpuUsPerEvent: number; agentCpuUsPerEvent: number; sinkCpuUsPerEvent: number }
 
 /**
  * The real agent runs in its own small process (bench/e2a-agent.ts) so that pauses of this
@@ -222,14 +224,19 @@ export async function benchEventToAction(ctx: AutomationCtx & { hubPid: number }
   child.stdout!.setEncoding('utf8').on('data', (d: string) => { out += d; });
   const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
   const hubCpuMs = processCpuMs(ctx.hubPid) - cpu0;
-  const agentCpuMs = Number(/"cpuMs":([\d.]+)/.exec(out)?.[1] ?? NaN);
   if (code !== 0) throw new Error(`the latency agent exited with ${code}`);
-  const r = JSON.parse(out) as { lat: number[]; expected: number; missing: number; duplicated: number; refused: number };
+  const r = JSON.parse(out) as { lat: number[]; expected: number; missing: number; duplicated: number; refused: number; cpuMs: number; sinkCpuMs: number };
+  const agentCpuMs = r.cpuMs, sinkCpuMs = r.sinkCpuMs;
   const lat = r.lat;
   const ms = (v: number | undefined) => (lat.length ? `${v!.toFixed(2)} ms` : 'n/a');
   note(`event→action: ${lat.length}/${r.expected} actions run at ${rate} events/s after a ${warm / 1000} s warm-up (real agent with outbox, own process; http action to a sink); `
-    + `median ${ms(percentile(lat, 50))}, p99 ${ms(percentile(lat, 99))}, max ${ms(Math.max(...lat))}; missing ${r.missing}, ran twice ${r.duplicated}, refused by the outbox ${r.refused}; CPU for ${warm + measured} events: hub ${Math.round(hubCpuMs)} ms, agent ${Math.round(agentCpuMs)} ms`);
-  return { p99: lat.length ? percentile(lat, 99) : NaN, missing: r.missing, duplicated: r.duplicated, refused: r.refused, measured: r.expected, hubCpuUsPerEvent: (hubCpuMs * 1000) / (warm + measured), agentCpuUsPerEvent: (agentCpuMs * 1000) / (warm + measured) };
+    + `median ${ms(percentile(lat, 50))}, p99 ${ms(percentile(lat, 99))}, max ${ms(Math.max(...lat))}; missing ${r.missing}, ran twice ${r.duplicated}, refused by the outbox ${r.refused}; CPU for ${warm + measured} events: hub ${Math.round(hubCpuMs)} ms, `
+    + `agent ${Math.round(agentCpuMs)} ms (agent without --lite-mode + event generator), sink ${Math.round(sinkCpuMs)} ms (the HTTP server the action calls)${nodeArgs.length ? `; agent node flags: ${nodeArgs.join(' ')}` : ''}`);
+  const per = (ms: number) => (ms * 1000) / (warm + measured);
+  return {
+    p99: lat.length ? percentile(lat, 99) : NaN, missing: r.missing, duplicated: r.duplicated, refused: r.refused, measured: r.expected,
+    hubCpuUsPerEvent: per(hubCpuMs), agentCpuUsPerEvent: per(agentCpuMs), sinkCpuUsPerEvent: per(sinkCpuMs),
+  };
 }
 
 export async function benchWebhook(ctx: AutomationCtx): Promise<number> {

@@ -23,7 +23,7 @@
  *     kv_get_decrypt_per_s       KvStore get + decrypt of secrets, in-process (bench/kv.ts)
  *     rotate_10k_values_s        master key rotation over 10,000 secrets, lowdb store in a temp dir
  *  7. raw_stream_events_per_s, ingest_events_per_s, ingest_vs_raw_ratio, ingest_vs_raw_hub_cpu_ratio, event_to_action_p99_ms,
- *     event_to_action_missing, event_to_action_hub_cpu_us, event_to_action_agent_cpu_us, webhook_req_per_s,
+ *     event_to_action_missing, event_to_action_hub_cpu_us, event_to_action_agent_cpu_us, event_to_action_sink_cpu_us, webhook_req_per_s,
  *     secret_fanout_1000_agents_p99_ms   automation against the child hub (bench/automation.ts)
  *  9. ca_rotation_1000_agents_s  `ca rotate start` → all renewed → `commit` with 1,000 simulated agents
  *                                 connected to a hub of its own (bench/ca-rotation.ts, bench/simagent.ts)
@@ -97,6 +97,7 @@ const FIGURES = [
   'kv_get_decrypt_per_s', 'rotate_10k_values_s',
   'raw_stream_events_per_s', 'ingest_events_per_s', 'event_to_action_p99_ms', 'webhook_req_per_s', 'secret_fanout_1000_agents_p99_ms',
   'ingest_vs_raw_ratio', 'ingest_vs_raw_hub_cpu_ratio', 'event_to_action_missing', 'event_to_action_hub_cpu_us', 'event_to_action_agent_cpu_us',
+  'event_to_action_sink_cpu_us',
   'preauth_rss_40x4mib_mb', 'kv_set_p99_ms', 'login_flood_kv_set_p99_ms',
   'agent_install_wall_s',
   'ca_rotation_1000_agents_s',
@@ -550,7 +551,7 @@ async function main(): Promise<void> {
     const actx: AutomationCtx = {
       admin: admin!, hubDir, agentAddr: `127.0.0.1:${child.agentPort}`, webAddr: `127.0.0.1:${child.webPort}`, caPem, trustDomain: TRUST_DOMAIN, names: NAMES, closers,
     };
-    const automation: Figure[] = ['raw_stream_events_per_s', 'ingest_events_per_s', 'event_to_action_p99_ms', 'ingest_vs_raw_ratio', 'ingest_vs_raw_hub_cpu_ratio', 'event_to_action_missing', 'event_to_action_hub_cpu_us', 'event_to_action_agent_cpu_us', 'webhook_req_per_s', 'secret_fanout_1000_agents_p99_ms'];
+    const automation: Figure[] = ['raw_stream_events_per_s', 'ingest_events_per_s', 'event_to_action_p99_ms', 'ingest_vs_raw_ratio', 'ingest_vs_raw_hub_cpu_ratio', 'event_to_action_missing', 'event_to_action_hub_cpu_us', 'event_to_action_agent_cpu_us', 'event_to_action_sink_cpu_us', 'webhook_req_per_s', 'secret_fanout_1000_agents_p99_ms'];
     let packReady = false; // without the bench pack every automation figure is `error` (figure() reports why)
     await figure(automation, async () => { await installBenchPack(admin!); packReady = true; });
     if (packReady) {
@@ -562,11 +563,12 @@ async function main(): Promise<void> {
         report('ingest_vs_raw_hub_cpu_ratio', r.rawHubCpuUs / r.rulesHubCpuUs, 'ratio', 2);
       });
       // A measured event whose action never ran (or ran twice) fails the figure: p99 is `error`.
-      await figure(['event_to_action_p99_ms', 'event_to_action_missing', 'event_to_action_hub_cpu_us', 'event_to_action_agent_cpu_us'], async () => {
+      await figure(['event_to_action_p99_ms', 'event_to_action_missing', 'event_to_action_hub_cpu_us', 'event_to_action_agent_cpu_us', 'event_to_action_sink_cpu_us'], async () => {
         const r = await benchEventToAction({ ...actx, hubPid: child!.pid });
         report('event_to_action_missing', r.missing + r.duplicated + r.refused, 'actions');
         report('event_to_action_hub_cpu_us', r.hubCpuUsPerEvent, 'us/event');
         report('event_to_action_agent_cpu_us', r.agentCpuUsPerEvent, 'us/event');
+        report('event_to_action_sink_cpu_us', r.sinkCpuUsPerEvent, 'us/event');
         if (r.missing + r.duplicated + r.refused > 0) {
           throw new Error(`${r.missing} of ${r.measured} measured actions never ran, ${r.duplicated} ran twice, ${r.refused} events refused by the outbox`);
         }

@@ -12,7 +12,9 @@
  *
  * Bytes once written are never rewritten. Writes are batched: queued lines go out on a short
  * timer, when the queue gets long, on `flush()` and `close()`, as one append and one fdatasync
- * per file (a crash loses at most the batch not yet written). A new segment starts when the
+ * per file, both files side by side (a crash loses at most the batch not yet written);
+ * `flushStates()` writes the state lines alone (a request waits for those only), and `written()`
+ * waits for the next write instead of forcing one (acknowledgements of results). A new segment starts when the
  * current one passes `maxSegmentBytes` or holds a tenth of `maxCount` executions, after a write
  * error, and at start when a file ends in a torn line. Retention drops whole segments, oldest
  * first: while more than `maxCount` executions are held, and every segment last written before
@@ -55,6 +57,21 @@ async function fsyncDir(dir: string): Promise<void> {
   try { await fh.sync(); } finally { await fh.close(); }
 }
 
+/**
+ * Appends `b` at the end of an 'a'-mode file and fdatasyncs it (nothing for an empty buffer).
+ * `write` straight away: FileHandle.appendFile goes through writeFile's option handling and
+ * chunk loop, which cost more than the write itself for one short batch.
+ */
+async function appendSync(fh: FileHandle, b: Buffer): Promise<void> {
+  if (b.length === 0) return;
+  let off = 0;
+  while (off < b.length) {
+    const { bytesWritten } = await fh.write(b, off, b.length - off);
+    off += bytesWritten;
+  }
+  await fh.datasync();
+}
+
 async function endsClean(path: string): Promise<boolean> {
   const st = await stat(path).catch(() => undefined);
   if (!st || st.size === 0) return true;
@@ -92,8 +109,8 @@ export class History {
    */
   private stateQ = new Map<string, { rec: ExecutionRecord; dk?: string; to?: number }>();
   private outQ: string[] = [];
-  /** Ids in the queued lines, in order (for segment bookkeeping once written). */
-  private touched: string[] = [];
+  /** Ids of the queued output lines, in order (for segment bookkeeping once written). */
+  private outIds: string[] = [];
   private fh?: FileHandle;
   private outFh?: FileHandle;
   private seq = 0;
@@ -103,6 +120,10 @@ export class History {
   private broken = false;
   private retainTimer?: NodeJS.Timeout;
   private readonly flusher = new SerialFlusher(() => this.writeQueued());
+  /** Callers of written(), released by the next write that succeeds. */
+  private waiters: Array<() => void> = [];
+  /** A write (writeQueued) is running. */
+  private writing = false;
   private closed = false;
   private failing = false;
   /** First and last segment holding a line of each execution. */
@@ -237,7 +258,6 @@ export class History {
     const prev = this.stateQ.get(rec.id);
     // Kept from an earlier change in the same write: the key and timeout are never unset.
     this.stateQ.set(rec.id, { rec, dk: extra.dedupKey || prev?.dk, to: extra.timeoutMs || prev?.to });
-    if (!prev) this.touched.push(rec.id);
     this.queued();
   }
 
@@ -245,7 +265,7 @@ export class History {
   appendOutput(id: string, stream: 'STDOUT' | 'STDERR', offset: number, data: Buffer): void {
     const line: OutputLine = { k: 'o', id, s: stream === 'STDERR' ? 1 : 0, o: offset, d: data.toString('base64') };
     this.outQ.push(JSON.stringify(line) + '\n');
-    this.touched.push(id);
+    this.outIds.push(id);
     this.queued();
   }
 
@@ -266,20 +286,65 @@ export class History {
     return this.flusher.flush();
   }
 
-  private async writeQueued(): Promise<void> {
-    while (this.stateQ.size > 0 || this.outQ.length > 0) {
-      const states = this.stateQ, outs = this.outQ, ids = this.touched;
-      this.stateQ = new Map(); this.outQ = []; this.touched = [];
+  /**
+   * Resolves once everything queued so far is on disk, without forcing a write of its own: it
+   * rides on the next one (the flush timer, at most `flushIntervalMs` away, or an earlier
+   * `flush()`). For acknowledgements nobody waits on (results): at 1,000 results/s they share a
+   * write instead of costing one append and one fdatasync each. A failed write keeps it waiting
+   * for the retry; `close()` releases whatever still waits. Never rejects.
+   */
+  written(): Promise<void> {
+    // Nothing queued and no write running: everything is on disk already.
+    if (this.closed || (!this.writing && this.stateQ.size === 0 && this.outQ.length === 0)) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      this.waiters.push(resolve);
+      this.flusher.schedule(this.o.flushIntervalMs);
+    });
+  }
+
+  /**
+   * Writes the queued state lines only; output lines wait for the next full write (the flush
+   * timer, `flush()`, `written()`). What a request needs on disk before it goes out (its
+   * `requested`/`scheduled` lines and key) costs one append and one fdatasync, not two.
+   */
+  flushStates(): Promise<void> {
+    return this.flusher.run(() => this.writeQueued(true));
+  }
+
+  private async writeQueued(statesOnly = false): Promise<void> {
+    this.writing = true;
+    try {
+      await this.writeLoop(statesOnly);
+    } finally {
+      this.writing = false;
+    }
+  }
+
+  private async writeLoop(statesOnly: boolean): Promise<void> {
+    for (;;) {
+      // Writes run one after another: what a waiter taken here waits for is in this write or an
+      // earlier one. A states-only write with output queued is not the whole queue: no waiter.
+      const full = !statesOnly || this.outQ.length === 0;
+      const waiters = full ? this.waiters : [];
+      if (full) this.waiters = [];
+      if (this.stateQ.size === 0 && (!full || this.outQ.length === 0)) {
+        for (const w of waiters) w();
+        return;
+      }
+      const states = this.stateQ, outs = full ? this.outQ : [], outIds = full ? this.outIds : [];
+      this.stateQ = new Map();
+      if (full) { this.outQ = []; this.outIds = []; }
       let text = '';
       for (const q of states.values()) text += stateLine(q.rec, q.dk, q.to);
       const sb = Buffer.from(text, 'utf8');
       const ob = Buffer.from(outs.join(''), 'utf8');
       try {
         if (!this.fh || !this.outFh || this.broken) await this.openNext();
-        if (sb.length) await this.fh!.appendFile(sb);
-        if (ob.length) await this.outFh!.appendFile(ob);
-        if (sb.length) await this.fh!.datasync();
-        if (ob.length) await this.outFh!.datasync();
+        // The two files are independent: written and synced side by side (the wait is the slower
+        // one, not the sum). Both settle before a failure is handled (the retry closes these files).
+        const [a, b] = await Promise.allSettled([appendSync(this.fh!, sb), appendSync(this.outFh!, ob)]);
+        if (a.status === 'rejected') throw a.reason;
+        if (b.status === 'rejected') throw b.reason;
         this.size += sb.length + ob.length;
         if (this.failing) { this.failing = false; this.o.log.info('execution history writable again'); }
       } catch (err) {
@@ -291,22 +356,30 @@ export class History {
           states.set(id, { rec: q.rec, dk: q.dk || old?.dk, to: q.to || old?.to });
         }
         this.stateQ = states;
-        this.outQ = outs.concat(this.outQ);
-        this.touched = ids.concat(this.touched);
+        if (full) {
+          this.outQ = outs.concat(this.outQ);
+          this.outIds = outIds.concat(this.outIds);
+        }
+        this.waiters = waiters.concat(this.waiters); // not on disk: they wait for the retry
         if (!this.failing) this.o.log.error({ err, queued: this.stateQ.size + this.outQ.length }, 'writing the execution history failed; retrying');
         this.failing = true;
         if (!this.closed) this.flusher.schedule(Math.max(this.o.flushIntervalMs, 1000));
         throw err;
       }
-      for (const id of ids) {
-        if (!this.span.has(id)) this.fresh++;
-        this.place(id, this.seq);
-      }
+      for (const id of states.keys()) this.wrote(id);
+      for (const id of outIds) this.wrote(id);
+      for (const w of waiters) w();
       const perSegment = Math.max(1, Math.ceil(this.o.maxCount / 10));
       if (this.size >= this.o.maxSegmentBytes || this.fresh >= perSegment) {
         await this.openNext().catch((err) => { this.broken = true; this.o.log.error({ err }, 'execution history segment rotation failed'); });
       }
     }
+  }
+
+  /** Segment bookkeeping for a line of `id` written to the current segment. */
+  private wrote(id: string): void {
+    if (!this.span.has(id)) this.fresh++;
+    this.place(id, this.seq);
   }
 
   // ------------------------------------------------------------ reading
@@ -340,6 +413,9 @@ export class History {
     clearInterval(this.retainTimer);
     await this.flush().catch((err) => this.o.log.error({ err, lost: this.stateQ.size + this.outQ.length }, 'execution history not written at close'));
     await this.flusher.idle();
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w(); // the streams that would send these acknowledgements are closing
     await this.fh?.close().catch(() => undefined);
     await this.outFh?.close().catch(() => undefined);
     this.fh = this.outFh = undefined;

@@ -287,7 +287,7 @@ export class Executions {
     this.agentSlots(e.rec.agentId).active.add(e.rec.id);
     this.armTimeout(e, live.timeoutMs + this.o.abandonGraceMs);
     this.set(e, { status: 'scheduled' });
-    void this.durable().then(() => this.send(e, link, msg));
+    void this.requestsDurable().then(() => this.send(e, link, msg));
     return true;
   }
 
@@ -319,6 +319,25 @@ export class Executions {
    */
   durable(): Promise<void> {
     return this.history.flush().catch(() => undefined);
+  }
+
+  /**
+   * Resolves (never rejects) once every state line queued so far is on disk: what a request must
+   * have on disk before it goes out, and before the event that caused it is acknowledged (its
+   * `requested`/`scheduled` lines with the idempotency key). Output lines are not waited for
+   * (they follow within `flushIntervalMs`): one fdatasync per write instead of two.
+   */
+  requestsDurable(): Promise<void> {
+    return this.history.flushStates().catch(() => undefined);
+  }
+
+  /**
+   * Resolves (never rejects) once every history line queued so far is on disk, riding on the
+   * next write rather than forcing one (within `flushIntervalMs`): for acknowledgements no
+   * latency depends on (action results). A failing disk keeps it waiting for the retry.
+   */
+  written(): Promise<void> {
+    return this.history.written();
   }
 
   /** An execution in flight with no result by then is abandoned. */

@@ -302,7 +302,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents, handshak
             // Results that arrive while one flush is pending share its acknowledgement (one message).
             if (typeof id === 'string' && id.length > 0 && id.length <= 128) {
               if (ackIds.length === 0) {
-                void c.executions.durable().then(() => {
+                void c.executions.written().then(() => { // the next history write, not one of its own
                   const executionIds = ackIds;
                   ackIds = [];
                   if (!closed) call.write({ resultAck: { executionIds } });

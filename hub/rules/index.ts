@@ -47,8 +47,8 @@ export interface RuleExecutions {
     /** When the hub received the triggering event (metrics: event→action). */
     triggeredAtMs?: number;
   }): Promise<unknown[]>;
-  /** Resolves (never rejects) once every execution requested so far is on disk. */
-  durable?(): Promise<void>;
+  /** Resolves (never rejects) once every execution requested so far is on disk (its state lines; output may follow). */
+  requestsDurable?(): Promise<void>;
 }
 
 export interface RuleDoc extends Doc {
@@ -323,7 +323,7 @@ export class RulesEngine extends EventEmitter {
       }
     }
     if (!fired) return undefined;
-    return Promise.all(fired).then(() => this.deps.executions.durable?.());
+    return Promise.all(fired).then(() => this.deps.executions.requestsDurable?.());
   }
 
   private fireError(r: LiveRule, ev: TriggerEvent, err: unknown): void {
