@@ -453,12 +453,13 @@ export class Executions {
       if (live?.graceTimer && live.timer) { clearTimeout(live.graceTimer); live.graceTimer = undefined; }
     }
     this.pump(agentId);
-    if (this.cluster) this.takeOver(agentId, this.cluster);
+    if (this.cluster) { this.cluster.presence.set(agentId, true); this.takeOver(agentId, this.cluster); }
   }
 
   /** The agent's last stream closed: executions in flight get `reconnectGraceMs` to be reported. */
   onAgentDetached(agentId: string): void {
     if (this.closed || this.deps.agents.link(agentId)) return;
+    this.cluster?.presence.set(agentId, false);
     const s = this.slots.get(agentId);
     for (const id of s?.active ?? []) {
       const e = this.entries.get(id);
@@ -666,6 +667,7 @@ export class Executions {
     this.history = history;
     this.cluster = cluster;
     await cluster.start(history);
+    this.deps.agents.setElsewhere((id) => cluster.presence.elsewhere(id));
     return this;
   }
 

@@ -77,6 +77,14 @@ export const MIGRATIONS: readonly Migration[] = [
         data   bytea    NOT NULL,
         PRIMARY KEY (id, off)
       );
+      -- Which hub each connected agent is attached to (a hub's rows are dropped when it stops;
+      -- those of a killed hub are ignored once it is stale in the hubs registry).
+      CREATE TABLE trellis_agent_hubs (
+        agent text PRIMARY KEY,
+        hub   text NOT NULL,
+        since timestamptz NOT NULL DEFAULT now()
+      );
+      CREATE INDEX trellis_agent_hubs_hub ON trellis_agent_hubs (hub);
     `,
   },
 ];
