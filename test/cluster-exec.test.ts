@@ -4,7 +4,8 @@
  * record and output read the same from either hub (history lives in the database); `executions
  * follow` on B follows it live; a cancel through B reaches the process on A; the same
  * idempotency key requested on both hubs at once is one execution, run once (the UNIQUE index
- * decides); a literal secret parameter cannot be sent across hubs.
+ * decides); a literal secret parameter cannot be sent across hubs; `hub migrate --from-data`
+ * copies a lowdb hub's execution history into the database.
  */
 import t from 'tap';
 import { copyFileSync, mkdirSync, readdirSync, statSync } from 'node:fs';
@@ -15,6 +16,7 @@ import { startHub, waitFor, type TestHub } from './helpers/hub.js';
 import { file, install, markAction, readLines, getExecution, unaryT } from './helpers/admin.js';
 import { postgresMissing, startPostgres } from './helpers/postgres.js';
 import { needs } from './helpers/needs.js';
+import { hubMigrate } from '../hub/migrate.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 interface Ran { started?: T.RunStarted__Output; finished?: T.RunFinished__Output; out: string; error?: Error }
@@ -154,5 +156,27 @@ void t.test('executions across two hubs on one PostgreSQL', needs(t, postgresMis
     t.notMatch(e?.message ?? '', /literal-secret-value/, 'the value is not echoed');
     const n = await db.query(`SELECT count(*)::int AS n FROM trellis_executions WHERE action = 'ops.secretive'`);
     t.equal(n.rows[0]!.n, 0, 'nothing was recorded');
+  });
+
+  await t.test('hub migrate --from-data copies the execution history of a lowdb hub into PostgreSQL', async (t) => {
+    const h = await startHub();
+    t.teardown(() => h.close());
+    const x = h.hub.components.executions;
+    const now = Date.now();
+    const id = '01j0edge0000000000000000mg';
+    const p = {
+      executionId: id, rule: 'demo.heal', action: 'demo.echo', triggerEventId: 'ev-mig', parameters: { msg: 'moved' },
+      status: 'succeeded' as const, exitCode: 0, error: '', startedMs: now - 10, finishedMs: now, output: 'moved-output\n', outputTruncated: false,
+    };
+    t.ok(x.recordEdge('agent-mig', 'default', 'e-mig', p, { action: 'demo.echo', createdMs: 0 }), 'an execution in the file history');
+    await h.stop();
+    const target = await server.createDatabase('migrated');
+    const r = await hubMigrate({ fromData: h.dataDir, storeUrl: target });
+    t.equal(r.copied?.history?.executions, 1, 'one execution copied');
+    t.equal(r.copied?.history?.outputChunks, 1, 'with its output');
+    await h.restart();
+    const rec = await getExecution(h, id);
+    t.equal(rec.status, 'succeeded', 'the moved hub (now on PostgreSQL) reads it');
+    t.equal(rec.output.toString(), 'moved-output\n');
   });
 });
