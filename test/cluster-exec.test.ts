@@ -158,6 +158,30 @@ void t.test('executions across two hubs on one PostgreSQL', needs(t, postgresMis
     t.equal(n.rows[0]!.n, 0, 'nothing was recorded');
   });
 
+  await t.test('an execution waiting for an agent attached to no hub is canceled in the database; one whose announcement was missed is claimed by the sweep', async (t) => {
+    const offline = '01jzzzzzzzzzzzzzzzzzzzzzz0';
+    const [w] = await b.hub.components.executions.runCommand({ tenant: 'default', agentIds: [offline], argv: ['true'], env: {}, cwd: '', timeoutMs: 10_000, requestedBy: 'admin' });
+    const row = await db.query('SELECT owner_hub, status FROM trellis_executions WHERE id = $1', [w!.id]);
+    t.same(row.rows[0], { owner_hub: null, status: 'requested' }, 'no hub holds the agent: no owner');
+    const c = await unaryT<T.CancelExecutionRequest, T.ExecutionInfo__Output>(a, a.admin.executions, a.admin.executions.CancelExecution, { id: w!.id });
+    t.equal(c.status, 'canceled', 'canceled through A at once, in the database');
+    t.match(c.error, /before it was sent/);
+    t.equal((await getExecution(b, w!.id)).status, 'canceled', 'B reads it canceled');
+
+    // A row written as another hub would, whose bus message never came: the sweep of the hub holding the agent claims it.
+    const id = '01jzzzzzzzzzzzzzzzzzzzzzz1';
+    const rec = {
+      id, tenant: 'default', action: 'core.command', agentId, status: 'requested', exitCode: 0, error: '', requestedBy: 'admin', rule: '', triggerEventId: '',
+      parameters: { argv: ['sh', '-c', 'echo swept'], env: {}, cwd: '', timeoutMs: 10_000 }, requestedMs: Date.now(), startedMs: 0, finishedMs: 0, edge: false, outputBytes: 0, outputTruncated: false,
+    };
+    await db.query(`INSERT INTO trellis_executions (id, tenant, agent, action, status, requested_ms, record, kv_caller, timeout_ms)
+      VALUES ($1, 'default', $2, 'core.command', 'requested', $3, $4::json, '{"username":"admin","isAdmin":true}', 10000)`, [id, agentId, rec.requestedMs, JSON.stringify(rec)]);
+    await waitFor(async () => (await getExecution(b, id)).status === 'succeeded', 30_000, 'the swept execution ran');
+    t.match((await getExecution(b, id)).output.toString(), /swept/);
+    const owner = await db.query('SELECT owner_hub FROM trellis_executions WHERE id = $1', [id]);
+    t.equal(owner.rows[0]?.owner_hub, a.hub.bus!.hubId, 'claimed by A');
+  });
+
   await t.test('hub migrate --from-data copies the execution history of a lowdb hub into PostgreSQL', async (t) => {
     const h = await startHub();
     t.teardown(() => h.close());
