@@ -22,6 +22,11 @@
  * Every state change is one history line (hub/executions/history.ts) and one update to
  * subscribers; output chunks are kept up to `maxOutputBytes` per execution. Secret values are
  * sealed per agent and execution and never stored, logged or put in history.
+ *
+ * With several hubs on one PostgreSQL (`deps.cluster`), history is the shared table
+ * (history-pg.ts), this hub holds in memory only the executions it owns (and its finished ones
+ * for a minute), and reads, cancels and follows others' from the database; creation, claiming
+ * and take-over across hubs are in cluster.ts (the section "several hubs" below is its glue).
  */
 import { monotonicUlidFactory } from '../../common/ids.js';
 import { TrellisError } from '../../common/errors.js';
