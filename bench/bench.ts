@@ -70,6 +70,8 @@ import { benchCaRotation } from './ca-rotation.js';
 import { benchCliStart } from './cli.js';
 import { benchAgentIdle } from './agent-idle.js';
 import { benchStore } from './store.js';
+import { benchClusterDispatch } from './cluster-dispatch.js';
+import { postgresMissing } from '../test/helpers/postgres.js';
 import { mean, note, percentile, pool, processCpuMs, sleep, startChildHub, type ChildHub } from './lib.js';
 
 silenceIpServernameWarning();
@@ -104,6 +106,7 @@ const FIGURES = [
   'cli_start_ms',
   'agent_idle_rss_mb', 'agent_idle_cpu_pct',
   'store_pg_update_p99_ms', 'store_lowdb_update_p99_ms', 'store_pg_propagation_p99_ms',
+  'cluster_dispatch_p99_ms',
 ] as const;
 type Figure = typeof FIGURES[number];
 const reported = new Set<Figure>();
@@ -508,6 +511,14 @@ async function main(): Promise<void> {
     report('store_pg_update_p99_ms', r.pgP99, 'ms', 1);
     report('store_lowdb_update_p99_ms', r.lowdbP99, 'ms', 1);
     report('store_pg_propagation_p99_ms', r.propagationP99, 'ms', 1);
+  });
+  // Several hubs (issue 14 §2): a run on hub B until the action reaches an agent on hub A.
+  await figure(['cluster_dispatch_p99_ms'], async () => {
+    const missing = postgresMissing();
+    if (missing) { reported.add('cluster_dispatch_p99_ms'); process.stdout.write(`cluster_dispatch_p99_ms: skipped (${missing})\n`); return; }
+    const r = await benchClusterDispatch({ samples: 200, names: NAMES, trustDomain: TRUST_DOMAIN });
+    note(`cluster_dispatch: ${r.n} runs, p50 ${r.p50.toFixed(1)} ms`);
+    report('cluster_dispatch_p99_ms', r.p99, 'ms', 1);
   });
 
   const hubFigures: Figure[] = ['login_ms', 'authed_rpc_overhead_us', 'enroll_hub_cpu_ms', 'agent_enroll_wall_ms', 'agent_enroll_wall_p99_ms', 'channel_events_per_s', 'channel_events_unbatched_per_s'];

@@ -59,6 +59,7 @@ import { allMethodPaths } from '../common/proto.js';
 import { SERVER_OPTIONS, formatHostPort } from '../common/grpc-options.js';
 import { HubRegistry, newHubId } from './cluster/registry.js';
 import { busFor, type ClusterBus } from './cluster/bus.js';
+import type { PostgresStore } from './store/postgres/index.js';
 import { addClusterServices } from './grpc/cluster.js';
 import { createLogger, type Logger } from '../common/log.js';
 import { TrellisError } from '../common/errors.js';
@@ -187,7 +188,13 @@ export class Hub {
     const packs = new Packs(store, { log: log.child({ component: 'packs' }) });
     await packs.load();
     const xc = config.executions;
-    const executions = await Executions.open({ agents, kv, catalog: packs }, {
+    // Several hubs on one PostgreSQL: execution history in the database, runs dispatched across hubs (hub/executions/cluster.ts).
+    let liveHubs: () => Promise<string[]> = async () => [hubId];
+    const sharedStore = !opts.memoryStore && config.store.kind === 'postgres';
+    const executions = await Executions.open({
+      agents, kv, catalog: packs,
+      cluster: sharedStore ? { db: store as PostgresStore, bus, liveHubs: () => liveHubs() } : undefined,
+    }, {
       dir: paths.executions, log: log.child({ component: 'executions' }), perAgentConcurrency: xc.perAgentConcurrency, maxWaitMs: xc.maxWait,
       abandonGraceMs: xc.abandonGrace, reconnectGraceMs: xc.reconnectGrace, maxOutputBytes: xc.maxOutputBytes, maxAgeMs: xc.retention.maxAge, maxCount: xc.retention.maxCount,
       admit: (o) => maintenance.admitExecution(o), onDispatch: (o) => metrics?.observeDispatch(o),
@@ -285,6 +292,7 @@ export class Hub {
       log: log.child({ component: 'cluster' }),
     });
     addClusterServices(adminServer, components, adminDeps, registry);
+    liveHubs = async () => (await registry.list()).filter((h) => !h.stale).map((h) => h.id);
 
     const bindTo = (server: grpc.Server, port: number, creds: grpc.ServerCredentials, what: string) =>
       new Promise<number>((resolve, reject) => {

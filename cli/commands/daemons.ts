@@ -123,7 +123,7 @@ export function addDaemonCommands(program: Command): void {
     .description('bring the PostgreSQL state database to this release\'s schema; with --from-data, move a lowdb hub\'s state into it')
     .option('--data <dir>', 'hub data directory whose hub.json names the database (store.kind "postgres")')
     .option('--store <url>', 'the database instead: postgres://USER@HOST[:PORT]/DATABASE (password from TRELLIS_STORE_PASSWORD)')
-    .option('--from-data <dir>', 'copy the state of this lowdb hub (stopped) into the database, and point its hub.json at it')
+    .option('--from-data <dir>', 'copy the state and execution history of this lowdb hub (stopped) into the database, and point its hub.json at it')
     .option('--force', 'with --from-data: replace what the database holds')
     .addHelpText('after', [
       '',

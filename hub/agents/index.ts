@@ -294,8 +294,13 @@ export class AgentRegistry {
   }
 
   isOnline(agentId: string, now = Date.now()): boolean {
+    if (this.elsewhere?.(agentId)) return true; // attached to another live hub of the cluster
     return this.links.has(agentId) && now - (this.lastSeen.get(agentId) ?? 0) < this.opts.heartbeatTtlMs;
   }
+
+  /** Several hubs: whether an agent is attached to another live hub (hub/executions/cluster.ts). */
+  private elsewhere?: (agentId: string) => boolean;
+  setElsewhere(fn: (agentId: string) => boolean): void { this.elsewhere = fn; }
 
   view(a: AgentDoc, now = Date.now()): AgentView {
     const online = !a.revoked && this.isOnline(a.id, now);

@@ -22,6 +22,11 @@
  * Every state change is one history line (hub/executions/history.ts) and one update to
  * subscribers; output chunks are kept up to `maxOutputBytes` per execution. Secret values are
  * sealed per agent and execution and never stored, logged or put in history.
+ *
+ * With several hubs on one PostgreSQL (`deps.cluster`), history is the shared table
+ * (history-pg.ts), this hub holds in memory only the executions it owns (and its finished ones
+ * for a minute), and reads, cancels and follows others' from the database; creation, claiming
+ * and take-over across hubs are in cluster.ts (the section "several hubs" below is its glue).
  */
 import { monotonicUlidFactory } from '../../common/ids.js';
 import { TrellisError } from '../../common/errors.js';
@@ -31,6 +36,8 @@ import type { AgentRegistry, AgentLink } from '../agents/index.js';
 import type { KvStore } from '../kv/index.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 import { History } from './history.js';
+import { PgHistory, type HistoryBackend, type ExecRow } from './history-pg.js';
+import { ClusterExecutions, notFound, type ClusterDeps, type ClusterHost } from './cluster.js';
 import { Updates } from './updates.js';
 import { edgeRecord, type SentEdgeRule } from './edge.js';
 import {
@@ -75,6 +82,21 @@ interface Live {
   askedMs?: number;
 }
 
+/** What the index is built from (the composition root, hub/hub.ts). */
+export interface ExecutionsDeps {
+  agents: AgentRegistry;
+  kv: KvStore;
+  catalog?: ActionCatalog;
+  /** Several hubs on one PostgreSQL: history in the database, dispatch across hubs (hub/executions/cluster.ts). */
+  cluster?: ClusterDeps;
+}
+
+interface CreateOptions {
+  tenant: string; action: string; agentIds: string[]; keys: (string | undefined)[]; parameters: Record<string, unknown>;
+  requestedBy: string; rule: string; triggerEventId: string; rendered: RenderedAction; timeoutMs: number; triggeredAtMs?: number;
+  kvCaller: KvRequester;
+}
+
 /** Per agent: ids holding a slot, and ids waiting (FIFO). */
 interface AgentSlots { active: Set<string>; waiting: string[] }
 
@@ -85,19 +107,24 @@ export class Executions {
   private readonly slots = new Map<string, AgentSlots>();
   private readonly pumping = new Set<string>();
   private closed = false;
-  private history!: History;
+  private history!: HistoryBackend;
+  /** Several hubs on one PostgreSQL (hub/executions/cluster.ts); undefined with one hub. */
+  private cluster?: ClusterExecutions;
+  /** Agents attached here whose unfinished executions are being taken over from other hubs. */
+  private readonly attaching = new Map<string, Promise<void>>();
   private readonly updates: Updates;
   private readonly o: CompiledOptions;
   private readonly edgeRefused = new Map<string, { total: number; sinceLog: number; lastLogMs: number }>();
 
-  private constructor(private readonly deps: { agents: AgentRegistry; kv: KvStore; catalog?: ActionCatalog }, opts: ExecutionsOptions) {
+  private constructor(private readonly deps: ExecutionsDeps, opts: ExecutionsOptions) {
     this.o = compileOptions(opts);
     this.updates = new Updates(this.o.log);
   }
 
   /** Opens the history (rebuilding the index of recent executions) and resumes what was in flight. */
-  static async open(deps: { agents: AgentRegistry; kv: KvStore; catalog?: ActionCatalog }, opts: ExecutionsOptions): Promise<Executions> {
+  static async open(deps: ExecutionsDeps, opts: ExecutionsOptions): Promise<Executions> {
     const x = new Executions(deps, opts);
+    if (deps.cluster) return x.openCluster(deps.cluster);
     const { history, records } = await History.open({
       dir: x.o.dir, log: x.o.log, maxSegmentBytes: x.o.maxSegmentBytes, maxAgeMs: x.o.maxAgeMs, maxCount: x.o.maxCount,
       flushIntervalMs: x.o.flushIntervalMs, onDrop: (ids) => x.forget(ids),
@@ -181,6 +208,10 @@ export class Executions {
     const keys = agentIds.map((a) => req.dedupKey?.(a));
     const known = () => keys.map((k) => (k ? this.entries.get(this.dedup.get(k) ?? '') : undefined));
     if (known().every((e) => e)) return known().map((e) => ({ ...e!.rec }));
+    if (this.cluster && keys.every((k) => k)) { // a key another hub (or this one, earlier) already holds
+      const earlier = await this.cluster.byKeys(keys as string[]);
+      if (keys.every((k) => earlier.has(k!))) return keys.map((k) => ({ ...(this.entries.get(earlier.get(k!)!.id)?.rec ?? earlier.get(k!)!) }));
+    }
     this.o.admit({ requestedBy: req.requestedBy, rule: req.rule });
     const caller = req.kvCaller ?? { username: req.requestedBy, isAdmin: false };
     const rendered = await prepareAction(this.deps.kv, { tenant: req.tenant, caller, action: req.action, parameters: req.parameters });
@@ -188,7 +219,7 @@ export class Executions {
     const parameters = storedParameters(req.action, req.parameters);
     return this.create({
       tenant: req.tenant, action: req.action.ref, agentIds, keys, parameters, requestedBy: req.requestedBy, rule: req.rule ?? '',
-      triggerEventId: req.triggerEventId ?? '', rendered, timeoutMs: rendered.timeoutMs || req.action.timeoutMs, triggeredAtMs: req.triggeredAtMs,
+      triggerEventId: req.triggerEventId ?? '', rendered, timeoutMs: rendered.timeoutMs || req.action.timeoutMs, triggeredAtMs: req.triggeredAtMs, kvCaller: caller,
     });
   }
 
@@ -203,14 +234,12 @@ export class Executions {
     this.checkOpen();
     return this.create({
       tenant: req.tenant, action: COMMAND_ACTION, agentIds, keys: [], parameters: commandParameters(req), requestedBy: req.requestedBy, rule: '',
-      triggerEventId: '', rendered, timeoutMs: req.timeoutMs,
+      triggerEventId: '', rendered, timeoutMs: req.timeoutMs, kvCaller: caller,
     });
   }
 
-  private create(o: {
-    tenant: string; action: string; agentIds: string[]; keys: (string | undefined)[]; parameters: Record<string, unknown>;
-    requestedBy: string; rule: string; triggerEventId: string; rendered: RenderedAction; timeoutMs: number; triggeredAtMs?: number;
-  }): ExecutionRecord[] {
+  private create(o: CreateOptions): ExecutionRecord[] | Promise<ExecutionRecord[]> {
+    if (this.cluster) return this.createClustered(o, this.cluster);
     const out: Entry[] = [];
     o.agentIds.forEach((agentId, i) => {
       const key = o.keys[i];
@@ -318,6 +347,7 @@ export class Executions {
    * logged by the history, which keeps the lines and retries; callers go on rather than stall.
    */
   durable(): Promise<void> {
+    if (this.attaching.size) return Promise.all(this.attaching.values()).then(() => this.history.flush()).catch(() => undefined);
     return this.history.flush().catch(() => undefined);
   }
 
@@ -400,6 +430,7 @@ export class Executions {
   onStarted(agentId: string, m: T.ActionStarted__Output): void {
     if (this.closed) return;
     const e = this.mine(agentId, m.executionId);
+    if (!e && this.deferred(agentId, () => this.onStarted(agentId, m))) return;
     if (!e || e.rec.status !== 'scheduled') return;
     this.set(e, { status: 'running', startedMs: Number(m.startedMs) || Date.now() });
   }
@@ -407,6 +438,7 @@ export class Executions {
   onOutput(agentId: string, m: T.ActionOutput__Output): void {
     if (this.closed) return;
     const e = this.mine(agentId, m.executionId);
+    if (!e && this.deferred(agentId, () => this.onOutput(agentId, m))) return;
     if (!e) return;
     if (e.rec.status === 'scheduled') this.set(e, { status: 'running', startedMs: Date.now() });
     const data = Buffer.from(m.data);
@@ -426,6 +458,7 @@ export class Executions {
   onResult(agentId: string, m: T.ActionResult__Output): void {
     if (this.closed) return;
     const e = this.mine(agentId, m.executionId);
+    if (!e && this.deferred(agentId, () => this.onResult(agentId, m))) return;
     if (!e) return;
     const ok = AGENT_STATUSES.has(m.status);
     this.finish(e, {
@@ -444,11 +477,13 @@ export class Executions {
       if (live?.graceTimer && live.timer) { clearTimeout(live.graceTimer); live.graceTimer = undefined; }
     }
     this.pump(agentId);
+    if (this.cluster) { this.cluster.presence.set(agentId, true); this.takeOver(agentId, this.cluster); }
   }
 
   /** The agent's last stream closed: executions in flight get `reconnectGraceMs` to be reported. */
   onAgentDetached(agentId: string): void {
     if (this.closed || this.deps.agents.link(agentId)) return;
+    this.cluster?.presence.set(agentId, false);
     const s = this.slots.get(agentId);
     for (const id of s?.active ?? []) {
       const e = this.entries.get(id);
@@ -509,6 +544,11 @@ export class Executions {
 
   /** A record with its stored output (stdout and stderr as received). Another tenant's is NOT_FOUND. */
   async get(tenant: string | '*', id: string): Promise<ExecutionRecord & { output: Buffer }> {
+    if (this.cluster && !this.entries.has(id)) {
+      const row = await this.remoteRow(this.cluster, tenant, id);
+      const chunks = await this.history.readOutput(id);
+      return { ...row.record, output: Buffer.concat(chunks.map((c) => c.data)) };
+    }
     this.lookup(tenant, id);
     const chunks = await this.history.readOutput(id);
     const e = this.lookup(tenant, id);
@@ -538,6 +578,10 @@ export class Executions {
   /** Newest first. `tenant` '*' lists every tenant (administrators). */
   async list(tenant: string | '*', f: ListFilter = {}): Promise<ExecutionRecord[]> {
     const limit = !f.limit || f.limit <= 0 ? DEFAULT_LIST_LIMIT : Math.min(Math.floor(f.limit), MAX_LIST_LIMIT);
+    if (this.cluster) { // every hub's executions: this hub's queued writes first, then the table
+      await this.durable();
+      return (await this.cluster.list(tenant, f, limit)).map((r) => ({ ...(this.entries.get(r.id)?.rec ?? r) }));
+    }
     const all = [...this.entries.values()];
     const out: ExecutionRecord[] = [];
     for (let i = all.length - 1; i >= 0; i--) {
@@ -561,6 +605,7 @@ export class Executions {
    * `canceled` itself and says the process may still run. A finished one is returned as is.
    */
   async cancel(tenant: string | '*', id: string): Promise<ExecutionRecord> {
+    if (this.cluster && !this.entries.has(id)) return this.cluster.cancel(await this.remoteRow(this.cluster, tenant, id));
     const e = this.lookup(tenant, id);
     const s = e.rec.status;
     if (s === 'requested' || (s === 'scheduled' && e.live?.rendered)) { // scheduled, rendered: its request waits for the disk
@@ -581,7 +626,7 @@ export class Executions {
 
   /** Runs an execution again, same action, agent and parameters (references resolved anew). */
   async rerun(tenant: string | '*', id: string, requestedBy: string, kvCaller?: KvRequester): Promise<ExecutionRecord[]> {
-    const r = this.lookup(tenant, id).rec;
+    const r = this.cluster && !this.entries.has(id) ? (await this.remoteRow(this.cluster, tenant, id)).record : this.lookup(tenant, id).rec;
     if (r.edge) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `execution ${id} was run by an edge rule on agent ${r.agentId}; it cannot be re-run from the hub`);
     if (JSON.stringify(r.parameters).includes(JSON.stringify(REDACTED))) {
       throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `execution ${id} had a secret parameter given as a literal value, which history does not keep; run the action again with a {{ secret.NAME }} reference`);
@@ -605,6 +650,7 @@ export class Executions {
    * when `signal` aborts; rejects with TRELLIS_E_SHUTDOWN when the hub closes.
    */
   async follow(tenant: string | '*', id: string, fn: (u: ExecutionUpdate) => void, signal?: AbortSignal): Promise<ExecutionRecord> {
+    if (this.cluster && !this.entries.has(id)) return this.followRemote(this.cluster, tenant, id, fn, signal);
     this.lookup(tenant, id);
     return this.updates.follow(id, {
       record: (x) => { const e = this.lookup(tenant, x); return { rec: e.rec, ver: e.ver }; },
@@ -619,6 +665,188 @@ export class Executions {
    */
   watch(start: () => Promise<ExecutionRecord[]>, fn: (u: ExecutionUpdate) => void, o: { follow: boolean; signal?: AbortSignal }): Promise<ExecutionRecord[]> {
     return this.updates.watch(start, (id) => this.entries.get(id)?.rec, fn, o);
+  }
+
+
+  // ------------------------------------------------------------ several hubs (hub/executions/cluster.ts)
+
+  /** PostgreSQL: history in the database (nothing loaded: this new hub id owns nothing yet), dispatch across hubs. */
+  private async openCluster(c: ClusterDeps): Promise<Executions> {
+    const host: ClusterHost = {
+      log: this.o.log, maxWaitMs: this.o.maxWaitMs, graceMs: this.o.abandonGraceMs + this.o.reconnectGraceMs,
+      connectedAgents: () => this.deps.agents.connectedLinks().map((l) => l.agentId),
+      isLocalAgent: (a) => !!this.deps.agents.link(a),
+      has: (id) => !!this.entries.get(id)?.live,
+      take: (rows) => this.takeRows(rows),
+      cancelLocal: async (id) => { if (this.entries.has(id)) await this.cancel('*', id); },
+      emit: (u, m) => this.updates.emit(u, m),
+      evict: (beforeMs) => this.evict(beforeMs),
+    };
+    const cluster = new ClusterExecutions(c, host);
+    const history = new PgHistory({
+      db: c.db, hubId: c.bus.hubId, log: this.o.log, maxAgeMs: this.o.maxAgeMs, maxCount: this.o.maxCount, flushIntervalMs: this.o.flushIntervalMs,
+      onWritten: (ids) => cluster.notify(ids), onLost: (ids) => this.lost(ids),
+    });
+    await history.start();
+    this.history = history;
+    this.cluster = cluster;
+    await cluster.start(history);
+    this.deps.agents.setElsewhere((id) => cluster.presence.elsewhere(id));
+    return this;
+  }
+
+  /**
+   * Creates executions in the shared table first (its UNIQUE key index decides duplicates across
+   * hubs); those for agents connected here wait here, the others are announced to the hub that
+   * holds the agent (their rendered secrets are dropped here: that hub renders them again).
+   */
+  private async createClustered(o: CreateOptions, cluster: ClusterExecutions): Promise<ExecutionRecord[]> {
+    const now = Date.now();
+    const rows = o.agentIds.map((agentId, i) => ({
+      rec: {
+        id: this.newId(now).toLowerCase(), tenant: o.tenant, action: o.action, agentId, status: 'requested' as ExecutionStatus, exitCode: 0, error: '',
+        requestedBy: o.requestedBy, rule: o.rule, triggerEventId: o.triggerEventId, parameters: o.parameters,
+        requestedMs: now, startedMs: 0, finishedMs: 0, edge: false, outputBytes: 0, outputTruncated: false,
+      },
+      dedupKey: o.keys[i], timeoutMs: o.timeoutMs, kvCaller: { username: o.kvCaller.username, isAdmin: o.kvCaller.isAdmin }, local: !!this.deps.agents.link(agentId),
+    }));
+    if (rows.some((r) => !r.local) && JSON.stringify(o.parameters).includes(JSON.stringify(REDACTED))) {
+      throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `a secret parameter given as a literal value cannot be sent to an agent connected to another hub (history does not keep it): use a {{ secret.NAME }} reference`);
+    }
+    const earlier = await cluster.insert(rows);
+    const out: ExecutionRecord[] = [];
+    const remote: ExecutionRecord[] = [];
+    rows.forEach((r, i) => {
+      const old = earlier[i];
+      if (old) { out.push({ ...(this.entries.get(old.id)?.rec ?? old) }); return; }
+      out.push({ ...r.rec });
+      if (!r.local || this.closed) {
+        remote.push(r.rec);
+        this.o.log.info({ executionId: r.rec.id, agentId: r.rec.agentId, action: r.rec.action, requestedBy: r.rec.requestedBy, rule: r.rec.rule || undefined }, 'execution requested for an agent this hub does not hold: offered to the cluster');
+        return;
+      }
+      const e: Entry = { rec: r.rec, ver: 0, dedupKey: r.dedupKey, stored: 0, live: { rendered: o.rendered, timeoutMs: o.timeoutMs, slot: false, askedMs: o.triggeredAtMs ?? now } };
+      this.entries.set(r.rec.id, e);
+      if (r.dedupKey) this.dedup.set(r.dedupKey, r.rec.id);
+      this.o.log.info({ executionId: r.rec.id, agentId: r.rec.agentId, action: r.rec.action, requestedBy: r.rec.requestedBy, rule: r.rec.rule || undefined }, 'execution requested');
+      this.changed(e);
+      e.live!.timer = this.timer(this.o.maxWaitMs, () => this.expireWait(e));
+      this.agentSlots(r.rec.agentId).waiting.push(r.rec.id);
+    });
+    if (remote.length) await cluster.announce(remote);
+    for (const agentId of new Set(o.agentIds)) this.pump(agentId);
+    return out;
+  }
+
+  /** The agent attached here: its unfinished executions on other hubs are taken over (results it reports meanwhile wait for that). */
+  private takeOver(agentId: string, cluster: ClusterExecutions): void {
+    if (this.attaching.has(agentId)) return;
+    const p: Promise<void> = cluster.attach(agentId)
+      .catch((err: Error) => this.o.log.warn({ agentId, err: err.message }, 'taking over the agent\'s executions from other hubs failed; the sweep retries the waiting ones'))
+      .finally(() => { if (this.attaching.get(agentId) === p) this.attaching.delete(agentId); });
+    this.attaching.set(agentId, p);
+  }
+
+  /** A report for an execution not held here while the agent's executions are being taken over: handled once that is done. */
+  private deferred(agentId: string, again: () => void): boolean {
+    const p = this.attaching.get(agentId);
+    if (!p) return false;
+    void p.then(again);
+    return true;
+  }
+
+  /** Rows this hub now owns (claimed or taken over), oldest first. */
+  private async takeRows(rows: ExecRow[]): Promise<void> {
+    const agents = new Set<string>();
+    for (const row of [...rows].sort((a, b) => (a.id < b.id ? -1 : 1))) {
+      if (this.closed) return;
+      const rec = row.record;
+      if (this.entries.get(rec.id)?.live) continue;
+      const timeoutMs = Number(row.timeout_ms) || 0;
+      const e: Entry = { rec: { ...rec }, ver: Number(row.version) || 1, dedupKey: row.dedup_key ?? undefined, stored: Math.min(rec.outputBytes, this.o.maxOutputBytes) };
+      this.entries.set(rec.id, e);
+      if (e.dedupKey) this.dedup.set(e.dedupKey, rec.id);
+      if (rec.status === 'requested') {
+        let rendered: RenderedAction | undefined;
+        let why = '';
+        try { rendered = await this.renderFor(rec, row.kv_caller ?? { username: rec.requestedBy, isAdmin: false }); } catch (err) { why = (err as Error).message; }
+        if (this.closed || e.rec.status !== 'requested' || this.entries.get(rec.id) !== e) continue; // ended meanwhile
+        if (!rendered) { this.finish(e, { status: 'error', error: `could not be rendered again on the hub that holds agent ${rec.agentId}: ${why}`.slice(0, ERROR_MAX) }); continue; }
+        e.live = { rendered, timeoutMs: rendered.timeoutMs || timeoutMs, slot: false };
+        e.live.timer = this.timer(rec.requestedMs + this.o.maxWaitMs - Date.now(), () => this.expireWait(e));
+        this.agentSlots(rec.agentId).waiting.push(rec.id);
+        agents.add(rec.agentId);
+      } else if (rec.status === 'scheduled' || rec.status === 'running') {
+        e.live = { timeoutMs, slot: true };
+        this.agentSlots(rec.agentId).active.add(rec.id);
+        if (timeoutMs > 0) this.armTimeout(e, Math.max(0, (rec.startedMs || rec.requestedMs) + timeoutMs + this.o.abandonGraceMs - Date.now()));
+        if (!this.deps.agents.link(rec.agentId)) {
+          e.live.graceTimer = this.timer(this.o.reconnectGraceMs, () => this.finish(e, {
+            status: 'abandoned', error: `agent ${rec.agentId} moved hubs while it ran and reported no result within ${Math.round(this.o.reconnectGraceMs / 1000)}s`,
+          }));
+        }
+      }
+    }
+    for (const a of agents) this.pump(a);
+  }
+
+  /** Renders a claimed execution again, as its requester sees the shared datastore. */
+  private async renderFor(rec: ExecutionRecord, caller: { username: string; isAdmin: boolean }): Promise<RenderedAction> {
+    if (JSON.stringify(rec.parameters).includes(JSON.stringify(REDACTED))) throw new Error('a secret parameter was given as a literal value, which history does not keep');
+    const kvCaller: KvRequester = { username: String(caller.username), isAdmin: caller.isAdmin === true };
+    if (rec.action === COMMAND_ACTION) return prepareCommand(this.deps.kv, { tenant: rec.tenant, caller: kvCaller, ...commandFromParameters(rec.parameters) });
+    const action = this.deps.catalog?.action(rec.tenant, rec.action);
+    if (!action) throw new Error(`action ${rec.action} is not installed in tenant ${rec.tenant}`);
+    return prepareAction(this.deps.kv, { tenant: rec.tenant, caller: kvCaller, action, parameters: rec.parameters });
+  }
+
+  /** Executions another hub took over (their agent attached there): this hub stops holding them. */
+  private lost(ids: string[]): void {
+    for (const id of ids) {
+      const e = this.entries.get(id);
+      if (!e) continue;
+      const live = e.live;
+      if (live) {
+        clearTimeout(live.timer);
+        clearTimeout(live.graceTimer);
+        live.rendered = undefined;
+        const s = this.slots.get(e.rec.agentId);
+        if (s) { s.active.delete(id); s.waiting = s.waiting.filter((x) => x !== id); }
+        e.live = undefined;
+      }
+      this.entries.delete(id);
+      if (e.dedupKey && this.dedup.get(e.dedupKey) === id) this.dedup.delete(e.dedupKey);
+      this.o.log.info({ executionId: id, agentId: e.rec.agentId }, 'execution taken over by another hub (its agent is there now)');
+    }
+  }
+
+  /** Final executions finished before `beforeMs` leave memory (the database has them). */
+  private evict(beforeMs: number): void {
+    for (const [id, e] of this.entries) {
+      if (e.live || !isFinal(e.rec.status) || (e.rec.finishedMs || e.rec.requestedMs) >= beforeMs) continue;
+      this.entries.delete(id);
+      if (e.dedupKey && this.dedup.get(e.dedupKey) === id) this.dedup.delete(e.dedupKey);
+    }
+  }
+
+  /** An execution this hub does not hold, from the database; another tenant's is NOT_FOUND. */
+  private async remoteRow(cluster: ClusterExecutions, tenant: string | '*', id: string): Promise<ExecRow> {
+    const row = typeof id === 'string' && id.length > 0 && id.length <= 64 ? await cluster.row(id) : undefined;
+    if (!row || (tenant !== '*' && row.record.tenant !== tenant)) throw notFound(id);
+    return row;
+  }
+
+  private async followRemote(cluster: ClusterExecutions, tenant: string | '*', id: string, fn: (u: ExecutionUpdate) => void, signal?: AbortSignal): Promise<ExecutionRecord> {
+    let row = await this.remoteRow(cluster, tenant, id);
+    const release = cluster.watchRemote(id);
+    try {
+      return await this.updates.follow(id, {
+        output: async (x) => { row = (await cluster.row(x)) ?? row; return this.history.readOutput(x); },
+        record: () => ({ rec: row.record, ver: Number(row.version) }),
+      }, fn, signal);
+    } finally {
+      release();
+    }
   }
 
   // ------------------------------------------------------------ shutdown
@@ -636,9 +864,12 @@ export class Executions {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true; // first: nothing is dispatched from here on
+    await this.cluster?.close();
     for (const e of this.entries.values()) {
-      // Those that can be rendered again from history stay requested: the next start sends them.
-      if (e.rec.status === 'requested' && !this.renderAgain(e.rec)) this.finish(e, { status: 'error', error: 'the hub shut down before it was sent to the agent; run it again' });
+      // Those that can be rendered again from history stay requested: the next start sends them
+      // (with several hubs: the hub their agent attaches to, which renders them again).
+      const again = this.cluster ? !e.rec.edge && !JSON.stringify(e.rec.parameters).includes(JSON.stringify(REDACTED)) : !!this.renderAgain(e.rec);
+      if (e.rec.status === 'requested' && !again) this.finish(e, { status: 'error', error: 'the hub shut down before it was sent to the agent; run it again' });
     }
     for (const e of this.entries.values()) {
       if (!e.live) continue;

@@ -239,7 +239,7 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
     Run: serverStream<T.RunRequest__Output, T.RunUpdate>(deps, `${S}.AdminRuns/Run`, async (req, ctx, write) => {
       const targets = await resolveTargets(c, ctx, req, readTenant(ctx));
       ctx.target = targets.describe;
-      if (targets.agent && !c.agents.link(targets.agent.id)) throw new TrellisError('TRELLIS_E_AGENT_OFFLINE', `agent ${targets.agent.id} (${targets.agent.hostname || '-'}) is not connected`);
+      if (targets.agent && !c.agents.link(targets.agent.id) && !c.agents.isOnline(targets.agent.id)) throw new TrellisError('TRELLIS_E_AGENT_OFFLINE', `agent ${targets.agent.id} (${targets.agent.hostname || '-'}) is not connected`);
       const agents = targets.agent ? [targets.agent] : targets.online;
       // References resolve in the caller's tenant: kv:read for any, secrets:use (or kv:decrypt)
       // for a secret, since whoever chooses the command can make it print the value (hub/rights).

@@ -37,6 +37,56 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX trellis_docs_order ON trellis_docs (collection, seq);
     `,
   },
+  {
+    version: 2,
+    name: 'executions',
+    sql: `
+      -- Execution history shared by every hub (hub/executions/history-pg.ts).
+      --   record      the whole ExecutionRecord as JSON text (read back exactly as written)
+      --   dedup_key   the request's idempotency key: UNIQUE, so one key is one execution on every hub
+      --   kv_caller   whose view of the datastore renders it again on another hub ({username, isAdmin})
+      --   owner_hub   the hub that dispatches it and writes its state (NULL: none yet, any hub
+      --               holding the agent may claim it); a hub writes only the rows it owns
+      --   version     bumped at each write: what followers on other hubs compare
+      CREATE TABLE trellis_executions (
+        id           text    PRIMARY KEY,
+        tenant       text    NOT NULL,
+        agent        text    NOT NULL,
+        action       text    NOT NULL,
+        status       text    NOT NULL,
+        rule         text    NOT NULL DEFAULT '',
+        requested_ms bigint  NOT NULL,
+        record       json    NOT NULL,
+        dedup_key    text    UNIQUE,
+        kv_caller    json,
+        timeout_ms   bigint  NOT NULL DEFAULT 0,
+        owner_hub    text,
+        version      bigint  NOT NULL DEFAULT 1,
+        created_at   timestamptz NOT NULL DEFAULT now(),
+        updated_at   timestamptz NOT NULL DEFAULT now()
+      );
+      CREATE INDEX trellis_executions_tenant ON trellis_executions (tenant, id DESC);
+      CREATE INDEX trellis_executions_agent ON trellis_executions (agent, id DESC);
+      CREATE INDEX trellis_executions_open ON trellis_executions (agent, status) WHERE status IN ('requested', 'scheduled', 'running');
+      CREATE INDEX trellis_executions_updated ON trellis_executions (updated_at);
+      -- Output chunks as received (stream 0 stdout, 1 stderr; off: bytes of output before the chunk).
+      CREATE TABLE trellis_output (
+        id     text     NOT NULL,
+        off    bigint   NOT NULL,
+        stream smallint NOT NULL,
+        data   bytea    NOT NULL,
+        PRIMARY KEY (id, off)
+      );
+      -- Which hub each connected agent is attached to (a hub's rows are dropped when it stops;
+      -- those of a killed hub are ignored once it is stale in the hubs registry).
+      CREATE TABLE trellis_agent_hubs (
+        agent text PRIMARY KEY,
+        hub   text NOT NULL,
+        since timestamptz NOT NULL DEFAULT now()
+      );
+      CREATE INDEX trellis_agent_hubs_hub ON trellis_agent_hubs (hub);
+    `,
+  },
 ];
 
 /** The newest schema version this build knows. */

@@ -1,0 +1,75 @@
+/**
+ * `trellis hub migrate --from-data DIR`: the execution history of a lowdb hub (DATA/executions,
+ * hub/executions/history.ts) copied into PostgreSQL's trellis_executions / trellis_output, so a
+ * hub moved to PostgreSQL keeps its history. Rows are inserted in batches and never replace what
+ * the database holds (same id, or an idempotency key already taken: kept as it is), so running
+ * it twice copies nothing twice. Executions not finished keep their status with no owner: the hub
+ * their agent attaches to takes them over (hub/executions/cluster.ts).
+ */
+import { existsSync } from 'node:fs';
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type pg from 'pg';
+import type { ExecutionRecord } from './types.js';
+
+const BATCH = 500;
+const STATE_RE = /^\d{12}\.jsonl$/;
+const OUT_RE = /^\d{12}\.out\.jsonl$/;
+
+export interface ImportResult { executions: number; outputChunks: number }
+
+/** Copies the history in `dir` into the database on `client`; counts what was inserted. */
+export async function importHistory(client: pg.ClientBase, dir: string): Promise<ImportResult> {
+  if (!existsSync(dir)) return { executions: 0, outputChunks: 0 };
+  const names = (await readdir(dir)).sort();
+  const recs = new Map<string, { r: ExecutionRecord; dk?: string; to?: number }>();
+  for (const n of names.filter((x) => STATE_RE.test(x))) {
+    for (const line of (await readFile(join(dir, n), 'utf8')).split('\n')) {
+      if (!line) continue;
+      try {
+        const l = JSON.parse(line) as { k?: string; r?: ExecutionRecord; dk?: string; to?: number };
+        if (l.k !== 's' || !l.r || typeof l.r.id !== 'string') continue;
+        const prev = recs.get(l.r.id);
+        recs.set(l.r.id, { r: l.r, dk: l.dk ?? prev?.dk, to: l.to ?? prev?.to });
+      } catch { /* a torn line from a crash */ }
+    }
+  }
+  let executions = 0;
+  const all = [...recs.values()];
+  for (let i = 0; i < all.length; i += BATCH) {
+    const v = all.slice(i, i + BATCH);
+    const r = await client.query(
+      `INSERT INTO trellis_executions (id, tenant, agent, action, status, rule, requested_ms, record, dedup_key, timeout_ms)
+       SELECT u.id, u.tenant, u.agent, u.action, u.status, u.rule, u.rq, u.rec::json, u.dk, u.tmo
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[], $9::text[], $10::bigint[])
+         AS u(id, tenant, agent, action, status, rule, rq, rec, dk, tmo)
+       ON CONFLICT DO NOTHING`,
+      [v.map((x) => x.r.id), v.map((x) => x.r.tenant), v.map((x) => x.r.agentId), v.map((x) => x.r.action), v.map((x) => x.r.status), v.map((x) => x.r.rule ?? ''),
+        v.map((x) => x.r.requestedMs), v.map((x) => JSON.stringify(x.r)), v.map((x) => x.dk ?? null), v.map((x) => x.to ?? 0)],
+    );
+    executions += r.rowCount ?? 0;
+  }
+  let outputChunks = 0;
+  let chunk: { id: string; o: number; s: number; d: Buffer }[] = [];
+  const write = async () => {
+    if (!chunk.length) return;
+    const r = await client.query(
+      `INSERT INTO trellis_output (id, off, stream, data) SELECT * FROM unnest($1::text[], $2::bigint[], $3::smallint[], $4::bytea[]) ON CONFLICT DO NOTHING`,
+      [chunk.map((x) => x.id), chunk.map((x) => x.o), chunk.map((x) => x.s), chunk.map((x) => x.d)]);
+    outputChunks += r.rowCount ?? 0;
+    chunk = [];
+  };
+  for (const n of names.filter((x) => OUT_RE.test(x))) {
+    for (const line of (await readFile(join(dir, n), 'utf8')).split('\n')) {
+      if (!line) continue;
+      try {
+        const l = JSON.parse(line) as { k?: string; id?: string; s?: number; o?: number; d?: string };
+        if (l.k !== 'o' || typeof l.id !== 'string' || !recs.has(l.id) || typeof l.d !== 'string') continue;
+        chunk.push({ id: l.id, o: Number(l.o) || 0, s: l.s === 1 ? 1 : 0, d: Buffer.from(l.d, 'base64') });
+        if (chunk.length >= BATCH) await write();
+      } catch { /* a torn line */ }
+    }
+  }
+  await write();
+  return { executions, outputChunks };
+}
