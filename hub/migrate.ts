@@ -3,7 +3,8 @@
  * `--from-data DIR` moves a lowdb hub's state (DIR/state.json) into it. The move also points
  * DIR/hub.json at the database (a password goes to DIR/store-password, 0600) and renames
  * state.json to state.json.migrated, so `trellis hub run --data DIR` runs on PostgreSQL next.
- * CA, keys, master key, audit and execution history stay in DIR (files).
+ * The audit log's records are copied into the audit table (its files stay in DIR); CA, keys,
+ * master key and execution history stay in DIR (files).
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { rename } from 'node:fs/promises';
@@ -15,7 +16,8 @@ import { hubPaths } from './paths.js';
 import { lockDataDir } from './lock/index.js';
 import { storeOptions } from './store/from-config.js';
 import { COLLECTIONS, LowdbStore, type Doc } from './store/index.js';
-import { copyDocuments, migrateDatabase, redactUrl, type CopyResult, type MigrateResult, type PostgresConnectOptions } from './store/postgres/index.js';
+import { importAuditSegments } from './audit/postgres.js';
+import { copyDocuments, migrateDatabase, redactUrl, withDatabase, type CopyResult, type MigrateResult, type PostgresConnectOptions } from './store/postgres/index.js';
 
 export interface HubMigrateOptions {
   /** A hub data directory whose hub.json names the database (when `storeUrl` is not given). */
@@ -32,7 +34,7 @@ export interface HubMigrateOptions {
 
 export interface HubMigrateResult extends MigrateResult {
   where: string;
-  copied?: CopyResult & { configUpdated: string | undefined };
+  copied?: CopyResult & { configUpdated: string | undefined; auditRecords: number };
 }
 
 export async function hubMigrate(o: HubMigrateOptions): Promise<HubMigrateResult> {
@@ -63,6 +65,8 @@ async function copyFromData(o: HubMigrateOptions, target: PostgresConnectOptions
     await source.close();
   }
   const copied = await copyDocuments(target, docs, o.force ?? false);
+  // The audit log moves too: on PostgreSQL the hub reads it from the table (hub/audit/postgres.ts).
+  const auditRecords = await withDatabase(target, (c) => importAuditSegments({ query: (sql, params) => c.query(sql, params) }, paths.audit, 'migrated'));
 
   // Point the source hub at the database, when it still names no other store.
   let configUpdated: string | undefined;
@@ -82,7 +86,7 @@ async function copyFromData(o: HubMigrateOptions, target: PostgresConnectOptions
       configUpdated = paths.config;
     }
   }
-  return { ...migrated, copied: { ...copied, configUpdated } };
+  return { ...migrated, copied: { ...copied, configUpdated, auditRecords } };
 }
 
 function targetOf(o: HubMigrateOptions): PostgresConnectOptions {
@@ -109,6 +113,7 @@ export function describeMigrate(r: HubMigrateResult, url?: string): string {
   if (r.copied) {
     const total = Object.values(r.copied.counts).reduce((a, b) => a + b, 0);
     lines.push(`copied ${total} documents${r.copied.replaced ? ` (replacing ${r.copied.replaced})` : ''}: ${Object.entries(r.copied.counts).filter(([, n]) => n > 0).map(([c, n]) => `${c} ${n}`).join(', ') || 'none'}`);
+    lines.push(`copied ${r.copied.auditRecords} audit records from the audit segment files (the files stay)`);
     if (r.copied.configUpdated) lines.push(`${r.copied.configUpdated} now names ${url ? redactUrl(url) : 'the database'}; state.json was renamed state.json.migrated`);
   }
   return lines.join('\n') + '\n';

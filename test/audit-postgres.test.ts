@@ -18,6 +18,7 @@ import { postgresMissing, startPostgres } from './helpers/postgres.js';
 import { PgAuditLog } from '../hub/audit/postgres.js';
 import { PostgresStore, migrateDatabase } from '../hub/store/postgres/index.js';
 import { LocalBus } from '../hub/cluster/bus.js';
+import { hubMigrate } from '../hub/migrate.js';
 import { adminClients, call, type AdminClients } from '../cli/client.js';
 import type { AuditEntry } from '../hub/audit/index.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
@@ -140,6 +141,20 @@ void t.test('audit log in PostgreSQL', needs(t, postgresMissing()), async (t) =>
       VALUES ('00000000000000000000000001', $1, 'x', 'a', '', 'm', 'ancient', 'ok', '', '', 10)`, [Date.now() - 3 * 3_600_000]);
     await h.restart();
     t.same((await h.hub.components.audit.query({ limit: 10_000 })).filter((r) => r.target === 'ancient'), [], 'the three-hour-old row is gone');
+  });
+
+  void t.test('hub migrate --from-data copies a lowdb hub\'s audit records into the table', async (t) => {
+    await using h = await startHub();
+    await kvSet(h, 'before-the-move', 'v');
+    await h.stop();
+    const url = await server.createDatabase('moved');
+    const r = await hubMigrate({ fromData: h.dataDir, storeUrl: url });
+    t.ok((r.copied?.auditRecords ?? 0) >= 1, `${r.copied?.auditRecords} audit records copied`);
+    await h.restart();
+    t.ok(h.hub.components.store instanceof PostgresStore);
+    const listed = listAudit(h.admin, { methodContains: 'AdminKv/Set' });
+    t.equal(await listed.done, grpc.status.OK);
+    t.match(listed.got.map((x) => x.target).join(' '), /before-the-move/, 'the record from before the move is listed from the table');
   });
 
   void t.test('a database outage queues the records (counted); they are written, once, when it is back', async (t) => {

@@ -41,7 +41,7 @@ export interface AuditLogOptions {
 export const DEFAULT_QUERY_LIMIT = 100;
 export const MAX_QUERY_LIMIT = 10_000;
 const BATCH_RECORDS = 1000; // a queue this long is written at once rather than on the timer
-const SEGMENT_RE = /^(\d{12})\.jsonl$/;
+export const SEGMENT_RE = /^(\d{12})\.jsonl$/;
 const segmentName = (seq: number) => `${String(seq).padStart(12, '0')}.jsonl`;
 
 /** Defensive: token-shaped substrings never reach the disk (ids are kept, secrets replaced). */
@@ -75,7 +75,8 @@ export function toAuditRecord(e: AuditEntry, newId: (timeMs: number) => string):
   };
 }
 
-function parseLine(line: string): AuditRecord | undefined {
+/** One line of a segment file as a record, or undefined (a torn or foreign line). */
+export function parseLine(line: string): AuditRecord | undefined {
   if (!line) return undefined;
   try {
     const r = JSON.parse(line) as AuditRecord;

@@ -27,7 +27,9 @@
 import { monotonicUlidFactory } from '../../common/ids.js';
 import { silentLogger, type Logger } from '../../common/log.js';
 import { SerialFlusher } from '../../common/serial.js';
-import { clampLimit, toAuditRecord } from './index.js';
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { clampLimit, parseLine, SEGMENT_RE, toAuditRecord } from './index.js';
 import type { AuditBackend, AuditEntry, AuditQuery, AuditRecord } from './types.js';
 import type { ClusterBus } from '../cluster/bus.js';
 
@@ -73,6 +75,41 @@ function fromRow(r: Row): AuditRecord {
     id: r.id, timeMs: Number(r.time_ms), actor: r.actor, tenant: r.tenant, method: r.method, target: r.target,
     result: r.result, sourceAddress: r.source_address, detail: r.detail,
   };
+}
+
+/** One INSERT of `batch` (rows already there, by id, are skipped); the seqs of the rows written. */
+async function insertBatch(db: AuditDb, hub: string, batch: AuditRecord[]): Promise<number[]> {
+  const col = <K extends keyof AuditRecord>(k: K) => batch.map((r) => r[k]);
+  const r = await db.query<{ seq: string }>(
+    `INSERT INTO trellis_audit (id, time_ms, hub, actor, tenant, method, target, result, source_address, detail, bytes)
+     SELECT u.id, u.time_ms, $1, u.actor, u.tenant, u.method, u.target, u.result, u.source_address, u.detail, u.bytes
+       FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int[])
+         AS u(id, time_ms, actor, tenant, method, target, result, source_address, detail, bytes)
+     ON CONFLICT (id) DO NOTHING
+     RETURNING seq`,
+    [hub, col('id'), col('timeMs'), col('actor'), col('tenant'), col('method'), col('target'), col('result'), col('sourceAddress'), col('detail'),
+      batch.map((x) => Buffer.byteLength(JSON.stringify(x)) + 1)],
+  );
+  return r.rows.map((x) => Number(x.seq));
+}
+
+/**
+ * `hub migrate --from-data`: the records of a lowdb hub's audit segment files (DATA/audit) into
+ * the table, in batches; records already there (a second run) are skipped, torn lines too.
+ * Returns how many rows were added.
+ */
+export async function importAuditSegments(db: AuditDb, dir: string, hub: string): Promise<number> {
+  let names: string[];
+  try { names = (await readdir(dir)).filter((n) => SEGMENT_RE.test(n)).sort(); } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 0;
+    throw e;
+  }
+  let added = 0;
+  for (const name of names) {
+    const records = (await readFile(join(dir, name), 'utf8')).split('\n').map(parseLine).filter((r): r is AuditRecord => !!r);
+    for (let i = 0; i < records.length; i += BATCH_RECORDS) added += (await insertBatch(db, hub, records.slice(i, i + BATCH_RECORDS))).length;
+  }
+  return added;
 }
 
 type Follower = { onRecord: (r: AuditRecord) => void; onEnd?: () => void };
@@ -168,19 +205,8 @@ export class PgAuditLog implements AuditBackend {
   }
 
   /** One INSERT of the batch; the seqs of the rows written. */
-  private async insert(batch: AuditRecord[]): Promise<number[]> {
-    const col = <K extends keyof AuditRecord>(k: K) => batch.map((r) => r[k]);
-    const r = await this.o.db.query<{ seq: string }>(
-      `INSERT INTO trellis_audit (id, time_ms, hub, actor, tenant, method, target, result, source_address, detail, bytes)
-       SELECT u.id, u.time_ms, $1, u.actor, u.tenant, u.method, u.target, u.result, u.source_address, u.detail, u.bytes
-         FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int[])
-           AS u(id, time_ms, actor, tenant, method, target, result, source_address, detail, bytes)
-       ON CONFLICT (id) DO NOTHING
-       RETURNING seq`,
-      [this.o.bus.hubId, col('id'), col('timeMs'), col('actor'), col('tenant'), col('method'), col('target'), col('result'), col('sourceAddress'), col('detail'),
-        batch.map((x) => Buffer.byteLength(JSON.stringify(x)) + 1)],
-    );
-    return r.rows.map((x) => Number(x.seq));
+  private insert(batch: AuditRecord[]): Promise<number[]> {
+    return insertBatch(this.o.db, this.o.bus.hubId, batch);
   }
 
   // ------------------------------------------------------------ retention
