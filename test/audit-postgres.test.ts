@@ -81,6 +81,9 @@ void t.test('audit log in PostgreSQL', needs(t, postgresMissing()), async (t) =>
     await waitFor(() => follow.got.length >= 2, 10_000, 'the history on B');
     await waitFor(() => b.hub.components.audit.followerCount === 1, 5000, 'B\'s follower');
     await kvSet(a, 'live-1', 'v');
+    const t0 = Date.now();
+    await waitFor(() => follow.got.length >= 3, 15_000, 'A\'s first live record on B');
+    t.comment(`audit_follow_cross_hub_ms: ${Date.now() - t0} (A's call answered → B's follower has the record)`);
     await kvSet(a, 'live-2', 'v');
     await waitFor(() => follow.got.length >= 4, 15_000, 'A\'s live records on B');
     t.same(follow.got.slice(2).map((r) => r.target).map((x) => /live-\d/.exec(x)?.[0]), ['live-1', 'live-2'], 'in order, once each');
