@@ -285,6 +285,7 @@ export class Hub {
       sources: {
         dataDir: opts.dataDir, store, caFingerprint: () => pki.caFingerprint, trellisVersion: TRELLIS_VERSION,
         flush: async () => { await store.flush(); await audit.flush(); await executions.durable(); },
+        exportAudit: audit instanceof PgAuditLog ? (file) => audit.exportTo(file) : undefined,
       },
     });
     addSnapshotServices(adminServer, snapshots, adminDeps);

@@ -8,7 +8,9 @@
  */
 import t from 'tap';
 import * as grpc from '@grpc/grpc-js';
-import { cpSync, readFileSync } from 'node:fs';
+import { cpSync, readFileSync, readdirSync } from 'node:fs';
+import { restoreSnapshot } from '../hub/snapshots/restore.js';
+import { hubPaths } from '../hub/paths.js';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
@@ -70,6 +72,7 @@ void t.test('audit log in PostgreSQL', needs(t, postgresMissing()), async (t) =>
     const planted = 'planted-secret-value-4711';
     await kvSet(a, 'on-a', planted, true);
     await kvSet(a, 'tls1_TopSecretTokenText', 'x');
+    await a.hub.components.audit.flush(); // A writes its batch within flushInterval (100 ms); the test does not wait for the timer
     const listed = listAudit(b.admin, { methodContains: 'adminkv/set' });
     t.equal(await listed.done, grpc.status.OK);
     t.equal(listed.got.length, 2, 'B lists both of A\'s records');
@@ -106,6 +109,15 @@ void t.test('audit log in PostgreSQL', needs(t, postgresMissing()), async (t) =>
     t.notOk(text.includes('TopSecretTokenText'), 'no token text in the table');
     t.notOk(text.includes(server.password), 'no database password in the table');
     t.same(readFileSync(join(a.dataDir, 'hub.json'), 'utf8').includes(server.password), false);
+
+    // A snapshot carries the table as an audit segment: restored, the log is files again.
+    const info = await call<T.CreateSnapshotRequest, T.SnapshotInfo__Output>(a.admin, a.admin.snapshots, a.admin.snapshots.CreateSnapshot, { passphrase: 'audit-snapshot-passphrase', note: '' }, 120_000);
+    const restored = join(a.dir, 'restored');
+    await restoreSnapshot({ file: join(hubPaths(a.dataDir).snapshots, `${info.id}.tsnap`), dataDir: restored, passphrase: 'audit-snapshot-passphrase' });
+    const lines = readFileSync(join(hubPaths(restored).audit, '000000000001.jsonl'), 'utf8');
+    t.match(lines, /live-1/, 'A\'s records are in the snapshot');
+    t.match(lines, /on-b/, 'and B\'s');
+    t.equal(readdirSync(hubPaths(a.dataDir).snapshots).filter((f) => f.startsWith('.audit-')).length, 0, 'no export file left');
   });
 
   void t.test('retention deletes rows older than maxAge and the oldest beyond the byte budget; the code has no UPDATE of the table', async (t) => {

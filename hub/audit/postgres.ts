@@ -27,7 +27,7 @@
 import { monotonicUlidFactory } from '../../common/ids.js';
 import { silentLogger, type Logger } from '../../common/log.js';
 import { SerialFlusher } from '../../common/serial.js';
-import { readdir, readFile } from 'node:fs/promises';
+import { open, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { clampLimit, parseLine, SEGMENT_RE, toAuditRecord } from './index.js';
 import type { AuditBackend, AuditEntry, AuditQuery, AuditRecord } from './types.js';
@@ -307,6 +307,24 @@ export class PgAuditLog implements AuditBackend {
       }
     } catch (err) {
       this.o.log.warn({ err: (err as Error).message }, 'reading other hubs\' audit records for followers failed');
+    }
+  }
+
+  /** Every record, oldest first, as segment-file lines into the new file `file` (0600): for snapshots. */
+  async exportTo(file: string): Promise<void> {
+    await this.flush().catch(() => undefined);
+    const fh = await open(file, 'wx', 0o600);
+    try {
+      let after = '';
+      for (;;) {
+        const r = await this.o.db.query<Row>(`SELECT ${COLUMNS} FROM trellis_audit WHERE id > $1 ORDER BY id LIMIT 5000`, [after]);
+        if (r.rows.length === 0) break;
+        await fh.appendFile(r.rows.map((x) => JSON.stringify(fromRow(x)) + '\n').join(''));
+        after = r.rows.at(-1)!.id;
+      }
+      await fh.sync();
+    } finally {
+      await fh.close();
     }
   }
 
