@@ -4,7 +4,7 @@ import type { Store } from './store/index.js';
 import type { HubPki } from './pki/index.js';
 import type { Auth } from './auth/index.js';
 import type { Iam } from './iam/index.js';
-import type { AuditLog } from './audit/index.js';
+import type { AuditBackend } from './audit/index.js';
 import type { JoinTokens } from './tokens/index.js';
 import type { AgentRegistry } from './agents/index.js';
 import type { Executions } from './executions/index.js';
@@ -27,7 +27,7 @@ export interface HubComponents {
   iam: Iam;
   auth: Auth;
   /** The audit log: wrap.ts records into it, AdminAudit reads and follows it. */
-  audit: AuditLog;
+  audit: AuditBackend;
   tokens: JoinTokens;
   agents: AgentRegistry;
   /** Every action run (pack actions, rules, ad-hoc commands) with its lifecycle and history (hub/executions). */

@@ -177,7 +177,9 @@ const ExecutionsSchema = z.strictObject({
 
 /**
  * The audit log (DATA/audit/): append-only segment files; retention drops whole old segments,
- * never the one being written.
+ * never the one being written. On a PostgreSQL store the log is the table trellis_audit, shared by
+ * every hub: retention deletes rows older than maxAge and the oldest beyond
+ * maxSegments × maxSegmentBytes bytes (records counted as JSON lines), its only DELETE.
  * @example { "retention": { "maxAge": "365d", "maxSegments": 50, "maxSegmentBytes": 16777216 } }
  */
 const AuditSchema = z.strictObject({

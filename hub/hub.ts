@@ -35,7 +35,11 @@ import { PreAuthGate } from './grpc/preauth.js';
 import { RefusalLog } from './grpc/refusals.js';
 import { KdfPool } from './auth/kdf.js';
 import { widenFlowControl } from './grpc/flow-control.js';
-import { AuditLog } from './audit/index.js';
+import { AuditLog, type AuditBackend } from './audit/index.js';
+import { PgAuditLog } from './audit/postgres.js';
+import { PostgresStore } from './store/postgres/index.js';
+import { checkClusterKeys } from './cluster/keys.js';
+import { fingerprintSha256 } from '../certs/index.js';
 import { RefusalThrottle } from './audit/throttle.js';
 import { RenewLimiter } from './agents/renewal.js';
 import { auditTlsRefusals } from './grpc/agent-tls-audit.js';
@@ -149,6 +153,13 @@ export class Hub {
     const recovered = await recoverRotation(paths);
     if (recovered) log.warn({ component: 'pki' }, recovered);
     const pki = HubPki.load(paths, config.names);
+    const keyring = await Keyring.open(opts.dataDir);
+    // Hubs on one database hold the same CA and master key (hub/cluster/keys.ts): refused otherwise.
+    if (store instanceof PostgresStore) {
+      const local = { caFingerprint: pki.caFingerprint, trusted: pki.clientTrust.map((c) => fingerprintSha256(c)), masterKeys: keyring.checks() };
+      const warnings = await checkClusterKeys(store, local, { by: config.names[0]!, where: store.where }).catch(async (e) => { await store.close(); throw e; });
+      for (const w of warnings) log.warn({ component: 'cluster' }, w);
+    }
     const iam = new Iam(store);
     await iam.ensureDefaultTenant();
     // Maintenance mode (hub/maintenance), persisted in the store: gates admin calls, executions and rule firings.
@@ -169,12 +180,16 @@ export class Hub {
     const events = new EventIntake({ log: log.child({ component: 'events' }) });
     let boundAgentPort = config.agentPort;
     const ar = config.audit.retention;
-    const audit = await AuditLog.open({ dir: paths.audit, log: log.child({ component: 'audit' }), maxAgeMs: ar.maxAge, maxSegments: ar.maxSegments, maxSegmentBytes: ar.maxSegmentBytes });
+    // The audit log: files in the data directory, or one table shared by every hub on PostgreSQL
+    // (hub/audit/postgres.ts: retention keeps maxAge and maxSegments x maxSegmentBytes bytes).
+    const audit: AuditBackend = store instanceof PostgresStore
+      ? await PgAuditLog.open({ db: store, bus, log: log.child({ component: 'audit' }), maxAgeMs: ar.maxAge, maxBytes: ar.maxSegments * ar.maxSegmentBytes })
+      : await AuditLog.open({ dir: paths.audit, log: log.child({ component: 'audit' }), maxAgeMs: ar.maxAge, maxSegments: ar.maxSegments, maxSegmentBytes: ar.maxSegmentBytes });
     const rotation = CaRotation.open({ paths, pki, agents, log: log.child({ component: 'pki' }), audit, names: config.names });
     if (recovered) audit.record({ timeMs: Date.now(), actor: 'hub', tenant: '', method: 'ca/RecoverRotation', target: `ca:${pki.caFingerprint.slice(0, 16)}`, result: 'ok', sourceAddress: '', detail: recovered.slice(0, 300) });
     const kvLog = log.child({ component: 'kv' });
     const pauseRotationAfter = rotationPauseFromEnv(process.env); // tests only: needs TRELLIS_TEST_HOOKS=1
-    const kv = new KvStore(store, await Keyring.open(opts.dataDir), {
+    const kv = new KvStore(store, keyring, {
       onError: (err) => kvLog.error({ err }, 'datastore'),
       pauseRotationAfter, onRotationPaused: (done, total) => kvLog.warn({ done, total }, 'key rotation paused by a test hook (TRELLIS_TEST_PAUSE_ROTATION_AFTER)'),
     });
@@ -277,6 +292,7 @@ export class Hub {
       sources: {
         dataDir: opts.dataDir, store, caFingerprint: () => pki.caFingerprint, trellisVersion: TRELLIS_VERSION,
         flush: async () => { await store.flush(); await audit.flush(); await executions.durable(); },
+        exportAudit: audit instanceof PgAuditLog ? (file) => audit.exportTo(file) : undefined,
       },
     });
     addSnapshotServices(adminServer, snapshots, adminDeps);

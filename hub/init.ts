@@ -24,7 +24,8 @@ import { prepareEmptyDatabase } from './store/postgres/index.js';
 import { Auth, checkUsername } from './auth/index.js';
 import { Iam } from './iam/index.js';
 import { checkPasswordPolicy, generatePassword } from './auth/passwords.js';
-import { initKeyring, parseMasterKey } from './secrets/keyring.js';
+import { initKeyring, parseMasterKey, Keyring } from './secrets/keyring.js';
+import { clusterKeysDoc } from './cluster/keys.js';
 
 export interface InitOptions {
   dataDir: string;
@@ -74,6 +75,18 @@ export function splitNames(names: string[]): { dns: string[]; ips: string[] } {
   return { dns, ips };
 }
 
+/** A hub serving certificate for `names` (the first is its common name) from the CA, served with `chain`. */
+export function issueHubCert(o: { caCertPem: string; caKey: ReturnType<typeof loadPrivateKey>; chain: string[]; names: string[] }): { chain: string; keyPem: string } {
+  const { dns, ips } = splitNames(o.names);
+  const key = generateKey('ec-p256');
+  const caNotAfter = certInfo(o.caCertPem).notAfter.getTime();
+  const leaf = issueCertificate({
+    issuerCertPem: o.caCertPem, issuerKey: o.caKey, subjectPublicKey: key.publicKey, subject: { commonName: o.names[0]!, organization: 'Trellis hub' },
+    dnsNames: dns, ipAddresses: ips, usage: 'server', notAfter: new Date(Math.min(Date.now() + HUB_CERT_DAYS * 86_400_000, caNotAfter)),
+  });
+  return { chain: [leaf, ...o.chain].join(''), keyPem: key.privateKeyPem };
+}
+
 export async function initHub(o: InitOptions): Promise<InitResult> {
   const paths = hubPaths(o.dataDir);
   const names = [...new Set(o.names.flatMap((n) => n.split(',')).map((n) => n.trim()).filter(Boolean))];
@@ -96,18 +109,8 @@ export async function initHub(o: InitOptions): Promise<InitResult> {
   let hubChainPem: string;
   let hubKeyPem: string;
   let mode: InitResult['mode'];
-  const { dns, ips } = splitNames(names);
 
-  const issueHub = (caCert: string, caKey: ReturnType<typeof loadPrivateKey>, chain: string[]) => {
-    const key = generateKey('ec-p256');
-    const now = Date.now();
-    const caNotAfter = certInfo(caCert).notAfter.getTime();
-    const leaf = issueCertificate({
-      issuerCertPem: caCert, issuerKey: caKey, subjectPublicKey: key.publicKey, subject: { commonName: names[0]!, organization: 'Trellis hub' },
-      dnsNames: dns, ipAddresses: ips, usage: 'server', notAfter: new Date(Math.min(now + HUB_CERT_DAYS * 86_400_000, caNotAfter)),
-    });
-    return { chain: [leaf, ...chain].join(''), keyPem: key.privateKeyPem };
-  };
+  const issueHub = (caCert: string, caKey: ReturnType<typeof loadPrivateKey>, chain: string[]) => issueHubCert({ caCertPem: caCert, caKey, chain, names });
 
   if (!o.caCertFile) {
     if (o.hubCertFile) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--hub-cert needs --ca-cert (the CA that issued it)');
@@ -206,13 +209,24 @@ async function writeHub(o: InitOptions, f: HubFiles): Promise<InitResult> {
   if (caKeyPem) await atomicWriteFile(paths.caKey, caKeyPem, { mode: 0o600 });
   await atomicWriteFile(paths.hubKey, hubKeyPem, { mode: 0o600 });
   await atomicWriteFile(paths.hubCert, hubChainPem, { mode: 0o644 });
+  if (storeConfig.kind === 'postgres') {
+    // The first hub of a cluster: what its CA and master key are (hub/cluster/keys.ts), so that
+    // `hub init --join` and every later hub start can check theirs against it.
+    const keyring = await Keyring.open(o.dataDir);
+    const keysStore = await openStore(storeOptions(storeConfig, paths.store));
+    try {
+      await keysStore.put('meta', clusterKeysDoc({ caFingerprint: fingerprintSha256(caChain[0]!), trusted: [], masterKeys: keyring.checks() }, names[0]!));
+    } finally {
+      await keysStore.close();
+    }
+  }
   const fileConfig: Record<string, unknown> = { ...(o.config ?? {}), names, trustDomain: config.trustDomain, ...(pgStore ? { store: { kind: 'postgres', url: pgStore.url, ...(pgStore.password !== undefined ? { passwordFile: pgStore.passwordFile } : {}) } } : {}) };
   await atomicWriteFile(paths.config, JSON.stringify(fileConfig, null, 2) + '\n', { mode: 0o600 });
   return { caFingerprint: fingerprintSha256(caChain[0]!), mode, admin, generatedPassword: o.adminPassword ? undefined : password, paths };
 }
 
 /** The URL without its password, and the password (if any) with the file it goes to. */
-function splitStorePassword(url: string, dataDir: string, given?: string): { url: string; password?: string; passwordFile: string } {
+export function splitStorePassword(url: string, dataDir: string, given?: string): { url: string; password?: string; passwordFile: string } {
   const passwordFile = join(resolve(dataDir), 'store-password');
   let u: URL;
   try { u = new URL(url); } catch {

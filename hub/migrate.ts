@@ -3,8 +3,8 @@
  * `--from-data DIR` moves a lowdb hub's state (DIR/state.json) into it. The move also points
  * DIR/hub.json at the database (a password goes to DIR/store-password, 0600) and renames
  * state.json to state.json.migrated, so `trellis hub run --data DIR` runs on PostgreSQL next.
- * The execution history (DIR/executions) is copied into the database too (hub/executions/import-pg.ts).
- * CA, keys, master key and audit stay in DIR (files).
+ * The execution history (DIR/executions) is copied into the database too (hub/executions/import-pg.ts),
+ * and the audit log's records into the audit table (its files stay in DIR). CA, keys and master key stay in DIR (files).
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { rename } from 'node:fs/promises';
@@ -17,6 +17,7 @@ import { lockDataDir } from './lock/index.js';
 import { storeOptions } from './store/from-config.js';
 import { COLLECTIONS, LowdbStore, type Doc } from './store/index.js';
 import { importHistory, type ImportResult } from './executions/import-pg.js';
+import { importAuditSegments } from './audit/postgres.js';
 import { copyDocuments, migrateDatabase, withDatabase, redactUrl, type CopyResult, type MigrateResult, type PostgresConnectOptions } from './store/postgres/index.js';
 
 export interface HubMigrateOptions {
@@ -34,7 +35,7 @@ export interface HubMigrateOptions {
 
 export interface HubMigrateResult extends MigrateResult {
   where: string;
-  copied?: CopyResult & { configUpdated: string | undefined; history?: ImportResult };
+  copied?: CopyResult & { configUpdated: string | undefined; history?: ImportResult; auditRecords: number };
 }
 
 export async function hubMigrate(o: HubMigrateOptions): Promise<HubMigrateResult> {
@@ -66,6 +67,8 @@ async function copyFromData(o: HubMigrateOptions, target: PostgresConnectOptions
   }
   const copied = await copyDocuments(target, docs, o.force ?? false);
   const history = await withDatabase(target, (c) => importHistory(c, paths.executions));
+  // The audit log moves too: on PostgreSQL the hub reads it from the table (hub/audit/postgres.ts).
+  const auditRecords = await withDatabase(target, (c) => importAuditSegments({ query: (sql, params) => c.query(sql, params) }, paths.audit, 'migrated'));
 
   // Point the source hub at the database, when it still names no other store.
   let configUpdated: string | undefined;
@@ -85,7 +88,7 @@ async function copyFromData(o: HubMigrateOptions, target: PostgresConnectOptions
       configUpdated = paths.config;
     }
   }
-  return { ...migrated, copied: { ...copied, configUpdated, history } };
+  return { ...migrated, copied: { ...copied, configUpdated, history, auditRecords } };
 }
 
 function targetOf(o: HubMigrateOptions): PostgresConnectOptions {
@@ -113,6 +116,7 @@ export function describeMigrate(r: HubMigrateResult, url?: string): string {
     const total = Object.values(r.copied.counts).reduce((a, b) => a + b, 0);
     lines.push(`copied ${total} documents${r.copied.replaced ? ` (replacing ${r.copied.replaced})` : ''}: ${Object.entries(r.copied.counts).filter(([, n]) => n > 0).map(([c, n]) => `${c} ${n}`).join(', ') || 'none'}`);
     if (r.copied.history) lines.push(`copied ${r.copied.history.executions} executions of the history (${r.copied.history.outputChunks} output chunks)`);
+    lines.push(`copied ${r.copied.auditRecords} audit records from the audit segment files (the files stay)`);
     if (r.copied.configUpdated) lines.push(`${r.copied.configUpdated} now names ${url ? redactUrl(url) : 'the database'}; state.json was renamed state.json.migrated`);
   }
   return lines.join('\n') + '\n';

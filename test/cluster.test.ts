@@ -1,14 +1,14 @@
 /**
  * Two hubs on one throwaway PostgreSQL (issue 14 §2, first slice), as real `trellis hub run`
- * processes: hub B has A's CA, master key and store settings (its data directory's key files,
- * copied; no key goes through the database). Three real agents enroll on A and get both agent
+ * processes: hub B is made with `trellis hub init --join URL --from A's-data-dir` (A's CA and
+ * master key; no key goes through the database). Three real agents enroll on A and get both agent
  * addresses; `trellis cluster status` on either hub lists both with their agent counts; kill -9 A:
  * the agents move to B within the backoff cap, B welcomes them (their records come from the
  * shared store), A is shown stale, and a `trellis run` through B reaches them. An agent revoked
  * through B is refused by A when A comes back. `cluster status` is for administrators only.
  */
 import t from 'tap';
-import { copyFileSync, mkdirSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ADMIN_PASSWORD, fileAgentLogger, tempDir, waitFor } from './helpers/hub.js';
 import { adminClients, call, type AdminClients } from '../cli/client.js';
@@ -47,10 +47,10 @@ t.test('two hubs on one PostgreSQL: registry, fail-over of agents on kill -9, ru
     dataDir: A, names: ['localhost', '127.0.0.1'], adminPassword: ADMIN_PASSWORD, storeUrl: url,
     config: { bind: '127.0.0.1', cluster: { addresses: [`127.0.0.1:${aAgent}`, `127.0.0.1:${bAgent}`], heartbeatInterval: '1s', staleAfter: '4s' } },
   });
-  // Hub B: A's key files, certificates and settings; its own (empty) audit and execution dirs.
-  // (The issue's `hub init --join` / snapshot restore will replace this copy.)
-  mkdirSync(B, { mode: 0o700 });
-  for (const f of readdirSync(A)) if (statSync(join(A, f)).isFile()) copyFileSync(join(A, f), join(B, f));
+  // Hub B: `trellis hub init --join` with A's CA and master key from A's data directory (none of
+  // it through the database), its own certificate, A's settings.
+  const joined = await runCli(['hub', 'init', '--data', B, '--name', 'localhost,127.0.0.1', '--join', url, '--from', A]);
+  t.equal(joined.code, 0, joined.err);
   const caPem = readFileSync(join(A, 'ca.pem'), 'utf8');
 
   let hubA: HubProc | undefined = await runHub(A, [aAgent!, aAdmin!, aWeb!]);
@@ -121,6 +121,12 @@ t.test('two hubs on one PostgreSQL: registry, fail-over of agents on kill -9, ru
   const run = await runCli(['run', '--agent', ids[0]!, '--', 'sh', '-c', 'echo from-$0', 'hub-b'], env);
   t.equal(run.code, 0, run.err);
   t.match(run.out, /from-hub-b/);
+
+  // The audit log is one table: `trellis audit` on B lists the join token A created (and A's
+  // batch was written before its kill -9).
+  const audit = await runCli(['audit', '--method', 'CreateJoinToken', '--json'], env);
+  t.equal(audit.code, 0, audit.err);
+  t.match(audit.out, /AdminJoinTokens\/CreateJoinToken/, 'B lists the record A wrote');
 
   // Revoke agent 2 through B; A, started again, refuses it (revocations are in the shared store).
   await call<T.RevokeAgentRequest, T.RevokeAgentResponse__Output>(adminB, adminB.agents, adminB.agents.RevokeAgent, { id: ids[2]!, reason: 'cluster test' });

@@ -63,8 +63,53 @@ export function addDaemonCommands(program: Command): void {
     .option('--web-port <port>', 'web port (HTTPS)', intOption)
     .option('--store <url>', 'keep the state in this empty PostgreSQL database (postgres://USER@HOST[:PORT]/DATABASE; password from TRELLIS_STORE_PASSWORD) instead of DATA/state.json')
     .option('--force', 'replace an existing hub in the data directory (a --store database must still be empty)')
-    .addHelpText('after', '\nThe admin password comes from TRELLIS_ADMIN_PASSWORD, a prompt on a terminal, or is generated and printed once.\nWith --store the database is migrated first; its password (TRELLIS_STORE_PASSWORD, or in the URL) is written to DATA/store-password (0600), never to hub.json.')
-    .action(async (o) => {
+    .option('--join <url>', 'make another hub of the cluster on this PostgreSQL database (postgres://USER@HOST[:PORT]/DATABASE; password from TRELLIS_STORE_PASSWORD) with the keys of --from')
+    .option('--from <dir-or-snapshot>', 'with --join: a data directory of a hub of the cluster, or a snapshot file of one (`trellis snapshots download`)')
+    .option('--passphrase-file <file>', 'with --join --from SNAPSHOT: the snapshot\'s passphrase (mode 0600; - for standard input); else asked in a terminal')
+    .addHelpText('after', '\nThe admin password comes from TRELLIS_ADMIN_PASSWORD, a prompt on a terminal, or is generated and printed once.\nWith --store the database is migrated first; its password (TRELLIS_STORE_PASSWORD, or in the URL) is written to DATA/store-password (0600), never to hub.json.\n' +
+      '\nAnother hub of a cluster (several hubs on one PostgreSQL database):\n' +
+      '  trellis hub init --data DATA --name hub-b.example.com --join postgres://trellis@db.example/trellis --from /path/to/hub-a-data\n' +
+      '  trellis hub init --data DATA --name hub-b.example.com --join postgres://trellis@db.example/trellis --from hub-a.tsnap --passphrase-file snap.pass\n' +
+      'The CA (and its key when the hubs issue) and the master key come from --from (copied over a channel you trust, e.g. scp of the\n' +
+      'directory or a snapshot); none of it goes through the database. The new hub gets its own certificate for --name from that CA\n' +
+      '(or --hub-cert/--hub-key when the CA key is kept offline), the source\'s hub.json settings except names and store, and the\n' +
+      'database password in DATA/store-password. Checked first: the database is migrated (`trellis hub migrate`) and its cluster\n' +
+      'has this CA and master key; DATA must be new or empty. Users, agents and everything else come from the database.')
+    .action(async (o, cmd: Command) => {
+      if (o.join !== undefined || o.from !== undefined || o.passphraseFile !== undefined) {
+        if (!o.join || !o.from) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', '--join URL and --from HUB-DATA-DIR-OR-SNAPSHOT go together');
+        const notWith = ['caCert', 'caKey', 'caKeyType', 'masterKey', 'store', 'force', 'admin', 'trustDomain'].filter((k) => cmd.getOptionValueSource(k) === 'cli');
+        if (notWith.length) {
+          const flag = (k: string) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+          throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `${notWith.map(flag).join(', ')}: not with --join (the CA, master key, trust domain and users are the cluster's)`);
+        }
+        const { statSync } = await import('node:fs');
+        let passphrase: string | undefined;
+        if (o.passphraseFile !== undefined || (statSync(o.from, { throwIfNoEntry: false })?.isFile() ?? false)) {
+          const { readPassphrase } = await import('./snapshots.js');
+          passphrase = await readPassphrase(o.passphraseFile, { confirm: false });
+        }
+        const config: Record<string, unknown> = {};
+        if (o.bind) config.bind = o.bind;
+        if (o.agentPort !== undefined) config.agentPort = o.agentPort;
+        if (o.adminPort !== undefined) config.adminPort = o.adminPort;
+        if (o.webPort !== undefined) config.webPort = o.webPort;
+        const { joinHub } = await import('../../hub/join.js');
+        const r = await joinHub({
+          dataDir: o.data, names: o.name, storeUrl: o.join, storePassword: process.env.TRELLIS_STORE_PASSWORD || undefined, from: o.from, passphrase,
+          hubCertFile: o.hubCert, hubKeyFile: o.hubKey, config,
+        });
+        process.stdout.write([
+          `hub initialised in ${o.data}: joins the cluster on ${r.where}`,
+          `CA fingerprint: sha256:${r.caFingerprint} (from the ${r.source} ${o.from}${r.canIssue ? ', with its key' : ', without its key: this hub does not issue'})`,
+          `master key versions: ${r.masterKeyVersions.join(', ')}`,
+          '',
+          'next:',
+          `  trellis hub run --data ${o.data}`,
+          '',
+        ].join('\n'));
+        return;
+      }
       if (o.caKeyType && !KEY_TYPES.includes(o.caKeyType) || o.caKeyType === 'rsa-2048') {
         throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `--ca-key-type must be one of ec-p256, ec-p384, rsa-3072, rsa-4096`);
       }

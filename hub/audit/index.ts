@@ -18,23 +18,9 @@ import { open, readdir, readFile, stat, unlink, chmod, type FileHandle } from 'n
 import { join } from 'node:path';
 import { ensureDir } from '../../common/fsutil.js';
 import { silentLogger, type Logger } from '../../common/log.js';
-import type { AuditEntry, AuditSink } from './types.js';
+import type { AuditBackend, AuditEntry, AuditQuery, AuditRecord, AuditSink } from './types.js';
 import { SerialFlusher } from '../../common/serial.js';
-export type { AuditEntry, AuditSink } from './types.js';
-
-/** An audit entry as stored: with its time-ordered id. */
-export interface AuditRecord extends AuditEntry { id: string }
-
-export interface AuditQuery {
-  /** Only records at or after this time (ms since the epoch). */
-  sinceMs?: number;
-  /** The most recent N matching records. @default 100 (at most 10,000) */
-  limit?: number;
-  /** Exact actor. */
-  actor?: string;
-  /** Case-insensitive substring of the full method name. */
-  methodContains?: string;
-}
+export type { AuditBackend, AuditEntry, AuditQuery, AuditRecord, AuditSink } from './types.js';
 
 export interface AuditLogOptions {
   /** The segment directory (hubPaths(dataDir).audit). */
@@ -55,7 +41,7 @@ export interface AuditLogOptions {
 export const DEFAULT_QUERY_LIMIT = 100;
 export const MAX_QUERY_LIMIT = 10_000;
 const BATCH_RECORDS = 1000; // a queue this long is written at once rather than on the timer
-const SEGMENT_RE = /^(\d{12})\.jsonl$/;
+export const SEGMENT_RE = /^(\d{12})\.jsonl$/;
 const segmentName = (seq: number) => `${String(seq).padStart(12, '0')}.jsonl`;
 
 /** Defensive: token-shaped substrings never reach the disk (ids are kept, secrets replaced). */
@@ -74,12 +60,23 @@ export function matchesAudit(r: AuditRecord, q: AuditQuery): boolean {
   return true;
 }
 
-function clampLimit(limit: number | undefined): number {
+export function clampLimit(limit: number | undefined): number {
   if (!limit || limit <= 0 || !Number.isFinite(limit)) return DEFAULT_QUERY_LIMIT;
   return Math.min(Math.floor(limit), MAX_QUERY_LIMIT);
 }
 
-function parseLine(line: string): AuditRecord | undefined {
+/** The entry as stored: a time-ordered id, fields cut to their limits, credentials redacted. */
+export function toAuditRecord(e: AuditEntry, newId: (timeMs: number) => string): AuditRecord {
+  const timeMs = Number.isFinite(e.timeMs) ? e.timeMs : Date.now();
+  return {
+    id: newId(timeMs).toLowerCase(), timeMs, actor: String(e.actor).slice(0, 256), tenant: String(e.tenant).slice(0, 64),
+    method: String(e.method).slice(0, 256), target: redactCredentials(String(e.target)).slice(0, 1024), result: e.result,
+    sourceAddress: String(e.sourceAddress).slice(0, 128), detail: redactCredentials(String(e.detail)).slice(0, 1024),
+  };
+}
+
+/** One line of a segment file as a record, or undefined (a torn or foreign line). */
+export function parseLine(line: string): AuditRecord | undefined {
   if (!line) return undefined;
   try {
     const r = JSON.parse(line) as AuditRecord;
@@ -97,7 +94,7 @@ async function fsyncDir(dir: string): Promise<void> {
 
 type Follower = { onRecord: (r: AuditRecord) => void; onEnd?: () => void };
 
-export class AuditLog implements AuditSink {
+export class AuditLog implements AuditBackend {
   private readonly newId = monotonicUlidFactory();
   private readonly followers = new Set<Follower>();
   private queue: AuditRecord[] = [];
@@ -208,12 +205,7 @@ export class AuditLog implements AuditSink {
       this.o.log.warn({ method: e.method }, 'audit record after close; not written');
       return;
     }
-    const timeMs = Number.isFinite(e.timeMs) ? e.timeMs : Date.now();
-    const r: AuditRecord = {
-      id: this.newId(timeMs).toLowerCase(), timeMs, actor: String(e.actor).slice(0, 256), tenant: String(e.tenant).slice(0, 64),
-      method: String(e.method).slice(0, 256), target: redactCredentials(String(e.target)).slice(0, 1024), result: e.result,
-      sourceAddress: String(e.sourceAddress).slice(0, 128), detail: redactCredentials(String(e.detail)).slice(0, 1024),
-    };
+    const r = toAuditRecord(e, this.newId);
     this.queue.push(r);
     if (this.queue.length > this.o.maxQueued) {
       const n = this.queue.length - this.o.maxQueued;

@@ -18,7 +18,7 @@ import type { AgentRegistry } from '../agents/index.js';
 import type { EventIntake } from '../events/index.js';
 import type { RulesEngine } from '../rules/index.js';
 import type { Executions } from '../executions/index.js';
-import type { AuditLog } from '../audit/index.js';
+import type { AuditBackend } from '../audit/index.js';
 import type { Maintenance } from '../maintenance/index.js';
 
 export interface MetricsSources {
@@ -27,7 +27,7 @@ export interface MetricsSources {
   events: EventIntake;
   rules: RulesEngine;
   executions: Executions;
-  audit: AuditLog;
+  audit: AuditBackend;
   maintenance: Maintenance;
 }
 

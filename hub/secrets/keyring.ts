@@ -4,7 +4,7 @@
  * Ciphertexts are `v<n>:<b64 iv>:<b64 ct+tag>` (AES-256-GCM, 12-byte IV, additional data bound
  * by the caller), so a value names the version that opens it.
  */
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHmac, randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { chmod, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -40,6 +40,15 @@ export async function initKeyring(dataDir: string, supplied?: Buffer, force = fa
   await atomicWriteFile(keyFile(dir, 1), supplied ?? randomBytes(KEY_BYTES), { mode: 0o600 });
 }
 
+/**
+ * A check value of a master key: HMAC-SHA-256 keyed with it over a fixed label (hex). Equal for
+ * one key, different for two; finding the key from it means breaking HMAC-SHA-256 of a random
+ * 256-bit key. Hubs of a cluster compare these, never the keys.
+ */
+export function masterKeyCheck(key: Buffer): string {
+  return createHmac('sha256', key).update('trellis master key check v1').digest('hex');
+}
+
 export class Keyring {
   private readonly keys = new Map<number, Buffer>();
   private constructor(private readonly dir: string) {}
@@ -60,6 +69,11 @@ export class Keyring {
   }
 
   get current(): number { return Math.max(...this.keys.keys()); }
+
+  /** Per version, a check value of its key (hub/cluster/keys.ts): tells keys apart, reveals nothing of them. */
+  checks(): Map<number, string> {
+    return new Map([...this.keys].map(([v, k]) => [v, masterKeyCheck(k)]));
+  }
   versions(): number[] { return [...this.keys.keys()].sort((a, b) => a - b); }
   has(v: number): boolean { return this.keys.has(v); }
 

@@ -19,6 +19,8 @@
 import { closeSync, fstatSync, openSync, readdirSync, readFileSync, statSync, type Stats } from 'node:fs';
 import { read } from 'node:fs';
 import { promisify } from 'node:util';
+import { rm } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { COLLECTIONS, type Doc, type Store } from '../store/index.js';
 import { hubPaths } from '../paths.js';
@@ -36,6 +38,12 @@ export interface CaptureSources {
   flush(): Promise<void>;
   caFingerprint(): string;
   trellisVersion: string;
+  /**
+   * When the audit log is not in DATA/audit (PostgreSQL: hub/audit/postgres.ts): writes every
+   * record, as segment-file lines, to this new file (0600); the snapshot carries it as the one
+   * audit segment, so a restore brings the audit log back as files.
+   */
+  exportAudit?: (file: string) => Promise<void>;
 }
 
 interface OpenSegment { area: SegmentArea; name: string; fd: number; size: number }
@@ -102,10 +110,23 @@ async function* bytesOf(fd: number, size: number): AsyncGenerator<Buffer> {
 /** Writes the whole snapshot payload (manifest, collections, files, segments, end) to `out`. */
 export async function capture(src: CaptureSources, out: PayloadWriter, o: { createdBy: string; note: string; now?: number }): Promise<Manifest> {
   await src.flush();
+  // The audit table, exported before the consistent point (records are not referenced by the
+  // state; a few written meanwhile may be missing). The file is unlinked at once, its fd kept.
+  let exported: OpenSegment | undefined;
+  if (src.exportAudit) {
+    const tmp = join(hubPaths(src.dataDir).snapshots, `.audit-${randomBytes(6).toString('hex')}.jsonl`);
+    try {
+      await src.exportAudit(tmp);
+      const fd = openSync(tmp, 'r');
+      exported = { area: 'audit', name: '000000000001.jsonl', fd, size: fstatSync(fd).size };
+    } finally {
+      await rm(tmp, { force: true });
+    }
+  }
   // ---- the consistent point: nothing below awaits until every source is pinned.
   // `hubs` is the cluster's live registry (heartbeats of running hubs), not state to restore.
   const lists = COLLECTIONS.filter((c) => c !== 'hubs').map((c) => [c, src.store.list<Doc>(c)] as const);
-  const segments = [...openSegments('executions', hubPaths(src.dataDir).executions), ...openSegments('audit', hubPaths(src.dataDir).audit)];
+  const segments = [...openSegments('executions', hubPaths(src.dataDir).executions), ...(exported ? [exported] : openSegments('audit', hubPaths(src.dataDir).audit))];
   const files: Array<{ name: string; mode: number; body: Buffer }> = [];
   try {
     for (const name of fileNames(src.dataDir)) {

@@ -87,6 +87,36 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX trellis_agent_hubs_hub ON trellis_agent_hubs (hub);
     `,
   },
+  {
+    version: 3,
+    name: 'audit',
+    sql: `
+      -- The audit log of every hub (hub/audit/postgres.ts), append-only: the code has no UPDATE
+      -- of it; the only DELETE is retention (audit.retention: rows older than maxAge, and the
+      -- oldest rows beyond maxSegments x maxSegmentBytes bytes).
+      --   seq    insert order (a bigserial): what a hub re-reads when another hub says "new rows"
+      --   id     the record's lower-case ULID (time-ordered): the listing order, unique so that a
+      --          batch retried after an ambiguous failure is not written twice
+      --   hub    the id of the hub that wrote it (hubs registry)
+      --   bytes  the record's size as a JSON line (what retention counts, as the files do)
+      CREATE TABLE trellis_audit (
+        seq            bigserial PRIMARY KEY,
+        id             text   NOT NULL UNIQUE,
+        time_ms        bigint NOT NULL,
+        hub            text   NOT NULL,
+        actor          text   NOT NULL,
+        tenant         text   NOT NULL,
+        method         text   NOT NULL,
+        target         text   NOT NULL,
+        result         text   NOT NULL,
+        source_address text   NOT NULL,
+        detail         text   NOT NULL,
+        bytes          integer NOT NULL
+      );
+      CREATE INDEX trellis_audit_time ON trellis_audit (time_ms);
+      CREATE INDEX trellis_audit_actor ON trellis_audit (actor, id);
+    `,
+  },
 ];
 
 /** The newest schema version this build knows. */
