@@ -166,3 +166,22 @@ t.test('/stream takes the console cookie only from the hub\'s own origin', async
   await consoleCall(h, s, 'logout', {});
   t.equal(await open({ cookie: s.cookie, origin: `https://${host}`, host }), 401, 'after logout');
 });
+
+t.test('agents are paged and filtered by the hub: limit, after_id, total', async (t) => {
+  await using h = await startHub();
+  const ids = [];
+  for (let i = 0; i < 3; i++) ids.push((await h.enroll()).agentId);
+  ids.sort();
+  const s = await consoleLogin(h, 'admin', ADMIN_PASSWORD);
+  const p1 = (await consoleCall(h, s, 'AdminAgents/ListAgents', { limit: 2 })).json() as { agents: Array<{ id: string }>; total: number };
+  t.same(p1.agents.map((a) => a.id), ids.slice(0, 2));
+  t.equal(p1.total, 3);
+  const p2 = (await consoleCall(h, s, 'AdminAgents/ListAgents', { limit: 2, afterId: ids[1] })).json() as { agents: Array<{ id: string }>; total: number };
+  t.same(p2.agents.map((a) => a.id), ids.slice(2));
+  t.equal(p2.total, 3);
+  const online = (await consoleCall(h, s, 'AdminAgents/ListAgents', { status: 'online', limit: 1 })).json();
+  t.equal(online.total, 0, 'a status filter counts on the hub');
+  t.equal((await consoleCall(h, s, 'AdminAgents/ListAgents', { limit: 5000 })).status, 400);
+  // Without paging (the CLI): every agent, as before.
+  t.equal(((await consoleCall(h, s, 'AdminAgents/ListAgents', {})).json().agents as unknown[]).length, 3);
+});

@@ -51,6 +51,15 @@ async function login(page: Page, h: TestHub, user: string, password: string): Pr
   await page.waitForSelector('main[data-ready="overview"]', { timeout: WAIT });
 }
 
+/** Waits for `sel`; on a timeout the error names what the page showed. */
+async function seen(page: Page, sel: string): Promise<void> {
+  try {
+    await page.waitForSelector(sel, { timeout: WAIT });
+  } catch (err) {
+    throw new Error(`${sel} did not appear; the page shows: ${(await page.textContent('body').catch(() => ''))?.slice(0, 1500)}`, { cause: err });
+  }
+}
+
 async function ready(page: Page, name: string): Promise<void> {
   await page.waitForSelector(`main[data-ready="${name}"]`, { timeout: WAIT });
 }
@@ -124,7 +133,7 @@ t.test('the console in Chromium: login, agents, run with live output, cancel, re
   await shot(page, 'execution-live');
   // Cancel.
   await page.click('#cancel');
-  await page.waitForSelector('#exec-status .badge[data-status="canceled"]', { timeout: WAIT });
+  await seen(page, '#exec-status .badge[data-status="canceled"]');
   t.equal((await getExecution(h, execId)).status, 'canceled', 'the hub canceled it');
   // Re-run: a new execution of the same action and parameters.
   await page.click('#rerun');
@@ -135,7 +144,7 @@ t.test('the console in Chromium: login, agents, run with live output, cancel, re
   t.equal(rerun.action, 'ops.ticker');
   t.match(JSON.parse(Buffer.from(rerun.parametersJson).toString()), { word: 'tock' });
   await page.click('#cancel');
-  await page.waitForSelector('#exec-status .badge[data-status="canceled"]', { timeout: WAIT });
+  await seen(page, '#exec-status .badge[data-status="canceled"]');
 
   await page.goto(`https://localhost:${h.hub.webPort}/console/#/executions`);
   await ready(page, 'executions');

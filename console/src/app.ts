@@ -110,8 +110,8 @@ async function overviewPage(main: HTMLElement): Promise<void> {
   main.append(cards);
   if (can('agents:list')) {
     for (const status of ['online', 'offline']) {
-      const r = await call<{ agents: Agent[] }>('AdminAgents/ListAgents', { status });
-      cards.append(h('div', { class: 'card', id: `agents-${status}` }, h('div', { class: 'n' }, r.agents.length), h('div', { class: 'muted' }, `agents ${status}`)));
+      const r = await call<{ total: number }>('AdminAgents/ListAgents', { status, limit: 1 });
+      cards.append(h('div', { class: 'card', id: `agents-${status}` }, h('div', { class: 'n' }, r.total), h('div', { class: 'muted' }, `agents ${status}`)));
     }
   }
   if (can('executions:read')) {
@@ -145,9 +145,10 @@ async function agentsPage(main: HTMLElement, q: URLSearchParams): Promise<void> 
   form.addEventListener('submit', (e) => { e.preventDefault(); go(`#/agents?${new URLSearchParams({ selector: selector.value, status: status.value }).toString()}`); });
   const body = h('div', {});
   clear(main, h('h1', {}, 'Agents'), form, body);
-  const r = await call<{ agents: Agent[] }>('AdminAgents/ListAgents', { selectorExpr: q.get('selector') ?? '', status: q.get('status') ?? '' });
-  const page = Number(q.get('page') ?? 0) || 0;
-  const rows = r.agents.slice(page * PAGE, (page + 1) * PAGE);
+  // Paged by the hub, in id order: `after` is the last id of the previous page.
+  const after = q.get('after') ?? '';
+  const r = await call<{ agents: Agent[]; total: number }>('AdminAgents/ListAgents', { selectorExpr: q.get('selector') ?? '', status: q.get('status') ?? '', limit: PAGE, afterId: after });
+  const rows = r.agents;
   const table = h('table', { id: 'agents' },
     h('tr', {}, ...['status', 'hostname', 'id', 'labels', 'facts', 'last seen', 'certificate expires', ''].map((c) => h('th', {}, c))),
     ...rows.map((a) => h('tr', { 'data-agent': a.id },
@@ -159,15 +160,12 @@ async function agentsPage(main: HTMLElement, q: URLSearchParams): Promise<void> 
       h('td', {}, a.online ? 'now' : ago(a.lastSeenMs)),
       h('td', {}, a.certExpiresAtMs ? `${when(a.certExpiresAtMs)} (${ago(a.certExpiresAtMs)})` : '-'),
       h('td', {}, can('agents:revoke') && !a.revoked ? h('button', { class: 'danger revoke', onclick: () => void revokeAgent(a) }, 'Revoke') : null))));
-  clear(body, r.agents.length === 0 ? h('p', { class: 'muted' }, 'No agents match.') : table, pager(r.agents.length, page, (p) => { q.set('page', String(p)); go(`#/agents?${q.toString()}`); }));
-}
-
-function pager(total: number, page: number, to: (p: number) => void): HTMLElement {
-  const pages = Math.max(1, Math.ceil(total / PAGE));
-  return h('div', { class: 'pager' },
-    h('button', { disabled: page <= 0, onclick: () => to(page - 1) }, '← Previous'),
-    h('span', { class: 'muted' }, `page ${page + 1} of ${pages} (${total})`),
-    h('button', { disabled: page + 1 >= pages, onclick: () => to(page + 1) }, 'Next →'));
+  const last = rows[rows.length - 1];
+  clear(body, rows.length === 0 ? h('p', { class: 'muted' }, 'No agents match.') : table,
+    h('div', { class: 'pager' },
+      after ? h('button', { onclick: () => { q.delete('after'); go(`#/agents?${q.toString()}`); } }, '⇤ First page') : null,
+      h('span', { class: 'muted', id: 'agents-total' }, `${rows.length} shown of ${r.total} matching`),
+      rows.length === PAGE && last ? h('button', { id: 'agents-next', onclick: () => { q.set('after', last.id); go(`#/agents?${q.toString()}`); } }, 'Next →') : null));
 }
 
 async function revokeAgent(a: Agent): Promise<void> {
@@ -240,6 +238,9 @@ async function executionPage(main: HTMLElement, id: string): Promise<void> {
   let loaded = false;
   let pending = '';
   const show = (e: Execution) => {
+    // Answers and stream updates can cross (a cancel's answer may come after the stream said
+    // "canceled"): a finished execution never goes back to running.
+    if (rec && FINAL.has(rec.status) && !FINAL.has(e.status)) return;
     rec = e;
     const final = FINAL.has(e.status);
     clear(head, h('dl', { class: 'kv' },
@@ -288,7 +289,7 @@ async function runPage(main: HTMLElement, q: URLSearchParams): Promise<void> {
   const pick = h('select', { id: 'run-action', onchange: (e: Event) => go(`#/run?action=${encodeURIComponent((e.target as HTMLSelectElement).value)}`) },
     ...actions.map((a) => h('option', { value: a.ref, selected: a.ref === chosen }, a.ref)));
   const action = actions.find((a) => a.ref === chosen);
-  const agents = can('agents:list') ? (await call<{ agents: Agent[] }>('AdminAgents/ListAgents', { status: 'online' })).agents : [];
+  const agents = can('agents:list') ? (await call<{ agents: Agent[] }>('AdminAgents/ListAgents', { status: 'online', limit: 500 })).agents : [];
   const agent = h('select', { id: 'run-agent' }, h('option', { value: '' }, '(use the selector)'), ...agents.map((a) => h('option', { value: a.id }, `${a.hostname} (${a.id.slice(0, 12)})`)));
   const selector = h('input', { id: 'run-selector', placeholder: 'selector, e.g. role=web' });
   const inputs = new Map<string, () => string | undefined>();
@@ -312,7 +313,7 @@ async function runPage(main: HTMLElement, q: URLSearchParams): Promise<void> {
   const msg = h('div', {});
   const form = h('form', { class: 'panel fields', id: 'run-form' },
     h('label', { for: 'run-action' }, 'Action'), pick, action?.description ? h('p', { class: 'muted' }, action.description) : null,
-    h('label', { for: 'run-agent' }, 'Agent'), agent,
+    h('label', { for: 'run-agent' }, 'Agent', agents.length === 500 ? h('span', { class: 'muted' }, ' (the first 500 online; or use a selector)') : null), agent,
     h('label', { for: 'run-selector' }, 'or agents matching a selector (online ones)'), selector,
     h('h2', {}, 'Parameters'), ...(params.length ? params.flat() : [h('p', { class: 'muted' }, 'none')]),
     h('div', { class: 'row' }, h('button', { class: 'primary', type: 'submit', id: 'run-submit' }, 'Run')), msg);
