@@ -148,6 +148,8 @@ t.test('logout revokes the session: the cookie no longer works on the console, /
   t.equal((await consoleCall(h, s, 'AdminAgents/ListAgents', {})).status, 401, 'the old cookie is refused');
   t.equal((await webRequest(h, 'GET', '/console/api/session', { headers: { cookie: s.cookie } })).status, 401);
   await t.rejects(h.hub.components.auth.authenticate(s.token), /unknown or revoked/, 'the login token is revoked everywhere');
+  t.notOk(h.logLines.some((l) => l.includes(s.token)), 'the login token is in no hub log line');
+  t.notOk(h.logLines.some((l) => l.includes(ADMIN_PASSWORD)), 'nor the password');
 });
 
 t.test('/stream takes the console cookie only from the hub\'s own origin', async (t) => {

@@ -81,7 +81,8 @@ t.test('the console in Chromium: login, agents, run with live output, cancel, re
   await using agent = await h.agent();
   const agentId = agent.agentId!;
   const spare = await h.enroll(); // enrolled, never started: the one revoked from the console
-  await c.auth.createUser({ username: 'watcher', password: PW, roles: ['observer'], tenants: ['default'] });
+  await c.iam.createTenant('red', '');
+  await c.auth.createUser({ username: 'watcher', password: PW, roles: ['observer'], tenants: ['default', 'red'] });
   await using browser = await launchBrowser(h);
 
   // ---- an administrator
@@ -200,6 +201,13 @@ t.test('the console in Chromium: login, agents, run with live output, cancel, re
   await ready(opage, 'agents');
   t.ok(await opage.locator('tr[data-agent]').count() >= 1, 'the observer sees the agents');
   t.equal(await opage.locator('button.revoke').count(), 0, 'no revoke button');
+  // The tenant switcher: a member of two tenants sees the other one's (empty) fleet.
+  t.same(await opage.locator('#tenant option').allTextContents(), ['default', 'red']);
+  await opage.selectOption('#tenant', 'red');
+  await opage.waitForFunction(() => document.querySelector('main[data-ready="agents"]') && !document.querySelector('tr[data-agent]') && document.querySelector('main')?.textContent?.includes('No agents match'), undefined, { timeout: WAIT });
+  t.pass('tenant red: no agents');
+  await opage.selectOption('#tenant', 'default');
+  await opage.waitForSelector('tr[data-agent]', { timeout: WAIT });
   await opage.goto(`https://localhost:${h.hub.webPort}/console/#/executions/${rerunId}`);
   await ready(opage, 'executions');
   t.equal(await opage.locator('#cancel, #rerun').count(), 0, 'no cancel or re-run');

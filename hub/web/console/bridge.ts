@@ -10,7 +10,8 @@
  * filled); the answer goes through the response encoder and decoder the same way (bytes fields
  * as base64). A server-streaming method answers `{ "messages": [...] }` once the handler ends
  * (the console calls them without `follow`; live output comes over /stream); its messages are
- * capped and the call cancelled past the cap. Client- and bidi-streaming methods are not bridged.
+ * capped (MAX_STREAM_MESSAGES, MAX_STREAM_BYTES: the answer says `truncated`) and the call cancelled
+ * past the cap. Client- and bidi-streaming methods are not bridged.
  */
 import * as grpc from '@grpc/grpc-js';
 import { toStatus, CODE_KEY } from '../../../common/grpc-errors.js';
@@ -21,6 +22,8 @@ import { isMalformed } from '../../grpc/malformed.js';
 const PACKAGE = 'trellis.v1';
 /** Messages of one server-streaming answer; past it the call is cancelled and the answer says `truncated`. */
 export const MAX_STREAM_MESSAGES = 2_000;
+/** JSON bytes of one server-streaming answer (snapshot downloads are not for the console); past it, the same. */
+export const MAX_STREAM_BYTES = 8 * 1024 * 1024;
 
 export interface ServedService {
   definition: grpc.ServiceDefinition;
@@ -156,17 +159,20 @@ export class ApiBridge {
         const messages: unknown[] = [];
         let truncated = false;
         let done = false;
+        let bytes = 0;
         const finish = (r: BridgeResult) => { if (!done) { done = true; resolve(r); } };
         const stream = Object.assign(base, {
           write(msg: unknown): boolean {
             if (done || truncated) return false;
-            if (messages.length >= MAX_STREAM_MESSAGES) {
+            const m = decode(msg);
+            bytes += JSON.stringify(m).length;
+            if (messages.length >= MAX_STREAM_MESSAGES || bytes > MAX_STREAM_BYTES) {
               truncated = true;
               onAbort(); // cancels the handler, like a client that stops reading
               finish({ status: 200, body: { messages, truncated: true } });
               return false;
             }
-            messages.push(decode(msg));
+            messages.push(m);
             return true;
           },
           end() { finish({ status: 200, body: { messages, truncated } }); },
