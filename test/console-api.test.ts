@@ -7,6 +7,7 @@ import t from 'tap';
 import { WebSocket, type ClientOptions } from 'ws';
 import { startHub, ADMIN_PASSWORD, type TestHub } from './helpers/hub.js';
 import { webRequest, consoleLogin, consoleCall } from './helpers/console.js';
+import { csrfFor } from '../hub/web/console/session.js';
 
 const PW = 'console-password-1';
 
@@ -46,7 +47,7 @@ t.test('login sets an HttpOnly, Secure, SameSite=Strict cookie; the token never 
   t.equal(bad.headers['set-cookie'], undefined);
   t.equal(bad.json().code, 'TRELLIS_E_UNAUTHENTICATED');
   const s = await consoleLogin(h, 'admin', ADMIN_PASSWORD);
-  t.match(s.setCookie, /^__Host-trellis-session=tl1?[^;]*; Path=\/; Secure; HttpOnly; SameSite=Strict; Max-Age=\d+$/);
+  t.match(s.setCookie, /^__Host-trellis-session=tls1_[^;]*; Path=\/; Secure; HttpOnly; SameSite=Strict; Max-Age=\d+$/);
   t.ok(s.token.length > 20);
   // The body has the CSRF token, not the login token.
   const login = await webRequest(h, 'POST', '/console/api/login', { headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username: 'admin', password: ADMIN_PASSWORD }) });
@@ -74,6 +75,10 @@ t.test('the API bridge: no cookie 401, CSRF missing or wrong 403, another origin
   const none = await consoleCall(h, undefined, 'AdminAgents/ListAgents', {});
   t.equal(none.status, 401);
   t.equal(none.json().code, 'TRELLIS_E_UNAUTHENTICATED');
+  // A made-up session (with the CSRF token that goes with it) is refused before its body is read.
+  const fake = 'tls1_' + 'A'.repeat(43);
+  const made = await consoleCall(h, { cookie: `__Host-trellis-session=${fake}`, token: fake, csrf: csrfFor(fake), setCookie: '' }, 'AdminKv/Set', { key: 'k', value: 'x'.repeat(2 * 1024 * 1024) });
+  t.equal(made.status, 401, 'unknown session: 401, not 413 (the body was not read)');
   t.equal((await consoleCall(h, s, 'AdminAgents/ListAgents', {}, { 'x-trellis-csrf': '' })).status, 403, 'no CSRF token');
   const wrong = await consoleCall(h, s, 'AdminAgents/ListAgents', {}, { 'x-trellis-csrf': s.csrf.replace(/^./, (c) => (c === 'A' ? 'B' : 'A')) });
   t.equal(wrong.status, 403, 'wrong CSRF token');

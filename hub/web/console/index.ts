@@ -167,6 +167,18 @@ export class ConsoleRoute {
     const token = sessionToken(req);
     if (!token) throw new HttpError(401, 'not logged in', 'TRELLIS_E_UNAUTHENTICATED');
     if (!csrfOk(req, token)) throw new HttpError(403, 'missing or wrong CSRF token (x-trellis-csrf): reload the console', 'TRELLIS_E_PERMISSION_DENIED');
+    // Like the admin port's pre-auth gate: no body is read for a session that does not exist (the
+    // call itself authenticates again, through the wrapper, and audits a refusal).
+    try {
+      await this.o.auth.authenticate(token, { peek: true });
+    } catch (err) {
+      if (isTrellisError(err, 'TRELLIS_E_UNAUTHENTICATED')) {
+        req.resume();
+        sendJson(res, 401, { error: 'not logged in: the session ended or expired', code: 'TRELLIS_E_UNAUTHENTICATED' }, { 'set-cookie': clearedCookie() });
+        return;
+      }
+      throw err;
+    }
     const tenantHeader = req.headers['x-trellis-tenant'];
     const tenant = typeof tenantHeader === 'string' && tenantHeader ? tenantHeader : undefined;
     if (tenant !== undefined && !TENANT_RE.test(tenant)) throw new HttpError(400, 'bad x-trellis-tenant header', 'TRELLIS_E_INVALID_ARGUMENT');
