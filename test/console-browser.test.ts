@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import type { Page, BrowserContext } from 'playwright-core';
 import { startHub, ADMIN_PASSWORD, type TestHub } from './helpers/hub.js';
 import { needs } from './helpers/needs.js';
-import { install, file, getExecution, getAgent } from './helpers/admin.js';
+import { install, file, getExecution, getAgent, createRule, getRule, setSecret, setKv } from './helpers/admin.js';
 import { chromiumMissing, launchBrowser, artifactsDir } from './helpers/browser.js';
 import { consoleCall } from './helpers/console.js';
 import { csrfFor } from '../hub/web/console/session.js';
@@ -81,6 +81,10 @@ t.test('the console in Chromium: login, agents, run with live output, cancel, re
   await using agent = await h.agent();
   const agentId = agent.agentId!;
   const spare = await h.enroll(); // enrolled, never started: the one revoked from the console
+  await createRule(h, { name: 'on-tick', trigger: 'core.tick', action: { ref: 'ops.ticker', parameters: { word: 'tick', count: 1 } } });
+  const SECRET = 'console-secret-value-9f8e7d';
+  await setSecret(h, 'db_password', SECRET);
+  await setKv(h, 'greeting', 'hello-plain', false);
   await c.iam.createTenant('red', '');
   await c.auth.createUser({ username: 'watcher', password: PW, roles: ['observer'], tenants: ['default', 'red'] });
   await using browser = await launchBrowser(h);
@@ -166,6 +170,26 @@ t.test('the console in Chromium: login, agents, run with live output, cancel, re
   await page.waitForFunction((id) => document.querySelector(`tr[data-agent="${id}"] .badge`)?.getAttribute('data-status') === 'revoked', spare.agentId, { timeout: WAIT });
   t.equal((await getAgent(h, spare.agentId)).revoked, true, 'revoked');
 
+  // Rules: disable and enable again.
+  await page.goto(`https://localhost:${h.hub.webPort}/console/#/rules`);
+  await ready(page, 'rules');
+  await page.locator('tr[data-rule="on-tick"] button').click();
+  await page.waitForFunction(() => document.querySelector('tr[data-rule="on-tick"] button')?.textContent === 'Enable', undefined, { timeout: WAIT });
+  t.equal((await getRule(h, 'on-tick')).enabled, false, 'disabled from the console');
+  await page.locator('tr[data-rule="on-tick"] button').click();
+  await page.waitForFunction(() => document.querySelector('tr[data-rule="on-tick"] button')?.textContent === 'Disable', undefined, { timeout: WAIT });
+  t.equal((await getRule(h, 'on-tick')).enabled, true, 'enabled again');
+
+  // Datastore: a secret's value is not on the page until decrypted (kv:decrypt, audited).
+  await page.goto(`https://localhost:${h.hub.webPort}/console/#/kv`);
+  await ready(page, 'kv');
+  t.match(await page.textContent('tr[data-key="greeting"]'), /hello-plain/);
+  t.notOk((await page.content()).includes(SECRET), 'the secret is not on the page');
+  await page.locator('tr[data-key="db_password"] button').click();
+  await page.waitForFunction((v) => document.querySelector('tr[data-key="db_password"]')?.textContent?.includes(v), SECRET, { timeout: WAIT });
+  await c.audit.flush();
+  t.ok((await c.audit.query({ methodContains: 'AdminKv/Get', limit: 10 })).some((r) => r.actor === 'admin'), 'the decryption is audited');
+
   // Other pages render without errors.
   for (const p of ['events', 'rules', 'packs', 'kv', 'audit']) {
     await page.goto(`https://localhost:${h.hub.webPort}/console/#/${p}`);
@@ -208,6 +232,10 @@ t.test('the console in Chromium: login, agents, run with live output, cancel, re
   t.pass('tenant red: no agents');
   await opage.selectOption('#tenant', 'default');
   await opage.waitForSelector('tr[data-agent]', { timeout: WAIT });
+  await opage.goto(`https://localhost:${h.hub.webPort}/console/#/kv`);
+  await ready(opage, 'kv');
+  t.equal(await opage.locator('tr[data-key="db_password"] button').count(), 0, 'no decrypt button without kv:decrypt');
+  t.notOk((await opage.content()).includes(SECRET), 'the secret is not on the observer\'s page');
   await opage.goto(`https://localhost:${h.hub.webPort}/console/#/executions/${rerunId}`);
   await ready(opage, 'executions');
   t.equal(await opage.locator('#cancel, #rerun').count(), 0, 'no cancel or re-run');
