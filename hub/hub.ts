@@ -313,7 +313,7 @@ export class Hub {
     }));
     web.upgradeRoute(new EventStream({ auth, events, executions, live, audit: refusalAudit, log: log.child({ component: 'stream' }), maxClients: wc.maxStreams, maxPerUser: wc.maxStreamsPerUser, cookieCredential: streamCookieCredential }));
     // The web console (/console/): its API calls the admin port's handlers, with their authorization and audit.
-    web.route(new ConsoleRoute({ auth, served: adminServer.served, log: log.child({ component: 'console' }) }).route());
+    if (wc.console) web.route(new ConsoleRoute({ auth, served: adminServer.served, log: log.child({ component: 'console' }) }).route());
     let agentPort: number, adminPort: number, webPort: number;
     let agentListener: AgentListener | undefined;
     try {

@@ -192,3 +192,10 @@ t.test('agents are paged and filtered by the hub: limit, after_id, total', async
   // Without paging (the CLI): every agent, as before.
   t.equal(((await consoleCall(h, s, 'AdminAgents/ListAgents', {})).json().agents as unknown[]).length, 3);
 });
+
+t.test('web.console: false turns the console off (404), the rest of the web port stays', async (t) => {
+  await using h = await startHub({ config: { web: { console: false } } });
+  t.equal((await webRequest(h, 'GET', '/console/')).status, 404);
+  t.equal((await webRequest(h, 'POST', '/console/api/login', { headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username: 'admin', password: ADMIN_PASSWORD }) })).status, 404);
+  t.equal((await webRequest(h, 'GET', '/healthz')).status, 200);
+});
