@@ -84,7 +84,7 @@ t.test('the console in Chromium: login, agents, run with live output, cancel, re
   await createRule(h, { name: 'on-tick', trigger: 'core.tick', action: { ref: 'ops.ticker', parameters: { word: 'tick', count: 1 } } });
   const SECRET = 'console-secret-value-9f8e7d';
   await setSecret(h, 'db_password', SECRET);
-  await setKv(h, 'greeting', 'hello-plain', false);
+  await setKv(h, 'greeting', 'hello-plain <img src=x onerror="document.title=\'pwned\'">', false);
   await c.iam.createTenant('red', '');
   await c.auth.createUser({ username: 'watcher', password: PW, roles: ['observer'], tenants: ['default', 'red'] });
   await using browser = await launchBrowser(h);
@@ -183,7 +183,9 @@ t.test('the console in Chromium: login, agents, run with live output, cancel, re
   // Datastore: a secret's value is not on the page until decrypted (kv:decrypt, audited).
   await page.goto(`https://localhost:${h.hub.webPort}/console/#/kv`);
   await ready(page, 'kv');
-  t.match(await page.textContent('tr[data-key="greeting"]'), /hello-plain/);
+  t.match(await page.textContent('tr[data-key="greeting"]'), /hello-plain <img src=x/, 'markup in a value is shown as text');
+  t.equal(await page.locator('tr[data-key="greeting"] img').count(), 0, 'never parsed as HTML');
+  t.not(await page.title(), 'pwned');
   t.notOk((await page.content()).includes(SECRET), 'the secret is not on the page');
   await page.locator('tr[data-key="db_password"] button').click();
   await page.waitForFunction((v) => document.querySelector('tr[data-key="db_password"]')?.textContent?.includes(v), SECRET, { timeout: WAIT });
