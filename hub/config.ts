@@ -224,6 +224,8 @@ const WebSchema = z.strictObject({
   headersTimeout: duration.default(10_000),
   /** A whole request (headers and body) must arrive within this. @default "30s" */
   requestTimeout: duration.default(30_000),
+  /** Serve the web console at https://HUB:WEBPORT/console/ (false: /console/ answers 404). @default true */
+  console: z.boolean().default(true),
 });
 
 /**
@@ -364,7 +366,7 @@ export const HubConfigSchema = z.strictObject({
   executions: ExecutionsSchema.prefault({}),
   /** Agent port under load: handshake bound, admission bound, retry-after, hello deadline, keepalive. @default { "maxHandshakes": 512, "maxQueuedHandshakes": 20000, "handshakeQueueTimeout": "60s", "maxPendingHellos": 256, "retryAfter": "2s", "helloTimeout": "10s", "keepaliveTime": "60s", "keepaliveTimeout": "20s" } */
   agentChannel: AgentChannelSchema.prefault({}),
-  /** Web port limits. @default { "maxStreams": 1000, "maxStreamsPerUser": 8, "maxConnectionsPerClient": 64, "handshakeTimeout": "10s", "headersTimeout": "10s", "requestTimeout": "30s" } */
+  /** Web port limits. @default { "maxStreams": 1000, "maxStreamsPerUser": 8, "maxConnectionsPerClient": 64, "handshakeTimeout": "10s", "headersTimeout": "10s", "requestTimeout": "30s", "console": true } */
   web: WebSchema.prefault({}),
   /** Audit log retention. @default { "retention": { "maxAge": "90d", "maxSegments": 20, "maxSegmentBytes": 16777216 } } */
   audit: AuditSchema.prefault({}),

@@ -48,6 +48,8 @@ import { HandshakeGate, listenAgentPort, logHandshakeSummary, type AgentListener
 import type { AdmissionGate } from './grpc/admission.js';
 import { MemoryCertificateProvider, mtlsServerCredentials, tlsServerCredentials } from './grpc/credentials.js';
 import { WebServer } from './web/index.js';
+import { ConsoleRoute } from './web/console/index.js';
+import { streamCookieCredential } from './web/console/session.js';
 import { Webhooks } from './webhooks/index.js';
 import { webhookRoute } from './web/webhooks.js';
 import { AgentDist } from './web/agentdist.js';
@@ -339,7 +341,9 @@ export class Hub {
         } finally { clearTimeout(timer); }
       },
     }));
-    web.upgradeRoute(new EventStream({ auth, events, executions, live, audit: refusalAudit, log: log.child({ component: 'stream' }), maxClients: wc.maxStreams, maxPerUser: wc.maxStreamsPerUser }));
+    web.upgradeRoute(new EventStream({ auth, events, executions, live, audit: refusalAudit, log: log.child({ component: 'stream' }), maxClients: wc.maxStreams, maxPerUser: wc.maxStreamsPerUser, cookieCredential: streamCookieCredential }));
+    // The web console (/console/): its API calls the admin port's handlers, with their authorization and audit.
+    if (wc.console) web.route(new ConsoleRoute({ auth, served: adminServer.served, log: log.child({ component: 'console' }) }).route());
     let agentPort: number, adminPort: number, webPort: number;
     let agentListener: AgentListener | undefined;
     try {

@@ -1,6 +1,8 @@
 /**
  * `npm run demo`: a hub and an agent on localhost in a temp dir, driven through the real
- * `trellis` CLI exactly as an operator would: init, login, token, enroll, run, revoke.
+ * `trellis` CLI exactly as an operator would: init, login, token, enroll, run, revoke. It prints
+ * the web console's URL and the credentials it uses; `npm run demo -- --keep` leaves the hub up
+ * afterwards (until Ctrl-C) to look around in the console.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, mkdirSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
@@ -19,6 +21,7 @@ const env: NodeJS.ProcessEnv = { ...process.env, TRELLIS_HOME: join(dir, 'cli'),
 env.TRELLIS_PASSWORD = env.TRELLIS_ADMIN_PASSWORD;
 const children: ChildProcess[] = [];
 const t0 = Date.now();
+const keep = process.argv.includes('--keep') || process.env.TRELLIS_DEMO_KEEP === '1';
 
 const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
 function step(title: string): void { process.stdout.write(`\n${bold(`== ${title}`)}\n`); }
@@ -75,6 +78,17 @@ async function main(): Promise<void> {
   step('2. Log in (the CLI pins the hub CA from ca.pem; the token is time-limited)');
   trellis(['login', '--hub', hubAddr, '--user', 'admin', '--ca', join(dir, 'hub', 'ca.pem')]);
 
+  const consoleUrl = `https://localhost:${webPort}/console/`;
+  const consoleStatus = await getStatus(webPort, '/console/', readFileSync(join(dir, 'hub', 'ca.pem'), 'utf8'));
+  if (consoleStatus !== 200) throw new Error(`the web console answered ${consoleStatus}`);
+  const consoleHelp = () => process.stdout.write([
+    `Web console: ${consoleUrl}`,
+    `  user: admin   password: ${env.TRELLIS_ADMIN_PASSWORD}`,
+    `  the hub's certificate is from its own CA (${join(dir, 'hub', 'ca.pem')}): trust that CA in the browser, or accept the warning for this demo`,
+    '',
+  ].join('\n'));
+  consoleHelp();
+
   step('3. Create a one-use join token (it carries the CA fingerprint)');
   const token = trellis(['tokens', 'create', '--label', 'role=demo', '--ttl', '10m'], { quiet: true }).out.trim();
   process.stdout.write(`${token.slice(0, 40)}…\n`);
@@ -121,6 +135,21 @@ async function main(): Promise<void> {
   if (openssl.status === 0) process.stdout.write(`openssl: ${(openssl.stderr || openssl.stdout).trim()} (the CRL is signed by the hub CA)\n`);
 
   step(`Done in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  if (keep) {
+    process.stdout.write('The hub stays up (--keep): look at the agents, executions, rules and audit log in the web console. Ctrl-C ends the demo.\n');
+    consoleHelp();
+    await new Promise<void>((resolve) => { process.once('SIGINT', () => resolve()); process.once('SIGTERM', () => resolve()); });
+  } else {
+    process.stdout.write(`(\`npm run demo -- --keep\` leaves the hub up afterwards to look around in the web console)\n`);
+  }
+}
+
+function getStatus(webPort: number, path: string, ca: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port: webPort, path, ca, servername: 'localhost' }, (res) => { res.resume(); resolve(res.statusCode ?? 0); });
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 /** A pack: a file sensor, an edge rule that remediates on the agent, a hub rule fed by a webhook. */

@@ -26,6 +26,8 @@ const S = '/trellis.v1';
 const AGENT_STATUSES = new Set(['online', 'offline', 'revoked']);
 /** `agents list` shows a revoked agent for this long after its revocation (then `--status revoked` or `--all`). */
 export const REVOKED_LISTED_MS = 7 * 86_400_000;
+/** Agents in one page of ListAgents (the web console pages the list). */
+const MAX_AGENTS_PAGE = 1000;
 const MIN_PRUNE_OFFLINE_MS = 3_600_000;
 
 export function certificateInfo(pem: string): T.CertificateInfo {
@@ -167,7 +169,15 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
       const keepRevoked = req.includeOldRevoked || status === 'revoked';
       const list = (await c.agents.list({ selector, tenant: readTenant(ctx) }))
         .filter((a) => (!status || a.status === status) && (keepRevoked || !a.revoked || now - (a.revokedAt ?? 0) < REVOKED_LISTED_MS));
-      return { agents: list.map((a) => agentInfo(c, a)) };
+      const limit = Number(req.limit) || 0;
+      if (limit < 0 || limit > MAX_AGENTS_PAGE) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `limit is between 1 and ${MAX_AGENTS_PAGE} (0: all)`);
+      const afterId = checkString(req.afterId ?? '', 'after_id', 64);
+      if (!limit && !afterId) return { agents: list.map((a) => agentInfo(c, a)), total: list.length };
+      // A page: id order (enrollment order: ids are ULIDs), after the last id of the previous page.
+      const sorted = list.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+      const from = afterId ? sorted.findIndex((a) => a.id > afterId) : 0;
+      const page = from < 0 ? [] : sorted.slice(from, limit ? from + limit : undefined);
+      return { agents: page.map((a) => agentInfo(c, a)), total: list.length };
     }),
     GetAgent: unary<T.GetAgentRequest__Output, T.AgentInfo>(deps, `${S}.AdminAgents/GetAgent`, async (req, ctx) =>
       agentInfo(c, c.agents.view(await agentInTenant(c, ctx, req.id)))),

@@ -66,11 +66,16 @@ export const malformedInterceptor: grpc.ServerInterceptor = (method, call) => ne
 
 /** A grpc.Server whose services decode defensively, with the malformed-request interceptor outermost. */
 export class GuardedServer extends grpc.Server {
+  /** Every service added, as served (guarded definition and handlers): the web console's API bridge calls them (hub/web/console). */
+  readonly served: Array<{ definition: grpc.ServiceDefinition; implementation: grpc.UntypedServiceImplementation }> = [];
+
   constructor(options: grpc.ServerOptions = {}) {
     super({ ...options, interceptors: [...(options.interceptors ?? []), malformedInterceptor] });
   }
 
   override addService(service: grpc.ServiceDefinition, implementation: grpc.UntypedServiceImplementation): void {
-    super.addService(guardDefinition(service), implementation);
+    const definition = guardDefinition(service);
+    super.addService(definition, implementation);
+    this.served.push({ definition, implementation });
   }
 }

@@ -1,6 +1,7 @@
 /**
- * The web port (HTTPS): health and version now; webhooks and the live event stream attach
- * here. Served with the hub certificate, swapped in place when it is replaced.
+ * The web port (HTTPS): health and version now; webhooks, the live event stream and the web
+ * console (hub/web/console) attach here. Served with the hub certificate, swapped in place when
+ * it is replaced.
  *
  * Limits (config `web`): at most `maxConnectionsPerClient` open connections per source address
  * (more are closed before the TLS handshake), a TLS handshake within `handshakeTimeout`, request

@@ -4,7 +4,8 @@
  * Upgrade request:
  * - credentials: `Authorization: Bearer <login token or API key>`, `x-api-key`, or (browsers,
  *   which cannot set headers) the subprotocol `trellis.bearer.<token>`; offer `trellis.v1`
- *   alongside it and the hub selects `trellis.v1`, so the token is not echoed back;
+ *   alongside it and the hub selects `trellis.v1`, so the token is not echoed back; or the web
+ *   console's session cookie on an upgrade from the hub's own origin;
  * - tenant: `x-trellis-tenant` or `?tenant=` (they must agree); membership is checked as on the
  *   admin port; administrators may ask `*` (every tenant); default: the caller's first tenant;
  * - permissions: `events:read`; `kinds` including executions also needs `executions:read`;
@@ -69,6 +70,11 @@ export interface EventStreamOptions {
   maxClients?: number;
   /** Concurrent streams of one user (all their sessions and API keys). @default 8 */
   maxPerUser?: number;
+  /**
+   * The web console's session cookie, when an upgrade carries no other credential (the console
+   * keeps its login token in an HttpOnly cookie: hub/web/console/session.ts checks the Origin).
+   */
+  cookieCredential?: (req: IncomingMessage) => string | undefined;
 }
 
 interface Filter {
@@ -237,7 +243,7 @@ export class EventStream implements UpgradeRoute {
 
     const since = this.o.live.generation;
     let p: Principal;
-    try { p = await this.o.auth.authenticate(credentialOf(req)); } catch (e) {
+    try { p = await this.o.auth.authenticate(credentialOf(req) ?? this.o.cookieCredential?.(req)); } catch (e) {
       throw new Refusal(401, isTrellisError(e) ? e.message : 'unrecognised credential');
     }
     let tenant: string | undefined;
