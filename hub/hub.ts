@@ -65,7 +65,6 @@ import { allMethodPaths } from '../common/proto.js';
 import { SERVER_OPTIONS, formatHostPort } from '../common/grpc-options.js';
 import { HubRegistry, newHubId } from './cluster/registry.js';
 import { busFor, type ClusterBus } from './cluster/bus.js';
-import type { PostgresStore } from './store/postgres/index.js';
 import { addClusterServices } from './grpc/cluster.js';
 import { createLogger, type Logger } from '../common/log.js';
 import { TrellisError } from '../common/errors.js';

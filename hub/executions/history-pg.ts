@@ -35,6 +35,10 @@ export interface HistoryBackend {
   appendState(rec: ExecutionRecord, extra?: { dedupKey?: string; timeoutMs?: number }): void;
   appendOutput(id: string, stream: 'STDOUT' | 'STDERR', offset: number, data: Buffer): void;
   flush(): Promise<void>;
+  /** Every state line queued so far on disk (output may follow later). */
+  flushStates(): Promise<void>;
+  /** Every line queued so far on disk, riding on the next write where the backend batches. */
+  written(): Promise<void>;
   readOutput(id: string): Promise<Chunk[]>;
   close(): Promise<void>;
 }
@@ -127,6 +131,16 @@ export class PgHistory implements HistoryBackend {
 
   flush(): Promise<void> {
     return this.flusher.flush();
+  }
+
+  /** State rows and output go in one transaction: the same as flush(). */
+  flushStates(): Promise<void> {
+    return this.flusher.flush();
+  }
+
+  /** The next batch's commit (forced now: one transaction carries everything queued). */
+  written(): Promise<void> {
+    return this.flusher.flush().catch(() => undefined);
   }
 
   private async writeQueued(): Promise<void> {

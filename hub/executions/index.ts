@@ -358,6 +358,7 @@ export class Executions {
    * (they follow within `flushIntervalMs`): one fdatasync per write instead of two.
    */
   requestsDurable(): Promise<void> {
+    if (this.attaching.size) return Promise.all(this.attaching.values()).then(() => this.history.flushStates()).catch(() => undefined);
     return this.history.flushStates().catch(() => undefined);
   }
 
