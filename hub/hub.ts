@@ -60,6 +60,7 @@ import { SERVER_OPTIONS, formatHostPort } from '../common/grpc-options.js';
 import { HubRegistry, newHubId } from './cluster/registry.js';
 import { busFor, type ClusterBus } from './cluster/bus.js';
 import { addClusterServices } from './grpc/cluster.js';
+import { ChangePropagation } from './cluster/propagate.js';
 import { createLogger, type Logger } from '../common/log.js';
 import { TrellisError } from '../common/errors.js';
 import { rotationPauseFromEnv } from './kv/test-hooks.js';
@@ -93,6 +94,8 @@ export class Hub {
   registry?: HubRegistry;
   /** Hub-to-hub messages (LocalBus when the store is not shared). */
   bus?: ClusterBus;
+  /** Other hubs' changes applied to this hub's in-memory state (shared store only). */
+  propagation?: ChangePropagation;
   private agentListener?: AgentListener;
   /** The agent port's handshake bound (its stats: how often connections had to wait). */
   handshakes?: HandshakeGate;
@@ -285,6 +288,8 @@ export class Hub {
       log: log.child({ component: 'cluster' }),
     });
     addClusterServices(adminServer, components, adminDeps, registry);
+    // Another hub's changes reach this hub's in-memory state as local ones do (hub/cluster/propagate.ts).
+    const propagation = new ChangePropagation({ store, agents, auth, iam, rules, packs, kv, agentConfigs, maintenance, log: log.child({ component: 'cluster' }) });
 
     const bindTo = (server: grpc.Server, port: number, creds: grpc.ServerCredentials, what: string) =>
       new Promise<number>((resolve, reject) => {
@@ -333,6 +338,7 @@ export class Hub {
       boundWebPort = webPort;
     } catch (e) {
       live.close();
+      propagation.close();
       stopHandshakeSummary();
       agentServer.forceShutdown();
       await agentListener?.close();
@@ -360,6 +366,7 @@ export class Hub {
     hub.refusals = refusals;
     hub.registry = registry;
     hub.bus = bus;
+    hub.propagation = propagation;
     await registry.start();
     hub.sweepTimer = setInterval(() => void auth.sweepSessions().catch(() => undefined), 3_600_000);
     hub.eventSweepTimer = setInterval(() => events.sweep(), 60_000);
@@ -392,6 +399,7 @@ export class Hub {
     this.certLifecycle?.close();
     this.components.rotation.close();
     this.live?.close();
+    this.propagation?.close();
     await this.registry?.stop();
     const c = this.components;
     c.agentConfigs.close();

@@ -221,6 +221,26 @@ export class RulesEngine extends EventEmitter {
     await this.checkAuthors();
   }
 
+  /**
+   * Another hub (shared store) saved or deleted a rule document (`id` undefined: maybe every
+   * one): the tenant's rules are rebuilt as after a local change (hub rules re-indexed, edge rules
+   * pushed to the agents connected here).
+   */
+  async reloadDocs(id?: string): Promise<void> {
+    if (id === undefined) {
+      const tenants = new Set([...this.docs.values()].map((d) => d.tenant));
+      this.docs.clear();
+      for (const d of await this.deps.store.list<RuleDoc>('rules')) { this.docs.set(d.id, d); tenants.add(d.tenant); }
+      for (const t of tenants) this.rebuild(t);
+      return;
+    }
+    const d = await this.deps.store.get<RuleDoc>('rules', id);
+    const tenant = d?.tenant ?? this.docs.get(id)?.tenant;
+    if (d) this.docs.set(id, d);
+    else this.docs.delete(id);
+    if (tenant !== undefined) this.rebuild(tenant);
+  }
+
   /** The author of a pack's rules: its installer (the owner, for an API key `apikey:<id>@<owner>`). */
   private packAuthor(tenant: string, pack: string): string {
     const by = this.deps.packs.get(tenant, pack)?.installedBy ?? '';
