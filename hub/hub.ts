@@ -61,6 +61,7 @@ import { HubRegistry, newHubId } from './cluster/registry.js';
 import { busFor, type ClusterBus } from './cluster/bus.js';
 import { addClusterServices } from './grpc/cluster.js';
 import { ChangePropagation } from './cluster/propagate.js';
+import { ClusterEvents } from './cluster/events.js';
 import { createLogger, type Logger } from '../common/log.js';
 import { TrellisError } from '../common/errors.js';
 import { rotationPauseFromEnv } from './kv/test-hooks.js';
@@ -96,6 +97,8 @@ export class Hub {
   bus?: ClusterBus;
   /** Other hubs' changes applied to this hub's in-memory state (shared store only). */
   propagation?: ChangePropagation;
+  /** Events forwarded to and from the other hubs' /stream followers. */
+  clusterEvents?: ClusterEvents;
   private agentListener?: AgentListener;
   /** The agent port's handshake bound (its stats: how often connections had to wait). */
   handshakes?: HandshakeGate;
@@ -320,7 +323,14 @@ export class Hub {
         } finally { clearTimeout(timer); }
       },
     }));
-    web.upgradeRoute(new EventStream({ auth, events, executions, live, audit: refusalAudit, log: log.child({ component: 'stream' }), maxClients: wc.maxStreams, maxPerUser: wc.maxStreamsPerUser }));
+    // In a cluster, /stream also carries the events of agents on the other hubs (hub/cluster/events.ts).
+    let clusterEvents: ClusterEvents | undefined;
+    const stream = new EventStream({
+      auth, events, executions, live, audit: refusalAudit, log: log.child({ component: 'stream' }), maxClients: wc.maxStreams, maxPerUser: wc.maxStreamsPerUser,
+      onFollowers: (n) => clusterEvents?.followersChanged(n),
+    });
+    web.upgradeRoute(stream);
+    clusterEvents = await ClusterEvents.start({ bus, events, followers: stream, log: log.child({ component: 'cluster' }) });
     let agentPort: number, adminPort: number, webPort: number;
     let agentListener: AgentListener | undefined;
     try {
@@ -339,6 +349,7 @@ export class Hub {
     } catch (e) {
       live.close();
       propagation.close();
+      clusterEvents?.close();
       stopHandshakeSummary();
       agentServer.forceShutdown();
       await agentListener?.close();
@@ -367,6 +378,7 @@ export class Hub {
     hub.registry = registry;
     hub.bus = bus;
     hub.propagation = propagation;
+    hub.clusterEvents = clusterEvents;
     await registry.start();
     hub.sweepTimer = setInterval(() => void auth.sweepSessions().catch(() => undefined), 3_600_000);
     hub.eventSweepTimer = setInterval(() => events.sweep(), 60_000);
@@ -400,6 +412,7 @@ export class Hub {
     this.components.rotation.close();
     this.live?.close();
     this.propagation?.close();
+    this.clusterEvents?.close();
     await this.registry?.stop();
     const c = this.components;
     c.agentConfigs.close();

@@ -140,6 +140,46 @@ void t.test('changes made through one hub reach the other within a second', need
     t.pass('a secret changed through B is pushed again by A');
   });
 
+  void t.test("/stream on B sees the events of an agent on A, of the follower's tenant only; forwarded only while someone follows", async (t) => {
+    const ce = a.hub.clusterEvents!;
+    const agent = await a.agent(); // tenant default
+    const otherAgent = await a.agent({ dataDir: (await a.enroll({ token: await a.token({ tenant: 'other' }) })).dataDir });
+    // Nobody follows anywhere: A sends nothing over the bus.
+    const before = ce.stats.messages;
+    agent.publishEvent('core.quiet', { n: 0 });
+    await waitFor(() => a.hub.components.events.received > 0, 5_000);
+    await new Promise((r) => setTimeout(r, 300));
+    t.equal(ce.stats.messages, before, 'no follower on another hub: no message sent');
+    t.notOk(ce.remoteFollowers, 'A knows of no follower elsewhere');
+
+    await call(b.admin, b.admin.users, b.admin.users.CreateUser, { username: 'dora', password: PW, roles: ['user'], tenants: ['default'] });
+    await call(b.admin, b.admin.users, b.admin.users.CreateUser, { username: 'olive', password: PW, roles: ['user'], tenants: ['other'] });
+    const dora = await openStream(t, b, (await login(b, 'dora', PW)).token);
+    const olive = await openStream(t, b, (await login(b, 'olive', PW)).token);
+    await waitFor(() => ce.remoteFollowers, WITHIN_MS * 5, 'A knows B has followers');
+    const t0 = performance.now();
+    agent.publishEvent('core.ping', { n: 1 });
+    otherAgent.publishEvent('core.ping', { n: 2 });
+    const evs = (s: typeof dora) => s.messages.filter((m) => m.kind === 'event' && m.type === 'core.ping');
+    await waitFor(() => evs(dora).length === 1 && evs(olive).length === 1, 10_000, 'both followers got their tenant\'s event');
+    t.comment(`event of an agent on A → follower on B: ${(performance.now() - t0).toFixed(0)} ms`);
+    t.match(evs(dora)[0], { tenant: 'default', agent: agent.agentId, payload: { n: 1 } }, "dora (tenant default) sees the default agent's event");
+    t.match(evs(olive)[0], { tenant: 'other', agent: otherAgent.agentId, payload: { n: 2 } }, "olive (tenant other) sees the other agent's event");
+    await new Promise((r) => setTimeout(r, 300));
+    t.equal(evs(dora).length, 1, "dora never sees the other tenant's event");
+    t.equal(evs(olive).length, 1, "olive never sees the default tenant's event");
+
+    // Too big for one bus message: forwarded with a marker, not dropped silently.
+    agent.publishEvent('core.big', { blob: 'x'.repeat(20_000) });
+    await waitFor(() => dora.messages.some((m) => m.type === 'core.big'), 10_000, 'the big event');
+    t.match(dora.messages.find((m) => m.type === 'core.big'), { payload: null, payloadTruncated: 20_011 }, 'its payload is cut, with its size');
+
+    // Lost rights on B end the stream as for local events; the last follower gone, A stops forwarding.
+    dora.ws.close();
+    olive.ws.close();
+    await waitFor(() => !ce.remoteFollowers, WITHIN_MS * 5, 'A hears B has no followers left');
+  });
+
   void t.test('maintenance on through B: A refuses non-admin calls; off through B: A serves them', async (t) => {
     await call(a.admin, a.admin.users, a.admin.users.CreateUser, { username: 'gus', password: PW, roles: ['user'], tenants: ['default'] });
     const gus = adminClients(a.adminAddr, a.caPem, (await login(a, 'gus', PW)).token);
