@@ -62,6 +62,7 @@ import { busFor, type ClusterBus } from './cluster/bus.js';
 import { addClusterServices } from './grpc/cluster.js';
 import { ChangePropagation } from './cluster/propagate.js';
 import { ClusterEvents } from './cluster/events.js';
+import { ruleGatesFor, type SharedRuleGates } from './cluster/rule-gates.js';
 import { createLogger, type Logger } from '../common/log.js';
 import { TrellisError } from '../common/errors.js';
 import { rotationPauseFromEnv } from './kv/test-hooks.js';
@@ -99,6 +100,8 @@ export class Hub {
   propagation?: ChangePropagation;
   /** Events forwarded to and from the other hubs' /stream followers. */
   clusterEvents?: ClusterEvents;
+  /** Cluster-wide rule cooldowns and rate limits (PostgreSQL only). */
+  ruleGates?: SharedRuleGates;
   private agentListener?: AgentListener;
   /** The agent port's handshake bound (its stats: how often connections had to wait). */
   handshakes?: HandshakeGate;
@@ -198,7 +201,9 @@ export class Hub {
       abandonGraceMs: xc.abandonGrace, reconnectGraceMs: xc.reconnectGrace, maxOutputBytes: xc.maxOutputBytes, maxAgeMs: xc.retention.maxAge, maxCount: xc.retention.maxCount,
       admit: (o) => maintenance.admitExecution(o), onDispatch: (o) => metrics?.observeDispatch(o),
     });
-    const rules = new RulesEngine({ store, packs, executions, agents, authors: iam, audit, log: log.child({ component: 'rules' }), hold: () => maintenance.holdRuleFiring() });
+    // Cooldowns and rate limits of rules hold across hubs on PostgreSQL (hub/cluster/rule-gates.ts).
+    const ruleGates = opts.memoryStore ? undefined : ruleGatesFor(store, log.child({ component: 'rules' }));
+    const rules = new RulesEngine({ store, packs, executions, agents, authors: iam, audit, log: log.child({ component: 'rules' }), hold: () => maintenance.holdRuleFiring(), sharedGates: ruleGates });
     await rules.load();
     const agentConfigs = new AgentConfigs({ agents, packs, rules, kv, log: log.child({ component: 'agentconfig' }) });
     // The event path: de-duplicated events → hub rules; edge-rule reports → execution history.
@@ -350,6 +355,7 @@ export class Hub {
       live.close();
       propagation.close();
       clusterEvents?.close();
+      ruleGates?.close();
       stopHandshakeSummary();
       agentServer.forceShutdown();
       await agentListener?.close();
@@ -379,6 +385,7 @@ export class Hub {
     hub.bus = bus;
     hub.propagation = propagation;
     hub.clusterEvents = clusterEvents;
+    hub.ruleGates = ruleGates;
     await registry.start();
     hub.sweepTimer = setInterval(() => void auth.sweepSessions().catch(() => undefined), 3_600_000);
     hub.eventSweepTimer = setInterval(() => events.sweep(), 60_000);
@@ -413,6 +420,7 @@ export class Hub {
     this.live?.close();
     this.propagation?.close();
     this.clusterEvents?.close();
+    this.ruleGates?.close();
     await this.registry?.stop();
     const c = this.components;
     c.agentConfigs.close();

@@ -12,7 +12,9 @@ import { cpSync } from 'node:fs';
 import { join } from 'node:path';
 import { WebSocket } from 'ws';
 import { startHub, tempDir, login, waitFor, callError, type TestHub } from './helpers/hub.js';
-import { file, install, markAction, readLines, tenantMd } from './helpers/admin.js';
+import { createRule, file, install, markAction, readLines, tenantMd } from './helpers/admin.js';
+import { PgRuleGates } from '../hub/cluster/rule-gates.js';
+import type { PostgresStore } from '../hub/store/index.js';
 import { call, adminClients } from '../cli/client.js';
 import { Agent } from '../agent/agent.js';
 import { needs } from './helpers/needs.js';
@@ -178,6 +180,56 @@ void t.test('changes made through one hub reach the other within a second', need
     dora.ws.close();
     olive.ws.close();
     await waitFor(() => !ce.remoteFollowers, WITHIN_MS * 5, 'A hears B has no followers left');
+  });
+
+  void t.test('cooldowns and rate limits hold across hubs: a rule matched on both hubs within its cooldown fires once', async (t) => {
+    const onA = await a.agent();
+    const onB = await b.agent();
+    t.equal(b.hub.components.agents.link(onB.agentId!) !== undefined, true, 'one agent on each hub');
+    await install(a, opsPack());
+    const out = join(a.dir, 'cool.out');
+    const limited = join(a.dir, 'limited.out');
+    await createRule(a, { name: 'cool', trigger: 'core.cool', cooldown: '1h', action: { ref: 'ops.mark', parameters: { msg: 'cool {{ trigger.agent }}', out } } });
+    await createRule(a, { name: 'limited', trigger: 'core.limited', rate_limit: { count: 3, per: '1h' }, action: { ref: 'ops.mark', parameters: { msg: 'limited {{ trigger.payload.n }}', out: limited } } });
+    await waitFor(() => ['cool', 'limited'].every((n) => b.hub.components.rules.list('default').some((r) => r.def.ref === n)), WITHIN_MS * 5, 'B knows the rules');
+    const stats = (name: string) => [a, b].map((h) => h.hub.components.rules.get('default', name).stats);
+    const sum = (name: string, k: 'matched' | 'fired' | 'suppressed') => stats(name).reduce((n, s) => n + s[k], 0);
+    const decided = (name: string, n: number) => sum(name, 'matched') === n && sum(name, 'fired') + sum(name, 'suppressed') === n;
+
+    onA.publishEvent('core.cool', {});
+    onB.publishEvent('core.cool', {});
+    await waitFor(() => decided('cool', 2), 15_000, 'both hubs matched and decided');
+    t.equal(sum('cool', 'fired'), 1, 'fired once across the two hubs');
+    t.equal(sum('cool', 'suppressed'), 1, 'the other match is suppressed');
+    await waitFor(() => readLines(out).length === 1, 15_000, 'the one action ran');
+    await new Promise((r) => setTimeout(r, 300));
+    t.equal(readLines(out).length, 1, 'and only one');
+
+    for (let n = 0; n < 5; n++) { onA.publishEvent('core.limited', { n }); onB.publishEvent('core.limited', { n: 10 + n }); }
+    await waitFor(() => decided('limited', 10), 15_000, '10 matches decided');
+    t.equal(sum('limited', 'fired'), 3, 'a rate limit of 3 per hour allows 3 firings across both hubs');
+    await waitFor(() => readLines(limited).length === 3, 15_000, 'three actions ran');
+  });
+
+  void t.test('the shared gate: concurrent claims from two hubs, cooldown reopening, local refusals without a round trip', async (t) => {
+    const ga = new PgRuleGates(a.hub.components.store as PostgresStore, a.log);
+    const gb = new PgRuleGates(b.hub.components.store as PostgresStore, b.log);
+    t.teardown(() => { ga.close(); gb.close(); });
+    const limits = { cooldownMs: 0, rateLimit: { count: 3, perMs: 3_600_000 } };
+    const all = await Promise.all(Array.from({ length: 20 }, (_, i) => (i % 2 ? ga : gb).tryFire('t/burst@1', limits)));
+    t.equal(all.filter(Boolean).length, 3, '20 concurrent claims from two hubs: exactly 3 fire');
+    const claims = ga.claims + gb.claims;
+    t.notOk(await ga.tryFire('t/burst@1', limits), 'closed');
+    t.notOk(await gb.tryFire('t/burst@1', limits), 'closed');
+    t.equal(ga.claims + gb.claims, claims, 'a gate known closed is refused without asking the database');
+
+    const cool = { cooldownMs: 400 };
+    t.ok(await ga.tryFire('t/cool@1', cool), 'first firing');
+    t.notOk(await gb.tryFire('t/cool@1', cool), 'the other hub is held by the cooldown');
+    await new Promise((r) => setTimeout(r, 500));
+    t.ok(await gb.tryFire('t/cool@1', cool), 'open again after the cooldown, on either hub');
+    t.notOk(await ga.tryFire('t/cool@1', cool), 'and closed again');
+    t.ok(await ga.tryFire('t/cool@2', cool), 'a rule edited since (another gate) starts afresh');
   });
 
   void t.test('maintenance on through B: A refuses non-admin calls; off through B: A serves them', async (t) => {
