@@ -171,7 +171,10 @@ export function addEventCommands(program: Command): void {
     .option('--web-port <port>', 'the hub web port (default: the one the hub reports)')
     .addHelpText('after', '\nThe stream lives only as long as your rights: losing events:read (or executions:read with\n' +
       '--executions), the tenant, or your login ends it (exit 1). One user may hold at most\n' +
-      'web.maxStreamsPerUser streams at once (default 8); over that the hub answers 429 and this retries.')
+      'web.maxStreamsPerUser streams at once (default 8); over that the hub answers 429 and this retries.\n' +
+      'With several hubs on one PostgreSQL, any hub shows the events of agents connected to every hub;\n' +
+      'an event too big to forward between hubs shows its payload size instead, and events another hub\n' +
+      'could not forward are reported as a "gap" line.')
     .action(async (o: FollowOptions & { follow?: boolean }) => {
       if (!o.follow) {
         throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'there is no event history to list: use `trellis events --follow` to follow live events (add --type, --agent or --executions to narrow)');
