@@ -140,6 +140,16 @@ void t.test('changes made through one hub reach the other within a second', need
     await onB(b, b.admin.kv, b.admin.kv.Set, { key: 'edge_token', value: 'second-secret-2', secret: true, ttlMs: 0, scope: 'tenant', private: false });
     await waitFor(() => agent.edge.version !== v1, 10_000, 'the new secret reached the agent on A');
     t.pass('a secret changed through B is pushed again by A');
+    // An edge rule for role=web agents only: the agent gets it when B labels it.
+    await onB(b, b.admin.rules, b.admin.rules.CreateRule, {
+      definition: JSON.stringify({ name: 'edge-web', trigger: 'core.file', target: 'local', on: { selector: { role: 'web' } }, action: { ref: 'ops.mark', parameters: { msg: 'web', out: join(a.dir, 'edge.out') } } }),
+      replace: true, source: 'test',
+    });
+    await new Promise((r) => setTimeout(r, 300));
+    t.notOk(agent.edge.ruleNames.includes('edge-web'), 'not for an agent without the label');
+    await call(b.admin, b.admin.agents, b.admin.agents.SetAgentLabels, { id: agent.agentId!, set: { role: 'web' }, remove: [] });
+    await waitFor(() => agent.edge.ruleNames.includes('edge-web'), 10_000, 'labelled through B: A pushed the rule to the agent');
+    t.pass('a label set through B changes the config A pushes');
   });
 
   void t.test("/stream on B sees the events of an agent on A, of the follower's tenant only; forwarded only while someone follows", async (t) => {

@@ -63,6 +63,8 @@ type Wire = [string, string, string, string, number, string | null, number?];
 const ENVELOPE = 200;
 const BUDGET = MAX_BUS_MESSAGE - ENVELOPE;
 const MAX_GAP_TENANTS = 64;
+/** Bus messages sent in one round trip to the database. */
+const MESSAGES_PER_TRIP = 32;
 
 export interface ClusterEventsStats {
   /** Events sent to other hubs. */
@@ -179,7 +181,9 @@ export class ClusterEvents {
         while (!this.closed && (this.pending.length > 0 || this.gaps.size > 0)) {
           const batch = this.pending;
           this.pending = [];
-          for (const msg of pack(batch, this.stats)) await this.send({ e: msg.entries }, msg.count);
+          const msgs = pack(batch, this.stats);
+          // Several messages per round trip (one statement of pg_notify calls).
+          for (let i = 0; i < msgs.length; i += MESSAGES_PER_TRIP) await this.sendMany(msgs.slice(i, i + MESSAGES_PER_TRIP));
           if (this.gaps.size > 0) {
             const gaps = Object.fromEntries(this.gaps);
             const reason = this.gapReason;
@@ -190,6 +194,22 @@ export class ClusterEvents {
       } finally { this.sending = undefined; }
     })();
     return this.sending;
+  }
+
+  private async sendMany(msgs: Array<{ entries: Wire[]; count: number }>): Promise<void> {
+    try {
+      await this.o.bus.publishMany(EVENTS_TOPIC, msgs.map((m) => ({ e: m.entries })));
+      this.stats.messages += msgs.length;
+      for (const m of msgs) this.stats.forwarded += m.count;
+      if (this.failing) this.o.log.info('forwarding events to the other hubs again');
+      this.failing = false;
+    } catch (err) {
+      if (!this.failing) this.o.log.warn({ err: (err as Error).message }, 'cannot forward events to the other hubs (their followers are told how many were lost)');
+      this.failing = true;
+      const byTenant = new Map<string, number>();
+      for (const m of msgs) for (const w of m.entries) byTenant.set(w[3], (byTenant.get(w[3]) ?? 0) + 1);
+      for (const [tenant, n] of byTenant) this.noteDropped(tenant, n, 'the database was unreachable');
+    }
   }
 
   private async send(msg: Record<string, unknown>, count: number): Promise<void> {
