@@ -14,6 +14,8 @@ import { WebSocket } from 'ws';
 import { startHub, tempDir, login, waitFor, callError, type TestHub } from './helpers/hub.js';
 import { createRule, file, install, markAction, readLines, tenantMd } from './helpers/admin.js';
 import { PgRuleGates } from '../hub/cluster/rule-gates.js';
+import { ClusterEvents } from '../hub/cluster/events.js';
+import { EventIntake, type HubEvent } from '../hub/events/index.js';
 import type { PostgresStore } from '../hub/store/index.js';
 import { call, adminClients } from '../cli/client.js';
 import { Agent } from '../agent/agent.js';
@@ -190,6 +192,32 @@ void t.test('changes made through one hub reach the other within a second', need
     dora.ws.close();
     olive.ws.close();
     await waitFor(() => !ce.remoteFollowers, WITHIN_MS * 5, 'A hears B has no followers left');
+  });
+
+  void t.test('forwarding over the bus: a backlog over its bound reaches followers as a gap, malformed entries are ignored', async (t) => {
+    const intake = new EventIntake();
+    const got: HubEvent[] = [];
+    const gaps: Array<[string, number, string]> = [];
+    const recv = await ClusterEvents.start({
+      bus: b.hub.bus!, events: new EventIntake(), log: b.log,
+      followers: { followers: () => 1, deliverRemote: (e) => { got.push(...e); }, deliverGap: (tenant, n, why) => { gaps.push([tenant, n, why]); } },
+    });
+    const send = await ClusterEvents.start({
+      bus: a.hub.bus!, events: intake, log: a.log, maxPending: 3,
+      followers: { followers: () => 0, deliverRemote: () => undefined, deliverGap: () => undefined },
+    });
+    t.teardown(() => { recv.close(); send.close(); });
+    await waitFor(() => send.remoteFollowers, 5_000, 'the sender hears of the follower');
+    intake.publish(Array.from({ length: 10 }, (_, i) => ({ id: `gap-${i}`, type: 'core.gap', payload: Buffer.from(`{"i":${i}}`), timeMs: i, agentId: 'x', tenant: 'gaps' })));
+    await waitFor(() => gaps.length > 0 && got.filter((e) => e.tenant === 'gaps').length === 3, 5_000, 'three events and a gap');
+    t.same(got.filter((e) => e.tenant === 'gaps').map((e) => e.id), ['gap-0', 'gap-1', 'gap-2'], 'the first three, in order');
+    t.same(gaps[0]!.slice(0, 2), ['gaps', 7], 'the seven others are reported to the tenant\'s followers, not dropped silently');
+    t.match(gaps[0]![2], /not keeping up/);
+    t.equal(send.stats.dropped, 7);
+    const malformed = recv.stats.malformed;
+    await a.hub.bus!.publish('events', { e: [[1, 2, 3], ['id', 'core.x', 'agent', 'tenant', 'not-a-time', '{}'], ['ok-1', 'core.x', 'a', 'gaps', 5, '{}']] });
+    await waitFor(() => got.some((e) => e.id === 'ok-1'), 5_000, 'the valid entry');
+    t.equal(recv.stats.malformed - malformed, 2, 'two malformed entries ignored, the valid one delivered');
   });
 
   void t.test('cooldowns and rate limits hold across hubs: a rule matched on both hubs within its cooldown fires once', async (t) => {
