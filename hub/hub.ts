@@ -332,7 +332,7 @@ export class Hub {
     let clusterEvents: ClusterEvents | undefined;
     const stream = new EventStream({
       auth, events, executions, live, audit: refusalAudit, log: log.child({ component: 'stream' }), maxClients: wc.maxStreams, maxPerUser: wc.maxStreamsPerUser,
-      onFollowers: (n) => clusterEvents?.followersChanged(n),
+      onFollowers: () => clusterEvents?.followersChanged(),
     });
     web.upgradeRoute(stream);
     clusterEvents = await ClusterEvents.start({ bus, events, followers: stream, log: log.child({ component: 'cluster' }) });

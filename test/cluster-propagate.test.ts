@@ -170,7 +170,8 @@ void t.test('changes made through one hub reach the other within a second', need
     await call(b.admin, b.admin.users, b.admin.users.CreateUser, { username: 'olive', password: PW, roles: ['user'], tenants: ['other'] });
     const dora = await openStream(t, b, (await login(b, 'dora', PW)).token);
     const olive = await openStream(t, b, (await login(b, 'olive', PW)).token);
-    await waitFor(() => ce.remoteFollowers, WITHIN_MS * 5, 'A knows B has followers');
+    await waitFor(() => ce.forwards('default') && ce.forwards('other'), WITHIN_MS * 5, 'A knows B has followers of both tenants');
+    t.notOk(ce.forwards('third'), 'and of no other tenant');
     const t0 = performance.now();
     agent.publishEvent('core.ping', { n: 1 });
     otherAgent.publishEvent('core.ping', { n: 2 });
@@ -182,6 +183,13 @@ void t.test('changes made through one hub reach the other within a second', need
     await new Promise((r) => setTimeout(r, 300));
     t.equal(evs(dora).length, 1, "dora never sees the other tenant's event");
     t.equal(evs(olive).length, 1, "olive never sees the default tenant's event");
+
+    // Only the tenants followed on B are forwarded at all.
+    await waitFor(() => ce.stats.forwarded >= 2, 5_000, 'the two events counted as forwarded');
+    const fwd = ce.stats.forwarded;
+    a.hub.components.events.publish([{ id: 'third-1', type: 'core.third', payload: Buffer.from('{}'), timeMs: Date.now(), agentId: '', tenant: 'third' }]);
+    await new Promise((r) => setTimeout(r, 300));
+    t.equal(ce.stats.forwarded, fwd, 'an event of a tenant no follower on B watches is not sent over the bus');
 
     // Too big for one bus message: forwarded with a marker, not dropped silently.
     agent.publishEvent('core.big', { blob: 'x'.repeat(20_000) });

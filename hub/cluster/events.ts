@@ -6,9 +6,10 @@
  * (tenant, `events:read`, filters; rights re-checked by hub/live). Rules run only on the hub the
  * agent is connected to: forwarded events reach followers, never the rules engine.
  *
- * Cost only when someone follows: a hub forwards only while another hub has event followers.
- * Hubs announce on topic `followers` when their count of event followers goes from 0 to more (and
- * back), again every `announceEveryMs` while they have any (an announcement is valid for
+ * Cost only when someone follows: a hub forwards only while another hub has event followers, and
+ * only events of the tenants they watch. Hubs announce on topic `followers` when what their event
+ * followers watch changes (none, these tenants, every tenant), again every `announceEveryMs` while
+ * they have any (an announcement is valid for
  * `interestTtlMs`: a killed hub's interest lapses), and ask the others at start and after the
  * bus reconnected.
  *
@@ -35,6 +36,8 @@ export const FOLLOWERS_TOPIC = 'followers';
 export interface EventFollowers {
   /** Event followers connected to this hub now. */
   followers(): number;
+  /** The tenants they watch (`*`: every tenant); other hubs forward only events of these. @default '*' */
+  followedTenants?(): '*' | string[];
   /** Delivers events forwarded by another hub, filtered and authorized as local ones. */
   deliverRemote(events: HubEvent[]): void;
   /** Tells the followers of `tenant` that `dropped` events of another hub could not be forwarded. */
@@ -83,8 +86,8 @@ export interface ClusterEventsStats {
 
 export class ClusterEvents {
   readonly stats: ClusterEventsStats = { forwarded: 0, messages: 0, truncated: 0, dropped: 0, received: 0, malformed: 0 };
-  /** Other hubs with event followers → when their announcement lapses. */
-  private readonly interest = new Map<string, number>();
+  /** Other hubs with event followers → when their announcement lapses, and the tenants they watch. */
+  private readonly interest = new Map<string, { until: number; tenants: '*' | Set<string> }>();
   private pending: HubEvent[] = [];
   /** Per tenant: events dropped since the last gap report. */
   private gaps = new Map<string, number>();
@@ -92,7 +95,11 @@ export class ClusterEvents {
   private timer?: NodeJS.Timeout;
   private sending?: Promise<void>;
   private announceTimer?: NodeJS.Timeout;
-  private lastAnnounced = 0;
+  private lastAnnounced = '';
+  private announceSeq = 0;
+  private announcing: Promise<void> = Promise.resolve();
+  /** Per other hub: the number of its last announcement. */
+  private readonly seen = new Map<string, number>();
   private readonly cleanups: Array<() => void> = [];
   private closed = false;
   private failing = false;
@@ -123,32 +130,65 @@ export class ClusterEvents {
 
   /** True when another hub has event followers now (events are forwarded). */
   get remoteFollowers(): boolean {
+    return this.watched() !== undefined;
+  }
+
+  /** Would an event of `tenant` be forwarded now? */
+  forwards(tenant: string): boolean {
+    const w = this.watched();
+    return w === '*' || (w !== undefined && w.has(tenant));
+  }
+
+  /** The tenants other hubs' followers watch now (`*`: every tenant), undefined when none. */
+  private watched(): '*' | Set<string> | undefined {
     const now = Date.now();
-    for (const [hub, until] of this.interest) {
-      if (until > now) return true;
-      this.interest.delete(hub);
+    let out: Set<string> | undefined;
+    for (const [hub, i] of this.interest) {
+      if (i.until <= now) { this.interest.delete(hub); continue; }
+      if (i.tenants === '*') return '*';
+      out ??= new Set();
+      for (const t of i.tenants) out.add(t);
     }
-    return false;
+    return out;
   }
 
-  /** This hub's count of event followers changed (hub/web/stream.ts calls it). */
-  followersChanged(n: number): void {
+  /** This hub's event followers changed (hub/web/stream.ts calls it): the others hear when what they watch changed. */
+  followersChanged(): void {
     if (this.closed || !this.o.bus.clustered) return;
-    if ((n > 0) !== (this.lastAnnounced > 0)) this.announce(false);
+    if (this.interestNow().key !== this.lastAnnounced) this.announce(false);
   }
 
+  private interestNow(): { n: number; t: '*' | string[]; key: string } {
+    const n = this.o.followers.followers();
+    const t = n > 0 ? (this.o.followers.followedTenants?.() ?? '*') : [];
+    // Too many tenants for one message: every tenant (more forwarded, nothing missed).
+    const tenants = t !== '*' && JSON.stringify(t).length > MAX_BUS_MESSAGE / 2 ? '*' : t;
+    return { n, t: tenants, key: n > 0 ? JSON.stringify(tenants) : '' };
+  }
+
+  /**
+   * Announcements go out one after another (a chain), each numbered: two sent close together on
+   * different database connections may arrive out of order, and the older is then ignored.
+   */
   private announce(ask: boolean): void {
     if (this.closed) return;
-    const n = this.o.followers.followers();
-    this.lastAnnounced = n;
-    this.o.bus.publish(FOLLOWERS_TOPIC, ask ? { n, ask: true } : { n }).catch((err: Error) => {
+    const { n, t, key } = this.interestNow();
+    this.lastAnnounced = key;
+    const s = ++this.announceSeq;
+    this.announcing = this.announcing.then(() => this.o.bus.publish(FOLLOWERS_TOPIC, ask ? { n, t, s, ask: true } : { n, t, s })).catch((err: Error) => {
       this.o.log.warn({ err: err.message }, 'cannot announce this hub\'s event followers to the other hubs; retried at the next change or in a few seconds');
     });
   }
 
   private onInterest(m: Record<string, unknown>, from: string): void {
+    const seq = typeof m.s === 'number' && Number.isSafeInteger(m.s) ? m.s : 0;
+    if (seq <= (this.seen.get(from) ?? -1)) return; // an older announcement, overtaken
+    if (this.seen.size > 1_000 && !this.seen.has(from)) this.seen.clear();
+    this.seen.set(from, seq);
     const n = typeof m.n === 'number' && Number.isFinite(m.n) ? m.n : 0;
-    if (n > 0) this.interest.set(from, Date.now() + this.ttlMs);
+    // Tenants watched: a list of names, or anything else meaning every tenant (the safe reading).
+    const tenants = Array.isArray(m.t) && m.t.every((x) => typeof x === 'string') ? new Set(m.t as string[]) : '*';
+    if (n > 0) this.interest.set(from, { until: Date.now() + this.ttlMs, tenants });
     else this.interest.delete(from);
     // A hub that starts (or reconnected) asks: answer when there is something to say.
     if (m.ask === true && this.o.followers.followers() > 0) this.announce(false);
@@ -156,8 +196,12 @@ export class ClusterEvents {
 
   // ------------------------------------------------------------ sending
 
-  private onLocal(batch: HubEvent[]): void {
-    if (this.closed || !this.remoteFollowers) return;
+  private onLocal(all: HubEvent[]): void {
+    if (this.closed) return;
+    const watched = this.watched();
+    if (!watched) return;
+    const batch = watched === '*' ? all : all.filter((e) => watched.has(e.tenant));
+    if (batch.length === 0) return;
     const room = this.maxPending - this.pending.length;
     if (room < batch.length) {
       for (const e of batch.slice(Math.max(0, room))) this.noteDropped(e.tenant, 1, 'the other hubs are not keeping up with this hub\'s events');
@@ -267,7 +311,10 @@ export class ClusterEvents {
     clearTimeout(this.timer);
     clearInterval(this.announceTimer);
     for (const c of this.cleanups) c();
-    if (this.lastAnnounced > 0 && this.o.bus.clustered) void this.o.bus.publish(FOLLOWERS_TOPIC, { n: 0 }).catch(() => undefined);
+    if (this.lastAnnounced !== '' && this.o.bus.clustered) {
+      const s = ++this.announceSeq;
+      void this.announcing.then(() => this.o.bus.publish(FOLLOWERS_TOPIC, { n: 0, t: [], s })).catch(() => undefined);
+    }
   }
 }
 

@@ -223,6 +223,17 @@ export class EventStream implements UpgradeRoute {
   /** Streams following events now. */
   followers(): number { return this.eventFollowers; }
 
+  /** The tenants event followers watch now (`*`: some administrator follows every tenant). */
+  followedTenants(): '*' | string[] {
+    const out = new Set<string>();
+    for (const c of this.clients) {
+      if (!c.filter.events) continue;
+      if (c.tenant === undefined) return '*';
+      out.add(c.tenant);
+    }
+    return [...out].sort();
+  }
+
   /** Events another hub forwarded (hub/cluster/events): filtered and authorized as local ones. */
   deliverRemote(batch: HubEvent[]): void { this.onEvents(batch); }
 
