@@ -232,7 +232,7 @@ export class ClusterEvents {
             const gaps = Object.fromEntries(this.gaps);
             const reason = this.gapReason;
             this.gaps = new Map();
-            await this.send({ gap: gaps, reason }, 0);
+            await this.sendGap({ gap: gaps, reason });
           }
         }
       } finally { this.sending = undefined; }
@@ -256,21 +256,14 @@ export class ClusterEvents {
     }
   }
 
-  private async send(msg: Record<string, unknown>, count: number): Promise<void> {
+  /** A gap report; one that cannot be sent (database away) is lost with the events it counts. */
+  private async sendGap(msg: Record<string, unknown>): Promise<void> {
     try {
       await this.o.bus.publish(EVENTS_TOPIC, msg);
       this.stats.messages++;
-      this.stats.forwarded += count;
-      if (this.failing) this.o.log.info('forwarding events to the other hubs again');
-      this.failing = false;
     } catch (err) {
       if (!this.failing) this.o.log.warn({ err: (err as Error).message }, 'cannot forward events to the other hubs (their followers are told how many were lost)');
       this.failing = true;
-      if (count === 0) return; // a gap report that failed: the next one carries on
-      const entries = (msg.e as Wire[] | undefined) ?? [];
-      const byTenant = new Map<string, number>();
-      for (const w of entries) byTenant.set(w[3], (byTenant.get(w[3]) ?? 0) + 1);
-      for (const [tenant, n] of byTenant) this.noteDropped(tenant, n, 'the database was unreachable');
     }
   }
 
