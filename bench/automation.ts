@@ -87,7 +87,7 @@ export function makeAgents(ctx: AutomationCtx, n: number, opts: { onAction?: (i:
   return out;
 }
 
-function waitAllReady(chs: HubChannel[], ms: number): Promise<void> {
+export function waitAllReady(chs: HubChannel[], ms: number): Promise<void> {
   const deadline = Date.now() + ms;
   return new Promise((resolve, reject) => {
     const tick = () => {
@@ -103,7 +103,7 @@ function waitAllReady(chs: HubChannel[], ms: number): Promise<void> {
 const PAYLOAD = Buffer.from(JSON.stringify({ host: 'web-01.example.internal', percent: 42.5, load1: 0.7, load5: 0.6, load15: 0.5, cpus: 8, tags: ['prod', 'eu-west-1'], note: 'x'.repeat(120) }));
 
 /** Publishes `perAgent` events from every channel; resolves with wall time and the CPU time of the hub and of this process. */
-async function pumpAll(chs: HubChannel[], perAgent: number, type: string, hubPid?: number): Promise<{ perS: number; ms: number; events: number; hubCpuMs: number; ownCpuMs: number }> {
+export async function pumpAll(chs: HubChannel[], perAgent: number, type: string, hubPid?: number): Promise<{ perS: number; ms: number; events: number; hubCpuMs: number; ownCpuMs: number }> {
   const acked0 = chs.map((c) => c.stats.eventsAcked);
   const hubCpu0 = hubPid ? processCpuMs(hubPid) : 0;
   const ownCpu0 = process.cpuUsage();

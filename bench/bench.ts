@@ -25,6 +25,9 @@
  *  7. raw_stream_events_per_s, ingest_events_per_s, ingest_vs_raw_ratio, ingest_vs_raw_hub_cpu_ratio, event_to_action_p99_ms,
  *     event_to_action_missing, event_to_action_hub_cpu_us, event_to_action_agent_cpu_us, event_to_action_sink_cpu_us, webhook_req_per_s,
  *     secret_fanout_1000_agents_p99_ms   automation against the child hub (bench/automation.ts)
+ *     cluster_ingest_events_per_s  2 hubs on one throwaway PostgreSQL, 10 simulated agents split over both, the
+ *                                rules of ingest_events_per_s, a /stream follower on hub B (bench/cluster.ts);
+ *                                `skipped` (reason on stderr) where PostgreSQL is not installed
  *  9. ca_rotation_1000_agents_s  `ca rotate start` → all renewed → `commit` with 1,000 simulated agents
  *                                 connected to a hub of its own (bench/ca-rotation.ts, bench/simagent.ts)
  *  8. preauth_rss_40x4mib_mb     hub RSS growth under 40 concurrent unauthenticated 4 MiB Logins
@@ -58,6 +61,7 @@ import { Agent, agentFacts } from '../agent/agent.js';
 import { HubChannel } from '../agent/channel.js';
 import { agentPaths, loadIdentity, readState } from '../agent/identity.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
+import { benchClusterIngest, clusterBenchMissing } from './cluster.js';
 import { makeForgeIssuer } from './forge-naive.js';
 import { benchAuthedRpc, benchAuthz, benchLogin } from './auth.js';
 import { benchKvGetDecrypt, benchKvRotate } from './kv.js';
@@ -107,6 +111,7 @@ const FIGURES = [
   'agent_idle_rss_mb', 'agent_idle_cpu_pct',
   'store_pg_update_p99_ms', 'store_lowdb_update_p99_ms', 'store_pg_propagation_p99_ms',
   'cluster_dispatch_p99_ms',
+  'cluster_ingest_events_per_s',
 ] as const;
 type Figure = typeof FIGURES[number];
 const reported = new Set<Figure>();
@@ -519,6 +524,17 @@ async function main(): Promise<void> {
     const r = await benchClusterDispatch({ samples: 200, names: NAMES, trustDomain: TRUST_DOMAIN });
     note(`cluster_dispatch: ${r.n} runs, p50 ${r.p50.toFixed(1)} ms`);
     report('cluster_dispatch_p99_ms', r.p99, 'ms', 1);
+  });
+  // Two hubs on one PostgreSQL, agents split over both, the rules of ingest_events_per_s (bench/cluster.ts).
+  await figure(['cluster_ingest_events_per_s'], async () => {
+    const missing = clusterBenchMissing();
+    if (missing) {
+      reported.add('cluster_ingest_events_per_s');
+      process.stdout.write('cluster_ingest_events_per_s: skipped\n');
+      note(`cluster_ingest_events_per_s: skipped: ${missing}`);
+      return;
+    }
+    report('cluster_ingest_events_per_s', (await benchClusterIngest({ root: ROOT, names: NAMES, trustDomain: TRUST_DOMAIN })).perS, 'events/s');
   });
 
   const hubFigures: Figure[] = ['login_ms', 'authed_rpc_overhead_us', 'enroll_hub_cpu_ms', 'agent_enroll_wall_ms', 'agent_enroll_wall_p99_ms', 'channel_events_per_s', 'channel_events_unbatched_per_s'];

@@ -66,6 +66,9 @@ import { SERVER_OPTIONS, formatHostPort } from '../common/grpc-options.js';
 import { HubRegistry, newHubId } from './cluster/registry.js';
 import { busFor, type ClusterBus } from './cluster/bus.js';
 import { addClusterServices } from './grpc/cluster.js';
+import { ChangePropagation } from './cluster/propagate.js';
+import { ClusterEvents } from './cluster/events.js';
+import { ruleGatesFor, type SharedRuleGates } from './cluster/rule-gates.js';
 import { createLogger, type Logger } from '../common/log.js';
 import { TrellisError } from '../common/errors.js';
 import { rotationPauseFromEnv } from './kv/test-hooks.js';
@@ -99,6 +102,12 @@ export class Hub {
   registry?: HubRegistry;
   /** Hub-to-hub messages (LocalBus when the store is not shared). */
   bus?: ClusterBus;
+  /** Other hubs' changes applied to this hub's in-memory state (shared store only). */
+  propagation?: ChangePropagation;
+  /** Events forwarded to and from the other hubs' /stream followers. */
+  clusterEvents?: ClusterEvents;
+  /** Cluster-wide rule cooldowns and rate limits (PostgreSQL only). */
+  ruleGates?: SharedRuleGates;
   private agentListener?: AgentListener;
   /** The agent port's handshake bound (its stats: how often connections had to wait). */
   handshakes?: HandshakeGate;
@@ -215,7 +224,9 @@ export class Hub {
       abandonGraceMs: xc.abandonGrace, reconnectGraceMs: xc.reconnectGrace, maxOutputBytes: xc.maxOutputBytes, maxAgeMs: xc.retention.maxAge, maxCount: xc.retention.maxCount,
       admit: (o) => maintenance.admitExecution(o), onDispatch: (o) => metrics?.observeDispatch(o),
     });
-    const rules = new RulesEngine({ store, packs, executions, agents, authors: iam, audit, log: log.child({ component: 'rules' }), hold: () => maintenance.holdRuleFiring() });
+    // Cooldowns and rate limits of rules hold across hubs on PostgreSQL (hub/cluster/rule-gates.ts).
+    const ruleGates = opts.memoryStore ? undefined : ruleGatesFor(store, log.child({ component: 'rules' }));
+    const rules = new RulesEngine({ store, packs, executions, agents, authors: iam, audit, log: log.child({ component: 'rules' }), hold: () => maintenance.holdRuleFiring(), sharedGates: ruleGates });
     await rules.load();
     const agentConfigs = new AgentConfigs({ agents, packs, rules, kv, log: log.child({ component: 'agentconfig' }) });
     // The event path: de-duplicated events → hub rules; edge-rule reports → execution history.
@@ -310,6 +321,8 @@ export class Hub {
     });
     addClusterServices(adminServer, components, adminDeps, registry);
     liveHubs = async () => (await registry.list()).filter((h) => !h.stale).map((h) => h.id);
+    // Another hub's changes reach this hub's in-memory state as local ones do (hub/cluster/propagate.ts).
+    const propagation = new ChangePropagation({ store, agents, auth, iam, rules, packs, kv, agentConfigs, maintenance, log: log.child({ component: 'cluster' }) });
 
     const bindTo = (server: grpc.Server, port: number, creds: grpc.ServerCredentials, what: string) =>
       new Promise<number>((resolve, reject) => {
@@ -340,7 +353,14 @@ export class Hub {
         } finally { clearTimeout(timer); }
       },
     }));
-    web.upgradeRoute(new EventStream({ auth, events, executions, live, audit: refusalAudit, log: log.child({ component: 'stream' }), maxClients: wc.maxStreams, maxPerUser: wc.maxStreamsPerUser, cookieCredential: streamCookieCredential }));
+    // In a cluster, /stream also carries the events of agents on the other hubs (hub/cluster/events.ts).
+    let clusterEvents: ClusterEvents | undefined;
+    const stream = new EventStream({
+      auth, events, executions, live, audit: refusalAudit, log: log.child({ component: 'stream' }), maxClients: wc.maxStreams, maxPerUser: wc.maxStreamsPerUser, cookieCredential: streamCookieCredential,
+      onFollowers: () => clusterEvents?.followersChanged(),
+    });
+    web.upgradeRoute(stream);
+    clusterEvents = await ClusterEvents.start({ bus, events, followers: stream, log: log.child({ component: 'cluster' }) });
     // The web console (/console/): its API calls the admin port's handlers, with their authorization and audit.
     if (wc.console) web.route(new ConsoleRoute({ auth, served: adminServer.served, log: log.child({ component: 'console' }) }).route());
     let agentPort: number, adminPort: number, webPort: number;
@@ -360,6 +380,9 @@ export class Hub {
       boundWebPort = webPort;
     } catch (e) {
       live.close();
+      propagation.close();
+      clusterEvents?.close();
+      ruleGates?.close();
       stopHandshakeSummary();
       agentServer.forceShutdown();
       await agentListener?.close();
@@ -387,6 +410,9 @@ export class Hub {
     hub.refusals = refusals;
     hub.registry = registry;
     hub.bus = bus;
+    hub.propagation = propagation;
+    hub.clusterEvents = clusterEvents;
+    hub.ruleGates = ruleGates;
     await registry.start();
     hub.sweepTimer = setInterval(() => void auth.sweepSessions().catch(() => undefined), 3_600_000);
     hub.eventSweepTimer = setInterval(() => events.sweep(), 60_000);
@@ -419,6 +445,9 @@ export class Hub {
     this.certLifecycle?.close();
     this.components.rotation.close();
     this.live?.close();
+    this.propagation?.close();
+    this.clusterEvents?.close();
+    this.ruleGates?.close();
     await this.registry?.stop();
     const c = this.components;
     c.agentConfigs.close();

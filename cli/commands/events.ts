@@ -33,7 +33,8 @@ export function formatMessage(raw: string): string {
   const time = (ms: unknown) => (typeof ms === 'number' && ms > 0 ? new Date(ms).toISOString() : '-');
   if (m.kind === 'event') {
     let payload = JSON.stringify(m.payload ?? null);
-    if (payload.length > PAYLOAD_SHOWN) payload = payload.slice(0, PAYLOAD_SHOWN) + '… (--json shows it all)';
+    if (typeof m.payloadTruncated === 'number') payload = `(payload of ${m.payloadTruncated} bytes not forwarded between hubs; follow the agent's own hub to see it)`;
+    else if (payload.length > PAYLOAD_SHOWN) payload = payload.slice(0, PAYLOAD_SHOWN) + '… (--json shows it all)';
     return `${time(m.timeMs)}  ${String(m.type)}  ${m.agent ? String(m.agent) : '-'}  ${payload}`;
   }
   if (m.kind === 'execution') {
@@ -41,6 +42,9 @@ export function formatMessage(raw: string): string {
     const at = (r.finishedMs as number) || (r.startedMs as number) || (r.requestedMs as number);
     const exit = r.finishedMs ? `  exit ${String(r.exitCode)}` : '';
     return `${time(at)}  execution ${String(r.id)}  ${String(r.status)}  ${String(r.action)}  ${r.agentId ? String(r.agentId) : '-'}${exit}${r.error ? `  ${String(r.error)}` : ''}`;
+  }
+  if (m.kind === 'gap') {
+    return `${time(Date.now())}  gap  ${Number(m.dropped) || 0} event(s) of tenant ${String(m.tenant)} from another hub not shown: ${String(m.reason ?? '')}`;
   }
   if (m.kind === 'output') {
     const data = String(m.data ?? '').replace(/\n$/, '');
@@ -167,7 +171,10 @@ export function addEventCommands(program: Command): void {
     .option('--web-port <port>', 'the hub web port (default: the one the hub reports)')
     .addHelpText('after', '\nThe stream lives only as long as your rights: losing events:read (or executions:read with\n' +
       '--executions), the tenant, or your login ends it (exit 1). One user may hold at most\n' +
-      'web.maxStreamsPerUser streams at once (default 8); over that the hub answers 429 and this retries.')
+      'web.maxStreamsPerUser streams at once (default 8); over that the hub answers 429 and this retries.\n' +
+      'With several hubs on one PostgreSQL, any hub shows the events of agents connected to every hub;\n' +
+      'an event too big to forward between hubs shows its payload size instead, and events another hub\n' +
+      'could not forward are reported as a "gap" line.')
     .action(async (o: FollowOptions & { follow?: boolean }) => {
       if (!o.follow) {
         throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'there is no event history to list: use `trellis events --follow` to follow live events (add --type, --agent or --executions to narrow)');

@@ -159,6 +159,12 @@ export class AgentConfigs {
     await Promise.all((await this.connectedAgents(tenant)).map((id) => this.push(id, cache).catch((err) => this.failed(id, err))));
   }
 
+  /** Every connected agent gets its config again where it differs (another hub's changes, unknown scope). */
+  async pushAll(): Promise<void> {
+    const cache: ValueCache = new Map();
+    await Promise.all(this.deps.agents.connectedLinks().map((l) => this.push(l.agentId, cache).catch((err) => this.failed(l.agentId, err))));
+  }
+
   /** A datastore value changed: re-push to exactly the agents whose config references it. */
   private async onValueChanged(tenant: string, key: string): Promise<void> {
     const cache: ValueCache = new Map();

@@ -358,6 +358,61 @@ export class AgentRegistry {
     return pruned;
   }
 
+  /**
+   * Another hub (shared store) changed a revocation record (`serial` undefined: maybe all of
+   * them): this hub's CRL view follows, and a live stream on a newly revoked certificate is cut
+   * as a revocation here cuts it (a renewal's superseded certificate keeps its stream: the agent
+   * retires it). Returns how many streams were cut.
+   */
+  async syncRevocations(serial?: string): Promise<number> {
+    if (serial === undefined) {
+      const revs = await this.store.list<RevocationDoc>('revocations');
+      this.revoked = new Map(revs.map((r) => [r.serial, r]));
+    } else {
+      const s = normalizeSerial(serial);
+      const doc = this.store.peek<RevocationDoc>('revocations', s);
+      if (doc) this.revoked.set(s, { ...doc });
+      else this.revoked.delete(s);
+    }
+    this.syncCrlNumber();
+    let cut = 0;
+    for (const l of this.connectedLinks(true)) {
+      if (serial !== undefined && normalizeSerial(l.serial) !== normalizeSerial(serial)) continue;
+      const rev = this.revocation(l.serial);
+      if (!rev || rev.reason === SUPERSEDED) continue;
+      l.close('revoked', `the certificate of agent ${l.agentId} was revoked; enroll again with a new join token`);
+      cut++;
+    }
+    return cut;
+  }
+
+  /** The CRL number another hub stored (it only grows). */
+  syncCrlNumber(): void {
+    const meta = this.store.peek<Doc & { number?: number }>('meta', 'crl');
+    this.crlNumber = Math.max(this.crlNumber, meta?.number ?? 0);
+  }
+
+  /**
+   * Another hub changed an agent's record (`id` undefined: maybe every record): live streams of
+   * an agent now revoked, or whose record was deleted, are cut. Returns the agents connected here
+   * whose record is still valid (their config may have changed: labels) and how many streams
+   * were cut.
+   */
+  syncAgents(id?: string): { still: string[]; cut: number } {
+    const ids = id === undefined ? [...this.links.keys()] : this.links.has(id) ? [id] : [];
+    const still: string[] = [];
+    let cut = 0;
+    for (const a of ids) {
+      const doc = this.store.peek<AgentDoc>('agents', a);
+      if (doc && !doc.revoked) { still.push(a); continue; }
+      for (const l of [...(this.links.get(a) ?? [])]) {
+        l.close('revoked', doc ? `the certificate of agent ${a} was revoked; enroll again with a new join token` : `agent ${a} was removed; enroll again with a new join token`);
+        cut++;
+      }
+    }
+    return { still, cut };
+  }
+
   /** Revokes every certificate of the agent and cuts its live streams at once. */
   async revoke(id: string, reason: string): Promise<{ serials: string[]; disconnected: boolean }> {
     const now = this.now();

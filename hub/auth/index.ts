@@ -303,6 +303,23 @@ export class Auth extends EventEmitter {
 
   // ------------------------------------------------------------ sessions
 
+  /**
+   * Another hub (shared store) changed a user, login session or API key document: credentials
+   * that no longer hold (user deactivated or deleted, session ended, key disabled or deleted) are
+   * revoked here as a local change revokes them, so live streams on this hub end at once.
+   */
+  changedElsewhere(col: 'users' | 'sessions' | 'apiKeys', id: string): void {
+    if (col === 'users') {
+      const u = this.store.peek<UserDoc>('users', id);
+      if (!u || !u.active) this.emit('revoked', { username: id } satisfies Revocation);
+    } else if (col === 'sessions') {
+      if (!this.store.peek<SessionDoc>('sessions', id)) this.emit('revoked', { sessionId: id } satisfies Revocation);
+    } else {
+      const k = this.store.peek<ApiKeyDoc>('apiKeys', id);
+      if (!k || !k.enabled) this.emit('revoked', { apiKeyId: id } satisfies Revocation);
+    }
+  }
+
   async logout(sessionId: string): Promise<void> {
     await this.store.delete('sessions', sessionId);
     this.emit('revoked', { sessionId } satisfies Revocation);

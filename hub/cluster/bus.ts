@@ -32,6 +32,8 @@ export interface ClusterBus {
    * TRELLIS_E_UNAVAILABLE when the database is away.
    */
   publish(topic: string, msg: Record<string, unknown>): Promise<void>;
+  /** Sends several messages on `topic` in one round trip, in order (each as `publish` checks it). */
+  publishMany(topic: string, msgs: Array<Record<string, unknown>>): Promise<void>;
   /** Calls `fn` for each message on `topic`; returns the unsubscribe function. */
   subscribe(topic: string, fn: BusHandler, opts?: { self?: boolean }): Promise<() => void>;
   /** Called when this hub may have missed messages (its LISTEN connection came back). */
@@ -56,6 +58,9 @@ export class LocalBus implements ClusterBus {
     const n = Buffer.byteLength(JSON.stringify({ f: this.hubId, m: msg }));
     if (n > MAX_BUS_MESSAGE) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `a bus message on ${topic} is ${n} bytes, over ${MAX_BUS_MESSAGE}`);
   }
+  async publishMany(topic: string, msgs: Array<Record<string, unknown>>): Promise<void> {
+    for (const m of msgs) await this.publish(topic, m);
+  }
   async subscribe(topic: string): Promise<() => void> {
     channelOf(topic);
     return () => undefined;
@@ -72,6 +77,10 @@ export class PgBus implements ClusterBus {
 
   async publish(topic: string, msg: Record<string, unknown>): Promise<void> {
     await this.store.notify(channelOf(topic), JSON.stringify({ f: this.hubId, m: msg }));
+  }
+
+  async publishMany(topic: string, msgs: Array<Record<string, unknown>>): Promise<void> {
+    await this.store.notifyMany(channelOf(topic), msgs.map((m) => JSON.stringify({ f: this.hubId, m })));
   }
 
   async subscribe(topic: string, fn: BusHandler, opts: { self?: boolean } = {}): Promise<() => void> {

@@ -7,7 +7,11 @@ import type { Logger } from '../../common/log.js';
 
 export { agentMayPublish } from './sources.js';
 
-export interface HubEvent { id: string; type: string; payload: Buffer; timeMs: number; agentId: string; tenant: string }
+export interface HubEvent {
+  id: string; type: string; payload: Buffer; timeMs: number; agentId: string; tenant: string;
+  /** Set on an event forwarded by another hub without its payload (too big for the cluster bus): the payload's size. */
+  truncatedBytes?: number;
+}
 /**
  * A subscriber of fresh events. It may return a promise: the batch is acknowledged to the agent
  * only once every such promise settled (the rules engine resolves once the executions the

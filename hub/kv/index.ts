@@ -125,6 +125,16 @@ export class KvStore {
     }
   }
 
+  /**
+   * Another hub (shared store) set or deleted the value stored under `id`: listeners hear of it
+   * as of a local change (agents whose config uses it get it again).
+   */
+  changedElsewhere(id: string): void {
+    const [tenant, scope, owner, key, ...rest] = id.split('\u0000');
+    if (rest.length > 0 || key === undefined || (scope !== 'tenant' && scope !== 'user')) return;
+    this.changed({ tenant: tenant!, scope, owner: owner!, key }, !this.store.peek<KvDoc>('kv', id));
+  }
+
   /** Periodic sweep of expired values. */
   startSweeper(everyMs = 60_000): void {
     this.sweepTimer = setInterval(() => void this.sweep().catch((e) => this.opts.onError?.(e)), everyMs);

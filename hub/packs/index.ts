@@ -115,6 +115,36 @@ export class Packs extends EventEmitter {
   }
 
   /**
+   * Another hub (shared store) installed, replaced or removed a pack (`id` undefined: maybe every
+   * one): the cache follows the store and `change` is emitted as after a local install or remove.
+   */
+  reload(id?: string): Promise<void> {
+    return this.serial(async () => {
+      if (id === undefined) {
+        const before = new Set(this.byTenant.keys());
+        await this.load();
+        for (const t of new Set([...before, ...this.byTenant.keys()])) this.emit('change', t);
+        return;
+      }
+      const d = await this.store.get<PackDoc>('packs', id);
+      const slash = id.indexOf('/');
+      const tenant = d?.tenant ?? id.slice(0, slash);
+      const name = d?.name ?? id.slice(slash + 1);
+      const cur = this.get(tenant, name);
+      if (d) {
+        if (cur && cur.installedAt === d.installedAt && cur.version === d.version && cur.installedBy === d.installedBy) return;
+        this.cacheSet(d);
+        this.opts.log?.info({ tenant, pack: d.name, version: d.version, by: d.installedBy }, 'pack installed on another hub');
+      } else {
+        if (!cur) return;
+        this.cacheDelete(tenant, name);
+        this.opts.log?.info({ tenant, pack: name }, 'pack removed on another hub');
+      }
+      this.emit('change', tenant);
+    });
+  }
+
+  /**
    * Validates the files and stores the pack. TRELLIS_E_PACK_INVALID / TRELLIS_E_TOO_LARGE for a
    * bad pack; TRELLIS_E_ALREADY_EXISTS when a pack of that name is installed and not `force`.
    */

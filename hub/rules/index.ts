@@ -23,6 +23,7 @@ import type { AgentRegistry } from '../agents/index.js';
 import type { AuditSink } from '../audit/types.js';
 import type { Principal } from '../authz/index.js';
 import { mayUseSecrets, refsIn, ruleBlockReason, secretGuard } from '../rights/index.js';
+import type { SharedRuleGates } from '../cluster/rule-gates.js';
 
 /** What the engine needs from packs and executions (hub/packs, hub/executions). */
 export interface RulePacks {
@@ -144,6 +145,7 @@ export class RulesEngine extends EventEmitter {
   /** agent id → its last edge counters report (boot id and absolute counts per rule); at most agents × MAX_EDGE_REPORT entries. */
   private readonly edgeReports = new Map<string, { boot: string; counts: Map<string, { matched: number; fired: number; suppressed: number }> }>();
   private lastErrorLog = 0;
+  private lastGateErrorLog = 0;
   private suppressedErrorLogs = 0;
   /** Hub rule counters since start, every rule and tenant (metrics); `held`: suppressed by `hold` (maintenance). */
   readonly totals = { matched: 0, fired: 0, suppressed: 0, held: 0, errors: 0 };
@@ -161,6 +163,11 @@ export class RulesEngine extends EventEmitter {
     audit?: AuditSink;
     /** A reason to hold every firing back (maintenance mode), counted as suppressed. @default never */
     hold?: () => string | undefined;
+    /**
+     * Cooldowns and rate limits shared by every hub on the store (hub/cluster/rule-gates.ts);
+     * without it (one hub) the in-memory gate of each rule decides.
+     */
+    sharedGates?: SharedRuleGates;
   }) {
     super();
     deps.packs.on('change', (tenant) => this.rebuild(tenant));
@@ -219,6 +226,26 @@ export class RulesEngine extends EventEmitter {
     const tenants = new Set([...this.deps.packs.tenants(), ...[...this.docs.values()].map((d) => d.tenant)]);
     for (const t of tenants) this.rebuild(t);
     await this.checkAuthors();
+  }
+
+  /**
+   * Another hub (shared store) saved or deleted a rule document (`id` undefined: maybe every
+   * one): the tenant's rules are rebuilt as after a local change (hub rules re-indexed, edge rules
+   * pushed to the agents connected here).
+   */
+  async reloadDocs(id?: string): Promise<void> {
+    if (id === undefined) {
+      const tenants = new Set([...this.docs.values()].map((d) => d.tenant));
+      this.docs.clear();
+      for (const d of await this.deps.store.list<RuleDoc>('rules')) { this.docs.set(d.id, d); tenants.add(d.tenant); }
+      for (const t of tenants) this.rebuild(t);
+      return;
+    }
+    const d = await this.deps.store.get<RuleDoc>('rules', id);
+    const tenant = d?.tenant ?? this.docs.get(id)?.tenant;
+    if (d) this.docs.set(id, d);
+    else this.docs.delete(id);
+    if (tenant !== undefined) this.rebuild(tenant);
   }
 
   /** The author of a pack's rules: its installer (the owner, for an API key `apikey:<id>@<owner>`). */
@@ -315,6 +342,12 @@ export class RulesEngine extends EventEmitter {
           continue;
         }
         if (this.deps.hold?.()) { r.stats.suppressed++; this.totals.suppressed++; this.totals.held++; continue; } // before the gate: no cooldown spent
+        if (this.deps.sharedGates && (r.def.cooldownMs > 0 || r.def.rateLimit)) {
+          // Cluster-wide: the database decides (one hub's firing closes the gate on every hub).
+          const t = trig;
+          (fired ??= []).push(this.fireShared(r, t, receivedMs));
+          continue;
+        }
         if (!r.gate.tryFire()) { r.stats.suppressed++; this.totals.suppressed++; continue; }
         r.stats.fired++;
         this.totals.fired++;
@@ -324,6 +357,29 @@ export class RulesEngine extends EventEmitter {
     }
     if (!fired) return undefined;
     return Promise.all(fired).then(() => this.deps.executions.requestsDurable?.());
+  }
+
+  /**
+   * A rule with a cooldown or rate limit in a cluster: claims the firing in the database first.
+   * When the database cannot answer, the rule's own in-memory gate decides (a firing too many
+   * across hubs beats a remediation lost), logged at most once a minute.
+   */
+  private async fireShared(r: LiveRule, ev: TriggerEvent, receivedMs: number): Promise<void> {
+    let ok: boolean;
+    try {
+      ok = await this.deps.sharedGates!.tryFire(`${r.tenant}/${r.def.ref}@${r.createdMs}`, { cooldownMs: r.def.cooldownMs, rateLimit: r.def.rateLimit });
+    } catch (err) {
+      const now = Date.now();
+      if (now - this.lastGateErrorLog >= 60_000) {
+        this.lastGateErrorLog = now;
+        this.deps.log.warn({ rule: r.def.ref, tenant: r.tenant, err: (err as Error).message }, 'cannot check the cluster-wide cooldown/rate limit of a rule: this hub\'s own gate decides until the database answers');
+      }
+      ok = r.gate.tryFire();
+    }
+    if (!ok) { r.stats.suppressed++; this.totals.suppressed++; return; }
+    r.stats.fired++;
+    this.totals.fired++;
+    await this.fire(r, ev, receivedMs).catch((err) => this.fireError(r, ev, err));
   }
 
   private fireError(r: LiveRule, ev: TriggerEvent, err: unknown): void {

@@ -19,6 +19,10 @@
  *
  * Messages: `{"kind":"event","id","type","agent","tenant","timeMs","payload"}`,
  * `{"kind":"execution","record":{…}}`, `{"kind":"output","executionId","stream","data"}`.
+ * In a cluster (several hubs on one PostgreSQL) the events of agents connected to other hubs
+ * arrive too (hub/cluster/events.ts): an event too big to forward has `"payload":null,
+ * "payloadTruncated":BYTES`; events another hub could not forward are reported to the followers
+ * of their tenant as `{"kind":"gap","tenant","dropped":N,"reason"}`.
  *
  * A slow consumer never slows the hub: frames are queued by the socket, and when more than
  * `maxBufferedBytes` wait to be sent the stream is closed with 4008 "slow consumer: …" (then
@@ -75,6 +79,8 @@ export interface EventStreamOptions {
    * keeps its login token in an HttpOnly cookie: hub/web/console/session.ts checks the Origin).
    */
   cookieCredential?: (req: IncomingMessage) => string | undefined;
+  /** Called when the number of streams following events changes (hub/cluster/events: other hubs forward only while some follow). */
+  onFollowers?: (n: number) => void;
 }
 
 interface Filter {
@@ -179,6 +185,9 @@ function bytesAsText(this: unknown, key: string, value: unknown): unknown {
 
 /** One frame per event, built once however many streams receive it. */
 function eventFrame(e: HubEvent): string {
+  if (e.truncatedBytes !== undefined) {
+    return `{"kind":"event","id":${JSON.stringify(e.id)},"type":${JSON.stringify(e.type)},"agent":${JSON.stringify(e.agentId)},"tenant":${JSON.stringify(e.tenant)},"timeMs":${Number(e.timeMs) || 0},"payload":null,"payloadTruncated":${Number(e.truncatedBytes) || 0}}`;
+  }
   const raw = e.payload.toString('utf8');
   let payload: string;
   try { JSON.parse(raw); payload = raw; } catch { payload = JSON.stringify(raw); } // not JSON: sent as a string
@@ -196,6 +205,7 @@ export class EventStream implements UpgradeRoute {
   /** Open (and accepted, upgrading) streams per user name. */
   private readonly perUser = new Map<string, number>();
   private pending = 0;
+  private eventFollowers = 0;
   private closed = false;
   /** Streams closed as slow consumers (for tests and metrics). */
   slowConsumers = 0;
@@ -215,6 +225,38 @@ export class EventStream implements UpgradeRoute {
   }
 
   get size(): number { return this.clients.size; }
+
+  /** Streams following events now. */
+  followers(): number { return this.eventFollowers; }
+
+  /** The tenants event followers watch now (`*`: some administrator follows every tenant). */
+  followedTenants(): '*' | string[] {
+    const out = new Set<string>();
+    for (const c of this.clients) {
+      if (!c.filter.events) continue;
+      if (c.tenant === undefined) return '*';
+      out.add(c.tenant);
+    }
+    return [...out].sort();
+  }
+
+  /** Events another hub forwarded (hub/cluster/events): filtered and authorized as local ones. */
+  deliverRemote(batch: HubEvent[]): void { this.onEvents(batch); }
+
+  /** Tells the event followers of `tenant` that `dropped` events of another hub were not forwarded. */
+  deliverGap(tenant: string, dropped: number, reason: string): void {
+    let frame: string | undefined;
+    for (const c of this.clients) {
+      if (!c.filter.events || !this.visible(c, tenant)) continue;
+      frame ??= JSON.stringify({ kind: 'gap', tenant, dropped, reason });
+      this.deliver(c, frame);
+    }
+  }
+
+  private countFollowers(delta: number): void {
+    this.eventFollowers += delta;
+    try { this.o.onFollowers?.(this.eventFollowers); } catch (err) { this.o.log.warn({ err }, 'follower count listener failed'); }
+  }
 
   upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): boolean {
     let url: URL;
@@ -303,11 +345,12 @@ export class EventStream implements UpgradeRoute {
       c.expiry.unref();
     }
     this.clients.add(c);
+    if (filter.events) this.countFollowers(1);
     ws.on('pong', () => { c.alive = true; });
     ws.on('message', () => undefined); // nothing to say to the hub: ignored (maxPayload bounds it)
     ws.on('error', () => undefined);
     ws.on('close', (code) => {
-      this.clients.delete(c);
+      if (this.clients.delete(c) && filter.events) this.countFollowers(-1);
       c.unlive();
       clearTimeout(c.expiry);
       clearTimeout(c.kill);

@@ -117,6 +117,24 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX trellis_audit_actor ON trellis_audit (actor, id);
     `,
   },
+  {
+    version: 4,
+    name: 'rule gates',
+    sql: `
+      -- Cluster-wide rule cooldowns and rate limits (hub/cluster/rule-gates.ts), one row per gate
+      -- (a rule, as of its last edit), times in the database's clock (ms since the epoch):
+      --   last_ms     the last firing (cooldown)
+      --   times       the last firings, oldest first, as many as the rate limit counts
+      --   expires_ms  after this the row restricts nothing and may be deleted
+      -- A firing is claimed by one conditional INSERT … ON CONFLICT DO UPDATE … WHERE (row lock).
+      CREATE TABLE trellis_rule_gates (
+        gate       text     PRIMARY KEY,
+        last_ms    bigint   NOT NULL,
+        times      bigint[] NOT NULL,
+        expires_ms bigint   NOT NULL
+      );
+    `,
+  },
 ];
 
 /** The newest schema version this build knows. */

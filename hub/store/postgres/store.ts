@@ -157,6 +157,26 @@ export class PostgresStore implements Store {
     }
   }
 
+  /**
+   * Sends several payloads on `channel` in one round trip (one statement, delivered in order).
+   * Identical payloads in one call reach listeners once (PostgreSQL folds them): make them differ.
+   */
+  async notifyMany(channel: string, payloads: string[]): Promise<void> {
+    this.#checkOpen();
+    checkChannel(channel);
+    for (const p of payloads) {
+      if (Buffer.byteLength(p) > MAX_CHANNEL_PAYLOAD) {
+        throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `a cluster message on ${channel} is ${Buffer.byteLength(p)} bytes, over the ${MAX_CHANNEL_PAYLOAD}-byte limit of NOTIFY`);
+      }
+    }
+    if (payloads.length === 0) return;
+    try {
+      await this.#pool.query('SELECT pg_notify($1, p) FROM unnest($2::text[]) WITH ORDINALITY AS m(p, n) ORDER BY n', [channel, payloads]);
+    } catch (e) {
+      throw storeError(e, this.where);
+    }
+  }
+
   /** Runs `sql` on a pooled connection (for modules with their own tables, e.g. execution history). */
   async query<R extends pg.QueryResultRow = pg.QueryResultRow>(sql: string, params?: unknown[]): Promise<pg.QueryResult<R>> {
     this.#checkOpen();
