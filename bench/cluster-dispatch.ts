@@ -7,7 +7,7 @@
  * (bench/simagent.ts) that answers each action with a result at once. Runs one after another,
  * after 10 unmeasured warm-up runs.
  */
-import { copyFileSync, mkdirSync, readdirSync, statSync } from 'node:fs';
+import { cpSync, mkdirSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -31,7 +31,8 @@ export async function benchClusterDispatch(o: { samples: number; names: string[]
     const A = join(dir, 'hub-a'), B = join(dir, 'hub-b');
     await initHub({ dataDir: A, names: o.names, adminPassword: 'bench-admin-password-1', storeUrl: url, config: { agentPort: 0, adminPort: 0, webPort: 0, bind: '127.0.0.1' } });
     mkdirSync(B, { mode: 0o700 });
-    for (const f of readdirSync(A)) if (statSync(join(A, f)).isFile()) copyFileSync(join(A, f), join(B, f));
+    // What `hub init --join` brings: the key files (keys/ too: the master key) and settings.
+    cpSync(A, B, { recursive: true, filter: (src) => !/\/(audit|executions|snapshots|agent-bundle)(\/|$)/.test(src.slice(A.length)) && !/hub\.lock(\.break)?$/.test(src) });
     const log = pino({ level: 'silent' });
     const hubA = await Hub.start({ dataDir: A, log });
     closers.push(() => hubA.close(1_000));

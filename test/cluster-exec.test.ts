@@ -8,7 +8,7 @@
  * copies a lowdb hub's execution history into the database.
  */
 import t from 'tap';
-import { copyFileSync, mkdirSync, readdirSync, statSync } from 'node:fs';
+import { cpSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
 import pg from 'pg';
@@ -61,7 +61,8 @@ void t.test('executions across two hubs on one PostgreSQL', needs(t, postgresMis
   // Hub B: A's keys and settings (copied; none goes through the database), its own hub id and ports.
   const bDir = join(a.dir, 'hub-b');
   mkdirSync(bDir, { mode: 0o700 });
-  for (const f of readdirSync(a.dataDir)) if (f !== 'hub.lock' && statSync(join(a.dataDir, f)).isFile()) copyFileSync(join(a.dataDir, f), join(bDir, f));
+  // What `hub init --join` brings: the key files (keys/ too: the master key) and settings.
+  cpSync(a.dataDir, bDir, { recursive: true, filter: (src) => !/\/(audit|executions|snapshots|agent-bundle)(\/|$)/.test(src.slice(a.dataDir.length)) && !/hub\.lock(\.break)?$/.test(src) });
   const b = await startHub({ dataDir: bDir });
   t.teardown(() => b.close());
   const agent = await a.agent();
