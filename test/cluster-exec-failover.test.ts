@@ -7,7 +7,7 @@
  * agent, now on B.
  */
 import t from 'tap';
-import { copyFileSync, mkdirSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { cpSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
 import { ADMIN_PASSWORD, fileAgentLogger, tempDir, waitFor } from './helpers/hub.js';
@@ -62,11 +62,14 @@ void t.test('kill -9 of the hub running an execution: the agent moves, the other
     config: { bind: '127.0.0.1', cluster: { addresses: [`127.0.0.1:${aAgent}`, `127.0.0.1:${bAgent}`], heartbeatInterval: '1s', staleAfter: '4s' } },
   });
   mkdirSync(B, { mode: 0o700 });
-  for (const f of readdirSync(A)) if (statSync(join(A, f)).isFile()) copyFileSync(join(A, f), join(B, f));
+  // What `hub init --join` brings: the key files (keys/ too: the master key) and settings.
+  cpSync(A, B, { recursive: true, filter: (src) => !/\/(audit|executions|snapshots|agent-bundle)(\/|$)/.test(src.slice(A.length)) && !/hub\.lock(\.break)?$/.test(src) });
   const caPem = readFileSync(join(A, 'ca.pem'), 'utf8');
+  // Each hub is stopped by a teardown registered as soon as it runs: a failed start of B must not leave A running.
   let hubA: HubProc | undefined = await runHub(A, [aAgent!, aAdmin!, aWeb!]);
+  t.teardown(() => stopHub(hubA, 'SIGKILL'));
   const hubB: HubProc = await runHub(B, [bAgent!, bAdmin!, bWeb!]);
-  t.teardown(async () => { await stopHub(hubA, 'SIGKILL'); await stopHub(hubB, 'SIGKILL'); });
+  t.teardown(() => stopHub(hubB, 'SIGKILL'));
   const adminA = await adminLogin(`127.0.0.1:${aAdmin}`, caPem);
   const adminB = await adminLogin(`127.0.0.1:${bAdmin}`, caPem);
   t.teardown(() => { adminA.close(); adminB.close(); });
