@@ -81,14 +81,15 @@ export class LightFleet {
    * Node's TLS client checks the server's identity with getPeerCertificate(true), the whole chain
    * as legacy objects (~2.5 ms of client CPU per connection on OpenSSL 3, the largest cost of a
    * simulated agent). Every agent of the fleet sees the same hub certificate: the object is built
-   * once and reused for a connection whose certificate (OpenSSL's SHA-256 of it, taken from the
-   * handshake without parsing) is the same; checkServerIdentity still runs on every connection,
+   * once and reused for a connection whose leaf certificate (its SHA-256) is the same; checkServerIdentity still runs on every connection,
    * and OpenSSL still verifies the chain against the CA on every handshake.
    */
   peerCertificate(socket: tls.TLSSocket, detailed?: boolean): tls.PeerCertificate | tls.DetailedPeerCertificate {
     const legacy = tls.TLSSocket.prototype.getPeerCertificate;
     if (!detailed) return legacy.call(socket);
-    const fp = socket.getPeerX509Certificate()?.fingerprint256;
+    // The leaf alone (its fingerprint) is ~8x cheaper than the chain. Not getPeerX509Certificate():
+    // on a client socket Node 20 takes the leaf out of OpenSSL's peer chain, and the connection then fails.
+    const fp = (legacy.call(socket) as tls.PeerCertificate).fingerprint256;
     if (fp && this.hubCert?.fingerprint === fp) return this.hubCert.detailed;
     const detailedCert = legacy.call(socket, true) as tls.DetailedPeerCertificate;
     if (fp) this.hubCert = { fingerprint: fp, detailed: detailedCert };
