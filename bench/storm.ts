@@ -1,11 +1,14 @@
 /**
- * `npm run bench:storm -- --agents N [--procs P] [--raw-only] [--no-raw] [--idle-s S] [--max-backoff-ms MS] [--max-handshakes K]`
+ * `npm run bench:storm -- --agents N [--procs P] [--raw-only] [--no-raw] [--idle-s S] [--max-backoff-ms MS] [--max-handshakes K] [--client light|grpc]`
  *
  * Reconnect storms and what a connected agent costs the hub (issue 13 §2), against a real
- * `trellis hub run` child process and N simulated agents (bench/simagent.ts: distinct
- * certificates, one mTLS connection each, the real AgentChannel protocol and the real agent's
- * reconnect policy) spread over P client child processes (default: at most 2,500 agents each;
- * one process cannot drive 10,000 streams on one core). Prints `name: value unit` lines:
+ * `trellis hub run` child process and N simulated agents (distinct certificates, one mTLS
+ * connection each, the real AgentChannel protocol and the real agent's reconnect policy) spread
+ * over P client child processes (default: at most 2,500 agents each; one process cannot drive
+ * 10,000 streams on one core). `--client light` (default): bench/storm-light.ts, node:tls +
+ * node:http2, about half the client CPU per connect of `--client grpc` (bench/simagent.ts, the
+ * real agent's grpc-js channel); the clients share the cores with the hub, so that is storm time.
+ * The raw baseline uses the same client. Prints `name: value unit` lines:
  *
  *   raw_conn_kb_per_agent  RSS per connection of a plain grpc-js mTLS server (child process),
  *                          same clients, each holding one idle bidi stream (the floor)
@@ -18,6 +21,9 @@
  *   storm_settle_s         `kill -9` the hub, restart it on the same data dir and ports: from the
  *                          restart until all N agents are welcomed again
  *   storm_hub_cpu_us_per_agent  hub CPU (user+sys) from listening after the restart until settled, / N
+ *   storm_client_cpu_us_per_agent  the client processes' CPU over the same window, / N
+ *   connect_hub_cpu_us_per_agent, connect_client_cpu_us_per_agent  the same for the first connect
+ *                          (the client's includes building each agent's TLS context once)
  * Progress goes to stderr. The machine's load is printed as a note: figures on a busy machine
  * are worse, compare ratios (hub_rss_kb_per_agent / raw_conn_kb_per_agent) across runs.
  */
