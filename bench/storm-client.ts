@@ -13,8 +13,11 @@ import { v1 } from '../common/proto.js';
 import { secureChannel } from '../common/grpc-tls.js';
 import { AGENT_CHANNEL_OPTIONS } from '../agent/channel.js';
 import { silenceIpServernameWarning } from '../common/warnings.js';
+import { agentFacts } from '../agent/agent.js';
+import { LightAgent, LightFleet } from './storm-light.js';
 
-export interface StormClientStart { cmd: 'start'; mode: 'sim' | 'raw'; target: string; idsFile: string; concurrency: number; maxBackoffMs: number }
+/** `client`: light (bench/storm-light.ts: node:tls + node:http2, the default) or grpc (bench/simagent.ts: the real agent's grpc-js channel). */
+export interface StormClientStart { cmd: 'start'; mode: 'sim' | 'raw'; client: 'light' | 'grpc'; target: string; idsFile: string; concurrency: number; maxBackoffMs: number }
 export type StormClientCommand = StormClientStart | { cmd: 'mark' } | { cmd: 'stop' };
 export interface StormClientReport { ready: number; welcomedSinceMark: number; closed: number; shed: number; connects: number; failures: number; lastError?: string }
 
@@ -24,6 +27,9 @@ const send = (m: StormClientReport | { done: true }) => process.send?.(m);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 let sims: SimAgent[] = [];
+let lights: LightAgent[] = [];
+let fleet: LightFleet | undefined;
+let lightOnce = false;
 const raws: Array<{ client: grpc.Client; call: grpc.ClientDuplexStream<unknown, unknown>; ready: boolean }> = [];
 let welcomedSinceMark = new Set<string>();
 let failures = 0;
@@ -35,6 +41,13 @@ function report(): StormClientReport {
     return { ready, welcomedSinceMark: ready, closed: 0, shed: 0, connects: ready, failures, lastError };
   }
   let ready = 0, closed = 0, shed = 0, connects = 0;
+  for (const s of lights) {
+    if (s.state === 'ready') ready++;
+    else if (s.state === 'closed') closed++;
+    shed += s.stats.shed;
+    connects += s.stats.connects;
+  }
+  if (lightOnce) return { ready, welcomedSinceMark: ready, closed: 0, shed, connects, failures: closed, lastError };
   for (const s of sims) {
     if (s.channel.state === 'ready') ready++;
     else if (s.channel.state === 'closed') closed++;
@@ -63,6 +76,27 @@ async function startSims(o: StormClientStart, ids: SimIdentity[]): Promise<void>
   await Promise.all(Array.from({ length: Math.min(o.concurrency, sims.length) }, worker));
 }
 
+/** Light agents (bench/storm-light.ts); `once` (the raw baseline): no reconnect, a lost stream is a failure. */
+async function startLight(o: StormClientStart, ids: SimIdentity[], once: boolean): Promise<void> {
+  lightOnce = once;
+  fleet = new LightFleet({ target: o.target, hello: { facts: agentFacts(), labels: {} }, maxBackoffMs: o.maxBackoffMs });
+  const f = fleet;
+  lights = ids.map((identity) => new LightAgent(f, identity, once));
+  for (const s of lights) {
+    s.on('welcome', () => welcomedSinceMark.add(s.agentId));
+    s.on('state', (st: string, detail: unknown) => { if (st === 'closed' && detail) { if (!once) failures++; lastError = String((detail as Error).message).slice(0, 200); } });
+  }
+  let next = 0;
+  const worker = async () => {
+    while (next < lights.length) {
+      const s = lights[next++]!;
+      s.start();
+      while (s.state === 'connecting') await sleep(5);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(o.concurrency, lights.length) }, worker));
+}
+
 async function startRaw(o: StormClientStart, ids: SimIdentity[]): Promise<void> {
   let next = 0;
   const worker = async () => {
@@ -87,13 +121,15 @@ process.on('message', (m: StormClientCommand) => {
   if (m.cmd === 'start') {
     const ids = JSON.parse(readFileSync(m.idsFile, 'utf8')) as SimIdentity[];
     const timer = setInterval(() => send(report()), 500);
-    void (m.mode === 'raw' ? startRaw(m, ids) : startSims(m, ids)).catch((e: Error) => { failures++; lastError = e.message; });
+    const run = m.client === 'light' ? startLight(m, ids, m.mode === 'raw') : m.mode === 'raw' ? startRaw(m, ids) : startSims(m, ids);
+    void run.catch((e: Error) => { failures++; lastError = e.message; });
     process.once('disconnect', () => { clearInterval(timer); process.exit(0); });
   } else if (m.cmd === 'mark') {
     welcomedSinceMark = new Set();
     send(report());
   } else if (m.cmd === 'stop') {
-    void Promise.all([...sims.map((s) => s.close()), ...raws.map(async (r) => { r.call.cancel(); r.client.close(); })])
+    fleet?.close();
+    void Promise.all([...sims.map((s) => s.close()), ...lights.map((s) => s.close()), ...raws.map(async (r) => { r.call.cancel(); r.client.close(); })])
       .finally(() => { send({ done: true }); setTimeout(() => process.exit(0), 100); });
   }
 });

@@ -1,11 +1,14 @@
 /**
- * `npm run bench:storm -- --agents N [--procs P] [--raw-only] [--no-raw] [--idle-s S] [--max-backoff-ms MS] [--max-handshakes K]`
+ * `npm run bench:storm -- --agents N [--procs P] [--raw-only] [--no-raw] [--idle-s S] [--max-backoff-ms MS] [--max-handshakes K] [--client light|grpc]`
  *
  * Reconnect storms and what a connected agent costs the hub (issue 13 §2), against a real
- * `trellis hub run` child process and N simulated agents (bench/simagent.ts: distinct
- * certificates, one mTLS connection each, the real AgentChannel protocol and the real agent's
- * reconnect policy) spread over P client child processes (default: at most 2,500 agents each;
- * one process cannot drive 10,000 streams on one core). Prints `name: value unit` lines:
+ * `trellis hub run` child process and N simulated agents (distinct certificates, one mTLS
+ * connection each, the real AgentChannel protocol and the real agent's reconnect policy) spread
+ * over P client child processes (default: at most 2,500 agents each; one process cannot drive
+ * 10,000 streams on one core). `--client light` (default): bench/storm-light.ts, node:tls +
+ * node:http2, about half the client CPU per connect of `--client grpc` (bench/simagent.ts, the
+ * real agent's grpc-js channel); the clients share the cores with the hub, so that is storm time.
+ * The raw baseline uses the same client. Prints `name: value unit` lines:
  *
  *   raw_conn_kb_per_agent  RSS per connection of a plain grpc-js mTLS server (child process),
  *                          same clients, each holding one idle bidi stream (the floor)
@@ -18,6 +21,9 @@
  *   storm_settle_s         `kill -9` the hub, restart it on the same data dir and ports: from the
  *                          restart until all N agents are welcomed again
  *   storm_hub_cpu_us_per_agent  hub CPU (user+sys) from listening after the restart until settled, / N
+ *   storm_client_cpu_us_per_agent  the client processes' CPU over the same window, / N
+ *   connect_hub_cpu_us_per_agent, connect_client_cpu_us_per_agent  the same for the first connect
+ *                          (the client's includes building each agent's TLS context once)
  * Progress goes to stderr. The machine's load is printed as a note: figures on a busy machine
  * are worse, compare ratios (hub_rss_kb_per_agent / raw_conn_kb_per_agent) across runs.
  */
@@ -53,14 +59,18 @@ export interface StormOptions {
   cpuProfDir?: string;
   /** Write a CPU profile of the hub restarted for the storm (written when the bench stops it) into this directory. */
   stormCpuProfDir?: string;
+  /** Write CPU profiles of the client processes (written when they stop) into this directory. */
+  clientCpuProfDir?: string;
   /** Skip the kill -9 / restart storm. */
   noStorm: boolean;
+  /** The simulated agents: light (node:tls + node:http2, bench/storm-light.ts) or grpc (grpc-js, the real agent's channel). */
+  client: 'light' | 'grpc';
   /** The hub's agentChannel.maxHandshakes (default: the hub's default). */
   maxHandshakes?: number;
 }
 
 function parseArgs(argv: string[]): StormOptions {
-  const o: StormOptions = { agents: 1000, procs: 0, rawOnly: false, noRaw: false, idleS: 20, maxBackoffMs: DEFAULT_MAX_BACKOFF_MS, concurrency: 64, settleTimeoutS: 600, noStorm: false };
+  const o: StormOptions = { agents: 1000, procs: 0, rawOnly: false, noRaw: false, idleS: 20, maxBackoffMs: DEFAULT_MAX_BACKOFF_MS, concurrency: 64, settleTimeoutS: 600, noStorm: false, client: 'light' };
   const num = (flag: string, v: string | undefined, min: number): number => {
     const n = Number(v);
     if (!Number.isInteger(n) || n < min) throw new Error(`${flag} needs an integer >= ${min} (got ${v ?? 'nothing'})`);
@@ -78,12 +88,19 @@ function parseArgs(argv: string[]): StormOptions {
       case '--concurrency': o.concurrency = num(a, argv[++i], 1); break;
       case '--settle-timeout-s': o.settleTimeoutS = num(a, argv[++i], 1); break;
       case '--no-storm': o.noStorm = true; break;
+      case '--client': {
+        const v = argv[++i];
+        if (v !== 'light' && v !== 'grpc') throw new Error(`--client needs light or grpc (got ${v ?? 'nothing'})`);
+        o.client = v;
+        break;
+      }
       case '--max-handshakes': o.maxHandshakes = num(a, argv[++i], 1); break;
       case '--hub-cpu-prof': o.cpuProfDir = argv[++i]; o.noStorm = true; if (!o.cpuProfDir) throw new Error('--hub-cpu-prof needs a directory'); break;
       case '--storm-cpu-prof': o.stormCpuProfDir = argv[++i]; if (!o.stormCpuProfDir) throw new Error('--storm-cpu-prof needs a directory'); break;
+      case '--client-cpu-prof': o.clientCpuProfDir = argv[++i]; if (!o.clientCpuProfDir) throw new Error('--client-cpu-prof needs a directory'); break;
       case '--hub-heap-snapshot': o.heapSnapshotDir = argv[++i]; if (!o.heapSnapshotDir) throw new Error('--hub-heap-snapshot needs a directory'); break;
       case '-h': case '--help':
-        process.stdout.write('usage: npm run bench:storm -- --agents N [--procs P] [--raw-only] [--no-raw] [--idle-s 20] [--max-backoff-ms 30000] [--concurrency 64] [--settle-timeout-s 600] [--no-storm] [--max-handshakes K] [--hub-heap-snapshot DIR] [--hub-cpu-prof DIR] [--storm-cpu-prof DIR]\n');
+        process.stdout.write('usage: npm run bench:storm -- --agents N [--procs P] [--raw-only] [--no-raw] [--idle-s 20] [--max-backoff-ms 30000] [--concurrency 64] [--settle-timeout-s 600] [--no-storm] [--client light|grpc] [--max-handshakes K] [--hub-heap-snapshot DIR] [--hub-cpu-prof DIR] [--storm-cpu-prof DIR] [--client-cpu-prof DIR]\n');
         process.exit(0);
         break;
       default: throw new Error(`unknown argument ${a} (see --help)`);
@@ -142,10 +159,10 @@ async function startHub(dataDir: string, diag: { snapshotDir?: string; cpuProfDi
 class Clients {
   readonly procs: ChildProcess[] = [];
   readonly reports: StormClientReport[] = [];
-  constructor(n: number) {
+  constructor(n: number, cpuProfDir?: string) {
     const script = fileURLToPath(new URL('./storm-client.js', import.meta.url));
     for (let i = 0; i < n; i++) {
-      const p = fork(script, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+      const p = fork(script, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`] : [] });
       this.reports.push({ ready: 0, welcomedSinceMark: 0, closed: 0, shed: 0, connects: 0, failures: 0 });
       p.on('message', (m: StormClientReport | { done: true }) => { if ('ready' in m) this.reports[i] = m; });
       this.procs.push(p);
@@ -198,7 +215,7 @@ async function rawBaseline(o: StormOptions, hubDir: string, idFiles: string[]): 
     const clients = new Clients(o.procs);
     try {
       const t0 = performance.now();
-      for (let i = 0; i < o.procs; i++) clients.send(i, { cmd: 'start', mode: 'raw', target: `127.0.0.1:${port}`, idsFile: idFiles[i]!, concurrency: o.concurrency, maxBackoffMs: o.maxBackoffMs });
+      for (let i = 0; i < o.procs; i++) clients.send(i, { cmd: 'start', mode: 'raw', client: o.client, target: `127.0.0.1:${port}`, idsFile: idFiles[i]!, concurrency: o.concurrency, maxBackoffMs: o.maxBackoffMs });
       await clients.wait('raw connections', () => clients.sum('ready') + clients.sum('failures') >= o.agents, o.settleTimeoutS, () => `${clients.sum('ready')}/${o.agents} streams`);
       if (clients.sum('failures')) throw new Error(`raw baseline: ${clients.sum('failures')} connections failed (${clients.lastError()})`);
       const rawS = (performance.now() - t0) / 1000;
@@ -243,13 +260,13 @@ export async function runStorm(o: StormOptions): Promise<void> {
     await sleep(3_000);
     const rss0 = rssKb(hub.pid);
     note(`hub: listening after ${Math.round(hub.listeningMs)} ms, RSS ${Math.round(rss0 / 1024)} MiB with no agent`);
-    clients = new Clients(o.procs);
+    clients = new Clients(o.procs, o.clientCpuProfDir);
     const target = `127.0.0.1:${agentPort}`;
     const c = clients;
     const cpuC0 = c.cpuMs();
     const hubCpu0 = processCpuMs(hub.pid);
     const t0 = performance.now();
-    for (let i = 0; i < o.procs; i++) c.send(i, { cmd: 'start', mode: 'sim', target, idsFile: idFiles[i]!, concurrency: o.concurrency, maxBackoffMs: o.maxBackoffMs });
+    for (let i = 0; i < o.procs; i++) c.send(i, { cmd: 'start', mode: 'sim', client: o.client, target, idsFile: idFiles[i]!, concurrency: o.concurrency, maxBackoffMs: o.maxBackoffMs });
     await c.wait('connect', () => c.sum('ready') >= o.agents || c.sum('closed') > 0, o.settleTimeoutS, () => `${c.sum('ready')}/${o.agents} welcomed, ${c.sum('shed')} shed`);
     if (c.sum('closed')) throw new Error(`${c.sum('closed')} agents refused for good: ${c.lastError()}`);
     const connectS = (performance.now() - t0) / 1000;
@@ -257,6 +274,9 @@ export async function runStorm(o: StormOptions): Promise<void> {
     note(`connect: ${o.agents} agents welcomed in ${connectS.toFixed(1)} s (${c.sum('shed')} streams shed and retried); client processes used ${clientCpu.map((x) => ((x / 1000 / connectS) * 100).toFixed(0) + '%').join(', ')} of a core`);
     note(`connect: the hub used ${((processCpuMs(hub.pid) - hubCpu0) / o.agents).toFixed(1)} ms of CPU per agent admitted (TLS, identity, registry, welcome, config)`);
     figure('connect_per_s', o.agents / connectS, 'agents/s');
+    figure('connect_hub_cpu_us_per_agent', ((processCpuMs(hub.pid) - hubCpu0) * 1000) / o.agents, 'us', 0);
+    // The simulated agents share the cores with the hub: what one costs its client process.
+    figure('connect_client_cpu_us_per_agent', (clientCpu.reduce((a, b) => a + b, 0) * 1000) / o.agents, 'us', 0);
 
     // Idle: let the connect burst's garbage go, then heartbeats only.
     await sleep(10_000);
@@ -281,6 +301,7 @@ export async function runStorm(o: StormOptions): Promise<void> {
     await sleep(1_000);
     if (c.sum('welcomedSinceMark') !== 0) throw new Error('mark did not reach every client');
     const shed0 = c.sum('shed');
+    const stormC0 = c.cpuMs();
     hub.proc.kill('SIGKILL');
     await hub.exited;
     const tr = performance.now();
@@ -294,7 +315,8 @@ export async function runStorm(o: StormOptions): Promise<void> {
     note(`storm: all ${o.agents} welcomed again ${settle.toFixed(1)} s after the restart (${c.sum('shed') - shed0} streams shed and retried; hub RSS ${Math.round(rssKb(hub.pid) / 1024)} MiB)`);
     figure('storm_settle_s', settle, 's');
     // CPU time is less sensitive to the machine's load than wall time: what each re-admission cost.
-    figure('storm_hub_cpu_us_per_agent', ((processCpuMs(hub.pid) - stormCpu0) * 1000) / o.agents, 'us');
+    figure('storm_hub_cpu_us_per_agent', ((processCpuMs(hub.pid) - stormCpu0) * 1000) / o.agents, 'us', 0);
+    figure('storm_client_cpu_us_per_agent', (c.cpuMs().reduce((a, x, i) => a + x - stormC0[i]!, 0) * 1000) / o.agents, 'us', 0);
   } finally {
     if (clients) await clients.stop();
     if (hub) { hub.proc.kill('SIGTERM'); await Promise.race([hub.exited, sleep(60_000)]); hub.proc.kill('SIGKILL'); }

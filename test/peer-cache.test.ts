@@ -3,14 +3,17 @@
  * is not parsed again, yet a revoked certificate is refused at once, a foreign CA's is never
  * cached, and a change of the CAs the hub accepts empties it. Real hub, real certificates.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
+import tls, { type TLSSocket } from 'node:tls';
+import type { AddressInfo } from 'node:net';
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { issueSimIdentities } from '../bench/simagent.js';
+import { issueSimIdentities, SimAgent } from '../bench/simagent.js';
+import { hubPaths } from '../hub/paths.js';
 import { identifyPeer } from '../hub/grpc/agent-channel.js';
-import { PeerCertCache } from '../hub/grpc/peer-cache.js';
-import { startHub } from './helpers/hub.js';
+import { PeerCertCache, answerPeerWithX509 } from '../hub/grpc/peer-cache.js';
+import { startHub, waitFor } from './helpers/hub.js';
 
 const callWith = (certPem: string) => ({ getAuthContext: () => ({ sslPeerCertificate: { raw: new X509Certificate(certPem).raw } }) });
 const idsOf = (dataDir: string, n: number) => {
@@ -26,9 +29,9 @@ t.test('a cached certificate is identified without parsing; revocation, foreign 
   const cache = new PeerCertCache();
 
   const first = identifyPeer(c, callWith(a!.certPem), { cache });
-  t.same(cache.stats, { hits: 0, misses: 1 }, 'first stream: parsed and verified');
+  t.same(cache.stats, { hits: 0, misses: 1, parsed: 1 }, 'first stream: parsed and verified');
   const again = identifyPeer(c, callWith(a!.certPem), { cache });
-  t.same(cache.stats, { hits: 1, misses: 1 }, 'reconnect: served from the cache');
+  t.same(cache.stats, { hits: 1, misses: 1, parsed: 1 }, 'reconnect: served from the cache');
   t.same(again, first, 'the same identity either way');
   t.equal(again.agentId, a!.agentId);
   t.equal(c.pki.issuerOf(again.certPem), c.pki.issuingFingerprint, 'the issuer found while identifying serves issuerOf');
@@ -66,4 +69,59 @@ t.test('the cache is bounded: least recently used first out', async (t) => {
   t.notOk(cache.get('b', gen), 'b (least recently used) dropped');
   t.ok(cache.get('a', gen) && cache.get('c', gen), 'a and c kept');
   t.notOk(cache.get('a', {}), 'another trust generation: nothing cached');
+});
+
+/** A real TLS server with the hub's certificate asking for a client certificate (any CA: the check under test is identifyPeer's). */
+async function tlsPair(t: Test, dataDir: string, client: { keyPem: string; certPem: string; caPem: string }): Promise<TLSSocket> {
+  const p = hubPaths(dataDir);
+  const server = tls.createServer({ key: readFileSync(p.hubKey), cert: readFileSync(p.hubCert), requestCert: true, rejectUnauthorized: false });
+  const accepted = new Promise<TLSSocket>((r) => server.once('secureConnection', (s: TLSSocket) => { answerPeerWithX509(s); r(s); }));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const port = (server.address() as AddressInfo).port;
+  const c = tls.connect({ host: '127.0.0.1', port, key: client.keyPem, cert: client.certPem, ca: client.caPem, rejectUnauthorized: false }); // the server side is under test
+  c.on('error', () => undefined);
+  const s = await accepted;
+  t.teardown(() => { c.destroy(); s.destroy(); server.close(); });
+  return s;
+}
+
+t.test('the certificate TLS parsed is handed over: identified without parsing, the same identity and checks as from DER', async (t) => {
+  await using h = await startHub();
+  await using other = await startHub();
+  const c = h.hub.components;
+  const [a] = idsOf(h.dataDir, 1);
+  const s = await tlsPair(t, h.dataDir, a!);
+  // What grpc-js's getAuthContext does: socket.getPeerCertificate(), no argument.
+  const grpcJsCall = (sock: TLSSocket) => ({ getAuthContext: () => ({ sslPeerCertificate: sock.getPeerCertificate() }) });
+  const handed = s.getPeerCertificate() as unknown as { raw: Buffer; x509: X509Certificate };
+  t.ok(handed.x509 instanceof X509Certificate, 'getPeerCertificate() answers with the X509Certificate TLS holds');
+  t.same(handed.raw, new X509Certificate(a!.certPem).raw, 'and the DER bytes of the very certificate the client sent');
+  t.ok((s.getPeerCertificate(true) as { subject?: unknown }).subject, 'getPeerCertificate(true) is Node\'s own answer');
+
+  const cache = new PeerCertCache();
+  const id = identifyPeer(c, grpcJsCall(s), { cache });
+  t.same(cache.stats, { hits: 0, misses: 1, parsed: 0 }, 'verified without parsing the DER');
+  t.same(id, identifyPeer(c, callWith(a!.certPem), {}), 'the same identity as from the DER bytes');
+  identifyPeer(c, grpcJsCall(s), { cache });
+  t.equal(cache.stats.hits, 1, 'a second stream is served from the cache');
+
+  // Negative: a certificate of another hub's CA (TLS here lets any through) is refused on this path too, and never cached.
+  const [foreign] = idsOf(other.dataDir, 1);
+  const fs2 = await tlsPair(t, h.dataDir, foreign!);
+  t.throws(() => identifyPeer(c, grpcJsCall(fs2), { cache }), { code: 'TRELLIS_E_UNAUTHENTICATED' }, 'another CA\'s certificate is refused');
+  t.throws(() => identifyPeer(c, grpcJsCall(fs2), { cache }), { code: 'TRELLIS_E_UNAUTHENTICATED' }, 'and again (not cached)');
+  // Negative: revocation still applies on every stream.
+  await c.agents.create({ id: id.agentId, tenant: 'default', hostname: '', labels: {}, enrolledAt: Date.now(), tokenId: 't', spiffeId: '', certSerial: id.serial, certExpiresAt: id.notAfter, serials: [{ serial: id.serial, notAfter: id.notAfter }], revoked: false });
+  await c.agents.revoke(id.agentId, 'test');
+  t.throws(() => identifyPeer(c, grpcJsCall(s), { cache }), { code: 'TRELLIS_E_CERT_REVOKED' }, 'a revoked certificate is refused');
+});
+
+t.test('hub: agents are identified from the certificate TLS parsed (no second parse per connection)', async (t) => {
+  await using h = await startHub();
+  const ids = idsOf(h.dataDir, 3);
+  const sims = ids.map((identity) => new SimAgent({ target: h.agentAddr, identity }));
+  t.teardown(() => Promise.all(sims.map((s) => s.close())));
+  for (const s of sims) s.start();
+  await waitFor(() => sims.every((s) => s.channel.state === 'ready'), 60_000, 'three agents welcomed');
+  t.ok(h.hub.handshakes!.stats.peerX509 >= 3, `grpc-js took each peer certificate from TLS (${h.hub.handshakes!.stats.peerX509} times)`);
 });

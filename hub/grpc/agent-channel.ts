@@ -16,7 +16,7 @@ import { MAX_EVENTS_PER_BATCH } from '../events/index.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 import { isMalformed, malformedError } from './malformed.js';
 import { AdmissionGate, MAX_PENDING_PER_KEY } from './admission.js';
-import { PeerCertCache, type CertFacts } from './peer-cache.js';
+import { PeerCertCache, tlsPeerX509, type CertFacts } from './peer-cache.js';
 
 const CLIENT_AUTH_OID = '1.3.6.1.5.5.7.3.2';
 /** Streams one agent may have waiting for their hello at once (the rest: RESOURCE_EXHAUSTED). */
@@ -59,15 +59,23 @@ function auditAgentPort(c: HubComponents, o: { method: 'Connect' | 'Renew'; peer
   });
 }
 
-/** Verifies the peer certificate of a call on the agent port (`cache`: what earlier streams derived from the same certificate). */
+/**
+ * Verifies the peer certificate of a call on the agent port (`cache`: what earlier streams derived
+ * from the same certificate). The certificate is the one TLS parsed when the socket hands it over
+ * (peer-cache.ts answerPeerWithX509), else it is parsed from the DER bytes grpc-js passes on.
+ */
 export function identifyPeer(c: HubComponents, call: { getAuthContext(): { sslPeerCertificate?: { raw?: Buffer } } }, o: { renew?: boolean; cache?: PeerCertCache } = {}): PeerIdentity {
-  const raw = call.getAuthContext()?.sslPeerCertificate?.raw;
-  if (!raw) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'no client certificate: the agent port needs the certificate from `trellis agent enroll`');
+  const peerCert = call.getAuthContext()?.sslPeerCertificate;
+  const x509 = tlsPeerX509(peerCert);
+  const raw = x509 ? undefined : peerCert?.raw;
+  if (!x509 && !raw) throw new TrellisError('TRELLIS_E_UNAUTHENTICATED', 'no client certificate: the agent port needs the certificate from `trellis agent enroll`');
   const generation = c.pki.trustGeneration;
-  const key = o.cache ? createHash('sha256').update(raw).digest('base64') : '';
+  // Both keys are the SHA-256 of the DER bytes (OpenSSL's digest, or ours: two spellings, never equal).
+  const key = !o.cache ? '' : x509 ? x509.fingerprint256 : createHash('sha256').update(raw!).digest('base64');
   let facts = o.cache?.get(key, generation);
   if (!facts) {
-    facts = certFacts(c, raw);
+    if (!x509 && o.cache) o.cache.stats.parsed++;
+    facts = certFacts(c, x509 ?? new X509Certificate(raw!));
     o.cache?.set(key, generation, facts);
   }
   const { serial } = facts;
@@ -85,8 +93,7 @@ export function identifyPeer(c: HubComponents, call: { getAuthContext(): { sslPe
 }
 
 /** Parses and checks a client certificate: issuer (a CA the hub accepts agents from), EKU, identity. */
-function certFacts(c: HubComponents, raw: Buffer): CertFacts {
-  const cert = new X509Certificate(raw);
+function certFacts(c: HubComponents, cert: X509Certificate): CertFacts {
   const certPem = cert.toString();
   // Any CA the hub accepts agent certificates from: the CA, and during a CA rotation the new one
   // (and a rolled-back one until its agents renewed). TLS checked the chain; this checks the
