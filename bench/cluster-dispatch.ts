@@ -7,14 +7,14 @@
  * (bench/simagent.ts) that answers each action with a result at once. Runs one after another,
  * after 10 unmeasured warm-up runs.
  */
-import { cpSync, mkdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { initHub } from '../hub/init.js';
 import { Hub } from '../hub/hub.js';
-import { postgresMissing, startPostgres } from '../test/helpers/postgres.js';
+import { copyHubForJoin, postgresMissing, startPostgres } from '../test/helpers/postgres.js';
 import { issueSimIdentities, SimAgent } from './simagent.js';
 import { percentile } from './lib.js';
 
@@ -32,7 +32,7 @@ export async function benchClusterDispatch(o: { samples: number; names: string[]
     await initHub({ dataDir: A, names: o.names, adminPassword: 'bench-admin-password-1', storeUrl: url, config: { agentPort: 0, adminPort: 0, webPort: 0, bind: '127.0.0.1' } });
     mkdirSync(B, { mode: 0o700 });
     // What `hub init --join` brings: the key files (keys/ too: the master key) and settings.
-    cpSync(A, B, { recursive: true, filter: (src) => !/\/(audit|executions|snapshots|agent-bundle)(\/|$)/.test(src.slice(A.length)) && !/hub\.lock(\.break)?$/.test(src) });
+    copyHubForJoin(A, B);
     const log = pino({ level: 'silent' });
     const hubA = await Hub.start({ dataDir: A, log });
     closers.push(() => hubA.close(1_000));

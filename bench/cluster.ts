@@ -8,7 +8,7 @@
  * over the cluster bus (hub/cluster/events.ts) for the whole run: the figure includes that cost.
  * The same events without rules and without a follower are noted on stderr for reference.
  */
-import { cpSync } from 'node:fs';
+
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,7 +17,7 @@ import { WebSocket } from 'ws';
 import { initHub } from '../hub/init.js';
 import { hubPaths } from '../hub/paths.js';
 import { adminClients, call, type AdminClients } from '../cli/client.js';
-import { postgresMissing, startPostgres } from '../test/helpers/postgres.js';
+import { copyHubForJoin, postgresMissing, startPostgres } from '../test/helpers/postgres.js';
 import { makeAgents, installBenchPack, pumpAll, waitAllReady, type AutomationCtx } from './automation.js';
 import { note, pool, sleep, startChildHub, type ChildHub } from './lib.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
@@ -67,7 +67,7 @@ export async function benchClusterIngest(o: { root: string; names: string[]; tru
     const A = join(dir, 'hub-a');
     const B = join(dir, 'hub-b');
     await initHub({ dataDir: A, names: o.names, trustDomain: o.trustDomain, adminPassword: password, storeUrl: url, config: { bind: '127.0.0.1' } });
-    cpSync(A, B, { recursive: true, filter: (src) => !/\/(audit|executions|snapshots|agent-bundle)(\/|$)/.test(src.slice(A.length)) && !/hub\.lock(\.break)?$/.test(src) });
+    copyHubForJoin(A, B);
     for (const d of [A, B]) hubs.push(await startChildHub(o.root, d, []));
     note(`cluster: hub A pid ${hubs[0]!.pid}, hub B pid ${hubs[1]!.pid} on one PostgreSQL`);
     const caPem = await readFile(hubPaths(A).caCert, 'utf8');

@@ -7,7 +7,7 @@
  * agent, now on B.
  */
 import t from 'tap';
-import { cpSync, mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
 import { ADMIN_PASSWORD, fileAgentLogger, tempDir, waitFor } from './helpers/hub.js';
@@ -19,7 +19,7 @@ import { freePorts } from '../bench/lib.js';
 import { runHub, stopHub, type HubProc } from './helpers/hub-process.js';
 import { readLines } from './helpers/admin.js';
 import { needs } from './helpers/needs.js';
-import { postgresMissing, startPostgres } from './helpers/postgres.js';
+import { copyHubForJoin, postgresMissing, startPostgres } from './helpers/postgres.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 const MAX_BACKOFF_MS = 2_000;
@@ -63,7 +63,7 @@ void t.test('kill -9 of the hub running an execution: the agent moves, the other
   });
   mkdirSync(B, { mode: 0o700 });
   // What `hub init --join` brings: the key files (keys/ too: the master key) and settings.
-  cpSync(A, B, { recursive: true, filter: (src) => !/\/(audit|executions|snapshots|agent-bundle)(\/|$)/.test(src.slice(A.length)) && !/hub\.lock(\.break)?$/.test(src) });
+  copyHubForJoin(A, B);
   const caPem = readFileSync(join(A, 'ca.pem'), 'utf8');
   // Each hub is stopped by a teardown registered as soon as it runs: a failed start of B must not leave A running.
   let hubA: HubProc | undefined = await runHub(A, [aAgent!, aAdmin!, aWeb!]);

@@ -8,13 +8,13 @@
  * copies a lowdb hub's execution history into the database.
  */
 import t from 'tap';
-import { cpSync, mkdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
 import pg from 'pg';
 import { startHub, waitFor, type TestHub } from './helpers/hub.js';
 import { file, install, markAction, readLines, getExecution, unaryT } from './helpers/admin.js';
-import { postgresMissing, startPostgres } from './helpers/postgres.js';
+import { copyHubForJoin, postgresMissing, startPostgres } from './helpers/postgres.js';
 import { needs } from './helpers/needs.js';
 import { hubMigrate } from '../hub/migrate.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
@@ -62,7 +62,7 @@ void t.test('executions across two hubs on one PostgreSQL', needs(t, postgresMis
   const bDir = join(a.dir, 'hub-b');
   mkdirSync(bDir, { mode: 0o700 });
   // What `hub init --join` brings: the key files (keys/ too: the master key) and settings.
-  cpSync(a.dataDir, bDir, { recursive: true, filter: (src) => !/\/(audit|executions|snapshots|agent-bundle)(\/|$)/.test(src.slice(a.dataDir.length)) && !/hub\.lock(\.break)?$/.test(src) });
+  copyHubForJoin(a.dataDir, bDir);
   const b = await startHub({ dataDir: bDir });
   t.teardown(() => b.close());
   const agent = await a.agent();

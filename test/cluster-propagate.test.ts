@@ -8,7 +8,7 @@
  * reach the agent on A; maintenance mode turned on through B makes A refuse non-admin calls.
  */
 import t, { type Test } from 'tap';
-import { cpSync } from 'node:fs';
+
 import { join } from 'node:path';
 import { WebSocket } from 'ws';
 import { startHub, tempDir, login, waitFor, callError, type TestHub } from './helpers/hub.js';
@@ -20,7 +20,7 @@ import type { PostgresStore } from '../hub/store/index.js';
 import { call, adminClients } from '../cli/client.js';
 import { Agent } from '../agent/agent.js';
 import { needs } from './helpers/needs.js';
-import { postgresMissing, startPostgres, type Postgres } from './helpers/postgres.js';
+import { copyHubForJoin, postgresMissing, startPostgres, type Postgres } from './helpers/postgres.js';
 import type { ChannelState } from '../agent/channel.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
@@ -37,7 +37,7 @@ export async function hubPair(t: Test, server: Postgres): Promise<{ a: TestHub; 
   t.teardown(() => dir[Symbol.asyncDispose]());
   const bData = join(dir.path, 'hub');
   // What `hub init --join` brings to a new hub: the data directory's key files and settings.
-  cpSync(a.dataDir, bData, { recursive: true, filter: (src) => !/\/(audit|executions|snapshots|agent-bundle)(\/|$)/.test(src.slice(a.dataDir.length)) && !/hub\.lock(\.break)?$/.test(src) });
+  copyHubForJoin(a.dataDir, bData);
   const b = await startHub({ dataDir: bData });
   t.teardown(() => b.close());
   return { a, b };

@@ -12,7 +12,7 @@
  * test is skipped where it is not installed (and fails under CI=true via `needs()`).
  */
 import { execFile } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { cpSync, existsSync, readdirSync } from 'node:fs';
 import { chmod, chown, mkdtemp, rm, writeFile, appendFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
@@ -140,4 +140,13 @@ export async function startPostgres(o: StartPostgresOptions = {}): Promise<Postg
     },
     [Symbol.asyncDispose]: close,
   };
+}
+
+/**
+ * A second hub's data directory made from hub `from`'s the way `trellis hub init --join … --from
+ * DIR` carries it (keys, keys/ with the master key, settings; not its lock, history, audit,
+ * snapshots or agent bundle), for tests and benches that start two hubs on one database.
+ */
+export function copyHubForJoin(from: string, to: string): void {
+  cpSync(from, to, { recursive: true, filter: (src) => !/\/(audit|executions|snapshots|agent-bundle)(\/|$)/.test(src.slice(from.length)) && !/hub\.lock(\.break)?$/.test(src) });
 }
