@@ -8,7 +8,8 @@
  * passphrase (the database untouched, DIR not made) and a non-empty database without --force.
  */
 import t from 'tap';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ulid } from 'ulid';
 import pg from 'pg';
@@ -21,7 +22,8 @@ import { fileAgentLogger } from './helpers/hub.js';
 import { adminClients, call, type AdminClients } from '../cli/client.js';
 import { hubPaths } from '../hub/paths.js';
 import { exportHistory } from '../hub/executions/export-pg.js';
-import type { PostgresStore } from '../hub/store/postgres/index.js';
+import { migrateDatabase, withDatabase, type PostgresStore } from '../hub/store/postgres/index.js';
+import { importHistory } from '../hub/executions/import-pg.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 const PASSPHRASE = 'postgres snapshot passphrase 42';
@@ -160,4 +162,33 @@ void t.test('snapshot of a PostgreSQL hub → restore into a new database and da
   t.equal(audit.code, 0, audit.err);
   t.match(audit.out, /db_password/, '`trellis audit` lists the records from before the snapshot');
   t.equal(await runCommand(b.admin, agentId, ['echo', 'after-restore']), 'after-restore\n', 'the agent runs commands from the restored hub');
+});
+
+void t.test('importHistory streams segments: the last state line of an id wins (keeping an earlier idempotency key), torn lines and output of unknown ids are skipped, a second run copies nothing', needs(t, postgresMissing()), async (t) => {
+  const server = await startPostgres();
+  t.teardown(() => server.close());
+  const url = await server.createDatabase('imp');
+  await migrateDatabase({ url });
+  const dir = mkdtempSync(join(tmpdir(), 'trellis-imp-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const rec = (id: string, status: string) => ({ id, tenant: 'default', agentId: 'agent-1', action: 'core.command', status, rule: '', requestedMs: 1, parameters: {} });
+  const id1 = '01j0imp0000000000000000001', id2 = '01j0imp0000000000000000002';
+  writeFileSync(join(dir, '000000000001.jsonl'), [
+    JSON.stringify({ k: 's', r: rec(id1, 'running'), dk: 'key-1', to: 5000 }),
+    JSON.stringify({ k: 's', r: rec(id2, 'running') }),
+    '{"k":"s","r":{"id":"torn',
+  ].join('\n') + '\n');
+  writeFileSync(join(dir, '000000000002.jsonl'), JSON.stringify({ k: 's', r: rec(id1, 'succeeded') }) + '\n');
+  writeFileSync(join(dir, '000000000001.out.jsonl'), [
+    JSON.stringify({ k: 'o', id: id1, s: 0, o: 0, d: Buffer.from('one ').toString('base64') }),
+    JSON.stringify({ k: 'o', id: 'unknown-id', s: 0, o: 0, d: Buffer.from('nobody').toString('base64') }),
+  ].join('\n') + '\n');
+  writeFileSync(join(dir, '000000000002.out.jsonl'), JSON.stringify({ k: 'o', id: id1, s: 1, o: 4, d: Buffer.from('two').toString('base64') }) + '\n');
+  const r = await withDatabase({ url }, (c) => importHistory(c, dir));
+  t.same(r, { executions: 2, outputChunks: 2 });
+  const got = await rows(url, 'SELECT id, status, dedup_key, timeout_ms, record::text AS record FROM trellis_executions ORDER BY id');
+  t.same(got.map((x) => [x.id, x.status, x.dedup_key, Number(x.timeout_ms)]), [[id1, 'succeeded', 'key-1', 5000], [id2, 'running', null, 0]]);
+  t.equal((JSON.parse(got[0]!.record as string) as { status: string }).status, 'succeeded', 'the record of the last line');
+  t.same((await rows(url, 'SELECT id, off, stream FROM trellis_output ORDER BY off')).map((x) => [x.id, Number(x.off), x.stream]), [[id1, 0, 0], [id1, 4, 1]]);
+  t.same(await withDatabase({ url }, (c) => importHistory(c, dir)), { executions: 0, outputChunks: 0 }, 'a second run copies nothing');
 });
