@@ -162,6 +162,14 @@ void t.test('snapshot of a PostgreSQL hub → restore into a new database and da
   t.equal(audit.code, 0, audit.err);
   t.match(audit.out, /db_password/, '`trellis audit` lists the records from before the snapshot');
   t.equal(await runCommand(b.admin, agentId, ['echo', 'after-restore']), 'after-restore\n', 'the agent runs commands from the restored hub');
+
+  // A hub runs on the database: refused even with --force, nothing changed.
+  const dirD = join(tmp, 'hub-d');
+  const busy = await runCli(['snapshots', 'restore', snapFile, '--data', dirD, '--store', noPassword(urlB), '--passphrase-file', passFile, '--force'], env);
+  t.equal(busy.code, 1);
+  t.match(busy.err, /hubs are running on the database.*stop them.*TRELLIS_E_IN_USE/);
+  t.notOk(existsSync(dirD));
+  t.equal(Number((await rows(urlB, 'SELECT count(*) AS n FROM trellis_executions'))[0]!.n), 4, 'the running hub\'s history untouched (3 restored + 1 new)');
 });
 
 void t.test('importHistory streams segments: the last state line of an id wins (keeping an earlier idempotency key), torn lines and output of unknown ids are skipped, a second run copies nothing', needs(t, postgresMissing()), async (t) => {

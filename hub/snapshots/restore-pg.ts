@@ -5,8 +5,9 @@
  * audit log.
  *
  * Order, so that nothing is written to either unless the whole snapshot authenticates:
- * 1. the database is only read (are the tables there, are they empty?): a non-empty one is
- *    refused before the file is decrypted, unless `force`;
+ * 1. the database is only read (are the tables there, are they empty, does a hub run on it?): a
+ *    non-empty one is refused before the file is decrypted, unless `force`; one a hub runs on
+ *    (a heartbeat in the hubs registry within the last minute), force or not;
  * 2. the snapshot is restored into a temp directory as for `--data` alone (./restore.ts): a wrong
  *    passphrase or a damaged file stops here, the database untouched;
  * 3. then, in ONE transaction, the database is migrated and loaded with the same functions as
@@ -66,6 +67,20 @@ async function contentOf(c: pg.ClientBase): Promise<{ documents: number; executi
   return { documents: await count('trellis_docs'), executions: await count('trellis_executions'), audit: await count('trellis_audit') };
 }
 
+/** A hub that recorded a heartbeat within this long is taken as running (registry default: every 5 s, stale after 20 s). */
+const LIVE_WITHIN_MS = 60_000;
+
+/** Names of hubs whose heartbeat in the hubs registry is recent: running on this database. */
+async function liveHubs(c: pg.ClientBase): Promise<string[]> {
+  const there = await c.query<{ t: string | null }>("SELECT to_regclass('trellis_docs')::text AS t");
+  if (!there.rows[0]?.t) return [];
+  const r = await c.query<{ doc: string }>("SELECT doc::text AS doc FROM trellis_docs WHERE collection = 'hubs'");
+  const now = Date.now();
+  return r.rows.map((x) => JSON.parse(x.doc) as { name?: string; id?: string; lastHeartbeatMs?: number })
+    .filter((h) => typeof h.lastHeartbeatMs === 'number' && now - h.lastHeartbeatMs < LIVE_WITHIN_MS)
+    .map((h) => String(h.name ?? h.id ?? '?').slice(0, 128));
+}
+
 function describe(n: { documents: number; executions: number; audit: number }): string {
   return `${n.documents} documents, ${n.executions} executions, ${n.audit} audit records`;
 }
@@ -75,7 +90,11 @@ export async function restoreSnapshotToDatabase(o: RestoreToDatabaseOptions): Pr
   const pgStore = splitStorePassword(o.storeUrl, dataDir, o.storePassword);
   const target = { url: pgStore.url, password: pgStore.password };
   // 1. Read only: refuse a database that holds anything, before the snapshot is even opened.
-  const { before, where } = await withDatabase(target, async (c, w) => ({ before: await contentOf(c), where: w }));
+  const { before, where, live } = await withDatabase(target, async (c, w) => ({ before: await contentOf(c), where: w, live: await liveHubs(c) }));
+  // Replacing the content under running hubs would leave them with state that is not theirs: refused, --force or not.
+  if (live.length) {
+    throw new TrellisError('TRELLIS_E_IN_USE', `hubs are running on the database ${where} (${live.slice(0, 5).join(', ')}: a heartbeat in the last ${LIVE_WITHIN_MS / 1000}s): stop them before restoring into it; nothing was changed`);
+  }
   const full = before.documents + before.executions + before.audit > 0;
   if (full && !o.force) {
     throw new TrellisError('TRELLIS_E_ALREADY_EXISTS', `the database ${where} is not empty (${describe(before)}): restore into a new database (\`createdb\`), or pass --force to replace its content; nothing was changed`);
@@ -97,6 +116,8 @@ export async function restoreSnapshotToDatabase(o: RestoreToDatabaseOptions): Pr
         await migrate(c);
         await c.query('BEGIN');
         try {
+          const running = await liveHubs(c);
+          if (running.length) throw new TrellisError('TRELLIS_E_IN_USE', `hubs started on the database ${database} while the snapshot was read (${running.slice(0, 5).join(', ')}): stop them; nothing was changed`);
           const now = await contentOf(c);
           if (now.documents + now.executions + now.audit > 0) {
             if (!o.force) throw new TrellisError('TRELLIS_E_ALREADY_EXISTS', `the database ${database} was filled while the snapshot was read (${describe(now)}): nothing was changed; is a hub running on it?`);
