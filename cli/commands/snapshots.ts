@@ -228,6 +228,11 @@ goes to DIR/store-password (0600), never to hub.json. Stop every hub on that dat
       if (db) print(`  into the database ${db.database}${db.copied.replaced ? ` (replacing ${db.copied.replaced} documents)` : ''}: ${r.documents} documents, ${db.history.executions} executions (${db.history.outputChunks} output chunks), ${db.auditRecords} audit records`);
       print(`  ${r.documents} documents, ${r.segments} history and audit segments, ${r.files} files; CA ${m.caFingerprint.slice(0, 16)}..., master key versions ${m.keyVersions.join(', ')}`);
       print(`  what changed after ${localIso(m.createdAtMs)} is not in it: repeat agent and API key revocations, user deactivations and password changes made since`);
+      if (!db) {
+        // A snapshot of a hub on PostgreSQL restored as files: hub.json still names that database.
+        const kind = await readFile(`${r.dataDir}/hub.json`, 'utf8').then((t) => (JSON.parse(t) as { store?: { kind?: string } }).store?.kind, () => undefined);
+        if (kind === 'postgres') print('  hub.json names the PostgreSQL database of the hub the snapshot was made on: to restore into a new database, run this again with --store postgres://USER@HOST/DB (history and audit go there)');
+      }
       print(`  start it: trellis hub run --data ${r.dataDir}`);
       if (process.stderr.isTTY) printErr('note: the hub listens on the addresses and ports of the hub.json it restored; edit it first if this machine differs');
     });
