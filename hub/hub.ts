@@ -16,6 +16,7 @@ import { Iam } from './iam/index.js';
 import { JoinTokens } from './tokens/index.js';
 import { AgentRegistry, LAST_SEEN_PERSIST_MS } from './agents/index.js';
 import { Executions } from './executions/index.js';
+import { exportHistory } from './executions/export-pg.js';
 import { addExecutionServices } from './grpc/executions.js';
 import { EventIntake } from './events/index.js';
 import { addAdminServices } from './grpc/admin.js';
@@ -305,6 +306,7 @@ export class Hub {
         dataDir: opts.dataDir, store, caFingerprint: () => pki.caFingerprint, trellisVersion: TRELLIS_VERSION,
         flush: async () => { await store.flush(); await audit.flush(); await executions.durable(); },
         exportAudit: audit instanceof PgAuditLog ? (file) => audit.exportTo(file) : undefined,
+        exportExecutions: sharedStore ? async (dir) => { await exportHistory(store as PostgresStore, dir); } : undefined,
       },
     });
     addSnapshotServices(adminServer, snapshots, adminDeps);

@@ -1,6 +1,6 @@
 /**
  * `trellis snapshots create|list|download|delete` (on the hub, admin API) and
- * `trellis snapshots restore FILE --data DIR` (offline, on the machine of the new hub).
+ * `trellis snapshots restore FILE --data DIR [--store URL]` (offline, on the machine of the new hub).
  * Passphrases come from a file (`--passphrase-file`, not readable by group or others; `-` reads
  * standard input) or a terminal prompt: never from argv or the environment.
  */
@@ -186,7 +186,8 @@ or - for standard input) or asked in a terminal; never from the command line.
     .argument('<file>', 'the snapshot file (from `snapshots download`)')
     .requiredOption('--data <dir>', 'the hub data directory to create: new or empty (see --force)')
     .option('--passphrase-file <file>', 'read the passphrase from this file (mode 0600; - for standard input); else asked in a terminal')
-    .option('--force', 'replace a data directory that is not empty (its content is deleted once the restore succeeded)')
+    .option('--store <url>', 'restore the documents, execution history and audit log into this EMPTY PostgreSQL database instead (postgres://USER@HOST[:PORT]/DATABASE; password from TRELLIS_STORE_PASSWORD); --data then keeps the keys and hub.json, pointed at it')
+    .option('--force', 'replace a data directory (or with --store, a database) that is not empty (its content is deleted once the restore succeeded)')
     .option('--json', 'print what was restored as JSON')
     .addHelpText('after', `
 Nothing is written to --data unless the whole file decrypts and authenticates: a wrong passphrase,
@@ -194,19 +195,44 @@ a damaged, truncated or altered file is refused. Afterwards start the hub with
 \`trellis hub run --data DIR\`: agents reconnect with their certificates (same CA) and secrets open
 (same master key). The hub's names, ports and settings are those of hub.json in the snapshot.
 The restored hub is the hub as it was when the snapshot was made: revocations of agents and API
-keys, user deactivations and password changes made since are not in it; repeat them.`)
+keys, user deactivations and password changes made since are not in it; repeat them.
+
+With --store (a snapshot of a hub on PostgreSQL or on state.json), the database must be empty
+(\`createdb\`; --force replaces what it holds): it is migrated and loaded in one transaction, only
+after the whole file authenticated; its password comes from TRELLIS_STORE_PASSWORD (or the URL) and
+goes to DIR/store-password (0600), never to hub.json. Stop every hub on that database first.
+
+  TRELLIS_STORE_PASSWORD=... trellis snapshots restore /backup/hub.tsnap --data /var/lib/trellis-hub \\
+      --store postgres://trellis@db.example/trellis_restored --passphrase-file /root/snap.pass
+  trellis hub run --data /var/lib/trellis-hub`)
     .action(async (file: string, o) => {
       const passphrase = await readPassphrase(o.passphraseFile, { confirm: false });
-      const { restoreSnapshot } = await import('../../hub/snapshots/restore.js');
-      const r = await restoreSnapshot({ file, dataDir: o.data, passphrase, force: !!o.force });
+      let r: import('../../hub/snapshots/restore.js').RestoreResult;
+      let db: import('../../hub/snapshots/restore-pg.js').RestoreToDatabaseResult | undefined;
+      if (o.store) {
+        const { restoreSnapshotToDatabase } = await import('../../hub/snapshots/restore-pg.js');
+        r = db = await restoreSnapshotToDatabase({ file, dataDir: o.data, passphrase, force: !!o.force, storeUrl: o.store, storePassword: process.env.TRELLIS_STORE_PASSWORD || undefined });
+      } else {
+        const { restoreSnapshot } = await import('../../hub/snapshots/restore.js');
+        r = await restoreSnapshot({ file, dataDir: o.data, passphrase, force: !!o.force });
+      }
       const m = r.manifest;
       if (o.json) {
-        print(JSON.stringify({ dataDir: r.dataDir, createdAtMs: m.createdAtMs, createdBy: m.createdBy, note: m.note, caFingerprint: m.caFingerprint, documents: r.documents, files: r.files, segments: r.segments, keyVersions: m.keyVersions, replaced: r.replaced }, null, 2));
+        print(JSON.stringify({
+          dataDir: r.dataDir, createdAtMs: m.createdAtMs, createdBy: m.createdBy, note: m.note, caFingerprint: m.caFingerprint, documents: r.documents, files: r.files, segments: r.segments, keyVersions: m.keyVersions, replaced: r.replaced,
+          ...(db ? { database: db.database, replacedDocuments: db.copied.replaced, executions: db.history.executions, outputChunks: db.history.outputChunks, auditRecords: db.auditRecords } : {}),
+        }, null, 2));
         return;
       }
       print(`restored the snapshot of ${when(m.createdAtMs)} (by ${m.createdBy}${m.note ? `: ${m.note}` : ''}) into ${r.dataDir}${r.replaced ? ' (its former content replaced)' : ''}`);
+      if (db) print(`  into the database ${db.database}${db.copied.replaced ? ` (replacing ${db.copied.replaced} documents)` : ''}: ${r.documents} documents, ${db.history.executions} executions (${db.history.outputChunks} output chunks), ${db.auditRecords} audit records`);
       print(`  ${r.documents} documents, ${r.segments} history and audit segments, ${r.files} files; CA ${m.caFingerprint.slice(0, 16)}..., master key versions ${m.keyVersions.join(', ')}`);
       print(`  what changed after ${localIso(m.createdAtMs)} is not in it: repeat agent and API key revocations, user deactivations and password changes made since`);
+      if (!db) {
+        // A snapshot of a hub on PostgreSQL restored as files: hub.json still names that database.
+        const kind = await readFile(`${r.dataDir}/hub.json`, 'utf8').then((t) => (JSON.parse(t) as { store?: { kind?: string } }).store?.kind, () => undefined);
+        if (kind === 'postgres') print('  hub.json names the PostgreSQL database of the hub the snapshot was made on: to restore into a new database, run this again with --store postgres://USER@HOST/DB (history and audit go there)');
+      }
       print(`  start it: trellis hub run --data ${r.dataDir}`);
       if (process.stderr.isTTY) printErr('note: the hub listens on the addresses and ports of the hub.json it restored; edit it first if this machine differs');
     });

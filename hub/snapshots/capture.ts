@@ -19,7 +19,7 @@
 import { closeSync, fstatSync, openSync, readdirSync, readFileSync, statSync, type Stats } from 'node:fs';
 import { read } from 'node:fs';
 import { promisify } from 'node:util';
-import { rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { COLLECTIONS, type Doc, type Store } from '../store/index.js';
@@ -44,6 +44,12 @@ export interface CaptureSources {
    * audit segment, so a restore brings the audit log back as files.
    */
   exportAudit?: (file: string) => Promise<void>;
+  /**
+   * When the execution history is not in DATA/executions (PostgreSQL: hub/executions/export-pg.ts):
+   * writes it as file-history segments into this new, empty directory (0700); the snapshot
+   * carries them as its execution segments.
+   */
+  exportExecutions?: (dir: string) => Promise<void>;
 }
 
 interface OpenSegment { area: SegmentArea; name: string; fd: number; size: number }
@@ -123,10 +129,27 @@ export async function capture(src: CaptureSources, out: PayloadWriter, o: { crea
       await rm(tmp, { force: true });
     }
   }
+  // The execution tables, likewise before the consistent point: the export reads them in one
+  // REPEATABLE READ transaction (state and output agree); executions started after it are not in
+  // the snapshot, documents they touched may be. The files are unlinked at once, their fds kept.
+  let exportedExecutions: OpenSegment[] | undefined;
+  if (src.exportExecutions) {
+    const tmp = join(hubPaths(src.dataDir).snapshots, `.executions-${randomBytes(6).toString('hex')}`);
+    try {
+      await mkdir(tmp, { mode: 0o700 });
+      await src.exportExecutions(tmp);
+      exportedExecutions = openSegments('executions', tmp);
+    } catch (e) {
+      if (exported) closeSync(exported.fd);
+      throw e;
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
+  }
   // ---- the consistent point: nothing below awaits until every source is pinned.
   // `hubs` is the cluster's live registry (heartbeats of running hubs), not state to restore.
   const lists = COLLECTIONS.filter((c) => c !== 'hubs').map((c) => [c, src.store.list<Doc>(c)] as const);
-  const segments = [...openSegments('executions', hubPaths(src.dataDir).executions), ...(exported ? [exported] : openSegments('audit', hubPaths(src.dataDir).audit))];
+  const segments = [...(exportedExecutions ?? openSegments('executions', hubPaths(src.dataDir).executions)), ...(exported ? [exported] : openSegments('audit', hubPaths(src.dataDir).audit))];
   const files: Array<{ name: string; mode: number; body: Buffer }> = [];
   try {
     for (const name of fileNames(src.dataDir)) {

@@ -37,6 +37,12 @@ export interface RestoreOptions {
    * database here; documents go in with `insert`, so one already there is refused.
    */
   openStore?: (dir: string) => Promise<Store>;
+  /**
+   * Runs once the whole snapshot authenticated and was checked, on the temp directory that then
+   * becomes the data directory (`snapshots restore --store`: loads the database, points hub.json
+   * at it). Throwing aborts the restore: the target directory stays as it was.
+   */
+  beforeMove?: (tmpDir: string, manifest: Manifest) => Promise<void>;
 }
 
 export interface RestoreResult {
@@ -253,6 +259,7 @@ async function restoreLocked(o: RestoreOptions, dataDir: string, exists: boolean
     const manifest = await x.finish();
     await fh.close();
     fh = undefined;
+    await o.beforeMove?.(tmp, manifest);
     // Into place: an empty (or missing) target is replaced by the rename itself; a full one is
     // moved aside first and deleted after.
     let replaced = false;

@@ -54,35 +54,44 @@ export interface CopyResult {
 export function copyDocuments(o: PostgresConnectOptions, docs: Map<string, Doc[]>, force: boolean): Promise<CopyResult> {
   return withDatabase(o, async (c, where) => {
     await migrate(c);
-    const counts: Record<string, number> = {};
     await c.query('BEGIN');
     try {
-      // Nobody writes while the copy runs (the documents' locks are per document: take the table's).
-      await c.query('LOCK TABLE trellis_docs IN EXCLUSIVE MODE');
-      const before = await countDocuments(c);
-      if (before > 0 && !force) {
-        throw new TrellisError('TRELLIS_E_ALREADY_EXISTS', `the database ${where} already holds ${before} documents: pass --force to replace them with the copy (nothing was changed)`);
-      }
-      await c.query('DELETE FROM trellis_docs');
-      for (const col of COLLECTIONS) {
-        const list = docs.get(col) ?? [];
-        counts[col] = list.length;
-        for (let i = 0; i < list.length; i += 500) {
-          const chunk = list.slice(i, i + 500);
-          await c.query(
-            `INSERT INTO trellis_docs (collection, id, doc, version, seq)
-             SELECT $1, d.id, d.doc::json, nextval('trellis_doc_version'), nextval('trellis_doc_seq')
-               FROM (SELECT * FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(id, doc, n) ORDER BY u.n) AS d`,
-            [col, chunk.map((d) => dbId(d.id)), chunk.map((d) => JSON.stringify(d))],
-          );
-        }
-        await c.query('SELECT pg_notify($1, $2)', [NOTIFY_CHANNEL, JSON.stringify({ c: col })]);
-      }
+      const r = await copyDocumentsIn(c, where, docs, force);
       await c.query('COMMIT');
-      return { where, counts, replaced: before };
+      return r;
     } catch (e) {
       await c.query('ROLLBACK').catch(() => undefined);
       throw e;
     }
   });
+}
+
+/**
+ * The copy of {@link copyDocuments} inside a transaction the caller opened on `c` (and commits:
+ * `snapshots restore --store` loads documents, history and audit in one).
+ */
+export async function copyDocumentsIn(c: pg.ClientBase, where: string, docs: Map<string, Doc[]>, force: boolean): Promise<CopyResult> {
+  const counts: Record<string, number> = {};
+  // Nobody writes while the copy runs (the documents' locks are per document: take the table's).
+  await c.query('LOCK TABLE trellis_docs IN EXCLUSIVE MODE');
+  const before = await countDocuments(c);
+  if (before > 0 && !force) {
+    throw new TrellisError('TRELLIS_E_ALREADY_EXISTS', `the database ${where} already holds ${before} documents: pass --force to replace them with the copy (nothing was changed)`);
+  }
+  await c.query('DELETE FROM trellis_docs');
+  for (const col of COLLECTIONS) {
+    const list = docs.get(col) ?? [];
+    counts[col] = list.length;
+    for (let i = 0; i < list.length; i += 500) {
+      const chunk = list.slice(i, i + 500);
+      await c.query(
+        `INSERT INTO trellis_docs (collection, id, doc, version, seq)
+         SELECT $1, d.id, d.doc::json, nextval('trellis_doc_version'), nextval('trellis_doc_seq')
+           FROM (SELECT * FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(id, doc, n) ORDER BY u.n) AS d`,
+        [col, chunk.map((d) => dbId(d.id)), chunk.map((d) => JSON.stringify(d))],
+      );
+    }
+    await c.query('SELECT pg_notify($1, $2)', [NOTIFY_CHANNEL, JSON.stringify({ c: col })]);
+  }
+  return { where, counts, replaced: before };
 }
