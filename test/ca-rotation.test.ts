@@ -104,6 +104,11 @@ t.test('20 agents through start → renew → hub restart → commit while event
     const st = await rot.status(h.admin);
     console.error('still lagging:', JSON.stringify(st.lagging), agents.map((a) => a.channel.state).join(','));
     for (const l of st.lagging) console.error(JSON.stringify(await h.hub.components.agents.get(l.id)).slice(0, 600));
+    // Why a channel gave up (a refusal it took as final), with the serial it held.
+    for (const a of agents.filter((x) => x.channel.state === 'closed')) {
+      const why = await Promise.race([a.channel.closedPromise, new Promise((r) => setTimeout(r, 100, 'still open'))]);
+      console.error('closed channel:', a.agentId, 'holding', a.certificate.serial, 'because', String((why as Error | undefined)?.message ?? why), (why as { code?: string } | undefined)?.code ?? '');
+    }
     console.error(h.agentLogLines().filter((l) => !/connected to the hub|event/.test(l)).slice(-40).join('\n'));
     throw e;
   });
