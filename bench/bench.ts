@@ -76,6 +76,7 @@ import { benchAgentIdle } from './agent-idle.js';
 import { benchStore } from './store.js';
 import { benchClusterDispatch } from './cluster-dispatch.js';
 import { postgresMissing } from '../test/helpers/postgres.js';
+import { benchConsole } from './console.js';
 import { mean, note, percentile, pool, processCpuMs, sleep, startChildHub, type ChildHub } from './lib.js';
 
 silenceIpServernameWarning();
@@ -112,6 +113,7 @@ const FIGURES = [
   'store_pg_update_p99_ms', 'store_lowdb_update_p99_ms', 'store_pg_propagation_p99_ms',
   'cluster_dispatch_p99_ms',
   'cluster_ingest_events_per_s',
+  'console_agents_page_p99_ms', 'console_executions_page_p99_ms', 'console_overview_p99_ms',
 ] as const;
 type Figure = typeof FIGURES[number];
 const reported = new Set<Figure>();
@@ -613,6 +615,14 @@ async function main(): Promise<void> {
       report('login_flood_kv_set_p99_ms', r.flood, 'ms', 1);
     });
   }
+  // The web console with 5,000 agents and 100,000 executions: its own hub (bench/console.ts), the machine to itself.
+  await figure(['console_agents_page_p99_ms', 'console_executions_page_p99_ms', 'console_overview_p99_ms'], async () => {
+    await child?.stop().catch(() => undefined);
+    const r = await benchConsole({ root: ROOT, tmpRoot: tmpRoot!, names: NAMES, trustDomain: TRUST_DOMAIN, closers });
+    report('console_agents_page_p99_ms', r.agentsP99, 'ms', 1);
+    report('console_executions_page_p99_ms', r.executionsP99, 'ms', 1);
+    report('console_overview_p99_ms', r.overviewP99, 'ms', 1);
+  });
   // Its own hub (a committed rotation changes the CA), after the main hub's phases.
   await figure(['ca_rotation_1000_agents_s'], async () => {
     await child?.stop().catch(() => undefined); // the machine to itself

@@ -167,17 +167,15 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
       if (status && !AGENT_STATUSES.has(status)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad status "${status}": online, offline or revoked`);
       const now = Date.now();
       const keepRevoked = req.includeOldRevoked || status === 'revoked';
-      const list = (await c.agents.list({ selector, tenant: readTenant(ctx) }))
-        .filter((a) => (!status || a.status === status) && (keepRevoked || !a.revoked || now - (a.revokedAt ?? 0) < REVOKED_LISTED_MS));
       const limit = Number(req.limit) || 0;
       if (limit < 0 || limit > MAX_AGENTS_PAGE) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `limit is between 1 and ${MAX_AGENTS_PAGE} (0: all)`);
       const afterId = checkString(req.afterId ?? '', 'after_id', 64);
-      if (!limit && !afterId) return { agents: list.map((a) => agentInfo(c, a)), total: list.length };
       // A page: id order (enrollment order: ids are ULIDs), after the last id of the previous page.
-      const sorted = list.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-      const from = afterId ? sorted.findIndex((a) => a.id > afterId) : 0;
-      const page = from < 0 ? [] : sorted.slice(from, limit ? from + limit : undefined);
-      return { agents: page.map((a) => agentInfo(c, a)), total: list.length };
+      const r = await c.agents.page({
+        selector, tenant: readTenant(ctx), status: status as AgentView['status'] | '', limit, afterId,
+        keep: keepRevoked ? undefined : (a) => !a.revoked || now - (a.revokedAt ?? 0) < REVOKED_LISTED_MS,
+      });
+      return { agents: r.agents.map((a) => agentInfo(c, a)), total: r.total };
     }),
     GetAgent: unary<T.GetAgentRequest__Output, T.AgentInfo>(deps, `${S}.AdminAgents/GetAgent`, async (req, ctx) =>
       agentInfo(c, c.agents.view(await agentInTenant(c, ctx, req.id)))),
