@@ -9,7 +9,9 @@ import t from 'tap';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { monotonicFactory } from 'ulid';
-import { startHub, tempDir, ADMIN_PASSWORD } from './helpers/hub.js';
+import { startHub, tempDir, login, ADMIN_PASSWORD } from './helpers/hub.js';
+import { runCli } from './helpers/cli.js';
+import { writeProfile } from '../cli/profile.js';
 import { consoleLogin, consoleCall } from './helpers/console.js';
 import { initHub } from '../hub/init.js';
 import { hubPaths } from '../hub/paths.js';
@@ -171,5 +173,26 @@ t.test('console lists and counts over seeded agents and executions', async (t) =
     t.equal(denied.json().code, 'TRELLIS_E_PERMISSION_DENIED');
     const bad = await consoleCall(h, admin, 'AdminExecutions/CountExecutions', { sinceMs: -5 });
     t.equal(bad.status, 400);
+  });
+
+  await t.test('`trellis executions count --since 1h` prints the same counts', async (t) => {
+    await using home = await tempDir();
+    const r = await login(h, 'admin', ADMIN_PASSWORD);
+    const env = { TRELLIS_HOME: home.path, TRELLIS_API_KEY: '', TRELLIS_TENANT: '' };
+    await writeProfile({ hub: h.adminAddr, caPem: h.caPem, username: 'admin', token: r.token, expiresAtMs: r.expiresAtMs, tenant: 'default' }, { ...process.env, ...env });
+    const since = Date.now() - 3_600_000;
+    const json = await runCli(['executions', 'count', '--since', '1h', '--json'], env);
+    t.equal(json.code, 0, json.err);
+    const got = JSON.parse(json.out) as { byStatus: Record<string, number>; total: number };
+    const inHour = d.execs.filter((e) => e.tenant === 'default' && e.requestedMs >= since);
+    // The CLI's hour starts a moment after `since`: at most a record or two fewer.
+    t.ok(got.total <= inHour.length && got.total >= inHour.length - 2, `${got.total} of ${inHour.length}`);
+    const table = await runCli(['executions', 'count', '--action', 'ops.deploy'], env);
+    t.equal(table.code, 0, table.err);
+    t.match(table.out, /STATUS\s+COUNT/);
+    t.match(table.out, new RegExp(`total: ${d.execs.filter((e) => e.tenant === 'default' && e.action === 'ops.deploy').length}`));
+    const badSince = await runCli(['executions', 'count', '--since', 'soon'], env);
+    t.not(badSince.code, 0);
+    t.match(badSince.err, /--since/);
   });
 });
