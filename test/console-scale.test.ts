@@ -42,7 +42,7 @@ async function seed(root: string): Promise<Seeded> {
     const revoked = i % 10 === 9;
     agents.push({
       id, tenant: i % 6 === 5 ? 'red' : 'default', hostname: `host-${i}`, labels: { role: i % 3 === 0 ? 'web' : 'db', idx: String(i) },
-      facts: { hostname: `host-${i}`, os: 'linux', arch: 'x64', cpus: 4 }, enrolledAt: now - 86_400_000, tokenId: 't', spiffeId: `spiffe://trellis.local/agent/${id}`,
+      facts: { hostname: `host-${i}`, os: 'linux', arch: i % 7 === 0 ? 'arm64' : 'x64', cpus: 4 * (1 + (i % 4)) }, enrolledAt: now - 86_400_000, tokenId: 't', spiffeId: `spiffe://trellis.local/agent/${id}`,
       certSerial: (0x100 + i).toString(16).padStart(32, '0'), certExpiresAt: now + 86_400_000, serials: [], revoked,
       // Half the revoked ones long ago: the default list leaves them out (REVOKED_LISTED_MS).
       ...(revoked ? { revokedAt: i % 20 === 19 ? now - 30 * 86_400_000 : now - 60_000 } : {}),
@@ -112,6 +112,21 @@ t.test('console lists and counts over seeded agents and executions', async (t) =
     t.ok((red.agents as Array<{ tenant: string }>).every((a) => a.tenant === 'red'));
     // A bad status is refused with its code.
     const bad = await consoleCall(h, admin, 'AdminAgents/ListAgents', { status: 'sleeping', limit: 50 });
+    t.equal(bad.status, 400);
+    t.equal(bad.json().code, 'TRELLIS_E_INVALID_ARGUMENT');
+  });
+
+  await t.test('ListAgents filters by facts on the hub (facts_expr); an unknown fact or a bad expression is refused', async (t) => {
+    const arm = await api('AdminAgents/ListAgents', { factsExpr: 'arch=arm64,os=linux', limit: 50 });
+    t.equal(arm.total, d.agents.filter((a) => a.tenant === 'default' && listedByDefault(a) && a.facts?.arch === 'arm64').length);
+    t.ok(Number(arm.total) > 0);
+    t.ok((arm.agents as Array<{ facts: { arch: string } }>).every((a) => a.facts.arch === 'arm64'));
+    const big = await api('AdminAgents/ListAgents', { factsExpr: 'cpus in (8,16)', selectorExpr: 'role=web', limit: 1000 });
+    t.same((big.agents as Array<{ id: string }>).map((a) => a.id), d.agents.filter((a) => a.tenant === 'default' && listedByDefault(a) && a.labels.role === 'web' && [8, 16].includes(Number(a.facts?.cpus))).sort(byId).map((a) => a.id));
+    const unknown = await consoleCall(h, admin, 'AdminAgents/ListAgents', { factsExpr: 'secretKey=x', limit: 50 });
+    t.equal(unknown.status, 400);
+    t.match(unknown.json().error, /no fact "secretKey": facts are hostname, os, arch/);
+    const bad = await consoleCall(h, admin, 'AdminAgents/ListAgents', { factsExpr: 'os=(', limit: 50 });
     t.equal(bad.status, 400);
     t.equal(bad.json().code, 'TRELLIS_E_INVALID_ARGUMENT');
   });

@@ -140,14 +140,15 @@ function factsText(f: Record<string, unknown> | undefined): string {
 
 async function agentsPage(main: HTMLElement, q: URLSearchParams): Promise<void> {
   const selector = h('input', { id: 'agent-selector', placeholder: 'selector, e.g. role=web,env!=dev', value: q.get('selector') ?? '', size: 36 });
+  const facts = h('input', { id: 'agent-facts', placeholder: 'facts, e.g. os=linux,arch=arm64', value: q.get('facts') ?? '', size: 30 });
   const status = h('select', { id: 'agent-status' }, ...['', 'online', 'offline', 'revoked'].map((s) => h('option', { value: s, selected: s === (q.get('status') ?? '') }, s || 'any status')));
-  const form = h('form', { class: 'filters' }, selector, status, h('button', { type: 'submit' }, 'Filter'));
-  form.addEventListener('submit', (e) => { e.preventDefault(); go(`#/agents?${new URLSearchParams({ selector: selector.value, status: status.value }).toString()}`); });
+  const form = h('form', { class: 'filters' }, selector, facts, status, h('button', { type: 'submit' }, 'Filter'));
+  form.addEventListener('submit', (e) => { e.preventDefault(); go(`#/agents?${new URLSearchParams({ selector: selector.value, facts: facts.value, status: status.value }).toString()}`); });
   const body = h('div', {});
   clear(main, h('h1', {}, 'Agents'), form, body);
   // Paged by the hub, in id order: `after` is the last id of the previous page.
   const after = q.get('after') ?? '';
-  const r = await call<{ agents: Agent[]; total: number }>('AdminAgents/ListAgents', { selectorExpr: q.get('selector') ?? '', status: q.get('status') ?? '', limit: PAGE, afterId: after });
+  const r = await call<{ agents: Agent[]; total: number }>('AdminAgents/ListAgents', { selectorExpr: q.get('selector') ?? '', factsExpr: q.get('facts') ?? '', status: q.get('status') ?? '', limit: PAGE, afterId: after });
   const rows = r.agents;
   const table = h('table', { id: 'agents' },
     h('tr', {}, ...['status', 'hostname', 'id', 'labels', 'facts', 'last seen', 'certificate expires', ''].map((c) => h('th', {}, c))),

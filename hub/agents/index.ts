@@ -38,6 +38,20 @@ export interface AgentDoc extends Doc {
   lastSeen?: number;
 }
 
+/** The facts a `facts_expr` filter reads (ListAgents), by the names AgentInfo.facts has. */
+export const FACT_KEYS = ['hostname', 'os', 'arch', 'osRelease', 'cpus', 'memoryBytes', 'agentVersion'] as const;
+
+/** An agent's facts as selector labels: each known fact that is set, as text (numbers in decimal). */
+export function factsLabels(f: Readonly<Facts> | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (!f) return out;
+  for (const k of FACT_KEYS) {
+    const v = (f as Record<string, unknown>)[k];
+    if (v !== undefined && v !== null && v !== '' && v !== 0 && typeof v !== 'object') out[k] = String(v);
+  }
+  return out;
+}
+
 export interface RevocationDoc extends Doc {
   serial: string; agentId: string; revokedAt: number; notAfter: number; reason: string;
   /** Set when a renewal replaced this certificate: the serial that replaced it. */
@@ -321,7 +335,7 @@ export class AgentRegistry {
    * The filters read the stored records in place (deep-frozen, no copy): only the page's records
    * are copied, so a page of 50 out of 5,000 agents copies 50 records, not 5,000.
    */
-  async page(o: { tenant?: string; selector?: Selector; status?: AgentView['status'] | ''; keep?: (a: Readonly<AgentDoc>) => boolean; limit: number; afterId?: string }): Promise<{ agents: AgentView[]; total: number }> {
+  async page(o: { tenant?: string; selector?: Selector; facts?: Selector; status?: AgentView['status'] | ''; keep?: (a: Readonly<AgentDoc>) => boolean; limit: number; afterId?: string }): Promise<{ agents: AgentView[]; total: number }> {
     const now = Date.now();
     const hits: Array<Readonly<AgentDoc>> = [];
     // The filter sees each stored record itself; keeping the reference (and answering false) reads
@@ -329,7 +343,7 @@ export class AgentRegistry {
     await this.store.list<AgentDoc>('agents', (a) => {
       if ((o.tenant === undefined || a.tenant === o.tenant) && matchesSelector(a.labels, o.selector ?? [])
         && (!o.status || (a.revoked ? 'revoked' : this.isOnline(a.id, now) ? 'online' : 'offline') === o.status)
-        && (!o.keep || o.keep(a))) hits.push(a);
+        && (!o.keep || o.keep(a)) && (!o.facts?.length || matchesSelector(factsLabels(a.facts), o.facts))) hits.push(a);
       return false;
     });
     let page = hits;
