@@ -190,7 +190,7 @@ t.test('console lists and counts over seeded agents and executions', async (t) =
     t.equal(bad.status, 400);
   });
 
-  await t.test('`trellis executions count --since 1h` prints the same counts', async (t) => {
+  await t.test('`trellis executions count --since 1h` prints the same counts; `agents list --facts` filters by facts', async (t) => {
     await using home = await tempDir();
     const r = await login(h, 'admin', ADMIN_PASSWORD);
     const env = { TRELLIS_HOME: home.path, TRELLIS_API_KEY: '', TRELLIS_TENANT: '' };
@@ -206,6 +206,9 @@ t.test('console lists and counts over seeded agents and executions', async (t) =
     t.equal(table.code, 0, table.err);
     t.match(table.out, /STATUS\s+COUNT/);
     t.match(table.out, new RegExp(`total: ${d.execs.filter((e) => e.tenant === 'default' && e.action === 'ops.deploy').length}`));
+    const arm = await runCli(['agents', 'list', '--facts', 'arch=arm64', '--selector', 'role=web', '--json'], env);
+    t.equal(arm.code, 0, arm.err);
+    t.same((JSON.parse(arm.out) as Array<{ id: string }>).map((a) => a.id).sort(), d.agents.filter((a) => a.tenant === 'default' && (!a.revoked || Date.now() - (a.revokedAt ?? 0) < 7 * 86_400_000) && a.labels.role === 'web' && a.facts?.arch === 'arm64').map((a) => a.id).sort(), '`agents list --facts` filters on the hub');
     const badSince = await runCli(['executions', 'count', '--since', 'soon'], env);
     t.not(badSince.code, 0);
     t.match(badSince.err, /--since/);
