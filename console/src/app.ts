@@ -335,11 +335,19 @@ async function runPage(main: HTMLElement, q: URLSearchParams): Promise<void> {
 
 function eventsView(filter: Record<string, string>): HTMLElement {
   const list = h('table', { id: 'events' }, h('tr', {}, ...['time', 'type', 'agent', 'payload'].map((c) => h('th', {}, c))));
-  const state = h('span', { class: 'muted' }, 'connecting…');
+  const state = h('span', { class: 'muted', id: 'events-state' }, 'connecting…');
   let paused = false;
-  const pause = h('button', { id: 'events-pause', type: 'button', onclick: () => { paused = !paused; pause.textContent = paused ? 'Resume' : 'Pause'; } }, 'Pause');
+  let skipped = 0;
+  const pause = h('button', { id: 'events-pause', type: 'button', onclick: () => {
+    paused = !paused;
+    pause.textContent = paused ? 'Resume' : 'Pause';
+    skipped = 0;
+    state.textContent = paused ? 'paused' : 'live';
+  } }, 'Pause');
   const s = openStream({ kinds: 'events', ...filter }, (m) => {
-    if (m.kind !== 'event' || paused) return;
+    if (m.kind !== 'event') return;
+    // Paused: the table stays as it is; the count says what went by.
+    if (paused) { state.textContent = `paused: ${++skipped} not shown`; return; }
     list.children[0]!.after(h('tr', {}, h('td', {}, when(m.timeMs)), h('td', {}, m.type), h('td', { class: 'mono' }, m.agent), h('td', { class: 'mono' }, JSON.stringify(m.payload).slice(0, 300))));
     while (list.children.length > 201) list.lastChild?.remove();
   }, (reason) => { state.textContent = `stream closed: ${reason}`; });
