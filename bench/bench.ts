@@ -39,6 +39,11 @@
  *                                --max-semi-space-size=1 bin/trellis.js agent run`, MALLOC_ARENA_MAX=2), no
  *                                sensors, connected to the child hub: mean VmRSS and CPU share over 20 s
  *                                after 45 s settling, from /proc (bench/agent-idle.ts)
+ * 11. console_agents_page_p99_ms, console_executions_page_p99_ms, console_overview_p99_ms  the web
+ *                                console's calls through its API bridge (HTTPS, cookie, CSRF) on a hub
+ *                                holding 5,000 agents and 100,000 executions: an agents page (limit 50,
+ *                                status/selector filters, a later page), an executions page (limit 50,
+ *                                status/action/agent filters, an older page), the overview's calls (bench/console.ts)
  *
  * Knobs (environment): TRELLIS_BENCH_HUB_NODE_ARGS adds node flags to the child hub (for example
  * "--cpu-prof --cpu-prof-dir=/tmp/prof"); TRELLIS_BENCH_E2A_NODE_ARGS the same for the event_to_action agent process; TRELLIS_BENCH_KEEP=1 keeps the temp directory;
