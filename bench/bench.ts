@@ -39,6 +39,11 @@
  *                                --max-semi-space-size=1 bin/trellis.js agent run`, MALLOC_ARENA_MAX=2), no
  *                                sensors, connected to the child hub: mean VmRSS and CPU share over 20 s
  *                                after 45 s settling, from /proc (bench/agent-idle.ts)
+ * 11. console_agents_page_p99_ms, console_executions_page_p99_ms, console_overview_p99_ms  the web
+ *                                console's calls through its API bridge (HTTPS, cookie, CSRF) on a hub
+ *                                holding 5,000 agents and 100,000 executions: an agents page (limit 50,
+ *                                status/selector filters, a later page), an executions page (limit 50,
+ *                                status/action/agent filters, an older page), the overview's calls (bench/console.ts)
  *
  * Knobs (environment): TRELLIS_BENCH_HUB_NODE_ARGS adds node flags to the child hub (for example
  * "--cpu-prof --cpu-prof-dir=/tmp/prof"); TRELLIS_BENCH_E2A_NODE_ARGS the same for the event_to_action agent process; TRELLIS_BENCH_KEEP=1 keeps the temp directory;
@@ -76,6 +81,7 @@ import { benchAgentIdle } from './agent-idle.js';
 import { benchStore } from './store.js';
 import { benchClusterDispatch } from './cluster-dispatch.js';
 import { postgresMissing } from '../test/helpers/postgres.js';
+import { benchConsole } from './console.js';
 import { mean, note, percentile, pool, processCpuMs, sleep, startChildHub, type ChildHub } from './lib.js';
 
 silenceIpServernameWarning();
@@ -112,6 +118,7 @@ const FIGURES = [
   'store_pg_update_p99_ms', 'store_lowdb_update_p99_ms', 'store_pg_propagation_p99_ms',
   'cluster_dispatch_p99_ms',
   'cluster_ingest_events_per_s',
+  'console_agents_page_p99_ms', 'console_executions_page_p99_ms', 'console_overview_p99_ms',
 ] as const;
 type Figure = typeof FIGURES[number];
 const reported = new Set<Figure>();
@@ -613,6 +620,14 @@ async function main(): Promise<void> {
       report('login_flood_kv_set_p99_ms', r.flood, 'ms', 1);
     });
   }
+  // The web console with 5,000 agents and 100,000 executions: its own hub (bench/console.ts), the machine to itself.
+  await figure(['console_agents_page_p99_ms', 'console_executions_page_p99_ms', 'console_overview_p99_ms'], async () => {
+    await child?.stop().catch(() => undefined);
+    const r = await benchConsole({ root: ROOT, tmpRoot: tmpRoot!, names: NAMES, trustDomain: TRUST_DOMAIN, closers });
+    report('console_agents_page_p99_ms', r.agentsP99, 'ms', 1);
+    report('console_executions_page_p99_ms', r.executionsP99, 'ms', 1);
+    report('console_overview_p99_ms', r.overviewP99, 'ms', 1);
+  });
   // Its own hub (a committed rotation changes the CA), after the main hub's phases.
   await figure(['ca_rotation_1000_agents_s'], async () => {
     await child?.stop().catch(() => undefined); // the machine to itself

@@ -86,6 +86,9 @@ void t.test('executions across two hubs on one PostgreSQL', needs(t, postgresMis
       t.match(rec.output.toString(), /err-cross/, `${name}: stderr`);
       const list = await unaryT<T.ListExecutionsRequest, T.ListExecutionsResponse__Output>(h, h.admin.executions, h.admin.executions.ListExecutions, { limit: 10, agentId } as T.ListExecutionsRequest);
       t.ok(list.executions.some((x) => x.id === id && x.status === 'succeeded'), `${name} lists it`);
+      const count = await unaryT<T.CountExecutionsRequest, T.CountExecutionsResponse__Output>(h, h.admin.executions, h.admin.executions.CountExecutions, { agentId, sinceMs: Date.now() - 3_600_000 } as T.CountExecutionsRequest);
+      t.equal(Number(count.byStatus.succeeded), list.executions.filter((x) => x.status === 'succeeded').length, `${name} counts it, from the table (CountExecutions)`);
+      t.equal(Number(count.total), list.executions.length);
     }
     const missing = await getExecution(b, '01jzzzzzzzzzzzzzzzzzzzzzzz').then(() => 'found', (e: { code?: number; details?: string }) => e.details ?? String(e.code));
     t.match(missing, /no execution/, 'an unknown id is NOT_FOUND on B');

@@ -50,7 +50,7 @@ t.test('bash: the script loads and completes commands, subcommands, flags and fl
   };
   t.equal(complete(['trellis', 'ag']), 'agent agents');
   t.equal(complete(['trellis', 'agents', 'l']), 'list label');
-  t.same(complete(['trellis', 'agents', 'list', '-']).split(' ').sort(), ['--all', '--help', '--json', '--output', '--selector', '--status', '-h', '-o']);
+  t.same(complete(['trellis', 'agents', 'list', '-']).split(' ').sort(), ['--all', '--facts', '--help', '--json', '--output', '--selector', '--status', '-h', '-o']);
   t.equal(complete(['trellis', 'agents', 'list', '-o', '']), 'table wide json yaml');
   t.equal(complete(['trellis', 'agents', 'list', '--selector', 'list', '-o', 'y']), 'yaml', 'a flag value is not taken for a command');
   t.equal(complete(['trellis', '--tenant', 'agents', 'ag']), 'agent agents', 'a value of a global flag is skipped');

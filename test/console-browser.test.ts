@@ -10,15 +10,18 @@ import { join } from 'node:path';
 import type { Page, BrowserContext } from 'playwright-core';
 import { startHub, ADMIN_PASSWORD, type TestHub } from './helpers/hub.js';
 import { needs } from './helpers/needs.js';
-import { install, file, getExecution, getAgent, createRule, getRule, setSecret, setKv } from './helpers/admin.js';
+import { install, file, getExecution, getAgent, createRule, getRule, setSecret, setKv, unaryT } from './helpers/admin.js';
 import { chromiumMissing, launchBrowser, artifactsDir } from './helpers/browser.js';
 import { consoleCall } from './helpers/console.js';
+import { postWebhook } from './helpers/catalog.js';
+import { signWebhook } from '../hub/webhooks/index.js';
+import type * as T from '../common/proto-gen/trellis/v1/index.js';
 import { csrfFor } from '../hub/web/console/session.js';
 
 // What the page functions (run in the browser by page.evaluate / waitForFunction) use; the test
 // program is compiled without the DOM library.
 interface PageNode { textContent: string | null; getAttribute(name: string): string | null }
-declare const document: { cookie: string; querySelector(sel: string): PageNode | null };
+declare const document: { cookie: string; querySelector(sel: string): PageNode | null; querySelectorAll(sel: string): Iterable<PageNode> };
 declare const location: { hash: string };
 
 const PW = 'observer-password-1';
@@ -112,7 +115,8 @@ t.test('the console in Chromium: login, agents, run with live output, cancel, re
   // The filter is the hub's: online only.
   await page.selectOption('#agent-status', 'online');
   await page.click('form.filters button[type=submit]');
-  await page.waitForFunction((id) => !document.querySelector(`tr[data-agent="${id}"]`) && location.hash.includes('status=online'), spare.agentId, { timeout: WAIT });
+  // The new page rendered (not the moment between clearing the old one and drawing the new).
+  await page.waitForFunction((id) => !document.querySelector(`tr[data-agent="${id}"]`) && location.hash.includes('status=online') && !!document.querySelector('main[data-ready="agents"]'), spare.agentId, { timeout: WAIT });
   t.equal(await page.locator('tr[data-agent]').count(), 1);
   await shot(page, 'agents');
 
@@ -155,6 +159,38 @@ t.test('the console in Chromium: login, agents, run with live output, cancel, re
   await ready(page, 'executions');
   t.equal(await page.locator('tr[data-execution]').count(), 2);
   await shot(page, 'executions');
+
+  // Agent detail: its record, its recent executions (the two runs above), its events view.
+  await page.goto(`https://localhost:${h.hub.webPort}/console/#/agents/${agentId}`);
+  await ready(page, 'agents');
+  t.match(await page.textContent('main h1'), /^Agent /);
+  t.match(await page.textContent('main dl.kv'), new RegExp(agentId), 'the agent\'s record');
+  t.same((await page.locator('#executions tr[data-execution]').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-execution')))).sort(), [execId, rerunId].sort(), 'its recent executions');
+  t.equal(await page.locator('#events').count(), 1, 'its live events');
+  await shot(page, 'agent-detail');
+
+  // Events: a webhook's event arrives live; paused, the next is not shown; resumed, the next is.
+  const hook = await unaryT<T.CreateWebhookRequest, T.CreateWebhookResponse__Output>(h, h.admin.webhooks, h.admin.webhooks.CreateWebhook, { name: 'console', description: '' });
+  const fire = async (n: number) => {
+    const body = JSON.stringify({ n: `probe-${n}` });
+    t.equal((await postWebhook(h, '/webhooks/console', body, { 'x-trellis-signature': signWebhook(hook.secret, body, Math.floor(Date.now() / 1000)) })).status, 202, `webhook ${n} accepted`);
+  };
+  const shown = (n: number) => page.waitForFunction((x) => [...document.querySelectorAll('#events tr')].some((r) => r.textContent?.includes(`probe-${x}`)), n, { timeout: WAIT });
+  await page.goto(`https://localhost:${h.hub.webPort}/console/#/events?type=webhook.*`);
+  await ready(page, 'events');
+  await page.waitForFunction(() => document.querySelector('#events-state')?.textContent === 'live', undefined, { timeout: WAIT });
+  await fire(1);
+  await shown(1);
+  t.match(await page.textContent('#events'), /webhook\.console/, 'the event arrived live with its type');
+  await shot(page, 'events');
+  await page.click('#events-pause');
+  await fire(2);
+  await page.waitForFunction(() => document.querySelector('#events-state')?.textContent === 'paused: 1 not shown', undefined, { timeout: WAIT });
+  t.notMatch(await page.textContent('#events'), /probe-2/, 'paused: received, not shown');
+  await page.click('#events-pause');
+  await fire(3);
+  await shown(3);
+  t.notMatch(await page.textContent('#events'), /probe-2/, 'resumed: the paused one stays out, the next is shown');
 
   // Revoke with a confirmation: cancelling the dialog revokes nothing.
   await page.goto(`https://localhost:${h.hub.webPort}/console/#/agents`);

@@ -191,12 +191,13 @@ export function addAdminCommands(program: Command): void {
   addOutputOptions(agents.command('list').description('list agents with status, last seen and certificate expiry')
     .option('--selector <expr>', "only agents matching this selector (k=v, k!=v, 'k in (a,b)', 'k notin (a,b)', k, !k; commas and repeats AND them)", collect, [])
     .option('--status <status>', 'only online, offline or revoked agents')
+    .option('--facts <expr>', 'only agents whose facts match (the selector syntax over hostname, os, arch, osRelease, cpus, memoryBytes, agentVersion), e.g. os=linux,arch=arm64', collect, [])
     .option('--all', `also revoked agents revoked over ${REVOKED_LISTED_DAYS} days ago (hidden by default; \`agents prune --revoked\` deletes them)`), 'address, enrolled, full serial, OS, agent version')
     .addHelpText('after', `\nRevoked agents are listed for ${REVOKED_LISTED_DAYS} days after their revocation; --status revoked or --all lists them all.\n` +
-      "Example: trellis agents list --selector 'role=web,zone in (eu1,eu2)' --status offline")
+      "Example: trellis agents list --selector 'role=web,zone in (eu1,eu2)' --status offline --facts arch=arm64")
     .action((o) => withClients(async (c) => {
       if (o.status && !['online', 'offline', 'revoked'].includes(o.status)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad --status "${o.status}": online, offline or revoked`);
-      const r = await call<T.ListAgentsRequest, T.ListAgentsResponse__Output>(c, c.agents, c.agents.ListAgents, { selectorExpr: selectorText(o.selector), status: o.status ?? '', includeOldRevoked: !!o.all });
+      const r = await call<T.ListAgentsRequest, T.ListAgentsResponse__Output>(c, c.agents, c.agents.ListAgents, { selectorExpr: selectorText(o.selector), factsExpr: selectorText(o.facts), status: o.status ?? '', includeOldRevoked: !!o.all });
       await output(o, r.agents, [
         { header: 'ID', cell: (a) => a.id }, { header: 'TENANT', cell: (a) => a.tenant }, { header: 'HOST', cell: (a) => a.hostname || '-' },
         { header: 'STATUS', cell: (a) => a.status }, { header: 'LAST SEEN', cell: (a) => ago(a.lastSeenMs) }, { header: 'LABELS', cell: (a) => labels(a.labels) },

@@ -1,12 +1,12 @@
 /**
- * `trellis executions list|show|follow|cancel|rerun` and `trellis run PACK.ACTION` (called from
+ * `trellis executions list|count|show|follow|cancel|rerun` and `trellis run PACK.ACTION` (called from
  * the `run` command in admin.ts). Followed executions print their output live, stdout and
  * stderr on the CLI's own, and the CLI exits with the remote exit code.
  */
 import type { Command } from 'commander';
 import type * as grpc from '@grpc/grpc-js';
 import { TrellisError } from '../../common/errors.js';
-import { formatDuration } from '../../common/duration.js';
+import { formatDuration, parseDuration } from '../../common/duration.js';
 import { fromGrpcError } from '../../common/grpc-errors.js';
 import { call, withClients } from '../client.js';
 import { when, ago, parseKeyValues, print, printErr, writeOutput, clean, addOutputOptions, formatOf, output, outputOne, toDocument } from '../format.js';
@@ -128,6 +128,23 @@ export function addExecutionCommands(program: Command): void {
         { header: 'REQUESTED', cell: (i, wide) => (wide ? when(Number(i.requestedMs)) : ago(Number(i.requestedMs))) }, { header: 'DURATION', cell: (i) => duration(i) },
         { header: 'ERROR', cell: (i) => i.error || '-', wide: true },
       ], { empty: 'no executions', data: r.executions.map((i) => { const { output: _o, ...rest } = executionJson(i); return rest; }) });
+    }));
+
+  addOutputOptions(ex.command('count')
+    .description('how many executions, by status, counted on the hub (the web console\'s overview)')
+    .option('--since <duration>', 'only those requested in the last DURATION, e.g. 1h, 30m, 7d (default: all history)')
+    .option('--action <pack.action>', 'only this action')
+    .option('--agent <id|host>', 'only on this agent (id, unique id prefix or hostname)')
+    .option('--rule <name>', 'only those fired by this rule'))
+    .action((o) => withClients(async (c) => {
+      const sinceMs = o.since ? Date.now() - parseDuration(String(o.since), '--since') : 0;
+      const r = await call<T.CountExecutionsRequest, T.CountExecutionsResponse__Output>(c, c.executions, c.executions.CountExecutions, {
+        action: o.action ?? '', agentId: o.agent ?? '', rule: o.rule ?? '', sinceMs,
+      });
+      const rows = Object.entries(r.byStatus).map(([status, n]) => ({ status, count: Number(n) })).sort((a, b) => b.count - a.count);
+      await output(o, rows, [{ header: 'STATUS', cell: (x) => x.status }, { header: 'COUNT', cell: (x) => String(x.count) }],
+        { empty: 'no executions', data: { byStatus: Object.fromEntries(rows.map((x) => [x.status, x.count])), total: Number(r.total) } });
+      if (formatOf(o) === 'table' && rows.length) print(`total: ${Number(r.total)}`);
     }));
 
   addOutputOptions(ex.command('show')

@@ -115,10 +115,10 @@ async function overviewPage(main: HTMLElement): Promise<void> {
     }
   }
   if (can('executions:read')) {
-    const r = await call<{ executions: Execution[] }>('AdminExecutions/ListExecutions', { sinceMs: Date.now() - 3_600_000, limit: 1000 });
-    const by = new Map<string, number>();
-    for (const e of r.executions) by.set(e.status, (by.get(e.status) ?? 0) + 1);
-    main.append(h('h2', {}, 'Executions in the last hour', r.executions.length >= 1000 ? ' (the latest 1000)' : ''),
+    // Counted by the hub: the page gets a dozen numbers, not the hour's records.
+    const r = await call<{ byStatus: Record<string, number>; total: number }>('AdminExecutions/CountExecutions', { sinceMs: Date.now() - 3_600_000 });
+    const by = new Map(Object.entries(r.byStatus).map(([s, n]) => [s, Number(n)] as const).filter(([, n]) => n > 0));
+    main.append(h('h2', {}, 'Executions in the last hour', ` (${r.total})`),
       h('table', { id: 'executions-by-status' }, h('tr', {}, h('th', {}, 'status'), h('th', {}, 'count')),
         ...[...by].sort((a, b) => b[1] - a[1]).map(([s, n]) => h('tr', {}, h('td', {}, h('a', { href: `#/executions?status=${s}` }, badge(s))), h('td', {}, n))),
         by.size === 0 ? h('tr', {}, h('td', { colspan: 2, class: 'muted' }, 'none')) : null));
@@ -140,14 +140,15 @@ function factsText(f: Record<string, unknown> | undefined): string {
 
 async function agentsPage(main: HTMLElement, q: URLSearchParams): Promise<void> {
   const selector = h('input', { id: 'agent-selector', placeholder: 'selector, e.g. role=web,env!=dev', value: q.get('selector') ?? '', size: 36 });
+  const facts = h('input', { id: 'agent-facts', placeholder: 'facts, e.g. os=linux,arch=arm64', value: q.get('facts') ?? '', size: 30 });
   const status = h('select', { id: 'agent-status' }, ...['', 'online', 'offline', 'revoked'].map((s) => h('option', { value: s, selected: s === (q.get('status') ?? '') }, s || 'any status')));
-  const form = h('form', { class: 'filters' }, selector, status, h('button', { type: 'submit' }, 'Filter'));
-  form.addEventListener('submit', (e) => { e.preventDefault(); go(`#/agents?${new URLSearchParams({ selector: selector.value, status: status.value }).toString()}`); });
+  const form = h('form', { class: 'filters' }, selector, facts, status, h('button', { type: 'submit' }, 'Filter'));
+  form.addEventListener('submit', (e) => { e.preventDefault(); go(`#/agents?${new URLSearchParams({ selector: selector.value, facts: facts.value, status: status.value }).toString()}`); });
   const body = h('div', {});
   clear(main, h('h1', {}, 'Agents'), form, body);
   // Paged by the hub, in id order: `after` is the last id of the previous page.
   const after = q.get('after') ?? '';
-  const r = await call<{ agents: Agent[]; total: number }>('AdminAgents/ListAgents', { selectorExpr: q.get('selector') ?? '', status: q.get('status') ?? '', limit: PAGE, afterId: after });
+  const r = await call<{ agents: Agent[]; total: number }>('AdminAgents/ListAgents', { selectorExpr: q.get('selector') ?? '', factsExpr: q.get('facts') ?? '', status: q.get('status') ?? '', limit: PAGE, afterId: after });
   const rows = r.agents;
   const table = h('table', { id: 'agents' },
     h('tr', {}, ...['status', 'hostname', 'id', 'labels', 'facts', 'last seen', 'certificate expires', ''].map((c) => h('th', {}, c))),
@@ -334,11 +335,19 @@ async function runPage(main: HTMLElement, q: URLSearchParams): Promise<void> {
 
 function eventsView(filter: Record<string, string>): HTMLElement {
   const list = h('table', { id: 'events' }, h('tr', {}, ...['time', 'type', 'agent', 'payload'].map((c) => h('th', {}, c))));
-  const state = h('span', { class: 'muted' }, 'connecting…');
+  const state = h('span', { class: 'muted', id: 'events-state' }, 'connecting…');
   let paused = false;
-  const pause = h('button', { id: 'events-pause', type: 'button', onclick: () => { paused = !paused; pause.textContent = paused ? 'Resume' : 'Pause'; } }, 'Pause');
+  let skipped = 0;
+  const pause = h('button', { id: 'events-pause', type: 'button', onclick: () => {
+    paused = !paused;
+    pause.textContent = paused ? 'Resume' : 'Pause';
+    skipped = 0;
+    state.textContent = paused ? 'paused' : 'live';
+  } }, 'Pause');
   const s = openStream({ kinds: 'events', ...filter }, (m) => {
-    if (m.kind !== 'event' || paused) return;
+    if (m.kind !== 'event') return;
+    // Paused: the table stays as it is; the count says what went by.
+    if (paused) { state.textContent = `paused: ${++skipped} not shown`; return; }
     list.children[0]!.after(h('tr', {}, h('td', {}, when(m.timeMs)), h('td', {}, m.type), h('td', { class: 'mono' }, m.agent), h('td', { class: 'mono' }, JSON.stringify(m.payload).slice(0, 300))));
     while (list.children.length > 201) list.lastChild?.remove();
   }, (reason) => { state.textContent = `stream closed: ${reason}`; });

@@ -38,6 +38,20 @@ export interface AgentDoc extends Doc {
   lastSeen?: number;
 }
 
+/** The facts a `facts_expr` filter reads (ListAgents), by the names AgentInfo.facts has. */
+export const FACT_KEYS = ['hostname', 'os', 'arch', 'osRelease', 'cpus', 'memoryBytes', 'agentVersion'] as const;
+
+/** An agent's facts as selector labels: each known fact that is set, as text (numbers in decimal). */
+export function factsLabels(f: Readonly<Facts> | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (!f) return out;
+  for (const k of FACT_KEYS) {
+    const v = (f as Record<string, unknown>)[k];
+    if (v !== undefined && v !== null && v !== '' && v !== 0 && typeof v !== 'object') out[k] = String(v);
+  }
+  return out;
+}
+
 export interface RevocationDoc extends Doc {
   serial: string; agentId: string; revokedAt: number; notAfter: number; reason: string;
   /** Set when a renewal replaced this certificate: the serial that replaced it. */
@@ -315,6 +329,33 @@ export class AgentRegistry {
   }
 
   /**
+   * One page of the agents list (the console's agents page, `trellis agents list`): the records
+   * that pass `tenant`, `selector`, `status` and `keep`, in id order (enrollment order: ids are
+   * ULIDs), after `afterId`, at most `limit` of them (0: all), and how many passed in all.
+   * The filters read the stored records in place (deep-frozen, no copy): only the page's records
+   * are copied, so a page of 50 out of 5,000 agents copies 50 records, not 5,000.
+   */
+  async page(o: { tenant?: string; selector?: Selector; facts?: Selector; status?: AgentView['status'] | ''; keep?: (a: Readonly<AgentDoc>) => boolean; limit: number; afterId?: string }): Promise<{ agents: AgentView[]; total: number }> {
+    const now = Date.now();
+    const hits: Array<Readonly<AgentDoc>> = [];
+    // The filter sees each stored record itself; keeping the reference (and answering false) reads
+    // them all without the copy `list` makes of every match.
+    await this.store.list<AgentDoc>('agents', (a) => {
+      if ((o.tenant === undefined || a.tenant === o.tenant) && matchesSelector(a.labels, o.selector ?? [])
+        && (!o.status || (a.revoked ? 'revoked' : this.isOnline(a.id, now) ? 'online' : 'offline') === o.status)
+        && (!o.keep || o.keep(a)) && (!o.facts?.length || matchesSelector(factsLabels(a.facts), o.facts))) hits.push(a);
+      return false;
+    });
+    let page = hits;
+    if (o.limit || o.afterId) {
+      hits.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+      const from = o.afterId ? hits.findIndex((a) => a.id > o.afterId!) : 0;
+      page = from < 0 ? [] : hits.slice(from, o.limit ? from + o.limit : undefined);
+    }
+    return { agents: page.map((a) => this.view(structuredClone(a) as AgentDoc, now)), total: hits.length };
+  }
+
+  /**
    * The agent an operator named: its id, a unique id prefix (at least MIN_ID_PREFIX characters),
    * or an exact hostname, in `tenant` (undefined: every tenant). Not found → NOT_FOUND; more than
    * one → INVALID_ARGUMENT listing the candidates (id and hostname).
@@ -324,12 +365,15 @@ export class AgentRegistry {
     const exact = await this.get(ref);
     if (exact && inTenant(exact)) return exact;
     const lower = ref.toLowerCase();
-    const all = ref ? await this.store.list<AgentDoc>('agents', inTenant) : [];
+    // The stored records read in place (the filter keeps references, nothing is copied): the
+    // one found is copied at the end.
+    const all: Array<Readonly<AgentDoc>> = [];
+    if (ref) await this.store.list<AgentDoc>('agents', (a) => { if (inTenant(a)) all.push(a); return false; });
     let found = ref.length >= MIN_ID_PREFIX ? all.filter((a) => a.id.toLowerCase().startsWith(lower)) : [];
     if (found.length === 0) found = all.filter((a) => a.hostname && a.hostname.toLowerCase() === lower);
     // A host re-enrolled after a revocation: its live record wins over the revoked ones.
     if (found.length > 1 && found.some((a) => !a.revoked)) found = found.filter((a) => !a.revoked);
-    if (found.length === 1) return found[0]!;
+    if (found.length === 1) return structuredClone(found[0]!) as AgentDoc;
     if (found.length === 0) throw new TrellisError('TRELLIS_E_NOT_FOUND', `no agent ${ref.slice(0, 80)} (by id, id prefix of ${MIN_ID_PREFIX}+ characters or hostname): see \`trellis agents list\``);
     const shown = found.slice(0, 10).map((a) => `${a.id} (${a.hostname || '-'}${a.revoked ? ', revoked' : ''})`).join(', ');
     throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `"${ref.slice(0, 80)}" names ${found.length} agents: ${shown}${found.length > 10 ? ', …' : ''}; give more of the id`);

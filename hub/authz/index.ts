@@ -156,6 +156,7 @@ export const METHOD_TABLE: Readonly<Record<string, Requirement>> = Object.freeze
   [`/${S}.AdminRules/TestRule`]: perm('rules:read'),
   [`/${S}.AdminExecutions/RunAction`]: { kind: 'perm-scoped', perm: 'actions:execute' }, // checked again at the action's scope
   [`/${S}.AdminExecutions/ListExecutions`]: perm('executions:read'),
+  [`/${S}.AdminExecutions/CountExecutions`]: perm('executions:read'),
   [`/${S}.AdminExecutions/GetExecution`]: perm('executions:read'),
   [`/${S}.AdminExecutions/FollowExecution`]: perm('executions:read'),
   [`/${S}.AdminExecutions/CancelExecution`]: perm('executions:cancel'),

@@ -200,6 +200,17 @@ export class ClusterExecutions {
     return r.rows.map((x) => JSON.parse(String(x.record)) as ExecutionRecord);
   }
 
+  /** How many executions pass `f` (status and limit aside), by status, counted in the table. */
+  async countByStatus(tenant: string | '*', f: ListFilter): Promise<Map<string, number>> {
+    const r = await this.d.db.query(
+      `SELECT status, count(*)::bigint AS n FROM trellis_executions
+       WHERE ($1::text IS NULL OR tenant = $1) AND ($2::text IS NULL OR action = $2) AND ($3::text IS NULL OR agent = $3)
+         AND ($4::text IS NULL OR rule = $4) AND ($5::bigint IS NULL OR requested_ms >= $5) AND ($6::text IS NULL OR id < $6)
+       GROUP BY status`,
+      [tenant === '*' ? null : tenant, f.action || null, f.agentId || null, f.rule || null, f.sinceMs || null, f.beforeId || null]);
+    return new Map(r.rows.map((x) => [String(x.status), Number(x.n)]));
+  }
+
   /** Follows an execution another hub owns: its updates are emitted here as they are written. Returns the release function. */
   watchRemote(id: string, refs = 1): () => void {
     const i = this.interest.get(id) ?? { ver: 0, out: 0, refs: 0 };

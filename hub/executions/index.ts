@@ -583,10 +583,19 @@ export class Executions {
       await this.durable();
       return (await this.cluster.list(tenant, f, limit)).map((r) => ({ ...(this.entries.get(r.id)?.rec ?? r) }));
     }
-    const all = [...this.entries.values()];
+    // The matches by reference, newest first (entries are in request order, near enough id
+    // order that sorting them is a linear pass), then only the page is copied: a page of 50 out
+    // of 100,000 executions copies 50 records.
+    const hits = this.matching(tenant, f);
+    hits.sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
+    return hits.slice(0, limit).map((r) => ({ ...r }));
+  }
+
+  /** The records that pass `f` (limit aside), newest entry first, not copied: callers copy what they return. */
+  private matching(tenant: string | '*', f: ListFilter): ExecutionRecord[] {
     const out: ExecutionRecord[] = [];
-    for (let i = all.length - 1; i >= 0; i--) {
-      const r = all[i]!.rec;
+    for (const e of this.entries.values()) {
+      const r = e.rec;
       if (tenant !== '*' && r.tenant !== tenant) continue;
       if (f.action && r.action !== f.action) continue;
       if (f.agentId && r.agentId !== f.agentId) continue;
@@ -594,10 +603,24 @@ export class Executions {
       if (f.rule && r.rule !== f.rule) continue;
       if (f.sinceMs && r.requestedMs < f.sinceMs) continue;
       if (f.beforeId && r.id >= f.beforeId) continue;
-      out.push({ ...r });
+      out.push(r);
     }
-    out.sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
-    return out.slice(0, limit);
+    return out.reverse();
+  }
+
+  /**
+   * How many executions pass `f` (its `status` and `limit` aside), by status: the console's
+   * overview ("executions per status in the last hour"). Counted where they are (this hub's
+   * index, or the cluster's table), nothing copied.
+   */
+  async countByStatus(tenant: string | '*', f: ListFilter = {}): Promise<Map<string, number>> {
+    if (this.cluster) {
+      await this.durable();
+      return this.cluster.countByStatus(tenant, f);
+    }
+    const by = new Map<string, number>();
+    for (const r of this.matching(tenant, { ...f, status: undefined })) by.set(r.status, (by.get(r.status) ?? 0) + 1);
+    return by;
   }
 
   /**

@@ -9,7 +9,7 @@ import { resolveTenant, authorize } from '../authz/index.js';
 import { enrollAgent } from '../agents/enroll.js';
 import type { HubComponents } from '../components.js';
 import { cleanFacts } from '../agents/index.js';
-import type { AgentView } from '../agents/index.js';
+import { FACT_KEYS, type AgentView } from '../agents/index.js';
 import type { JoinTokenDoc } from '../tokens/index.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 import { refsIn } from '../rights/index.js';
@@ -20,7 +20,7 @@ import { checkHubNames, issueHubCertificate } from '../pki/index.js';
 import { parseJoinToken } from '../../common/jointoken.js';
 import { formatDuration } from '../../common/duration.js';
 import { resolveAgent, resolveTargets, matchedMessage, auditDetail } from './targets.js';
-import { requestSelector } from '../../common/selector.js';
+import { requestSelector, parseSelector } from '../../common/selector.js';
 
 const S = '/trellis.v1';
 const AGENT_STATUSES = new Set(['online', 'offline', 'revoked']);
@@ -165,19 +165,20 @@ export function addAdminServices(server: grpc.Server, c: HubComponents, deps: Wr
       const selector = requestSelector(req.selector, checkString(req.selectorExpr ?? '', 'selector', 4096).trim());
       const status = checkString(req.status ?? '', 'status', 16);
       if (status && !AGENT_STATUSES.has(status)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `bad status "${status}": online, offline or revoked`);
+      const facts = parseSelector(checkString(req.factsExpr ?? '', 'facts_expr', 4096).trim());
+      const unknown = facts.find((r) => !(FACT_KEYS as readonly string[]).includes(r.key));
+      if (unknown) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `no fact "${unknown.key.slice(0, 64)}": facts are ${FACT_KEYS.join(', ')}`);
       const now = Date.now();
       const keepRevoked = req.includeOldRevoked || status === 'revoked';
-      const list = (await c.agents.list({ selector, tenant: readTenant(ctx) }))
-        .filter((a) => (!status || a.status === status) && (keepRevoked || !a.revoked || now - (a.revokedAt ?? 0) < REVOKED_LISTED_MS));
       const limit = Number(req.limit) || 0;
       if (limit < 0 || limit > MAX_AGENTS_PAGE) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `limit is between 1 and ${MAX_AGENTS_PAGE} (0: all)`);
       const afterId = checkString(req.afterId ?? '', 'after_id', 64);
-      if (!limit && !afterId) return { agents: list.map((a) => agentInfo(c, a)), total: list.length };
       // A page: id order (enrollment order: ids are ULIDs), after the last id of the previous page.
-      const sorted = list.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-      const from = afterId ? sorted.findIndex((a) => a.id > afterId) : 0;
-      const page = from < 0 ? [] : sorted.slice(from, limit ? from + limit : undefined);
-      return { agents: page.map((a) => agentInfo(c, a)), total: list.length };
+      const r = await c.agents.page({
+        selector, facts, tenant: readTenant(ctx), status: status as AgentView['status'] | '', limit, afterId,
+        keep: keepRevoked ? undefined : (a) => !a.revoked || now - (a.revokedAt ?? 0) < REVOKED_LISTED_MS,
+      });
+      return { agents: r.agents.map((a) => agentInfo(c, a)), total: r.total };
     }),
     GetAgent: unary<T.GetAgentRequest__Output, T.AgentInfo>(deps, `${S}.AdminAgents/GetAgent`, async (req, ctx) =>
       agentInfo(c, c.agents.view(await agentInTenant(c, ctx, req.id)))),

@@ -122,6 +122,17 @@ export function addExecutionServices(server: grpc.Server, c: HubComponents, deps
       return { executions: recs.map((r) => executionInfo(r)) };
     }),
 
+    CountExecutions: unary<T.CountExecutionsRequest__Output, T.CountExecutionsResponse>(deps, `${S}/CountExecutions`, async (req, ctx) => {
+      let agentId = checkString(req.agentId, 'agent_id', 256);
+      if (agentId) agentId = await c.agents.resolve(agentId, readTenant(ctx)).then((a) => a.id, (e) => { if (isTrellisError(e, 'TRELLIS_E_NOT_FOUND')) return agentId; throw e; });
+      const sinceMs = Number(req.sinceMs) || 0;
+      if (sinceMs < 0) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'since_ms is a time in ms since the epoch (0: all)');
+      const by = await c.executions.countByStatus(tenantOf(ctx), { action: checkString(req.action, 'action', 192), agentId, rule: checkString(req.rule, 'rule', 192), sinceMs });
+      let total = 0;
+      for (const n of by.values()) total += n;
+      return { byStatus: Object.fromEntries(by), total };
+    }),
+
     GetExecution: unary<T.GetExecutionRequest__Output, T.ExecutionInfo>(deps, `${S}/GetExecution`, async (req, ctx) => {
       const r = await c.executions.get(tenantOf(ctx), checkString(req.id, 'id', 64));
       return executionInfo(r, r.output);
