@@ -226,6 +226,11 @@ void t.test('changes made through one hub reach the other within a second', need
     await a.hub.bus!.publish('events', { e: [[1, 2, 3], ['id', 'core.x', 'agent', 'tenant', 'not-a-time', '{}'], ['ok-1', 'core.x', 'a', 'gaps', 5, '{}']] });
     await waitFor(() => got.some((e) => e.id === 'ok-1'), 5_000, 'the valid entry');
     t.equal(recv.stats.malformed - malformed, 2, 'two malformed entries ignored, the valid one delivered');
+    // A forged gap's reason reaches followers' terminals: one line, no escape sequences.
+    const before = gaps.length;
+    await a.hub.bus!.publish('events', { gap: { gaps: 1 }, reason: 'x\n2026-01-01T00:00:00.000Z  core.fake  agent  {}\u001b[2J' });
+    await waitFor(() => gaps.length > before, 5_000, 'the forged gap');
+    t.notMatch(gaps[gaps.length - 1]![2], /[\n\u001b]/, 'no newline or escape from a forged gap reason');
   });
 
   void t.test('cooldowns and rate limits hold across hubs: a rule matched on both hubs within its cooldown fires once', async (t) => {

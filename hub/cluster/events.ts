@@ -26,6 +26,7 @@
  * also write every document, so this adds no trust.
  */
 import type { Logger } from '../../common/log.js';
+import { cleanText } from '../../common/text.js';
 import type { HubEvent, EventIntake } from '../events/index.js';
 import { MAX_BUS_MESSAGE, type ClusterBus } from './bus.js';
 
@@ -272,9 +273,10 @@ export class ClusterEvents {
   private onRemote(m: Record<string, unknown>, from: string): void {
     if (this.closed) return;
     if (m.gap && typeof m.gap === 'object' && !Array.isArray(m.gap)) {
-      const reason = typeof m.reason === 'string' ? m.reason.slice(0, 200) : '';
+      // Text from another hub (or anyone who can NOTIFY) goes to followers' terminals: one line, no escapes.
+      const reason = typeof m.reason === 'string' ? cleanText(m.reason.slice(0, 200)) : '';
       for (const [tenant, n] of Object.entries(m.gap as Record<string, unknown>).slice(0, MAX_GAP_TENANTS)) {
-        if (typeof n === 'number' && Number.isSafeInteger(n) && n > 0 && tenant.length <= 63) this.o.followers.deliverGap(tenant, n, `${reason} (hub ${from.slice(0, 40)})`);
+        if (typeof n === 'number' && Number.isSafeInteger(n) && n > 0 && tenant.length <= 63) this.o.followers.deliverGap(tenant, n, `${reason} (hub ${cleanText(from.slice(0, 40))})`);
       }
       return;
     }
