@@ -440,6 +440,9 @@ export class Hub {
   async close(forceMs = 5_000): Promise<void> {
     if (this.state === 'closed' || this.state === 'draining') return;
     this.state = 'draining';
+    // First: no new agent connection. An agent whose stream ends below reconnects within ~1 s;
+    // a closing hub must not welcome it (and ask it to renew or run) just before it stops.
+    this.agentListener?.stopAccepting();
     clearInterval(this.sweepTimer);
     clearInterval(this.eventSweepTimer);
     clearInterval(this.lastSeenTimer);

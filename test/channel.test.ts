@@ -9,6 +9,7 @@ import { createPublicKey } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import * as net from 'node:net';
 import { promisify } from 'node:util';
 import { startHub, tempDir, waitFor, callError, type TestHub } from './helpers/hub.js';
 import { call } from '../cli/client.js';
@@ -301,6 +302,36 @@ t.test('one agent cannot hold the admission slots of others: past MAX_PENDING_PE
   // The slots come back once those streams end: the same agent connects normally.
   const agent = await h.agent({ dataDir });
   t.equal(agent.channel.state, 'ready', 'the agent itself connects once its silent streams are gone');
+  await agent.close();
+});
+
+t.test('a hub shutting down admits no agent: one that reconnects meanwhile is refused and retries', async (t) => {
+  await using h = await startHub();
+  const agent = await h.agent();
+  t.equal(agent.channel.stats.connects, 1);
+  // The first step of a hub's close: every live link told "shutting down"; the agent comes back
+  // within ~1 s while the ports are still open. Before, the closing hub welcomed it (and could
+  // ask it to renew or run something) just before stopping.
+  await h.hub.components.agents.closeAll();
+  await new Promise((r) => setTimeout(r, 3_000));
+  t.not(agent.channel.state, 'ready', 'not welcomed by a closing hub');
+  t.equal(agent.channel.stats.connects, 1, 'no second welcome');
+  t.equal(h.hub.components.agents.link(agent.agentId!), undefined, 'no link attached');
+  await agent.close();
+});
+
+t.test('a closing hub takes no new agent connection from its first step', async (t) => {
+  await using h = await startHub();
+  const agent = await h.agent();
+  const port = h.hub.agentPort;
+  const closing = h.hub.close(1000);
+  // The listener stopped synchronously in close(): a connection attempt now is refused by the kernel.
+  const err = await new Promise<NodeJS.ErrnoException | undefined>((resolve) => {
+    const s = net.connect({ host: '127.0.0.1', port }, () => { s.destroy(); resolve(undefined); });
+    s.on('error', resolve);
+  });
+  t.equal(err?.code, 'ECONNREFUSED', 'connection refused while the hub drains');
+  await closing;
   await agent.close();
 });
 

@@ -269,7 +269,19 @@ export class AgentRegistry {
     return due.length;
   }
 
+  /** Set by closeAll(): no new link is attached while the hub shuts down. */
+  private closing = false;
+
+  /**
+   * Adds a welcomed agent's live link. While the hub shuts down (after closeAll) the link is
+   * closed at once with 'shutdown' (UNAVAILABLE, the agent retries): an agent that reconnects
+   * quickly must not be admitted by a hub about to stop, and asked to renew or run by it.
+   */
   attach(link: AgentLink): void {
+    if (this.closing) {
+      link.close('shutdown', 'the hub is shutting down');
+      return;
+    }
     let set = this.links.get(link.agentId);
     if (!set) this.links.set(link.agentId, (set = new Set()));
     set.add(link);
@@ -481,6 +493,7 @@ export class AgentRegistry {
 
   /** Closes every live link (hub shutdown) and persists last-seen times once. */
   async closeAll(): Promise<void> {
+    this.closing = true;
     for (const set of this.links.values()) for (const l of [...set]) l.close('shutdown', 'the hub is shutting down');
     // All at once: the store applies each in memory and writes them in one batch (one at a time,
     // 10,000 agents meant 10,000 file writes and a shutdown of minutes).

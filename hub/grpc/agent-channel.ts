@@ -248,6 +248,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents, handshak
               },
             };
             c.agents.attach(link);
+            if (closed) return; // the hub is shutting down: attach() closed the link
             expiryTimer = setTimeout(() => link?.close('expired', 'the agent certificate expired; re-enroll with `trellis agent enroll --force`'), Math.min(id.notAfter - Date.now(), 2 ** 31 - 1));
             expiryTimer.unref();
             // hello.labels are ignored: labels come from the join token and admins, never from the host.

@@ -209,6 +209,8 @@ export function logHandshakeSummary(gate: HandshakeGate, log: { warn(o: object, 
 
 export interface AgentListener {
   port: number;
+  /** Takes no new connection (hub shutdown: first step); those already served go on until close(). */
+  stopAccepting(): void;
   close(): Promise<void>;
 }
 
@@ -235,6 +237,10 @@ export async function listenAgentPort(server: grpc.Server, creds: grpc.ServerCre
   const bound = (tcp.address() as net.AddressInfo).port;
   return {
     port: bound,
+    stopAccepting: () => {
+      tcp.close(); // new connections are refused by the kernel from here on
+      gate.close(); // queued ones (not yet in TLS) are dropped: they retry after their backoff
+    },
     // Stops listening at once; connections already served end with the grpc-js server (forceShutdown).
     close: async () => {
       gate.close();
