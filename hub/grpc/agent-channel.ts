@@ -159,8 +159,13 @@ export function agentServerOptions(c: { maxMessageBytes: number; agentChannel: {
 /**
  * `handshakes`: the bound on connections between TCP accept and their first answer
  * (hub/grpc/handshake-gate.ts); each stream's welcome or refusal frees its connection's slot.
+ * `o.ready`: settles once the hub's start-up is complete. The port may listen before that (its
+ * TLS handshakes overlap the end of start-up), but no agent is admitted or renewed before it:
+ * a hello or a Renew waits for it (the stream holding its admission slot), so nothing is decided
+ * against half-built state.
  */
-export function addAgentServices(server: grpc.Server, c: HubComponents, handshakes?: { started(peer: string): void; settle(peer: string): void }): AdmissionGate {
+export function addAgentServices(server: grpc.Server, c: HubComponents, handshakes?: { started(peer: string): void; settle(peer: string): void }, o: { ready?: Promise<void> } = {}): AdmissionGate {
+  const ready = o.ready ?? Promise.resolve();
   const log = c.log.child({ component: 'agent-port' });
   const cfg = c.config.agentChannel;
   const gate = new AdmissionGate({ maxPending: cfg.maxPendingHellos, retryAfterMs: cfg.retryAfter });
@@ -244,7 +249,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents, handshak
           if (admitted) return; // a second hello while admission runs is ignored
           clearTimeout(helloTimer);
           const hello = msg.hello;
-          admitted = admitAgent(c, id).then(async () => {
+          admitted = ready.then(() => (closed ? undefined : admitAgent(c, id))).then(async () => {
             await c.agentConfigs.prepareSources(id.agentId); // which event types it may publish
             if (closed) return;
             link = {
@@ -354,6 +359,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents, handshak
     handshakes?.started(peer);
     void (async () => {
       try {
+        await ready;
         const id = (who = identifyPeer(c, call, { renew: true, cache: peers }));
         const doc = await admitAgent(c, id);
         // A replaced certificate may renew again only while its replacement never connected
