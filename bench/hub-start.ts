@@ -10,8 +10,6 @@
  *
  *   hub_start_ms          spawn → the "agent port N, admin port M" line (median of the runs)
  *   hub_start_cpu_ms      the hub's CPU (user+sys) over the same span (median)
- *   hub_ready_ms          spawn → the hub's start-up work done in the background (agent
- *                         admission does not wait for it; median); only when the hub logs it
  *
  * `--cpu-prof DIR`: a V8 CPU profile of each start (the hub is stopped with SIGINT after the
  * listening line so that the profile is written). `--data DIR`: prepare there (kept), or reuse
@@ -104,22 +102,19 @@ export async function prepareHubDir(dir: string, o: { agents: number; history: n
   }
 }
 
-export interface StartRun { startMs: number; cpuMs: number; readyMs?: number }
+export interface StartRun { startMs: number; cpuMs: number }
 
 /** Starts `trellis hub run` on `dir` once: spawn → listening line, and the CPU it used; then stops it. */
 export async function timeHubStart(dir: string, cpuProfDir?: string): Promise<StartRun> {
   const t0 = performance.now();
   const prof = cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`] : [];
   const proc = spawn(process.execPath, ['--max-semi-space-size=32', ...prof, 'bin/trellis.js', 'hub', 'run', '--data', dir], {
-    cwd: ROOT, env: { ...process.env, TRELLIS_LOG_LEVEL: 'info' }, stdio: ['ignore', 'pipe', 'pipe'],
+    cwd: ROOT, env: { ...process.env, TRELLIS_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'],
   });
   const exited = new Promise<void>((r) => proc.once('exit', () => r()));
   let text = '';
   let startMs = -1;
   let cpuMs = -1;
-  let readyMs: number | undefined;
-  let onReady!: () => void;
-  const ready = new Promise<void>((r) => { onReady = r; });
   const up = new Promise<void>((resolve, reject) => {
     const onData = (chunk: Buffer) => {
       text += chunk.toString('utf8');
@@ -128,7 +123,6 @@ export async function timeHubStart(dir: string, cpuProfDir?: string): Promise<St
         cpuMs = processCpuMs(proc.pid!);
         resolve();
       }
-      if (readyMs === undefined && /"msg":"hub ready"/.test(text)) { readyMs = performance.now() - t0; onReady(); }
       if (text.length > 200_000) text = text.slice(-20_000);
     };
     proc.stdout!.on('data', onData);
@@ -136,12 +130,10 @@ export async function timeHubStart(dir: string, cpuProfDir?: string): Promise<St
     void exited.then(() => reject(new Error(`hub exited before listening: ${text.slice(-800)}`)));
   });
   await Promise.race([up, sleep(180_000).then(() => { throw new Error('hub did not listen within 180 s'); })]);
-  // The background part of start-up, if this hub has one (it logs "hub ready").
-  await Promise.race([ready, sleep(30_000)]);
   proc.kill(cpuProfDir ? 'SIGINT' : 'SIGKILL');
   await Promise.race([exited, sleep(60_000)]);
   if (proc.exitCode === null && proc.signalCode === null) { proc.kill('SIGKILL'); await exited; }
-  return { startMs, cpuMs, readyMs };
+  return { startMs, cpuMs };
 }
 
 const figure = (name: string, value: number, unit: string) => process.stdout.write(`${name}: ${Math.round(value)} ${unit}\n`);
@@ -158,13 +150,11 @@ export async function runHubStart(o: HubStartOptions): Promise<void> {
     const runs: StartRun[] = [];
     for (let i = 0; i < o.runs; i++) {
       const r = await timeHubStart(dir, o.cpuProfDir);
-      note(`hub-start: run ${i + 1}: ports open after ${Math.round(r.startMs)} ms (${Math.round(r.cpuMs)} ms CPU)${r.readyMs !== undefined ? `, start-up done after ${Math.round(r.readyMs)} ms` : ''}; load ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
+      note(`hub-start: run ${i + 1}: ports open after ${Math.round(r.startMs)} ms (${Math.round(r.cpuMs)} ms CPU); load ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
       runs.push(r);
     }
     figure('hub_start_ms', percentile(runs.map((r) => r.startMs), 50), 'ms');
     figure('hub_start_cpu_ms', percentile(runs.map((r) => r.cpuMs), 50), 'ms');
-    const ready = runs.map((r) => r.readyMs).filter((x): x is number => x !== undefined);
-    if (ready.length === runs.length) figure('hub_ready_ms', percentile(ready, 50), 'ms');
   } finally {
     if (tmp) await rm(tmp, { recursive: true, force: true });
   }
