@@ -22,6 +22,9 @@ export type StormClientCommand = StormClientStart | { cmd: 'mark' } | { cmd: 'st
 export interface StormClientReport { ready: number; welcomedSinceMark: number; closed: number; shed: number; connects: number; failures: number; lastError?: string }
 
 silenceIpServernameWarning();
+// Thousands of refused connections per second while the hub restarts, each an Error: their stack
+// traces (never printed here) cost the client processes CPU on the hub's cores.
+Error.stackTraceLimit = 4;
 
 const send = (m: StormClientReport | { done: true }) => process.send?.(m);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

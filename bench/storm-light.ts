@@ -14,11 +14,14 @@
  * What is cut: per-agent TLS context rebuilt per attempt (one per agent, built once), protobuf
  * encoding per message (the hello and heartbeat frames are encoded once per process or tick),
  * grpc-js's resolver/subchannel/load-balancer objects and their timers (one process-wide tick
- * sends heartbeats and pings), decoding anything after the welcome (counted, not parsed).
+ * sends heartbeats and pings), decoding anything after the welcome (counted, not parsed), and
+ * the TLS and HTTP/2 objects of an attempt whose TCP connection is refused (TLS starts on the TCP
+ * connection once it is up: while the hub restarts, thousands of refused attempts per second cost
+ * the client processes, on the hub's cores, little more than the refused sockets).
  */
 import http2 from 'node:http2';
 import tls from 'node:tls';
-import { isIP } from 'node:net';
+import net, { isIP } from 'node:net';
 import { EventEmitter } from 'node:events';
 import type protobuf from 'protobufjs';
 import { loadChannelRoot } from '../common/proto-channel.js';
@@ -32,6 +35,8 @@ const PATH = '/trellis.v1.AgentChannel/Connect';
 /** gRPC status codes used here (numeric, as on the wire). */
 const UNAVAILABLE = 14, RESOURCE_EXHAUSTED = 8, PERMISSION_DENIED = 7, UNAUTHENTICATED = 16;
 const CODE_KEY = 'trellis-error-code';
+
+interface Status { code: number; message: string; retryAfterMs?: number; trellisCode?: string }
 
 function safeDecode(s: string): string { try { return decodeURIComponent(s); } catch { return s; } }
 
@@ -128,6 +133,8 @@ export class LightAgent extends EventEmitter {
   lastError: string | undefined;
   private ctx: tls.SecureContext | undefined;
   private session: http2.ClientHttp2Session | undefined;
+  /** The TCP connection of an attempt, until it is up (then TLS and HTTP/2 start on it). */
+  private tcp: net.Socket | undefined;
   private stream: http2.ClientHttp2Stream | undefined;
   private heartbeatEvery = 10;
   private attempt = 0;
@@ -150,13 +157,19 @@ export class LightAgent extends EventEmitter {
     return this.ctx;
   }
 
-  private openSession(): http2.ClientHttp2Session {
+  /**
+   * The HTTP/2 session over `tcp`, a TCP connection already open: TLS starts on it now. (A hub
+   * that is down refuses the TCP connection; building the TLS and HTTP/2 objects only once TCP is
+   * up keeps a refused attempt at the cost of a refused socket, as it costs an agent on its own host.
+   * Each simulated agent shares the cores with the hub, so what its retries cost is taken from the hub's restart.)
+   */
+  private openSession(tcp: net.Socket): http2.ClientHttp2Session {
     const f = this.fleet;
     const ip = isIP(f.host) ? f.host : undefined;
     const s = http2.connect(f.authority, {
       createConnection: () => {
         const socket = tls.connect({
-          host: f.host, port: f.port, servername: f.servername, secureContext: this.secureContext(), ALPNProtocols: ['h2'],
+          socket: tcp, host: f.host, servername: f.servername, secureContext: this.secureContext(), ALPNProtocols: ['h2'],
           // An IP target: the SNI is a placeholder; the certificate must name the IP dialed (as common/grpc-tls.ts).
           ...(ip ? { checkServerIdentity: (_sni: string, cert: tls.PeerCertificate) => tls.checkServerIdentity(ip, cert) } : {}),
         });
@@ -173,13 +186,35 @@ export class LightAgent extends EventEmitter {
     if (this.stopped) return;
     this.setState('connecting');
     // A session kept from a shed attempt serves the next one (no second handshake, as the real agent).
-    let s = this.session;
-    if (!s || s.closed || s.destroyed) s = this.session = this.openSession();
+    const s = this.session;
+    if (s && !s.closed && !s.destroyed) { this.openStream(s); return; }
+    this.session = undefined;
+    const f = this.fleet;
+    const tcp = net.connect({ host: f.host, port: f.port, noDelay: true });
+    this.tcp = tcp;
+    const onError = (e: NodeJS.ErrnoException) => {
+      if (this.tcp !== tcp) return;
+      this.tcp = undefined;
+      tcp.destroy();
+      if (this.stopped) return;
+      this.retry({ code: UNAVAILABLE, message: `cannot connect: ${e.code ?? e.message}` }, false);
+    };
+    tcp.once('error', onError);
+    tcp.once('connect', () => {
+      tcp.off('error', onError);
+      if (this.tcp !== tcp) return;
+      this.tcp = undefined;
+      if (this.stopped) { tcp.destroy(); return; }
+      this.openStream(this.session = this.openSession(tcp));
+    });
+  }
+
+  private openStream(s: http2.ClientHttp2Session): void {
     const req = s.request({ ':method': 'POST', ':path': PATH, 'content-type': 'application/grpc', te: 'trailers', 'grpc-accept-encoding': 'identity' });
     this.stream = req;
     let welcomed = false;
     let pending: Buffer | undefined;
-    let status: { code: number; message: string; retryAfterMs?: number; trellisCode?: string } | undefined;
+    let status: Status | undefined;
     const readStatus = (h: http2.IncomingHttpHeaders) => {
       const v = h['grpc-status'];
       if (v === undefined) return;
@@ -212,28 +247,32 @@ export class LightAgent extends EventEmitter {
     req.on('close', () => {
       if (this.stream === req) this.stream = undefined;
       if (this.stopped) return;
-      const err = status && status.code !== 0 ? status : { code: UNAVAILABLE, message: welcomed ? 'stream lost' : `stream closed before the welcome (http2 ${req.rstCode})` };
-      this.lastError = `${err.code}: ${err.message}`.slice(0, 200);
-      if (this.noRetry) { this.fail(err); return; }
-      // Refusals of the certificate are final (agent/channel.ts isFatal).
-      if (err.code === PERMISSION_DENIED || err.code === UNAUTHENTICATED || status?.trellisCode === 'TRELLIS_E_CERT_REVOKED' || status?.trellisCode === 'TRELLIS_E_CERT_EXPIRED') { this.fail(err); return; }
-      let delay: number;
-      if (!welcomed && err.code === RESOURCE_EXHAUSTED && status?.retryAfterMs !== undefined) {
-        // Shed: come back after the hub's retry-after (jittered), on the same connection; the backoff does not grow.
-        this.stats.shed++;
-        delay = retryAfterDelay(status.retryAfterMs);
-      } else {
-        if (welcomed) this.attempt = Math.max(this.attempt, 1); // a lost stream: even the first reconnect waits a random part of a second
-        if (!RETRYABLE_CODES.has(err.code)) this.lastError = `unexpected ${this.lastError}`;
-        const backoff = backoffDelay(this.attempt++, { maxMs: this.fleet.o.maxBackoffMs ?? DEFAULT_MAX_BACKOFF_MS });
-        delay = err.code === RESOURCE_EXHAUSTED && status?.retryAfterMs !== undefined ? Math.max(backoff, retryAfterDelay(status.retryAfterMs)) : backoff;
-        // Not a shed: the connection is not trusted for the next attempt (the hub restarted, or it reset the stream).
-        if (err.code !== RESOURCE_EXHAUSTED) { this.session?.destroy(); this.session = undefined; }
-      }
-      this.setState('connecting', err);
-      this.timer = setTimeout(() => this.connect(), delay);
+      this.retry(status && status.code !== 0 ? status : { code: UNAVAILABLE, message: welcomed ? 'stream lost' : `stream closed before the welcome (http2 ${req.rstCode})` }, welcomed);
     });
     req.write(this.fleet.hello);
+  }
+
+  /** The real agent's reconnect policy (agent/channel.ts) after a failed attempt or a lost stream. */
+  private retry(err: Status, welcomed: boolean): void {
+    this.lastError = `${err.code}: ${err.message}`.slice(0, 200);
+    if (this.noRetry) { this.fail(err); return; }
+    // Refusals of the certificate are final (agent/channel.ts isFatal).
+    if (err.code === PERMISSION_DENIED || err.code === UNAUTHENTICATED || err.trellisCode === 'TRELLIS_E_CERT_REVOKED' || err.trellisCode === 'TRELLIS_E_CERT_EXPIRED') { this.fail(err); return; }
+    let delay: number;
+    if (!welcomed && err.code === RESOURCE_EXHAUSTED && err.retryAfterMs !== undefined) {
+      // Shed: come back after the hub's retry-after (jittered), on the same connection; the backoff does not grow.
+      this.stats.shed++;
+      delay = retryAfterDelay(err.retryAfterMs);
+    } else {
+      if (welcomed) this.attempt = Math.max(this.attempt, 1); // a lost stream: even the first reconnect waits a random part of a second
+      if (!RETRYABLE_CODES.has(err.code)) this.lastError = `unexpected ${this.lastError}`;
+      const backoff = backoffDelay(this.attempt++, { maxMs: this.fleet.o.maxBackoffMs ?? DEFAULT_MAX_BACKOFF_MS });
+      delay = err.code === RESOURCE_EXHAUSTED && err.retryAfterMs !== undefined ? Math.max(backoff, retryAfterDelay(err.retryAfterMs)) : backoff;
+      // Not a shed: the connection is not trusted for the next attempt (the hub restarted, or it reset the stream).
+      if (err.code !== RESOURCE_EXHAUSTED) { this.session?.destroy(); this.session = undefined; }
+    }
+    this.setState('connecting', err);
+    this.timer = setTimeout(() => this.connect(), delay);
   }
 
   /** Called by the fleet every second: a heartbeat or a ping when it is this agent's turn. */
@@ -248,6 +287,8 @@ export class LightAgent extends EventEmitter {
     this.lastError = `${err.code}: ${err.message}`.slice(0, 200);
     this.stopped = true;
     this.fleet.agents.delete(this);
+    this.tcp?.destroy();
+    this.tcp = undefined;
     this.session?.destroy();
     this.setState('closed', new Error(this.lastError));
   }
@@ -262,6 +303,8 @@ export class LightAgent extends EventEmitter {
     this.stopped = true;
     clearTimeout(this.timer);
     this.fleet.agents.delete(this);
+    this.tcp?.destroy();
+    this.tcp = undefined;
     this.stream?.close();
     const s = this.session;
     this.session = undefined;

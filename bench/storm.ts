@@ -121,7 +121,7 @@ function rssKb(pid: number): number {
   return Number(m[1]);
 }
 
-interface Hub { proc: ChildProcess; pid: number; exited: Promise<void>; listeningMs: number }
+interface Hub { proc: ChildProcess; pid: number; exited: Promise<void>; listeningMs: number; listeningCpuMs: number }
 
 /** `trellis hub run` on the data dir's configured ports; resolves once it listens. */
 async function startHub(dataDir: string, diag: { snapshotDir?: string; cpuProfDir?: string } = {}): Promise<Hub> {
@@ -153,7 +153,8 @@ async function startHub(dataDir: string, diag: { snapshotDir?: string; cpuProfDi
     void exited.then(() => reject(new Error(`hub exited before listening: ${text.slice(-500)}`)));
   });
   await Promise.race([up, sleep(120_000).then(() => { throw new Error('hub did not listen within 120 s'); })]);
-  return { proc, pid: proc.pid!, exited, listeningMs: performance.now() - t0 };
+  // Its CPU time too: on a shared machine, wall time well above it is time the hub waited for a core.
+  return { proc, pid: proc.pid!, exited, listeningMs: performance.now() - t0, listeningCpuMs: processCpuMs(proc.pid!) };
 }
 
 class Clients {
@@ -259,7 +260,7 @@ export async function runStorm(o: StormOptions): Promise<void> {
     hub = await startHub(hubDir, { snapshotDir: o.heapSnapshotDir, cpuProfDir: o.cpuProfDir });
     await sleep(3_000);
     const rss0 = rssKb(hub.pid);
-    note(`hub: listening after ${Math.round(hub.listeningMs)} ms, RSS ${Math.round(rss0 / 1024)} MiB with no agent`);
+    note(`hub: listening after ${Math.round(hub.listeningMs)} ms (${Math.round(hub.listeningCpuMs)} ms of hub CPU), RSS ${Math.round(rss0 / 1024)} MiB with no agent`);
     clients = new Clients(o.procs, o.clientCpuProfDir);
     const target = `127.0.0.1:${agentPort}`;
     const c = clients;
@@ -306,7 +307,7 @@ export async function runStorm(o: StormOptions): Promise<void> {
     await hub.exited;
     const tr = performance.now();
     hub = await startHub(hubDir, { cpuProfDir: o.stormCpuProfDir });
-    note(`storm: hub restarted, listening after ${Math.round(hub.listeningMs)} ms`);
+    note(`storm: hub restarted, listening after ${Math.round(hub.listeningMs)} ms (${Math.round(hub.listeningCpuMs)} ms of hub CPU; load average ${loadavg().map((x) => x.toFixed(1)).join(' ')})`);
     const stormCpu0 = processCpuMs(hub.pid); // start-up (loading the store, opening ports) not counted
     await c.wait('storm', () => c.sum('welcomedSinceMark') >= o.agents || c.sum('closed') > 0, o.settleTimeoutS,
       () => `${c.sum('welcomedSinceMark')}/${o.agents} welcomed again after ${((performance.now() - tr) / 1000).toFixed(0)} s, ${c.sum('shed') - shed0} shed`);

@@ -9,6 +9,6 @@ export { issueCertificate, createCA, randomSerial, type IssueOptions, type Usage
 export { createCSR, parseCSR, CSR_MAX_BYTES, type ParsedCSR, type CreateCSROptions } from './csr.js';
 export { createCRL, type RevokedEntry, type CreateCRLOptions } from './crl.js';
 export { fingerprintSha256, splitPemBundle, certInfo, type CertInfo } from './inspect.js';
-export { keyMatchesCert, verifyIssuedBy, verifyChain, sanCovers, type ChainResult } from './verify.js';
+export { keyMatchesCert, verifyIssuedBy, signedBy, verifyChain, sanCovers, type ChainResult, type IssuerKey } from './verify.js';
 export { normalizeSerial } from './serial.js';
 export { sealFor, openSealed, sealAad, SEAL_MAX_PLAINTEXT_BYTES } from './seal.js';

@@ -114,6 +114,31 @@ export function parseCert(input: string | Buffer): ParsedCert {
   }
 }
 
+export interface SignedParts {
+  /** The TBSCertificate, exactly as signed. */
+  tbs: Buffer;
+  sigAlgOid: string;
+  /** The signatureValue BIT STRING contents (without the unused-bits byte). */
+  signature: Buffer;
+}
+
+/**
+ * What a certificate's signature covers and the signature itself, sliced from the DER without
+ * parsing the rest (verifying a certificate against a known issuer key with crypto.verify costs
+ * a fraction of building an X509Certificate, ~0.15 ms each in Node 20).
+ */
+export function signedParts(der: Buffer): SignedParts {
+  try {
+    const [tbs, alg, sig, extra] = children(parseDer(der, TAG.SEQUENCE));
+    expectTag(tbs, TAG.SEQUENCE, 'TBSCertificate');
+    if (extra) throw new Error('trailing element in Certificate');
+    const [algOid] = children(expectTag(alg, TAG.SEQUENCE, 'signatureAlgorithm'));
+    return { tbs: whole(tbs!), sigAlgOid: readOid(algOid!), signature: readBitStringBytes(expectTag(sig, TAG.BIT_STRING, 'signatureValue')) };
+  } catch (err) {
+    throw certErr(`malformed certificate: ${err instanceof Error ? err.message : String(err)}`, err);
+  }
+}
+
 /** RFC 5280 method 1 key identifier: SHA-1 of the subjectPublicKey BIT STRING contents. */
 export function keyIdentifier(publicKeyBits: Buffer): Buffer {
   return crypto.createHash('sha1').update(publicKeyBits).digest();

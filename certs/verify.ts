@@ -1,8 +1,8 @@
 /** Key/cert matching, issuance checks, chain walking and SAN coverage (all via node:crypto X509Certificate). */
 import crypto from 'node:crypto';
-import { spkiDer } from './keys.js';
 import { normalizeIp } from './names.js';
-import { basicConstraints, decodeExt, keyUsage, parseCert, subjectAltNames, x509Of } from './parse.js';
+import { spkiDer, sigAlgByOid } from './keys.js';
+import { basicConstraints, decodeExt, keyUsage, parseCert, signedParts, subjectAltNames, x509Of, type ParsedCert } from './parse.js';
 
 /** True when key (private or public) is the key pair of the certificate's public key. */
 export function keyMatchesCert(key: crypto.KeyObject, certPem: string): boolean {
@@ -20,6 +20,28 @@ export function verifyIssuedBy(certPem: string, issuerPem: string): boolean {
   const issuer = x509Of(issuerPem);
   try {
     return cert.checkIssued(issuer) && cert.verify(issuer.publicKey);
+  } catch {
+    return false;
+  }
+}
+
+/** An issuer as signedBy() needs it: its subject Name as encoded and its public key. */
+export interface IssuerKey { subjectRaw: Buffer; key: crypto.KeyObject }
+
+/**
+ * The certificate (DER, parsed) names `issuer` as its issuer (byte for byte) and its signature
+ * verifies with the issuer's key, by an algorithm of that key's kind. No X509Certificate is built
+ * (verifyIssuedBy's way costs several times more): the agent port checks every new connection's
+ * certificate with this. Anything malformed or unsupported is false (callers may fall back to
+ * verifyIssuedBy, which knows more encodings).
+ */
+export function signedBy(der: Buffer, cert: Pick<ParsedCert, 'issuerRaw'>, issuer: IssuerKey): boolean {
+  try {
+    if (!cert.issuerRaw.equals(issuer.subjectRaw)) return false;
+    const parts = signedParts(der);
+    const alg = sigAlgByOid(parts.sigAlgOid);
+    if (!alg || (alg.kind === 'ec') !== (issuer.key.asymmetricKeyType === 'ec')) return false;
+    return crypto.verify(alg.hash, parts.tbs, issuer.key, parts.signature);
   } catch {
     return false;
   }

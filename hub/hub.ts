@@ -272,7 +272,9 @@ export class Hub {
     // TLS handshakes on the agent port are bounded before they start (the hub owns its TCP listener).
     const ac = config.agentChannel;
     const handshakes = new HandshakeGate({ maxHandshakes: ac.maxHandshakes, maxQueued: ac.maxQueuedHandshakes, queueTimeoutMs: ac.handshakeQueueTimeout, slotTimeoutMs: ac.helloTimeout });
-    const admission = addAgentServices(agentServer, components, handshakes);
+    // Agents are admitted once start-up is complete (hub.state 'running'), never against half-built state.
+    let startedUp!: () => void;
+    const admission = addAgentServices(agentServer, components, handshakes, { ready: new Promise<void>((r) => { startedUp = r; }) });
     const stopHandshakeSummary = logHandshakeSummary(handshakes, log.child({ component: 'agent-port' }));
     // Log lines of rate-limited refusals, counted (their audit records go to refusalAudit).
     const refusals = new RefusalLog(log.child({ component: 'admin' }));
@@ -368,18 +370,20 @@ export class Hub {
     let agentPort: number, adminPort: number, webPort: number;
     let agentListener: AgentListener | undefined;
     try {
-      agentListener = await listenAgentPort(agentServer, mtlsServerCredentials(identity, clientCa), config.bind, config.agentPort, handshakes)
-        .catch((err: Error) => { throw new TrellisError('TRELLIS_E_CONFIG', `cannot listen on ${config.bind}:${config.agentPort} for the agent port: ${err.message}`, { cause: err }); });
-      agentPort = agentListener.port;
-      if (!widenFlowControl(agentServer)) log.warn('could not widen HTTP/2 flow-control windows on the agent port (grpc-js internals changed); events flow at the default window');
-      if (!auditTlsRefusals(agentServer, refusalAudit)) log.warn('cannot audit refused TLS handshakes on the agent port (grpc-js internals changed); they are refused all the same');
-      boundAgentPort = agentPort;
+      // The agent port last: after a restart thousands of agents are waiting for it, and their
+      // handshakes would otherwise slow the binding of the other two (and the start-up line).
       adminPort = await bindTo(adminServer, config.adminPort, tlsServerCredentials(identity), 'admin');
       boundAdminPort = adminPort;
       webPort = await web.listen(config.bind, config.webPort).catch((err: Error) => {
         throw new TrellisError('TRELLIS_E_CONFIG', `cannot listen on ${config.bind}:${config.webPort} for the web port: ${err.message}`, { cause: err });
       });
       boundWebPort = webPort;
+      agentListener = await listenAgentPort(agentServer, mtlsServerCredentials(identity, clientCa), config.bind, config.agentPort, handshakes)
+        .catch((err: Error) => { throw new TrellisError('TRELLIS_E_CONFIG', `cannot listen on ${config.bind}:${config.agentPort} for the agent port: ${err.message}`, { cause: err }); });
+      agentPort = agentListener.port;
+      if (!widenFlowControl(agentServer)) log.warn('could not widen HTTP/2 flow-control windows on the agent port (grpc-js internals changed); events flow at the default window');
+      if (!auditTlsRefusals(agentServer, refusalAudit)) log.warn('cannot audit refused TLS handshakes on the agent port (grpc-js internals changed); they are refused all the same');
+      boundAgentPort = agentPort;
     } catch (e) {
       live.close();
       propagation.close();
@@ -433,6 +437,7 @@ export class Hub {
     rotation.start();
     if (rotation.phase === 'started') log.info({ component: 'pki', caFingerprint: pki.caFingerprint, newCa: pki.issuingFingerprint }, 'a CA rotation is under way: see `trellis ca rotate status`');
     log.info({ agentPort, adminPort, webPort, bind: config.bind, names: config.names, caFingerprint: pki.caFingerprint, canIssue: pki.canIssue }, 'hub running');
+    startedUp(); // agents waiting on the agent port are admitted from here (start-up is complete)
     return hub;
   }
 

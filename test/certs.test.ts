@@ -6,8 +6,10 @@ import path from 'node:path';
 import tls from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import { spawnSync } from 'node:child_process';
+import { parseCert } from '../certs/parse.js';
 import {
   KEY_TYPES,
+  signedBy,
   certInfo,
   createCA,
   createCRL,
@@ -70,6 +72,13 @@ t.test('every key type makes a CA and a leaf that node:crypto and openssl accept
     t.ok(new crypto.X509Certificate(ca.certPem).verify(pub(ca.key)), `${type}: CA self-signature`);
     t.ok(new crypto.X509Certificate(leaf.certPem).verify(pub(ca.key)), `${type}: leaf signature`);
     t.ok(verifyIssuedBy(leaf.certPem, ca.certPem), `${type}: verifyIssuedBy`);
+    // signedBy (the agent port's check, no X509Certificate): the same answer, and a CA of the same name with another key is refused.
+    const leafDer = new crypto.X509Certificate(leaf.certPem).raw;
+    const issuerKey = (c: { certPem: string; key: crypto.KeyObject }) => ({ subjectRaw: parseCert(c.certPem).subjectRaw, key: pub(c.key) });
+    t.ok(signedBy(leafDer, parseCert(leafDer), issuerKey(ca)), `${type}: signedBy its CA`);
+    const twin = createCA({ commonName: `CA ${type}`, keyType: type });
+    t.notOk(signedBy(leafDer, parseCert(leafDer), issuerKey(twin)), `${type}: not signedBy a CA of the same name with another key`);
+    t.notOk(verifyIssuedBy(leaf.certPem, twin.certPem), `${type}: (verifyIssuedBy agrees)`);
     const v = openssl('verify', '-CAfile', file(ca.certPem), file(leaf.certPem));
     t.ok(v.ok, `${type}: openssl verify (${v.out.trim()})`);
     t.equal(certInfo(leaf.certPem).keyType, type);

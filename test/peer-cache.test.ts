@@ -85,7 +85,7 @@ async function tlsPair(t: Test, dataDir: string, client: { keyPem: string; certP
   return s;
 }
 
-t.test('the certificate TLS parsed is handed over: identified without parsing, the same identity and checks as from DER', async (t) => {
+t.test('over TLS: identified from the DER bytes with OpenSSL\'s fingerprint as the cache key; the same identity and checks as from DER', async (t) => {
   await using h = await startHub();
   await using other = await startHub();
   const c = h.hub.components;
@@ -93,15 +93,19 @@ t.test('the certificate TLS parsed is handed over: identified without parsing, t
   const s = await tlsPair(t, h.dataDir, a!);
   // What grpc-js's getAuthContext does: socket.getPeerCertificate(), no argument.
   const grpcJsCall = (sock: TLSSocket) => ({ getAuthContext: () => ({ sslPeerCertificate: sock.getPeerCertificate() }) });
-  const handed = s.getPeerCertificate() as unknown as { raw: Buffer; x509: X509Certificate };
-  t.ok(handed.x509 instanceof X509Certificate, 'getPeerCertificate() answers with the X509Certificate TLS holds');
-  t.same(handed.raw, new X509Certificate(a!.certPem).raw, 'and the DER bytes of the very certificate the client sent');
+  const handed = s.getPeerCertificate();
+  t.same(handed.raw, new X509Certificate(a!.certPem).raw, 'getPeerCertificate() carries the DER bytes of the very certificate the client sent');
+  t.equal(handed.fingerprint256, new X509Certificate(a!.certPem).fingerprint256, 'and OpenSSL\'s SHA-256 of them');
   t.ok((s.getPeerCertificate(true) as { subject?: unknown }).subject, 'getPeerCertificate(true) is Node\'s own answer');
 
   const cache = new PeerCertCache();
   const id = identifyPeer(c, grpcJsCall(s), { cache });
-  t.same(cache.stats, { hits: 0, misses: 1, parsed: 0 }, 'verified without parsing the DER');
-  t.same(id, identifyPeer(c, callWith(a!.certPem), {}), 'the same identity as from the DER bytes');
+  t.same(cache.stats, { hits: 0, misses: 1, parsed: 1 }, 'the first stream: parsed and verified');
+  t.same(id, identifyPeer(c, callWith(a!.certPem), {}), 'the same identity as from the DER bytes alone');
+  const x = new X509Certificate(a!.certPem);
+  t.equal(id.serial, x.serialNumber.toLowerCase().replace(/^0+/, ''), 'the serial Node reads');
+  t.equal(id.notAfter, new Date(x.validTo).getTime(), 'the expiry Node reads');
+  t.equal(id.certPem, x.toString(), 'the PEM Node writes (issuerOf and sealing read it)');
   identifyPeer(c, grpcJsCall(s), { cache });
   t.equal(cache.stats.hits, 1, 'a second stream is served from the cache');
 
@@ -116,7 +120,28 @@ t.test('the certificate TLS parsed is handed over: identified without parsing, t
   t.throws(() => identifyPeer(c, grpcJsCall(s), { cache }), { code: 'TRELLIS_E_CERT_REVOKED' }, 'a revoked certificate is refused');
 });
 
-t.test('hub: agents are identified from the certificate TLS parsed (no second parse per connection)', async (t) => {
+t.test('the issuer\'s signature is checked over the DER: a changed signature or a changed identity is refused', async (t) => {
+  await using h = await startHub();
+  const c = h.hub.components;
+  const [a] = idsOf(h.dataDir, 1);
+  const der = new X509Certificate(a!.certPem).raw;
+  const withRaw = (raw: Buffer) => ({ getAuthContext: () => ({ sslPeerCertificate: { raw } }) });
+  t.equal(identifyPeer(c, withRaw(der), { cache: new PeerCertCache() }).agentId, a!.agentId, 'the certificate as issued is accepted');
+  // The last byte of the signature (an ECDSA s value): still well-formed DER, no longer a signature of the CA.
+  const badSig = Buffer.from(der);
+  badSig[badSig.length - 1] ^= 0x01;
+  t.throws(() => identifyPeer(c, withRaw(badSig), { cache: new PeerCertCache() }), { code: 'TRELLIS_E_UNAUTHENTICATED' }, 'a certificate whose signature was changed is refused');
+  // Another agent id in the URI SAN (same length): the CA never signed that identity.
+  const uri = Buffer.from(`/agent/${a!.agentId}`);
+  const at = der.indexOf(uri);
+  t.ok(at > 0, '(the agent id is in the DER)');
+  const forged = Buffer.from(der);
+  forged[at + uri.length - 1] = forged[at + uri.length - 1] === 0x30 ? 0x31 : 0x30;
+  t.throws(() => identifyPeer(c, withRaw(forged), { cache: new PeerCertCache() }), { code: 'TRELLIS_E_UNAUTHENTICATED' }, 'a certificate naming another agent than the CA signed is refused');
+  t.throws(() => identifyPeer(c, withRaw(Buffer.from('not a certificate')), {}), { code: 'TRELLIS_E_UNAUTHENTICATED' }, 'bytes that are no certificate are refused');
+});
+
+t.test('hub: agents are identified from the peer certificate grpc-js takes from TLS', async (t) => {
   await using h = await startHub();
   const ids = idsOf(h.dataDir, 3);
   const sims = ids.map((identity) => new SimAgent({ target: h.agentAddr, identity }));

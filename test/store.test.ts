@@ -72,6 +72,20 @@ void t.test('the state file is 0600 and a created directory 0700, whatever the u
   t.equal((await stat(loose)).mode & 0o777, 0o600, 'rewritten file mode');
 });
 
+void t.test('documents read from the file at open are deep-frozen in place: the store cannot be changed through a peek', async (t) => {
+  const path = freshPath();
+  const first = await openLowdb(path);
+  await first.put('agents', { id: 'a', labels: { env: 'prod' }, serials: [{ serial: '01', notAfter: 1 }], ['__proto__' as string]: { x: 1 } } as never);
+  await first.close();
+  const store = await openLowdb(path);
+  t.teardown(() => store.close());
+  const doc = store.peek<{ id: string; labels: Record<string, string>; serials: Array<{ serial: string }> }>('agents', 'a')!;
+  t.ok(Object.isFrozen(doc) && Object.isFrozen(doc.labels) && Object.isFrozen(doc.serials) && Object.isFrozen(doc.serials[0]), 'the document, its objects and arrays are frozen');
+  t.throws(() => { 'use strict'; doc.labels.env = 'dev'; }, TypeError, 'a nested change throws');
+  t.equal(Object.getPrototypeOf(doc), Object.prototype, 'a "__proto__" key in the file stays data, not a prototype');
+  t.same((await store.get<{ id: string; labels: Record<string, string> }>('agents', 'a'))!.labels, { env: 'prod' }, 'the stored value is unchanged');
+});
+
 void t.test('a burst of 1,000 puts shares a handful of file writes', async (t) => {
   const path = freshPath();
   const store = await openLowdb(path);

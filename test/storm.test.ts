@@ -249,3 +249,36 @@ t.test('reconnect after a hub restart reuses the agent\'s client (no TLS context
   t.ok(sim.channel.stats.reused >= 1, `the attempts after the lost stream reused the client (${sim.channel.stats.reused})`);
   t.equal(sim.channel.state, 'ready');
 });
+
+t.test('start-up: an agent port that listens before start-up is complete admits no agent until it is', async (t) => {
+  // A second agent port over a started hub's components, whose start-up "is not complete" until
+  // the test says so: streams connect and say hello, and nothing is decided (no welcome, no link,
+  // no record of a new agent) before that.
+  await using h = await startHub();
+  const c = h.hub.components;
+  const { MemoryCertificateProvider, mtlsServerCredentials } = await import('../hub/grpc/credentials.js');
+  const { addAgentServices } = await import('../hub/grpc/agent-channel.js');
+  const identity = new MemoryCertificateProvider({ certChain: c.pki.hubIdentity.certChainPem, key: c.pki.hubIdentity.keyPem });
+  const ca = new MemoryCertificateProvider({ ca: c.pki.clientTrust.join('\n') });
+  let complete!: () => void;
+  const server = new grpc.Server();
+  addAgentServices(server, c, undefined, { ready: new Promise<void>((r) => { complete = r; }) });
+  const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', mtlsServerCredentials(identity, ca), (e, p) => (e ? reject(e) : resolve(p))));
+  t.teardown(() => server.forceShutdown());
+  const cfg = JSON.parse((await import('node:fs')).readFileSync(`${h.dataDir}/hub.json`, 'utf8')) as { names: string[]; trustDomain?: string };
+  const ids = issueSimIdentities({ hubDir: h.dataDir, names: cfg.names, trustDomain: cfg.trustDomain ?? 'trellis.local', n: 3 });
+  const sims = ids.map((identity) => new SimAgent({ target: `127.0.0.1:${port}`, identity, maxBackoffMs: 30_000 }));
+  t.teardown(() => Promise.all(sims.map((s) => s.close())));
+  let welcomed = 0;
+  for (const s of sims) { s.channel.on('welcome', () => { welcomed++; }); s.start(); }
+  // The hellos are sent once TLS is up; give them time to arrive (the assertion is on absence, so a slow machine only makes it weaker, never flaky).
+  await sleep(3_000);
+  t.equal(welcomed, 0, 'no agent welcomed while start-up is not complete');
+  t.equal(c.agents.connectedLinks().length, 0, 'no agent attached to the registry');
+  t.equal((await c.store.list('agents')).length, 0, 'no agent registered (its record is written on admission)');
+  t.ok(sims.every((s) => s.channel.state === 'connecting'), 'every agent is still connecting (held, not refused)');
+  complete();
+  await waitFor('all 3 agents welcomed once start-up is complete', () => sims.every((s) => s.channel.state === 'ready'), 60_000);
+  t.equal(c.agents.connectedLinks().length, 3, 'and attached');
+  t.equal((await c.store.list('agents')).length, 3, 'and registered');
+});

@@ -4,7 +4,6 @@
  * (least recently used dropped first) and emptied when the CAs the hub accepts change. Revocation
  * and expiry are not cached: identifyPeer checks them on every stream.
  */
-import { X509Certificate } from 'node:crypto';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
 
 export interface CertFacts { agentId: string; tenant: string; serial: string; notAfter: number; certPem: string }
@@ -13,7 +12,7 @@ export interface CertFacts { agentId: string; tenant: string; serial: string; no
 export const PEER_CACHE_MAX = 20_000;
 
 export class PeerCertCache {
-  /** parsed: misses whose certificate had to be parsed from its DER bytes (not handed over by TLS, see answerPeerWithX509). */
+  /** parsed: misses (their certificate parsed from its DER bytes and its issuer's signature checked). */
   readonly stats = { hits: 0, misses: 0, parsed: 0 };
   #generation: object | undefined;
   readonly #map = new Map<string, CertFacts>();
@@ -47,37 +46,21 @@ export class PeerCertCache {
 }
 
 /**
- * What the agent port's TLS sockets answer to getPeerCertificate() once answerPeerWithX509 ran:
- * `x509` is the certificate OpenSSL parsed and verified in the handshake; `raw` its DER.
- */
-export interface TlsPeerCertificate { readonly raw: Buffer; readonly x509: X509Certificate }
-
-/** The peer certificate handed over by answerPeerWithX509, if `cert` is one. */
-export function tlsPeerX509(cert: unknown): X509Certificate | undefined {
-  const x = (cert as Partial<TlsPeerCertificate> | undefined)?.x509;
-  return x instanceof X509Certificate ? x : undefined;
-}
-
-/**
- * grpc-js builds each call's auth context from `socket.getPeerCertificate()`: Node's legacy
- * object (subject, issuer, public key, three fingerprints, ...), which cost the hub ~0.3 ms per
- * stream on OpenSSL 3, and of which the agent port used only `raw`, to parse it AGAIN into an
- * X509Certificate (~0.3 ms more): the certificate was parsed twice per connection besides TLS's
- * own parse. This makes `socket` (one of the hub's own agent-port sockets, at secureConnection)
- * answer getPeerCertificate() with the certificate TLS already holds (getPeerX509Certificate(),
- * a handle on OpenSSL's object: nothing parsed) and its DER. Read again on every call (never
- * cached per socket). getPeerCertificate(true) and a socket without a peer certificate get
- * Node's own answer; a grpc-js that stops calling it falls back to parsing `raw` (slower, same
- * checks). `onUse` counts the calls.
+ * The agent port's TLS sockets (at secureConnection): `onUse` counts the peer certificates grpc-js
+ * takes for a call's auth context. They are Node's own answer to getPeerCertificate(): its `raw`
+ * DER and OpenSSL's `fingerprint256` are what identifyPeer reads (the DER parsed by certs/parse.ts,
+ * the fingerprint the cache key). Measured on Node 20 / OpenSSL 3 (server side, first call on a
+ * connection): getPeerCertificate() ~0.06 ms, getPeerX509Certificate() ~0.15 ms, and every
+ * X509Certificate built ~0.15 ms more; so the handle TLS holds is not handed over (it was, until
+ * a reconnect storm's profile showed it as the largest item of identifying an agent).
+ * getPeerCertificate(true) is Node's own answer as well.
  */
 export function answerPeerWithX509(socket: TLSSocket, onUse?: () => void): void {
   const legacy = socket.getPeerCertificate;
-  const answer = (detailed?: boolean): PeerCertificate | TlsPeerCertificate => {
-    if (detailed) return legacy.call(socket, true);
-    const x509 = socket.getPeerX509Certificate();
-    if (!x509) return legacy.call(socket);
-    onUse?.();
-    return { get raw() { return x509.raw; }, x509 };
+  const answer = (detailed?: boolean): PeerCertificate => {
+    const cert = legacy.call(socket, detailed);
+    if (!detailed && cert?.raw) onUse?.();
+    return cert;
   };
   Object.defineProperty(socket, 'getPeerCertificate', { value: answer, configurable: true, writable: true });
 }

@@ -8,8 +8,9 @@ import { isIP } from 'node:net';
 import { X509Certificate, type KeyObject } from 'node:crypto';
 import {
   certInfo, createCRL, fingerprintSha256, generateKey, issueCertificate, keyMatchesCert, KEY_TYPES, loadPrivateKey,
-  normalizeSerial, randomSerial, sanCovers, type KeyType, splitPemBundle, verifyChain, verifyIssuedBy, type RevokedEntry,
+  normalizeSerial, randomSerial, sanCovers, signedBy, type KeyType, splitPemBundle, verifyChain, verifyIssuedBy, type RevokedEntry,
 } from '../../certs/index.js';
+import { parseCert, type ParsedCert } from '../../certs/parse.js';
 import { describeKey } from '../../certs/keys.js';
 import { TrellisError } from '../../common/errors.js';
 import { atomicWriteFile } from '../../common/fsutil.js';
@@ -106,14 +107,14 @@ export class HubPki {
    * both are replaced, never changed in place): every agent connection reads them, and parsing
    * the certificates each time cost more hub CPU than the TLS handshake.
    */
-  private memo?: { current: CaMaterial; rotation: RotationTrust; trust: string[]; client: string[]; issuers: Array<{ pem: string; x509: X509Certificate; fingerprint: string }> };
+  private memo?: { current: CaMaterial; rotation: RotationTrust; trust: string[]; client: string[]; issuers: Array<{ pem: string; x509: X509Certificate; fingerprint: string; subjectRaw: Buffer; key: KeyObject }> };
   private derived(): NonNullable<HubPki['memo']> {
     const m = this.memo;
     if (m && m.current === this.current && m.rotation === this.rotation) return m;
     const trust = dedupe([...this.current.chain, ...(this.rotation.next?.chain ?? [])]);
     const client = dedupe([...trust, ...(this.rotation.retired ?? [])]);
     const issuers = dedupe([this.current.chain[0]!, ...(this.rotation.next ? [this.rotation.next.chain[0]!] : []), ...(this.rotation.retired?.length ? [this.rotation.retired[0]!] : [])])
-      .map((pem) => ({ pem, x509: new X509Certificate(pem), fingerprint: fingerprintSha256(pem) }));
+      .map((pem) => { const x509 = new X509Certificate(pem); return { pem, x509, fingerprint: fingerprintSha256(pem), subjectRaw: parseCert(x509.raw).subjectRaw, key: x509.publicKey }; });
     this.memo = { current: this.current, rotation: this.rotation, trust, client, issuers };
     return this.memo;
   }
@@ -141,6 +142,37 @@ export class HubPki {
    * parses each client certificate once and its answer serves the later issuerOf(certPem) calls.
    */
   issuerOfX509(certPem: string, cert?: X509Certificate): string | undefined {
+    return this.issuerLookup(certPem, () => {
+      if (!cert) try { cert = new X509Certificate(certPem); } catch { return undefined; }
+      return this.issuerByX509(cert);
+    });
+  }
+
+  /**
+   * issuerOf() for a certificate given as DER and parsed by certs/parse.ts (`der`, `parsed`; its PEM
+   * is `certPem`): the issuer's key checks the signature over the DER itself (certs signedBy), no
+   * X509Certificate built, which is what the agent port does for every connection it has not seen.
+   * A certificate no issuer signs that way (an encoding signedBy does not know) is checked the
+   * X509Certificate way before it is refused.
+   */
+  issuerOfDer(certPem: string, der: Buffer, parsed: Pick<ParsedCert, 'issuerRaw'>): string | undefined {
+    return this.issuerLookup(certPem, () => {
+      for (const ca of this.derived().issuers) if (signedBy(der, parsed, ca)) return ca.fingerprint;
+      let cert: X509Certificate;
+      try { cert = new X509Certificate(der); } catch { return undefined; }
+      return this.issuerByX509(cert);
+    });
+  }
+
+  private issuerByX509(cert: X509Certificate): string | undefined {
+    for (const ca of this.derived().issuers) {
+      try { if (cert.checkIssued(ca.x509) && cert.verify(ca.key)) return ca.fingerprint; } catch { /* not this one */ }
+    }
+    return undefined;
+  }
+
+  /** The cached answer for certPem under the current CAs, else `find()`'s (then cached). */
+  private issuerLookup(certPem: string, find: () => string | undefined): string | undefined {
     const d = this.derived();
     const cache = this.issuerCache;
     if (cache.memo !== d) { cache.memo = d; cache.map.clear(); } // the CAs changed: ask again
@@ -150,11 +182,7 @@ export class HubPki {
       cache.map.set(certPem, hit);
       return hit;
     }
-    let found: string | undefined;
-    if (!cert) try { cert = new X509Certificate(certPem); } catch { /* not a certificate */ }
-    for (const ca of cert ? d.issuers : []) {
-      try { if (cert!.checkIssued(ca.x509) && cert!.verify(ca.x509.publicKey)) { found = ca.fingerprint; break; } } catch { /* not this one */ }
-    }
+    const found = find();
     if (cache.map.size >= ISSUER_CACHE_MAX) cache.map.delete(cache.map.keys().next().value!);
     cache.map.set(certPem, found);
     return found;

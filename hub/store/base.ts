@@ -177,6 +177,31 @@ export function toStoredDoc(col: string, doc: unknown): Doc {
   return frozenJsonCopy(doc, `${col} '${id}'`, '', new Set()) as Doc;
 }
 
+/**
+ * toStoredDoc() for a document fresh out of JSON.parse (the state file at start-up): already plain
+ * JSON (no cycles, no undefined, no class instances, own "__proto__" keys as data), so it is
+ * frozen in place instead of copied (at 10,000 agents the copy was a tenth of the hub's start).
+ */
+export function toStoredParsedDoc(col: string, doc: unknown): Doc {
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) {
+    throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `a ${col} document must be an object`);
+  }
+  checkId(col, (doc as { id?: unknown }).id);
+  return deepFreeze(doc) as Doc;
+}
+
+function deepFreeze(value: object): object {
+  if (Array.isArray(value)) {
+    for (const v of value) if (typeof v === 'object' && v !== null) deepFreeze(v);
+  } else {
+    for (const k in value) {
+      const v = (value as Record<string, unknown>)[k];
+      if (typeof v === 'object' && v !== null) deepFreeze(v);
+    }
+  }
+  return Object.freeze(value);
+}
+
 function frozenJsonCopy(value: unknown, where: string, path: string, seen: Set<object>): unknown {
   switch (typeof value) {
     case 'string':

@@ -8,7 +8,7 @@
 import type { Adapter } from 'lowdb';
 import { errorMessage, TrellisError } from '../../common/errors.js';
 import { atomicWriteFile, readFileIfExists } from '../../common/fsutil.js';
-import { toStoredDoc, type Tables } from './base.js';
+import { toStoredParsedDoc, type Tables } from './base.js';
 
 export const FILE_FORMAT_VERSION = 1;
 
@@ -78,7 +78,7 @@ export function decodeStoreFile(text: string, path: string): Tables {
       if (!isPlainObject(doc) || doc.id !== id) {
         throw corrupt(path, `${col} entry "${id}" is not a document whose "id" is "${id}"`);
       }
-      table.set(id, toStoredDoc(col, doc));
+      table.set(id, toStoredParsedDoc(col, doc));
     }
     tables.set(col, table);
   }
