@@ -122,6 +122,8 @@ export class History {
   private readonly flusher = new SerialFlusher(() => this.writeQueued());
   /** Callers of written(), released by the next write that succeeds. */
   private waiters: Array<() => void> = [];
+  /** A states-only write queued behind the one in flight, not started yet (flushStates shares it). */
+  private pendingStates?: Promise<void>;
   /** A write (writeQueued) is running. */
   private writing = false;
   private closed = false;
@@ -308,71 +310,81 @@ export class History {
    * `requested`/`scheduled` lines and key) costs one append and one fdatasync, not two.
    */
   flushStates(): Promise<void> {
-    return this.flusher.run(() => this.writeQueued(true));
+    // A states write queued and not started yet takes every line queued until it starts: later
+    // callers share it (one write and one promise for a burst of dispatches, not one each).
+    if (this.pendingStates) return this.pendingStates;
+    const p = this.flusher.run(() => { this.pendingStates = undefined; return this.writeQueued(true); });
+    this.pendingStates = p;
+    return p;
   }
 
   private async writeQueued(statesOnly = false): Promise<void> {
     this.writing = true;
     try {
-      await this.writeLoop(statesOnly);
+      await this.writeOnce(statesOnly);
     } finally {
       this.writing = false;
     }
   }
 
-  private async writeLoop(statesOnly: boolean): Promise<void> {
-    for (;;) {
-      // Writes run one after another: what a waiter taken here waits for is in this write or an
-      // earlier one. A states-only write with output queued is not the whole queue: no waiter.
-      const full = !statesOnly || this.outQ.length === 0;
-      const waiters = full ? this.waiters : [];
-      if (full) this.waiters = [];
-      if (this.stateQ.size === 0 && (!full || this.outQ.length === 0)) {
-        for (const w of waiters) w();
-        return;
-      }
-      const states = this.stateQ, outs = full ? this.outQ : [], outIds = full ? this.outIds : [];
-      this.stateQ = new Map();
-      if (full) { this.outQ = []; this.outIds = []; }
-      let text = '';
-      for (const q of states.values()) text += stateLine(q.rec, q.dk, q.to);
-      const sb = Buffer.from(text, 'utf8');
-      const ob = Buffer.from(outs.join(''), 'utf8');
-      try {
-        if (!this.fh || !this.outFh || this.broken) await this.openNext();
-        // The two files are independent: written and synced side by side (the wait is the slower
-        // one, not the sum). Both settle before a failure is handled (the retry closes these files).
-        const [a, b] = await Promise.allSettled([appendSync(this.fh!, sb), appendSync(this.outFh!, ob)]);
-        if (a.status === 'rejected') throw a.reason;
-        if (b.status === 'rejected') throw b.reason;
-        this.size += sb.length + ob.length;
-        if (this.failing) { this.failing = false; this.o.log.info('execution history writable again'); }
-      } catch (err) {
-        // What reached the files may end in a torn line: the retry goes to a fresh segment.
-        this.broken = true;
-        for (const [id, q] of this.stateQ) { // changes queued meanwhile are newer: they win
-          const old = states.get(id);
-          states.delete(id);
-          states.set(id, { rec: q.rec, dk: q.dk || old?.dk, to: q.to || old?.to });
-        }
-        this.stateQ = states;
-        if (full) {
-          this.outQ = outs.concat(this.outQ);
-          this.outIds = outIds.concat(this.outIds);
-        }
-        this.waiters = waiters.concat(this.waiters); // not on disk: they wait for the retry
-        if (!this.failing) this.o.log.error({ err, queued: this.stateQ.size + this.outQ.length }, 'writing the execution history failed; retrying');
-        this.failing = true;
-        if (!this.closed) this.flusher.schedule(Math.max(this.o.flushIntervalMs, 1000));
-        throw err;
-      }
-      for (const id of states.keys()) this.wrote(id);
-      for (const id of outIds) this.wrote(id);
+  /**
+   * One write of what is queued when it starts, never more: a caller waits for the write in
+   * flight (if any) and the one that takes its lines, not for the lines queued after its own
+   * (group commit: at 1,000 dispatches/s a loop "until the queue is empty" rarely ended, and
+   * every request queued behind it waited for write after write). What is queued meanwhile goes
+   * with the next write (the flush timer armed by `queued()`, or the next `flushStates()`).
+   */
+  private async writeOnce(statesOnly: boolean): Promise<void> {
+    // Writes run one after another: what a waiter taken here waits for is in this write or an
+    // earlier one. A states-only write with output queued is not the whole queue: no waiter.
+    const full = !statesOnly || this.outQ.length === 0;
+    const waiters = full ? this.waiters : [];
+    if (full) this.waiters = [];
+    if (this.stateQ.size === 0 && (!full || this.outQ.length === 0)) {
       for (const w of waiters) w();
-      const perSegment = Math.max(1, Math.ceil(this.o.maxCount / 10));
-      if (this.size >= this.o.maxSegmentBytes || this.fresh >= perSegment) {
-        await this.openNext().catch((err) => { this.broken = true; this.o.log.error({ err }, 'execution history segment rotation failed'); });
+      return;
+    }
+    const states = this.stateQ, outs = full ? this.outQ : [], outIds = full ? this.outIds : [];
+    this.stateQ = new Map();
+    if (full) { this.outQ = []; this.outIds = []; }
+    let text = '';
+    for (const q of states.values()) text += stateLine(q.rec, q.dk, q.to);
+    const sb = Buffer.from(text, 'utf8');
+    const ob = Buffer.from(outs.join(''), 'utf8');
+    try {
+      if (!this.fh || !this.outFh || this.broken) await this.openNext();
+      // The two files are independent: written and synced side by side (the wait is the slower
+      // one, not the sum). Both settle before a failure is handled (the retry closes these files).
+      const [a, b] = await Promise.allSettled([appendSync(this.fh!, sb), appendSync(this.outFh!, ob)]);
+      if (a.status === 'rejected') throw a.reason;
+      if (b.status === 'rejected') throw b.reason;
+      this.size += sb.length + ob.length;
+      if (this.failing) { this.failing = false; this.o.log.info('execution history writable again'); }
+    } catch (err) {
+      // What reached the files may end in a torn line: the retry goes to a fresh segment.
+      this.broken = true;
+      for (const [id, q] of this.stateQ) { // changes queued meanwhile are newer: they win
+        const old = states.get(id);
+        states.delete(id);
+        states.set(id, { rec: q.rec, dk: q.dk || old?.dk, to: q.to || old?.to });
       }
+      this.stateQ = states;
+      if (full) {
+        this.outQ = outs.concat(this.outQ);
+        this.outIds = outIds.concat(this.outIds);
+      }
+      this.waiters = waiters.concat(this.waiters); // not on disk: they wait for the retry
+      if (!this.failing) this.o.log.error({ err, queued: this.stateQ.size + this.outQ.length }, 'writing the execution history failed; retrying');
+      this.failing = true;
+      if (!this.closed) this.flusher.schedule(Math.max(this.o.flushIntervalMs, 1000));
+      throw err;
+    }
+    for (const id of states.keys()) this.wrote(id);
+    for (const id of outIds) this.wrote(id);
+    for (const w of waiters) w();
+    const perSegment = Math.max(1, Math.ceil(this.o.maxCount / 10));
+    if (this.size >= this.o.maxSegmentBytes || this.fresh >= perSegment) {
+      await this.openNext().catch((err) => { this.broken = true; this.o.log.error({ err }, 'execution history segment rotation failed'); });
     }
   }
 

@@ -1,0 +1,94 @@
+/**
+ * Group commit in the execution history (hub/executions/history.ts): a request waits for the
+ * history write in flight (if any) and the one that takes its lines — never for the writes of
+ * lines queued after it. Before, one write job looped "until the queue is empty": with
+ * dispatches arriving during every fdatasync (1,000 events/s) it rarely ended, and every request
+ * queued behind it waited write after write. Dispatches queued while a write is in flight share
+ * one write (and one promise).
+ */
+import t from 'tap';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { History } from '../hub/executions/history.js';
+import type { ExecutionRecord } from '../hub/executions/types.js';
+import { captureLogger, tempDir } from './helpers/hub.js';
+
+// A flush timer far away: only flushStates() writes here.
+const open = (dir: string) => History.open({ dir, log: captureLogger().log, maxSegmentBytes: 64 << 20, maxAgeMs: 86_400_000, maxCount: 1_000_000, flushIntervalMs: 600_000, onDrop: () => undefined });
+
+function ids(dir: string): Set<string> {
+  return new Set(readdirSync(dir).filter((n) => /^\d{12}\.jsonl$/.test(n)).sort()
+    .flatMap((n) => readFileSync(join(dir, n), 'utf8').split('\n').filter(Boolean).map((l) => (JSON.parse(l) as { r: ExecutionRecord }).r.id)));
+}
+
+function record(id: string): ExecutionRecord {
+  return {
+    id, tenant: 'default', action: 'p.a', agentId: 'a1', status: 'scheduled', exitCode: 0, error: '', requestedBy: 'rule:r', rule: 'r',
+    triggerEventId: 'e1', parameters: {}, requestedMs: 1, startedMs: 0, finishedMs: 0, edge: false, outputBytes: 0, outputTruncated: false,
+  };
+}
+
+t.test('flushStates resolves once its own lines are on disk while dispatches keep arriving', async (t) => {
+  await using d = await tempDir();
+  const dir = join(d.path, 'executions');
+  const { history } = await open(dir);
+  history.appendState(record('first'), { dedupKey: 'k-first' });
+  let resolved = false;
+  let onDiskAtResolve = false;
+  const first = history.flushStates().then(() => { resolved = true; onDiskAtResolve = ids(dir).has('first'); });
+  // A steady stream of dispatches, each with its own flushStates (as hub/executions dispatch does),
+  // until the first request was released — or 5 s (the old loop held it until the stream stopped).
+  let n = 0;
+  const later: Promise<void>[] = [];
+  const deadline = Date.now() + 5_000;
+  while (!resolved && Date.now() < deadline) {
+    history.appendState(record(`later-${n}`), { dedupKey: `k-${n}` });
+    later.push(history.flushStates());
+    n++;
+    await new Promise((r) => setImmediate(r));
+  }
+  const stillStreaming = resolved;
+  await first;
+  t.ok(stillStreaming, `the first request was released while dispatches still arrived (${n} queued after it)`);
+  t.ok(onDiskAtResolve, 'its line was on disk when it was released');
+  await Promise.all(later);
+  const onDisk = ids(dir);
+  t.equal([...Array(n).keys()].filter((i) => !onDisk.has(`later-${i}`)).length, 0, 'every later line is on disk once its flushStates resolved');
+  await history.close();
+});
+
+t.test('a request waits for at most the write in flight and its own; callers meanwhile share one write', async (t) => {
+  await using d = await tempDir();
+  const dir = join(d.path, 'executions');
+  const { history } = await open(dir);
+  history.appendState(record('a'), {});
+  const order: string[] = [];
+  const pa = history.flushStates().then(() => order.push('a'));
+  // Queued while the write of `a` is in flight: both ride on the next write.
+  await new Promise((r) => setImmediate(r));
+  history.appendState(record('b'), {});
+  const pb = history.flushStates();
+  history.appendState(record('c'), {});
+  const pc = history.flushStates();
+  t.equal(pb, pc, 'two dispatches queued behind one write share the next one');
+  const pbDone = pb.then(() => { order.push('b'); return ids(dir); });
+  // Lines queued after b's write started go with a later write, which b does not wait for.
+  let extra = 0;
+  let bDone = false;
+  void pbDone.then(() => { bDone = true; });
+  const deadline = Date.now() + 5_000;
+  const tail: Promise<void>[] = [];
+  while (!bDone && Date.now() < deadline) {
+    history.appendState(record(`x-${extra++}`), {});
+    tail.push(history.flushStates());
+    await new Promise((r) => setImmediate(r));
+  }
+  const seen = await pbDone;
+  await pa;
+  t.ok(bDone, 'b was released while lines kept being queued after it');
+  t.same(order, ['a', 'b'], 'in order');
+  t.ok(seen.has('b') && seen.has('c'), 'b and c were on disk when b was released');
+  await Promise.all(tail);
+  t.equal(ids(dir).size, 3 + extra, 'every line written');
+  await history.close();
+});
