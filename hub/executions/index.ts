@@ -896,8 +896,10 @@ export class Executions {
     for (const e of this.entries.values()) {
       // Those that can be rendered again from history stay requested: the next start sends them
       // (with several hubs: the hub their agent attaches to, which renders them again).
+      // Only those still waiting (rendering every finished one again cost seconds with 100,000 in history).
+      if (e.rec.status !== 'requested') continue;
       const again = this.cluster ? !e.rec.edge && !JSON.stringify(e.rec.parameters).includes(JSON.stringify(REDACTED)) : !!this.renderAgain(e.rec);
-      if (e.rec.status === 'requested' && !again) this.finish(e, { status: 'error', error: 'the hub shut down before it was sent to the agent; run it again' });
+      if (!again) this.finish(e, { status: 'error', error: 'the hub shut down before it was sent to the agent; run it again' });
     }
     for (const e of this.entries.values()) {
       if (!e.live) continue;
