@@ -10,6 +10,8 @@
  *                                   outbox on) at 1,000 events/s → the action its hub rule runs on
  *                                   that agent actually run (the http runner's request arriving at
  *                                   a sink in the agent's process), p99; `error` if any is missing
+ *                                   (a note on stderr splits it with the hub's histograms: event received →
+ *                                   request sent, and of that the wait for the history write, median and p99)
  *  event_to_action_missing          measured events whose action never ran (or ran twice): must be 0
  *  event_to_action_hub_cpu_us       hub CPU time (/proc) per event→action, warm-up included
  *  event_to_action_agent_cpu_us     the agent process's CPU time per event→action (the real agent, without
