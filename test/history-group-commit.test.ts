@@ -122,3 +122,18 @@ t.test('history files are opened O_DSYNC where the platform has it: one write is
   t.ok(again.records.has('a'), 'the line is there after the restart');
   await again.history.close();
 });
+
+t.test('close writes what was queued while its own write ran (a write takes only what was queued when it started)', async (t) => {
+  await using d = await tempDir();
+  const dir = join(d.path, 'executions');
+  const { history } = await open(dir);
+  for (let i = 0; i < 200; i++) history.appendState(record(`early-${i}`), {});
+  const closing = history.close();
+  await new Promise((r) => setImmediate(r)); // the first write is under way
+  history.appendState(record('late'), { dedupKey: 'k-late' });
+  await closing;
+  const again = await open(dir);
+  t.ok(again.records.has('early-199'), 'the lines queued before close');
+  t.match(again.records.get('late'), { dedupKey: 'k-late' }, 'and the line queued during its write');
+  await again.history.close();
+});

@@ -438,7 +438,12 @@ export class History {
     this.closed = true;
     this.flusher.cancel();
     clearInterval(this.retainTimer);
-    await this.flush().catch((err) => this.o.log.error({ err, lost: this.stateQ.size + this.outQ.length }, 'execution history not written at close'));
+    // A write takes what was queued when it started: what came in while it ran goes with the next
+    // (a few rounds at most; a failing disk stops at the first error).
+    for (let round = 0; round < 5; round++) {
+      const ok = await this.flush().then(() => true, (err) => { this.o.log.error({ err, lost: this.stateQ.size + this.outQ.length }, 'execution history not written at close'); return false; });
+      if (!ok || (this.stateQ.size === 0 && this.outQ.length === 0)) break;
+    }
     await this.flusher.idle();
     const waiters = this.waiters;
     this.waiters = [];
