@@ -10,6 +10,8 @@
  *                                   outbox on) at 1,000 events/s → the action its hub rule runs on
  *                                   that agent actually run (the http runner's request arriving at
  *                                   a sink in the agent's process), p99; `error` if any is missing
+ *                                   (a note on stderr splits it with the hub's histograms: event received →
+ *                                   request sent, and of that the wait for the history write, median and p99)
  *  event_to_action_missing          measured events whose action never ran (or ran twice): must be 0
  *  event_to_action_hub_cpu_us       hub CPU time (/proc) per event→action, warm-up included
  *  event_to_action_agent_cpu_us     the agent process's CPU time per event→action (the real agent, without
@@ -192,6 +194,51 @@ export async function benchIngest(ctx: AutomationCtx): Promise<IngestFigures> {
   return { raw: perS('raw'), withRules: perS('rules'), rawHubCpuUs: cpuUs('raw'), rulesHubCpuUs: cpuUs('rules') };
 }
 
+/** Cumulative bucket counts (le → count) of one histogram series in Prometheus text (`label` e.g. 'origin="rule"'). */
+function histogram(text: string, name: string, label = ''): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}_bucket{`)) continue;
+    const close = line.indexOf('} ');
+    const labels = line.slice(name.length + 8, close);
+    if (label && !labels.split(',').includes(label)) continue;
+    const le = /(?:^|,)le="([^"]+)"/.exec(labels)?.[1];
+    if (le) out.set(le === '+Inf' ? Infinity : Number(le), Number(line.slice(close + 2)));
+  }
+  return out;
+}
+
+/** The q-quantile (0..1, ms) of the observations between two scrapes, linear within a bucket (as histogram_quantile). */
+function quantileMs(before: Map<number, number>, after: Map<number, number>, q: number): number {
+  const les = [...after.keys()].sort((a, b) => a - b);
+  const cum = les.map((le) => (after.get(le) ?? 0) - (before.get(le) ?? 0));
+  const total = cum.at(-1) ?? 0;
+  if (total <= 0) return NaN;
+  const rank = q * total;
+  for (let i = 0; i < les.length; i++) {
+    if (cum[i]! < rank) continue;
+    const lo = i === 0 ? 0 : les[i - 1]!, hi = les[i]!;
+    if (!Number.isFinite(hi)) return lo * 1000;
+    const below = i === 0 ? 0 : cum[i - 1]!;
+    const inBucket = cum[i]! - below;
+    return (lo + (hi - lo) * (inBucket > 0 ? (rank - below) / inBucket : 1)) * 1000;
+  }
+  return NaN;
+}
+
+/** GET /metrics from the child hub's web port (the bench hub allows loopback without a key); '' when it cannot be read. */
+function scrapeMetrics(ctx: AutomationCtx): Promise<string> {
+  const i = ctx.webAddr.lastIndexOf(':');
+  return new Promise((resolve) => {
+    const req = https.get({ host: ctx.webAddr.slice(0, i), port: Number(ctx.webAddr.slice(i + 1)), path: '/metrics', ca: ctx.caPem, servername: 'localhost' }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (d: string) => { body += d; }).on('end', () => resolve(res.statusCode === 200 ? body : ''));
+    });
+    req.on('error', () => resolve(''));
+    req.setTimeout(5000, () => req.destroy());
+  });
+}
+
 export interface EventToAction { p99: number; missing: number; duplicated: number; refused: number; measured: number; hubCpuUsPerEvent: number; agentCpuUsPerEvent: number; sinkCpuUsPerEvent: number }
 
 /**
@@ -215,6 +262,7 @@ export async function benchEventToAction(ctx: AutomationCtx & { hubPid: number }
   // TRELLIS_BENCH_E2A_RATE: events per second (default 1000, the issue's figure).
   const rate = Number(process.env.TRELLIS_BENCH_E2A_RATE ?? 1000);
   const input = JSON.stringify({ target: ctx.agentAddr, caPem: ctx.caPem, keyPem: key.privateKeyPem, certPem: cert.certPem, rate, warm, measured, trace: !!process.env.TRELLIS_BENCH_TRACE });
+  const metrics0 = await scrapeMetrics(ctx);
   const cpu0 = processCpuMs(ctx.hubPid);
   // TRELLIS_BENCH_E2A_NODE_ARGS adds node flags to the agent process (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof").
   const nodeArgs = (process.env.TRELLIS_BENCH_E2A_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
@@ -224,6 +272,7 @@ export async function benchEventToAction(ctx: AutomationCtx & { hubPid: number }
   child.stdout!.setEncoding('utf8').on('data', (d: string) => { out += d; });
   const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
   const hubCpuMs = processCpuMs(ctx.hubPid) - cpu0;
+  const metrics1 = await scrapeMetrics(ctx);
   if (code !== 0) throw new Error(`the latency agent exited with ${code}`);
   const r = JSON.parse(out) as { lat: number[]; expected: number; missing: number; duplicated: number; refused: number; cpuMs: number; sinkCpuMs: number };
   const agentCpuMs = r.cpuMs, sinkCpuMs = r.sinkCpuMs;
@@ -232,6 +281,17 @@ export async function benchEventToAction(ctx: AutomationCtx & { hubPid: number }
   note(`event→action: ${lat.length}/${r.expected} actions run at ${rate} events/s after a ${warm / 1000} s warm-up (real agent with outbox, own process; http action to a sink); `
     + `median ${ms(percentile(lat, 50))}, p99 ${ms(percentile(lat, 99))}, max ${ms(Math.max(...lat))}; missing ${r.missing}, ran twice ${r.duplicated}, refused by the outbox ${r.refused}; CPU for ${warm + measured} events: hub ${Math.round(hubCpuMs)} ms, `
     + `agent ${Math.round(agentCpuMs)} ms (agent without --lite-mode + event generator), sink ${Math.round(sinkCpuMs)} ms (the HTTP server the action calls)${nodeArgs.length ? `; agent node flags: ${nodeArgs.join(' ')}` : ''}`);
+  // Where the time goes, from the hub's histograms (every event, warm-up included): event received → request
+  // sent, and of that the wait for the history lines' fdatasync; the rest of the end-to-end figure is the
+  // agent (outbox, send; request → http run) and the sink.
+  if (metrics0 && metrics1) {
+    const q = (name: string, label: string, p: number) => quantileMs(histogram(metrics0, name, label), histogram(metrics1, name, label), p).toFixed(2);
+    const hub = 'trellis_event_to_action_seconds', sync = 'trellis_execution_dispatch_sync_wait_seconds';
+    note(`event→action breakdown (hub histograms, ${warm + measured} events): hub event received → request sent median ${q(hub, 'origin="rule"', 0.5)} ms, p99 ${q(hub, 'origin="rule"', 0.99)} ms; `
+      + `of which waiting for the history fdatasync (group commit) median ${q(sync, '', 0.5)} ms, p99 ${q(sync, '', 0.99)} ms; end to end (agent publish → sink) median ${ms(percentile(lat, 50))}, p99 ${ms(percentile(lat, 99))}`);
+  } else {
+    note('event→action breakdown: the hub\'s /metrics could not be read');
+  }
   const per = (ms: number) => (ms * 1000) / (warm + measured);
   return {
     p99: lat.length ? percentile(lat, 99) : NaN, missing: r.missing, duplicated: r.duplicated, refused: r.refused, measured: r.expected,

@@ -142,6 +142,13 @@ t.test('/metrics: 401 without a key, 403 without metrics:read, 200 with it; coun
   t.equal(value(s, 'trellis_executions', { status: 'succeeded' }), 3, 'executions by status');
   t.equal(value(s, 'trellis_event_to_action_seconds_count', { origin: 'rule' }), 3, 'event→action observed per rule execution');
   t.ok(value(s, 'trellis_event_to_action_seconds_bucket', { origin: 'rule', le: '+Inf' }) === 3, 'histogram buckets');
+  t.equal(after.types.get('trellis_execution_dispatch_sync_wait_seconds'), 'histogram');
+  t.equal(value(s, 'trellis_execution_dispatch_sync_wait_seconds_count'), 3, 'the wait for the history fdatasync observed per dispatch');
+  const syncSum = value(s, 'trellis_execution_dispatch_sync_wait_seconds_sum');
+  // Inside event→action (which is read from millisecond clocks: up to 1 ms short per observation).
+  t.ok(syncSum > 0 && syncSum <= value(s, 'trellis_event_to_action_seconds_sum', { origin: 'rule' }) + 0.003, 'a part of event→action');
+  t.ok(value(s, 'trellis_event_to_action_seconds_bucket', { origin: 'rule', le: '0.0005' }) <= 3, 'sub-millisecond buckets (a p99 near 10 ms can be read)');
+  t.ok(s.some((x) => x.name === 'trellis_event_to_action_seconds_bucket' && x.labels.le === '0.0075'), 'a 7.5 ms bucket');
   t.ok(value(s, 'trellis_rpc_duration_seconds_count', { method: 'trellis.v1.AdminRules/CreateRule', code: 'OK' }) >= 1, 'RPC latency by method and code');
   t.ok(value(s, 'trellis_rpc_duration_seconds_count', { method: 'trellis.v1.AdminUsers/ListUsers', code: 'PERMISSION_DENIED' }) >= 1, 'refusals counted under their code');
   t.ok(s.some((x) => x.name === 'trellis_audit_queue_records'), 'audit queue depth');

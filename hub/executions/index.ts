@@ -316,17 +316,21 @@ export class Executions {
     this.agentSlots(e.rec.agentId).active.add(e.rec.id);
     this.armTimeout(e, live.timeoutMs + this.o.abandonGraceMs);
     this.set(e, { status: 'scheduled' });
-    void this.requestsDurable().then(() => this.send(e, link, msg));
+    const at = performance.now();
+    void this.requestsDurable().then(() => this.send(e, link, msg, performance.now() - at));
     return true;
   }
 
-  /** The request goes out (its `scheduled` line is on disk); a link closed meanwhile puts it back in the queue. */
-  private send(e: Entry, link: AgentLink, msg: T.ActionRequest): void {
+  /**
+   * The request goes out (its `scheduled` line is on disk, `syncWaitMs` after it was scheduled);
+   * a link closed meanwhile puts it back in the queue.
+   */
+  private send(e: Entry, link: AgentLink, msg: T.ActionRequest, syncWaitMs: number): void {
     const live = e.live;
     if (this.closed || !live || e.rec.status !== 'scheduled' || !live.rendered) return; // canceled or ended meanwhile
     if (link.send({ action: msg })) { // the secrets leave memory with the request
       live.rendered = undefined;
-      if (live.askedMs) { this.o.onDispatch({ rule: !!e.rec.rule, sinceMs: live.askedMs }); live.askedMs = undefined; }
+      if (live.askedMs) { this.o.onDispatch({ rule: !!e.rec.rule, sinceMs: live.askedMs, syncWaitMs }); live.askedMs = undefined; }
       return;
     }
     // Never sent: waiting again, first in line for the agent's next connection.
@@ -892,8 +896,10 @@ export class Executions {
     for (const e of this.entries.values()) {
       // Those that can be rendered again from history stay requested: the next start sends them
       // (with several hubs: the hub their agent attaches to, which renders them again).
+      // Only those still waiting (rendering every finished one again cost seconds with 100,000 in history).
+      if (e.rec.status !== 'requested') continue;
       const again = this.cluster ? !e.rec.edge && !JSON.stringify(e.rec.parameters).includes(JSON.stringify(REDACTED)) : !!this.renderAgain(e.rec);
-      if (e.rec.status === 'requested' && !again) this.finish(e, { status: 'error', error: 'the hub shut down before it was sent to the agent; run it again' });
+      if (!again) this.finish(e, { status: 'error', error: 'the hub shut down before it was sent to the agent; run it again' });
     }
     for (const e of this.entries.values()) {
       if (!e.live) continue;

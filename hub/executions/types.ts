@@ -121,7 +121,7 @@ export interface ExecutionsOptions {
   /** Admission of new executions (user runs, re-runs, rules): throws to refuse (hub/maintenance). @default admits all */
   admit?: (o: { requestedBy: string; rule?: string }) => void;
   /** Told when an ActionRequest went out to its agent, with when it was asked for (rules: the event's receipt). @default nothing */
-  onDispatch?: (o: { rule: boolean; sinceMs: number }) => void;
+  onDispatch?: (o: { rule: boolean; sinceMs: number; syncWaitMs?: number }) => void;
 }
 
 export type CompiledOptions = Required<ExecutionsOptions>;
