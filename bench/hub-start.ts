@@ -31,7 +31,7 @@ import { LowdbStore } from '../hub/store/index.js';
 import type { AgentDoc } from '../hub/agents/index.js';
 import { agentFacts } from '../agent/agent.js';
 import { cleanFacts } from '../hub/agents/facts.js';
-import { freePorts, note, percentile, processCpuMs, sleep } from './lib.js';
+import { freePorts, intFlag, note, percentile, processCpuMs, sleep } from './lib.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const TRUST_DOMAIN = 'trellis.local';
@@ -40,11 +40,7 @@ export interface HubStartOptions { agents: number; history: number; runs: number
 
 function parseArgs(argv: string[]): HubStartOptions {
   const o: HubStartOptions = { agents: 10_000, history: 100_000, runs: 3 };
-  const num = (flag: string, v: string | undefined, min: number): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new Error(`${flag} needs an integer >= ${min} (got ${v ?? 'nothing'})`);
-    return n;
-  };
+  const num = intFlag;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     switch (a) {

@@ -11,6 +11,13 @@ export function note(msg: string): void {
   process.stderr.write(`[bench] ${msg}\n`);
 }
 
+/** The integer value of a command-line flag, at least `min`, or an error naming the flag. */
+export function intFlag(flag: string, v: string | undefined, min: number): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min) throw new Error(`${flag} needs an integer >= ${min} (got ${v ?? 'nothing'})`);
+  return n;
+}
+
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Ports the kernel hands out for port 0, released again (a small race, retried by the caller). */

@@ -37,7 +37,7 @@ import { fileURLToPath } from 'node:url';
 import { initHub } from '../hub/init.js';
 import { DEFAULT_MAX_BACKOFF_MS } from '../common/backoff.js';
 import { issueSimIdentities } from './simagent.js';
-import { freePorts, note, processCpuMs, sleep } from './lib.js';
+import { freePorts, intFlag, note, processCpuMs, sleep } from './lib.js';
 import type { StormClientCommand, StormClientReport } from './storm-client.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -71,11 +71,7 @@ export interface StormOptions {
 
 function parseArgs(argv: string[]): StormOptions {
   const o: StormOptions = { agents: 1000, procs: 0, rawOnly: false, noRaw: false, idleS: 20, maxBackoffMs: DEFAULT_MAX_BACKOFF_MS, concurrency: 64, settleTimeoutS: 600, noStorm: false, client: 'light' };
-  const num = (flag: string, v: string | undefined, min: number): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new Error(`${flag} needs an integer >= ${min} (got ${v ?? 'nothing'})`);
-    return n;
-  };
+  const num = intFlag;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     switch (a) {
