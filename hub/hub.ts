@@ -271,7 +271,10 @@ export class Hub {
     const agentServer = new GuardedServer({ ...SERVER_OPTIONS, ...agentServerOptions(config) });
     // TLS handshakes on the agent port are bounded before they start (the hub owns its TCP listener).
     const ac = config.agentChannel;
-    const handshakes = new HandshakeGate({ maxHandshakes: ac.maxHandshakes, maxQueued: ac.maxQueuedHandshakes, queueTimeoutMs: ac.handshakeQueueTimeout, slotTimeoutMs: ac.helloTimeout });
+    const handshakes = new HandshakeGate({
+      maxHandshakes: ac.maxHandshakes, maxQueued: ac.maxQueuedHandshakes, queueTimeoutMs: ac.handshakeQueueTimeout, slotTimeoutMs: ac.helloTimeout,
+      maxPerSource: ac.maxHandshakesPerAddress, log: log.child({ component: 'agent-port' }),
+    });
     const admission = addAgentServices(agentServer, components, handshakes);
     const stopHandshakeSummary = logHandshakeSummary(handshakes, log.child({ component: 'agent-port' }));
     // Log lines of rate-limited refusals, counted (their audit records go to refusalAudit).
@@ -284,7 +287,7 @@ export class Hub {
     // One registry of live streams (admin port and /stream): re-checked whenever rights change.
     const live = new LiveStreams({ auth, iam, log: log.child({ component: 'live' }) });
     // Metrics (hub/metrics): read from the components when scraped, plus the RPC and dispatch histograms.
-    metrics = new HubMetrics({ pki, agents, events, rules, executions, audit, maintenance });
+    metrics = new HubMetrics({ pki, agents, events, rules, executions, audit, maintenance, handshakes });
     const hubMetrics = metrics;
     const adminDeps = {
       auth, log: log.child({ component: 'admin' }), audit: refusalAudit, live, refusals,
