@@ -167,6 +167,7 @@ export class RulesEngine extends EventEmitter {
    * payload.
    */
   private readonly plans = new WeakMap<readonly LiveRule[], PayloadFields | undefined>();
+  private lastPlan: { rules?: readonly LiveRule[]; plan?: PayloadFields } = {};
   /** Hub rule counters since start, every rule and tenant (metrics); `held`: suppressed by `hold` (maintenance). */
   readonly totals = { matched: 0, fired: 0, suppressed: 0, held: 0, errors: 0 };
 
@@ -386,16 +387,18 @@ export class RulesEngine extends EventEmitter {
 
   /** The payload fields the criteria of `rules` read (cached per list), or undefined when one reads the whole payload. */
   private planFor(rules: readonly LiveRule[]): PayloadFields | undefined {
+    if (rules === this.lastPlan.rules) return this.lastPlan.plan; // a batch is mostly of one type
     let plan = this.plans.get(rules);
-    if (plan !== undefined || this.plans.has(rules)) return plan;
+    if (plan !== undefined || this.plans.has(rules)) { this.lastPlan = { rules, plan }; return plan; }
     const keys = new Set<string>();
     for (const r of rules) {
       const k = payloadKeysOf(r.def.criteria);
-      if (!k) { this.plans.set(rules, undefined); return undefined; }
+      if (!k) { this.plans.set(rules, undefined); this.lastPlan = { rules, plan: undefined }; return undefined; }
       for (const x of k) keys.add(x);
     }
     plan = new PayloadFields([...keys]);
     this.plans.set(rules, plan);
+    this.lastPlan = { rules, plan };
     return plan;
   }
 
