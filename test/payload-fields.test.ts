@@ -113,3 +113,35 @@ t.test('rules match the reduced event exactly as the whole event', async (t) => 
   }
   t.same(diffs, [], 'same answers');
 });
+
+t.test('engine: a rule matched on the reduced payload fires with the whole event (parameters read fields its criteria do not); bad JSON never matches', async (t) => {
+  const { RulesEngine } = await import('../hub/rules/index.js');
+  const { MemoryStore } = await import('../hub/store/index.js');
+  const { pino } = await import('pino');
+  const requests: Array<{ parameters: Record<string, unknown>; triggerEventId?: string }> = [];
+  const action = { ref: 'p.a', pack: 'p', name: 'a', description: '', runner: 'command', command: ['true'], parameters: {} };
+  const engine = new RulesEngine({
+    store: new MemoryStore(),
+    packs: { rules: () => [], action: () => action as never, tenants: () => [], get: () => undefined, on: () => undefined },
+    executions: { request: async (r) => { requests.push(r); return []; } },
+    agents: { peek: (id: string) => ({ id, tenant: 'default', revoked: false }) } as never,
+    log: pino({ level: 'silent' }),
+  });
+  await engine.load();
+  const rule = (name: string, criteria: object) => ({ ref: name, trigger: 'cpu', criteria, action: { ref: 'p.a', parameters: { host: '{{ trigger.payload.host }}', pct: '{{ trigger.payload.percent }}' } }, target: { kind: 'agent', agent: '{{ trigger.agent }}' }, enabled: true, cooldownMs: 0 });
+  await engine.create('default', rule('hot', { 'trigger.payload.percent': { type: 'gt', pattern: 90 } }) as never, { by: 'admin' });
+  const ev = (id: string, payload: string) => ({ id, type: 'cpu', payload: Buffer.from(payload), timeMs: 1, agentId: 'a1', tenant: 'default' });
+  await engine.onEvents([
+    ev('e1', '{"host":"web-1","percent":95,"note":"x"}'),
+    ev('e2', '{"host":"web-2","percent":95'), // not JSON
+    ev('e3', '{"percent":50,"host":"web-3","percent":99}'), // the last of a key given twice
+    ev('e4', '{"percent":10}'),
+    ev('e5', '[95]'),
+  ]);
+  t.same(requests.map((r) => [r.triggerEventId, r.parameters.host, r.parameters.pct]), [['e1', 'web-1', '95'], ['e3', 'web-3', '99']], 'fired on e1 and e3 with fields outside the criteria');
+  // A rule that reads the payload whole joins the list: the whole payload is parsed for every rule of the type.
+  await engine.create('default', rule('any', { 'trigger.payload': { type: 'exists' } }) as never, { by: 'admin' });
+  requests.length = 0;
+  await engine.onEvents([ev('e6', '{"host":"web-6","percent":91}'), ev('e7', 'not json')]);
+  t.same(requests.map((r) => r.triggerEventId).sort(), ['e6', 'e6'], 'both rules fired on e6; nothing on the non-JSON e7');
+});
