@@ -246,8 +246,8 @@ const AgentChannelSchema = z.strictObject({
    * their TLS handshake at once; more from that address are closed at once (counted in
    * trellis_agent_connections_closed_total{reason="per_address"}, logged once a minute per address),
    * so one client holding silent connections cannot take the slots of every other agent. A fleet
-   * behind one NAT address reconnecting at once needs more: raise it (up to maxHandshakes +
-   * maxQueuedHandshakes turns it off). 1..1000000. @default 64
+   * behind one NAT address reconnecting at once is let in that many at a time: raise it for such
+   * a fleet. 1..1000000. @default 64
    */
   maxHandshakesPerAddress: z.number().int().min(1).max(1_000_000).default(64),
   /** Connections waiting for a handshake slot; past this a new connection is closed at once (its agent retries after its jittered backoff). 0..1000000. @default 20000 */
