@@ -30,8 +30,13 @@ export class PayloadFields {
   private readonly end: Int32Array;
   /** Per wanted key: its string value had an escape or a non-ASCII byte. */
   private readonly endSpecial: Uint8Array;
-  /** A wanted key is `__proto__`: fields go to an object without prototype. */
-  private readonly protoKey: boolean;
+  /**
+   * The answer, reused from one read to the next (no allocation per event). Every wanted key is
+   * always set, to undefined when absent: rules read fields through an own-property step that
+   * answers undefined for an absent key and for an undefined one alike. Without prototype when a
+   * key is `__proto__` (then an ordinary field).
+   */
+  private readonly out: Record<string, unknown>;
   private stack = new Uint8Array(32);
   /** Set by str(): the string had an escape or a non-ASCII byte. */
   private special = false;
@@ -41,13 +46,14 @@ export class PayloadFields {
     this.start = new Int32Array(keys.length);
     this.end = new Int32Array(keys.length);
     this.endSpecial = new Uint8Array(keys.length);
-    this.protoKey = keys.includes('__proto__');
+    this.out = (keys.includes('__proto__') ? Object.create(null) : {}) as Record<string, unknown>; // set once, in one order: a fast object
+    for (const k of keys) this.out[k] = undefined;
   }
 
   /**
-   * The wanted fields present in the payload (an object with no prototype: a key `__proto__` is
-   * an ordinary field), `null` when the payload is not JSON, FULL_PARSE when it is JSON but not
-   * an object.
+   * The wanted fields of the payload (absent ones undefined), `null` when the payload is not JSON,
+   * FULL_PARSE when it is JSON but not an object. The object answered is valid until the next
+   * read (it is reused).
    */
   read(buf: Uint8Array): Record<string, unknown> | null | typeof FULL_PARSE {
     const n = buf.length;
@@ -148,11 +154,11 @@ export class PayloadFields {
   }
 
   private result(buf: Uint8Array): Record<string, unknown> {
-    const out = (this.protoKey ? Object.create(null) : {}) as Record<string, unknown>;
+    const out = this.out;
     const b = buf instanceof Buffer ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.length);
     for (let k = 0; k < this.keys.length; k++) {
       const s = this.start[k]!;
-      if (s < 0) continue;
+      if (s < 0) { out[this.keys[k]!] = undefined; continue; }
       const e = this.end[k]!;
       const c = b[s]!;
       let v: unknown;
