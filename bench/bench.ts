@@ -484,7 +484,8 @@ async function main(): Promise<void> {
     // Executions in flight per agent: the agent's own limit (maxConcurrentActions, 16), so event_to_action_p99_ms
     // measures the pipeline rather than the hub's queue in front of one agent (hub default: 8).
     // /metrics from loopback without a key: event_to_action reads the hub's dispatch histograms (its latency breakdown).
-    await initHub({ dataDir: hubDir, names: NAMES, trustDomain: TRUST_DOMAIN, adminPassword: password, config: { bind: '127.0.0.1', executions: { perAgentConcurrency: Number(process.env.TRELLIS_BENCH_CONCURRENCY ?? 16) }, metrics: { allow: ['127.0.0.1/32'] } } });
+    // Every simulated agent connects from 127.0.0.1, as a fleet behind one NAT address: the per-address handshake bound is raised as for one.
+    await initHub({ dataDir: hubDir, names: NAMES, trustDomain: TRUST_DOMAIN, adminPassword: password, config: { bind: '127.0.0.1', executions: { perAgentConcurrency: Number(process.env.TRELLIS_BENCH_CONCURRENCY ?? 16) }, metrics: { allow: ['127.0.0.1/32'] }, agentChannel: { maxHandshakesPerAddress: 20_000 } } });
   } catch (err) {
     hubReady = err as Error;
   }

@@ -49,7 +49,7 @@ export async function benchCaRotation(o: CaRotationBenchOptions): Promise<number
   const windowMs = o.windowMs ?? Number(process.env.TRELLIS_BENCH_CA_WINDOW_MS ?? 20_000);
   const hubDir = join(o.tmpRoot, 'hub-ca-rotation');
   const password = crypto.randomBytes(18).toString('base64url');
-  await initHub({ dataDir: hubDir, names: o.names, trustDomain: o.trustDomain, adminPassword: password, config: { bind: '127.0.0.1' } });
+  await initHub({ dataDir: hubDir, names: o.names, trustDomain: o.trustDomain, adminPassword: password, config: { bind: '127.0.0.1', agentChannel: { maxHandshakesPerAddress: 1_000_000 } } }); // simulated agents all connect from 127.0.0.1
   const child = await startChildHub(o.root, hubDir, o.nodeArgs);
   o.closers.push(() => child.stop());
   const caPem = await readFile(hubPaths(hubDir).caCert, 'utf8');

@@ -66,7 +66,7 @@ export async function benchClusterIngest(o: { root: string; names: string[]; tru
     const password = crypto.randomBytes(18).toString('base64url');
     const A = join(dir, 'hub-a');
     const B = join(dir, 'hub-b');
-    await initHub({ dataDir: A, names: o.names, trustDomain: o.trustDomain, adminPassword: password, storeUrl: url, config: { bind: '127.0.0.1' } });
+    await initHub({ dataDir: A, names: o.names, trustDomain: o.trustDomain, adminPassword: password, storeUrl: url, config: { bind: '127.0.0.1', agentChannel: { maxHandshakesPerAddress: 1_000_000 } } }); // simulated agents all connect from 127.0.0.1
     copyHubForJoin(A, B);
     for (const d of [A, B]) hubs.push(await startChildHub(o.root, d, []));
     note(`cluster: hub A pid ${hubs[0]!.pid}, hub B pid ${hubs[1]!.pid} on one PostgreSQL`);

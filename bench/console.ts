@@ -115,7 +115,7 @@ export async function benchConsole(o: ConsoleBenchOptions): Promise<ConsoleBench
   const nExec = o.executions ?? 100_000;
   const samples = Math.max(50, o.samples ?? 100);
   const hubDir = join(o.tmpRoot, 'hub-console');
-  await initHub({ dataDir: hubDir, names: o.names, trustDomain: o.trustDomain, adminPassword: PASSWORD, config: { bind: '127.0.0.1' } });
+  await initHub({ dataDir: hubDir, names: o.names, trustDomain: o.trustDomain, adminPassword: PASSWORD, config: { bind: '127.0.0.1', agentChannel: { maxHandshakesPerAddress: 1_000_000 } } }); // simulated agents all connect from 127.0.0.1
   const paths = hubPaths(hubDir);
   let t = performance.now();
   const agentIds = await seedAgents(paths.store, nAgents);

@@ -241,7 +241,8 @@ export async function runStorm(o: StormOptions): Promise<void> {
     const hubDir = join(tmp, 'hub');
     const [agentPort, adminPort, webPort] = await freePorts(3);
     await initHub({ dataDir: hubDir, names: NAMES, trustDomain: TRUST_DOMAIN, adminPassword: crypto.randomBytes(18).toString('base64url'),
-      config: { bind: '127.0.0.1', agentPort, adminPort, webPort, ...(o.maxHandshakes ? { agentChannel: { maxHandshakes: o.maxHandshakes } } : {}) } });
+      // Every simulated agent connects from 127.0.0.1 (a fleet behind one NAT address): the per-address handshake bound is raised as for one.
+      config: { bind: '127.0.0.1', agentPort, adminPort, webPort, agentChannel: { maxHandshakesPerAddress: 1_000_000, ...(o.maxHandshakes ? { maxHandshakes: o.maxHandshakes } : {}) } } });
     const ti = performance.now();
     const ids = issueSimIdentities({ hubDir, names: NAMES, trustDomain: TRUST_DOMAIN, n: o.agents });
     const idFiles = await writeIdFiles(tmp, ids, o.procs);

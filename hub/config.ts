@@ -232,7 +232,7 @@ const WebSchema = z.strictObject({
  * The agent port under load: how many streams are admitted at once (the rest are shed with
  * RESOURCE_EXHAUSTED and a retry-after the agents honor, jittered), the hello deadline, and the
  * keepalive the hub runs on agent connections.
- * @example { "maxHandshakes": 512, "maxPendingHellos": 256, "retryAfter": "2s", "helloTimeout": "10s", "keepaliveTime": "60s", "keepaliveTimeout": "20s" }
+ * @example { "maxHandshakes": 512, "maxHandshakesPerAddress": 64, "maxPendingHellos": 256, "retryAfter": "2s", "helloTimeout": "10s", "keepaliveTime": "60s", "keepaliveTimeout": "20s" }
  */
 const AgentChannelSchema = z.strictObject({
   /**
@@ -241,6 +241,15 @@ const AgentChannelSchema = z.strictObject({
    * the hub's one thread and missing their deadlines together. 1..10000. @default 512
    */
   maxHandshakes: z.number().int().min(1).max(10_000).default(512),
+  /**
+   * Agent-port connections from one source address (an IPv4 address, or an IPv6 /64) queued or in
+   * their TLS handshake at once; more from that address are closed at once (counted in
+   * trellis_agent_connections_closed_total{reason="per_address"}, logged once a minute per address),
+   * so one client holding silent connections cannot take the slots of every other agent. A fleet
+   * behind one NAT address reconnecting at once is let in that many at a time: raise it for such
+   * a fleet. 1..1000000. @default 64
+   */
+  maxHandshakesPerAddress: z.number().int().min(1).max(1_000_000).default(64),
   /** Connections waiting for a handshake slot; past this a new connection is closed at once (its agent retries after its jittered backoff). 0..1000000. @default 20000 */
   maxQueuedHandshakes: z.number().int().min(0).max(1_000_000).default(20_000),
   /** A connection waiting longer than this for a handshake slot is closed (its agent retries after its backoff; agents set no connect deadline, so a long wait costs them nothing). 1s..5m. @default "60s" */
@@ -364,7 +373,7 @@ export const HubConfigSchema = z.strictObject({
   preAuth: PreAuthSchema.prefault({}),
   /** Executions: per-agent concurrency, waits and history retention. @default { "perAgentConcurrency": 16, "maxWait": "10m", "abandonGrace": "30s", "reconnectGrace": "60s", "maxOutputBytes": 1048576, "retention": { "maxAge": "30d", "maxCount": 100000 } } */
   executions: ExecutionsSchema.prefault({}),
-  /** Agent port under load: handshake bound, admission bound, retry-after, hello deadline, keepalive. @default { "maxHandshakes": 512, "maxQueuedHandshakes": 20000, "handshakeQueueTimeout": "60s", "maxPendingHellos": 256, "retryAfter": "2s", "helloTimeout": "10s", "keepaliveTime": "60s", "keepaliveTimeout": "20s" } */
+  /** Agent port under load: handshake bound, admission bound, retry-after, hello deadline, keepalive. @default { "maxHandshakes": 512, "maxHandshakesPerAddress": 64, "maxQueuedHandshakes": 20000, "handshakeQueueTimeout": "60s", "maxPendingHellos": 256, "retryAfter": "2s", "helloTimeout": "10s", "keepaliveTime": "60s", "keepaliveTimeout": "20s" } */
   agentChannel: AgentChannelSchema.prefault({}),
   /** Web port limits. @default { "maxStreams": 1000, "maxStreamsPerUser": 8, "maxConnectionsPerClient": 64, "handshakeTimeout": "10s", "headersTimeout": "10s", "requestTimeout": "30s", "console": true } */
   web: WebSchema.prefault({}),

@@ -271,7 +271,10 @@ export class Hub {
     const agentServer = new GuardedServer({ ...SERVER_OPTIONS, ...agentServerOptions(config) });
     // TLS handshakes on the agent port are bounded before they start (the hub owns its TCP listener).
     const ac = config.agentChannel;
-    const handshakes = new HandshakeGate({ maxHandshakes: ac.maxHandshakes, maxQueued: ac.maxQueuedHandshakes, queueTimeoutMs: ac.handshakeQueueTimeout, slotTimeoutMs: ac.helloTimeout });
+    const handshakes = new HandshakeGate({
+      maxHandshakes: ac.maxHandshakes, maxQueued: ac.maxQueuedHandshakes, queueTimeoutMs: ac.handshakeQueueTimeout, slotTimeoutMs: ac.helloTimeout,
+      maxPerSource: ac.maxHandshakesPerAddress, log: log.child({ component: 'agent-port' }),
+    });
     // Agents are admitted once start-up is complete (hub.state 'running'), never against half-built state.
     let startedUp!: () => void;
     const admission = addAgentServices(agentServer, components, handshakes, { ready: new Promise<void>((r) => { startedUp = r; }) });
@@ -286,7 +289,7 @@ export class Hub {
     // One registry of live streams (admin port and /stream): re-checked whenever rights change.
     const live = new LiveStreams({ auth, iam, log: log.child({ component: 'live' }) });
     // Metrics (hub/metrics): read from the components when scraped, plus the RPC and dispatch histograms.
-    metrics = new HubMetrics({ pki, agents, events, rules, executions, audit, maintenance });
+    metrics = new HubMetrics({ pki, agents, events, rules, executions, audit, maintenance, handshakes });
     const hubMetrics = metrics;
     const adminDeps = {
       auth, log: log.child({ component: 'admin' }), audit: refusalAudit, live, refusals,

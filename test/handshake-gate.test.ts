@@ -13,6 +13,8 @@ import { startHub, waitFor as waitUntil } from './helpers/hub.js';
 import * as grpc from '@grpc/grpc-js';
 import { v1 } from '../common/proto.js';
 import { secureChannel } from '../common/grpc-tls.js';
+import { validateConfig } from '../hub/config.js';
+import { sourceKey } from '../hub/auth/source.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const waitFor = (what: string, cond: () => boolean, ms = 60_000) => waitUntil(cond, ms, what);
@@ -28,13 +30,13 @@ async function loopback(t: { teardown(fn: () => unknown): void }, gate: Handshak
   const port = (server.address() as net.AddressInfo).port;
   const clients: net.Socket[] = [];
   t.teardown(() => { gate.close(); for (const c of clients) c.destroy(); for (const s of injected) s.destroy(); server.close(); });
-  const connect = async () => {
-    const c = net.connect(port, '127.0.0.1');
+  const connect = async (localAddress?: string) => {
+    const c = net.connect({ port, host: '127.0.0.1', ...(localAddress ? { localAddress } : {}) });
     c.on('error', () => undefined);
     clients.push(c);
     await once(c, 'connect');
     const closed = new Promise<void>((r) => c.once('close', () => r()));
-    return { client: c, closed, peer: `127.0.0.1:${c.localPort}` };
+    return { client: c, closed, peer: `127.0.0.1:${c.localPort}`, gone: () => c.destroyed || c.closed };
   };
   return { injected, connect, waitAccepted: (n: number) => waitFor(`${n} accepted`, () => gate.stats.accepted >= n, 10_000) };
 }
@@ -154,4 +156,124 @@ t.test('hub: with maxHandshakes 2, 30 agents connecting at once all get in, the 
   t.same(sims.filter((s) => s.channel.stats.connects !== 1).map((s) => s.channel.stats.connects), [], 'each agent got in on its first attempt: no hello timed out, nothing refused');
   t.equal(h.hub.components.agents.connectedLinks().length, 30, 'the hub holds all 30 streams');
   t.equal(hs.inFlight, 0, 'every slot given back');
+});
+
+// ------------------------------------------------------------------ per source address
+
+t.test('gate: one source may have at most maxPerSource connections queued or handshaking; more from it are closed at once, others still get in', async (t) => {
+  const lines: Array<{ o: Record<string, unknown>; msg: string }> = [];
+  const gate = new HandshakeGate({ maxHandshakes: 2, maxQueued: 100, queueTimeoutMs: 30_000, slotTimeoutMs: 30_000, maxPerSource: 3, log: { warn: (o, msg) => lines.push({ o: o as Record<string, unknown>, msg }) } });
+  const l = await loopback(t, gate);
+  const flood: Array<Awaited<ReturnType<typeof l.connect>>> = [];
+  for (let i = 0; i < 10; i++) flood.push(await l.connect('127.0.0.2'));
+  await l.waitAccepted(10);
+  await waitFor('the 7 over the bound closed', () => flood.filter((c) => c.gone()).length === 7, 10_000);
+  t.same(flood.map((c) => c.gone()), [false, false, false, true, true, true, true, true, true, true], 'the first 3 kept, every later one closed at once');
+  t.equal(gate.stats.droppedPerSource, 7, 'counted');
+  t.equal(gate.fromSource('127.0.0.2'), 3, '2 handshaking + 1 queued');
+  t.equal(gate.inFlight, 2);
+  t.equal(gate.queued, 1);
+  // Another address is not held back by the flood's closures: it queues (the 2 slots are taken) and gets the next slot.
+  const other = await l.connect('127.0.0.3');
+  await l.waitAccepted(11);
+  t.notOk(other.gone(), 'another address is not closed');
+  t.equal(gate.fromSource('127.0.0.3'), 1);
+  t.equal(lines.length, 1, 'one log line for the flooding address, not one per closure');
+  t.equal(lines[0]!.o.source, '127.0.0.2');
+  t.match(lines[0]!.msg, /maxHandshakesPerAddress/);
+  // A connection that completes TLS no longer counts for its source: one more from it is let in.
+  gate.secured(l.injected[0] as never);
+  t.equal(gate.fromSource('127.0.0.2'), 2, 'TLS done: no longer counted');
+  const more = await l.connect('127.0.0.2');
+  await l.waitAccepted(12);
+  await sleep(100);
+  t.notOk(more.gone(), 'room again for that address');
+  // A handshaking connection that closes gives its count back.
+  flood[1]!.client.destroy();
+  await waitFor('the closed one uncounted', () => gate.fromSource('127.0.0.2') === 2, 10_000);
+});
+
+t.test('gate: closures by the per-source bound are logged at most once per source per period, with the count since the last line', async (t) => {
+  let now = 1_000_000;
+  const lines: Array<Record<string, unknown>> = [];
+  const gate = new HandshakeGate({ maxHandshakes: 1, maxQueued: 100, queueTimeoutMs: 30_000, slotTimeoutMs: 30_000, maxPerSource: 1, sourceLogEveryMs: 60_000, log: { warn: (o) => lines.push(o as Record<string, unknown>) } }, () => now);
+  const l = await loopback(t, gate);
+  await l.connect('127.0.0.2');
+  for (let i = 0; i < 5; i++) await l.connect('127.0.0.2');
+  await l.waitAccepted(6);
+  await waitFor('5 closed', () => gate.stats.droppedPerSource === 5, 10_000);
+  t.equal(lines.length, 1, 'one line for 5 closures');
+  t.equal(lines[0]!.closed, 1);
+  now += 61_000;
+  (gate as unknown as { sweep(): void }).sweep();
+  t.equal(lines.length, 2, 'the closures held back get their line once the period is over');
+  t.equal(lines[1]!.closed, 4);
+  now += 61_000;
+  (gate as unknown as { sweep(): void }).sweep();
+  t.equal(lines.length, 2, 'a quiet source: no line');
+});
+
+t.test('sourceKey: IPv4 by address, IPv4-mapped IPv6 as IPv4, IPv6 by its /64', async (t) => {
+  t.equal(sourceKey('127.0.0.2'), '127.0.0.2');
+  t.equal(sourceKey('::ffff:10.1.2.3'), '10.1.2.3');
+  t.equal(sourceKey('2001:db8:1:2:aaaa::1'), sourceKey('2001:db8:1:2:bbbb:cccc:dddd:2'), 'one /64 is one source');
+  t.not(sourceKey('2001:db8:1:2::1'), sourceKey('2001:db8:1:3::1'), 'another /64 is another source');
+});
+
+t.test('config: agentChannel.maxHandshakesPerAddress defaults to 64 and is validated', async (t) => {
+  t.equal(validateConfig({ names: ['h'] }, 'x').agentChannel.maxHandshakesPerAddress, 64);
+  t.equal(validateConfig({ names: ['h'], agentChannel: { maxHandshakesPerAddress: 5000 } }, 'x').agentChannel.maxHandshakesPerAddress, 5000, 'a NAT\'d fleet raises it');
+  for (const v of [0, -1, 2.5, '64']) {
+    t.throws(() => validateConfig({ names: ['h'], agentChannel: { maxHandshakesPerAddress: v } }, 'x'), { code: 'TRELLIS_E_CONFIG', message: /agentChannel\.maxHandshakesPerAddress/ }, `${JSON.stringify(v)} refused`);
+  }
+});
+
+/** Stalled handshakes from `localAddress`: TCP connections that send the first bytes of a TLS record, then nothing. */
+async function stallFrom(t: { teardown(fn: () => unknown): void }, agentAddr: string, localAddress: string, n: number): Promise<net.Socket[]> {
+  const [host, port] = [agentAddr.slice(0, agentAddr.lastIndexOf(':')), Number(agentAddr.slice(agentAddr.lastIndexOf(':') + 1))];
+  const out: net.Socket[] = [];
+  t.teardown(() => { for (const s of out) s.destroy(); });
+  for (let i = 0; i < n; i++) {
+    const s = net.connect({ host, port, localAddress });
+    s.on('error', () => undefined);
+    out.push(s);
+    await once(s, 'connect');
+    s.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00])); // a TLS handshake record header announcing 512 bytes that never come
+  }
+  return out;
+}
+
+async function floodedHub(t: { teardown(fn: () => unknown): void }, perAddress: number) {
+  const h = await startHub({ config: { agentChannel: { maxHandshakes: 4, maxHandshakesPerAddress: perAddress, helloTimeout: '60s', handshakeQueueTimeout: '120s' } } });
+  t.teardown(() => h[Symbol.asyncDispose]());
+  const cfg = JSON.parse((await import('node:fs')).readFileSync(`${h.dataDir}/hub.json`, 'utf8')) as { names: string[]; trustDomain?: string };
+  const [identity] = issueSimIdentities({ hubDir: h.dataDir, names: cfg.names, trustDomain: cfg.trustDomain ?? 'trellis.local', n: 1 });
+  const flood = await stallFrom(t, h.agentAddr, '127.0.0.2', 40);
+  const hs = h.hub.handshakes!;
+  await waitFor('the flood accepted', () => hs.stats.accepted >= 40, 30_000);
+  const agent = new SimAgent({ target: h.agentAddr, identity: identity!, maxBackoffMs: 2_000 });
+  t.teardown(() => agent.close());
+  agent.start();
+  return { h, hs, agent, flood };
+}
+
+t.test('hub: one address flooding the agent port with stalled TLS handshakes cannot keep an agent at another address from connecting', async (t) => {
+  const { h, hs, agent } = await floodedHub(t, 2);
+  await waitFor('the real agent (127.0.0.1) welcomed despite the flood (127.0.0.2)', () => agent.channel.state === 'ready', 30_000);
+  t.equal(hs.stats.droppedPerSource, 38, 'all but 2 of the 40 stalled connections closed at once');
+  t.equal(hs.fromSource('127.0.0.2'), 2, 'the flooding address holds 2');
+  t.equal(h.hub.components.agents.connectedLinks().length, 1, 'the hub holds the agent\'s stream');
+  const m = await h.hub.metrics!.scrape();
+  t.match(m.body, /trellis_agent_connections_closed_total\{reason="per_address"\} 38/, 'the closures are a metric');
+});
+
+t.test('hub (control): without a per-address bound the same flood keeps the agent out (the test above would fail without the bound)', async (t) => {
+  const { hs, agent, flood } = await floodedHub(t, 1_000_000);
+  await sleep(6_000);
+  t.not(agent.channel.state, 'ready', 'the agent waits behind 40 stalled handshakes (slots free only after helloTimeout, 60 s)');
+  t.equal(hs.stats.droppedPerSource, 0);
+  t.equal(hs.inFlight, 4, 'every slot held by the flood');
+  // The flood goes: its slots come back and the agent gets in (its close would otherwise wait for its connect).
+  for (const s of flood) s.destroy();
+  await waitFor('the agent welcomed once the flood is gone', () => agent.channel.state === 'ready', 60_000);
 });

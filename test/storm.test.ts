@@ -106,7 +106,7 @@ t.test('admission gate: bounded slots, released once; retry-after grows with the
 
 t.test('config: agentChannel defaults and validation', async (t) => {
   const c = validateConfig({ names: ['h'] }, 'x');
-  t.same(c.agentChannel, { maxHandshakes: 512, maxQueuedHandshakes: 20_000, handshakeQueueTimeout: 60_000, maxPendingHellos: 256, retryAfter: 2000, helloTimeout: 10_000, keepaliveTime: 60_000, keepaliveTimeout: 20_000 });
+  t.same(c.agentChannel, { maxHandshakes: 512, maxHandshakesPerAddress: 64, maxQueuedHandshakes: 20_000, handshakeQueueTimeout: 60_000, maxPendingHellos: 256, retryAfter: 2000, helloTimeout: 10_000, keepaliveTime: 60_000, keepaliveTimeout: 20_000 });
   const d = validateConfig({ names: ['h'], agentChannel: { maxPendingHellos: 5, retryAfter: '500ms', helloTimeout: '30s' } }, 'x');
   t.equal(d.agentChannel.maxPendingHellos, 5);
   t.equal(d.agentChannel.retryAfter, 500);

@@ -160,7 +160,8 @@ async function setup(r: Run, password: string): Promise<void> {
   await initHub({
     dataDir: r.hubDir, names: NAMES, trustDomain: TRUST_DOMAIN, adminPassword: password,
     // Short graces so that executions whose agent or result a kill took settle within the drain.
-    config: { bind: '127.0.0.1', executions: { reconnectGrace: '5s', abandonGrace: '5s' } } as never,
+    // Every simulated agent connects from 127.0.0.1 (a fleet behind one NAT address): the per-address handshake bound is raised as for one.
+    config: { bind: '127.0.0.1', executions: { reconnectGrace: '5s', abandonGrace: '5s' }, agentChannel: { maxHandshakesPerAddress: 1_000_000 } } as never,
   });
   await startTheHub(r);
   const caPem = fs.readFileSync(hubPaths(r.hubDir).caCert, 'utf8');

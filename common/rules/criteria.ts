@@ -329,6 +329,27 @@ export function compileCriteria(criteria: Criterion[], now: () => number = Date.
   }
 }
 
+/**
+ * The top-level payload fields the criteria read (`trigger.payload.a.b` reads `a`), or undefined
+ * when one reads the payload as a whole (`trigger.payload`). Lets the hub decode only those
+ * fields of an event it matches (hub/rules/payload-fields.ts). Criteria must compile.
+ */
+export function payloadKeysOf(criteria: Criterion[]): string[] | undefined {
+  const keys = new Set<string>();
+  for (const c of normalizeCriteria(criteria)) {
+    let path = c.path;
+    const hash = path.indexOf('#');
+    if (hash >= 0 && hash > path.lastIndexOf(']')) path = path.slice(0, hash);
+    const segs = parsePath(path);
+    if (typeof segs === 'string') return undefined;
+    const rest = segs[0] === 'payload' ? segs.slice(1) : segs[0] === 'trigger' && segs[1] === 'payload' ? segs.slice(2) : undefined;
+    if (!rest) continue; // trigger.type, .agent, ...: not the payload
+    if (rest.length === 0) return undefined;
+    keys.add(rest[0]!);
+  }
+  return [...keys];
+}
+
 function show(v: unknown): string {
   if (v === undefined) return 'missing';
   let s: string;

@@ -8,7 +8,7 @@ import type { RuleDef, TriggerEvent } from '../automation/types.js';
 import { compileCriteria, explainCriteria } from './criteria.js';
 import { renderKeepingRefs } from './template.js';
 
-export { OPERATORS, OPERATOR_ALIASES, compileCriteria, explainCriteria, getPath, normalizeCriteria, normalizeOperator, toEpochMs } from './criteria.js';
+export { OPERATORS, OPERATOR_ALIASES, compileCriteria, explainCriteria, getPath, normalizeCriteria, normalizeOperator, payloadKeysOf, toEpochMs } from './criteria.js';
 export { escapeTemplate, findRefs, hasTemplate, needsResolving, renderKeepingRefs, renderTemplate, resolveRefs, toText, type Ref, type RefResolver } from './template.js';
 export { actionRefs, historyParameters, renderAction, validateParams, REDACTED, type RenderedAction, type RenderOptions } from './render.js';
 export { shellTemplateProblem } from './shell.js';

@@ -4,6 +4,7 @@
  */
 import type { Event__Output } from '../../common/proto-gen/trellis/v1/Event.js';
 import type { Logger } from '../../common/log.js';
+import { RecentIds } from './recent-ids.js';
 
 export { agentMayPublish } from './sources.js';
 
@@ -18,26 +19,6 @@ export interface HubEvent {
  * events caused are on disk), so an acknowledged event is never lost to a hub crash.
  */
 export type EventListener = (events: HubEvent[]) => unknown;
-
-/** Remembers the last `capacity` event ids of one agent. */
-class RecentIds {
-  private readonly ids = new Set<string>();
-  private readonly order: string[] = [];
-  private head = 0;
-  constructor(private readonly capacity: number) {}
-  /** True if the id is new (and remembers it). */
-  add(id: string): boolean {
-    if (this.ids.has(id)) return false;
-    this.ids.add(id);
-    if (this.order.length < this.capacity) this.order.push(id);
-    else {
-      this.ids.delete(this.order[this.head]!);
-      this.order[this.head] = id;
-      this.head = (this.head + 1) % this.capacity;
-    }
-    return true;
-  }
-}
 
 export const MAX_EVENTS_PER_BATCH = 10_000;
 export const MAX_EVENT_PAYLOAD_BYTES = 64 * 1024;

@@ -13,11 +13,19 @@
  * closed: its agent reconnects after its jittered backoff. Node cannot stop accepting while
  * listening, so "let the kernel backlog hold them" is not available; closing early is cheaper
  * for both ends than a handshake that would miss its deadline anyway.
+ *
+ * Per source: one source address (an IPv4 address, or an IPv6 /64: hub/auth/source.ts) may have
+ * at most `maxPerSource` connections queued or in their TLS handshake at once; past that its new
+ * connections are closed at once (counted, logged at most once per source per minute). Without
+ * it one client holding silent TCP connections fills every slot and the queue ahead of the real
+ * agents, which then wait `slotTimeoutMs` per slot. A connection stops counting for its source
+ * when TLS completes (its client holds a certificate of the hub's CA) or when it closes.
  */
 import net from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import type * as grpc from '@grpc/grpc-js';
 import { answerPeerWithX509 } from './peer-cache.js';
+import { sourceKey } from '../auth/source.js';
 
 export interface HandshakeGateOptions {
   /** Connections between accept and their first stream's answer at once. */
@@ -33,9 +41,21 @@ export interface HandshakeGateOptions {
    * clients reconnect in the background, before their next call). @default 1000
    */
   streamGraceMs?: number;
+  /**
+   * Connections from one source (IPv4 address, IPv6 /64) queued or in their TLS handshake at once;
+   * past this a new one from that source is closed at once. @default unbounded
+   */
+  maxPerSource?: number;
+  /** Where closures by the per-source bound are logged: at most one line per source per `sourceLogEveryMs`. */
+  log?: { warn(o: object, msg: string): void };
+  /** @default 60000 */
+  sourceLogEveryMs?: number;
 }
 
-interface Entry { socket: net.Socket; key: string; queuedAt: number; injectedAt?: number; securedAt?: number; startedAt?: number; timer?: NodeJS.Timeout; grace?: NodeJS.Timeout; secured: boolean; streaming: boolean; released: boolean }
+/** Sources whose closures are remembered for rate-limited logging; past this they are only counted (a flood from many sources). */
+const SOURCE_LOG_MAX = 10_000;
+
+interface Entry { socket: net.Socket; key: string; source: string; counted: boolean; queuedAt: number; injectedAt?: number; securedAt?: number; startedAt?: number; timer?: NodeJS.Timeout; grace?: NodeJS.Timeout; secured: boolean; streaming: boolean; released: boolean }
 
 /**
  * The key of a connection: its remote address and port (unique among open connections to one
@@ -52,11 +72,19 @@ export class HandshakeGate {
   private readonly active = new Map<string, Entry>();
   private inject: ((s: net.Socket) => void) | undefined;
   private sweeper: NodeJS.Timeout | undefined;
+  /** source → its connections queued or in TLS (only with maxPerSource). */
+  private readonly perSource = new Map<string, number>();
+  /** Connections counted in perSource, by connectionKey (a slot may time out before TLS completes). */
+  private readonly handshaking = new Map<string, Entry>();
+  /** source → when its last closure line was logged, and closures since. */
+  private readonly sourceLog = new Map<string, { atMs: number; since: number }>();
   /**
    * injected: handed to grpc-js; waited: had to queue (the bound was hit); dropped*: closed
    * unserved; slotTimeouts: slots freed by the timeout rather than an answer.
    */
   readonly stats = { accepted: 0, injected: 0, waited: 0, droppedFull: 0, droppedTimeout: 0, slotTimeouts: 0, peakInFlight: 0, peakQueued: 0,
+    /** Closed at once because their source already had `maxPerSource` connections queued or handshaking. */
+    droppedPerSource: 0,
     /** Sums (ms) and counts of the phases: waiting, handed on → TLS done, TLS done → stream, stream → answer. */
     queueMs: 0, tlsMs: 0, tlsN: 0, streamMs: 0, streamN: 0, answerMs: 0, answerN: 0,
     /** Peer certificates handed to grpc-js as TLS parsed them (peer-cache.ts answerPeerWithX509), not re-parsed. */
@@ -66,6 +94,8 @@ export class HandshakeGate {
 
   get inFlight(): number { return this.active.size; }
   get queued(): number { return this.queue.length - this.queueHead; }
+  /** Connections of `source` (sourceKey) queued or in their TLS handshake. */
+  fromSource(source: string): number { return this.perSource.get(source) ?? 0; }
 
   /** Starts serving: `inject` hands a connection to grpc-js. */
   attach(inject: (s: net.Socket) => void): void {
@@ -78,9 +108,13 @@ export class HandshakeGate {
   accept(socket: net.Socket): void {
     this.stats.accepted++;
     socket.on('error', () => undefined); // a reset while queued or handshaking: nothing to do
-    const e: Entry = { socket, key: connectionKey(socket.remoteAddress, socket.remotePort), queuedAt: this.now(), secured: false, streaming: false, released: false };
-    if (this.active.size < this.opts.maxHandshakes && this.queued === 0) { this.start(e); return; }
+    const max = this.opts.maxPerSource;
+    const source = max === undefined ? '' : sourceKey(socket.remoteAddress);
+    if (max !== undefined && this.fromSource(source) >= max) { this.stats.droppedPerSource++; this.noteSourceDrop(source); socket.destroy(); return; }
+    const e: Entry = { socket, key: connectionKey(socket.remoteAddress, socket.remotePort), source, counted: false, queuedAt: this.now(), secured: false, streaming: false, released: false };
+    if (this.active.size < this.opts.maxHandshakes && this.queued === 0) { this.count(e); this.start(e); return; }
     if (this.queued >= this.opts.maxQueued) { this.stats.droppedFull++; socket.destroy(); return; }
+    this.count(e);
     this.stats.waited++;
     this.queue.push(e);
     if (this.queued > this.stats.peakQueued) this.stats.peakQueued = this.queued;
@@ -96,6 +130,8 @@ export class HandshakeGate {
 
   /** The connection `peer` opened a stream: its slot is kept until settle(). */
   started(peer: string): void {
+    const h = this.handshaking.get(peer);
+    if (h) this.uncount(h); // a stream means TLS is done (also should secureConnection not be seen)
     const e = this.active.get(peer);
     if (!e || e.streaming) return;
     e.streaming = true;
@@ -109,7 +145,10 @@ export class HandshakeGate {
    * soon after, it is a client connecting ahead of its next call: the slot goes to the next one.
    */
   secured(socket: TLSSocket): void {
-    const e = this.active.get(connectionKey(socket.remoteAddress, socket.remotePort));
+    const key = connectionKey(socket.remoteAddress, socket.remotePort);
+    const h = this.handshaking.get(key);
+    if (h) this.uncount(h); // TLS done: no longer a handshake its source holds
+    const e = this.active.get(key);
     if (!e) return;
     e.secured = true;
     e.securedAt = this.now();
@@ -127,6 +166,9 @@ export class HandshakeGate {
     this.queueHead = 0;
     for (const e of this.active.values()) { clearTimeout(e.timer); clearTimeout(e.grace); }
     this.active.clear();
+    this.handshaking.clear();
+    this.perSource.clear();
+    this.sourceLog.clear();
     this.inject = undefined;
   }
 
@@ -146,11 +188,12 @@ export class HandshakeGate {
       this.release(e);
     }, this.opts.slotTimeoutMs);
     e.timer.unref();
-    e.socket.once('close', () => this.release(e));
+    e.socket.once('close', () => { this.uncount(e); this.release(e); });
     try {
       this.inject(e.socket);
     } catch {
       e.socket.destroy();
+      this.uncount(e);
       this.release(e);
     }
   }
@@ -169,8 +212,8 @@ export class HandshakeGate {
       const e = this.queue[this.queueHead++]!;
       if (this.queueHead > 1024 && this.queueHead * 2 > this.queue.length) { this.queue.splice(0, this.queueHead); this.queueHead = 0; }
       // A waiting connection is not read from, so one its client closed is seen once handed on (and ends at once).
-      if (e.released || e.socket.destroyed) continue;
-      if (this.now() - e.queuedAt > this.opts.queueTimeoutMs) { this.stats.droppedTimeout++; e.socket.destroy(); continue; }
+      if (e.released || e.socket.destroyed) { this.uncount(e); continue; }
+      if (this.now() - e.queuedAt > this.opts.queueTimeoutMs) { this.stats.droppedTimeout++; e.socket.destroy(); this.uncount(e); continue; }
       this.start(e);
     }
   }
@@ -183,8 +226,56 @@ export class HandshakeGate {
       if (t - e.queuedAt <= this.opts.queueTimeoutMs) break; // FIFO: the rest are younger
       if (!e.released && !e.socket.destroyed) { this.stats.droppedTimeout++; e.socket.destroy(); }
       e.released = true;
+      this.uncount(e);
     }
     this.drain();
+    this.flushSourceLog(t);
+  }
+
+  /** The connection now counts for its source (only with maxPerSource). */
+  private count(e: Entry): void {
+    if (this.opts.maxPerSource === undefined) return;
+    e.counted = true;
+    this.perSource.set(e.source, this.fromSource(e.source) + 1);
+    this.handshaking.set(e.key, e);
+  }
+
+  private uncount(e: Entry): void {
+    if (!e.counted) return;
+    e.counted = false;
+    const n = this.fromSource(e.source) - 1;
+    if (n > 0) this.perSource.set(e.source, n); else this.perSource.delete(e.source);
+    if (this.handshaking.get(e.key) === e) this.handshaking.delete(e.key);
+  }
+
+  /** A connection of `source` closed by the per-source bound: one line per source per minute at most. */
+  private noteSourceDrop(source: string): void {
+    const now = this.now();
+    let s = this.sourceLog.get(source);
+    if (!s) {
+      if (this.sourceLog.size >= SOURCE_LOG_MAX) return; // counted in stats (and the summary line), not logged per source
+      this.sourceLog.set(source, (s = { atMs: -Infinity, since: 0 }));
+    }
+    s.since++;
+    if (now - s.atMs < (this.opts.sourceLogEveryMs ?? 60_000)) return;
+    this.logSource(source, s, now);
+  }
+
+  private logSource(source: string, s: { atMs: number; since: number }, now: number): void {
+    this.opts.log?.warn({ source, closed: s.since, maxHandshakesPerAddress: this.opts.maxPerSource },
+      'agent connections from one source address closed at once: it already had agentChannel.maxHandshakesPerAddress connections queued or in their TLS handshake (behind a NAT, raise it)');
+    s.atMs = now;
+    s.since = 0;
+  }
+
+  /** Sources quiet for a logging period are forgotten; closures not yet logged get their line first. */
+  private flushSourceLog(now: number): void {
+    const every = this.opts.sourceLogEveryMs ?? 60_000;
+    for (const [source, s] of this.sourceLog) {
+      if (now - s.atMs < every) continue;
+      if (s.since > 0) this.logSource(source, s, now);
+      else this.sourceLog.delete(source);
+    }
   }
 }
 
@@ -196,9 +287,9 @@ export function logHandshakeSummary(gate: HandshakeGate, log: { warn(o: object, 
   let last = { ...gate.stats };
   const timer = setInterval(() => {
     const s = gate.stats;
-    const d = { waited: s.waited - last.waited, droppedFull: s.droppedFull - last.droppedFull, droppedTimeout: s.droppedTimeout - last.droppedTimeout, slotTimeouts: s.slotTimeouts - last.slotTimeouts };
+    const d = { waited: s.waited - last.waited, droppedFull: s.droppedFull - last.droppedFull, droppedTimeout: s.droppedTimeout - last.droppedTimeout, droppedPerSource: s.droppedPerSource - last.droppedPerSource, slotTimeouts: s.slotTimeouts - last.slotTimeouts };
     last = { ...s };
-    if (d.waited + d.droppedFull + d.droppedTimeout + d.slotTimeouts === 0) return;
+    if (d.waited + d.droppedFull + d.droppedTimeout + d.droppedPerSource + d.slotTimeouts === 0) return;
     const avg = (ms: number, n: number) => (n ? Math.round(ms / n) : 0);
     log.warn({ ...d, avgQueueMs: avg(s.queueMs, s.injected), avgTlsMs: avg(s.tlsMs, s.tlsN), avgToStreamMs: avg(s.streamMs, s.streamN), avgToAnswerMs: avg(s.answerMs, s.answerN), injected: s.injected, inFlight: gate.inFlight, queued: gate.queued, peakQueued: s.peakQueued, maxHandshakes: gate.opts.maxHandshakes },
       'agent connections waited for a handshake slot (more connecting at once than agentChannel.maxHandshakes); dropped ones retry after their backoff');

@@ -29,6 +29,8 @@ export interface MetricsSources {
   executions: Executions;
   audit: AuditBackend;
   maintenance: Maintenance;
+  /** The agent port's handshake gate (hub/grpc/handshake-gate.ts). */
+  handshakes?: { stats: { droppedFull: number; droppedTimeout: number; droppedPerSource: number } };
 }
 
 /** gRPC status number → name ("OK", "PERMISSION_DENIED", ...), a fixed set. */
@@ -96,6 +98,20 @@ export class HubMetrics {
     readCounter(r, 'trellis_events_malformed_total', 'Malformed events dropped (acknowledged)', () => ev.rejected);
     readCounter(r, 'trellis_events_refused_total', 'Events refused by the source policy (a type the agent may not publish; acknowledged)', () => ev.refused);
     readCounter(r, 'trellis_events_acked_total', 'Agent events acknowledged on the agent stream (every kind above, once its effects are durable)', () => ev.acked);
+
+    const hs = s.handshakes;
+    if (hs) {
+      new Counter({
+        name: 'trellis_agent_connections_closed_total', labelNames: ['reason'], registers: [r],
+        help: 'Agent-port connections closed before TLS by the handshake gate: reason="queue_full", "queue_timeout", "per_address" (their source address had agentChannel.maxHandshakesPerAddress queued or handshaking)',
+        collect() {
+          this.reset();
+          this.inc({ reason: 'queue_full' }, hs.stats.droppedFull);
+          this.inc({ reason: 'queue_timeout' }, hs.stats.droppedTimeout);
+          this.inc({ reason: 'per_address' }, hs.stats.droppedPerSource);
+        },
+      });
+    }
 
     const rt = s.rules.totals;
     readCounter(r, 'trellis_rule_matches_total', 'Hub rule matches', () => rt.matched);

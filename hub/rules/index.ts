@@ -12,7 +12,8 @@
  */
 import { EventEmitter } from 'node:events';
 import { parse as parseYaml } from 'yaml';
-import { compileRule, parseRule, RuleIndex, RateGate, renderTemplate, type CompiledRule } from '../../common/rules/index.js';
+import { compileRule, parseRule, payloadKeysOf, RuleIndex, RateGate, renderTemplate, type CompiledRule } from '../../common/rules/index.js';
+import { FULL_PARSE, PayloadFields } from './payload-fields.js';
 import type { RuleDef, TriggerEvent, ActionDef } from '../../common/automation/types.js';
 import { TrellisError } from '../../common/errors.js';
 import { formatSelector, targetSelector } from '../../common/selector.js';
@@ -134,6 +135,19 @@ export function triggerOf(e: HubEvent): TriggerEvent {
   return { id: e.id, type: e.type, payload, agent: e.agentId, tenant: e.tenant, timeMs: e.timeMs };
 }
 
+/**
+ * The event as criteria that read only `plan.keys` of the payload see it: the payload reduced to
+ * those fields (hub/rules/payload-fields.ts; `null` when it is not JSON, as triggerOf), or
+ * undefined when it must be parsed whole (JSON but not an object). No field read: the payload is
+ * not looked at.
+ */
+export function reducedTrigger(e: HubEvent, plan: PayloadFields): TriggerEvent | undefined {
+  let fields: ReturnType<PayloadFields['read']>;
+  try { fields = plan.keys.length === 0 ? null : plan.read(e.payload); } catch { return undefined; } // a scanner fault (never seen): JSON.parse decides
+  if (fields === FULL_PARSE) return undefined;
+  return { id: e.id, type: e.type, payload: fields, agent: e.agentId, tenant: e.tenant, timeMs: e.timeMs };
+}
+
 export class RulesEngine extends EventEmitter {
   /** tenant → index of enabled hub rules by trigger type. */
   private index = new Map<string, RuleIndex<LiveRule>>();
@@ -147,6 +161,13 @@ export class RulesEngine extends EventEmitter {
   private lastErrorLog = 0;
   private lastGateErrorLog = 0;
   private suppressedErrorLogs = 0;
+  /**
+   * Per list of rules of one trigger type (RuleIndex lists are copied on write, so a list is a
+   * stable key): the payload fields their criteria read, or undefined when one reads the whole
+   * payload.
+   */
+  private readonly plans = new WeakMap<readonly LiveRule[], PayloadFields | undefined>();
+  private lastPlan: { rules?: readonly LiveRule[]; plan?: PayloadFields } = {};
   /** Hub rule counters since start, every rule and tenant (metrics); `held`: suppressed by `hold` (maintenance). */
   readonly totals = { matched: 0, fired: 0, suppressed: 0, held: 0, errors: 0 };
 
@@ -328,12 +349,17 @@ export class RulesEngine extends EventEmitter {
     for (const e of events) {
       const rules = this.index.get(e.tenant)?.forTrigger(e.type);
       if (!rules || rules.length === 0) continue;
-      let trig: TriggerEvent | undefined;
+      // What the criteria see: only the payload fields they read (decoded once per event, not per
+      // rule); the whole event, parsed, once a rule matches.
+      const plan = this.planFor(rules);
+      const reduced = plan ? reducedTrigger(e, plan) : undefined;
+      let full = reduced ? undefined : triggerOf(e);
+      const seen = reduced ?? full!;
       for (const r of rules) {
-        trig ??= triggerOf(e);
         let hit: boolean;
-        try { hit = r.compiled.match(trig); } catch { hit = false; }
+        try { hit = r.compiled.match(seen); } catch { hit = false; }
         if (!hit) continue;
+        const trig = (full ??= triggerOf(e));
         r.stats.matched++;
         this.totals.matched++;
         // Its action is gone (a rule saved before references were checked): nothing can run, so nothing "fires".
@@ -357,6 +383,23 @@ export class RulesEngine extends EventEmitter {
     }
     if (!fired) return undefined;
     return Promise.all(fired).then(() => this.deps.executions.requestsDurable?.());
+  }
+
+  /** The payload fields the criteria of `rules` read (cached per list), or undefined when one reads the whole payload. */
+  private planFor(rules: readonly LiveRule[]): PayloadFields | undefined {
+    if (rules === this.lastPlan.rules) return this.lastPlan.plan; // a batch is mostly of one type
+    let plan = this.plans.get(rules);
+    if (plan !== undefined || this.plans.has(rules)) { this.lastPlan = { rules, plan }; return plan; }
+    const keys = new Set<string>();
+    for (const r of rules) {
+      const k = payloadKeysOf(r.def.criteria);
+      if (!k) { this.plans.set(rules, undefined); this.lastPlan = { rules, plan: undefined }; return undefined; }
+      for (const x of k) keys.add(x);
+    }
+    plan = new PayloadFields([...keys]);
+    this.plans.set(rules, plan);
+    this.lastPlan = { rules, plan };
+    return plan;
   }
 
   /**

@@ -1,0 +1,239 @@
+/**
+ * The top-level fields of an event payload that the hub rules of its type read, taken from the
+ * payload bytes without parsing the rest into objects.
+ *
+ * On the ingest hot path most events are matched and not fired: their criteria read one or two
+ * fields, yet `JSON.parse` of the whole payload (plus its UTF-8 decoding, and the garbage of every
+ * value it builds) was most of what rules cost per event. Here one pass over the bytes checks that
+ * the whole payload is JSON exactly as `JSON.parse(payload.toString('utf8'))` would accept it (a
+ * payload that is not JSON is `null` for rules, as before: criteria on it are false) and notes
+ * where the wanted top-level fields' values lie (the last one of a key given twice, as JSON.parse
+ * keeps); only those values are decoded. A payload that is JSON but not an object answers
+ * `FULL_PARSE` (the caller parses it whole, as before: criteria index arrays by position).
+ *
+ * Equivalence with JSON.parse over the UTF-8 decoding: outside strings only ASCII is JSON, so a
+ * byte ≥ 0x80 there is an error; inside strings any byte ≥ 0x80 is accepted (decoding turns
+ * invalid sequences into U+FFFD, never into a quote or a control character, and never swallows an
+ * ASCII byte), so string boundaries are the same on bytes as on the decoded text, and a value's
+ * bytes decode to the same text alone as within the whole payload.
+ */
+
+/** The payload is JSON but not an object: parse it whole. */
+export const FULL_PARSE = Symbol('full-parse');
+
+const OBJ = 1, ARR = 2;
+const enum Mode { Value, After, Key }
+
+export class PayloadFields {
+  private readonly keyBytes: Buffer[];
+  private readonly start: Int32Array;
+  private readonly end: Int32Array;
+  /** Per wanted key: its string value had an escape or a non-ASCII byte. */
+  private readonly endSpecial: Uint8Array;
+  /**
+   * The answer, reused from one read to the next (no allocation per event). Every wanted key is
+   * always set, to undefined when absent: rules read fields through an own-property step that
+   * answers undefined for an absent key and for an undefined one alike. Without prototype when a
+   * key is `__proto__` (then an ordinary field).
+   */
+  private readonly out: Record<string, unknown>;
+  private stack = new Uint8Array(32);
+  /** Set by str(): the string had an escape or a non-ASCII byte. */
+  private special = false;
+
+  constructor(readonly keys: readonly string[]) {
+    this.keyBytes = keys.map((k) => Buffer.from(k, 'utf8'));
+    this.start = new Int32Array(keys.length);
+    this.end = new Int32Array(keys.length);
+    this.endSpecial = new Uint8Array(keys.length);
+    this.out = (keys.includes('__proto__') ? Object.create(null) : {}) as Record<string, unknown>; // set once, in one order: a fast object
+    for (const k of keys) this.out[k] = undefined;
+  }
+
+  /**
+   * The wanted fields of the payload (absent ones undefined), `null` when the payload is not JSON,
+   * FULL_PARSE when it is JSON but not an object. The object answered is valid until the next
+   * read (it is reused).
+   */
+  read(buf: Uint8Array): Record<string, unknown> | null | typeof FULL_PARSE {
+    const n = buf.length;
+    let i = ws(buf, 0);
+    if (i >= n) return null;
+    if (buf[i] !== 0x7b) return FULL_PARSE; // '{'
+    const start = this.start, end = this.end;
+    start.fill(-1);
+    let depth = 0;
+    let cur = -1; // the wanted key whose value is being read (top level only)
+    let mode = Mode.Value;
+    for (;;) {
+      if (mode === Mode.Value) {
+        if (i >= n) return null;
+        const c = buf[i]!;
+        if (c === 0x7b || c === 0x5b) { // { [
+          i = ws(buf, i + 1);
+          if (i >= n) return null;
+          if (buf[i] === (c === 0x7b ? 0x7d : 0x5d)) { i++; mode = Mode.After; continue; }
+          if (depth === this.stack.length) { const s = new Uint8Array(depth * 2); s.set(this.stack); this.stack = s; }
+          this.stack[depth++] = c === 0x7b ? OBJ : ARR;
+          mode = c === 0x7b ? Mode.Key : Mode.Value;
+          continue;
+        }
+        if (c === 0x22) i = this.str(buf, i);
+        else if (c === 0x2d || (c >= 0x30 && c <= 0x39)) i = num(buf, i);
+        else if (c === 0x74) i = lit(buf, i, TRUE);
+        else if (c === 0x66) i = lit(buf, i, FALSE);
+        else if (c === 0x6e) i = lit(buf, i, NULL);
+        else return null;
+        if (i < 0) return null;
+        mode = Mode.After;
+        continue;
+      }
+      if (mode === Mode.After) {
+        if (depth === 1 && cur >= 0) { end[cur] = i; this.endSpecial[cur] = this.special ? 1 : 0; cur = -1; }
+        i = ws(buf, i);
+        if (depth === 0) return i === n ? this.result(buf) : null;
+        if (i >= n) return null;
+        const c = buf[i]!;
+        const top = this.stack[depth - 1];
+        if (c === 0x2c) { i = ws(buf, i + 1); mode = top === OBJ ? Mode.Key : Mode.Value; continue; } // ,
+        if ((top === OBJ && c === 0x7d) || (top === ARR && c === 0x5d)) { i++; depth--; continue; }
+        return null;
+      }
+      // Mode.Key
+      if (i >= n || buf[i] !== 0x22) return null;
+      const ks = i;
+      i = this.str(buf, i);
+      if (i < 0) return null;
+      if (depth === 1) cur = this.wanted(buf, ks + 1, i - 1);
+      i = ws(buf, i);
+      if (i >= n || buf[i] !== 0x3a) return null; // :
+      i = ws(buf, i + 1);
+      if (depth === 1 && cur >= 0) start[cur] = i;
+      mode = Mode.Value;
+    }
+  }
+
+  /** Index of the wanted key spelled by bytes [s, e) of a key (decoded when escaped or non-ASCII), or -1. */
+  private wanted(buf: Uint8Array, s: number, e: number): number {
+    const kb = this.keyBytes;
+    if (this.special) {
+      const key = JSON.parse(Buffer.from(buf.buffer, buf.byteOffset + s - 1, e - s + 2).toString('utf8')) as string;
+      return this.keys.indexOf(key);
+    }
+    const len = e - s;
+    for (let k = 0; k < kb.length; k++) {
+      const b = kb[k]!;
+      if (b.length !== len) continue;
+      let j = 0;
+      while (j < len && buf[s + j] === b[j]) j++;
+      if (j === len) return k;
+    }
+    return -1;
+  }
+
+  /** Past the string starting at the quote `i`, or -1 (unterminated, bad escape, raw control character). */
+  private str(buf: Uint8Array, i: number): number {
+    const n = buf.length;
+    let special = false;
+    for (let j = i + 1; j < n; j++) {
+      const c = buf[j]!;
+      if (PLAIN[c] === 1) continue; // most bytes of most strings
+      if (c === 0x22) { this.special = special; return j + 1; }
+      if (c === 0x5c) {
+        special = true;
+        const d = buf[j + 1];
+        if (d === 0x75) { // \uXXXX
+          if (j + 5 >= n || !hex(buf[j + 2]!) || !hex(buf[j + 3]!) || !hex(buf[j + 4]!) || !hex(buf[j + 5]!)) return -1;
+          j += 5;
+        } else if (d === 0x22 || d === 0x5c || d === 0x2f || d === 0x62 || d === 0x66 || d === 0x6e || d === 0x72 || d === 0x74) j++;
+        else return -1;
+      } else if (c < 0x20) return -1;
+      else if (c >= 0x80) special = true;
+    }
+    return -1;
+  }
+
+  private result(buf: Uint8Array): Record<string, unknown> {
+    const out = this.out;
+    const b = buf instanceof Buffer ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.length);
+    for (let k = 0; k < this.keys.length; k++) {
+      const s = this.start[k]!;
+      if (s < 0) { out[this.keys[k]!] = undefined; continue; }
+      const e = this.end[k]!;
+      const c = b[s]!;
+      let v: unknown;
+      if (c === 0x2d || (c >= 0x30 && c <= 0x39)) v = numberAt(b, s, e);
+      else if (c === 0x22) v = this.endSpecial[k] ? JSON.parse(b.toString('utf8', s, e)) : (b as unknown as { latin1Slice(s: number, e: number): string }).latin1Slice(s + 1, e - 1); // plain ASCII: its bytes are its text
+      else if (c === 0x74) v = true;
+      else if (c === 0x66) v = false;
+      else if (c === 0x6e) v = null;
+      else v = JSON.parse(b.toString('utf8', s, e)); // an object or a list: JSON.parse of the value alone
+      out[this.keys[k]!] = v;
+    }
+    return out;
+  }
+}
+
+/** 1 for the bytes a string may hold as they are (printable ASCII but the quote and the backslash). */
+const PLAIN = new Uint8Array(256);
+for (let c = 0x20; c < 0x80; c++) if (c !== 0x22 && c !== 0x5c) PLAIN[c] = 1;
+
+const POW10 = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22];
+
+/**
+ * The JSON number in bytes [s, e) (already validated). Clinger's fast path: with at most 15
+ * significant digits and a decimal exponent within ±22, both the digits and the power of ten are
+ * exact doubles, so one multiplication or division rounds correctly, as Number() does; anything
+ * else goes through Number().
+ */
+function numberAt(b: Buffer, s: number, e: number): number {
+  let i = s;
+  const neg = b[i] === 0x2d;
+  if (neg) i++;
+  let m = 0, digits = 0, exp = 0;
+  for (; i < e; i++) {
+    const c = b[i]!;
+    if (c >= 0x30 && c <= 0x39) { if (digits > 0 || c !== 0x30) digits++; m = m * 10 + (c - 0x30); continue; }
+    if (c === 0x2e) { for (i++; i < e; i++) { const d = b[i]!; if (d < 0x30 || d > 0x39) break; if (digits > 0 || d !== 0x30) digits++; m = m * 10 + (d - 0x30); exp--; } }
+    break;
+  }
+  if (i < e || digits > 15 || exp < -22) return Number(b.toString('latin1', s, e)); // an exponent part, or beyond the fast path
+  const v = exp === 0 ? m : m / POW10[-exp]!;
+  return neg ? -v : v;
+}
+
+const TRUE = [0x74, 0x72, 0x75, 0x65], FALSE = [0x66, 0x61, 0x6c, 0x73, 0x65], NULL = [0x6e, 0x75, 0x6c, 0x6c];
+
+function lit(buf: Uint8Array, i: number, word: readonly number[]): number {
+  for (let k = 0; k < word.length; k++) if (buf[i + k] !== word[k]) return -1;
+  return i + word.length;
+}
+
+const digit = (c: number | undefined) => c !== undefined && c >= 0x30 && c <= 0x39;
+const hex = (c: number) => (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x46) || (c >= 0x61 && c <= 0x66);
+
+/** Past the JSON number at `i`, or -1. */
+function num(buf: Uint8Array, i: number): number {
+  if (buf[i] === 0x2d) i++;
+  if (buf[i] === 0x30) i++;
+  else if (digit(buf[i])) { while (digit(buf[i])) i++; } else return -1;
+  if (buf[i] === 0x2e) { i++; if (!digit(buf[i])) return -1; while (digit(buf[i])) i++; }
+  if (buf[i] === 0x65 || buf[i] === 0x45) {
+    i++;
+    if (buf[i] === 0x2b || buf[i] === 0x2d) i++;
+    if (!digit(buf[i])) return -1;
+    while (digit(buf[i])) i++;
+  }
+  return i;
+}
+
+/** Past JSON whitespace (space, tab, LF, CR). */
+function ws(buf: Uint8Array, i: number): number {
+  const n = buf.length;
+  while (i < n) {
+    const c = buf[i]!;
+    if (c !== 0x20 && c !== 0x0a && c !== 0x0d && c !== 0x09) break;
+    i++;
+  }
+  return i;
+}
