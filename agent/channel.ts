@@ -229,6 +229,9 @@ export class HubChannel extends EventEmitter {
     this.emit('state', s, detail);
   }
 
+  /** The connection attempt waiting for its welcome, if any (close() cancels it). */
+  private attempting: Connection | undefined;
+
   private async loop(): Promise<void> {
     let attempt = 0;
     while (!this.stopped) {
@@ -239,8 +242,9 @@ export class HubChannel extends EventEmitter {
         const spare = this.takeSpare(credsKey(creds));
         if (spare) this.stats.reused++;
         conn = new Connection(this.target, creds, this.opts.hello(), (m, c) => this.onMessage(m, c), spare);
+        this.attempting = conn;
         try {
-          const welcome = await conn.welcome;
+          const welcome = await conn.welcome.finally(() => { this.attempting = undefined; });
           if (this.stopped) { conn.destroy(); break; }
           this.adopt(conn, welcome);
           this.opts.addresses?.succeeded();
@@ -543,6 +547,10 @@ export class HubChannel extends EventEmitter {
     clearInterval(this.heartbeatTimer);
     this.spare?.client.close();
     this.spare = undefined;
+    // An attempt still waiting for its welcome (its connection may sit in the hub's handshake
+    // queue for a minute) is cancelled: close() does not wait for it.
+    this.attempting?.destroy();
+    this.attempting = undefined;
     const conn = this.current;
     this.current = undefined;
     conn?.end();
