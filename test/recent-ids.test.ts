@@ -73,3 +73,26 @@ t.test('capacity must be a positive integer', async (t) => {
   t.throws(() => new RecentIds(0));
   t.throws(() => new RecentIds(1.5));
 });
+
+t.test('hash flooding: ids an agent chose to share their hash\'s low bits under one seed do not chain under the window\'s own seed', async (t) => {
+  // An agent that knew the seed would pick ids whose first lane falls in one index slot (the
+  // table of a 64-id window has 128 slots): every lookup would then walk all of them.
+  const h = new Int32Array(4);
+  const crafted: string[] = [];
+  for (let i = 0; crafted.length < 60; i++) {
+    const id = `evt-${i}`;
+    murmur128(id, h, 0);
+    if ((h[0]! & 127) === 0) crafted.push(id);
+  }
+  const known = new RecentIds(64, 0);
+  for (const id of crafted) t.equal(known.add(id), true);
+  t.ok(known.longestProbeRun >= 60, `with the seed the ids were chosen for, one probe run of ${known.longestProbeRun} slots (the attack works there)`);
+  const own = new RecentIds(64); // the hub's: a random seed per window
+  for (const id of crafted) t.equal(own.add(id), true);
+  t.ok(own.longestProbeRun < 30, `with the window's own random seed the longest probe run is ${own.longestProbeRun} slots`);
+  t.equal(own.add(crafted[0]!), false, 'and duplicates are still found');
+  const a = new Int32Array(4), b = new Int32Array(4);
+  murmur128('event-0001', a, 1);
+  murmur128('event-0001', b, 2);
+  t.not(a[0], b[0], 'the seed changes the hash');
+});

@@ -16,7 +16,13 @@
  * duplicate: about capacity × 2^-128 (≈ 6e-35 for 20,000) per event for ids that are not
  * chosen against the hash. Ids chosen to collide can only hide that agent's own events, which
  * it could as well not send: windows are per agent.
+ *
+ * Event ids come from the agent, so each window hashes with its own random seed: with a fixed
+ * seed an agent could choose ids whose hashes share their low bits and turn every lookup into a
+ * walk of one long probe chain (hash flooding: tens of µs per event instead of < 1). Ids that
+ * collide whatever the seed collide in all 128 bits, are taken for duplicates and never chain.
  */
+import { randomBytes } from 'node:crypto';
 
 const C1 = 0x239b961b, C2 = 0xab0e9789, C3 = 0x38b34ae5, C4 = 0xa1e38b93;
 const rotl = (x: number, r: number) => (x << r) | (x >>> (32 - r));
@@ -27,12 +33,12 @@ const fmix = (h: number) => {
 };
 
 /**
- * MurmurHash3 x86_128 (seed 0) of `s` read as 32-bit words of two UTF-16 code units each (the
+ * MurmurHash3 x86_128 with `seed` of `s` read as 32-bit words of two UTF-16 code units each (the
  * last word of an odd length padded with 0; the length in bytes is mixed in). Writes the four
  * 32-bit lanes to out[0..3].
  */
-export function murmur128(s: string, out: Int32Array): void {
-  let h1 = 0, h2 = 0, h3 = 0, h4 = 0;
+export function murmur128(s: string, out: Int32Array, seed = 0): void {
+  let h1 = seed, h2 = seed, h3 = seed, h4 = seed;
   const n = s.length;
   const words = (n + 1) >>> 1;
   const blocks = words >>> 2;
@@ -83,7 +89,8 @@ export class RecentIds {
   private head = 0;
   private readonly h = new Int32Array(4);
 
-  constructor(private readonly capacity: number) {
+  /** `seed`: the hash seed (random unless given; tests give one). */
+  constructor(private readonly capacity: number, private readonly seed = randomBytes(4).readInt32LE(0)) {
     if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError('capacity must be a positive integer');
     this.size = Math.min(capacity, INITIAL);
     this.lanes = new Int32Array(this.size * 4);
@@ -97,7 +104,7 @@ export class RecentIds {
   /** True if the id is new (and remembers it, forgetting the oldest past `capacity`). */
   add(id: string): boolean {
     const h = this.h;
-    murmur128(id, h);
+    murmur128(id, h, this.seed);
     const h0 = h[0]!, h1 = h[1]!, h2 = h[2]!, h3 = h[3]!;
     const lanes = this.lanes, slots = this.slots, mask = this.mask;
     let i = h0 & mask;
@@ -122,6 +129,17 @@ export class RecentIds {
     this.put(this.head, i, h0, h1, h2, h3);
     this.head = this.head + 1 === this.capacity ? 0 : this.head + 1;
     return true;
+  }
+
+  /** The longest run of occupied index slots (a lookup walks at most this far). */
+  get longestProbeRun(): number {
+    const slots = this.slots;
+    const n = slots.length >> 1;
+    let longest = 0, run = 0;
+    for (let k = 0; k < 2 * n; k++) { // twice round: a run may wrap
+      if (slots[(k % n) << 1] !== 0) { run++; if (run > longest) longest = run; } else run = 0;
+    }
+    return Math.min(longest, n);
   }
 
   private put(pos: number, slot: number, h0: number, h1: number, h2: number, h3: number): void {
