@@ -45,6 +45,7 @@ import { RefusalThrottle } from './audit/throttle.js';
 import { RenewLimiter } from './agents/renewal.js';
 import { auditTlsRefusals } from './grpc/agent-tls-audit.js';
 import { addAgentServices, agentServerOptions } from './grpc/agent-channel.js';
+import { PeerCertCache } from './grpc/peer-cache.js';
 import { HandshakeGate, listenAgentPort, logHandshakeSummary, type AgentListener } from './grpc/handshake-gate.js';
 import type { AdmissionGate } from './grpc/admission.js';
 import { MemoryCertificateProvider, mtlsServerCredentials, tlsServerCredentials } from './grpc/credentials.js';
@@ -115,6 +116,8 @@ export class Hub {
   private stopHandshakeSummary?: () => void;
   /** The agent port's hello admission bound (its stats). */
   admission?: AdmissionGate;
+  /** The agent port's verified-certificate cache (its stats: certificates parsed and verified, hits). */
+  peerCache?: PeerCertCache;
   private certLifecycle?: HubCertLifecycle;
   private lock?: DataDirLock;
   /** Prometheus metrics (GET /metrics on the web port). */
@@ -277,7 +280,8 @@ export class Hub {
     });
     // Agents are admitted once start-up is complete (hub.state 'running'), never against half-built state.
     let startedUp!: () => void;
-    const admission = addAgentServices(agentServer, components, handshakes, { ready: new Promise<void>((r) => { startedUp = r; }) });
+    const peerCache = new PeerCertCache();
+    const admission = addAgentServices(agentServer, components, handshakes, { ready: new Promise<void>((r) => { startedUp = r; }), peers: peerCache });
     const stopHandshakeSummary = logHandshakeSummary(handshakes, log.child({ component: 'agent-port' }));
     // Log lines of rate-limited refusals, counted (their audit records go to refusalAudit).
     const refusals = new RefusalLog(log.child({ component: 'admin' }));
@@ -415,6 +419,7 @@ export class Hub {
     hub.handshakes = handshakes;
     hub.stopHandshakeSummary = stopHandshakeSummary;
     hub.admission = admission;
+    hub.peerCache = peerCache;
     hub.kdf = kdf;
     hub.refusals = refusals;
     hub.registry = registry;

@@ -163,13 +163,14 @@ export function agentServerOptions(c: { maxMessageBytes: number; agentChannel: {
  * TLS handshakes overlap the end of start-up), but no agent is admitted or renewed before it:
  * a hello or a Renew waits for it (the stream holding its admission slot), so nothing is decided
  * against half-built state.
+ * `o.peers`: the verified-certificate cache (the hub keeps it to report its stats).
  */
-export function addAgentServices(server: grpc.Server, c: HubComponents, handshakes?: { started(peer: string): void; settle(peer: string): void }, o: { ready?: Promise<void> } = {}): AdmissionGate {
+export function addAgentServices(server: grpc.Server, c: HubComponents, handshakes?: { started(peer: string): void; settle(peer: string): void }, o: { ready?: Promise<void>; peers?: PeerCertCache } = {}): AdmissionGate {
   const ready = o.ready ?? Promise.resolve();
   const log = c.log.child({ component: 'agent-port' });
   const cfg = c.config.agentChannel;
   const gate = new AdmissionGate({ maxPending: cfg.maxPendingHellos, retryAfterMs: cfg.retryAfter });
-  const peers = new PeerCertCache();
+  const peers = o.peers ?? new PeerCertCache();
   // Shedding is expected in a storm: one summary line per 10 s, never a line (or audit record) per stream.
   const shedLog = setInterval(() => {
     if (gate.stats.shedSinceLog === 0) return;

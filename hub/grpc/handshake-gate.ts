@@ -24,7 +24,6 @@
 import net from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import type * as grpc from '@grpc/grpc-js';
-import { answerPeerWithX509 } from './peer-cache.js';
 import { sourceKey } from '../auth/source.js';
 
 export interface HandshakeGateOptions {
@@ -86,9 +85,7 @@ export class HandshakeGate {
     /** Closed at once because their source already had `maxPerSource` connections queued or handshaking. */
     droppedPerSource: 0,
     /** Sums (ms) and counts of the phases: waiting, handed on → TLS done, TLS done → stream, stream → answer. */
-    queueMs: 0, tlsMs: 0, tlsN: 0, streamMs: 0, streamN: 0, answerMs: 0, answerN: 0,
-    /** Peer certificates handed to grpc-js as TLS parsed them (peer-cache.ts answerPeerWithX509), not re-parsed. */
-    peerX509: 0 };
+    queueMs: 0, tlsMs: 0, tlsN: 0, streamMs: 0, streamN: 0, answerMs: 0, answerN: 0 };
 
   constructor(readonly opts: HandshakeGateOptions, private readonly now: () => number = Date.now) {}
 
@@ -313,10 +310,7 @@ export interface AgentListener {
 export async function listenAgentPort(server: grpc.Server, creds: grpc.ServerCredentials, host: string, port: number, gate: HandshakeGate): Promise<AgentListener> {
   const injector = server.createConnectionInjector(creds);
   const h2 = [...(server as unknown as { http2Servers?: Map<net.Server, unknown> }).http2Servers?.keys() ?? []].at(-1);
-  h2?.on('secureConnection', (s: TLSSocket) => {
-    answerPeerWithX509(s, () => gate.stats.peerX509++);
-    gate.secured(s);
-  });
+  h2?.on('secureConnection', (s: TLSSocket) => gate.secured(s));
   gate.attach((s) => injector.injectConnection(s));
   // pauseOnConnect: nothing is read from a waiting connection; TLS resumes it when injected.
   const tcp = net.createServer({ pauseOnConnect: true, noDelay: true }, (s) => gate.accept(s));

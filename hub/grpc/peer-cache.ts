@@ -4,7 +4,6 @@
  * (least recently used dropped first) and emptied when the CAs the hub accepts change. Revocation
  * and expiry are not cached: identifyPeer checks them on every stream.
  */
-import type { PeerCertificate, TLSSocket } from 'node:tls';
 
 export interface CertFacts { agentId: string; tenant: string; serial: string; notAfter: number; certPem: string }
 
@@ -43,24 +42,4 @@ export class PeerCertCache {
     this.#map.clear();
     this.#generation = generation;
   }
-}
-
-/**
- * The agent port's TLS sockets (at secureConnection): `onUse` counts the peer certificates grpc-js
- * takes for a call's auth context. They are Node's own answer to getPeerCertificate(): its `raw`
- * DER and OpenSSL's `fingerprint256` are what identifyPeer reads (the DER parsed by certs/parse.ts,
- * the fingerprint the cache key). Measured on Node 20 / OpenSSL 3 (server side, first call on a
- * connection): getPeerCertificate() ~0.06 ms, getPeerX509Certificate() ~0.15 ms, and every
- * X509Certificate built ~0.15 ms more; so the handle TLS holds is not handed over (it was, until
- * a reconnect storm's profile showed it as the largest item of identifying an agent).
- * getPeerCertificate(true) is Node's own answer as well.
- */
-export function answerPeerWithX509(socket: TLSSocket, onUse?: () => void): void {
-  const legacy = socket.getPeerCertificate;
-  const answer = (detailed?: boolean): PeerCertificate => {
-    const cert = legacy.call(socket, detailed);
-    if (!detailed && cert?.raw) onUse?.();
-    return cert;
-  };
-  Object.defineProperty(socket, 'getPeerCertificate', { value: answer, configurable: true, writable: true });
 }
