@@ -242,18 +242,22 @@ function compileOp(op: string, c: Criterion, ctx: Ctx): Op {
 const TRIGGER_SCALARS = new Set(['id', 'type', 'agent', 'tenant', 'timeMs']);
 
 /** Compiles a path into a getter from the root (the event, or a list item for `search`). */
-function compileGetter(rawPath: string, root: 'trigger' | 'item', what: string): (r: unknown) => unknown {
+/** A criterion's path as segments (a `#comment` after it dropped; `payload.x` read as `trigger.payload.x`), or parsePath's error. */
+function criterionPath(rawPath: string, root: 'trigger' | 'item'): string[] | string {
   let path = rawPath;
   const hash = path.indexOf('#');
   if (hash >= 0 && hash > path.lastIndexOf(']')) path = path.slice(0, hash);
-  const parsed = parsePath(path);
-  if (typeof parsed === 'string') throw invalid(what, parsed);
-  let segs = parsed;
+  const segs = parsePath(path);
+  return root === 'trigger' && typeof segs !== 'string' && segs[0] === 'payload' ? ['trigger', ...segs] : segs;
+}
+
+function compileGetter(rawPath: string, root: 'trigger' | 'item', what: string): (r: unknown) => unknown {
+  const segs = criterionPath(rawPath, root);
+  if (typeof segs === 'string') throw invalid(what, segs);
   if (root === 'item') {
     if (segs[0] !== 'item') throw invalid(what, 'paths inside search start with item (item.name, item[0])');
     return segs.length === 1 ? (r) => r : (r) => walk(r, segs, 1);
   }
-  if (segs[0] === 'payload') segs = ['trigger', ...segs];
   if (segs[0] !== 'trigger') throw invalid(what, 'paths start with trigger. (trigger.payload.x, trigger.type, trigger.agent, trigger.id, trigger.timeMs)');
   const field = segs[1];
   if (field === undefined) throw invalid(what, 'name a field of trigger (trigger.payload.x, trigger.type, ...)');
@@ -337,13 +341,10 @@ export function compileCriteria(criteria: Criterion[], now: () => number = Date.
 export function payloadKeysOf(criteria: Criterion[]): string[] | undefined {
   const keys = new Set<string>();
   for (const c of normalizeCriteria(criteria)) {
-    let path = c.path;
-    const hash = path.indexOf('#');
-    if (hash >= 0 && hash > path.lastIndexOf(']')) path = path.slice(0, hash);
-    const segs = parsePath(path);
+    const segs = criterionPath(c.path, 'trigger');
     if (typeof segs === 'string') return undefined;
-    const rest = segs[0] === 'payload' ? segs.slice(1) : segs[0] === 'trigger' && segs[1] === 'payload' ? segs.slice(2) : undefined;
-    if (!rest) continue; // trigger.type, .agent, ...: not the payload
+    if (segs[1] !== 'payload') continue; // trigger.type, .agent, ...: not the payload
+    const rest = segs.slice(2);
     if (rest.length === 0) return undefined;
     keys.add(rest[0]!);
   }

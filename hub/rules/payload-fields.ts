@@ -163,7 +163,7 @@ export class PayloadFields {
       const c = b[s]!;
       let v: unknown;
       if (c === 0x2d || (c >= 0x30 && c <= 0x39)) v = numberAt(b, s, e);
-      else if (c === 0x22) v = this.endSpecial[k] ? JSON.parse(b.toString('utf8', s, e)) : (b as unknown as { latin1Slice(s: number, e: number): string }).latin1Slice(s + 1, e - 1); // plain ASCII: its bytes are its text
+      else if (c === 0x22) v = this.endSpecial[k] ? JSON.parse(b.toString('utf8', s, e)) : b.toString('latin1', s + 1, e - 1); // plain ASCII: its bytes are its text
       else if (c === 0x74) v = true;
       else if (c === 0x66) v = false;
       else if (c === 0x6e) v = null;
