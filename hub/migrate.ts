@@ -15,7 +15,7 @@ import { loadHubConfig, validateConfig, CONFIG_FILE } from './config.js';
 import { hubPaths } from './paths.js';
 import { lockDataDir } from './lock/index.js';
 import { storeOptions } from './store/from-config.js';
-import { COLLECTIONS, LowdbStore, type Doc } from './store/index.js';
+import { readStoreFile } from './store/index.js';
 import { importHistory, type ImportResult } from './executions/import-pg.js';
 import { importAuditSegments } from './audit/postgres.js';
 import { copyDocuments, migrateDatabase, withDatabase, redactUrl, type CopyResult, type MigrateResult, type PostgresConnectOptions } from './store/postgres/index.js';
@@ -58,13 +58,7 @@ export async function hubMigrate(o: HubMigrateOptions): Promise<HubMigrateResult
 }
 
 async function copyFromData(o: HubMigrateOptions, target: PostgresConnectOptions, migrated: HubMigrateResult, paths: ReturnType<typeof hubPaths>): Promise<HubMigrateResult> {
-  const source = await LowdbStore.open({ path: paths.store });
-  const docs = new Map<string, Doc[]>();
-  try {
-    for (const col of COLLECTIONS) docs.set(col, await source.list(col));
-  } finally {
-    await source.close();
-  }
+  const docs = await readStoreFile(paths.store);
   const copied = await copyDocuments(target, docs, o.force ?? false);
   const history = await withDatabase(target, (c) => importHistory(c, paths.executions));
   // The audit log moves too: on PostgreSQL the hub reads it from the table (hub/audit/postgres.ts).

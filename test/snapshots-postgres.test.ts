@@ -17,6 +17,7 @@ import { ADMIN_PASSWORD, login, startHub, waitFor } from './helpers/hub.js';
 import { needs } from './helpers/needs.js';
 import { postgresMissing, startPostgres } from './helpers/postgres.js';
 import { runCli } from './helpers/cli.js';
+import { runCommand } from './helpers/admin.js';
 import { Agent } from '../agent/agent.js';
 import { fileAgentLogger } from './helpers/hub.js';
 import { adminClients, call, type AdminClients } from '../cli/client.js';
@@ -28,17 +29,6 @@ import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 const PASSPHRASE = 'postgres snapshot passphrase 42';
 const noPassword = (url: string) => url.replace(/:[^:@/]*@/, '@');
-
-async function runCommand(c: AdminClients, agentId: string, argv: string[]): Promise<string> {
-  const out: string[] = [];
-  await new Promise<void>((resolve, reject) => {
-    const s = c.runs.Run({ agentId, argv, timeoutMs: 20_000 }, c.metadata);
-    s.on('data', (u: T.RunUpdate__Output) => { if (u.output) out.push(Buffer.from(u.output.data).toString('utf8')); });
-    s.on('error', reject);
-    s.on('end', resolve);
-  });
-  return out.join('');
-}
 
 async function rows(url: string, sql: string): Promise<Array<Record<string, unknown>>> {
   const c = new pg.Client({ connectionString: url });

@@ -14,7 +14,7 @@ import * as grpc from '@grpc/grpc-js';
 import { ADMIN_PASSWORD, fileAgentLogger, login, startHub, tempDir, waitFor } from './helpers/hub.js';
 import { runCli } from './helpers/cli.js';
 import { runHub, stopHub } from './helpers/hub-process.js';
-import { createRule, file, install, markAction, readLines } from './helpers/admin.js';
+import { createRule, file, install, markAction, readLines, runCommand } from './helpers/admin.js';
 import { adminClients, call, type AdminClients } from '../cli/client.js';
 import { initHub } from '../hub/init.js';
 import { enroll } from '../agent/enroll.js';
@@ -28,17 +28,6 @@ import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 const PASSPHRASE = 'snapshot passphrase for the tests 42';
 
-
-async function runCommand(c: AdminClients, agentId: string, argv: string[]): Promise<string> {
-  const out: string[] = [];
-  await new Promise<void>((resolve, reject) => {
-    const s = c.runs.Run({ agentId, argv, timeoutMs: 20_000 }, c.metadata);
-    s.on('data', (u: T.RunUpdate__Output) => { if (u.output) out.push(Buffer.from(u.output.data).toString('utf8')); });
-    s.on('error', reject);
-    s.on('end', resolve);
-  });
-  return out.join('');
-}
 
 const listExecs = (c: AdminClients) => call<T.ListExecutionsRequest, T.ListExecutionsResponse__Output>(c, c.executions, c.executions.ListExecutions, { limit: 1000 });
 

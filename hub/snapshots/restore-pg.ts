@@ -28,7 +28,7 @@ import { atomicWriteFile } from '../../common/fsutil.js';
 import { validateConfig } from '../config.js';
 import { hubPaths } from '../paths.js';
 import { splitStorePassword } from '../init.js';
-import { COLLECTIONS, LowdbStore, type Doc } from '../store/index.js';
+import { readStoreFile } from '../store/index.js';
 import { copyDocumentsIn, migrate, withDatabase, type CopyResult } from '../store/postgres/index.js';
 import { importHistory, type ImportResult } from '../executions/import-pg.js';
 import { importAuditSegments } from '../audit/postgres.js';
@@ -105,13 +105,7 @@ export async function restoreSnapshotToDatabase(o: RestoreToDatabaseOptions): Pr
     beforeMove: async (tmp) => {
       const paths = hubPaths(tmp);
       // 3. Everything the snapshot authenticated goes into the database in one transaction.
-      const source = await LowdbStore.open({ path: paths.store });
-      const docs = new Map<string, Doc[]>();
-      try {
-        for (const col of COLLECTIONS) docs.set(col, await source.list(col));
-      } finally {
-        await source.close();
-      }
+      const docs = await readStoreFile(paths.store);
       loaded = await withDatabase(target, async (c, database) => {
         await migrate(c);
         await c.query('BEGIN');

@@ -5,7 +5,7 @@
 import { LowdbStore } from './lowdb.js';
 import { MemoryStore } from './memory.js';
 import { PostgresStore, type PostgresStoreOptions } from './postgres/index.js';
-import type { Store } from './types.js';
+import { COLLECTIONS, type Doc, type Store } from './types.js';
 
 export { COLLECTIONS, type Collection, type Doc, type Store } from './types.js';
 export { LowdbStore, type LowdbStoreOptions } from './lowdb.js';
@@ -35,4 +35,16 @@ export async function openStore(opts: StoreOptions): Promise<Store> {
       return PostgresStore.open(pgOpts);
     }
   }
+}
+
+/** Every document of a state file, by collection (what `hub migrate` and a restore into PostgreSQL copy). */
+export async function readStoreFile(path: string): Promise<Map<string, Doc[]>> {
+  const source = await LowdbStore.open({ path });
+  const docs = new Map<string, Doc[]>();
+  try {
+    for (const col of COLLECTIONS) docs.set(col, await source.list(col));
+  } finally {
+    await source.close();
+  }
+  return docs;
 }

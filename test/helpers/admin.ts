@@ -6,7 +6,7 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
-import { call } from '../../cli/client.js';
+import { call, type AdminClients } from '../../cli/client.js';
 import type { TestHub } from './hub.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 
@@ -61,4 +61,16 @@ export const readLines = (p: string) => (existsSync(p) ? readFileSync(p, 'utf8')
 /** Every regular file under `dir`, recursively. */
 export function walk(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(join(dir, e.name)) : e.isFile() ? [join(dir, e.name)] : []));
+}
+
+/** Runs argv on the agent through `Run` as the clients `c` and answers its output (stdout and stderr, in order). */
+export async function runCommand(c: AdminClients, agentId: string, argv: string[]): Promise<string> {
+  const out: string[] = [];
+  await new Promise<void>((resolve, reject) => {
+    const s = c.runs.Run({ agentId, argv, timeoutMs: 20_000 }, c.metadata);
+    s.on('data', (u: T.RunUpdate__Output) => { if (u.output) out.push(Buffer.from(u.output.data).toString('utf8')); });
+    s.on('error', reject);
+    s.on('end', resolve);
+  });
+  return out.join('');
 }
