@@ -29,7 +29,7 @@
  */
 import crypto from 'node:crypto';
 import https from 'node:https';
-import { spawn } from 'node:child_process';
+import { fork, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { ulid } from 'ulid';
@@ -195,6 +195,12 @@ export async function benchIngest(ctx: AutomationCtx): Promise<IngestFigures> {
 }
 
 /** Cumulative bucket counts (le → count) of one histogram series in Prometheus text (`label` e.g. 'origin="rule"'). */
+/** A gauge of a /metrics text, in ms (seconds × 1000), as text. */
+function gauge(text: string, name: string): string {
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line ? (Number(line.slice(name.length + 1)) * 1000).toFixed(1) : 'n/a';
+}
+
 function histogram(text: string, name: string, label = ''): Map<number, number> {
   const out = new Map<number, number>();
   for (const line of text.split('\n')) {
@@ -254,27 +260,12 @@ export async function benchEventToAction(ctx: AutomationCtx & { hubPid: number }
     }),
     replace: true, source: 'bench',
   });
-  const pki = HubPki.load(hubPaths(ctx.hubDir), ctx.names);
-  const id = ulid().toLowerCase();
-  const key = generateKey('ec-p256');
-  const cert = pki.issueAgentCertificate({ publicKey: crypto.createPublicKey(key.privateKey), agentId: id, tenant: 'default', trustDomain: ctx.trustDomain, ttlMs: 86_400_000 });
-  const warm = 3000, measured = 5000;
-  // TRELLIS_BENCH_E2A_RATE: events per second (default 1000, the issue's figure).
-  const rate = Number(process.env.TRELLIS_BENCH_E2A_RATE ?? 1000);
-  const input = JSON.stringify({ target: ctx.agentAddr, caPem: ctx.caPem, keyPem: key.privateKeyPem, certPem: cert.certPem, rate, warm, measured, trace: !!process.env.TRELLIS_BENCH_TRACE });
+  const cred = latencyAgentCredentials(ctx);
   const metrics0 = await scrapeMetrics(ctx);
-  const cpu0 = processCpuMs(ctx.hubPid);
-  // TRELLIS_BENCH_E2A_NODE_ARGS adds node flags to the agent process (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof").
-  const nodeArgs = (process.env.TRELLIS_BENCH_E2A_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
-  const child = spawn(process.execPath, [...nodeArgs, fileURLToPath(new URL('./e2a-agent.js', import.meta.url))], { stdio: ['pipe', 'pipe', 'inherit'] });
-  child.stdin!.end(input);
-  let out = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => { out += d; });
-  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
-  const hubCpuMs = processCpuMs(ctx.hubPid) - cpu0;
+  const run = await runLatencyAgent({ ...cred, target: ctx.agentAddr, hubPid: ctx.hubPid });
+  const { warm, rate, nodeArgs, r, hubCpuMs } = run;
+  const measured = r.expected;
   const metrics1 = await scrapeMetrics(ctx);
-  if (code !== 0) throw new Error(`the latency agent exited with ${code}`);
-  const r = JSON.parse(out) as { lat: number[]; expected: number; missing: number; duplicated: number; refused: number; cpuMs: number; sinkCpuMs: number };
   const agentCpuMs = r.cpuMs, sinkCpuMs = r.sinkCpuMs;
   const lat = r.lat;
   const ms = (v: number | undefined) => (lat.length ? `${v!.toFixed(2)} ms` : 'n/a');
@@ -288,7 +279,8 @@ export async function benchEventToAction(ctx: AutomationCtx & { hubPid: number }
     const q = (name: string, label: string, p: number) => quantileMs(histogram(metrics0, name, label), histogram(metrics1, name, label), p).toFixed(2);
     const hub = 'trellis_event_to_action_seconds', sync = 'trellis_execution_dispatch_sync_wait_seconds';
     note(`event→action breakdown (hub histograms, ${warm + measured} events): hub event received → request sent median ${q(hub, 'origin="rule"', 0.5)} ms, p99 ${q(hub, 'origin="rule"', 0.99)} ms; `
-      + `of which waiting for the history fdatasync (group commit) median ${q(sync, '', 0.5)} ms, p99 ${q(sync, '', 0.99)} ms; end to end (agent publish → sink) median ${ms(percentile(lat, 50))}, p99 ${ms(percentile(lat, 99))}`);
+      + `of which waiting for the history fdatasync (group commit) median ${q(sync, '', 0.5)} ms, p99 ${q(sync, '', 0.99)} ms; end to end (agent publish → sink) median ${ms(percentile(lat, 50))}, p99 ${ms(percentile(lat, 99))}; `
+      + `hub event-loop delay since the last scrape p99 ${gauge(metrics1, 'nodejs_eventloop_lag_p99_seconds')} ms, max ${gauge(metrics1, 'nodejs_eventloop_lag_max_seconds')} ms`);
   } else {
     note('event→action breakdown: the hub\'s /metrics could not be read');
   }
@@ -297,6 +289,74 @@ export async function benchEventToAction(ctx: AutomationCtx & { hubPid: number }
     p99: lat.length ? percentile(lat, 99) : NaN, missing: r.missing, duplicated: r.duplicated, refused: r.refused, measured: r.expected,
     hubCpuUsPerEvent: per(hubCpuMs), agentCpuUsPerEvent: per(agentCpuMs), sinkCpuUsPerEvent: per(sinkCpuMs),
   };
+}
+
+/** A fresh agent identity (its own key and certificate from the hub's CA) for a latency run. */
+function latencyAgentCredentials(ctx: AutomationCtx): { caPem: string; keyPem: string; certPem: string } {
+  const pki = HubPki.load(hubPaths(ctx.hubDir), ctx.names);
+  const key = generateKey('ec-p256');
+  const cert = pki.issueAgentCertificate({ publicKey: crypto.createPublicKey(key.privateKey), agentId: ulid().toLowerCase(), tenant: 'default', trustDomain: ctx.trustDomain, ttlMs: 86_400_000 });
+  return { caPem: ctx.caPem, keyPem: key.privateKeyPem, certPem: cert.certPem };
+}
+
+interface LatencyRun {
+  warm: number; rate: number; nodeArgs: string[]; hubCpuMs: number;
+  r: { lat: number[]; expected: number; missing: number; duplicated: number; refused: number; cpuMs: number; sinkCpuMs: number };
+}
+
+/**
+ * Runs bench/e2a-agent.ts (the event generator, the agent or the floor's agent, and the sink) once
+ * against `target`, and the CPU time `hubPid` spent meanwhile.
+ * TRELLIS_BENCH_E2A_RATE: events per second (default 1000, the issue's figure). Warm-up:
+ * TRELLIS_BENCH_E2A_WARM events (6,000), of which the first TRELLIS_BENCH_E2A_RAMP (3,000) climb
+ * from a tenth of the rate to the rate: a cold process hit at once with 1,000 events/s builds a
+ * backlog it then drains through the measured window (measured: 1.2 s at the peak, drained 4–6 s
+ * later), which is start-up, not the steady latency the figure is about. `ramp: 0, warm: 3000`
+ * is the cold start (TRELLIS_BENCH_E2A_RAMP=0).
+ */
+async function runLatencyAgent(o: { target: string; caPem: string; keyPem: string; certPem: string; hubPid: number; floor?: boolean }): Promise<LatencyRun> {
+  const warm = Number(process.env.TRELLIS_BENCH_E2A_WARM ?? 6000), measured = 5000, ramp = Number(process.env.TRELLIS_BENCH_E2A_RAMP ?? 3000);
+  const rate = Number(process.env.TRELLIS_BENCH_E2A_RATE ?? 1000);
+  const input = JSON.stringify({ target: o.target, caPem: o.caPem, keyPem: o.keyPem, certPem: o.certPem, rate, warm, measured, ramp, floor: !!o.floor, trace: !!process.env.TRELLIS_BENCH_TRACE });
+  const cpu0 = processCpuMs(o.hubPid);
+  // TRELLIS_BENCH_E2A_NODE_ARGS adds node flags to the agent process (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof").
+  const nodeArgs = (process.env.TRELLIS_BENCH_E2A_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
+  const child = spawn(process.execPath, [...nodeArgs, fileURLToPath(new URL('./e2a-agent.js', import.meta.url))], { stdio: ['pipe', 'pipe', 'inherit'] });
+  child.stdin!.end(input);
+  let out = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => { out += d; });
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  const hubCpuMs = processCpuMs(o.hubPid) - cpu0;
+  if (code !== 0) throw new Error(`the latency agent exited with ${code}`);
+  return { warm, rate, nodeArgs, hubCpuMs, r: JSON.parse(out) as LatencyRun['r'] };
+}
+
+export interface EventToActionFloor { p99: number; missing: number; hubCpuUsPerEvent: number; agentCpuUsPerEvent: number }
+
+/**
+ * event_to_action_floor_p99_ms: the same pipeline, rate, processes and transport with nothing of
+ * Trellis in them (bench/e2a-floor-hub.ts, bench/e2a-floor-agent.ts): grpc-js mTLS with the hub's
+ * certificates, a group-committed O_DSYNC write before each request goes out, an outbox write per
+ * event, one keep-alive GET per action. What this machine allows at this rate.
+ */
+export async function benchEventToActionFloor(ctx: AutomationCtx, workDir: string): Promise<EventToActionFloor> {
+  const hub = fork(fileURLToPath(new URL('./e2a-floor-hub.js', import.meta.url)), [ctx.hubDir, workDir], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  try {
+    const port = await new Promise<number>((resolve, reject) => {
+      hub.once('message', (m: { listening?: number }) => (m.listening ? resolve(m.listening) : reject(new Error('floor hub: no port'))));
+      hub.once('exit', (code) => reject(new Error(`the floor hub exited with ${code}`)));
+    });
+    const run = await runLatencyAgent({ ...latencyAgentCredentials(ctx), target: `127.0.0.1:${port}`, hubPid: hub.pid!, floor: true });
+    const { r } = run;
+    const lat = r.lat;
+    const per = (ms: number) => (ms * 1000) / (run.warm + r.expected);
+    note(`event→action floor (no Trellis: grpc-js mTLS, O_DSYNC group commit, outbox write, keep-alive GET): ${lat.length}/${r.expected} at ${run.rate} events/s; `
+      + `median ${percentile(lat, 50).toFixed(2)} ms, p99 ${percentile(lat, 99).toFixed(2)} ms, max ${Math.max(...lat).toFixed(2)} ms; CPU per event: hub ${per(run.hubCpuMs).toFixed(0)} µs, agent ${per(r.cpuMs).toFixed(0)} µs, sink ${per(r.sinkCpuMs).toFixed(0)} µs`);
+    return { p99: lat.length ? percentile(lat, 99) : NaN, missing: r.missing, hubCpuUsPerEvent: per(run.hubCpuMs), agentCpuUsPerEvent: per(r.cpuMs) };
+  } finally {
+    if (hub.connected) hub.disconnect();
+    hub.kill();
+  }
 }
 
 export async function benchWebhook(ctx: AutomationCtx): Promise<number> {

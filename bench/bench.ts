@@ -23,7 +23,8 @@
  *     kv_get_decrypt_per_s       KvStore get + decrypt of secrets, in-process (bench/kv.ts)
  *     rotate_10k_values_s        master key rotation over 10,000 secrets, lowdb store in a temp dir
  *  7. raw_stream_events_per_s, ingest_events_per_s, ingest_vs_raw_ratio, ingest_vs_raw_hub_cpu_ratio, event_to_action_p99_ms,
- *     event_to_action_missing, event_to_action_hub_cpu_us, event_to_action_agent_cpu_us, event_to_action_sink_cpu_us, webhook_req_per_s,
+ *     event_to_action_missing, event_to_action_hub_cpu_us, event_to_action_agent_cpu_us, event_to_action_sink_cpu_us,
+ *     event_to_action_floor_p99_ms, event_to_action_floor_hub_cpu_us, event_to_action_floor_agent_cpu_us, webhook_req_per_s,
  *     secret_fanout_1000_agents_p99_ms   automation against the child hub (bench/automation.ts)
  *     cluster_ingest_events_per_s  2 hubs on one throwaway PostgreSQL, 10 simulated agents split over both, the
  *                                rules of ingest_events_per_s, a /stream follower on hub B (bench/cluster.ts);
@@ -73,7 +74,7 @@ import { benchKvGetDecrypt, benchKvRotate } from './kv.js';
 import { benchLoginFlood, benchPreAuthRss } from './dos.js';
 import { benchSeal } from './seal.js';
 import { benchAgentInstall } from './fleet.js';
-import { benchEventToAction, benchIngest, benchSecretFanout, benchWebhook, installBenchPack, type AutomationCtx } from './automation.js';
+import { benchEventToAction, benchEventToActionFloor, benchIngest, benchSecretFanout, benchWebhook, installBenchPack, type AutomationCtx } from './automation.js';
 import { silenceIpServernameWarning } from '../common/warnings.js';
 import { benchCaRotation } from './ca-rotation.js';
 import { benchCliStart } from './cli.js';
@@ -109,7 +110,7 @@ const FIGURES = [
   'kv_get_decrypt_per_s', 'rotate_10k_values_s',
   'raw_stream_events_per_s', 'ingest_events_per_s', 'event_to_action_p99_ms', 'webhook_req_per_s', 'secret_fanout_1000_agents_p99_ms',
   'ingest_vs_raw_ratio', 'ingest_vs_raw_hub_cpu_ratio', 'event_to_action_missing', 'event_to_action_hub_cpu_us', 'event_to_action_agent_cpu_us',
-  'event_to_action_sink_cpu_us',
+  'event_to_action_sink_cpu_us', 'event_to_action_floor_p99_ms', 'event_to_action_floor_hub_cpu_us', 'event_to_action_floor_agent_cpu_us',
   'preauth_rss_40x4mib_mb', 'kv_set_p99_ms', 'login_flood_kv_set_p99_ms',
   'agent_install_wall_s',
   'ca_rotation_1000_agents_s',
@@ -587,7 +588,7 @@ async function main(): Promise<void> {
     const actx: AutomationCtx = {
       admin: admin!, hubDir, agentAddr: `127.0.0.1:${child.agentPort}`, webAddr: `127.0.0.1:${child.webPort}`, caPem, trustDomain: TRUST_DOMAIN, names: NAMES, closers,
     };
-    const automation: Figure[] = ['raw_stream_events_per_s', 'ingest_events_per_s', 'event_to_action_p99_ms', 'ingest_vs_raw_ratio', 'ingest_vs_raw_hub_cpu_ratio', 'event_to_action_missing', 'event_to_action_hub_cpu_us', 'event_to_action_agent_cpu_us', 'event_to_action_sink_cpu_us', 'webhook_req_per_s', 'secret_fanout_1000_agents_p99_ms'];
+    const automation: Figure[] = ['raw_stream_events_per_s', 'ingest_events_per_s', 'event_to_action_p99_ms', 'ingest_vs_raw_ratio', 'ingest_vs_raw_hub_cpu_ratio', 'event_to_action_missing', 'event_to_action_hub_cpu_us', 'event_to_action_agent_cpu_us', 'event_to_action_sink_cpu_us', 'event_to_action_floor_p99_ms', 'event_to_action_floor_hub_cpu_us', 'event_to_action_floor_agent_cpu_us', 'webhook_req_per_s', 'secret_fanout_1000_agents_p99_ms'];
     let packReady = false; // without the bench pack every automation figure is `error` (figure() reports why)
     await figure(automation, async () => { await installBenchPack(admin!); packReady = true; });
     if (packReady) {
@@ -609,6 +610,14 @@ async function main(): Promise<void> {
           throw new Error(`${r.missing} of ${r.measured} measured actions never ran, ${r.duplicated} ran twice, ${r.refused} events refused by the outbox`);
         }
         report('event_to_action_p99_ms', r.p99, 'ms', 2);
+      });
+      // The same pipeline without Trellis (same rate, processes, certificates, durability): what this machine allows.
+      await figure(['event_to_action_floor_p99_ms', 'event_to_action_floor_hub_cpu_us', 'event_to_action_floor_agent_cpu_us'], async () => {
+        const r = await benchEventToActionFloor(actx, tmpRoot!);
+        report('event_to_action_floor_hub_cpu_us', r.hubCpuUsPerEvent, 'us/event');
+        report('event_to_action_floor_agent_cpu_us', r.agentCpuUsPerEvent, 'us/event');
+        if (r.missing > 0) throw new Error(`${r.missing} measured actions of the floor never ran`);
+        report('event_to_action_floor_p99_ms', r.p99, 'ms', 2);
       });
       await figure(['webhook_req_per_s'], async () => report('webhook_req_per_s', await benchWebhook(actx), 'req/s'));
       await figure(['secret_fanout_1000_agents_p99_ms'], async () => report('secret_fanout_1000_agents_p99_ms', await benchSecretFanout(actx), 'ms', 1));

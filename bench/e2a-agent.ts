@@ -24,13 +24,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { Agent } from '../agent/agent.js';
+import { FloorAgent } from './e2a-floor-agent.js';
 import { silenceIpServernameWarning } from '../common/warnings.js';
 
 silenceIpServernameWarning();
 
-interface Input { target: string; caPem: string; keyPem: string; certPem: string; rate: number; warm: number; measured: number; trace: boolean; waitMs?: number }
+interface Input { target: string; caPem: string; keyPem: string; certPem: string; rate: number; warm: number; measured: number; ramp?: number; floor?: boolean; trace: boolean; waitMs?: number }
 
-interface SinkMessage { port?: number; hits?: number; arrived?: number; lat?: number[]; duplicated?: number; cpuMs?: number }
+interface SinkMessage { port?: number; hits?: number; arrived?: number; lat?: number[]; warm?: number[]; duplicated?: number; cpuMs?: number }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const now = () => performance.timeOrigin + performance.now();
@@ -60,28 +61,54 @@ async function main(): Promise<void> {
 
   const dataDir = await mkdtemp(join(tmpdir(), 'trellis-e2a-'));
   let agent: Agent | undefined;
+  let floor: FloorAgent | undefined;
   try {
     const files = { certFile: join(dataDir, 'cert.pem'), keyFile: join(dataDir, 'key.pem'), caFile: join(dataDir, 'ca.pem') };
     await writeFile(files.certFile, o.certPem, { mode: 0o600 });
     await writeFile(files.keyFile, o.keyPem, { mode: 0o600 });
     await writeFile(files.caFile, o.caPem, { mode: 0o600 });
-    agent = await Agent.start({ dataDir, ...files, hub: o.target, log: pino({ level: 'silent' }), maxBackoffMs: 1000 });
-    const ready = Date.now() + 15_000;
-    while (agent.channel.state !== 'ready' || !agent.agentId) {
-      if (Date.now() > ready) throw new Error('the agent was not welcomed by the hub within 15 s');
-      await sleep(10);
+    let publisher: { publishEvent(type: string, payload: Record<string, unknown>): { refused: number } };
+    if (o.floor) { // the floor: the pipeline without Trellis (bench/e2a-floor-hub.ts)
+      floor = new FloorAgent({ dataDir, target: o.target, caPem: o.caPem, keyPem: o.keyPem, certPem: o.certPem });
+      await Promise.race([floor.welcomed, sleep(15_000).then(() => { throw new Error('the floor hub did not answer within 15 s'); })]);
+      publisher = floor;
+    } else {
+      agent = await Agent.start({ dataDir, ...files, hub: o.target, log: pino({ level: 'silent' }), maxBackoffMs: 1000 });
+      const ready = Date.now() + 15_000;
+      while (agent.channel.state !== 'ready' || !agent.agentId) {
+        if (Date.now() > ready) throw new Error('the agent was not welcomed by the hub within 15 s');
+        await sleep(10);
+      }
+      publisher = agent;
+    }
+    // Trace: when each measured request reached the agent (ms after its event was published).
+    const reached = new Map<number, number>();
+    if (o.trace && agent) {
+      const a = agent as unknown as { onAction: (req: { http?: { url?: string } | null }) => void };
+      const orig = a.onAction.bind(agent);
+      a.onAction = (req) => {
+        const m = /\/(\d+)\/([\d.]+)$/.exec(req.http?.url ?? '');
+        if (m) reached.set(Number(m[1]), now() - Number(m[2]));
+        orig(req);
+      };
     }
     let refused = 0;
     sink.send({ start: true });
     const cpu0 = process.cpuUsage();
     const total = o.warm + o.measured;
     const t0 = performance.now();
+    // Pace: the first `ramp` warm-up events climb from a tenth of the rate to the rate (JIT and
+    // caches warm without a cold-start backlog), then every event is at the rate.
+    const ramp = Math.min(o.ramp ?? 0, o.warm);
+    let at = 0; // ms after t0 of event i
     for (let i = 0; i < total; i++) {
-      const wait = t0 + (i * 1000) / o.rate - performance.now();
+      const r = i < ramp ? o.rate * (0.1 + (0.9 * i) / ramp) : o.rate;
+      if (i > 0) at += 1000 / r;
+      const wait = t0 + at - performance.now();
       if (wait > 1) await sleep(wait);
       else if (i % 50 === 0) await new Promise((r) => setImmediate(r)); // behind schedule: still let actions in
-      const n = i < o.warm ? -1 : i - o.warm;
-      refused += agent.publishEvent('core.bench_ping', { kind: 'ping', n: String(n), t: now().toFixed(3), port: String(port) }).refused;
+      const n = i < o.warm ? -(i + 1) : i - o.warm; // warm-up: negative (its index, for the trace)
+      refused += publisher.publishEvent('core.bench_ping', { kind: 'ping', n: String(n), t: now().toFixed(3), port: String(port) }).refused;
     }
     // Slow is not missing: wait while actions keep arriving (a busy machine drains a backlog),
     // until none came for `waitMs` (10 s) or 120 s passed; what never ran by then is missing.
@@ -99,13 +126,24 @@ async function main(): Promise<void> {
     const cpu = process.cpuUsage(cpu0);
     const r = await ask({ report: true });
     const got = r.lat!.filter((v) => v >= 0);
-    if (o.trace) for (let i = 0; i < got.length; i += 250) process.stderr.write(`[e2a] ${i}..: max ${Math.max(...got.slice(i, i + 250)).toFixed(1)} ms\n`);
+    if (o.trace) {
+      const warm = r.warm!;
+      for (let i = 0; i < warm.length; i += 250) process.stderr.write(`[e2a] warm-up ${i}..: max ${Math.max(...warm.slice(i, i + 250)).toFixed(1)} ms\n`);
+      const q = (v: number[], p: number) => { const x = [...v].sort((a, b) => a - b); return x[Math.min(x.length - 1, Math.floor((p / 100) * x.length))]!.toFixed(2); };
+      const toAgent: number[] = [], toSink: number[] = [];
+      r.lat!.forEach((v, n) => { const g = reached.get(n); if (v >= 0 && g !== undefined) { toAgent.push(g); toSink.push(v - g); } });
+      if (toAgent.length) process.stderr.write(`[e2a] published → request at the agent: p50 ${q(toAgent, 50)} p90 ${q(toAgent, 90)} p99 ${q(toAgent, 99)} ms; request at the agent → sink: p50 ${q(toSink, 50)} p90 ${q(toSink, 90)} p99 ${q(toSink, 99)} ms\n`);
+      const slow = r.lat!.map((v, n) => [n, v] as const).filter(([, v]) => v >= 0).sort((a, b) => b[1] - a[1]).slice(0, 12);
+      process.stderr.write(`[e2a] slowest: ${slow.map(([n, v]) => `#${n} ${v.toFixed(1)}=${(reached.get(n) ?? NaN).toFixed(1)}+${(v - (reached.get(n) ?? NaN)).toFixed(1)}`).join(' ')}\n`);
+      for (let i = 0; i < got.length; i += 250) process.stderr.write(`[e2a] ${i}..: max ${Math.max(...got.slice(i, i + 250)).toFixed(1)} ms\n`);
+    }
     process.stdout.write(JSON.stringify({
-      lat: got, expected: o.measured, missing: o.measured - got.length, duplicated: r.duplicated, refused, hits: r.hits, outbox: agent.outbox.stats,
+      lat: got, expected: o.measured, missing: o.measured - got.length, duplicated: r.duplicated, refused, hits: r.hits, outbox: agent?.outbox.stats,
       cpuMs: (cpu.user + cpu.system) / 1000, sinkCpuMs: r.cpuMs,
     }));
   } finally {
     await agent?.close().catch(() => undefined);
+    floor?.close();
     if (sink.connected) sink.disconnect();
     await sinkExit;
     await rm(dataDir, { recursive: true, force: true });

@@ -224,6 +224,31 @@ t.test('segments are deleted once everything in them is acknowledged', async (t)
   await again.close();
 });
 
+t.test('the acknowledged cursor is saved at most every cursorIntervalMs, and early after 10,000 acknowledgements', async (t) => {
+  await using d = await tempDir();
+  const cursorFile = join(d.path, 'outbox', 'cursor.json');
+  const saved = async () => JSON.parse(await readFile(cursorFile, 'utf8').catch(() => '{"offset":-1}')) as { offset: number };
+  const box = await open(d.path, { syncIntervalMs: 10, cursorIntervalMs: 2_000 });
+  box.append(events(30_000));
+  box.ack(box.read(10)!);
+  await waitFor(async () => (await saved()).offset > 0, 5_000, 'the first cursor save');
+  const first = (await saved()).offset;
+  box.ack(box.read(10)!);
+  await new Promise((r) => setTimeout(r, 500)); // ~50 background syncs, none of them due to save the cursor
+  t.equal((await saved()).offset, first, 'a cursor that moved is not saved again within cursorIntervalMs');
+  await waitFor(async () => (await saved()).offset > first, 5_000, 'the cursor saved once cursorIntervalMs passed');
+  const second = (await saved()).offset;
+  const t0 = Date.now();
+  let acked = 0;
+  while (acked < 10_000) { const b = box.read(500)!; box.ack(b); acked += b.events.length; }
+  await waitFor(async () => (await saved()).offset > second, 5_000, 'an early save after 10,000 acknowledgements');
+  t.ok(Date.now() - t0 < 1_500, `saved ${Date.now() - t0} ms after 10,000 acknowledgements, before cursorIntervalMs`);
+  await box.close();
+  const again = await open(d.path);
+  t.equal(again.stats.queued, 30_000 - 20 - acked, 'close saves the exact cursor');
+  await again.close();
+});
+
 t.test('the outbox directory is 0700 and its files 0600, whatever the umask', async (t) => {
   await using d = await tempDir();
   const old = process.umask(0);
@@ -260,7 +285,7 @@ t.test('an outbox in use by a live process is refused; a stale lock is taken ove
 
 t.test('options out of range are refused naming the option', async (t) => {
   await using d = await tempDir();
-  for (const [o, name] of [[{ maxEvents: 0 }, 'maxEvents'], [{ maxBytes: 10 }, 'maxBytes'], [{ segmentBytes: 1.5 }, 'segmentBytes'], [{ syncIntervalMs: -1 }, 'syncIntervalMs']] as const) {
+  for (const [o, name] of [[{ maxEvents: 0 }, 'maxEvents'], [{ maxBytes: 10 }, 'maxBytes'], [{ segmentBytes: 1.5 }, 'segmentBytes'], [{ syncIntervalMs: -1 }, 'syncIntervalMs'], [{ cursorIntervalMs: 60_001 }, 'cursorIntervalMs']] as const) {
     const err = await callError(open(d.path, o));
     t.ok(isTrellisError(err, 'TRELLIS_E_CONFIG'), `${name}: TRELLIS_E_CONFIG`);
     t.match(err?.message, name);

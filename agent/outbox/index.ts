@@ -8,7 +8,7 @@
  *                        its records (agent/outbox/record.ts); a new segment every
  *                        `segmentBytes` (4 MiB) and at every start;
  *   cursor.json          {"segment":N,"offset":M}: everything before it is acknowledged. Written
- *                        atomically (temp + rename) at most every `syncIntervalMs`, so it may lag:
+ *                        atomically (temp + rename) at most every `cursorIntervalMs` (1 s), so it may lag:
  *                        a lagging cursor only re-sends events, which the hub drops by id;
  *   lock                 the pid of the process using the outbox (one agent per data directory).
  *
@@ -72,6 +72,8 @@ export class Outbox {
   private ackPos: Position;
   private savedPos: Position;
   private savedAcked = 0;
+  /** When the cursor was last saved (Date.now()). */
+  private cursorSavedMs = 0;
   private readPos: Position;
   private unread: number;
   private outstanding: OutboxBatch[] = [];
@@ -420,12 +422,16 @@ export class Outbox {
       try { await dir.sync(); } finally { await dir.close(); }
     }
     this.advanceAckPos();
-    if (!samePos(this.ackPos, this.savedPos)) {
+    // The cursor at most every cursorIntervalMs (its save costs two journal commits), sooner
+    // after SAVE_EVERY_ACKED acknowledgements.
+    const due = Date.now() - this.cursorSavedMs >= this.o.cursorIntervalMs || this.stats.acked - this.savedAcked >= SAVE_EVERY_ACKED;
+    if (due && !samePos(this.ackPos, this.savedPos)) {
       const pos = { ...this.ackPos };
       const acked = this.stats.acked;
       await atomicWriteFile(join(this.o.dir, 'cursor.json'), cursorJson(pos));
       this.savedPos = pos;
       this.savedAcked = acked;
+      this.cursorSavedMs = Date.now();
     }
     await Promise.all(this.dropAcked().map((path) => fsp.unlink(path).catch((err: unknown) => this.unlinkFailed(err, path))));
   }
