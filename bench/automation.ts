@@ -18,6 +18,9 @@
  *                                   --lite-mode as a busy agent runs, and the event generator)
  *  event_to_action_sink_cpu_us      the CPU time per action of the HTTP server the action calls (its own
  *                                   process: the called service's cost, not Trellis's)
+ *  event_to_action_floor_p99_ms     the same pipeline, rate and processes with nothing of Trellis in them
+ *                                   (bench/e2a-floor-hub.ts, bench/e2a-floor-agent.ts): what the machine allows;
+ *                                   event_to_action_floor_hub_cpu_us / _agent_cpu_us its CPU per event
  *  ingest_vs_raw_ratio              ingest_events_per_s / raw_stream_events_per_s, same run
  *  webhook_req_per_s                HMAC-signed POST /webhooks/<name> over keep-alive HTTPS
  *  secret_fanout_1000_agents_p99_ms a secret used by an edge rule changes → the new sealed config
@@ -194,13 +197,13 @@ export async function benchIngest(ctx: AutomationCtx): Promise<IngestFigures> {
   return { raw: perS('raw'), withRules: perS('rules'), rawHubCpuUs: cpuUs('raw'), rulesHubCpuUs: cpuUs('rules') };
 }
 
-/** Cumulative bucket counts (le → count) of one histogram series in Prometheus text (`label` e.g. 'origin="rule"'). */
 /** A gauge of a /metrics text, in ms (seconds × 1000), as text. */
 function gauge(text: string, name: string): string {
   const line = text.split('\n').find((l) => l.startsWith(`${name} `));
   return line ? (Number(line.slice(name.length + 1)) * 1000).toFixed(1) : 'n/a';
 }
 
+/** Cumulative bucket counts (le → count) of one histogram series in Prometheus text (`label` e.g. 'origin="rule"'). */
 function histogram(text: string, name: string, label = ''): Map<number, number> {
   const out = new Map<number, number>();
   for (const line of text.split('\n')) {
