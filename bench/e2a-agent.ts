@@ -18,6 +18,7 @@
  * not measured.
  */
 import { fork } from 'node:child_process';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -95,6 +96,8 @@ async function main(): Promise<void> {
     let refused = 0;
     sink.send({ start: true });
     const cpu0 = process.cpuUsage();
+    const eld = monitorEventLoopDelay({ resolution: 1 }); // the trace: this process's event-loop delay
+    if (o.trace) eld.enable();
     const total = o.warm + o.measured;
     const t0 = performance.now();
     // Pace: the first `ramp` warm-up events climb from a tenth of the rate to the rate (JIT and
@@ -132,6 +135,8 @@ async function main(): Promise<void> {
       const q = (v: number[], p: number) => { const x = [...v].sort((a, b) => a - b); return x[Math.min(x.length - 1, Math.floor((p / 100) * x.length))]!.toFixed(2); };
       const toAgent: number[] = [], toSink: number[] = [];
       r.lat!.forEach((v, n) => { const g = reached.get(n); if (v >= 0 && g !== undefined) { toAgent.push(g); toSink.push(v - g); } });
+      eld.disable();
+      process.stderr.write(`[e2a] agent process event-loop delay (1 ms resolution): p50 ${(eld.percentile(50) / 1e6).toFixed(1)} p99 ${(eld.percentile(99) / 1e6).toFixed(1)} max ${(eld.max / 1e6).toFixed(1)} ms\n`);
       if (toAgent.length) process.stderr.write(`[e2a] published → request at the agent: p50 ${q(toAgent, 50)} p90 ${q(toAgent, 90)} p99 ${q(toAgent, 99)} ms; request at the agent → sink: p50 ${q(toSink, 50)} p90 ${q(toSink, 90)} p99 ${q(toSink, 99)} ms\n`);
       const slow = r.lat!.map((v, n) => [n, v] as const).filter(([, v]) => v >= 0).sort((a, b) => b[1] - a[1]).slice(0, 12);
       process.stderr.write(`[e2a] slowest: ${slow.map(([n, v]) => `#${n} ${v.toFixed(1)}=${(reached.get(n) ?? NaN).toFixed(1)}+${(v - (reached.get(n) ?? NaN)).toFixed(1)}`).join(' ')}\n`);
