@@ -313,9 +313,10 @@ interface LatencyRun {
  * TRELLIS_BENCH_E2A_RATE: events per second (default 1000, the issue's figure). Warm-up:
  * TRELLIS_BENCH_E2A_WARM events (6,000), of which the first TRELLIS_BENCH_E2A_RAMP (3,000) climb
  * from a tenth of the rate to the rate: a cold process hit at once with 1,000 events/s builds a
- * backlog it then drains through the measured window (measured: 1.2 s at the peak, drained 4–6 s
- * later), which is start-up, not the steady latency the figure is about. `ramp: 0, warm: 3000`
- * is the cold start (TRELLIS_BENCH_E2A_RAMP=0).
+ * backlog it then drains through the measured window (measured: 1.36 s at its peak, 1.5 s in,
+ * drained ~9 s after the start), which is start-up, not the steady latency the figure is about.
+ * TRELLIS_BENCH_E2A_RAMP=0 TRELLIS_BENCH_E2A_WARM=3000 is the cold start. TRELLIS_BENCH_TRACE=1:
+ * where slow events spent their time, on stderr (bench/e2a-agent.ts).
  */
 async function runLatencyAgent(o: { target: string; caPem: string; keyPem: string; certPem: string; hubPid: number; floor?: boolean }): Promise<LatencyRun> {
   const warm = Number(process.env.TRELLIS_BENCH_E2A_WARM ?? 6000), measured = 5000, ramp = Number(process.env.TRELLIS_BENCH_E2A_RAMP ?? 3000);

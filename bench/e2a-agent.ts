@@ -14,8 +14,13 @@
  * Reads its credentials and the pace from stdin (JSON), prints one JSON object on stdout:
  * latencies (ms) of the measured events, how many measured events never ran their action
  * (`missing`) or ran it more than once (`duplicated`), what the outbox refused, and the CPU time
- * of this process (agent + event generator) and of the sink. Warm-up events carry n = -1 and are
- * not measured.
+ * of this process (agent + event generator) and of the sink. Warm-up events carry n = -(index + 1)
+ * and are not measured; the first `ramp` of them climb from a tenth of the rate to the rate.
+ *
+ * With `floor: true` the agent is bench/e2a-floor-agent.ts against bench/e2a-floor-hub.ts (the same
+ * pipeline with nothing of Trellis: event_to_action_floor_p99_ms). With `trace: true` stderr gets
+ * where slow events spent their time (published → request at the agent → sink), the slowest
+ * events, per-250 maxima (warm-up included) and this process's event-loop delay.
  */
 import { fork } from 'node:child_process';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -96,8 +101,8 @@ async function main(): Promise<void> {
     let refused = 0;
     sink.send({ start: true });
     const cpu0 = process.cpuUsage();
-    const eld = monitorEventLoopDelay({ resolution: 1 }); // the trace: this process's event-loop delay
-    if (o.trace) eld.enable();
+    const eld = o.trace ? monitorEventLoopDelay({ resolution: 1 }) : undefined; // the trace: this process's event-loop delay
+    eld?.enable();
     const total = o.warm + o.measured;
     const t0 = performance.now();
     // Pace: the first `ramp` warm-up events climb from a tenth of the rate to the rate (JIT and
@@ -131,15 +136,16 @@ async function main(): Promise<void> {
     const got = r.lat!.filter((v) => v >= 0);
     if (o.trace) {
       const warm = r.warm!;
-      for (let i = 0; i < warm.length; i += 250) process.stderr.write(`[e2a] warm-up ${i}..: max ${Math.max(...warm.slice(i, i + 250)).toFixed(1)} ms\n`);
+      // A warm-up action that never arrived is a hole in `warm`: left out of its maximum.
+      for (let i = 0; i < warm.length; i += 250) process.stderr.write(`[e2a] warm-up ${i}..: max ${Math.max(...warm.slice(i, i + 250).filter((v) => typeof v === 'number')).toFixed(1)} ms\n`);
       const q = (v: number[], p: number) => { const x = [...v].sort((a, b) => a - b); return x[Math.min(x.length - 1, Math.floor((p / 100) * x.length))]!.toFixed(2); };
       const toAgent: number[] = [], toSink: number[] = [];
       r.lat!.forEach((v, n) => { const g = reached.get(n); if (v >= 0 && g !== undefined) { toAgent.push(g); toSink.push(v - g); } });
-      eld.disable();
-      process.stderr.write(`[e2a] agent process event-loop delay (1 ms resolution): p50 ${(eld.percentile(50) / 1e6).toFixed(1)} p99 ${(eld.percentile(99) / 1e6).toFixed(1)} max ${(eld.max / 1e6).toFixed(1)} ms\n`);
+      eld!.disable();
+      process.stderr.write(`[e2a] agent process event-loop delay (1 ms resolution): p50 ${(eld!.percentile(50) / 1e6).toFixed(1)} p99 ${(eld!.percentile(99) / 1e6).toFixed(1)} max ${(eld!.max / 1e6).toFixed(1)} ms\n`);
       if (toAgent.length) process.stderr.write(`[e2a] published → request at the agent: p50 ${q(toAgent, 50)} p90 ${q(toAgent, 90)} p99 ${q(toAgent, 99)} ms; request at the agent → sink: p50 ${q(toSink, 50)} p90 ${q(toSink, 90)} p99 ${q(toSink, 99)} ms\n`);
       const slow = r.lat!.map((v, n) => [n, v] as const).filter(([, v]) => v >= 0).sort((a, b) => b[1] - a[1]).slice(0, 12);
-      process.stderr.write(`[e2a] slowest: ${slow.map(([n, v]) => `#${n} ${v.toFixed(1)}=${(reached.get(n) ?? NaN).toFixed(1)}+${(v - (reached.get(n) ?? NaN)).toFixed(1)}`).join(' ')}\n`);
+      process.stderr.write(`[e2a] slowest: ${slow.map(([n, v]) => { const g = reached.get(n); return `#${n} ${v.toFixed(1)}${g === undefined ? '' : `=${g.toFixed(1)}+${(v - g).toFixed(1)}`}`; }).join(' ')}\n`);
       for (let i = 0; i < got.length; i += 250) process.stderr.write(`[e2a] ${i}..: max ${Math.max(...got.slice(i, i + 250)).toFixed(1)} ms\n`);
     }
     process.stdout.write(JSON.stringify({

@@ -241,7 +241,6 @@ function compileOp(op: string, c: Criterion, ctx: Ctx): Op {
 
 const TRIGGER_SCALARS = new Set(['id', 'type', 'agent', 'tenant', 'timeMs']);
 
-/** Compiles a path into a getter from the root (the event, or a list item for `search`). */
 /** A criterion's path as segments (a `#comment` after it dropped; `payload.x` read as `trigger.payload.x`), or parsePath's error. */
 function criterionPath(rawPath: string, root: 'trigger' | 'item'): string[] | string {
   let path = rawPath;
@@ -251,6 +250,7 @@ function criterionPath(rawPath: string, root: 'trigger' | 'item'): string[] | st
   return root === 'trigger' && typeof segs !== 'string' && segs[0] === 'payload' ? ['trigger', ...segs] : segs;
 }
 
+/** Compiles a path into a getter from the root (the event, or a list item for `search`). */
 function compileGetter(rawPath: string, root: 'trigger' | 'item', what: string): (r: unknown) => unknown {
   const segs = criterionPath(rawPath, root);
   if (typeof segs === 'string') throw invalid(what, segs);
