@@ -315,11 +315,14 @@ interface LatencyRun {
  * from a tenth of the rate to the rate: a cold process hit at once with 1,000 events/s builds a
  * backlog it then drains through the measured window (measured: 1.36 s at its peak, 1.5 s in,
  * drained ~9 s after the start), which is start-up, not the steady latency the figure is about.
- * TRELLIS_BENCH_E2A_RAMP=0 TRELLIS_BENCH_E2A_WARM=3000 is the cold start. TRELLIS_BENCH_TRACE=1:
+ * TRELLIS_BENCH_E2A_RAMP=0 TRELLIS_BENCH_E2A_WARM=3000 is the cold start. TRELLIS_BENCH_E2A_MEASURED:
+ * events in the measured window (5,000: the p99 is the 50th slowest; more steadies it when comparing
+ * two builds). TRELLIS_BENCH_TRACE=1:
  * where slow events spent their time, on stderr (bench/e2a-agent.ts).
  */
 async function runLatencyAgent(o: { target: string; caPem: string; keyPem: string; certPem: string; hubPid: number; floor?: boolean }): Promise<LatencyRun> {
-  const warm = Number(process.env.TRELLIS_BENCH_E2A_WARM ?? 6000), measured = 5000, ramp = Number(process.env.TRELLIS_BENCH_E2A_RAMP ?? 3000);
+  const warm = Number(process.env.TRELLIS_BENCH_E2A_WARM ?? 6000), ramp = Number(process.env.TRELLIS_BENCH_E2A_RAMP ?? 3000);
+  const measured = Number(process.env.TRELLIS_BENCH_E2A_MEASURED ?? 5000);
   const rate = Number(process.env.TRELLIS_BENCH_E2A_RATE ?? 1000);
   const input = JSON.stringify({ target: o.target, caPem: o.caPem, keyPem: o.keyPem, certPem: o.certPem, rate, warm, measured, ramp, floor: !!o.floor, trace: !!process.env.TRELLIS_BENCH_TRACE });
   const cpu0 = processCpuMs(o.hubPid);

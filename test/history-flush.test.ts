@@ -1,15 +1,16 @@
 /**
  * What each kind of history write waits for (hub/executions/history.ts):
- * - flushStates(): the state lines only — what a request needs on disk before it goes out —
- *   output lines stay queued for the next full write (one fdatasync per dispatch, not two);
+ * - flushStates(): what goes to the state file — state lines (what a request needs on disk before
+ *   it goes out) and the first INLINE_BYTES of each execution's output — in one durable write;
+ *   output-file lines stay queued for the next full write (one durable write per dispatch, not two);
  * - written(): the next full write, without forcing one (result acknowledgements), released only
  *   by a write that succeeded; at once when nothing is queued or being written.
  */
 import t from 'tap';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FileHandle } from 'node:fs/promises';
-import { History } from '../hub/executions/history.js';
+import { History, INLINE_BYTES } from '../hub/executions/history.js';
 import type { ExecutionRecord } from '../hub/executions/types.js';
 import { captureLogger, tempDir } from './helpers/hub.js';
 
@@ -19,7 +20,11 @@ const open = (dir: string) => History.open({ dir, log: captureLogger().log, maxS
 function fileLines(dir: string, re: RegExp): string[] {
   return readdirSync(dir).filter((n) => re.test(n)).sort().flatMap((n) => readFileSync(join(dir, n), 'utf8').split('\n').filter(Boolean));
 }
-const stateLines = (dir: string) => fileLines(dir, /^\d{12}\.jsonl$/).map((l) => JSON.parse(l) as { r: ExecutionRecord });
+type Line = { k: string; r: ExecutionRecord; id?: string; o?: number };
+const stateFile = (dir: string) => fileLines(dir, /^\d{12}\.jsonl$/).map((l) => JSON.parse(l) as Line);
+const stateLines = (dir: string) => stateFile(dir).filter((l) => l.k === 's');
+/** Output lines kept in the state file (the first INLINE_BYTES of an execution's output). */
+const inlineLines = (dir: string) => stateFile(dir).filter((l) => l.k === 'o');
 const outputLines = (dir: string) => fileLines(dir, /^\d{12}\.out\.jsonl$/);
 const ticks = async (n = 5) => { for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r)); };
 
@@ -30,19 +35,50 @@ function record(id: string): ExecutionRecord {
   };
 }
 
-t.test('flushStates writes the state lines and leaves output lines for the next full write', async (t) => {
+t.test('flushStates writes the state file (state lines, the first output bytes) and leaves output-file lines for the next full write', async (t) => {
   await using d = await tempDir();
   const dir = join(d.path, 'executions');
   const { history } = await open(dir);
   history.appendState(record('ex-a'), { dedupKey: 'k-a', timeoutMs: 1000 });
   history.appendOutput('ex-b', 'STDOUT', 0, Buffer.from('hello'));
+  const big = Buffer.alloc(INLINE_BYTES, 'x');
+  history.appendOutput('ex-c', 'STDOUT', 0, Buffer.from('c0'));
+  history.appendOutput('ex-c', 'STDOUT', 2, big); // ends past INLINE_BYTES: the output file
   await history.flushStates();
   t.same(stateLines(dir).map((l) => l.r.id), ['ex-a'], 'the state line is on disk');
-  t.same(outputLines(dir), [], 'the output line is not written by a states-only write');
-  const chunks = await history.readOutput('ex-b'); // a full write first
-  t.equal(Buffer.concat(chunks.map((c) => c.data)).toString(), 'hello', 'the output line is written by the next full write and found again');
-  t.equal(outputLines(dir).length, 1);
+  t.same(inlineLines(dir).map((l) => [l.id, l.o]), [['ex-b', 0], ['ex-c', 0]], 'output within the first INLINE_BYTES went with it, in the state file');
+  t.same(outputLines(dir), [], 'output past INLINE_BYTES is not written by a states-only write');
+  const chunks = await history.readOutput('ex-c'); // a full write first
+  t.equal(Buffer.concat(chunks.map((c) => c.data)).toString(), 'c0' + big.toString(), 'both files are read, in offset order');
+  t.equal(outputLines(dir).length, 1, 'the big chunk is in the output file');
+  t.equal(Buffer.concat((await history.readOutput('ex-b')).map((c) => c.data)).toString(), 'hello');
+  t.same(await history.readOutput('ex-a'), [], 'a state line is never read as output');
   await history.close();
+});
+
+t.test('a restart rebuilds from state lines only; output is read from both files, old segments too', async (t) => {
+  await using d = await tempDir();
+  const dir = join(d.path, 'executions');
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  // A segment as written before output went inline: every output line in the .out.jsonl.
+  writeFileSync(join(dir, '000000000001.jsonl'), JSON.stringify({ k: 's', r: { ...record('old'), status: 'succeeded', outputBytes: 6 } }) + '\n', { mode: 0o600 });
+  writeFileSync(join(dir, '000000000001.out.jsonl'), [
+    JSON.stringify({ k: 'o', id: 'old', s: 0, o: 0, d: Buffer.from('abc').toString('base64') }),
+    JSON.stringify({ k: 'o', id: 'old', s: 1, o: 3, d: Buffer.from('def').toString('base64') }),
+  ].join('\n') + '\n', { mode: 0o600 });
+  const first = await open(dir);
+  t.same([...first.records.keys()], ['old']);
+  first.history.appendState({ ...record('new'), status: 'succeeded', outputBytes: 3 }, {});
+  first.history.appendOutput('new', 'STDOUT', 0, Buffer.from('xyz'));
+  await first.history.close();
+  t.equal(inlineLines(dir).length, 1, 'the new output is in a state file');
+
+  const again = await open(dir);
+  t.same([...again.records.keys()].sort(), ['new', 'old'], 'inline output lines are not taken for executions');
+  t.equal(again.records.get('new')!.rec.status, 'succeeded');
+  t.same((await again.history.readOutput('old')).map((c) => [c.stream, c.data.toString()]), [['STDOUT', 'abc'], ['STDERR', 'def']], 'old-format output is read');
+  t.same((await again.history.readOutput('new')).map((c) => c.data.toString()), ['xyz'], 'inline output is read after the restart');
+  await again.history.close();
 });
 
 t.test('written() rides on the next full write: it forces none, and a states-only write does not release it', async (t) => {
@@ -62,8 +98,18 @@ t.test('written() rides on the next full write: it forces none, and a states-onl
 
   await history.flushStates();
   await ticks();
-  t.equal(released, false, 'a states-only write with output still queued does not release it');
+  t.equal(released, true, 'a states-only write that took everything queued (the output was inline) releases it');
   t.equal(stateLines(dir).length, 1);
+  t.equal(inlineLines(dir).length, 1, 'the output line was on disk when it was released');
+
+  released = false;
+  history.appendState({ ...record('ex-a'), status: 'succeeded' }, {});
+  history.appendOutput('ex-a', 'STDOUT', 100, Buffer.alloc(INLINE_BYTES, 'y')); // past INLINE_BYTES
+  void history.written().then(() => { released = true; });
+  await history.flushStates();
+  await ticks();
+  t.equal(released, false, 'a states-only write with output-file lines still queued does not release it');
+  t.equal(stateLines(dir).length, 2);
 
   await history.flush();
   await ticks();

@@ -162,7 +162,7 @@ void t.test('snapshot of a PostgreSQL hub → restore into a new database and da
   t.equal(Number((await rows(urlB, 'SELECT count(*) AS n FROM trellis_executions'))[0]!.n), 4, 'the running hub\'s history untouched (3 restored + 1 new)');
 });
 
-void t.test('importHistory streams segments: the last state line of an id wins (keeping an earlier idempotency key), torn lines and output of unknown ids are skipped, a second run copies nothing', needs(t, postgresMissing()), async (t) => {
+void t.test('importHistory streams segments: the last state line of an id wins (keeping an earlier idempotency key), torn lines and output of unknown ids are skipped, output is read from state and output files, a second run copies nothing', needs(t, postgresMissing()), async (t) => {
   const server = await startPostgres();
   t.teardown(() => server.close());
   const url = await server.createDatabase('imp');
@@ -176,17 +176,21 @@ void t.test('importHistory streams segments: the last state line of an id wins (
     JSON.stringify({ k: 's', r: rec(id2, 'running') }),
     '{"k":"s","r":{"id":"torn',
   ].join('\n') + '\n');
-  writeFileSync(join(dir, '000000000002.jsonl'), JSON.stringify({ k: 's', r: rec(id1, 'succeeded') }) + '\n');
+  // Output within an execution's first bytes is kept in the state file (hub/executions/history.ts).
+  writeFileSync(join(dir, '000000000002.jsonl'), [
+    JSON.stringify({ k: 'o', id: id2, s: 0, o: 0, d: Buffer.from('inline').toString('base64') }),
+    JSON.stringify({ k: 's', r: rec(id1, 'succeeded') }),
+  ].join('\n') + '\n');
   writeFileSync(join(dir, '000000000001.out.jsonl'), [
     JSON.stringify({ k: 'o', id: id1, s: 0, o: 0, d: Buffer.from('one ').toString('base64') }),
     JSON.stringify({ k: 'o', id: 'unknown-id', s: 0, o: 0, d: Buffer.from('nobody').toString('base64') }),
   ].join('\n') + '\n');
   writeFileSync(join(dir, '000000000002.out.jsonl'), JSON.stringify({ k: 'o', id: id1, s: 1, o: 4, d: Buffer.from('two').toString('base64') }) + '\n');
   const r = await withDatabase({ url }, (c) => importHistory(c, dir));
-  t.same(r, { executions: 2, outputChunks: 2 });
+  t.same(r, { executions: 2, outputChunks: 3 });
   const got = await rows(url, 'SELECT id, status, dedup_key, timeout_ms, record::text AS record FROM trellis_executions ORDER BY id');
   t.same(got.map((x) => [x.id, x.status, x.dedup_key, Number(x.timeout_ms)]), [[id1, 'succeeded', 'key-1', 5000], [id2, 'running', null, 0]]);
   t.equal((JSON.parse(got[0]!.record as string) as { status: string }).status, 'succeeded', 'the record of the last line');
-  t.same((await rows(url, 'SELECT id, off, stream FROM trellis_output ORDER BY off')).map((x) => [x.id, Number(x.off), x.stream]), [[id1, 0, 0], [id1, 4, 1]]);
+  t.same((await rows(url, 'SELECT id, off, stream FROM trellis_output ORDER BY id, off')).map((x) => [x.id, Number(x.off), x.stream]), [[id1, 0, 0], [id1, 4, 1], [id2, 0, 0]], 'output from both files; an inline line is not an execution');
   t.same(await withDatabase({ url }, (c) => importHistory(c, dir)), { executions: 0, outputChunks: 0 }, 'a second run copies nothing');
 });

@@ -8,7 +8,14 @@
  *   an id wins; the timeout lets executions in flight be timed again after a restart);
  * - `<12-digit seq>.out.jsonl`: output chunks, `{"k":"o","id","s":0|1,"o":offset,"d":base64}`
  *   (s: 0 stdout, 1 stderr; o: bytes of the execution's output before the chunk).
- * Keeping output apart means a restart rebuilds the index from the small state files only.
+ * Output chunks within the first INLINE_BYTES of an execution's output are written to the state
+ * file instead (same line shape): most actions' whole output (an HTTP status line, a short
+ * command's stdout) then costs no durable write of its own, and a write that takes a request's
+ * state lines takes them along in the same O_DSYNC write (a second file written side by side was
+ * a second journal commit on every batch, and the requests waiting behind it). What is past the
+ * first INLINE_BYTES goes to the output file, so a restart, which reads the state files whole,
+ * reads at most INLINE_BYTES of output per execution. Readers take output lines from both files
+ * (files written before this had all output in `.out.jsonl`; the format is the same).
  *
  * Bytes once written are never rewritten. Writes are batched: queued lines go out on a short
  * timer, when the queue gets long, on `flush()` and `close()`, as one append and one fdatasync
@@ -50,6 +57,10 @@ const SEGMENT_RE = /^(\d{12})\.jsonl$/;
 const stateName = (seq: number) => `${String(seq).padStart(12, '0')}.jsonl`;
 const outName = (seq: number) => `${String(seq).padStart(12, '0')}.out.jsonl`;
 const BATCH_LINES = 1000;
+/** Output within the first this many bytes of an execution's goes to the state file (see above). */
+export const INLINE_BYTES = 1024;
+/** How every output line starts, up to its id (JSON.stringify keeps the key order of OutputLine). */
+const OUT_PREFIX = '{"k":"o",';
 const MAX_QUEUED = 200_000;
 const RETAIN_EVERY_MS = 3_600_000;
 
@@ -106,7 +117,7 @@ function stateLine(rec: ExecutionRecord, dk: string | undefined, to: number | un
 }
 
 function parseState(line: string): StateLine | undefined {
-  if (!line) return undefined;
+  if (!line || line.startsWith(OUT_PREFIX)) return undefined; // output kept inline: not a state
   try {
     const l = JSON.parse(line) as StateLine;
     return l && l.k === 's' && l.r && typeof l.r.id === 'string' && typeof l.r.status === 'string' ? l : undefined;
@@ -123,8 +134,11 @@ export class History {
    * running → succeeded, within one write costs one line and one JSON.stringify, not two.
    */
   private stateQ = new Map<string, { rec: ExecutionRecord; dk?: string; to?: number }>();
+  /** Output lines for the state file (the first INLINE_BYTES of an execution's), and their ids. */
+  private inQ: string[] = [];
+  private inIds: string[] = [];
+  /** Output lines for the output file, and their ids (for segment bookkeeping once written). */
   private outQ: string[] = [];
-  /** Ids of the queued output lines, in order (for segment bookkeeping once written). */
   private outIds: string[] = [];
   private fh?: FileHandle;
   private outFh?: FileHandle;
@@ -281,19 +295,33 @@ export class History {
   /** Queues an output chunk (the caller applies the per-execution cap). */
   appendOutput(id: string, stream: 'STDOUT' | 'STDERR', offset: number, data: Buffer): void {
     const line: OutputLine = { k: 'o', id, s: stream === 'STDERR' ? 1 : 0, o: offset, d: data.toString('base64') };
-    this.outQ.push(JSON.stringify(line) + '\n');
-    this.outIds.push(id);
+    const text = JSON.stringify(line) + '\n';
+    if (offset + data.length <= INLINE_BYTES) {
+      this.inQ.push(text);
+      this.inIds.push(id);
+    } else {
+      this.outQ.push(text);
+      this.outIds.push(id);
+    }
     this.queued();
   }
 
+  /** Lines queued, of every kind. */
+  private get queuedLines(): number { return this.stateQ.size + this.inQ.length + this.outQ.length; }
+
   private queued(): void {
     if (this.closed) return;
-    const n = this.stateQ.size + this.outQ.length;
-    if (n > MAX_QUEUED && this.outQ.length > 0) {
-      // Only a dead disk gets here: output goes first, state lines are kept as long as possible.
-      const k = Math.min(this.outQ.length, n - MAX_QUEUED);
-      this.outQ.splice(0, k);
-      this.dropped += k;
+    const n = this.queuedLines;
+    if (n > MAX_QUEUED) {
+      // Only a dead disk gets here: output goes first (the output file's, then the inline lines),
+      // state lines are kept as long as possible.
+      const fromOut = Math.min(this.outQ.length, n - MAX_QUEUED);
+      this.outQ.splice(0, fromOut);
+      this.outIds.splice(0, fromOut);
+      const fromIn = Math.min(this.inQ.length, n - MAX_QUEUED - fromOut);
+      this.inQ.splice(0, fromIn);
+      this.inIds.splice(0, fromIn);
+      this.dropped += fromOut + fromIn;
     }
     this.flusher.schedule(n >= BATCH_LINES ? 0 : this.o.flushIntervalMs);
   }
@@ -312,7 +340,7 @@ export class History {
    */
   written(): Promise<void> {
     // Nothing queued and no write running: everything is on disk already.
-    if (this.closed || (!this.writing && this.stateQ.size === 0 && this.outQ.length === 0)) return Promise.resolve();
+    if (this.closed || (!this.writing && this.queuedLines === 0)) return Promise.resolve();
     return new Promise<void>((resolve) => {
       this.waiters.push(resolve);
       this.flusher.schedule(this.o.flushIntervalMs);
@@ -320,9 +348,10 @@ export class History {
   }
 
   /**
-   * Writes the queued state lines only; output lines wait for the next full write (the flush
-   * timer, `flush()`, `written()`). What a request needs on disk before it goes out (its
-   * `requested`/`scheduled` lines and key) costs one append and one fdatasync, not two.
+   * Writes what is queued for the state file only (state lines and inline output lines); the
+   * output file's lines wait for the next full write (the flush timer, `flush()`, `written()`).
+   * What a request needs on disk before it goes out (its `requested`/`scheduled` lines and key)
+   * costs one durable write, not two side by side.
    */
   flushStates(): Promise<void> {
     // A states write queued and not started yet takes every line queued until it starts: later
@@ -351,19 +380,24 @@ export class History {
    */
   private async writeOnce(statesOnly: boolean): Promise<void> {
     // Writes run one after another: what a waiter taken here waits for is in this write or an
-    // earlier one. A states-only write with output queued is not the whole queue: no waiter.
+    // earlier one. A states-only write with output-file lines queued is not the whole queue: no
+    // waiter.
     const full = !statesOnly || this.outQ.length === 0;
     const waiters = full ? this.waiters : [];
     if (full) this.waiters = [];
-    if (this.stateQ.size === 0 && (!full || this.outQ.length === 0)) {
+    if (this.stateQ.size === 0 && this.inQ.length === 0 && (!full || this.outQ.length === 0)) {
       for (const w of waiters) w();
       return;
     }
-    const states = this.stateQ, outs = full ? this.outQ : [], outIds = full ? this.outIds : [];
+    const states = this.stateQ, ins = this.inQ, inIds = this.inIds;
+    const outs = full ? this.outQ : [], outIds = full ? this.outIds : [];
     this.stateQ = new Map();
+    this.inQ = [];
+    this.inIds = [];
     if (full) { this.outQ = []; this.outIds = []; }
     let text = '';
     for (const q of states.values()) text += stateLine(q.rec, q.dk, q.to);
+    for (const l of ins) text += l;
     const sb = Buffer.from(text, 'utf8');
     const ob = Buffer.from(outs.join(''), 'utf8');
     try {
@@ -384,17 +418,20 @@ export class History {
         states.set(id, { rec: q.rec, dk: q.dk || old?.dk, to: q.to || old?.to });
       }
       this.stateQ = states;
+      this.inQ = ins.concat(this.inQ);
+      this.inIds = inIds.concat(this.inIds);
       if (full) {
         this.outQ = outs.concat(this.outQ);
         this.outIds = outIds.concat(this.outIds);
       }
       this.waiters = waiters.concat(this.waiters); // not on disk: they wait for the retry
-      if (!this.failing) this.o.log.error({ err, queued: this.stateQ.size + this.outQ.length }, 'writing the execution history failed; retrying');
+      if (!this.failing) this.o.log.error({ err, queued: this.queuedLines }, 'writing the execution history failed; retrying');
       this.failing = true;
       if (!this.closed) this.flusher.schedule(Math.max(this.o.flushIntervalMs, 1000));
       throw err;
     }
     for (const id of states.keys()) this.wrote(id);
+    for (const id of inIds) this.wrote(id);
     for (const id of outIds) this.wrote(id);
     for (const w of waiters) w();
     const perSegment = Math.max(1, Math.ceil(this.o.maxCount / 10));
@@ -416,12 +453,12 @@ export class History {
     await this.flush().catch(() => undefined);
     const s = this.span.get(id);
     if (!s) return [];
-    const needle = `"id":${JSON.stringify(id)},`;
+    const prefix = `${OUT_PREFIX}"id":${JSON.stringify(id)},`;
     const chunks: Chunk[] = [];
-    for (let seq = s.first; seq <= s.last; seq++) {
-      const text = await readFile(join(this.o.dir, outName(seq)), 'utf8').catch(() => '');
+    for (let seq = s.first; seq <= s.last; seq++) for (const name of [stateName(seq), outName(seq)]) {
+      const text = await readFile(join(this.o.dir, name), 'utf8').catch(() => '');
       for (const line of text.split('\n')) {
-        if (!line.includes(needle)) continue;
+        if (!line.startsWith(prefix)) continue;
         try {
           const l = JSON.parse(line) as OutputLine;
           if (l.k !== 'o' || l.id !== id) continue;
@@ -441,8 +478,8 @@ export class History {
     // A write takes what was queued when it started: what came in while it ran goes with the next
     // (a few rounds at most; a failing disk stops at the first error).
     for (let round = 0; round < 5; round++) {
-      const ok = await this.flush().then(() => true, (err) => { this.o.log.error({ err, lost: this.stateQ.size + this.outQ.length }, 'execution history not written at close'); return false; });
-      if (!ok || (this.stateQ.size === 0 && this.outQ.length === 0)) break;
+      const ok = await this.flush().then(() => true, (err) => { this.o.log.error({ err, lost: this.queuedLines }, 'execution history not written at close'); return false; });
+      if (!ok || this.queuedLines === 0) break;
     }
     await this.flusher.idle();
     const waiters = this.waiters;

@@ -36,6 +36,7 @@ async function* stateLines(dir: string, names: string[]): AsyncGenerator<{ n: nu
   let n = 0;
   for (const name of names) {
     for await (const line of linesOf(join(dir, name))) {
+      if (line.startsWith('{"k":"o",')) continue; // output kept inline (read by the output pass)
       let l: StateLine;
       try { l = JSON.parse(line) as StateLine; } catch { continue; } // a torn line from a crash
       if (l.k !== 's' || !l.r || typeof l.r.id !== 'string') continue;
@@ -95,7 +96,8 @@ export async function importHistory(client: pg.ClientBase, dir: string): Promise
     outputChunks += r.rowCount ?? 0;
     chunk = [];
   };
-  for (const n of names.filter((x) => OUT_RE.test(x))) {
+  // Output lines: in the output files, and the first bytes of each execution's in the state files.
+  for (const n of names.filter((x) => OUT_RE.test(x) || STATE_RE.test(x))) {
     for await (const line of linesOf(join(dir, n))) {
       try {
         const l = JSON.parse(line) as { k?: string; id?: string; s?: number; o?: number; d?: string };
