@@ -347,7 +347,8 @@ export interface EventToActionFloor { p99: number; missing: number; hubCpuUsPerE
  * event, one keep-alive GET per action. What this machine allows at this rate.
  */
 export async function benchEventToActionFloor(ctx: AutomationCtx, workDir: string): Promise<EventToActionFloor> {
-  const hub = fork(fileURLToPath(new URL('./e2a-floor-hub.js', import.meta.url)), [ctx.hubDir, workDir], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  // TRELLIS_BENCH_HUB_NODE_ARGS: node flags for this hub too (profiles compare like with like).
+  const hub = fork(fileURLToPath(new URL('./e2a-floor-hub.js', import.meta.url)), [ctx.hubDir, workDir], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [...process.execArgv, ...(process.env.TRELLIS_BENCH_HUB_NODE_ARGS ?? '').split(/\s+/).filter(Boolean)] });
   try {
     const port = await new Promise<number>((resolve, reject) => {
       hub.once('message', (m: { listening?: number }) => (m.listening ? resolve(m.listening) : reject(new Error('floor hub: no port'))));

@@ -46,8 +46,8 @@
  *                                status/selector filters, a later page), an executions page (limit 50,
  *                                status/action/agent filters, an older page), the overview's calls (bench/console.ts)
  *
- * Knobs (environment): TRELLIS_BENCH_HUB_NODE_ARGS adds node flags to the child hub (for example
- * "--cpu-prof --cpu-prof-dir=/tmp/prof"); TRELLIS_BENCH_E2A_NODE_ARGS the same for the event_to_action agent process; TRELLIS_BENCH_KEEP=1 keeps the temp directory;
+ * Knobs (environment): TRELLIS_BENCH_HUB_NODE_ARGS adds node flags to the child hub and to the
+ * event_to_action floor's hub (for example "--cpu-prof --cpu-prof-dir=/tmp/prof"); TRELLIS_BENCH_E2A_NODE_ARGS the same for the event_to_action agent process; TRELLIS_BENCH_KEEP=1 keeps the temp directory;
  * TRELLIS_BENCH_ONLY=name,name measures only those figures (and the phases they share a run with);
  * event_to_action: TRELLIS_BENCH_E2A_RATE (events/s, 1000), TRELLIS_BENCH_E2A_WARM (warm-up events,
  * 6000), TRELLIS_BENCH_E2A_RAMP (of those, the first that ramp up to the rate, 3000),

@@ -106,6 +106,7 @@ async function main(): Promise<void> {
     process.send?.({ listening: port });
   });
   process.on('disconnect', () => process.exit(0));
+  process.on('SIGTERM', () => process.exit(0)); // a clean exit: --cpu-prof (TRELLIS_BENCH_HUB_NODE_ARGS) writes its profile
 }
 
 void main().catch((err) => { process.stderr.write(`floor hub: ${(err as Error).stack ?? err}\n`); process.exit(1); });
