@@ -136,3 +136,28 @@ t.test('a failed write keeps written() waiting; the retry that succeeds releases
   t.same(stateLines(dir).map((l) => l.r.id), ['ex-a']);
   await history.close();
 });
+
+t.test('a torn last line (crash mid-write) is skipped, inline output around it is read, and a new segment starts', async (t) => {
+  await using d = await tempDir();
+  const dir = join(d.path, 'executions');
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const out = (id: string, o: number, text: string) => JSON.stringify({ k: 'o', id, s: 0, o, d: Buffer.from(text).toString('base64') });
+  writeFileSync(join(dir, '000000000001.jsonl'), [
+    JSON.stringify({ k: 's', r: { ...record('ex-a'), status: 'succeeded' }, dk: 'k-a' }),
+    out('ex-a', 0, 'first '),
+    '{"k":"o",', // an output line cut right after its prefix
+    out('ex-a', 6, 'second'),
+    JSON.stringify({ k: 's', r: record('ex-b') }).slice(0, 40), // torn: no newline, cut mid-record
+  ].join('\n'), { mode: 0o600 });
+  writeFileSync(join(dir, '000000000001.out.jsonl'), '', { mode: 0o600 });
+  const logs = captureLogger();
+  const { history, records } = await History.open({ dir, log: logs.log, maxSegmentBytes: 1 << 20, maxAgeMs: 86_400_000, maxCount: 1000, flushIntervalMs: 600_000, onDrop: () => undefined });
+  t.same([...records.keys()], ['ex-a'], 'the whole state line only');
+  t.equal(records.get('ex-a')!.dedupKey, 'k-a');
+  t.equal(Buffer.concat((await history.readOutput('ex-a')).map((c) => c.data)).toString(), 'first second', 'both whole output lines');
+  history.appendState(record('ex-c'), {});
+  await history.flush();
+  t.ok(readdirSync(dir).includes('000000000002.jsonl'), 'writes go to a new segment, not after the torn line');
+  t.match(logs.lines.join('\n'), /torn line/, 'the torn segment is logged');
+  await history.close();
+});

@@ -116,6 +116,24 @@ function stateLine(rec: ExecutionRecord, dk: string | undefined, to: number | un
   return JSON.stringify(line) + '\n';
 }
 
+const OUT_PREFIX_BYTES = Buffer.from(OUT_PREFIX);
+
+/**
+ * The lines of a state file that are not output lines, decoded. Output lines (up to INLINE_BYTES
+ * of each execution's) are skipped on their bytes, never decoded: a restart pays for them a scan
+ * for the line end only.
+ */
+function* stateLinesOf(buf: Buffer): Generator<string> {
+  for (let pos = 0; pos < buf.length;) {
+    let end = buf.indexOf(0x0a, pos);
+    if (end < 0) end = buf.length;
+    if (end - pos < OUT_PREFIX_BYTES.length || buf.compare(OUT_PREFIX_BYTES, 0, OUT_PREFIX_BYTES.length, pos, pos + OUT_PREFIX_BYTES.length) !== 0) {
+      yield buf.toString('utf8', pos, end);
+    }
+    pos = end + 1;
+  }
+}
+
 function parseState(line: string): StateLine | undefined {
   if (!line || line.startsWith(OUT_PREFIX)) return undefined; // output kept inline: not a state
   try {
@@ -173,8 +191,8 @@ export class History {
     const records = new Map<string, Rebuilt>();
     const segs = await h.segments();
     for (const seq of segs) {
-      const text = await readFile(join(o.dir, stateName(seq)), 'utf8').catch(() => '');
-      for (const line of text.split('\n')) {
+      const buf = await readFile(join(o.dir, stateName(seq))).catch(() => Buffer.alloc(0));
+      for (const line of stateLinesOf(buf)) {
         const l = parseState(line);
         if (!l) continue;
         const prev = records.get(l.r.id);
