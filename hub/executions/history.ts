@@ -60,7 +60,7 @@ const BATCH_LINES = 1000;
 /** Output within the first this many bytes of an execution's goes to the state file (see above). */
 export const INLINE_BYTES = 1024;
 /** How every output line starts, up to its id (JSON.stringify keeps the key order of OutputLine). */
-const OUT_PREFIX = '{"k":"o",';
+export const OUT_PREFIX = '{"k":"o",';
 const MAX_QUEUED = 200_000;
 const RETAIN_EVERY_MS = 3_600_000;
 
@@ -119,23 +119,37 @@ function stateLine(rec: ExecutionRecord, dk: string | undefined, to: number | un
 const OUT_PREFIX_BYTES = Buffer.from(OUT_PREFIX);
 
 /**
- * The lines of a state file that are not output lines, decoded. Output lines (up to INLINE_BYTES
- * of each execution's) are skipped on their bytes, never decoded: a restart pays for them a scan
- * for the line end only.
+ * The lines of a history file whose first bytes are (`want` true) or are not (false) `prefix`,
+ * decoded; the others are skipped on their bytes, never decoded. A restart skips the output lines
+ * of state files this way (it pays a scan for their line end only), and readOutput decodes one
+ * execution's lines only.
  */
-function* stateLinesOf(buf: Buffer): Generator<string> {
+function* linesOf(buf: Buffer, prefix: Buffer, want: boolean): Generator<string> {
   for (let pos = 0; pos < buf.length;) {
     let end = buf.indexOf(0x0a, pos);
     if (end < 0) end = buf.length;
-    if (end - pos < OUT_PREFIX_BYTES.length || buf.compare(OUT_PREFIX_BYTES, 0, OUT_PREFIX_BYTES.length, pos, pos + OUT_PREFIX_BYTES.length) !== 0) {
-      yield buf.toString('utf8', pos, end);
-    }
+    const has = end - pos >= prefix.length && buf.compare(prefix, 0, prefix.length, pos, pos + prefix.length) === 0;
+    if (has === want) yield buf.toString('utf8', pos, end);
     pos = end + 1;
   }
 }
 
+/** Queued lines of one kind, with the id each is about (segment bookkeeping once written). */
+class LineQueue {
+  lines: string[] = [];
+  ids: string[] = [];
+  get length(): number { return this.lines.length; }
+  push(id: string, line: string): void { this.lines.push(line); this.ids.push(id); }
+  /** Everything queued; the queue starts empty. */
+  take(): LineQueue { const q = new LineQueue(); [q.lines, q.ids, this.lines, this.ids] = [this.lines, this.ids, [], []]; return q; }
+  /** Lines taken by a write that failed, back in front of what was queued since. */
+  putBack(q: LineQueue): void { this.lines = q.lines.concat(this.lines); this.ids = q.ids.concat(this.ids); }
+  /** Drops the oldest `n` lines; returns how many it dropped. */
+  drop(n: number): number { const k = Math.max(0, Math.min(this.lines.length, n)); this.lines.splice(0, k); this.ids.splice(0, k); return k; }
+}
+
 function parseState(line: string): StateLine | undefined {
-  if (!line || line.startsWith(OUT_PREFIX)) return undefined; // output kept inline: not a state
+  if (!line) return undefined;
   try {
     const l = JSON.parse(line) as StateLine;
     return l && l.k === 's' && l.r && typeof l.r.id === 'string' && typeof l.r.status === 'string' ? l : undefined;
@@ -152,12 +166,10 @@ export class History {
    * running → succeeded, within one write costs one line and one JSON.stringify, not two.
    */
   private stateQ = new Map<string, { rec: ExecutionRecord; dk?: string; to?: number }>();
-  /** Output lines for the state file (the first INLINE_BYTES of an execution's), and their ids. */
-  private inQ: string[] = [];
-  private inIds: string[] = [];
-  /** Output lines for the output file, and their ids (for segment bookkeeping once written). */
-  private outQ: string[] = [];
-  private outIds: string[] = [];
+  /** Output lines for the state file (the first INLINE_BYTES of an execution's). */
+  private inQ = new LineQueue();
+  /** Output lines for the output file. */
+  private outQ = new LineQueue();
   private fh?: FileHandle;
   private outFh?: FileHandle;
   private seq = 0;
@@ -192,7 +204,7 @@ export class History {
     const segs = await h.segments();
     for (const seq of segs) {
       const buf = await readFile(join(o.dir, stateName(seq))).catch(() => Buffer.alloc(0));
-      for (const line of stateLinesOf(buf)) {
+      for (const line of linesOf(buf, OUT_PREFIX_BYTES, false)) { // output lines kept inline: skipped
         const l = parseState(line);
         if (!l) continue;
         const prev = records.get(l.r.id);
@@ -313,14 +325,7 @@ export class History {
   /** Queues an output chunk (the caller applies the per-execution cap). */
   appendOutput(id: string, stream: 'STDOUT' | 'STDERR', offset: number, data: Buffer): void {
     const line: OutputLine = { k: 'o', id, s: stream === 'STDERR' ? 1 : 0, o: offset, d: data.toString('base64') };
-    const text = JSON.stringify(line) + '\n';
-    if (offset + data.length <= INLINE_BYTES) {
-      this.inQ.push(text);
-      this.inIds.push(id);
-    } else {
-      this.outQ.push(text);
-      this.outIds.push(id);
-    }
+    (offset + data.length <= INLINE_BYTES ? this.inQ : this.outQ).push(id, JSON.stringify(line) + '\n');
     this.queued();
   }
 
@@ -333,13 +338,8 @@ export class History {
     if (n > MAX_QUEUED) {
       // Only a dead disk gets here: output goes first (the output file's, then the inline lines),
       // state lines are kept as long as possible.
-      const fromOut = Math.min(this.outQ.length, n - MAX_QUEUED);
-      this.outQ.splice(0, fromOut);
-      this.outIds.splice(0, fromOut);
-      const fromIn = Math.min(this.inQ.length, n - MAX_QUEUED - fromOut);
-      this.inQ.splice(0, fromIn);
-      this.inIds.splice(0, fromIn);
-      this.dropped += fromOut + fromIn;
+      const fromOut = this.outQ.drop(n - MAX_QUEUED);
+      this.dropped += fromOut + this.inQ.drop(n - MAX_QUEUED - fromOut);
     }
     this.flusher.schedule(n >= BATCH_LINES ? 0 : this.o.flushIntervalMs);
   }
@@ -407,17 +407,13 @@ export class History {
       for (const w of waiters) w();
       return;
     }
-    const states = this.stateQ, ins = this.inQ, inIds = this.inIds;
-    const outs = full ? this.outQ : [], outIds = full ? this.outIds : [];
+    const states = this.stateQ, ins = this.inQ.take(), outs = full ? this.outQ.take() : new LineQueue();
     this.stateQ = new Map();
-    this.inQ = [];
-    this.inIds = [];
-    if (full) { this.outQ = []; this.outIds = []; }
     let text = '';
     for (const q of states.values()) text += stateLine(q.rec, q.dk, q.to);
-    for (const l of ins) text += l;
+    for (const l of ins.lines) text += l;
     const sb = Buffer.from(text, 'utf8');
-    const ob = Buffer.from(outs.join(''), 'utf8');
+    const ob = Buffer.from(outs.lines.join(''), 'utf8');
     try {
       if (!this.fh || !this.outFh || this.broken) await this.openNext();
       // The two files are independent: written and synced side by side (the wait is the slower
@@ -436,12 +432,8 @@ export class History {
         states.set(id, { rec: q.rec, dk: q.dk || old?.dk, to: q.to || old?.to });
       }
       this.stateQ = states;
-      this.inQ = ins.concat(this.inQ);
-      this.inIds = inIds.concat(this.inIds);
-      if (full) {
-        this.outQ = outs.concat(this.outQ);
-        this.outIds = outIds.concat(this.outIds);
-      }
+      this.inQ.putBack(ins);
+      this.outQ.putBack(outs);
       this.waiters = waiters.concat(this.waiters); // not on disk: they wait for the retry
       if (!this.failing) this.o.log.error({ err, queued: this.queuedLines }, 'writing the execution history failed; retrying');
       this.failing = true;
@@ -449,8 +441,8 @@ export class History {
       throw err;
     }
     for (const id of states.keys()) this.wrote(id);
-    for (const id of inIds) this.wrote(id);
-    for (const id of outIds) this.wrote(id);
+    for (const id of ins.ids) this.wrote(id);
+    for (const id of outs.ids) this.wrote(id);
     for (const w of waiters) w();
     const perSegment = Math.max(1, Math.ceil(this.o.maxCount / 10));
     if (this.size >= this.o.maxSegmentBytes || this.fresh >= perSegment) {
@@ -471,12 +463,11 @@ export class History {
     await this.flush().catch(() => undefined);
     const s = this.span.get(id);
     if (!s) return [];
-    const prefix = `${OUT_PREFIX}"id":${JSON.stringify(id)},`;
+    const prefix = Buffer.from(`${OUT_PREFIX}"id":${JSON.stringify(id)},`);
     const chunks: Chunk[] = [];
     for (let seq = s.first; seq <= s.last; seq++) for (const name of [stateName(seq), outName(seq)]) {
-      const text = await readFile(join(this.o.dir, name), 'utf8').catch(() => '');
-      for (const line of text.split('\n')) {
-        if (!line.startsWith(prefix)) continue;
+      const buf = await readFile(join(this.o.dir, name)).catch(() => Buffer.alloc(0));
+      for (const line of linesOf(buf, prefix, true)) {
         try {
           const l = JSON.parse(line) as OutputLine;
           if (l.k !== 'o' || l.id !== id) continue;

@@ -12,6 +12,7 @@ import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import type pg from 'pg';
 import type { ExecutionRecord } from './types.js';
+import { OUT_PREFIX } from './history.js';
 
 const BATCH = 500;
 const STATE_RE = /^\d{12}\.jsonl$/;
@@ -36,7 +37,7 @@ async function* stateLines(dir: string, names: string[]): AsyncGenerator<{ n: nu
   let n = 0;
   for (const name of names) {
     for await (const line of linesOf(join(dir, name))) {
-      if (line.startsWith('{"k":"o",')) continue; // output kept inline (read by the output pass)
+      if (line.startsWith(OUT_PREFIX)) continue; // output kept inline (read by the output pass)
       let l: StateLine;
       try { l = JSON.parse(line) as StateLine; } catch { continue; } // a torn line from a crash
       if (l.k !== 's' || !l.r || typeof l.r.id !== 'string') continue;
@@ -99,6 +100,7 @@ export async function importHistory(client: pg.ClientBase, dir: string): Promise
   // Output lines: in the output files, and the first bytes of each execution's in the state files.
   for (const n of names.filter((x) => OUT_RE.test(x) || STATE_RE.test(x))) {
     for await (const line of linesOf(join(dir, n))) {
+      if (!line.startsWith(OUT_PREFIX)) continue; // a state line: read by the passes above
       try {
         const l = JSON.parse(line) as { k?: string; id?: string; s?: number; o?: number; d?: string };
         if (l.k !== 'o' || typeof l.id !== 'string' || !last.has(l.id) || typeof l.d !== 'string') continue;
