@@ -43,7 +43,7 @@ import { call, type AdminClients } from '../cli/client.js';
 import { HubChannel } from '../agent/channel.js';
 import { agentFacts } from '../agent/agent.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
-import { note, percentile, pool, processCpuMs, sleep } from './lib.js';
+import { envArgs, envInt, note, percentile, pool, processCpuMs, sleep } from './lib.js';
 
 export interface AutomationCtx {
   admin: AdminClients;
@@ -321,13 +321,12 @@ interface LatencyRun {
  * where slow events spent their time, on stderr (bench/e2a-agent.ts).
  */
 async function runLatencyAgent(o: { target: string; caPem: string; keyPem: string; certPem: string; hubPid: number; floor?: boolean }): Promise<LatencyRun> {
-  const warm = Number(process.env.TRELLIS_BENCH_E2A_WARM ?? 6000), ramp = Number(process.env.TRELLIS_BENCH_E2A_RAMP ?? 3000);
-  const measured = Number(process.env.TRELLIS_BENCH_E2A_MEASURED ?? 5000);
-  const rate = Number(process.env.TRELLIS_BENCH_E2A_RATE ?? 1000);
+  const warm = envInt('TRELLIS_BENCH_E2A_WARM', 6000, 0), ramp = envInt('TRELLIS_BENCH_E2A_RAMP', 3000, 0);
+  const measured = envInt('TRELLIS_BENCH_E2A_MEASURED', 5000, 100), rate = envInt('TRELLIS_BENCH_E2A_RATE', 1000, 1);
   const input = JSON.stringify({ target: o.target, caPem: o.caPem, keyPem: o.keyPem, certPem: o.certPem, rate, warm, measured, ramp, floor: !!o.floor, trace: !!process.env.TRELLIS_BENCH_TRACE });
   const cpu0 = processCpuMs(o.hubPid);
   // TRELLIS_BENCH_E2A_NODE_ARGS adds node flags to the agent process (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof").
-  const nodeArgs = (process.env.TRELLIS_BENCH_E2A_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
+  const nodeArgs = envArgs('TRELLIS_BENCH_E2A_NODE_ARGS');
   const child = spawn(process.execPath, [...nodeArgs, fileURLToPath(new URL('./e2a-agent.js', import.meta.url))], { stdio: ['pipe', 'pipe', 'inherit'] });
   child.stdin!.end(input);
   let out = '';
@@ -348,7 +347,7 @@ export interface EventToActionFloor { p99: number; missing: number; hubCpuUsPerE
  */
 export async function benchEventToActionFloor(ctx: AutomationCtx, workDir: string): Promise<EventToActionFloor> {
   // TRELLIS_BENCH_HUB_NODE_ARGS: node flags for this hub too (profiles compare like with like).
-  const hub = fork(fileURLToPath(new URL('./e2a-floor-hub.js', import.meta.url)), [ctx.hubDir, workDir], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [...process.execArgv, ...(process.env.TRELLIS_BENCH_HUB_NODE_ARGS ?? '').split(/\s+/).filter(Boolean)] });
+  const hub = fork(fileURLToPath(new URL('./e2a-floor-hub.js', import.meta.url)), [ctx.hubDir, workDir], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [...process.execArgv, ...envArgs('TRELLIS_BENCH_HUB_NODE_ARGS')] });
   try {
     const port = await new Promise<number>((resolve, reject) => {
       hub.once('message', (m: { listening?: number }) => (m.listening ? resolve(m.listening) : reject(new Error('floor hub: no port'))));

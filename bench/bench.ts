@@ -86,7 +86,7 @@ import { benchStore } from './store.js';
 import { benchClusterDispatch } from './cluster-dispatch.js';
 import { postgresMissing } from '../test/helpers/postgres.js';
 import { benchConsole } from './console.js';
-import { mean, note, percentile, pool, processCpuMs, sleep, startChildHub, type ChildHub } from './lib.js';
+import { envArgs, mean, note, percentile, pool, processCpuMs, sleep, startChildHub, type ChildHub } from './lib.js';
 
 silenceIpServernameWarning();
 
@@ -553,7 +553,7 @@ async function main(): Promise<void> {
   const hubFigures: Figure[] = ['login_ms', 'authed_rpc_overhead_us', 'enroll_hub_cpu_ms', 'agent_enroll_wall_ms', 'agent_enroll_wall_p99_ms', 'channel_events_per_s', 'channel_events_unbatched_per_s'];
   try {
     if (hubReady) throw hubReady;
-    const nodeArgs = (process.env.TRELLIS_BENCH_HUB_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
+    const nodeArgs = envArgs('TRELLIS_BENCH_HUB_NODE_ARGS');
     child = await startChildHub(ROOT, hubDir, nodeArgs);
     note(`child hub pid ${child.pid}, admin port ${child.adminPort}, agent port ${child.agentPort}`);
     const adminAddr = `127.0.0.1:${child.adminPort}`;
@@ -645,7 +645,7 @@ async function main(): Promise<void> {
   // Its own hub (a committed rotation changes the CA), after the main hub's phases.
   await figure(['ca_rotation_1000_agents_s'], async () => {
     await child?.stop().catch(() => undefined); // the machine to itself
-    const nodeArgs = (process.env.TRELLIS_BENCH_HUB_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
+    const nodeArgs = envArgs('TRELLIS_BENCH_HUB_NODE_ARGS');
     report('ca_rotation_1000_agents_s', await benchCaRotation({ root: ROOT, tmpRoot: tmpRoot!, names: NAMES, trustDomain: TRUST_DOMAIN, nodeArgs, closers }), 's', 1);
   });
   note(`load average at end: ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);

@@ -31,6 +31,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { Agent } from '../agent/agent.js';
 import { FloorAgent } from './e2a-floor-agent.js';
+import { percentile } from './lib.js';
 import { silenceIpServernameWarning } from '../common/warnings.js';
 
 silenceIpServernameWarning();
@@ -138,7 +139,7 @@ async function main(): Promise<void> {
       const warm = r.warm!;
       // A warm-up action that never arrived is a hole in `warm`: left out of its maximum.
       for (let i = 0; i < warm.length; i += 250) process.stderr.write(`[e2a] warm-up ${i}..: max ${Math.max(...warm.slice(i, i + 250).filter((v) => typeof v === 'number')).toFixed(1)} ms\n`);
-      const q = (v: number[], p: number) => { const x = [...v].sort((a, b) => a - b); return x[Math.min(x.length - 1, Math.floor((p / 100) * x.length))]!.toFixed(2); };
+      const q = (v: number[], p: number) => percentile(v, p).toFixed(2);
       const toAgent: number[] = [], toSink: number[] = [];
       r.lat!.forEach((v, n) => { const g = reached.get(n); if (v >= 0 && g !== undefined) { toAgent.push(g); toSink.push(v - g); } });
       eld!.disable();

@@ -18,6 +18,16 @@ export function intFlag(flag: string, v: string | undefined, min: number): numbe
   return n;
 }
 
+/** Node flags from an environment variable (TRELLIS_BENCH_HUB_NODE_ARGS, ...), split on spaces. */
+export function envArgs(name: string): string[] {
+  return (process.env[name] ?? '').split(/\s+/).filter(Boolean);
+}
+
+/** An integer knob from the environment (its default when unset), at least `min`, or an error naming it. */
+export function envInt(name: string, dflt: number, min: number): number {
+  return intFlag(name, process.env[name] ?? String(dflt), min);
+}
+
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Ports the kernel hands out for port 0, released again (a small race, retried by the caller). */
