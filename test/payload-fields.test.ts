@@ -89,6 +89,56 @@ t.test('agrees with JSON.parse on 30,000 seeded random mutations of payloads', a
   t.same(diffs, [], 'no differences');
 });
 
+t.test('long strings (read four bytes at a time): every special byte at every offset and alignment', async (t) => {
+  // Payloads of 64 bytes and more take the four-bytes-at-a-time path through strings; a special
+  // byte (quote, backslash, control character, non-ASCII) at any offset within a word, and a
+  // string starting at any alignment, must give what JSON.parse gives (including "not JSON").
+  const pf = new PayloadFields(['x', 'host', 'percent']);
+  const specials = ['\\"', '\\\\', '\\n', '\\u00e9', '\u00e9', '\u2603', '\ud83d\ude00', '\t', '\u0001', '\u001f', '\u007f', ' ', '~', '"', '\\', '\\x'];
+  const diffs: string[] = [];
+  let cases = 0;
+  for (let pad = 0; pad < 4; pad++) {
+    for (let len = 0; len < 12; len++) {
+      for (const sp of specials) {
+        for (let at = 0; at <= len; at++) {
+          const body = 'a'.repeat(at) + sp + 'b'.repeat(len - at) + 'c'.repeat(70);
+          const text = `{${' '.repeat(pad)}"host":"web-01","x":"${body}","percent":${len}.5}`;
+          const d = differs(pf, Buffer.from(text, 'utf8'));
+          cases++;
+          if (d && diffs.length < 5) diffs.push(`${JSON.stringify(text)}: ${d}`);
+        }
+      }
+    }
+  }
+  // Raw bytes a JS string cannot spell as UTF-8: lone continuation bytes and truncated sequences inside a long string.
+  for (const bad of [[0x80], [0xff], [0xc3], [0xe2, 0x98], [0xf0, 0x9f, 0x98]]) {
+    for (let at = 0; at < 8; at++) {
+      const b = Buffer.concat([Buffer.from(`{"x":"${'a'.repeat(at)}`), Buffer.from(bad), Buffer.from(`${'z'.repeat(80)}","percent":1}`)]);
+      const d = differs(new PayloadFields(['x', 'percent']), b);
+      cases++;
+      if (d && diffs.length < 5) diffs.push(`${b.toString('hex')}: ${d}`);
+    }
+  }
+  t.ok(cases > 5000, `${cases} payloads`);
+  t.same(diffs, [], 'no differences');
+});
+
+t.test('values are decoded when read, from the payload of the last read only', async (t) => {
+  const pf = new PayloadFields(['host', 'percent', 'tags']);
+  const a = pf.read(Buffer.from(`{"host":"web-01","percent":42.5,"tags":["a"],"note":"${'n'.repeat(80)}"}`)) as Record<string, unknown>;
+  t.same(Object.keys(a), ['host', 'percent', 'tags'], 'every wanted key is an own, enumerable property');
+  t.equal(a.percent, 42.5);
+  t.equal(a.percent, 42.5, 'read twice, same value');
+  // A second read answers the same object, now with the second payload's values: also for a
+  // field decoded from the first payload and one absent from the second.
+  const b = pf.read(Buffer.from('{"host":"db-02","tags":{"k":1}}')) as Record<string, unknown>;
+  t.equal(b, a, 'the answer object is reused');
+  t.equal(b.percent, undefined, 'absent in the second payload: undefined, not the first payload\'s value');
+  t.equal(b.host, 'db-02');
+  t.same(b.tags, { k: 1 });
+  t.ok(Object.prototype.hasOwnProperty.call(b, 'percent'), 'an absent key is still an own property (read as undefined)');
+});
+
 t.test('rules match the reduced event exactly as the whole event', async (t) => {
   const defs: RuleDef[] = [
     { 'trigger.payload.percent': { type: 'gt', pattern: 90 } },
