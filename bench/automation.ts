@@ -18,9 +18,12 @@
  *                                   --lite-mode as a busy agent runs, and the event generator)
  *  event_to_action_sink_cpu_us      the CPU time per action of the HTTP server the action calls (its own
  *                                   process: the called service's cost, not Trellis's)
+ *  event_to_action_steal_pct        percent of the machine's CPU time the hypervisor stole during that run
+ *                                   (/proc/stat): a p99 taken while it was high is the host's, not Trellis's
  *  event_to_action_floor_p99_ms     the same pipeline, rate and processes with nothing of Trellis in them
  *                                   (bench/e2a-floor-hub.ts, bench/e2a-floor-agent.ts): what the machine allows;
- *                                   event_to_action_floor_hub_cpu_us / _agent_cpu_us its CPU per event
+ *                                   event_to_action_floor_hub_cpu_us / _agent_cpu_us its CPU per event,
+ *                                   event_to_action_floor_steal_pct the steal during it
  *  ingest_vs_raw_ratio              ingest_events_per_s / raw_stream_events_per_s, same run
  *  webhook_req_per_s                HMAC-signed POST /webhooks/<name> over keep-alive HTTPS
  *  secret_fanout_1000_agents_p99_ms a secret used by an edge rule changes → the new sealed config
@@ -43,7 +46,7 @@ import { call, type AdminClients } from '../cli/client.js';
 import { HubChannel } from '../agent/channel.js';
 import { agentFacts } from '../agent/agent.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
-import { envArgs, envInt, note, percentile, pool, processCpuMs, sleep } from './lib.js';
+import { envArgs, envInt, machineCpuTicks, note, percentile, pool, processCpuMs, sleep, stealPct } from './lib.js';
 
 export interface AutomationCtx {
   admin: AdminClients;
@@ -181,6 +184,7 @@ export async function benchIngest(ctx: AutomationCtx): Promise<IngestFigures> {
   note(`ingest: 1,000 rules created in ${Math.round(performance.now() - t0)} ms`);
   await pumpAll(chs, 5_000, 'core.bench_cpu'); // warm-up of the rules path
   const sum = { raw: { ms: 0, events: 0, hub: 0, own: 0 }, rules: { ms: 0, events: 0, hub: 0, own: 0 } };
+  const machine0 = machineCpuTicks();
   for (const kind of ['raw', 'rules', 'rules', 'raw', 'raw', 'rules', 'rules', 'raw'] as const) {
     const r = await pumpAll(chs, SLICE, kind === 'raw' ? 'core.bench_raw' : 'core.bench_cpu', ctx.hubPid);
     const acc = sum[kind];
@@ -192,7 +196,7 @@ export async function benchIngest(ctx: AutomationCtx): Promise<IngestFigures> {
     note(`ingest: ${k === 'raw' ? 'raw (a type no rule triggers on)' : 'with rules (10 evaluated per event)'}: ${sum[k].events} events in ${Math.round(sum[k].ms)} ms = ${Math.round(perS(k))} events/s; `
       + `CPU per event: hub ${cpuUs(k).toFixed(2)} µs, simulated agents ${((sum[k].own * 1000) / sum[k].events).toFixed(2)} µs`);
   }
-  note(`ingest: ratio ${(perS('rules') / perS('raw')).toFixed(2)} (wall), ${(cpuUs('raw') / cpuUs('rules')).toFixed(2)} (hub CPU per event)`);
+  note(`ingest: ratio ${(perS('rules') / perS('raw')).toFixed(2)} (wall), ${(cpuUs('raw') / cpuUs('rules')).toFixed(2)} (hub CPU per event); the hypervisor stole ${stealPct(machine0, machineCpuTicks()).toFixed(1)}% of the machine's CPU time meanwhile`);
   await Promise.all(chs.map((c) => c.close()));
   return { raw: perS('raw'), withRules: perS('rules'), rawHubCpuUs: cpuUs('raw'), rulesHubCpuUs: cpuUs('rules') };
 }
@@ -248,7 +252,7 @@ function scrapeMetrics(ctx: AutomationCtx): Promise<string> {
   });
 }
 
-export interface EventToAction { p99: number; missing: number; duplicated: number; refused: number; measured: number; hubCpuUsPerEvent: number; agentCpuUsPerEvent: number; sinkCpuUsPerEvent: number }
+export interface EventToAction { p99: number; missing: number; duplicated: number; refused: number; measured: number; hubCpuUsPerEvent: number; agentCpuUsPerEvent: number; sinkCpuUsPerEvent: number; stealPct: number }
 
 /**
  * The real agent runs in its own small process (bench/e2a-agent.ts) so that pauses of this
@@ -266,7 +270,7 @@ export async function benchEventToAction(ctx: AutomationCtx & { hubPid: number }
   const cred = latencyAgentCredentials(ctx);
   const metrics0 = await scrapeMetrics(ctx);
   const run = await runLatencyAgent({ ...cred, target: ctx.agentAddr, hubPid: ctx.hubPid });
-  const { warm, rate, nodeArgs, r, hubCpuMs } = run;
+  const { warm, rate, nodeArgs, r, hubCpuMs, stealPct: steal } = run;
   const measured = r.expected;
   const metrics1 = await scrapeMetrics(ctx);
   const agentCpuMs = r.cpuMs, sinkCpuMs = r.sinkCpuMs;
@@ -274,7 +278,8 @@ export async function benchEventToAction(ctx: AutomationCtx & { hubPid: number }
   const ms = (v: number | undefined) => (lat.length ? `${v!.toFixed(2)} ms` : 'n/a');
   note(`event→action: ${lat.length}/${r.expected} actions run at ${rate} events/s after a ${warm / 1000} s warm-up (real agent with outbox, own process; http action to a sink); `
     + `median ${ms(percentile(lat, 50))}, p99 ${ms(percentile(lat, 99))}, max ${ms(Math.max(...lat))}; missing ${r.missing}, ran twice ${r.duplicated}, refused by the outbox ${r.refused}; CPU for ${warm + measured} events: hub ${Math.round(hubCpuMs)} ms, `
-    + `agent ${Math.round(agentCpuMs)} ms (agent without --lite-mode + event generator), sink ${Math.round(sinkCpuMs)} ms (the HTTP server the action calls)${nodeArgs.length ? `; agent node flags: ${nodeArgs.join(' ')}` : ''}`);
+    + `agent ${Math.round(agentCpuMs)} ms (agent without --lite-mode + event generator), sink ${Math.round(sinkCpuMs)} ms (the HTTP server the action calls); `
+    + `the hypervisor stole ${steal.toFixed(1)}% of the machine's CPU time meanwhile${nodeArgs.length ? `; agent node flags: ${nodeArgs.join(' ')}` : ''}`);
   // Where the time goes, from the hub's histograms (every event, warm-up included): event received → request
   // sent, and of that the wait for the history lines' fdatasync; the rest of the end-to-end figure is the
   // agent (outbox, send; request → http run) and the sink.
@@ -290,7 +295,7 @@ export async function benchEventToAction(ctx: AutomationCtx & { hubPid: number }
   const per = (ms: number) => (ms * 1000) / (warm + measured);
   return {
     p99: lat.length ? percentile(lat, 99) : NaN, missing: r.missing, duplicated: r.duplicated, refused: r.refused, measured: r.expected,
-    hubCpuUsPerEvent: per(hubCpuMs), agentCpuUsPerEvent: per(agentCpuMs), sinkCpuUsPerEvent: per(sinkCpuMs),
+    hubCpuUsPerEvent: per(hubCpuMs), agentCpuUsPerEvent: per(agentCpuMs), sinkCpuUsPerEvent: per(sinkCpuMs), stealPct: steal,
   };
 }
 
@@ -304,6 +309,8 @@ function latencyAgentCredentials(ctx: AutomationCtx): { caPem: string; keyPem: s
 
 interface LatencyRun {
   warm: number; rate: number; nodeArgs: string[]; hubCpuMs: number;
+  /** Percent of the machine's CPU time the hypervisor stole during the run (bench/lib machineCpuTicks). */
+  stealPct: number;
   r: { lat: number[]; expected: number; missing: number; duplicated: number; refused: number; cpuMs: number; sinkCpuMs: number };
 }
 
@@ -324,7 +331,7 @@ async function runLatencyAgent(o: { target: string; caPem: string; keyPem: strin
   const warm = envInt('TRELLIS_BENCH_E2A_WARM', 6000, 0), ramp = envInt('TRELLIS_BENCH_E2A_RAMP', 3000, 0);
   const measured = envInt('TRELLIS_BENCH_E2A_MEASURED', 5000, 100), rate = envInt('TRELLIS_BENCH_E2A_RATE', 1000, 1);
   const input = JSON.stringify({ target: o.target, caPem: o.caPem, keyPem: o.keyPem, certPem: o.certPem, rate, warm, measured, ramp, floor: !!o.floor, trace: !!process.env.TRELLIS_BENCH_TRACE });
-  const cpu0 = processCpuMs(o.hubPid);
+  const cpu0 = processCpuMs(o.hubPid), machine0 = machineCpuTicks();
   // TRELLIS_BENCH_E2A_NODE_ARGS adds node flags to the agent process (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof").
   const nodeArgs = envArgs('TRELLIS_BENCH_E2A_NODE_ARGS');
   const child = spawn(process.execPath, [...nodeArgs, fileURLToPath(new URL('./e2a-agent.js', import.meta.url))], { stdio: ['pipe', 'pipe', 'inherit'] });
@@ -332,12 +339,12 @@ async function runLatencyAgent(o: { target: string; caPem: string; keyPem: strin
   let out = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => { out += d; });
   const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
-  const hubCpuMs = processCpuMs(o.hubPid) - cpu0;
+  const hubCpuMs = processCpuMs(o.hubPid) - cpu0, steal = stealPct(machine0, machineCpuTicks());
   if (code !== 0) throw new Error(`the latency agent exited with ${code}`);
-  return { warm, rate, nodeArgs, hubCpuMs, r: JSON.parse(out) as LatencyRun['r'] };
+  return { warm, rate, nodeArgs, hubCpuMs, stealPct: steal, r: JSON.parse(out) as LatencyRun['r'] };
 }
 
-export interface EventToActionFloor { p99: number; missing: number; hubCpuUsPerEvent: number; agentCpuUsPerEvent: number }
+export interface EventToActionFloor { p99: number; missing: number; hubCpuUsPerEvent: number; agentCpuUsPerEvent: number; stealPct: number }
 
 /**
  * event_to_action_floor_p99_ms: the same pipeline, rate, processes and transport with nothing of
@@ -358,8 +365,9 @@ export async function benchEventToActionFloor(ctx: AutomationCtx, workDir: strin
     const lat = r.lat;
     const per = (ms: number) => (ms * 1000) / (run.warm + r.expected);
     note(`event→action floor (no Trellis: grpc-js mTLS, O_DSYNC group commit, outbox write, keep-alive GET): ${lat.length}/${r.expected} at ${run.rate} events/s; `
-      + `median ${percentile(lat, 50).toFixed(2)} ms, p99 ${percentile(lat, 99).toFixed(2)} ms, max ${Math.max(...lat).toFixed(2)} ms; CPU per event: hub ${per(run.hubCpuMs).toFixed(0)} µs, agent ${per(r.cpuMs).toFixed(0)} µs, sink ${per(r.sinkCpuMs).toFixed(0)} µs`);
-    return { p99: lat.length ? percentile(lat, 99) : NaN, missing: r.missing, hubCpuUsPerEvent: per(run.hubCpuMs), agentCpuUsPerEvent: per(r.cpuMs) };
+      + `median ${percentile(lat, 50).toFixed(2)} ms, p99 ${percentile(lat, 99).toFixed(2)} ms, max ${Math.max(...lat).toFixed(2)} ms; CPU per event: hub ${per(run.hubCpuMs).toFixed(0)} µs, agent ${per(r.cpuMs).toFixed(0)} µs, sink ${per(r.sinkCpuMs).toFixed(0)} µs; `
+      + `the hypervisor stole ${run.stealPct.toFixed(1)}% of the machine's CPU time meanwhile`);
+    return { p99: lat.length ? percentile(lat, 99) : NaN, missing: r.missing, hubCpuUsPerEvent: per(run.hubCpuMs), agentCpuUsPerEvent: per(r.cpuMs), stealPct: run.stealPct };
   } finally {
     if (hub.connected) hub.disconnect();
     hub.kill();

@@ -24,7 +24,8 @@
  *     rotate_10k_values_s        master key rotation over 10,000 secrets, lowdb store in a temp dir
  *  7. raw_stream_events_per_s, ingest_events_per_s, ingest_vs_raw_ratio, ingest_vs_raw_hub_cpu_ratio, event_to_action_p99_ms,
  *     event_to_action_missing, event_to_action_hub_cpu_us, event_to_action_agent_cpu_us, event_to_action_sink_cpu_us,
- *     event_to_action_floor_p99_ms, event_to_action_floor_hub_cpu_us, event_to_action_floor_agent_cpu_us, webhook_req_per_s,
+ *     event_to_action_floor_p99_ms, event_to_action_floor_hub_cpu_us, event_to_action_floor_agent_cpu_us,
+ *     event_to_action_steal_pct, event_to_action_floor_steal_pct, webhook_req_per_s,
  *     secret_fanout_1000_agents_p99_ms   automation against the child hub (bench/automation.ts)
  *     cluster_ingest_events_per_s  2 hubs on one throwaway PostgreSQL, 10 simulated agents split over both, the
  *                                rules of ingest_events_per_s, a /stream follower on hub B (bench/cluster.ts);
@@ -114,6 +115,7 @@ const FIGURES = [
   'raw_stream_events_per_s', 'ingest_events_per_s', 'event_to_action_p99_ms', 'webhook_req_per_s', 'secret_fanout_1000_agents_p99_ms',
   'ingest_vs_raw_ratio', 'ingest_vs_raw_hub_cpu_ratio', 'event_to_action_missing', 'event_to_action_hub_cpu_us', 'event_to_action_agent_cpu_us',
   'event_to_action_sink_cpu_us', 'event_to_action_floor_p99_ms', 'event_to_action_floor_hub_cpu_us', 'event_to_action_floor_agent_cpu_us',
+  'event_to_action_steal_pct', 'event_to_action_floor_steal_pct',
   'preauth_rss_40x4mib_mb', 'kv_set_p99_ms', 'login_flood_kv_set_p99_ms',
   'agent_install_wall_s',
   'ca_rotation_1000_agents_s',
@@ -591,7 +593,7 @@ async function main(): Promise<void> {
     const actx: AutomationCtx = {
       admin: admin!, hubDir, agentAddr: `127.0.0.1:${child.agentPort}`, webAddr: `127.0.0.1:${child.webPort}`, caPem, trustDomain: TRUST_DOMAIN, names: NAMES, closers,
     };
-    const automation: Figure[] = ['raw_stream_events_per_s', 'ingest_events_per_s', 'event_to_action_p99_ms', 'ingest_vs_raw_ratio', 'ingest_vs_raw_hub_cpu_ratio', 'event_to_action_missing', 'event_to_action_hub_cpu_us', 'event_to_action_agent_cpu_us', 'event_to_action_sink_cpu_us', 'event_to_action_floor_p99_ms', 'event_to_action_floor_hub_cpu_us', 'event_to_action_floor_agent_cpu_us', 'webhook_req_per_s', 'secret_fanout_1000_agents_p99_ms'];
+    const automation: Figure[] = ['raw_stream_events_per_s', 'ingest_events_per_s', 'event_to_action_p99_ms', 'ingest_vs_raw_ratio', 'ingest_vs_raw_hub_cpu_ratio', 'event_to_action_missing', 'event_to_action_hub_cpu_us', 'event_to_action_agent_cpu_us', 'event_to_action_sink_cpu_us', 'event_to_action_floor_p99_ms', 'event_to_action_floor_hub_cpu_us', 'event_to_action_floor_agent_cpu_us', 'event_to_action_steal_pct', 'event_to_action_floor_steal_pct', 'webhook_req_per_s', 'secret_fanout_1000_agents_p99_ms'];
     let packReady = false; // without the bench pack every automation figure is `error` (figure() reports why)
     await figure(automation, async () => { await installBenchPack(admin!); packReady = true; });
     if (packReady) {
@@ -603,8 +605,9 @@ async function main(): Promise<void> {
         report('ingest_vs_raw_hub_cpu_ratio', r.rawHubCpuUs / r.rulesHubCpuUs, 'ratio', 2);
       });
       // A measured event whose action never ran (or ran twice) fails the figure: p99 is `error`.
-      await figure(['event_to_action_p99_ms', 'event_to_action_missing', 'event_to_action_hub_cpu_us', 'event_to_action_agent_cpu_us', 'event_to_action_sink_cpu_us'], async () => {
+      await figure(['event_to_action_p99_ms', 'event_to_action_missing', 'event_to_action_hub_cpu_us', 'event_to_action_agent_cpu_us', 'event_to_action_sink_cpu_us', 'event_to_action_steal_pct'], async () => {
         const r = await benchEventToAction({ ...actx, hubPid: child!.pid });
+        report('event_to_action_steal_pct', r.stealPct, '%', 1);
         report('event_to_action_missing', r.missing + r.duplicated + r.refused, 'actions');
         report('event_to_action_hub_cpu_us', r.hubCpuUsPerEvent, 'us/event');
         report('event_to_action_agent_cpu_us', r.agentCpuUsPerEvent, 'us/event');
@@ -615,8 +618,9 @@ async function main(): Promise<void> {
         report('event_to_action_p99_ms', r.p99, 'ms', 2);
       });
       // The same pipeline without Trellis (same rate, processes, certificates, durability): what this machine allows.
-      await figure(['event_to_action_floor_p99_ms', 'event_to_action_floor_hub_cpu_us', 'event_to_action_floor_agent_cpu_us'], async () => {
+      await figure(['event_to_action_floor_p99_ms', 'event_to_action_floor_hub_cpu_us', 'event_to_action_floor_agent_cpu_us', 'event_to_action_floor_steal_pct'], async () => {
         const r = await benchEventToActionFloor(actx, tmpRoot!);
+        report('event_to_action_floor_steal_pct', r.stealPct, '%', 1);
         report('event_to_action_floor_hub_cpu_us', r.hubCpuUsPerEvent, 'us/event');
         report('event_to_action_floor_agent_cpu_us', r.agentCpuUsPerEvent, 'us/event');
         if (r.missing > 0) throw new Error(`${r.missing} measured actions of the floor never ran`);

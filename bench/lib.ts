@@ -66,6 +66,25 @@ export function processCpuMs(pid: number): number {
   return ((utime + stime) * 1000) / clockTicksPerSecond();
 }
 
+/**
+ * The whole machine's CPU time from /proc/stat (clock ticks, every CPU): all of it and the part
+ * stolen by the hypervisor (a virtual CPU ready to run while the host ran something else). A
+ * latency figure measured while steal was high says more about the host than about Trellis.
+ */
+export function machineCpuTicks(): { total: number; steal: number } {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!;
+  // cpu  user nice system idle iowait irq softirq steal guest guest_nice (guest time is inside user)
+  const f = line.trim().split(/\s+/).slice(1, 9).map(Number);
+  if (!line.startsWith('cpu ') || f.length < 8 || f.some((v) => !Number.isFinite(v))) throw new Error('cannot parse /proc/stat');
+  return { total: f.reduce((a, b) => a + b, 0), steal: f[7]! };
+}
+
+/** Percent of the machine's CPU time stolen between two machineCpuTicks() readings. */
+export function stealPct(a: { total: number; steal: number }, b: { total: number; steal: number }): number {
+  const total = b.total - a.total;
+  return total > 0 ? (100 * (b.steal - a.steal)) / total : 0;
+}
+
 export interface ChildHub {
   proc: ChildProcess;
   pid: number;

@@ -472,3 +472,29 @@ async function until(cond: () => boolean, timeoutMs = 5_000): Promise<void> {
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+t.test('StopSignal: aborts once, with its reason; listeners removed or added after the abort are not called', async (t) => {
+  const { StopSignal, stopReason } = await import('../agent/runners/types.js');
+  const s = new StopSignal();
+  const calls: string[] = [];
+  const a = () => calls.push('a'), b = () => calls.push('b'), c = () => calls.push('c');
+  s.addEventListener('abort', a, { once: true });
+  s.addEventListener('abort', b);
+  s.addEventListener('abort', c);
+  s.removeEventListener('abort', b);
+  t.equal(stopReason(s), undefined, 'running');
+  s.abort('timeout');
+  s.abort('canceled');
+  t.same(calls, ['a', 'c'], 'each listener still added is called once, in order');
+  t.equal(stopReason(s), 'timeout', 'the first reason stays');
+  s.addEventListener('abort', () => calls.push('late'));
+  t.same(calls, ['a', 'c'], 'a listener added after the abort is never called');
+  // One listener throwing does not keep the next from running; the error comes out after.
+  const s2 = new StopSignal();
+  const seen: string[] = [];
+  s2.addEventListener('abort', () => { throw new Error('boom'); });
+  s2.addEventListener('abort', () => seen.push('second'));
+  t.throws(() => s2.abort('canceled'), /boom/);
+  t.same(seen, ['second']);
+  t.equal(stopReason(s2), 'canceled');
+});

@@ -1,6 +1,6 @@
 /**
  * Action runners: the table of implementations and the dispatcher that runs one action.
- * The dispatcher owns what every runner shares: the timeout, cancellation (an AbortSignal the
+ * The dispatcher owns what every runner shares: the timeout, cancellation (a StopSignal the
  * runner watches), the 8 MiB output cap, the single `started` and `done` reports, and turning an
  * exception into status 'error'. Adding a runner is one file and one line in RUNNERS.
  */
@@ -8,7 +8,7 @@ import { errorMessage } from '../../common/errors.js';
 import { runCommand } from './command.js';
 import { runHttp } from './http.js';
 import { runScript } from './script.js';
-import { errorOutcome, type Outcome, type RunContext, type RunInputs, type RunnerFn, type RunningAction, type RunRequest, type RunSink } from './types.js';
+import { errorOutcome, StopSignal, type Outcome, type RunContext, type RunInputs, type RunnerFn, type RunningAction, type RunRequest, type RunSink } from './types.js';
 
 export * from './types.js';
 export { resolveRunAs, lookupUser, type UserInfo, type RunAs } from './users.js';
@@ -42,15 +42,15 @@ function runnerOf(name: string): RunnerFn | undefined {
 export function runAction(req: RunRequest, sink: RunSink, inputs: RunInputs = {}): RunningAction {
   const startedMs = Date.now();
   const timeoutMs = req.timeoutMs > 0 ? Math.min(req.timeoutMs, MAX_TIMEOUT_MS) : DEFAULT_TIMEOUT_MS;
-  const ac = new AbortController();
-  const timer = setTimeout(() => ac.abort('timeout'), timeoutMs);
+  const stop = new StopSignal();
+  const timer = setTimeout(() => stop.abort('timeout'), timeoutMs);
   let sent = 0;
   let truncated = false;
   let startedSent = false;
   let finished = false;
   const stdin = inputs.stdin ?? (req.stdin && req.stdin.length > 0 ? req.stdin : undefined);
   const ctx: RunContext = {
-    req, signal: ac.signal, timeoutMs, env: inputs.env ?? {}, headers: inputs.headers ?? {}, stdin, log: inputs.log, http: inputs.http,
+    req, signal: stop, timeoutMs, env: inputs.env ?? {}, headers: inputs.headers ?? {}, stdin, log: inputs.log, http: inputs.http,
     output(stream, data) {
       if (finished || truncated) return false;
       const part = data.subarray(0, MAX_OUTPUT_BYTES - sent);
@@ -79,5 +79,5 @@ export function runAction(req: RunRequest, sink: RunSink, inputs: RunInputs = {}
     if (!run) return errorOutcome(`runner: '${req.runner.slice(0, 32)}' is not one of ${Object.keys(RUNNERS).join(', ')}`);
     return run(ctx);
   })().then(finish, (err: unknown) => finish(errorOutcome(errorMessage(err))));
-  return { cancel: () => { if (!finished) ac.abort('canceled'); } };
+  return { cancel: () => { if (!finished) stop.abort('canceled'); } };
 }
