@@ -137,6 +137,20 @@ t.test('values are decoded when read, from the payload of the last read only', a
   t.equal(b.host, 'db-02');
   t.same(b.tags, { k: 1 });
   t.ok(Object.prototype.hasOwnProperty.call(b, 'percent'), 'an absent key is still an own property (read as undefined)');
+  // release() lets go of the payload (a slice of a gRPC message that may be megabytes): the
+  // answer then reads every field as undefined, and a later read works as before.
+  const big = Buffer.alloc(1 << 20, 0x20);
+  big.write('{"host":"web-09","percent":7}', 1000);
+  const c = pf.read(big.subarray(1000, 1000 + 29)) as Record<string, unknown>;
+  t.equal(c.host, 'web-09');
+  pf.release();
+  t.equal((pf as unknown as { buf: Buffer }).buf.length, 0, 'no reference to the payload is kept');
+  t.equal(c.host, undefined, 'a released answer reads undefined');
+  t.equal(c.percent, undefined);
+  const d = pf.read(Buffer.from('{"percent":3}')) as Record<string, unknown>;
+  t.equal(d.percent, 3, 'a read after release');
+  pf.read(Buffer.from(`{"x":"${'y'.repeat(100)}"`)); // not JSON (no closing brace), 64 bytes and more
+  t.equal((pf as unknown as { view?: DataView }).view, undefined, 'no view of a payload is kept after a read, whatever its answer');
 });
 
 t.test('rules match the reduced event exactly as the whole event', async (t) => {

@@ -380,6 +380,7 @@ export class RulesEngine extends EventEmitter {
         const t = trig;
         (fired ??= []).push(this.fire(r, t, receivedMs).catch((err) => this.fireError(r, t, err)));
       }
+      if (reduced) plan!.release(); // matched: the payload (a slice of its gRPC message) is let go
     }
     if (!fired) return undefined;
     return Promise.all(fired).then(() => this.deps.executions.requestsDurable?.());

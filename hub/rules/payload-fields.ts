@@ -21,6 +21,8 @@
 /** The payload is JSON but not an object: parse it whole. */
 export const FULL_PARSE = Symbol('full-parse');
 
+const EMPTY = Buffer.alloc(0);
+
 const OBJ = 1, ARR = 2;
 const enum Mode { Value, After, Key }
 
@@ -40,8 +42,8 @@ export class PayloadFields {
    * when a key is `__proto__` (then an ordinary field).
    */
   private readonly out: Record<string, unknown>;
-  /** The payload of the last read (its values are decoded from it on demand). */
-  private buf: Buffer = Buffer.alloc(0);
+  /** The payload of the last read (its values are decoded from it on demand), until release(). */
+  private buf: Buffer = EMPTY;
   /** Per wanted key: the read its value was decoded for (`gen`), and the value. */
   private readonly decodedIn: Float64Array;
   private readonly values: unknown[];
@@ -70,6 +72,14 @@ export class PayloadFields {
    * read (it is reused).
    */
   read(buf: Uint8Array): Record<string, unknown> | null | typeof FULL_PARSE {
+    try {
+      return this.scan(buf);
+    } finally {
+      this.view = undefined; // whatever the answer: no view of the payload is kept
+    }
+  }
+
+  private scan(buf: Uint8Array): Record<string, unknown> | null | typeof FULL_PARSE {
     const n = buf.length;
     let i = ws(buf, 0);
     if (i >= n) return null;
@@ -182,9 +192,19 @@ export class PayloadFields {
 
   private result(buf: Uint8Array): Record<string, unknown> {
     this.buf = buf instanceof Buffer ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.length);
-    this.view = undefined;
     this.gen++;
     return this.out;
+  }
+
+  /**
+   * Lets go of the last payload (its answer then reads every field as undefined). The payload is
+   * a slice of the gRPC message it came in, which may be megabytes: a plan kept per trigger type
+   * must not hold one such message each between events.
+   */
+  release(): void {
+    this.buf = EMPTY;
+    this.gen++;
+    this.start.fill(-1);
   }
 
   /** The value of wanted key `k` in the last payload read, decoded once per read. */
