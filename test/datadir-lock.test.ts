@@ -95,11 +95,19 @@ t.test('stale and foreign locks: a dead pid or a reused pid is taken over, anoth
   b.release();
 
   // A zombie: killed, not reaped yet by its parent (a supervisor that restarts before it waits).
-  // `exec sleep` replaces the shell, which never waits for the killed child: a zombie.
-  const zombieParent = spawn('sh', ['-c', 'sleep 60 & echo $!; kill -9 $!; exec sleep 20'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  // `exec sleep` replaces the shell with a process that never waits; the child is killed only once
+  // that exec happened (a shell still running could reap it first: seen once under load).
+  const zombieParent = spawn('sh', ['-c', 'sleep 60 & echo $!; exec sleep 20'], { stdio: ['ignore', 'pipe', 'ignore'] });
   t.teardown(() => { zombieParent.kill('SIGKILL'); });
   const zpid = Number(await new Promise<string>((resolve) => zombieParent.stdout!.setEncoding('utf8').once('data', resolve)));
-  await new Promise((r) => setTimeout(r, 300));
+  const until = async (what: string, ok: () => boolean) => {
+    for (const end = Date.now() + 10_000; !ok(); await new Promise((r) => setTimeout(r, 20))) {
+      if (Date.now() > end) throw new Error(`${what} within 10 s`);
+    }
+  };
+  await until('the shell exec\'d sleep', () => readFileSync(`/proc/${zombieParent.pid}/comm`, 'utf8').trim() === 'sleep');
+  process.kill(zpid, 'SIGKILL');
+  await until('the killed child became a zombie', () => /\) Z /.test(readFileSync(`/proc/${zpid}/stat`, 'utf8')));
   t.match(readFileSync(`/proc/${zpid}/stat`, 'utf8'), /\) Z /, 'the holder is a zombie');
   writeFileSync(join(d.path, LOCK_FILE), JSON.stringify({ pid: zpid, host: hostname(), startedAtMs: 1, procStart: '', purpose: 'hub run' }));
   lockDataDir(d.path, 'test').release();
