@@ -13,7 +13,9 @@ for (const stream of [process.stdout, process.stderr]) {
 
 const main = new URL('../dist/cli/main.js', import.meta.url);
 if (!existsSync(fileURLToPath(main))) {
-  process.stderr.write('trellis: not built yet; run `npm run build` (npm ci does it)\n');
+  const root = fileURLToPath(new URL('..', import.meta.url));
+  const deps = existsSync(fileURLToPath(new URL('../node_modules', import.meta.url)));
+  process.stderr.write(`trellis: not built yet; run \`${deps ? 'npm run build' : 'npm ci'}\` in ${root} (npm ci installs the dependencies and builds)\n`);
   process.exit(1);
 }
 const { main: run } = await import(main.href);
