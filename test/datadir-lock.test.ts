@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { initHub } from '../hub/init.js';
 import { lockDataDir, LOCK_FILE } from '../hub/lock/index.js';
 import { isTrellisError } from '../common/errors.js';
-import { tempDir, ADMIN_PASSWORD, captureLogger } from './helpers/hub.js';
+import { tempDir, ADMIN_PASSWORD, captureLogger, waitFor } from './helpers/hub.js';
 import { startCli, runCli, type CliProcess } from './helpers/cli.js';
 import { Hub } from '../hub/hub.js';
 
@@ -100,14 +100,9 @@ t.test('stale and foreign locks: a dead pid or a reused pid is taken over, anoth
   const zombieParent = spawn('sh', ['-c', 'sleep 60 & echo $!; exec sleep 20'], { stdio: ['ignore', 'pipe', 'ignore'] });
   t.teardown(() => { zombieParent.kill('SIGKILL'); });
   const zpid = Number(await new Promise<string>((resolve) => zombieParent.stdout!.setEncoding('utf8').once('data', resolve)));
-  const until = async (what: string, ok: () => boolean) => {
-    for (const end = Date.now() + 10_000; !ok(); await new Promise((r) => setTimeout(r, 20))) {
-      if (Date.now() > end) throw new Error(`${what} within 10 s`);
-    }
-  };
-  await until('the shell exec\'d sleep', () => readFileSync(`/proc/${zombieParent.pid}/comm`, 'utf8').trim() === 'sleep');
+  await waitFor(() => readFileSync(`/proc/${zombieParent.pid}/comm`, 'utf8').trim() === 'sleep', 10_000, 'the shell to exec sleep');
   process.kill(zpid, 'SIGKILL');
-  await until('the killed child became a zombie', () => /\) Z /.test(readFileSync(`/proc/${zpid}/stat`, 'utf8')));
+  await waitFor(() => /\) Z /.test(readFileSync(`/proc/${zpid}/stat`, 'utf8')), 10_000, 'the killed child to become a zombie');
   t.match(readFileSync(`/proc/${zpid}/stat`, 'utf8'), /\) Z /, 'the holder is a zombie');
   writeFileSync(join(d.path, LOCK_FILE), JSON.stringify({ pid: zpid, host: hostname(), startedAtMs: 1, procStart: '', purpose: 'hub run' }));
   lockDataDir(d.path, 'test').release();

@@ -6,25 +6,15 @@
  * processes, an npm cache of the test's own.
  */
 import t from 'tap';
-import { spawn } from 'node:child_process';
 import { copyFileSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { TRELLIS_BIN } from './helpers/cli.js';
+import { TRELLIS_BIN, runProgram } from './helpers/cli.js';
 import { tempDir } from './helpers/hub.js';
 
 const ROOT = dirname(dirname(TRELLIS_BIN));
 const PREPARE = join(ROOT, 'scripts', 'prepare.mjs');
 
-function run(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<{ code: number; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const c = spawn(cmd, args, { cwd: opts.cwd ?? ROOT, env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '', err = '';
-    c.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-    c.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-    c.on('error', (e) => { err += String(e); });
-    c.on('close', (code) => resolve({ code: code ?? -1, out, err }));
-  });
-}
+const run = (cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}) => runProgram(cmd, args, { cwd: ROOT, ...opts });
 
 t.test('prepare builds after npm ci / install / pack, and not under npm exec (npx)', async (t) => {
   await using d = await tempDir();

@@ -4,11 +4,10 @@
  * node alone on PATH. Real processes, real npm, real tar.
  */
 import t from 'tap';
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
-import { TRELLIS_BIN, runCli } from './helpers/cli.js';
+import { TRELLIS_BIN, runCli, runProgram as run } from './helpers/cli.js';
 import { tempDir } from './helpers/hub.js';
 
 const ROOT = dirname(dirname(TRELLIS_BIN));
@@ -16,16 +15,6 @@ const PKG = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { ve
 /** Dev dependencies (and their own packages) that must never reach an installed tree. */
 const DEV_ONLY = ['typescript', 'tap', '@tapjs', '@types/node-forge', '@types/ws'];
 
-function run(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<{ code: number; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const c = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '', err = '';
-    c.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-    c.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-    c.on('error', (e) => { err += String(e); });
-    c.on('close', (code) => resolve({ code: code ?? -1, out, err }));
-  });
-}
 
 /** Every file below `dir`, relative to it; `skip` names folders not entered. */
 function walk(dir: string, skip: (rel: string) => boolean = () => false, base = dir): string[] {

@@ -145,6 +145,7 @@ t.test('values are decoded when read, from the payload of the last read only', a
   t.equal(c.host, 'web-09');
   pf.release();
   t.equal((pf as unknown as { buf: Buffer }).buf.length, 0, 'no reference to the payload is kept');
+  t.ok((pf as unknown as { values: unknown[] }).values.every((v) => v === undefined), 'nor any value decoded from it');
   t.equal(c.host, undefined, 'a released answer reads undefined');
   t.equal(c.percent, undefined);
   const d = pf.read(Buffer.from('{"percent":3}')) as Record<string, unknown>;

@@ -205,6 +205,7 @@ export class PayloadFields {
     this.buf = EMPTY;
     this.gen++;
     this.start.fill(-1);
+    this.values.fill(undefined); // decoded values (a parsed object field may be large) go too
   }
 
   /** The value of wanted key `k` in the last payload read, decoded once per read. */

@@ -31,3 +31,15 @@ export async function runCli(args: string[], env: Record<string, string> = {}, i
   const code = await p.done;
   return { code, out: p.out(), err: p.err() };
 }
+
+/** Runs any program to the end (npm, npx, node scripts…), its output collected; a spawn error lands in `err`. */
+export function runProgram(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<{ code: number; out: string; err: string }> {
+  return new Promise((resolve) => {
+    const c = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '', err = '';
+    c.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    c.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+    c.on('error', (e) => { err += String(e); });
+    c.on('close', (code) => resolve({ code: code ?? -1, out, err }));
+  });
+}
