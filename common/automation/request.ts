@@ -18,18 +18,22 @@ import type * as T from '../proto-gen/trellis/v1/index.js';
 
 export function requestFromRendered(o: { executionId: string; action: string; rendered: RenderedAction; seal?: (value: string) => string }): T.ActionRequest__Output {
   const r = o.rendered;
-  const sealAll = (m: Record<string, string>) => (o.seal ? Object.fromEntries(Object.entries(m).map(([k, v]) => [k, o.seal!(v)])) : {});
+  const sealAll = (m: Record<string, string>) => {
+    const out: Record<string, string> = {};
+    if (o.seal) for (const k of Object.keys(m)) out[k] = o.seal(m[k]!);
+    return out;
+  };
   return {
     executionId: o.executionId, action: o.action, runner: r.runner, argv: r.argv, timeoutMs: r.timeoutMs, env: r.env, cwd: r.cwd, runAs: r.runAs,
     sealedEnv: sealAll(r.secretEnv),
-    script: Buffer.from(r.script?.body ?? '', 'utf8'), scriptName: r.script?.name ?? '',
+    script: r.script?.body ? Buffer.from(r.script.body, 'utf8') : Buffer.alloc(0), scriptName: r.script?.name ?? '',
     http: r.http ? {
-      method: r.http.method, url: r.http.url, headers: r.http.headers, body: Buffer.from(r.http.body ?? '', 'utf8'), insecure: r.http.insecure,
+      method: r.http.method, url: r.http.url, headers: r.http.headers, body: r.http.body ? Buffer.from(r.http.body, 'utf8') : Buffer.alloc(0), insecure: r.http.insecure,
       successStatus: r.http.successStatus, sealedHeaders: sealAll(r.secretHeaders),
     } : null,
     sealedStdin: r.secretStdin !== undefined && o.seal ? o.seal(r.secretStdin) : '',
     // The secret values themselves, so the agent masks a secret spliced into a larger value.
-    sealedMask: o.seal ? r.secretValues.map((v) => o.seal!(v)) : [],
+    sealedMask: o.seal && r.secretValues.length > 0 ? r.secretValues.map((v) => o.seal!(v)) : [],
     stdin: r.secretStdin === undefined && r.stdin !== undefined ? Buffer.from(r.stdin, 'utf8') : Buffer.alloc(0),
   };
 }

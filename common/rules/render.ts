@@ -53,6 +53,7 @@ export const STDIN_MAX_BYTES = 1024 * 1024;
 const PARAM_MAX_BYTES = 64 * 1024;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$/;
+const HTTP_URL_START = /^https?:\/\//i;
 const SECRET_MSG = 'secrets reach a process by env, stdin or a header, never argv';
 
 const invalid = (msg: string) => new TrellisError('TRELLIS_E_INVALID_ARGUMENT', msg);
@@ -145,7 +146,9 @@ export function validateParams(action: ActionDef, params: Record<string, unknown
       else if (spec.required) throw invalid(`parameter "${name}" is required by action ${action.ref}`);
       else continue;
     }
-    const size = Buffer.byteLength(JSON.stringify(v) ?? '', 'utf8');
+    // A string's JSON is at most 6 bytes per UTF-16 unit (\u escapes) plus its quotes: the usual
+    // short value needs no serialization to be known small enough.
+    const size = typeof v === 'string' && v.length * 6 + 2 <= PARAM_MAX_BYTES ? 0 : Buffer.byteLength(JSON.stringify(v) ?? '', 'utf8');
     if (size > PARAM_MAX_BYTES) throw new TrellisError('TRELLIS_E_TOO_LARGE', `parameter "${name}" is ${size} bytes; the limit is ${PARAM_MAX_BYTES}`);
     out[name] = needsResolving(v) ? v : coerce(name, spec, v, originOf(v, spec));
   }
@@ -173,7 +176,21 @@ export function historyParameters(action: ActionDef | undefined, params: Record<
  * the same), so a request validates its parameters once.
  */
 export function actionRefs(action: ActionDef, params: Record<string, unknown>, validated = false): Ref[] {
-  return findRefs([validated ? params : validateParams(action, params), action.command, action.args, action.env, action.stdin, action.cwd, action.http]);
+  const own = findRefs(validated ? params : validateParams(action, params));
+  const fixed = templateRefs(action);
+  if (fixed.length === 0) return own;
+  const seen = new Set(own.map(refId));
+  for (const r of fixed) if (!seen.has(refId(r))) { seen.add(refId(r)); own.push(r); }
+  return own;
+}
+
+const refId = (r: Ref) => `${r.kind}\0${r.key}`;
+/** The references in an action's own templates: an action definition does not change, so once per action. */
+const actionTemplateRefs = new WeakMap<ActionDef, Ref[]>();
+function templateRefs(action: ActionDef): Ref[] {
+  let refs = actionTemplateRefs.get(action);
+  if (!refs) actionTemplateRefs.set(action, (refs = findRefs([action.command, action.args, action.env, action.stdin, action.cwd, action.http])));
+  return refs;
 }
 
 function checkArg(s: string, where: string): string {
@@ -223,11 +240,15 @@ function render(action: ActionDef, params: Record<string, unknown>, opts: Render
     const value = needsResolving(raw) ? coerce(name, spec, resolveRefs(raw, resolver), originOf(raw, spec)) : raw;
     const secret = touched || spec.secret === true;
     if (spec.secret && value !== undefined && toText(value) !== '') secretValues.add(toText(value));
-    const desc: PropertyDescriptor = secret
-      ? { enumerable: true, get: () => { touched = true; return value; } }
-      : { enumerable: true, value };
-    Object.defineProperty(ctxParams, name, desc);
-    if (name !== 'parameters') Object.defineProperty(ctx, name, desc); // reachable as parameters.parameters
+    if (secret) {
+      const desc: PropertyDescriptor = { enumerable: true, get: () => { touched = true; return value; } };
+      Object.defineProperty(ctxParams, name, desc);
+      if (name !== 'parameters') Object.defineProperty(ctx, name, desc); // reachable as parameters.parameters
+    } else {
+      // Plain data properties (the objects have no prototype: no setter can be reached).
+      ctxParams[name] = value;
+      if (name !== 'parameters') ctx[name] = value;
+    }
   }
   Object.defineProperty(ctx, 'parameters', { enumerable: true, value: ctxParams });
 
@@ -286,9 +307,12 @@ function render(action: ActionDef, params: Record<string, unknown>, opts: Render
       const method = String(h.method ?? 'GET').toUpperCase();
       if (!/^[A-Z]{1,16}$/.test(method)) throw invalid(`action ${action.ref}: bad http method "${method.slice(0, 20)}"`);
       const url = checkArg(toText(noSecret(h.url, 'http.url')), 'http.url');
-      let parsed: URL;
-      try { parsed = new URL(url); } catch { throw invalid(readRef ? 'http.url does not render to a URL (the message does not quote it: the run read datastore values)' : `http.url: "${url.slice(0, 120)}" is not a URL`); }
-      if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw invalid(`http.url: use http or https, not ${parsed.protocol}`);
+      // The usual URL (it starts with the scheme) is only checked, not built; anything else is parsed to say what is wrong.
+      if (!(HTTP_URL_START.test(url) && URL.canParse(url))) {
+        let parsed: URL;
+        try { parsed = new URL(url); } catch { throw invalid(readRef ? 'http.url does not render to a URL (the message does not quote it: the run read datastore values)' : `http.url: "${url.slice(0, 120)}" is not a URL`); }
+        if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw invalid(`http.url: use http or https, not ${parsed.protocol}`);
+      }
       const headers: Record<string, string> = {};
       for (const [k, tpl] of Object.entries(h.headers ?? {})) {
         if (!HEADER_NAME.test(k)) throw invalid(`http.headers: bad header name "${k.slice(0, 60)}"`);

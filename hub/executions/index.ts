@@ -394,7 +394,7 @@ export class Executions {
   private changed(e: Entry): void {
     e.ver++;
     this.history.appendState(e.rec, { dedupKey: e.dedupKey, timeoutMs: e.live?.timeoutMs });
-    this.updates.emit({ kind: 'state', record: { ...e.rec } }, { ver: e.ver });
+    if (this.updates.listened) this.updates.emit({ kind: 'state', record: { ...e.rec } }, { ver: e.ver });
   }
 
   private finish(e: Entry, r: { status: ExecutionStatus; exitCode?: number; error?: string; startedMs?: number; finishedMs?: number }): void {

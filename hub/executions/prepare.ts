@@ -129,8 +129,11 @@ export function storedParameters(action: ActionDef | undefined, params: Record<s
 
 /** The ActionRequest for one agent, every secret sealed to its certificate for this execution. */
 export function actionRequest(o: { executionId: string; action: string; agentId: string; certPem: string; rendered: RenderedAction }): T.ActionRequest {
-  const aad = sealAad(o.agentId, 'exec', o.executionId);
-  return requestFromRendered({ ...o, seal: (v) => sealFor(o.certPem, Buffer.from(v, 'utf8'), aad) });
+  let aad: string | undefined; // bound once, at the first value sealed (most requests seal none)
+  return requestFromRendered({
+    executionId: o.executionId, action: o.action, rendered: o.rendered,
+    seal: (v) => sealFor(o.certPem, Buffer.from(v, 'utf8'), (aad ??= sealAad(o.agentId, 'exec', o.executionId))),
+  });
 }
 
 /** Back from what history keeps of an ad-hoc command to a request (for re-runs). */
@@ -153,5 +156,27 @@ export function checkAgents(ids: unknown): string[] {
 
 export function checkParameters(p: unknown): void {
   if (!p || typeof p !== 'object' || Array.isArray(p)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'parameters must be an object');
-  if (JSON.stringify(p).length > MAX_PARAMETERS_BYTES) throw new TrellisError('TRELLIS_E_TOO_LARGE', `parameters are over ${MAX_PARAMETERS_BYTES} bytes`);
+  if (!flatAndSmall(p as Record<string, unknown>) && JSON.stringify(p).length > MAX_PARAMETERS_BYTES) throw new TrellisError('TRELLIS_E_TOO_LARGE', `parameters are over ${MAX_PARAMETERS_BYTES} bytes`);
+}
+
+/**
+ * True when `p` is surely under MAX_PARAMETERS_BYTES as JSON without serializing it: an object
+ * of at most 64 entries whose values are short strings, numbers, booleans or null (the usual
+ * parameters of a rule's request); a JSON string is at most 6 characters per UTF-16 unit.
+ */
+function flatAndSmall(p: Record<string, unknown>): boolean {
+  let bound = 2;
+  let n = 0;
+  for (const k in p) {
+    if (!Object.hasOwn(p, k)) continue;
+    if (++n > 64) return false;
+    const v = p[k];
+    const t = typeof v;
+    bound += k.length * 6 + 4;
+    if (t === 'string') bound += (v as string).length * 6 + 2;
+    else if (t === 'number' || t === 'boolean' || v === null) bound += 24;
+    else return false;
+    if (bound > MAX_PARAMETERS_BYTES) return false;
+  }
+  return true;
 }

@@ -31,6 +31,9 @@ export class Updates {
 
   constructor(private readonly log: Logger) {}
 
+  /** Whether anyone listens: a caller may skip building an update nobody reads. */
+  get listened(): boolean { return this.listeners.size > 0; }
+
   emit(u: ExecutionUpdate, meta: Meta = {}): void {
     for (const l of this.listeners) {
       try { l(u, meta); } catch (err) { this.log.error({ err }, 'execution subscriber failed'); }
