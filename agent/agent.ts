@@ -1,6 +1,7 @@
 /**
  * The agent's composition root: identity, channel, action runner and renewal, wired by hand.
  */
+import { RESULT_OUTPUT, RESULT_OUTPUT_MAX_BYTES, RESULT_OUTPUT_MAX_CHUNKS } from '../common/features.js';
 import * as os from 'node:os';
 import { createCSR, generateKey, certInfo, keyMatchesCert, loadPrivateKey, splitPemBundle, verifyIssuedBy, fingerprintSha256 } from '../certs/index.js';
 import { atomicWriteFile } from '../common/fsutil.js';
@@ -62,6 +63,9 @@ export class Agent {
   private readonly http = new HttpPool();
   private readonly heldStarted = new Map<string, T.ActionStarted>();
   private startedTimer?: NodeJS.Timeout;
+  /** Output chunks held to go with their result (holdOutput), by execution. */
+  private readonly heldOutput = new Map<string, { chunks: T.ActionOutput[]; bytes: number }>();
+  private outputTimer?: NodeJS.Timeout;
   /** Event ids (pooled randomness: one crypto call per 256 ids, not 16 per id). */
   private readonly newEventId = ulidFactory();
   private closed = false;
@@ -250,14 +254,17 @@ export class Agent {
     const handle = startAction(req, {
       output: (stream, data) => {
         this.heldStarted.delete(req.executionId); // output tells the hub it started
-        this.channel.send({ output: { executionId: req.executionId, stream, data, seq: ++seq } });
+        const o: T.ActionOutput = { executionId: req.executionId, stream, data, seq: ++seq };
+        if (!this.holdOutput(o)) this.channel.send({ output: o });
       },
       started: (pid) => this.holdStarted({ executionId: req.executionId, startedMs: Date.now(), pid }),
       done: (r) => {
         this.heldStarted.delete(req.executionId); // the result carries startedMs
         this.running.delete(req.executionId);
         this.log.info({ executionId: req.executionId, status: r.status, exitCode: r.exitCode }, 'action finished');
-        result(r);
+        const held = this.heldOutput.get(req.executionId);
+        this.heldOutput.delete(req.executionId);
+        result(held ? { ...r, output: held.chunks } : r);
       },
     }, { key: () => this.privateKey(), agentId: this.agentId, log: this.log.child({ component: 'runner' }), http: this.http });
     this.running.set(req.executionId, handle);
@@ -277,6 +284,37 @@ export class Agent {
       this.heldStarted.clear();
       for (const s of held) this.channel.send({ started: s });
     }, STARTED_HOLD_MS).unref();
+  }
+
+  /**
+   * Output is held like `started` (at most STARTED_HOLD_MS, RESULT_OUTPUT_MAX_BYTES and
+   * RESULT_OUTPUT_MAX_CHUNKS per execution) when the hub takes output with a result (feature
+   * "result_output"): a quick action's output then rides with its result, one message up
+   * instead of one per chunk plus one. True when `o` was held; false when it goes now (the
+   * execution's held chunks are sent first, keeping the order).
+   */
+  private holdOutput(o: T.ActionOutput): boolean {
+    const id = o.executionId!;
+    const held = this.heldOutput.get(id);
+    const size = (o.data as Buffer).length;
+    if (this.channel.hubHas(RESULT_OUTPUT) && (held?.bytes ?? 0) + size <= RESULT_OUTPUT_MAX_BYTES && (held?.chunks.length ?? 0) < RESULT_OUTPUT_MAX_CHUNKS) {
+      if (held) { held.chunks.push(o); held.bytes += size; } else this.heldOutput.set(id, { chunks: [o], bytes: size });
+      this.outputTimer ??= setTimeout(() => this.sendHeldOutput(), STARTED_HOLD_MS).unref();
+      return true;
+    }
+    if (held) {
+      this.heldOutput.delete(id);
+      for (const c of held.chunks) this.channel.send({ output: c });
+    }
+    return false;
+  }
+
+  /** Every held output chunk goes (the hold expired: the actions are still running). */
+  private sendHeldOutput(): void {
+    this.outputTimer = undefined;
+    const held = [...this.heldOutput.values()];
+    this.heldOutput.clear();
+    for (const h of held) for (const c of h.chunks) this.channel.send({ output: c });
   }
 
   private bundleWrite: Promise<void> = Promise.resolve();
@@ -421,6 +459,8 @@ export class Agent {
     for (const r of this.running.values()) r.cancel();
     this.http.close();
     clearTimeout(this.startedTimer);
+    clearTimeout(this.outputTimer);
+    this.sendHeldOutput();
     await this.channel.close();
     await this.outbox.close();
     this.log.info('agent stopped');

@@ -8,6 +8,7 @@
  * reconnect rewinds it to the first unacknowledged event. Without an outbox they wait in memory
  * (bounded by maxQueued, oldest dropped first), as before.
  */
+import { RESULT_OUTPUT } from '../common/features.js';
 import * as grpc from '@grpc/grpc-js';
 import { EventEmitter } from 'node:events';
 import { channelV1 } from '../common/proto-channel.js';
@@ -118,8 +119,19 @@ class Connection {
     this.call.write({ hello });
   }
 
+  /** What the hub of this stream listed in its Welcome (common/features.ts); empty until then. */
+  features: ReadonlySet<string> = new Set();
+
   write(m: T.AgentMessage): boolean {
-    return this.ended ? false : this.call.write(m);
+    if (this.ended) return false;
+    // A result carrying output, to a hub that does not take it (an older hub, met after the
+    // output was held): the output goes first in messages of its own, then the bare result.
+    const out = m.result?.output;
+    if (out && out.length > 0 && !this.features.has(RESULT_OUTPUT)) {
+      for (const o of out) this.call.write({ output: o });
+      return this.call.write({ result: { ...m.result, output: [] } });
+    }
+    return this.call.write(m);
   }
 
   /** Half-close: the hub finishes what it has and closes its side. */
@@ -362,6 +374,7 @@ export class HubChannel extends EventEmitter {
   }
 
   private adopt(conn: Connection, welcome: T.Welcome__Output): void {
+    conn.features = new Set(welcome.features ?? []);
     const old = this.current;
     this.current = conn;
     this.stats.connects++;
@@ -440,6 +453,11 @@ export class HubChannel extends EventEmitter {
     if (this.current && this.state !== 'closed') { this.current.write(m); return; }
     if (resultId) return; // goes with the unacknowledged results on the next stream
     if (this.outQueue.length < 10_000) this.outQueue.push(m);
+  }
+
+  /** Whether the hub of the current stream listed `feature` in its Welcome (common/features.ts). */
+  hubHas(feature: string): boolean {
+    return !!this.current && this.state !== 'closed' && this.current.features.has(feature);
   }
 
   /** Results the hub has not yet acknowledged. */

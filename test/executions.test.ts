@@ -5,6 +5,7 @@
  * survives a restart with retention by count and age, idempotency across a restart, permissions
  * at the action's scope, tenant isolation, and a planted secret that reaches no file, log or output.
  */
+import { RESULT_OUTPUT_MAX_CHUNKS } from '../common/features.js';
 import t, { type Test } from 'tap';
 import * as grpc from '@grpc/grpc-js';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -406,11 +407,19 @@ t.test('an execution whose agent is killed mid-run is abandoned after the reconn
   t.ok(r.finishedMs > 0);
   // `abandoned` is the hub's verdict: a result the agent reports later (from its outbox, after a
   // reconnect) still finishes the execution. Another agent cannot speak for it.
-  const late = { executionId: rec!.id, status: 'succeeded', exitCode: 0, error: '', startedMs: r.startedMs, finishedMs: Date.now() };
+  // It carries output (feature result_output), more chunks than a result may: the first
+  // RESULT_OUTPUT_MAX_CHUNKS are kept, in order, and the output is marked truncated.
+  const chunk = (i: number) => ({ executionId: rec!.id, stream: 'STDOUT' as const, data: Buffer.from(`c${i};`), seq: i + 1 });
+  const late = { executionId: rec!.id, status: 'succeeded', exitCode: 0, error: '', startedMs: r.startedMs, finishedMs: Date.now(), output: Array.from({ length: RESULT_OUTPUT_MAX_CHUNKS + 8 }, (_, i) => chunk(i)) };
+  const ranBefore = r.output.toString(); // what the action printed before its agent was killed
   x.onResult('some-other-agent', late);
   t.equal(await statusOf(h, rec!.id), 'abandoned', 'a result from another agent is ignored');
+  t.equal((await x.get('default', rec!.id)).output.toString(), ranBefore, 'and so is its output');
   x.onResult(agentId, late);
   t.equal(await statusOf(h, rec!.id), 'succeeded', 'the late result of its own agent replaces abandoned');
+  const after = await x.get('default', rec!.id);
+  t.equal(after.output.toString(), ranBefore + Array.from({ length: RESULT_OUTPUT_MAX_CHUNKS }, (_, i) => `c${i};`).join(''), 'the output it carried, bounded');
+  t.equal(after.outputTruncated, true, 'chunks past the bound make the output truncated');
 });
 
 // ---------------------------------------------------------------- concurrency, history, retention, idempotency

@@ -28,6 +28,7 @@
  * for a minute), and reads, cancels and follows others' from the database; creation, claiming
  * and take-over across hubs are in cluster.ts (the section "several hubs" below is its glue).
  */
+import { RESULT_OUTPUT_MAX_CHUNKS } from '../../common/features.js';
 import { monotonicUlidFactory } from '../../common/ids.js';
 import { TrellisError } from '../../common/errors.js';
 import { FINAL_STATUSES, type EdgeExecutionPayload, type ExecutionStatus } from '../../common/automation/types.js';
@@ -446,6 +447,10 @@ export class Executions {
     if (!e && this.deferred(agentId, () => this.onOutput(agentId, m))) return;
     if (!e) return;
     if (e.rec.status === 'scheduled') this.set(e, { status: 'running', startedMs: Date.now() });
+    this.output(e, agentId, m);
+  }
+
+  private output(e: Entry, agentId: string, m: T.ActionOutput__Output): void {
     const data = Buffer.from(m.data);
     const stream = m.stream === 'STDERR' ? 'STDERR' : 'STDOUT';
     const offset = e.rec.outputBytes;
@@ -460,11 +465,21 @@ export class Executions {
     this.updates.emit({ kind: 'output', tenant: e.rec.tenant, executionId: e.rec.id, agentId, stream, data, offset }, { offset });
   }
 
-  onResult(agentId: string, m: T.ActionResult__Output): void {
+  onResult(agentId: string, m: Omit<T.ActionResult__Output, 'output'> & { output?: T.ActionOutput__Output[] }): void {
     if (this.closed) return;
     const e = this.mine(agentId, m.executionId);
     if (!e && this.deferred(agentId, () => this.onResult(agentId, m))) return;
     if (!e) return;
+    // Output the agent sent along with the result (hub feature "result_output"): taken first, in
+    // order, as if it had come on its own (followers see `running`, then the output; the two
+    // state lines share one history write, the later wins).
+    if (m.output?.length) {
+      if (e.rec.status === 'scheduled') this.set(e, { status: 'running', startedMs: Number(m.startedMs) || Date.now() });
+      // Bounded: chunks past RESULT_OUTPUT_MAX_CHUNKS (never sent by a Trellis agent) are dropped, the output marked truncated.
+      const n = Math.min(m.output.length, RESULT_OUTPUT_MAX_CHUNKS);
+      for (let i = 0; i < n; i++) this.output(e, agentId, m.output[i]!);
+      if (m.output.length > n) e.rec.outputTruncated = true;
+    }
     const ok = AGENT_STATUSES.has(m.status);
     this.finish(e, {
       status: ok ? (m.status as ExecutionStatus) : 'error', exitCode: m.exitCode,

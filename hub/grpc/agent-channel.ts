@@ -15,6 +15,7 @@ import type { HubComponents } from '../components.js';
 import { SUPERSEDED, type AgentDoc, type AgentLink, type CloseReason } from '../agents/index.js';
 import type { AuditEntry } from '../audit/types.js';
 import { MAX_EVENTS_PER_BATCH } from '../events/index.js';
+import { HUB_FEATURES } from '../../common/features.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 import { isMalformed, malformedError } from './malformed.js';
 import { AdmissionGate, MAX_PENDING_PER_KEY } from './admission.js';
@@ -278,7 +279,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents, handshak
             await c.agents.confirmSerial(id.agentId, id.serial);
             c.agents.retireSuperseded(id.agentId, SUPERSEDED_STREAM_GRACE_MS);
             log.info({ agentId: id.agentId, tenant: id.tenant, serial: id.serial, peer: call.getPeer() }, 'agent connected');
-            call.write({ welcome: { agentId: id.agentId, tenant: id.tenant, heartbeatIntervalMs: c.config.heartbeatInterval, caBundle: c.pki.trustBundle, serverTimeMs: Date.now(), hubAddresses: c.config.cluster.addresses } });
+            call.write({ welcome: { agentId: id.agentId, tenant: id.tenant, heartbeatIntervalMs: c.config.heartbeatInterval, caBundle: c.pki.trustBundle, serverTimeMs: Date.now(), hubAddresses: c.config.cluster.addresses, features: [...HUB_FEATURES] } });
             release(); // welcomed: the admission slot goes to the next agent
             c.rotation.onAgentAttached(link); // during a CA rotation: renew from the new CA, at its moment in the window
             c.executions.onAgentAttached(id.agentId); // waiting executions go out after the welcome
