@@ -351,6 +351,40 @@ export function payloadKeysOf(criteria: Criterion[]): string[] | undefined {
   return [...keys];
 }
 
+/**
+ * A numeric threshold every matching event passes: one of the criteria compares a value with a
+ * number (greaterthan/gte/lessthan/lte and a number pattern), so the rule can match only when
+ * that value is a number on the right side of `pattern` (`ordered`: any other value, NaN
+ * included, fails). Lets a rules engine skip, without evaluating them, the rules of a trigger
+ * whose threshold an event's value does not pass (hub/rules/prefilter.ts). `key` names the
+ * value (the path as written): criteria with the same key read the same value.
+ */
+export interface Threshold {
+  key: string;
+  get: (ev: TriggerEvent) => unknown;
+  /** above: the value must be > pattern (>= when !strict); below: < (<=). */
+  above: boolean;
+  strict: boolean;
+  pattern: number;
+}
+
+const THRESHOLD_OPS = new Map<string, { above: boolean; strict: boolean }>([
+  ['greaterthan', { above: true, strict: true }], ['greaterthan_or_equal', { above: true, strict: false }],
+  ['lessthan', { above: false, strict: true }], ['lessthan_or_equal', { above: false, strict: false }],
+]);
+
+/** The first criterion that is a numeric threshold (see Threshold), if any. Criteria must compile. */
+export function thresholdOf(criteria: Criterion[]): Threshold | undefined {
+  for (const c of normalizeCriteria(criteria)) {
+    const op = normalizeOperator(c.type);
+    const t = op ? THRESHOLD_OPS.get(op) : undefined;
+    if (!t || typeof c.pattern !== 'number' || !Number.isFinite(c.pattern) || typeof c.path !== 'string') continue;
+    const what = `criterion "${c.path.slice(0, 120)}"`;
+    return { key: c.path, get: compileGetter(c.path, 'trigger', what), above: t.above, strict: t.strict, pattern: c.pattern };
+  }
+  return undefined;
+}
+
 function show(v: unknown): string {
   if (v === undefined) return 'missing';
   let s: string;

@@ -5,10 +5,10 @@
  * Pure code: no I/O, no clocks except the `now` functions passed in.
  */
 import type { RuleDef, TriggerEvent } from '../automation/types.js';
-import { compileCriteria, explainCriteria } from './criteria.js';
+import { compileCriteria, explainCriteria, thresholdOf, type Threshold } from './criteria.js';
 import { renderKeepingRefs } from './template.js';
 
-export { OPERATORS, OPERATOR_ALIASES, compileCriteria, explainCriteria, getPath, normalizeCriteria, normalizeOperator, payloadKeysOf, toEpochMs } from './criteria.js';
+export { OPERATORS, OPERATOR_ALIASES, compileCriteria, explainCriteria, getPath, normalizeCriteria, normalizeOperator, payloadKeysOf, thresholdOf, toEpochMs, type Threshold } from './criteria.js';
 export { escapeTemplate, findRefs, hasTemplate, needsResolving, renderKeepingRefs, renderTemplate, resolveRefs, toText, type Ref, type RefResolver } from './template.js';
 export { actionRefs, historyParameters, renderAction, validateParams, REDACTED, type RenderedAction, type RenderOptions } from './render.js';
 export { shellTemplateProblem } from './shell.js';
@@ -26,6 +26,8 @@ export interface CompiledRule {
    * a template (renderKeepingRefs).
    */
   parameters(ev: TriggerEvent): Record<string, unknown>;
+  /** A numeric threshold the criteria hold every matching event to (thresholdOf), if any. */
+  threshold?: Threshold;
 }
 
 /** Compiles a rule's criteria once. Throws TRELLIS_E_RULE_INVALID like compileCriteria. */
@@ -41,6 +43,7 @@ export function compileRule(def: RuleDef, now: () => number = Date.now): Compile
       return { matched: false, reasons: [`trigger type is ${JSON.stringify(ev.type)}, the rule wants ${JSON.stringify(type)}`, ...r.reasons] };
     },
     parameters: (ev) => renderKeepingRefs(def.action.parameters, { trigger: ev }) as Record<string, unknown>,
+    threshold: thresholdOf(def.criteria),
   };
 }
 

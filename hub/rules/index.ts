@@ -14,6 +14,7 @@ import { EventEmitter } from 'node:events';
 import { parse as parseYaml } from 'yaml';
 import { compileRule, parseRule, payloadKeysOf, RuleIndex, RateGate, renderTemplate, type CompiledRule } from '../../common/rules/index.js';
 import { FULL_PARSE, PayloadFields } from './payload-fields.js';
+import { Prefilter } from './prefilter.js';
 import type { RuleDef, TriggerEvent, ActionDef } from '../../common/automation/types.js';
 import { TrellisError } from '../../common/errors.js';
 import { formatSelector, targetSelector } from '../../common/selector.js';
@@ -167,6 +168,8 @@ export class RulesEngine extends EventEmitter {
    * payload.
    */
   private readonly plans = new WeakMap<readonly LiveRule[], PayloadFields | undefined>();
+  /** Per list of rules (null: none pays). */
+  private readonly prefilters = new WeakMap<readonly LiveRule[], Prefilter | null>();
   private lastPlan: { rules?: readonly LiveRule[]; plan?: PayloadFields } = {};
   /** Hub rule counters since start, every rule and tenant (metrics); `held`: suppressed by `hold` (maintenance). */
   readonly totals = { matched: 0, fired: 0, suppressed: 0, held: 0, errors: 0 };
@@ -355,7 +358,11 @@ export class RulesEngine extends EventEmitter {
       const reduced = plan ? reducedTrigger(e, plan) : undefined;
       let full = reduced ? undefined : triggerOf(e);
       const seen = reduced ?? full!;
-      for (const r of rules) {
+      const pre = this.prefilterFor(rules);
+      const may = pre?.candidates(seen); // the rules whose numeric threshold this event passes (and those without one)
+      for (let i = 0; i < rules.length; i++) {
+        if (may && may[i] === 0) continue;
+        const r = rules[i]!;
         let hit: boolean;
         try { hit = r.compiled.match(seen); } catch { hit = false; }
         if (!hit) continue;
@@ -384,6 +391,13 @@ export class RulesEngine extends EventEmitter {
     }
     if (!fired) return undefined;
     return Promise.all(fired).then(() => this.deps.executions.requestsDurable?.());
+  }
+
+  /** The threshold prefilter of a list of rules (cached per list), or undefined when it would not pay (hub/rules/prefilter.ts). */
+  private prefilterFor(rules: readonly LiveRule[]): Prefilter | undefined {
+    let pre = this.prefilters.get(rules);
+    if (pre === undefined) this.prefilters.set(rules, (pre = Prefilter.of(rules.map((r) => r.compiled.threshold)) ?? null));
+    return pre ?? undefined;
   }
 
   /** The payload fields the criteria of `rules` read (cached per list), or undefined when one reads the whole payload. */
