@@ -14,44 +14,22 @@ import { startHub, waitFor } from './helpers/hub.js';
 import { createRule, file, install } from './helpers/admin.js';
 import { v1 } from '../common/proto.js';
 import { CLIENT_OPTIONS } from '../common/grpc-options.js';
-import { createCA, generateKey, issueCertificate } from '../certs/index.js';
 import { HubChannel } from '../agent/channel.js';
+import { standInHub } from './helpers/standin-hub.js';
 import { agentPaths } from '../agent/identity.js';
 import { readFile } from 'node:fs/promises';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
 /** tap's subtest type. */
 type Test = Parameters<Parameters<typeof t.test>[0]>[0];
-type Stream = grpc.ServerDuplexStream<T.AgentMessage__Output, T.HubMessage>;
 
-/** A stand-in hub: every stream is recorded with the messages it received. */
-async function standInHub(t: Test) {
-  const ca = createCA({ commonName: 'result-ack test CA' });
-  const sk = generateKey('ec-p256');
-  const serverCert = issueCertificate({ issuerCertPem: ca.certPem, issuerKey: ca.key, subjectPublicKey: sk.publicKey, subject: { commonName: 'hub' }, ipAddresses: ['127.0.0.1'], usage: 'server', notAfter: new Date(Date.now() + 3_600_000) });
-  const ck = generateKey('ec-p256');
-  const clientCert = issueCertificate({ issuerCertPem: ca.certPem, issuerKey: ca.key, subjectPublicKey: ck.publicKey, subject: { commonName: 'agent' }, usage: 'client', notAfter: new Date(Date.now() + 3_600_000) });
-  const streams: { call: Stream; msgs: T.AgentMessage__Output[] }[] = [];
-  const server = new grpc.Server();
-  server.addService(v1.AgentChannel.service, {
-    Connect: (call: Stream) => {
-      const s = { call, msgs: [] as T.AgentMessage__Output[] };
-      streams.push(s);
-      call.on('data', (m: T.AgentMessage__Output) => {
-        s.msgs.push(m);
-        if (m.hello) call.write({ welcome: { agentId: 'a1', tenant: 'default', heartbeatIntervalMs: 60_000, caBundle: [] } });
-      });
-      call.on('error', () => undefined);
-    },
-    Renew: (_c: unknown, cb: grpc.sendUnaryData<T.RenewResponse>) => cb({ code: grpc.status.UNIMPLEMENTED, details: 'no' }),
-  });
-  const port = await new Promise<number>((res, rej) => server.bindAsync('127.0.0.1:0',
-    grpc.ServerCredentials.createSsl(Buffer.from(ca.certPem), [{ private_key: Buffer.from(sk.privateKeyPem), cert_chain: Buffer.from(serverCert) }], true),
-    (e, p) => (e ? rej(e) : res(p))));
-  t.teardown(() => server.forceShutdown());
+/** A stand-in hub (test/helpers/standin-hub.ts) and an agent channel to it. */
+async function standInChannel(t: Test) {
+  const hub = await standInHub(t);
+  const { streams } = hub;
   const channel = new HubChannel({
-    target: `127.0.0.1:${port}`,
-    credentials: () => ({ caPem: ca.certPem, keyPem: ck.privateKeyPem, certPem: clientCert }),
+    target: `127.0.0.1:${hub.port}`,
+    credentials: () => ({ caPem: hub.caPem, keyPem: hub.keyPem, certPem: hub.certPem }),
     hello: () => ({ facts: { hostname: 'h' }, labels: {} }),
     onAction: () => undefined, onCancel: () => undefined,
     log: pino({ level: 'silent' }), maxBackoffMs: 200,
@@ -64,7 +42,7 @@ const result = (id: string): T.AgentMessage => ({ result: { executionId: id, sta
 const resultIds = (msgs: T.AgentMessage__Output[]) => msgs.filter((m) => m.result).map((m) => m.result!.executionId);
 
 t.test('the agent sends an unacknowledged result again on its next stream, and an acknowledged one never again', async (t) => {
-  const { streams, channel } = await standInHub(t);
+  const { streams, channel } = await standInChannel(t);
   channel.start();
   await waitFor(() => channel.state === 'ready', 10_000);
   channel.send(result('ex-1'));
@@ -90,7 +68,7 @@ t.test('the agent sends an unacknowledged result again on its next stream, and a
 });
 
 t.test('a result produced while disconnected goes out once on the next stream', async (t) => {
-  const { streams, channel } = await standInHub(t);
+  const { streams, channel } = await standInChannel(t);
   channel.start();
   await waitFor(() => channel.state === 'ready', 10_000);
   streams[0]!.call.end();

@@ -7,67 +7,28 @@
  * Real agent, real mTLS gRPC against a stand-in hub that records what the agent sends.
  */
 import t from 'tap';
-import * as grpc from '@grpc/grpc-js';
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { pino } from 'pino';
-import { v1 } from '../common/proto.js';
-import { createCA, generateKey, issueCertificate } from '../certs/index.js';
-import { Agent, STARTED_HOLD_MS } from '../agent/agent.js';
+import { STARTED_HOLD_MS } from '../agent/agent.js';
 import { RESULT_OUTPUT, RESULT_OUTPUT_MAX_BYTES } from '../common/features.js';
 import { tempDir, waitFor } from './helpers/hub.js';
-import type * as T from '../common/proto-gen/trellis/v1/index.js';
-
-type Stream = grpc.ServerDuplexStream<T.AgentMessage__Output, T.HubMessage>;
+import { agentFor, commandAction, standInHub } from './helpers/standin-hub.js';
 
 t.test('output with the result to a hub that takes it; the first protocol to one that does not', async (t) => {
-  const ca = createCA({ commonName: 'result-output test CA' });
-  const sk = generateKey('ec-p256');
-  const serverCert = issueCertificate({ issuerCertPem: ca.certPem, issuerKey: ca.key, subjectPublicKey: sk.publicKey, subject: { commonName: 'hub' }, ipAddresses: ['127.0.0.1'], usage: 'server', notAfter: new Date(Date.now() + 3_600_000) });
-  const ck = generateKey('ec-p256');
-  const clientCert = issueCertificate({ issuerCertPem: ca.certPem, issuerKey: ca.key, subjectPublicKey: ck.publicKey, subject: { commonName: 'agent' }, uris: ['spiffe://trellis.local/tenant/default/agent/a1'], usage: 'client', notAfter: new Date(Date.now() + 3_600_000) });
-  const msgs: T.AgentMessage__Output[] = [];
-  let stream: Stream | undefined;
-  let streams = 0;
   // What the stand-in hub lists in its next Welcome.
   let features: string[] = [RESULT_OUTPUT];
-  const server = new grpc.Server();
-  server.addService(v1.AgentChannel.service, {
-    Connect: (call: Stream) => {
-      call.on('data', (m: T.AgentMessage__Output) => {
-        msgs.push(m);
-        if (m.hello) {
-          stream = call;
-          streams++;
-          call.write({ welcome: { agentId: 'a1', tenant: 'default', heartbeatIntervalMs: 60_000, caBundle: [], features } });
-        }
-      });
-      call.on('error', () => undefined);
-    },
-    Renew: (_c: unknown, cb: grpc.sendUnaryData<T.RenewResponse>) => cb({ code: grpc.status.UNIMPLEMENTED, details: 'no' }),
-  });
-  const port = await new Promise<number>((res, rej) => server.bindAsync('127.0.0.1:0',
-    grpc.ServerCredentials.createSsl(Buffer.from(ca.certPem), [{ private_key: Buffer.from(sk.privateKeyPem), cert_chain: Buffer.from(serverCert) }], true),
-    (e, p) => (e ? rej(e) : res(p))));
-  t.teardown(() => server.forceShutdown());
+  const hub = await standInHub(t, { features: () => features });
+  const msgs = () => hub.streams.flatMap((x) => x.msgs);
   await using d = await tempDir();
-  const files = { certFile: join(d.path, 'cert.pem'), keyFile: join(d.path, 'key.pem'), caFile: join(d.path, 'ca.pem') };
-  writeFileSync(files.certFile, clientCert, { mode: 0o600 });
-  writeFileSync(files.keyFile, ck.privateKeyPem, { mode: 0o600 });
-  writeFileSync(files.caFile, ca.certPem, { mode: 0o600 });
-  const agent = await Agent.start({ dataDir: join(d.path, 'data'), ...files, hub: `127.0.0.1:${port}`, log: pino({ level: 'silent' }), maxBackoffMs: 200 });
-  t.teardown(() => agent.close());
-  await waitFor(() => agent.channel.state === 'ready' && !!stream, 10_000, 'welcomed');
-  const action = (executionId: string, argv: string[]): T.HubMessage => ({ action: {
-    executionId, action: 'test.run', argv, env: {}, cwd: '', timeoutMs: 10_000, sealedEnv: {}, runner: 'command', runAs: '', script: Buffer.alloc(0), scriptName: '', sealedStdin: '',
-  } });
-  const of = (id: string) => msgs.filter((m) => (m.started ?? m.output ?? m.result)?.executionId === id);
+  const agent = await agentFor(t, hub, d.path);
+  await waitFor(() => agent.channel.state === 'ready' && hub.streams.length > 0, 10_000, 'welcomed');
+  const stream = () => hub.streams.at(-1)!.call;
+  const action = commandAction;
+  const of = (id: string) => msgs().filter((m) => (m.started ?? m.output ?? m.result)?.executionId === id);
   const kinds = (id: string) => of(id).map((m) => m.msg);
   /** Every output chunk of an execution as the hub would take it: output messages and the result's, in arrival order. */
   const text = (id: string) => of(id).flatMap((m) => (m.output ? [m.output] : m.result?.output ?? [])).map((o) => o.data.toString()).join('');
   const seqs = (id: string) => of(id).flatMap((m) => (m.output ? [m.output] : m.result?.output ?? [])).map((o) => Number(o.seq));
   const run = async (id: string, argv: string[]) => {
-    stream!.write(action(id, argv));
+    stream().write(action(id, argv));
     await waitFor(() => kinds(id).includes('result'), 10_000, `${id}: result`);
     await new Promise((r) => setTimeout(r, STARTED_HOLD_MS * 3)); // nothing held comes later
   };
@@ -92,10 +53,10 @@ t.test('output with the result to a hub that takes it; the first protocol to one
 
   // An older hub (no features): the first protocol.
   features = [];
-  const before = streams;
+  const before = hub.streams.length;
   const resentOld = of('quick').length;
-  stream!.end();
-  await waitFor(() => streams > before && agent.channel.state === 'ready', 10_000, 'reconnected to the older hub');
+  stream().end();
+  await waitFor(() => hub.streams.length > before && hub.streams.at(-1)!.msgs.some((m) => m.hello) && agent.channel.state === 'ready', 10_000, 'reconnected to the older hub');
   await waitFor(() => of('quick').length >= resentOld + 3, 10_000, 'the unacknowledged result sent again');
   await run('old', ['sh', '-c', 'echo out']);
   t.same(kinds('old'), ['output', 'result'], 'to an older hub: output, then the result');
