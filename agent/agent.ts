@@ -37,6 +37,8 @@ export interface AgentOptions {
   log?: Logger;
   /** Most actions running at once. @default 16 */
   maxConcurrentActions?: number;
+  /** How long an action's output is held to go with its result (holdOutput). @default STARTED_HOLD_MS */
+  outputHoldMs?: number;
   /** Renew at this fraction of the certificate's life. @default 2/3 */
   renewAt?: number;
   maxBackoffMs?: number;
@@ -287,7 +289,7 @@ export class Agent {
   }
 
   /**
-   * Output is held like `started` (at most STARTED_HOLD_MS, RESULT_OUTPUT_MAX_BYTES and
+   * Output is held like `started` (at most STARTED_HOLD_MS or `outputHoldMs`, RESULT_OUTPUT_MAX_BYTES and
    * RESULT_OUTPUT_MAX_CHUNKS per execution) when the hub takes output with a result (feature
    * "result_output"): a quick action's output then rides with its result, one message up
    * instead of one per chunk plus one. True when `o` was held; false when it goes now (the
@@ -299,7 +301,7 @@ export class Agent {
     const size = (o.data as Buffer).length;
     if (this.channel.hubHas(RESULT_OUTPUT) && (held?.bytes ?? 0) + size <= RESULT_OUTPUT_MAX_BYTES && (held?.chunks.length ?? 0) < RESULT_OUTPUT_MAX_CHUNKS) {
       if (held) { held.chunks.push(o); held.bytes += size; } else this.heldOutput.set(id, { chunks: [o], bytes: size });
-      this.outputTimer ??= setTimeout(() => this.sendHeldOutput(), STARTED_HOLD_MS).unref();
+      this.outputTimer ??= setTimeout(() => this.sendHeldOutput(), this.opts.outputHoldMs ?? STARTED_HOLD_MS).unref();
       return true;
     }
     if (held) {

@@ -3,7 +3,7 @@
  * instead of one per chunk plus one. Only to a hub that lists the feature in its Welcome; an
  * older hub gets the first protocol (output messages, then a bare result), also for a result
  * held from a hub that had the feature and sent again after a reconnect. Output past the bounds
- * (RESULT_OUTPUT_MAX_BYTES, the hold of STARTED_HOLD_MS) goes in messages of its own, in order.
+ * (RESULT_OUTPUT_MAX_BYTES, the hold: STARTED_HOLD_MS, or the agent's outputHoldMs) goes in messages of its own, in order.
  * Real agent, real mTLS gRPC against a stand-in hub that records what the agent sends.
  */
 import t from 'tap';
@@ -18,7 +18,9 @@ t.test('output with the result to a hub that takes it; the first protocol to one
   const hub = await standInHub(t, { features: () => features });
   const msgs = () => hub.streams.flatMap((x) => x.msgs);
   await using d = await tempDir();
-  const agent = await agentFor(t, hub, d.path);
+  // Held long enough that a loaded machine cannot make a quick action outlast the hold.
+  const HOLD_MS = 1000;
+  const agent = await agentFor(t, hub, d.path, { outputHoldMs: HOLD_MS });
   await waitFor(() => agent.channel.state === 'ready' && hub.streams.length > 0, 10_000, 'welcomed');
   const stream = () => hub.streams.at(-1)!.call;
   const action = commandAction;
@@ -30,7 +32,7 @@ t.test('output with the result to a hub that takes it; the first protocol to one
   const run = async (id: string, argv: string[]) => {
     stream().write(action(id, argv));
     await waitFor(() => kinds(id).includes('result'), 10_000, `${id}: result`);
-    await new Promise((r) => setTimeout(r, STARTED_HOLD_MS * 3)); // nothing held comes later
+    await new Promise((r) => setTimeout(r, STARTED_HOLD_MS * 3)); // a started report held would come by then
   };
 
   await run('quick', ['sh', '-c', 'echo out; echo err >&2']);
@@ -39,7 +41,7 @@ t.test('output with the result to a hub that takes it; the first protocol to one
   t.same(r.output.map((o) => [o.stream, o.data.toString()]).sort(), [['STDERR', 'err\n'], ['STDOUT', 'out\n']], 'carrying both streams');
   t.equal(r.status, 'succeeded');
 
-  await run('slow', ['sh', '-c', `echo first; sleep ${(STARTED_HOLD_MS * 6) / 1000}; echo second`]);
+  await run('slow', ['sh', '-c', `echo first; sleep ${(HOLD_MS * 3) / 1000}; echo second`]);
   t.same(kinds('slow'), ['output', 'result'], 'output held longer than the hold goes on its own, before the result');
   t.equal(text('slow'), 'first\nsecond\n');
   t.same(seqs('slow'), [1, 2], 'in order');

@@ -55,12 +55,12 @@ export async function standInHub(t: Teardown, o: { features?: () => string[] } =
 }
 
 /** A real agent (agent/agent.ts) with the stand-in's certificate, its files in `dir`; closed at teardown. */
-export async function agentFor(t: Teardown, hub: StandInHub, dir: string): Promise<Agent> {
+export async function agentFor(t: Teardown, hub: StandInHub, dir: string, o: { outputHoldMs?: number } = {}): Promise<Agent> {
   const files = { certFile: join(dir, 'cert.pem'), keyFile: join(dir, 'key.pem'), caFile: join(dir, 'ca.pem') };
   writeFileSync(files.certFile, hub.certPem, { mode: 0o600 });
   writeFileSync(files.keyFile, hub.keyPem, { mode: 0o600 });
   writeFileSync(files.caFile, hub.caPem, { mode: 0o600 });
-  const agent = await Agent.start({ dataDir: join(dir, 'data'), ...files, hub: `127.0.0.1:${hub.port}`, log: pino({ level: 'silent' }), maxBackoffMs: 200 });
+  const agent = await Agent.start({ dataDir: join(dir, 'data'), ...files, hub: `127.0.0.1:${hub.port}`, log: pino({ level: 'silent' }), maxBackoffMs: 200, ...o });
   t.teardown(() => agent.close());
   return agent;
 }
