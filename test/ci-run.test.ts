@@ -74,6 +74,20 @@ t.test('no tap summary (the runner died): the TAP lines are counted and the run 
   t.equal(r.lines.at(-1), '1 passed, 1 failed, 1 skipped');
 });
 
+t.test('failed tests are named again just above the summary line (a long log is read from its end)', async (t) => {
+  const r = await ciRun(t, { summary: '    not ok 4 - the inner assertion\n      ---\n      at: x.ts:3\nnot ok 7 - dist/test/x.test.js\n# { total: 9, pass: 7, fail: 2 }\n', testRc: 1 });
+  const start = r.lines.indexOf('# ---- failures (from the log above) ----');
+  const end = r.lines.indexOf('# ---- end of failures ----');
+  t.ok(start > 0 && end === r.lines.length - 2, 'the digest ends just above the summary line');
+  const digest = r.lines.slice(start, end).join('\n');
+  t.match(digest, /not ok 4 - the inner assertion/);
+  t.match(digest, /at: x\.ts:3/, 'with the lines tap printed around it');
+  t.match(digest, /not ok 7 - dist\/test\/x\.test\.js/);
+  t.equal(r.lines.at(-1), '7 passed, 2 failed, 0 skipped');
+  const green = await ciRun(t, { summary: '# { total: 1, pass: 1 }\n' });
+  t.notOk(green.out.includes('---- failures'), 'a green run prints no digest');
+});
+
 t.test('a failed apt-get fails CI before any test runs, with a failed summary line', async (t) => {
   const r = await ciRun(t, { hide: ['openssl'], aptRc: 100, summary: '# { total: 1, pass: 1 }\n' });
   t.equal(r.code, 1);
