@@ -1,10 +1,10 @@
 /**
  * The agent's composition root: identity, channel, action runner and renewal, wired by hand.
  */
-import { RESULT_OUTPUT, RESULT_OUTPUT_MAX_BYTES, RESULT_OUTPUT_MAX_CHUNKS } from '../common/features.js';
 import * as os from 'node:os';
 import { createCSR, generateKey, certInfo, keyMatchesCert, loadPrivateKey, splitPemBundle, verifyIssuedBy, fingerprintSha256 } from '../certs/index.js';
 import { atomicWriteFile } from '../common/fsutil.js';
+import { RESULT_OUTPUT, RESULT_OUTPUT_MAX_BYTES, RESULT_OUTPUT_MAX_CHUNKS } from '../common/features.js';
 import { diagnoseConnection } from '../common/connect-diagnosis.js';
 import type { KeyObject } from 'node:crypto';
 import { TrellisError } from '../common/errors.js';

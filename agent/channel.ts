@@ -8,10 +8,10 @@
  * reconnect rewinds it to the first unacknowledged event. Without an outbox they wait in memory
  * (bounded by maxQueued, oldest dropped first), as before.
  */
-import { RESULT_OUTPUT } from '../common/features.js';
 import * as grpc from '@grpc/grpc-js';
 import { EventEmitter } from 'node:events';
 import { channelV1 } from '../common/proto-channel.js';
+import { RESULT_OUTPUT } from '../common/features.js';
 import { secureChannel } from '../common/grpc-tls.js';
 import { backoffDelay, retryAfterDelay, retryAfterMs, DEFAULT_MAX_BACKOFF_MS, RETRYABLE_CODES } from '../common/backoff.js';
 import { fromGrpcError, CODE_KEY } from '../common/grpc-errors.js';

@@ -663,3 +663,45 @@ t.test('RateGate: cooldown and a sliding-window rate limit, per key, counting su
   clock = 10_000; t.notOk(both.tryFire(), 'cooldown passed but the rate limit holds');
   t.equal(both.suppressed, 1);
 });
+
+t.test('http.url: only http and https, and only a URL; a URL from the datastore that is not one is not quoted', async (t) => {
+  const http = (url: string) => baseAction({ runner: 'http', command: undefined, http: { method: 'GET', url, headers: {} } });
+  for (const url of ['https://h.example/x?y={{ service }}', 'HTTP://h.example/', 'http://127.0.0.1:8080/{{ service }}']) {
+    t.equal(errOf(() => renderAction(http(url), { service: 'a' }, { resolve })).code, 'OK', `accepted: ${url}`);
+  }
+  for (const [url, msg] of [
+    ['file:///etc/passwd', /use http or https, not file:/], ['ftp://h.example/', /use http or https, not ftp:/],
+    ['javascript:alert(1)', /use http or https, not javascript:/], [' gopher://h/', /use http or https, not gopher:/],
+    ['http://', /is not a URL/], ['https://[::1/', /is not a URL/], ['{{ service }}', /is not a URL/],
+  ] as const) {
+    const e = errOf(() => renderAction(http(url), { service: 'x y' }, { resolve }));
+    t.equal(e.code, 'TRELLIS_E_INVALID_ARGUMENT', `refused: ${url}`);
+    t.match(e.message, msg);
+  }
+  // The service name came from an event: a rendered value that makes the URL another scheme is refused too.
+  t.match(errOf(() => renderAction(http('{{ service }}://h/'), { service: 'file' }, { resolve })).message, /use http or https, not file:/);
+  const fromKv = errOf(() => renderAction(http('{{ kv.region }}'), { service: 'a' }, { resolve }));
+  t.match(fromKv.message, /does not render to a URL \(the message does not quote it/);
+  t.notOk(fromKv.message.includes('eu-1'), 'the datastore value is not in the message');
+});
+
+t.test('jsonSurelyWithin never says "small" for a value whose JSON is over the bound (bytes and characters), seeded', async (t) => {
+  const { jsonSurelyWithin } = await import('../common/rules/render.js');
+  let seed = 7;
+  const rnd = () => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed / 2147483648; };
+  const chars = ['a', '"', '\\', '\n', '\u0001', 'é', '€', '😀', '\u2028', '\ud800'];
+  const str = (n: number) => Array.from({ length: n }, () => chars[Math.floor(rnd() * chars.length)]).join('');
+  let yes = 0;
+  for (let i = 0; i < 3000; i++) {
+    const max = 8 + Math.floor(rnd() * 400);
+    const r = rnd();
+    const v: unknown = r < 0.4 ? str(Math.floor(rnd() * 80)) : r < 0.5 ? [1] : r < 0.55 ? -1.2345678901234567e-300 : Object.fromEntries(Array.from({ length: Math.floor(rnd() * 6) }, (_, k) => [str(k + 1), rnd() < 0.7 ? str(Math.floor(rnd() * 30)) : rnd() < 0.5 ? null : { x: 1 }]));
+    if (!jsonSurelyWithin(v, max)) continue;
+    yes++;
+    const json = JSON.stringify(v);
+    if (Buffer.byteLength(json, 'utf8') > max || json.length > max) { t.fail(`said within ${max}: ${json}`); return; }
+  }
+  t.ok(yes > 500, `often known small without serializing (${yes} of 3000)`);
+  t.notOk(jsonSurelyWithin('x'.repeat(100), 100), 'a long string is not known small');
+  t.notOk(jsonSurelyWithin({ a: { b: 1 } }, 1000), 'nested objects are measured by the caller');
+});

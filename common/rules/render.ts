@@ -15,7 +15,7 @@
 import { basename } from 'node:path';
 import type { ActionDef, ParamSpec, Runner } from '../automation/types.js';
 import { TrellisError } from '../errors.js';
-import { findRefs, needsResolving, renderTemplate, resolveRefs, toText, type Ref } from './template.js';
+import { findRefs, needsResolving, refKey, renderTemplate, resolveRefs, toText, type Ref } from './template.js';
 import { shellTemplateProblem } from './shell.js';
 import { maskError } from '../mask.js';
 
@@ -146,13 +146,32 @@ export function validateParams(action: ActionDef, params: Record<string, unknown
       else if (spec.required) throw invalid(`parameter "${name}" is required by action ${action.ref}`);
       else continue;
     }
-    // A string's JSON is at most 6 bytes per UTF-16 unit (\u escapes) plus its quotes: the usual
-    // short value needs no serialization to be known small enough.
-    const size = typeof v === 'string' && v.length * 6 + 2 <= PARAM_MAX_BYTES ? 0 : Buffer.byteLength(JSON.stringify(v) ?? '', 'utf8');
+    const size = jsonSurelyWithin(v, PARAM_MAX_BYTES) ? 0 : Buffer.byteLength(JSON.stringify(v) ?? '', 'utf8');
     if (size > PARAM_MAX_BYTES) throw new TrellisError('TRELLIS_E_TOO_LARGE', `parameter "${name}" is ${size} bytes; the limit is ${PARAM_MAX_BYTES}`);
     out[name] = needsResolving(v) ? v : coerce(name, spec, v, originOf(v, spec));
   }
   return out;
+}
+
+/**
+ * True when `v` as JSON is surely at most `max` bytes (and characters), known without serializing
+ * it: a string (its JSON is at most 6 bytes per UTF-16 unit, a `\uXXXX` escape, plus the quotes),
+ * a number, boolean or null, or an object of at most 64 such values. False means "not known":
+ * the caller serializes to measure. Parameters are mostly short strings: measuring them was
+ * a JSON.stringify per value and one more per request on the path of every rule firing.
+ */
+export function jsonSurelyWithin(v: unknown, max: number): boolean {
+  const scalar = (x: unknown): number => (typeof x === 'string' ? x.length * 6 + 2 : typeof x === 'number' || typeof x === 'boolean' || x === null ? 24 : Infinity);
+  if (v === null || typeof v !== 'object') return scalar(v) <= max;
+  if (Array.isArray(v)) return false;
+  let bound = 2, n = 0;
+  for (const k in v) {
+    if (!Object.hasOwn(v, k)) continue;
+    if (++n > 64) return false;
+    bound += k.length * 6 + 4 + scalar((v as Record<string, unknown>)[k]);
+    if (bound > max) return false;
+  }
+  return true;
 }
 
 export const REDACTED = '[REDACTED]';
@@ -179,12 +198,11 @@ export function actionRefs(action: ActionDef, params: Record<string, unknown>, v
   const own = findRefs(validated ? params : validateParams(action, params));
   const fixed = templateRefs(action);
   if (fixed.length === 0) return own;
-  const seen = new Set(own.map(refId));
-  for (const r of fixed) if (!seen.has(refId(r))) { seen.add(refId(r)); own.push(r); }
+  const seen = new Set(own.map(refKey));
+  for (const r of fixed) if (!seen.has(refKey(r))) { seen.add(refKey(r)); own.push(r); }
   return own;
 }
 
-const refId = (r: Ref) => `${r.kind}\0${r.key}`;
 /** The references in an action's own templates: an action definition does not change, so once per action. */
 const actionTemplateRefs = new WeakMap<ActionDef, Ref[]>();
 function templateRefs(action: ActionDef): Ref[] {

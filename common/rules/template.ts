@@ -288,6 +288,9 @@ export function templatePieces(tpl: string): TemplatePiece[] {
   return compile(tpl).parts.map((p) => (typeof p === 'string' ? { text: p } : p.lit !== undefined && p.filters.length === 0 ? { text: p.lit } : { src: p.src, quoted: p.filters[p.filters.length - 1]?.name === 'quote' }));
 }
 
+/** One string per distinct reference (its kind and key): what findRefs and its callers de-duplicate by. */
+export const refKey = (r: Ref): string => `${r.kind}\0${r.key}`;
+
 /** Every kv/secret reference in value's templates, each once, in order of appearance. */
 export function findRefs(value: unknown): Ref[] {
   const out: Ref[] = [];
@@ -297,7 +300,7 @@ export function findRefs(value: unknown): Ref[] {
       if (!v.includes('{{')) return;
       for (const p of compile(v).parts) {
         if (typeof p === 'string' || !p.ref) continue;
-        const id = `${p.ref.kind}\0${p.ref.key}`;
+        const id = refKey(p.ref);
         if (!seen.has(id)) { seen.add(id); out.push(p.ref); }
       }
     } else if (v !== null && typeof v === 'object') {

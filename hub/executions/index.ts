@@ -28,8 +28,8 @@
  * for a minute), and reads, cancels and follows others' from the database; creation, claiming
  * and take-over across hubs are in cluster.ts (the section "several hubs" below is its glue).
  */
-import { RESULT_OUTPUT_MAX_CHUNKS } from '../../common/features.js';
 import { monotonicUlidFactory } from '../../common/ids.js';
+import { RESULT_OUTPUT_MAX_CHUNKS } from '../../common/features.js';
 import { TrellisError } from '../../common/errors.js';
 import { FINAL_STATUSES, type EdgeExecutionPayload, type ExecutionStatus } from '../../common/automation/types.js';
 import { actionRefs, renderAction, type RenderedAction } from '../../common/rules/render.js';
@@ -462,7 +462,7 @@ export class Executions {
       e.stored += part.length;
     }
     if (data.length > room) e.rec.outputTruncated = true;
-    this.updates.emit({ kind: 'output', tenant: e.rec.tenant, executionId: e.rec.id, agentId, stream, data, offset }, { offset });
+    if (this.updates.listened) this.updates.emit({ kind: 'output', tenant: e.rec.tenant, executionId: e.rec.id, agentId, stream, data, offset }, { offset });
   }
 
   onResult(agentId: string, m: Omit<T.ActionResult__Output, 'output'> & { output?: T.ActionOutput__Output[] }): void {

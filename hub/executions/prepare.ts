@@ -7,9 +7,9 @@
 import { sealFor, sealAad } from '../../certs/index.js';
 import { maskError } from '../../common/mask.js';
 import { TrellisError } from '../../common/errors.js';
-import { renderAction, actionRefs, historyParameters, validateParams, REDACTED, type RenderedAction } from '../../common/rules/render.js';
+import { renderAction, actionRefs, historyParameters, jsonSurelyWithin, validateParams, REDACTED, type RenderedAction } from '../../common/rules/render.js';
 import { requestFromRendered } from '../../common/automation/request.js';
-import type { Ref } from '../../common/rules/template.js';
+import { refKey, type Ref } from '../../common/rules/template.js';
 import type { ActionDef } from '../../common/automation/types.js';
 import type { KvStore } from '../kv/index.js';
 import type { CommandRequest, KvRequester } from './types.js';
@@ -23,7 +23,6 @@ export const MAX_PARAMETERS_BYTES = 256 * 1024;
 export { REDACTED };
 
 type Resolved = Map<string, { value: string; secret: boolean }>;
-const refKey = (r: Ref) => `${r.kind}.${r.key}`;
 
 /** Reads every reference once, as `caller` (NOT_FOUND, or INVALID_ARGUMENT for a plain value used as a secret). */
 async function resolveRefs(kv: KvStore, tenant: string, caller: KvRequester, refs: Ref[]): Promise<Resolved> {
@@ -108,7 +107,7 @@ export async function prepareCommand(kv: KvStore, o: { tenant: string; caller: K
     let secret = false;
     for (const r of resolved.values()) if (r.secret) { secret = true; secretValues.push(r.value); }
     // One pass: a substituted value is never scanned again (a kv value holding `{{ secret.y }}` stays text).
-    const out = value.replace(new RegExp(REF_RE.source, 'g'), (_m, kind: string, key: string) => resolved.get(`${kind}.${key}`)!.value);
+    const out = value.replace(new RegExp(REF_RE.source, 'g'), (_m, kind: string, key: string) => resolved.get(refKey({ kind: kind as Ref['kind'], key }))!.value);
     (secret ? secretEnv : env)[name] = out;
   }
   return {
@@ -156,27 +155,5 @@ export function checkAgents(ids: unknown): string[] {
 
 export function checkParameters(p: unknown): void {
   if (!p || typeof p !== 'object' || Array.isArray(p)) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', 'parameters must be an object');
-  if (!flatAndSmall(p as Record<string, unknown>) && JSON.stringify(p).length > MAX_PARAMETERS_BYTES) throw new TrellisError('TRELLIS_E_TOO_LARGE', `parameters are over ${MAX_PARAMETERS_BYTES} bytes`);
-}
-
-/**
- * True when `p` is surely under MAX_PARAMETERS_BYTES as JSON without serializing it: an object
- * of at most 64 entries whose values are short strings, numbers, booleans or null (the usual
- * parameters of a rule's request); a JSON string is at most 6 characters per UTF-16 unit.
- */
-function flatAndSmall(p: Record<string, unknown>): boolean {
-  let bound = 2;
-  let n = 0;
-  for (const k in p) {
-    if (!Object.hasOwn(p, k)) continue;
-    if (++n > 64) return false;
-    const v = p[k];
-    const t = typeof v;
-    bound += k.length * 6 + 4;
-    if (t === 'string') bound += (v as string).length * 6 + 2;
-    else if (t === 'number' || t === 'boolean' || v === null) bound += 24;
-    else return false;
-    if (bound > MAX_PARAMETERS_BYTES) return false;
-  }
-  return true;
+  if (!jsonSurelyWithin(p, MAX_PARAMETERS_BYTES) && JSON.stringify(p).length > MAX_PARAMETERS_BYTES) throw new TrellisError('TRELLIS_E_TOO_LARGE', `parameters are over ${MAX_PARAMETERS_BYTES} bytes`);
 }

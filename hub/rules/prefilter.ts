@@ -21,7 +21,6 @@ interface Group { get: (ev: TriggerEvent) => unknown; above: Side; below: Side }
 
 export class Prefilter {
   private constructor(
-    private readonly size: number,
     /** 1 for a rule evaluated whatever the event (it has no threshold). */
     private readonly always: Uint8Array,
     private readonly groups: readonly Group[],
@@ -43,7 +42,7 @@ export class Prefilter {
       l.sort((a, b) => (asc ? a[0] - b[0] : b[0] - a[0]));
       return { patterns: l.map((x) => x[0]), strict: l.map((x) => x[1]), rule: l.map((x) => x[2]) };
     };
-    return new Prefilter(n, always, [...byKey.values()].map((g) => ({ get: g.get, above: side(g.above, true), below: side(g.below, false) })));
+    return new Prefilter(always, [...byKey.values()].map((g) => ({ get: g.get, above: side(g.above, true), below: side(g.below, false) })));
   }
 
   /** Per rule (by position), 1 when it may match `ev` (it is evaluated), 0 when it cannot. */
@@ -71,6 +70,4 @@ export class Prefilter {
     }
     return m;
   }
-
-  get rules(): number { return this.size; }
 }
