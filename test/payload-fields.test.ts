@@ -3,10 +3,17 @@
  * scanner must agree with JSON.parse(payload.toString('utf8')) on every payload: what is JSON,
  * and the value of every wanted top-level field. Differential tests over hand-picked edge cases
  * and seeded random mutations of real payloads; then the same rules matched against the reduced
- * and the whole event give the same answer.
+ * and the whole event give the same answer. Both scanners: the WebAssembly one (hub/rules
+ * payload-scan.c, the default) and the TypeScript one (the reference and its fallback); every
+ * differential test also checks that the one it names answered, so that a silent fallback cannot
+ * make it pass.
  */
-import t from 'tap';
-import { FULL_PARSE, PayloadFields } from '../hub/rules/payload-fields.js';
+import t, { type Test } from 'tap';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { FULL_PARSE, PayloadFields, type ScannerChoice } from '../hub/rules/payload-fields.js';
+import { PAYLOAD_SCAN_SOURCE_SHA256 } from '../hub/rules/payload-scan-wasm.js';
 import { reducedTrigger, triggerOf } from '../hub/rules/index.js';
 import { compileRule, payloadKeysOf } from '../common/rules/index.js';
 import type { RuleDef } from '../common/automation/types.js';
@@ -23,9 +30,11 @@ function reference(buf: Buffer): unknown {
 const own = (o: unknown, k: string) => (o !== null && typeof o === 'object' && !Array.isArray(o) && Object.prototype.hasOwnProperty.call(o, k) ? (o as Record<string, unknown>)[k] : undefined);
 
 /** Compares the scanner with JSON.parse on one payload; returns a description of the first difference, or ''. */
+const answeredBy = { wasm: 0, typescript: 0 };
 function differs(pf: PayloadFields, buf: Buffer): string {
   const ref = reference(buf);
   let got = pf.read(buf);
+  answeredBy[pf.lastScanner!]++;
   if (got === FULL_PARSE) {
     if (ref === null || typeof ref !== 'object' || Array.isArray(ref)) return ''; // parsed whole by the caller: same by construction
     return 'FULL_PARSE for an object';
@@ -52,20 +61,31 @@ const CASES = [
   '{"x":{"x":{"x":{"x":1}}},"percent":7}', '{"tags":[]}', '{"tags":[{}]}', '{"host":"\\"quoted\\""}', '{"x":"\u2028\u2029"}', '{ "x" : 1 , "percent" : 2 }', '{\r\n\t"x":1\r\n}', '{"x":1}\n',
 ];
 
-t.test('agrees with JSON.parse on edge cases (validity, numbers, escapes, duplicate keys, __proto__, non-objects)', async (t) => {
-  const pf = new PayloadFields(KEYS);
+for (const [name, scanner] of [['WebAssembly scanner', 'auto'], ['TypeScript scanner', 'typescript']] as [string, ScannerChoice][]) {
+/** Checks that the scanner under test answered at least `share` of the reads since `before`. */
+const answered = (t: Test, before: typeof answeredBy, share: number) => {
+  const own = scanner === 'auto' ? 'wasm' : 'typescript';
+  const reads = answeredBy.wasm + answeredBy.typescript - before.wasm - before.typescript;
+  const mine = answeredBy[own] - before[own];
+  t.ok(mine >= share * reads, `the ${own} scanner answered ${mine} of ${reads} reads`);
+};
+t.test(`${name}: agrees with JSON.parse on edge cases (validity, numbers, escapes, duplicate keys, __proto__, non-objects)`, async (t) => {
+  const pf = new PayloadFields(KEYS, { scanner });
+  const before = { ...answeredBy };
   const bad = CASES.map((c) => [c, differs(pf, Buffer.from(c, 'utf8'))]).filter(([, d]) => d);
   t.same(bad, [], 'no differences');
   // Invalid UTF-8 inside a string is accepted as U+FFFD (as toString + JSON.parse), outside a string it is not JSON.
   for (const b of [Buffer.from([0x7b, 0x22, 0x78, 0x22, 0x3a, 0x22, 0xff, 0xe2, 0x22, 0x7d]), Buffer.from([0x7b, 0x22, 0x78, 0x22, 0x3a, 0xff, 0x7d]), Buffer.from([0x7b, 0x22, 0xff, 0x22, 0x3a, 0x31, 0x7d])]) {
-    t.equal(differs(new PayloadFields(['x', '\ufffd']), b), '', `bytes ${b.toString('hex')}`);
+    t.equal(differs(new PayloadFields(['x', '\ufffd'], { scanner }), b), '', `bytes ${b.toString('hex')}`);
   }
   const got = pf.read(Buffer.from('{"__proto__":{"polluted":1}}')) as Record<string, unknown>;
   t.same(got.__proto__, { polluted: 1 }, '__proto__ is an ordinary field');
   t.equal(({} as Record<string, unknown>).polluted, undefined, 'no prototype touched');
+  answered(t, before, 0.8);
 });
 
-t.test('agrees with JSON.parse on 30,000 seeded random mutations of payloads', async (t) => {
+t.test(`${name}: agrees with JSON.parse on 30,000 seeded random mutations of payloads`, async (t) => {
+  const before = { ...answeredBy };
   const rnd = mulberry32(13);
   const bases = [
     JSON.stringify({ host: 'web-01.example.internal', percent: 42.5, load1: 0.7, cpus: 8, tags: ['prod', 'eu-west-1'], note: 'x'.repeat(40), nested: { percent: [1, 2, { host: 'h' }] } }),
@@ -73,7 +93,7 @@ t.test('agrees with JSON.parse on 30,000 seeded random mutations of payloads', a
     '{"x":1,"x":{"y":[1,2,3]},"percent":"95"}',
   ];
   const alphabet = '{}[]":,.-+eE0123456789 \\/tfnrlsua\n\t\u0000é';
-  const pf = new PayloadFields(KEYS);
+  const pf = new PayloadFields(KEYS, { scanner });
   const diffs: string[] = [];
   for (let n = 0; n < 30_000; n++) {
     let s = bases[n % bases.length]!;
@@ -87,18 +107,21 @@ t.test('agrees with JSON.parse on 30,000 seeded random mutations of payloads', a
     if (d && diffs.length < 5) diffs.push(`${JSON.stringify(s)}: ${d}`);
   }
   t.same(diffs, [], 'no differences');
+  answered(t, before, 0.6); // a third of the payloads have a non-ASCII key: the TypeScript scanner decides those
 });
 
-t.test('long strings (read four bytes at a time): every special byte at every offset and alignment', async (t) => {
-  // Payloads of 64 bytes and more take the four-bytes-at-a-time path through strings; a special
-  // byte (quote, backslash, control character, non-ASCII) at any offset within a word, and a
-  // string starting at any alignment, must give what JSON.parse gives (including "not JSON").
-  const pf = new PayloadFields(['x', 'host', 'percent']);
+t.test(`${name}: long strings (read 4 or 16 bytes at a time): every special byte at every offset and alignment`, async (t) => {
+  // Strings are read a word at a time (TypeScript: 4 bytes, for payloads of 64 bytes and more;
+  // WebAssembly: 16); a special byte (quote, backslash, control character, non-ASCII) at any
+  // offset within a word, and a string starting at any alignment, must give what JSON.parse
+  // gives (including "not JSON").
+  const before = { ...answeredBy };
+  const pf = new PayloadFields(['x', 'host', 'percent'], { scanner });
   const specials = ['\\"', '\\\\', '\\n', '\\u00e9', '\u00e9', '\u2603', '\ud83d\ude00', '\t', '\u0001', '\u001f', '\u007f', ' ', '~', '"', '\\', '\\x'];
   const diffs: string[] = [];
   let cases = 0;
-  for (let pad = 0; pad < 4; pad++) {
-    for (let len = 0; len < 12; len++) {
+  for (let pad = 0; pad < 16; pad++) {
+    for (let len = 0; len < 18; len++) {
       for (const sp of specials) {
         for (let at = 0; at <= len; at++) {
           const body = 'a'.repeat(at) + sp + 'b'.repeat(len - at) + 'c'.repeat(70);
@@ -112,16 +135,39 @@ t.test('long strings (read four bytes at a time): every special byte at every of
   }
   // Raw bytes a JS string cannot spell as UTF-8: lone continuation bytes and truncated sequences inside a long string.
   for (const bad of [[0x80], [0xff], [0xc3], [0xe2, 0x98], [0xf0, 0x9f, 0x98]]) {
-    for (let at = 0; at < 8; at++) {
+    for (let at = 0; at < 20; at++) {
       const b = Buffer.concat([Buffer.from(`{"x":"${'a'.repeat(at)}`), Buffer.from(bad), Buffer.from(`${'z'.repeat(80)}","percent":1}`)]);
-      const d = differs(new PayloadFields(['x', 'percent']), b);
+      const d = differs(new PayloadFields(['x', 'percent'], { scanner }), b);
       cases++;
       if (d && diffs.length < 5) diffs.push(`${b.toString('hex')}: ${d}`);
     }
   }
-  t.ok(cases > 5000, `${cases} payloads`);
+  t.ok(cases > 40_000, `${cases} payloads`);
   t.same(diffs, [], 'no differences');
+  answered(t, before, 0.99);
 });
+
+t.test(`${name}: every prefix and every one-byte change of a payload (ends of input, the 0 after it)`, async (t) => {
+  const before = { ...answeredBy };
+  const pf = new PayloadFields(['host', 'percent', 'tags', 'note'], { scanner });
+  const text = Buffer.from(JSON.stringify({ host: 'web-01.example.internal', percent: -42.5e-1, tags: ['prod', 'eu'], ok: true, no: false, none: null, note: 'x'.repeat(40), u: '\u00e9\"' }));
+  const diffs: string[] = [];
+  for (let end = 0; end <= text.length; end++) {
+    const d = differs(pf, text.subarray(0, end));
+    if (d && diffs.length < 5) diffs.push(`prefix ${end}: ${d}`);
+  }
+  for (let at = 0; at < text.length; at++) {
+    for (const byte of [0x00, 0x09, 0x20, 0x22, 0x2c, 0x30, 0x3a, 0x5c, 0x5d, 0x7d, 0x80, 0xff]) {
+      const b = Buffer.from(text);
+      b[at] = byte;
+      const d = differs(pf, b);
+      if (d && diffs.length < 5) diffs.push(`byte ${at} = ${byte}: ${d}`);
+    }
+  }
+  t.same(diffs, [], 'no differences');
+  answered(t, before, 0.9); // a key changed to hold a backslash or a byte ≥ 0x80: the TypeScript scanner decides it
+});
+}
 
 t.test('values are decoded when read, from the payload of the last read only', async (t) => {
   const pf = new PayloadFields(['host', 'percent', 'tags']);
@@ -209,4 +255,29 @@ t.test('engine: a rule matched on the reduced payload fires with the whole event
   requests.length = 0;
   await engine.onEvents([ev('e6', '{"host":"web-6","percent":91}'), ev('e7', 'not json')]);
   t.same(requests.map((r) => r.triggerEventId).sort(), ['e6', 'e6'], 'both rules fired on e6; nothing on the non-JSON e7');
+});
+
+t.test('WebAssembly scanner: one instance serves every key list; payloads over 64 KiB go to the TypeScript scanner; built from the C source in the tree', async (t) => {
+  // Two plans read alternately (the module's key table is laid out again at each change), one
+  // with thousands of long keys (the module's memory grows for them).
+  const a = new PayloadFields(['percent', 'host']);
+  const many = Array.from({ length: 3000 }, (_, i) => `key-${i}-${'k'.repeat(40)}`);
+  const b = new PayloadFields([...many, 'host']);
+  for (let i = 0; i < 5; i++) {
+    const ra = a.read(Buffer.from(`{"host":"a${i}","percent":${i}}`)) as Record<string, unknown>;
+    t.same([ra.host, ra.percent, a.lastScanner], [`a${i}`, i, 'wasm'], `plan a, read ${i}`);
+    const rb = b.read(Buffer.from(`{"host":"b${i}",${JSON.stringify(many[2999])}:${i},"percent":1}`)) as Record<string, unknown>;
+    t.same([rb.host, rb[many[2999]!], rb[many[0]!], rb.percent, b.lastScanner], [`b${i}`, i, undefined, undefined, 'wasm'], `plan b, read ${i}`);
+  }
+  const at = (size: number) => {
+    const head = '{"percent":5,"x":"';
+    return Buffer.from(`${head}${'y'.repeat(size - head.length - 2)}"}`);
+  };
+  for (const [size, by] of [[64 * 1024, 'wasm'], [64 * 1024 + 1, 'typescript'], [1 << 20, 'typescript']] as const) {
+    const r = a.read(at(size)) as Record<string, unknown>;
+    t.same([r.percent, a.lastScanner], [5, by], `a payload of ${size} bytes`);
+  }
+  const src = readFileSync(fileURLToPath(new URL('../../hub/rules/payload-scan.c', import.meta.url)));
+  t.equal(createHash('sha256').update(src).digest('hex'), PAYLOAD_SCAN_SOURCE_SHA256,
+    'hub/rules/payload-scan-wasm.ts was built from hub/rules/payload-scan.c as it is (after editing it: node scripts/build-payload-scan.mjs)');
 });

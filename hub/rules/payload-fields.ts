@@ -18,8 +18,13 @@
  * bytes decode to the same text alone as within the whole payload.
  */
 
+import { PAYLOAD_SCAN_WASM } from './payload-scan-wasm.js';
+
 /** The payload is JSON but not an object: parse it whole. */
 export const FULL_PARSE = Symbol('full-parse');
+
+/** Which scanner reads payloads: the WebAssembly one where it can (default), or the TypeScript one alone. */
+export type ScannerChoice = 'auto' | 'typescript';
 
 const EMPTY = Buffer.alloc(0);
 
@@ -54,7 +59,11 @@ export class PayloadFields {
   /** Set by str(): the string had an escape or a non-ASCII byte. */
   private special = false;
 
-  constructor(readonly keys: readonly string[]) {
+  /** The WebAssembly scanner, unless the TypeScript one was asked for (it is also the fallback). */
+  private readonly wasm: boolean;
+
+  constructor(readonly keys: readonly string[], o: { scanner?: ScannerChoice } = {}) {
+    this.wasm = (o.scanner ?? 'auto') === 'auto';
     this.keyBytes = keys.map((k) => Buffer.from(k, 'utf8'));
     this.start = new Int32Array(keys.length);
     this.end = new Int32Array(keys.length);
@@ -79,7 +88,24 @@ export class PayloadFields {
     }
   }
 
+  /** Which scanner answered the last read (tests). */
+  lastScanner: 'wasm' | 'typescript' | undefined;
+
   private scan(buf: Uint8Array): Record<string, unknown> | null | typeof FULL_PARSE {
+    const w = this.wasm ? wasmScanner() : undefined;
+    if (w && buf.length <= WASM_MAX_INPUT) {
+      const r = w.scan(this.keyBytes, buf, this.start, this.end, this.endSpecial);
+      if (r !== WASM_FALLBACK) {
+        this.lastScanner = 'wasm';
+        return r === WASM_OBJECT ? this.result(buf) : r === WASM_NOT_JSON ? null : FULL_PARSE;
+      }
+    }
+    this.lastScanner = 'typescript';
+    return this.scanTs(buf);
+  }
+
+  /** The reference scanner (payload-scan.c is the same algorithm). */
+  private scanTs(buf: Uint8Array): Record<string, unknown> | null | typeof FULL_PARSE {
     const n = buf.length;
     let i = ws(buf, 0);
     if (i >= n) return null;
@@ -226,6 +252,99 @@ export class PayloadFields {
     this.decodedIn[k] = this.gen;
     return v;
   }
+}
+
+/** Results of payload-scan.c's scan(). */
+const WASM_NOT_JSON = 0, WASM_OBJECT = 1, WASM_FALLBACK = 3;
+/** The largest payload given to the WebAssembly scanner (hub/events MAX_EVENT_PAYLOAD_BYTES); a larger one goes to the TypeScript scanner. */
+const WASM_MAX_INPUT = 64 * 1024;
+
+/**
+ * payload-scan.c compiled to WebAssembly (payload-scan-wasm.ts): one instance per process, shared
+ * by every PayloadFields. Its memory holds, from the module's heap base: the wanted keys of the
+ * PayloadFields that used it last ((address, length) pairs, then their bytes), its answer (start,
+ * end, special per key), and the payload, copied in per read and followed by a 0 byte and 16
+ * bytes of slack (what the C scanner expects).
+ */
+/** What is used of the WebAssembly global (not in this project's type libraries); undefined where WebAssembly is off. */
+interface WasmMemory { readonly buffer: ArrayBuffer; grow(pages: number): number }
+interface WasmApi {
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (module: object, imports: object) => { exports: { memory: WasmMemory; scan: WasmScanFn; __heap_base: { value: number } } };
+}
+type WasmScanFn = (b: number, n: number, keys: number, nkeys: number, out: number) => number;
+
+class WasmScanner {
+  private readonly memory: WasmMemory;
+  private readonly fn: WasmScanFn;
+  private readonly base: number;
+  private u8: Uint8Array;
+  private i32: Int32Array;
+  /** The key list laid out in memory now (compared by identity: each PayloadFields has its own). */
+  private keysOf?: readonly Buffer[];
+  private keysAt = 0;
+  private outAt = 0;
+  private inputAt = 0;
+
+  constructor() {
+    const api = (globalThis as { WebAssembly?: WasmApi }).WebAssembly;
+    if (!api) throw new Error('WebAssembly is off');
+    const ex = new api.Instance(new api.Module(Buffer.from(PAYLOAD_SCAN_WASM, 'base64')), {}).exports;
+    this.memory = ex.memory;
+    this.fn = ex.scan;
+    this.base = Number(ex.__heap_base.value);
+    this.u8 = new Uint8Array(this.memory.buffer);
+    this.i32 = new Int32Array(this.memory.buffer);
+  }
+
+  /** Lays out `keys` (once per change of key list) and makes room for the largest payload after them. */
+  private load(keys: readonly Buffer[]): void {
+    const align = (x: number) => (x + 7) & ~7;
+    this.keysAt = align(this.base);
+    let bytesAt = this.keysAt + 8 * keys.length;
+    this.outAt = align(bytesAt + keys.reduce((s, k) => s + k.length, 0));
+    this.inputAt = align(this.outAt + 12 * keys.length);
+    const need = this.inputAt + WASM_MAX_INPUT + 32;
+    if (need > this.memory.buffer.byteLength) {
+      this.memory.grow(Math.ceil((need - this.memory.buffer.byteLength) / 65536));
+      this.u8 = new Uint8Array(this.memory.buffer);
+      this.i32 = new Int32Array(this.memory.buffer);
+    }
+    keys.forEach((k, idx) => {
+      this.i32[this.keysAt / 4 + 2 * idx] = bytesAt;
+      this.i32[this.keysAt / 4 + 2 * idx + 1] = k.length;
+      this.u8.set(k, bytesAt);
+      bytesAt += k.length;
+    });
+    this.keysOf = keys;
+  }
+
+  /** Scans `buf` for `keys`; on WASM_OBJECT the value ranges are in start, end and special. */
+  scan(keys: readonly Buffer[], buf: Uint8Array, start: Int32Array, end: Int32Array, special: Uint8Array): number {
+    if (keys !== this.keysOf) this.load(keys);
+    const n = buf.length, u8 = this.u8;
+    u8.set(buf, this.inputAt);
+    u8[this.inputAt + n] = 0;
+    const r = this.fn(this.inputAt, n, this.keysAt, keys.length, this.outAt);
+    if (r === WASM_OBJECT) {
+      const i32 = this.i32;
+      for (let k = 0, o = this.outAt / 4; k < keys.length; k++, o += 3) {
+        start[k] = i32[o]!;
+        end[k] = i32[o + 1]!;
+        special[k] = i32[o + 2]!;
+      }
+    }
+    return r;
+  }
+}
+
+/** The process's WebAssembly scanner; null where it cannot run (WebAssembly off, e.g. node --jitless, or no SIMD). */
+let wasmInstance: WasmScanner | null | undefined;
+function wasmScanner(): WasmScanner | undefined {
+  if (wasmInstance === undefined) {
+    try { wasmInstance = new WasmScanner(); } catch { wasmInstance = null; }
+  }
+  return wasmInstance ?? undefined;
 }
 
 /** 1 for the bytes a string may hold as they are (printable ASCII but the quote and the backslash). */
