@@ -171,6 +171,7 @@ export class RulesEngine extends EventEmitter {
   /** Per list of rules (null: none pays). */
   private readonly prefilters = new WeakMap<readonly LiveRule[], Prefilter | null>();
   private lastPlan: { rules?: readonly LiveRule[]; plan?: PayloadFields } = {};
+  private lastPrefilter: { rules?: readonly LiveRule[]; pre?: Prefilter } = {};
   /** Hub rule counters since start, every rule and tenant (metrics); `held`: suppressed by `hold` (maintenance). */
   readonly totals = { matched: 0, fired: 0, suppressed: 0, held: 0, errors: 0 };
 
@@ -395,8 +396,10 @@ export class RulesEngine extends EventEmitter {
 
   /** The threshold prefilter of a list of rules (cached per list), or undefined when it would not pay (hub/rules/prefilter.ts). */
   private prefilterFor(rules: readonly LiveRule[]): Prefilter | undefined {
+    if (rules === this.lastPrefilter.rules) return this.lastPrefilter.pre; // a batch is mostly of one type
     let pre = this.prefilters.get(rules);
     if (pre === undefined) this.prefilters.set(rules, (pre = Prefilter.of(rules.map((r) => r.compiled.threshold)) ?? null));
+    this.lastPrefilter = { rules, pre: pre ?? undefined };
     return pre ?? undefined;
   }
 

@@ -228,17 +228,20 @@ export class PayloadFields {
    * must not hold one such message each between events.
    */
   release(): void {
-    this.buf = EMPTY;
+    this.buf = EMPTY; // value() answers undefined until the next read
     this.gen++;
-    this.start.fill(-1);
-    this.values.fill(undefined); // decoded values (a parsed object field may be large) go too
+    if (this.decodedSinceRelease) { this.values.fill(undefined); this.decodedSinceRelease = false; } // decoded values (a parsed object field may be large) go too
   }
+
+  /** A value was decoded since the last release(). */
+  private decodedSinceRelease = false;
 
   /** The value of wanted key `k` in the last payload read, decoded once per read. */
   private value(k: number): unknown {
     if (this.decodedIn[k] === this.gen) return this.values[k];
-    const s = this.start[k]!;
+    const s = this.buf === EMPTY ? -1 : this.start[k]!;
     let v: unknown;
+    this.decodedSinceRelease = true;
     if (s >= 0) {
       const b = this.buf, e = this.end[k]!, c = b[s]!;
       if (c === 0x2d || (c >= 0x30 && c <= 0x39)) v = numberAt(b, s, e);

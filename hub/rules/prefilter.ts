@@ -24,7 +24,9 @@ export class Prefilter {
     /** 1 for a rule evaluated whatever the event (it has no threshold). */
     private readonly always: Uint8Array,
     private readonly groups: readonly Group[],
-  ) {}
+  ) {
+    this.scratch = new Uint8Array(always.length);
+  }
 
   /** A prefilter over rules with these thresholds (by position), or undefined when it would not pay. */
   static of(thresholds: readonly (Threshold | undefined)[]): Prefilter | undefined {
@@ -45,9 +47,16 @@ export class Prefilter {
     return new Prefilter(always, [...byKey.values()].map((g) => ({ get: g.get, above: side(g.above, true), below: side(g.below, false) })));
   }
 
-  /** Per rule (by position), 1 when it may match `ev` (it is evaluated), 0 when it cannot. */
+  /** The answer of candidates(), reused from one event to the next. */
+  private readonly scratch: Uint8Array;
+
+  /**
+   * Per rule (by position), 1 when it may match `ev` (it is evaluated), 0 when it cannot. The
+   * array answered is valid until the next call (it is reused).
+   */
   candidates(ev: TriggerEvent): Uint8Array {
-    const m = this.always.slice();
+    const m = this.scratch;
+    m.set(this.always);
     for (const g of this.groups) {
       let v: unknown;
       try { v = g.get(ev); } catch { // never seen (getters only read): evaluate them all
