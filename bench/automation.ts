@@ -201,6 +201,16 @@ export async function benchIngest(ctx: AutomationCtx): Promise<IngestFigures> {
   return { raw: perS('raw'), withRules: perS('rules'), rawHubCpuUs: cpuUs('raw'), rulesHubCpuUs: cpuUs('rules') };
 }
 
+/** The value of one sample line `name{labels…}` of a /metrics text whose labels include `label` (0 when absent). */
+function sampleOf(text: string, name: string, label: string): number {
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`) || !line.includes(label)) continue;
+    const v = Number(line.slice(line.lastIndexOf(' ') + 1));
+    return Number.isFinite(v) ? v : 0;
+  }
+  return 0;
+}
+
 /** A gauge of a /metrics text, in ms (seconds × 1000), as text. */
 function gauge(text: string, name: string): string {
   const line = text.split('\n').find((l) => l.startsWith(`${name} `));
@@ -289,6 +299,14 @@ export async function benchEventToAction(ctx: AutomationCtx & { hubPid: number }
     note(`event→action breakdown (hub histograms, ${warm + measured} events): hub event received → request sent median ${q(hub, 'origin="rule"', 0.5)} ms, p99 ${q(hub, 'origin="rule"', 0.99)} ms; `
       + `of which waiting for the history fdatasync (group commit) median ${q(sync, '', 0.5)} ms, p99 ${q(sync, '', 0.99)} ms; end to end (agent publish → sink) median ${ms(percentile(lat, 50))}, p99 ${ms(percentile(lat, 99))}; `
       + `hub event-loop delay since the last scrape p99 ${gauge(metrics1, 'nodejs_eventloop_lag_p99_seconds')} ms, max ${gauge(metrics1, 'nodejs_eventloop_lag_max_seconds')} ms`);
+    // The hub's garbage collections meanwhile: a major one (mark-compact) stops the hub's event loop
+    // for its final pause plus the incremental marking steps the busy cores leave to it (measured
+    // ~40 ms in all on this machine), which delays every event arriving meanwhile: its own count
+    // says whether a run's p99 met one (TRELLIS_BENCH_HUB_NODE_ARGS=--trace-gc shows each).
+    note(`hub garbage collection during the run (warm-up included): ${(['major', 'minor', 'incremental'] as const).map((k) => {
+      const d = (name: string) => sampleOf(metrics1, name, `kind="${k}"`) - sampleOf(metrics0, name, `kind="${k}"`);
+      return `${k} ${d('nodejs_gc_duration_seconds_count')} × (${(d('nodejs_gc_duration_seconds_sum') * 1000).toFixed(0)} ms)`;
+    }).join(', ')}`);
   } else {
     note('event→action breakdown: the hub\'s /metrics could not be read');
   }

@@ -281,3 +281,17 @@ t.test('WebAssembly scanner: one instance serves every key list; payloads over 6
   t.equal(createHash('sha256').update(src).digest('hex'), PAYLOAD_SCAN_SOURCE_SHA256,
     'hub/rules/payload-scan-wasm.ts was built from hub/rules/payload-scan.c as it is (after editing it: node scripts/build-payload-scan.mjs)');
 });
+
+t.test('where WebAssembly is off (node --jitless) the TypeScript scanner reads every payload', async (t) => {
+  const { execFileSync } = await import('node:child_process');
+  const mod = new URL('../hub/rules/payload-fields.js', import.meta.url).href;
+  const out = execFileSync(process.execPath, ['--jitless', '--input-type=module', '-e', `
+    import { PayloadFields } from ${JSON.stringify(mod)};
+    const pf = new PayloadFields(['percent', 'host']);
+    const r = pf.read(Buffer.from('{"host":"web-01","percent":42.5}'));
+    const got = { host: r.host, percent: r.percent, by: pf.lastScanner };
+    const bad = pf.read(Buffer.from('{"host":"web-01",'));
+    process.stdout.write(JSON.stringify({ wasm: typeof WebAssembly, ...got, bad }));
+  `], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }); // its warning that --jitless turns WebAssembly off stays out of the log
+  t.same(JSON.parse(out), { wasm: 'undefined', host: 'web-01', percent: 42.5, bad: null, by: 'typescript' });
+});
