@@ -5,8 +5,8 @@
  * survives a restart with retention by count and age, idempotency across a restart, permissions
  * at the action's scope, tenant isolation, and a planted secret that reaches no file, log or output.
  */
-import { RESULT_OUTPUT_MAX_CHUNKS } from '../common/features.js';
 import t, { type Test } from 'tap';
+import { RESULT_OUTPUT_MAX_CHUNKS } from '../common/features.js';
 import * as grpc from '@grpc/grpc-js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync, utimesSync } from 'node:fs';
@@ -409,7 +409,9 @@ t.test('an execution whose agent is killed mid-run is abandoned after the reconn
   // reconnect) still finishes the execution. Another agent cannot speak for it.
   // It carries output (feature result_output), more chunks than a result may: the first
   // RESULT_OUTPUT_MAX_CHUNKS are kept, in order, and the output is marked truncated.
-  const chunk = (i: number) => ({ executionId: rec!.id, stream: 'STDOUT' as const, data: Buffer.from(`c${i};`), seq: i + 1 });
+  // One chunk names another execution: the hub files chunks under the result's execution (the one
+  // the agent owns), never where a chunk's own label points.
+  const chunk = (i: number) => ({ executionId: i === 3 ? 'another-execution' : rec!.id, stream: 'STDOUT' as const, data: Buffer.from(`c${i};`), seq: i + 1 });
   const late = { executionId: rec!.id, status: 'succeeded', exitCode: 0, error: '', startedMs: r.startedMs, finishedMs: Date.now(), output: Array.from({ length: RESULT_OUTPUT_MAX_CHUNKS + 8 }, (_, i) => chunk(i)) };
   const ranBefore = r.output.toString(); // what the action printed before its agent was killed
   x.onResult('some-other-agent', late);
@@ -420,6 +422,7 @@ t.test('an execution whose agent is killed mid-run is abandoned after the reconn
   const after = await x.get('default', rec!.id);
   t.equal(after.output.toString(), ranBefore + Array.from({ length: RESULT_OUTPUT_MAX_CHUNKS }, (_, i) => `c${i};`).join(''), 'the output it carried, bounded');
   t.equal(after.outputTruncated, true, 'chunks past the bound make the output truncated');
+  await t.rejects(x.get('default', 'another-execution'), { code: 'TRELLIS_E_NOT_FOUND' }, 'a chunk\'s own execution id is not followed');
 });
 
 // ---------------------------------------------------------------- concurrency, history, retention, idempotency

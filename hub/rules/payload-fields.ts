@@ -19,6 +19,7 @@
  */
 
 import { PAYLOAD_SCAN_WASM } from './payload-scan-wasm.js';
+import { MAX_EVENT_PAYLOAD_BYTES } from '../events/index.js';
 
 /** The payload is JSON but not an object: parse it whole. */
 export const FULL_PARSE = Symbol('full-parse');
@@ -259,16 +260,9 @@ export class PayloadFields {
 
 /** Results of payload-scan.c's scan(). */
 const WASM_NOT_JSON = 0, WASM_OBJECT = 1, WASM_FALLBACK = 3;
-/** The largest payload given to the WebAssembly scanner (hub/events MAX_EVENT_PAYLOAD_BYTES); a larger one goes to the TypeScript scanner. */
-const WASM_MAX_INPUT = 64 * 1024;
+/** The largest payload given to the WebAssembly scanner: an agent's event at most; a larger one (a webhook's) goes to the TypeScript scanner. */
+const WASM_MAX_INPUT = MAX_EVENT_PAYLOAD_BYTES;
 
-/**
- * payload-scan.c compiled to WebAssembly (payload-scan-wasm.ts): one instance per process, shared
- * by every PayloadFields. Its memory holds, from the module's heap base: the wanted keys of the
- * PayloadFields that used it last ((address, length) pairs, then their bytes), its answer (start,
- * end, special per key), and the payload, copied in per read and followed by a 0 byte and 16
- * bytes of slack (what the C scanner expects).
- */
 /** What is used of the WebAssembly global (not in this project's type libraries); undefined where WebAssembly is off. */
 interface WasmMemory { readonly buffer: ArrayBuffer; grow(pages: number): number }
 interface WasmApi {
@@ -277,6 +271,13 @@ interface WasmApi {
 }
 type WasmScanFn = (b: number, n: number, keys: number, nkeys: number, out: number) => number;
 
+/**
+ * payload-scan.c compiled to WebAssembly (payload-scan-wasm.ts): one instance per process, shared
+ * by every PayloadFields. Its memory holds, from the module's heap base: the wanted keys of the
+ * PayloadFields that used it last ((address, length) pairs, then their bytes), its answer (start,
+ * end, special per key), and the payload, copied in per read and followed by a 0 byte and 16
+ * bytes of slack (what the C scanner expects).
+ */
 class WasmScanner {
   private readonly memory: WasmMemory;
   private readonly fn: WasmScanFn;
