@@ -32,6 +32,7 @@ import type { AgentDoc } from '../hub/agents/index.js';
 import { agentFacts } from '../agent/agent.js';
 import { cleanFacts } from '../hub/agents/facts.js';
 import { freePorts, intFlag, note, percentile, processCpuMs, sleep } from './lib.js';
+import { HUB_NODE_FLAGS } from '../common/service/unit.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const TRUST_DOMAIN = 'trellis.local';
@@ -104,7 +105,7 @@ export interface StartRun { startMs: number; cpuMs: number }
 export async function timeHubStart(dir: string, cpuProfDir?: string): Promise<StartRun> {
   const t0 = performance.now();
   const prof = cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`] : [];
-  const proc = spawn(process.execPath, ['--max-semi-space-size=32', ...prof, 'bin/trellis.js', 'hub', 'run', '--data', dir], {
+  const proc = spawn(process.execPath, [...HUB_NODE_FLAGS, ...prof, 'bin/trellis.js', 'hub', 'run', '--data', dir], {
     cwd: ROOT, env: { ...process.env, TRELLIS_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'],
   });
   const exited = new Promise<void>((r) => proc.once('exit', () => r()));

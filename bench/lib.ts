@@ -5,6 +5,7 @@
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import * as net from 'node:net';
+import { HUB_NODE_FLAGS } from '../common/service/unit.js';
 
 /** Progress and notes: stderr only (stdout carries the figures). */
 export function note(msg: string): void {
@@ -106,8 +107,8 @@ export async function startChildHub(root: string, dataDir: string, extraNodeArgs
   let lastErr: Error | undefined;
   for (let attempt = 1; attempt <= attempts; attempt++) {
     const [agentPort, adminPort, webPort] = await freePorts(3);
-    // The node flags of bin/trellis.js's shebang (the command as installed), then the caller's.
-    const args = ['--max-semi-space-size=32', ...extraNodeArgs, 'bin/trellis.js', 'hub', 'run', '--data', dataDir,
+    // The hub's node flags (its unit's, and bin/trellis.js's first line), then the caller's.
+    const args = [...HUB_NODE_FLAGS, ...extraNodeArgs, 'bin/trellis.js', 'hub', 'run', '--data', dataDir,
       '--agent-port', String(agentPort), '--admin-port', String(adminPort), '--web-port', String(webPort)];
     const proc = spawn(process.execPath, args, {
       cwd: root,

@@ -38,6 +38,7 @@ import { initHub } from '../hub/init.js';
 import { DEFAULT_MAX_BACKOFF_MS } from '../common/backoff.js';
 import { issueSimIdentities } from './simagent.js';
 import { freePorts, intFlag, note, processCpuMs, sleep } from './lib.js';
+import { HUB_NODE_FLAGS } from '../common/service/unit.js';
 import type { StormClientCommand, StormClientReport } from './storm-client.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -126,7 +127,7 @@ async function startHub(dataDir: string, diag: { snapshotDir?: string; cpuProfDi
     ...(diag.snapshotDir ? ['--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${diag.snapshotDir}`] : []),
     ...(diag.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${diag.cpuProfDir}`] : []),
   ];
-  const proc = spawn(process.execPath, ['--max-semi-space-size=32', ...snap, 'bin/trellis.js', 'hub', 'run', '--data', dataDir], {
+  const proc = spawn(process.execPath, [...HUB_NODE_FLAGS, ...snap, 'bin/trellis.js', 'hub', 'run', '--data', dataDir], {
     cwd: ROOT, env: { ...process.env, TRELLIS_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'],
   });
   const exited = new Promise<void>((r) => proc.once('exit', () => r()));
@@ -200,7 +201,7 @@ async function rawBaseline(o: StormOptions, hubDir: string, idFiles: string[]): 
   const [port] = await freePorts(1);
   const server = fork(fileURLToPath(new URL('./storm-raw-server.js', import.meta.url)), [hubDir, String(port)], {
     // The hub's own V8 flags (bin/trellis.js): a young generation sized like the hub's, or the comparison is off by its size.
-    execArgv: ['--max-semi-space-size=32'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    execArgv: [...HUB_NODE_FLAGS], stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   try {
     await new Promise<void>((resolve, reject) => {

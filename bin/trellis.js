@@ -1,6 +1,6 @@
-#!/usr/bin/env -S node --max-semi-space-size=32
-// --max-semi-space-size=32: a 32 MiB young generation; the hub allocates per event, and fewer scavenges
-// measured ~+15% events/s with 1,000 rules loaded (npm run bench, ingest_events_per_s).
+#!/usr/bin/env -S node --max-semi-space-size=32 --initial-old-space-size=128
+// The hub's node flags, HUB_NODE_FLAGS in common/service/unit.ts (which says why; its unit runs
+// node with the same ones, and test/hub-install checks that the two lists agree).
 // Entry point of the `trellis` command. The TypeScript sources are compiled to dist/ by
 // `npm run build`, which `npm ci` runs through the `prepare` script.
 import { existsSync } from 'node:fs';

@@ -13,6 +13,7 @@ import { dirname, join } from 'node:path';
 import { runCli } from './helpers/cli.js';
 import { waitFor } from './helpers/hub.js';
 import { needs } from './helpers/needs.js';
+import { HUB_NODE_FLAGS, execStart } from '../common/service/unit.js';
 
 const isRoot = process.getuid?.() === 0;
 
@@ -39,7 +40,7 @@ t.test('hub install --detach runs the hub as a system user from a hardened, veri
   t.equal(r.code, 0, r.err);
   t.match(JSON.parse(r.out), { service, unit, data, user, changed: true, started: 'detached', systemd: false });
   const text = readFileSync(unit, 'utf8');
-  t.match(text, new RegExp(`\nExecStart=\\S+/node \\S+/bin/trellis\\.js hub run --data ${data}\n`));
+  t.match(text, new RegExp(`\nExecStart=\\S+/node ${HUB_NODE_FLAGS.join(' ')} \\S+/bin/trellis\\.js hub run --data ${data}\n`), 'the unit runs node with the hub\'s flags');
   for (const line of [`User=${user}`, 'Restart=always', 'NoNewPrivileges=yes', 'ProtectSystem=strict', 'ProtectHome=yes', 'PrivateTmp=yes', `ReadWritePaths=${data}`]) t.match(text, `\n${line}\n`);
   t.equal(execFileSync('systemd-analyze', ['verify', unit], { encoding: 'utf8' }), '', 'systemd-analyze verify passes');
   const uid = Number(execFileSync('id', ['-u', user], { encoding: 'utf8' }));
@@ -81,4 +82,11 @@ t.test('hub install --detach runs the hub as a system user from a hardened, veri
   t.notOk(alive(pid), 'hub stopped');
   t.notOk(existsSync(unit), 'unit removed');
   t.ok(existsSync(join(data, 'ca-key.pem')), 'the data directory is kept');
+});
+
+t.test('the hub runs with the same node flags from its unit and from bin/trellis.js', async (t) => {
+  const shebang = readFileSync(new URL('../../bin/trellis.js', import.meta.url), 'utf8').split('\n')[0];
+  t.equal(shebang, `#!/usr/bin/env -S node ${HUB_NODE_FLAGS.join(' ')}`, 'bin/trellis.js starts node with HUB_NODE_FLAGS');
+  t.same(execStart({ kind: 'hub', node: '/n', bin: '/b', data: '/d' }), ['/n', ...HUB_NODE_FLAGS, '/b', 'hub', 'run', '--data', '/d'], 'the unit\'s ExecStart has them');
+  t.ok(HUB_NODE_FLAGS.includes('--initial-old-space-size=128'), 'the old generation is sized (common/service/unit.ts says why)');
 });

@@ -6,6 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { sleep } from '../lib.js';
+import { HUB_NODE_FLAGS } from '../../common/service/unit.js';
 
 export interface SoakHub {
   proc: ChildProcess;
@@ -21,7 +22,7 @@ const LISTENING = /trellis hub: agent port \d+, admin port \d+/;
 
 /** Starts the hub; rejects if it exits or is not listening within `timeoutMs`. */
 export async function startHub(root: string, dataDir: string, ports: HubPorts, log: (line: string) => void, timeoutMs = 60_000): Promise<SoakHub> {
-  const args = ['--max-semi-space-size=32', 'bin/trellis.js', 'hub', 'run', '--data', dataDir,
+  const args = [...HUB_NODE_FLAGS, 'bin/trellis.js', 'hub', 'run', '--data', dataDir,
     '--agent-port', String(ports.agentPort), '--admin-port', String(ports.adminPort), '--web-port', String(ports.webPort)];
   const t0 = performance.now();
   const proc = spawn(process.execPath, args, { cwd: root, env: { ...process.env, TRELLIS_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'] });

@@ -84,9 +84,27 @@ const metaPrefix = (kind: ServiceKind) => `# trellis-${kind}-install `;
  *   An operator whose agents publish thousands of events a second can drop it from ExecStart=.
  *   Lite mode has no WebAssembly, so no global fetch (undici's parser is wasm): agent code uses
  *   node:http/https (test/agent-idle.test.ts fails if dist/agent uses fetch or WebAssembly).
- * The hub's unit adds no flag.
  */
 export const AGENT_NODE_FLAGS: readonly string[] = Object.freeze(['--max-semi-space-size=1', '--lite-mode']);
+
+/**
+ * Node flags of the hub (its unit and --detach; `bin/trellis.js` starts node with the same ones
+ * in its first line, and the benches and the soak run the hub with these). The hub allocates
+ * per event and keeps a small heap (~28 MB live at rest):
+ * - `--max-semi-space-size=32`: a 32 MiB young generation; fewer scavenges made the per-event
+ *   work ~10–15% cheaper (ingest_events_per_s with 1,000 rules).
+ * - `--initial-old-space-size=128`: the old generation's allocation limit starts at, and does not
+ *   fall below, 128 MiB. V8 starts a full (mark-compact) collection as soon as the room left under
+ *   that limit is smaller than the young generation (a scavenge could promote all of it): with the
+ *   32 MiB young generation and a limit of ~1.5 × a 28 MB heap, that was always the case, and the
+ *   hub ran a full GC every 2–5 s even with a flat heap, each stalling it 30–55 ms (incremental
+ *   marking steps on a busy 2-core machine plus the final pause) — the event→action tail.
+ *   Measured (npm run bench, event_to_action_p99_ms, 1,000 events/s): full GCs in a 17 s run
+ *   3–5 → 0; in a 60 s run 2, both on external-memory pressure, p99 4.67 ms. The cost is up
+ *   to ~100 MB of old generation reached before a full GC on a small hub; a hub whose live heap
+ *   is larger (thousands of agents) is sized by V8 as before.
+ */
+export const HUB_NODE_FLAGS: readonly string[] = Object.freeze(['--max-semi-space-size=32', '--initial-old-space-size=128']);
 
 /**
  * Environment of the agent's service (Environment= in the unit, and --detach): two glibc malloc
@@ -102,7 +120,7 @@ export function serviceEnv(kind: ServiceKind = 'agent'): Record<string, string> 
 /** The argv systemd runs (ExecStart), also what `--detach` runs. */
 export function execStart(o: Pick<UnitOptions, 'node' | 'bin' | 'data' | 'kind'>): string[] {
   const kind = o.kind ?? 'agent';
-  return [o.node, ...(kind === 'agent' ? AGENT_NODE_FLAGS : []), o.bin, kind, 'run', '--data', o.data];
+  return [o.node, ...(kind === 'agent' ? AGENT_NODE_FLAGS : HUB_NODE_FLAGS), o.bin, kind, 'run', '--data', o.data];
 }
 
 export function renderUnit(o: UnitOptions): string {

@@ -35,6 +35,7 @@ import { ensureDir } from '../../common/fsutil.js';
 import type { Logger } from '../../common/log.js';
 import type { ExecutionRecord } from './types.js';
 import { SerialFlusher } from '../../common/serial.js';
+import { KeyIndex, grown } from './key-index.js';
 
 export interface HistoryOptions {
   dir: string;
@@ -187,10 +188,14 @@ export class History {
   private writing = false;
   private closed = false;
   private failing = false;
-  /** First and last segment holding a line of each execution. */
-  private readonly span = new Map<string, { first: number; last: number }>();
-  /** Ids whose last line is in each segment. */
-  private readonly lastIn = new Map<number, Set<string>>();
+  /**
+   * First and last segment holding a line of each execution: columns by the slot of its id, off
+   * the JavaScript heap (hub/executions/key-index.ts says why). Retention finds the ids whose last
+   * line is in a dropped segment by a pass over `last`.
+   */
+  private readonly ids = new KeyIndex();
+  private first = new Int32Array(1024);
+  private last = new Int32Array(1024);
   dropped = 0;
 
   private constructor(private readonly o: HistoryOptions) {}
@@ -225,7 +230,7 @@ export class History {
         h.fh = await open(join(o.dir, stateName(last)), appendFlags(false), 0o600);
         h.outFh = await open(join(o.dir, outName(last)), appendFlags(false), 0o600);
         h.size = size;
-        h.fresh = [...h.span.values()].filter((s) => s.first === last).length;
+        h.ids.forEach((s) => { if (h.first[s] === last) h.fresh++; });
       }
     }
     const dropped: string[] = [];
@@ -244,20 +249,17 @@ export class History {
   }
 
   /** Executions history holds (what retention by count compares with maxCount). */
-  get count(): number { return this.span.size; }
+  get count(): number { return this.ids.size; }
 
-  private place(id: string, seq: number): void {
-    const s = this.span.get(id);
-    if (s) {
-      if (s.last === seq) return;
-      this.lastIn.get(s.last)?.delete(id);
-      s.last = seq;
-    } else {
-      this.span.set(id, { first: seq, last: seq });
-    }
-    let set = this.lastIn.get(seq);
-    if (!set) this.lastIn.set(seq, (set = new Set()));
-    set.add(id);
+  /** Records a line of `id` in segment `seq`; true if it is the execution's first. */
+  private place(id: string, seq: number): boolean {
+    const s = this.ids.find(id);
+    if (s >= 0) { this.last[s] = seq; return false; }
+    const n = this.ids.insert(id);
+    if (n >= this.first.length) { this.first = grown(this.first, n + 1); this.last = grown(this.last, n + 1); }
+    this.first[n] = seq;
+    this.last[n] = seq;
+    return true;
   }
 
   private async segments(): Promise<number[]> {
@@ -296,18 +298,16 @@ export class History {
     let removed = 0;
     for (const seq of old) {
       const path = join(this.o.dir, stateName(seq));
-      let drop = this.span.size > this.o.maxCount;
+      let drop = this.ids.size > this.o.maxCount;
       if (!drop) drop = await stat(path).then((s) => s.mtimeMs < cutoff, () => false);
       if (!drop) continue;
       await unlink(path).catch(() => undefined);
       await unlink(join(this.o.dir, outName(seq))).catch(() => undefined);
       removed++;
-      const ids = this.lastIn.get(seq);
-      this.lastIn.delete(seq);
-      for (const id of ids ?? []) { this.span.delete(id); gone.push(id); }
+      this.ids.forEach((s) => { if (this.last[s] === seq) { gone.push(this.ids.key(s)); this.ids.remove(s); } });
     }
     if (removed) {
-      this.o.log.info({ removed, executions: gone.length, kept: this.span.size }, 'execution history segments removed by retention');
+      this.o.log.info({ removed, executions: gone.length, kept: this.ids.size }, 'execution history segments removed by retention');
       this.o.onDrop(gone);
     }
   }
@@ -452,8 +452,7 @@ export class History {
 
   /** Segment bookkeeping for a line of `id` written to the current segment. */
   private wrote(id: string): void {
-    if (!this.span.has(id)) this.fresh++;
-    this.place(id, this.seq);
+    if (this.place(id, this.seq)) this.fresh++;
   }
 
   // ------------------------------------------------------------ reading
@@ -461,8 +460,9 @@ export class History {
   /** The stored output chunks of one execution, in order. Writes what is queued first. */
   async readOutput(id: string): Promise<Chunk[]> {
     await this.flush().catch(() => undefined);
-    const s = this.span.get(id);
-    if (!s) return [];
+    const slot = typeof id === 'string' ? this.ids.find(id) : -1;
+    if (slot < 0) return [];
+    const s = { first: this.first[slot]!, last: this.last[slot]! };
     const prefix = Buffer.from(`${OUT_PREFIX}"id":${JSON.stringify(id)},`);
     const chunks: Chunk[] = [];
     for (let seq = s.first; seq <= s.last; seq++) for (const name of [stateName(seq), outName(seq)]) {

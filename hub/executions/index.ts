@@ -40,6 +40,7 @@ import { History } from './history.js';
 import { PgHistory, type HistoryBackend, type ExecRow } from './history-pg.js';
 import { ClusterExecutions, notFound, type ClusterDeps, type ClusterHost } from './cluster.js';
 import { Updates } from './updates.js';
+import { FinishedStore } from './finished.js';
 import { edgeRecord, type SentEdgeRule } from './edge.js';
 import {
   prepareAction, prepareCommand, actionRequest, storedParameters, commandParameters, checkCommand,
@@ -103,8 +104,12 @@ interface AgentSlots { active: Set<string>; waiting: string[] }
 
 export class Executions {
   private readonly newId = monotonicUlidFactory();
+  /** Executions in flight (and an abandoned one a late report revived): finished ones are in `finished`. */
   private readonly entries = new Map<string, Entry>();
+  /** Dedup keys of the executions in `entries` (`finished` indexes its own). */
   private readonly dedup = new Map<string, string>();
+  /** Finished executions, outside the JavaScript heap (hub/executions/finished.ts). */
+  private readonly finished = new FinishedStore();
   private readonly slots = new Map<string, AgentSlots>();
   private readonly pumping = new Set<string>();
   private closed = false;
@@ -133,10 +138,14 @@ export class Executions {
     x.history = history;
     for (const { rec, dedupKey } of records.values()) {
       const e: Entry = { rec, ver: 1, dedupKey, stored: Math.min(rec.outputBytes, x.o.maxOutputBytes) };
+      if (isFinal(rec.status)) { x.finished.put(e); continue; }
       x.entries.set(rec.id, e);
       if (dedupKey) x.dedup.set(dedupKey, rec.id);
     }
-    for (const r of records.values()) x.resume(x.entries.get(r.rec.id)!, r.timeoutMs ?? 0);
+    for (const r of records.values()) {
+      const e = x.entries.get(r.rec.id);
+      if (e) x.resume(e, r.timeoutMs ?? 0);
+    }
     return x;
   }
 
@@ -181,10 +190,35 @@ export class Executions {
   private forget(ids: string[]): void {
     for (const id of ids) {
       const e = this.entries.get(id);
-      if (!e || e.live) continue; // in flight: its next line lands in a newer segment
+      if (!e) { this.finished.delete(id); continue; }
+      if (e.live) continue; // in flight: its next line lands in a newer segment
       this.entries.delete(id);
       if (e.dedupKey && this.dedup.get(e.dedupKey) === id) this.dedup.delete(e.dedupKey);
     }
+  }
+
+  /** An execution held here: from `entries`, or read anew from `finished` (a copy: changing it changes nothing). */
+  private entry(id: string): Entry | undefined {
+    return this.entries.get(id) ?? this.finished.get(id);
+  }
+
+  private holds(id: string): boolean {
+    return this.entries.has(id) || this.finished.has(id);
+  }
+
+  /** The execution a dedup key leads to. */
+  private byKey(key: string): Entry | undefined {
+    const id = this.dedup.get(key);
+    return (id === undefined ? undefined : this.entries.get(id)) ?? this.finished.byKey(key);
+  }
+
+  /** A finished execution leaves `entries` (and the heap) for `finished`; nothing for one in flight. */
+  private settle(e: Entry): void {
+    const id = e.rec.id;
+    if (e.live || !isFinal(e.rec.status) || this.entries.get(id) !== e) return;
+    this.entries.delete(id);
+    if (e.dedupKey && this.dedup.get(e.dedupKey) === id) this.dedup.delete(e.dedupKey);
+    this.finished.put(e);
   }
 
   private timer(ms: number, fn: () => void): NodeJS.Timeout {
@@ -207,11 +241,11 @@ export class Executions {
     const agentIds = checkAgents(req.agentIds);
     checkParameters(req.parameters);
     const keys = agentIds.map((a) => req.dedupKey?.(a));
-    const known = () => keys.map((k) => (k ? this.entries.get(this.dedup.get(k) ?? '') : undefined));
+    const known = () => keys.map((k) => (k ? this.byKey(k) : undefined));
     if (known().every((e) => e)) return known().map((e) => ({ ...e!.rec }));
     if (this.cluster && keys.every((k) => k)) { // a key another hub (or this one, earlier) already holds
       const earlier = await this.cluster.byKeys(keys as string[]);
-      if (keys.every((k) => earlier.has(k!))) return keys.map((k) => ({ ...(this.entries.get(earlier.get(k!)!.id)?.rec ?? earlier.get(k!)!) }));
+      if (keys.every((k) => earlier.has(k!))) return keys.map((k) => ({ ...(this.entry(earlier.get(k!)!.id)?.rec ?? earlier.get(k!)!) }));
     }
     this.o.admit({ requestedBy: req.requestedBy, rule: req.rule });
     const caller = req.kvCaller ?? { username: req.requestedBy, isAdmin: false };
@@ -244,7 +278,7 @@ export class Executions {
     const out: Entry[] = [];
     o.agentIds.forEach((agentId, i) => {
       const key = o.keys[i];
-      const earlier = key ? this.entries.get(this.dedup.get(key) ?? '') : undefined;
+      const earlier = key ? this.byKey(key) : undefined;
       if (earlier) { out.push(earlier); return; }
       const now = Date.now();
       const rec: ExecutionRecord = {
@@ -421,13 +455,23 @@ export class Executions {
     const durationMs = e.rec.startedMs ? e.rec.finishedMs - e.rec.startedMs : 0;
     this.o.log.info({ executionId: e.rec.id, agentId: e.rec.agentId, action: e.rec.action, status: r.status, exitCode: e.rec.exitCode, durationMs, late: prev === 'abandoned' || undefined }, 'execution finished');
     if (live?.slot || prev === 'requested') this.pump(e.rec.agentId);
+    this.settle(e);
   }
 
   // ------------------------------------------------------------ agent channel hooks
 
-  /** An execution the agent may speak for: its own, sent to it, not finished (or abandoned by the hub). */
+  /**
+   * An execution the agent may speak for: its own, sent to it, not finished (or abandoned by the
+   * hub: then it comes back from `finished` into `entries`, and the caller settles it again).
+   */
   private mine(agentId: string, executionId: string): Entry | undefined {
-    const e = this.entries.get(executionId);
+    let e = this.entries.get(executionId);
+    if (!e && typeof executionId === 'string' && this.finished.abandonedOf(executionId, agentId)) {
+      e = this.finished.get(executionId)!;
+      this.finished.delete(executionId);
+      this.entries.set(executionId, e);
+      if (e.dedupKey) this.dedup.set(e.dedupKey, executionId);
+    }
     if (!e || e.rec.agentId !== agentId || e.rec.edge) return undefined;
     const s = e.rec.status;
     return s === 'scheduled' || s === 'running' || s === 'abandoned' ? e : undefined;
@@ -437,8 +481,9 @@ export class Executions {
     if (this.closed) return;
     const e = this.mine(agentId, m.executionId);
     if (!e && this.deferred(agentId, () => this.onStarted(agentId, m))) return;
-    if (!e || e.rec.status !== 'scheduled') return;
-    this.set(e, { status: 'running', startedMs: Number(m.startedMs) || Date.now() });
+    if (!e) return;
+    if (e.rec.status === 'scheduled') this.set(e, { status: 'running', startedMs: Number(m.startedMs) || Date.now() });
+    this.settle(e);
   }
 
   onOutput(agentId: string, m: T.ActionOutput__Output): void {
@@ -448,6 +493,7 @@ export class Executions {
     if (!e) return;
     if (e.rec.status === 'scheduled') this.set(e, { status: 'running', startedMs: Date.now() });
     this.output(e, agentId, m);
+    this.settle(e);
   }
 
   private output(e: Entry, agentId: string, m: T.ActionOutput__Output): void {
@@ -538,12 +584,13 @@ export class Executions {
       }
       return false;
     }
-    if (this.entries.has(r.rec.id)) return false; // delivered again (the agent's outbox is at least once)
+    if (this.holds(r.rec.id)) return false; // delivered again (the agent's outbox is at least once)
     const e: Entry = { rec: r.rec, ver: 0, stored: Math.min(r.output.length, this.o.maxOutputBytes) };
     this.entries.set(r.rec.id, e);
     if (e.stored) this.history.appendOutput(r.rec.id, 'STDOUT', 0, r.output.subarray(0, e.stored));
     this.changed(e);
     if (r.output.length) this.updates.emit({ kind: 'output', tenant, executionId: r.rec.id, agentId, stream: 'STDOUT', data: r.output, offset: 0 }, { offset: 0 });
+    this.settle(e);
     return true;
   }
 
@@ -555,7 +602,7 @@ export class Executions {
   // ------------------------------------------------------------ reading, cancel, rerun
 
   private lookup(tenant: string | '*', id: string): Entry {
-    const e = typeof id === 'string' ? this.entries.get(id) : undefined;
+    const e = typeof id === 'string' ? this.entry(id) : undefined;
     if (!e || (tenant !== '*' && e.rec.tenant !== tenant)) {
       throw new TrellisError('TRELLIS_E_NOT_FOUND', `no execution ${String(id).slice(0, 64)}: see \`trellis executions list\``);
     }
@@ -564,7 +611,7 @@ export class Executions {
 
   /** A record with its stored output (stdout and stderr as received). Another tenant's is NOT_FOUND. */
   async get(tenant: string | '*', id: string): Promise<ExecutionRecord & { output: Buffer }> {
-    if (this.cluster && !this.entries.has(id)) {
+    if (this.cluster && !this.holds(id)) {
       const row = await this.remoteRow(this.cluster, tenant, id);
       const chunks = await this.history.readOutput(id);
       return { ...row.record, output: Buffer.concat(chunks.map((c) => c.data)) };
@@ -577,7 +624,7 @@ export class Executions {
 
   /** Executions by status (every tenant, what the history holds): for metrics. */
   statusCounts(): Map<ExecutionStatus, number> {
-    const out = new Map<ExecutionStatus, number>();
+    const out = this.finished.statusCounts();
     for (const e of this.entries.values()) out.set(e.rec.status, (out.get(e.rec.status) ?? 0) + 1);
     return out;
   }
@@ -600,17 +647,24 @@ export class Executions {
     const limit = !f.limit || f.limit <= 0 ? DEFAULT_LIST_LIMIT : Math.min(Math.floor(f.limit), MAX_LIST_LIMIT);
     if (this.cluster) { // every hub's executions: this hub's queued writes first, then the table
       await this.durable();
-      return (await this.cluster.list(tenant, f, limit)).map((r) => ({ ...(this.entries.get(r.id)?.rec ?? r) }));
+      return (await this.cluster.list(tenant, f, limit)).map((r) => ({ ...(this.entry(r.id)?.rec ?? r) }));
     }
-    // The matches by reference, newest first (entries are in request order, near enough id
-    // order that sorting them is a linear pass), then only the page is copied: a page of 50 out
-    // of 100,000 executions copies 50 records.
-    const hits = this.matching(tenant, f);
-    hits.sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
-    return hits.slice(0, limit).map((r) => ({ ...r }));
+    // Those in flight that match, by reference, and the `limit` newest finished ones that match
+    // (filtered on the store's columns, chosen by id without reading a record), merged by id; only
+    // the page is copied or read: a page of 50 out of 100,000 executions reads 50 records.
+    const hot = this.matching(tenant, f);
+    hot.sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
+    const cold = this.finished.newest(this.finished.match(tenant, f), limit);
+    const coldIds = cold.map((s) => this.finished.idAt(s));
+    const out: ExecutionRecord[] = [];
+    for (let i = 0, j = 0; out.length < limit && (i < hot.length || j < cold.length);) {
+      if (j >= cold.length || (i < hot.length && hot[i]!.id > coldIds[j]!)) out.push({ ...hot[i++]! });
+      else out.push(this.finished.read(cold[j++]!).rec);
+    }
+    return out;
   }
 
-  /** The records that pass `f` (limit aside), newest entry first, not copied: callers copy what they return. */
+  /** The executions in flight that pass `f` (limit aside), not copied: callers copy what they return. */
   private matching(tenant: string | '*', f: ListFilter): ExecutionRecord[] {
     const out: ExecutionRecord[] = [];
     for (const e of this.entries.values()) {
@@ -624,7 +678,7 @@ export class Executions {
       if (f.beforeId && r.id >= f.beforeId) continue;
       out.push(r);
     }
-    return out.reverse();
+    return out;
   }
 
   /**
@@ -638,7 +692,9 @@ export class Executions {
       return this.cluster.countByStatus(tenant, f);
     }
     const by = new Map<string, number>();
-    for (const r of this.matching(tenant, { ...f, status: undefined })) by.set(r.status, (by.get(r.status) ?? 0) + 1);
+    const all = { ...f, status: undefined };
+    for (const r of this.matching(tenant, all)) by.set(r.status, (by.get(r.status) ?? 0) + 1);
+    for (const s of this.finished.match(tenant, all)) by.set(this.finished.statusAt(s), (by.get(this.finished.statusAt(s)) ?? 0) + 1);
     return by;
   }
 
@@ -648,7 +704,7 @@ export class Executions {
    * `canceled` itself and says the process may still run. A finished one is returned as is.
    */
   async cancel(tenant: string | '*', id: string): Promise<ExecutionRecord> {
-    if (this.cluster && !this.entries.has(id)) return this.cluster.cancel(await this.remoteRow(this.cluster, tenant, id));
+    if (this.cluster && !this.holds(id)) return this.cluster.cancel(await this.remoteRow(this.cluster, tenant, id));
     const e = this.lookup(tenant, id);
     const s = e.rec.status;
     if (s === 'requested' || (s === 'scheduled' && e.live?.rendered)) { // scheduled, rendered: its request waits for the disk
@@ -669,7 +725,7 @@ export class Executions {
 
   /** Runs an execution again, same action, agent and parameters (references resolved anew). */
   async rerun(tenant: string | '*', id: string, requestedBy: string, kvCaller?: KvRequester): Promise<ExecutionRecord[]> {
-    const r = this.cluster && !this.entries.has(id) ? (await this.remoteRow(this.cluster, tenant, id)).record : this.lookup(tenant, id).rec;
+    const r = this.cluster && !this.holds(id) ? (await this.remoteRow(this.cluster, tenant, id)).record : this.lookup(tenant, id).rec;
     if (r.edge) throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `execution ${id} was run by an edge rule on agent ${r.agentId}; it cannot be re-run from the hub`);
     if (JSON.stringify(r.parameters).includes(JSON.stringify(REDACTED))) {
       throw new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `execution ${id} had a secret parameter given as a literal value, which history does not keep; run the action again with a {{ secret.NAME }} reference`);
@@ -693,7 +749,7 @@ export class Executions {
    * when `signal` aborts; rejects with TRELLIS_E_SHUTDOWN when the hub closes.
    */
   async follow(tenant: string | '*', id: string, fn: (u: ExecutionUpdate) => void, signal?: AbortSignal): Promise<ExecutionRecord> {
-    if (this.cluster && !this.entries.has(id)) return this.followRemote(this.cluster, tenant, id, fn, signal);
+    if (this.cluster && !this.holds(id)) return this.followRemote(this.cluster, tenant, id, fn, signal);
     this.lookup(tenant, id);
     return this.updates.follow(id, {
       record: (x) => { const e = this.lookup(tenant, x); return { rec: e.rec, ver: e.ver }; },
@@ -707,7 +763,7 @@ export class Executions {
    * one per execution, the record once requested). Resolves with the last records.
    */
   watch(start: () => Promise<ExecutionRecord[]>, fn: (u: ExecutionUpdate) => void, o: { follow: boolean; signal?: AbortSignal }): Promise<ExecutionRecord[]> {
-    return this.updates.watch(start, (id) => this.entries.get(id)?.rec, fn, o);
+    return this.updates.watch(start, (id) => this.entry(id)?.rec, fn, o);
   }
 
 
@@ -721,7 +777,7 @@ export class Executions {
       isLocalAgent: (a) => !!this.deps.agents.link(a),
       has: (id) => !!this.entries.get(id)?.live,
       take: (rows) => this.takeRows(rows),
-      cancelLocal: async (id) => { if (this.entries.has(id)) await this.cancel('*', id); },
+      cancelLocal: async (id) => { if (this.holds(id)) await this.cancel('*', id); },
       emit: (u, m) => this.updates.emit(u, m),
       evict: (beforeMs) => this.evict(beforeMs),
     };
@@ -761,7 +817,7 @@ export class Executions {
     const remote: ExecutionRecord[] = [];
     rows.forEach((r, i) => {
       const old = earlier[i];
-      if (old) { out.push({ ...(this.entries.get(old.id)?.rec ?? old) }); return; }
+      if (old) { out.push({ ...(this.entry(old.id)?.rec ?? old) }); return; }
       out.push({ ...r.rec });
       if (!r.local || this.closed) {
         remote.push(r.rec);
@@ -807,6 +863,8 @@ export class Executions {
       if (this.entries.get(rec.id)?.live) continue;
       const timeoutMs = Number(row.timeout_ms) || 0;
       const e: Entry = { rec: { ...rec }, ver: Number(row.version) || 1, dedupKey: row.dedup_key ?? undefined, stored: Math.min(rec.outputBytes, this.o.maxOutputBytes) };
+      this.finished.delete(rec.id); // the row is newer than what this hub held
+      if (isFinal(rec.status)) { this.entries.delete(rec.id); this.finished.put(e); continue; }
       this.entries.set(rec.id, e);
       if (e.dedupKey) this.dedup.set(e.dedupKey, rec.id);
       if (rec.status === 'requested') {
@@ -847,7 +905,7 @@ export class Executions {
   private lost(ids: string[]): void {
     for (const id of ids) {
       const e = this.entries.get(id);
-      if (!e) continue;
+      if (!e) { this.finished.delete(id); continue; }
       const live = e.live;
       if (live) {
         clearTimeout(live.timer);
@@ -870,6 +928,7 @@ export class Executions {
       this.entries.delete(id);
       if (e.dedupKey && this.dedup.get(e.dedupKey) === id) this.dedup.delete(e.dedupKey);
     }
+    this.finished.evict(beforeMs);
   }
 
   /** An execution this hub does not hold, from the database; another tenant's is NOT_FOUND. */

@@ -1,0 +1,286 @@
+/**
+ * Finished executions, held outside the JavaScript heap.
+ *
+ * A hub keeps up to `maxCount` (100,000) executions from its history in memory, for reads,
+ * lists and dedup keys; all but a few in flight are finished and never change again. As objects
+ * (~15 per record: the entry, the record, its parameters, strings, boxed numbers) each survived
+ * the young generation, was copied into the old one and marked by every full GC: at 1,000
+ * executions/s the old generation grew ~1.2 MB/s and a mark-compact stalled the hub for 40–55 ms
+ * every ~5 s, the main cause of the event→action tail (issue 13).
+ *
+ * Here a finished record is one JSON text (`{"r":record,"k":dedupKey}`) in a byte slab, and what
+ * lists filter on (status, tenant, action, agent, rule, requested time) plus its version, stored
+ * output bytes and end time are typed-array columns by slot; ids and dedup keys are KeyIndexes.
+ * None of it is a JavaScript object per record. Tenants, actions, agents and rules are interned
+ * (counted references: a value no record uses any more is forgotten). Reading a record parses its
+ * text (a fresh object the caller may keep); lists filter on the columns and parse only the page.
+ */
+import type { ExecutionStatus } from '../../common/automation/types.js';
+import { KeyIndex, grown } from './key-index.js';
+import type { ExecutionRecord, ListFilter } from './types.js';
+
+/** A finished execution as the executions index holds it. */
+export interface Held { rec: ExecutionRecord; ver: number; dedupKey?: string; stored: number }
+
+const STATUSES: readonly ExecutionStatus[] = ['requested', 'scheduled', 'running', 'succeeded', 'failed', 'timeout', 'canceled', 'abandoned', 'error'];
+const STATUS_CODE = new Map<string, number>(STATUSES.map((s, i) => [s, i]));
+const FLAG_EDGE = 1;
+const MIN_SLAB = 64 * 1024;
+
+/** Strings to small numbers, counted: a value no record refers to any more is dropped. */
+class Interner {
+  private readonly codes = new Map<string, number>();
+  private values: (string | undefined)[] = [];
+  private refs: number[] = [];
+  private free: number[] = [];
+
+  /** The code of `v`, or -1 when no record holds it (a filter on it matches nothing). */
+  code(v: string): number { return this.codes.get(v) ?? -1; }
+  value(code: number): string { return this.values[code] ?? ''; }
+
+  ref(v: string): number {
+    let c = this.codes.get(v);
+    if (c === undefined) {
+      c = this.free.length ? this.free.pop()! : this.values.length;
+      this.codes.set(v, c);
+      this.values[c] = v;
+      this.refs[c] = 0;
+    }
+    this.refs[c]!++;
+    return c;
+  }
+
+  unref(code: number): void {
+    if (--this.refs[code]! > 0) return;
+    this.codes.delete(this.values[code]!);
+    this.values[code] = undefined;
+    this.free.push(code);
+  }
+
+  get size(): number { return this.codes.size; }
+}
+
+export class FinishedStore {
+  private readonly ids: KeyIndex;
+  private readonly keys: KeyIndex;
+  /** Dedup-key slot → record slot. */
+  private keyRec = new Int32Array(16);
+  // Columns by record slot (the slot of its id).
+  private keyOf = new Int32Array(16);
+  private status = new Uint8Array(16);
+  private flags = new Uint8Array(16);
+  private tenant = new Int32Array(16);
+  private action = new Int32Array(16);
+  private agent = new Int32Array(16);
+  private rule = new Int32Array(16);
+  private requestedMs = new Float64Array(16);
+  private endMs = new Float64Array(16);
+  private ver = new Float64Array(16);
+  private stored = new Float64Array(16);
+  private textOff = new Float64Array(16);
+  private textLen = new Uint32Array(16);
+  private slab = Buffer.allocUnsafeSlow(MIN_SLAB);
+  private slabUsed = 0;
+  private slabGarbage = 0;
+  private readonly strings = new Interner();
+  private readonly byStatus = new Float64Array(STATUSES.length);
+
+  /** `seed`: the hash seed of both key indexes (random unless given; tests give one). */
+  constructor(seed?: number) {
+    this.ids = new KeyIndex(seed);
+    this.keys = new KeyIndex(seed);
+  }
+
+  /** Records held. */
+  get size(): number { return this.ids.size; }
+
+  has(id: string): boolean { return this.ids.find(id) >= 0; }
+
+  /** Holds `h` (a record with the same id is replaced). Its dedup key, if any, now leads to it. */
+  put(h: Held): void {
+    this.delete(h.rec.id);
+    const r = h.rec;
+    const text = JSON.stringify(h.dedupKey ? { r, k: h.dedupKey } : { r });
+    const need = Buffer.byteLength(text);
+    if (this.slabUsed + need > this.slab.length) this.makeRoom(need);
+    const s = this.ids.insert(r.id);
+    this.ensure(s + 1);
+    this.textOff[s] = this.slabUsed;
+    this.textLen[s] = this.slab.write(text, this.slabUsed, 'utf8');
+    this.slabUsed += this.textLen[s]!;
+    const st = STATUS_CODE.get(r.status) ?? STATUS_CODE.get('error')!;
+    this.status[s] = st;
+    this.byStatus[st]!++;
+    this.flags[s] = r.edge ? FLAG_EDGE : 0;
+    this.tenant[s] = this.strings.ref(r.tenant);
+    this.action[s] = this.strings.ref(r.action);
+    this.agent[s] = this.strings.ref(r.agentId);
+    this.rule[s] = this.strings.ref(r.rule);
+    this.requestedMs[s] = r.requestedMs;
+    this.endMs[s] = r.finishedMs || r.requestedMs;
+    this.ver[s] = h.ver;
+    this.stored[s] = h.stored;
+    this.keyOf[s] = -1;
+    if (h.dedupKey) {
+      const { slot: k, added } = this.keys.add(h.dedupKey);
+      if (!added) { const was = this.keyRec[k]!; if (this.ids.has(was)) this.keyOf[was] = -1; } // an older record with this key: the key leads here now
+      this.keyRec = grown(this.keyRec, k + 1);
+      this.keyRec[k] = s;
+      this.keyOf[s] = k;
+    }
+  }
+
+  /** The record with this id, read anew (the caller may keep or change it), or undefined. */
+  get(id: string): Held | undefined {
+    const s = this.ids.find(id);
+    return s < 0 ? undefined : this.read(s);
+  }
+
+  /** The record the dedup key leads to, or undefined. */
+  byKey(dedupKey: string): Held | undefined {
+    const k = this.keys.find(dedupKey);
+    return k < 0 ? undefined : this.read(this.keyRec[k]!);
+  }
+
+  /** Whether `id` is an `abandoned` pack execution of `agentId` (a late report may still replace it). */
+  abandonedOf(id: string, agentId: string): boolean {
+    const s = this.ids.find(id);
+    return s >= 0 && STATUSES[this.status[s]!] === 'abandoned' && (this.flags[s]! & FLAG_EDGE) === 0 && this.agent[s] === this.strings.code(agentId);
+  }
+
+  /** Drops the record with this id; false if none was held. */
+  delete(id: string): boolean {
+    const s = this.ids.find(id);
+    if (s < 0) return false;
+    this.drop(s);
+    return true;
+  }
+
+  private drop(s: number): void {
+    const k = this.keyOf[s]!;
+    if (k >= 0) this.keys.remove(k);
+    this.byStatus[this.status[s]!]!--;
+    this.strings.unref(this.tenant[s]!);
+    this.strings.unref(this.action[s]!);
+    this.strings.unref(this.agent[s]!);
+    this.strings.unref(this.rule[s]!);
+    this.slabGarbage += this.textLen[s]!;
+    this.ids.remove(s);
+    if (this.ids.size === 0) { this.slabUsed = 0; this.slabGarbage = 0; }
+  }
+
+  /** Drops the records that ended (finished, or were requested) before `beforeMs`; returns how many. */
+  evict(beforeMs: number): number {
+    let n = 0;
+    this.ids.forEach((s) => { if (this.endMs[s]! < beforeMs) { this.drop(s); n++; } });
+    return n;
+  }
+
+  /** Records by status. */
+  statusCounts(): Map<ExecutionStatus, number> {
+    const out = new Map<ExecutionStatus, number>();
+    this.byStatus.forEach((n, i) => { if (n > 0) out.set(STATUSES[i]!, n); });
+    return out;
+  }
+
+  /**
+   * The slots of the records that pass `f` (its `limit` aside) in `tenant` ('*': every tenant).
+   * Read with `read`, ordered with `newest`; valid until the store next changes.
+   */
+  match(tenant: string | '*', f: ListFilter): number[] {
+    const out: number[] = [];
+    const want = (v: string | undefined) => (v ? this.strings.code(v) : -2);
+    const t = tenant === '*' ? -2 : this.strings.code(tenant);
+    const action = want(f.action), agent = want(f.agentId), rule = want(f.rule);
+    const status = f.status ? (STATUS_CODE.get(f.status) ?? -1) : -2;
+    if (t === -1 || action === -1 || agent === -1 || rule === -1 || status === -1) return out; // a value no record holds
+    const since = f.sinceMs || 0, before = f.beforeId;
+    this.ids.forEach((s) => {
+      if (t >= 0 && this.tenant[s] !== t) return;
+      if (action >= 0 && this.action[s] !== action) return;
+      if (agent >= 0 && this.agent[s] !== agent) return;
+      if (rule >= 0 && this.rule[s] !== rule) return;
+      if (status >= 0 && this.status[s] !== status) return;
+      if (since && this.requestedMs[s]! < since) return;
+      if (before && this.ids.compare(s, before) >= 0) return;
+      out.push(s);
+    });
+    return out;
+  }
+
+  /** The status of a matched slot (counting without reading the records). */
+  statusAt(slot: number): ExecutionStatus { return STATUSES[this.status[slot]!]!; }
+
+  /** Compares the ids of two slots as strings compare. */
+  compareIds(a: number, b: number): number { return this.ids.compareSlots(a, b); }
+
+  /** The id of a slot. */
+  idAt(slot: number): string { return this.ids.key(slot); }
+
+  /** The `limit` slots of `slots` with the greatest ids, greatest first (a bounded heap: no sort of every match). */
+  newest(slots: number[], limit: number): number[] {
+    if (limit <= 0) return [];
+    const heap: number[] = []; // a min-heap by id: its root is the smallest id kept
+    const less = (a: number, b: number) => this.ids.compareSlots(a, b) < 0;
+    const down = (i: number) => {
+      for (;;) {
+        const l = 2 * i + 1, r = l + 1;
+        let m = i;
+        if (l < heap.length && less(heap[l]!, heap[m]!)) m = l;
+        if (r < heap.length && less(heap[r]!, heap[m]!)) m = r;
+        if (m === i) return;
+        [heap[i], heap[m]] = [heap[m]!, heap[i]!];
+        i = m;
+      }
+    };
+    for (const s of slots) {
+      if (heap.length < limit) {
+        heap.push(s);
+        for (let i = heap.length - 1; i > 0;) { const p = (i - 1) >> 1; if (!less(heap[i]!, heap[p]!)) break; [heap[i], heap[p]] = [heap[p]!, heap[i]!]; i = p; }
+      } else if (less(heap[0]!, s)) {
+        heap[0] = s;
+        down(0);
+      }
+    }
+    return heap.sort((a, b) => this.ids.compareSlots(b, a));
+  }
+
+  /** The record in a slot, read anew. */
+  read(s: number): Held {
+    const off = this.textOff[s]!;
+    const { r, k } = JSON.parse(this.slab.toString('utf8', off, off + this.textLen[s]!)) as { r: ExecutionRecord; k?: string };
+    return { rec: r, ver: this.ver[s]!, dedupKey: k, stored: this.stored[s]! };
+  }
+
+  /** Bytes held outside the heap, and interned values (diagnostics, tests). */
+  get stats(): { slabBytes: number; slabUsed: number; slabGarbage: number; interned: number; keys: number } {
+    return { slabBytes: this.slab.length, slabUsed: this.slabUsed, slabGarbage: this.slabGarbage, interned: this.strings.size, keys: this.keys.size };
+  }
+
+  private ensure(n: number): void {
+    if (n <= this.status.length) return;
+    this.keyOf = grown(this.keyOf, n); this.status = grown(this.status, n); this.flags = grown(this.flags, n);
+    this.tenant = grown(this.tenant, n); this.action = grown(this.action, n); this.agent = grown(this.agent, n); this.rule = grown(this.rule, n);
+    this.requestedMs = grown(this.requestedMs, n); this.endMs = grown(this.endMs, n); this.ver = grown(this.ver, n);
+    this.stored = grown(this.stored, n); this.textOff = grown(this.textOff, n); this.textLen = grown(this.textLen, n);
+  }
+
+  /** Room for `need` more bytes: the live texts rewritten end to end when over half is garbage, the slab doubled when still short. */
+  private makeRoom(need: number): void {
+    const live = this.slabUsed - this.slabGarbage;
+    let size = this.slab.length;
+    while (size < live + need) size *= 2;
+    if (this.slabGarbage <= this.slabUsed / 2 && size === this.slab.length) size *= 2;
+    const slab = Buffer.allocUnsafeSlow(Math.max(MIN_SLAB, size));
+    let o = 0;
+    this.ids.forEach((s) => {
+      const from = this.textOff[s]!, n = this.textLen[s]!;
+      this.slab.copy(slab, o, from, from + n);
+      this.textOff[s] = o;
+      o += n;
+    });
+    this.slab = slab;
+    this.slabUsed = o;
+    this.slabGarbage = 0;
+  }
+}

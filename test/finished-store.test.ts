@@ -1,0 +1,194 @@
+/**
+ * Finished executions off the JavaScript heap (hub/executions/finished.ts) and the key index
+ * under it (hub/executions/key-index.ts): they must answer exactly as Maps of strings and
+ * objects would, through growth, removal, slot reuse and compaction, for any string (lone
+ * surrogates, astral characters, long keys), and hold no JavaScript object per record.
+ */
+import t from 'tap';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { KeyIndex } from '../hub/executions/key-index.js';
+import { FinishedStore, type Held } from '../hub/executions/finished.js';
+import type { ExecutionRecord } from '../hub/executions/types.js';
+import type { ExecutionStatus } from '../common/automation/types.js';
+import { mulberry32 } from '../bench/prng.js';
+
+const ALPHABET = ['a', 'b', 'z', '0', '|', 'é', '\u{1F600}', '\uD800', '\uDFFF', '\u0000', '"', '\\', '\n'];
+const randomKey = (rnd: () => number, max = 12) => {
+  let s = '';
+  const n = Math.floor(rnd() * max);
+  for (let i = 0; i < n; i++) s += ALPHABET[Math.floor(rnd() * ALPHABET.length)];
+  return s;
+};
+
+t.test('KeyIndex answers as a Map of strings would, through growth, removal, slot reuse and compaction', async (t) => {
+  for (const seed of [1, 2, 3]) {
+    const rnd = mulberry32(seed);
+    const idx = new KeyIndex(seed);
+    const ref = new Map<string, number>();
+    const present: string[] = [];
+    let wrong = 0;
+    for (let op = 0; op < 40_000; op++) {
+      const key = rnd() < 0.3 && present.length ? present[Math.floor(rnd() * present.length)]! : randomKey(rnd, op % 97 === 0 ? 3000 : 12);
+      const r = rnd();
+      if (r < 0.5) {
+        const { slot, added } = idx.add(key);
+        if (added !== !ref.has(key)) wrong++;
+        if (!added && ref.get(key) !== slot) wrong++;
+        if (added) present.push(key);
+        ref.set(key, slot);
+      } else if (r < 0.8) {
+        const slot = ref.get(key);
+        if (slot === undefined) { if (idx.find(key) !== -1) wrong++; continue; }
+        idx.remove(slot);
+        ref.delete(key);
+        const at = present.indexOf(key);
+        present[at] = present[present.length - 1]!;
+        present.pop();
+      } else if (idx.find(key) !== (ref.get(key) ?? -1)) wrong++;
+      if (idx.size !== ref.size) wrong++;
+    }
+    for (const [k, s] of ref) if (idx.key(s) !== k || idx.find(k) !== s) wrong++;
+    t.equal(wrong, 0, `seed ${seed}: ${ref.size} keys at the end, every answer as the Map's`);
+    t.ok(idx.stats.garbage <= idx.stats.units, 'removed keys are reclaimed by compaction');
+  }
+});
+
+t.test('KeyIndex keys compare as JavaScript strings compare (code units), in slots and against strings', async (t) => {
+  const rnd = mulberry32(7);
+  const idx = new KeyIndex(7);
+  const keys = [...new Set(Array.from({ length: 400 }, () => randomKey(rnd, 6)))];
+  const slots = keys.map((k) => idx.insert(k));
+  let wrong = 0;
+  for (let i = 0; i < keys.length; i++) for (let j = 0; j < keys.length; j += 7) {
+    const want = Math.sign(keys[i]! < keys[j]! ? -1 : keys[i]! > keys[j]! ? 1 : 0);
+    if (Math.sign(idx.compareSlots(slots[i]!, slots[j]!)) !== want) wrong++;
+    if (Math.sign(idx.compare(slots[i]!, keys[j]!)) !== want) wrong++;
+  }
+  t.equal(wrong, 0, 'same order as < and > on the strings');
+  t.equal(idx.key(idx.insert('\uD800x\uDFFF')), '\uD800x\uDFFF', 'lone surrogates come back as they went in');
+  const long = 'k'.repeat(10_000) + '\u{1F600}';
+  t.equal(idx.key(idx.insert(long)), long, 'a key longer than one decode chunk comes back whole');
+});
+
+t.test('KeyIndex: a key remembered with one seed is found; chosen keys of another index do not chain (seeded hash)', async (t) => {
+  const a = new KeyIndex(1), b = new KeyIndex(2);
+  for (let i = 0; i < 5000; i++) { a.insert(`id-${i}`); b.insert(`id-${i}`); }
+  t.equal(a.find('id-4999'), 4999);
+  t.equal(b.find('id-4999'), 4999);
+  t.equal(a.find('id-5000'), -1, 'an absent key is absent');
+  t.ok(a.stats.table >= 2 * a.size, 'load factor at most one half');
+});
+
+const STATUSES: ExecutionStatus[] = ['succeeded', 'failed', 'timeout', 'canceled', 'abandoned', 'error'];
+
+function record(rnd: () => number, i: number): ExecutionRecord {
+  return {
+    id: `01j${String(1_000_000 + Math.floor(rnd() * 9_000_000)).padStart(10, '0')}${String(i).padStart(13, '0')}`,
+    tenant: ['default', 'blue', 'é\u{1F600}'][Math.floor(rnd() * 3)]!,
+    action: ['core.command', 'web.ping', 'db.backup'][Math.floor(rnd() * 3)]!,
+    agentId: `agent-${Math.floor(rnd() * 20)}`,
+    status: STATUSES[Math.floor(rnd() * STATUSES.length)]!,
+    exitCode: Math.floor(rnd() * 3) - 1, error: rnd() < 0.2 ? 'boom "quoted" \\ \uD800' : '',
+    requestedBy: 'rule:r', rule: rnd() < 0.5 ? 'web.on-ping' : '', triggerEventId: `ev${i}`,
+    parameters: { n: i, s: randomKey(rnd), nested: { a: [1, 'two', null] } },
+    requestedMs: 1_700_000_000_000 + Math.floor(rnd() * 1e6), startedMs: 0, finishedMs: 1_700_001_000_000 + i,
+    edge: rnd() < 0.1, outputBytes: Math.floor(rnd() * 5000), outputTruncated: rnd() < 0.1,
+  };
+}
+
+/** The reference: what hub/executions did before the store (a Map of objects, filtered and sorted). */
+function refList(ref: Map<string, Held>, tenant: string, f: { action?: string; agentId?: string; status?: string; rule?: string; sinceMs?: number; beforeId?: string }, limit: number): string[] {
+  return [...ref.values()].map((h) => h.rec)
+    .filter((r) => (tenant === '*' || r.tenant === tenant) && (!f.action || r.action === f.action) && (!f.agentId || r.agentId === f.agentId)
+      && (!f.status || r.status === f.status) && (!f.rule || r.rule === f.rule) && (!f.sinceMs || r.requestedMs >= f.sinceMs) && (!f.beforeId || r.id < f.beforeId))
+    .map((r) => r.id).sort().reverse().slice(0, limit);
+}
+
+t.test('FinishedStore answers as a Map of records would: get, dedup keys, filters, newest first, counts, replace, delete, evict', async (t) => {
+  const rnd = mulberry32(11);
+  const store = new FinishedStore(11);
+  const ref = new Map<string, Held>();
+  const keys = new Map<string, string>(); // dedup key → id
+  let wrong = 0;
+  const hold = (h: Held) => {
+    const old = ref.get(h.rec.id);
+    if (old?.dedupKey && keys.get(old.dedupKey) === h.rec.id) keys.delete(old.dedupKey);
+    ref.set(h.rec.id, h);
+    if (h.dedupKey) keys.set(h.dedupKey, h.rec.id);
+    store.put(structuredClone(h));
+  };
+  const ids: string[] = [];
+  for (let i = 0; i < 6000; i++) {
+    const rec = record(rnd, i);
+    ids.push(rec.id);
+    hold({ rec, ver: 1 + Math.floor(rnd() * 4), stored: Math.floor(rnd() * 1000), dedupKey: rnd() < 0.5 ? `web.on-ping|ev${Math.floor(rnd() * 3000)}|${rec.agentId}` : undefined });
+    if (i % 5 === 4) { // replace one, delete one
+      const a = ids[Math.floor(rnd() * ids.length)]!;
+      const h = ref.get(a);
+      if (h) hold({ ...h, rec: { ...h.rec, status: 'error', error: 'replaced' }, ver: h.ver + 1 });
+      const d = ids[Math.floor(rnd() * ids.length)]!;
+      const gone = ref.get(d);
+      if (gone?.dedupKey && keys.get(gone.dedupKey) === d) keys.delete(gone.dedupKey);
+      if (ref.delete(d) !== store.delete(d)) wrong++;
+    }
+  }
+  t.equal(store.size, ref.size, 'as many records');
+  const text = (h: Held | undefined) => h && JSON.stringify([h.rec, h.ver, h.stored, h.dedupKey ?? null]);
+  for (const [id, h] of ref) if (text(store.get(id)) !== text(h)) wrong++;
+  t.equal(wrong, 0, 'every record reads back exactly (deleted ones are gone)');
+  let keyWrong = 0;
+  for (const [k, id] of keys) if (store.byKey(k)?.rec.id !== id) keyWrong++;
+  t.equal(keyWrong, 0, `each of ${keys.size} dedup keys leads to its latest record`);
+  t.equal(store.byKey('no such key'), undefined);
+
+  const filters = [
+    {}, { action: 'web.ping' }, { agentId: 'agent-3', status: 'failed' }, { rule: 'web.on-ping', sinceMs: 1_700_000_500_000 },
+    { status: 'abandoned' }, { action: 'not.installed' }, { status: 'nonsense' }, { beforeId: ids[3000] }, { agentId: 'agent-7', beforeId: ids[4500] },
+  ];
+  let listWrong = 0;
+  for (const tenant of ['*', 'default', 'blue', 'é\u{1F600}', 'nobody']) for (const f of filters) for (const limit of [1, 50, 100_000]) {
+    const got = store.newest(store.match(tenant, f), limit).map((s) => store.idAt(s));
+    if (JSON.stringify(got) !== JSON.stringify(refList(ref, tenant, f, limit))) listWrong++;
+  }
+  t.equal(listWrong, 0, 'every filter, tenant and limit: the same ids in the same order as filtering and sorting the records');
+
+  const counts = new Map<string, number>();
+  for (const h of ref.values()) counts.set(h.rec.status, (counts.get(h.rec.status) ?? 0) + 1);
+  t.same(Object.fromEntries(store.statusCounts()), Object.fromEntries(counts), 'counts by status');
+
+  const abandoned = [...ref.values()].find((h) => h.rec.status === 'abandoned' && !h.rec.edge)!;
+  t.ok(store.abandonedOf(abandoned.rec.id, abandoned.rec.agentId), 'an abandoned pack execution of its agent');
+  t.notOk(store.abandonedOf(abandoned.rec.id, 'agent-999'), 'not another agent\'s');
+  const done = [...ref.values()].find((h) => h.rec.status === 'succeeded')!;
+  t.notOk(store.abandonedOf(done.rec.id, done.rec.agentId), 'not a succeeded one');
+  const edge = [...ref.values()].find((h) => h.rec.status === 'abandoned' && h.rec.edge);
+  if (edge) t.notOk(store.abandonedOf(edge.rec.id, edge.rec.agentId), 'not an edge one');
+
+  const cut = 1_700_001_000_000 + 3000;
+  const evicted = store.evict(cut);
+  const before = [...ref.values()].filter((h) => (h.rec.finishedMs || h.rec.requestedMs) < cut).length;
+  t.equal(evicted, before, 'evict drops those that ended before the cut');
+  t.equal(store.size, ref.size - before);
+  for (const id of [...ref.keys()]) store.delete(id);
+  t.equal(store.size, 0, 'all deleted');
+  t.same(store.stats, { slabBytes: store.stats.slabBytes, slabUsed: 0, slabGarbage: 0, interned: 0, keys: 0 }, 'nothing left: no bytes in use, no interned value, no key');
+});
+
+t.test('FinishedStore holds no JavaScript object per record: 20,000 records grow the heap by under 2 MB', async (t) => {
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const rnd = mulberry32(5);
+  const store = new FinishedStore();
+  gc(); gc();
+  const before = process.memoryUsage().heapUsed;
+  for (let i = 0; i < 20_000; i++) { // each record is made, held and dropped here: only what the store keeps stays
+    const rec = record(rnd, i);
+    store.put({ rec, ver: 3, stored: 10, dedupKey: `r|${rec.triggerEventId}|${rec.agentId}` });
+  }
+  gc(); gc();
+  const grew = process.memoryUsage().heapUsed - before;
+  // As objects (the Map of entries this replaced) the same records took ~25 MB of heap.
+  t.ok(grew < 2 * 1024 * 1024, `heap grew ${(grew / 1024).toFixed(0)} KiB for 20,000 records`);
+  t.equal(store.size, 20_000);
+});
