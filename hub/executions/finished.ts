@@ -8,15 +8,18 @@
  * executions/s the old generation grew ~1.2 MB/s and a mark-compact stalled the hub for 40–55 ms
  * every ~5 s, the main cause of the event→action tail (issue 13).
  *
- * Here a finished record is one JSON text (`{"r":record,"k":dedupKey}`) in a byte slab, and what
+ * Here a finished record is one JSON text (a history state line: `{"k":"s","r":record,"dk":key}`) in a byte slab, and what
  * lists filter on (status, tenant, action, agent, rule, requested time) plus its version, stored
- * output bytes and end time are typed-array columns by slot; ids and dedup keys are KeyIndexes.
+ * output bytes and end time are typed-array columns by slot; ids are a KeyIndex, and dedup keys a
+ * table of hashes whose matches are confirmed against the key in the record's text (a key is
+ * looked up once per rule firing and found only for a re-delivered event).
  * None of it is a JavaScript object per record. Tenants, actions, agents and rules are interned
  * (counted references: a value no record uses any more is forgotten). Reading a record parses its
  * text (a fresh object the caller may keep); lists filter on the columns and parse only the page.
  */
 import type { ExecutionStatus } from '../../common/automation/types.js';
-import { KeyIndex, grown } from './key-index.js';
+import { randomBytes } from 'node:crypto';
+import { KeyIndex, grown, murmur32, prefixOf } from './key-index.js';
 import type { ExecutionRecord, ListFilter } from './types.js';
 
 /** A finished execution as the executions index holds it. */
@@ -25,6 +28,8 @@ export interface Held { rec: ExecutionRecord; ver: number; dedupKey?: string; st
 const STATUSES: readonly ExecutionStatus[] = ['requested', 'scheduled', 'running', 'succeeded', 'failed', 'timeout', 'canceled', 'abandoned', 'error'];
 const STATUS_CODE = new Map<string, number>(STATUSES.map((s, i) => [s, i]));
 const FLAG_EDGE = 1;
+/** The record's dedup key is in the key table (a newer record may have taken it over). */
+const FLAG_KEY = 2;
 const MIN_SLAB = 64 * 1024;
 
 /** Strings to small numbers, counted: a value no record refers to any more is dropped. */
@@ -62,11 +67,12 @@ class Interner {
 
 export class FinishedStore {
   private readonly ids: KeyIndex;
-  private readonly keys: KeyIndex;
-  /** Dedup-key slot → record slot. */
-  private keyRec = new Int32Array(16);
+  /** Dedup keys: record slot + 1 by the key's hash (open addressing, load ≤ 0.5), 0 = empty. */
+  private keyTable = new Int32Array(16);
+  private keyCount = 0;
+  private readonly keySeed: number;
   // Columns by record slot (the slot of its id).
-  private keyOf = new Int32Array(16);
+  private keyHash = new Int32Array(16);
   private status = new Uint8Array(16);
   private flags = new Uint8Array(16);
   private tenant = new Int32Array(16);
@@ -88,21 +94,35 @@ export class FinishedStore {
   /** `seed`: the hash seed of both key indexes (random unless given; tests give one). */
   constructor(seed?: number) {
     this.ids = new KeyIndex(seed);
-    this.keys = new KeyIndex(seed);
+    this.keySeed = seed ?? randomBytes(4).readInt32LE(0);
   }
 
   /** Records held. */
   get size(): number { return this.ids.size; }
 
+  /** Room for `n` more records of `bytes` UTF-8 bytes in all without growing (a load of known size). */
+  reserve(n: number, bytes: number): void {
+    this.ensure(this.ids.slotLimit + n);
+    this.ids.reserve(n, n * 26);
+    if (this.slabUsed + bytes > this.slab.length) this.makeRoom(bytes, true);
+  }
+
   has(id: string): boolean { return this.ids.find(id) >= 0; }
 
-  /** Holds `h` (a record with the same id is replaced). Its dedup key, if any, now leads to it. */
-  put(h: Held): void {
+  /**
+   * Holds `h` (a record with the same id is replaced). Its dedup key, if any, now leads to it.
+   * `line`: `h` as a history state line already (a hub start loads them from the history files
+   * and saves serializing 100,000 records again); it must hold `h.rec` and `h.dedupKey`.
+   */
+  put(h: Held, line?: string): void {
     this.delete(h.rec.id);
     const r = h.rec;
-    const text = JSON.stringify(h.dedupKey ? { r, k: h.dedupKey } : { r });
-    const need = Buffer.byteLength(text);
-    if (this.slabUsed + need > this.slab.length) this.makeRoom(need);
+    const text = line ?? JSON.stringify(h.dedupKey ? { k: 's', r, dk: h.dedupKey } : { k: 's', r });
+    // UTF-8 bytes: at most 3 per code unit; counted only when that much might not fit.
+    if (this.slabUsed + text.length * 3 > this.slab.length) {
+      const need = Buffer.byteLength(text);
+      if (this.slabUsed + need > this.slab.length) this.makeRoom(need);
+    }
     const s = this.ids.insert(r.id);
     this.ensure(s + 1);
     this.textOff[s] = this.slabUsed;
@@ -120,14 +140,55 @@ export class FinishedStore {
     this.endMs[s] = r.finishedMs || r.requestedMs;
     this.ver[s] = h.ver;
     this.stored[s] = h.stored;
-    this.keyOf[s] = -1;
     if (h.dedupKey) {
-      const { slot: k, added } = this.keys.add(h.dedupKey);
-      if (!added) { const was = this.keyRec[k]!; if (this.ids.has(was)) this.keyOf[was] = -1; } // an older record with this key: the key leads here now
-      this.keyRec = grown(this.keyRec, k + 1);
-      this.keyRec[k] = s;
-      this.keyOf[s] = k;
+      const kh = murmur32(h.dedupKey, this.keySeed);
+      const was = this.keySlot(h.dedupKey, kh);
+      if (was >= 0) this.unkey(was); // an older record with this key: the key leads here now
+      this.keyHash[s] = kh;
+      this.flags[s]! |= FLAG_KEY;
+      if ((this.keyCount + 1) * 2 > this.keyTable.length) this.rekey(this.keyTable.length * 2);
+      const mask = this.keyTable.length - 1;
+      let i = kh & mask;
+      while (this.keyTable[i] !== 0) i = (i + 1) & mask;
+      this.keyTable[i] = s + 1;
+      this.keyCount++;
     }
+  }
+
+  /** The slot of the record the dedup key leads to, or -1 (a hash match is confirmed in the record's text). */
+  private keySlot(key: string, kh: number): number {
+    const t = this.keyTable, mask = t.length - 1;
+    for (let i = kh & mask; t[i] !== 0; i = (i + 1) & mask) {
+      const s = t[i]! - 1;
+      if (this.keyHash[s] === kh && this.read(s).dedupKey === key) return s;
+    }
+    return -1;
+  }
+
+  /** Takes record `s` out of the key table. */
+  private unkey(s: number): void {
+    if ((this.flags[s]! & FLAG_KEY) === 0) return;
+    this.flags[s]! &= ~FLAG_KEY;
+    const t = this.keyTable, mask = t.length - 1;
+    let i = this.keyHash[s]! & mask;
+    while (t[i] !== s + 1) i = (i + 1) & mask;
+    for (let j = (i + 1) & mask; t[j] !== 0; j = (j + 1) & mask) {
+      const k = this.keyHash[t[j]! - 1]! & mask; // where the entry at j wants to be
+      if (i <= j ? (k <= i || k > j) : (k <= i && k > j)) { t[i] = t[j]!; i = j; }
+    }
+    t[i] = 0;
+    this.keyCount--;
+  }
+
+  private rekey(size: number): void {
+    const t = new Int32Array(size), mask = size - 1;
+    this.ids.forEach((s) => {
+      if ((this.flags[s]! & FLAG_KEY) === 0) return;
+      let i = this.keyHash[s]! & mask;
+      while (t[i] !== 0) i = (i + 1) & mask;
+      t[i] = s + 1;
+    });
+    this.keyTable = t;
   }
 
   /** The record with this id, read anew (the caller may keep or change it), or undefined. */
@@ -138,8 +199,8 @@ export class FinishedStore {
 
   /** The record the dedup key leads to, or undefined. */
   byKey(dedupKey: string): Held | undefined {
-    const k = this.keys.find(dedupKey);
-    return k < 0 ? undefined : this.read(this.keyRec[k]!);
+    const s = this.keySlot(dedupKey, murmur32(dedupKey, this.keySeed));
+    return s < 0 ? undefined : this.read(s);
   }
 
   /** Whether `id` is an `abandoned` pack execution of `agentId` (a late report may still replace it). */
@@ -157,8 +218,7 @@ export class FinishedStore {
   }
 
   private drop(s: number): void {
-    const k = this.keyOf[s]!;
-    if (k >= 0) this.keys.remove(k);
+    this.unkey(s);
     this.byStatus[this.status[s]!]!--;
     this.strings.unref(this.tenant[s]!);
     this.strings.unref(this.action[s]!);
@@ -194,7 +254,7 @@ export class FinishedStore {
     const action = want(f.action), agent = want(f.agentId), rule = want(f.rule);
     const status = f.status ? (STATUS_CODE.get(f.status) ?? -1) : -2;
     if (t === -1 || action === -1 || agent === -1 || rule === -1 || status === -1) return out; // a value no record holds
-    const since = f.sinceMs || 0, before = f.beforeId;
+    const since = f.sinceMs || 0, before = f.beforeId, beforePrefix = [before ? prefixOf(before) : -1, before ? prefixOf(before, 7) : -1] as const;
     this.ids.forEach((s) => {
       if (t >= 0 && this.tenant[s] !== t) return;
       if (action >= 0 && this.action[s] !== action) return;
@@ -202,7 +262,7 @@ export class FinishedStore {
       if (rule >= 0 && this.rule[s] !== rule) return;
       if (status >= 0 && this.status[s] !== status) return;
       if (since && this.requestedMs[s]! < since) return;
-      if (before && this.ids.compare(s, before) >= 0) return;
+      if (before && this.ids.compare(s, before, beforePrefix) >= 0) return;
       out.push(s);
     });
     return out;
@@ -248,29 +308,29 @@ export class FinishedStore {
   /** The record in a slot, read anew. */
   read(s: number): Held {
     const off = this.textOff[s]!;
-    const { r, k } = JSON.parse(this.slab.toString('utf8', off, off + this.textLen[s]!)) as { r: ExecutionRecord; k?: string };
-    return { rec: r, ver: this.ver[s]!, dedupKey: k, stored: this.stored[s]! };
+    const { r, dk } = JSON.parse(this.slab.toString('utf8', off, off + this.textLen[s]!)) as { r: ExecutionRecord; dk?: string };
+    return { rec: r, ver: this.ver[s]!, dedupKey: dk, stored: this.stored[s]! };
   }
 
   /** Bytes held outside the heap, and interned values (diagnostics, tests). */
   get stats(): { slabBytes: number; slabUsed: number; slabGarbage: number; interned: number; keys: number } {
-    return { slabBytes: this.slab.length, slabUsed: this.slabUsed, slabGarbage: this.slabGarbage, interned: this.strings.size, keys: this.keys.size };
+    return { slabBytes: this.slab.length, slabUsed: this.slabUsed, slabGarbage: this.slabGarbage, interned: this.strings.size, keys: this.keyCount };
   }
 
   private ensure(n: number): void {
     if (n <= this.status.length) return;
-    this.keyOf = grown(this.keyOf, n); this.status = grown(this.status, n); this.flags = grown(this.flags, n);
+    this.keyHash = grown(this.keyHash, n); this.status = grown(this.status, n); this.flags = grown(this.flags, n);
     this.tenant = grown(this.tenant, n); this.action = grown(this.action, n); this.agent = grown(this.agent, n); this.rule = grown(this.rule, n);
     this.requestedMs = grown(this.requestedMs, n); this.endMs = grown(this.endMs, n); this.ver = grown(this.ver, n);
     this.stored = grown(this.stored, n); this.textOff = grown(this.textOff, n); this.textLen = grown(this.textLen, n);
   }
 
-  /** Room for `need` more bytes: the live texts rewritten end to end when over half is garbage, the slab doubled when still short. */
-  private makeRoom(need: number): void {
+  /** Room for `need` more bytes: the live texts rewritten end to end into a slab half as large again (`exact`: just large enough). */
+  private makeRoom(need: number, exact = false): void {
     const live = this.slabUsed - this.slabGarbage;
-    let size = this.slab.length;
-    while (size < live + need) size *= 2;
-    if (this.slabGarbage <= this.slabUsed / 2 && size === this.slab.length) size *= 2;
+    let size = exact ? live + need : this.slab.length;
+    while (size < live + need) size = Math.ceil(size * 1.5);
+    if (!exact && this.slabGarbage <= this.slabUsed / 2 && size === this.slab.length) size = Math.ceil(size * 1.5);
     const slab = Buffer.allocUnsafeSlow(Math.max(MIN_SLAB, size));
     let o = 0;
     this.ids.forEach((s) => {

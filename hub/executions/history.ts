@@ -49,7 +49,11 @@ export interface HistoryOptions {
 }
 
 export interface Chunk { stream: 'STDOUT' | 'STDERR'; offset: number; data: Buffer }
-export interface Rebuilt { rec: ExecutionRecord; dedupKey?: string; timeoutMs?: number }
+export interface Rebuilt {
+  rec: ExecutionRecord; dedupKey?: string; timeoutMs?: number;
+  /** The execution's last state line as read (when it holds the dedup key above): what hub/executions/finished.ts keeps. */
+  line?: string;
+}
 
 type StateLine = { k: 's'; r: ExecutionRecord; dk?: string; to?: number };
 type OutputLine = { k: 'o'; id: string; s: 0 | 1; o: number; d: string };
@@ -213,7 +217,8 @@ export class History {
         const l = parseState(line);
         if (!l) continue;
         const prev = records.get(l.r.id);
-        records.set(l.r.id, { rec: l.r, dedupKey: l.dk ?? prev?.dedupKey, timeoutMs: l.to ?? prev?.timeoutMs });
+        const dedupKey = l.dk ?? prev?.dedupKey;
+        records.set(l.r.id, { rec: l.r, dedupKey, timeoutMs: l.to ?? prev?.timeoutMs, line: l.dk === dedupKey ? line : undefined });
         h.place(l.r.id, seq);
       }
     }

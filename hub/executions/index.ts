@@ -136,9 +136,12 @@ export class Executions {
       flushIntervalMs: x.o.flushIntervalMs, onDrop: (ids) => x.forget(ids),
     });
     x.history = history;
-    for (const { rec, dedupKey } of records.values()) {
+    let bytes = 0;
+    for (const r of records.values()) bytes += r.line ? r.line.length : 1024; // UTF-8 bytes of an ASCII line (the slab grows if there is more)
+    x.finished.reserve(records.size, bytes);
+    for (const { rec, dedupKey, line } of records.values()) {
       const e: Entry = { rec, ver: 1, dedupKey, stored: Math.min(rec.outputBytes, x.o.maxOutputBytes) };
-      if (isFinal(rec.status)) { x.finished.put(e); continue; }
+      if (isFinal(rec.status)) { x.finished.put(e, line); continue; }
       x.entries.set(rec.id, e);
       if (dedupKey) x.dedup.set(dedupKey, rec.id);
     }

@@ -1,6 +1,6 @@
 /**
- * Strings to small slot numbers with no JavaScript object per key: the keys' UTF-16 code units
- * lie end to end in one typed array, an open-addressing table (linear probing, backward-shift
+ * Strings to small slot numbers with no JavaScript object per key: the keys lie end to end in one
+ * byte array (one byte per character when every code unit is under 256, two otherwise), an open-addressing table (linear probing, backward-shift
  * deletion, load ≤ 0.5) maps a seeded hash to a slot, and per-slot columns are typed arrays.
  *
  * Why: the hub keeps up to `maxCount` (100,000) finished executions and their history spans
@@ -16,11 +16,34 @@
  * index hashes with its own random seed, so chosen keys cannot pile onto one probe chain.
  */
 import { randomBytes } from 'node:crypto';
-import { murmur128 } from '../events/recent-ids.js';
 
 const MIN_TABLE = 16;
 /** Code units decoded per String.fromCharCode call (its argument count is bounded). */
 const DECODE_CHUNK = 4096;
+
+/**
+ * MurmurHash3 x86_32 of `s` with `seed`, read as 32-bit words of two UTF-16 code units each (the
+ * last word of an odd length padded with 0; the length in code units is mixed in).
+ */
+export function murmur32(s: string, seed: number): number {
+  let h = seed | 0;
+  const n = s.length;
+  let i = 0;
+  for (; i + 1 < n; i += 2) {
+    let k = s.charCodeAt(i) | (s.charCodeAt(i + 1) << 16);
+    k = Math.imul(k, 0xcc9e2d51); k = (k << 15) | (k >>> 17); k = Math.imul(k, 0x1b873593);
+    h ^= k; h = (h << 13) | (h >>> 19); h = (Math.imul(h, 5) + 0xe6546b64) | 0;
+  }
+  if (i < n) {
+    let k = s.charCodeAt(i);
+    k = Math.imul(k, 0xcc9e2d51); k = (k << 15) | (k >>> 17); k = Math.imul(k, 0x1b873593);
+    h ^= k;
+  }
+  h ^= n;
+  h ^= h >>> 16; h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13; h = Math.imul(h, 0xc2b2ae35);
+  return h ^ (h >>> 16);
+}
 
 /** Grows a typed array to at least `n` elements (doubling), keeping its contents. */
 export function grown<A extends Int32Array | Uint32Array | Float64Array | Uint8Array | Uint16Array>(a: A, n: number): A {
@@ -33,14 +56,26 @@ export function grown<A extends Int32Array | Uint32Array | Float64Array | Uint8A
 }
 
 export class KeyIndex {
-  private units = new Uint16Array(1024);
-  /** Code units in use (live and removed keys) and of removed keys. */
+  private bytes = new Uint8Array(1024);
+  /** The same memory as 16-bit units (two-byte keys start at an even offset). */
+  private u16 = new Uint16Array(this.bytes.buffer);
+  /** Bytes in use (live and removed keys) and of removed keys. */
   private used = 0;
   private garbage = 0;
   private off = new Uint32Array(16);
+  /** Length in code units. */
   private len = new Uint32Array(16);
+  /** 1: two bytes per code unit. */
+  private wide = new Uint8Array(16);
   private hash = new Int32Array(16);
   private alive = new Uint8Array(16);
+  /**
+   * Code units 0–6 and 7–13 as base-128 numbers (-1 when one is 0 or over 127): most comparisons
+   * end here (ULIDs: the first holds most of the time, the second the rest and the first random
+   * characters).
+   */
+  private prefix = new Float64Array(16);
+  private prefix2 = new Float64Array(16);
   /** Slot + 1 per table entry, 0 = empty; a power of two. */
   private table = new Int32Array(MIN_TABLE);
   private mask = MIN_TABLE - 1;
@@ -49,7 +84,6 @@ export class KeyIndex {
   /** Slots ever handed out (a column sized to this covers every slot). */
   private top = 0;
   private count = 0;
-  private readonly h = new Int32Array(4);
 
   /** `seed`: the hash seed (random unless given; tests give one). */
   constructor(private readonly seed = randomBytes(4).readInt32LE(0)) {}
@@ -64,16 +98,37 @@ export class KeyIndex {
   has(slot: number): boolean { return slot >= 0 && slot < this.top && this.alive[slot] === 1; }
 
   private hashOf(key: string): number {
-    murmur128(key, this.h, this.seed);
-    return this.h[0]!;
+    return murmur32(key, this.seed);
+  }
+
+  /** Code unit `i` of the key in `slot`. */
+  private unit(slot: number, i: number): number {
+    const o = this.off[slot]!;
+    return this.wide[slot] === 1 ? this.u16[(o >> 1) + i]! : this.bytes[o + i]!;
   }
 
   private equals(slot: number, key: string): boolean {
     const n = this.len[slot]!;
     if (n !== key.length) return false;
-    const u = this.units, o = this.off[slot]!;
-    for (let i = 0; i < n; i++) if (u[o + i] !== key.charCodeAt(i)) return false;
+    const o = this.off[slot]!;
+    if (this.wide[slot] === 1) {
+      const u = this.u16, w = o >> 1;
+      for (let i = 0; i < n; i++) if (u[w + i] !== key.charCodeAt(i)) return false;
+    } else {
+      const b = this.bytes;
+      for (let i = 0; i < n; i++) if (b[o + i] !== key.charCodeAt(i)) return false;
+    }
     return true;
+  }
+
+  /** Room for `keys` keys of about `units` code units in all without growing (a load of known size). */
+  reserve(keys: number, units: number): void {
+    const slots = this.top + keys;
+    this.grow(slots);
+    this.room(units);
+    let size = this.table.length;
+    while ((this.count + keys) * 2 > size) size *= 2;
+    if (size > this.table.length) this.rehash(size);
   }
 
   /** The slot of `key`, or -1. */
@@ -98,19 +153,26 @@ export class KeyIndex {
   insert(key: string): number {
     if ((this.count + 1) * 2 > this.table.length) this.rehash(this.table.length * 2);
     const slot = this.freeCount > 0 ? this.free[--this.freeCount]! : this.top++;
-    if (slot >= this.off.length) {
-      this.off = grown(this.off, slot + 1); this.len = grown(this.len, slot + 1);
-      this.hash = grown(this.hash, slot + 1); this.alive = grown(this.alive, slot + 1);
+    this.grow(slot + 1);
+    const n = key.length;
+    let wide = 0;
+    for (let i = 0; i < n; i++) if (key.charCodeAt(i) > 255) { wide = 1; break; }
+    this.room(wide ? 2 * n + 1 : n);
+    let o = this.used;
+    if (wide) {
+      o += o & 1; // aligned for the 16-bit view
+      const u = this.u16, w = o >> 1;
+      for (let i = 0; i < n; i++) u[w + i] = key.charCodeAt(i);
+      this.used = o + 2 * n;
+    } else {
+      const b = this.bytes;
+      for (let i = 0; i < n; i++) b[o + i] = key.charCodeAt(i);
+      this.used = o + n;
     }
-    if (this.used + key.length > this.units.length) {
-      if (this.garbage > this.used / 2) this.compact();
-      this.units = grown(this.units, this.used + key.length);
-    }
-    const o = this.used;
-    for (let i = 0; i < key.length; i++) this.units[o + i] = key.charCodeAt(i);
-    this.used += key.length;
     const h = this.hashOf(key);
-    this.off[slot] = o; this.len[slot] = key.length; this.hash[slot] = h; this.alive[slot] = 1;
+    this.off[slot] = o; this.len[slot] = n; this.wide[slot] = wide; this.hash[slot] = h; this.alive[slot] = 1;
+    this.prefix[slot] = prefixOf(key);
+    this.prefix2[slot] = prefixOf(key, 7);
     let i = h & this.mask;
     while (this.table[i] !== 0) i = (i + 1) & this.mask;
     this.table[i] = slot + 1;
@@ -131,7 +193,7 @@ export class KeyIndex {
     }
     t[i] = 0;
     this.alive[slot] = 0;
-    this.garbage += this.len[slot]!;
+    this.garbage += this.len[slot]! * (this.wide[slot]! + 1);
     this.count--;
     this.free = grown(this.free, this.freeCount + 1);
     this.free[this.freeCount++] = slot;
@@ -143,17 +205,26 @@ export class KeyIndex {
   key(slot: number): string {
     if (!this.has(slot)) return '';
     const o = this.off[slot]!, n = this.len[slot]!;
+    if (this.wide[slot] !== 1) return Buffer.from(this.bytes.buffer, this.bytes.byteOffset + o, n).toString('latin1');
     let s = '';
-    for (let i = 0; i < n; i += DECODE_CHUNK) s += String.fromCharCode.apply(null, this.units.subarray(o + i, o + Math.min(n, i + DECODE_CHUNK)) as unknown as number[]);
+    const w = o >> 1;
+    for (let i = 0; i < n; i += DECODE_CHUNK) s += String.fromCharCode.apply(null, this.u16.subarray(w + i, w + Math.min(n, i + DECODE_CHUNK)) as unknown as number[]);
     return s;
   }
 
-  /** Compares the key in `slot` with `key` as strings compare (by UTF-16 code units): < 0, 0, > 0. */
-  compare(slot: number, key: string): number {
-    const u = this.units, o = this.off[slot]!, n = this.len[slot]!;
+  /**
+   * Compares the key in `slot` with `key` as strings compare (by UTF-16 code units): < 0, 0, > 0.
+   * `keyPrefix`: `[prefixOf(key), prefixOf(key, 7)]`, when the caller compares many slots with one key.
+   */
+  compare(slot: number, key: string, keyPrefix = [prefixOf(key), prefixOf(key, 7)] as const): number {
+    const p = this.prefix[slot]!;
+    if (p >= 0 && keyPrefix[0] >= 0 && p !== keyPrefix[0]) return p - keyPrefix[0];
+    const p2 = this.prefix2[slot]!;
+    if (p === keyPrefix[0] && p >= 0 && p2 >= 0 && keyPrefix[1] >= 0 && p2 !== keyPrefix[1]) return p2 - keyPrefix[1];
+    const n = this.len[slot]!;
     const m = Math.min(n, key.length);
     for (let i = 0; i < m; i++) {
-      const d = u[o + i]! - key.charCodeAt(i);
+      const d = this.unit(slot, i) - key.charCodeAt(i);
       if (d !== 0) return d;
     }
     return n - key.length;
@@ -161,10 +232,24 @@ export class KeyIndex {
 
   /** Compares the keys in two slots as strings compare. */
   compareSlots(a: number, b: number): number {
-    const u = this.units, oa = this.off[a]!, ob = this.off[b]!, na = this.len[a]!, nb = this.len[b]!;
+    const pa = this.prefix[a]!, pb = this.prefix[b]!;
+    if (pa >= 0 && pb >= 0 && pa !== pb) return pa - pb;
+    if (pa >= 0 && pa === pb) { // the first 7 are equal: the next 7 may tell
+      const qa = this.prefix2[a]!, qb = this.prefix2[b]!;
+      if (qa >= 0 && qb >= 0 && qa !== qb) return qa - qb;
+    }
+    const na = this.len[a]!, nb = this.len[b]!;
     const m = Math.min(na, nb);
+    if (this.wide[a] === 0 && this.wide[b] === 0) {
+      const bytes = this.bytes, oa = this.off[a]!, ob = this.off[b]!;
+      for (let i = 0; i < m; i++) {
+        const d = bytes[oa + i]! - bytes[ob + i]!;
+        if (d !== 0) return d;
+      }
+      return na - nb;
+    }
     for (let i = 0; i < m; i++) {
-      const d = u[oa + i]! - u[ob + i]!;
+      const d = this.unit(a, i) - this.unit(b, i);
       if (d !== 0) return d;
     }
     return na - nb;
@@ -175,11 +260,31 @@ export class KeyIndex {
     for (let s = 0; s < this.top; s++) if (this.alive[s] === 1) fn(s);
   }
 
-  /** Code units stored and typed-array bytes held (diagnostics, tests). */
-  get stats(): { units: number; garbage: number; bytes: number; table: number } {
-    const bytes = this.units.byteLength + this.off.byteLength + this.len.byteLength + this.hash.byteLength
-      + this.alive.byteLength + this.table.byteLength + this.free.byteLength;
-    return { units: this.used, garbage: this.garbage, bytes, table: this.table.length };
+  /** Bytes stored and typed-array bytes held (diagnostics, tests). */
+  get stats(): { used: number; garbage: number; bytes: number; table: number } {
+    const bytes = this.bytes.byteLength + this.off.byteLength + this.len.byteLength + this.wide.byteLength + this.hash.byteLength
+      + this.alive.byteLength + this.prefix.byteLength + this.prefix2.byteLength + this.table.byteLength + this.free.byteLength;
+    return { used: this.used, garbage: this.garbage, bytes, table: this.table.length };
+  }
+
+  private grow(slots: number): void {
+    if (slots <= this.off.length) return;
+    this.off = grown(this.off, slots); this.len = grown(this.len, slots); this.wide = grown(this.wide, slots);
+    this.hash = grown(this.hash, slots); this.alive = grown(this.alive, slots);
+    this.prefix = grown(this.prefix, slots); this.prefix2 = grown(this.prefix2, slots);
+  }
+
+  /** Room for `n` more bytes: removed keys' bytes dropped first when they are over half, then the array grown by half. */
+  private room(n: number): void {
+    if (this.used + n + 1 <= this.bytes.length) return;
+    if (this.garbage > this.used / 2) this.compact();
+    if (this.used + n + 1 <= this.bytes.length) return;
+    let size = Math.max(1024, this.bytes.length);
+    while (size < this.used + n + 1) size = Math.ceil(size * 1.5);
+    const bytes = new Uint8Array(size + (size & 1));
+    bytes.set(this.bytes.subarray(0, this.used));
+    this.bytes = bytes;
+    this.u16 = new Uint16Array(bytes.buffer);
   }
 
   private rehash(size: number): void {
@@ -194,20 +299,36 @@ export class KeyIndex {
     this.mask = mask;
   }
 
-  /** Rewrites the live keys end to end (removed keys' code units are dropped). */
+  /** Rewrites the live keys end to end (removed keys' bytes are dropped). */
   private compact(): void {
-    const live = this.used - this.garbage;
-    const units = new Uint16Array(Math.max(1024, live * 2));
+    const bytes = new Uint8Array(this.bytes.length);
     let o = 0;
     for (let s = 0; s < this.top; s++) {
       if (this.alive[s] !== 1) continue;
-      const n = this.len[s]!, from = this.off[s]!;
-      units.set(this.units.subarray(from, from + n), o);
+      const wide = this.wide[s]!, n = this.len[s]! * (wide + 1), from = this.off[s]!;
+      if (wide) o += o & 1;
+      bytes.set(this.bytes.subarray(from, from + n), o);
       this.off[s] = o;
       o += n;
     }
-    this.units = units;
+    this.bytes = bytes;
+    this.u16 = new Uint16Array(bytes.buffer);
     this.used = o;
     this.garbage = 0;
   }
+}
+
+/**
+ * Code units `from` to `from + 6` of `key` as a base-128 number (a missing one is 0), or -1 when
+ * one is 0 or over 127. Two keys whose numbers differ compare as their numbers do (when the
+ * units before `from` are equal).
+ */
+export function prefixOf(key: string, from = 0): number {
+  let p = 0;
+  for (let i = from; i < from + 7; i++) {
+    const c = i < key.length ? key.charCodeAt(i) : 0;
+    if (i < key.length && (c === 0 || c > 127)) return -1;
+    p = p * 128 + c;
+  }
+  return p;
 }
