@@ -7,7 +7,7 @@
 import t from 'tap';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { KeyIndex } from '../hub/executions/key-index.js';
+import { KeyIndex, hashKey, sipHash32 } from '../hub/executions/key-index.js';
 import { FinishedStore, type Held } from '../hub/executions/finished.js';
 import type { ExecutionRecord } from '../hub/executions/types.js';
 import type { ExecutionStatus } from '../common/automation/types.js';
@@ -194,4 +194,21 @@ t.test('FinishedStore holds no JavaScript object per record: 20,000 records grow
   // As objects (the Map of entries this replaced) the same records took ~25 MB of heap.
   t.ok(grew < 2 * 1024 * 1024, `heap grew ${(grew / 1024).toFixed(0)} KiB for 20,000 records`);
   t.equal(store.size, 20_000);
+});
+
+t.test('the index hash is keyed: keys that share a 32-bit hash under one key do not under another (no chain an agent can plan)', async (t) => {
+  const a = hashKey(101), b = hashKey(202);
+  const seen = new Map<number, string>();
+  const pairs: [string, string][] = [];
+  for (let i = 0; i < 200_000; i++) {
+    const k = `01j${i.toString(32).padStart(23, '0')}`;
+    const h = sipHash32(k, a);
+    const other = seen.get(h);
+    if (other !== undefined) pairs.push([other, k]); else seen.set(h, k);
+  }
+  t.ok(pairs.length > 0, `${pairs.length} pairs of the 200,000 keys share a hash under the first key (birthday bound: ~4.7 expected)`);
+  t.ok(pairs.every(([x, y]) => sipHash32(x, b) !== sipHash32(y, b)), 'none of them under the second');
+  t.not(sipHash32('abc', a), sipHash32('abc', b), 'the same text hashes differently under two keys');
+  t.equal(sipHash32('abc', a), sipHash32('abc', hashKey(101)), 'and the same under one key');
+  t.not(sipHash32('ab', a), sipHash32('ab\u0000', a), 'a trailing zero unit changes the hash (the length is hashed)');
 });

@@ -18,8 +18,7 @@
  * text (a fresh object the caller may keep); lists filter on the columns and parse only the page.
  */
 import type { ExecutionStatus } from '../../common/automation/types.js';
-import { randomBytes } from 'node:crypto';
-import { KeyIndex, grown, murmur32, prefixOf } from './key-index.js';
+import { KeyIndex, grown, hashKey, prefixOf, removeSlot, sipHash32, type HashKey } from './key-index.js';
 import type { ExecutionRecord, ListFilter } from './types.js';
 
 /** A finished execution as the executions index holds it. */
@@ -70,7 +69,7 @@ export class FinishedStore {
   /** Dedup keys: record slot + 1 by the key's hash (open addressing, load ≤ 0.5), 0 = empty. */
   private keyTable = new Int32Array(16);
   private keyCount = 0;
-  private readonly keySeed: number;
+  private readonly keySeed: HashKey;
   // Columns by record slot (the slot of its id).
   private keyHash = new Int32Array(16);
   private status = new Uint8Array(16);
@@ -94,7 +93,7 @@ export class FinishedStore {
   /** `seed`: the hash seed of both key indexes (random unless given; tests give one). */
   constructor(seed?: number) {
     this.ids = new KeyIndex(seed);
-    this.keySeed = seed ?? randomBytes(4).readInt32LE(0);
+    this.keySeed = hashKey(seed === undefined ? undefined : seed + 1);
   }
 
   /** Records held. */
@@ -141,7 +140,7 @@ export class FinishedStore {
     this.ver[s] = h.ver;
     this.stored[s] = h.stored;
     if (h.dedupKey) {
-      const kh = murmur32(h.dedupKey, this.keySeed);
+      const kh = sipHash32(h.dedupKey, this.keySeed);
       const was = this.keySlot(h.dedupKey, kh);
       if (was >= 0) this.unkey(was); // an older record with this key: the key leads here now
       this.keyHash[s] = kh;
@@ -169,14 +168,7 @@ export class FinishedStore {
   private unkey(s: number): void {
     if ((this.flags[s]! & FLAG_KEY) === 0) return;
     this.flags[s]! &= ~FLAG_KEY;
-    const t = this.keyTable, mask = t.length - 1;
-    let i = this.keyHash[s]! & mask;
-    while (t[i] !== s + 1) i = (i + 1) & mask;
-    for (let j = (i + 1) & mask; t[j] !== 0; j = (j + 1) & mask) {
-      const k = this.keyHash[t[j]! - 1]! & mask; // where the entry at j wants to be
-      if (i <= j ? (k <= i || k > j) : (k <= i && k > j)) { t[i] = t[j]!; i = j; }
-    }
-    t[i] = 0;
+    removeSlot(this.keyTable, s, this.keyHash);
     this.keyCount--;
   }
 
@@ -199,7 +191,7 @@ export class FinishedStore {
 
   /** The record the dedup key leads to, or undefined. */
   byKey(dedupKey: string): Held | undefined {
-    const s = this.keySlot(dedupKey, murmur32(dedupKey, this.keySeed));
+    const s = this.keySlot(dedupKey, sipHash32(dedupKey, this.keySeed));
     return s < 0 ? undefined : this.read(s);
   }
 

@@ -1,7 +1,7 @@
 /**
  * Strings to small slot numbers with no JavaScript object per key: the keys lie end to end in one
  * byte array (one byte per character when every code unit is under 256, two otherwise), an open-addressing table (linear probing, backward-shift
- * deletion, load ≤ 0.5) maps a seeded hash to a slot, and per-slot columns are typed arrays.
+ * deletion, load ≤ 0.5) maps a keyed hash to a slot, and per-slot columns are typed arrays.
  *
  * Why: the hub keeps up to `maxCount` (100,000) finished executions and their history spans
  * for days. As strings in Maps, each key was a heap object that survived two scavenges, was
@@ -12,8 +12,9 @@
  *
  * Slots are dense and reused after removal (a free list); the owner keeps its own columns indexed
  * by slot (see `ensure`). Removed keys' code units are reclaimed by compaction once they are
- * over half of what is stored. Keys may come from agents (event ids inside dedup keys): each
- * index hashes with its own random seed, so chosen keys cannot pile onto one probe chain.
+ * over half of what is stored. Keys may come from agents (edge execution ids, event ids inside
+ * dedup keys): each index hashes with its own random 64-bit key through a keyed pseudo-random
+ * function (`sipHash32`), so chosen keys cannot pile onto one probe chain.
  */
 import { randomBytes } from 'node:crypto';
 
@@ -21,28 +22,64 @@ const MIN_TABLE = 16;
 /** Code units decoded per String.fromCharCode call (its argument count is bounded). */
 const DECODE_CHUNK = 4096;
 
+/** The secret key of a keyed hash: 64 random bits (tests give a seed for a fixed one). */
+export interface HashKey { k0: number; k1: number }
+
+export function hashKey(seed?: number): HashKey {
+  if (seed === undefined) { const b = randomBytes(8); return { k0: b.readInt32LE(0), k1: b.readInt32LE(4) }; }
+  return { k0: seed | 0, k1: Math.imul(seed, 0x9e3779b1) | 0 };
+}
+
+const rotl = (x: number, b: number) => (x << b) | (x >>> (32 - b));
+
 /**
- * MurmurHash3 x86_32 of `s` with `seed`, read as 32-bit words of two UTF-16 code units each (the
- * last word of an odd length padded with 0; the length in code units is mixed in).
+ * HalfSipHash-1-3 (Aumasson; SipHash on 32-bit words, as Linux keys its hash tables on 32-bit
+ * machines; 1-3 rounds, as Rust's HashMap uses SipHash) of `s` under `key`, 32 bits out; the input is read as 32-bit words of two
+ * UTF-16 code units each, the last one padded, with the length in code units in the final word.
+ * A keyed pseudo-random function: without the key, keys that share a hash (and so a probe chain)
+ * cannot be chosen. MurmurHash3 with a random seed was not enough: it has multicollisions that
+ * hold for every seed, and keys here come from agents (edge execution ids, event ids in dedup keys).
  */
-export function murmur32(s: string, seed: number): number {
-  let h = seed | 0;
+export function sipHash32(s: string, key: HashKey): number {
+  let v0 = key.k0, v1 = key.k1, v2 = 0x6c796765 ^ key.k0, v3 = 0x74656462 ^ key.k1;
   const n = s.length;
-  let i = 0;
-  for (; i + 1 < n; i += 2) {
-    let k = s.charCodeAt(i) | (s.charCodeAt(i + 1) << 16);
-    k = Math.imul(k, 0xcc9e2d51); k = (k << 15) | (k >>> 17); k = Math.imul(k, 0x1b873593);
-    h ^= k; h = (h << 13) | (h >>> 19); h = (Math.imul(h, 5) + 0xe6546b64) | 0;
+  const words = (n + 1) >>> 1; // full words, the last maybe half
+  for (let w = 0; w <= words; w++) {
+    let m: number;
+    if (w < words) { const i = w << 1; m = s.charCodeAt(i) | (i + 1 < n ? s.charCodeAt(i + 1) << 16 : 0); }
+    else m = (n & 0xffff) | 0x55aa0000; // the final word: the length, and a marker no text word can be confused with at this position
+    v3 ^= m;
+    v0 = (v0 + v1) | 0; v1 = rotl(v1, 5); v1 ^= v0; v0 = rotl(v0, 16);
+    v2 = (v2 + v3) | 0; v3 = rotl(v3, 8); v3 ^= v2;
+    v0 = (v0 + v3) | 0; v3 = rotl(v3, 7); v3 ^= v0;
+    v2 = (v2 + v1) | 0; v1 = rotl(v1, 13); v1 ^= v2; v2 = rotl(v2, 16);
+    v0 ^= m;
   }
-  if (i < n) {
-    let k = s.charCodeAt(i);
-    k = Math.imul(k, 0xcc9e2d51); k = (k << 15) | (k >>> 17); k = Math.imul(k, 0x1b873593);
-    h ^= k;
+  v2 ^= 0xff;
+  for (let r = 0; r < 3; r++) {
+    v0 = (v0 + v1) | 0; v1 = rotl(v1, 5); v1 ^= v0; v0 = rotl(v0, 16);
+    v2 = (v2 + v3) | 0; v3 = rotl(v3, 8); v3 ^= v2;
+    v0 = (v0 + v3) | 0; v3 = rotl(v3, 7); v3 ^= v0;
+    v2 = (v2 + v1) | 0; v1 = rotl(v1, 13); v1 ^= v2; v2 = rotl(v2, 16);
   }
-  h ^= n;
-  h ^= h >>> 16; h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13; h = Math.imul(h, 0xc2b2ae35);
-  return h ^ (h >>> 16);
+  return v1 ^ v3;
+}
+
+/**
+ * Removes `slot` from an open-addressing table of slot + 1 values (0 = empty, linear probing,
+ * a power-of-two length) whose home positions are `hash[slot] & mask`, by backward shift: the
+ * entries after it move back so that no probe chain breaks (no tombstones).
+ */
+export function removeSlot(t: Int32Array, slot: number, hash: Int32Array): void {
+  const mask = t.length - 1;
+  let i = hash[slot]! & mask;
+  while (t[i] !== slot + 1) i = (i + 1) & mask;
+  for (let j = (i + 1) & mask; t[j] !== 0; j = (j + 1) & mask) {
+    const k = hash[t[j]! - 1]! & mask; // where the entry at j wants to be
+    // It moves to the hole at i unless its home lies cyclically in (i, j].
+    if (i <= j ? (k <= i || k > j) : (k <= i && k > j)) { t[i] = t[j]!; i = j; }
+  }
+  t[i] = 0;
 }
 
 /** Grows a typed array to at least `n` elements (doubling), keeping its contents. */
@@ -85,8 +122,10 @@ export class KeyIndex {
   private top = 0;
   private count = 0;
 
-  /** `seed`: the hash seed (random unless given; tests give one). */
-  constructor(private readonly seed = randomBytes(4).readInt32LE(0)) {}
+  private readonly secret: HashKey;
+
+  /** `seed`: a fixed hash key (tests); random otherwise. */
+  constructor(seed?: number) { this.secret = hashKey(seed); }
 
   /** Keys held. */
   get size(): number { return this.count; }
@@ -98,7 +137,7 @@ export class KeyIndex {
   has(slot: number): boolean { return slot >= 0 && slot < this.top && this.alive[slot] === 1; }
 
   private hashOf(key: string): number {
-    return murmur32(key, this.seed);
+    return sipHash32(key, this.secret);
   }
 
   /** Code unit `i` of the key in `slot`. */
@@ -183,15 +222,7 @@ export class KeyIndex {
   /** Removes the key in `slot` (nothing if the slot holds none); the slot may be handed out again. */
   remove(slot: number): void {
     if (!this.has(slot)) return;
-    const t = this.table, mask = this.mask;
-    let i = this.hash[slot]! & mask;
-    while (t[i] !== slot + 1) i = (i + 1) & mask;
-    for (let j = (i + 1) & mask; t[j] !== 0; j = (j + 1) & mask) {
-      const k = this.hash[t[j]! - 1]! & mask; // where the entry at j wants to be
-      // It moves to the hole at i unless its home lies cyclically in (i, j].
-      if (i <= j ? (k <= i || k > j) : (k <= i && k > j)) { t[i] = t[j]!; i = j; }
-    }
-    t[i] = 0;
+    removeSlot(this.table, slot, this.hash);
     this.alive[slot] = 0;
     this.garbage += this.len[slot]! * (this.wide[slot]! + 1);
     this.count--;
