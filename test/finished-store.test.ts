@@ -212,3 +212,13 @@ t.test('the index hash is keyed: keys that share a 32-bit hash under one key do 
   t.equal(sipHash32('abc', a), sipHash32('abc', hashKey(101)), 'and the same under one key');
   t.not(sipHash32('ab', a), sipHash32('ab\u0000', a), 'a trailing zero unit changes the hash (the length is hashed)');
 });
+
+t.test('a value that is not a string is found nowhere and breaks nothing', async (t) => {
+  const store = new FinishedStore(3);
+  for (const bad of [undefined, null, 42, {}, ['x']] as unknown as string[]) {
+    t.equal(store.get(bad), undefined);
+    t.equal(store.has(bad), false);
+    t.equal(store.delete(bad), false);
+    t.equal(store.abandonedOf(bad, 'agent'), false);
+  }
+});

@@ -170,8 +170,9 @@ export class KeyIndex {
     if (size > this.table.length) this.rehash(size);
   }
 
-  /** The slot of `key`, or -1. */
+  /** The slot of `key`, or -1 (also for a value that is not a string: ids come from requests). */
   find(key: string): number {
+    if (typeof key !== 'string') return -1;
     const h = this.hashOf(key);
     const t = this.table, mask = this.mask;
     for (let i = h & mask; ; i = (i + 1) & mask) {
