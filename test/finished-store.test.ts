@@ -222,3 +222,46 @@ t.test('a value that is not a string is found nowhere and breaks nothing', async
     t.equal(store.abandonedOf(bad, 'agent'), false);
   }
 });
+
+t.test('Executions: lists and counts merge executions in flight with finished ones (off the heap), and read both', async (t) => {
+  const { Executions } = await import('../hub/executions/index.js');
+  const { mkdtempSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { pino } = await import('pino');
+  const dir = mkdtempSync(join(tmpdir(), 'trellis-finished-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  // No agent is connected: runs wait `requested` (in flight) until canceled (finished: into the store).
+  const deps = { agents: { link: () => undefined, connectedLinks: () => [] }, kv: {} } as unknown as Parameters<typeof Executions.open>[0];
+  const x = await Executions.open(deps, { dir, log: pino({ level: 'silent' }), maxWaitMs: 600_000 });
+  const ids: string[] = [];
+  for (let i = 0; i < 12; i++) {
+    const [r] = await x.runCommand({ tenant: i % 4 === 3 ? 'blue' : 'default', agentIds: [`agent-${i % 2}`], argv: ['true', String(i)], env: {}, cwd: '', timeoutMs: 1000, requestedBy: 'alice' });
+    ids.push(r!.id);
+  }
+  for (const id of ids.filter((_, i) => i % 3 !== 0)) await x.cancel('*', id);
+  const status = (i: number) => (i % 3 !== 0 ? 'canceled' : 'requested');
+  t.same(Object.fromEntries(x.statusCounts()), { requested: 4, canceled: 8 }, 'counts by status: 4 in flight, 8 finished');
+  // Pages of 5, newest first, across both.
+  const seen: string[] = [];
+  for (let before = ''; ;) {
+    const page = await x.list('*', { limit: 5, beforeId: before || undefined });
+    seen.push(...page.map((r) => r.id));
+    if (page.length < 5) break;
+    before = page[page.length - 1]!.id;
+  }
+  t.same(seen, [...ids].sort().reverse(), 'every execution once, in id order, in flight and finished interleaved');
+  t.same((await x.list('default', { status: 'canceled', agentId: 'agent-1', limit: 50 })).map((r) => r.id),
+    ids.filter((_, i) => i % 4 !== 3 && status(i) === 'canceled' && i % 2 === 1).sort().reverse(), 'filters apply to both');
+  t.same(Object.fromEntries(await x.countByStatus('blue', {})), { requested: 1, canceled: 2 }, 'a tenant\'s counts');
+  const done = await x.get('default', ids[1]!);
+  t.equal(done.status, 'canceled');
+  t.same(done.parameters, { argv: ['true', '1'], env: {}, cwd: '', timeoutMs: 1000 }, 'a finished record reads back whole');
+  await t.rejects(x.get('blue', ids[1]!), { code: 'TRELLIS_E_NOT_FOUND' }, 'another tenant\'s finished execution does not exist');
+  t.equal((await x.cancel('*', ids[1]!)).status, 'canceled', 'canceling a finished one returns it as it is');
+  await x.close();
+  // After a restart the same, from the history files.
+  const y = await Executions.open(deps, { dir, log: pino({ level: 'silent' }), maxWaitMs: 600_000 });
+  t.teardown(() => y.close());
+  t.same((await y.list('*', { limit: 50 })).map((r) => r.id).filter((id) => ids.indexOf(id) % 3 !== 0), [...ids].filter((_, i) => i % 3 !== 0).sort().reverse(), 'the finished ones after a restart');
+});
