@@ -8,8 +8,8 @@
  * executions/s the old generation grew ~1.2 MB/s and a mark-compact stalled the hub for 40–55 ms
  * every ~5 s, the main cause of the event→action tail (issue 13).
  *
- * Here a finished record is one JSON text (a history state line: `{"k":"s","r":record,"dk":key}`) in a byte slab, and what
- * lists filter on (status, tenant, action, agent, rule, requested time) plus its version, stored
+ * Here a finished record is one JSON text (a history state line: `{"k":"s","r":record,"dk":key}`)
+ * in a byte slab, and what lists filter on (status, tenant, action, agent, rule, requested time) plus its version, stored
  * output bytes and end time are typed-array columns by slot; ids are a KeyIndex, and dedup keys a
  * table of hashes whose matches are confirmed against the key in the record's text (a key is
  * looked up once per rule firing and found only for a re-delivered event).
@@ -30,6 +30,8 @@ const FLAG_EDGE = 1;
 /** The record's dedup key is in the key table (a newer record may have taken it over). */
 const FLAG_KEY = 2;
 const MIN_SLAB = 64 * 1024;
+/** Characters of an execution id (a ULID), to size the id index ahead of a load. */
+const ID_LENGTH = 26;
 
 /** Strings to small numbers, counted: a value no record refers to any more is dropped. */
 class Interner {
@@ -40,7 +42,6 @@ class Interner {
 
   /** The code of `v`, or -1 when no record holds it (a filter on it matches nothing). */
   code(v: string): number { return this.codes.get(v) ?? -1; }
-  value(code: number): string { return this.values[code] ?? ''; }
 
   ref(v: string): number {
     let c = this.codes.get(v);
@@ -102,7 +103,7 @@ export class FinishedStore {
   /** Room for `n` more records of `bytes` UTF-8 bytes in all without growing (a load of known size). */
   reserve(n: number, bytes: number): void {
     this.ensure(this.ids.slotLimit + n);
-    this.ids.reserve(n, n * 26);
+    this.ids.reserve(n, n * ID_LENGTH);
     if (this.slabUsed + bytes > this.slab.length) this.makeRoom(bytes, true);
   }
 
@@ -114,15 +115,17 @@ export class FinishedStore {
    * and saves serializing 100,000 records again); it must hold `h.rec` and `h.dedupKey`.
    */
   put(h: Held, line?: string): void {
-    this.delete(h.rec.id);
     const r = h.rec;
+    const idHash = this.ids.hashOf(r.id);
+    const old = this.ids.find(r.id, idHash);
+    if (old >= 0) this.drop(old);
     const text = line ?? JSON.stringify(h.dedupKey ? { k: 's', r, dk: h.dedupKey } : { k: 's', r });
     // UTF-8 bytes: at most 3 per code unit; counted only when that much might not fit.
     if (this.slabUsed + text.length * 3 > this.slab.length) {
       const need = Buffer.byteLength(text);
       if (this.slabUsed + need > this.slab.length) this.makeRoom(need);
     }
-    const s = this.ids.insert(r.id);
+    const s = this.ids.insert(r.id, idHash);
     this.ensure(s + 1);
     this.textOff[s] = this.slabUsed;
     this.textLen[s] = this.slab.write(text, this.slabUsed, 'utf8');
@@ -262,9 +265,6 @@ export class FinishedStore {
 
   /** The status of a matched slot (counting without reading the records). */
   statusAt(slot: number): ExecutionStatus { return STATUSES[this.status[slot]!]!; }
-
-  /** Compares the ids of two slots as strings compare. */
-  compareIds(a: number, b: number): number { return this.ids.compareSlots(a, b); }
 
   /** The id of a slot. */
   idAt(slot: number): string { return this.ids.key(slot); }

@@ -258,9 +258,10 @@ export class History {
 
   /** Records a line of `id` in segment `seq`; true if it is the execution's first. */
   private place(id: string, seq: number): boolean {
-    const s = this.ids.find(id);
+    const h = this.ids.hashOf(id);
+    const s = this.ids.find(id, h);
     if (s >= 0) { this.last[s] = seq; return false; }
-    const n = this.ids.insert(id);
+    const n = this.ids.insert(id, h);
     if (n >= this.first.length) { this.first = grown(this.first, n + 1); this.last = grown(this.last, n + 1); }
     this.first[n] = seq;
     this.last[n] = seq;
@@ -465,12 +466,11 @@ export class History {
   /** The stored output chunks of one execution, in order. Writes what is queued first. */
   async readOutput(id: string): Promise<Chunk[]> {
     await this.flush().catch(() => undefined);
-    const slot = typeof id === 'string' ? this.ids.find(id) : -1;
+    const slot = this.ids.find(id);
     if (slot < 0) return [];
-    const s = { first: this.first[slot]!, last: this.last[slot]! };
     const prefix = Buffer.from(`${OUT_PREFIX}"id":${JSON.stringify(id)},`);
     const chunks: Chunk[] = [];
-    for (let seq = s.first; seq <= s.last; seq++) for (const name of [stateName(seq), outName(seq)]) {
+    for (let seq = this.first[slot]!, last = this.last[slot]!; seq <= last; seq++) for (const name of [stateName(seq), outName(seq)]) {
       const buf = await readFile(join(this.o.dir, name)).catch(() => Buffer.alloc(0));
       for (const line of linesOf(buf, prefix, true)) {
         try {

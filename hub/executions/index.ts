@@ -697,7 +697,7 @@ export class Executions {
     const by = new Map<string, number>();
     const all = { ...f, status: undefined };
     for (const r of this.matching(tenant, all)) by.set(r.status, (by.get(r.status) ?? 0) + 1);
-    for (const s of this.finished.match(tenant, all)) by.set(this.finished.statusAt(s), (by.get(this.finished.statusAt(s)) ?? 0) + 1);
+    for (const slot of this.finished.match(tenant, all)) { const s = this.finished.statusAt(slot); by.set(s, (by.get(s) ?? 0) + 1); }
     return by;
   }
 

@@ -1,7 +1,8 @@
 /**
  * Strings to small slot numbers with no JavaScript object per key: the keys lie end to end in one
- * byte array (one byte per character when every code unit is under 256, two otherwise), an open-addressing table (linear probing, backward-shift
- * deletion, load ≤ 0.5) maps a keyed hash to a slot, and per-slot columns are typed arrays.
+ * byte array (one byte per character when every code unit is under 256, two otherwise), an
+ * open-addressing table (linear probing, backward-shift deletion, load ≤ 0.5) maps a keyed hash
+ * to a slot, and per-slot columns are typed arrays.
  *
  * Why: the hub keeps up to `maxCount` (100,000) finished executions and their history spans
  * for days. As strings in Maps, each key was a heap object that survived two scavenges, was
@@ -11,8 +12,8 @@
  * which the GC neither copies nor marks).
  *
  * Slots are dense and reused after removal (a free list); the owner keeps its own columns indexed
- * by slot (see `ensure`). Removed keys' code units are reclaimed by compaction once they are
- * over half of what is stored. Keys may come from agents (edge execution ids, event ids inside
+ * by slot (`slotLimit` covers them all). Removed keys' bytes are reclaimed by compaction once
+ * they are over half of what is stored. Keys may come from agents (edge execution ids, event ids inside
  * dedup keys): each index hashes with its own random 64-bit key through a keyed pseudo-random
  * function (`sipHash32`), so chosen keys cannot pile onto one probe chain.
  */
@@ -34,8 +35,9 @@ const rotl = (x: number, b: number) => (x << b) | (x >>> (32 - b));
 
 /**
  * HalfSipHash-1-3 (Aumasson; SipHash on 32-bit words, as Linux keys its hash tables on 32-bit
- * machines; 1-3 rounds, as Rust's HashMap uses SipHash) of `s` under `key`, 32 bits out; the input is read as 32-bit words of two
- * UTF-16 code units each, the last one padded, with the length in code units in the final word.
+ * machines; 1-3 rounds, as Rust's HashMap uses SipHash) of `s` under `key`, 32 bits out; the
+ * input is read as 32-bit words of two UTF-16 code units each, the last one padded, with the
+ * length in code units in the final word.
  * A keyed pseudo-random function: without the key, keys that share a hash (and so a probe chain)
  * cannot be chosen. MurmurHash3 with a random seed was not enough: it has multicollisions that
  * hold for every seed, and keys here come from agents (edge execution ids, event ids in dedup keys).
@@ -136,7 +138,8 @@ export class KeyIndex {
   /** Whether `slot` holds a key. */
   has(slot: number): boolean { return slot >= 0 && slot < this.top && this.alive[slot] === 1; }
 
-  private hashOf(key: string): number {
+  /** The hash `find` and `insert` compute for `key`: a caller that does both passes it to each once. */
+  hashOf(key: string): number {
     return sipHash32(key, this.secret);
   }
 
@@ -171,9 +174,9 @@ export class KeyIndex {
   }
 
   /** The slot of `key`, or -1 (also for a value that is not a string: ids come from requests). */
-  find(key: string): number {
+  find(key: string, h?: number): number {
     if (typeof key !== 'string') return -1;
-    const h = this.hashOf(key);
+    h ??= this.hashOf(key);
     const t = this.table, mask = this.mask;
     for (let i = h & mask; ; i = (i + 1) & mask) {
       const v = t[i]!;
@@ -182,15 +185,8 @@ export class KeyIndex {
     }
   }
 
-  /** The slot of `key`, added if it was not held (`added` tells which). */
-  add(key: string): { slot: number; added: boolean } {
-    const found = this.find(key);
-    if (found >= 0) return { slot: found, added: false };
-    return { slot: this.insert(key), added: true };
-  }
-
-  /** Adds a key known not to be held; returns its slot. */
-  insert(key: string): number {
+  /** Adds a key known not to be held; returns its slot. `h`: `hashOf(key)`, when the caller has it. */
+  insert(key: string, h = this.hashOf(key)): number {
     if ((this.count + 1) * 2 > this.table.length) this.rehash(this.table.length * 2);
     const slot = this.freeCount > 0 ? this.free[--this.freeCount]! : this.top++;
     this.grow(slot + 1);
@@ -209,7 +205,6 @@ export class KeyIndex {
       for (let i = 0; i < n; i++) b[o + i] = key.charCodeAt(i);
       this.used = o + n;
     }
-    const h = this.hashOf(key);
     this.off[slot] = o; this.len[slot] = n; this.wide[slot] = wide; this.hash[slot] = h; this.alive[slot] = 1;
     this.prefix[slot] = prefixOf(key);
     this.prefix2[slot] = prefixOf(key, 7);
