@@ -11,7 +11,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { EventEmitter } from 'node:events';
 import { channelV1 } from '../common/proto-channel.js';
-import { RESULT_OUTPUT } from '../common/features.js';
+import { AGENT_FEATURES, EVENT_ACK_THROUGH, RESULT_OUTPUT } from '../common/features.js';
 import { secureChannel } from '../common/grpc-tls.js';
 import { backoffDelay, retryAfterDelay, retryAfterMs, DEFAULT_MAX_BACKOFF_MS, RETRYABLE_CODES } from '../common/backoff.js';
 import { fromGrpcError, CODE_KEY } from '../common/grpc-errors.js';
@@ -116,7 +116,8 @@ class Connection {
       if (m.msg === 'welcome' && m.welcome) resolveWelcome(m.welcome);
       else onMessage(m, this);
     });
-    this.call.write({ hello });
+    // The features this channel implements go with every hello, whatever the caller's hello holds.
+    this.call.write({ hello: { ...hello, features: [...AGENT_FEATURES] } });
   }
 
   /** What the hub of this stream listed in its Welcome (common/features.ts); empty until then. */
@@ -411,13 +412,21 @@ export class HubChannel extends EventEmitter {
       case 'config': if (m.config) this.opts.onConfig?.(m.config); break;
       case 'eventAck': {
         if (!m.eventAck || c !== this.current) break;
-        const sent = this.inflight.get(m.eventAck.seq);
-        if (sent) {
-          this.inflight.delete(m.eventAck.seq);
+        // A hub that listed EVENT_ACK_THROUGH acknowledges every batch up to seq (they went out in
+        // seq order, and the map keeps that order); any other, that batch only.
+        const upTo = m.eventAck.seq, through = c.features.has(EVENT_ACK_THROUGH);
+        let events = 0;
+        for (const [seq, sent] of this.inflight) {
+          if (seq > upTo) break;
+          if (!through && seq !== upTo) continue;
+          this.inflight.delete(seq);
           if (sent.batch) this.opts.outbox?.ack(sent.batch);
-          this.stats.eventsAcked += sent.events.length;
+          events += sent.events.length;
+        }
+        if (events > 0) {
+          this.stats.eventsAcked += events;
           if (m.eventAck.refused) this.hubRefused(m.eventAck.refused, m.eventAck.refusedTypes);
-          this.emit('acked', sent.events.length);
+          this.emit('acked', events);
           this.flush();
         }
         break;

@@ -3,7 +3,8 @@
  * agent, only what its pipeline must do. An event is appended to an outbox file (one write per
  * publish, fdatasync every 100 ms, as agent/outbox does) and sent at once as its own EventBatch
  * on one grpc-js mTLS stream; an ActionRequest is one GET with a keep-alive http.Agent (as the
- * http runner's pool), then the response head as an output message and the result.
+ * http runner's pool), then the result with the response head as its output (one message, as
+ * the agent sends a quick action's output to a hub listing "result_output").
  */
 import { closeSync, constants as fsConstants, fdatasync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
@@ -48,10 +49,12 @@ export class FloorAgent {
 
   private run(req: T.ActionRequest__Output): void {
     const startedMs = Date.now();
-    const done = (status: string, exitCode: number, error = '') => this.stream.write({ result: { executionId: req.executionId, status, exitCode, error, startedMs, finishedMs: Date.now() } });
+    let output: T.ActionOutput[] = [];
+    // The output rides with the result, as the agent's does with a hub listing "result_output".
+    const done = (status: string, exitCode: number, error = '') => this.stream.write({ result: { executionId: req.executionId, status, exitCode, error, startedMs, finishedMs: Date.now(), output } });
     const r = http.request(req.http!.url, { method: req.http!.method || 'GET', agent: this.pool }, (res) => {
       const head = `HTTP/${res.httpVersion} ${res.statusCode} ${res.statusMessage}\r\n${Object.entries(res.headers).map(([k, v]) => `${k}: ${String(v)}`).join('\r\n')}\r\n\r\n`;
-      this.stream.write({ output: { executionId: req.executionId, stream: 'STDERR', data: Buffer.from(head), seq: 1 } });
+      output = [{ executionId: req.executionId, stream: 'STDERR', data: Buffer.from(head), seq: 1 }];
       res.resume();
       res.on('end', () => done(res.statusCode! >= 200 && res.statusCode! < 300 ? 'succeeded' : 'failed', res.statusCode! >= 200 && res.statusCode! < 300 ? 0 : res.statusCode!));
     });

@@ -5,8 +5,10 @@
  * AgentChannel.Connect that, for every event of a batch, turns its payload into an http
  * ActionRequest, appends one JSON line per request to a history file opened O_DSYNC with group
  * commit (one write in flight; the next takes every line queued meanwhile), sends the request
- * once its line is on disk and acknowledges the batch then; results and outputs are appended
- * too, riding on the next write (forced within 20 ms), and results acknowledged once written. No rules, templates,
+ * once its line is on disk, and acknowledges batches as the hub does an agent listing
+ * "event_ack_through" (several at once: hub/grpc/event-acks.ts); results (their output riding with
+ * them, as the agent sends it) are appended too, riding on the next write (forced within 20 ms),
+ * and acknowledged once written. No rules, templates,
  * secrets, state, metrics or logs: what the hub's durability and transport alone cost.
  *
  * Usage (forked, with IPC): e2a-floor-hub HUB_DATA_DIR WORK_DIR; sends `{ listening: port }`.
@@ -19,6 +21,7 @@ import { v1 } from '../common/proto.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 import { hubPaths } from '../hub/paths.js';
 import { SERVER_OPTIONS } from '../common/grpc-options.js';
+import { EVENT_ACK_BATCHES, EVENT_ACK_DELAY_MS } from '../common/features.js';
 
 const [dataDir, workDir] = process.argv.slice(2);
 if (!dataDir || !workDir) { process.stderr.write('usage: e2a-floor-hub HUB_DATA_DIR WORK_DIR\n'); process.exit(2); }
@@ -64,6 +67,16 @@ async function main(): Promise<void> {
   const server = new grpc.Server({ ...SERVER_OPTIONS });
   server.addService(v1.AgentChannel.service, {
     Connect: (call: grpc.ServerDuplexStream<T.AgentMessage__Output, T.HubMessage>) => {
+      // Event acks as the hub sends them to an agent with "event_ack_through" (hub/grpc/event-acks.ts):
+      // one for EVENT_ACK_BATCHES batches, or EVENT_ACK_DELAY_MS after the first (commits end in order).
+      let dueSeq = 0, dueBatches = 0;
+      let ackTimer: NodeJS.Timeout | undefined;
+      const sendAck = () => { clearTimeout(ackTimer); ackTimer = undefined; if (dueBatches === 0) return; dueBatches = 0; call.write({ eventAck: { seq: dueSeq } }); };
+      const ackThrough = (seq: number) => {
+        dueSeq = seq;
+        if (++dueBatches >= EVENT_ACK_BATCHES) sendAck();
+        else ackTimer ??= setTimeout(sendAck, EVENT_ACK_DELAY_MS);
+      };
       call.on('data', (m: T.AgentMessage__Output) => {
         switch (m.msg) {
           case 'hello': call.write({ welcome: { agentId: 'floor', tenant: 'default', heartbeatIntervalMs: 10_000 } }); break;
@@ -79,7 +92,7 @@ async function main(): Promise<void> {
             }
             void log.commit().then(() => {
               for (const r of requests) call.write(r);
-              call.write({ eventAck: { seq: batch.seq } });
+              ackThrough(Number(batch.seq));
             });
             break;
           }
@@ -88,6 +101,7 @@ async function main(): Promise<void> {
             break;
           case 'result': {
             const r = m.result!;
+            for (const o of r.output) log.append(JSON.stringify({ k: 'o', id: o.executionId, d: o.data.toString('base64') }) + '\n');
             log.append(JSON.stringify({ k: 's', r: { id: r.executionId, status: r.status, exitCode: r.exitCode } }) + '\n');
             void log.written().then(() => call.write({ resultAck: { executionIds: [r.executionId] } }));
             break;

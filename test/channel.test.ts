@@ -24,6 +24,7 @@ import { agentPaths } from '../agent/identity.js';
 import type { ChannelState } from '../agent/channel.js';
 import { MAX_PENDING_PER_AGENT } from '../hub/grpc/agent-channel.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
+import { EVENT_ACK_THROUGH } from '../common/features.js';
 
 const run = promisify(execFile);
 
@@ -365,6 +366,59 @@ t.test('10,000 published events are received exactly once; re-sent ids count as 
   await waitFor(() => intake.duplicates >= 10_000 && agent.channel.backlog === 0, 20_000, 'the same ids again');
   t.equal(intake.received, 10_000, 'the same ids add nothing');
   t.equal(intake.duplicates, 10_000, 'and are counted as duplicates');
+});
+
+/** The EventAcks a raw stream receives, in order. */
+function eventAcksOf(raw: Raw): T.EventAck__Output[] {
+  const got: T.EventAck__Output[] = [];
+  raw.call.on('data', (m: T.HubMessage__Output) => { if (m.eventAck) got.push(m.eventAck); });
+  return got;
+}
+
+t.test('an agent that lists no feature (the first protocol) gets one EventAck per batch', async (t) => {
+  await using h = await startHub();
+  const { dataDir } = await h.enroll();
+  const raw = openRaw(h.agentAddr, await agentIdent(dataDir));
+  const welcome = await raw.welcome;
+  t.ok(welcome?.features.includes(EVENT_ACK_THROUGH), 'the hub lists the feature anyway');
+  const got = eventAcksOf(raw);
+  for (let seq = 1; seq <= 12; seq++) raw.call.write({ events: { seq, events: events(1, 'old', seq) } });
+  await waitFor(() => got.length >= 12, 10_000, 'twelve acks');
+  raw.close();
+  t.same(got.map((a) => Number(a.seq)).sort((a, b) => a - b), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], 'one per batch, none merged');
+  t.equal(h.hub.components.events.received, 12);
+});
+
+t.test('an agent listing event_ack_through gets one EventAck for several batches, through the last', async (t) => {
+  await using h = await startHub();
+  const { dataDir } = await h.enroll();
+  const raw = openRaw(h.agentAddr, await agentIdent(dataDir), { first: { hello: { facts: { hostname: 'raw-client' }, labels: {}, features: [EVENT_ACK_THROUGH] } } });
+  t.ok(await raw.welcome);
+  const got = eventAcksOf(raw);
+  const n = 40;
+  for (let seq = 1; seq <= n; seq++) raw.call.write({ events: { seq, events: events(2, 'new', seq * 2) } });
+  await waitFor(() => got.some((a) => Number(a.seq) === n), 10_000, 'an ack through the last batch');
+  await new Promise((r) => setTimeout(r, 100));
+  raw.close();
+  const seqs = got.map((a) => Number(a.seq));
+  t.ok(seqs.length < n / 2, `${seqs.length} acks for ${n} batches`);
+  t.same(seqs, [...seqs].sort((a, b) => a - b), 'in increasing order');
+  t.equal(seqs.at(-1), n, 'the last covers every batch');
+  t.equal(h.hub.components.events.received, 2 * n);
+  t.equal(h.hub.components.events.acked, 2 * n, 'every event counted as acknowledged once');
+});
+
+t.test('the real agent takes a merged ack for every batch it covers: nothing is left in flight or re-sent', async (t) => {
+  await using h = await startHub();
+  const agent = await h.agent();
+  let ackMessages = 0;
+  agent.channel.on('acked', () => ackMessages++);
+  for (let i = 0; i < 50; i++) agent.channel.publish(events(1, 'one', i)); // fifty one-event batches
+  await waitFor(() => agent.channel.backlog === 0, 10_000, 'everything acknowledged');
+  t.equal(h.hub.components.events.received, 50);
+  t.equal(agent.channel.stats.eventsAcked, 50);
+  t.ok(ackMessages < 50, `${ackMessages} acks for 50 batches`);
+  t.ok(h.hub.components.events.acked === 50, 'the hub acknowledged each event once');
 });
 
 t.test('events published while the hub is down are delivered after it restarts', async (t) => {

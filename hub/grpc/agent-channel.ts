@@ -15,7 +15,8 @@ import type { HubComponents } from '../components.js';
 import { SUPERSEDED, type AgentDoc, type AgentLink, type CloseReason } from '../agents/index.js';
 import type { AuditEntry } from '../audit/types.js';
 import { MAX_EVENTS_PER_BATCH } from '../events/index.js';
-import { HUB_FEATURES } from '../../common/features.js';
+import { EVENT_ACK_THROUGH, HUB_FEATURES } from '../../common/features.js';
+import { EventAcks } from './event-acks.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 import { isMalformed, malformedError } from './malformed.js';
 import { AdmissionGate, MAX_PENDING_PER_KEY } from './admission.js';
@@ -214,6 +215,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents, handshak
     };
     const cleanup = () => {
       release();
+      eventAcks?.close();
       clearTimeout(expiryTimer);
       clearTimeout(helloTimer);
       if (link) {
@@ -241,6 +243,8 @@ export function addAgentServices(server: grpc.Server, c: HubComponents, handshak
     let admitted: Promise<void> | undefined;
     /** Result ids waiting for the history flush that acknowledges them together. */
     let ackIds: string[] = [];
+    /** Set at the hello: whether the agent takes one EventAck for several batches. */
+    let eventAcks: EventAcks | undefined;
 
     call.on('data', (msg: T.AgentMessage__Output) => {
       if (closed) return;
@@ -251,6 +255,8 @@ export function addAgentServices(server: grpc.Server, c: HubComponents, handshak
           if (admitted) return; // a second hello while admission runs is ignored
           clearTimeout(helloTimer);
           const hello = msg.hello;
+          eventAcks = new EventAcks(Array.isArray(hello.features) && hello.features.includes(EVENT_ACK_THROUGH),
+            (ack) => { if (!closed) call.write({ eventAck: ack }); }, (n) => { c.events.acked += n; });
           admitted = ready.then(() => (closed ? undefined : admitAgent(c, id))).then(async () => {
             await c.agentConfigs.prepareSources(id.agentId); // which event types it may publish
             if (closed) return;
@@ -305,12 +311,8 @@ export function addAgentServices(server: grpc.Server, c: HubComponents, handshak
             // Refused events (a type this agent may not publish) are acknowledged too: the refusal
             // is final, so the outbox must not retry them; they are counted and logged, never published.
             const r = c.events.ingest(agentId, id.tenant, batch.events, (type) => c.agentConfigs.mayPublish(agentId, type));
-            const ack: T.HubMessage = { eventAck: { seq: batch.seq, refused: r.refused, refusedTypes: r.refusedTypes } };
-            const n = batch.events.length;
-            // Acknowledged once what the events caused (executions) is on disk: a hub crash before
-            // that leaves them unacknowledged, and the agent's outbox sends them again.
-            if (r.settled) void r.settled.then(() => { if (!closed) { c.events.acked += n; call.write(ack); } });
-            else { c.events.acked += n; call.write(ack); }
+            // Acknowledged once what the events caused (executions) is on disk (./event-acks.ts).
+            eventAcks!.add(Number(batch.seq), batch.events.length, r.refused, r.refusedTypes, r.settled);
             break;
           }
           case 'started':
