@@ -34,6 +34,8 @@ export interface ExecDb {
 export interface HistoryBackend {
   appendState(rec: ExecutionRecord, extra?: { dedupKey?: string; timeoutMs?: number }): void;
   appendOutput(id: string, stream: 'STDOUT' | 'STDERR', offset: number, data: Buffer): void;
+  /** The file history's state line queued for this record object, built once (it keeps finished executions as that text); others: undefined. */
+  queuedLine?(rec: ExecutionRecord): string | undefined;
   flush(): Promise<void>;
   /** Every state line queued so far on disk (output may follow later). */
   flushStates(): Promise<void>;

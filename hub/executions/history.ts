@@ -170,7 +170,8 @@ export class History {
    * then: the last line of an id wins anyway). An execution that goes requested → scheduled, or
    * running → succeeded, within one write costs one line and one JSON.stringify, not two.
    */
-  private stateQ = new Map<string, { rec: ExecutionRecord; dk?: string; to?: number }>();
+  /** State lines to write, by execution; `text`: the line, once built (see `queuedLine`). */
+  private stateQ = new Map<string, { rec: ExecutionRecord; dk?: string; to?: number; text?: string }>();
   /** Output lines for the state file (the first INLINE_BYTES of an execution's). */
   private inQ = new LineQueue();
   /** Output lines for the output file. */
@@ -320,6 +321,19 @@ export class History {
 
   // ------------------------------------------------------------ writing
 
+  /**
+   * The state line queued for `rec` (this very object, as `appendState` took it last), without
+   * its line end; built once, and the write takes it as it is. For a record that no longer
+   * changes (a finished execution, which hub/executions/finished.ts keeps as this text): any
+   * change goes through `appendState`, which queues it anew. Undefined when none is queued.
+   */
+  queuedLine(rec: ExecutionRecord): string | undefined {
+    const q = this.stateQ.get(rec.id);
+    if (!q || q.rec !== rec) return undefined;
+    q.text ??= stateLine(q.rec, q.dk, q.to);
+    return q.text.slice(0, -1);
+  }
+
   /** Queues a state line (never waits for the disk). */
   appendState(rec: ExecutionRecord, extra: { dedupKey?: string; timeoutMs?: number } = {}): void {
     const prev = this.stateQ.get(rec.id);
@@ -416,7 +430,7 @@ export class History {
     const states = this.stateQ, ins = this.inQ.take(), outs = full ? this.outQ.take() : new LineQueue();
     this.stateQ = new Map();
     let text = '';
-    for (const q of states.values()) text += stateLine(q.rec, q.dk, q.to);
+    for (const q of states.values()) text += q.text ?? stateLine(q.rec, q.dk, q.to);
     for (const l of ins.lines) text += l;
     const sb = Buffer.from(text, 'utf8');
     const ob = Buffer.from(outs.lines.join(''), 'utf8');

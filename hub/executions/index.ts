@@ -221,7 +221,7 @@ export class Executions {
     if (e.live || !isFinal(e.rec.status) || this.entries.get(id) !== e) return;
     this.entries.delete(id);
     if (e.dedupKey && this.dedup.get(e.dedupKey) === id) this.dedup.delete(e.dedupKey);
-    this.finished.put(e);
+    this.finished.put(e, this.history.queuedLine?.(e.rec)); // the line the history writes, built once
   }
 
   private timer(ms: number, fn: () => void): NodeJS.Timeout {

@@ -203,6 +203,8 @@ export function addAgentServices(server: grpc.Server, c: HubComponents, handshak
     let expiryTimer: NodeJS.Timeout | undefined;
     // Declared before fail/cleanup can run: a refusal in identifyPeer happens before it is armed.
     let helloTimer: NodeJS.Timeout | undefined;
+    /** Set at the hello (whether the agent takes one EventAck for several batches; ./event-acks.ts). */
+    let eventAcks: EventAcks | undefined;
     const fail = (err: unknown) => {
       if (closed) return;
       closed = true;
@@ -243,8 +245,6 @@ export function addAgentServices(server: grpc.Server, c: HubComponents, handshak
     let admitted: Promise<void> | undefined;
     /** Result ids waiting for the history flush that acknowledges them together. */
     let ackIds: string[] = [];
-    /** Set at the hello: whether the agent takes one EventAck for several batches. */
-    let eventAcks: EventAcks | undefined;
 
     call.on('data', (msg: T.AgentMessage__Output) => {
       if (closed) return;
