@@ -6,7 +6,7 @@
  * ActionRequest, appends one JSON line per request to a history file opened O_DSYNC with group
  * commit (one write in flight; the next takes every line queued meanwhile), sends the request
  * once its line is on disk, and acknowledges batches as the hub does an agent listing
- * "event_ack_through" (several at once: hub/grpc/event-acks.ts); results (their output riding with
+ * "event_ack_through" (several at once: hub/grpc/acks.ts); results (their output riding with
  * them, as the agent sends it) are appended too, riding on the next write (forced within 20 ms),
  * and acknowledged once written. No rules, templates,
  * secrets, state, metrics or logs: what the hub's durability and transport alone cost.
@@ -67,7 +67,7 @@ async function main(): Promise<void> {
   const server = new grpc.Server({ ...SERVER_OPTIONS });
   server.addService(v1.AgentChannel.service, {
     Connect: (call: grpc.ServerDuplexStream<T.AgentMessage__Output, T.HubMessage>) => {
-      // Event acks as the hub sends them to an agent with "event_ack_through" (hub/grpc/event-acks.ts):
+      // Event acks as the hub sends them to an agent with "event_ack_through" (hub/grpc/acks.ts):
       // one for EVENT_ACK_BATCHES batches, or EVENT_ACK_DELAY_MS after the first (commits end in order).
       let dueSeq = 0, dueBatches = 0;
       let ackTimer: NodeJS.Timeout | undefined;

@@ -16,7 +16,7 @@ import { SUPERSEDED, type AgentDoc, type AgentLink, type CloseReason } from '../
 import type { AuditEntry } from '../audit/types.js';
 import { MAX_EVENTS_PER_BATCH } from '../events/index.js';
 import { EVENT_ACK_THROUGH, HUB_FEATURES } from '../../common/features.js';
-import { EventAcks } from './event-acks.js';
+import { EventAcks, ResultAcks } from './acks.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
 import { isMalformed, malformedError } from './malformed.js';
 import { AdmissionGate, MAX_PENDING_PER_KEY } from './admission.js';
@@ -203,8 +203,10 @@ export function addAgentServices(server: grpc.Server, c: HubComponents, handshak
     let expiryTimer: NodeJS.Timeout | undefined;
     // Declared before fail/cleanup can run: a refusal in identifyPeer happens before it is armed.
     let helloTimer: NodeJS.Timeout | undefined;
-    /** Set at the hello (whether the agent takes one EventAck for several batches; ./event-acks.ts). */
+    /** Set at the hello (whether the agent takes one EventAck for several batches; ./acks.ts). */
     let eventAcks: EventAcks | undefined;
+    /** Results on disk, acknowledged several at once (./acks.ts). */
+    const resultAcks = new ResultAcks((executionIds) => { if (!closed) call.write({ resultAck: { executionIds } }); });
     const fail = (err: unknown) => {
       if (closed) return;
       closed = true;
@@ -218,6 +220,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents, handshak
     const cleanup = () => {
       release();
       eventAcks?.close();
+      resultAcks.close();
       clearTimeout(expiryTimer);
       clearTimeout(helloTimer);
       if (link) {
@@ -243,8 +246,6 @@ export function addAgentServices(server: grpc.Server, c: HubComponents, handshak
     // Counted from admission; stopped by the hello itself (the hub's own work after it is not the agent's fault).
     helloTimer = setTimeout(() => fail(new TrellisError('TRELLIS_E_INVALID_ARGUMENT', `no hello within ${cfg.helloTimeout} ms`)), cfg.helloTimeout);
     let admitted: Promise<void> | undefined;
-    /** Result ids waiting for the history flush that acknowledges them together. */
-    let ackIds: string[] = [];
 
     call.on('data', (msg: T.AgentMessage__Output) => {
       if (closed) return;
@@ -311,7 +312,7 @@ export function addAgentServices(server: grpc.Server, c: HubComponents, handshak
             // Refused events (a type this agent may not publish) are acknowledged too: the refusal
             // is final, so the outbox must not retry them; they are counted and logged, never published.
             const r = c.events.ingest(agentId, id.tenant, batch.events, (type) => c.agentConfigs.mayPublish(agentId, type));
-            // Acknowledged once what the events caused (executions) is on disk (./event-acks.ts).
+            // Acknowledged once what the events caused (executions) is on disk (./acks.ts).
             eventAcks!.add(Number(batch.seq), batch.events.length, r.refused, r.refusedTypes, r.settled);
             break;
           }
@@ -327,17 +328,9 @@ export function addAgentServices(server: grpc.Server, c: HubComponents, handshak
             // Acknowledged once the result is in the history on disk (also for an unknown or
             // final execution: the hub's word is final); until then the agent keeps it and sends
             // it again on its next stream.
-            // Results that arrive while one flush is pending share its acknowledgement (one message).
-            if (typeof id === 'string' && id.length > 0 && id.length <= 128) {
-              if (ackIds.length === 0) {
-                void c.executions.written().then(() => { // the next history write, not one of its own
-                  const executionIds = ackIds;
-                  ackIds = [];
-                  if (!closed) call.write({ resultAck: { executionIds } });
-                });
-              }
-              ackIds.push(id);
-            }
+            // Each waits for the write asked for here, not one an earlier result asked for; results on
+            // disk share one acknowledgement (./acks.ts).
+            if (typeof id === 'string' && id.length > 0 && id.length <= 128) resultAcks.add(id, c.executions.written());
             break;
           }
           case 'configAck':

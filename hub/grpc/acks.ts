@@ -1,5 +1,8 @@
 /**
- * The EventAcks of one agent stream. A batch is acknowledged once what its events caused
+ * What the hub acknowledges on one agent stream: event batches (EventAcks) and action results
+ * (ResultAcks, at the end).
+ *
+ * The EventAcks: A batch is acknowledged once what its events caused
  * (executions) is on disk: a hub crash before that leaves it unacknowledged, and the agent's
  * outbox sends it again.
  *
@@ -83,5 +86,48 @@ export class EventAcks {
     if (!d || this.closed) return;
     this.acked(d.events);
     this.send({ seq: d.seq, refused: d.refused, refusedTypes: d.types });
+  }
+}
+
+/** Results on disk wait at most this long for the ResultAck that carries them (one message for several). */
+export const RESULT_ACK_DELAY_MS = 5;
+/** ...or go at once when this many wait. */
+export const RESULT_ACK_IDS = 64;
+
+/**
+ * The ResultAcks of one agent stream. A result is acknowledged once its own history write is on
+ * disk — the promise `add` takes, asked for when the result was recorded, not one asked for
+ * earlier: a result recorded while the write covering an earlier one is in flight is not in that
+ * write, and a hub killed before the next would lose it although the agent was told to drop it.
+ * Ids on disk are sent together, RESULT_ACK_IDS at once or within RESULT_ACK_DELAY_MS of the first.
+ */
+export class ResultAcks {
+  private ready: string[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private closed = false;
+
+  constructor(private readonly send: (executionIds: string[]) => void) {}
+
+  add(executionId: string, written: Promise<unknown>): void {
+    void written.then(() => {
+      if (this.closed) return;
+      this.ready.push(executionId);
+      if (this.ready.length >= RESULT_ACK_IDS) this.flush();
+      else this.timer ??= setTimeout(() => this.flush(), RESULT_ACK_DELAY_MS);
+    });
+  }
+
+  close(): void {
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private flush(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    const ids = this.ready;
+    this.ready = [];
+    if (ids.length > 0 && !this.closed) this.send(ids);
   }
 }

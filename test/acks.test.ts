@@ -1,10 +1,10 @@
 /**
- * hub/grpc/event-acks.ts: when an agent stream's event batches are acknowledged, in both modes.
+ * hub/grpc/acks.ts: when an agent stream's event batches (in both modes) and results are acknowledged.
  * The wire side (a real hub, a raw stream with and without the feature) is in test/channel.test.ts.
  */
 import t from 'tap';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { EventAcks } from '../hub/grpc/event-acks.js';
+import { EventAcks, ResultAcks, RESULT_ACK_DELAY_MS, RESULT_ACK_IDS } from '../hub/grpc/acks.js';
 import { EVENT_ACK_BATCHES, EVENT_ACK_DELAY_MS } from '../common/features.js';
 import type * as T from '../common/proto-gen/trellis/v1/index.js';
 
@@ -84,4 +84,28 @@ t.test('after close nothing is sent, in either mode', async (t) => {
     t.same(sent, through ? [] : [{ seq: 2, refused: 0, refusedTypes: [] }], `through=${through}: only what went before close`);
     t.equal(counted.length, sent.length);
   }
+});
+
+t.test('results: each id waits for its own write; ids on disk share one ack, within the delay or at RESULT_ACK_IDS', async (t) => {
+  const sent: string[][] = [];
+  const r = new ResultAcks((ids) => sent.push(ids));
+  const w1 = deferred(), w2 = deferred();
+  r.add('a', w1.promise);
+  r.add('b', w2.promise); // recorded while the write covering 'a' is in flight: a later write
+  w1.resolve(); await flushMicrotasks();
+  await sleep(RESULT_ACK_DELAY_MS * 4);
+  t.same(sent, [['a']], "'b' is not acknowledged by the write that took 'a'");
+  w2.resolve(); await flushMicrotasks();
+  t.same(sent, [['a']], 'not at once');
+  await sleep(RESULT_ACK_DELAY_MS * 4);
+  t.same(sent, [['a'], ['b']]);
+  const w = deferred();
+  for (let i = 0; i < RESULT_ACK_IDS; i++) r.add(`id${i}`, w.promise);
+  w.resolve(); await flushMicrotasks();
+  t.equal(sent.length, 3, 'a full ack goes at once');
+  t.equal(sent[2]!.length, RESULT_ACK_IDS);
+  r.add('late', Promise.resolve());
+  r.close();
+  await sleep(RESULT_ACK_DELAY_MS * 4);
+  t.equal(sent.length, 3, 'nothing after close');
 });
