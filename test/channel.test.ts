@@ -389,6 +389,20 @@ t.test('an agent that lists no feature (the first protocol) gets one EventAck pe
   t.equal(h.hub.components.events.received, 12);
 });
 
+t.test('features a hub does not know (another case, a near name, a huge string) leave an agent on one EventAck per batch', async (t) => {
+  await using h = await startHub();
+  const { dataDir } = await h.enroll();
+  const junk = [EVENT_ACK_THROUGH.toUpperCase(), `${EVENT_ACK_THROUGH} `, 'x'.repeat(100_000), ''];
+  const raw = openRaw(h.agentAddr, await agentIdent(dataDir), { first: { hello: { facts: { hostname: 'raw-client' }, labels: {}, features: junk } } });
+  t.ok(await raw.welcome, 'welcomed: unknown features are not an error');
+  const got = eventAcksOf(raw);
+  for (let seq = 1; seq <= 10; seq++) raw.call.write({ events: { seq, events: events(1, 'junk', seq) } });
+  await waitFor(() => got.length >= 10, 10_000, 'ten acks');
+  raw.close();
+  t.same(got.map((a) => Number(a.seq)).sort((a, b) => a - b), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 'one per batch');
+  await hubStillServes(t, h);
+});
+
 t.test('an agent listing event_ack_through gets one EventAck for several batches, through the last', async (t) => {
   await using h = await startHub();
   const { dataDir } = await h.enroll();

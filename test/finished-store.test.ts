@@ -12,6 +12,9 @@ import { FinishedStore, type Held } from '../hub/executions/finished.js';
 import type { ExecutionRecord } from '../hub/executions/types.js';
 import type { ExecutionStatus } from '../common/automation/types.js';
 import { mulberry32 } from '../bench/prng.js';
+import { pino } from 'pino';
+import { Executions } from '../hub/executions/index.js';
+import { tempDir } from './helpers/hub.js';
 
 const ALPHABET = ['a', 'b', 'z', '0', '|', 'é', '\u{1F600}', '\uD800', '\uDFFF', '\u0000', '"', '\\', '\n'];
 const randomKey = (rnd: () => number, max = 12) => {
@@ -227,13 +230,8 @@ t.test('a value that is not a string is found nowhere and breaks nothing', async
 });
 
 t.test('Executions: lists and counts merge executions in flight with finished ones (off the heap), and read both', async (t) => {
-  const { Executions } = await import('../hub/executions/index.js');
-  const { mkdtempSync, rmSync } = await import('node:fs');
-  const { tmpdir } = await import('node:os');
-  const { join } = await import('node:path');
-  const { pino } = await import('pino');
-  const dir = mkdtempSync(join(tmpdir(), 'trellis-finished-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  await using tmp = await tempDir('trellis-finished-');
+  const dir = tmp.path;
   // No agent is connected: runs wait `requested` (in flight) until canceled (finished: into the store).
   const deps = { agents: { link: () => undefined, connectedLinks: () => [] }, kv: {} } as unknown as Parameters<typeof Executions.open>[0];
   const x = await Executions.open(deps, { dir, log: pino({ level: 'silent' }), maxWaitMs: 600_000 });
@@ -265,6 +263,6 @@ t.test('Executions: lists and counts merge executions in flight with finished on
   await x.close();
   // After a restart the same, from the history files.
   const y = await Executions.open(deps, { dir, log: pino({ level: 'silent' }), maxWaitMs: 600_000 });
-  t.teardown(() => y.close());
   t.same((await y.list('*', { limit: 50 })).map((r) => r.id).filter((id) => ids.indexOf(id) % 3 !== 0), [...ids].filter((_, i) => i % 3 !== 0).sort().reverse(), 'the finished ones after a restart');
+  await y.close(); // before the directory goes
 });

@@ -18,7 +18,7 @@
  * text (a fresh object the caller may keep); lists filter on the columns and parse only the page.
  */
 import type { ExecutionStatus } from '../../common/automation/types.js';
-import { KeyIndex, grown, hashKey, prefixOf, removeSlot, sipHash32, type HashKey } from './key-index.js';
+import { KeyIndex, grown, hashKey, placeSlot, prefixOf, removeSlot, sipHash32, type HashKey } from './key-index.js';
 import type { ExecutionRecord, ListFilter } from './types.js';
 
 /** A finished execution as the executions index holds it. */
@@ -149,10 +149,7 @@ export class FinishedStore {
       this.keyHash[s] = kh;
       this.flags[s]! |= FLAG_KEY;
       if ((this.keyCount + 1) * 2 > this.keyTable.length) this.rekey(this.keyTable.length * 2);
-      const mask = this.keyTable.length - 1;
-      let i = kh & mask;
-      while (this.keyTable[i] !== 0) i = (i + 1) & mask;
-      this.keyTable[i] = s + 1;
+      placeSlot(this.keyTable, s, kh);
       this.keyCount++;
     }
   }
@@ -176,13 +173,8 @@ export class FinishedStore {
   }
 
   private rekey(size: number): void {
-    const t = new Int32Array(size), mask = size - 1;
-    this.ids.forEach((s) => {
-      if ((this.flags[s]! & FLAG_KEY) === 0) return;
-      let i = this.keyHash[s]! & mask;
-      while (t[i] !== 0) i = (i + 1) & mask;
-      t[i] = s + 1;
-    });
+    const t = new Int32Array(size);
+    this.ids.forEach((s) => { if ((this.flags[s]! & FLAG_KEY) !== 0) placeSlot(t, s, this.keyHash[s]!); });
     this.keyTable = t;
   }
 

@@ -141,9 +141,8 @@ export class Executions {
     x.finished.reserve(records.size, bytes);
     for (const { rec, dedupKey, line } of records.values()) {
       const e: Entry = { rec, ver: 1, dedupKey, stored: Math.min(rec.outputBytes, x.o.maxOutputBytes) };
-      if (isFinal(rec.status)) { x.finished.put(e, line); continue; }
-      x.entries.set(rec.id, e);
-      if (dedupKey) x.dedup.set(dedupKey, rec.id);
+      if (isFinal(rec.status)) x.finished.put(e, line);
+      else x.hold(e);
     }
     for (const r of records.values()) {
       const e = x.entries.get(r.rec.id);
@@ -195,9 +194,21 @@ export class Executions {
       const e = this.entries.get(id);
       if (!e) { this.finished.delete(id); continue; }
       if (e.live) continue; // in flight: its next line lands in a newer segment
-      this.entries.delete(id);
-      if (e.dedupKey && this.dedup.get(e.dedupKey) === id) this.dedup.delete(e.dedupKey);
+      this.unhold(e);
     }
+  }
+
+  /** An execution in flight: in `entries`, its dedup key in `dedup`. */
+  private hold(e: Entry): void {
+    this.entries.set(e.rec.id, e);
+    if (e.dedupKey) this.dedup.set(e.dedupKey, e.rec.id);
+  }
+
+  /** Takes `e` out of `entries` and `dedup` (the key stays if a newer execution holds it). */
+  private unhold(e: Entry): void {
+    const id = e.rec.id;
+    this.entries.delete(id);
+    if (e.dedupKey && this.dedup.get(e.dedupKey) === id) this.dedup.delete(e.dedupKey);
   }
 
   /** An execution held here: from `entries`, or read anew from `finished` (a copy: changing it changes nothing). */
@@ -219,8 +230,7 @@ export class Executions {
   private settle(e: Entry): void {
     const id = e.rec.id;
     if (e.live || !isFinal(e.rec.status) || this.entries.get(id) !== e) return;
-    this.entries.delete(id);
-    if (e.dedupKey && this.dedup.get(e.dedupKey) === id) this.dedup.delete(e.dedupKey);
+    this.unhold(e);
     this.finished.put(e, this.history.queuedLine?.(e.rec)); // the line the history writes, built once
   }
 
@@ -290,8 +300,7 @@ export class Executions {
         requestedMs: now, startedMs: 0, finishedMs: 0, edge: false, outputBytes: 0, outputTruncated: false,
       };
       const e: Entry = { rec, ver: 0, dedupKey: key, stored: 0, live: { rendered: o.rendered, timeoutMs: o.timeoutMs, slot: false, askedMs: o.triggeredAtMs ?? now } };
-      this.entries.set(rec.id, e);
-      if (key) this.dedup.set(key, rec.id);
+      this.hold(e);
       this.o.log.info({ executionId: rec.id, agentId, action: rec.action, requestedBy: rec.requestedBy, rule: rec.rule || undefined }, 'execution requested');
       this.changed(e);
       e.live!.timer = this.timer(this.o.maxWaitMs, () => this.expireWait(e));
@@ -472,8 +481,7 @@ export class Executions {
     if (!e && typeof executionId === 'string' && this.finished.abandonedOf(executionId, agentId)) {
       e = this.finished.get(executionId)!;
       this.finished.delete(executionId);
-      this.entries.set(executionId, e);
-      if (e.dedupKey) this.dedup.set(e.dedupKey, executionId);
+      this.hold(e);
     }
     if (!e || e.rec.agentId !== agentId || e.rec.edge) return undefined;
     const s = e.rec.status;
@@ -828,8 +836,7 @@ export class Executions {
         return;
       }
       const e: Entry = { rec: r.rec, ver: 0, dedupKey: r.dedupKey, stored: 0, live: { rendered: o.rendered, timeoutMs: o.timeoutMs, slot: false, askedMs: o.triggeredAtMs ?? now } };
-      this.entries.set(r.rec.id, e);
-      if (r.dedupKey) this.dedup.set(r.dedupKey, r.rec.id);
+      this.hold(e);
       this.o.log.info({ executionId: r.rec.id, agentId: r.rec.agentId, action: r.rec.action, requestedBy: r.rec.requestedBy, rule: r.rec.rule || undefined }, 'execution requested');
       this.changed(e);
       e.live!.timer = this.timer(this.o.maxWaitMs, () => this.expireWait(e));
@@ -866,10 +873,12 @@ export class Executions {
       if (this.entries.get(rec.id)?.live) continue;
       const timeoutMs = Number(row.timeout_ms) || 0;
       const e: Entry = { rec: { ...rec }, ver: Number(row.version) || 1, dedupKey: row.dedup_key ?? undefined, stored: Math.min(rec.outputBytes, this.o.maxOutputBytes) };
-      this.finished.delete(rec.id); // the row is newer than what this hub held
-      if (isFinal(rec.status)) { this.entries.delete(rec.id); this.finished.put(e); continue; }
-      this.entries.set(rec.id, e);
-      if (e.dedupKey) this.dedup.set(e.dedupKey, rec.id);
+      // The row is newer than what this hub held (put replaces a finished record with its id).
+      const held = this.entries.get(rec.id);
+      if (held) this.unhold(held);
+      if (isFinal(rec.status)) { this.finished.put(e); continue; }
+      this.finished.delete(rec.id);
+      this.hold(e);
       if (rec.status === 'requested') {
         let rendered: RenderedAction | undefined;
         let why = '';
@@ -918,18 +927,16 @@ export class Executions {
         if (s) { s.active.delete(id); s.waiting = s.waiting.filter((x) => x !== id); }
         e.live = undefined;
       }
-      this.entries.delete(id);
-      if (e.dedupKey && this.dedup.get(e.dedupKey) === id) this.dedup.delete(e.dedupKey);
+      this.unhold(e);
       this.o.log.info({ executionId: id, agentId: e.rec.agentId }, 'execution taken over by another hub (its agent is there now)');
     }
   }
 
   /** Final executions finished before `beforeMs` leave memory (the database has them). */
   private evict(beforeMs: number): void {
-    for (const [id, e] of this.entries) {
+    for (const e of this.entries.values()) {
       if (e.live || !isFinal(e.rec.status) || (e.rec.finishedMs || e.rec.requestedMs) >= beforeMs) continue;
-      this.entries.delete(id);
-      if (e.dedupKey && this.dedup.get(e.dedupKey) === id) this.dedup.delete(e.dedupKey);
+      this.unhold(e);
     }
     this.finished.evict(beforeMs);
   }

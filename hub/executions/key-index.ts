@@ -67,6 +67,14 @@ export function sipHash32(s: string, key: HashKey): number {
   return v1 ^ v3;
 }
 
+/** Adds `slot` to an open-addressing table of slot + 1 values (0 = empty, linear probing, a power-of-two length) at its home `h`. */
+export function placeSlot(t: Int32Array, slot: number, h: number): void {
+  const mask = t.length - 1;
+  let i = h & mask;
+  while (t[i] !== 0) i = (i + 1) & mask;
+  t[i] = slot + 1;
+}
+
 /**
  * Removes `slot` from an open-addressing table of slot + 1 values (0 = empty, linear probing,
  * a power-of-two length) whose home positions are `hash[slot] & mask`, by backward shift: the
@@ -208,9 +216,7 @@ export class KeyIndex {
     this.off[slot] = o; this.len[slot] = n; this.wide[slot] = wide; this.hash[slot] = h; this.alive[slot] = 1;
     this.prefix[slot] = prefixOf(key);
     this.prefix2[slot] = prefixOf(key, 7);
-    let i = h & this.mask;
-    while (this.table[i] !== 0) i = (i + 1) & this.mask;
-    this.table[i] = slot + 1;
+    placeSlot(this.table, slot, h);
     this.count++;
     return slot;
   }
@@ -315,15 +321,10 @@ export class KeyIndex {
   }
 
   private rehash(size: number): void {
-    const t = new Int32Array(size), mask = size - 1;
-    for (let s = 0; s < this.top; s++) {
-      if (this.alive[s] !== 1) continue;
-      let i = this.hash[s]! & mask;
-      while (t[i] !== 0) i = (i + 1) & mask;
-      t[i] = s + 1;
-    }
+    const t = new Int32Array(size);
+    for (let s = 0; s < this.top; s++) if (this.alive[s] === 1) placeSlot(t, s, this.hash[s]!);
     this.table = t;
-    this.mask = mask;
+    this.mask = size - 1;
   }
 
   /** Rewrites the live keys end to end (removed keys' bytes are dropped). */
