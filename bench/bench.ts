@@ -51,8 +51,8 @@
  * event_to_action floor's hub (for example "--cpu-prof --cpu-prof-dir=/tmp/prof"); TRELLIS_BENCH_E2A_NODE_ARGS the same for the event_to_action agent process; TRELLIS_BENCH_KEEP=1 keeps the temp directory;
  * TRELLIS_BENCH_ONLY=name,name measures only those figures (and the phases they share a run with);
  * event_to_action: TRELLIS_BENCH_E2A_RATE (events/s, 1000), TRELLIS_BENCH_E2A_WARM (warm-up events,
- * 6000), TRELLIS_BENCH_E2A_RAMP (of those, the first that ramp up to the rate, 3000),
- * TRELLIS_BENCH_E2A_MEASURED (events measured, 5000), TRELLIS_BENCH_TRACE=1 (where slow events spent their time, on stderr).
+ * 20000), TRELLIS_BENCH_E2A_RAMP (of those, the first that ramp up to the rate, 3000),
+ * TRELLIS_BENCH_E2A_MEASURED (events measured, 20000), TRELLIS_BENCH_TRACE=1 (where slow events spent their time, on stderr).
  */
 import crypto from 'node:crypto';
 import { mkdtemp, rm, readFile } from 'node:fs/promises';

@@ -14,7 +14,9 @@
  * Reads its credentials and the pace from stdin (JSON), prints one JSON object on stdout:
  * latencies (ms) of the measured events, how many measured events never ran their action
  * (`missing`) or ran it more than once (`duplicated`), what the outbox refused, and the CPU time
- * of this process (agent + event generator) and of the sink. Warm-up events carry n = -(index + 1)
+ * of this process (agent + event generator: all of the run, and `windowCpuMs` while the measured
+ * events were published) and of the sink. Before it, a line `window` when the first measured event
+ * is published and `window end` after the last (the parent reads the hub's CPU at both). Warm-up events carry n = -(index + 1)
  * and are not measured; the first `ramp` of them climb from a tenth of the rate to the rate.
  *
  * With `floor: true` the agent is bench/e2a-floor-agent.ts against bench/e2a-floor-hub.ts (the same
@@ -106,6 +108,7 @@ async function main(): Promise<void> {
     eld?.enable();
     const total = o.warm + o.measured;
     const t0 = performance.now();
+    let windowCpu0: NodeJS.CpuUsage | undefined;
     // Pace: the first `ramp` warm-up events climb from a tenth of the rate to the rate (JIT and
     // caches warm without a cold-start backlog), then every event is at the rate.
     const ramp = Math.min(o.ramp ?? 0, o.warm);
@@ -117,8 +120,11 @@ async function main(): Promise<void> {
       if (wait > 1) await sleep(wait);
       else if (i % 50 === 0) await new Promise((r) => setImmediate(r)); // behind schedule: still let actions in
       const n = i < o.warm ? -(i + 1) : i - o.warm; // warm-up: negative (its index, for the trace)
+      if (n === 0) { process.stdout.write('window\n'); windowCpu0 = process.cpuUsage(); } // the measured window starts: the parent reads the hub's threads
       refused += publisher.publishEvent('core.bench_ping', { kind: 'ping', n: String(n), t: now().toFixed(3), port: String(port) }).refused;
     }
+    const windowCpu = process.cpuUsage(windowCpu0);
+    process.stdout.write('window end\n');
     // Slow is not missing: wait while actions keep arriving (a busy machine drains a backlog),
     // until none came for `waitMs` (10 s) or 120 s passed; what never ran by then is missing.
     const quietMs = o.waitMs ?? 10_000;
@@ -151,7 +157,7 @@ async function main(): Promise<void> {
     }
     process.stdout.write(JSON.stringify({
       lat: got, expected: o.measured, missing: o.measured - got.length, duplicated: r.duplicated, refused, hits: r.hits, outbox: agent?.outbox.stats,
-      cpuMs: (cpu.user + cpu.system) / 1000, sinkCpuMs: r.cpuMs,
+      cpuMs: (cpu.user + cpu.system) / 1000, sinkCpuMs: r.cpuMs, windowCpuMs: (windowCpu.user + windowCpu.system) / 1000,
     }));
   } finally {
     await agent?.close().catch(() => undefined);

@@ -3,7 +3,7 @@
  * /proc, and small statistics. Nothing here writes to stdout.
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import * as net from 'node:net';
 import { HUB_NODE_FLAGS } from '../common/service/unit.js';
 
@@ -65,6 +65,23 @@ export function processCpuMs(pid: number): number {
   const stime = Number(rest[12]);
   if (!Number.isFinite(utime) || !Number.isFinite(stime)) throw new Error(`cannot parse /proc/${pid}/stat`);
   return ((utime + stime) * 1000) / clockTicksPerSecond();
+}
+
+/**
+ * CPU time (ms) of a process's main thread and of its other threads together (Linux
+ * /proc/PID/task): for a node process the others are V8's workers (the optimizing compiler, GC
+ * helpers) and the libuv pool (file writes). A thread gone meanwhile is not counted.
+ */
+export function threadCpuMs(pid: number): { main: number; other: number } {
+  let main = 0, other = 0;
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    let stat: string;
+    try { stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8'); } catch { continue; }
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const ms = ((Number(rest[11]) + Number(rest[12])) * 1000) / clockTicksPerSecond();
+    if (Number(tid) === pid) main += ms; else other += ms;
+  }
+  return { main, other };
 }
 
 /**

@@ -184,6 +184,58 @@ t.test('FinishedStore answers as a Map of records would: get, dedup keys, filter
   t.same(store.stats, { slabBytes: store.stats.slabBytes, slabUsed: 0, slabGarbage: 0, interned: 0, keys: 0 }, 'nothing left: no bytes in use, no interned value, no key');
 });
 
+t.test('FinishedStore texts live in 1 MiB chunks: growth adds one, oldest-first removal frees them, scattered removal is compacted a chunk at a time', async (t) => {
+  const MiB = 1024 * 1024;
+  const rnd = mulberry32(21);
+  const store = new FinishedStore(21);
+  const ref = new Map<string, Held>();
+  const order: string[] = [];
+  const put = (i: number, extra?: string) => {
+    const rec = record(rnd, i);
+    if (extra) rec.parameters = { ...rec.parameters, big: extra };
+    const h: Held = { rec, ver: 1, stored: 0, dedupKey: `r|${rec.triggerEventId}|${rec.agentId}` };
+    ref.set(rec.id, h);
+    order.push(rec.id);
+    store.put(structuredClone(h));
+  };
+  const readsBack = () => {
+    let wrong = 0;
+    for (const [id, h] of ref) if (JSON.stringify(store.get(id)) !== JSON.stringify({ rec: h.rec, ver: h.ver, dedupKey: h.dedupKey, stored: h.stored })) wrong++;
+    return wrong;
+  };
+  for (let i = 0; i < 20_000; i++) put(i);
+  const full = store.stats;
+  t.ok(full.slabUsed > 4 * MiB, `several chunks of texts (${(full.slabUsed / MiB).toFixed(1)} MiB)`);
+  t.ok(full.slabBytes - full.slabUsed < MiB, 'growing wastes less than one chunk (no slab grown by half)');
+  t.equal(full.slabGarbage, 0, 'nothing dead yet');
+
+  for (const id of order.splice(0, 10_000)) { store.delete(id); ref.delete(id); } // retention: oldest first
+  const half = store.stats;
+  t.ok(half.slabBytes <= full.slabBytes / 2 + 2 * MiB, `the chunks the oldest half filled are freed (${(full.slabBytes / MiB).toFixed(1)} → ${(half.slabBytes / MiB).toFixed(1)} MiB)`);
+  t.ok(half.slabGarbage < 2 * MiB, 'at most the partly emptied chunk at the edge holds dead texts');
+  t.equal(readsBack(), 0, 'the newer half reads back');
+
+  for (const id of order.filter(() => rnd() < 0.8)) { store.delete(id); ref.delete(id); } // scattered: 80% of the rest
+  t.ok(store.stats.slabGarbage * 2 > store.stats.slabUsed, 'scattered removal leaves most bytes dead');
+  for (let i = 20_000; i < 30_000; i++) put(i);
+  const after = store.stats;
+  t.ok(after.slabGarbage * 2 <= after.slabUsed + 2 * MiB, `new chunks moved the live texts of sparse ones and freed them (dead ${(after.slabGarbage / MiB).toFixed(1)} of ${(after.slabUsed / MiB).toFixed(1)} MiB)`);
+  t.equal(readsBack(), 0, 'every record reads back after compaction (moved texts, reused slots)');
+
+  put(30_000, 'x'.repeat(3 * MiB)); // longer than a chunk: a chunk of its own
+  const big = order.at(-1)!;
+  t.equal(store.get(big)?.rec.parameters.big, 'x'.repeat(3 * MiB), 'a text longer than a chunk reads back');
+  const withBig = store.stats.slabBytes;
+  put(30_001);
+  store.delete(big); ref.delete(big);
+  t.ok(store.stats.slabBytes <= withBig - 3 * MiB + MiB, 'its chunk is freed with it');
+  t.equal(readsBack(), 0, 'the others read back');
+
+  for (const id of [...ref.keys()]) store.delete(id);
+  t.same({ used: store.stats.slabUsed, dead: store.stats.slabGarbage }, { used: 0, dead: 0 }, 'all deleted: nothing in use, nothing dead');
+  t.ok(store.stats.slabBytes <= MiB, 'one chunk left to write to');
+});
+
 t.test('FinishedStore holds no JavaScript object per record: 20,000 records grow the heap by under 2 MB', async (t) => {
   setFlagsFromString('--expose-gc');
   const gc = runInNewContext('gc') as () => void;

@@ -9,7 +9,7 @@
  * every ~5 s, the main cause of the event→action tail (issue 13).
  *
  * Here a finished record is one JSON text (a history state line: `{"k":"s","r":record,"dk":key}`)
- * in a byte slab, and what lists filter on (status, tenant, action, agent, rule, requested time) plus its version, stored
+ * in byte chunks (below), and what lists filter on (status, tenant, action, agent, rule, requested time) plus its version, stored
  * output bytes and end time are typed-array columns by slot; ids are a KeyIndex, and dedup keys a
  * table of hashes whose matches are confirmed against the key in the record's text (a key is
  * looked up once per rule firing and found only for a re-delivered event).
@@ -29,7 +29,19 @@ const STATUS_CODE = new Map<string, number>(STATUSES.map((s, i) => [s, i]));
 const FLAG_EDGE = 1;
 /** The record's dedup key is in the key table (a newer record may have taken it over). */
 const FLAG_KEY = 2;
-const MIN_SLAB = 64 * 1024;
+/**
+ * Texts are appended to chunks of this size (a text longer than one gets a chunk of its own), each
+ * after an 8-byte header (its slot and byte length) that lets a chunk be walked. Growing adds a
+ * chunk; a chunk whose texts are all gone is freed (retention drops the oldest records, so chunks
+ * empty in the order they filled); when over half the bytes held are dead, opening a new chunk
+ * first moves the live texts of the emptiest one into it and frees it. No step copies more than
+ * one chunk: a single slab grown by half and rewritten whole stalled the hub's event loop for
+ * 43 ms at ~30,000 records (and would for every compaction of a full store of 100,000).
+ */
+const CHUNK = 1024 * 1024;
+const HEADER = 8;
+/** Freed chunks kept for reuse (no allocation churn as chunks empty and fill). */
+const SPARE_CHUNKS = 2;
 /** Characters of an execution id (a ULID), to size the id index ahead of a load. */
 const ID_LENGTH = 26;
 
@@ -83,11 +95,22 @@ export class FinishedStore {
   private endMs = new Float64Array(16);
   private ver = new Float64Array(16);
   private stored = new Float64Array(16);
-  private textOff = new Float64Array(16);
+  /** Where a record's text is: its chunk (-1: none), offset in it and byte length. */
+  private textChunk = new Int32Array(16);
+  private textOff = new Uint32Array(16);
   private textLen = new Uint32Array(16);
-  private slab = Buffer.allocUnsafeSlow(MIN_SLAB);
-  private slabUsed = 0;
-  private slabGarbage = 0;
+  private chunks: (Buffer | undefined)[] = [];
+  /** Bytes written to each chunk (headers included), and of those still live. */
+  private chunkUsed: number[] = [];
+  private chunkLive: number[] = [];
+  private freeChunkIds: number[] = [];
+  private spare: Buffer[] = [];
+  /** The chunk texts are appended to (-1: none yet). */
+  private head = -1;
+  private chunkBytes = 0;
+  private usedBytes = 0;
+  private liveBytes = 0;
+  private compacting = false;
   private readonly strings = new Interner();
   private readonly byStatus = new Float64Array(STATUSES.length);
 
@@ -104,7 +127,7 @@ export class FinishedStore {
   reserve(n: number, bytes: number): void {
     this.ensure(this.ids.slotLimit + n);
     this.ids.reserve(n, n * ID_LENGTH);
-    if (this.slabUsed + bytes > this.slab.length) this.makeRoom(bytes, true);
+    void bytes; // chunks are added as texts come: nothing to size ahead
   }
 
   has(id: string): boolean { return this.ids.find(id) >= 0; }
@@ -120,16 +143,9 @@ export class FinishedStore {
     const old = this.ids.find(r.id, idHash);
     if (old >= 0) this.drop(old);
     const text = line ?? JSON.stringify(h.dedupKey ? { k: 's', r, dk: h.dedupKey } : { k: 's', r });
-    // UTF-8 bytes: at most 3 per code unit; counted only when that much might not fit.
-    if (this.slabUsed + text.length * 3 > this.slab.length) {
-      const need = Buffer.byteLength(text);
-      if (this.slabUsed + need > this.slab.length) this.makeRoom(need);
-    }
     const s = this.ids.insert(r.id, idHash);
     this.ensure(s + 1);
-    this.textOff[s] = this.slabUsed;
-    this.textLen[s] = this.slab.write(text, this.slabUsed, 'utf8');
-    this.slabUsed += this.textLen[s]!;
+    this.writeText(s, text);
     const st = STATUS_CODE.get(r.status) ?? STATUS_CODE.get('error')!;
     this.status[s] = st;
     this.byStatus[st]!++;
@@ -211,9 +227,8 @@ export class FinishedStore {
     this.strings.unref(this.action[s]!);
     this.strings.unref(this.agent[s]!);
     this.strings.unref(this.rule[s]!);
-    this.slabGarbage += this.textLen[s]!;
+    this.dropText(s);
     this.ids.remove(s);
-    if (this.ids.size === 0) { this.slabUsed = 0; this.slabGarbage = 0; }
   }
 
   /** Drops the records that ended (finished, or were requested) before `beforeMs`; returns how many. */
@@ -292,13 +307,13 @@ export class FinishedStore {
   /** The record in a slot, read anew. */
   read(s: number): Held {
     const off = this.textOff[s]!;
-    const { r, dk } = JSON.parse(this.slab.toString('utf8', off, off + this.textLen[s]!)) as { r: ExecutionRecord; dk?: string };
+    const { r, dk } = JSON.parse(this.chunks[this.textChunk[s]!]!.toString('utf8', off, off + this.textLen[s]!)) as { r: ExecutionRecord; dk?: string };
     return { rec: r, ver: this.ver[s]!, dedupKey: dk, stored: this.stored[s]! };
   }
 
   /** Bytes held outside the heap, and interned values (diagnostics, tests). */
   get stats(): { slabBytes: number; slabUsed: number; slabGarbage: number; interned: number; keys: number } {
-    return { slabBytes: this.slab.length, slabUsed: this.slabUsed, slabGarbage: this.slabGarbage, interned: this.strings.size, keys: this.keyCount };
+    return { slabBytes: this.chunkBytes, slabUsed: this.usedBytes, slabGarbage: this.usedBytes - this.liveBytes, interned: this.strings.size, keys: this.keyCount };
   }
 
   private ensure(n: number): void {
@@ -306,25 +321,100 @@ export class FinishedStore {
     this.keyHash = grown(this.keyHash, n); this.status = grown(this.status, n); this.flags = grown(this.flags, n);
     this.tenant = grown(this.tenant, n); this.action = grown(this.action, n); this.agent = grown(this.agent, n); this.rule = grown(this.rule, n);
     this.requestedMs = grown(this.requestedMs, n); this.endMs = grown(this.endMs, n); this.ver = grown(this.ver, n);
-    this.stored = grown(this.stored, n); this.textOff = grown(this.textOff, n); this.textLen = grown(this.textLen, n);
+    this.stored = grown(this.stored, n); this.textChunk = grown(this.textChunk, n); this.textOff = grown(this.textOff, n); this.textLen = grown(this.textLen, n);
   }
 
-  /** Room for `need` more bytes: the live texts rewritten end to end into a slab half as large again (`exact`: just large enough). */
-  private makeRoom(need: number, exact = false): void {
-    const live = this.slabUsed - this.slabGarbage;
-    let size = exact ? live + need : this.slab.length;
-    while (size < live + need) size = Math.ceil(size * 1.5);
-    if (!exact && this.slabGarbage <= this.slabUsed / 2 && size === this.slab.length) size = Math.ceil(size * 1.5);
-    const slab = Buffer.allocUnsafeSlow(Math.max(MIN_SLAB, size));
-    let o = 0;
-    this.ids.forEach((s) => {
-      const from = this.textOff[s]!, n = this.textLen[s]!;
-      this.slab.copy(slab, o, from, from + n);
-      this.textOff[s] = o;
-      o += n;
-    });
-    this.slab = slab;
-    this.slabUsed = o;
-    this.slabGarbage = 0;
+  /** Appends the text of slot `s` to the head chunk (a new one when it does not fit). */
+  private writeText(s: number, text: string): void {
+    // UTF-8 bytes: at most 3 per code unit; counted only when that much might not fit.
+    let room = this.head < 0 ? -1 : this.chunks[this.head]!.length - this.chunkUsed[this.head]! - HEADER;
+    if (text.length * 3 > room) {
+      const need = Buffer.byteLength(text);
+      if (need > room) { this.newHead(HEADER + need); room = this.chunks[this.head]!.length - this.chunkUsed[this.head]! - HEADER; }
+    }
+    const c = this.head, chunk = this.chunks[c]!, at = this.chunkUsed[c]!;
+    const n = chunk.write(text, at + HEADER, 'utf8');
+    this.place(s, c, at, n);
+  }
+
+  /** Slot `s`'s text is the `n` bytes after the header at `at` in chunk `c` (written there just now): the header and the counts. */
+  private place(s: number, c: number, at: number, n: number): void {
+    const chunk = this.chunks[c]!;
+    chunk.writeUInt32LE(s, at);
+    chunk.writeUInt32LE(n, at + 4);
+    this.textChunk[s] = c;
+    this.textOff[s] = at + HEADER;
+    this.textLen[s] = n;
+    this.chunkUsed[c] = at + HEADER + n;
+    this.chunkLive[c]! += HEADER + n;
+    this.usedBytes += HEADER + n;
+    this.liveBytes += HEADER + n;
+  }
+
+  private dropText(s: number): void {
+    const c = this.textChunk[s]!;
+    if (c < 0) return;
+    this.textChunk[s] = -1;
+    const n = HEADER + this.textLen[s]!;
+    this.chunkLive[c]! -= n;
+    this.liveBytes -= n;
+    if (this.chunkLive[c] !== 0) return;
+    if (c === this.head) { this.usedBytes -= this.chunkUsed[c]!; this.chunkUsed[c] = 0; } // empty: written from its start again
+    else this.freeChunk(c);
+  }
+
+  private freeChunk(c: number): void {
+    const chunk = this.chunks[c]!;
+    if (chunk.length === CHUNK && this.spare.length < SPARE_CHUNKS) this.spare.push(chunk);
+    this.chunks[c] = undefined;
+    this.chunkBytes -= chunk.length;
+    this.usedBytes -= this.chunkUsed[c]!; // its live bytes are 0: dropped, or moved and counted where they went
+    this.chunkUsed[c] = 0;
+    this.chunkLive[c] = 0;
+    this.freeChunkIds.push(c);
+  }
+
+  /** A head chunk with room for `need` bytes; first, when over half the bytes held are dead, the emptiest chunk's texts move into it. */
+  private newHead(need: number): void {
+    const old = this.head;
+    if (old >= 0 && this.chunkLive[old] === 0 && this.chunks[old]!.length >= need) { this.usedBytes -= this.chunkUsed[old]!; this.chunkUsed[old] = 0; return; }
+    const chunk = need <= CHUNK ? (this.spare.pop() ?? Buffer.allocUnsafeSlow(CHUNK)) : Buffer.allocUnsafeSlow(need);
+    const c = this.freeChunkIds.length ? this.freeChunkIds.pop()! : this.chunks.length;
+    this.chunks[c] = chunk;
+    this.chunkUsed[c] = 0;
+    this.chunkLive[c] = 0;
+    this.chunkBytes += chunk.length;
+    this.head = c;
+    if (old >= 0 && this.chunkLive[old] === 0) this.freeChunk(old);
+    if (!this.compacting && need <= CHUNK && (this.usedBytes - this.liveBytes) * 2 > this.usedBytes) this.compactOne();
+  }
+
+  /** Moves the live texts of the chunk with the fewest live bytes (not the head) to the head, and frees it. */
+  private compactOne(): void {
+    let from = -1;
+    for (let c = 0; c < this.chunks.length; c++) {
+      if (c === this.head || !this.chunks[c]) continue;
+      if (from < 0 || this.chunkLive[c]! < this.chunkLive[from]!) from = c;
+    }
+    if (from < 0 || this.chunkLive[from]! > CHUNK / 2) return; // nothing half empty: no move would gain a chunk
+    this.compacting = true;
+    try {
+      const src = this.chunks[from]!, end = this.chunkUsed[from]!;
+      for (let at = 0; at < end;) {
+        const s = src.readUInt32LE(at), n = src.readUInt32LE(at + 4);
+        if (this.textChunk[s] === from && this.textOff[s] === at + HEADER) { // still this slot's text (not dropped, not a reused slot's)
+          if (this.chunks[this.head]!.length - this.chunkUsed[this.head]! < HEADER + n) this.newHead(HEADER + n);
+          const c = this.head, dst = this.chunks[c]!, to = this.chunkUsed[c]!;
+          src.copy(dst, to + HEADER, at + HEADER, at + HEADER + n);
+          this.chunkLive[from]! -= HEADER + n;
+          this.liveBytes -= HEADER + n;
+          this.place(s, c, to, n);
+        }
+        at += HEADER + n;
+      }
+      this.freeChunk(from);
+    } finally {
+      this.compacting = false;
+    }
   }
 }
