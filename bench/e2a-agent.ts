@@ -25,7 +25,7 @@
  * events, per-250 maxima (warm-up included) and this process's event-loop delay.
  */
 import { fork } from 'node:child_process';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { monitorEventLoopDelay, PerformanceObserver, constants as perfConstants } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -90,14 +90,18 @@ async function main(): Promise<void> {
       }
       publisher = agent;
     }
-    // Trace: when each measured request reached the agent (ms after its event was published).
-    const reached = new Map<number, number>();
+    // Trace: when each measured request reached the agent (ms after its event was published; NaN:
+    // not yet). A typed array, not a Map: tens of thousands of entries in a Map grew this process's
+    // old generation into a full GC every ~2 s, a tail of the trace's own making.
+    const reachedMs = new Float64Array(o.measured).fill(NaN);
+    const reached = { get: (n: number) => (Number.isNaN(reachedMs[n]!) ? undefined : reachedMs[n]) };
     if (o.trace && agent) {
       const a = agent as unknown as { onAction: (req: { http?: { url?: string } | null }) => void };
       const orig = a.onAction.bind(agent);
       a.onAction = (req) => {
         const m = /\/(\d+)\/([\d.]+)$/.exec(req.http?.url ?? '');
-        if (m) reached.set(Number(m[1]), now() - Number(m[2]));
+        const n = m ? Number(m[1]) : -1;
+        if (n >= 0 && n < reachedMs.length) reachedMs[n] = now() - Number(m![2]);
         orig(req);
       };
     }
@@ -106,6 +110,18 @@ async function main(): Promise<void> {
     const cpu0 = process.cpuUsage();
     const eld = o.trace ? monitorEventLoopDelay({ resolution: 1 }) : undefined; // the trace: this process's event-loop delay
     eld?.enable();
+    // The trace: this process's garbage collections by kind (count, longest, total) and the slowest ones with when they ended.
+    const gcs = new Map<string, { n: number; max: number; sum: number }>(), slowGc: string[] = [], gcT0 = performance.now();
+    const gcObs = o.trace ? new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) {
+        const kind = (e as unknown as { detail?: { kind?: number } }).detail?.kind === perfConstants.NODE_PERFORMANCE_GC_MINOR ? 'minor' : 'major/incremental';
+        const g = gcs.get(kind) ?? { n: 0, max: 0, sum: 0 };
+        g.n++; g.sum += e.duration; g.max = Math.max(g.max, e.duration);
+        gcs.set(kind, g);
+        if (e.duration >= 5) slowGc.push(`${kind} ${e.duration.toFixed(1)} ms at ${((e.startTime + e.duration - gcT0) / 1000).toFixed(2)} s`);
+      }
+    }) : undefined;
+    gcObs?.observe({ entryTypes: ['gc'] });
     const total = o.warm + o.measured;
     const t0 = performance.now();
     let windowCpu0: NodeJS.CpuUsage | undefined;
@@ -149,6 +165,8 @@ async function main(): Promise<void> {
       const toAgent: number[] = [], toSink: number[] = [];
       r.lat!.forEach((v, n) => { const g = reached.get(n); if (v >= 0 && g !== undefined) { toAgent.push(g); toSink.push(v - g); } });
       eld!.disable();
+      gcObs!.disconnect();
+      process.stderr.write(`[e2a] agent process GC: ${[...gcs].map(([k, g]) => `${k} ${g.n} × (longest ${g.max.toFixed(1)} ms, ${g.sum.toFixed(0)} ms in all)`).join(', ') || 'none'}; 5 ms or longer (s after the start): ${slowGc.slice(0, 30).join(', ') || 'none'}\n`);
       process.stderr.write(`[e2a] agent process event-loop delay (1 ms resolution): p50 ${(eld!.percentile(50) / 1e6).toFixed(1)} p99 ${(eld!.percentile(99) / 1e6).toFixed(1)} max ${(eld!.max / 1e6).toFixed(1)} ms\n`);
       if (toAgent.length) process.stderr.write(`[e2a] published → request at the agent: p50 ${q(toAgent, 50)} p90 ${q(toAgent, 90)} p99 ${q(toAgent, 99)} ms; request at the agent → sink: p50 ${q(toSink, 50)} p90 ${q(toSink, 90)} p99 ${q(toSink, 99)} ms\n`);
       const slow = r.lat!.map((v, n) => [n, v] as const).filter(([, v]) => v >= 0).sort((a, b) => b[1] - a[1]).slice(0, 12);
