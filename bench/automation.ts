@@ -343,9 +343,10 @@ interface LatencyRun {
  * from a tenth of the rate to the rate: a cold process hit at once with 1,000 events/s builds a
  * backlog it then drains through the measured window (measured: 1.36 s at its peak, 1.5 s in,
  * drained ~9 s after the start), which is start-up, not the steady latency the figure is about.
- * So is the JIT: V8's optimizing compiler kept compiling the hub's and the agent's code on its
- * worker threads for ~15 s at this rate (the hub's threads other than the main one: ~100 µs of CPU
- * per event 7–11 s in, ~5 µs from 20 s on; 6,000 warm-up events measured inside that).
+ * So is a young hub's growth: with 6,000 warm-up events the window began ~11 s after the first
+ * event, while the hub's stores were still growing (the finished store rewrote its whole slab as
+ * it grew, a 43 ms stall at ~30,000 records, since fixed); interleaved runs gave p99s of 17–25 ms
+ * there against 5.8–6.6 ms from 20,000 events on, at the same CPU per event in the window.
  * TRELLIS_BENCH_E2A_RAMP=0 TRELLIS_BENCH_E2A_WARM=3000 is the cold start. TRELLIS_BENCH_E2A_MEASURED:
  * events in the measured window (20,000: the p99 is the 200th slowest, so that one burst of the
  * machine stalling both processes for 20–40 ms — 20–50 slow events in a row — does not decide it
