@@ -123,11 +123,10 @@ export class FinishedStore {
   /** Records held. */
   get size(): number { return this.ids.size; }
 
-  /** Room for `n` more records of `bytes` UTF-8 bytes in all without growing (a load of known size). */
-  reserve(n: number, bytes: number): void {
+  /** Room for `n` more records without growing the columns and the id index (a load of known size; text chunks are added as texts come). */
+  reserve(n: number): void {
     this.ensure(this.ids.slotLimit + n);
     this.ids.reserve(n, n * ID_LENGTH);
-    void bytes; // chunks are added as texts come: nothing to size ahead
   }
 
   has(id: string): boolean { return this.ids.find(id) >= 0; }
@@ -327,10 +326,10 @@ export class FinishedStore {
   /** Appends the text of slot `s` to the head chunk (a new one when it does not fit). */
   private writeText(s: number, text: string): void {
     // UTF-8 bytes: at most 3 per code unit; counted only when that much might not fit.
-    let room = this.head < 0 ? -1 : this.chunks[this.head]!.length - this.chunkUsed[this.head]! - HEADER;
+    const room = this.head < 0 ? -1 : this.chunks[this.head]!.length - this.chunkUsed[this.head]! - HEADER;
     if (text.length * 3 > room) {
       const need = Buffer.byteLength(text);
-      if (need > room) { this.newHead(HEADER + need); room = this.chunks[this.head]!.length - this.chunkUsed[this.head]! - HEADER; }
+      if (need > room) this.newHead(HEADER + need);
     }
     const c = this.head, chunk = this.chunks[c]!, at = this.chunkUsed[c]!;
     const n = chunk.write(text, at + HEADER, 'utf8');

@@ -141,9 +141,7 @@ export class Executions {
       flushIntervalMs: x.o.flushIntervalMs, onDrop: (ids) => x.forget(ids),
     });
     x.history = history;
-    let bytes = 0;
-    for (const r of records.values()) bytes += r.line ? r.line.length : 1024; // UTF-8 bytes of an ASCII line (the slab grows if there is more)
-    x.finished.reserve(records.size, bytes);
+    x.finished.reserve(records.size);
     for (const { rec, dedupKey, line } of records.values()) {
       const e: Entry = { rec, ver: 1, dedupKey, stored: Math.min(rec.outputBytes, x.o.maxOutputBytes) };
       if (isFinal(rec.status)) x.finished.put(e, line);
