@@ -381,8 +381,8 @@ async function runLatencyAgent(o: { target: string; caPem: string; keyPem: strin
 
 /**
  * CPU per event while the measured events were published: the hub's main thread, its other threads
- * (V8's optimizing compiler and GC helpers, the libuv pool's file writes) and the agent process —
- * a window still in start-up shows as the compiler's share of the other threads.
+ * (V8's optimizing compiler and GC helpers, the libuv pool's file writes) and the agent process:
+ * what a build costs per event in steady state, apart from the warm-up.
  */
 function windowNote(run: LatencyRun): string {
   const per = (ms: number) => ((ms * 1000) / run.r.expected).toFixed(0);

@@ -56,15 +56,20 @@ export function clockTicksPerSecond(): number {
   return clkTck;
 }
 
-/** utime + stime of a process, in ms, from /proc/<pid>/stat (fields 14 and 15, clock ticks). */
-export function processCpuMs(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+/** utime + stime in ms from a /proc `stat` file (a process's or a thread's: fields 14 and 15, clock ticks). */
+function statCpuMs(path: string): number {
+  const stat = readFileSync(path, 'utf8');
   // The command name (field 2) is in parentheses and may hold spaces: split after the last ')'.
   const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   const utime = Number(rest[11]);
   const stime = Number(rest[12]);
-  if (!Number.isFinite(utime) || !Number.isFinite(stime)) throw new Error(`cannot parse /proc/${pid}/stat`);
+  if (!Number.isFinite(utime) || !Number.isFinite(stime)) throw new Error(`cannot parse ${path}`);
   return ((utime + stime) * 1000) / clockTicksPerSecond();
+}
+
+/** utime + stime of a process, in ms, from /proc/<pid>/stat. */
+export function processCpuMs(pid: number): number {
+  return statCpuMs(`/proc/${pid}/stat`);
 }
 
 /**
@@ -75,10 +80,8 @@ export function processCpuMs(pid: number): number {
 export function threadCpuMs(pid: number): { main: number; other: number } {
   let main = 0, other = 0;
   for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    let stat: string;
-    try { stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8'); } catch { continue; }
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const ms = ((Number(rest[11]) + Number(rest[12])) * 1000) / clockTicksPerSecond();
+    let ms: number;
+    try { ms = statCpuMs(`/proc/${pid}/task/${tid}/stat`); } catch { continue; } // ended meanwhile
     if (Number(tid) === pid) main += ms; else other += ms;
   }
   return { main, other };

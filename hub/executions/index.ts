@@ -994,6 +994,7 @@ export class Executions {
     this.closed = true; // first: nothing is dispatched from here on
     clearImmediate(this.forgetTimer); // what retention dropped is gone from the history files: nothing to forget at the next start
     this.forgetTimer = undefined;
+    this.forgetting = [];
     await this.cluster?.close();
     for (const e of this.entries.values()) {
       // Those that can be rendered again from history stay requested: the next start sends them
