@@ -9,7 +9,7 @@ import t, { type Test } from 'tap';
 import { RESULT_OUTPUT_MAX_CHUNKS } from '../common/features.js';
 import * as grpc from '@grpc/grpc-js';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, statSync, utimesSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ADMIN_PASSWORD, startHub, tempDir, waitFor, login, type TestHub } from './helpers/hub.js';
@@ -510,6 +510,55 @@ t.test('per-agent concurrency, history across restarts, retention and idempotenc
     await h.restart();
     t.same(await x().list('*', { limit: 1000 }), [], 'segments past maxAge are gone');
   });
+});
+
+t.test('retention that drops a segment of thousands forgets every one of them, a slice per turn of the event loop', async (t) => {
+  // maxCount 12,000: a segment holds 1,200 executions. History written by hand: segment 1 with
+  // 10,801 finished executions, segment 2 (the one the hub appends to) with 1,199 (12,000 in all:
+  // nothing dropped at start). One more execution fills segment 2; the rotation's retention drops
+  // segment 1 (12,001 > 12,000), and the hub forgets its 10,801 executions in 11 slices of at most
+  // 1,000, one per turn of the event loop.
+  const h = await startHub({ config: { executions: { retention: { maxCount: 12_000 } } } });
+  t.teardown(() => h.close());
+  await install(h);
+  const { agentId } = await h.enroll();
+  await h.stop();
+  const dir = join(h.dataDir, 'executions');
+  for (const f of historyFiles(h)) rmSync(f);
+  const rec = (i: number): ExecutionRecord => ({
+    id: `01old${String(i).padStart(21, '0')}`, tenant: 'default', action: 'demo.echo', agentId, status: 'succeeded', exitCode: 0, error: '',
+    requestedBy: 'test', rule: '', triggerEventId: '', parameters: { msg: `m${i}` }, requestedMs: 1, startedMs: 2, finishedMs: 3,
+    edge: false, outputBytes: 0, outputTruncated: false,
+  });
+  const segment = (from: number, to: number) => Array.from({ length: to - from }, (_, k) => `${JSON.stringify({ k: 's', r: rec(from + k) })}\n`).join('');
+  writeFileSync(join(dir, '000000000001.jsonl'), segment(0, 10_801), { mode: 0o600 });
+  writeFileSync(join(dir, '000000000001.out.jsonl'), '', { mode: 0o600 });
+  writeFileSync(join(dir, '000000000002.jsonl'), segment(10_801, 12_000), { mode: 0o600 });
+  writeFileSync(join(dir, '000000000002.out.jsonl'), '', { mode: 0o600 });
+  await h.restart();
+  const x = () => h.hub.components.executions;
+  const held = () => [...x().statusCounts().values()].reduce((a, b) => a + b, 0);
+  t.equal(held(), 12_000, 'every hand-written execution loaded');
+
+  // The 1,200th execution of segment 2 (its agent is offline: it waits, which is enough).
+  const [r] = await x().request({ tenant: 'default', action: action(h, 'demo.echo'), agentIds: [agentId], parameters: { msg: 'new' }, requestedBy: 'test' });
+  const wrote = x().get('default', r!.id); // writes the batch: the segment is full and rotates
+  // What the hub holds, once per turn of the event loop, until retention is done with segment 1.
+  const seen = new Set<number>();
+  for (const end = Date.now() + 10_000; held() > 1_200 && Date.now() < end;) {
+    seen.add(held());
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  await wrote;
+  const between = [...seen].filter((n) => n > 1_200 && n < 12_001).sort((a, b) => b - a);
+  t.ok(between.length >= 2 && between.every((n) => (n - 1) % 1_000 === 0),
+    `forgotten 1,000 per turn, not all at once (held between turns: ${between.join(', ')})`);
+  for (const i of [0, 999, 1000, 1999, 5_500, 9_999, 10_000, 10_800]) {
+    t.equal(await codeOf(x().get('default', rec(i).id)), 'TRELLIS_E_NOT_FOUND', `dropped #${i} is forgotten`);
+  }
+  for (const i of [10_801, 11_999]) t.equal(await codeOf(x().get('default', rec(i).id)), 'OK', `kept #${i} is still there`);
+  t.equal(held(), 1_200, 'segment 2 and the new execution are what is left');
+  t.notOk(existsSync(join(dir, '000000000001.jsonl')), 'the dropped segment file is deleted');
 });
 
 // ---------------------------------------------------------------- unit: the lifecycle without agents
