@@ -14,6 +14,7 @@ import type { ExecutionStatus } from '../common/automation/types.js';
 import { mulberry32 } from '../bench/prng.js';
 import { pino } from 'pino';
 import { Executions } from '../hub/executions/index.js';
+import { historyCapacity } from '../hub/executions/history.js';
 import { tempDir } from './helpers/hub.js';
 
 const ALPHABET = ['a', 'b', 'z', '0', '|', 'é', '\u{1F600}', '\uD800', '\uDFFF', '\u0000', '"', '\\', '\n'];
@@ -234,6 +235,33 @@ t.test('FinishedStore texts live in 1 MiB chunks: growth adds one, oldest-first 
   for (const id of [...ref.keys()]) store.delete(id);
   t.same({ used: store.stats.slabUsed, dead: store.stats.slabGarbage }, { used: 0, dead: 0 }, 'all deleted: nothing in use, nothing dead');
   t.ok(store.stats.slabBytes <= MiB, 'one chunk left to write to');
+});
+
+t.test('sized for what retention lets the hub hold, the store and the history index never grow on the request path', async (t) => {
+  t.equal(historyCapacity(100_000), 110_000, 'the default maxCount and a segment more');
+  t.equal(historyCapacity(10), 11);
+  t.equal(historyCapacity(10_000_000), 1 << 18, 'capped: beyond it, growth by doubling as before');
+  // Every column, the id index and the key table stay the same arrays through `n` records with
+  // dedup keys after reserve(n) (the arrays are the store's own: read through a cast, as a probe).
+  const n = 40_000;
+  const rnd = mulberry32(5);
+  const store = new FinishedStore(5);
+  store.reserve(n);
+  type Probe = { status: Uint8Array; requestedMs: Float64Array; textLen: Uint32Array; keyTable: Int32Array; ids: { table: Int32Array; off: Uint32Array; bytes: Uint8Array } };
+  const arrays = (p: Probe) => [p.status, p.requestedMs, p.textLen, p.keyTable, p.ids.table, p.ids.off, p.ids.bytes];
+  const before = arrays(store as unknown as Probe);
+  for (let i = 0; i < n; i++) {
+    const rec = record(rnd, i);
+    store.put({ rec, ver: 1, stored: 0, dedupKey: `r|${rec.triggerEventId}|${rec.agentId}` });
+  }
+  const after = arrays(store as unknown as Probe);
+  t.equal(store.size, n);
+  t.ok(before.every((a, i) => a === after[i]), 'no array was replaced (none grew)');
+  // Without the reservation the same records replace them (the probe can tell).
+  const grownStore = new FinishedStore(5);
+  const first = arrays(grownStore as unknown as Probe);
+  for (let i = 0; i < n; i++) { const rec = record(rnd, i); grownStore.put({ rec, ver: 1, stored: 0, dedupKey: `r|${rec.triggerEventId}|${rec.agentId}` }); }
+  t.ok(arrays(grownStore as unknown as Probe).every((a, i) => a !== first[i]), 'without it every one of them grew');
 });
 
 t.test('FinishedStore holds no JavaScript object per record: 20,000 records grow the heap by under 2 MB', async (t) => {

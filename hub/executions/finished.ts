@@ -18,7 +18,7 @@
  * text (a fresh object the caller may keep); lists filter on the columns and parse only the page.
  */
 import type { ExecutionStatus } from '../../common/automation/types.js';
-import { KeyIndex, grown, hashKey, placeSlot, prefixOf, removeSlot, sipHash32, type HashKey } from './key-index.js';
+import { ID_UNITS, KeyIndex, grown, hashKey, placeSlot, prefixOf, removeSlot, sipHash32, type HashKey } from './key-index.js';
 import type { ExecutionRecord, ListFilter } from './types.js';
 
 /** A finished execution as the executions index holds it. */
@@ -43,7 +43,6 @@ const HEADER = 8;
 /** Freed chunks kept for reuse (no allocation churn as chunks empty and fill). */
 const SPARE_CHUNKS = 2;
 /** Characters of an execution id (a ULID), to size the id index ahead of a load. */
-const ID_LENGTH = 26;
 
 /** Strings to small numbers, counted: a value no record refers to any more is dropped. */
 class Interner {
@@ -123,10 +122,17 @@ export class FinishedStore {
   /** Records held. */
   get size(): number { return this.ids.size; }
 
-  /** Room for `n` more records without growing the columns and the id index (a load of known size; text chunks are added as texts come). */
+  /**
+   * Room for `n` more records, each with a dedup key, without growing the columns, the id index or
+   * the key table (a load of known size, or what retention lets the store reach; text chunks are
+   * added as texts come).
+   */
   reserve(n: number): void {
     this.ensure(this.ids.slotLimit + n);
-    this.ids.reserve(n, n * ID_LENGTH);
+    this.ids.reserve(n, n * ID_UNITS);
+    let size = this.keyTable.length;
+    while ((this.keyCount + n) * 2 > size) size *= 2;
+    if (size > this.keyTable.length) this.rekey(size);
   }
 
   has(id: string): boolean { return this.ids.find(id) >= 0; }

@@ -36,7 +36,7 @@ import { actionRefs, renderAction, type RenderedAction } from '../../common/rule
 import type { AgentRegistry, AgentLink } from '../agents/index.js';
 import type { KvStore } from '../kv/index.js';
 import type * as T from '../../common/proto-gen/trellis/v1/index.js';
-import { History } from './history.js';
+import { History, historyCapacity } from './history.js';
 import { PgHistory, type HistoryBackend, type ExecRow } from './history-pg.js';
 import { ClusterExecutions, notFound, type ClusterDeps, type ClusterHost } from './cluster.js';
 import { Updates } from './updates.js';
@@ -141,7 +141,7 @@ export class Executions {
       flushIntervalMs: x.o.flushIntervalMs, onDrop: (ids) => x.forget(ids),
     });
     x.history = history;
-    x.finished.reserve(records.size);
+    x.finished.reserve(Math.max(records.size, historyCapacity(x.o.maxCount))); // never grown by doubling on the request path (historyCapacity says why)
     for (const { rec, dedupKey, line } of records.values()) {
       const e: Entry = { rec, ver: 1, dedupKey, stored: Math.min(rec.outputBytes, x.o.maxOutputBytes) };
       if (isFinal(rec.status)) x.finished.put(e, line);

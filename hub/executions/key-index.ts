@@ -20,6 +20,8 @@
 import { randomBytes } from 'node:crypto';
 
 const MIN_TABLE = 16;
+/** Code units of an execution id (a ULID): what a reservation counts per key. */
+export const ID_UNITS = 26;
 /** Code units decoded per String.fromCharCode call (its argument count is bounded). */
 const DECODE_CHUNK = 4096;
 
