@@ -14,8 +14,8 @@
  *                                   request sent, and of that the wait for the history write, median and p99)
  *  event_to_action_missing          measured events whose action never ran (or ran twice): must be 0
  *  event_to_action_hub_cpu_us       hub CPU time (/proc) per event→action, warm-up included
- *  event_to_action_agent_cpu_us     the agent process's CPU time per event→action (the real agent, without
- *                                   --lite-mode as a busy agent runs, and the event generator)
+ *  event_to_action_agent_cpu_us     the agent process's CPU time per event→action (the real agent with the
+ *                                   node flags of a busy agent, BUSY_AGENT_NODE_FLAGS, and the event generator)
  *  event_to_action_sink_cpu_us      the CPU time per action of the HTTP server the action calls (its own
  *                                   process: the called service's cost, not Trellis's)
  *  event_to_action_steal_pct        percent of the machine's CPU time the hypervisor stole during that run
@@ -40,6 +40,7 @@ import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { ulid } from 'ulid';
 import { HubPki } from '../hub/pki/index.js';
+import { BUSY_AGENT_NODE_FLAGS } from '../common/service/unit.js';
 import { hubPaths } from '../hub/paths.js';
 import { generateKey } from '../certs/index.js';
 import { call, type AdminClients } from '../cli/client.js';
@@ -288,7 +289,7 @@ export async function benchEventToAction(ctx: AutomationCtx & { hubPid: number }
   const ms = (v: number | undefined) => (lat.length ? `${v!.toFixed(2)} ms` : 'n/a');
   note(`event→action: ${lat.length}/${r.expected} actions run at ${rate} events/s after a ${warm / 1000} s warm-up (real agent with outbox, own process; http action to a sink); `
     + `median ${ms(percentile(lat, 50))}, p99 ${ms(percentile(lat, 99))}, max ${ms(Math.max(...lat))}; missing ${r.missing}, ran twice ${r.duplicated}, refused by the outbox ${r.refused}; CPU for ${warm + measured} events: hub ${Math.round(hubCpuMs)} ms, `
-    + `agent ${Math.round(agentCpuMs)} ms (agent without --lite-mode + event generator), sink ${Math.round(sinkCpuMs)} ms (the HTTP server the action calls); `
+    + `agent ${Math.round(agentCpuMs)} ms (agent with the busy-agent node flags + event generator), sink ${Math.round(sinkCpuMs)} ms (the HTTP server the action calls); `
     + `the hypervisor stole ${steal.toFixed(1)}% of the machine's CPU time meanwhile${nodeArgs.length ? `; agent node flags: ${nodeArgs.join(' ')}` : ''}`);
   note(`event→action: ${windowNote(run)}`);
   // Where the time goes, from the hub's histograms (every event, warm-up included): event received → request
@@ -360,7 +361,8 @@ async function runLatencyAgent(o: { target: string; caPem: string; keyPem: strin
   const cpu0 = processCpuMs(o.hubPid), machine0 = machineCpuTicks();
   // TRELLIS_BENCH_E2A_NODE_ARGS adds node flags to the agent process (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof").
   const nodeArgs = envArgs('TRELLIS_BENCH_E2A_NODE_ARGS');
-  const child = spawn(process.execPath, [...nodeArgs, fileURLToPath(new URL('./e2a-agent.js', import.meta.url))], { stdio: ['pipe', 'pipe', 'inherit'] });
+  // The agent process runs with the flags a busy agent is told to use (common/service/unit.ts); the floor's too.
+  const child = spawn(process.execPath, [...BUSY_AGENT_NODE_FLAGS, ...nodeArgs, fileURLToPath(new URL('./e2a-agent.js', import.meta.url))], { stdio: ['pipe', 'pipe', 'inherit'] });
   child.stdin!.end(input);
   let out = '';
   // The hub's threads when the measured window starts and ends (the child's `window` lines).

@@ -88,6 +88,17 @@ const metaPrefix = (kind: ServiceKind) => `# trellis-${kind}-install `;
 export const AGENT_NODE_FLAGS: readonly string[] = Object.freeze(['--max-semi-space-size=1', '--lite-mode']);
 
 /**
+ * Node flags for an agent that publishes or runs thousands of events or actions a second, in place
+ * of AGENT_NODE_FLAGS (README, "Agent footprint"; the event_to_action bench runs its agent with
+ * these): no --lite-mode (hot code optimized), V8's default young generation, and the old
+ * generation started at 128 MiB as the hub's is. At 1,000 events/s with V8's defaults the agent's
+ * old generation filled every ~2.1–2.4 s from ~40 s on, and each major GC (marking on the core the
+ * hub beside it needed, then a pause) delayed ~20–40 events by 15–26 ms; with these, no major GC in
+ * 140 s of that load. The cost: a heap of up to ~128 MiB before the first major GC.
+ */
+export const BUSY_AGENT_NODE_FLAGS: readonly string[] = Object.freeze(['--initial-old-space-size=128']);
+
+/**
  * Node flags of the hub (its unit and --detach; `bin/trellis.js` starts node with the same ones
  * in its first line, and the benches and the soak run the hub with these). The hub allocates
  * per event and keeps a small heap (~28 MB live at rest):
