@@ -170,7 +170,7 @@ const ExecutionsSchema = z.strictObject({
   retention: z.strictObject({
     /** Drop history segments last written longer ago than this. @default "30d" */
     maxAge: duration.default(30 * 86_400_000),
-    /** Keep about this many executions (the oldest segments go first). @default 100000 */
+    /** Keep about this many executions (the oldest segments go first). The hub sizes its execution indexes for this many and a tenth more at start (at most 262,144; memory is used as they fill). @default 100000 */
     maxCount: z.number().int().min(1).max(100_000_000).default(100_000),
   }).prefault({}),
 });

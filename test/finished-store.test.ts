@@ -182,7 +182,7 @@ t.test('FinishedStore answers as a Map of records would: get, dedup keys, filter
   t.equal(store.size, ref.size - before);
   for (const id of [...ref.keys()]) store.delete(id);
   t.equal(store.size, 0, 'all deleted');
-  t.same(store.stats, { slabBytes: store.stats.slabBytes, slabUsed: 0, slabGarbage: 0, interned: 0, keys: 0 }, 'nothing left: no bytes in use, no interned value, no key');
+  t.same(store.stats, { textBytes: store.stats.textBytes, textUsed: 0, textDead: 0, interned: 0, keys: 0 }, 'nothing left: no bytes in use, no interned value, no key');
 });
 
 t.test('FinishedStore texts live in 1 MiB chunks: growth adds one, oldest-first removal frees them, scattered removal is compacted a chunk at a time', async (t) => {
@@ -206,35 +206,35 @@ t.test('FinishedStore texts live in 1 MiB chunks: growth adds one, oldest-first 
   };
   for (let i = 0; i < 20_000; i++) put(i);
   const full = store.stats;
-  t.ok(full.slabUsed > 4 * MiB, `several chunks of texts (${(full.slabUsed / MiB).toFixed(1)} MiB)`);
-  t.ok(full.slabBytes - full.slabUsed < MiB, 'growing wastes less than one chunk (no slab grown by half)');
-  t.equal(full.slabGarbage, 0, 'nothing dead yet');
+  t.ok(full.textUsed > 4 * MiB, `several chunks of texts (${(full.textUsed / MiB).toFixed(1)} MiB)`);
+  t.ok(full.textBytes - full.textUsed < MiB, 'growing wastes less than one chunk (no slab grown by half)');
+  t.equal(full.textDead, 0, 'nothing dead yet');
 
   for (const id of order.splice(0, 10_000)) { store.delete(id); ref.delete(id); } // retention: oldest first
   const half = store.stats;
-  t.ok(half.slabBytes <= full.slabBytes / 2 + 2 * MiB, `the chunks the oldest half filled are freed (${(full.slabBytes / MiB).toFixed(1)} → ${(half.slabBytes / MiB).toFixed(1)} MiB)`);
-  t.ok(half.slabGarbage < 2 * MiB, 'at most the partly emptied chunk at the edge holds dead texts');
+  t.ok(half.textBytes <= full.textBytes / 2 + 2 * MiB, `the chunks the oldest half filled are freed (${(full.textBytes / MiB).toFixed(1)} → ${(half.textBytes / MiB).toFixed(1)} MiB)`);
+  t.ok(half.textDead < 2 * MiB, 'at most the partly emptied chunk at the edge holds dead texts');
   t.equal(readsBack(), 0, 'the newer half reads back');
 
   for (const id of order.filter(() => rnd() < 0.8)) { store.delete(id); ref.delete(id); } // scattered: 80% of the rest
-  t.ok(store.stats.slabGarbage * 2 > store.stats.slabUsed, 'scattered removal leaves most bytes dead');
+  t.ok(store.stats.textDead * 2 > store.stats.textUsed, 'scattered removal leaves most bytes dead');
   for (let i = 20_000; i < 30_000; i++) put(i);
   const after = store.stats;
-  t.ok(after.slabGarbage * 2 <= after.slabUsed + 2 * MiB, `new chunks moved the live texts of sparse ones and freed them (dead ${(after.slabGarbage / MiB).toFixed(1)} of ${(after.slabUsed / MiB).toFixed(1)} MiB)`);
+  t.ok(after.textDead * 2 <= after.textUsed + 2 * MiB, `new chunks moved the live texts of sparse ones and freed them (dead ${(after.textDead / MiB).toFixed(1)} of ${(after.textUsed / MiB).toFixed(1)} MiB)`);
   t.equal(readsBack(), 0, 'every record reads back after compaction (moved texts, reused slots)');
 
   put(30_000, 'x'.repeat(3 * MiB)); // longer than a chunk: a chunk of its own
   const big = order.at(-1)!;
   t.equal(store.get(big)?.rec.parameters.big, 'x'.repeat(3 * MiB), 'a text longer than a chunk reads back');
-  const withBig = store.stats.slabBytes;
+  const withBig = store.stats.textBytes;
   put(30_001);
   store.delete(big); ref.delete(big);
-  t.ok(store.stats.slabBytes <= withBig - 3 * MiB + MiB, 'its chunk is freed with it');
+  t.ok(store.stats.textBytes <= withBig - 3 * MiB + MiB, 'its chunk is freed with it');
   t.equal(readsBack(), 0, 'the others read back');
 
   for (const id of [...ref.keys()]) store.delete(id);
-  t.same({ used: store.stats.slabUsed, dead: store.stats.slabGarbage }, { used: 0, dead: 0 }, 'all deleted: nothing in use, nothing dead');
-  t.ok(store.stats.slabBytes <= MiB, 'one chunk left to write to');
+  t.same({ used: store.stats.textUsed, dead: store.stats.textDead }, { used: 0, dead: 0 }, 'all deleted: nothing in use, nothing dead');
+  t.ok(store.stats.textBytes <= MiB, 'one chunk left to write to');
 });
 
 t.test('sized for what retention lets the hub hold, the store and the history index never grow on the request path', async (t) => {

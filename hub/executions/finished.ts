@@ -18,7 +18,7 @@
  * text (a fresh object the caller may keep); lists filter on the columns and parse only the page.
  */
 import type { ExecutionStatus } from '../../common/automation/types.js';
-import { ID_UNITS, KeyIndex, grown, hashKey, placeSlot, prefixOf, removeSlot, sipHash32, type HashKey } from './key-index.js';
+import { ID_UNITS, KeyIndex, grown, hashKey, placeSlot, tableSizeFor, prefixOf, removeSlot, sipHash32, type HashKey } from './key-index.js';
 import type { ExecutionRecord, ListFilter } from './types.js';
 
 /** A finished execution as the executions index holds it. */
@@ -42,7 +42,6 @@ const CHUNK = 1024 * 1024;
 const HEADER = 8;
 /** Freed chunks kept for reuse (no allocation churn as chunks empty and fill). */
 const SPARE_CHUNKS = 2;
-/** Characters of an execution id (a ULID), to size the id index ahead of a load. */
 
 /** Strings to small numbers, counted: a value no record refers to any more is dropped. */
 class Interner {
@@ -130,8 +129,7 @@ export class FinishedStore {
   reserve(n: number): void {
     this.ensure(this.ids.slotLimit + n);
     this.ids.reserve(n, n * ID_UNITS);
-    let size = this.keyTable.length;
-    while ((this.keyCount + n) * 2 > size) size *= 2;
+    const size = tableSizeFor(this.keyCount + n, this.keyTable.length);
     if (size > this.keyTable.length) this.rekey(size);
   }
 
@@ -316,9 +314,9 @@ export class FinishedStore {
     return { rec: r, ver: this.ver[s]!, dedupKey: dk, stored: this.stored[s]! };
   }
 
-  /** Bytes held outside the heap, and interned values (diagnostics, tests). */
-  get stats(): { slabBytes: number; slabUsed: number; slabGarbage: number; interned: number; keys: number } {
-    return { slabBytes: this.chunkBytes, slabUsed: this.usedBytes, slabGarbage: this.usedBytes - this.liveBytes, interned: this.strings.size, keys: this.keyCount };
+  /** Text chunks' bytes (allocated, written, of those dead), interned values and dedup keys (diagnostics, tests). */
+  get stats(): { textBytes: number; textUsed: number; textDead: number; interned: number; keys: number } {
+    return { textBytes: this.chunkBytes, textUsed: this.usedBytes, textDead: this.usedBytes - this.liveBytes, interned: this.strings.size, keys: this.keyCount };
   }
 
   private ensure(n: number): void {

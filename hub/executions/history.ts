@@ -476,7 +476,7 @@ export class History {
     const sb = Buffer.from(text, 'utf8');
     const ob = Buffer.from(outs.lines.join(''), 'utf8');
     try {
-      if (!this.fh || !this.outFh || this.broken) await this.openNext();
+      if (!this.fh || !this.outFh || this.broken) { await this.openNext(); this.retainInBackground(); }
       // The two files are independent: written and synced side by side (the wait is the slower
       // one, not the sum). Both settle before a failure is handled (the retry closes these files).
       const [a, b] = await Promise.allSettled([appendSync(this.fh!, sb), appendSync(this.outFh!, ob)]);

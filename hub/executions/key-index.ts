@@ -70,6 +70,12 @@ export function sipHash32(s: string, key: HashKey): number {
 }
 
 /** Adds `slot` to an open-addressing table of slot + 1 values (0 = empty, linear probing, a power-of-two length) at its home `h`. */
+/** The size of an open-addressing table (a power of two, now `size`) that holds `entries` at a load of at most a half. */
+export function tableSizeFor(entries: number, size: number): number {
+  while (entries * 2 > size) size *= 2;
+  return size;
+}
+
 export function placeSlot(t: Int32Array, slot: number, h: number): void {
   const mask = t.length - 1;
   let i = h & mask;
@@ -178,8 +184,7 @@ export class KeyIndex {
     const slots = this.top + keys;
     this.grow(slots);
     this.room(units);
-    let size = this.table.length;
-    while ((this.count + keys) * 2 > size) size *= 2;
+    const size = tableSizeFor(this.count + keys, this.table.length);
     if (size > this.table.length) this.rehash(size);
   }
 
